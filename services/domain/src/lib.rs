@@ -1,1 +1,24 @@
+//! The domain of the licensing server: what a license, a customer and a product are, how license
+//! keys and secrets work, how errors are classified, and the interfaces storage must provide.
+//!
+//! Nothing here knows about gRPC, protobuf or SQL: the gRPC adapters convert to and from these
+//! types, and the store implementations return them.
+//!
+//! # Layout
+//! - [`model`]: products, customers, licenses, audit events.
+//! - [`change`]: the admin changes to a license, validated and applied as pure functions.
+//! - [`license_key`]: the `XXXXX-XXXXX-XXXXX-XXXXX-XXXXX` key format with its check character.
+//! - [`secrets`]: keyed hashes for keys and tokens, argon2id for passwords, random tokens.
+//! - [`ids`]: prefixed random identifiers (`lic_…`, `cus_…`).
+//! - [`clock`]: the one source of "now" for services, replaceable in tests.
+//! - [`error`]: the classification every service error maps to, and the store's error.
+//! - [`store`]: the storage interfaces, implemented by `licensing-store`.
 
+pub mod change;
+pub mod clock;
+pub mod error;
+pub mod ids;
+pub mod license_key;
+pub mod model;
+pub mod secrets;
+pub mod store;

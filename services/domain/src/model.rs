@@ -1,0 +1,184 @@
+//! Products, customers, licenses and the audit log, as the services and stores see them.
+
+use crate::clock::Millis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LicenseKind {
+    NodeLocked,
+    Concurrent,
+    Cloud,
+}
+
+impl LicenseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NodeLocked => "node_locked",
+            Self::Concurrent => "concurrent",
+            Self::Cloud => "cloud",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::NodeLocked, Self::Concurrent, Self::Cloud].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LicenseStatus {
+    Active,
+    Suspended,
+    Retired,
+}
+
+impl LicenseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Retired => "retired",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Suspended, Self::Retired].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    pub code: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductVersion {
+    pub version: String,
+    pub released_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub code: String,
+    pub name: String,
+    pub modules: Vec<Module>,
+    pub versions: Vec<ProductVersion>,
+    pub created_at: Millis,
+}
+
+impl Product {
+    pub fn has_module(&self, code: &str) -> bool {
+        self.modules.iter().any(|m| m.code == code)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub customer_id: String,
+    pub company_name: String,
+    pub contact_email: String,
+    pub created_at: Millis,
+}
+
+/// Allowed deactivations that means "no limit".
+pub const UNLIMITED: i32 = -1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct License {
+    pub license_id: String,
+    pub product_code: String,
+    pub customer_id: String,
+    pub kind: LicenseKind,
+    pub status: LicenseStatus,
+    /// Allowed activations (node-locked) or seats (concurrent).
+    pub seats: i32,
+    /// [`UNLIMITED`] or the number of returns allowed from the product.
+    pub allowed_deactivations: i32,
+    pub activations_used: i32,
+    pub deactivations_used: i32,
+    pub modules: Vec<String>,
+    pub valid_from: Millis,
+    pub expires_at: Option<Millis>,
+    pub upgrades_until: Option<Millis>,
+    pub associated_customer_id: Option<String>,
+    pub portal_deactivation_counts: bool,
+    pub replaces_license_id: Option<String>,
+    pub notes: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl License {
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|e| now >= e)
+    }
+
+    pub fn deactivations_left(&self) -> i32 {
+        if self.allowed_deactivations == UNLIMITED {
+            UNLIMITED
+        } else {
+            (self.allowed_deactivations - self.deactivations_used).max(0)
+        }
+    }
+}
+
+/// A license about to be stored, with the keyed digests of its secrets.
+#[derive(Debug, Clone)]
+pub struct NewLicense {
+    pub license: License,
+    pub key_digest: String,
+    /// Random salt from which the activation password is derived with the server key
+    /// ([`crate::secrets::KeyedHasher::activation_password`]): the portal can show the password
+    /// again, yet the database alone does not reveal it.
+    pub activation_password_salt: String,
+}
+
+/// One entry to append to the audit log, written in the same transaction as the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub details: serde_json::Value,
+}
+
+impl AuditRecord {
+    pub fn new(actor: impl Into<String>, action: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self { actor: actor.into(), action: action.into(), subject: subject.into(), details: serde_json::json!({}) }
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub sequence: i64,
+    pub occurred_at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub details_json: String,
+}
+
+/// Keyset paging: items after `after` (an ID or sequence in the list's order), at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LicenseFilter {
+    pub customer_id: Option<String>,
+    pub product_code: Option<String>,
+    pub status: Option<LicenseStatus>,
+    /// Substring of License ID, customer ID or notes.
+    pub text: Option<String>,
+    /// Exact keyed digest of a license key.
+    pub key_digest: Option<String>,
+    /// Licenses associated with this account (the portal's list).
+    pub associated_customer_id: Option<String>,
+}

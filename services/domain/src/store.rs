@@ -1,0 +1,78 @@
+//! The storage interfaces. `licensing-store` implements them on PostgreSQL and SQLite (one SQL
+//! implementation, two dialects of migrations), and one conformance suite runs against both.
+
+use crate::change::{ChangeError, LicenseChange};
+use crate::clock::Millis;
+use crate::error::StoreError;
+use crate::model::*;
+use async_trait::async_trait;
+
+/// Why an update of a license failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rejected(#[from] ChangeError),
+}
+
+/// The license catalog: products, customers, licenses, admin tokens and the audit log.
+#[async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Fails with [`StoreError::AlreadyExists`] when the code is taken.
+    async fn create_product(&self, product: &Product, audit: AuditRecord) -> Result<(), StoreError>;
+    async fn get_product(&self, code: &str) -> Result<Option<Product>, StoreError>;
+    async fn list_products(&self, page: &Page) -> Result<Vec<Product>, StoreError>;
+    /// Fails with [`StoreError::AlreadyExists`] when the version is recorded already.
+    async fn add_product_version(
+        &self,
+        code: &str,
+        version: ProductVersion,
+        audit: AuditRecord,
+    ) -> Result<Product, StoreError>;
+
+    /// `password_hash` is an argon2id PHC string, or none until the customer resets it.
+    async fn create_customer(
+        &self,
+        customer: &Customer,
+        password_hash: Option<&str>,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StoreError>;
+    async fn find_customer_by_email(&self, email: &str) -> Result<Option<Customer>, StoreError>;
+    async fn list_customers(&self, query: Option<&str>, page: &Page) -> Result<Vec<Customer>, StoreError>;
+    async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError>;
+    async fn set_customer_password_hash(
+        &self,
+        customer_id: &str,
+        password_hash: &str,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    async fn insert_license(&self, new: &NewLicense, audit: AuditRecord) -> Result<(), StoreError>;
+    async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError>;
+    async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError>;
+    async fn list_licenses(&self, filter: &LicenseFilter, page: &Page) -> Result<Vec<License>, StoreError>;
+    /// The salt the license's activation password is derived from.
+    async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError>;
+    /// Replaces the salt, so the old activation password stops working at once.
+    async fn set_activation_password_salt(&self, license_id: &str, salt: &str, audit: AuditRecord) -> Result<(), StoreError>;
+    /// Applies `change` to the license with the row locked and appends `audit`, atomically.
+    async fn update_license(
+        &self,
+        license_id: &str,
+        change: &LicenseChange,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<License, UpdateError>;
+
+    async fn append_audit(&self, audit: AuditRecord) -> Result<(), StoreError>;
+    /// Oldest first, after the sequence number in `page.after`.
+    async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, StoreError>;
+
+    async fn count_admin_tokens(&self) -> Result<i64, StoreError>;
+    /// Idempotent: storing a digest already present changes nothing.
+    async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError>;
+    /// The token ID of the admin token with this digest.
+    async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError>;
+}

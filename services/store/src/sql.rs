@@ -1,0 +1,179 @@
+//! [`SqlStore`]: PostgreSQL or SQLite behind one implementation.
+
+mod catalog;
+
+use licensing_domain::error::StoreError;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::path::Path;
+use std::time::Duration;
+
+/// Which database a [`SqlStore`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    /// Row lock for read-modify-write transactions. SQLite needs none: the embedded store uses a
+    /// single connection, so its transactions never interleave.
+    fn for_update(self) -> &'static str {
+        match self {
+            Self::Postgres => " FOR UPDATE",
+            Self::Sqlite => "",
+        }
+    }
+}
+
+/// The SQL store. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// Settings for connecting; the defaults suit a service process.
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before the store reports Unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(3) }
+    }
+}
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqlStore {
+    /// Connects to `postgres://…` and applies the migrations.
+    pub async fn connect_postgres(url: &str, options: &SqlOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(map_err)?;
+        let store = Self { pool, dialect: Dialect::Postgres };
+        POSTGRES_MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        Ok(store)
+    }
+
+    /// Opens (creating it if missing) the SQLite file at `path` and applies the migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
+        }
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        // One connection: SQLite has one writer anyway, and a single connection makes every
+        // transaction atomic without SQLITE_BUSY retries.
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(map_err)?;
+        let store = Self { pool, dialect: Dialect::Sqlite };
+        SQLITE_MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the database answers (for readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Connection faults become Unavailable (the caller may retry); constraint violations become
+/// AlreadyExists or Conflict; anything else is a bug.
+pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
+    use sqlx::error::ErrorKind;
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation => StoreError::AlreadyExists(db.message().to_string()),
+            ErrorKind::ForeignKeyViolation | ErrorKind::CheckViolation | ErrorKind::NotNullViolation => {
+                StoreError::Conflict(db.message().to_string())
+            }
+            _ => {
+                // PostgreSQL class 08 (connection), 57P0x (shutdown), 53 (resources) are
+                // transient; SQLite BUSY/LOCKED too.
+                let code = db.code().unwrap_or_default();
+                if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6" {
+                    StoreError::Unavailable(db.message().to_string())
+                } else {
+                    StoreError::Other(db.message().to_string())
+                }
+            }
+        },
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+pub(crate) fn get_i64(row: &AnyRow, col: &str) -> Result<i64, StoreError> {
+    row.try_get::<i64, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>, StoreError> {
+    row.try_get::<Option<i64>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_str(row: &AnyRow, col: &str) -> Result<String, StoreError> {
+    row.try_get::<String, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, StoreError> {
+    row.try_get::<Option<String>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn get_i32(row: &AnyRow, col: &str) -> Result<i32, StoreError> {
+    let v = get_i64(row, col)?;
+    i32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col}: {v} out of range")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(col: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("serializing plain data to JSON does not fail")
+}
+
+/// Page size within bounds, as an SQL LIMIT.
+pub(crate) fn limit(page: &licensing_domain::model::Page) -> i64 {
+    use licensing_domain::model::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+    i64::from(if page.limit == 0 { DEFAULT_PAGE_SIZE } else { page.limit.min(MAX_PAGE_SIZE) })
+}
