@@ -1,1 +1,21 @@
+//! What every licensing server process shares.
+//!
+//! # Layout
+//! - [`config`]: settings from environment variables, read through a [`config::Lookup`] so tests
+//!   never touch the process environment.
+//! - [`keys`]: the server's secret keys (keyed-hash key, Ed25519 signing key), from the
+//!   environment or a key file in the data directory.
+//! - [`telemetry`]: `tracing` logs (text or JSON) and OpenTelemetry OTLP export.
+//! - [`server`]: the gRPC server stack: health, reflection (v1 and v1alpha), request timeout and
+//!   concurrency limit layers, graceful drain on SIGTERM/SIGINT with a deadline.
+//! - [`status`]: the one place where any service error becomes a `tonic::Status`.
+//! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
+//! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.
 
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod keys;
+pub mod server;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,133 @@
+//! Bearer tokens in `authorization` metadata, and the admin token.
+
+use licensing_domain::clock::Millis;
+use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
+use licensing_domain::ids;
+use licensing_domain::secrets::{purpose, random_token, KeyedHasher};
+use licensing_domain::store::CatalogStore;
+use std::sync::Arc;
+use tonic::metadata::MetadataMap;
+
+/// The token of `authorization: Bearer <token>`, if present and well formed.
+pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("this call needs an admin token: send metadata 'authorization: Bearer <admin token>'")]
+    MissingAdminToken,
+    #[error("the admin token is not valid")]
+    InvalidAdminToken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ClassifiedError for AuthError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::MissingAdminToken | Self::InvalidAdminToken => ErrorClass::Unauthenticated,
+            Self::Store(e) => e.class(),
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingAdminToken => "ADMIN_TOKEN_MISSING",
+            Self::InvalidAdminToken => "ADMIN_TOKEN_INVALID",
+            Self::Store(e) => e.reason(),
+        }
+    }
+}
+
+/// Who made an admin call: the ID of the admin token used (never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminId(pub String);
+
+impl AdminId {
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.0)
+    }
+}
+
+/// Checks admin tokens by their keyed digest (a lookup by digest compares no secret in variable time).
+#[derive(Clone)]
+pub struct AdminAuth {
+    store: Arc<dyn CatalogStore>,
+    hasher: KeyedHasher,
+}
+
+impl AdminAuth {
+    pub fn new(store: Arc<dyn CatalogStore>, hasher: KeyedHasher) -> Self {
+        Self { store, hasher }
+    }
+
+    pub async fn authorize(&self, metadata: &MetadataMap) -> Result<AdminId, AuthError> {
+        let token = bearer_token(metadata).ok_or(AuthError::MissingAdminToken)?;
+        if !token.starts_with("adm_") {
+            return Err(AuthError::InvalidAdminToken);
+        }
+        let digest = self.hasher.digest(purpose::ADMIN_TOKEN, token);
+        self.store.find_admin_token(&digest).await?.map(AdminId).ok_or(AuthError::InvalidAdminToken)
+    }
+}
+
+/// Makes sure an admin token exists. A configured token is stored (hashed) and accepted; with
+/// none configured and none stored, a fresh token is generated and returned so the caller can
+/// print it once.
+pub async fn bootstrap_admin_token(
+    store: &dyn CatalogStore,
+    hasher: &KeyedHasher,
+    configured: Option<&str>,
+    now: Millis,
+) -> Result<Option<String>, StoreError> {
+    if let Some(token) = configured {
+        let digest = hasher.digest(purpose::ADMIN_TOKEN, token);
+        let token_id = format!("env-{}", &digest[..12]);
+        store.insert_admin_token(&token_id, &digest, now).await?;
+        return Ok(None);
+    }
+    if store.count_admin_tokens().await? > 0 {
+        return Ok(None);
+    }
+    let token = random_token(ids::ADMIN_TOKEN, 24);
+    let digest = hasher.digest(purpose::ADMIN_TOKEN, &token);
+    store.insert_admin_token(&ids::new_id("tok"), &digest, now).await?;
+    Ok(Some(token))
+}
+
+/// Admin tokens given in `LICENSING_ADMIN_TOKEN` must have this shape, so they are long enough.
+pub fn validate_admin_token_shape(token: &str) -> Result<(), String> {
+    if token.starts_with("adm_") && token.len() >= 4 + 26 && token[4..].bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err("LICENSING_ADMIN_TOKEN must look like adm_ followed by at least 26 letters or digits".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed_leniently_but_safely() {
+        let mut m = MetadataMap::new();
+        assert_eq!(bearer_token(&m), None);
+        m.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&m), Some("abc"));
+        m.insert("authorization", "bearer   abc ".parse().unwrap());
+        assert_eq!(bearer_token(&m), Some("abc"));
+        m.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&m), None);
+        m.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&m), None);
+    }
+
+    #[test]
+    fn admin_token_shape() {
+        assert!(validate_admin_token_shape("adm_0123456789ABCDEFGHJKMNPQRS").is_ok());
+        assert!(validate_admin_token_shape("adm_short").is_err());
+        assert!(validate_admin_token_shape("password1234567890123456789012345").is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Configuration from environment variables. Every variable is listed in [`VARIABLES`] (and in
+//! the README's table, which a test keeps in step with it).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where settings come from. The process environment in binaries, a map in tests.
+pub trait Lookup {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Lookup for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Lookup for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl<const N: usize> Lookup for [(&str, &str); N] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// Every environment variable the servers read, with its meaning (the README documents these).
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("LICENSING_LISTEN_ADDR", "address:port to serve gRPC on"),
+    ("LICENSING_DATA_DIR", "directory of the embedded SQLite file and key file"),
+    ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file"),
+    ("LICENSING_DATABASE_MAX_CONNECTIONS", "PostgreSQL pool size"),
+    ("LICENSING_REDIS_URL", "redis:// URL of the lease store; when set, Redis replaces the embedded lease store"),
+    ("LICENSING_ADMIN_TOKEN", "admin bearer token to accept (stored hashed); without it a first token is generated and printed once"),
+    ("LICENSING_HASH_KEY", "base64 key (32+ bytes) for keyed hashes of keys and tokens"),
+    ("LICENSING_SIGNING_KEY", "base64 32-byte Ed25519 seed that signs certificates and lease tokens"),
+    ("LICENSING_REQUEST_TIMEOUT_MS", "deadline of one unary request"),
+    ("LICENSING_CONCURRENCY_LIMIT", "requests served at once per process"),
+    ("LICENSING_SHUTDOWN_GRACE_MS", "how long in-flight requests may drain after SIGTERM"),
+    ("LICENSING_MAX_MESSAGE_BYTES", "largest gRPC message decoded or encoded"),
+    ("LICENSING_REFLECTION", "serve gRPC reflection (true/false)"),
+    ("LICENSING_LOG_FORMAT", "text or json"),
+    ("RUST_LOG", "log filter, e.g. info or licensing=debug"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
+    ("OTEL_SERVICE_NAME", "service name on exported traces"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    /// Redis URL; `None` means the embedded lease store.
+    pub redis_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub hash_key_b64: Option<String>,
+    pub signing_key_b64: Option<String>,
+    pub request_timeout: Duration,
+    pub concurrency_limit: usize,
+    pub shutdown_grace: Duration,
+    pub max_message_bytes: usize,
+    pub reflection: bool,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn parse<T: std::str::FromStr>(lookup: &dyn Lookup, var: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+    match lookup.get(var).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError { var, message: format!("'{v}' is not {what}") }),
+    }
+}
+
+fn non_empty(lookup: &dyn Lookup, var: &str) -> Option<String> {
+    lookup.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Reads every setting; `default_addr` and `service_name` differ per binary.
+    pub fn from_lookup(lookup: &dyn Lookup, default_addr: &str, service_name: &str) -> Result<Self, ConfigError> {
+        let listen_addr = parse(lookup, "LICENSING_LISTEN_ADDR", default_addr.parse().expect("valid default address"), "an address:port")?;
+        let millis = |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
+        let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
+        let shutdown_grace = millis("LICENSING_SHUTDOWN_GRACE_MS", 10_000)?;
+        let concurrency_limit = parse(lookup, "LICENSING_CONCURRENCY_LIMIT", 1024usize, "a whole number")?;
+        if concurrency_limit == 0 {
+            return Err(ConfigError { var: "LICENSING_CONCURRENCY_LIMIT", message: "must be at least 1".into() });
+        }
+        let log_format = match non_empty(lookup, "LICENSING_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError { var: "LICENSING_LOG_FORMAT", message: format!("'{other}' is neither text nor json") })
+            }
+        };
+        let database_url = non_empty(lookup, "LICENSING_DATABASE_URL");
+        if let Some(url) = &database_url {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                return Err(ConfigError { var: "LICENSING_DATABASE_URL", message: "must be a postgres:// URL".into() });
+            }
+        }
+        let redis_url = non_empty(lookup, "LICENSING_REDIS_URL");
+        if let Some(url) = &redis_url {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(ConfigError { var: "LICENSING_REDIS_URL", message: "must be a redis:// URL".into() });
+            }
+        }
+        Ok(Self {
+            listen_addr,
+            data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
+            database_url,
+            database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,
+            redis_url,
+            admin_token: non_empty(lookup, "LICENSING_ADMIN_TOKEN"),
+            hash_key_b64: non_empty(lookup, "LICENSING_HASH_KEY"),
+            signing_key_b64: non_empty(lookup, "LICENSING_SIGNING_KEY"),
+            request_timeout,
+            concurrency_limit,
+            shutdown_grace,
+            max_message_bytes: parse(lookup, "LICENSING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize, "a number of bytes")?,
+            reflection: parse(lookup, "LICENSING_REFLECTION", true, "true or false")?,
+            log_format,
+            log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
+            otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            service_name: non_empty(lookup, "OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = Config::from_lookup(&HashMap::new(), "127.0.0.1:50051", "licensing").unwrap();
+        assert_eq!(c.listen_addr.port(), 50051);
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert!(c.database_url.is_none() && c.redis_url.is_none());
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.reflection);
+    }
+
+    #[test]
+    fn values_are_read_and_bad_ones_name_the_variable() {
+        let c = Config::from_lookup(
+            &[("LICENSING_LISTEN_ADDR", "0.0.0.0:7000"), ("LICENSING_LOG_FORMAT", "json"), ("LICENSING_DATABASE_URL", "postgres://x/y")],
+            "127.0.0.1:1",
+            "s",
+        )
+        .unwrap();
+        assert_eq!(c.listen_addr.port(), 7000);
+        assert_eq!(c.log_format, LogFormat::Json);
+        let err = Config::from_lookup(&[("LICENSING_REQUEST_TIMEOUT_MS", "soon")], "127.0.0.1:1", "s").unwrap_err();
+        assert_eq!(err.var, "LICENSING_REQUEST_TIMEOUT_MS");
+        let err = Config::from_lookup(&[("LICENSING_DATABASE_URL", "mysql://x")], "127.0.0.1:1", "s").unwrap_err();
+        assert_eq!(err.var, "LICENSING_DATABASE_URL");
+        let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s").unwrap_err();
+        assert_eq!(err.var, "LICENSING_CONCURRENCY_LIMIT");
+    }
+}
