@@ -1,1 +1,7 @@
-fn main() {}
+//! The all-in-one licensing server: every service in one process, on a SQLite file and the
+//! embedded lease store (or on PostgreSQL/Redis when their URLs are set).
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    licensing::run(licensing::Role::AllInOne, &licensing_runtime::config::ProcessEnv).await
+}

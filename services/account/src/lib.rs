@@ -1,1 +1,16 @@
+//! The Account service: the license catalog with the vendor's admin API, and the customer portal.
+//!
+//! # Layout
+//! - [`error`]: [`AccountError`], the one error enum of this service, classified for gRPC.
+//! - [`validate`]: field checks of admin and portal input (codes, emails, versions, names).
+//! - [`catalog`]: [`Catalog`], the admin use cases (products, customers, licenses, audit); no gRPC.
+//! - [`grpc`]: thin tonic adapters, `AdminService` and `AccountService`: authenticate,
+//!   convert, delegate to [`Catalog`], convert back.
 
+pub mod catalog;
+pub mod error;
+pub mod grpc;
+pub mod validate;
+
+pub use catalog::Catalog;
+pub use error::AccountError;

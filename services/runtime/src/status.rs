@@ -117,3 +117,14 @@ mod tests {
         assert!(!s.message().contains("secret table detail"));
     }
 }
+
+/// `result.or_status()?` in gRPC handlers: any classified error through [`to_status`].
+pub trait OrStatus<T> {
+    fn or_status(self) -> Result<T, Status>;
+}
+
+impl<T, E: ClassifiedError> OrStatus<T> for Result<T, E> {
+    fn or_status(self) -> Result<T, Status> {
+        self.map_err(|e| to_status(&e))
+    }
+}

@@ -1,0 +1,110 @@
+//! [`AccountError`]: everything the Account service can answer with, and its gRPC class.
+
+use licensing_domain::change::ChangeError;
+use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
+use licensing_domain::store::UpdateError;
+use licensing_runtime::auth::AuthError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// A request field is malformed or out of range; the message names the field.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { reason: &'static str, message: String },
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{message}")]
+    FailedPrecondition { reason: &'static str, message: String },
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl AccountError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, message: message.into() }
+    }
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists(what) => Self::AlreadyExists(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound { reason: "NOT_FOUND", message: format!("{what} not found") },
+            StoreError::Conflict(message) => Self::FailedPrecondition { reason: "CONFLICT", message },
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<UpdateError> for AccountError {
+    fn from(e: UpdateError) -> Self {
+        match e {
+            UpdateError::Store(s) => s.into(),
+            UpdateError::Rejected(ChangeError::Invalid { field, message }) => Self::InvalidArgument { field, message },
+            UpdateError::Rejected(ChangeError::NotAllowed(message)) => Self::FailedPrecondition { reason: "LICENSE_STATE", message },
+        }
+    }
+}
+
+impl ClassifiedError for AccountError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::InvalidArgument { .. } => ErrorClass::InvalidArgument,
+            Self::NotFound { .. } => ErrorClass::NotFound,
+            Self::AlreadyExists(_) => ErrorClass::AlreadyExists,
+            Self::FailedPrecondition { .. } => ErrorClass::FailedPrecondition,
+            Self::Unimplemented(_) => ErrorClass::FailedPrecondition,
+            Self::Auth(e) => e.class(),
+            Self::Store(e) => e.class(),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::NotFound { reason, .. } | Self::FailedPrecondition { reason, .. } => reason,
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::Unimplemented(_) => "NOT_AVAILABLE",
+            Self::Auth(e) => e.reason(),
+            Self::Store(e) => e.reason(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use licensing_runtime::status::{reason_of, to_status};
+    use tonic::Code;
+
+    #[test]
+    fn each_variant_maps_to_its_status() {
+        let cases: Vec<(AccountError, Code, &str)> = vec![
+            (AccountError::invalid("seats", "must be positive"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+            (AccountError::NotFound { reason: "LICENSE_NOT_FOUND", message: "x".into() }, Code::NotFound, "LICENSE_NOT_FOUND"),
+            (AccountError::AlreadyExists("product".into()), Code::AlreadyExists, "ALREADY_EXISTS"),
+            (AccountError::FailedPrecondition { reason: "LICENSE_STATE", message: "x".into() }, Code::FailedPrecondition, "LICENSE_STATE"),
+            (AccountError::Auth(AuthError::MissingAdminToken), Code::Unauthenticated, "ADMIN_TOKEN_MISSING"),
+            (AccountError::Auth(AuthError::InvalidAdminToken), Code::Unauthenticated, "ADMIN_TOKEN_INVALID"),
+            (StoreError::Unavailable("down".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
+            (StoreError::AlreadyExists("customer".into()).into(), Code::AlreadyExists, "ALREADY_EXISTS"),
+            (
+                UpdateError::Rejected(ChangeError::Invalid { field: "expires_at", message: "too early".into() }).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let status = to_status(&error);
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(reason_of(&status).as_deref(), Some(reason), "{error}");
+        }
+        let status = to_status(&AccountError::invalid("seats", "must be positive"));
+        assert_eq!(status.message(), "seats: must be positive");
+    }
+}

@@ -1,0 +1,6 @@
+//! The seat service alone, for production (PostgreSQL and Redis; see docker-compose.yml).
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    licensing::run(licensing::Role::Seat, &licensing_runtime::config::ProcessEnv).await
+}

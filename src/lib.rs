@@ -1,0 +1,160 @@
+//! The licensing server's processes: one all-in-one server on the embedded default, and one
+//! binary per service for production.
+//!
+//! # Layout
+//! - [`Role`]: which services a process serves.
+//! - [`Application`]: `build` (open the stores, bootstrap the admin token, bind the port) then
+//!   `run_until_stopped` (serve until SIGTERM/SIGINT, drain).
+//! - [`run`]: what each binary's `main` calls.
+//! - `src/main.rs` (all-in-one), `src/bin/{account,activation,seat}.rs`: the binaries.
+
+use anyhow::Context as _;
+use licensing_account::grpc::AdminApi;
+use licensing_account::Catalog;
+use licensing_domain::clock::{system_clock, SharedClock};
+use licensing_domain::secrets::PasswordHasher;
+use licensing_domain::store::CatalogStore;
+use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth};
+use licensing_runtime::config::{Config, Lookup};
+use licensing_runtime::keys::ServerKeys;
+use licensing_runtime::server::{GrpcServer, StackSettings};
+use licensing_store::sql::SqlOptions;
+use licensing_store::SqlStore;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tonic::service::Routes;
+
+/// The embedded SQLite file inside the data directory.
+pub const DATABASE_FILE: &str = "licensing.db";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// All three services in one process: the embedded default.
+    AllInOne,
+    Account,
+    Activation,
+    Seat,
+}
+
+impl Role {
+    pub fn default_addr(self) -> &'static str {
+        match self {
+            Self::AllInOne => "127.0.0.1:50051",
+            Self::Account => "127.0.0.1:50052",
+            Self::Activation => "127.0.0.1:50053",
+            Self::Seat => "127.0.0.1:50054",
+        }
+    }
+
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::AllInOne => "licensing-server",
+            Self::Account => "licensing-account",
+            Self::Activation => "licensing-activation",
+            Self::Seat => "licensing-seat",
+        }
+    }
+
+    fn serves_account(self) -> bool {
+        matches!(self, Self::AllInOne | Self::Account)
+    }
+}
+
+/// Things a test may want to replace.
+#[derive(Clone)]
+pub struct Overrides {
+    pub clock: SharedClock,
+    pub password_hasher: PasswordHasher,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Self { clock: system_clock(), password_hasher: PasswordHasher::owasp() }
+    }
+}
+
+pub struct Application {
+    server: GrpcServer,
+    store: SqlStore,
+    /// A freshly generated admin token, to be shown once; `None` when one existed or was configured.
+    pub generated_admin_token: Option<String>,
+}
+
+impl Application {
+    pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
+        Self::build_with(config, role, Overrides::default()).await
+    }
+
+    pub async fn build_with(config: &Config, role: Role, overrides: Overrides) -> anyhow::Result<Self> {
+        if let Some(token) = &config.admin_token {
+            validate_admin_token_shape(token).map_err(anyhow::Error::msg)?;
+        }
+        let (store, keys) = match (role, &config.database_url) {
+            (Role::AllInOne, None) => {
+                let path = config.data_dir.join(DATABASE_FILE);
+                let store = SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?;
+                let keys = ServerKeys::load_or_create(&config.data_dir, config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
+                (store, keys)
+            }
+            (Role::AllInOne, Some(url)) => {
+                let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
+                let store = SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?;
+                let keys = ServerKeys::load_or_create(&config.data_dir, config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
+                (store, keys)
+            }
+            (_, None) => anyhow::bail!("LICENSING_DATABASE_URL is required: the separate services share one PostgreSQL database"),
+            (_, Some(url)) => {
+                let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
+                let store = SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?;
+                let keys = ServerKeys::from_env_values(config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
+                (store, keys)
+            }
+        };
+        let catalog_store: Arc<dyn CatalogStore> = Arc::new(store.clone());
+        let hasher = keys.hasher();
+        let now = overrides.clock.now();
+        let generated_admin_token = if role.serves_account() {
+            bootstrap_admin_token(catalog_store.as_ref(), &hasher, config.admin_token.as_deref(), now).await?
+        } else {
+            None
+        };
+
+        let max = config.max_message_bytes;
+        let mut names: Vec<&str> = vec![];
+        let mut routes = Routes::default();
+        if role.serves_account() {
+            let catalog = Catalog::new(catalog_store.clone(), hasher.clone(), overrides.password_hasher.clone(), overrides.clock.clone());
+            let admin = AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone()));
+            routes = routes.add_service(admin.into_server(max));
+            names.push("licensing.account.v1.AdminService");
+        }
+        let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { server, store, generated_admin_token })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let result = self.server.run_until_stopped(shutdown).await;
+        self.store.close().await;
+        result.context("serving gRPC")
+    }
+}
+
+/// `main` of every binary: configuration from the process environment, telemetry, serve.
+pub async fn run(role: Role, lookup: &dyn Lookup) -> anyhow::Result<()> {
+    let config = Config::from_lookup(lookup, role.default_addr(), role.service_name())?;
+    let _telemetry = licensing_runtime::telemetry::init(&config)?;
+    let app = Application::build(&config, role).await?;
+    if let Some(token) = &app.generated_admin_token {
+        // Printed once, on purpose, to stdout: only its keyed digest is stored.
+        println!("\n  First start: an admin token was created. It is shown only now; keep it safe:\n\n    {token}\n");
+    }
+    tracing::info!(addr = %app.local_addr(), role = ?role, "serving");
+    app.run_until_stopped(licensing_runtime::server::shutdown_signal()).await
+}
