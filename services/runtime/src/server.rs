@@ -197,3 +197,24 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn slow_handlers_get_deadline_exceeded_and_fast_ones_pass() {
+        let slow = tower::service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("late")))
+        });
+        let response = DeadlineLayer { after: Duration::from_millis(50) }.layer(slow).oneshot(http::Request::new(())).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a grpc-status header");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+
+        let fast = tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok"))) });
+        let response = DeadlineLayer { after: Duration::from_millis(50) }.layer(fast).oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(response.into_body(), "ok");
+    }
+}

@@ -1,0 +1,35 @@
+//! `healthcheck [ADDR] [SERVICE]`: exits 0 when the gRPC health service at ADDR (default
+//! 127.0.0.1:50051) reports SERVICE (default: the whole server) SERVING, 1 otherwise. Used by the
+//! compose file's health checks, so the images need no extra probe binary.
+
+use std::time::Duration;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:50051".into());
+    let service = args.next().unwrap_or_default();
+    let check = async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let status = HealthClient::new(channel).check(HealthCheckRequest { service: service.clone() }).await?.into_inner().status;
+        Ok::<_, Box<dyn std::error::Error>>(status)
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => println!("{addr} {service}: SERVING"),
+        Ok(Ok(status)) => {
+            eprintln!("{addr} {service}: not serving (status {status})");
+            std::process::exit(1);
+        }
+        Ok(Err(e)) => {
+            eprintln!("{addr}: {e}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!("{addr}: no answer within 3 s");
+            std::process::exit(1);
+        }
+    }
+}

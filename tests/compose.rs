@@ -1,0 +1,161 @@
+//! Keeps docker-compose.yml honest without a Docker engine: reads it, starts the same three
+//! binaries natively with the same environment variables (service hostnames mapped to
+//! 127.0.0.1, `${VAR:-default}` resolved to its default, and the database name swapped for a
+//! fresh one so runs do not share state), then checks each is SERVING, both through the gRPC
+//! health service and through the compose file's own healthcheck command.
+
+mod common;
+
+use common::*;
+use serde_yaml::Value;
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+const SERVICES: [&str; 3] = ["account", "activation", "seat"];
+const HOSTNAMES: [&str; 3] = ["postgres", "redis", "jaeger"];
+
+fn compose() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap();
+    let mut value: Value = serde_yaml::from_str(&text).unwrap();
+    value.apply_merge().unwrap();
+    value
+}
+
+/// `${NAME:-default}` becomes `default` (compose's interpolation, with nothing set).
+fn interpolate(value: &str) -> String {
+    let mut out = value.to_owned();
+    while let Some(start) = out.find("${") {
+        let end = out[start..].find('}').map(|e| start + e).expect("closed ${");
+        let inner = &out[start + 2..end];
+        let default = inner.split_once(":-").map(|(_, d)| d).unwrap_or("");
+        out = format!("{}{}{}", &out[..start], default, &out[end + 1..]);
+    }
+    out
+}
+
+fn native_env(service: &Value, database_url: &str) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    for (k, v) in service["environment"].as_mapping().expect("environment as a mapping") {
+        let key = k.as_str().unwrap().to_owned();
+        let mut value = interpolate(v.as_str().unwrap_or_else(|| panic!("{key} is a string")));
+        for host in HOSTNAMES {
+            value = value.replace(&format!("@{host}:"), "@127.0.0.1:").replace(&format!("//{host}:"), "//127.0.0.1:");
+        }
+        value = value.replace("0.0.0.0:", "127.0.0.1:");
+        env.insert(key, value);
+    }
+    let compose_url = env["LICENSING_DATABASE_URL"].clone();
+    assert!(compose_url.starts_with("postgres://licensing:licensing@127.0.0.1:5432/"), "{compose_url}");
+    env.insert("LICENSING_DATABASE_URL".into(), database_url.to_owned());
+    env
+}
+
+/// The compose database URL, with the compose user, on a fresh database.
+async fn compose_database() -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.unwrap();
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = 'licensing'").fetch_optional(&mut conn).await.unwrap();
+    if exists.is_none() {
+        let _ = sqlx::query("CREATE ROLE licensing LOGIN PASSWORD 'licensing'").execute(&mut conn).await;
+    }
+    let name = format!("licensing_compose_{}", licensing_domain::ids::new_id("db").to_lowercase());
+    sqlx::query(&format!("CREATE DATABASE {name} OWNER licensing")).execute(&mut conn).await.unwrap();
+    format!("postgres://licensing:licensing@127.0.0.1:5432/{name}")
+}
+
+fn binary(command: &str) -> &'static str {
+    match command {
+        "account" => env!("CARGO_BIN_EXE_account"),
+        "activation" => env!("CARGO_BIN_EXE_activation"),
+        "seat" => env!("CARGO_BIN_EXE_seat"),
+        "healthcheck" => env!("CARGO_BIN_EXE_healthcheck"),
+        other => panic!("compose names an unknown binary {other}"),
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+}
+
+async fn wait_serving(healthcheck: &[String]) -> bool {
+    for _ in 0..150 {
+        let status = Command::new(binary(&healthcheck[0])).args(&healthcheck[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().await.unwrap();
+        if status.success() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+struct Running(Vec<(String, Child)>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+#[tokio::test]
+async fn compose_services_start_natively_and_serve() {
+    if !postgres_available().await {
+        return;
+    }
+    let compose = compose();
+    let services = &compose["services"];
+    for dependency in ["postgres", "redis"] {
+        assert!(services[dependency]["healthcheck"].is_mapping(), "{dependency} has a health check");
+    }
+    let database_url = compose_database().await;
+    let mut running = Running(vec![]);
+    let mut checks = vec![];
+    for name in SERVICES {
+        let service = &services[name];
+        assert_eq!(service["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"), "{name}");
+        let command = strings(&service["command"]);
+        let env = native_env(service, &database_url);
+        let port = env["LICENSING_LISTEN_ADDR"].rsplit(':').next().unwrap().to_owned();
+        let published = strings(&service["ports"]);
+        assert_eq!(published, vec![format!("{port}:{port}")], "{name} publishes its listen port");
+        let child = Command::new(binary(&command[0]))
+            .env_clear()
+            .envs(&env)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LICENSING_DATA_DIR", std::env::temp_dir().join(format!("compose-{name}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        running.0.push((name.to_owned(), child));
+        let healthcheck = strings(&service["healthcheck"]["test"]);
+        assert_eq!(healthcheck[0], "CMD");
+        checks.push((name, healthcheck[1..].to_vec()));
+    }
+    for (name, check) in &checks {
+        assert!(wait_serving(check).await, "{name} became SERVING (checked with {check:?})");
+    }
+    // The running services answer the health service for their own gRPC service names too.
+    let named = [
+        ("account", "licensing.account.v1.AdminService"),
+        ("activation", "licensing.activation.v1.ActivationService"),
+        ("seat", "licensing.seat.v1.SeatService"),
+    ];
+    for (name, grpc_service) in named {
+        let (_, check) = checks.iter().find(|(n, _)| *n == name).unwrap();
+        let mut check = check.clone();
+        check.push(grpc_service.to_owned());
+        assert!(wait_serving(&check).await, "{name} reports {grpc_service} SERVING");
+    }
+    // SIGTERM: each drains and exits cleanly.
+    for (name, child) in &mut running.0 {
+        let pid = child.id().unwrap().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits after SIGTERM").unwrap();
+        assert!(status.success(), "{name} exited with {status}");
+    }
+}
