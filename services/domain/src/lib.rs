@@ -10,13 +10,17 @@
 //! - [`license_key`]: the `XXXXX-XXXXX-XXXXX-XXXXX-XXXXX` key format with its check character.
 //! - [`secrets`]: keyed hashes for keys and tokens, argon2id for passwords, random tokens.
 //! - [`ids`]: prefixed random identifiers (`lic_…`, `cus_…`).
+//! - [`fingerprint`]: machine fingerprints, their digests and share-based matching.
+//! - [`certificate`]: Ed25519-signed certificates and lease tokens, offline request format.
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
 
+pub mod certificate;
 pub mod change;
 pub mod clock;
 pub mod error;
+pub mod fingerprint;
 pub mod ids;
 pub mod license_key;
 pub mod model;

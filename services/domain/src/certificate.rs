@@ -1,0 +1,246 @@
+//! Signed license certificates (see docs/certificate.md), lease tokens, and the offline
+//! activation request format. Ed25519 over a domain-separated message, so a signature made for
+//! one purpose never verifies for another.
+
+use crate::clock::Millis;
+use crate::fingerprint::ComponentDigest;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const CERTIFICATE_CONTEXT: &str = "licensing-certificate-v1\n";
+pub const LEASE_TOKEN_CONTEXT: &str = "licensing-lease-v1\n";
+const CERT_BEGIN: &str = "-----BEGIN LICENSING CERTIFICATE-----";
+const CERT_END: &str = "-----END LICENSING CERTIFICATE-----";
+const REQUEST_BEGIN: &str = "-----BEGIN LICENSING ACTIVATION REQUEST-----";
+const REQUEST_END: &str = "-----END LICENSING ACTIVATION REQUEST-----";
+
+/// What a certificate asserts. Instants are milliseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificatePayload {
+    /// Format version, 1.
+    pub v: u32,
+    pub license_id: String,
+    pub installation_id: String,
+    pub product_code: String,
+    pub customer_id: String,
+    pub kind: String,
+    pub modules: Vec<String>,
+    pub valid_from_ms: Millis,
+    pub expires_at_ms: Option<Millis>,
+    pub upgrades_until_ms: Option<Millis>,
+    pub issued_at_ms: Millis,
+    /// Ask the server for a fresh certificate after this instant.
+    pub refresh_after_ms: Millis,
+    /// Offline use is allowed until this instant, never beyond the license's expiry.
+    pub valid_until_ms: Millis,
+    /// SHA-256 of `name=value` of each fingerprint component (normalized: trimmed, lowercase).
+    pub fingerprint: Vec<ComponentDigest>,
+    /// Share of `fingerprint` components a machine must still have.
+    pub match_threshold: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedBlob {
+    /// Base64 of the payload bytes.
+    pub payload: String,
+    /// Base64 of the Ed25519 signature over context || payload bytes.
+    pub signature: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the certificate is not in the expected format: {0}")]
+    Malformed(String),
+    #[error("the signature does not verify: the certificate was altered or signed by another key")]
+    BadSignature,
+}
+
+/// The server's signing key.
+#[derive(Clone)]
+pub struct Signer {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer(key_id={})", self.key_id())
+    }
+}
+
+/// First 8 bytes of SHA-256 of the public key, hex.
+pub fn key_id(public: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(public.as_bytes())[..8])
+}
+
+impl Signer {
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self { key: SigningKey::from_bytes(seed) }
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn key_id(&self) -> String {
+        key_id(&self.verifying_key())
+    }
+
+    pub fn sign(&self, context: &str, payload: &[u8]) -> SignedBlob {
+        let mut message = Vec::with_capacity(context.len() + payload.len());
+        message.extend_from_slice(context.as_bytes());
+        message.extend_from_slice(payload);
+        let signature = self.key.sign(&message);
+        SignedBlob { payload: B64.encode(payload), signature: B64.encode(signature.to_bytes()), key_id: self.key_id() }
+    }
+
+    pub fn sign_certificate(&self, payload: &CertificatePayload) -> SignedBlob {
+        let bytes = serde_json::to_vec(payload).expect("a certificate payload serializes");
+        self.sign(CERTIFICATE_CONTEXT, &bytes)
+    }
+}
+
+/// Verifies a blob with only the public key and returns the payload bytes.
+pub fn verify(public: &VerifyingKey, context: &str, blob: &SignedBlob) -> Result<Vec<u8>, VerifyError> {
+    let payload = B64.decode(&blob.payload).map_err(|e| VerifyError::Malformed(format!("payload: {e}")))?;
+    let signature = B64.decode(&blob.signature).map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
+    let signature = Signature::from_slice(&signature).map_err(|_| VerifyError::Malformed("signature length".into()))?;
+    let mut message = context.as_bytes().to_vec();
+    message.extend_from_slice(&payload);
+    public.verify(&message, &signature).map_err(|_| VerifyError::BadSignature)?;
+    Ok(payload)
+}
+
+pub fn verify_certificate(public: &VerifyingKey, blob: &SignedBlob) -> Result<CertificatePayload, VerifyError> {
+    let bytes = verify(public, CERTIFICATE_CONTEXT, blob)?;
+    serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("payload JSON: {e}")))
+}
+
+fn wrap(begin: &str, end: &str, body: &str) -> String {
+    let mut out = String::from(begin);
+    out.push('\n');
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(end);
+    out.push('\n');
+    out
+}
+
+fn unwrap_armor<'a>(text: &'a str, begin: &str, end: &str) -> Result<String, VerifyError> {
+    let start = text.find(begin).ok_or_else(|| VerifyError::Malformed(format!("missing {begin}")))? + begin.len();
+    let stop = text[start..].find(end).ok_or_else(|| VerifyError::Malformed(format!("missing {end}")))? + start;
+    Ok(text[start..stop].split_whitespace().collect())
+}
+
+/// The certificate as a text file: base64 of the JSON blob between BEGIN/END lines.
+pub fn certificate_file(blob: &SignedBlob) -> String {
+    let json = serde_json::to_vec(blob).expect("a blob serializes");
+    wrap(CERT_BEGIN, CERT_END, &B64.encode(json))
+}
+
+pub fn parse_certificate_file(text: &str) -> Result<SignedBlob, VerifyError> {
+    let body = unwrap_armor(text, CERT_BEGIN, CERT_END)?;
+    let json = B64.decode(body).map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| VerifyError::Malformed(format!("JSON: {e}")))
+}
+
+/// What an air-gapped product writes for an operator to carry to a connected machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineRequest {
+    pub v: u32,
+    pub license_key: String,
+    pub fingerprint: Vec<crate::fingerprint::Component>,
+    pub machine_name: String,
+    pub platform: String,
+    pub product_version: String,
+    pub created_at_ms: Millis,
+}
+
+/// The request as text: base64 JSON and a SHA-256 checksum line, so transcription errors are caught.
+pub fn encode_offline_request(request: &OfflineRequest) -> String {
+    let body = B64.encode(serde_json::to_vec(request).expect("a request serializes"));
+    let checksum = hex::encode(&Sha256::digest(body.as_bytes())[..8]);
+    let mut text = wrap(REQUEST_BEGIN, REQUEST_END, &body);
+    text.insert_str(text.len() - REQUEST_END.len() - 1, &format!("checksum:{checksum}\n"));
+    text
+}
+
+pub fn decode_offline_request(text: &str) -> Result<OfflineRequest, VerifyError> {
+    let inner = unwrap_armor(text, REQUEST_BEGIN, REQUEST_END)?;
+    let (body, checksum) = inner.split_once("checksum:").ok_or_else(|| VerifyError::Malformed("missing checksum line".into()))?;
+    if hex::encode(&Sha256::digest(body.as_bytes())[..8]) != checksum {
+        return Err(VerifyError::Malformed("checksum does not match: the request was altered or mistyped".into()));
+    }
+    let json = B64.decode(body).map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| VerifyError::Malformed(format!("JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload() -> CertificatePayload {
+        CertificatePayload {
+            v: 1,
+            license_id: "lic_1".into(),
+            installation_id: "ins_1".into(),
+            product_code: "cad".into(),
+            customer_id: "cus_1".into(),
+            kind: "node_locked".into(),
+            modules: vec!["render".into()],
+            valid_from_ms: 0,
+            expires_at_ms: Some(10),
+            upgrades_until_ms: None,
+            issued_at_ms: 1,
+            refresh_after_ms: 2,
+            valid_until_ms: 3,
+            fingerprint: vec![],
+            match_threshold: 0.6,
+        }
+    }
+
+    #[test]
+    fn certificates_verify_with_the_public_key_only_and_fail_when_altered() {
+        let signer = Signer::from_seed(&[9u8; 32]);
+        let blob = signer.sign_certificate(&payload());
+        let file = certificate_file(&blob);
+        let parsed = parse_certificate_file(&file).unwrap();
+        assert_eq!(verify_certificate(&signer.verifying_key(), &parsed).unwrap(), payload());
+
+        let mut bytes = B64.decode(&blob.payload).unwrap();
+        for i in 0..bytes.len() {
+            bytes[i] ^= 1;
+            let altered = SignedBlob { payload: B64.encode(&bytes), ..blob.clone() };
+            assert!(verify_certificate(&signer.verifying_key(), &altered).is_err(), "byte {i}");
+            bytes[i] ^= 1;
+        }
+        let other = Signer::from_seed(&[8u8; 32]);
+        assert_eq!(verify_certificate(&other.verifying_key(), &blob), Err(VerifyError::BadSignature));
+        // A lease token's signature is not a certificate's.
+        let lease = signer.sign(LEASE_TOKEN_CONTEXT, &B64.decode(&blob.payload).unwrap());
+        assert_eq!(verify_certificate(&signer.verifying_key(), &lease), Err(VerifyError::BadSignature));
+    }
+
+    #[test]
+    fn offline_requests_round_trip_and_catch_typos() {
+        let request = OfflineRequest {
+            v: 1,
+            license_key: "K".into(),
+            fingerprint: vec![],
+            machine_name: "lab".into(),
+            platform: "linux".into(),
+            product_version: "1.0".into(),
+            created_at_ms: 5,
+        };
+        let text = encode_offline_request(&request);
+        assert!(text.starts_with(REQUEST_BEGIN));
+        assert_eq!(decode_offline_request(&text).unwrap(), request);
+        let typo = text.replacen('A', "B", 1);
+        assert!(decode_offline_request(&typo).is_err());
+    }
+}
