@@ -11,11 +11,16 @@
 use anyhow::Context as _;
 use licensing_account::grpc::AdminApi;
 use licensing_account::Catalog;
+use licensing_activation::grpc::ActivationApi;
+use licensing_activation::{ActivationSettings, Activations};
+use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
 use licensing_domain::secrets::PasswordHasher;
 use licensing_domain::store::CatalogStore;
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth};
 use licensing_runtime::config::{Config, Lookup};
+use licensing_runtime::credentials::CredentialResolver;
+use licensing_runtime::limiter::FailureLimiter;
 use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_store::sql::SqlOptions;
@@ -58,6 +63,10 @@ impl Role {
 
     fn serves_account(self) -> bool {
         matches!(self, Self::AllInOne | Self::Account)
+    }
+
+    fn serves_activation(self) -> bool {
+        matches!(self, Self::AllInOne | Self::Activation)
     }
 }
 
@@ -128,6 +137,20 @@ impl Application {
             let admin = AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone()));
             routes = routes.add_service(admin.into_server(max));
             names.push("licensing.account.v1.AdminService");
+        }
+        if role.serves_activation() {
+            let credentials = CredentialResolver::new(catalog_store.clone(), hasher.clone(), overrides.password_hasher.clone(), FailureLimiter::default());
+            let settings = ActivationSettings { match_threshold: config.fingerprint_match, ..ActivationSettings::default() };
+            let activations = Activations::new(
+                catalog_store.clone(),
+                Arc::new(store.clone()),
+                credentials,
+                Signer::from_seed(&keys.signing_seed),
+                overrides.clock.clone(),
+                settings,
+            );
+            routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
+            names.push("licensing.activation.v1.ActivationService");
         }
         let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
             .await

@@ -90,6 +90,7 @@ pub async fn test_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<S
         ("LICENSING_DATA_DIR", data_dir.display().to_string()),
         ("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("LICENSING_SHUTDOWN_GRACE_MS", "2000".to_owned()),
+        ("LICENSING_WATCH_POLL_MS", "100".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -166,4 +167,74 @@ pub fn admin_req<T>(message: T) -> Request<T> {
 /// The ErrorInfo reason of a status.
 pub fn reason(status: &tonic::Status) -> String {
     licensing_runtime::status::reason_of(status).unwrap_or_default()
+}
+
+/// A fixture: a product with modules and versions, a customer with a portal password.
+pub struct Fixture {
+    pub product: String,
+    pub customer_id: String,
+    pub customer_password: String,
+}
+
+pub const CUSTOMER_PASSWORD: &str = "company-wide secret";
+
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+pub async fn fixture(app: &TestApp) -> Fixture {
+    use licensing_proto::account::v1 as pb;
+    use licensing_proto::common::v1::Module;
+    let mut admin = app.admin().await;
+    let product = format!("prod-{}", licensing_domain::ids::new_id("p")[2..10].to_lowercase());
+    admin
+        .create_product(admin_req(pb::CreateProductRequest {
+            code: product.clone(),
+            name: "CAD Pro".into(),
+            modules: vec![Module { code: "render".into(), name: "Renderer".into() }, Module { code: "export".into(), name: "Exporter".into() }],
+        }))
+        .await
+        .unwrap();
+    for (version, released) in [("1.0", now_s() - 400 * 86_400), ("2.0", now_s() - 10 * 86_400)] {
+        admin
+            .add_product_version(admin_req(pb::AddProductVersionRequest { product_code: product.clone(), version: version.into(), released_at: ts(released) }))
+            .await
+            .unwrap();
+    }
+    let email = format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase());
+    let customer = admin
+        .create_customer(admin_req(pb::CreateCustomerRequest { company_name: "Acme".into(), contact_email: email, password: CUSTOMER_PASSWORD.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    Fixture { product, customer_id: customer.customer_id, customer_password: CUSTOMER_PASSWORD.into() }
+}
+
+/// Issues a license of `kind` with `seats`; returns (License ID, license key, activation password).
+pub async fn issue_license(app: &TestApp, f: &Fixture, kind: licensing_proto::common::v1::LicenseKind, seats: i32, tweak: impl FnOnce(&mut licensing_proto::account::v1::IssueLicenseRequest)) -> (String, String, String) {
+    use licensing_proto::account::v1 as pb;
+    let mut request = pb::IssueLicenseRequest {
+        product_code: f.product.clone(),
+        customer_id: f.customer_id.clone(),
+        kind: kind as i32,
+        seats,
+        allowed_deactivations: 3,
+        modules: vec!["render".into()],
+        expires_at: ts(now_s() + 365 * 86_400),
+        ..Default::default()
+    };
+    tweak(&mut request);
+    let issued = app.admin().await.issue_license(admin_req(request)).await.unwrap().into_inner();
+    (issued.license.unwrap().license_id, issued.license_key, issued.activation_password)
+}
+
+pub async fn get_license(app: &TestApp, license_id: &str) -> licensing_proto::common::v1::License {
+    use licensing_proto::account::v1 as pb;
+    app.admin().await.get_license(admin_req(pb::GetLicenseRequest { license_id: license_id.into() })).await.unwrap().into_inner().license.unwrap()
 }

@@ -1,1 +1,15 @@
+//! The Activation service: node-locked activation, deactivation, validation and signed
+//! certificates a product verifies offline.
+//!
+//! # Layout
+//! - [`error`]: [`ActivationError`], the one error enum of this service.
+//! - [`service`]: [`Activations`], the use cases (activate, deactivate, validate, refresh,
+//!   offline activation, certificates); no gRPC.
+//! - [`grpc`]: the tonic adapter `ActivationService`, including the `WatchLicense` stream.
 
+pub mod error;
+pub mod grpc;
+pub mod service;
+
+pub use error::ActivationError;
+pub use service::{ActivationSettings, Activations};

@@ -182,3 +182,61 @@ pub struct LicenseFilter {
     /// Licenses associated with this account (the portal's list).
     pub associated_customer_id: Option<String>,
 }
+
+/// A node-locked activation (an installation on one machine).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activation {
+    /// The Installation ID.
+    pub installation_id: String,
+    pub license_id: String,
+    /// Keyed digests of the fingerprint components last presented.
+    pub fingerprint: Vec<crate::fingerprint::ComponentDigest>,
+    pub machine_name: String,
+    pub platform: String,
+    pub product_version: String,
+    pub activated_at: Millis,
+    pub last_seen_at: Millis,
+    pub deactivated_at: Option<Millis>,
+    /// Made through an offline activation request.
+    pub offline: bool,
+}
+
+/// One line of a license's activation history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationEvent {
+    pub occurred_at: Millis,
+    /// "activate", "deactivate", "refresh", "offline_activate", "portal_deactivate".
+    pub action: String,
+    pub installation_id: String,
+    pub machine_name: String,
+    pub fingerprint_digest: String,
+    pub outcome: String,
+}
+
+impl License {
+    /// Whether the license may be used now for `kind` of use; the first failure wins.
+    pub fn usability(&self, now: Millis, kind: LicenseKind) -> Result<(), crate::store::Refusal> {
+        use crate::store::Refusal;
+        let refuse = |reason, message: String| Err(Refusal { reason, message });
+        match self.status {
+            LicenseStatus::Retired => return refuse("RETIRED", format!("license {} is retired", self.license_id)),
+            LicenseStatus::Suspended => {
+                return refuse("SUSPENDED", format!("license {} is suspended; contact your vendor", self.license_id))
+            }
+            LicenseStatus::Active => {}
+        }
+        if now < self.valid_from {
+            return refuse("NOT_YET_VALID", format!("license {} is not valid before {} (Unix ms)", self.license_id, self.valid_from));
+        }
+        if self.is_expired(now) {
+            return refuse("EXPIRED", format!("license {} expired at {} (Unix ms); renew it with your vendor", self.license_id, self.expires_at.unwrap_or_default()));
+        }
+        if self.kind != kind {
+            return refuse(
+                "WRONG_KIND",
+                format!("license {} is a {} license, not {}", self.license_id, self.kind.as_str(), kind.as_str()),
+            );
+        }
+        Ok(())
+    }
+}

@@ -76,3 +76,92 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// The token ID of the admin token with this digest.
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError>;
 }
+
+/// Why a license may not be activated now (checked inside the store's transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable UPPER_SNAKE reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActivationStoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("license {0} not found")]
+    LicenseNotFound(String),
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+    #[error("all {seats} activations of the license are in use")]
+    LimitReached { seats: i32 },
+    #[error("no active installation matches")]
+    NoActivation,
+    #[error("all {allowed} deactivations of the license are used")]
+    DeactivationLimit { allowed: i32 },
+}
+
+/// A new activation, with everything the store needs to decide atomically.
+#[derive(Debug, Clone)]
+pub struct ActivateCommand {
+    pub license_id: String,
+    /// The Installation ID to use if a new activation is made.
+    pub installation_id: String,
+    pub fingerprint: Vec<crate::fingerprint::ComponentDigest>,
+    pub fingerprint_summary: String,
+    pub machine_name: String,
+    pub platform: String,
+    pub product_version: String,
+    pub offline: bool,
+    /// Share of a stored fingerprint's components that must match for "the same machine".
+    pub match_threshold: f64,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActivateOutcome {
+    /// A seat was consumed.
+    New(Activation, License),
+    /// The machine was already activated; nothing was consumed.
+    Existing(Activation, License),
+}
+
+#[derive(Debug, Clone)]
+pub enum DeactivateTarget {
+    Installation(String),
+    /// The live activation best matching these digests (at or above the threshold).
+    Fingerprint { digests: Vec<crate::fingerprint::ComponentDigest>, match_threshold: f64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct DeactivateCommand {
+    pub license_id: String,
+    pub target: DeactivateTarget,
+    /// Whether this deactivation spends one of the allowed deactivations.
+    pub counts: bool,
+    /// History action: "deactivate" or "portal_deactivate".
+    pub action: &'static str,
+    pub now: Millis,
+}
+
+/// Node-locked activations and their history.
+#[async_trait]
+pub trait ActivationStore: Send + Sync + 'static {
+    /// Activates atomically: the license row is locked, `usable` is checked, a matching live
+    /// activation is returned as is, else the activation count is raised by a conditional update
+    /// (never past the seats) and the activation inserted, with its history line.
+    async fn activate(
+        &self,
+        command: &ActivateCommand,
+        usable: &(dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync),
+    ) -> Result<ActivateOutcome, ActivationStoreError>;
+    /// Deactivates atomically, spending a deactivation when `counts` (never past the limit).
+    async fn deactivate(&self, command: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError>;
+    async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError>;
+    /// Live and past activations of a license, newest first.
+    async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
+    /// Marks an activation seen (a refresh) and records the history line.
+    async fn record_refresh(&self, installation_id: &str, event: &ActivationEvent, now: Millis) -> Result<(), StoreError>;
+    /// History of a license, oldest first.
+    async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError>;
+}

@@ -48,6 +48,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_SHUTDOWN_GRACE_MS", "how long in-flight requests may drain after SIGTERM"),
     ("LICENSING_MAX_MESSAGE_BYTES", "largest gRPC message decoded or encoded"),
     ("LICENSING_REFLECTION", "serve gRPC reflection (true/false)"),
+    ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
+    ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_LOG_FORMAT", "text or json"),
     ("RUST_LOG", "log filter, e.g. info or licensing=debug"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
@@ -77,6 +79,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_message_bytes: usize,
     pub reflection: bool,
+    /// Share of a machine's stored fingerprint components that must still match.
+    pub fingerprint_match: f64,
+    pub watch_poll: Duration,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
@@ -119,6 +124,10 @@ impl Config {
                 return Err(ConfigError { var: "LICENSING_LOG_FORMAT", message: format!("'{other}' is neither text nor json") })
             }
         };
+        let fingerprint_match = parse(lookup, "LICENSING_FINGERPRINT_MATCH", 0.6f64, "a share between 0 and 1")?;
+        if !(fingerprint_match > 0.0 && fingerprint_match <= 1.0) {
+            return Err(ConfigError { var: "LICENSING_FINGERPRINT_MATCH", message: "must be above 0 and at most 1".into() });
+        }
         let database_url = non_empty(lookup, "LICENSING_DATABASE_URL");
         if let Some(url) = &database_url {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -145,6 +154,8 @@ impl Config {
             shutdown_grace,
             max_message_bytes: parse(lookup, "LICENSING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize, "a number of bytes")?,
             reflection: parse(lookup, "LICENSING_REFLECTION", true, "true or false")?,
+            fingerprint_match,
+            watch_poll: millis("LICENSING_WATCH_POLL_MS", 2_000)?,
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
             otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),

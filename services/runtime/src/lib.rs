@@ -10,12 +10,16 @@
 //!   concurrency limit layers, graceful drain on SIGTERM/SIGINT with a deadline.
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
 //! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
+//! - [`credentials`]: license key or License ID + password, resolved to a license.
+//! - [`limiter`]: failure counting per key for rate limits.
 //! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.
 
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod credentials;
 pub mod keys;
+pub mod limiter;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! [`SqlStore`]: PostgreSQL or SQLite behind one implementation.
 
+mod activation;
 mod catalog;
 
 use licensing_domain::error::StoreError;

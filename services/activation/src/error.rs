@@ -1,0 +1,125 @@
+//! [`ActivationError`] and its gRPC class.
+
+use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
+use licensing_domain::fingerprint::FingerprintError;
+use licensing_domain::store::{ActivationStoreError, Refusal};
+use licensing_runtime::credentials::CredentialError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error(transparent)]
+    Fingerprint(#[from] FingerprintError),
+    /// Suspended, retired, expired, not yet valid, or not a node-locked license.
+    #[error("{}", .0.message)]
+    LicenseState(Refusal),
+    #[error(
+        "all {seats} activations of license {license_id} are in use: deactivate the product on a machine you no longer use \
+         (in the product, or in the customer portal for a lost machine), or ask your vendor for more activations"
+    )]
+    ActivationLimit { license_id: String, seats: i32 },
+    #[error(
+        "license {license_id} has used all {allowed} of its deactivations: ask your vendor to deactivate this machine \
+         or to allow more deactivations"
+    )]
+    DeactivationLimit { license_id: String, allowed: i32 },
+    #[error("license {0} is not activated on this machine")]
+    NotActivated(String),
+    #[error("no installation with ID {0}")]
+    InstallationNotFound(String),
+    #[error("{0}")]
+    OfflineRequest(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl ActivationError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, message: message.into() }
+    }
+
+    pub fn from_store(e: ActivationStoreError, license_id: &str) -> Self {
+        match e {
+            ActivationStoreError::Store(s) => Self::Store(s),
+            ActivationStoreError::LicenseNotFound(id) => Self::Credentials(CredentialError::UnknownLicense(id)),
+            ActivationStoreError::Refused(r) => Self::LicenseState(r),
+            ActivationStoreError::LimitReached { seats } => Self::ActivationLimit { license_id: license_id.into(), seats },
+            ActivationStoreError::NoActivation => Self::NotActivated(license_id.into()),
+            ActivationStoreError::DeactivationLimit { allowed } => Self::DeactivationLimit { license_id: license_id.into(), allowed },
+        }
+    }
+}
+
+impl From<StoreError> for ActivationError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl ClassifiedError for ActivationError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Credentials(e) => e.class(),
+            Self::InvalidArgument { .. } | Self::Fingerprint(_) | Self::OfflineRequest(_) => ErrorClass::InvalidArgument,
+            Self::LicenseState(_) => ErrorClass::FailedPrecondition,
+            Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => ErrorClass::ResourceExhausted,
+            Self::NotActivated(_) | Self::InstallationNotFound(_) => ErrorClass::NotFound,
+            Self::Store(e) => e.class(),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Credentials(e) => e.reason(),
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::Fingerprint(_) => "FINGERPRINT_INVALID",
+            Self::LicenseState(r) => r.reason,
+            Self::ActivationLimit { .. } => "ACTIVATION_LIMIT_REACHED",
+            Self::DeactivationLimit { .. } => "DEACTIVATION_LIMIT_REACHED",
+            Self::NotActivated(_) => "NOT_ACTIVATED",
+            Self::InstallationNotFound(_) => "INSTALLATION_NOT_FOUND",
+            Self::OfflineRequest(_) => "OFFLINE_REQUEST_INVALID",
+            Self::Store(e) => e.reason(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Credentials(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use licensing_runtime::status::{reason_of, to_status};
+    use tonic::Code;
+
+    #[test]
+    fn each_variant_maps_to_its_status() {
+        let cases: Vec<(ActivationError, Code, &str)> = vec![
+            (ActivationError::invalid("machine", "missing"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+            (FingerprintError::Empty.into(), Code::InvalidArgument, "FINGERPRINT_INVALID"),
+            (
+                ActivationError::LicenseState(Refusal { reason: "SUSPENDED", message: "s".into() }),
+                Code::FailedPrecondition,
+                "SUSPENDED",
+            ),
+            (ActivationError::ActivationLimit { license_id: "l".into(), seats: 2 }, Code::ResourceExhausted, "ACTIVATION_LIMIT_REACHED"),
+            (ActivationError::DeactivationLimit { license_id: "l".into(), allowed: 2 }, Code::ResourceExhausted, "DEACTIVATION_LIMIT_REACHED"),
+            (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
+            (CredentialError::WrongPassword("l".into()).into(), Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD"),
+            (CredentialError::UnknownKey.into(), Code::NotFound, "LICENSE_NOT_FOUND"),
+            (StoreError::Unavailable("x".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
+        ];
+        for (error, code, reason) in cases {
+            let status = to_status(&error);
+            assert_eq!((status.code(), reason_of(&status).unwrap()), (code, reason.to_owned()), "{error}");
+        }
+    }
+}

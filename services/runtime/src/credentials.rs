@@ -1,0 +1,139 @@
+//! How a product proves it may use a license: the license key, or the License ID plus an
+//! activation password (the license's own, or the customer's company-wide portal password).
+//! Shared by the Activation and Seat services.
+
+use crate::limiter::FailureLimiter;
+use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
+use licensing_domain::ids;
+use licensing_domain::license_key::{LicenseKey, LicenseKeyError};
+use licensing_domain::model::License;
+use licensing_domain::secrets::{constant_time_eq, purpose, KeyedHasher, PasswordHasher};
+use licensing_domain::store::CatalogStore;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    LicenseKey(String),
+    IdAndPassword { license_id: String, password: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credentials: send either license_key or license_id_and_password")]
+    Missing,
+    #[error("license_key: {0}")]
+    MalformedKey(LicenseKeyError),
+    #[error("no license has this license key; check it against the one you received")]
+    UnknownKey,
+    #[error("license_id: '{0}' is not a License ID (lic_…)")]
+    MalformedLicenseId(String),
+    #[error("no license with ID {0}")]
+    UnknownLicense(String),
+    #[error("the activation password is wrong for license {0}")]
+    WrongPassword(String),
+    #[error("too many wrong passwords for license {license_id}; try again in {} s", retry_after.as_secs().max(1))]
+    TooManyFailures { license_id: String, retry_after: Duration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ClassifiedError for CredentialError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Missing | Self::MalformedKey(_) | Self::MalformedLicenseId(_) => ErrorClass::InvalidArgument,
+            Self::UnknownKey | Self::UnknownLicense(_) => ErrorClass::NotFound,
+            Self::WrongPassword(_) => ErrorClass::PermissionDenied,
+            Self::TooManyFailures { .. } => ErrorClass::ResourceExhausted,
+            Self::Store(e) => e.class(),
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "CREDENTIALS_MISSING",
+            Self::MalformedKey(_) => "LICENSE_KEY_MALFORMED",
+            Self::UnknownKey | Self::UnknownLicense(_) => "LICENSE_NOT_FOUND",
+            Self::MalformedLicenseId(_) => "LICENSE_ID_MALFORMED",
+            Self::WrongPassword(_) => "WRONG_ACTIVATION_PASSWORD",
+            Self::TooManyFailures { .. } => "TOO_MANY_FAILURES",
+            Self::Store(e) => e.reason(),
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyFailures { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CredentialResolver {
+    catalog: Arc<dyn CatalogStore>,
+    hasher: KeyedHasher,
+    passwords: PasswordHasher,
+    failures: FailureLimiter,
+    /// Verified against when a customer has no password, so a wrong password costs the same.
+    decoy: Arc<OnceLock<String>>,
+}
+
+impl CredentialResolver {
+    pub fn new(catalog: Arc<dyn CatalogStore>, hasher: KeyedHasher, passwords: PasswordHasher, failures: FailureLimiter) -> Self {
+        Self { catalog, hasher, passwords, failures, decoy: Arc::new(OnceLock::new()) }
+    }
+
+    pub fn hasher(&self) -> &KeyedHasher {
+        &self.hasher
+    }
+
+    pub fn catalog(&self) -> &Arc<dyn CatalogStore> {
+        &self.catalog
+    }
+
+    /// The license the credentials name, if they are right.
+    pub async fn resolve(&self, credentials: &Credentials) -> Result<License, CredentialError> {
+        match credentials {
+            Credentials::LicenseKey(key) => {
+                let key = LicenseKey::parse(key).map_err(CredentialError::MalformedKey)?;
+                let digest = self.hasher.digest(purpose::LICENSE_KEY, key.as_str());
+                self.catalog.find_license_by_key_digest(&digest).await?.ok_or(CredentialError::UnknownKey)
+            }
+            Credentials::IdAndPassword { license_id, password } => {
+                if !ids::is_well_formed(ids::LICENSE, license_id) {
+                    return Err(CredentialError::MalformedLicenseId(license_id.chars().take(64).collect()));
+                }
+                if let Some(retry_after) = self.failures.blocked(license_id) {
+                    return Err(CredentialError::TooManyFailures { license_id: license_id.clone(), retry_after });
+                }
+                let license = self.catalog.get_license(license_id).await?.ok_or_else(|| CredentialError::UnknownLicense(license_id.clone()))?;
+                let salt = self.catalog.activation_password_salt(license_id).await?.unwrap_or_default();
+                let own = self.hasher.activation_password(license_id, &salt);
+                let typed = password.trim().to_uppercase();
+                if constant_time_eq(own.as_bytes(), typed.as_bytes()) {
+                    return Ok(license);
+                }
+                if self.company_password_matches(&license.customer_id, password).await? {
+                    return Ok(license);
+                }
+                self.failures.record_failure(license_id);
+                Err(CredentialError::WrongPassword(license_id.clone()))
+            }
+        }
+    }
+
+    /// argon2id on the blocking pool; against a decoy hash when the customer has none.
+    async fn company_password_matches(&self, customer_id: &str, password: &str) -> Result<bool, CredentialError> {
+        let stored = self.catalog.customer_password_hash(customer_id).await?;
+        let hasher = self.passwords.clone();
+        let decoy = self.decoy.clone();
+        let password = password.to_owned();
+        let has_real = stored.is_some();
+        let verified = tokio::task::spawn_blocking(move || {
+            let phc = stored.unwrap_or_else(|| decoy.get_or_init(|| hasher.decoy_hash()).clone());
+            hasher.verify(&password, &phc)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("password check failed: {e}")))?;
+        Ok(has_real && verified)
+    }
+}
