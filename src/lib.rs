@@ -24,7 +24,10 @@ use licensing_runtime::limiter::FailureLimiter;
 use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_store::sql::SqlOptions;
-use licensing_store::SqlStore;
+use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
+use licensing_seat::grpc::SeatApi;
+use licensing_seat::{SeatSettings, Seats};
+use licensing_domain::store::LeaseStore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +71,10 @@ impl Role {
     fn serves_activation(self) -> bool {
         matches!(self, Self::AllInOne | Self::Activation)
     }
+
+    fn serves_seat(self) -> bool {
+        matches!(self, Self::AllInOne | Self::Seat)
+    }
 }
 
 /// Things a test may want to replace.
@@ -86,6 +93,8 @@ impl Default for Overrides {
 pub struct Application {
     server: GrpcServer,
     store: SqlStore,
+    /// Background tasks (the lease sweep), stopped with the server.
+    background: Vec<tokio::task::JoinHandle<()>>,
     /// A freshly generated admin token, to be shown once; `None` when one existed or was configured.
     pub generated_admin_token: Option<String>,
 }
@@ -152,10 +161,23 @@ impl Application {
             routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
+        let mut background = vec![];
+        if role.serves_seat() {
+            let leases: Arc<dyn LeaseStore> = match (&config.redis_url, role) {
+                (Some(url), _) => Arc::new(RedisLeaseStore::connect(url).await.context("connecting to Redis")?),
+                (None, Role::AllInOne) => Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone())),
+                (None, _) => anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis"),
+            };
+            let credentials = CredentialResolver::new(catalog_store.clone(), hasher.clone(), overrides.password_hasher.clone(), FailureLimiter::default());
+            let seats = Seats::new(catalog_store.clone(), leases, credentials, Signer::from_seed(&keys.signing_seed), SeatSettings::default());
+            background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
+            routes = routes.add_service(SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max));
+            names.push("licensing.seat.v1.SeatService");
+        }
         let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { server, store, generated_admin_token })
+        Ok(Self { server, store, background, generated_admin_token })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -164,8 +186,24 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let result = self.server.run_until_stopped(shutdown).await;
+        for task in &self.background {
+            task.abort();
+        }
         self.store.close().await;
         result.context("serving gRPC")
+    }
+}
+
+/// Records expired leases now and then. Seats never wait for it: an expired lease stops
+/// counting at its expiry, whether or not the sweep has run.
+async fn sweep_expired_leases(seats: Seats, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = seats.sweep().await {
+            tracing::warn!(error = %e, "lease sweep failed; it will run again");
+        }
     }
 }
 

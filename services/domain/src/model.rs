@@ -240,3 +240,22 @@ impl License {
         Ok(())
     }
 }
+
+/// A floating-seat lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub lease_id: String,
+    pub license_id: String,
+    pub client_instance_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    pub checked_out_at: Millis,
+    pub last_heartbeat_at: Millis,
+    pub expires_at: Millis,
+    /// Per-license fencing number given at checkout; only grows.
+    pub fence: i64,
+    /// Seats of the pool this lease holds.
+    pub seats_held: i32,
+    pub ttl_ms: i64,
+}

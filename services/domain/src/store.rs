@@ -165,3 +165,57 @@ pub trait ActivationStore: Send + Sync + 'static {
     /// History of a license, oldest first.
     async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError>;
 }
+
+/// A checkout, decided atomically by the lease store against the pool's seats.
+#[derive(Debug, Clone)]
+pub struct CheckoutCommand {
+    pub license_id: String,
+    pub seats: i32,
+    /// The lease ID to use if a new lease is made.
+    pub lease_id: String,
+    pub client_instance_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    pub ttl_ms: i64,
+    /// Seats this checkout takes from the pool.
+    pub cost: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutOutcome {
+    Granted { lease: Lease, renewed: bool, in_use: i32 },
+    /// No seat free: how many are in use and when the earliest lease would expire.
+    Full { in_use: i32, earliest_expiry: Option<Millis> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    Extended(Lease),
+    /// The lease timed out; the client must check out again.
+    Expired,
+    /// The lease was revoked by an administrator.
+    Revoked,
+    /// No such lease on this license.
+    Unknown,
+}
+
+/// Floating-seat leases. Every operation is atomic on one license's pool; expiry is judged by
+/// the store's own clock (Redis server time, or the embedded server's clock), and an expired
+/// lease never counts, whether or not anything has swept it yet.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    async fn checkout(&self, command: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError>;
+    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError>;
+    /// `false` when the lease was already gone (a retried checkin).
+    async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError>;
+    /// Removes the lease and raises the license's fence; `None` when there was no such lease.
+    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<i64>, StoreError>;
+    /// Live leases, earliest expiry first.
+    async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError>;
+    /// Removes the expired leases of licenses whose earliest expiry has passed, and returns them
+    /// so they can be recorded. Its cost grows with the expired leases, not with all leases.
+    async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError>;
+    /// The store's current time (Redis TIME for Redis).
+    async fn now(&self) -> Result<Millis, StoreError>;
+}

@@ -50,6 +50,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_REFLECTION", "serve gRPC reflection (true/false)"),
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
+    ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
     ("LICENSING_LOG_FORMAT", "text or json"),
     ("RUST_LOG", "log filter, e.g. info or licensing=debug"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
@@ -82,6 +83,7 @@ pub struct Config {
     /// Share of a machine's stored fingerprint components that must still match.
     pub fingerprint_match: f64,
     pub watch_poll: Duration,
+    pub sweep_interval: Duration,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
@@ -156,6 +158,7 @@ impl Config {
             reflection: parse(lookup, "LICENSING_REFLECTION", true, "true or false")?,
             fingerprint_match,
             watch_poll: millis("LICENSING_WATCH_POLL_MS", 2_000)?,
+            sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
             otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),

@@ -1,1 +1,16 @@
+//! The Seat service: concurrent (floating) seats as leases kept alive by heartbeats.
+//!
+//! # Layout
+//! - [`error`]: [`SeatError`], the one error enum of this service.
+//! - [`service`]: [`Seats`], checkout/heartbeat/checkin/revoke over a `LeaseStore` (Redis or
+//!   the embedded store), signed lease tokens; no gRPC.
+//! - [`waiting`]: the first-come-first-served queue behind `WaitForSeat`.
+//! - [`grpc`]: the tonic adapter `SeatService`.
 
+pub mod error;
+pub mod grpc;
+pub mod service;
+pub mod waiting;
+
+pub use error::SeatError;
+pub use service::{SeatSettings, Seats};

@@ -7,6 +7,8 @@
 //! - `sql/catalog.rs`: products, customers, licenses, admin tokens and the audit log.
 //! - [`sql::Dialect`]: the few places where the two databases differ.
 
+pub mod redis_leases;
 pub mod sql;
 
-pub use sql::{Dialect, SqlStore};
+pub use redis_leases::RedisLeaseStore;
+pub use sql::{Dialect, SqlLeaseStore, SqlStore};

@@ -2,6 +2,9 @@
 
 mod activation;
 mod catalog;
+mod leases;
+
+pub use leases::SqlLeaseStore;
 
 use licensing_domain::error::StoreError;
 use sqlx::any::{AnyPoolOptions, AnyRow};

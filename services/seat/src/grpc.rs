@@ -1,0 +1,244 @@
+//! The tonic adapter of the Seat service.
+
+use crate::service::{CheckoutRequest, Grant, Seats};
+use crate::SeatError;
+use licensing_domain::model::Lease;
+use licensing_proto::common::v1 as common;
+use licensing_proto::seat::v1 as pb;
+use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
+use licensing_runtime::auth::AdminAuth;
+use licensing_runtime::convert::to_timestamp;
+use licensing_runtime::credentials::{CredentialError, Credentials};
+use licensing_runtime::status::{to_status, OrStatus};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct SeatApi {
+    seats: Seats,
+    admin: AdminAuth,
+}
+
+impl SeatApi {
+    pub fn new(seats: Seats, admin: AdminAuth) -> Self {
+        Self { seats, admin }
+    }
+
+    pub fn into_server(self, max_message_bytes: usize) -> SeatServiceServer<Self> {
+        SeatServiceServer::new(self).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes)
+    }
+
+    async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
+        Ok(())
+    }
+}
+
+fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
+    use pb::seat_credentials::Credential;
+    match c.and_then(|c| c.credential) {
+        Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
+        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password }),
+        None => Err(to_status(&CredentialError::Missing)),
+    }
+}
+
+fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64, Status> {
+    match d {
+        None => Ok(0),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(to_status(&SeatError::invalid(field, "must not be negative"))),
+        Some(d) => d
+            .seconds
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
+            .ok_or_else(|| to_status(&SeatError::invalid(field, "is too long"))),
+    }
+}
+
+fn duration(ms: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn checkout_request(r: &pb::CheckoutRequest) -> Result<CheckoutRequest, Status> {
+    if r.borrow_for.is_some() {
+        return Err(to_status(&SeatError::NotAvailable("borrow_for: borrowing is not available in this version; leave it unset")));
+    }
+    Ok(CheckoutRequest {
+        feature: r.feature.clone(),
+        user: r.user.clone(),
+        host: r.host.clone(),
+        client_instance_id: r.client_instance_id.clone(),
+        ttl_ms: millis("ttl", r.ttl.as_ref())?,
+    })
+}
+
+fn grant(g: Grant) -> pb::LeaseGrant {
+    pb::LeaseGrant {
+        lease_id: g.lease.lease_id.clone(),
+        license_id: g.lease.license_id.clone(),
+        ttl: Some(duration(g.lease.ttl_ms)),
+        expires_at: Some(to_timestamp(g.lease.expires_at)),
+        heartbeat_interval: Some(duration(g.heartbeat_interval_ms)),
+        lease_token: g.token,
+        fence: g.lease.fence,
+        renewed: g.renewed,
+        overdraft: false,
+        borrowed: false,
+        seats_total: g.seats_total,
+        seats_in_use: g.seats_in_use,
+    }
+}
+
+fn lease(l: &Lease) -> common::Lease {
+    common::Lease {
+        lease_id: l.lease_id.clone(),
+        license_id: l.license_id.clone(),
+        feature: l.feature.clone(),
+        user: l.user.clone(),
+        host: l.host.clone(),
+        client_instance_id: l.client_instance_id.clone(),
+        checked_out_at: Some(to_timestamp(l.checked_out_at)),
+        last_heartbeat_at: Some(to_timestamp(l.last_heartbeat_at)),
+        expires_at: Some(to_timestamp(l.expires_at)),
+        fence: l.fence,
+        seats_held: l.seats_held,
+        borrowed: false,
+        overdraft: false,
+        shared_processes: 1,
+    }
+}
+
+type WaitStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WaitForSeatResponse, Status>> + Send>>;
+
+/// How often a waiter at the head of the queue retries when nothing woke it.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
+#[tonic::async_trait]
+impl SeatService for SeatApi {
+    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutResponse>, Status> {
+        let r = request.into_inner();
+        let req = checkout_request(&r)?;
+        let creds = credentials(r.credentials)?;
+        let g = self.seats.checkout(&creds, &req, None).await.or_status()?;
+        Ok(Response::new(pb::CheckoutResponse { grant: Some(grant(g)) }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.get_ref();
+        let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id).await.or_status()?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            expires_at: Some(to_timestamp(l.expires_at)),
+            heartbeat_interval: Some(duration((l.ttl_ms / 3).max(1))),
+            lease_token: token,
+        }))
+    }
+
+    async fn checkin(&self, request: Request<pb::CheckinRequest>) -> Result<Response<pb::CheckinResponse>, Status> {
+        let r = request.get_ref();
+        let released = self.seats.checkin(&r.license_id, &r.lease_id).await.or_status()?;
+        Ok(Response::new(pb::CheckinResponse { released }))
+    }
+
+    type WaitForSeatStream = WaitStream;
+
+    async fn wait_for_seat(&self, request: Request<pb::WaitForSeatRequest>) -> Result<Response<Self::WaitForSeatStream>, Status> {
+        let r = request.into_inner();
+        let checkout = r.checkout.ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
+        let req = checkout_request(&checkout)?;
+        let creds = credentials(checkout.credentials)?;
+        let max_wait = match millis("max_wait", r.max_wait.as_ref())? {
+            0 => self.seats.settings().max_wait,
+            ms => Duration::from_millis(ms as u64).min(self.seats.settings().max_wait),
+        };
+        // Resolve the license first, so bad credentials fail the call rather than the stream.
+        let license_id = self.seats.license_for(&creds).await.or_status()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let seats = self.seats.clone();
+        tokio::spawn(async move {
+            let ticket = seats.waiting().enqueue(&license_id);
+            let changed = ticket.changed();
+            let deadline = tokio::time::Instant::now() + max_wait;
+            let mut last_position = 0;
+            loop {
+                let notified = changed.notified();
+                let position = ticket.position();
+                if position != last_position {
+                    last_position = position;
+                    let event = pb::wait_for_seat_response::Event::QueuePosition(position as i32);
+                    if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
+                        return;
+                    }
+                }
+                if position == 1 {
+                    match seats.checkout(&creds, &req, Some(&ticket)).await {
+                        Ok(g) => {
+                            let (license_id, lease_id) = (g.lease.license_id.clone(), g.lease.lease_id.clone());
+                            let event = pb::wait_for_seat_response::Event::Grant(grant(g));
+                            if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
+                                // The client is gone: never keep a seat it cannot receive.
+                                let _ = seats.checkin(&license_id, &lease_id).await;
+                            }
+                            return;
+                        }
+                        Err(SeatError::NoSeat { .. }) => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(to_status(&e))).await;
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(WAIT_POLL) => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        let _ = tx.send(Err(to_status(&SeatError::WaitTimedOut(max_wait.as_millis())))).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_leases(&self, request: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        self.require_admin(&request).await?;
+        let (license, leases) = self.seats.list(&request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::ListLeasesResponse {
+            seats_total: license.seats,
+            seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
+            leases: leases.iter().map(lease).collect(),
+        }))
+    }
+
+    async fn revoke_lease(&self, request: Request<pb::RevokeLeaseRequest>) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        self.require_admin(&request).await?;
+        let r = request.get_ref();
+        let fence = self.seats.revoke(&r.license_id, &r.lease_id).await.or_status()?;
+        Ok(Response::new(pb::RevokeLeaseResponse { revoked: true, fence }))
+    }
+
+    async fn get_pool_status(&self, request: Request<pb::GetPoolStatusRequest>) -> Result<Response<pb::GetPoolStatusResponse>, Status> {
+        self.require_admin(&request).await?;
+        let license_id = request.get_ref().license_id.clone();
+        let (license, leases) = self.seats.list(&license_id).await.or_status()?;
+        Ok(Response::new(pb::GetPoolStatusResponse {
+            seats_total: license.seats,
+            seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
+            overdraft_in_use: 0,
+            waiting: self.seats.waiting().waiting(&license_id) as i32,
+            policy: None,
+            earliest_expiry: leases.iter().map(|l| l.expires_at).min().map(to_timestamp),
+        }))
+    }
+
+    async fn update_seat_policy(&self, _request: Request<pb::UpdateSeatPolicyRequest>) -> Result<Response<pb::UpdateSeatPolicyResponse>, Status> {
+        Err(Status::unimplemented("seat policies (sharing, linger, borrowing, overdraft, reservations, tokens) are not available in this version"))
+    }
+
+    async fn get_usage_report(&self, _request: Request<pb::GetUsageReportRequest>) -> Result<Response<pb::GetUsageReportResponse>, Status> {
+        Err(Status::unimplemented("usage reports are not available in this version"))
+    }
+}
