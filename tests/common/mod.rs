@@ -238,3 +238,58 @@ pub async fn get_license(app: &TestApp, license_id: &str) -> licensing_proto::co
     use licensing_proto::account::v1 as pb;
     app.admin().await.get_license(admin_req(pb::GetLicenseRequest { license_id: license_id.into() })).await.unwrap().into_inner().license.unwrap()
 }
+
+/// Where floating-seat leases live in a test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leases {
+    /// The all-in-one server's embedded lease store (SQLite).
+    Embedded,
+    /// Redis at `TEST_REDIS_URL` (default redis://127.0.0.1:6379).
+    Redis,
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Whether Redis answers; with `CI` set, not answering fails the test.
+pub async fn redis_available() -> bool {
+    let url = redis_url();
+    let outcome = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), outcome).await {
+        Ok(Ok(_)) => true,
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set and Redis at {url} cannot be reached: {why}");
+            }
+            eprintln!("SKIPPED Redis cases: {url} cannot be reached ({why}); start Redis or set TEST_REDIS_URL");
+            false
+        }
+    }
+}
+
+pub async fn lease_backends() -> Vec<Leases> {
+    let mut v = vec![Leases::Embedded];
+    if redis_available().await {
+        v.push(Leases::Redis);
+    }
+    v
+}
+
+pub async fn spawn_seat_app(leases: Leases) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut env = test_env(Backend::Sqlite, data_dir.path()).await;
+    env.insert("LICENSING_SWEEP_INTERVAL_MS".into(), "100".into());
+    if leases == Leases::Redis {
+        env.insert("LICENSING_REDIS_URL".into(), redis_url());
+    }
+    spawn_with_env(Backend::Sqlite, data_dir, env).await
+}
