@@ -17,17 +17,17 @@ use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
 use licensing_domain::secrets::PasswordHasher;
 use licensing_domain::store::CatalogStore;
+use licensing_domain::store::LeaseStore;
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth};
 use licensing_runtime::config::{Config, Lookup};
 use licensing_runtime::credentials::CredentialResolver;
-use licensing_runtime::limiter::FailureLimiter;
 use licensing_runtime::keys::ServerKeys;
+use licensing_runtime::limiter::FailureLimiter;
 use licensing_runtime::server::{GrpcServer, StackSettings};
-use licensing_store::sql::SqlOptions;
-use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use licensing_seat::grpc::SeatApi;
 use licensing_seat::{SeatSettings, Seats};
-use licensing_domain::store::LeaseStore;
+use licensing_store::sql::SqlOptions;
+use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,7 +86,10 @@ pub struct Overrides {
 
 impl Default for Overrides {
     fn default() -> Self {
-        Self { clock: system_clock(), password_hasher: PasswordHasher::owasp() }
+        Self {
+            clock: system_clock(),
+            password_hasher: PasswordHasher::owasp(),
+        }
     }
 }
 
@@ -104,7 +107,11 @@ impl Application {
         Self::build_with(config, role, Overrides::default()).await
     }
 
-    pub async fn build_with(config: &Config, role: Role, overrides: Overrides) -> anyhow::Result<Self> {
+    pub async fn build_with(
+        config: &Config,
+        role: Role,
+        overrides: Overrides,
+    ) -> anyhow::Result<Self> {
         if let Some(token) = &config.admin_token {
             validate_admin_token_shape(token).map_err(anyhow::Error::msg)?;
         }
@@ -133,7 +140,13 @@ impl Application {
         let hasher = keys.hasher();
         let now = overrides.clock.now();
         let generated_admin_token = if role.serves_account() {
-            bootstrap_admin_token(catalog_store.as_ref(), &hasher, config.admin_token.as_deref(), now).await?
+            bootstrap_admin_token(
+                catalog_store.as_ref(),
+                &hasher,
+                config.admin_token.as_deref(),
+                now,
+            )
+            .await?
         } else {
             None
         };
@@ -142,14 +155,30 @@ impl Application {
         let mut names: Vec<&str> = vec![];
         let mut routes = Routes::default();
         if role.serves_account() {
-            let catalog = Catalog::new(catalog_store.clone(), hasher.clone(), overrides.password_hasher.clone(), overrides.clock.clone());
-            let admin = AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone()));
+            let catalog = Catalog::new(
+                catalog_store.clone(),
+                hasher.clone(),
+                overrides.password_hasher.clone(),
+                overrides.clock.clone(),
+            );
+            let admin = AdminApi::new(
+                catalog,
+                AdminAuth::new(catalog_store.clone(), hasher.clone()),
+            );
             routes = routes.add_service(admin.into_server(max));
             names.push("licensing.account.v1.AdminService");
         }
         if role.serves_activation() {
-            let credentials = CredentialResolver::new(catalog_store.clone(), hasher.clone(), overrides.password_hasher.clone(), FailureLimiter::default());
-            let settings = ActivationSettings { match_threshold: config.fingerprint_match, ..ActivationSettings::default() };
+            let credentials = CredentialResolver::new(
+                catalog_store.clone(),
+                hasher.clone(),
+                overrides.password_hasher.clone(),
+                FailureLimiter::default(),
+            );
+            let settings = ActivationSettings {
+                match_threshold: config.fingerprint_match,
+                ..ActivationSettings::default()
+            };
             let activations = Activations::new(
                 catalog_store.clone(),
                 Arc::new(store.clone()),
@@ -158,7 +187,8 @@ impl Application {
                 overrides.clock.clone(),
                 settings,
             );
-            routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
+            routes = routes
+                .add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
         let mut background = vec![];
@@ -168,23 +198,53 @@ impl Application {
                 (None, Role::AllInOne) => Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone())),
                 (None, _) => anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis"),
             };
-            let credentials = CredentialResolver::new(catalog_store.clone(), hasher.clone(), overrides.password_hasher.clone(), FailureLimiter::default());
-            let seats = Seats::new(catalog_store.clone(), leases, credentials, Signer::from_seed(&keys.signing_seed), SeatSettings::default());
-            background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
-            routes = routes.add_service(SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max));
+            let credentials = CredentialResolver::new(
+                catalog_store.clone(),
+                hasher.clone(),
+                overrides.password_hasher.clone(),
+                FailureLimiter::default(),
+            );
+            let seats = Seats::new(
+                catalog_store.clone(),
+                leases,
+                credentials,
+                Signer::from_seed(&keys.signing_seed),
+                SeatSettings::default(),
+            );
+            background.push(tokio::spawn(sweep_expired_leases(
+                seats.clone(),
+                config.sweep_interval,
+            )));
+            routes = routes.add_service(
+                SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone()))
+                    .into_server(max),
+            );
             names.push("licensing.seat.v1.SeatService");
         }
-        let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { server, store, background, generated_admin_token })
+        let server = GrpcServer::bind(
+            config.listen_addr,
+            routes,
+            &names,
+            StackSettings::from(config),
+        )
+        .await
+        .with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self {
+            server,
+            store,
+            background,
+            generated_admin_token,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let result = self.server.run_until_stopped(shutdown).await;
         for task in &self.background {
             task.abort();
@@ -217,5 +277,6 @@ pub async fn run(role: Role, lookup: &dyn Lookup) -> anyhow::Result<()> {
         println!("\n  First start: an admin token was created. It is shown only now; keep it safe:\n\n    {token}\n");
     }
     tracing::info!(addr = %app.local_addr(), role = ?role, "serving");
-    app.run_until_stopped(licensing_runtime::server::shutdown_signal()).await
+    app.run_until_stopped(licensing_runtime::server::shutdown_signal())
+        .await
 }

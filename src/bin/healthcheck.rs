@@ -13,12 +13,22 @@ async fn main() {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:50051".into());
     let service = args.next().unwrap_or_default();
     let check = async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
-        let status = HealthClient::new(channel).check(HealthCheckRequest { service: service.clone() }).await?.into_inner().status;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await?
+            .into_inner()
+            .status;
         Ok::<_, Box<dyn std::error::Error>>(status)
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => println!("{addr} {service}: SERVING"),
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
+            println!("{addr} {service}: SERVING")
+        }
         Ok(Ok(status)) => {
             eprintln!("{addr} {service}: not serving (status {status})");
             std::process::exit(1);

@@ -27,7 +27,8 @@ pub enum Backend {
 }
 
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Whether PostgreSQL answers; with `CI` set, not answering fails the test.
@@ -64,9 +65,17 @@ pub async fn backends() -> Vec<Backend> {
 /// Creates an empty PostgreSQL database and returns its URL.
 pub async fn fresh_postgres_database() -> String {
     let admin = postgres_admin_url();
-    let name = format!("licensing_test_{}", licensing_domain::ids::new_id("db").to_lowercase());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let name = format!(
+        "licensing_test_{}",
+        licensing_domain::ids::new_id("db").to_lowercase()
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     conn.close().await.ok();
     match admin.rfind('/') {
         Some(i) => format!("{}/{name}", &admin[..i]),
@@ -96,14 +105,20 @@ pub async fn test_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<S
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     if backend == Backend::Postgres {
-        env.insert("LICENSING_DATABASE_URL".into(), fresh_postgres_database().await);
+        env.insert(
+            "LICENSING_DATABASE_URL".into(),
+            fresh_postgres_database().await,
+        );
     }
     env
 }
 
 pub fn test_overrides() -> Overrides {
     // Cheap argon2 so tests stay fast; the production parameters are tested in the domain crate.
-    Overrides { password_hasher: PasswordHasher::with_params(256, 1, 1), ..Overrides::default() }
+    Overrides {
+        password_hasher: PasswordHasher::with_params(256, 1, 1),
+        ..Overrides::default()
+    }
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -112,20 +127,38 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_with_env(backend, data_dir, env).await
 }
 
-pub async fn spawn_with_env(backend: Backend, data_dir: tempfile::TempDir, env: HashMap<String, String>) -> TestApp {
-    let config = Config::from_lookup(&env, Role::AllInOne.default_addr(), "test").expect("test config");
-    let app = Application::build_with(&config, Role::AllInOne, test_overrides()).await.expect("build app");
+pub async fn spawn_with_env(
+    backend: Backend,
+    data_dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+) -> TestApp {
+    let config =
+        Config::from_lookup(&env, Role::AllInOne.default_addr(), "test").expect("test config");
+    let app = Application::build_with(&config, Role::AllInOne, test_overrides())
+        .await
+        .expect("build app");
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp { addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
+    TestApp {
+        addr,
+        backend,
+        data_dir,
+        env,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 impl TestApp {
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server")
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server")
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
@@ -156,7 +189,10 @@ impl TestApp {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(token: &str, message: T) -> Request<T> {
     let mut r = Request::new(message);
-    r.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
     r
 }
 
@@ -179,7 +215,10 @@ pub struct Fixture {
 pub const CUSTOMER_PASSWORD: &str = "company-wide secret";
 
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
@@ -190,34 +229,70 @@ pub async fn fixture(app: &TestApp) -> Fixture {
     use licensing_proto::account::v1 as pb;
     use licensing_proto::common::v1::Module;
     let mut admin = app.admin().await;
-    let product = format!("prod-{}", licensing_domain::ids::new_id("p")[2..10].to_lowercase());
+    let product = format!(
+        "prod-{}",
+        licensing_domain::ids::new_id("p")[2..10].to_lowercase()
+    );
     admin
         .create_product(admin_req(pb::CreateProductRequest {
             code: product.clone(),
             name: "CAD Pro".into(),
-            modules: vec![Module { code: "render".into(), name: "Renderer".into() }, Module { code: "export".into(), name: "Exporter".into() }],
+            modules: vec![
+                Module {
+                    code: "render".into(),
+                    name: "Renderer".into(),
+                },
+                Module {
+                    code: "export".into(),
+                    name: "Exporter".into(),
+                },
+            ],
         }))
         .await
         .unwrap();
-    for (version, released) in [("1.0", now_s() - 400 * 86_400), ("2.0", now_s() - 10 * 86_400)] {
+    for (version, released) in [
+        ("1.0", now_s() - 400 * 86_400),
+        ("2.0", now_s() - 10 * 86_400),
+    ] {
         admin
-            .add_product_version(admin_req(pb::AddProductVersionRequest { product_code: product.clone(), version: version.into(), released_at: ts(released) }))
+            .add_product_version(admin_req(pb::AddProductVersionRequest {
+                product_code: product.clone(),
+                version: version.into(),
+                released_at: ts(released),
+            }))
             .await
             .unwrap();
     }
-    let email = format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase());
+    let email = format!(
+        "{}@example.com",
+        licensing_domain::ids::new_id("m").to_lowercase()
+    );
     let customer = admin
-        .create_customer(admin_req(pb::CreateCustomerRequest { company_name: "Acme".into(), contact_email: email, password: CUSTOMER_PASSWORD.into() }))
+        .create_customer(admin_req(pb::CreateCustomerRequest {
+            company_name: "Acme".into(),
+            contact_email: email,
+            password: CUSTOMER_PASSWORD.into(),
+        }))
         .await
         .unwrap()
         .into_inner()
         .customer
         .unwrap();
-    Fixture { product, customer_id: customer.customer_id, customer_password: CUSTOMER_PASSWORD.into() }
+    Fixture {
+        product,
+        customer_id: customer.customer_id,
+        customer_password: CUSTOMER_PASSWORD.into(),
+    }
 }
 
 /// Issues a license of `kind` with `seats`; returns (License ID, license key, activation password).
-pub async fn issue_license(app: &TestApp, f: &Fixture, kind: licensing_proto::common::v1::LicenseKind, seats: i32, tweak: impl FnOnce(&mut licensing_proto::account::v1::IssueLicenseRequest)) -> (String, String, String) {
+pub async fn issue_license(
+    app: &TestApp,
+    f: &Fixture,
+    kind: licensing_proto::common::v1::LicenseKind,
+    seats: i32,
+    tweak: impl FnOnce(&mut licensing_proto::account::v1::IssueLicenseRequest),
+) -> (String, String, String) {
     use licensing_proto::account::v1 as pb;
     let mut request = pb::IssueLicenseRequest {
         product_code: f.product.clone(),
@@ -230,13 +305,32 @@ pub async fn issue_license(app: &TestApp, f: &Fixture, kind: licensing_proto::co
         ..Default::default()
     };
     tweak(&mut request);
-    let issued = app.admin().await.issue_license(admin_req(request)).await.unwrap().into_inner();
-    (issued.license.unwrap().license_id, issued.license_key, issued.activation_password)
+    let issued = app
+        .admin()
+        .await
+        .issue_license(admin_req(request))
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        issued.license.unwrap().license_id,
+        issued.license_key,
+        issued.activation_password,
+    )
 }
 
 pub async fn get_license(app: &TestApp, license_id: &str) -> licensing_proto::common::v1::License {
     use licensing_proto::account::v1 as pb;
-    app.admin().await.get_license(admin_req(pb::GetLicenseRequest { license_id: license_id.into() })).await.unwrap().into_inner().license.unwrap()
+    app.admin()
+        .await
+        .get_license(admin_req(pb::GetLicenseRequest {
+            license_id: license_id.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .license
+        .unwrap()
 }
 
 /// Where floating-seat leases live in a test server.

@@ -2,7 +2,9 @@
 //! in [`crate::grpc`] converts requests into the inputs below.
 
 use crate::{validate, AccountError};
-use licensing_domain::change::{validate_allowed_deactivations, validate_modules, validate_seats, LicenseChange};
+use licensing_domain::change::{
+    validate_allowed_deactivations, validate_modules, validate_seats, LicenseChange,
+};
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
@@ -50,8 +52,18 @@ fn not_found(reason: &'static str, message: String) -> AccountError {
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn CatalogStore>, hasher: KeyedHasher, passwords: PasswordHasher, clock: SharedClock) -> Self {
-        Self { store, hasher, passwords, clock }
+    pub fn new(
+        store: Arc<dyn CatalogStore>,
+        hasher: KeyedHasher,
+        passwords: PasswordHasher,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            passwords,
+            clock,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn CatalogStore> {
@@ -71,47 +83,94 @@ impl Catalog {
         let hasher = self.passwords.clone();
         tokio::task::spawn_blocking(move || hasher.hash(&password))
             .await
-            .map_err(|e| AccountError::Store(licensing_domain::error::StoreError::Other(format!("hashing task failed: {e}"))))
+            .map_err(|e| {
+                AccountError::Store(licensing_domain::error::StoreError::Other(format!(
+                    "hashing task failed: {e}"
+                )))
+            })
     }
 
-    pub async fn create_product(&self, actor: &str, code: &str, name: &str, modules: Vec<Module>) -> Result<Product, AccountError> {
+    pub async fn create_product(
+        &self,
+        actor: &str,
+        code: &str,
+        name: &str,
+        modules: Vec<Module>,
+    ) -> Result<Product, AccountError> {
         validate::code("code", code)?;
         validate::name("name", name)?;
         for (i, m) in modules.iter().enumerate() {
             validate::code("modules.code", &m.code)?;
             validate::name("modules.name", &m.name)?;
             if modules[..i].iter().any(|o| o.code == m.code) {
-                return Err(AccountError::invalid("modules", format!("module '{}' is listed twice", m.code)));
+                return Err(AccountError::invalid(
+                    "modules",
+                    format!("module '{}' is listed twice", m.code),
+                ));
             }
         }
-        let product = Product { code: code.to_owned(), name: name.trim().to_owned(), modules, versions: vec![], created_at: self.now() };
-        let audit = AuditRecord::new(actor, "product.created", code).with_details(json!({ "name": product.name, "modules": product.modules.len() }));
+        let product = Product {
+            code: code.to_owned(),
+            name: name.trim().to_owned(),
+            modules,
+            versions: vec![],
+            created_at: self.now(),
+        };
+        let audit = AuditRecord::new(actor, "product.created", code)
+            .with_details(json!({ "name": product.name, "modules": product.modules.len() }));
         self.store.create_product(&product, audit).await?;
         Ok(product)
     }
 
     pub async fn get_product(&self, code: &str) -> Result<Product, AccountError> {
         validate::code("code", code)?;
-        self.store.get_product(code).await?.ok_or_else(|| not_found("PRODUCT_NOT_FOUND", format!("no product with code '{code}'")))
+        self.store.get_product(code).await?.ok_or_else(|| {
+            not_found(
+                "PRODUCT_NOT_FOUND",
+                format!("no product with code '{code}'"),
+            )
+        })
     }
 
     pub async fn list_products(&self, page: &Page) -> Result<Vec<Product>, AccountError> {
         Ok(self.store.list_products(page).await?)
     }
 
-    pub async fn add_product_version(&self, actor: &str, code: &str, version: &str, released_at: Option<Millis>) -> Result<Product, AccountError> {
+    pub async fn add_product_version(
+        &self,
+        actor: &str,
+        code: &str,
+        version: &str,
+        released_at: Option<Millis>,
+    ) -> Result<Product, AccountError> {
         validate::code("product_code", code)?;
         validate::version("version", version)?;
         let released_at = released_at.unwrap_or_else(|| self.now());
-        let audit = AuditRecord::new(actor, "product.version_added", code).with_details(json!({ "version": version, "released_at": released_at }));
-        let v = ProductVersion { version: version.trim().to_owned(), released_at };
-        self.store.add_product_version(code, v, audit).await.map_err(|e| match e {
-            licensing_domain::error::StoreError::NotFound(_) => not_found("PRODUCT_NOT_FOUND", format!("no product with code '{code}'")),
-            other => other.into(),
-        })
+        let audit = AuditRecord::new(actor, "product.version_added", code)
+            .with_details(json!({ "version": version, "released_at": released_at }));
+        let v = ProductVersion {
+            version: version.trim().to_owned(),
+            released_at,
+        };
+        self.store
+            .add_product_version(code, v, audit)
+            .await
+            .map_err(|e| match e {
+                licensing_domain::error::StoreError::NotFound(_) => not_found(
+                    "PRODUCT_NOT_FOUND",
+                    format!("no product with code '{code}'"),
+                ),
+                other => other.into(),
+            })
     }
 
-    pub async fn create_customer(&self, actor: &str, company_name: &str, email: &str, password: Option<String>) -> Result<Customer, AccountError> {
+    pub async fn create_customer(
+        &self,
+        actor: &str,
+        company_name: &str,
+        email: &str,
+        password: Option<String>,
+    ) -> Result<Customer, AccountError> {
         validate::name("company_name", company_name)?;
         let email = validate::email("contact_email", email)?;
         if let Some(p) = &password {
@@ -127,65 +186,110 @@ impl Catalog {
             contact_email: email,
             created_at: self.now(),
         };
-        let audit = AuditRecord::new(actor, "customer.created", &customer.customer_id).with_details(json!({ "company_name": customer.company_name }));
-        self.store.create_customer(&customer, hash.as_deref(), audit).await?;
+        let audit = AuditRecord::new(actor, "customer.created", &customer.customer_id)
+            .with_details(json!({ "company_name": customer.company_name }));
+        self.store
+            .create_customer(&customer, hash.as_deref(), audit)
+            .await?;
         Ok(customer)
     }
 
     pub async fn get_customer(&self, customer_id: &str) -> Result<Customer, AccountError> {
         validate::id("customer_id", ids::CUSTOMER, customer_id)?;
-        self.store
-            .get_customer(customer_id)
-            .await?
-            .ok_or_else(|| not_found("CUSTOMER_NOT_FOUND", format!("no customer with ID {customer_id}")))
+        self.store.get_customer(customer_id).await?.ok_or_else(|| {
+            not_found(
+                "CUSTOMER_NOT_FOUND",
+                format!("no customer with ID {customer_id}"),
+            )
+        })
     }
 
-    pub async fn list_customers(&self, query: &str, page: &Page) -> Result<Vec<Customer>, AccountError> {
+    pub async fn list_customers(
+        &self,
+        query: &str,
+        page: &Page,
+    ) -> Result<Vec<Customer>, AccountError> {
         let query = Some(query.trim()).filter(|q| !q.is_empty());
         Ok(self.store.list_customers(query, page).await?)
     }
 
-    pub async fn set_customer_password(&self, actor: &str, customer_id: &str, password: String) -> Result<(), AccountError> {
+    pub async fn set_customer_password(
+        &self,
+        actor: &str,
+        customer_id: &str,
+        password: String,
+    ) -> Result<(), AccountError> {
         validate::password("password", &password)?;
         self.get_customer(customer_id).await?;
         let hash = self.hash_password(password).await?;
         let audit = AuditRecord::new(actor, "customer.password_set", customer_id);
-        Ok(self.store.set_customer_password_hash(customer_id, &hash, audit).await?)
+        Ok(self
+            .store
+            .set_customer_password_hash(customer_id, &hash, audit)
+            .await?)
     }
 
-    pub async fn issue_license(&self, actor: &str, input: IssueLicense) -> Result<IssuedLicense, AccountError> {
+    pub async fn issue_license(
+        &self,
+        actor: &str,
+        input: IssueLicense,
+    ) -> Result<IssuedLicense, AccountError> {
         validate::code("product_code", &input.product_code)?;
         validate::id("customer_id", ids::CUSTOMER, &input.customer_id)?;
-        let kind = input.kind.ok_or_else(|| AccountError::invalid("kind", "choose NODE_LOCKED, CONCURRENT or CLOUD"))?;
+        let kind = input.kind.ok_or_else(|| {
+            AccountError::invalid("kind", "choose NODE_LOCKED, CONCURRENT or CLOUD")
+        })?;
         let seats = match kind {
-            LicenseKind::Cloud if input.seats != 0 => return Err(AccountError::invalid("seats", "cloud licenses have no seats; leave it 0")),
+            LicenseKind::Cloud if input.seats != 0 => {
+                return Err(AccountError::invalid(
+                    "seats",
+                    "cloud licenses have no seats; leave it 0",
+                ))
+            }
             LicenseKind::Cloud => 0,
             _ => {
-                validate_seats(input.seats).map_err(|e| AccountError::invalid("seats", e.to_string()))?;
+                validate_seats(input.seats)
+                    .map_err(|e| AccountError::invalid("seats", e.to_string()))?;
                 input.seats
             }
         };
-        validate_allowed_deactivations(input.allowed_deactivations).map_err(|e| AccountError::invalid("allowed_deactivations", e.to_string()))?;
+        validate_allowed_deactivations(input.allowed_deactivations)
+            .map_err(|e| AccountError::invalid("allowed_deactivations", e.to_string()))?;
         if input.notes.chars().count() > 2000 {
-            return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
+            return Err(AccountError::invalid(
+                "notes",
+                "must be at most 2000 characters",
+            ));
         }
         let now = self.now();
         let valid_from = input.valid_from.unwrap_or(now);
         if let Some(expires_at) = input.expires_at {
             if expires_at <= valid_from {
-                return Err(AccountError::invalid("expires_at", "must be after valid_from"));
+                return Err(AccountError::invalid(
+                    "expires_at",
+                    "must be after valid_from",
+                ));
             }
         }
         if let Some(upgrades_until) = input.upgrades_until {
             if upgrades_until < valid_from {
-                return Err(AccountError::invalid("upgrades_until", "must not be before valid_from"));
+                return Err(AccountError::invalid(
+                    "upgrades_until",
+                    "must not be before valid_from",
+                ));
             }
         }
-        let product = self.get_product(&input.product_code).await.map_err(|e| match e {
-            AccountError::InvalidArgument { message, .. } => AccountError::invalid("product_code", message),
-            other => other,
-        })?;
-        validate_modules(&product, &input.modules).map_err(|e| AccountError::invalid("modules", e.to_string()))?;
+        let product = self
+            .get_product(&input.product_code)
+            .await
+            .map_err(|e| match e {
+                AccountError::InvalidArgument { message, .. } => {
+                    AccountError::invalid("product_code", message)
+                }
+                other => other,
+            })?;
+        validate_modules(&product, &input.modules)
+            .map_err(|e| AccountError::invalid("modules", e.to_string()))?;
         let customer = self.get_customer(&input.customer_id).await?;
 
         let license_key = LicenseKey::generate();
@@ -213,36 +317,52 @@ impl Catalog {
         };
         let activation_password = self.hasher.activation_password(&license.license_id, &salt);
         let new = NewLicense {
-            key_digest: self.hasher.digest(purpose::LICENSE_KEY, license_key.as_str()),
+            key_digest: self
+                .hasher
+                .digest(purpose::LICENSE_KEY, license_key.as_str()),
             activation_password_salt: salt,
             license: license.clone(),
         };
-        let audit = AuditRecord::new(actor, "license.issued", &license.license_id).with_details(json!({
-            "product_code": license.product_code,
-            "customer_id": license.customer_id,
-            "kind": kind.as_str(),
-            "seats": seats,
-            "modules": license.modules,
-            "expires_at": license.expires_at,
-        }));
+        let audit =
+            AuditRecord::new(actor, "license.issued", &license.license_id).with_details(json!({
+                "product_code": license.product_code,
+                "customer_id": license.customer_id,
+                "kind": kind.as_str(),
+                "seats": seats,
+                "modules": license.modules,
+                "expires_at": license.expires_at,
+            }));
         self.store.insert_license(&new, audit).await?;
-        Ok(IssuedLicense { license, license_key, activation_password })
+        Ok(IssuedLicense {
+            license,
+            license_key,
+            activation_password,
+        })
     }
 
     pub async fn get_license(&self, license_id: &str) -> Result<License, AccountError> {
         validate::id("license_id", ids::LICENSE, license_id)?;
-        self.store
-            .get_license(license_id)
-            .await?
-            .ok_or_else(|| not_found("LICENSE_NOT_FOUND", format!("no license with ID {license_id}")))
+        self.store.get_license(license_id).await?.ok_or_else(|| {
+            not_found(
+                "LICENSE_NOT_FOUND",
+                format!("no license with ID {license_id}"),
+            )
+        })
     }
 
     /// `query` matches License ID, customer ID or notes; a full license key matches exactly.
-    pub async fn list_licenses(&self, mut filter: LicenseFilter, query: &str, page: &Page) -> Result<Vec<License>, AccountError> {
+    pub async fn list_licenses(
+        &self,
+        mut filter: LicenseFilter,
+        query: &str,
+        page: &Page,
+    ) -> Result<Vec<License>, AccountError> {
         let query = query.trim();
         if !query.is_empty() {
             match LicenseKey::parse(query) {
-                Ok(key) => filter.key_digest = Some(self.hasher.digest(purpose::LICENSE_KEY, key.as_str())),
+                Ok(key) => {
+                    filter.key_digest = Some(self.hasher.digest(purpose::LICENSE_KEY, key.as_str()))
+                }
                 Err(_) => filter.text = Some(query.to_owned()),
             }
         }
@@ -253,25 +373,55 @@ impl Catalog {
     }
 
     /// Applies an admin change; the audit entry records the change itself.
-    pub async fn change_license(&self, actor: &str, license_id: &str, change: LicenseChange, reason: &str) -> Result<License, AccountError> {
+    pub async fn change_license(
+        &self,
+        actor: &str,
+        license_id: &str,
+        change: LicenseChange,
+        reason: &str,
+    ) -> Result<License, AccountError> {
         validate::id("license_id", ids::LICENSE, license_id)?;
         let details = json!({ "change": format!("{change:?}"), "reason": reason });
         let audit = AuditRecord::new(actor, change.action(), license_id).with_details(details);
-        self.store.update_license(license_id, &change, self.now(), audit).await.map_err(|e| match AccountError::from(e) {
-            AccountError::NotFound { .. } => not_found("LICENSE_NOT_FOUND", format!("no license with ID {license_id}")),
-            other => other,
-        })
+        self.store
+            .update_license(license_id, &change, self.now(), audit)
+            .await
+            .map_err(|e| match AccountError::from(e) {
+                AccountError::NotFound { .. } => not_found(
+                    "LICENSE_NOT_FOUND",
+                    format!("no license with ID {license_id}"),
+                ),
+                other => other,
+            })
     }
 
     /// Associates a license with a customer's account (support staff).
-    pub async fn associate(&self, actor: &str, license_id: &str, customer_id: &str) -> Result<License, AccountError> {
+    pub async fn associate(
+        &self,
+        actor: &str,
+        license_id: &str,
+        customer_id: &str,
+    ) -> Result<License, AccountError> {
         self.get_customer(customer_id).await?;
-        self.change_license(actor, license_id, LicenseChange::Associate(Some(customer_id.to_owned())), "").await
+        self.change_license(
+            actor,
+            license_id,
+            LicenseChange::Associate(Some(customer_id.to_owned())),
+            "",
+        )
+        .await
     }
 
-    pub async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, AccountError> {
+    pub async fn list_audit(
+        &self,
+        subject: &str,
+        page: &Page,
+    ) -> Result<Vec<AuditEvent>, AccountError> {
         if subject.trim().is_empty() {
-            return Err(AccountError::invalid("subject", "name a License ID, customer ID or product code"));
+            return Err(AccountError::invalid(
+                "subject",
+                "name a License ID, customer ID or product code",
+            ));
         }
         Ok(self.store.list_audit(subject.trim(), page).await?)
     }
@@ -282,7 +432,12 @@ impl Catalog {
             .store
             .activation_password_salt(license_id)
             .await?
-            .ok_or_else(|| not_found("LICENSE_NOT_FOUND", format!("no license with ID {license_id}")))?;
+            .ok_or_else(|| {
+                not_found(
+                    "LICENSE_NOT_FOUND",
+                    format!("no license with ID {license_id}"),
+                )
+            })?;
         Ok(self.hasher.activation_password(license_id, &salt))
     }
 }

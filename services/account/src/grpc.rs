@@ -25,16 +25,32 @@ impl AdminApi {
     }
 
     pub fn into_server(self, max_message_bytes: usize) -> AdminServiceServer<Self> {
-        AdminServiceServer::new(self).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes)
+        AdminServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
     }
 
     async fn admin<T>(&self, request: &Request<T>) -> Result<AdminId, Status> {
         self.auth.authorize(request.metadata()).await.or_status()
     }
 
-    async fn change(&self, request: Request<impl LicenseTarget>, change: LicenseChange, reason: &str) -> Result<licensing_proto::common::v1::License, Status> {
+    async fn change(
+        &self,
+        request: Request<impl LicenseTarget>,
+        change: LicenseChange,
+        reason: &str,
+    ) -> Result<licensing_proto::common::v1::License, Status> {
         let admin = self.admin(&request).await?;
-        let license = self.catalog.change_license(&admin.actor(), request.get_ref().license_id(), change, reason).await.or_status()?;
+        let license = self
+            .catalog
+            .change_license(
+                &admin.actor(),
+                request.get_ref().license_id(),
+                change,
+                reason,
+            )
+            .await
+            .or_status()?;
         Ok(conv::license(&license))
     }
 }
@@ -62,13 +78,21 @@ license_target!(
 
 fn invalid(message: String) -> Status {
     // `message` already starts with the field name.
-    licensing_runtime::status::to_status(&AccountError::InvalidArgument { field: "request", message })
+    licensing_runtime::status::to_status(&AccountError::InvalidArgument {
+        field: "request",
+        message,
+    })
 }
 
-fn required_timestamp(field: &'static str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Status> {
+fn required_timestamp(
+    field: &'static str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<i64, Status> {
     match ts {
         Some(t) => from_timestamp(field, t).map_err(invalid),
-        None => Err(licensing_runtime::status::to_status(&AccountError::invalid(field, "is required"))),
+        None => Err(licensing_runtime::status::to_status(
+            &AccountError::invalid(field, "is required"),
+        )),
     }
 }
 
@@ -85,21 +109,42 @@ fn refuse_payment(payment: Option<&pb::Payment>) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn create_product(&self, request: Request<pb::CreateProductRequest>) -> Result<Response<pb::CreateProductResponse>, Status> {
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
         let modules = r.modules.iter().map(conv::module_from_proto).collect();
-        let product = self.catalog.create_product(&admin.actor(), &r.code, &r.name, modules).await.or_status()?;
-        Ok(Response::new(pb::CreateProductResponse { product: Some(conv::product(&product)) }))
+        let product = self
+            .catalog
+            .create_product(&admin.actor(), &r.code, &r.name, modules)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::CreateProductResponse {
+            product: Some(conv::product(&product)),
+        }))
     }
 
-    async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Result<Response<pb::GetProductResponse>, Status> {
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
         self.admin(&request).await?;
-        let product = self.catalog.get_product(&request.get_ref().code).await.or_status()?;
-        Ok(Response::new(pb::GetProductResponse { product: Some(conv::product(&product)) }))
+        let product = self
+            .catalog
+            .get_product(&request.get_ref().code)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::GetProductResponse {
+            product: Some(conv::product(&product)),
+        }))
     }
 
-    async fn list_products(&self, request: Request<pb::ListProductsRequest>) -> Result<Response<pb::ListProductsResponse>, Status> {
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
         self.admin(&request).await?;
         let page = conv::page(request.get_ref().page.as_ref());
         let products = self.catalog.list_products(&page).await.or_status()?;
@@ -109,47 +154,91 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn add_product_version(&self, request: Request<pb::AddProductVersionRequest>) -> Result<Response<pb::AddProductVersionResponse>, Status> {
+    async fn add_product_version(
+        &self,
+        request: Request<pb::AddProductVersionRequest>,
+    ) -> Result<Response<pb::AddProductVersionResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
-        let released_at = from_opt_timestamp("released_at", r.released_at.as_ref()).map_err(invalid)?;
-        let product = self.catalog.add_product_version(&admin.actor(), &r.product_code, &r.version, released_at).await.or_status()?;
-        Ok(Response::new(pb::AddProductVersionResponse { product: Some(conv::product(&product)) }))
+        let released_at =
+            from_opt_timestamp("released_at", r.released_at.as_ref()).map_err(invalid)?;
+        let product = self
+            .catalog
+            .add_product_version(&admin.actor(), &r.product_code, &r.version, released_at)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::AddProductVersionResponse {
+            product: Some(conv::product(&product)),
+        }))
     }
 
-    async fn create_customer(&self, request: Request<pb::CreateCustomerRequest>) -> Result<Response<pb::CreateCustomerResponse>, Status> {
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
         let password = Some(r.password).filter(|p| !p.is_empty());
-        let customer = self.catalog.create_customer(&admin.actor(), &r.company_name, &r.contact_email, password).await.or_status()?;
-        Ok(Response::new(pb::CreateCustomerResponse { customer: Some(conv::customer(&customer)) }))
+        let customer = self
+            .catalog
+            .create_customer(&admin.actor(), &r.company_name, &r.contact_email, password)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::CreateCustomerResponse {
+            customer: Some(conv::customer(&customer)),
+        }))
     }
 
-    async fn get_customer(&self, request: Request<pb::GetCustomerRequest>) -> Result<Response<pb::GetCustomerResponse>, Status> {
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         self.admin(&request).await?;
-        let customer = self.catalog.get_customer(&request.get_ref().customer_id).await.or_status()?;
-        Ok(Response::new(pb::GetCustomerResponse { customer: Some(conv::customer(&customer)) }))
+        let customer = self
+            .catalog
+            .get_customer(&request.get_ref().customer_id)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::GetCustomerResponse {
+            customer: Some(conv::customer(&customer)),
+        }))
     }
 
-    async fn list_customers(&self, request: Request<pb::ListCustomersRequest>) -> Result<Response<pb::ListCustomersResponse>, Status> {
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         self.admin(&request).await?;
         let r = request.get_ref();
         let page = conv::page(r.page.as_ref());
-        let customers = self.catalog.list_customers(&r.query, &page).await.or_status()?;
+        let customers = self
+            .catalog
+            .list_customers(&r.query, &page)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ListCustomersResponse {
             next_page_token: conv::next_page_token(&customers, &page, |c| c.customer_id.clone()),
             customers: customers.iter().map(conv::customer).collect(),
         }))
     }
 
-    async fn set_customer_password(&self, request: Request<pb::SetCustomerPasswordRequest>) -> Result<Response<pb::SetCustomerPasswordResponse>, Status> {
+    async fn set_customer_password(
+        &self,
+        request: Request<pb::SetCustomerPasswordRequest>,
+    ) -> Result<Response<pb::SetCustomerPasswordResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
-        self.catalog.set_customer_password(&admin.actor(), &r.customer_id, r.password).await.or_status()?;
+        self.catalog
+            .set_customer_password(&admin.actor(), &r.customer_id, r.password)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::SetCustomerPasswordResponse {}))
     }
 
-    async fn issue_license(&self, request: Request<pb::IssueLicenseRequest>) -> Result<Response<pb::IssueLicenseResponse>, Status> {
+    async fn issue_license(
+        &self,
+        request: Request<pb::IssueLicenseRequest>,
+    ) -> Result<Response<pb::IssueLicenseResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
         refuse_payment(r.payment.as_ref())?;
@@ -157,7 +246,8 @@ impl AdminService for AdminApi {
             kind: conv::kind_from_proto(r.kind),
             valid_from: from_opt_timestamp("valid_from", r.valid_from.as_ref()).map_err(invalid)?,
             expires_at: from_opt_timestamp("expires_at", r.expires_at.as_ref()).map_err(invalid)?,
-            upgrades_until: from_opt_timestamp("upgrades_until", r.upgrades_until.as_ref()).map_err(invalid)?,
+            upgrades_until: from_opt_timestamp("upgrades_until", r.upgrades_until.as_ref())
+                .map_err(invalid)?,
             product_code: r.product_code,
             customer_id: r.customer_id,
             seats: r.seats,
@@ -166,7 +256,11 @@ impl AdminService for AdminApi {
             associate: r.associate,
             notes: r.notes,
         };
-        let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
+        let issued = self
+            .catalog
+            .issue_license(&admin.actor(), input)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
             license: Some(conv::license(&issued.license)),
             license_key: issued.license_key.to_string(),
@@ -174,19 +268,34 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn get_license(&self, request: Request<pb::GetLicenseRequest>) -> Result<Response<pb::GetLicenseResponse>, Status> {
+    async fn get_license(
+        &self,
+        request: Request<pb::GetLicenseRequest>,
+    ) -> Result<Response<pb::GetLicenseResponse>, Status> {
         self.admin(&request).await?;
-        let license = self.catalog.get_license(&request.get_ref().license_id).await.or_status()?;
-        Ok(Response::new(pb::GetLicenseResponse { license: Some(conv::license(&license)) }))
+        let license = self
+            .catalog
+            .get_license(&request.get_ref().license_id)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::GetLicenseResponse {
+            license: Some(conv::license(&license)),
+        }))
     }
 
-    async fn list_licenses(&self, request: Request<pb::ListLicensesRequest>) -> Result<Response<pb::ListLicensesResponse>, Status> {
+    async fn list_licenses(
+        &self,
+        request: Request<pb::ListLicensesRequest>,
+    ) -> Result<Response<pb::ListLicensesResponse>, Status> {
         self.admin(&request).await?;
         let r = request.into_inner();
         let page = conv::page(r.page.as_ref());
         let status = match r.status {
             0 => None,
-            n => Some(conv::status_from_proto(n).ok_or_else(|| invalid(format!("status: {n} is not a license status")))?),
+            n => Some(
+                conv::status_from_proto(n)
+                    .ok_or_else(|| invalid(format!("status: {n} is not a license status")))?,
+            ),
         };
         let filter = LicenseFilter {
             customer_id: Some(r.customer_id).filter(|c| !c.is_empty()),
@@ -194,35 +303,65 @@ impl AdminService for AdminApi {
             status,
             ..Default::default()
         };
-        let licenses = self.catalog.list_licenses(filter, &r.query, &page).await.or_status()?;
+        let licenses = self
+            .catalog
+            .list_licenses(filter, &r.query, &page)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ListLicensesResponse {
             next_page_token: conv::next_page_token(&licenses, &page, |l| l.license_id.clone()),
             licenses: licenses.iter().map(conv::license).collect(),
         }))
     }
 
-    async fn suspend_license(&self, request: Request<pb::SuspendLicenseRequest>) -> Result<Response<pb::SuspendLicenseResponse>, Status> {
+    async fn suspend_license(
+        &self,
+        request: Request<pb::SuspendLicenseRequest>,
+    ) -> Result<Response<pb::SuspendLicenseResponse>, Status> {
         let reason = request.get_ref().reason.clone();
-        let license = self.change(request, LicenseChange::Suspend, &reason).await?;
-        Ok(Response::new(pb::SuspendLicenseResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::Suspend, &reason)
+            .await?;
+        Ok(Response::new(pb::SuspendLicenseResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn reinstate_license(&self, request: Request<pb::ReinstateLicenseRequest>) -> Result<Response<pb::ReinstateLicenseResponse>, Status> {
+    async fn reinstate_license(
+        &self,
+        request: Request<pb::ReinstateLicenseRequest>,
+    ) -> Result<Response<pb::ReinstateLicenseResponse>, Status> {
         let license = self.change(request, LicenseChange::Reinstate, "").await?;
-        Ok(Response::new(pb::ReinstateLicenseResponse { license: Some(license) }))
+        Ok(Response::new(pb::ReinstateLicenseResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn renew_license(&self, request: Request<pb::RenewLicenseRequest>) -> Result<Response<pb::RenewLicenseResponse>, Status> {
+    async fn renew_license(
+        &self,
+        request: Request<pb::RenewLicenseRequest>,
+    ) -> Result<Response<pb::RenewLicenseResponse>, Status> {
         refuse_payment(request.get_ref().payment.as_ref())?;
         let expires_at = required_timestamp("expires_at", request.get_ref().expires_at.as_ref())?;
-        let license = self.change(request, LicenseChange::Renew { expires_at }, "").await?;
-        Ok(Response::new(pb::RenewLicenseResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::Renew { expires_at }, "")
+            .await?;
+        Ok(Response::new(pb::RenewLicenseResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn set_license_seats(&self, request: Request<pb::SetLicenseSeatsRequest>) -> Result<Response<pb::SetLicenseSeatsResponse>, Status> {
+    async fn set_license_seats(
+        &self,
+        request: Request<pb::SetLicenseSeatsRequest>,
+    ) -> Result<Response<pb::SetLicenseSeatsResponse>, Status> {
         let seats = request.get_ref().seats;
-        let license = self.change(request, LicenseChange::SetSeats(seats), "").await?;
-        Ok(Response::new(pb::SetLicenseSeatsResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::SetSeats(seats), "")
+            .await?;
+        Ok(Response::new(pb::SetLicenseSeatsResponse {
+            license: Some(license),
+        }))
     }
 
     async fn set_allowed_deactivations(
@@ -230,28 +369,58 @@ impl AdminService for AdminApi {
         request: Request<pb::SetAllowedDeactivationsRequest>,
     ) -> Result<Response<pb::SetAllowedDeactivationsResponse>, Status> {
         let n = request.get_ref().allowed_deactivations;
-        let license = self.change(request, LicenseChange::SetAllowedDeactivations(n), "").await?;
-        Ok(Response::new(pb::SetAllowedDeactivationsResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::SetAllowedDeactivations(n), "")
+            .await?;
+        Ok(Response::new(pb::SetAllowedDeactivationsResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn add_license_modules(&self, request: Request<pb::AddLicenseModulesRequest>) -> Result<Response<pb::AddLicenseModulesResponse>, Status> {
+    async fn add_license_modules(
+        &self,
+        request: Request<pb::AddLicenseModulesRequest>,
+    ) -> Result<Response<pb::AddLicenseModulesResponse>, Status> {
         refuse_payment(request.get_ref().payment.as_ref())?;
         let modules = request.get_ref().modules.clone();
-        let license = self.change(request, LicenseChange::AddModules(modules), "").await?;
-        Ok(Response::new(pb::AddLicenseModulesResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::AddModules(modules), "")
+            .await?;
+        Ok(Response::new(pb::AddLicenseModulesResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn remove_license_modules(&self, request: Request<pb::RemoveLicenseModulesRequest>) -> Result<Response<pb::RemoveLicenseModulesResponse>, Status> {
+    async fn remove_license_modules(
+        &self,
+        request: Request<pb::RemoveLicenseModulesRequest>,
+    ) -> Result<Response<pb::RemoveLicenseModulesResponse>, Status> {
         let modules = request.get_ref().modules.clone();
-        let license = self.change(request, LicenseChange::RemoveModules(modules), "").await?;
-        Ok(Response::new(pb::RemoveLicenseModulesResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::RemoveModules(modules), "")
+            .await?;
+        Ok(Response::new(pb::RemoveLicenseModulesResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn extend_upgrade_period(&self, request: Request<pb::ExtendUpgradePeriodRequest>) -> Result<Response<pb::ExtendUpgradePeriodResponse>, Status> {
+    async fn extend_upgrade_period(
+        &self,
+        request: Request<pb::ExtendUpgradePeriodRequest>,
+    ) -> Result<Response<pb::ExtendUpgradePeriodResponse>, Status> {
         refuse_payment(request.get_ref().payment.as_ref())?;
-        let upgrades_until = required_timestamp("upgrades_until", request.get_ref().upgrades_until.as_ref())?;
-        let license = self.change(request, LicenseChange::ExtendUpgradePeriod { upgrades_until }, "").await?;
-        Ok(Response::new(pb::ExtendUpgradePeriodResponse { license: Some(license) }))
+        let upgrades_until =
+            required_timestamp("upgrades_until", request.get_ref().upgrades_until.as_ref())?;
+        let license = self
+            .change(
+                request,
+                LicenseChange::ExtendUpgradePeriod { upgrades_until },
+                "",
+            )
+            .await?;
+        Ok(Response::new(pb::ExtendUpgradePeriodResponse {
+            license: Some(license),
+        }))
     }
 
     async fn set_portal_deactivation_policy(
@@ -259,28 +428,59 @@ impl AdminService for AdminApi {
         request: Request<pb::SetPortalDeactivationPolicyRequest>,
     ) -> Result<Response<pb::SetPortalDeactivationPolicyResponse>, Status> {
         let counts = request.get_ref().portal_deactivation_counts;
-        let license = self.change(request, LicenseChange::SetPortalDeactivationCounts(counts), "").await?;
-        Ok(Response::new(pb::SetPortalDeactivationPolicyResponse { license: Some(license) }))
+        let license = self
+            .change(
+                request,
+                LicenseChange::SetPortalDeactivationCounts(counts),
+                "",
+            )
+            .await?;
+        Ok(Response::new(pb::SetPortalDeactivationPolicyResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn return_license(&self, request: Request<pb::ReturnLicenseRequest>) -> Result<Response<pb::ReturnLicenseResponse>, Status> {
+    async fn return_license(
+        &self,
+        request: Request<pb::ReturnLicenseRequest>,
+    ) -> Result<Response<pb::ReturnLicenseResponse>, Status> {
         let reason = request.get_ref().reason.clone();
-        let license = self.change(request, LicenseChange::Associate(None), &reason).await?;
-        Ok(Response::new(pb::ReturnLicenseResponse { license: Some(license) }))
+        let license = self
+            .change(request, LicenseChange::Associate(None), &reason)
+            .await?;
+        Ok(Response::new(pb::ReturnLicenseResponse {
+            license: Some(license),
+        }))
     }
 
-    async fn associate_license(&self, request: Request<pb::AdminAssociateLicenseRequest>) -> Result<Response<pb::AdminAssociateLicenseResponse>, Status> {
+    async fn associate_license(
+        &self,
+        request: Request<pb::AdminAssociateLicenseRequest>,
+    ) -> Result<Response<pb::AdminAssociateLicenseResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.get_ref();
-        let license = self.catalog.associate(&admin.actor(), &r.license_id, &r.customer_id).await.or_status()?;
-        Ok(Response::new(pb::AdminAssociateLicenseResponse { license: Some(conv::license(&license)) }))
+        let license = self
+            .catalog
+            .associate(&admin.actor(), &r.license_id, &r.customer_id)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::AdminAssociateLicenseResponse {
+            license: Some(conv::license(&license)),
+        }))
     }
 
-    async fn list_audit_events(&self, request: Request<pb::ListAuditEventsRequest>) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         self.admin(&request).await?;
         let r = request.get_ref();
         let page = conv::page(r.page.as_ref());
-        let events = self.catalog.list_audit(&r.subject, &page).await.or_status()?;
+        let events = self
+            .catalog
+            .list_audit(&r.subject, &page)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),
             events: events.iter().map(conv::audit_event).collect(),

@@ -6,7 +6,9 @@ use licensing_domain::certificate::{certificate_file, SignedBlob};
 use licensing_domain::fingerprint::Component;
 use licensing_domain::model::{Activation, LicenseStatus};
 use licensing_proto::activation::v1 as pb;
-use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
+use licensing_proto::activation::v1::activation_service_server::{
+    ActivationService, ActivationServiceServer,
+};
 use licensing_proto::common::v1::FingerprintComponent;
 use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
@@ -25,11 +27,16 @@ pub struct ActivationApi {
 
 impl ActivationApi {
     pub fn new(activations: Activations, watch_poll: Duration) -> Self {
-        Self { activations, watch_poll }
+        Self {
+            activations,
+            watch_poll,
+        }
     }
 
     pub fn into_server(self, max_message_bytes: usize) -> ActivationServiceServer<Self> {
-        ActivationServiceServer::new(self).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes)
+        ActivationServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
     }
 }
 
@@ -37,22 +44,46 @@ fn credentials(c: Option<pb::LicenseCredentials>) -> Result<Credentials, Status>
     use pb::license_credentials::Credential;
     match c.and_then(|c| c.credential) {
         Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
-        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password }),
+        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword {
+            license_id: p.license_id,
+            password: p.password,
+        }),
         None => Err(to_status(&CredentialError::Missing)),
     }
 }
 
 fn components(fingerprint: Vec<FingerprintComponent>) -> Vec<Component> {
-    fingerprint.into_iter().map(|c| Component { name: c.name, value: c.value }).collect()
+    fingerprint
+        .into_iter()
+        .map(|c| Component {
+            name: c.name,
+            value: c.value,
+        })
+        .collect()
 }
 
 fn machine(m: Option<pb::MachineInfo>) -> Result<Machine, Status> {
-    let m = m.ok_or_else(|| to_status(&ActivationError::invalid("machine", "is required (fingerprint, machine_name, platform, product_version)")))?;
-    Ok(Machine { fingerprint: components(m.fingerprint), machine_name: m.machine_name, platform: m.platform, product_version: m.product_version })
+    let m = m.ok_or_else(|| {
+        to_status(&ActivationError::invalid(
+            "machine",
+            "is required (fingerprint, machine_name, platform, product_version)",
+        ))
+    })?;
+    Ok(Machine {
+        fingerprint: components(m.fingerprint),
+        machine_name: m.machine_name,
+        platform: m.platform,
+        product_version: m.product_version,
+    })
 }
 
 fn certificate(blob: SignedBlob) -> pb::SignedCertificate {
-    pb::SignedCertificate { certificate_file: certificate_file(&blob), payload: blob.payload, signature: blob.signature, key_id: blob.key_id }
+    pb::SignedCertificate {
+        certificate_file: certificate_file(&blob),
+        payload: blob.payload,
+        signature: blob.signature,
+        key_id: blob.key_id,
+    }
 }
 
 fn activation(a: &Activation) -> pb::Activation {
@@ -84,34 +115,70 @@ fn validation_code(code: ValidationCode) -> pb::ValidationCode {
     }
 }
 
-type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchLicenseResponse, Status>> + Send>>;
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchLicenseResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ActivationService for ActivationApi {
-    async fn activate(&self, request: Request<pb::ActivateRequest>) -> Result<Response<pb::ActivateResponse>, Status> {
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = request.into_inner();
         let (creds, machine) = (credentials(r.credentials)?, machine(r.machine)?);
-        let (a, already, cert) = self.activations.activate(&creds, &machine).await.or_status()?;
-        Ok(Response::new(pb::ActivateResponse { activation: Some(activation(&a)), already_activated: already, certificate: Some(certificate(cert)) }))
+        let (a, already, cert) = self
+            .activations
+            .activate(&creds, &machine)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::ActivateResponse {
+            activation: Some(activation(&a)),
+            already_activated: already,
+            certificate: Some(certificate(cert)),
+        }))
     }
 
-    async fn deactivate(&self, request: Request<pb::DeactivateRequest>) -> Result<Response<pb::DeactivateResponse>, Status> {
+    async fn deactivate(
+        &self,
+        request: Request<pb::DeactivateRequest>,
+    ) -> Result<Response<pb::DeactivateResponse>, Status> {
         use pb::deactivate_request::Target;
         let target = match request.into_inner().target {
             Some(Target::InstallationId(id)) => DeactivationRequest::ByInstallation(id),
-            Some(Target::LicenseAndMachine(m)) => {
-                DeactivationRequest::ByMachine { credentials: credentials(m.credentials)?, fingerprint: components(m.fingerprint) }
+            Some(Target::LicenseAndMachine(m)) => DeactivationRequest::ByMachine {
+                credentials: credentials(m.credentials)?,
+                fingerprint: components(m.fingerprint),
+            },
+            None => {
+                return Err(to_status(&ActivationError::invalid(
+                    "target",
+                    "send installation_id or license_and_machine",
+                )))
             }
-            None => return Err(to_status(&ActivationError::invalid("target", "send installation_id or license_and_machine"))),
         };
         let (a, license) = self.activations.deactivate(target).await.or_status()?;
-        Ok(Response::new(pb::DeactivateResponse { activation: Some(activation(&a)), deactivations_left: license.deactivations_left() }))
+        Ok(Response::new(pb::DeactivateResponse {
+            activation: Some(activation(&a)),
+            deactivations_left: license.deactivations_left(),
+        }))
     }
 
-    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
         let r = request.into_inner();
         let creds = credentials(r.credentials)?;
-        let v = self.activations.validate(&creds, &components(r.fingerprint), &r.modules, &r.product_version).await.or_status()?;
+        let v = self
+            .activations
+            .validate(
+                &creds,
+                &components(r.fingerprint),
+                &r.modules,
+                &r.product_version,
+            )
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ValidateResponse {
             valid: v.code == ValidationCode::Valid,
             code: validation_code(v.code) as i32,
@@ -121,25 +188,52 @@ impl ActivationService for ActivationApi {
         }))
     }
 
-    async fn refresh_certificate(&self, request: Request<pb::RefreshCertificateRequest>) -> Result<Response<pb::RefreshCertificateResponse>, Status> {
+    async fn refresh_certificate(
+        &self,
+        request: Request<pb::RefreshCertificateRequest>,
+    ) -> Result<Response<pb::RefreshCertificateResponse>, Status> {
         let r = request.into_inner();
         let creds = credentials(r.credentials)?;
-        let cert = self.activations.refresh(&creds, &components(r.fingerprint)).await.or_status()?;
-        Ok(Response::new(pb::RefreshCertificateResponse { certificate: Some(certificate(cert)) }))
+        let cert = self
+            .activations
+            .refresh(&creds, &components(r.fingerprint))
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::RefreshCertificateResponse {
+            certificate: Some(certificate(cert)),
+        }))
     }
 
-    async fn activate_offline(&self, request: Request<pb::ActivateOfflineRequest>) -> Result<Response<pb::ActivateOfflineResponse>, Status> {
-        let (a, already, cert) = self.activations.activate_offline(&request.get_ref().activation_request).await.or_status()?;
-        Ok(Response::new(pb::ActivateOfflineResponse { activation: Some(activation(&a)), already_activated: already, certificate: Some(certificate(cert)) }))
+    async fn activate_offline(
+        &self,
+        request: Request<pb::ActivateOfflineRequest>,
+    ) -> Result<Response<pb::ActivateOfflineResponse>, Status> {
+        let (a, already, cert) = self
+            .activations
+            .activate_offline(&request.get_ref().activation_request)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::ActivateOfflineResponse {
+            activation: Some(activation(&a)),
+            already_activated: already,
+            certificate: Some(certificate(cert)),
+        }))
     }
 
     type WatchLicenseStream = WatchStream;
 
-    async fn watch_license(&self, request: Request<pb::WatchLicenseRequest>) -> Result<Response<Self::WatchLicenseStream>, Status> {
+    async fn watch_license(
+        &self,
+        request: Request<pb::WatchLicenseRequest>,
+    ) -> Result<Response<Self::WatchLicenseStream>, Status> {
         let r = request.into_inner();
         let creds = credentials(r.credentials)?;
         let presented = components(r.fingerprint);
-        let (license, _, _) = self.activations.activated(&creds, &presented).await.or_status()?;
+        let (license, _, _) = self
+            .activations
+            .activated(&creds, &presented)
+            .await
+            .or_status()?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let activations = self.activations.clone();
         let poll = self.watch_poll;
@@ -147,7 +241,11 @@ impl ActivationService for ActivationApi {
             let mut last_seen: Option<(i64, LicenseStatus)> = None;
             loop {
                 let message = match activations.current_license(&license.license_id).await {
-                    Ok(Some(current)) if last_seen == Some((current.updated_at, current.status)) => None,
+                    Ok(Some(current))
+                        if last_seen == Some((current.updated_at, current.status)) =>
+                    {
+                        None
+                    }
                     Ok(Some(current)) => {
                         last_seen = Some((current.updated_at, current.status));
                         // While the license is usable, a fresh certificate; otherwise the license alone says why not.
@@ -155,9 +253,14 @@ impl ActivationService for ActivationApi {
                             Ok((l, a, p)) => Some(certificate(activations.certificate(&l, &a, &p))),
                             Err(_) => None,
                         };
-                        Some(Ok(pb::WatchLicenseResponse { certificate: cert, license: Some(conv::license(&current)) }))
+                        Some(Ok(pb::WatchLicenseResponse {
+                            certificate: cert,
+                            license: Some(conv::license(&current)),
+                        }))
                     }
-                    Ok(None) => Some(Err(to_status(&ActivationError::NotActivated(license.license_id.clone())))),
+                    Ok(None) => Some(Err(to_status(&ActivationError::NotActivated(
+                        license.license_id.clone(),
+                    )))),
                     Err(e) => Some(Err(to_status(&e))),
                 };
                 if let Some(message) = message {
@@ -175,11 +278,15 @@ impl ActivationService for ActivationApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_verifying_key(&self, _request: Request<pb::GetVerifyingKeyRequest>) -> Result<Response<pb::GetVerifyingKeyResponse>, Status> {
+    async fn get_verifying_key(
+        &self,
+        _request: Request<pb::GetVerifyingKeyRequest>,
+    ) -> Result<Response<pb::GetVerifyingKeyResponse>, Status> {
         use base64::Engine;
         let signer = self.activations.signer();
         Ok(Response::new(pb::GetVerifyingKeyResponse {
-            public_key: base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().as_bytes()),
+            public_key: base64::engine::general_purpose::STANDARD
+                .encode(signer.verifying_key().as_bytes()),
             key_id: signer.key_id(),
         }))
     }

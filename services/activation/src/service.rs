@@ -1,12 +1,17 @@
 //! [`Activations`]: the node-locked use cases. Inputs here are already decoded from gRPC.
 
 use crate::ActivationError;
-use licensing_domain::certificate::{encode_offline_request, CertificatePayload, OfflineRequest, SignedBlob, Signer};
+use licensing_domain::certificate::{
+    encode_offline_request, CertificatePayload, OfflineRequest, SignedBlob, Signer,
+};
 use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
 use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind};
-use licensing_domain::store::{ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget};
+use licensing_domain::store::{
+    ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand,
+    DeactivateTarget,
+};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
 use std::sync::Arc;
 
@@ -23,7 +28,11 @@ pub struct ActivationSettings {
 
 impl Default for ActivationSettings {
     fn default() -> Self {
-        Self { match_threshold: fingerprint::DEFAULT_MATCH_THRESHOLD, refresh_after: DAY, offline_validity: 14 * DAY }
+        Self {
+            match_threshold: fingerprint::DEFAULT_MATCH_THRESHOLD,
+            refresh_after: DAY,
+            offline_validity: 14 * DAY,
+        }
     }
 }
 
@@ -61,7 +70,12 @@ pub struct Validation {
 
 impl Validation {
     fn failed(code: ValidationCode, detail: impl Into<String>, license: Option<License>) -> Self {
-        Self { code, detail: detail.into(), license, certificate: None }
+        Self {
+            code,
+            detail: detail.into(),
+            license,
+            certificate: None,
+        }
     }
 }
 
@@ -83,7 +97,10 @@ fn check_text(field: &'static str, value: &str, required: bool) -> Result<String
         return Err(ActivationError::invalid(field, "must not be empty"));
     }
     if value.chars().count() > MAX_NAME || value.chars().any(char::is_control) {
-        return Err(ActivationError::invalid(field, format!("must be at most {MAX_NAME} characters without control characters")));
+        return Err(ActivationError::invalid(
+            field,
+            format!("must be at most {MAX_NAME} characters without control characters"),
+        ));
     }
     Ok(value.to_owned())
 }
@@ -91,11 +108,26 @@ fn check_text(field: &'static str, value: &str, required: bool) -> Result<String
 /// `MAJOR.MINOR[.PATCH]` as numbers, or an error naming the field.
 pub fn parse_version(value: &str) -> Result<(u64, u64, u64), ActivationError> {
     let parts: Vec<&str> = value.trim().split('.').collect();
-    let numbers: Option<Vec<u64>> = parts.iter().map(|p| if p.is_empty() || p.len() > 9 { None } else { p.parse().ok() }).collect();
+    let numbers: Option<Vec<u64>> = parts
+        .iter()
+        .map(|p| {
+            if p.is_empty() || p.len() > 9 {
+                None
+            } else {
+                p.parse().ok()
+            }
+        })
+        .collect();
     match numbers {
         Some(n) if n.len() == 2 => Ok((n[0], n[1], 0)),
         Some(n) if n.len() == 3 => Ok((n[0], n[1], n[2])),
-        _ => Err(ActivationError::invalid("product_version", format!("'{}' is not a version of the form MAJOR.MINOR[.PATCH]", value.chars().take(40).collect::<String>()))),
+        _ => Err(ActivationError::invalid(
+            "product_version",
+            format!(
+                "'{}' is not a version of the form MAJOR.MINOR[.PATCH]",
+                value.chars().take(40).collect::<String>()
+            ),
+        )),
     }
 }
 
@@ -108,7 +140,14 @@ impl Activations {
         clock: SharedClock,
         settings: ActivationSettings,
     ) -> Self {
-        Self { catalog, store, credentials, signer, clock, settings }
+        Self {
+            catalog,
+            store,
+            credentials,
+            signer,
+            clock,
+            settings,
+        }
     }
 
     pub fn signer(&self) -> &Signer {
@@ -119,14 +158,22 @@ impl Activations {
         self.clock.now()
     }
 
-    fn digests(&self, components: &[Component]) -> Result<(Vec<Component>, Vec<ComponentDigest>), ActivationError> {
+    fn digests(
+        &self,
+        components: &[Component],
+    ) -> Result<(Vec<Component>, Vec<ComponentDigest>), ActivationError> {
         let normalized = fingerprint::normalize(components)?;
         let digests = fingerprint::stored_digests(self.credentials.hasher(), &normalized);
         Ok((normalized, digests))
     }
 
     /// The signed certificate of an activation, for the machine as presented now.
-    pub fn certificate(&self, license: &License, activation: &Activation, presented: &[Component]) -> SignedBlob {
+    pub fn certificate(
+        &self,
+        license: &License,
+        activation: &Activation,
+        presented: &[Component],
+    ) -> SignedBlob {
         let now = self.now();
         let mut valid_until = now + self.settings.offline_validity;
         if let Some(expires) = license.expires_at {
@@ -152,14 +199,24 @@ impl Activations {
         self.signer.sign_certificate(&payload)
     }
 
-    pub async fn activate(&self, credentials: &Credentials, machine: &Machine) -> Result<(Activation, bool, SignedBlob), ActivationError> {
+    pub async fn activate(
+        &self,
+        credentials: &Credentials,
+        machine: &Machine,
+    ) -> Result<(Activation, bool, SignedBlob), ActivationError> {
         self.activate_as(credentials, machine, false).await
     }
 
-    async fn activate_as(&self, credentials: &Credentials, machine: &Machine, offline: bool) -> Result<(Activation, bool, SignedBlob), ActivationError> {
+    async fn activate_as(
+        &self,
+        credentials: &Credentials,
+        machine: &Machine,
+        offline: bool,
+    ) -> Result<(Activation, bool, SignedBlob), ActivationError> {
         let machine_name = check_text("machine.machine_name", &machine.machine_name, false)?;
         let platform = check_text("machine.platform", &machine.platform, false)?;
-        let product_version = check_text("machine.product_version", &machine.product_version, false)?;
+        let product_version =
+            check_text("machine.product_version", &machine.product_version, false)?;
         if !product_version.is_empty() {
             parse_version(&product_version)?;
         }
@@ -179,7 +236,11 @@ impl Activations {
             now,
         };
         let usable = move |l: &License| l.usability(now, LicenseKind::NodeLocked);
-        let outcome = self.store.activate(&command, &usable).await.map_err(|e| ActivationError::from_store(e, &license.license_id))?;
+        let outcome = self
+            .store
+            .activate(&command, &usable)
+            .await
+            .map_err(|e| ActivationError::from_store(e, &license.license_id))?;
         let (activation, license, existed) = match outcome {
             ActivateOutcome::New(a, l) => (a, l, false),
             ActivateOutcome::Existing(a, l) => (a, l, true),
@@ -189,14 +250,22 @@ impl Activations {
     }
 
     /// Activation from an offline request text, with the same limits and idempotency.
-    pub async fn activate_offline(&self, request_text: &str) -> Result<(Activation, bool, SignedBlob), ActivationError> {
+    pub async fn activate_offline(
+        &self,
+        request_text: &str,
+    ) -> Result<(Activation, bool, SignedBlob), ActivationError> {
         if request_text.len() > 64 * 1024 {
-            return Err(ActivationError::OfflineRequest("activation_request: larger than 64 KiB".into()));
+            return Err(ActivationError::OfflineRequest(
+                "activation_request: larger than 64 KiB".into(),
+            ));
         }
         let request = licensing_domain::certificate::decode_offline_request(request_text)
             .map_err(|e| ActivationError::OfflineRequest(format!("activation_request: {e}")))?;
         if request.v != 1 {
-            return Err(ActivationError::OfflineRequest(format!("activation_request: version {} is not supported", request.v)));
+            return Err(ActivationError::OfflineRequest(format!(
+                "activation_request: version {} is not supported",
+                request.v
+            )));
         }
         let machine = Machine {
             fingerprint: request.fingerprint,
@@ -204,7 +273,12 @@ impl Activations {
             platform: request.platform,
             product_version: request.product_version,
         };
-        self.activate_as(&Credentials::LicenseKey(request.license_key), &machine, true).await
+        self.activate_as(
+            &Credentials::LicenseKey(request.license_key),
+            &machine,
+            true,
+        )
+        .await
     }
 
     /// Writes the request a product on an air-gapped machine would (for tools and tests).
@@ -221,29 +295,66 @@ impl Activations {
     }
 
     /// Deactivation from the product: by credentials and fingerprint, or by Installation ID.
-    pub async fn deactivate(&self, target: DeactivationRequest) -> Result<(Activation, License), ActivationError> {
+    pub async fn deactivate(
+        &self,
+        target: DeactivationRequest,
+    ) -> Result<(Activation, License), ActivationError> {
         let (license, target) = match target {
-            DeactivationRequest::ByMachine { credentials, fingerprint } => {
+            DeactivationRequest::ByMachine {
+                credentials,
+                fingerprint,
+            } => {
                 let (_, digests) = self.digests(&fingerprint)?;
                 let license = self.credentials.resolve(&credentials).await?;
-                (license, DeactivateTarget::Fingerprint { digests, match_threshold: self.settings.match_threshold })
+                (
+                    license,
+                    DeactivateTarget::Fingerprint {
+                        digests,
+                        match_threshold: self.settings.match_threshold,
+                    },
+                )
             }
             DeactivationRequest::ByInstallation(id) => {
                 if !ids::is_well_formed(ids::INSTALLATION, &id) {
-                    return Err(ActivationError::invalid("installation_id", format!("'{}' is not an Installation ID (ins_…)", id.chars().take(64).collect::<String>())));
+                    return Err(ActivationError::invalid(
+                        "installation_id",
+                        format!(
+                            "'{}' is not an Installation ID (ins_…)",
+                            id.chars().take(64).collect::<String>()
+                        ),
+                    ));
                 }
-                let activation = self.store.get_activation(&id).await?.ok_or_else(|| ActivationError::InstallationNotFound(id.clone()))?;
+                let activation = self
+                    .store
+                    .get_activation(&id)
+                    .await?
+                    .ok_or_else(|| ActivationError::InstallationNotFound(id.clone()))?;
                 if activation.deactivated_at.is_some() {
                     return Err(ActivationError::InstallationNotFound(id));
                 }
-                let license = self.catalog.get_license(&activation.license_id).await?.ok_or_else(|| ActivationError::InstallationNotFound(id.clone()))?;
+                let license = self
+                    .catalog
+                    .get_license(&activation.license_id)
+                    .await?
+                    .ok_or_else(|| ActivationError::InstallationNotFound(id.clone()))?;
                 (license, DeactivateTarget::Installation(id))
             }
         };
         // An expired license cannot be returned from the product; the portal can do it.
-        license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
-        let command = DeactivateCommand { license_id: license.license_id.clone(), target, counts: true, action: "deactivate", now: self.now() };
-        self.store.deactivate(&command).await.map_err(|e| ActivationError::from_store(e, &license.license_id))
+        license
+            .usability(self.now(), LicenseKind::NodeLocked)
+            .map_err(ActivationError::LicenseState)?;
+        let command = DeactivateCommand {
+            license_id: license.license_id.clone(),
+            target,
+            counts: true,
+            action: "deactivate",
+            now: self.now(),
+        };
+        self.store
+            .deactivate(&command)
+            .await
+            .map_err(|e| ActivationError::from_store(e, &license.license_id))
     }
 
     /// Validates a license for this machine; wrong credentials are errors, license problems are codes.
@@ -261,7 +372,11 @@ impl Activations {
         let license = match self.credentials.resolve(credentials).await {
             Ok(l) => l,
             Err(licensing_runtime::credentials::CredentialError::UnknownKey) => {
-                return Ok(Validation::failed(ValidationCode::NotFound, "no license has this key", None))
+                return Ok(Validation::failed(
+                    ValidationCode::NotFound,
+                    "no license has this key",
+                    None,
+                ))
             }
             Err(e) => return Err(e.into()),
         };
@@ -279,11 +394,21 @@ impl Activations {
         match license.kind {
             LicenseKind::Cloud => {}
             LicenseKind::Concurrent => {
-                return Ok(Validation::failed(ValidationCode::WrongKind, "a concurrent license is used through the Seat service", Some(license)))
+                return Ok(Validation::failed(
+                    ValidationCode::WrongKind,
+                    "a concurrent license is used through the Seat service",
+                    Some(license),
+                ))
             }
             LicenseKind::NodeLocked => {
                 let (presented, digests) = self.digests(fingerprint)?;
-                let live: Vec<Activation> = self.store.list_activations(&license.license_id).await?.into_iter().filter(|a| a.deactivated_at.is_none()).collect();
+                let live: Vec<Activation> = self
+                    .store
+                    .list_activations(&license.license_id)
+                    .await?
+                    .into_iter()
+                    .filter(|a| a.deactivated_at.is_none())
+                    .collect();
                 let best = live
                     .into_iter()
                     .map(|a| (fingerprint::match_share(&a.fingerprint, &digests), a))
@@ -304,22 +429,49 @@ impl Activations {
             }
         }
         if let Some(missing) = modules.iter().find(|m| !license.modules.contains(m)) {
-            return Ok(Validation::failed(ValidationCode::ModuleNotLicensed, format!("module '{}' is not licensed", missing.chars().take(64).collect::<String>()), Some(license)));
+            return Ok(Validation::failed(
+                ValidationCode::ModuleNotLicensed,
+                format!(
+                    "module '{}' is not licensed",
+                    missing.chars().take(64).collect::<String>()
+                ),
+                Some(license),
+            ));
         }
         if let Some(version) = version {
             if let Some(detail) = self.version_not_covered(&license, version).await? {
-                return Ok(Validation::failed(ValidationCode::VersionNotCovered, detail, Some(license)));
+                return Ok(Validation::failed(
+                    ValidationCode::VersionNotCovered,
+                    detail,
+                    Some(license),
+                ));
             }
         }
-        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, &a, &presented));
-        Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
+        let certificate = activation_and_presented
+            .map(|(a, presented)| self.certificate(&license, &a, &presented));
+        Ok(Validation {
+            code: ValidationCode::Valid,
+            detail: String::new(),
+            license: Some(license),
+            certificate,
+        })
     }
 
     /// Why a version may not run under the license's upgrade period, if it may not.
-    async fn version_not_covered(&self, license: &License, version: (u64, u64, u64)) -> Result<Option<String>, ActivationError> {
-        let Some(until) = license.upgrades_until else { return Ok(None) };
+    async fn version_not_covered(
+        &self,
+        license: &License,
+        version: (u64, u64, u64),
+    ) -> Result<Option<String>, ActivationError> {
+        let Some(until) = license.upgrades_until else {
+            return Ok(None);
+        };
         let product = self.catalog.get_product(&license.product_code).await?;
-        let released = product.and_then(|p| p.versions.into_iter().find(|v| parse_version(&v.version).ok() == Some(version)));
+        let released = product.and_then(|p| {
+            p.versions
+                .into_iter()
+                .find(|v| parse_version(&v.version).ok() == Some(version))
+        });
         Ok(match released {
             None => Some(format!("version {}.{}.{} is not a released version of {}", version.0, version.1, version.2, license.product_code)),
             Some(v) if v.released_at > until => Some(format!(
@@ -331,7 +483,11 @@ impl Activations {
     }
 
     /// A fresh certificate for an activated machine, recorded as a refresh.
-    pub async fn refresh(&self, credentials: &Credentials, fingerprint: &[Component]) -> Result<SignedBlob, ActivationError> {
+    pub async fn refresh(
+        &self,
+        credentials: &Credentials,
+        fingerprint: &[Component],
+    ) -> Result<SignedBlob, ActivationError> {
         let (license, activation, presented) = self.activated(credentials, fingerprint).await?;
         let now = self.now();
         let event = ActivationEvent {
@@ -342,15 +498,23 @@ impl Activations {
             fingerprint_digest: fingerprint::summary(&activation.fingerprint),
             outcome: "ok".into(),
         };
-        self.store.record_refresh(&activation.installation_id, &event, now).await?;
+        self.store
+            .record_refresh(&activation.installation_id, &event, now)
+            .await?;
         Ok(self.certificate(&license, &activation, &presented))
     }
 
     /// The license, its live activation on this machine and the normalized components.
-    pub async fn activated(&self, credentials: &Credentials, fingerprint: &[Component]) -> Result<(License, Activation, Vec<Component>), ActivationError> {
+    pub async fn activated(
+        &self,
+        credentials: &Credentials,
+        fingerprint: &[Component],
+    ) -> Result<(License, Activation, Vec<Component>), ActivationError> {
         let (presented, digests) = self.digests(fingerprint)?;
         let license = self.credentials.resolve(credentials).await?;
-        license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
+        license
+            .usability(self.now(), LicenseKind::NodeLocked)
+            .map_err(ActivationError::LicenseState)?;
         let activation = self
             .store
             .list_activations(&license.license_id)
@@ -363,12 +527,18 @@ impl Activations {
     }
 
     /// The license as stored now (for the watch stream).
-    pub async fn current_license(&self, license_id: &str) -> Result<Option<License>, ActivationError> {
+    pub async fn current_license(
+        &self,
+        license_id: &str,
+    ) -> Result<Option<License>, ActivationError> {
         Ok(self.catalog.get_license(license_id).await?)
     }
 }
 
 pub enum DeactivationRequest {
-    ByMachine { credentials: Credentials, fingerprint: Vec<Component> },
+    ByMachine {
+        credentials: Credentials,
+        fingerprint: Vec<Component>,
+    },
     ByInstallation(String),
 }

@@ -23,13 +23,19 @@ pub enum LicenseChange {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotAllowed(String),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ChangeError {
-    ChangeError::Invalid { field, message: message.into() }
+    ChangeError::Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 /// Seats or activations a license may have.
@@ -37,13 +43,16 @@ pub const MAX_SEATS: i32 = 1_000_000;
 
 pub fn validate_seats(seats: i32) -> Result<(), ChangeError> {
     if !(1..=MAX_SEATS).contains(&seats) {
-        return Err(invalid("seats", format!("must be between 1 and {MAX_SEATS}, got {seats}")));
+        return Err(invalid(
+            "seats",
+            format!("must be between 1 and {MAX_SEATS}, got {seats}"),
+        ));
     }
     Ok(())
 }
 
 pub fn validate_allowed_deactivations(n: i32) -> Result<(), ChangeError> {
-    if n < UNLIMITED || n > MAX_SEATS {
+    if !(UNLIMITED..=MAX_SEATS).contains(&n) {
         return Err(invalid(
             "allowed_deactivations",
             format!("must be -1 (unlimited) or between 0 and {MAX_SEATS}, got {n}"),
@@ -59,7 +68,11 @@ pub fn validate_modules(product: &Product, modules: &[String]) -> Result<(), Cha
             let known: Vec<&str> = product.modules.iter().map(|m| m.code.as_str()).collect();
             return Err(invalid(
                 "modules",
-                format!("product '{}' has no module '{m}' (known: {})", product.code, known.join(", ")),
+                format!(
+                    "product '{}' has no module '{m}' (known: {})",
+                    product.code,
+                    known.join(", ")
+                ),
             ));
         }
         if modules[..i].contains(m) {
@@ -89,7 +102,12 @@ impl LicenseChange {
     }
 
     /// Checks the change against the license (and its product, for modules) and applies it.
-    pub fn apply(&self, license: &mut License, product: &Product, now: Millis) -> Result<(), ChangeError> {
+    pub fn apply(
+        &self,
+        license: &mut License,
+        product: &Product,
+        now: Millis,
+    ) -> Result<(), ChangeError> {
         if license.status == LicenseStatus::Retired && !matches!(self, Self::Associate(_)) {
             return Err(ChangeError::NotAllowed(format!(
                 "license {} is retired and can no longer be changed",
@@ -99,23 +117,35 @@ impl LicenseChange {
         match self {
             Self::Suspend => {
                 if license.status == LicenseStatus::Suspended {
-                    return Err(ChangeError::NotAllowed(format!("license {} is already suspended", license.license_id)));
+                    return Err(ChangeError::NotAllowed(format!(
+                        "license {} is already suspended",
+                        license.license_id
+                    )));
                 }
                 license.status = LicenseStatus::Suspended;
             }
             Self::Reinstate => {
                 if license.status != LicenseStatus::Suspended {
-                    return Err(ChangeError::NotAllowed(format!("license {} is not suspended", license.license_id)));
+                    return Err(ChangeError::NotAllowed(format!(
+                        "license {} is not suspended",
+                        license.license_id
+                    )));
                 }
                 license.status = LicenseStatus::Active;
             }
             Self::Renew { expires_at } => {
                 if *expires_at <= license.valid_from {
-                    return Err(invalid("expires_at", "must be after the license's valid_from"));
+                    return Err(invalid(
+                        "expires_at",
+                        "must be after the license's valid_from",
+                    ));
                 }
                 if let Some(current) = license.expires_at {
                     if *expires_at <= current {
-                        return Err(invalid("expires_at", "a renewal must move the expiry later"));
+                        return Err(invalid(
+                            "expires_at",
+                            "a renewal must move the expiry later",
+                        ));
                     }
                 }
                 license.expires_at = Some(*expires_at);
@@ -138,7 +168,10 @@ impl LicenseChange {
                 validate_modules(product, modules)?;
                 for m in modules {
                     if license.modules.contains(m) {
-                        return Err(invalid("modules", format!("the license already has module '{m}'")));
+                        return Err(invalid(
+                            "modules",
+                            format!("the license already has module '{m}'"),
+                        ));
                     }
                 }
                 license.modules.extend(modules.iter().cloned());
@@ -149,7 +182,10 @@ impl LicenseChange {
                 }
                 for m in modules {
                     if !license.modules.contains(m) {
-                        return Err(invalid("modules", format!("the license has no module '{m}'")));
+                        return Err(invalid(
+                            "modules",
+                            format!("the license has no module '{m}'"),
+                        ));
                     }
                 }
                 license.modules.retain(|m| !modules.contains(m));
@@ -157,12 +193,17 @@ impl LicenseChange {
             Self::ExtendUpgradePeriod { upgrades_until } => {
                 if let Some(current) = license.upgrades_until {
                     if *upgrades_until <= current {
-                        return Err(invalid("upgrades_until", "must be later than the current upgrade period end"));
+                        return Err(invalid(
+                            "upgrades_until",
+                            "must be later than the current upgrade period end",
+                        ));
                     }
                 }
                 license.upgrades_until = Some(*upgrades_until);
             }
-            Self::SetPortalDeactivationCounts(counts) => license.portal_deactivation_counts = *counts,
+            Self::SetPortalDeactivationCounts(counts) => {
+                license.portal_deactivation_counts = *counts
+            }
             Self::Associate(customer) => license.associated_customer_id = customer.clone(),
             Self::Retire => license.status = LicenseStatus::Retired,
         }

@@ -19,7 +19,9 @@ impl LicenseKind {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::NodeLocked, Self::Concurrent, Self::Cloud].into_iter().find(|k| k.as_str() == s)
+        [Self::NodeLocked, Self::Concurrent, Self::Cloud]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -39,7 +41,9 @@ impl LicenseStatus {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Active, Self::Suspended, Self::Retired].into_iter().find(|k| k.as_str() == s)
+        [Self::Active, Self::Suspended, Self::Retired]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -141,8 +145,17 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    pub fn new(actor: impl Into<String>, action: impl Into<String>, subject: impl Into<String>) -> Self {
-        Self { actor: actor.into(), action: action.into(), subject: subject.into(), details: serde_json::json!({}) }
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        subject: impl Into<String>,
+    ) -> Self {
+        Self {
+            actor: actor.into(),
+            action: action.into(),
+            subject: subject.into(),
+            details: serde_json::json!({}),
+        }
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
@@ -219,22 +232,48 @@ impl License {
         use crate::store::Refusal;
         let refuse = |reason, message: String| Err(Refusal { reason, message });
         match self.status {
-            LicenseStatus::Retired => return refuse("RETIRED", format!("license {} is retired", self.license_id)),
+            LicenseStatus::Retired => {
+                return refuse("RETIRED", format!("license {} is retired", self.license_id))
+            }
             LicenseStatus::Suspended => {
-                return refuse("SUSPENDED", format!("license {} is suspended; contact your vendor", self.license_id))
+                return refuse(
+                    "SUSPENDED",
+                    format!(
+                        "license {} is suspended; contact your vendor",
+                        self.license_id
+                    ),
+                )
             }
             LicenseStatus::Active => {}
         }
         if now < self.valid_from {
-            return refuse("NOT_YET_VALID", format!("license {} is not valid before {} (Unix ms)", self.license_id, self.valid_from));
+            return refuse(
+                "NOT_YET_VALID",
+                format!(
+                    "license {} is not valid before {} (Unix ms)",
+                    self.license_id, self.valid_from
+                ),
+            );
         }
         if self.is_expired(now) {
-            return refuse("EXPIRED", format!("license {} expired at {} (Unix ms); renew it with your vendor", self.license_id, self.expires_at.unwrap_or_default()));
+            return refuse(
+                "EXPIRED",
+                format!(
+                    "license {} expired at {} (Unix ms); renew it with your vendor",
+                    self.license_id,
+                    self.expires_at.unwrap_or_default()
+                ),
+            );
         }
         if self.kind != kind {
             return refuse(
                 "WRONG_KIND",
-                format!("license {} is a {} license, not {}", self.license_id, self.kind.as_str(), kind.as_str()),
+                format!(
+                    "license {} is a {} license, not {}",
+                    self.license_id,
+                    self.kind.as_str(),
+                    kind.as_str()
+                ),
             );
         }
         Ok(())

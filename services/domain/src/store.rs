@@ -20,7 +20,8 @@ pub enum UpdateError {
 #[async_trait]
 pub trait CatalogStore: Send + Sync + 'static {
     /// Fails with [`StoreError::AlreadyExists`] when the code is taken.
-    async fn create_product(&self, product: &Product, audit: AuditRecord) -> Result<(), StoreError>;
+    async fn create_product(&self, product: &Product, audit: AuditRecord)
+        -> Result<(), StoreError>;
     async fn get_product(&self, code: &str) -> Result<Option<Product>, StoreError>;
     async fn list_products(&self, page: &Page) -> Result<Vec<Product>, StoreError>;
     /// Fails with [`StoreError::AlreadyExists`] when the version is recorded already.
@@ -40,8 +41,13 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StoreError>;
     async fn find_customer_by_email(&self, email: &str) -> Result<Option<Customer>, StoreError>;
-    async fn list_customers(&self, query: Option<&str>, page: &Page) -> Result<Vec<Customer>, StoreError>;
-    async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError>;
+    async fn list_customers(
+        &self,
+        query: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Customer>, StoreError>;
+    async fn customer_password_hash(&self, customer_id: &str)
+        -> Result<Option<String>, StoreError>;
     async fn set_customer_password_hash(
         &self,
         customer_id: &str,
@@ -51,12 +57,27 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     async fn insert_license(&self, new: &NewLicense, audit: AuditRecord) -> Result<(), StoreError>;
     async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError>;
-    async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError>;
-    async fn list_licenses(&self, filter: &LicenseFilter, page: &Page) -> Result<Vec<License>, StoreError>;
+    async fn find_license_by_key_digest(
+        &self,
+        key_digest: &str,
+    ) -> Result<Option<License>, StoreError>;
+    async fn list_licenses(
+        &self,
+        filter: &LicenseFilter,
+        page: &Page,
+    ) -> Result<Vec<License>, StoreError>;
     /// The salt the license's activation password is derived from.
-    async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError>;
+    async fn activation_password_salt(
+        &self,
+        license_id: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// Replaces the salt, so the old activation password stops working at once.
-    async fn set_activation_password_salt(&self, license_id: &str, salt: &str, audit: AuditRecord) -> Result<(), StoreError>;
+    async fn set_activation_password_salt(
+        &self,
+        license_id: &str,
+        salt: &str,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
     /// Applies `change` to the license with the row locked and appends `audit`, atomically.
     async fn update_license(
         &self,
@@ -72,7 +93,12 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     async fn count_admin_tokens(&self) -> Result<i64, StoreError>;
     /// Idempotent: storing a digest already present changes nothing.
-    async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError>;
+    async fn insert_admin_token(
+        &self,
+        token_id: &str,
+        digest: &str,
+        now: Millis,
+    ) -> Result<(), StoreError>;
     /// The token ID of the admin token with this digest.
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError>;
 }
@@ -130,7 +156,10 @@ pub enum ActivateOutcome {
 pub enum DeactivateTarget {
     Installation(String),
     /// The live activation best matching these digests (at or above the threshold).
-    Fingerprint { digests: Vec<crate::fingerprint::ComponentDigest>, match_threshold: f64 },
+    Fingerprint {
+        digests: Vec<crate::fingerprint::ComponentDigest>,
+        match_threshold: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -156,14 +185,26 @@ pub trait ActivationStore: Send + Sync + 'static {
         usable: &(dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync),
     ) -> Result<ActivateOutcome, ActivationStoreError>;
     /// Deactivates atomically, spending a deactivation when `counts` (never past the limit).
-    async fn deactivate(&self, command: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError>;
-    async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError>;
+    async fn deactivate(
+        &self,
+        command: &DeactivateCommand,
+    ) -> Result<(Activation, License), ActivationStoreError>;
+    async fn get_activation(&self, installation_id: &str)
+        -> Result<Option<Activation>, StoreError>;
     /// Live and past activations of a license, newest first.
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
     /// Marks an activation seen (a refresh) and records the history line.
-    async fn record_refresh(&self, installation_id: &str, event: &ActivationEvent, now: Millis) -> Result<(), StoreError>;
+    async fn record_refresh(
+        &self,
+        installation_id: &str,
+        event: &ActivationEvent,
+        now: Millis,
+    ) -> Result<(), StoreError>;
     /// History of a license, oldest first.
-    async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError>;
+    async fn list_activation_events(
+        &self,
+        license_id: &str,
+    ) -> Result<Vec<ActivationEvent>, StoreError>;
 }
 
 /// A checkout, decided atomically by the lease store against the pool's seats.
@@ -184,9 +225,16 @@ pub struct CheckoutCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckoutOutcome {
-    Granted { lease: Lease, renewed: bool, in_use: i32 },
+    Granted {
+        lease: Lease,
+        renewed: bool,
+        in_use: i32,
+    },
     /// No seat free: how many are in use and when the earliest lease would expire.
-    Full { in_use: i32, earliest_expiry: Option<Millis> },
+    Full {
+        in_use: i32,
+        earliest_expiry: Option<Millis>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +254,11 @@ pub enum HeartbeatOutcome {
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
     async fn checkout(&self, command: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError>;
-    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError>;
+    async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+    ) -> Result<HeartbeatOutcome, StoreError>;
     /// `false` when the lease was already gone (a retried checkin).
     async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError>;
     /// Removes the lease and raises the license's fence; `None` when there was no such lease.

@@ -29,7 +29,9 @@ impl Lookup for HashMap<String, String> {
 
 impl<const N: usize> Lookup for [(&str, &str); N] {
     fn get(&self, key: &str) -> Option<String> {
-        self.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
     }
 }
 
@@ -97,56 +99,111 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn parse<T: std::str::FromStr>(lookup: &dyn Lookup, var: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+fn parse<T: std::str::FromStr>(
+    lookup: &dyn Lookup,
+    var: &'static str,
+    default: T,
+    what: &str,
+) -> Result<T, ConfigError> {
     match lookup.get(var).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError { var, message: format!("'{v}' is not {what}") }),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError {
+            var,
+            message: format!("'{v}' is not {what}"),
+        }),
     }
 }
 
 fn non_empty(lookup: &dyn Lookup, var: &str) -> Option<String> {
-    lookup.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    lookup
+        .get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 impl Config {
     /// Reads every setting; `default_addr` and `service_name` differ per binary.
-    pub fn from_lookup(lookup: &dyn Lookup, default_addr: &str, service_name: &str) -> Result<Self, ConfigError> {
-        let listen_addr = parse(lookup, "LICENSING_LISTEN_ADDR", default_addr.parse().expect("valid default address"), "an address:port")?;
-        let millis = |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
+    pub fn from_lookup(
+        lookup: &dyn Lookup,
+        default_addr: &str,
+        service_name: &str,
+    ) -> Result<Self, ConfigError> {
+        let listen_addr = parse(
+            lookup,
+            "LICENSING_LISTEN_ADDR",
+            default_addr.parse().expect("valid default address"),
+            "an address:port",
+        )?;
+        let millis = |var, default| {
+            parse::<u64>(lookup, var, default, "a number of milliseconds")
+                .map(Duration::from_millis)
+        };
         let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
         let shutdown_grace = millis("LICENSING_SHUTDOWN_GRACE_MS", 10_000)?;
-        let concurrency_limit = parse(lookup, "LICENSING_CONCURRENCY_LIMIT", 1024usize, "a whole number")?;
+        let concurrency_limit = parse(
+            lookup,
+            "LICENSING_CONCURRENCY_LIMIT",
+            1024usize,
+            "a whole number",
+        )?;
         if concurrency_limit == 0 {
-            return Err(ConfigError { var: "LICENSING_CONCURRENCY_LIMIT", message: "must be at least 1".into() });
+            return Err(ConfigError {
+                var: "LICENSING_CONCURRENCY_LIMIT",
+                message: "must be at least 1".into(),
+            });
         }
         let log_format = match non_empty(lookup, "LICENSING_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(ConfigError { var: "LICENSING_LOG_FORMAT", message: format!("'{other}' is neither text nor json") })
+                return Err(ConfigError {
+                    var: "LICENSING_LOG_FORMAT",
+                    message: format!("'{other}' is neither text nor json"),
+                })
             }
         };
-        let fingerprint_match = parse(lookup, "LICENSING_FINGERPRINT_MATCH", 0.6f64, "a share between 0 and 1")?;
+        let fingerprint_match = parse(
+            lookup,
+            "LICENSING_FINGERPRINT_MATCH",
+            0.6f64,
+            "a share between 0 and 1",
+        )?;
         if !(fingerprint_match > 0.0 && fingerprint_match <= 1.0) {
-            return Err(ConfigError { var: "LICENSING_FINGERPRINT_MATCH", message: "must be above 0 and at most 1".into() });
+            return Err(ConfigError {
+                var: "LICENSING_FINGERPRINT_MATCH",
+                message: "must be above 0 and at most 1".into(),
+            });
         }
         let database_url = non_empty(lookup, "LICENSING_DATABASE_URL");
         if let Some(url) = &database_url {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-                return Err(ConfigError { var: "LICENSING_DATABASE_URL", message: "must be a postgres:// URL".into() });
+                return Err(ConfigError {
+                    var: "LICENSING_DATABASE_URL",
+                    message: "must be a postgres:// URL".into(),
+                });
             }
         }
         let redis_url = non_empty(lookup, "LICENSING_REDIS_URL");
         if let Some(url) = &redis_url {
             if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-                return Err(ConfigError { var: "LICENSING_REDIS_URL", message: "must be a redis:// URL".into() });
+                return Err(ConfigError {
+                    var: "LICENSING_REDIS_URL",
+                    message: "must be a redis:// URL".into(),
+                });
             }
         }
         Ok(Self {
             listen_addr,
-            data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
+            data_dir: non_empty(lookup, "LICENSING_DATA_DIR")
+                .unwrap_or_else(|| "data".into())
+                .into(),
             database_url,
-            database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,
+            database_max_connections: parse(
+                lookup,
+                "LICENSING_DATABASE_MAX_CONNECTIONS",
+                16u32,
+                "a whole number",
+            )?,
             redis_url,
             admin_token: non_empty(lookup, "LICENSING_ADMIN_TOKEN"),
             hash_key_b64: non_empty(lookup, "LICENSING_HASH_KEY"),
@@ -154,15 +211,22 @@ impl Config {
             request_timeout,
             concurrency_limit,
             shutdown_grace,
-            max_message_bytes: parse(lookup, "LICENSING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize, "a number of bytes")?,
+            max_message_bytes: parse(
+                lookup,
+                "LICENSING_MAX_MESSAGE_BYTES",
+                4 * 1024 * 1024usize,
+                "a number of bytes",
+            )?,
             reflection: parse(lookup, "LICENSING_REFLECTION", true, "true or false")?,
             fingerprint_match,
             watch_poll: millis("LICENSING_WATCH_POLL_MS", 2_000)?,
-            sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
+            sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?
+                .max(Duration::from_millis(10)),
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
             otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),
-            service_name: non_empty(lookup, "OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
+            service_name: non_empty(lookup, "OTEL_SERVICE_NAME")
+                .unwrap_or_else(|| service_name.to_owned()),
         })
     }
 }
@@ -185,18 +249,33 @@ mod tests {
     #[test]
     fn values_are_read_and_bad_ones_name_the_variable() {
         let c = Config::from_lookup(
-            &[("LICENSING_LISTEN_ADDR", "0.0.0.0:7000"), ("LICENSING_LOG_FORMAT", "json"), ("LICENSING_DATABASE_URL", "postgres://x/y")],
+            &[
+                ("LICENSING_LISTEN_ADDR", "0.0.0.0:7000"),
+                ("LICENSING_LOG_FORMAT", "json"),
+                ("LICENSING_DATABASE_URL", "postgres://x/y"),
+            ],
             "127.0.0.1:1",
             "s",
         )
         .unwrap();
         assert_eq!(c.listen_addr.port(), 7000);
         assert_eq!(c.log_format, LogFormat::Json);
-        let err = Config::from_lookup(&[("LICENSING_REQUEST_TIMEOUT_MS", "soon")], "127.0.0.1:1", "s").unwrap_err();
+        let err = Config::from_lookup(
+            &[("LICENSING_REQUEST_TIMEOUT_MS", "soon")],
+            "127.0.0.1:1",
+            "s",
+        )
+        .unwrap_err();
         assert_eq!(err.var, "LICENSING_REQUEST_TIMEOUT_MS");
-        let err = Config::from_lookup(&[("LICENSING_DATABASE_URL", "mysql://x")], "127.0.0.1:1", "s").unwrap_err();
+        let err = Config::from_lookup(
+            &[("LICENSING_DATABASE_URL", "mysql://x")],
+            "127.0.0.1:1",
+            "s",
+        )
+        .unwrap_err();
         assert_eq!(err.var, "LICENSING_DATABASE_URL");
-        let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s").unwrap_err();
+        let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s")
+            .unwrap_err();
         assert_eq!(err.var, "LICENSING_CONCURRENCY_LIMIT");
     }
 }

@@ -54,23 +54,41 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Binds `addr` and assembles health, reflection and `routes`. `service_names` are the fully
     /// qualified names of the services in `routes`, reported in the health service.
-    pub async fn bind(addr: SocketAddr, routes: Routes, service_names: &[&str], settings: StackSettings) -> std::io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        routes: Routes,
+        service_names: &[&str],
+        settings: StackSettings,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = routes.add_service(health_service);
         if settings.reflection {
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-            let v1 = reflection.build_v1().expect("descriptor sets compiled into the binary are valid");
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-            let v1alpha = reflection.build_v1alpha().expect("descriptor sets compiled into the binary are valid");
+            // Advertise exactly what is served: the descriptor set also holds services not served here.
+            let advertised: Vec<String> = service_names
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"].map(String::from))
+                .collect();
+            let builder = || {
+                let mut b = tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+                for name in &advertised {
+                    b = b.with_service_name(name.clone());
+                }
+                b
+            };
+            let v1 = builder().build_v1().expect("descriptor sets compiled into the binary are valid");
+            let v1alpha = builder().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
             routes = routes.add_service(v1).add_service(v1alpha);
         }
         for name in service_names {
-            health.set_service_status(name, ServingStatus::Serving).await;
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
         Ok(Self {
             listener,
@@ -82,7 +100,9 @@ impl GrpcServer {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The health reporter, e.g. to report NOT_SERVING while a dependency is down.
@@ -91,11 +111,22 @@ impl GrpcServer {
     }
 
     /// Serves until `shutdown` completes, then drains within the grace period.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
-        let Self { listener, routes, health, service_names, settings } = self;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let Self {
+            listener,
+            routes,
+            health,
+            service_names,
+            settings,
+        } = self;
         let layers = ServiceBuilder::new()
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
-            .layer(DeadlineLayer { after: settings.request_timeout })
+            .layer(DeadlineLayer {
+                after: settings.request_timeout,
+            })
             .into_inner();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -110,10 +141,17 @@ impl GrpcServer {
             result = &mut server => return result,
             () = shutdown => {}
         }
-        tracing::info!(grace_ms = settings.shutdown_grace.as_millis() as u64, "shutting down: NOT_SERVING, draining");
-        health.set_service_status("", ServingStatus::NotServing).await;
+        tracing::info!(
+            grace_ms = settings.shutdown_grace.as_millis() as u64,
+            "shutting down: NOT_SERVING, draining"
+        );
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         for name in &service_names {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
         let _ = stop_tx.send(());
         match tokio::time::timeout(settings.shutdown_grace, server).await {
@@ -158,7 +196,10 @@ pub struct DeadlineLayer {
 impl<S> Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
     fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline { inner, after: self.after }
+        Deadline {
+            inner,
+            after: self.after,
+        }
     }
 }
 
@@ -209,12 +250,27 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Ok::<_, std::convert::Infallible>(http::Response::new(String::from("late")))
         });
-        let response = DeadlineLayer { after: Duration::from_millis(50) }.layer(slow).oneshot(http::Request::new(())).await.unwrap();
-        let status = tonic::Status::from_header_map(response.headers()).expect("a grpc-status header");
+        let response = DeadlineLayer {
+            after: Duration::from_millis(50),
+        }
+        .layer(slow)
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+        let status =
+            tonic::Status::from_header_map(response.headers()).expect("a grpc-status header");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 
-        let fast = tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok"))) });
-        let response = DeadlineLayer { after: Duration::from_millis(50) }.layer(fast).oneshot(http::Request::new(())).await.unwrap();
+        let fast = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        });
+        let response = DeadlineLayer {
+            after: Duration::from_millis(50),
+        }
+        .layer(fast)
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
         assert_eq!(response.into_body(), "ok");
     }
 }

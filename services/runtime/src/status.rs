@@ -37,7 +37,11 @@ pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
         }
         _ => error.to_string(),
     };
-    let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
+    let mut details = ErrorDetails::with_error_info(
+        error.reason(),
+        ERROR_DOMAIN,
+        std::collections::HashMap::<String, String>::new(),
+    );
     if let Some(after) = error.retry_after() {
         details.set_retry_info(Some(after));
     }
@@ -54,6 +58,17 @@ pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
 /// The reason (ErrorInfo) carried by a status made by [`to_status`], for clients and tests.
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
+}
+
+/// `result.or_status()?` in gRPC handlers: any classified error through [`to_status`].
+pub trait OrStatus<T> {
+    fn or_status(self) -> Result<T, Status>;
+}
+
+impl<T, E: ClassifiedError> OrStatus<T> for Result<T, E> {
+    fn or_status(self) -> Result<T, Status> {
+        self.map_err(|e| to_status(&e))
+    }
 }
 
 #[cfg(test)]
@@ -104,7 +119,10 @@ mod tests {
         assert_eq!(s.message(), "slow down");
         assert_eq!(reason_of(&s).as_deref(), Some("RATE_LIMITED"));
         assert_eq!(s.metadata().get("retry-after").unwrap(), "2");
-        assert_eq!(s.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            s.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]
@@ -115,16 +133,5 @@ mod tests {
         let s = to_status(&StoreError::Corrupt("secret table detail".into()));
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("secret table detail"));
-    }
-}
-
-/// `result.or_status()?` in gRPC handlers: any classified error through [`to_status`].
-pub trait OrStatus<T> {
-    fn or_status(self) -> Result<T, Status>;
-}
-
-impl<T, E: ClassifiedError> OrStatus<T> for Result<T, E> {
-    fn or_status(self) -> Result<T, Status> {
-        self.map_err(|e| to_status(&e))
     }
 }

@@ -27,11 +27,17 @@ impl SeatApi {
     }
 
     pub fn into_server(self, max_message_bytes: usize) -> SeatServiceServer<Self> {
-        SeatServiceServer::new(self).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes)
+        SeatServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
     }
 
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
+        self.admin
+            .authorize(request.metadata())
+            .await
+            .map_err(SeatError::from)
+            .or_status()?;
         Ok(())
     }
 }
@@ -40,7 +46,10 @@ fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
     use pb::seat_credentials::Credential;
     match c.and_then(|c| c.credential) {
         Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
-        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password }),
+        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword {
+            license_id: p.license_id,
+            password: p.password,
+        }),
         None => Err(to_status(&CredentialError::Missing)),
     }
 }
@@ -48,7 +57,10 @@ fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
 fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64, Status> {
     match d {
         None => Ok(0),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(to_status(&SeatError::invalid(field, "must not be negative"))),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(to_status(&SeatError::invalid(
+            field,
+            "must not be negative",
+        ))),
         Some(d) => d
             .seconds
             .checked_mul(1000)
@@ -58,12 +70,17 @@ fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64,
 }
 
 fn duration(ms: i64) -> prost_types::Duration {
-    prost_types::Duration { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 fn checkout_request(r: &pb::CheckoutRequest) -> Result<CheckoutRequest, Status> {
     if r.borrow_for.is_some() {
-        return Err(to_status(&SeatError::NotAvailable("borrow_for: borrowing is not available in this version; leave it unset")));
+        return Err(to_status(&SeatError::NotAvailable(
+            "borrow_for: borrowing is not available in this version; leave it unset",
+        )));
     }
     Ok(CheckoutRequest {
         feature: r.feature.clone(),
@@ -110,24 +127,37 @@ fn lease(l: &Lease) -> common::Lease {
     }
 }
 
-type WaitStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WaitForSeatResponse, Status>> + Send>>;
+type WaitStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WaitForSeatResponse, Status>> + Send>>;
 
 /// How often a waiter at the head of the queue retries when nothing woke it.
 const WAIT_POLL: Duration = Duration::from_millis(250);
 
 #[tonic::async_trait]
 impl SeatService for SeatApi {
-    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutResponse>, Status> {
+    async fn checkout(
+        &self,
+        request: Request<pb::CheckoutRequest>,
+    ) -> Result<Response<pb::CheckoutResponse>, Status> {
         let r = request.into_inner();
         let req = checkout_request(&r)?;
         let creds = credentials(r.credentials)?;
         let g = self.seats.checkout(&creds, &req, None).await.or_status()?;
-        Ok(Response::new(pb::CheckoutResponse { grant: Some(grant(g)) }))
+        Ok(Response::new(pb::CheckoutResponse {
+            grant: Some(grant(g)),
+        }))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.get_ref();
-        let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id).await.or_status()?;
+        let (l, token) = self
+            .seats
+            .heartbeat(&r.license_id, &r.lease_id)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(to_timestamp(l.expires_at)),
             heartbeat_interval: Some(duration((l.ttl_ms / 3).max(1))),
@@ -135,17 +165,29 @@ impl SeatService for SeatApi {
         }))
     }
 
-    async fn checkin(&self, request: Request<pb::CheckinRequest>) -> Result<Response<pb::CheckinResponse>, Status> {
+    async fn checkin(
+        &self,
+        request: Request<pb::CheckinRequest>,
+    ) -> Result<Response<pb::CheckinResponse>, Status> {
         let r = request.get_ref();
-        let released = self.seats.checkin(&r.license_id, &r.lease_id).await.or_status()?;
+        let released = self
+            .seats
+            .checkin(&r.license_id, &r.lease_id)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::CheckinResponse { released }))
     }
 
     type WaitForSeatStream = WaitStream;
 
-    async fn wait_for_seat(&self, request: Request<pb::WaitForSeatRequest>) -> Result<Response<Self::WaitForSeatStream>, Status> {
+    async fn wait_for_seat(
+        &self,
+        request: Request<pb::WaitForSeatRequest>,
+    ) -> Result<Response<Self::WaitForSeatStream>, Status> {
         let r = request.into_inner();
-        let checkout = r.checkout.ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
+        let checkout = r
+            .checkout
+            .ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
         let req = checkout_request(&checkout)?;
         let creds = credentials(checkout.credentials)?;
         let max_wait = match millis("max_wait", r.max_wait.as_ref())? {
@@ -167,16 +209,25 @@ impl SeatService for SeatApi {
                 if position != last_position {
                     last_position = position;
                     let event = pb::wait_for_seat_response::Event::QueuePosition(position as i32);
-                    if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::WaitForSeatResponse { event: Some(event) }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 if position == 1 {
                     match seats.checkout(&creds, &req, Some(&ticket)).await {
                         Ok(g) => {
-                            let (license_id, lease_id) = (g.lease.license_id.clone(), g.lease.lease_id.clone());
+                            let (license_id, lease_id) =
+                                (g.lease.license_id.clone(), g.lease.lease_id.clone());
                             let event = pb::wait_for_seat_response::Event::Grant(grant(g));
-                            if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
+                            if tx
+                                .send(Ok(pb::WaitForSeatResponse { event: Some(event) }))
+                                .await
+                                .is_err()
+                            {
                                 // The client is gone: never keep a seat it cannot receive.
                                 let _ = seats.checkin(&license_id, &lease_id).await;
                             }
@@ -203,9 +254,16 @@ impl SeatService for SeatApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_leases(&self, request: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         self.require_admin(&request).await?;
-        let (license, leases) = self.seats.list(&request.get_ref().license_id).await.or_status()?;
+        let (license, leases) = self
+            .seats
+            .list(&request.get_ref().license_id)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ListLeasesResponse {
             seats_total: license.seats,
             seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
@@ -213,14 +271,27 @@ impl SeatService for SeatApi {
         }))
     }
 
-    async fn revoke_lease(&self, request: Request<pb::RevokeLeaseRequest>) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+    async fn revoke_lease(
+        &self,
+        request: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
         self.require_admin(&request).await?;
         let r = request.get_ref();
-        let fence = self.seats.revoke(&r.license_id, &r.lease_id).await.or_status()?;
-        Ok(Response::new(pb::RevokeLeaseResponse { revoked: true, fence }))
+        let fence = self
+            .seats
+            .revoke(&r.license_id, &r.lease_id)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::RevokeLeaseResponse {
+            revoked: true,
+            fence,
+        }))
     }
 
-    async fn get_pool_status(&self, request: Request<pb::GetPoolStatusRequest>) -> Result<Response<pb::GetPoolStatusResponse>, Status> {
+    async fn get_pool_status(
+        &self,
+        request: Request<pb::GetPoolStatusRequest>,
+    ) -> Result<Response<pb::GetPoolStatusResponse>, Status> {
         self.require_admin(&request).await?;
         let license_id = request.get_ref().license_id.clone();
         let (license, leases) = self.seats.list(&license_id).await.or_status()?;
@@ -234,11 +305,19 @@ impl SeatService for SeatApi {
         }))
     }
 
-    async fn update_seat_policy(&self, _request: Request<pb::UpdateSeatPolicyRequest>) -> Result<Response<pb::UpdateSeatPolicyResponse>, Status> {
+    async fn update_seat_policy(
+        &self,
+        _request: Request<pb::UpdateSeatPolicyRequest>,
+    ) -> Result<Response<pb::UpdateSeatPolicyResponse>, Status> {
         Err(Status::unimplemented("seat policies (sharing, linger, borrowing, overdraft, reservations, tokens) are not available in this version"))
     }
 
-    async fn get_usage_report(&self, _request: Request<pb::GetUsageReportRequest>) -> Result<Response<pb::GetUsageReportResponse>, Status> {
-        Err(Status::unimplemented("usage reports are not available in this version"))
+    async fn get_usage_report(
+        &self,
+        _request: Request<pb::GetUsageReportRequest>,
+    ) -> Result<Response<pb::GetUsageReportResponse>, Status> {
+        Err(Status::unimplemented(
+            "usage reports are not available in this version",
+        ))
     }
 }

@@ -6,7 +6,9 @@ use licensing_domain::certificate::{Signer, LEASE_TOKEN_CONTEXT};
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::ids;
 use licensing_domain::model::{Lease, License, LicenseKind};
-use licensing_domain::store::{CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore};
+use licensing_domain::store::{
+    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore,
+};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
 use serde_json::json;
 use std::sync::Arc;
@@ -23,7 +25,12 @@ pub struct SeatSettings {
 
 impl Default for SeatSettings {
     fn default() -> Self {
-        Self { default_ttl: 60 * SECOND, min_ttl: SECOND, max_ttl: 3_600 * SECOND, max_wait: Duration::from_secs(3_600) }
+        Self {
+            default_ttl: 60 * SECOND,
+            min_ttl: SECOND,
+            max_ttl: 3_600 * SECOND,
+            max_wait: Duration::from_secs(3_600),
+        }
     }
 }
 
@@ -67,7 +74,10 @@ fn name(field: &'static str, value: &str, required: bool) -> Result<String, Seat
         return Err(SeatError::invalid(field, "must not be empty"));
     }
     if value.chars().count() > MAX_NAME || value.chars().any(char::is_control) {
-        return Err(SeatError::invalid(field, format!("must be at most {MAX_NAME} characters without control characters")));
+        return Err(SeatError::invalid(
+            field,
+            format!("must be at most {MAX_NAME} characters without control characters"),
+        ));
     }
     Ok(value.to_owned())
 }
@@ -76,13 +86,32 @@ fn check_id(field: &'static str, prefix: &str, value: &str) -> Result<(), SeatEr
     if ids::is_well_formed(prefix, value) {
         Ok(())
     } else {
-        Err(SeatError::invalid(field, format!("'{}' is not a {prefix}_… ID", value.chars().take(64).collect::<String>())))
+        Err(SeatError::invalid(
+            field,
+            format!(
+                "'{}' is not a {prefix}_… ID",
+                value.chars().take(64).collect::<String>()
+            ),
+        ))
     }
 }
 
 impl Seats {
-    pub fn new(catalog: Arc<dyn CatalogStore>, leases: Arc<dyn LeaseStore>, credentials: CredentialResolver, signer: Signer, settings: SeatSettings) -> Self {
-        Self { catalog, leases, credentials, signer, settings, waiting: WaitQueues::default() }
+    pub fn new(
+        catalog: Arc<dyn CatalogStore>,
+        leases: Arc<dyn LeaseStore>,
+        credentials: CredentialResolver,
+        signer: Signer,
+        settings: SeatSettings,
+    ) -> Self {
+        Self {
+            catalog,
+            leases,
+            credentials,
+            signer,
+            settings,
+            waiting: WaitQueues::default(),
+        }
     }
 
     pub fn settings(&self) -> &SeatSettings {
@@ -96,7 +125,10 @@ impl Seats {
     fn ttl(&self, requested: i64) -> Result<i64, SeatError> {
         match requested {
             0 => Ok(self.settings.default_ttl),
-            t if t < 0 => Err(SeatError::invalid("ttl", "must not be negative (0 means the server default)")),
+            t if t < 0 => Err(SeatError::invalid(
+                "ttl",
+                "must not be negative (0 means the server default)",
+            )),
             t => Ok(t.clamp(self.settings.min_ttl, self.settings.max_ttl)),
         }
     }
@@ -111,7 +143,9 @@ impl Seats {
             "fence": lease.fence,
             "expires_at_ms": lease.expires_at,
         });
-        let blob = self.signer.sign(LEASE_TOKEN_CONTEXT, payload.to_string().as_bytes());
+        let blob = self
+            .signer
+            .sign(LEASE_TOKEN_CONTEXT, payload.to_string().as_bytes());
         format!("{}.{}", blob.payload, blob.signature)
     }
 
@@ -127,14 +161,25 @@ impl Seats {
     }
 
     async fn usable_license(&self, license_id: &str, now: Millis) -> Result<License, SeatError> {
-        let license = self.catalog.get_license(license_id).await?.ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
-        license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
+        let license = self
+            .catalog
+            .get_license(license_id)
+            .await?
+            .ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
+        license
+            .usability(now, LicenseKind::Concurrent)
+            .map_err(SeatError::LicenseState)?;
         Ok(license)
     }
 
     /// Checks out (or renews) a lease. `ticket` is the caller's place in the wait queue, if any:
     /// while others wait, a seat goes to the head of the queue first.
-    pub async fn checkout(&self, credentials: &Credentials, request: &CheckoutRequest, ticket: Option<&Ticket>) -> Result<Grant, SeatError> {
+    pub async fn checkout(
+        &self,
+        credentials: &Credentials,
+        request: &CheckoutRequest,
+        ticket: Option<&Ticket>,
+    ) -> Result<Grant, SeatError> {
         let client_instance_id = name("client_instance_id", &request.client_instance_id, true)?;
         let user = name("user", &request.user, false)?;
         let host = name("host", &request.host, false)?;
@@ -142,13 +187,22 @@ impl Seats {
         let ttl_ms = self.ttl(request.ttl_ms)?;
         let license = self.credentials.resolve(credentials).await?;
         let now = self.leases.now().await?;
-        license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
+        license
+            .usability(now, LicenseKind::Concurrent)
+            .map_err(SeatError::LicenseState)?;
         if !feature.is_empty() && !license.modules.contains(&feature) {
-            return Err(SeatError::FeatureNotLicensed { license_id: license.license_id.clone(), feature });
+            return Err(SeatError::FeatureNotLicensed {
+                license_id: license.license_id.clone(),
+                feature,
+            });
         }
         let command = CheckoutCommand {
             license_id: license.license_id.clone(),
-            seats: if self.waiting.someone_else_first(&license.license_id, ticket) { 0 } else { license.seats },
+            seats: if self.waiting.someone_else_first(&license.license_id, ticket) {
+                0
+            } else {
+                license.seats
+            },
             lease_id: ids::new_id(ids::LEASE),
             client_instance_id,
             user,
@@ -158,19 +212,31 @@ impl Seats {
             cost: 1,
         };
         match self.leases.checkout(&command).await? {
-            CheckoutOutcome::Granted { lease, renewed, in_use } => Ok(self.grant(lease, renewed, &license, in_use)),
-            CheckoutOutcome::Full { in_use, earliest_expiry } => Err(SeatError::NoSeat {
+            CheckoutOutcome::Granted {
+                lease,
+                renewed,
+                in_use,
+            } => Ok(self.grant(lease, renewed, &license, in_use)),
+            CheckoutOutcome::Full {
+                in_use,
+                earliest_expiry,
+            } => Err(SeatError::NoSeat {
                 license_id: license.license_id.clone(),
                 seats: license.seats,
                 in_use,
                 earliest_expiry,
-                retry_after: earliest_expiry.map(|e| Duration::from_millis((e - now).max(0) as u64)),
+                retry_after: earliest_expiry
+                    .map(|e| Duration::from_millis((e - now).max(0) as u64)),
             }),
         }
     }
 
     /// Extends a live lease; returns it with a fresh token.
-    pub async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<(Lease, String), SeatError> {
+    pub async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+    ) -> Result<(Lease, String), SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
         let now = self.leases.now().await?;
@@ -183,7 +249,10 @@ impl Seats {
             }
             HeartbeatOutcome::Expired => Err(SeatError::LeaseExpired(lease_id.to_owned())),
             HeartbeatOutcome::Revoked => Err(SeatError::LeaseRevoked(lease_id.to_owned())),
-            HeartbeatOutcome::Unknown => Err(SeatError::LeaseNotFound { license_id: license_id.to_owned(), lease_id: lease_id.to_owned() }),
+            HeartbeatOutcome::Unknown => Err(SeatError::LeaseNotFound {
+                license_id: license_id.to_owned(),
+                lease_id: lease_id.to_owned(),
+            }),
         }
     }
 
@@ -201,13 +270,19 @@ impl Seats {
     /// The License ID the credentials name, if they are right and the license is usable now.
     pub async fn license_for(&self, credentials: &Credentials) -> Result<String, SeatError> {
         let license = self.credentials.resolve(credentials).await?;
-        license.usability(self.leases.now().await?, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
+        license
+            .usability(self.leases.now().await?, LicenseKind::Concurrent)
+            .map_err(SeatError::LicenseState)?;
         Ok(license.license_id)
     }
 
     pub async fn list(&self, license_id: &str) -> Result<(License, Vec<Lease>), SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
-        let license = self.catalog.get_license(license_id).await?.ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
+        let license = self
+            .catalog
+            .get_license(license_id)
+            .await?
+            .ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
         Ok((license, self.leases.list(license_id).await?))
     }
 
@@ -218,7 +293,10 @@ impl Seats {
             .leases
             .revoke(license_id, lease_id)
             .await?
-            .ok_or_else(|| SeatError::LeaseNotFound { license_id: license_id.to_owned(), lease_id: lease_id.to_owned() })?;
+            .ok_or_else(|| SeatError::LeaseNotFound {
+                license_id: license_id.to_owned(),
+                lease_id: lease_id.to_owned(),
+            })?;
         self.waiting.notify(license_id);
         Ok(fence)
     }

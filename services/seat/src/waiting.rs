@@ -37,7 +37,12 @@ impl WaitQueues {
         let mut queues = self.lock();
         let queue = queues.entry(license_id.to_owned()).or_default();
         queue.order.push_back(id);
-        Ticket { id, license_id: license_id.to_owned(), queues: self.clone(), changed: queue.changed.clone() }
+        Ticket {
+            id,
+            license_id: license_id.to_owned(),
+            queues: self.clone(),
+            changed: queue.changed.clone(),
+        }
     }
 
     /// Wakes the waiters of a license (a seat may be free).
@@ -54,7 +59,11 @@ impl WaitQueues {
 
     /// Whether a checkout not holding `ticket` must leave the seat to the queue.
     pub fn someone_else_first(&self, license_id: &str, ticket: Option<&Ticket>) -> bool {
-        match self.lock().get(license_id).and_then(|q| q.order.front().copied()) {
+        match self
+            .lock()
+            .get(license_id)
+            .and_then(|q| q.order.front().copied())
+        {
             None => false,
             Some(head) => ticket.is_none_or(|t| t.id != head),
         }
@@ -64,7 +73,11 @@ impl WaitQueues {
 impl Ticket {
     /// 1 is next.
     pub fn position(&self) -> usize {
-        self.queues.lock().get(&self.license_id).and_then(|q| q.order.iter().position(|id| *id == self.id)).map_or(0, |p| p + 1)
+        self.queues
+            .lock()
+            .get(&self.license_id)
+            .and_then(|q| q.order.iter().position(|id| *id == self.id))
+            .map_or(0, |p| p + 1)
     }
 
     pub fn changed(&self) -> Arc<Notify> {

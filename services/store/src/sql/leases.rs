@@ -40,20 +40,34 @@ impl SqlLeaseStore {
     }
 
     /// Begins a pool decision: the pool row exists and is locked; returns its fence.
-    async fn lock_pool(&self, license_id: &str) -> Result<(Transaction<'static, Any>, i64), StoreError> {
+    async fn lock_pool(
+        &self,
+        license_id: &str,
+    ) -> Result<(Transaction<'static, Any>, i64), StoreError> {
         let mut tx = self.sql.begin().await?;
         sqlx::query("INSERT INTO lease_pools (license_id, fence) VALUES ($1, 0) ON CONFLICT (license_id) DO NOTHING")
             .bind(license_id)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let sql = format!("SELECT fence FROM lease_pools WHERE license_id = $1{}", self.sql.dialect.for_update());
-        let row = sqlx::query(&sql).bind(license_id).fetch_one(&mut *tx).await.map_err(map_err)?;
+        let sql = format!(
+            "SELECT fence FROM lease_pools WHERE license_id = $1{}",
+            self.sql.dialect.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(license_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let fence = get_i64(&row, "fence")?;
         Ok((tx, fence))
     }
 
-    async fn live_lease(tx: &mut Transaction<'static, Any>, license_id: &str, lease_id: &str) -> Result<Option<Lease>, StoreError> {
+    async fn live_lease(
+        tx: &mut Transaction<'static, Any>,
+        license_id: &str,
+        lease_id: &str,
+    ) -> Result<Option<Lease>, StoreError> {
         let row = sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND lease_id = $2")
             .bind(license_id)
             .bind(lease_id)
@@ -87,12 +101,24 @@ impl LeaseStore for SqlLeaseStore {
             let mut lease = lease_from_row(&row)?;
             lease.expires_at = now + lease.ttl_ms;
             lease.last_heartbeat_at = now;
-            sqlx::query("UPDATE leases SET expires_at = $1 WHERE lease_id = $2").bind(lease.expires_at).bind(&lease.lease_id).execute(&mut *tx).await.map_err(map_err)?;
+            sqlx::query("UPDATE leases SET expires_at = $1 WHERE lease_id = $2")
+                .bind(lease.expires_at)
+                .bind(&lease.lease_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
-            return Ok(CheckoutOutcome::Granted { lease, renewed: true, in_use });
+            return Ok(CheckoutOutcome::Granted {
+                lease,
+                renewed: true,
+                in_use,
+            });
         }
         if in_use + c.cost > c.seats {
-            return Ok(CheckoutOutcome::Full { in_use, earliest_expiry: get_opt_i64(&usage, "earliest")? });
+            return Ok(CheckoutOutcome::Full {
+                in_use,
+                earliest_expiry: get_opt_i64(&usage, "earliest")?,
+            });
         }
         let lease = Lease {
             lease_id: c.lease_id.clone(),
@@ -108,7 +134,12 @@ impl LeaseStore for SqlLeaseStore {
             fence: fence + 1,
             seats_held: c.cost,
         };
-        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2").bind(lease.fence).bind(&c.license_id).execute(&mut *tx).await.map_err(map_err)?;
+        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2")
+            .bind(lease.fence)
+            .bind(&c.license_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         sqlx::query(
             "INSERT INTO leases (lease_id, license_id, client_instance_id, user_name, host, feature, checked_out_at, expires_at, ttl_ms, fence, seats_held) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -128,20 +159,34 @@ impl LeaseStore for SqlLeaseStore {
         .await
         .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: in_use + c.cost })
+        Ok(CheckoutOutcome::Granted {
+            lease,
+            renewed: false,
+            in_use: in_use + c.cost,
+        })
     }
 
-    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
+    async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+    ) -> Result<HeartbeatOutcome, StoreError> {
         let (mut tx, _) = self.lock_pool(license_id).await?;
         let now = self.clock.now();
         let Some(mut lease) = Self::live_lease(&mut tx, license_id, lease_id).await? else {
-            let revoked = sqlx::query("SELECT 1 AS one FROM lease_tombstones WHERE lease_id = $1 AND license_id = $2")
-                .bind(lease_id)
-                .bind(license_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            return Ok(if revoked.is_some() { HeartbeatOutcome::Revoked } else { HeartbeatOutcome::Unknown });
+            let revoked = sqlx::query(
+                "SELECT 1 AS one FROM lease_tombstones WHERE lease_id = $1 AND license_id = $2",
+            )
+            .bind(lease_id)
+            .bind(license_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            return Ok(if revoked.is_some() {
+                HeartbeatOutcome::Revoked
+            } else {
+                HeartbeatOutcome::Unknown
+            });
         };
         if lease.expires_at <= now {
             // Left for the sweep to record; it no longer counts either way.
@@ -149,37 +194,51 @@ impl LeaseStore for SqlLeaseStore {
         }
         lease.expires_at = now + lease.ttl_ms;
         lease.last_heartbeat_at = now;
-        sqlx::query("UPDATE leases SET expires_at = $1 WHERE lease_id = $2").bind(lease.expires_at).bind(lease_id).execute(&mut *tx).await.map_err(map_err)?;
+        sqlx::query("UPDATE leases SET expires_at = $1 WHERE lease_id = $2")
+            .bind(lease.expires_at)
+            .bind(lease_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(HeartbeatOutcome::Extended(lease))
     }
 
     async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let done = sqlx::query("DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3")
-            .bind(license_id)
-            .bind(lease_id)
-            .bind(now)
-            .execute(&self.sql.pool)
-            .await
-            .map_err(map_err)?;
+        let done = sqlx::query(
+            "DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3",
+        )
+        .bind(license_id)
+        .bind(lease_id)
+        .bind(now)
+        .execute(&self.sql.pool)
+        .await
+        .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<i64>, StoreError> {
         let (mut tx, fence) = self.lock_pool(license_id).await?;
         let now = self.clock.now();
-        let done = sqlx::query("DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3")
-            .bind(license_id)
-            .bind(lease_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let done = sqlx::query(
+            "DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3",
+        )
+        .bind(license_id)
+        .bind(lease_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2").bind(fence + 1).bind(license_id).execute(&mut *tx).await.map_err(map_err)?;
+        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2")
+            .bind(fence + 1)
+            .bind(license_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         sqlx::query("INSERT INTO lease_tombstones (lease_id, license_id, revoked_at) VALUES ($1, $2, $3) ON CONFLICT (lease_id) DO NOTHING")
             .bind(lease_id)
             .bind(license_id)
@@ -192,23 +251,26 @@ impl LeaseStore for SqlLeaseStore {
     }
 
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at")
-            .bind(license_id)
-            .bind(self.clock.now())
-            .fetch_all(&self.sql.pool)
-            .await
-            .map_err(map_err)?;
+        let rows = sqlx::query(
+            "SELECT * FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at",
+        )
+        .bind(license_id)
+        .bind(self.clock.now())
+        .fetch_all(&self.sql.pool)
+        .await
+        .map_err(map_err)?;
         rows.iter().map(lease_from_row).collect()
     }
 
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError> {
         let mut tx = self.sql.begin().await?;
-        let rows = sqlx::query("SELECT * FROM leases WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
-            .bind(self.clock.now())
-            .bind(max as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let rows =
+            sqlx::query("SELECT * FROM leases WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
+                .bind(self.clock.now())
+                .bind(max as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
         let expired: Vec<Lease> = rows.iter().map(lease_from_row).collect::<Result<_, _>>()?;
         for lease in &expired {
             sqlx::query("DELETE FROM leases WHERE lease_id = $1 AND expires_at <= $2")

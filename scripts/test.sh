@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs every test. Works on a fresh machine:
+# - SQLite and the embedded lease store need nothing.
+# - PostgreSQL cases use TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
+#   Redis cases TEST_REDIS_URL (default redis://127.0.0.1:6379). When one is not reachable and
+#   its server binary is installed, a throwaway server is started for this run; otherwise its
+#   cases are skipped and this script says so (with CI set, they fail instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+scratch="$(mktemp -d)"
+cleanup() {
+  [ -n "${PG_BIN:-}" ] && "$PG_BIN/pg_ctl" -D "$scratch/pg" -m immediate stop >/dev/null 2>&1 || true
+  [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+skipped=()
+
+reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pg_hostport="$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/]+):?([0-9]*)/.*#\2 \3#' <<<"$TEST_DATABASE_URL")"
+read -r pg_host pg_port <<<"$pg_hostport"
+if ! reachable "$pg_host" "${pg_port:-5432}"; then
+  PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -z "${CI:-}" ] && [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ]; then
+    port="$(free_port)"
+    runner=()
+    [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && { chown -R postgres "$scratch"; runner=(runuser -u postgres --); }
+    "${runner[@]}" "$PG_BIN/initdb" -D "$scratch/pg" -U postgres -A trust >/dev/null
+    "${runner[@]}" "$PG_BIN/pg_ctl" -D "$scratch/pg" -o "-p $port -k $scratch -c listen_addresses=127.0.0.1" -l "$scratch/pg.log" -w start >/dev/null
+    export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    echo "test.sh: started a throwaway PostgreSQL on port $port"
+  else
+    PG_BIN=""
+    skipped+=("PostgreSQL ($TEST_DATABASE_URL unreachable): start PostgreSQL or set TEST_DATABASE_URL to run those cases")
+  fi
+fi
+
+redis_hostport="$(sed -E 's#^redis://([^@/]*@)?([^:/]+):?([0-9]*).*#\2 \3#' <<<"$TEST_REDIS_URL")"
+read -r redis_host redis_port <<<"$redis_hostport"
+if ! reachable "$redis_host" "${redis_port:-6379}"; then
+  if [ -z "${CI:-}" ] && command -v redis-server >/dev/null; then
+    port="$(free_port)"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$scratch" >/dev/null &
+    REDIS_PID=$!
+    export TEST_REDIS_URL="redis://127.0.0.1:$port"
+    for _ in $(seq 50); do reachable 127.0.0.1 "$port" && break; sleep 0.1; done
+    echo "test.sh: started a throwaway Redis on port $port"
+  else
+    skipped+=("Redis ($TEST_REDIS_URL unreachable): start Redis or set TEST_REDIS_URL to run those cases")
+  fi
+fi
+
+for s in "${skipped[@]}"; do echo "test.sh: SKIPPING the $s"; done
+cargo test --workspace --all-targets
+for s in "${skipped[@]}"; do echo "test.sh: SKIPPED the $s"; done
