@@ -68,21 +68,36 @@ impl GrpcServer {
             let advertised: Vec<String> = service_names
                 .iter()
                 .map(|s| s.to_string())
-                .chain(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"].map(String::from))
+                .chain(
+                    [
+                        "grpc.health.v1.Health",
+                        "grpc.reflection.v1.ServerReflection",
+                        "grpc.reflection.v1alpha.ServerReflection",
+                    ]
+                    .map(String::from),
+                )
                 .collect();
             let builder = || {
                 let mut b = tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    );
                 for name in &advertised {
                     b = b.with_service_name(name.clone());
                 }
                 b
             };
-            let v1 = builder().build_v1().expect("descriptor sets compiled into the binary are valid");
-            let v1alpha = builder().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
+            let v1 = builder()
+                .build_v1()
+                .expect("descriptor sets compiled into the binary are valid");
+            let v1alpha = builder()
+                .build_v1alpha()
+                .expect("descriptor sets compiled into the binary are valid");
             routes = routes.add_service(v1).add_service(v1alpha);
         }
         for name in service_names {
