@@ -90,7 +90,7 @@ impl LeaseStore for SqlLeaseStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
-        let usage = sqlx::query("SELECT COALESCE(SUM(seats_held), 0) AS used, MIN(expires_at) AS earliest FROM leases WHERE license_id = $1 AND expires_at > $2")
+        let usage = sqlx::query("SELECT CAST(COALESCE(SUM(seats_held), 0) AS BIGINT) AS used, MIN(expires_at) AS earliest FROM leases WHERE license_id = $1 AND expires_at > $2")
             .bind(&c.license_id)
             .bind(now)
             .fetch_one(&mut *tx)

@@ -1,0 +1,709 @@
+//! One conformance suite for the store interfaces, run against every implementation:
+//! `CatalogStore` and `ActivationStore` on SQLite and PostgreSQL; `LeaseStore` on the embedded
+//! SQL store (SQLite and PostgreSQL) and on Redis.
+
+mod common;
+
+use common::*;
+use licensing_domain::change::LicenseChange;
+use licensing_domain::clock::{system_clock, Clock, SystemClock};
+use licensing_domain::error::StoreError;
+use licensing_domain::fingerprint::ComponentDigest;
+use licensing_domain::ids;
+use licensing_domain::model::*;
+use licensing_domain::store::*;
+use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn sql_stores() -> Vec<(&'static str, SqlStore)> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut v = vec![(
+        "sqlite",
+        SqlStore::open_sqlite(&dir.join("conformance.db"))
+            .await
+            .unwrap(),
+    )];
+    if postgres_available().await {
+        v.push((
+            "postgres",
+            SqlStore::connect_postgres(&fresh_postgres_database().await, &Default::default())
+                .await
+                .unwrap(),
+        ));
+    }
+    v
+}
+
+fn audit(action: &str, subject: &str) -> AuditRecord {
+    AuditRecord::new("test", action, subject)
+}
+
+fn product() -> Product {
+    Product {
+        code: "suite".into(),
+        name: "Suite".into(),
+        modules: vec![
+            Module {
+                code: "a".into(),
+                name: "A".into(),
+            },
+            Module {
+                code: "b".into(),
+                name: "B".into(),
+            },
+        ],
+        versions: vec![],
+        created_at: 1,
+    }
+}
+
+fn license(customer_id: &str, kind: LicenseKind, seats: i32) -> License {
+    License {
+        license_id: ids::new_id(ids::LICENSE),
+        product_code: "suite".into(),
+        customer_id: customer_id.into(),
+        kind,
+        status: LicenseStatus::Active,
+        seats,
+        allowed_deactivations: 1,
+        activations_used: 0,
+        deactivations_used: 0,
+        modules: vec!["a".into()],
+        valid_from: 0,
+        expires_at: Some(i64::MAX / 2),
+        upgrades_until: None,
+        associated_customer_id: None,
+        portal_deactivation_counts: true,
+        replaces_license_id: None,
+        notes: "first".into(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn seed(store: &SqlStore) -> (Customer, License) {
+    store
+        .create_product(&product(), audit("product.created", "suite"))
+        .await
+        .unwrap();
+    let customer = Customer {
+        customer_id: ids::new_id(ids::CUSTOMER),
+        company_name: "Acme".into(),
+        contact_email: "a@b.example".into(),
+        created_at: 1,
+    };
+    store
+        .create_customer(
+            &customer,
+            Some("$argon2id$stub"),
+            audit("customer.created", &customer.customer_id),
+        )
+        .await
+        .unwrap();
+    let l = license(&customer.customer_id, LicenseKind::NodeLocked, 2);
+    let new = NewLicense {
+        license: l.clone(),
+        key_digest: format!("digest-{}", l.license_id),
+        activation_password_salt: "salt".into(),
+    };
+    store
+        .insert_license(&new, audit("license.issued", &l.license_id))
+        .await
+        .unwrap();
+    (customer, l)
+}
+
+#[tokio::test]
+async fn catalog_store_conformance() {
+    for (name, store) in sql_stores().await {
+        let (customer, l) = seed(&store).await;
+        assert_eq!(
+            store.get_product("suite").await.unwrap().unwrap(),
+            product(),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                store.create_product(&product(), audit("x", "suite")).await,
+                Err(StoreError::AlreadyExists(_))
+            ),
+            "{name}"
+        );
+        let p = store
+            .add_product_version(
+                "suite",
+                ProductVersion {
+                    version: "1.0".into(),
+                    released_at: 5,
+                },
+                audit("v", "suite"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.versions.len(), 1);
+        assert!(matches!(
+            store
+                .add_product_version(
+                    "suite",
+                    ProductVersion {
+                        version: "1.0".into(),
+                        released_at: 6
+                    },
+                    audit("v", "suite")
+                )
+                .await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store
+                .add_product_version(
+                    "nope",
+                    ProductVersion {
+                        version: "1.0".into(),
+                        released_at: 6
+                    },
+                    audit("v", "nope")
+                )
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        assert_eq!(
+            store
+                .get_customer(&customer.customer_id)
+                .await
+                .unwrap()
+                .unwrap(),
+            customer
+        );
+        assert_eq!(
+            store
+                .find_customer_by_email("A@B.example")
+                .await
+                .unwrap()
+                .unwrap(),
+            customer,
+            "{name}: emails match case-insensitively"
+        );
+        let dup = Customer {
+            customer_id: ids::new_id(ids::CUSTOMER),
+            ..customer.clone()
+        };
+        assert!(
+            matches!(
+                store.create_customer(&dup, None, audit("x", "y")).await,
+                Err(StoreError::AlreadyExists(_))
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .customer_password_hash(&customer.customer_id)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("$argon2id$stub")
+        );
+        assert_eq!(
+            store
+                .list_customers(Some("acm"), &Page::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        assert_eq!(
+            store.get_license(&l.license_id).await.unwrap().unwrap(),
+            l,
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .find_license_by_key_digest(&format!("digest-{}", l.license_id))
+                .await
+                .unwrap()
+                .unwrap(),
+            l
+        );
+        assert!(store
+            .find_license_by_key_digest("other")
+            .await
+            .unwrap()
+            .is_none());
+        let by_text = store
+            .list_licenses(
+                &LicenseFilter {
+                    text: Some("FIRST".into()),
+                    ..Default::default()
+                },
+                &Page::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_text.len(), 1, "{name}: text search is case-insensitive");
+        let none = store
+            .list_licenses(
+                &LicenseFilter {
+                    status: Some(LicenseStatus::Suspended),
+                    ..Default::default()
+                },
+                &Page::default(),
+            )
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+
+        // A change is applied under the row lock with its audit entry; a rejected one changes nothing.
+        let changed = store
+            .update_license(
+                &l.license_id,
+                &LicenseChange::SetSeats(5),
+                10,
+                audit("license.seats_changed", &l.license_id),
+            )
+            .await
+            .unwrap();
+        assert_eq!((changed.seats, changed.updated_at), (5, 10));
+        let rejected = store
+            .update_license(
+                &l.license_id,
+                &LicenseChange::AddModules(vec!["zzz".into()]),
+                11,
+                audit("x", &l.license_id),
+            )
+            .await;
+        assert!(matches!(rejected, Err(UpdateError::Rejected(_))), "{name}");
+        assert!(matches!(
+            store
+                .update_license(
+                    "lic_0000000000000000",
+                    &LicenseChange::Suspend,
+                    1,
+                    audit("x", "y")
+                )
+                .await,
+            Err(UpdateError::Store(StoreError::NotFound(_)))
+        ));
+        let events = store
+            .list_audit(&l.license_id, &Page::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+            ["license.issued", "license.seats_changed"],
+            "{name}"
+        );
+        let after_first = store
+            .list_audit(
+                &l.license_id,
+                &Page {
+                    after: Some(events[0].sequence.to_string()),
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(after_first.len(), 1);
+
+        assert_eq!(
+            store
+                .activation_password_salt(&l.license_id)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("salt")
+        );
+        store
+            .set_activation_password_salt(
+                &l.license_id,
+                "salt2",
+                audit("license.password_regenerated", &l.license_id),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .activation_password_salt(&l.license_id)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("salt2")
+        );
+
+        assert_eq!(store.count_admin_tokens().await.unwrap(), 0);
+        store.insert_admin_token("t1", "d1", 1).await.unwrap();
+        store.insert_admin_token("t2", "d1", 1).await.unwrap();
+        assert_eq!(
+            store.count_admin_tokens().await.unwrap(),
+            1,
+            "{name}: idempotent by digest"
+        );
+        assert_eq!(
+            store.find_admin_token("d1").await.unwrap().as_deref(),
+            Some("t1")
+        );
+    }
+}
+
+fn digests(machine: &str) -> Vec<ComponentDigest> {
+    ["machine-id", "disk-serial", "mac", "hostname"]
+        .iter()
+        .map(|n| ComponentDigest {
+            name: n.to_string(),
+            digest: format!("{machine}-{n}"),
+        })
+        .collect()
+}
+
+fn activate_command(license_id: &str, machine: &str) -> ActivateCommand {
+    ActivateCommand {
+        license_id: license_id.into(),
+        installation_id: ids::new_id(ids::INSTALLATION),
+        fingerprint: digests(machine),
+        fingerprint_summary: machine.into(),
+        machine_name: machine.into(),
+        platform: "p".into(),
+        product_version: "1.0".into(),
+        offline: false,
+        match_threshold: 0.6,
+        now: 100,
+    }
+}
+
+#[tokio::test]
+async fn activation_store_conformance() {
+    let usable = |_: &License| Ok(());
+    for (name, store) in sql_stores().await {
+        let (_, l) = seed(&store).await;
+        let first = store
+            .activate(&activate_command(&l.license_id, "m1"), &usable)
+            .await
+            .unwrap();
+        assert!(
+            matches!(first, ActivateOutcome::New(_, ref after) if after.activations_used == 1),
+            "{name}"
+        );
+        let again = store
+            .activate(&activate_command(&l.license_id, "m1"), &usable)
+            .await
+            .unwrap();
+        assert!(matches!(again, ActivateOutcome::Existing(..)), "{name}");
+        store
+            .activate(&activate_command(&l.license_id, "m2"), &usable)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store
+                    .activate(&activate_command(&l.license_id, "m3"), &usable)
+                    .await,
+                Err(ActivationStoreError::LimitReached { seats: 2 })
+            ),
+            "{name}"
+        );
+        let refuse = |_: &License| {
+            Err(Refusal {
+                reason: "SUSPENDED",
+                message: "no".into(),
+            })
+        };
+        assert!(matches!(
+            store
+                .activate(&activate_command(&l.license_id, "m3"), &refuse)
+                .await,
+            Err(ActivationStoreError::Refused(_))
+        ));
+
+        let by_machine = DeactivateCommand {
+            license_id: l.license_id.clone(),
+            target: DeactivateTarget::Fingerprint {
+                digests: digests("m1"),
+                match_threshold: 0.6,
+            },
+            counts: true,
+            action: "deactivate",
+            now: 200,
+        };
+        let (gone, after) = store.deactivate(&by_machine).await.unwrap();
+        assert_eq!(
+            (
+                gone.deactivated_at,
+                after.activations_used,
+                after.deactivations_used
+            ),
+            (Some(200), 1, 1),
+            "{name}"
+        );
+        assert!(matches!(
+            store.deactivate(&by_machine).await,
+            Err(ActivationStoreError::NoActivation)
+        ));
+        let m2 = store
+            .list_activations(&l.license_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.machine_name == "m2")
+            .unwrap();
+        let by_id = DeactivateCommand {
+            target: DeactivateTarget::Installation(m2.installation_id.clone()),
+            ..by_machine.clone()
+        };
+        assert!(
+            matches!(
+                store.deactivate(&by_id).await,
+                Err(ActivationStoreError::DeactivationLimit { allowed: 1 })
+            ),
+            "{name}"
+        );
+        let uncounted = DeactivateCommand {
+            counts: false,
+            action: "portal_deactivate",
+            ..by_id
+        };
+        store
+            .deactivate(&uncounted)
+            .await
+            .expect("a deactivation that does not count ignores the limit");
+        let event = ActivationEvent {
+            occurred_at: 300,
+            action: "refresh".into(),
+            installation_id: m2.installation_id.clone(),
+            machine_name: "m2".into(),
+            fingerprint_digest: "x".into(),
+            outcome: "ok".into(),
+        };
+        store
+            .record_refresh(&m2.installation_id, &event, 300)
+            .await
+            .unwrap();
+        let actions: Vec<String> = store
+            .list_activation_events(&l.license_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "activate",
+                "activate",
+                "activate",
+                "deactivate",
+                "portal_deactivate",
+                "refresh"
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .get_license(&l.license_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .activations_used,
+            0
+        );
+    }
+}
+
+async fn lease_stores() -> Vec<(&'static str, Arc<dyn LeaseStore>)> {
+    let mut v: Vec<(&'static str, Arc<dyn LeaseStore>)> = vec![];
+    for (name, sql) in sql_stores().await {
+        let label = if name == "sqlite" {
+            "embedded (sqlite)"
+        } else {
+            "embedded (postgres)"
+        };
+        v.push((label, Arc::new(SqlLeaseStore::new(sql, system_clock()))));
+    }
+    if redis_available().await {
+        v.push((
+            "redis",
+            Arc::new(RedisLeaseStore::connect(&redis_url()).await.unwrap()),
+        ));
+    }
+    v
+}
+
+fn checkout(license_id: &str, client: &str, seats: i32, ttl_ms: i64) -> CheckoutCommand {
+    CheckoutCommand {
+        license_id: license_id.into(),
+        seats,
+        lease_id: ids::new_id(ids::LEASE),
+        client_instance_id: client.into(),
+        user: "u".into(),
+        host: "h".into(),
+        feature: String::new(),
+        ttl_ms,
+        cost: 1,
+    }
+}
+
+#[tokio::test]
+async fn lease_store_conformance() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let granted = |o: CheckoutOutcome| match o {
+            CheckoutOutcome::Granted {
+                lease,
+                renewed,
+                in_use,
+            } => (lease, renewed, in_use),
+            full => panic!("{name}: expected a grant, got {full:?}"),
+        };
+        let (a, renewed, in_use) = granted(
+            store
+                .checkout(&checkout(&license, "a", 2, 10_000))
+                .await
+                .unwrap(),
+        );
+        assert_eq!((renewed, in_use), (false, 1), "{name}");
+        let (again, renewed, in_use) = granted(
+            store
+                .checkout(&checkout(&license, "a", 2, 10_000))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            (again.lease_id.as_str(), renewed, in_use),
+            (a.lease_id.as_str(), true, 1),
+            "{name}: same client renews"
+        );
+        let (b, _, _) = granted(
+            store
+                .checkout(&checkout(&license, "b", 2, 10_000))
+                .await
+                .unwrap(),
+        );
+        assert!(b.fence > a.fence, "{name}: fences grow");
+        match store
+            .checkout(&checkout(&license, "c", 2, 10_000))
+            .await
+            .unwrap()
+        {
+            CheckoutOutcome::Full {
+                in_use,
+                earliest_expiry,
+            } => assert_eq!((in_use, earliest_expiry.is_some()), (2, true), "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(
+            matches!(store.heartbeat(&license, &a.lease_id).await.unwrap(), HeartbeatOutcome::Extended(ref l) if l.expires_at >= a.expires_at)
+        );
+        assert_eq!(
+            store
+                .heartbeat(&license, "lse_NONE000000000000")
+                .await
+                .unwrap(),
+            HeartbeatOutcome::Unknown
+        );
+        assert_eq!(
+            store
+                .heartbeat(&ids::new_id(ids::LICENSE), &a.lease_id)
+                .await
+                .unwrap(),
+            HeartbeatOutcome::Unknown,
+            "{name}: another license's lease"
+        );
+        let fence = store
+            .revoke(&license, &b.lease_id)
+            .await
+            .unwrap()
+            .expect("revoked");
+        assert!(fence > b.fence);
+        assert_eq!(
+            store.heartbeat(&license, &b.lease_id).await.unwrap(),
+            HeartbeatOutcome::Revoked,
+            "{name}"
+        );
+        assert_eq!(store.revoke(&license, &b.lease_id).await.unwrap(), None);
+        assert!(store.checkin(&license, &a.lease_id).await.unwrap());
+        assert!(
+            !store.checkin(&license, &a.lease_id).await.unwrap(),
+            "{name}: idempotent"
+        );
+        assert!(store.list(&license).await.unwrap().is_empty(), "{name}");
+
+        // Expiry: judged by the store's clock, freeing the seat with no sweep, then recorded by the sweep.
+        let (short, _, _) = granted(
+            store
+                .checkout(&checkout(&license, "short", 1, 300))
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(
+            store
+                .checkout(&checkout(&license, "x", 1, 300))
+                .await
+                .unwrap(),
+            CheckoutOutcome::Full { .. }
+        ));
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let heartbeat = store.heartbeat(&license, &short.lease_id).await.unwrap();
+        assert!(
+            matches!(
+                heartbeat,
+                HeartbeatOutcome::Expired | HeartbeatOutcome::Unknown
+            ),
+            "{name}: {heartbeat:?}"
+        );
+        let (x, _, in_use) = granted(
+            store
+                .checkout(&checkout(&license, "x", 1, 10_000))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(in_use, 1, "{name}: the expired lease no longer counts");
+        let swept = store.sweep_expired(100).await.unwrap();
+        assert!(
+            swept.iter().any(|l| l.lease_id == short.lease_id),
+            "{name}: the sweep records the expiry"
+        );
+        assert_eq!(
+            store
+                .list(&license)
+                .await
+                .unwrap()
+                .iter()
+                .map(|l| l.lease_id.clone())
+                .collect::<Vec<_>>(),
+            vec![x.lease_id.clone()]
+        );
+        let now = store.now().await.unwrap();
+        assert!(
+            (now - SystemClock.now()).abs() < 5_000,
+            "{name}: the store's clock is sane"
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_checkouts_never_exceed_the_seats_in_any_lease_store() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let store = store.clone();
+                let license = license.clone();
+                tokio::spawn(async move {
+                    store
+                        .checkout(&checkout(&license, &format!("c{i}"), 7, 10_000))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), CheckoutOutcome::Granted { .. }) {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 7, "{name}");
+        assert_eq!(store.list(&license).await.unwrap().len(), 7, "{name}");
+    }
+}
