@@ -847,3 +847,21 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn wrong_passwords_are_rate_limited_per_license() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let mut c = client(&app).await;
+    for _ in 0..10 {
+        let err = c.activate(activate_req(by_password(&license_id, "guess-guess-guess"), fp("m1", "a", "d"))).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    let err = c.activate(activate_req(by_password(&license_id, "guess-guess-guess"), fp("m1", "a", "d"))).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "TOO_MANY_FAILURES".into()));
+    assert!(err.metadata().get("retry-after").is_some());
+    // The license key still works, and nothing was activated by the guesses.
+    assert_eq!(get_license(&app, &license_id).await.activations_used, 0);
+    c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
+}
