@@ -9,7 +9,9 @@
 //! - `src/main.rs` (all-in-one), `src/bin/{account,activation,seat}.rs`: the binaries.
 
 use anyhow::Context as _;
-use licensing_account::grpc::AdminApi;
+use licensing_account::grpc::{AdminApi, PortalApi};
+use licensing_account::mail::{FileOutbox, Mailer, SmtpMailer};
+use licensing_account::portal::{Portal, PortalSettings};
 use licensing_account::Catalog;
 use licensing_activation::grpc::ActivationApi;
 use licensing_activation::{ActivationSettings, Activations};
@@ -17,7 +19,7 @@ use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
 use licensing_domain::secrets::PasswordHasher;
 use licensing_domain::store::CatalogStore;
-use licensing_domain::store::LeaseStore;
+use licensing_domain::store::{ActivationStore, LeaseStore};
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth};
 use licensing_runtime::config::{Config, Lookup};
 use licensing_runtime::credentials::CredentialResolver;
@@ -86,10 +88,7 @@ pub struct Overrides {
 
 impl Default for Overrides {
     fn default() -> Self {
-        Self {
-            clock: system_clock(),
-            password_hasher: PasswordHasher::owasp(),
-        }
+        Self { clock: system_clock(), password_hasher: PasswordHasher::owasp() }
     }
 }
 
@@ -107,32 +106,40 @@ impl Application {
         Self::build_with(config, role, Overrides::default()).await
     }
 
-    pub async fn build_with(
-        config: &Config,
-        role: Role,
-        overrides: Overrides,
-    ) -> anyhow::Result<Self> {
+    pub async fn build_with(config: &Config, role: Role, overrides: Overrides) -> anyhow::Result<Self> {
         if let Some(token) = &config.admin_token {
             validate_admin_token_shape(token).map_err(anyhow::Error::msg)?;
         }
         let (store, keys) = match (role, &config.database_url) {
             (Role::AllInOne, None) => {
                 let path = config.data_dir.join(DATABASE_FILE);
-                let store = SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?;
-                let keys = ServerKeys::load_or_create(&config.data_dir, config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
+                let store =
+                    SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?;
+                let keys = ServerKeys::load_or_create(
+                    &config.data_dir,
+                    config.hash_key_b64.as_deref(),
+                    config.signing_key_b64.as_deref(),
+                )?;
                 (store, keys)
             }
             (Role::AllInOne, Some(url)) => {
                 let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
                 let store = SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?;
-                let keys = ServerKeys::load_or_create(&config.data_dir, config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
+                let keys = ServerKeys::load_or_create(
+                    &config.data_dir,
+                    config.hash_key_b64.as_deref(),
+                    config.signing_key_b64.as_deref(),
+                )?;
                 (store, keys)
             }
-            (_, None) => anyhow::bail!("LICENSING_DATABASE_URL is required: the separate services share one PostgreSQL database"),
+            (_, None) => {
+                anyhow::bail!("LICENSING_DATABASE_URL is required: the separate services share one PostgreSQL database")
+            }
             (_, Some(url)) => {
                 let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
                 let store = SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?;
-                let keys = ServerKeys::from_env_values(config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
+                let keys =
+                    ServerKeys::from_env_values(config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
                 (store, keys)
             }
         };
@@ -140,13 +147,7 @@ impl Application {
         let hasher = keys.hasher();
         let now = overrides.clock.now();
         let generated_admin_token = if role.serves_account() {
-            bootstrap_admin_token(
-                catalog_store.as_ref(),
-                &hasher,
-                config.admin_token.as_deref(),
-                now,
-            )
-            .await?
+            bootstrap_admin_token(catalog_store.as_ref(), &hasher, config.admin_token.as_deref(), now).await?
         } else {
             None
         };
@@ -154,97 +155,95 @@ impl Application {
         let max = config.max_message_bytes;
         let mut names: Vec<&str> = vec![];
         let mut routes = Routes::default();
+        let activation_store: Arc<dyn ActivationStore> = Arc::new(store.clone());
+        let signer = Signer::from_seed(&keys.signing_seed);
+        let credentials = CredentialResolver::new(
+            catalog_store.clone(),
+            hasher.clone(),
+            overrides.password_hasher.clone(),
+            FailureLimiter::default(),
+        );
+        // Leases: Redis when configured, else the embedded store in the all-in-one server. The
+        // separate Account service reads them to show a customer's live leases.
+        let leases: Option<Arc<dyn LeaseStore>> = match (&config.redis_url, role) {
+            (Some(url), Role::AllInOne | Role::Seat | Role::Account) => {
+                Some(Arc::new(RedisLeaseStore::connect(url).await.context("connecting to Redis")?))
+            }
+            (None, Role::AllInOne) => Some(Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone()))),
+            (None, Role::Seat) => {
+                anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis")
+            }
+            _ => None,
+        };
         if role.serves_account() {
             let catalog = Catalog::new(
                 catalog_store.clone(),
+                activation_store.clone(),
                 hasher.clone(),
                 overrides.password_hasher.clone(),
                 overrides.clock.clone(),
             );
-            let admin = AdminApi::new(
-                catalog,
-                AdminAuth::new(catalog_store.clone(), hasher.clone()),
+            let mailer: Arc<dyn Mailer> = match &config.smtp_url {
+                Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
+                None => Arc::new(FileOutbox::new(config.data_dir.join("outbox"))),
+            };
+            let settings = PortalSettings { reset_url: config.reset_url.clone(), ..PortalSettings::default() };
+            let portal = Portal::new(
+                catalog.clone(),
+                Arc::new(store.clone()),
+                activation_store.clone(),
+                leases.clone(),
+                overrides.password_hasher.clone(),
+                mailer,
+                settings,
             );
-            routes = routes.add_service(admin.into_server(max));
+            routes = routes.add_service(
+                AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max),
+            );
+            routes = routes.add_service(PortalApi::new(portal).into_server(max));
             names.push("licensing.account.v1.AdminService");
+            names.push("licensing.account.v1.AccountService");
         }
         if role.serves_activation() {
-            let credentials = CredentialResolver::new(
-                catalog_store.clone(),
-                hasher.clone(),
-                overrides.password_hasher.clone(),
-                FailureLimiter::default(),
-            );
-            let settings = ActivationSettings {
-                match_threshold: config.fingerprint_match,
-                ..ActivationSettings::default()
-            };
+            let settings =
+                ActivationSettings { match_threshold: config.fingerprint_match, ..ActivationSettings::default() };
             let activations = Activations::new(
                 catalog_store.clone(),
-                Arc::new(store.clone()),
-                credentials,
-                Signer::from_seed(&keys.signing_seed),
+                activation_store.clone(),
+                credentials.clone(),
+                signer.clone(),
                 overrides.clock.clone(),
                 settings,
             );
-            routes = routes
-                .add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
+            routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
         let mut background = vec![];
-        if role.serves_seat() {
-            let leases: Arc<dyn LeaseStore> = match (&config.redis_url, role) {
-                (Some(url), _) => Arc::new(RedisLeaseStore::connect(url).await.context("connecting to Redis")?),
-                (None, Role::AllInOne) => Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone())),
-                (None, _) => anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis"),
-            };
-            let credentials = CredentialResolver::new(
-                catalog_store.clone(),
-                hasher.clone(),
-                overrides.password_hasher.clone(),
-                FailureLimiter::default(),
-            );
+        if let (true, Some(leases)) = (role.serves_seat(), &leases) {
             let seats = Seats::new(
                 catalog_store.clone(),
-                leases,
-                credentials,
-                Signer::from_seed(&keys.signing_seed),
+                leases.clone(),
+                credentials.clone(),
+                signer.clone(),
                 SeatSettings::default(),
             );
-            background.push(tokio::spawn(sweep_expired_leases(
-                seats.clone(),
-                config.sweep_interval,
-            )));
+            background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
             routes = routes.add_service(
-                SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone()))
-                    .into_server(max),
+                SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max),
             );
             names.push("licensing.seat.v1.SeatService");
         }
-        let server = GrpcServer::bind(
-            config.listen_addr,
-            routes,
-            &names,
-            StackSettings::from(config),
-        )
-        .await
-        .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self {
-            server,
-            store,
-            background,
-            generated_admin_token,
-        })
+        let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { server, store, background, generated_admin_token })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let result = self.server.run_until_stopped(shutdown).await;
         for task in &self.background {
             task.abort();
@@ -277,6 +276,5 @@ pub async fn run(role: Role, lookup: &dyn Lookup) -> anyhow::Result<()> {
         println!("\n  First start: an admin token was created. It is shown only now; keep it safe:\n\n    {token}\n");
     }
     tracing::info!(addr = %app.local_addr(), role = ?role, "serving");
-    app.run_until_stopped(licensing_runtime::server::shutdown_signal())
-        .await
+    app.run_until_stopped(licensing_runtime::server::shutdown_signal()).await
 }

@@ -4,9 +4,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use licensing_domain::certificate::{
-    parse_certificate_file, verify_certificate, CertificatePayload, SignedBlob,
-};
+use licensing_domain::certificate::{parse_certificate_file, verify_certificate, CertificatePayload, SignedBlob};
 use licensing_proto::account::v1 as admin_pb;
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
@@ -15,34 +13,22 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 fn fp(machine: &str, mac: &str, disk: &str) -> Vec<FingerprintComponent> {
-    [
-        ("machine-id", machine),
-        ("disk-serial", disk),
-        ("mac", mac),
-        ("hostname", "ws"),
-    ]
-    .iter()
-    .map(|(n, v)| FingerprintComponent {
-        name: n.to_string(),
-        value: v.to_string(),
-    })
-    .collect()
+    [("machine-id", machine), ("disk-serial", disk), ("mac", mac), ("hostname", "ws")]
+        .iter()
+        .map(|(n, v)| FingerprintComponent { name: n.to_string(), value: v.to_string() })
+        .collect()
 }
 
 fn by_key(key: &str) -> Option<pb::LicenseCredentials> {
-    Some(pb::LicenseCredentials {
-        credential: Some(pb::license_credentials::Credential::LicenseKey(key.into())),
-    })
+    Some(pb::LicenseCredentials { credential: Some(pb::license_credentials::Credential::LicenseKey(key.into())) })
 }
 
 fn by_password(license_id: &str, password: &str) -> Option<pb::LicenseCredentials> {
     Some(pb::LicenseCredentials {
-        credential: Some(pb::license_credentials::Credential::LicenseIdAndPassword(
-            pb::LicenseIdAndPassword {
-                license_id: license_id.into(),
-                password: password.into(),
-            },
-        )),
+        credential: Some(pb::license_credentials::Credential::LicenseIdAndPassword(pb::LicenseIdAndPassword {
+            license_id: license_id.into(),
+            password: password.into(),
+        })),
     })
 }
 
@@ -66,32 +52,16 @@ async fn client(app: &TestApp) -> ActivationServiceClient<Channel> {
 }
 
 async fn verifying_key(app: &TestApp) -> ed25519_dalek::VerifyingKey {
-    let key = client(app)
-        .await
-        .get_verifying_key(pb::GetVerifyingKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(key.public_key)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let key = client(app).await.get_verifying_key(pb::GetVerifyingKeyRequest {}).await.unwrap().into_inner();
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(key.public_key).unwrap().try_into().unwrap();
     ed25519_dalek::VerifyingKey::from_bytes(&bytes).unwrap()
 }
 
-fn payload_of(
-    key: &ed25519_dalek::VerifyingKey,
-    cert: &pb::SignedCertificate,
-) -> CertificatePayload {
+fn payload_of(key: &ed25519_dalek::VerifyingKey, cert: &pb::SignedCertificate) -> CertificatePayload {
     let from_file = parse_certificate_file(&cert.certificate_file).unwrap();
     assert_eq!(
         from_file,
-        SignedBlob {
-            payload: cert.payload.clone(),
-            signature: cert.signature.clone(),
-            key_id: cert.key_id.clone()
-        }
+        SignedBlob { payload: cert.payload.clone(), signature: cert.signature.clone(), key_id: cert.key_id.clone() }
     );
     verify_certificate(key, &from_file).unwrap()
 }
@@ -101,14 +71,9 @@ async fn activate_returns_a_certificate_verifiable_offline_and_tamper_evident() 
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
-        let r = client(&app)
-            .await
-            .activate(activate_req(by_key(&key), fp("m1", "aa", "d1")))
-            .await
-            .unwrap()
-            .into_inner();
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+        let r =
+            client(&app).await.activate(activate_req(by_key(&key), fp("m1", "aa", "d1"))).await.unwrap().into_inner();
         assert!(!r.already_activated);
         let activation = r.activation.unwrap();
         assert!(activation.installation_id.starts_with("ins_"));
@@ -119,25 +84,17 @@ async fn activate_returns_a_certificate_verifiable_offline_and_tamper_evident() 
         assert_eq!(payload.installation_id, activation.installation_id);
         assert_eq!(payload.modules, vec!["render".to_string()]);
         assert_eq!(payload.fingerprint.len(), 4);
-        assert!(
-            payload.refresh_after_ms <= payload.valid_until_ms
-                && payload.valid_until_ms > payload.issued_at_ms
-        );
+        assert!(payload.refresh_after_ms <= payload.valid_until_ms && payload.valid_until_ms > payload.issued_at_ms);
 
         // One changed byte anywhere in the payload: the signature fails.
-        let mut bytes = base64::engine::general_purpose::STANDARD
-            .decode(&cert.payload)
-            .unwrap();
+        let mut bytes = base64::engine::general_purpose::STANDARD.decode(&cert.payload).unwrap();
         bytes[10] ^= 0x01;
         let altered = SignedBlob {
             payload: base64::engine::general_purpose::STANDARD.encode(&bytes),
             signature: cert.signature.clone(),
             key_id: cert.key_id.clone(),
         };
-        assert!(
-            verify_certificate(&public, &altered).is_err(),
-            "{backend:?}"
-        );
+        assert!(verify_certificate(&public, &altered).is_err(), "{backend:?}");
         assert_eq!(get_license(&app, &license_id).await.activations_used, 1);
     }
 }
@@ -147,43 +104,17 @@ async fn reactivation_is_idempotent_a_new_nic_still_matches_and_a_clone_does_not
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 3, |_| {}).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 3, |_| {}).await;
         let mut c = client(&app).await;
-        let first = c
-            .activate(activate_req(by_key(&key), fp("m1", "aa", "d1")))
-            .await
-            .unwrap()
-            .into_inner();
-        let again = c
-            .activate(activate_req(by_key(&key), fp("m1", "aa", "d1")))
-            .await
-            .unwrap()
-            .into_inner();
+        let first = c.activate(activate_req(by_key(&key), fp("m1", "aa", "d1"))).await.unwrap().into_inner();
+        let again = c.activate(activate_req(by_key(&key), fp("m1", "aa", "d1"))).await.unwrap().into_inner();
         assert!(again.already_activated);
-        assert_eq!(
-            again.activation.unwrap().installation_id,
-            first.activation.as_ref().unwrap().installation_id
-        );
-        let new_nic = c
-            .activate(activate_req(by_key(&key), fp("m1", "bb", "d1")))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(
-            new_nic.already_activated,
-            "{backend:?}: a replaced NIC must not burn an activation"
-        );
+        assert_eq!(again.activation.unwrap().installation_id, first.activation.as_ref().unwrap().installation_id);
+        let new_nic = c.activate(activate_req(by_key(&key), fp("m1", "bb", "d1"))).await.unwrap().into_inner();
+        assert!(new_nic.already_activated, "{backend:?}: a replaced NIC must not burn an activation");
         assert_eq!(get_license(&app, &license_id).await.activations_used, 1);
-        let clone = c
-            .activate(activate_req(by_key(&key), fp("m1", "cc", "d9")))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(
-            !clone.already_activated,
-            "a clone sharing half the components is another machine"
-        );
+        let clone = c.activate(activate_req(by_key(&key), fp("m1", "cc", "d9"))).await.unwrap().into_inner();
+        assert!(!clone.already_activated, "a clone sharing half the components is another machine");
         assert_eq!(get_license(&app, &license_id).await.activations_used, 2);
     }
 }
@@ -195,19 +126,15 @@ async fn racing_activations_of_a_hot_license_end_with_exactly_the_allowed_number
         let f = fixture(&app).await;
         const SEATS: i32 = 5;
         const MACHINES: usize = 40;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, SEATS, |_| {}).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, SEATS, |_| {}).await;
         let channel = app.channel().await;
         let tasks: Vec<_> = (0..MACHINES)
             .map(|i| {
                 let mut c = ActivationServiceClient::new(channel.clone());
                 let key = key.clone();
                 tokio::spawn(async move {
-                    c.activate(activate_req(
-                        by_key(&key),
-                        fp(&format!("m{i}"), &format!("mac{i}"), &format!("d{i}")),
-                    ))
-                    .await
+                    c.activate(activate_req(by_key(&key), fp(&format!("m{i}"), &format!("mac{i}"), &format!("d{i}"))))
+                        .await
                 })
             })
             .collect();
@@ -216,18 +143,9 @@ async fn racing_activations_of_a_hot_license_end_with_exactly_the_allowed_number
             match t.await.unwrap() {
                 Ok(_) => ok += 1,
                 Err(e) => {
-                    assert_eq!(
-                        e.code(),
-                        Code::ResourceExhausted,
-                        "{backend:?}: {}",
-                        e.message()
-                    );
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{backend:?}: {}", e.message());
                     assert_eq!(reason(&e), "ACTIVATION_LIMIT_REACHED");
-                    assert!(
-                        e.message().contains("deactivate") && e.message().contains("vendor"),
-                        "{}",
-                        e.message()
-                    );
+                    assert!(e.message().contains("deactivate") && e.message().contains("vendor"), "{}", e.message());
                 }
             }
         }
@@ -241,28 +159,19 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
-            r.allowed_deactivations = 2
-        })
-        .await;
+        let (license_id, key, _) =
+            issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| r.allowed_deactivations = 2).await;
         let mut c = client(&app).await;
         // Return by key + fingerprint.
-        c.activate(activate_req(by_key(&key), fp("m1", "a", "d")))
-            .await
-            .unwrap();
-        let err = c
-            .activate(activate_req(by_key(&key), fp("m2", "b", "e")))
-            .await
-            .unwrap_err();
+        c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
+        let err = c.activate(activate_req(by_key(&key), fp("m2", "b", "e"))).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
         let d = c
             .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::LicenseAndMachine(
-                    pb::LicenseAndMachine {
-                        credentials: by_key(&key),
-                        fingerprint: fp("m1", "a", "d"),
-                    },
-                )),
+                target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+                    credentials: by_key(&key),
+                    fingerprint: fp("m1", "a", "d"),
+                })),
             })
             .await
             .unwrap()
@@ -270,18 +179,11 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         assert_eq!(d.deactivations_left, 1);
         assert!(d.activation.unwrap().deactivated_at.is_some());
         // Return by Installation ID.
-        let a = c
-            .activate(activate_req(by_key(&key), fp("m2", "b", "e")))
-            .await
-            .unwrap()
-            .into_inner()
-            .activation
-            .unwrap();
+        let a =
+            c.activate(activate_req(by_key(&key), fp("m2", "b", "e"))).await.unwrap().into_inner().activation.unwrap();
         let d = c
             .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::InstallationId(
-                    a.installation_id.clone(),
-                )),
+                target: Some(pb::deactivate_request::Target::InstallationId(a.installation_id.clone())),
             })
             .await
             .unwrap()
@@ -289,25 +191,19 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         assert_eq!(d.deactivations_left, 0);
         let again = c
             .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::InstallationId(
-                    a.installation_id,
-                )),
+                target: Some(pb::deactivate_request::Target::InstallationId(a.installation_id)),
             })
             .await
             .unwrap_err();
         assert_eq!(again.code(), Code::NotFound);
         // Out of deactivations: the seat stays taken and the error points to the vendor.
-        c.activate(activate_req(by_key(&key), fp("m3", "c", "f")))
-            .await
-            .unwrap();
+        c.activate(activate_req(by_key(&key), fp("m3", "c", "f"))).await.unwrap();
         let err = c
             .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::LicenseAndMachine(
-                    pb::LicenseAndMachine {
-                        credentials: by_key(&key),
-                        fingerprint: fp("m3", "c", "f"),
-                    },
-                )),
+                target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+                    credentials: by_key(&key),
+                    fingerprint: fp("m3", "c", "f"),
+                })),
             })
             .await
             .unwrap_err();
@@ -322,12 +218,10 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         // Not activated on this machine.
         let err = c
             .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::LicenseAndMachine(
-                    pb::LicenseAndMachine {
-                        credentials: by_key(&key),
-                        fingerprint: fp("zz", "zz", "zz"),
-                    },
-                )),
+                target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+                    credentials: by_key(&key),
+                    fingerprint: fp("zz", "zz", "zz"),
+                })),
             })
             .await
             .unwrap_err();
@@ -345,25 +239,18 @@ async fn an_expired_license_cannot_be_deactivated_from_the_product() {
     })
     .await;
     let mut c = client(&app).await;
-    c.activate(activate_req(by_key(&key), fp("m1", "a", "d")))
-        .await
-        .unwrap();
+    c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
     let err = c
         .deactivate(pb::DeactivateRequest {
-            target: Some(pb::deactivate_request::Target::LicenseAndMachine(
-                pb::LicenseAndMachine {
-                    credentials: by_key(&key),
-                    fingerprint: fp("m1", "a", "d"),
-                },
-            )),
+            target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+                credentials: by_key(&key),
+                fingerprint: fp("m1", "a", "d"),
+            })),
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), reason(&err)),
-        (Code::FailedPrecondition, "EXPIRED".into())
-    );
+    assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "EXPIRED".into()));
 }
 
 async fn validate(
@@ -397,9 +284,7 @@ async fn validate_answers_one_precise_code() {
         .await;
         let mut c = client(&app).await;
         let machine = fp("m1", "a", "d");
-        c.activate(activate_req(by_key(&key), machine.clone()))
-            .await
-            .unwrap();
+        c.activate(activate_req(by_key(&key), machine.clone())).await.unwrap();
 
         let v = validate(&mut c, by_key(&key), machine.clone(), &["render"], "1.0").await;
         assert!(v.valid, "{backend:?} {v:?}");
@@ -409,11 +294,7 @@ async fn validate_answers_one_precise_code() {
         assert_eq!((v.valid, v.code), (false, V::ModuleNotLicensed as i32));
         assert!(v.detail.contains("export"));
         let v = validate(&mut c, by_key(&key), machine.clone(), &[], "2.0").await;
-        assert_eq!(
-            v.code,
-            V::VersionNotCovered as i32,
-            "2.0 was released after the upgrade period"
-        );
+        assert_eq!(v.code, V::VersionNotCovered as i32, "2.0 was released after the upgrade period");
         let v = validate(&mut c, by_key(&key), fp("other", "x", "y"), &[], "").await;
         assert_eq!(v.code, V::NotActivated as i32);
         let v = validate(&mut c, by_key(&key), fp("m1", "x", "y"), &[], "").await;
@@ -433,16 +314,12 @@ async fn validate_answers_one_precise_code() {
         let v = validate(&mut c, by_key(&key), machine.clone(), &[], "").await;
         assert_eq!(v.code, V::Suspended as i32);
         admin
-            .reinstate_license(admin_req(admin_pb::ReinstateLicenseRequest {
-                license_id: license_id.clone(),
-            }))
+            .reinstate_license(admin_req(admin_pb::ReinstateLicenseRequest { license_id: license_id.clone() }))
             .await
             .unwrap();
 
-        let (_, future_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
-            r.valid_from = ts(now_s() + 86_400)
-        })
-        .await;
+        let (_, future_key, _) =
+            issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| r.valid_from = ts(now_s() + 86_400)).await;
         let v = validate(&mut c, by_key(&future_key), machine.clone(), &[], "").await;
         assert_eq!(v.code, V::NotYetValid as i32);
         let (_, expired_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
@@ -456,8 +333,7 @@ async fn validate_answers_one_precise_code() {
         let (_, cloud_key, _) = issue_license(&app, &f, LicenseKind::Cloud, 0, |_| {}).await;
         let v = validate(&mut c, by_key(&cloud_key), vec![], &["render"], "").await;
         assert_eq!((v.valid, v.code), (true, V::Valid as i32));
-        let (_, floating_key, _) =
-            issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+        let (_, floating_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
         let v = validate(&mut c, by_key(&floating_key), machine.clone(), &[], "").await;
         assert_eq!(v.code, V::WrongKind as i32);
     }
@@ -468,28 +344,19 @@ async fn vendor_changes_reach_the_product_by_refresh_and_by_watch() {
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
         let mut c = client(&app).await;
         let machine = fp("m1", "a", "d");
-        c.activate(activate_req(by_key(&key), machine.clone()))
-            .await
-            .unwrap();
+        c.activate(activate_req(by_key(&key), machine.clone())).await.unwrap();
         let public = verifying_key(&app).await;
 
         let mut watch = c
-            .watch_license(pb::WatchLicenseRequest {
-                credentials: by_key(&key),
-                fingerprint: machine.clone(),
-            })
+            .watch_license(pb::WatchLicenseRequest { credentials: by_key(&key), fingerprint: machine.clone() })
             .await
             .unwrap()
             .into_inner();
         let first = watch.message().await.unwrap().unwrap();
-        assert_eq!(
-            payload_of(&public, first.certificate.as_ref().unwrap()).modules,
-            vec!["render".to_string()]
-        );
+        assert_eq!(payload_of(&public, first.certificate.as_ref().unwrap()).modules, vec!["render".to_string()]);
 
         let mut admin = app.admin().await;
         admin
@@ -519,12 +386,7 @@ async fn vendor_changes_reach_the_product_by_refresh_and_by_watch() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(
-            payload_of(&public, refreshed.certificate.as_ref().unwrap())
-                .modules
-                .len(),
-            2
-        );
+        assert_eq!(payload_of(&public, refreshed.certificate.as_ref().unwrap()).modules.len(), 2);
 
         admin
             .suspend_license(admin_req(admin_pb::SuspendLicenseRequest {
@@ -538,14 +400,8 @@ async fn vendor_changes_reach_the_product_by_refresh_and_by_watch() {
             .expect("an update")
             .unwrap()
             .unwrap();
-        assert!(
-            suspended.certificate.is_none(),
-            "no certificate while suspended"
-        );
-        assert_eq!(
-            suspended.license.unwrap().status,
-            licensing_proto::common::v1::LicenseStatus::Suspended as i32
-        );
+        assert!(suspended.certificate.is_none(), "no certificate while suspended");
+        assert_eq!(suspended.license.unwrap().status, licensing_proto::common::v1::LicenseStatus::Suspended as i32);
     }
 }
 
@@ -554,8 +410,7 @@ async fn offline_activation_round_trip_with_the_same_limits() {
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
         let machine = licensing_activation::service::Machine {
             fingerprint: vec![licensing_domain::fingerprint::Component {
                 name: "machine-id".into(),
@@ -568,9 +423,7 @@ async fn offline_activation_round_trip_with_the_same_limits() {
         let text = licensing_activation::Activations::offline_request(&key, &machine, 0);
         let mut c = client(&app).await;
         let r = c
-            .activate_offline(pb::ActivateOfflineRequest {
-                activation_request: text.clone(),
-            })
+            .activate_offline(pb::ActivateOfflineRequest { activation_request: text.clone() })
             .await
             .unwrap()
             .into_inner();
@@ -578,9 +431,7 @@ async fn offline_activation_round_trip_with_the_same_limits() {
         let payload = payload_of(&verifying_key(&app).await, r.certificate.as_ref().unwrap());
         assert_eq!(payload.license_id, license_id);
         let again = c
-            .activate_offline(pb::ActivateOfflineRequest {
-                activation_request: text.clone(),
-            })
+            .activate_offline(pb::ActivateOfflineRequest { activation_request: text.clone() })
             .await
             .unwrap()
             .into_inner();
@@ -594,24 +445,14 @@ async fn offline_activation_round_trip_with_the_same_limits() {
         };
         let err = c
             .activate_offline(pb::ActivateOfflineRequest {
-                activation_request: licensing_activation::Activations::offline_request(
-                    &key, &other, 0,
-                ),
+                activation_request: licensing_activation::Activations::offline_request(&key, &other, 0),
             })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
         let typo = text.replacen('A', "B", 1);
-        let err = c
-            .activate_offline(pb::ActivateOfflineRequest {
-                activation_request: typo,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (err.code(), reason(&err)),
-            (Code::InvalidArgument, "OFFLINE_REQUEST_INVALID".into())
-        );
+        let err = c.activate_offline(pb::ActivateOfflineRequest { activation_request: typo }).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, "OFFLINE_REQUEST_INVALID".into()));
         assert_eq!(get_license(&app, &license_id).await.activations_used, 1);
     }
 }
@@ -621,32 +462,15 @@ async fn passwords_and_history() {
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, _key, activation_password) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 3, |_| {}).await;
+        let (license_id, _key, activation_password) = issue_license(&app, &f, LicenseKind::NodeLocked, 3, |_| {}).await;
         let mut c = client(&app).await;
-        c.activate(activate_req(
-            by_password(&license_id, &activation_password),
-            fp("m1", "a", "d"),
-        ))
-        .await
-        .unwrap();
-        c.activate(activate_req(
-            by_password(&license_id, &activation_password.to_lowercase()),
-            fp("m1", "a", "d"),
-        ))
-        .await
-        .unwrap();
-        c.activate(activate_req(
-            by_password(&license_id, &f.customer_password),
-            fp("m2", "b", "e"),
-        ))
-        .await
-        .unwrap();
+        c.activate(activate_req(by_password(&license_id, &activation_password), fp("m1", "a", "d"))).await.unwrap();
+        c.activate(activate_req(by_password(&license_id, &activation_password.to_lowercase()), fp("m1", "a", "d")))
+            .await
+            .unwrap();
+        c.activate(activate_req(by_password(&license_id, &f.customer_password), fp("m2", "b", "e"))).await.unwrap();
         let err = c
-            .activate(activate_req(
-                by_password(&license_id, "wrong password!"),
-                fp("m3", "c", "f"),
-            ))
+            .activate(activate_req(by_password(&license_id, "wrong password!"), fp("m3", "c", "f")))
             .await
             .unwrap_err();
         assert_eq!(
@@ -662,12 +486,10 @@ async fn passwords_and_history() {
         .await
         .unwrap();
         c.deactivate(pb::DeactivateRequest {
-            target: Some(pb::deactivate_request::Target::LicenseAndMachine(
-                pb::LicenseAndMachine {
-                    credentials: by_password(&license_id, &activation_password),
-                    fingerprint: fp("m2", "b", "e"),
-                },
-            )),
+            target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+                credentials: by_password(&license_id, &activation_password),
+                fingerprint: fp("m2", "b", "e"),
+            })),
         })
         .await
         .unwrap();
@@ -675,29 +497,15 @@ async fn passwords_and_history() {
         let (dir, env) = app.stop().await;
         let store: std::sync::Arc<dyn licensing_domain::store::ActivationStore> =
             std::sync::Arc::new(if backend == Backend::Sqlite {
-                licensing_store::SqlStore::open_sqlite(&dir.path().join(licensing::DATABASE_FILE))
+                licensing_store::SqlStore::open_sqlite(&dir.path().join(licensing::DATABASE_FILE)).await.unwrap()
+            } else {
+                licensing_store::SqlStore::connect_postgres(&env["LICENSING_DATABASE_URL"], &Default::default())
                     .await
                     .unwrap()
-            } else {
-                licensing_store::SqlStore::connect_postgres(
-                    &env["LICENSING_DATABASE_URL"],
-                    &Default::default(),
-                )
-                .await
-                .unwrap()
             });
-        let actions: Vec<String> = store
-            .list_activation_events(&license_id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.action)
-            .collect();
-        assert_eq!(
-            actions,
-            ["activate", "activate", "activate", "refresh", "deactivate"],
-            "{backend:?}"
-        );
+        let actions: Vec<String> =
+            store.list_activation_events(&license_id).await.unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["activate", "activate", "activate", "refresh", "deactivate"], "{backend:?}");
     }
 }
 
@@ -706,47 +514,23 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
     for backend in backends().await {
         let app = spawn_app(backend).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
         let mut c = client(&app).await;
         let good = fp("m1", "a", "d");
         let mut bad_check = key.clone();
         let last = bad_check.pop().unwrap();
         bad_check.push(if last == '0' { '1' } else { '0' });
-        let many: Vec<FingerprintComponent> = (0..40)
-            .map(|i| FingerprintComponent {
-                name: "mac".into(),
-                value: format!("{i}"),
-            })
-            .collect();
+        let many: Vec<FingerprintComponent> =
+            (0..40).map(|i| FingerprintComponent { name: "mac".into(), value: format!("{i}") }).collect();
         let cases: Vec<(pb::ActivateRequest, Code, &str)> = vec![
-            (
-                activate_req(by_key("ABCDE-12345"), good.clone()),
-                Code::InvalidArgument,
-                "LICENSE_KEY_MALFORMED",
-            ),
-            (
-                activate_req(by_key(&bad_check), good.clone()),
-                Code::InvalidArgument,
-                "LICENSE_KEY_MALFORMED",
-            ),
-            (
-                activate_req(by_key(&key), vec![]),
-                Code::InvalidArgument,
-                "FINGERPRINT_INVALID",
-            ),
-            (
-                activate_req(by_key(&key), many),
-                Code::InvalidArgument,
-                "FINGERPRINT_INVALID",
-            ),
+            (activate_req(by_key("ABCDE-12345"), good.clone()), Code::InvalidArgument, "LICENSE_KEY_MALFORMED"),
+            (activate_req(by_key(&bad_check), good.clone()), Code::InvalidArgument, "LICENSE_KEY_MALFORMED"),
+            (activate_req(by_key(&key), vec![]), Code::InvalidArgument, "FINGERPRINT_INVALID"),
+            (activate_req(by_key(&key), many), Code::InvalidArgument, "FINGERPRINT_INVALID"),
             (
                 activate_req(
                     by_key(&key),
-                    vec![FingerprintComponent {
-                        name: "favourite-colour".into(),
-                        value: "blue".into(),
-                    }],
+                    vec![FingerprintComponent { name: "favourite-colour".into(), value: "blue".into() }],
                 ),
                 Code::InvalidArgument,
                 "FINGERPRINT_INVALID",
@@ -754,64 +538,34 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
             (
                 activate_req(
                     by_key(&key),
-                    vec![FingerprintComponent {
-                        name: "mac".into(),
-                        value: "x".repeat(10_000),
-                    }],
+                    vec![FingerprintComponent { name: "mac".into(), value: "x".repeat(10_000) }],
                 ),
                 Code::InvalidArgument,
                 "FINGERPRINT_INVALID",
             ),
+            (activate_req(None, good.clone()), Code::InvalidArgument, "CREDENTIALS_MISSING"),
             (
-                activate_req(None, good.clone()),
-                Code::InvalidArgument,
-                "CREDENTIALS_MISSING",
-            ),
-            (
-                pb::ActivateRequest {
-                    credentials: by_key(&key),
-                    machine: None,
-                },
+                pb::ActivateRequest { credentials: by_key(&key), machine: None },
                 Code::InvalidArgument,
                 "INVALID_ARGUMENT",
             ),
+            (activate_req(by_password("not-an-id", "x"), good.clone()), Code::InvalidArgument, "LICENSE_ID_MALFORMED"),
+            (activate_req(by_password("lic_0000000000000000", "x"), good.clone()), Code::NotFound, "LICENSE_NOT_FOUND"),
             (
-                activate_req(by_password("not-an-id", "x"), good.clone()),
-                Code::InvalidArgument,
-                "LICENSE_ID_MALFORMED",
-            ),
-            (
-                activate_req(by_password("lic_0000000000000000", "x"), good.clone()),
-                Code::NotFound,
-                "LICENSE_NOT_FOUND",
-            ),
-            (
-                activate_req(
-                    by_key(&licensing_domain::license_key::LicenseKey::generate().to_string()),
-                    good.clone(),
-                ),
+                activate_req(by_key(&licensing_domain::license_key::LicenseKey::generate().to_string()), good.clone()),
                 Code::NotFound,
                 "LICENSE_NOT_FOUND",
             ),
         ];
         for (request, code, why) in cases {
             let err = c.activate(request).await.unwrap_err();
-            assert_eq!(
-                (err.code(), reason(&err)),
-                (code, why.to_owned()),
-                "{backend:?}: {}",
-                err.message()
-            );
+            assert_eq!((err.code(), reason(&err)), (code, why.to_owned()), "{backend:?}: {}", err.message());
         }
         let mut bad_version = activate_req(by_key(&key), good.clone());
         bad_version.machine.as_mut().unwrap().product_version = "latest".into();
         let err = c.activate(bad_version).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(
-            err.message().starts_with("product_version"),
-            "{}",
-            err.message()
-        );
+        assert!(err.message().starts_with("product_version"), "{}", err.message());
         let err = c
             .validate(pb::ValidateRequest {
                 credentials: by_key(&key),
@@ -831,20 +585,10 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
             }))
             .await
             .unwrap();
-        let err = c
-            .activate(activate_req(by_key(&key), good.clone()))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (err.code(), reason(&err)),
-            (Code::FailedPrecondition, "SUSPENDED".into())
-        );
+        let err = c.activate(activate_req(by_key(&key), good.clone())).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "SUSPENDED".into()));
         let l = get_license(&app, &license_id).await;
-        assert_eq!(
-            (l.activations_used, l.deactivations_used),
-            (0, 0),
-            "{backend:?}: nothing changed"
-        );
+        assert_eq!((l.activations_used, l.deactivations_used), (0, 0), "{backend:?}: nothing changed");
     }
 }
 
@@ -855,10 +599,14 @@ async fn wrong_passwords_are_rate_limited_per_license() {
     let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
     let mut c = client(&app).await;
     for _ in 0..10 {
-        let err = c.activate(activate_req(by_password(&license_id, "guess-guess-guess"), fp("m1", "a", "d"))).await.unwrap_err();
+        let err = c
+            .activate(activate_req(by_password(&license_id, "guess-guess-guess"), fp("m1", "a", "d")))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
     }
-    let err = c.activate(activate_req(by_password(&license_id, "guess-guess-guess"), fp("m1", "a", "d"))).await.unwrap_err();
+    let err =
+        c.activate(activate_req(by_password(&license_id, "guess-guess-guess"), fp("m1", "a", "d"))).await.unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "TOO_MANY_FAILURES".into()));
     assert!(err.metadata().get("retry-after").is_some());
     // The license key still works, and nothing was activated by the guesses.

@@ -17,8 +17,7 @@ const SERVICES: [&str; 3] = ["account", "activation", "seat"];
 const HOSTNAMES: [&str; 3] = ["postgres", "redis", "jaeger"];
 
 fn compose() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
-        .unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap();
     let mut value: Value = serde_yaml::from_str(&text).unwrap();
     value.apply_merge().unwrap();
     value
@@ -28,10 +27,7 @@ fn compose() -> Value {
 fn interpolate(value: &str) -> String {
     let mut out = value.to_owned();
     while let Some(start) = out.find("${") {
-        let end = out[start..]
-            .find('}')
-            .map(|e| start + e)
-            .expect("closed ${");
+        let end = out[start..].find('}').map(|e| start + e).expect("closed ${");
         let inner = &out[start + 2..end];
         let default = inner.split_once(":-").map(|(_, d)| d).unwrap_or("");
         out = format!("{}{}{}", &out[..start], default, &out[end + 1..]);
@@ -41,25 +37,17 @@ fn interpolate(value: &str) -> String {
 
 fn native_env(service: &Value, database_url: &str) -> HashMap<String, String> {
     let mut env = HashMap::new();
-    for (k, v) in service["environment"]
-        .as_mapping()
-        .expect("environment as a mapping")
-    {
+    for (k, v) in service["environment"].as_mapping().expect("environment as a mapping") {
         let key = k.as_str().unwrap().to_owned();
         let mut value = interpolate(v.as_str().unwrap_or_else(|| panic!("{key} is a string")));
         for host in HOSTNAMES {
-            value = value
-                .replace(&format!("@{host}:"), "@127.0.0.1:")
-                .replace(&format!("//{host}:"), "//127.0.0.1:");
+            value = value.replace(&format!("@{host}:"), "@127.0.0.1:").replace(&format!("//{host}:"), "//127.0.0.1:");
         }
         value = value.replace("0.0.0.0:", "127.0.0.1:");
         env.insert(key, value);
     }
     let compose_url = env["LICENSING_DATABASE_URL"].clone();
-    assert!(
-        compose_url.starts_with("postgres://licensing:licensing@127.0.0.1:5432/"),
-        "{compose_url}"
-    );
+    assert!(compose_url.starts_with("postgres://licensing:licensing@127.0.0.1:5432/"), "{compose_url}");
     env.insert("LICENSING_DATABASE_URL".into(), database_url.to_owned());
     env
 }
@@ -67,27 +55,14 @@ fn native_env(service: &Value, database_url: &str) -> HashMap<String, String> {
 /// The compose database URL, with the compose user, on a fresh database.
 async fn compose_database() -> String {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
-        .await
-        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.unwrap();
     let exists: Option<(i32,)> =
-        sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = 'licensing'")
-            .fetch_optional(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = 'licensing'").fetch_optional(&mut conn).await.unwrap();
     if exists.is_none() {
-        let _ = sqlx::query("CREATE ROLE licensing LOGIN PASSWORD 'licensing'")
-            .execute(&mut conn)
-            .await;
+        let _ = sqlx::query("CREATE ROLE licensing LOGIN PASSWORD 'licensing'").execute(&mut conn).await;
     }
-    let name = format!(
-        "licensing_compose_{}",
-        licensing_domain::ids::new_id("db").to_lowercase()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name} OWNER licensing"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let name = format!("licensing_compose_{}", licensing_domain::ids::new_id("db").to_lowercase());
+    sqlx::query(&format!("CREATE DATABASE {name} OWNER licensing")).execute(&mut conn).await.unwrap();
     format!("postgres://licensing:licensing@127.0.0.1:5432/{name}")
 }
 
@@ -102,11 +77,7 @@ fn binary(command: &str) -> &'static str {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
+    v.as_sequence().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
 }
 
 async fn wait_serving(healthcheck: &[String]) -> bool {
@@ -144,42 +115,24 @@ async fn compose_services_start_natively_and_serve() {
     let compose = compose();
     let services = &compose["services"];
     for dependency in ["postgres", "redis"] {
-        assert!(
-            services[dependency]["healthcheck"].is_mapping(),
-            "{dependency} has a health check"
-        );
+        assert!(services[dependency]["healthcheck"].is_mapping(), "{dependency} has a health check");
     }
     let database_url = compose_database().await;
     let mut running = Running(vec![]);
     let mut checks = vec![];
     for name in SERVICES {
         let service = &services[name];
-        assert_eq!(
-            service["build"]["dockerfile"].as_str(),
-            Some("deploy/Dockerfile"),
-            "{name}"
-        );
+        assert_eq!(service["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"), "{name}");
         let command = strings(&service["command"]);
         let env = native_env(service, &database_url);
-        let port = env["LICENSING_LISTEN_ADDR"]
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_owned();
+        let port = env["LICENSING_LISTEN_ADDR"].rsplit(':').next().unwrap().to_owned();
         let published = strings(&service["ports"]);
-        assert_eq!(
-            published,
-            vec![format!("{port}:{port}")],
-            "{name} publishes its listen port"
-        );
+        assert_eq!(published, vec![format!("{port}:{port}")], "{name} publishes its listen port");
         let child = Command::new(binary(&command[0]))
             .env_clear()
             .envs(&env)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "LICENSING_DATA_DIR",
-                std::env::temp_dir().join(format!("compose-{name}")),
-            )
+            .env("LICENSING_DATA_DIR", std::env::temp_dir().join(format!("compose-{name}")))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -191,10 +144,7 @@ async fn compose_services_start_natively_and_serve() {
         checks.push((name, healthcheck[1..].to_vec()));
     }
     for (name, check) in &checks {
-        assert!(
-            wait_serving(check).await,
-            "{name} became SERVING (checked with {check:?})"
-        );
+        assert!(wait_serving(check).await, "{name} became SERVING (checked with {check:?})");
     }
     // The running services answer the health service for their own gRPC service names too.
     let named = [
@@ -206,23 +156,14 @@ async fn compose_services_start_natively_and_serve() {
         let (_, check) = checks.iter().find(|(n, _)| *n == name).unwrap();
         let mut check = check.clone();
         check.push(grpc_service.to_owned());
-        assert!(
-            wait_serving(&check).await,
-            "{name} reports {grpc_service} SERVING"
-        );
+        assert!(wait_serving(&check).await, "{name} reports {grpc_service} SERVING");
     }
     // SIGTERM: each drains and exits cleanly.
     for (name, child) in &mut running.0 {
         let pid = child.id().unwrap().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .unwrap();
+        Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        let status =
+            tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits after SIGTERM").unwrap();
         assert!(status.success(), "{name} exited with {status}");
     }
 }

@@ -12,9 +12,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 fn by_key(key: &str) -> Option<pb::SeatCredentials> {
-    Some(pb::SeatCredentials {
-        credential: Some(pb::seat_credentials::Credential::LicenseKey(key.into())),
-    })
+    Some(pb::SeatCredentials { credential: Some(pb::seat_credentials::Credential::LicenseKey(key.into())) })
 }
 
 fn checkout_req(key: &str, client: &str, ttl_ms: i64) -> pb::CheckoutRequest {
@@ -24,10 +22,7 @@ fn checkout_req(key: &str, client: &str, ttl_ms: i64) -> pb::CheckoutRequest {
         user: format!("user-{client}"),
         host: "host-1".into(),
         client_instance_id: client.into(),
-        ttl: Some(prost_types::Duration {
-            seconds: ttl_ms / 1000,
-            nanos: ((ttl_ms % 1000) * 1_000_000) as i32,
-        }),
+        ttl: Some(prost_types::Duration { seconds: ttl_ms / 1000, nanos: ((ttl_ms % 1000) * 1_000_000) as i32 }),
         borrow_for: None,
         groups: vec![],
     }
@@ -40,9 +35,7 @@ async fn seats(app: &TestApp) -> SeatServiceClient<Channel> {
 async fn live(app: &TestApp, license_id: &str) -> Vec<licensing_proto::common::v1::Lease> {
     seats(app)
         .await
-        .list_leases(admin_req(pb::ListLeasesRequest {
-            license_id: license_id.into(),
-        }))
+        .list_leases(admin_req(pb::ListLeasesRequest { license_id: license_id.into() }))
         .await
         .unwrap()
         .into_inner()
@@ -61,34 +54,23 @@ async fn checkout_heartbeat_checkin_and_a_signed_token() {
         let app = spawn_seat_app(leases).await;
         let (license_id, key) = floating(&app, 2).await;
         let mut s = seats(&app).await;
-        let g = s
-            .checkout(checkout_req(&key, "c1", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let g = s.checkout(checkout_req(&key, "c1", 30_000)).await.unwrap().into_inner().grant.unwrap();
         assert!(g.lease_id.starts_with("lse_"));
         assert_eq!((g.seats_total, g.seats_in_use, g.renewed), (2, 1, false));
         assert!(g.fence >= 1);
         assert_eq!(g.ttl.unwrap().seconds, 30);
-        assert!(
-            g.heartbeat_interval.unwrap().seconds <= 10,
-            "at most a third of the TTL"
-        );
+        assert!(g.heartbeat_interval.unwrap().seconds <= 10, "at most a third of the TTL");
         // The token verifies offline with the server's public key and names this lease.
-        let key_reply = licensing_proto::activation::v1::activation_service_client::ActivationServiceClient::new(app.channel().await)
-            .get_verifying_key(licensing_proto::activation::v1::GetVerifyingKeyRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let key_reply = licensing_proto::activation::v1::activation_service_client::ActivationServiceClient::new(
+            app.channel().await,
+        )
+        .get_verifying_key(licensing_proto::activation::v1::GetVerifyingKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
         use base64::Engine;
         let public = ed25519_dalek::VerifyingKey::from_bytes(
-            &base64::engine::general_purpose::STANDARD
-                .decode(key_reply.public_key)
-                .unwrap()
-                .try_into()
-                .unwrap(),
+            &base64::engine::general_purpose::STANDARD.decode(key_reply.public_key).unwrap().try_into().unwrap(),
         )
         .unwrap();
         let (payload, signature) = g.lease_token.split_once('.').unwrap();
@@ -97,27 +79,18 @@ async fn checkout_heartbeat_checkin_and_a_signed_token() {
             signature: signature.into(),
             key_id: key_reply.key_id,
         };
-        let bytes = licensing_domain::certificate::verify(
-            &public,
-            licensing_domain::certificate::LEASE_TOKEN_CONTEXT,
-            &blob,
-        )
-        .unwrap();
+        let bytes =
+            licensing_domain::certificate::verify(&public, licensing_domain::certificate::LEASE_TOKEN_CONTEXT, &blob)
+                .unwrap();
         let token: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
-            (
-                token["lease_id"].as_str().unwrap(),
-                token["fence"].as_i64().unwrap()
-            ),
+            (token["lease_id"].as_str().unwrap(), token["fence"].as_i64().unwrap()),
             (g.lease_id.as_str(), g.fence)
         );
 
         let listed = live(&app, &license_id).await;
         assert_eq!(listed.len(), 1);
-        assert_eq!(
-            (listed[0].user.as_str(), listed[0].host.as_str()),
-            ("user-c1", "host-1")
-        );
+        assert_eq!((listed[0].user.as_str(), listed[0].host.as_str()), ("user-c1", "host-1"));
 
         let hb = s
             .heartbeat(pb::HeartbeatRequest {
@@ -130,19 +103,13 @@ async fn checkout_heartbeat_checkin_and_a_signed_token() {
             .into_inner();
         assert!(hb.expires_at.unwrap().seconds >= g.expires_at.unwrap().seconds);
         let c = s
-            .checkin(pb::CheckinRequest {
-                license_id: license_id.clone(),
-                lease_id: g.lease_id.clone(),
-            })
+            .checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: g.lease_id.clone() })
             .await
             .unwrap()
             .into_inner();
         assert!(c.released);
         let again = s
-            .checkin(pb::CheckinRequest {
-                license_id: license_id.clone(),
-                lease_id: g.lease_id.clone(),
-            })
+            .checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: g.lease_id.clone() })
             .await
             .unwrap()
             .into_inner();
@@ -166,20 +133,8 @@ async fn a_reconnecting_client_renews_instead_of_taking_a_second_seat() {
         let app = spawn_seat_app(leases).await;
         let (license_id, key) = floating(&app, 2).await;
         let mut s = seats(&app).await;
-        let first = s
-            .checkout(checkout_req(&key, "same-client", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
-        let again = s
-            .checkout(checkout_req(&key, "same-client", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let first = s.checkout(checkout_req(&key, "same-client", 30_000)).await.unwrap().into_inner().grant.unwrap();
+        let again = s.checkout(checkout_req(&key, "same-client", 30_000)).await.unwrap().into_inner().grant.unwrap();
         assert!(again.renewed, "{leases:?}");
         assert_eq!(again.lease_id, first.lease_id);
         assert_eq!(live(&app, &license_id).await.len(), 1);
@@ -194,18 +149,10 @@ async fn a_full_pool_says_how_many_seats_and_when_the_earliest_expires() {
         let mut s = seats(&app).await;
         s.checkout(checkout_req(&key, "a", 30_000)).await.unwrap();
         s.checkout(checkout_req(&key, "b", 30_000)).await.unwrap();
-        let err = s
-            .checkout(checkout_req(&key, "c", 30_000))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (err.code(), reason(&err)),
-            (Code::ResourceExhausted, "NO_SEAT_AVAILABLE".into()),
-            "{leases:?}"
-        );
+        let err = s.checkout(checkout_req(&key, "c", 30_000)).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "NO_SEAT_AVAILABLE".into()), "{leases:?}");
         assert!(
-            err.message().contains("all 2 seats")
-                && err.message().contains("earliest lease expires"),
+            err.message().contains("all 2 seats") && err.message().contains("earliest lease expires"),
             "{}",
             err.message()
         );
@@ -219,30 +166,12 @@ async fn a_silent_client_loses_its_seat_after_the_ttl() {
         let app = spawn_seat_app(leases).await;
         let (license_id, key) = floating(&app, 1).await;
         let mut s = seats(&app).await;
-        let crashed = s
-            .checkout(checkout_req(&key, "crashes", 1_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
-        assert_eq!(
-            s.checkout(checkout_req(&key, "other", 1_000))
-                .await
-                .unwrap_err()
-                .code(),
-            Code::ResourceExhausted
-        );
+        let crashed = s.checkout(checkout_req(&key, "crashes", 1_000)).await.unwrap().into_inner().grant.unwrap();
+        assert_eq!(s.checkout(checkout_req(&key, "other", 1_000)).await.unwrap_err().code(), Code::ResourceExhausted);
         tokio::time::sleep(Duration::from_millis(1_300)).await;
-        s.checkout(checkout_req(&key, "other", 1_000))
-            .await
-            .expect("the seat is free after the TTL");
+        s.checkout(checkout_req(&key, "other", 1_000)).await.expect("the seat is free after the TTL");
         let err = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id,
-                lease_id: crashed.lease_id,
-                lease_token: String::new(),
-            })
+            .heartbeat(pb::HeartbeatRequest { license_id, lease_id: crashed.lease_id, lease_token: String::new() })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{leases:?}: {}", err.message());
@@ -255,13 +184,7 @@ async fn revocation_fails_the_next_heartbeat_and_raises_the_fence() {
         let app = spawn_seat_app(leases).await;
         let (license_id, key) = floating(&app, 1).await;
         let mut s = seats(&app).await;
-        let g = s
-            .checkout(checkout_req(&key, "victim", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let g = s.checkout(checkout_req(&key, "victim", 30_000)).await.unwrap().into_inner().grant.unwrap();
         let err = s
             .revoke_lease(pb::RevokeLeaseRequest {
                 license_id: license_id.clone(),
@@ -270,11 +193,7 @@ async fn revocation_fails_the_next_heartbeat_and_raises_the_fence() {
             })
             .await
             .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Code::Unauthenticated,
-            "revoking needs the admin token"
-        );
+        assert_eq!(err.code(), Code::Unauthenticated, "revoking needs the admin token");
         let r = s
             .revoke_lease(admin_req(pb::RevokeLeaseRequest {
                 license_id: license_id.clone(),
@@ -293,18 +212,8 @@ async fn revocation_fails_the_next_heartbeat_and_raises_the_fence() {
             })
             .await
             .unwrap_err();
-        assert_eq!(
-            (err.code(), reason(&err)),
-            (Code::FailedPrecondition, "LEASE_REVOKED".into()),
-            "{leases:?}"
-        );
-        let next = s
-            .checkout(checkout_req(&key, "next", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "LEASE_REVOKED".into()), "{leases:?}");
+        let next = s.checkout(checkout_req(&key, "next", 30_000)).await.unwrap().into_inner().grant.unwrap();
         assert!(next.fence > r.fence, "fences only grow");
     }
 }
@@ -315,55 +224,25 @@ async fn seat_changes_and_suspension() {
         let app = spawn_seat_app(leases).await;
         let (license_id, key) = floating(&app, 2).await;
         let mut s = seats(&app).await;
-        let a = s
-            .checkout(checkout_req(&key, "a", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let a = s.checkout(checkout_req(&key, "a", 30_000)).await.unwrap().into_inner().grant.unwrap();
         s.checkout(checkout_req(&key, "b", 30_000)).await.unwrap();
         let mut admin = app.admin().await;
         admin
-            .set_license_seats(admin_req(admin_pb::SetLicenseSeatsRequest {
-                license_id: license_id.clone(),
-                seats: 1,
-            }))
+            .set_license_seats(admin_req(admin_pb::SetLicenseSeatsRequest { license_id: license_id.clone(), seats: 1 }))
             .await
             .unwrap();
+        assert_eq!(live(&app, &license_id).await.len(), 2, "lowering never evicts");
+        s.checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: a.lease_id.clone() }).await.unwrap();
         assert_eq!(
-            live(&app, &license_id).await.len(),
-            2,
-            "lowering never evicts"
-        );
-        s.checkin(pb::CheckinRequest {
-            license_id: license_id.clone(),
-            lease_id: a.lease_id.clone(),
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            s.checkout(checkout_req(&key, "c", 30_000))
-                .await
-                .unwrap_err()
-                .code(),
+            s.checkout(checkout_req(&key, "c", 30_000)).await.unwrap_err().code(),
             Code::ResourceExhausted,
             "still at the new count"
         );
         admin
-            .set_license_seats(admin_req(admin_pb::SetLicenseSeatsRequest {
-                license_id: license_id.clone(),
-                seats: 3,
-            }))
+            .set_license_seats(admin_req(admin_pb::SetLicenseSeatsRequest { license_id: license_id.clone(), seats: 3 }))
             .await
             .unwrap();
-        let c = s
-            .checkout(checkout_req(&key, "c", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let c = s.checkout(checkout_req(&key, "c", 30_000)).await.unwrap().into_inner().grant.unwrap();
         admin
             .suspend_license(admin_req(admin_pb::SuspendLicenseRequest {
                 license_id: license_id.clone(),
@@ -379,15 +258,8 @@ async fn seat_changes_and_suspension() {
             })
             .await
             .unwrap_err();
-        assert_eq!(
-            (err.code(), reason(&err)),
-            (Code::FailedPrecondition, "SUSPENDED".into()),
-            "{leases:?}"
-        );
-        let err = s
-            .checkout(checkout_req(&key, "d", 30_000))
-            .await
-            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "SUSPENDED".into()), "{leases:?}");
+        let err = s.checkout(checkout_req(&key, "d", 30_000)).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
     }
 }
@@ -398,13 +270,7 @@ async fn waiting_clients_are_served_first_come_first_served() {
         let app = spawn_seat_app(leases).await;
         let (license_id, key) = floating(&app, 1).await;
         let mut s = seats(&app).await;
-        let holder = s
-            .checkout(checkout_req(&key, "holder", 30_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let holder = s.checkout(checkout_req(&key, "holder", 30_000)).await.unwrap().into_inner().grant.unwrap();
         let wait = |client: &str, max_ms: i64| pb::WaitForSeatRequest {
             checkout: Some(checkout_req(&key, client, 30_000)),
             max_wait: Some(prost_types::Duration {
@@ -412,41 +278,19 @@ async fn waiting_clients_are_served_first_come_first_served() {
                 nanos: ((max_ms % 1000) * 1_000_000) as i32,
             }),
         };
-        let mut first = s
-            .wait_for_seat(wait("first", 10_000))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut first = s.wait_for_seat(wait("first", 10_000)).await.unwrap().into_inner();
         let position = first.message().await.unwrap().unwrap().event.unwrap();
-        assert_eq!(
-            position,
-            pb::wait_for_seat_response::Event::QueuePosition(1)
-        );
-        let mut second = seats(&app)
-            .await
-            .wait_for_seat(wait("second", 10_000))
-            .await
-            .unwrap()
-            .into_inner();
+        assert_eq!(position, pb::wait_for_seat_response::Event::QueuePosition(1));
+        let mut second = seats(&app).await.wait_for_seat(wait("second", 10_000)).await.unwrap().into_inner();
         assert_eq!(
             second.message().await.unwrap().unwrap().event.unwrap(),
             pb::wait_for_seat_response::Event::QueuePosition(2)
         );
         // A third waiter gives up (disconnects): it leaves the queue and is never granted.
-        let quitter = seats(&app)
-            .await
-            .wait_for_seat(wait("quitter", 10_000))
-            .await
-            .unwrap()
-            .into_inner();
+        let quitter = seats(&app).await.wait_for_seat(wait("quitter", 10_000)).await.unwrap().into_inner();
         drop(quitter);
 
-        s.checkin(pb::CheckinRequest {
-            license_id: license_id.clone(),
-            lease_id: holder.lease_id,
-        })
-        .await
-        .unwrap();
+        s.checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: holder.lease_id }).await.unwrap();
         let granted = tokio::time::timeout(Duration::from_secs(3), first.message())
             .await
             .expect("granted promptly")
@@ -456,53 +300,20 @@ async fn waiting_clients_are_served_first_come_first_served() {
             pb::wait_for_seat_response::Event::Grant(g) => g,
             other => panic!("{leases:?}: expected a grant, got {other:?}"),
         };
-        let moved = tokio::time::timeout(Duration::from_secs(3), second.message())
-            .await
-            .expect("moves up")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            moved.event.unwrap(),
-            pb::wait_for_seat_response::Event::QueuePosition(1)
-        );
-        s.checkin(pb::CheckinRequest {
-            license_id: license_id.clone(),
-            lease_id: grant.lease_id,
-        })
-        .await
-        .unwrap();
-        let granted = tokio::time::timeout(Duration::from_secs(3), second.message())
-            .await
-            .expect("granted")
-            .unwrap()
-            .unwrap();
-        assert!(matches!(
-            granted.event.unwrap(),
-            pb::wait_for_seat_response::Event::Grant(_)
-        ));
-        let holders: Vec<String> = live(&app, &license_id)
-            .await
-            .into_iter()
-            .map(|l| l.client_instance_id)
-            .collect();
-        assert_eq!(
-            holders,
-            vec!["second".to_string()],
-            "the quitter got nothing"
-        );
+        let moved =
+            tokio::time::timeout(Duration::from_secs(3), second.message()).await.expect("moves up").unwrap().unwrap();
+        assert_eq!(moved.event.unwrap(), pb::wait_for_seat_response::Event::QueuePosition(1));
+        s.checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: grant.lease_id }).await.unwrap();
+        let granted =
+            tokio::time::timeout(Duration::from_secs(3), second.message()).await.expect("granted").unwrap().unwrap();
+        assert!(matches!(granted.event.unwrap(), pb::wait_for_seat_response::Event::Grant(_)));
+        let holders: Vec<String> = live(&app, &license_id).await.into_iter().map(|l| l.client_instance_id).collect();
+        assert_eq!(holders, vec!["second".to_string()], "the quitter got nothing");
 
         // A deadline ends the wait with DEADLINE_EXCEEDED.
-        let mut late = seats(&app)
-            .await
-            .wait_for_seat(wait("late", 300))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut late = seats(&app).await.wait_for_seat(wait("late", 300)).await.unwrap().into_inner();
         let _position = late.message().await.unwrap().unwrap();
-        let err = tokio::time::timeout(Duration::from_secs(3), late.message())
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = tokio::time::timeout(Duration::from_secs(3), late.message()).await.unwrap().unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded);
     }
 }
@@ -522,9 +333,7 @@ async fn storm_of_clients_never_exceeds_the_seats_and_every_seat_frees_after_the
                 let mut max_seen = 0;
                 for _ in 0..60 {
                     let n = s
-                        .list_leases(admin_req(pb::ListLeasesRequest {
-                            license_id: license_id.clone(),
-                        }))
+                        .list_leases(admin_req(pb::ListLeasesRequest { license_id: license_id.clone() }))
                         .await
                         .unwrap()
                         .into_inner()
@@ -542,20 +351,12 @@ async fn storm_of_clients_never_exceeds_the_seats_and_every_seat_frees_after_the
                 let key = key.clone();
                 let license_id = license_id.clone();
                 tokio::spawn(async move {
-                    match s
-                        .checkout(checkout_req(&key, &format!("storm-{i}"), 1_000))
-                        .await
-                    {
+                    match s.checkout(checkout_req(&key, &format!("storm-{i}"), 1_000)).await {
                         Ok(r) => {
                             // Every third winner crashes (never checks in); the others return the seat.
                             if i % 3 != 0 {
                                 let g = r.into_inner().grant.unwrap();
-                                s.checkin(pb::CheckinRequest {
-                                    license_id,
-                                    lease_id: g.lease_id,
-                                })
-                                .await
-                                .unwrap();
+                                s.checkin(pb::CheckinRequest { license_id, lease_id: g.lease_id }).await.unwrap();
                             }
                             true
                         }
@@ -574,25 +375,14 @@ async fn storm_of_clients_never_exceeds_the_seats_and_every_seat_frees_after_the
             }
         }
         let max_seen = observer.await.unwrap();
-        assert!(
-            max_seen <= SEATS,
-            "{leases:?}: saw {max_seen} live leases for {SEATS} seats"
-        );
-        assert!(
-            granted >= SEATS,
-            "{leases:?}: {granted} checkouts succeeded"
-        );
+        assert!(max_seen <= SEATS, "{leases:?}: saw {max_seen} live leases for {SEATS} seats");
+        assert!(granted >= SEATS, "{leases:?}: {granted} checkouts succeeded");
         assert!(live(&app, &license_id).await.len() <= SEATS);
         tokio::time::sleep(Duration::from_millis(1_300)).await;
-        assert!(
-            live(&app, &license_id).await.is_empty(),
-            "{leases:?}: every seat is free after the TTL"
-        );
+        assert!(live(&app, &license_id).await.is_empty(), "{leases:?}: every seat is free after the TTL");
         let mut s = seats(&app).await;
         for i in 0..SEATS {
-            s.checkout(checkout_req(&key, &format!("after-{i}"), 5_000))
-                .await
-                .expect("all seats available again");
+            s.checkout(checkout_req(&key, &format!("after-{i}"), 5_000)).await.expect("all seats available again");
         }
     }
 }
@@ -601,14 +391,7 @@ async fn storm_of_clients_never_exceeds_the_seats_and_every_seat_frees_after_the
 async fn leases_survive_a_restart_of_the_embedded_server() {
     let app = spawn_seat_app(Leases::Embedded).await;
     let (license_id, key) = floating(&app, 1).await;
-    let g = seats(&app)
-        .await
-        .checkout(checkout_req(&key, "c", 30_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .grant
-        .unwrap();
+    let g = seats(&app).await.checkout(checkout_req(&key, "c", 30_000)).await.unwrap().into_inner().grant.unwrap();
     let app = app.restart().await;
     let mut s = seats(&app).await;
     s.heartbeat(pb::HeartbeatRequest {
@@ -618,13 +401,7 @@ async fn leases_survive_a_restart_of_the_embedded_server() {
     })
     .await
     .expect("the lease is still there");
-    assert_eq!(
-        s.checkout(checkout_req(&key, "other", 30_000))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::ResourceExhausted
-    );
+    assert_eq!(s.checkout(checkout_req(&key, "other", 30_000)).await.unwrap_err().code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]
@@ -632,70 +409,39 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
     for leases in lease_backends().await {
         let app = spawn_seat_app(leases).await;
         let f = fixture(&app).await;
-        let (license_id, key, _) =
-            issue_license(&app, &f, LicenseKind::Concurrent, 2, |_| {}).await;
-        let (other_id, other_key, _) =
-            issue_license(&app, &f, LicenseKind::Concurrent, 2, |_| {}).await;
-        let (_, node_locked_key, _) =
-            issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 2, |_| {}).await;
+        let (other_id, other_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 2, |_| {}).await;
+        let (_, node_locked_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
         let mut s = seats(&app).await;
         let cases: Vec<(pb::CheckoutRequest, Code, &str)> = vec![
+            (checkout_req(&node_locked_key, "c", 10_000), Code::FailedPrecondition, "WRONG_KIND"),
+            (checkout_req("XXXXX-XXXXX", "c", 10_000), Code::InvalidArgument, "LICENSE_KEY_MALFORMED"),
             (
-                checkout_req(&node_locked_key, "c", 10_000),
-                Code::FailedPrecondition,
-                "WRONG_KIND",
-            ),
-            (
-                checkout_req("XXXXX-XXXXX", "c", 10_000),
-                Code::InvalidArgument,
-                "LICENSE_KEY_MALFORMED",
-            ),
-            (
-                checkout_req(
-                    &licensing_domain::license_key::LicenseKey::generate().to_string(),
-                    "c",
-                    10_000,
-                ),
+                checkout_req(&licensing_domain::license_key::LicenseKey::generate().to_string(), "c", 10_000),
                 Code::NotFound,
                 "LICENSE_NOT_FOUND",
             ),
             (
                 pb::CheckoutRequest {
-                    ttl: Some(prost_types::Duration {
-                        seconds: -5,
-                        nanos: 0,
-                    }),
+                    ttl: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
                     ..checkout_req(&key, "c", 0)
                 },
                 Code::InvalidArgument,
                 "INVALID_ARGUMENT",
             ),
+            (checkout_req(&key, "", 10_000), Code::InvalidArgument, "INVALID_ARGUMENT"),
             (
-                checkout_req(&key, "", 10_000),
+                pb::CheckoutRequest { user: "u".repeat(5_000), ..checkout_req(&key, "c", 10_000) },
                 Code::InvalidArgument,
                 "INVALID_ARGUMENT",
             ),
             (
-                pb::CheckoutRequest {
-                    user: "u".repeat(5_000),
-                    ..checkout_req(&key, "c", 10_000)
-                },
-                Code::InvalidArgument,
-                "INVALID_ARGUMENT",
-            ),
-            (
-                pb::CheckoutRequest {
-                    feature: "teleport".into(),
-                    ..checkout_req(&key, "c", 10_000)
-                },
+                pb::CheckoutRequest { feature: "teleport".into(), ..checkout_req(&key, "c", 10_000) },
                 Code::FailedPrecondition,
                 "FEATURE_NOT_LICENSED",
             ),
             (
-                pb::CheckoutRequest {
-                    credentials: None,
-                    ..checkout_req(&key, "c", 10_000)
-                },
+                pb::CheckoutRequest { credentials: None, ..checkout_req(&key, "c", 10_000) },
                 Code::InvalidArgument,
                 "CREDENTIALS_MISSING",
             ),
@@ -703,10 +449,7 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
                 pb::CheckoutRequest {
                     credentials: Some(pb::SeatCredentials {
                         credential: Some(pb::seat_credentials::Credential::LicenseIdAndPassword(
-                            pb::LicenseIdAndPassword {
-                                license_id: license_id.clone(),
-                                password: "wrong".into(),
-                            },
+                            pb::LicenseIdAndPassword { license_id: license_id.clone(), password: "wrong".into() },
                         )),
                     }),
                     ..checkout_req(&key, "c", 10_000)
@@ -717,21 +460,10 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
         ];
         for (request, code, why) in cases {
             let err = s.checkout(request).await.unwrap_err();
-            assert_eq!(
-                (err.code(), reason(&err)),
-                (code, why.to_owned()),
-                "{leases:?}: {}",
-                err.message()
-            );
+            assert_eq!((err.code(), reason(&err)), (code, why.to_owned()), "{leases:?}: {}", err.message());
         }
         // A heartbeat naming another license's lease.
-        let g = s
-            .checkout(checkout_req(&other_key, "x", 10_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let g = s.checkout(checkout_req(&other_key, "x", 10_000)).await.unwrap().into_inner().grant.unwrap();
         let err = s
             .heartbeat(pb::HeartbeatRequest {
                 license_id: license_id.clone(),
@@ -751,17 +483,11 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         let err = s
-            .checkin(pb::CheckinRequest {
-                license_id: license_id.clone(),
-                lease_id: "lse_x".into(),
-            })
+            .checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: "lse_x".into() })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(
-            live(&app, &license_id).await.is_empty(),
-            "{leases:?}: nothing was taken"
-        );
+        assert!(live(&app, &license_id).await.is_empty(), "{leases:?}: nothing was taken");
         assert_eq!(live(&app, &other_id).await.len(), 1);
     }
 }

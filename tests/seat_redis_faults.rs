@@ -11,25 +11,12 @@ use tokio::process::{Child, Command};
 use tonic::Code;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn start_redis(port: u16) -> Option<Child> {
     let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn();
@@ -44,10 +31,7 @@ async fn start_redis(port: u16) -> Option<Child> {
         }
     };
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Some(child);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -61,10 +45,7 @@ fn checkout(key: &str, client: &str) -> pb::CheckoutRequest {
             credential: Some(pb::seat_credentials::Credential::LicenseKey(key.into())),
         }),
         client_instance_id: client.into(),
-        ttl: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
+        ttl: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
         ..Default::default()
     }
 }
@@ -77,26 +58,18 @@ async fn redis_down_is_unavailable_and_service_resumes_when_it_returns() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut env = test_env(Backend::Sqlite, dir.path()).await;
-    env.insert(
-        "LICENSING_REDIS_URL".into(),
-        format!("redis://127.0.0.1:{port}"),
-    );
+    env.insert("LICENSING_REDIS_URL".into(), format!("redis://127.0.0.1:{port}"));
     let app = spawn_with_env(Backend::Sqlite, dir, env).await;
     let f = fixture(&app).await;
     let (_, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 5, |_| {}).await;
     let mut s = SeatServiceClient::new(app.channel().await);
-    s.checkout(checkout(&key, "before"))
-        .await
-        .expect("works with Redis up");
+    s.checkout(checkout(&key, "before")).await.expect("works with Redis up");
 
     redis.kill().await.unwrap();
     let started = std::time::Instant::now();
     let err = s.checkout(checkout(&key, "during")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "answered within the deadline"
-    );
+    assert!(started.elapsed() < Duration::from_secs(8), "answered within the deadline");
 
     let _redis = start_redis(port).await.unwrap();
     let mut recovered = false;

@@ -10,12 +10,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 async fn health_of(app: &TestApp, service: &str) -> Result<i32, tonic::Status> {
     let mut health = HealthClient::new(app.channel().await);
-    health
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
+    health.check(HealthCheckRequest { service: service.into() }).await.map(|r| r.into_inner().status)
 }
 
 #[tokio::test]
@@ -27,11 +22,7 @@ async fn health_reports_each_service_serving() {
         "licensing.activation.v1.ActivationService",
         "licensing.seat.v1.SeatService",
     ] {
-        assert_eq!(
-            health_of(&app, service).await.unwrap(),
-            ServingStatus::Serving as i32,
-            "{service}"
-        );
+        assert_eq!(health_of(&app, service).await.unwrap(), ServingStatus::Serving as i32, "{service}");
     }
     let unknown = health_of(&app, "no.such.Service").await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
@@ -41,13 +32,7 @@ async fn health_reports_each_service_serving() {
 async fn shutdown_reports_not_serving_to_watchers_then_stops() {
     let app = spawn_app(Backend::Sqlite).await;
     let mut health = HealthClient::new(app.channel().await);
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     let first = watch.next().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
     let addr = app.addr;
@@ -62,10 +47,7 @@ async fn shutdown_reports_not_serving_to_watchers_then_stops() {
         .await
         .expect("drained within the grace period")
         .unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
 mod reflection_v1 {
@@ -86,22 +68,10 @@ macro_rules! reflect {
     ($module:ident, $channel:expr, $request:expr) => {{
         use $module::*;
         let mut client = ServerReflectionClient::new($channel);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some($request),
-        };
-        let mut stream = client
-            .server_reflection_info(futures::stream::iter(vec![request]))
-            .await
-            .unwrap()
-            .into_inner();
-        stream
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .message_response
-            .unwrap()
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some($request) };
+        let mut stream =
+            client.server_reflection_info(futures::stream::iter(vec![request])).await.unwrap().into_inner();
+        stream.next().await.unwrap().unwrap().message_response.unwrap()
     }};
 }
 
@@ -121,10 +91,7 @@ async fn reflection_v1_and_v1alpha_list_and_describe() {
         other => panic!("unexpected {other:?}"),
     };
     for name in expected {
-        assert!(
-            listed.iter().any(|n| n == name),
-            "v1 lists {name}: {listed:?}"
-        );
+        assert!(listed.iter().any(|n| n == name), "v1 lists {name}: {listed:?}");
     }
     let listed = match reflect!(
         reflection_v1alpha,
@@ -137,18 +104,13 @@ async fn reflection_v1_and_v1alpha_list_and_describe() {
         other => panic!("unexpected {other:?}"),
     };
     for name in expected {
-        assert!(
-            listed.iter().any(|n| n == name),
-            "v1alpha lists {name}: {listed:?}"
-        );
+        assert!(listed.iter().any(|n| n == name), "v1alpha lists {name}: {listed:?}");
     }
     // `grpcurl describe` asks for the file containing a symbol.
     match reflect!(
         reflection_v1,
         app.channel().await,
-        reflection_v1::MessageRequest::FileContainingSymbol(
-            "licensing.account.v1.AdminService".into()
-        )
+        reflection_v1::MessageRequest::FileContainingSymbol("licensing.account.v1.AdminService".into())
     ) {
         reflection_v1::MessageResponse::FileDescriptorResponse(r) => {
             assert!(!r.file_descriptor_proto.is_empty())
@@ -168,29 +130,21 @@ async fn reflection_can_be_turned_off() {
         host: String::new(),
         message_request: Some(reflection_v1::MessageRequest::ListServices(String::new())),
     };
-    let err = client
-        .server_reflection_info(futures::stream::iter(vec![request]))
-        .await
-        .unwrap_err();
+    let err = client.server_reflection_info(futures::stream::iter(vec![request])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
 
 #[test]
 fn readme_documents_every_variable() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for (var, _) in licensing_runtime::config::VARIABLES {
-        assert!(
-            readme.contains(&format!("| `{var}` |")),
-            "README's configuration table lacks {var}"
-        );
+        assert!(readme.contains(&format!("| `{var}` |")), "README's configuration table lacks {var}");
     }
 }
 
 #[tokio::test]
 async fn reflection_lists_what_the_readme_shows() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let shown: Vec<String> = readme
         .lines()
         .skip_while(|l| !l.contains("grpcurl -plaintext localhost:50051 list"))
@@ -210,8 +164,5 @@ async fn reflection_lists_what_the_readme_shows() {
         other => panic!("unexpected {other:?}"),
     };
     listed.sort();
-    assert_eq!(
-        listed, shown,
-        "the README's `grpcurl list` output matches the server"
-    );
+    assert_eq!(listed, shown, "the README's `grpcurl list` output matches the server");
 }

@@ -18,18 +18,11 @@ use std::time::Duration;
 
 async fn sql_stores() -> Vec<(&'static str, SqlStore)> {
     let dir = tempfile::tempdir().unwrap().keep();
-    let mut v = vec![(
-        "sqlite",
-        SqlStore::open_sqlite(&dir.join("conformance.db"))
-            .await
-            .unwrap(),
-    )];
+    let mut v = vec![("sqlite", SqlStore::open_sqlite(&dir.join("conformance.db")).await.unwrap())];
     if postgres_available().await {
         v.push((
             "postgres",
-            SqlStore::connect_postgres(&fresh_postgres_database().await, &Default::default())
-                .await
-                .unwrap(),
+            SqlStore::connect_postgres(&fresh_postgres_database().await, &Default::default()).await.unwrap(),
         ));
     }
     v
@@ -43,16 +36,7 @@ fn product() -> Product {
     Product {
         code: "suite".into(),
         name: "Suite".into(),
-        modules: vec![
-            Module {
-                code: "a".into(),
-                name: "A".into(),
-            },
-            Module {
-                code: "b".into(),
-                name: "B".into(),
-            },
-        ],
+        modules: vec![Module { code: "a".into(), name: "A".into() }, Module { code: "b".into(), name: "B".into() }],
         versions: vec![],
         created_at: 1,
     }
@@ -83,10 +67,7 @@ fn license(customer_id: &str, kind: LicenseKind, seats: i32) -> License {
 }
 
 async fn seed(store: &SqlStore) -> (Customer, License) {
-    store
-        .create_product(&product(), audit("product.created", "suite"))
-        .await
-        .unwrap();
+    store.create_product(&product(), audit("product.created", "suite")).await.unwrap();
     let customer = Customer {
         customer_id: ids::new_id(ids::CUSTOMER),
         company_name: "Acme".into(),
@@ -94,11 +75,7 @@ async fn seed(store: &SqlStore) -> (Customer, License) {
         created_at: 1,
     };
     store
-        .create_customer(
-            &customer,
-            Some("$argon2id$stub"),
-            audit("customer.created", &customer.customer_id),
-        )
+        .create_customer(&customer, Some("$argon2id$stub"), audit("customer.created", &customer.customer_id))
         .await
         .unwrap();
     let l = license(&customer.customer_id, LicenseKind::NodeLocked, 2);
@@ -107,10 +84,7 @@ async fn seed(store: &SqlStore) -> (Customer, License) {
         key_digest: format!("digest-{}", l.license_id),
         activation_password_salt: "salt".into(),
     };
-    store
-        .insert_license(&new, audit("license.issued", &l.license_id))
-        .await
-        .unwrap();
+    store.insert_license(&new, audit("license.issued", &l.license_id), None).await.unwrap();
     (customer, l)
 }
 
@@ -118,27 +92,13 @@ async fn seed(store: &SqlStore) -> (Customer, License) {
 async fn catalog_store_conformance() {
     for (name, store) in sql_stores().await {
         let (customer, l) = seed(&store).await;
-        assert_eq!(
-            store.get_product("suite").await.unwrap().unwrap(),
-            product(),
-            "{name}"
-        );
+        assert_eq!(store.get_product("suite").await.unwrap().unwrap(), product(), "{name}");
         assert!(
-            matches!(
-                store.create_product(&product(), audit("x", "suite")).await,
-                Err(StoreError::AlreadyExists(_))
-            ),
+            matches!(store.create_product(&product(), audit("x", "suite")).await, Err(StoreError::AlreadyExists(_))),
             "{name}"
         );
         let p = store
-            .add_product_version(
-                "suite",
-                ProductVersion {
-                    version: "1.0".into(),
-                    released_at: 5,
-                },
-                audit("v", "suite"),
-            )
+            .add_product_version("suite", ProductVersion { version: "1.0".into(), released_at: 5 }, audit("v", "suite"))
             .await
             .unwrap();
         assert_eq!(p.versions.len(), 1);
@@ -146,10 +106,7 @@ async fn catalog_store_conformance() {
             store
                 .add_product_version(
                     "suite",
-                    ProductVersion {
-                        version: "1.0".into(),
-                        released_at: 6
-                    },
+                    ProductVersion { version: "1.0".into(), released_at: 6 },
                     audit("v", "suite")
                 )
                 .await,
@@ -159,96 +116,41 @@ async fn catalog_store_conformance() {
             store
                 .add_product_version(
                     "nope",
-                    ProductVersion {
-                        version: "1.0".into(),
-                        released_at: 6
-                    },
+                    ProductVersion { version: "1.0".into(), released_at: 6 },
                     audit("v", "nope")
                 )
                 .await,
             Err(StoreError::NotFound(_))
         ));
 
+        assert_eq!(store.get_customer(&customer.customer_id).await.unwrap().unwrap(), customer);
         assert_eq!(
-            store
-                .get_customer(&customer.customer_id)
-                .await
-                .unwrap()
-                .unwrap(),
-            customer
-        );
-        assert_eq!(
-            store
-                .find_customer_by_email("A@B.example")
-                .await
-                .unwrap()
-                .unwrap(),
+            store.find_customer_by_email("A@B.example").await.unwrap().unwrap(),
             customer,
             "{name}: emails match case-insensitively"
         );
-        let dup = Customer {
-            customer_id: ids::new_id(ids::CUSTOMER),
-            ..customer.clone()
-        };
+        let dup = Customer { customer_id: ids::new_id(ids::CUSTOMER), ..customer.clone() };
         assert!(
-            matches!(
-                store.create_customer(&dup, None, audit("x", "y")).await,
-                Err(StoreError::AlreadyExists(_))
-            ),
+            matches!(store.create_customer(&dup, None, audit("x", "y")).await, Err(StoreError::AlreadyExists(_))),
             "{name}"
         );
         assert_eq!(
-            store
-                .customer_password_hash(&customer.customer_id)
-                .await
-                .unwrap()
-                .as_deref(),
+            store.customer_password_hash(&customer.customer_id).await.unwrap().as_deref(),
             Some("$argon2id$stub")
         );
-        assert_eq!(
-            store
-                .list_customers(Some("acm"), &Page::default())
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(store.list_customers(Some("acm"), &Page::default()).await.unwrap().len(), 1);
 
-        assert_eq!(
-            store.get_license(&l.license_id).await.unwrap().unwrap(),
-            l,
-            "{name}"
-        );
-        assert_eq!(
-            store
-                .find_license_by_key_digest(&format!("digest-{}", l.license_id))
-                .await
-                .unwrap()
-                .unwrap(),
-            l
-        );
-        assert!(store
-            .find_license_by_key_digest("other")
-            .await
-            .unwrap()
-            .is_none());
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap(), l, "{name}");
+        assert_eq!(store.find_license_by_key_digest(&format!("digest-{}", l.license_id)).await.unwrap().unwrap(), l);
+        assert!(store.find_license_by_key_digest("other").await.unwrap().is_none());
         let by_text = store
-            .list_licenses(
-                &LicenseFilter {
-                    text: Some("FIRST".into()),
-                    ..Default::default()
-                },
-                &Page::default(),
-            )
+            .list_licenses(&LicenseFilter { text: Some("FIRST".into()), ..Default::default() }, &Page::default())
             .await
             .unwrap();
         assert_eq!(by_text.len(), 1, "{name}: text search is case-insensitive");
         let none = store
             .list_licenses(
-                &LicenseFilter {
-                    status: Some(LicenseStatus::Suspended),
-                    ..Default::default()
-                },
+                &LicenseFilter { status: Some(LicenseStatus::Suspended), ..Default::default() },
                 &Page::default(),
             )
             .await
@@ -262,6 +164,7 @@ async fn catalog_store_conformance() {
                 &LicenseChange::SetSeats(5),
                 10,
                 audit("license.seats_changed", &l.license_id),
+                None,
             )
             .await
             .unwrap();
@@ -272,88 +175,45 @@ async fn catalog_store_conformance() {
                 &LicenseChange::AddModules(vec!["zzz".into()]),
                 11,
                 audit("x", &l.license_id),
+                None,
             )
             .await;
         assert!(matches!(rejected, Err(UpdateError::Rejected(_))), "{name}");
         assert!(matches!(
-            store
-                .update_license(
-                    "lic_0000000000000000",
-                    &LicenseChange::Suspend,
-                    1,
-                    audit("x", "y")
-                )
-                .await,
+            store.update_license("lic_0000000000000000", &LicenseChange::Suspend, 1, audit("x", "y"), None).await,
             Err(UpdateError::Store(StoreError::NotFound(_)))
         ));
-        let events = store
-            .list_audit(&l.license_id, &Page::default())
-            .await
-            .unwrap();
+        let events = store.list_audit(&l.license_id, &Page::default()).await.unwrap();
         assert_eq!(
             events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
             ["license.issued", "license.seats_changed"],
             "{name}"
         );
         let after_first = store
-            .list_audit(
-                &l.license_id,
-                &Page {
-                    after: Some(events[0].sequence.to_string()),
-                    limit: 10,
-                },
-            )
+            .list_audit(&l.license_id, &Page { after: Some(events[0].sequence.to_string()), limit: 10 })
             .await
             .unwrap();
         assert_eq!(after_first.len(), 1);
 
-        assert_eq!(
-            store
-                .activation_password_salt(&l.license_id)
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("salt")
-        );
+        assert_eq!(store.activation_password_salt(&l.license_id).await.unwrap().as_deref(), Some("salt"));
         store
-            .set_activation_password_salt(
-                &l.license_id,
-                "salt2",
-                audit("license.password_regenerated", &l.license_id),
-            )
+            .set_activation_password_salt(&l.license_id, "salt2", audit("license.password_regenerated", &l.license_id))
             .await
             .unwrap();
-        assert_eq!(
-            store
-                .activation_password_salt(&l.license_id)
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("salt2")
-        );
+        assert_eq!(store.activation_password_salt(&l.license_id).await.unwrap().as_deref(), Some("salt2"));
 
         assert_eq!(store.count_admin_tokens().await.unwrap(), 0);
         store.insert_admin_token("t1", "d1", 1).await.unwrap();
         store.insert_admin_token("t2", "d1", 1).await.unwrap();
-        assert_eq!(
-            store.count_admin_tokens().await.unwrap(),
-            1,
-            "{name}: idempotent by digest"
-        );
-        assert_eq!(
-            store.find_admin_token("d1").await.unwrap().as_deref(),
-            Some("t1")
-        );
+        assert_eq!(store.count_admin_tokens().await.unwrap(), 1, "{name}: idempotent by digest");
+        assert_eq!(store.find_admin_token("d1").await.unwrap().as_deref(), Some("t1"));
     }
 }
 
 fn digests(machine: &str) -> Vec<ComponentDigest> {
     ["machine-id", "disk-serial", "mac", "hostname"]
         .iter()
-        .map(|n| ComponentDigest {
-            name: n.to_string(),
-            digest: format!("{machine}-{n}"),
-        })
+        .map(|n| ComponentDigest { name: n.to_string(), digest: format!("{machine}-{n}") })
         .collect()
 }
 
@@ -377,96 +237,50 @@ async fn activation_store_conformance() {
     let usable = |_: &License| Ok(());
     for (name, store) in sql_stores().await {
         let (_, l) = seed(&store).await;
-        let first = store
-            .activate(&activate_command(&l.license_id, "m1"), &usable)
-            .await
-            .unwrap();
-        assert!(
-            matches!(first, ActivateOutcome::New(_, ref after) if after.activations_used == 1),
-            "{name}"
-        );
-        let again = store
-            .activate(&activate_command(&l.license_id, "m1"), &usable)
-            .await
-            .unwrap();
+        let first = store.activate(&activate_command(&l.license_id, "m1"), &usable).await.unwrap();
+        assert!(matches!(first, ActivateOutcome::New(_, ref after) if after.activations_used == 1), "{name}");
+        let again = store.activate(&activate_command(&l.license_id, "m1"), &usable).await.unwrap();
         assert!(matches!(again, ActivateOutcome::Existing(..)), "{name}");
-        store
-            .activate(&activate_command(&l.license_id, "m2"), &usable)
-            .await
-            .unwrap();
+        store.activate(&activate_command(&l.license_id, "m2"), &usable).await.unwrap();
         assert!(
             matches!(
-                store
-                    .activate(&activate_command(&l.license_id, "m3"), &usable)
-                    .await,
+                store.activate(&activate_command(&l.license_id, "m3"), &usable).await,
                 Err(ActivationStoreError::LimitReached { seats: 2 })
             ),
             "{name}"
         );
-        let refuse = |_: &License| {
-            Err(Refusal {
-                reason: "SUSPENDED",
-                message: "no".into(),
-            })
-        };
+        let refuse = |_: &License| Err(Refusal { reason: "SUSPENDED", message: "no".into() });
         assert!(matches!(
-            store
-                .activate(&activate_command(&l.license_id, "m3"), &refuse)
-                .await,
+            store.activate(&activate_command(&l.license_id, "m3"), &refuse).await,
             Err(ActivationStoreError::Refused(_))
         ));
 
         let by_machine = DeactivateCommand {
             license_id: l.license_id.clone(),
-            target: DeactivateTarget::Fingerprint {
-                digests: digests("m1"),
-                match_threshold: 0.6,
-            },
+            target: DeactivateTarget::Fingerprint { digests: digests("m1"), match_threshold: 0.6 },
             counts: true,
             action: "deactivate",
             now: 200,
         };
         let (gone, after) = store.deactivate(&by_machine).await.unwrap();
         assert_eq!(
-            (
-                gone.deactivated_at,
-                after.activations_used,
-                after.deactivations_used
-            ),
+            (gone.deactivated_at, after.activations_used, after.deactivations_used),
             (Some(200), 1, 1),
             "{name}"
         );
-        assert!(matches!(
-            store.deactivate(&by_machine).await,
-            Err(ActivationStoreError::NoActivation)
-        ));
-        let m2 = store
-            .list_activations(&l.license_id)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|a| a.machine_name == "m2")
-            .unwrap();
+        assert!(matches!(store.deactivate(&by_machine).await, Err(ActivationStoreError::NoActivation)));
+        let m2 =
+            store.list_activations(&l.license_id).await.unwrap().into_iter().find(|a| a.machine_name == "m2").unwrap();
         let by_id = DeactivateCommand {
             target: DeactivateTarget::Installation(m2.installation_id.clone()),
             ..by_machine.clone()
         };
         assert!(
-            matches!(
-                store.deactivate(&by_id).await,
-                Err(ActivationStoreError::DeactivationLimit { allowed: 1 })
-            ),
+            matches!(store.deactivate(&by_id).await, Err(ActivationStoreError::DeactivationLimit { allowed: 1 })),
             "{name}"
         );
-        let uncounted = DeactivateCommand {
-            counts: false,
-            action: "portal_deactivate",
-            ..by_id
-        };
-        store
-            .deactivate(&uncounted)
-            .await
-            .expect("a deactivation that does not count ignores the limit");
+        let uncounted = DeactivateCommand { counts: false, action: "portal_deactivate", ..by_id };
+        store.deactivate(&uncounted).await.expect("a deactivation that does not count ignores the limit");
         let event = ActivationEvent {
             occurred_at: 300,
             action: "refresh".into(),
@@ -475,56 +289,26 @@ async fn activation_store_conformance() {
             fingerprint_digest: "x".into(),
             outcome: "ok".into(),
         };
-        store
-            .record_refresh(&m2.installation_id, &event, 300)
-            .await
-            .unwrap();
-        let actions: Vec<String> = store
-            .list_activation_events(&l.license_id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.action)
-            .collect();
+        store.record_refresh(&m2.installation_id, &event, 300).await.unwrap();
+        let actions: Vec<String> =
+            store.list_activation_events(&l.license_id).await.unwrap().into_iter().map(|e| e.action).collect();
         assert_eq!(
             actions,
-            [
-                "activate",
-                "activate",
-                "activate",
-                "deactivate",
-                "portal_deactivate",
-                "refresh"
-            ],
+            ["activate", "activate", "activate", "deactivate", "portal_deactivate", "refresh"],
             "{name}"
         );
-        assert_eq!(
-            store
-                .get_license(&l.license_id)
-                .await
-                .unwrap()
-                .unwrap()
-                .activations_used,
-            0
-        );
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().activations_used, 0);
     }
 }
 
 async fn lease_stores() -> Vec<(&'static str, Arc<dyn LeaseStore>)> {
     let mut v: Vec<(&'static str, Arc<dyn LeaseStore>)> = vec![];
     for (name, sql) in sql_stores().await {
-        let label = if name == "sqlite" {
-            "embedded (sqlite)"
-        } else {
-            "embedded (postgres)"
-        };
+        let label = if name == "sqlite" { "embedded (sqlite)" } else { "embedded (postgres)" };
         v.push((label, Arc::new(SqlLeaseStore::new(sql, system_clock()))));
     }
     if redis_available().await {
-        v.push((
-            "redis",
-            Arc::new(RedisLeaseStore::connect(&redis_url()).await.unwrap()),
-        ));
+        v.push(("redis", Arc::new(RedisLeaseStore::connect(&redis_url()).await.unwrap())));
     }
     v
 }
@@ -548,136 +332,61 @@ async fn lease_store_conformance() {
     for (name, store) in lease_stores().await {
         let license = ids::new_id(ids::LICENSE);
         let granted = |o: CheckoutOutcome| match o {
-            CheckoutOutcome::Granted {
-                lease,
-                renewed,
-                in_use,
-            } => (lease, renewed, in_use),
+            CheckoutOutcome::Granted { lease, renewed, in_use } => (lease, renewed, in_use),
             full => panic!("{name}: expected a grant, got {full:?}"),
         };
-        let (a, renewed, in_use) = granted(
-            store
-                .checkout(&checkout(&license, "a", 2, 10_000))
-                .await
-                .unwrap(),
-        );
+        let (a, renewed, in_use) = granted(store.checkout(&checkout(&license, "a", 2, 10_000)).await.unwrap());
         assert_eq!((renewed, in_use), (false, 1), "{name}");
-        let (again, renewed, in_use) = granted(
-            store
-                .checkout(&checkout(&license, "a", 2, 10_000))
-                .await
-                .unwrap(),
-        );
+        let (again, renewed, in_use) = granted(store.checkout(&checkout(&license, "a", 2, 10_000)).await.unwrap());
         assert_eq!(
             (again.lease_id.as_str(), renewed, in_use),
             (a.lease_id.as_str(), true, 1),
             "{name}: same client renews"
         );
-        let (b, _, _) = granted(
-            store
-                .checkout(&checkout(&license, "b", 2, 10_000))
-                .await
-                .unwrap(),
-        );
+        let (b, _, _) = granted(store.checkout(&checkout(&license, "b", 2, 10_000)).await.unwrap());
         assert!(b.fence > a.fence, "{name}: fences grow");
-        match store
-            .checkout(&checkout(&license, "c", 2, 10_000))
-            .await
-            .unwrap()
-        {
-            CheckoutOutcome::Full {
-                in_use,
-                earliest_expiry,
-            } => assert_eq!((in_use, earliest_expiry.is_some()), (2, true), "{name}"),
+        match store.checkout(&checkout(&license, "c", 2, 10_000)).await.unwrap() {
+            CheckoutOutcome::Full { in_use, earliest_expiry } => {
+                assert_eq!((in_use, earliest_expiry.is_some()), (2, true), "{name}")
+            }
             other => panic!("{name}: {other:?}"),
         }
         assert!(
             matches!(store.heartbeat(&license, &a.lease_id).await.unwrap(), HeartbeatOutcome::Extended(ref l) if l.expires_at >= a.expires_at)
         );
+        assert_eq!(store.heartbeat(&license, "lse_NONE000000000000").await.unwrap(), HeartbeatOutcome::Unknown);
         assert_eq!(
-            store
-                .heartbeat(&license, "lse_NONE000000000000")
-                .await
-                .unwrap(),
-            HeartbeatOutcome::Unknown
-        );
-        assert_eq!(
-            store
-                .heartbeat(&ids::new_id(ids::LICENSE), &a.lease_id)
-                .await
-                .unwrap(),
+            store.heartbeat(&ids::new_id(ids::LICENSE), &a.lease_id).await.unwrap(),
             HeartbeatOutcome::Unknown,
             "{name}: another license's lease"
         );
-        let fence = store
-            .revoke(&license, &b.lease_id)
-            .await
-            .unwrap()
-            .expect("revoked");
+        let fence = store.revoke(&license, &b.lease_id).await.unwrap().expect("revoked");
         assert!(fence > b.fence);
-        assert_eq!(
-            store.heartbeat(&license, &b.lease_id).await.unwrap(),
-            HeartbeatOutcome::Revoked,
-            "{name}"
-        );
+        assert_eq!(store.heartbeat(&license, &b.lease_id).await.unwrap(), HeartbeatOutcome::Revoked, "{name}");
         assert_eq!(store.revoke(&license, &b.lease_id).await.unwrap(), None);
         assert!(store.checkin(&license, &a.lease_id).await.unwrap());
-        assert!(
-            !store.checkin(&license, &a.lease_id).await.unwrap(),
-            "{name}: idempotent"
-        );
+        assert!(!store.checkin(&license, &a.lease_id).await.unwrap(), "{name}: idempotent");
         assert!(store.list(&license).await.unwrap().is_empty(), "{name}");
 
         // Expiry: judged by the store's clock, freeing the seat with no sweep, then recorded by the sweep.
-        let (short, _, _) = granted(
-            store
-                .checkout(&checkout(&license, "short", 1, 300))
-                .await
-                .unwrap(),
-        );
+        let (short, _, _) = granted(store.checkout(&checkout(&license, "short", 1, 300)).await.unwrap());
         assert!(matches!(
-            store
-                .checkout(&checkout(&license, "x", 1, 300))
-                .await
-                .unwrap(),
+            store.checkout(&checkout(&license, "x", 1, 300)).await.unwrap(),
             CheckoutOutcome::Full { .. }
         ));
         tokio::time::sleep(Duration::from_millis(450)).await;
         let heartbeat = store.heartbeat(&license, &short.lease_id).await.unwrap();
-        assert!(
-            matches!(
-                heartbeat,
-                HeartbeatOutcome::Expired | HeartbeatOutcome::Unknown
-            ),
-            "{name}: {heartbeat:?}"
-        );
-        let (x, _, in_use) = granted(
-            store
-                .checkout(&checkout(&license, "x", 1, 10_000))
-                .await
-                .unwrap(),
-        );
+        assert!(matches!(heartbeat, HeartbeatOutcome::Expired | HeartbeatOutcome::Unknown), "{name}: {heartbeat:?}");
+        let (x, _, in_use) = granted(store.checkout(&checkout(&license, "x", 1, 10_000)).await.unwrap());
         assert_eq!(in_use, 1, "{name}: the expired lease no longer counts");
         let swept = store.sweep_expired(100).await.unwrap();
-        assert!(
-            swept.iter().any(|l| l.lease_id == short.lease_id),
-            "{name}: the sweep records the expiry"
-        );
+        assert!(swept.iter().any(|l| l.lease_id == short.lease_id), "{name}: the sweep records the expiry");
         assert_eq!(
-            store
-                .list(&license)
-                .await
-                .unwrap()
-                .iter()
-                .map(|l| l.lease_id.clone())
-                .collect::<Vec<_>>(),
+            store.list(&license).await.unwrap().iter().map(|l| l.lease_id.clone()).collect::<Vec<_>>(),
             vec![x.lease_id.clone()]
         );
         let now = store.now().await.unwrap();
-        assert!(
-            (now - SystemClock.now()).abs() < 5_000,
-            "{name}: the store's clock is sane"
-        );
+        assert!((now - SystemClock.now()).abs() < 5_000, "{name}: the store's clock is sane");
     }
 }
 
@@ -689,12 +398,9 @@ async fn racing_checkouts_never_exceed_the_seats_in_any_lease_store() {
             .map(|i| {
                 let store = store.clone();
                 let license = license.clone();
-                tokio::spawn(async move {
-                    store
-                        .checkout(&checkout(&license, &format!("c{i}"), 7, 10_000))
-                        .await
-                        .unwrap()
-                })
+                tokio::spawn(
+                    async move { store.checkout(&checkout(&license, &format!("c{i}"), 7, 10_000)).await.unwrap() },
+                )
             })
             .collect();
         let mut granted = 0;

@@ -2,9 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    licensing::run(
-        licensing::Role::Account,
-        &licensing_runtime::config::ProcessEnv,
-    )
-    .await
+    licensing::run(licensing::Role::Account, &licensing_runtime::config::ProcessEnv).await
 }

@@ -13,13 +13,9 @@ async fn main() {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:50051".into());
     let service = args.next().unwrap_or_default();
     let check = async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
         let status = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.clone(),
-            })
+            .check(HealthCheckRequest { service: service.clone() })
             .await?
             .into_inner()
             .status;

@@ -27,8 +27,7 @@ pub enum Backend {
 }
 
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Whether PostgreSQL answers; with `CI` set, not answering fails the test.
@@ -47,7 +46,9 @@ pub async fn postgres_available() -> bool {
             if std::env::var_os("CI").is_some() {
                 panic!("CI is set and PostgreSQL at {url} cannot be reached: {why}");
             }
-            eprintln!("SKIPPED PostgreSQL cases: {url} cannot be reached ({why}); start PostgreSQL or set TEST_DATABASE_URL");
+            eprintln!(
+                "SKIPPED PostgreSQL cases: {url} cannot be reached ({why}); start PostgreSQL or set TEST_DATABASE_URL"
+            );
             false
         }
     }
@@ -65,17 +66,9 @@ pub async fn backends() -> Vec<Backend> {
 /// Creates an empty PostgreSQL database and returns its URL.
 pub async fn fresh_postgres_database() -> String {
     let admin = postgres_admin_url();
-    let name = format!(
-        "licensing_test_{}",
-        licensing_domain::ids::new_id("db").to_lowercase()
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
+    let name = format!("licensing_test_{}", licensing_domain::ids::new_id("db").to_lowercase());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     conn.close().await.ok();
     match admin.rfind('/') {
         Some(i) => format!("{}/{name}", &admin[..i]),
@@ -105,20 +98,14 @@ pub async fn test_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<S
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     if backend == Backend::Postgres {
-        env.insert(
-            "LICENSING_DATABASE_URL".into(),
-            fresh_postgres_database().await,
-        );
+        env.insert("LICENSING_DATABASE_URL".into(), fresh_postgres_database().await);
     }
     env
 }
 
 pub fn test_overrides() -> Overrides {
     // Cheap argon2 so tests stay fast; the production parameters are tested in the domain crate.
-    Overrides {
-        password_hasher: PasswordHasher::with_params(256, 1, 1),
-        ..Overrides::default()
-    }
+    Overrides { password_hasher: PasswordHasher::with_params(256, 1, 1), ..Overrides::default() }
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -127,38 +114,20 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_with_env(backend, data_dir, env).await
 }
 
-pub async fn spawn_with_env(
-    backend: Backend,
-    data_dir: tempfile::TempDir,
-    env: HashMap<String, String>,
-) -> TestApp {
-    let config =
-        Config::from_lookup(&env, Role::AllInOne.default_addr(), "test").expect("test config");
-    let app = Application::build_with(&config, Role::AllInOne, test_overrides())
-        .await
-        .expect("build app");
+pub async fn spawn_with_env(backend: Backend, data_dir: tempfile::TempDir, env: HashMap<String, String>) -> TestApp {
+    let config = Config::from_lookup(&env, Role::AllInOne.default_addr(), "test").expect("test config");
+    let app = Application::build_with(&config, Role::AllInOne, test_overrides()).await.expect("build app");
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp {
-        addr,
-        backend,
-        data_dir,
-        env,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    TestApp { addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
 }
 
 impl TestApp {
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to test server")
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server")
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
@@ -189,10 +158,7 @@ impl TestApp {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(token: &str, message: T) -> Request<T> {
     let mut r = Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-    );
+    r.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
     r
 }
 
@@ -215,10 +181,7 @@ pub struct Fixture {
 pub const CUSTOMER_PASSWORD: &str = "company-wide secret";
 
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
@@ -229,31 +192,19 @@ pub async fn fixture(app: &TestApp) -> Fixture {
     use licensing_proto::account::v1 as pb;
     use licensing_proto::common::v1::Module;
     let mut admin = app.admin().await;
-    let product = format!(
-        "prod-{}",
-        licensing_domain::ids::new_id("p")[2..10].to_lowercase()
-    );
+    let product = format!("prod-{}", licensing_domain::ids::new_id("p")[2..10].to_lowercase());
     admin
         .create_product(admin_req(pb::CreateProductRequest {
             code: product.clone(),
             name: "CAD Pro".into(),
             modules: vec![
-                Module {
-                    code: "render".into(),
-                    name: "Renderer".into(),
-                },
-                Module {
-                    code: "export".into(),
-                    name: "Exporter".into(),
-                },
+                Module { code: "render".into(), name: "Renderer".into() },
+                Module { code: "export".into(), name: "Exporter".into() },
             ],
         }))
         .await
         .unwrap();
-    for (version, released) in [
-        ("1.0", now_s() - 400 * 86_400),
-        ("2.0", now_s() - 10 * 86_400),
-    ] {
+    for (version, released) in [("1.0", now_s() - 400 * 86_400), ("2.0", now_s() - 10 * 86_400)] {
         admin
             .add_product_version(admin_req(pb::AddProductVersionRequest {
                 product_code: product.clone(),
@@ -263,10 +214,7 @@ pub async fn fixture(app: &TestApp) -> Fixture {
             .await
             .unwrap();
     }
-    let email = format!(
-        "{}@example.com",
-        licensing_domain::ids::new_id("m").to_lowercase()
-    );
+    let email = format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase());
     let customer = admin
         .create_customer(admin_req(pb::CreateCustomerRequest {
             company_name: "Acme".into(),
@@ -278,11 +226,7 @@ pub async fn fixture(app: &TestApp) -> Fixture {
         .into_inner()
         .customer
         .unwrap();
-    Fixture {
-        product,
-        customer_id: customer.customer_id,
-        customer_password: CUSTOMER_PASSWORD.into(),
-    }
+    Fixture { product, customer_id: customer.customer_id, customer_password: CUSTOMER_PASSWORD.into() }
 }
 
 /// Issues a license of `kind` with `seats`; returns (License ID, license key, activation password).
@@ -305,27 +249,15 @@ pub async fn issue_license(
         ..Default::default()
     };
     tweak(&mut request);
-    let issued = app
-        .admin()
-        .await
-        .issue_license(admin_req(request))
-        .await
-        .unwrap()
-        .into_inner();
-    (
-        issued.license.unwrap().license_id,
-        issued.license_key,
-        issued.activation_password,
-    )
+    let issued = app.admin().await.issue_license(admin_req(request)).await.unwrap().into_inner();
+    (issued.license.unwrap().license_id, issued.license_key, issued.activation_password)
 }
 
 pub async fn get_license(app: &TestApp, license_id: &str) -> licensing_proto::common::v1::License {
     use licensing_proto::account::v1 as pb;
     app.admin()
         .await
-        .get_license(admin_req(pb::GetLicenseRequest {
-            license_id: license_id.into(),
-        }))
+        .get_license(admin_req(pb::GetLicenseRequest { license_id: license_id.into() }))
         .await
         .unwrap()
         .into_inner()

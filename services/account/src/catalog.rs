@@ -2,21 +2,23 @@
 //! in [`crate::grpc`] converts requests into the inputs below.
 
 use crate::{validate, AccountError};
-use licensing_domain::change::{
-    validate_allowed_deactivations, validate_modules, validate_seats, LicenseChange,
-};
+use licensing_domain::change::{validate_allowed_deactivations, validate_modules, validate_seats, LicenseChange};
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
 use licensing_domain::model::*;
 use licensing_domain::secrets::{purpose, random_token, KeyedHasher, PasswordHasher};
-use licensing_domain::store::CatalogStore;
+use licensing_domain::store::{
+    ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget,
+};
 use serde_json::json;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
+    /// Activations, which support staff free when returning a license for a customer.
+    activations: Arc<dyn ActivationStore>,
     hasher: KeyedHasher,
     passwords: PasswordHasher,
     clock: SharedClock,
@@ -37,6 +39,46 @@ pub struct IssueLicense {
     pub upgrades_until: Option<Millis>,
     pub associate: bool,
     pub notes: String,
+    pub payment: Option<Payment>,
+}
+
+/// A payment given with an admin call, recorded as a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub amount_minor: i64,
+    pub currency: String,
+    pub recurring_months: i32,
+}
+
+impl Payment {
+    fn validate(&self) -> Result<(), AccountError> {
+        if self.amount_minor < 0 {
+            return Err(AccountError::invalid("payment.amount_minor", "must not be negative"));
+        }
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(AccountError::invalid(
+                "payment.currency",
+                format!("'{}' is not an ISO 4217 code such as EUR", self.currency.chars().take(8).collect::<String>()),
+            ));
+        }
+        if !(0..=120).contains(&self.recurring_months) {
+            return Err(AccountError::invalid("payment.recurring_months", "must be between 0 (one-off) and 120"));
+        }
+        Ok(())
+    }
+
+    fn receipt(&self, license: &License, kind: &str, now: Millis) -> Receipt {
+        Receipt {
+            receipt_id: ids::new_id(ids::RECEIPT),
+            license_id: license.license_id.clone(),
+            customer_id: license.customer_id.clone(),
+            kind: kind.into(),
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
+            paid_at: now,
+            recurring_months: self.recurring_months,
+        }
+    }
 }
 
 /// A freshly issued license with its secrets, shown to the vendor once.
@@ -54,16 +96,40 @@ fn not_found(reason: &'static str, message: String) -> AccountError {
 impl Catalog {
     pub fn new(
         store: Arc<dyn CatalogStore>,
+        activations: Arc<dyn ActivationStore>,
         hasher: KeyedHasher,
         passwords: PasswordHasher,
         clock: SharedClock,
     ) -> Self {
-        Self {
-            store,
-            hasher,
-            passwords,
-            clock,
+        Self { store, activations, hasher, passwords, clock }
+    }
+
+    /// Support staff return a license for a customer whose machine is gone: it leaves the
+    /// account and every live activation is freed (not counted against the deactivation limit).
+    pub async fn return_license(&self, actor: &str, license_id: &str, reason: &str) -> Result<License, AccountError> {
+        self.change_license(actor, license_id, LicenseChange::Associate(None), reason).await?;
+        for activation in
+            self.activations.list_activations(license_id).await?.into_iter().filter(|a| a.deactivated_at.is_none())
+        {
+            let command = DeactivateCommand {
+                license_id: license_id.to_owned(),
+                target: DeactivateTarget::Installation(activation.installation_id.clone()),
+                counts: false,
+                action: "support_return",
+                now: self.now(),
+            };
+            match self.activations.deactivate(&command).await {
+                Ok(_) | Err(ActivationStoreError::NoActivation) => {}
+                Err(ActivationStoreError::Store(e)) => return Err(e.into()),
+                Err(other) => {
+                    return Err(AccountError::FailedPrecondition {
+                        reason: "RETURN_FAILED",
+                        message: other.to_string(),
+                    })
+                }
+            }
         }
+        self.get_license(license_id).await
     }
 
     pub fn store(&self) -> &Arc<dyn CatalogStore> {
@@ -81,13 +147,9 @@ impl Catalog {
     /// argon2id on the blocking pool, so logins never stall the async workers.
     pub async fn hash_password(&self, password: String) -> Result<String, AccountError> {
         let hasher = self.passwords.clone();
-        tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(|e| {
-                AccountError::Store(licensing_domain::error::StoreError::Other(format!(
-                    "hashing task failed: {e}"
-                )))
-            })
+        tokio::task::spawn_blocking(move || hasher.hash(&password)).await.map_err(|e| {
+            AccountError::Store(licensing_domain::error::StoreError::Other(format!("hashing task failed: {e}")))
+        })
     }
 
     pub async fn create_product(
@@ -103,10 +165,7 @@ impl Catalog {
             validate::code("modules.code", &m.code)?;
             validate::name("modules.name", &m.name)?;
             if modules[..i].iter().any(|o| o.code == m.code) {
-                return Err(AccountError::invalid(
-                    "modules",
-                    format!("module '{}' is listed twice", m.code),
-                ));
+                return Err(AccountError::invalid("modules", format!("module '{}' is listed twice", m.code)));
             }
         }
         let product = Product {
@@ -124,12 +183,10 @@ impl Catalog {
 
     pub async fn get_product(&self, code: &str) -> Result<Product, AccountError> {
         validate::code("code", code)?;
-        self.store.get_product(code).await?.ok_or_else(|| {
-            not_found(
-                "PRODUCT_NOT_FOUND",
-                format!("no product with code '{code}'"),
-            )
-        })
+        self.store
+            .get_product(code)
+            .await?
+            .ok_or_else(|| not_found("PRODUCT_NOT_FOUND", format!("no product with code '{code}'")))
     }
 
     pub async fn list_products(&self, page: &Page) -> Result<Vec<Product>, AccountError> {
@@ -148,20 +205,13 @@ impl Catalog {
         let released_at = released_at.unwrap_or_else(|| self.now());
         let audit = AuditRecord::new(actor, "product.version_added", code)
             .with_details(json!({ "version": version, "released_at": released_at }));
-        let v = ProductVersion {
-            version: version.trim().to_owned(),
-            released_at,
-        };
-        self.store
-            .add_product_version(code, v, audit)
-            .await
-            .map_err(|e| match e {
-                licensing_domain::error::StoreError::NotFound(_) => not_found(
-                    "PRODUCT_NOT_FOUND",
-                    format!("no product with code '{code}'"),
-                ),
-                other => other.into(),
-            })
+        let v = ProductVersion { version: version.trim().to_owned(), released_at };
+        self.store.add_product_version(code, v, audit).await.map_err(|e| match e {
+            licensing_domain::error::StoreError::NotFound(_) => {
+                not_found("PRODUCT_NOT_FOUND", format!("no product with code '{code}'"))
+            }
+            other => other.into(),
+        })
     }
 
     pub async fn create_customer(
@@ -188,27 +238,19 @@ impl Catalog {
         };
         let audit = AuditRecord::new(actor, "customer.created", &customer.customer_id)
             .with_details(json!({ "company_name": customer.company_name }));
-        self.store
-            .create_customer(&customer, hash.as_deref(), audit)
-            .await?;
+        self.store.create_customer(&customer, hash.as_deref(), audit).await?;
         Ok(customer)
     }
 
     pub async fn get_customer(&self, customer_id: &str) -> Result<Customer, AccountError> {
         validate::id("customer_id", ids::CUSTOMER, customer_id)?;
-        self.store.get_customer(customer_id).await?.ok_or_else(|| {
-            not_found(
-                "CUSTOMER_NOT_FOUND",
-                format!("no customer with ID {customer_id}"),
-            )
-        })
+        self.store
+            .get_customer(customer_id)
+            .await?
+            .ok_or_else(|| not_found("CUSTOMER_NOT_FOUND", format!("no customer with ID {customer_id}")))
     }
 
-    pub async fn list_customers(
-        &self,
-        query: &str,
-        page: &Page,
-    ) -> Result<Vec<Customer>, AccountError> {
+    pub async fn list_customers(&self, query: &str, page: &Page) -> Result<Vec<Customer>, AccountError> {
         let query = Some(query.trim()).filter(|q| !q.is_empty());
         Ok(self.store.list_customers(query, page).await?)
     }
@@ -223,73 +265,49 @@ impl Catalog {
         self.get_customer(customer_id).await?;
         let hash = self.hash_password(password).await?;
         let audit = AuditRecord::new(actor, "customer.password_set", customer_id);
-        Ok(self
-            .store
-            .set_customer_password_hash(customer_id, &hash, audit)
-            .await?)
+        Ok(self.store.set_customer_password_hash(customer_id, &hash, audit).await?)
     }
 
-    pub async fn issue_license(
-        &self,
-        actor: &str,
-        input: IssueLicense,
-    ) -> Result<IssuedLicense, AccountError> {
+    pub async fn issue_license(&self, actor: &str, input: IssueLicense) -> Result<IssuedLicense, AccountError> {
         validate::code("product_code", &input.product_code)?;
         validate::id("customer_id", ids::CUSTOMER, &input.customer_id)?;
-        let kind = input.kind.ok_or_else(|| {
-            AccountError::invalid("kind", "choose NODE_LOCKED, CONCURRENT or CLOUD")
-        })?;
+        let kind =
+            input.kind.ok_or_else(|| AccountError::invalid("kind", "choose NODE_LOCKED, CONCURRENT or CLOUD"))?;
         let seats = match kind {
             LicenseKind::Cloud if input.seats != 0 => {
-                return Err(AccountError::invalid(
-                    "seats",
-                    "cloud licenses have no seats; leave it 0",
-                ))
+                return Err(AccountError::invalid("seats", "cloud licenses have no seats; leave it 0"))
             }
             LicenseKind::Cloud => 0,
             _ => {
-                validate_seats(input.seats)
-                    .map_err(|e| AccountError::invalid("seats", e.to_string()))?;
+                validate_seats(input.seats).map_err(|e| AccountError::invalid("seats", e.to_string()))?;
                 input.seats
             }
         };
+        if let Some(p) = &input.payment {
+            p.validate()?;
+        }
         validate_allowed_deactivations(input.allowed_deactivations)
             .map_err(|e| AccountError::invalid("allowed_deactivations", e.to_string()))?;
         if input.notes.chars().count() > 2000 {
-            return Err(AccountError::invalid(
-                "notes",
-                "must be at most 2000 characters",
-            ));
+            return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
         }
         let now = self.now();
         let valid_from = input.valid_from.unwrap_or(now);
         if let Some(expires_at) = input.expires_at {
             if expires_at <= valid_from {
-                return Err(AccountError::invalid(
-                    "expires_at",
-                    "must be after valid_from",
-                ));
+                return Err(AccountError::invalid("expires_at", "must be after valid_from"));
             }
         }
         if let Some(upgrades_until) = input.upgrades_until {
             if upgrades_until < valid_from {
-                return Err(AccountError::invalid(
-                    "upgrades_until",
-                    "must not be before valid_from",
-                ));
+                return Err(AccountError::invalid("upgrades_until", "must not be before valid_from"));
             }
         }
-        let product = self
-            .get_product(&input.product_code)
-            .await
-            .map_err(|e| match e {
-                AccountError::InvalidArgument { message, .. } => {
-                    AccountError::invalid("product_code", message)
-                }
-                other => other,
-            })?;
-        validate_modules(&product, &input.modules)
-            .map_err(|e| AccountError::invalid("modules", e.to_string()))?;
+        let product = self.get_product(&input.product_code).await.map_err(|e| match e {
+            AccountError::InvalidArgument { message, .. } => AccountError::invalid("product_code", message),
+            other => other,
+        })?;
+        validate_modules(&product, &input.modules).map_err(|e| AccountError::invalid("modules", e.to_string()))?;
         let customer = self.get_customer(&input.customer_id).await?;
 
         let license_key = LicenseKey::generate();
@@ -317,37 +335,29 @@ impl Catalog {
         };
         let activation_password = self.hasher.activation_password(&license.license_id, &salt);
         let new = NewLicense {
-            key_digest: self
-                .hasher
-                .digest(purpose::LICENSE_KEY, license_key.as_str()),
+            key_digest: self.hasher.digest(purpose::LICENSE_KEY, license_key.as_str()),
             activation_password_salt: salt,
             license: license.clone(),
         };
-        let audit =
-            AuditRecord::new(actor, "license.issued", &license.license_id).with_details(json!({
-                "product_code": license.product_code,
-                "customer_id": license.customer_id,
-                "kind": kind.as_str(),
-                "seats": seats,
-                "modules": license.modules,
-                "expires_at": license.expires_at,
-            }));
-        self.store.insert_license(&new, audit).await?;
-        Ok(IssuedLicense {
-            license,
-            license_key,
-            activation_password,
-        })
+        let audit = AuditRecord::new(actor, "license.issued", &license.license_id).with_details(json!({
+            "product_code": license.product_code,
+            "customer_id": license.customer_id,
+            "kind": kind.as_str(),
+            "seats": seats,
+            "modules": license.modules,
+            "expires_at": license.expires_at,
+        }));
+        let receipt = input.payment.as_ref().map(|p| p.receipt(&license, "issue", now));
+        self.store.insert_license(&new, audit, receipt.as_ref()).await?;
+        Ok(IssuedLicense { license, license_key, activation_password })
     }
 
     pub async fn get_license(&self, license_id: &str) -> Result<License, AccountError> {
         validate::id("license_id", ids::LICENSE, license_id)?;
-        self.store.get_license(license_id).await?.ok_or_else(|| {
-            not_found(
-                "LICENSE_NOT_FOUND",
-                format!("no license with ID {license_id}"),
-            )
-        })
+        self.store
+            .get_license(license_id)
+            .await?
+            .ok_or_else(|| not_found("LICENSE_NOT_FOUND", format!("no license with ID {license_id}")))
     }
 
     /// `query` matches License ID, customer ID or notes; a full license key matches exactly.
@@ -360,9 +370,7 @@ impl Catalog {
         let query = query.trim();
         if !query.is_empty() {
             match LicenseKey::parse(query) {
-                Ok(key) => {
-                    filter.key_digest = Some(self.hasher.digest(purpose::LICENSE_KEY, key.as_str()))
-                }
+                Ok(key) => filter.key_digest = Some(self.hasher.digest(purpose::LICENSE_KEY, key.as_str())),
                 Err(_) => filter.text = Some(query.to_owned()),
             }
         }
@@ -380,48 +388,54 @@ impl Catalog {
         change: LicenseChange,
         reason: &str,
     ) -> Result<License, AccountError> {
-        validate::id("license_id", ids::LICENSE, license_id)?;
-        let details = json!({ "change": format!("{change:?}"), "reason": reason });
-        let audit = AuditRecord::new(actor, change.action(), license_id).with_details(details);
-        self.store
-            .update_license(license_id, &change, self.now(), audit)
-            .await
-            .map_err(|e| match AccountError::from(e) {
-                AccountError::NotFound { .. } => not_found(
-                    "LICENSE_NOT_FOUND",
-                    format!("no license with ID {license_id}"),
-                ),
-                other => other,
-            })
+        self.change_license_paid(actor, license_id, change, reason, None).await
     }
 
-    /// Associates a license with a customer's account (support staff).
-    pub async fn associate(
+    /// Applies an admin change that may come with a payment (renewal, upgrade), recorded as a
+    /// receipt in the same transaction.
+    pub async fn change_license_paid(
         &self,
         actor: &str,
         license_id: &str,
-        customer_id: &str,
+        change: LicenseChange,
+        reason: &str,
+        payment: Option<Payment>,
     ) -> Result<License, AccountError> {
-        self.get_customer(customer_id).await?;
-        self.change_license(
-            actor,
-            license_id,
-            LicenseChange::Associate(Some(customer_id.to_owned())),
-            "",
-        )
-        .await
+        validate::id("license_id", ids::LICENSE, license_id)?;
+        if let Some(p) = &payment {
+            p.validate()?;
+        }
+        let now = self.now();
+        // The receipt names the license's customer, which never changes: reading it first is safe.
+        let receipt = match &payment {
+            Some(p) => {
+                let kind = if matches!(change, LicenseChange::Renew { .. }) { "renewal" } else { "upgrade" };
+                Some(p.receipt(&self.get_license(license_id).await?, kind, now))
+            }
+            None => None,
+        };
+        let paid = payment.as_ref().map(|p| json!({ "amount_minor": p.amount_minor, "currency": p.currency }));
+        let details = json!({ "change": format!("{change:?}"), "reason": reason, "payment": paid });
+        let audit = AuditRecord::new(actor, change.action(), license_id).with_details(details);
+        self.store.update_license(license_id, &change, now, audit, receipt.as_ref()).await.map_err(|e| {
+            match AccountError::from(e) {
+                AccountError::NotFound { .. } => {
+                    not_found("LICENSE_NOT_FOUND", format!("no license with ID {license_id}"))
+                }
+                other => other,
+            }
+        })
     }
 
-    pub async fn list_audit(
-        &self,
-        subject: &str,
-        page: &Page,
-    ) -> Result<Vec<AuditEvent>, AccountError> {
+    /// Associates a license with a customer's account (support staff).
+    pub async fn associate(&self, actor: &str, license_id: &str, customer_id: &str) -> Result<License, AccountError> {
+        self.get_customer(customer_id).await?;
+        self.change_license(actor, license_id, LicenseChange::Associate(Some(customer_id.to_owned())), "").await
+    }
+
+    pub async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, AccountError> {
         if subject.trim().is_empty() {
-            return Err(AccountError::invalid(
-                "subject",
-                "name a License ID, customer ID or product code",
-            ));
+            return Err(AccountError::invalid("subject", "name a License ID, customer ID or product code"));
         }
         Ok(self.store.list_audit(subject.trim(), page).await?)
     }
@@ -432,12 +446,7 @@ impl Catalog {
             .store
             .activation_password_salt(license_id)
             .await?
-            .ok_or_else(|| {
-                not_found(
-                    "LICENSE_NOT_FOUND",
-                    format!("no license with ID {license_id}"),
-                )
-            })?;
+            .ok_or_else(|| not_found("LICENSE_NOT_FOUND", format!("no license with ID {license_id}")))?;
         Ok(self.hasher.activation_password(license_id, &salt))
     }
 }

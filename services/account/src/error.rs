@@ -9,24 +9,19 @@ use licensing_runtime::auth::AuthError;
 pub enum AccountError {
     /// A request field is malformed or out of range; the message names the field.
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("{message}")]
-    NotFound {
-        reason: &'static str,
-        message: String,
-    },
+    NotFound { reason: &'static str, message: String },
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{message}")]
-    FailedPrecondition {
-        reason: &'static str,
-        message: String,
-    },
+    FailedPrecondition { reason: &'static str, message: String },
     #[error("{0}")]
     Unimplemented(&'static str),
+    #[error("{message}")]
+    Unauthenticated { reason: &'static str, message: String },
+    #[error("{message}")]
+    ResourceExhausted { reason: &'static str, message: String, retry_after: std::time::Duration },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -35,27 +30,16 @@ pub enum AccountError {
 
 impl AccountError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            message: message.into(),
-        }
+        Self::InvalidArgument { field, message: message.into() }
     }
 }
 
 impl From<StoreError> for AccountError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::AlreadyExists(what) => {
-                Self::AlreadyExists(format!("{what} already exists"))
-            }
-            StoreError::NotFound(what) => Self::NotFound {
-                reason: "NOT_FOUND",
-                message: format!("{what} not found"),
-            },
-            StoreError::Conflict(message) => Self::FailedPrecondition {
-                reason: "CONFLICT",
-                message,
-            },
+            StoreError::AlreadyExists(what) => Self::AlreadyExists(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound { reason: "NOT_FOUND", message: format!("{what} not found") },
+            StoreError::Conflict(message) => Self::FailedPrecondition { reason: "CONFLICT", message },
             other => Self::Store(other),
         }
     }
@@ -65,13 +49,10 @@ impl From<UpdateError> for AccountError {
     fn from(e: UpdateError) -> Self {
         match e {
             UpdateError::Store(s) => s.into(),
-            UpdateError::Rejected(ChangeError::Invalid { field, message }) => {
-                Self::InvalidArgument { field, message }
+            UpdateError::Rejected(ChangeError::Invalid { field, message }) => Self::InvalidArgument { field, message },
+            UpdateError::Rejected(ChangeError::NotAllowed(message)) => {
+                Self::FailedPrecondition { reason: "LICENSE_STATE", message }
             }
-            UpdateError::Rejected(ChangeError::NotAllowed(message)) => Self::FailedPrecondition {
-                reason: "LICENSE_STATE",
-                message,
-            },
         }
     }
 }
@@ -84,6 +65,8 @@ impl ClassifiedError for AccountError {
             Self::AlreadyExists(_) => ErrorClass::AlreadyExists,
             Self::FailedPrecondition { .. } => ErrorClass::FailedPrecondition,
             Self::Unimplemented(_) => ErrorClass::FailedPrecondition,
+            Self::Unauthenticated { .. } => ErrorClass::Unauthenticated,
+            Self::ResourceExhausted { .. } => ErrorClass::ResourceExhausted,
             Self::Auth(e) => e.class(),
             Self::Store(e) => e.class(),
         }
@@ -92,11 +75,21 @@ impl ClassifiedError for AccountError {
     fn reason(&self) -> &'static str {
         match self {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            Self::NotFound { reason, .. } | Self::FailedPrecondition { reason, .. } => reason,
+            Self::NotFound { reason, .. }
+            | Self::FailedPrecondition { reason, .. }
+            | Self::Unauthenticated { reason, .. }
+            | Self::ResourceExhausted { reason, .. } => reason,
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
             Self::Unimplemented(_) => "NOT_AVAILABLE",
             Self::Auth(e) => e.reason(),
             Self::Store(e) => e.reason(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::ResourceExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -110,58 +103,24 @@ mod tests {
     #[test]
     fn each_variant_maps_to_its_status() {
         let cases: Vec<(AccountError, Code, &str)> = vec![
+            (AccountError::invalid("seats", "must be positive"), Code::InvalidArgument, "INVALID_ARGUMENT"),
             (
-                AccountError::invalid("seats", "must be positive"),
-                Code::InvalidArgument,
-                "INVALID_ARGUMENT",
-            ),
-            (
-                AccountError::NotFound {
-                    reason: "LICENSE_NOT_FOUND",
-                    message: "x".into(),
-                },
+                AccountError::NotFound { reason: "LICENSE_NOT_FOUND", message: "x".into() },
                 Code::NotFound,
                 "LICENSE_NOT_FOUND",
             ),
+            (AccountError::AlreadyExists("product".into()), Code::AlreadyExists, "ALREADY_EXISTS"),
             (
-                AccountError::AlreadyExists("product".into()),
-                Code::AlreadyExists,
-                "ALREADY_EXISTS",
-            ),
-            (
-                AccountError::FailedPrecondition {
-                    reason: "LICENSE_STATE",
-                    message: "x".into(),
-                },
+                AccountError::FailedPrecondition { reason: "LICENSE_STATE", message: "x".into() },
                 Code::FailedPrecondition,
                 "LICENSE_STATE",
             ),
+            (AccountError::Auth(AuthError::MissingAdminToken), Code::Unauthenticated, "ADMIN_TOKEN_MISSING"),
+            (AccountError::Auth(AuthError::InvalidAdminToken), Code::Unauthenticated, "ADMIN_TOKEN_INVALID"),
+            (StoreError::Unavailable("down".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
+            (StoreError::AlreadyExists("customer".into()).into(), Code::AlreadyExists, "ALREADY_EXISTS"),
             (
-                AccountError::Auth(AuthError::MissingAdminToken),
-                Code::Unauthenticated,
-                "ADMIN_TOKEN_MISSING",
-            ),
-            (
-                AccountError::Auth(AuthError::InvalidAdminToken),
-                Code::Unauthenticated,
-                "ADMIN_TOKEN_INVALID",
-            ),
-            (
-                StoreError::Unavailable("down".into()).into(),
-                Code::Unavailable,
-                "STORE_UNAVAILABLE",
-            ),
-            (
-                StoreError::AlreadyExists("customer".into()).into(),
-                Code::AlreadyExists,
-                "ALREADY_EXISTS",
-            ),
-            (
-                UpdateError::Rejected(ChangeError::Invalid {
-                    field: "expires_at",
-                    message: "too early".into(),
-                })
-                .into(),
+                UpdateError::Rejected(ChangeError::Invalid { field: "expires_at", message: "too early".into() }).into(),
                 Code::InvalidArgument,
                 "INVALID_ARGUMENT",
             ),

@@ -1,14 +1,19 @@
 //! The tonic adapters of the Account service: authenticate, convert, delegate, convert back.
 
-use crate::catalog::{Catalog, IssueLicense};
+use crate::catalog::{Catalog, IssueLicense, Payment};
+use crate::portal::Portal;
 use crate::AccountError;
 use licensing_domain::change::LicenseChange;
 use licensing_domain::model::LicenseFilter;
+use licensing_domain::model::{Activation, Lease};
 use licensing_proto::account::v1 as pb;
+use licensing_proto::account::v1::account_service_server::{AccountService, AccountServiceServer};
 use licensing_proto::account::v1::admin_service_server::{AdminService, AdminServiceServer};
+use licensing_runtime::auth::bearer_token;
 use licensing_runtime::auth::{AdminAuth, AdminId};
 use licensing_runtime::convert::proto as conv;
 use licensing_runtime::convert::{from_opt_timestamp, from_timestamp};
+use licensing_runtime::convert::{opt_timestamp, to_timestamp};
 use licensing_runtime::status::OrStatus;
 use tonic::{Request, Response, Status};
 
@@ -40,17 +45,20 @@ impl AdminApi {
         change: LicenseChange,
         reason: &str,
     ) -> Result<licensing_proto::common::v1::License, Status> {
+        self.change_paid(request, change, reason, None).await
+    }
+
+    async fn change_paid(
+        &self,
+        request: Request<impl LicenseTarget>,
+        change: LicenseChange,
+        reason: &str,
+        payment: Option<Payment>,
+    ) -> Result<licensing_proto::common::v1::License, Status> {
         let admin = self.admin(&request).await?;
-        let license = self
-            .catalog
-            .change_license(
-                &admin.actor(),
-                request.get_ref().license_id(),
-                change,
-                reason,
-            )
-            .await
-            .or_status()?;
+        let license_id = request.get_ref().license_id();
+        let license =
+            self.catalog.change_license_paid(&admin.actor(), license_id, change, reason, payment).await.or_status()?;
         Ok(conv::license(&license))
     }
 }
@@ -78,33 +86,18 @@ license_target!(
 
 fn invalid(message: String) -> Status {
     // `message` already starts with the field name.
-    licensing_runtime::status::to_status(&AccountError::InvalidArgument {
-        field: "request",
-        message,
-    })
+    licensing_runtime::status::to_status(&AccountError::InvalidArgument { field: "request", message })
 }
 
-fn required_timestamp(
-    field: &'static str,
-    ts: Option<&prost_types::Timestamp>,
-) -> Result<i64, Status> {
+fn required_timestamp(field: &'static str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Status> {
     match ts {
         Some(t) => from_timestamp(field, t).map_err(invalid),
-        None => Err(licensing_runtime::status::to_status(
-            &AccountError::invalid(field, "is required"),
-        )),
+        None => Err(licensing_runtime::status::to_status(&AccountError::invalid(field, "is required"))),
     }
 }
 
-/// Payments are recorded as receipts by the Account service's portal work; until then an admin
-/// call carrying one is refused rather than silently dropping it.
-fn refuse_payment(payment: Option<&pb::Payment>) -> Result<(), Status> {
-    match payment {
-        Some(_) => Err(licensing_runtime::status::to_status(&AccountError::Unimplemented(
-            "payment: recording payments is not available in this version; send the call without a payment",
-        ))),
-        None => Ok(()),
-    }
+fn payment(p: Option<pb::Payment>) -> Option<Payment> {
+    p.map(|p| Payment { amount_minor: p.amount_minor, currency: p.currency, recurring_months: p.recurring_months })
 }
 
 #[tonic::async_trait]
@@ -116,14 +109,8 @@ impl AdminService for AdminApi {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
         let modules = r.modules.iter().map(conv::module_from_proto).collect();
-        let product = self
-            .catalog
-            .create_product(&admin.actor(), &r.code, &r.name, modules)
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::CreateProductResponse {
-            product: Some(conv::product(&product)),
-        }))
+        let product = self.catalog.create_product(&admin.actor(), &r.code, &r.name, modules).await.or_status()?;
+        Ok(Response::new(pb::CreateProductResponse { product: Some(conv::product(&product)) }))
     }
 
     async fn get_product(
@@ -131,14 +118,8 @@ impl AdminService for AdminApi {
         request: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::GetProductResponse>, Status> {
         self.admin(&request).await?;
-        let product = self
-            .catalog
-            .get_product(&request.get_ref().code)
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::GetProductResponse {
-            product: Some(conv::product(&product)),
-        }))
+        let product = self.catalog.get_product(&request.get_ref().code).await.or_status()?;
+        Ok(Response::new(pb::GetProductResponse { product: Some(conv::product(&product)) }))
     }
 
     async fn list_products(
@@ -160,16 +141,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::AddProductVersionResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
-        let released_at =
-            from_opt_timestamp("released_at", r.released_at.as_ref()).map_err(invalid)?;
+        let released_at = from_opt_timestamp("released_at", r.released_at.as_ref()).map_err(invalid)?;
         let product = self
             .catalog
             .add_product_version(&admin.actor(), &r.product_code, &r.version, released_at)
             .await
             .or_status()?;
-        Ok(Response::new(pb::AddProductVersionResponse {
-            product: Some(conv::product(&product)),
-        }))
+        Ok(Response::new(pb::AddProductVersionResponse { product: Some(conv::product(&product)) }))
     }
 
     async fn create_customer(
@@ -184,9 +162,7 @@ impl AdminService for AdminApi {
             .create_customer(&admin.actor(), &r.company_name, &r.contact_email, password)
             .await
             .or_status()?;
-        Ok(Response::new(pb::CreateCustomerResponse {
-            customer: Some(conv::customer(&customer)),
-        }))
+        Ok(Response::new(pb::CreateCustomerResponse { customer: Some(conv::customer(&customer)) }))
     }
 
     async fn get_customer(
@@ -194,14 +170,8 @@ impl AdminService for AdminApi {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         self.admin(&request).await?;
-        let customer = self
-            .catalog
-            .get_customer(&request.get_ref().customer_id)
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::GetCustomerResponse {
-            customer: Some(conv::customer(&customer)),
-        }))
+        let customer = self.catalog.get_customer(&request.get_ref().customer_id).await.or_status()?;
+        Ok(Response::new(pb::GetCustomerResponse { customer: Some(conv::customer(&customer)) }))
     }
 
     async fn list_customers(
@@ -211,11 +181,7 @@ impl AdminService for AdminApi {
         self.admin(&request).await?;
         let r = request.get_ref();
         let page = conv::page(r.page.as_ref());
-        let customers = self
-            .catalog
-            .list_customers(&r.query, &page)
-            .await
-            .or_status()?;
+        let customers = self.catalog.list_customers(&r.query, &page).await.or_status()?;
         Ok(Response::new(pb::ListCustomersResponse {
             next_page_token: conv::next_page_token(&customers, &page, |c| c.customer_id.clone()),
             customers: customers.iter().map(conv::customer).collect(),
@@ -228,10 +194,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::SetCustomerPasswordResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
-        self.catalog
-            .set_customer_password(&admin.actor(), &r.customer_id, r.password)
-            .await
-            .or_status()?;
+        self.catalog.set_customer_password(&admin.actor(), &r.customer_id, r.password).await.or_status()?;
         Ok(Response::new(pb::SetCustomerPasswordResponse {}))
     }
 
@@ -241,13 +204,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::IssueLicenseResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.into_inner();
-        refuse_payment(r.payment.as_ref())?;
         let input = IssueLicense {
+            payment: payment(r.payment),
             kind: conv::kind_from_proto(r.kind),
             valid_from: from_opt_timestamp("valid_from", r.valid_from.as_ref()).map_err(invalid)?,
             expires_at: from_opt_timestamp("expires_at", r.expires_at.as_ref()).map_err(invalid)?,
-            upgrades_until: from_opt_timestamp("upgrades_until", r.upgrades_until.as_ref())
-                .map_err(invalid)?,
+            upgrades_until: from_opt_timestamp("upgrades_until", r.upgrades_until.as_ref()).map_err(invalid)?,
             product_code: r.product_code,
             customer_id: r.customer_id,
             seats: r.seats,
@@ -256,11 +218,7 @@ impl AdminService for AdminApi {
             associate: r.associate,
             notes: r.notes,
         };
-        let issued = self
-            .catalog
-            .issue_license(&admin.actor(), input)
-            .await
-            .or_status()?;
+        let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
             license: Some(conv::license(&issued.license)),
             license_key: issued.license_key.to_string(),
@@ -273,14 +231,8 @@ impl AdminService for AdminApi {
         request: Request<pb::GetLicenseRequest>,
     ) -> Result<Response<pb::GetLicenseResponse>, Status> {
         self.admin(&request).await?;
-        let license = self
-            .catalog
-            .get_license(&request.get_ref().license_id)
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::GetLicenseResponse {
-            license: Some(conv::license(&license)),
-        }))
+        let license = self.catalog.get_license(&request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::GetLicenseResponse { license: Some(conv::license(&license)) }))
     }
 
     async fn list_licenses(
@@ -293,8 +245,7 @@ impl AdminService for AdminApi {
         let status = match r.status {
             0 => None,
             n => Some(
-                conv::status_from_proto(n)
-                    .ok_or_else(|| invalid(format!("status: {n} is not a license status")))?,
+                conv::status_from_proto(n).ok_or_else(|| invalid(format!("status: {n} is not a license status")))?,
             ),
         };
         let filter = LicenseFilter {
@@ -303,11 +254,7 @@ impl AdminService for AdminApi {
             status,
             ..Default::default()
         };
-        let licenses = self
-            .catalog
-            .list_licenses(filter, &r.query, &page)
-            .await
-            .or_status()?;
+        let licenses = self.catalog.list_licenses(filter, &r.query, &page).await.or_status()?;
         Ok(Response::new(pb::ListLicensesResponse {
             next_page_token: conv::next_page_token(&licenses, &page, |l| l.license_id.clone()),
             licenses: licenses.iter().map(conv::license).collect(),
@@ -319,12 +266,8 @@ impl AdminService for AdminApi {
         request: Request<pb::SuspendLicenseRequest>,
     ) -> Result<Response<pb::SuspendLicenseResponse>, Status> {
         let reason = request.get_ref().reason.clone();
-        let license = self
-            .change(request, LicenseChange::Suspend, &reason)
-            .await?;
-        Ok(Response::new(pb::SuspendLicenseResponse {
-            license: Some(license),
-        }))
+        let license = self.change(request, LicenseChange::Suspend, &reason).await?;
+        Ok(Response::new(pb::SuspendLicenseResponse { license: Some(license) }))
     }
 
     async fn reinstate_license(
@@ -332,23 +275,17 @@ impl AdminService for AdminApi {
         request: Request<pb::ReinstateLicenseRequest>,
     ) -> Result<Response<pb::ReinstateLicenseResponse>, Status> {
         let license = self.change(request, LicenseChange::Reinstate, "").await?;
-        Ok(Response::new(pb::ReinstateLicenseResponse {
-            license: Some(license),
-        }))
+        Ok(Response::new(pb::ReinstateLicenseResponse { license: Some(license) }))
     }
 
     async fn renew_license(
         &self,
         request: Request<pb::RenewLicenseRequest>,
     ) -> Result<Response<pb::RenewLicenseResponse>, Status> {
-        refuse_payment(request.get_ref().payment.as_ref())?;
         let expires_at = required_timestamp("expires_at", request.get_ref().expires_at.as_ref())?;
-        let license = self
-            .change(request, LicenseChange::Renew { expires_at }, "")
-            .await?;
-        Ok(Response::new(pb::RenewLicenseResponse {
-            license: Some(license),
-        }))
+        let paid = payment(request.get_ref().payment.clone());
+        let license = self.change_paid(request, LicenseChange::Renew { expires_at }, "", paid).await?;
+        Ok(Response::new(pb::RenewLicenseResponse { license: Some(license) }))
     }
 
     async fn set_license_seats(
@@ -356,12 +293,8 @@ impl AdminService for AdminApi {
         request: Request<pb::SetLicenseSeatsRequest>,
     ) -> Result<Response<pb::SetLicenseSeatsResponse>, Status> {
         let seats = request.get_ref().seats;
-        let license = self
-            .change(request, LicenseChange::SetSeats(seats), "")
-            .await?;
-        Ok(Response::new(pb::SetLicenseSeatsResponse {
-            license: Some(license),
-        }))
+        let license = self.change(request, LicenseChange::SetSeats(seats), "").await?;
+        Ok(Response::new(pb::SetLicenseSeatsResponse { license: Some(license) }))
     }
 
     async fn set_allowed_deactivations(
@@ -369,26 +302,18 @@ impl AdminService for AdminApi {
         request: Request<pb::SetAllowedDeactivationsRequest>,
     ) -> Result<Response<pb::SetAllowedDeactivationsResponse>, Status> {
         let n = request.get_ref().allowed_deactivations;
-        let license = self
-            .change(request, LicenseChange::SetAllowedDeactivations(n), "")
-            .await?;
-        Ok(Response::new(pb::SetAllowedDeactivationsResponse {
-            license: Some(license),
-        }))
+        let license = self.change(request, LicenseChange::SetAllowedDeactivations(n), "").await?;
+        Ok(Response::new(pb::SetAllowedDeactivationsResponse { license: Some(license) }))
     }
 
     async fn add_license_modules(
         &self,
         request: Request<pb::AddLicenseModulesRequest>,
     ) -> Result<Response<pb::AddLicenseModulesResponse>, Status> {
-        refuse_payment(request.get_ref().payment.as_ref())?;
         let modules = request.get_ref().modules.clone();
-        let license = self
-            .change(request, LicenseChange::AddModules(modules), "")
-            .await?;
-        Ok(Response::new(pb::AddLicenseModulesResponse {
-            license: Some(license),
-        }))
+        let paid = payment(request.get_ref().payment.clone());
+        let license = self.change_paid(request, LicenseChange::AddModules(modules), "", paid).await?;
+        Ok(Response::new(pb::AddLicenseModulesResponse { license: Some(license) }))
     }
 
     async fn remove_license_modules(
@@ -396,31 +321,19 @@ impl AdminService for AdminApi {
         request: Request<pb::RemoveLicenseModulesRequest>,
     ) -> Result<Response<pb::RemoveLicenseModulesResponse>, Status> {
         let modules = request.get_ref().modules.clone();
-        let license = self
-            .change(request, LicenseChange::RemoveModules(modules), "")
-            .await?;
-        Ok(Response::new(pb::RemoveLicenseModulesResponse {
-            license: Some(license),
-        }))
+        let license = self.change(request, LicenseChange::RemoveModules(modules), "").await?;
+        Ok(Response::new(pb::RemoveLicenseModulesResponse { license: Some(license) }))
     }
 
     async fn extend_upgrade_period(
         &self,
         request: Request<pb::ExtendUpgradePeriodRequest>,
     ) -> Result<Response<pb::ExtendUpgradePeriodResponse>, Status> {
-        refuse_payment(request.get_ref().payment.as_ref())?;
-        let upgrades_until =
-            required_timestamp("upgrades_until", request.get_ref().upgrades_until.as_ref())?;
-        let license = self
-            .change(
-                request,
-                LicenseChange::ExtendUpgradePeriod { upgrades_until },
-                "",
-            )
-            .await?;
-        Ok(Response::new(pb::ExtendUpgradePeriodResponse {
-            license: Some(license),
-        }))
+        let upgrades_until = required_timestamp("upgrades_until", request.get_ref().upgrades_until.as_ref())?;
+        let paid = payment(request.get_ref().payment.clone());
+        let license =
+            self.change_paid(request, LicenseChange::ExtendUpgradePeriod { upgrades_until }, "", paid).await?;
+        Ok(Response::new(pb::ExtendUpgradePeriodResponse { license: Some(license) }))
     }
 
     async fn set_portal_deactivation_policy(
@@ -428,29 +341,18 @@ impl AdminService for AdminApi {
         request: Request<pb::SetPortalDeactivationPolicyRequest>,
     ) -> Result<Response<pb::SetPortalDeactivationPolicyResponse>, Status> {
         let counts = request.get_ref().portal_deactivation_counts;
-        let license = self
-            .change(
-                request,
-                LicenseChange::SetPortalDeactivationCounts(counts),
-                "",
-            )
-            .await?;
-        Ok(Response::new(pb::SetPortalDeactivationPolicyResponse {
-            license: Some(license),
-        }))
+        let license = self.change(request, LicenseChange::SetPortalDeactivationCounts(counts), "").await?;
+        Ok(Response::new(pb::SetPortalDeactivationPolicyResponse { license: Some(license) }))
     }
 
     async fn return_license(
         &self,
         request: Request<pb::ReturnLicenseRequest>,
     ) -> Result<Response<pb::ReturnLicenseResponse>, Status> {
-        let reason = request.get_ref().reason.clone();
-        let license = self
-            .change(request, LicenseChange::Associate(None), &reason)
-            .await?;
-        Ok(Response::new(pb::ReturnLicenseResponse {
-            license: Some(license),
-        }))
+        let admin = self.admin(&request).await?;
+        let r = request.get_ref();
+        let license = self.catalog.return_license(&admin.actor(), &r.license_id, &r.reason).await.or_status()?;
+        Ok(Response::new(pb::ReturnLicenseResponse { license: Some(conv::license(&license)) }))
     }
 
     async fn associate_license(
@@ -459,14 +361,8 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::AdminAssociateLicenseResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.get_ref();
-        let license = self
-            .catalog
-            .associate(&admin.actor(), &r.license_id, &r.customer_id)
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::AdminAssociateLicenseResponse {
-            license: Some(conv::license(&license)),
-        }))
+        let license = self.catalog.associate(&admin.actor(), &r.license_id, &r.customer_id).await.or_status()?;
+        Ok(Response::new(pb::AdminAssociateLicenseResponse { license: Some(conv::license(&license)) }))
     }
 
     async fn list_audit_events(
@@ -476,12 +372,259 @@ impl AdminService for AdminApi {
         self.admin(&request).await?;
         let r = request.get_ref();
         let page = conv::page(r.page.as_ref());
-        let events = self
-            .catalog
-            .list_audit(&r.subject, &page)
-            .await
-            .or_status()?;
+        let events = self.catalog.list_audit(&r.subject, &page).await.or_status()?;
         Ok(Response::new(pb::ListAuditEventsResponse {
+            next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),
+            events: events.iter().map(conv::audit_event).collect(),
+        }))
+    }
+}
+
+/// The customer portal.
+#[derive(Clone)]
+pub struct PortalApi {
+    portal: Portal,
+}
+
+impl PortalApi {
+    pub fn new(portal: Portal) -> Self {
+        Self { portal }
+    }
+
+    pub fn into_server(self, max_message_bytes: usize) -> AccountServiceServer<Self> {
+        AccountServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+
+    /// The customer whose session token the request carries.
+    async fn me<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        self.portal.authenticate(bearer_token(request.metadata())).await.or_status()
+    }
+}
+
+fn installation(a: &Activation) -> pb::Installation {
+    pb::Installation {
+        installation_id: a.installation_id.clone(),
+        machine_name: a.machine_name.clone(),
+        platform: a.platform.clone(),
+        activated_at: Some(to_timestamp(a.activated_at)),
+        last_seen_at: Some(to_timestamp(a.last_seen_at)),
+        deactivated_at: opt_timestamp(a.deactivated_at),
+        active: a.deactivated_at.is_none(),
+    }
+}
+
+fn lease(l: &Lease) -> licensing_proto::common::v1::Lease {
+    licensing_proto::common::v1::Lease {
+        lease_id: l.lease_id.clone(),
+        license_id: l.license_id.clone(),
+        feature: l.feature.clone(),
+        user: l.user.clone(),
+        host: l.host.clone(),
+        client_instance_id: l.client_instance_id.clone(),
+        checked_out_at: Some(to_timestamp(l.checked_out_at)),
+        last_heartbeat_at: Some(to_timestamp(l.last_heartbeat_at)),
+        expires_at: Some(to_timestamp(l.expires_at)),
+        fence: l.fence,
+        seats_held: l.seats_held,
+        borrowed: false,
+        overdraft: false,
+        shared_processes: 1,
+    }
+}
+
+#[tonic::async_trait]
+impl AccountService for PortalApi {
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        let r = request.into_inner();
+        let (token, expires_at, customer) = self.portal.login(&r.login, &r.password, &client).await.or_status()?;
+        Ok(Response::new(pb::LoginResponse {
+            session_token: token,
+            expires_at: Some(to_timestamp(expires_at)),
+            customer: Some(conv::customer(&customer)),
+        }))
+    }
+
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let me = self.me(&request).await?;
+        let token = bearer_token(request.metadata()).unwrap_or_default().to_owned();
+        self.portal.logout(&me, &token).await.or_status()?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        self.portal.request_password_reset(&request.get_ref().login).or_status()?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let r = request.into_inner();
+        self.portal.reset_password(&r.reset_token, r.new_password).await.or_status()?;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let me = self.me(&request).await?;
+        let customer = self.portal.account(&me).await.or_status()?;
+        Ok(Response::new(pb::GetAccountResponse { customer: Some(conv::customer(&customer)) }))
+    }
+
+    async fn list_my_licenses(
+        &self,
+        request: Request<pb::ListMyLicensesRequest>,
+    ) -> Result<Response<pb::ListMyLicensesResponse>, Status> {
+        let me = self.me(&request).await?;
+        let page = conv::page(request.get_ref().page.as_ref());
+        let licenses = self.portal.licenses(&me, &page).await.or_status()?;
+        Ok(Response::new(pb::ListMyLicensesResponse {
+            next_page_token: conv::next_page_token(&licenses, &page, |l| l.license_id.clone()),
+            licenses: licenses.iter().map(conv::license).collect(),
+        }))
+    }
+
+    async fn get_my_license(
+        &self,
+        request: Request<pb::GetMyLicenseRequest>,
+    ) -> Result<Response<pb::GetMyLicenseResponse>, Status> {
+        let me = self.me(&request).await?;
+        let d = self.portal.license_details(&me, &request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::GetMyLicenseResponse {
+            license: Some(conv::license(&d.license)),
+            installations: d.installations.iter().map(installation).collect(),
+            history: d
+                .history
+                .iter()
+                .map(|e| pb::ActivationHistoryEntry {
+                    occurred_at: Some(to_timestamp(e.occurred_at)),
+                    action: e.action.clone(),
+                    installation_id: e.installation_id.clone(),
+                    machine_name: e.machine_name.clone(),
+                    fingerprint_digest: e.fingerprint_digest.clone(),
+                    outcome: e.outcome.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_my_leases(
+        &self,
+        request: Request<pb::ListMyLeasesRequest>,
+    ) -> Result<Response<pb::ListMyLeasesResponse>, Status> {
+        let me = self.me(&request).await?;
+        let leases = self.portal.leases(&me, &request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::ListMyLeasesResponse { leases: leases.iter().map(lease).collect() }))
+    }
+
+    async fn deactivate_installation(
+        &self,
+        request: Request<pb::DeactivateInstallationRequest>,
+    ) -> Result<Response<pb::DeactivateInstallationResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.get_ref();
+        let (a, license) =
+            self.portal.deactivate_installation(&me, &r.license_id, &r.installation_id).await.or_status()?;
+        Ok(Response::new(pb::DeactivateInstallationResponse {
+            installation: Some(installation(&a)),
+            deactivations_left: license.deactivations_left(),
+        }))
+    }
+
+    async fn get_activation_password(
+        &self,
+        request: Request<pb::GetActivationPasswordRequest>,
+    ) -> Result<Response<pb::GetActivationPasswordResponse>, Status> {
+        let me = self.me(&request).await?;
+        let password = self.portal.activation_password(&me, &request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::GetActivationPasswordResponse { activation_password: password }))
+    }
+
+    async fn regenerate_activation_password(
+        &self,
+        request: Request<pb::RegenerateActivationPasswordRequest>,
+    ) -> Result<Response<pb::RegenerateActivationPasswordResponse>, Status> {
+        let me = self.me(&request).await?;
+        let password =
+            self.portal.regenerate_activation_password(&me, &request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::RegenerateActivationPasswordResponse { activation_password: password }))
+    }
+
+    async fn return_concurrent_license(
+        &self,
+        request: Request<pb::ReturnConcurrentLicenseRequest>,
+    ) -> Result<Response<pb::ReturnConcurrentLicenseResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.get_ref();
+        let returned = self.portal.return_concurrent_license(&me, &r.license_id, r.new_seats).await.or_status()?;
+        Ok(Response::new(pb::ReturnConcurrentLicenseResponse {
+            retired: Some(conv::license(&returned.retired)),
+            replacement: Some(conv::license(&returned.replacement)),
+            license_key: returned.license_key.to_string(),
+            activation_password: returned.activation_password,
+        }))
+    }
+
+    async fn associate_license(
+        &self,
+        request: Request<pb::AssociateLicenseRequest>,
+    ) -> Result<Response<pb::AssociateLicenseResponse>, Status> {
+        let me = self.me(&request).await?;
+        let license = self.portal.associate(&me, &request.get_ref().license_key).await.or_status()?;
+        Ok(Response::new(pb::AssociateLicenseResponse { license: Some(conv::license(&license)) }))
+    }
+
+    async fn transfer_license(
+        &self,
+        request: Request<pb::TransferLicenseRequest>,
+    ) -> Result<Response<pb::TransferLicenseResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.get_ref();
+        let license = self.portal.transfer(&me, &r.license_id, &r.to_customer_id).await.or_status()?;
+        Ok(Response::new(pb::TransferLicenseResponse { license: Some(conv::license(&license)) }))
+    }
+
+    async fn list_receipts(
+        &self,
+        request: Request<pb::ListReceiptsRequest>,
+    ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
+        let me = self.me(&request).await?;
+        let receipts = self.portal.receipts(&me).await.or_status()?;
+        Ok(Response::new(pb::ListReceiptsResponse {
+            receipts: receipts
+                .iter()
+                .map(|r| pb::Receipt {
+                    receipt_id: r.receipt_id.clone(),
+                    license_id: r.license_id.clone(),
+                    kind: r.kind.clone(),
+                    amount_minor: r.amount_minor,
+                    currency: r.currency.clone(),
+                    paid_at: Some(to_timestamp(r.paid_at)),
+                    recurring_months: r.recurring_months,
+                    next_renewal_at: opt_timestamp(r.next_renewal_at()),
+                })
+                .collect(),
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn list_my_audit_events(
+        &self,
+        request: Request<pb::ListMyAuditEventsRequest>,
+    ) -> Result<Response<pb::ListMyAuditEventsResponse>, Status> {
+        let me = self.me(&request).await?;
+        let page = conv::page(request.get_ref().page.as_ref());
+        let events = self.portal.audit_events(&me, &page).await.or_status()?;
+        Ok(Response::new(pb::ListMyAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),
             events: events.iter().map(conv::audit_event).collect(),
         }))

@@ -4,12 +4,16 @@
 //! - [`error`]: [`AccountError`], the one error enum of this service, classified for gRPC.
 //! - [`validate`]: field checks of admin and portal input (codes, emails, versions, names).
 //! - [`catalog`]: [`Catalog`], the admin use cases (products, customers, licenses, audit); no gRPC.
+//! - [`mail`]: the mail outbox (SMTP, or files in the data directory).
+//! - [`portal`]: [`portal::Portal`], the customer portal's use cases; no gRPC.
 //! - [`grpc`]: thin tonic adapters, `AdminService` and `AccountService`: authenticate,
 //!   convert, delegate to [`Catalog`], convert back.
 
 pub mod catalog;
 pub mod error;
 pub mod grpc;
+pub mod mail;
+pub mod portal;
 pub mod validate;
 
 pub use catalog::Catalog;

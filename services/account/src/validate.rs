@@ -6,14 +6,15 @@ use crate::AccountError;
 /// Product and module codes: lowercase letters, digits and dashes, 2 to 64 long.
 pub fn code(field: &'static str, value: &str) -> Result<(), AccountError> {
     let ok = (2..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-');
     if ok {
         Ok(())
     } else {
-        Err(AccountError::invalid(field, format!("'{value}' must be 2-64 lowercase letters, digits or dashes, not starting with a dash")))
+        Err(AccountError::invalid(
+            field,
+            format!("'{value}' must be 2-64 lowercase letters, digits or dashes, not starting with a dash"),
+        ))
     }
 }
 
@@ -24,10 +25,7 @@ pub fn name(field: &'static str, value: &str) -> Result<(), AccountError> {
         return Err(AccountError::invalid(field, "must not be empty"));
     }
     if trimmed.chars().count() > 200 || trimmed.chars().any(char::is_control) {
-        return Err(AccountError::invalid(
-            field,
-            "must be at most 200 characters without control characters",
-        ));
+        return Err(AccountError::invalid(field, "must be at most 200 characters without control characters"));
     }
     Ok(())
 }
@@ -47,33 +45,19 @@ pub fn email(field: &'static str, value: &str) -> Result<String, AccountError> {
     if valid {
         Ok(value)
     } else {
-        Err(AccountError::invalid(
-            field,
-            format!("'{value}' is not an email address"),
-        ))
+        Err(AccountError::invalid(field, format!("'{value}' is not an email address")))
     }
 }
 
 /// A product version: `MAJOR.MINOR[.PATCH]`, numbers only.
 pub fn version(field: &'static str, value: &str) -> Result<(u64, u64, u64), AccountError> {
     let parts: Vec<&str> = value.trim().split('.').collect();
-    let numbers: Option<Vec<u64>> = parts
-        .iter()
-        .map(|p| {
-            if p.is_empty() || p.len() > 9 {
-                None
-            } else {
-                p.parse().ok()
-            }
-        })
-        .collect();
+    let numbers: Option<Vec<u64>> =
+        parts.iter().map(|p| if p.is_empty() || p.len() > 9 { None } else { p.parse().ok() }).collect();
     match numbers {
         Some(n) if n.len() == 2 => Ok((n[0], n[1], 0)),
         Some(n) if n.len() == 3 => Ok((n[0], n[1], n[2])),
-        _ => Err(AccountError::invalid(
-            field,
-            format!("'{value}' is not a version of the form MAJOR.MINOR[.PATCH]"),
-        )),
+        _ => Err(AccountError::invalid(field, format!("'{value}' is not a version of the form MAJOR.MINOR[.PATCH]"))),
     }
 }
 
@@ -96,10 +80,7 @@ pub fn id(field: &'static str, prefix: &str, value: &str) -> Result<(), AccountE
     if licensing_domain::ids::is_well_formed(prefix, value) {
         Ok(())
     } else {
-        Err(AccountError::invalid(
-            field,
-            format!("'{value}' is not a {prefix}_… ID"),
-        ))
+        Err(AccountError::invalid(field, format!("'{value}' is not a {prefix}_… ID")))
     }
 }
 
@@ -118,16 +99,7 @@ mod tests {
     #[test]
     fn emails() {
         assert_eq!(email("e", " Ops@Example.COM ").unwrap(), "ops@example.com");
-        for bad in [
-            "",
-            "x",
-            "x@y",
-            "@y.com",
-            "x@.com",
-            "x@y.",
-            "a b@c.de",
-            "x@y@z.com",
-        ] {
+        for bad in ["", "x", "x@y", "@y.com", "x@.com", "x@y.", "a b@c.de", "x@y@z.com"] {
             assert!(email("e", bad).is_err(), "{bad}");
         }
     }

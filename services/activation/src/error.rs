@@ -10,10 +10,7 @@ pub enum ActivationError {
     #[error(transparent)]
     Credentials(#[from] CredentialError),
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error(transparent)]
     Fingerprint(#[from] FingerprintError),
     /// Suspended, retired, expired, not yet valid, or not a node-locked license.
@@ -41,28 +38,21 @@ pub enum ActivationError {
 
 impl ActivationError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            message: message.into(),
-        }
+        Self::InvalidArgument { field, message: message.into() }
     }
 
     pub fn from_store(e: ActivationStoreError, license_id: &str) -> Self {
         match e {
             ActivationStoreError::Store(s) => Self::Store(s),
-            ActivationStoreError::LicenseNotFound(id) => {
-                Self::Credentials(CredentialError::UnknownLicense(id))
-            }
+            ActivationStoreError::LicenseNotFound(id) => Self::Credentials(CredentialError::UnknownLicense(id)),
             ActivationStoreError::Refused(r) => Self::LicenseState(r),
-            ActivationStoreError::LimitReached { seats } => Self::ActivationLimit {
-                license_id: license_id.into(),
-                seats,
-            },
+            ActivationStoreError::LimitReached { seats } => {
+                Self::ActivationLimit { license_id: license_id.into(), seats }
+            }
             ActivationStoreError::NoActivation => Self::NotActivated(license_id.into()),
-            ActivationStoreError::DeactivationLimit { allowed } => Self::DeactivationLimit {
-                license_id: license_id.into(),
-                allowed,
-            },
+            ActivationStoreError::DeactivationLimit { allowed } => {
+                Self::DeactivationLimit { license_id: license_id.into(), allowed }
+            }
         }
     }
 }
@@ -81,9 +71,7 @@ impl ClassifiedError for ActivationError {
                 ErrorClass::InvalidArgument
             }
             Self::LicenseState(_) => ErrorClass::FailedPrecondition,
-            Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => {
-                ErrorClass::ResourceExhausted
-            }
+            Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => ErrorClass::ResourceExhausted,
             Self::NotActivated(_) | Self::InstallationNotFound(_) => ErrorClass::NotFound,
             Self::Store(e) => e.class(),
         }
@@ -121,68 +109,31 @@ mod tests {
     #[test]
     fn each_variant_maps_to_its_status() {
         let cases: Vec<(ActivationError, Code, &str)> = vec![
+            (ActivationError::invalid("machine", "missing"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+            (FingerprintError::Empty.into(), Code::InvalidArgument, "FINGERPRINT_INVALID"),
             (
-                ActivationError::invalid("machine", "missing"),
-                Code::InvalidArgument,
-                "INVALID_ARGUMENT",
-            ),
-            (
-                FingerprintError::Empty.into(),
-                Code::InvalidArgument,
-                "FINGERPRINT_INVALID",
-            ),
-            (
-                ActivationError::LicenseState(Refusal {
-                    reason: "SUSPENDED",
-                    message: "s".into(),
-                }),
+                ActivationError::LicenseState(Refusal { reason: "SUSPENDED", message: "s".into() }),
                 Code::FailedPrecondition,
                 "SUSPENDED",
             ),
             (
-                ActivationError::ActivationLimit {
-                    license_id: "l".into(),
-                    seats: 2,
-                },
+                ActivationError::ActivationLimit { license_id: "l".into(), seats: 2 },
                 Code::ResourceExhausted,
                 "ACTIVATION_LIMIT_REACHED",
             ),
             (
-                ActivationError::DeactivationLimit {
-                    license_id: "l".into(),
-                    allowed: 2,
-                },
+                ActivationError::DeactivationLimit { license_id: "l".into(), allowed: 2 },
                 Code::ResourceExhausted,
                 "DEACTIVATION_LIMIT_REACHED",
             ),
-            (
-                ActivationError::NotActivated("l".into()),
-                Code::NotFound,
-                "NOT_ACTIVATED",
-            ),
-            (
-                CredentialError::WrongPassword("l".into()).into(),
-                Code::PermissionDenied,
-                "WRONG_ACTIVATION_PASSWORD",
-            ),
-            (
-                CredentialError::UnknownKey.into(),
-                Code::NotFound,
-                "LICENSE_NOT_FOUND",
-            ),
-            (
-                StoreError::Unavailable("x".into()).into(),
-                Code::Unavailable,
-                "STORE_UNAVAILABLE",
-            ),
+            (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
+            (CredentialError::WrongPassword("l".into()).into(), Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD"),
+            (CredentialError::UnknownKey.into(), Code::NotFound, "LICENSE_NOT_FOUND"),
+            (StoreError::Unavailable("x".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
         ];
         for (error, code, reason) in cases {
             let status = to_status(&error);
-            assert_eq!(
-                (status.code(), reason_of(&status).unwrap()),
-                (code, reason.to_owned()),
-                "{error}"
-            );
+            assert_eq!((status.code(), reason_of(&status).unwrap()), (code, reason.to_owned()), "{error}");
         }
     }
 }

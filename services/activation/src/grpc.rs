@@ -6,9 +6,7 @@ use licensing_domain::certificate::{certificate_file, SignedBlob};
 use licensing_domain::fingerprint::Component;
 use licensing_domain::model::{Activation, LicenseStatus};
 use licensing_proto::activation::v1 as pb;
-use licensing_proto::activation::v1::activation_service_server::{
-    ActivationService, ActivationServiceServer,
-};
+use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use licensing_proto::common::v1::FingerprintComponent;
 use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
@@ -27,10 +25,7 @@ pub struct ActivationApi {
 
 impl ActivationApi {
     pub fn new(activations: Activations, watch_poll: Duration) -> Self {
-        Self {
-            activations,
-            watch_poll,
-        }
+        Self { activations, watch_poll }
     }
 
     pub fn into_server(self, max_message_bytes: usize) -> ActivationServiceServer<Self> {
@@ -44,22 +39,15 @@ fn credentials(c: Option<pb::LicenseCredentials>) -> Result<Credentials, Status>
     use pb::license_credentials::Credential;
     match c.and_then(|c| c.credential) {
         Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
-        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword {
-            license_id: p.license_id,
-            password: p.password,
-        }),
+        Some(Credential::LicenseIdAndPassword(p)) => {
+            Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password })
+        }
         None => Err(to_status(&CredentialError::Missing)),
     }
 }
 
 fn components(fingerprint: Vec<FingerprintComponent>) -> Vec<Component> {
-    fingerprint
-        .into_iter()
-        .map(|c| Component {
-            name: c.name,
-            value: c.value,
-        })
-        .collect()
+    fingerprint.into_iter().map(|c| Component { name: c.name, value: c.value }).collect()
 }
 
 fn machine(m: Option<pb::MachineInfo>) -> Result<Machine, Status> {
@@ -115,22 +103,14 @@ fn validation_code(code: ValidationCode) -> pb::ValidationCode {
     }
 }
 
-type WatchStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchLicenseResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchLicenseResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ActivationService for ActivationApi {
-    async fn activate(
-        &self,
-        request: Request<pb::ActivateRequest>,
-    ) -> Result<Response<pb::ActivateResponse>, Status> {
+    async fn activate(&self, request: Request<pb::ActivateRequest>) -> Result<Response<pb::ActivateResponse>, Status> {
         let r = request.into_inner();
         let (creds, machine) = (credentials(r.credentials)?, machine(r.machine)?);
-        let (a, already, cert) = self
-            .activations
-            .activate(&creds, &machine)
-            .await
-            .or_status()?;
+        let (a, already, cert) = self.activations.activate(&creds, &machine).await.or_status()?;
         Ok(Response::new(pb::ActivateResponse {
             activation: Some(activation(&a)),
             already_activated: already,
@@ -163,20 +143,12 @@ impl ActivationService for ActivationApi {
         }))
     }
 
-    async fn validate(
-        &self,
-        request: Request<pb::ValidateRequest>,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
+    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
         let r = request.into_inner();
         let creds = credentials(r.credentials)?;
         let v = self
             .activations
-            .validate(
-                &creds,
-                &components(r.fingerprint),
-                &r.modules,
-                &r.product_version,
-            )
+            .validate(&creds, &components(r.fingerprint), &r.modules, &r.product_version)
             .await
             .or_status()?;
         Ok(Response::new(pb::ValidateResponse {
@@ -194,25 +166,16 @@ impl ActivationService for ActivationApi {
     ) -> Result<Response<pb::RefreshCertificateResponse>, Status> {
         let r = request.into_inner();
         let creds = credentials(r.credentials)?;
-        let cert = self
-            .activations
-            .refresh(&creds, &components(r.fingerprint))
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::RefreshCertificateResponse {
-            certificate: Some(certificate(cert)),
-        }))
+        let cert = self.activations.refresh(&creds, &components(r.fingerprint)).await.or_status()?;
+        Ok(Response::new(pb::RefreshCertificateResponse { certificate: Some(certificate(cert)) }))
     }
 
     async fn activate_offline(
         &self,
         request: Request<pb::ActivateOfflineRequest>,
     ) -> Result<Response<pb::ActivateOfflineResponse>, Status> {
-        let (a, already, cert) = self
-            .activations
-            .activate_offline(&request.get_ref().activation_request)
-            .await
-            .or_status()?;
+        let (a, already, cert) =
+            self.activations.activate_offline(&request.get_ref().activation_request).await.or_status()?;
         Ok(Response::new(pb::ActivateOfflineResponse {
             activation: Some(activation(&a)),
             already_activated: already,
@@ -229,11 +192,7 @@ impl ActivationService for ActivationApi {
         let r = request.into_inner();
         let creds = credentials(r.credentials)?;
         let presented = components(r.fingerprint);
-        let (license, _, _) = self
-            .activations
-            .activated(&creds, &presented)
-            .await
-            .or_status()?;
+        let (license, _, _) = self.activations.activated(&creds, &presented).await.or_status()?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let activations = self.activations.clone();
         let poll = self.watch_poll;
@@ -241,11 +200,7 @@ impl ActivationService for ActivationApi {
             let mut last_seen: Option<(i64, LicenseStatus)> = None;
             loop {
                 let message = match activations.current_license(&license.license_id).await {
-                    Ok(Some(current))
-                        if last_seen == Some((current.updated_at, current.status)) =>
-                    {
-                        None
-                    }
+                    Ok(Some(current)) if last_seen == Some((current.updated_at, current.status)) => None,
                     Ok(Some(current)) => {
                         last_seen = Some((current.updated_at, current.status));
                         // While the license is usable, a fresh certificate; otherwise the license alone says why not.
@@ -253,14 +208,9 @@ impl ActivationService for ActivationApi {
                             Ok((l, a, p)) => Some(certificate(activations.certificate(&l, &a, &p))),
                             Err(_) => None,
                         };
-                        Some(Ok(pb::WatchLicenseResponse {
-                            certificate: cert,
-                            license: Some(conv::license(&current)),
-                        }))
+                        Some(Ok(pb::WatchLicenseResponse { certificate: cert, license: Some(conv::license(&current)) }))
                     }
-                    Ok(None) => Some(Err(to_status(&ActivationError::NotActivated(
-                        license.license_id.clone(),
-                    )))),
+                    Ok(None) => Some(Err(to_status(&ActivationError::NotActivated(license.license_id.clone())))),
                     Err(e) => Some(Err(to_status(&e))),
                 };
                 if let Some(message) = message {
@@ -285,8 +235,7 @@ impl ActivationService for ActivationApi {
         use base64::Engine;
         let signer = self.activations.signer();
         Ok(Response::new(pb::GetVerifyingKeyResponse {
-            public_key: base64::engine::general_purpose::STANDARD
-                .encode(signer.verifying_key().as_bytes()),
+            public_key: base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().as_bytes()),
             key_id: signer.key_id(),
         }))
     }

@@ -1,16 +1,13 @@
 //! [`Activations`]: the node-locked use cases. Inputs here are already decoded from gRPC.
 
 use crate::ActivationError;
-use licensing_domain::certificate::{
-    encode_offline_request, CertificatePayload, OfflineRequest, SignedBlob, Signer,
-};
+use licensing_domain::certificate::{encode_offline_request, CertificatePayload, OfflineRequest, SignedBlob, Signer};
 use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
 use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind};
 use licensing_domain::store::{
-    ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand,
-    DeactivateTarget,
+    ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget,
 };
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
 use std::sync::Arc;
@@ -28,11 +25,7 @@ pub struct ActivationSettings {
 
 impl Default for ActivationSettings {
     fn default() -> Self {
-        Self {
-            match_threshold: fingerprint::DEFAULT_MATCH_THRESHOLD,
-            refresh_after: DAY,
-            offline_validity: 14 * DAY,
-        }
+        Self { match_threshold: fingerprint::DEFAULT_MATCH_THRESHOLD, refresh_after: DAY, offline_validity: 14 * DAY }
     }
 }
 
@@ -70,12 +63,7 @@ pub struct Validation {
 
 impl Validation {
     fn failed(code: ValidationCode, detail: impl Into<String>, license: Option<License>) -> Self {
-        Self {
-            code,
-            detail: detail.into(),
-            license,
-            certificate: None,
-        }
+        Self { code, detail: detail.into(), license, certificate: None }
     }
 }
 
@@ -108,16 +96,8 @@ fn check_text(field: &'static str, value: &str, required: bool) -> Result<String
 /// `MAJOR.MINOR[.PATCH]` as numbers, or an error naming the field.
 pub fn parse_version(value: &str) -> Result<(u64, u64, u64), ActivationError> {
     let parts: Vec<&str> = value.trim().split('.').collect();
-    let numbers: Option<Vec<u64>> = parts
-        .iter()
-        .map(|p| {
-            if p.is_empty() || p.len() > 9 {
-                None
-            } else {
-                p.parse().ok()
-            }
-        })
-        .collect();
+    let numbers: Option<Vec<u64>> =
+        parts.iter().map(|p| if p.is_empty() || p.len() > 9 { None } else { p.parse().ok() }).collect();
     match numbers {
         Some(n) if n.len() == 2 => Ok((n[0], n[1], 0)),
         Some(n) if n.len() == 3 => Ok((n[0], n[1], n[2])),
@@ -140,14 +120,7 @@ impl Activations {
         clock: SharedClock,
         settings: ActivationSettings,
     ) -> Self {
-        Self {
-            catalog,
-            store,
-            credentials,
-            signer,
-            clock,
-            settings,
-        }
+        Self { catalog, store, credentials, signer, clock, settings }
     }
 
     pub fn signer(&self) -> &Signer {
@@ -158,22 +131,14 @@ impl Activations {
         self.clock.now()
     }
 
-    fn digests(
-        &self,
-        components: &[Component],
-    ) -> Result<(Vec<Component>, Vec<ComponentDigest>), ActivationError> {
+    fn digests(&self, components: &[Component]) -> Result<(Vec<Component>, Vec<ComponentDigest>), ActivationError> {
         let normalized = fingerprint::normalize(components)?;
         let digests = fingerprint::stored_digests(self.credentials.hasher(), &normalized);
         Ok((normalized, digests))
     }
 
     /// The signed certificate of an activation, for the machine as presented now.
-    pub fn certificate(
-        &self,
-        license: &License,
-        activation: &Activation,
-        presented: &[Component],
-    ) -> SignedBlob {
+    pub fn certificate(&self, license: &License, activation: &Activation, presented: &[Component]) -> SignedBlob {
         let now = self.now();
         let mut valid_until = now + self.settings.offline_validity;
         if let Some(expires) = license.expires_at {
@@ -215,8 +180,7 @@ impl Activations {
     ) -> Result<(Activation, bool, SignedBlob), ActivationError> {
         let machine_name = check_text("machine.machine_name", &machine.machine_name, false)?;
         let platform = check_text("machine.platform", &machine.platform, false)?;
-        let product_version =
-            check_text("machine.product_version", &machine.product_version, false)?;
+        let product_version = check_text("machine.product_version", &machine.product_version, false)?;
         if !product_version.is_empty() {
             parse_version(&product_version)?;
         }
@@ -255,9 +219,7 @@ impl Activations {
         request_text: &str,
     ) -> Result<(Activation, bool, SignedBlob), ActivationError> {
         if request_text.len() > 64 * 1024 {
-            return Err(ActivationError::OfflineRequest(
-                "activation_request: larger than 64 KiB".into(),
-            ));
+            return Err(ActivationError::OfflineRequest("activation_request: larger than 64 KiB".into()));
         }
         let request = licensing_domain::certificate::decode_offline_request(request_text)
             .map_err(|e| ActivationError::OfflineRequest(format!("activation_request: {e}")))?;
@@ -273,12 +235,7 @@ impl Activations {
             platform: request.platform,
             product_version: request.product_version,
         };
-        self.activate_as(
-            &Credentials::LicenseKey(request.license_key),
-            &machine,
-            true,
-        )
-        .await
+        self.activate_as(&Credentials::LicenseKey(request.license_key), &machine, true).await
     }
 
     /// Writes the request a product on an air-gapped machine would (for tools and tests).
@@ -295,33 +252,18 @@ impl Activations {
     }
 
     /// Deactivation from the product: by credentials and fingerprint, or by Installation ID.
-    pub async fn deactivate(
-        &self,
-        target: DeactivationRequest,
-    ) -> Result<(Activation, License), ActivationError> {
+    pub async fn deactivate(&self, target: DeactivationRequest) -> Result<(Activation, License), ActivationError> {
         let (license, target) = match target {
-            DeactivationRequest::ByMachine {
-                credentials,
-                fingerprint,
-            } => {
+            DeactivationRequest::ByMachine { credentials, fingerprint } => {
                 let (_, digests) = self.digests(&fingerprint)?;
                 let license = self.credentials.resolve(&credentials).await?;
-                (
-                    license,
-                    DeactivateTarget::Fingerprint {
-                        digests,
-                        match_threshold: self.settings.match_threshold,
-                    },
-                )
+                (license, DeactivateTarget::Fingerprint { digests, match_threshold: self.settings.match_threshold })
             }
             DeactivationRequest::ByInstallation(id) => {
                 if !ids::is_well_formed(ids::INSTALLATION, &id) {
                     return Err(ActivationError::invalid(
                         "installation_id",
-                        format!(
-                            "'{}' is not an Installation ID (ins_…)",
-                            id.chars().take(64).collect::<String>()
-                        ),
+                        format!("'{}' is not an Installation ID (ins_…)", id.chars().take(64).collect::<String>()),
                     ));
                 }
                 let activation = self
@@ -341,9 +283,7 @@ impl Activations {
             }
         };
         // An expired license cannot be returned from the product; the portal can do it.
-        license
-            .usability(self.now(), LicenseKind::NodeLocked)
-            .map_err(ActivationError::LicenseState)?;
+        license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
         let command = DeactivateCommand {
             license_id: license.license_id.clone(),
             target,
@@ -351,10 +291,7 @@ impl Activations {
             action: "deactivate",
             now: self.now(),
         };
-        self.store
-            .deactivate(&command)
-            .await
-            .map_err(|e| ActivationError::from_store(e, &license.license_id))
+        self.store.deactivate(&command).await.map_err(|e| ActivationError::from_store(e, &license.license_id))
     }
 
     /// Validates a license for this machine; wrong credentials are errors, license problems are codes.
@@ -372,11 +309,7 @@ impl Activations {
         let license = match self.credentials.resolve(credentials).await {
             Ok(l) => l,
             Err(licensing_runtime::credentials::CredentialError::UnknownKey) => {
-                return Ok(Validation::failed(
-                    ValidationCode::NotFound,
-                    "no license has this key",
-                    None,
-                ))
+                return Ok(Validation::failed(ValidationCode::NotFound, "no license has this key", None))
             }
             Err(e) => return Err(e.into()),
         };
@@ -414,47 +347,46 @@ impl Activations {
                     .map(|a| (fingerprint::match_share(&a.fingerprint, &digests), a))
                     .max_by(|a, b| a.0.total_cmp(&b.0));
                 match best {
-                    Some((share, a)) if share >= self.settings.match_threshold => activation_and_presented = Some((a, presented)),
+                    Some((share, a)) if share >= self.settings.match_threshold => {
+                        activation_and_presented = Some((a, presented))
+                    }
                     // A recognisably similar machine (at least half the needed share) is a mismatch;
                     // anything less is simply another machine.
                     Some((share, _)) if share >= self.settings.match_threshold / 2.0 => {
                         return Ok(Validation::failed(
                             ValidationCode::FingerprintMismatch,
-                            format!("this machine matches {:.0}% of an activated machine's components; {:.0}% are needed", share * 100.0, self.settings.match_threshold * 100.0),
+                            format!(
+                                "this machine matches {:.0}% of an activated machine's components; {:.0}% are needed",
+                                share * 100.0,
+                                self.settings.match_threshold * 100.0
+                            ),
                             Some(license),
                         ))
                     }
-                    _ => return Ok(Validation::failed(ValidationCode::NotActivated, "the license is not activated on this machine", Some(license))),
+                    _ => {
+                        return Ok(Validation::failed(
+                            ValidationCode::NotActivated,
+                            "the license is not activated on this machine",
+                            Some(license),
+                        ))
+                    }
                 }
             }
         }
         if let Some(missing) = modules.iter().find(|m| !license.modules.contains(m)) {
             return Ok(Validation::failed(
                 ValidationCode::ModuleNotLicensed,
-                format!(
-                    "module '{}' is not licensed",
-                    missing.chars().take(64).collect::<String>()
-                ),
+                format!("module '{}' is not licensed", missing.chars().take(64).collect::<String>()),
                 Some(license),
             ));
         }
         if let Some(version) = version {
             if let Some(detail) = self.version_not_covered(&license, version).await? {
-                return Ok(Validation::failed(
-                    ValidationCode::VersionNotCovered,
-                    detail,
-                    Some(license),
-                ));
+                return Ok(Validation::failed(ValidationCode::VersionNotCovered, detail, Some(license)));
             }
         }
-        let certificate = activation_and_presented
-            .map(|(a, presented)| self.certificate(&license, &a, &presented));
-        Ok(Validation {
-            code: ValidationCode::Valid,
-            detail: String::new(),
-            license: Some(license),
-            certificate,
-        })
+        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, &a, &presented));
+        Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
     }
 
     /// Why a version may not run under the license's upgrade period, if it may not.
@@ -467,13 +399,13 @@ impl Activations {
             return Ok(None);
         };
         let product = self.catalog.get_product(&license.product_code).await?;
-        let released = product.and_then(|p| {
-            p.versions
-                .into_iter()
-                .find(|v| parse_version(&v.version).ok() == Some(version))
-        });
+        let released =
+            product.and_then(|p| p.versions.into_iter().find(|v| parse_version(&v.version).ok() == Some(version)));
         Ok(match released {
-            None => Some(format!("version {}.{}.{} is not a released version of {}", version.0, version.1, version.2, license.product_code)),
+            None => Some(format!(
+                "version {}.{}.{} is not a released version of {}",
+                version.0, version.1, version.2, license.product_code
+            )),
             Some(v) if v.released_at > until => Some(format!(
                 "version {} was released after the upgrade period ended at {} (Unix ms); renew maintenance to run it",
                 v.version, until
@@ -498,9 +430,7 @@ impl Activations {
             fingerprint_digest: fingerprint::summary(&activation.fingerprint),
             outcome: "ok".into(),
         };
-        self.store
-            .record_refresh(&activation.installation_id, &event, now)
-            .await?;
+        self.store.record_refresh(&activation.installation_id, &event, now).await?;
         Ok(self.certificate(&license, &activation, &presented))
     }
 
@@ -512,9 +442,7 @@ impl Activations {
     ) -> Result<(License, Activation, Vec<Component>), ActivationError> {
         let (presented, digests) = self.digests(fingerprint)?;
         let license = self.credentials.resolve(credentials).await?;
-        license
-            .usability(self.now(), LicenseKind::NodeLocked)
-            .map_err(ActivationError::LicenseState)?;
+        license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
         let activation = self
             .store
             .list_activations(&license.license_id)
@@ -527,18 +455,12 @@ impl Activations {
     }
 
     /// The license as stored now (for the watch stream).
-    pub async fn current_license(
-        &self,
-        license_id: &str,
-    ) -> Result<Option<License>, ActivationError> {
+    pub async fn current_license(&self, license_id: &str) -> Result<Option<License>, ActivationError> {
         Ok(self.catalog.get_license(license_id).await?)
     }
 }
 
 pub enum DeactivationRequest {
-    ByMachine {
-        credentials: Credentials,
-        fingerprint: Vec<Component>,
-    },
+    ByMachine { credentials: Credentials, fingerprint: Vec<Component> },
     ByInstallation(String),
 }

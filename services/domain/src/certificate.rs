@@ -78,9 +78,7 @@ pub fn key_id(public: &VerifyingKey) -> String {
 
 impl Signer {
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self {
-            key: SigningKey::from_bytes(seed),
-        }
+        Self { key: SigningKey::from_bytes(seed) }
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
@@ -96,11 +94,7 @@ impl Signer {
         message.extend_from_slice(context.as_bytes());
         message.extend_from_slice(payload);
         let signature = self.key.sign(&message);
-        SignedBlob {
-            payload: B64.encode(payload),
-            signature: B64.encode(signature.to_bytes()),
-            key_id: self.key_id(),
-        }
+        SignedBlob { payload: B64.encode(payload), signature: B64.encode(signature.to_bytes()), key_id: self.key_id() }
     }
 
     pub fn sign_certificate(&self, payload: &CertificatePayload) -> SignedBlob {
@@ -110,31 +104,17 @@ impl Signer {
 }
 
 /// Verifies a blob with only the public key and returns the payload bytes.
-pub fn verify(
-    public: &VerifyingKey,
-    context: &str,
-    blob: &SignedBlob,
-) -> Result<Vec<u8>, VerifyError> {
-    let payload = B64
-        .decode(&blob.payload)
-        .map_err(|e| VerifyError::Malformed(format!("payload: {e}")))?;
-    let signature = B64
-        .decode(&blob.signature)
-        .map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
-    let signature = Signature::from_slice(&signature)
-        .map_err(|_| VerifyError::Malformed("signature length".into()))?;
+pub fn verify(public: &VerifyingKey, context: &str, blob: &SignedBlob) -> Result<Vec<u8>, VerifyError> {
+    let payload = B64.decode(&blob.payload).map_err(|e| VerifyError::Malformed(format!("payload: {e}")))?;
+    let signature = B64.decode(&blob.signature).map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
+    let signature = Signature::from_slice(&signature).map_err(|_| VerifyError::Malformed("signature length".into()))?;
     let mut message = context.as_bytes().to_vec();
     message.extend_from_slice(&payload);
-    public
-        .verify(&message, &signature)
-        .map_err(|_| VerifyError::BadSignature)?;
+    public.verify(&message, &signature).map_err(|_| VerifyError::BadSignature)?;
     Ok(payload)
 }
 
-pub fn verify_certificate(
-    public: &VerifyingKey,
-    blob: &SignedBlob,
-) -> Result<CertificatePayload, VerifyError> {
+pub fn verify_certificate(public: &VerifyingKey, blob: &SignedBlob) -> Result<CertificatePayload, VerifyError> {
     let bytes = verify(public, CERTIFICATE_CONTEXT, blob)?;
     serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("payload JSON: {e}")))
 }
@@ -152,14 +132,8 @@ fn wrap(begin: &str, end: &str, body: &str) -> String {
 }
 
 fn unwrap_armor(text: &str, begin: &str, end: &str) -> Result<String, VerifyError> {
-    let start = text
-        .find(begin)
-        .ok_or_else(|| VerifyError::Malformed(format!("missing {begin}")))?
-        + begin.len();
-    let stop = text[start..]
-        .find(end)
-        .ok_or_else(|| VerifyError::Malformed(format!("missing {end}")))?
-        + start;
+    let start = text.find(begin).ok_or_else(|| VerifyError::Malformed(format!("missing {begin}")))? + begin.len();
+    let stop = text[start..].find(end).ok_or_else(|| VerifyError::Malformed(format!("missing {end}")))? + start;
     Ok(text[start..stop].split_whitespace().collect())
 }
 
@@ -171,9 +145,7 @@ pub fn certificate_file(blob: &SignedBlob) -> String {
 
 pub fn parse_certificate_file(text: &str) -> Result<SignedBlob, VerifyError> {
     let body = unwrap_armor(text, CERT_BEGIN, CERT_END)?;
-    let json = B64
-        .decode(body)
-        .map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
+    let json = B64.decode(body).map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
     serde_json::from_slice(&json).map_err(|e| VerifyError::Malformed(format!("JSON: {e}")))
 }
 
@@ -194,26 +166,18 @@ pub fn encode_offline_request(request: &OfflineRequest) -> String {
     let body = B64.encode(serde_json::to_vec(request).expect("a request serializes"));
     let checksum = hex::encode(&Sha256::digest(body.as_bytes())[..8]);
     let mut text = wrap(REQUEST_BEGIN, REQUEST_END, &body);
-    text.insert_str(
-        text.len() - REQUEST_END.len() - 1,
-        &format!("checksum:{checksum}\n"),
-    );
+    text.insert_str(text.len() - REQUEST_END.len() - 1, &format!("checksum:{checksum}\n"));
     text
 }
 
 pub fn decode_offline_request(text: &str) -> Result<OfflineRequest, VerifyError> {
     let inner = unwrap_armor(text, REQUEST_BEGIN, REQUEST_END)?;
-    let (body, checksum) = inner
-        .split_once("checksum:")
-        .ok_or_else(|| VerifyError::Malformed("missing checksum line".into()))?;
+    let (body, checksum) =
+        inner.split_once("checksum:").ok_or_else(|| VerifyError::Malformed("missing checksum line".into()))?;
     if hex::encode(&Sha256::digest(body.as_bytes())[..8]) != checksum {
-        return Err(VerifyError::Malformed(
-            "checksum does not match: the request was altered or mistyped".into(),
-        ));
+        return Err(VerifyError::Malformed("checksum does not match: the request was altered or mistyped".into()));
     }
-    let json = B64
-        .decode(body)
-        .map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
+    let json = B64.decode(body).map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
     serde_json::from_slice(&json).map_err(|e| VerifyError::Malformed(format!("JSON: {e}")))
 }
 
@@ -247,35 +211,20 @@ mod tests {
         let blob = signer.sign_certificate(&payload());
         let file = certificate_file(&blob);
         let parsed = parse_certificate_file(&file).unwrap();
-        assert_eq!(
-            verify_certificate(&signer.verifying_key(), &parsed).unwrap(),
-            payload()
-        );
+        assert_eq!(verify_certificate(&signer.verifying_key(), &parsed).unwrap(), payload());
 
         let mut bytes = B64.decode(&blob.payload).unwrap();
         for i in 0..bytes.len() {
             bytes[i] ^= 1;
-            let altered = SignedBlob {
-                payload: B64.encode(&bytes),
-                ..blob.clone()
-            };
-            assert!(
-                verify_certificate(&signer.verifying_key(), &altered).is_err(),
-                "byte {i}"
-            );
+            let altered = SignedBlob { payload: B64.encode(&bytes), ..blob.clone() };
+            assert!(verify_certificate(&signer.verifying_key(), &altered).is_err(), "byte {i}");
             bytes[i] ^= 1;
         }
         let other = Signer::from_seed(&[8u8; 32]);
-        assert_eq!(
-            verify_certificate(&other.verifying_key(), &blob),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(verify_certificate(&other.verifying_key(), &blob), Err(VerifyError::BadSignature));
         // A lease token's signature is not a certificate's.
         let lease = signer.sign(LEASE_TOKEN_CONTEXT, &B64.decode(&blob.payload).unwrap());
-        assert_eq!(
-            verify_certificate(&signer.verifying_key(), &lease),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(verify_certificate(&signer.verifying_key(), &lease), Err(VerifyError::BadSignature));
     }
 
     #[test]

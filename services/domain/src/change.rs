@@ -9,33 +9,38 @@ use crate::model::{License, LicenseStatus, Product, UNLIMITED};
 pub enum LicenseChange {
     Suspend,
     Reinstate,
-    Renew { expires_at: Millis },
+    Renew {
+        expires_at: Millis,
+    },
     SetSeats(i32),
     SetAllowedDeactivations(i32),
     AddModules(Vec<String>),
     RemoveModules(Vec<String>),
-    ExtendUpgradePeriod { upgrades_until: Millis },
+    ExtendUpgradePeriod {
+        upgrades_until: Millis,
+    },
     SetPortalDeactivationCounts(bool),
     Associate(Option<String>),
+    /// Associates with this account unless another account holds the license.
+    Claim(String),
+    /// Moves the association from one account to another; fails unless `from` holds it.
+    Transfer {
+        from: String,
+        to: String,
+    },
     Retire,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error("{0}")]
     NotAllowed(String),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ChangeError {
-    ChangeError::Invalid {
-        field,
-        message: message.into(),
-    }
+    ChangeError::Invalid { field, message: message.into() }
 }
 
 /// Seats or activations a license may have.
@@ -43,10 +48,7 @@ pub const MAX_SEATS: i32 = 1_000_000;
 
 pub fn validate_seats(seats: i32) -> Result<(), ChangeError> {
     if !(1..=MAX_SEATS).contains(&seats) {
-        return Err(invalid(
-            "seats",
-            format!("must be between 1 and {MAX_SEATS}, got {seats}"),
-        ));
+        return Err(invalid("seats", format!("must be between 1 and {MAX_SEATS}, got {seats}")));
     }
     Ok(())
 }
@@ -68,11 +70,7 @@ pub fn validate_modules(product: &Product, modules: &[String]) -> Result<(), Cha
             let known: Vec<&str> = product.modules.iter().map(|m| m.code.as_str()).collect();
             return Err(invalid(
                 "modules",
-                format!(
-                    "product '{}' has no module '{m}' (known: {})",
-                    product.code,
-                    known.join(", ")
-                ),
+                format!("product '{}' has no module '{m}' (known: {})", product.code, known.join(", ")),
             ));
         }
         if modules[..i].contains(m) {
@@ -97,18 +95,15 @@ impl LicenseChange {
             Self::SetPortalDeactivationCounts(_) => "license.portal_deactivation_policy_changed",
             Self::Associate(Some(_)) => "license.associated",
             Self::Associate(None) => "license.dissociated",
+            Self::Claim(_) => "license.associated",
+            Self::Transfer { .. } => "license.transferred",
             Self::Retire => "license.retired",
         }
     }
 
     /// Checks the change against the license (and its product, for modules) and applies it.
-    pub fn apply(
-        &self,
-        license: &mut License,
-        product: &Product,
-        now: Millis,
-    ) -> Result<(), ChangeError> {
-        if license.status == LicenseStatus::Retired && !matches!(self, Self::Associate(_)) {
+    pub fn apply(&self, license: &mut License, product: &Product, now: Millis) -> Result<(), ChangeError> {
+        if license.status == LicenseStatus::Retired && !matches!(self, Self::Associate(_) | Self::Transfer { .. }) {
             return Err(ChangeError::NotAllowed(format!(
                 "license {} is retired and can no longer be changed",
                 license.license_id
@@ -126,26 +121,17 @@ impl LicenseChange {
             }
             Self::Reinstate => {
                 if license.status != LicenseStatus::Suspended {
-                    return Err(ChangeError::NotAllowed(format!(
-                        "license {} is not suspended",
-                        license.license_id
-                    )));
+                    return Err(ChangeError::NotAllowed(format!("license {} is not suspended", license.license_id)));
                 }
                 license.status = LicenseStatus::Active;
             }
             Self::Renew { expires_at } => {
                 if *expires_at <= license.valid_from {
-                    return Err(invalid(
-                        "expires_at",
-                        "must be after the license's valid_from",
-                    ));
+                    return Err(invalid("expires_at", "must be after the license's valid_from"));
                 }
                 if let Some(current) = license.expires_at {
                     if *expires_at <= current {
-                        return Err(invalid(
-                            "expires_at",
-                            "a renewal must move the expiry later",
-                        ));
+                        return Err(invalid("expires_at", "a renewal must move the expiry later"));
                     }
                 }
                 license.expires_at = Some(*expires_at);
@@ -168,10 +154,7 @@ impl LicenseChange {
                 validate_modules(product, modules)?;
                 for m in modules {
                     if license.modules.contains(m) {
-                        return Err(invalid(
-                            "modules",
-                            format!("the license already has module '{m}'"),
-                        ));
+                        return Err(invalid("modules", format!("the license already has module '{m}'")));
                     }
                 }
                 license.modules.extend(modules.iter().cloned());
@@ -182,10 +165,7 @@ impl LicenseChange {
                 }
                 for m in modules {
                     if !license.modules.contains(m) {
-                        return Err(invalid(
-                            "modules",
-                            format!("the license has no module '{m}'"),
-                        ));
+                        return Err(invalid("modules", format!("the license has no module '{m}'")));
                     }
                 }
                 license.modules.retain(|m| !modules.contains(m));
@@ -193,18 +173,31 @@ impl LicenseChange {
             Self::ExtendUpgradePeriod { upgrades_until } => {
                 if let Some(current) = license.upgrades_until {
                     if *upgrades_until <= current {
-                        return Err(invalid(
-                            "upgrades_until",
-                            "must be later than the current upgrade period end",
-                        ));
+                        return Err(invalid("upgrades_until", "must be later than the current upgrade period end"));
                     }
                 }
                 license.upgrades_until = Some(*upgrades_until);
             }
-            Self::SetPortalDeactivationCounts(counts) => {
-                license.portal_deactivation_counts = *counts
-            }
+            Self::SetPortalDeactivationCounts(counts) => license.portal_deactivation_counts = *counts,
             Self::Associate(customer) => license.associated_customer_id = customer.clone(),
+            Self::Claim(customer) => match &license.associated_customer_id {
+                Some(holder) if holder != customer => {
+                    return Err(ChangeError::NotAllowed(format!(
+                        "license {} is associated with another account; ask that account to transfer it",
+                        license.license_id
+                    )))
+                }
+                _ => license.associated_customer_id = Some(customer.clone()),
+            },
+            Self::Transfer { from, to } => {
+                if license.associated_customer_id.as_deref() != Some(from.as_str()) {
+                    return Err(ChangeError::NotAllowed(format!(
+                        "license {} is not associated with your account",
+                        license.license_id
+                    )));
+                }
+                license.associated_customer_id = Some(to.clone());
+            }
             Self::Retire => license.status = LicenseStatus::Retired,
         }
         license.updated_at = now;

@@ -10,15 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Component names the service matches on.
-pub const COMPONENT_NAMES: &[&str] = &[
-    "machine-id",
-    "disk-serial",
-    "mac",
-    "hostname",
-    "cpu",
-    "board-serial",
-    "os-install-id",
-];
+pub const COMPONENT_NAMES: &[&str] =
+    &["machine-id", "disk-serial", "mac", "hostname", "cpu", "board-serial", "os-install-id"];
 pub const MAX_COMPONENTS: usize = 16;
 pub const MAX_VALUE_LEN: usize = 256;
 
@@ -63,9 +56,7 @@ pub fn normalize(components: &[Component]) -> Result<Vec<Component>, Fingerprint
     for c in components {
         let name = c.name.trim().to_ascii_lowercase();
         if !COMPONENT_NAMES.contains(&name.as_str()) {
-            return Err(FingerprintError::UnknownComponent(
-                c.name.chars().take(64).collect(),
-            ));
+            return Err(FingerprintError::UnknownComponent(c.name.chars().take(64).collect()));
         }
         let value = c.value.trim().to_lowercase();
         if value.is_empty() {
@@ -76,10 +67,7 @@ pub fn normalize(components: &[Component]) -> Result<Vec<Component>, Fingerprint
         }
         let component = Component { name, value };
         if out.contains(&component) {
-            return Err(FingerprintError::Duplicate(
-                component.name,
-                component.value.chars().take(64).collect(),
-            ));
+            return Err(FingerprintError::Duplicate(component.name, component.value.chars().take(64).collect()));
         }
         out.push(component);
     }
@@ -136,18 +124,10 @@ mod tests {
     use super::*;
 
     fn machine(mac: &str, disk: &str) -> Vec<Component> {
-        [
-            ("machine-id", "4c4c4544-0042"),
-            ("disk-serial", disk),
-            ("mac", mac),
-            ("hostname", "ws-17"),
-        ]
-        .iter()
-        .map(|(n, v)| Component {
-            name: n.to_string(),
-            value: v.to_string(),
-        })
-        .collect()
+        [("machine-id", "4c4c4544-0042"), ("disk-serial", disk), ("mac", mac), ("hostname", "ws-17")]
+            .iter()
+            .map(|(n, v)| Component { name: n.to_string(), value: v.to_string() })
+            .collect()
     }
 
     #[test]
@@ -164,64 +144,23 @@ mod tests {
 
     #[test]
     fn values_are_normalized_and_bad_fingerprints_refused() {
-        let a = normalize(&[Component {
-            name: " MAC ".into(),
-            value: " AA:BB ".into(),
-        }])
-        .unwrap();
-        assert_eq!(
-            a[0],
-            Component {
-                name: "mac".into(),
-                value: "aa:bb".into()
-            }
-        );
+        let a = normalize(&[Component { name: " MAC ".into(), value: " AA:BB ".into() }]).unwrap();
+        assert_eq!(a[0], Component { name: "mac".into(), value: "aa:bb".into() });
         assert_eq!(normalize(&[]), Err(FingerprintError::Empty));
-        let unknown = [Component {
-            name: "shoe-size".into(),
-            value: "42".into(),
-        }];
-        assert!(matches!(
-            normalize(&unknown),
-            Err(FingerprintError::UnknownComponent(_))
-        ));
-        let long = [Component {
-            name: "mac".into(),
-            value: "x".repeat(300),
-        }];
-        assert!(matches!(
-            normalize(&long),
-            Err(FingerprintError::ValueTooLong(_))
-        ));
-        let many: Vec<Component> = (0..17)
-            .map(|i| Component {
-                name: "mac".into(),
-                value: format!("{i}"),
-            })
-            .collect();
+        let unknown = [Component { name: "shoe-size".into(), value: "42".into() }];
+        assert!(matches!(normalize(&unknown), Err(FingerprintError::UnknownComponent(_))));
+        let long = [Component { name: "mac".into(), value: "x".repeat(300) }];
+        assert!(matches!(normalize(&long), Err(FingerprintError::ValueTooLong(_))));
+        let many: Vec<Component> = (0..17).map(|i| Component { name: "mac".into(), value: format!("{i}") }).collect();
         assert_eq!(normalize(&many), Err(FingerprintError::TooMany(17)));
-        let dup = [
-            Component {
-                name: "mac".into(),
-                value: "a".into(),
-            },
-            Component {
-                name: "MAC".into(),
-                value: "A".into(),
-            },
-        ];
-        assert!(matches!(
-            normalize(&dup),
-            Err(FingerprintError::Duplicate(..))
-        ));
+        let dup =
+            [Component { name: "mac".into(), value: "a".into() }, Component { name: "MAC".into(), value: "A".into() }];
+        assert!(matches!(normalize(&dup), Err(FingerprintError::Duplicate(..))));
     }
 
     #[test]
     fn public_digests_are_plain_sha256() {
-        let d = public_digests(&[Component {
-            name: "mac".into(),
-            value: "aa".into(),
-        }]);
+        let d = public_digests(&[Component { name: "mac".into(), value: "aa".into() }]);
         assert_eq!(d[0].digest, hex::encode(Sha256::digest("mac=aa")));
     }
 }

@@ -28,9 +28,7 @@ pub fn new_id(prefix: &str) -> String {
 pub fn is_well_formed(prefix: &str, id: &str) -> bool {
     id.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|rest| {
-            rest.len() == RANDOM_CHARS && rest.bytes().all(|b| ALPHABET.contains(&b))
-        })
+        .is_some_and(|rest| rest.len() == RANDOM_CHARS && rest.bytes().all(|b| ALPHABET.contains(&b)))
 }
 
 #[cfg(test)]
@@ -45,9 +43,6 @@ mod tests {
         assert!(is_well_formed(LICENSE, &a), "{a}");
         assert!(!is_well_formed(CUSTOMER, &a));
         assert!(!is_well_formed(LICENSE, "lic_short"));
-        assert!(
-            !is_well_formed(LICENSE, "lic_IIIIIIIIIIIIIIII"),
-            "I is not in the alphabet"
-        );
+        assert!(!is_well_formed(LICENSE, "lic_IIIIIIIIIIIIIIII"), "I is not in the alphabet");
     }
 }

@@ -21,9 +21,7 @@ pub struct LicenseKey(String);
 pub enum LicenseKeyError {
     #[error("a license key has 25 symbols in five groups of five (XXXXX-XXXXX-XXXXX-XXXXX-XXXXX); this one has {0}")]
     WrongLength(usize),
-    #[error(
-        "a license key holds only digits and the letters A-Z without U; '{0}' is not one of them"
-    )]
+    #[error("a license key holds only digits and the letters A-Z without U; '{0}' is not one of them")]
     BadSymbol(char),
     #[error("the license key's check symbol does not match: it was mistyped")]
     BadCheck,
@@ -35,10 +33,7 @@ fn value_of(symbol: u8) -> Option<u32> {
         b'O' => b'0',
         other => other,
     };
-    ALPHABET
-        .iter()
-        .position(|&s| s == normalized)
-        .map(|p| p as u32)
+    ALPHABET.iter().position(|&s| s == normalized).map(|p| p as u32)
 }
 
 /// Luhn mod N over the symbol values, from the right, doubling every second one.
@@ -75,19 +70,13 @@ impl LicenseKey {
 
     /// Parses a key as a person typed it: any case, with or without dashes and spaces.
     pub fn parse(input: &str) -> Result<Self, LicenseKeyError> {
-        let symbols: Vec<char> = input
-            .chars()
-            .filter(|c| *c != '-' && !c.is_whitespace())
-            .collect();
+        let symbols: Vec<char> = input.chars().filter(|c| *c != '-' && !c.is_whitespace()).collect();
         if symbols.len() != SYMBOLS {
             return Err(LicenseKeyError::WrongLength(symbols.len()));
         }
         let mut values = Vec::with_capacity(SYMBOLS);
         for c in symbols {
-            let v = u8::try_from(c)
-                .ok()
-                .and_then(value_of)
-                .ok_or(LicenseKeyError::BadSymbol(c))?;
+            let v = u8::try_from(c).ok().and_then(value_of).ok_or(LicenseKeyError::BadSymbol(c))?;
             values.push(v);
         }
         let (body, check) = values.split_at(SYMBOLS - 1);
@@ -142,11 +131,7 @@ mod tests {
                 let mut typo = compact.clone();
                 typo[i] = s;
                 let typo = String::from_utf8(typo).unwrap();
-                assert_eq!(
-                    LicenseKey::parse(&typo),
-                    Err(LicenseKeyError::BadCheck),
-                    "{typo}"
-                );
+                assert_eq!(LicenseKey::parse(&typo), Err(LicenseKeyError::BadCheck), "{typo}");
             }
         }
     }
@@ -166,33 +151,18 @@ mod tests {
             // the doubling boundary; everything else must be caught.
             if let Ok(parsed) = LicenseKey::parse(&swapped) {
                 assert_ne!(parsed, key);
-                let (a, b) = (
-                    value_of(compact[i]).unwrap(),
-                    value_of(compact[i + 1]).unwrap(),
-                );
-                assert!(
-                    a + b == 31 || a == 0 || b == 0 || a == 31 || b == 31,
-                    "{swapped}"
-                );
+                let (a, b) = (value_of(compact[i]).unwrap(), value_of(compact[i + 1]).unwrap());
+                assert!(a + b == 31 || a == 0 || b == 0 || a == 31 || b == 31, "{swapped}");
             }
         }
     }
 
     #[test]
     fn malformed_keys_say_what_is_wrong() {
-        assert_eq!(
-            LicenseKey::parse("ABC"),
-            Err(LicenseKeyError::WrongLength(3))
-        );
+        assert_eq!(LicenseKey::parse("ABC"), Err(LicenseKeyError::WrongLength(3)));
         assert_eq!(LicenseKey::parse(""), Err(LicenseKeyError::WrongLength(0)));
-        assert_eq!(
-            LicenseKey::parse("UUUUU-UUUUU-UUUUU-UUUUU-UUUUU"),
-            Err(LicenseKeyError::BadSymbol('U'))
-        );
-        assert!(matches!(
-            LicenseKey::parse("ÄÄÄÄÄ-ÄÄÄÄÄ-ÄÄÄÄÄ-ÄÄÄÄÄ-ÄÄÄÄÄ"),
-            Err(LicenseKeyError::BadSymbol('Ä'))
-        ));
+        assert_eq!(LicenseKey::parse("UUUUU-UUUUU-UUUUU-UUUUU-UUUUU"), Err(LicenseKeyError::BadSymbol('U')));
+        assert!(matches!(LicenseKey::parse("ÄÄÄÄÄ-ÄÄÄÄÄ-ÄÄÄÄÄ-ÄÄÄÄÄ-ÄÄÄÄÄ"), Err(LicenseKeyError::BadSymbol('Ä'))));
     }
 
     #[test]

@@ -19,9 +19,7 @@ impl LicenseKind {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::NodeLocked, Self::Concurrent, Self::Cloud]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [Self::NodeLocked, Self::Concurrent, Self::Cloud].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -41,9 +39,7 @@ impl LicenseStatus {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Active, Self::Suspended, Self::Retired]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [Self::Active, Self::Suspended, Self::Retired].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -145,17 +141,8 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    pub fn new(
-        actor: impl Into<String>,
-        action: impl Into<String>,
-        subject: impl Into<String>,
-    ) -> Self {
-        Self {
-            actor: actor.into(),
-            action: action.into(),
-            subject: subject.into(),
-            details: serde_json::json!({}),
-        }
+    pub fn new(actor: impl Into<String>, action: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self { actor: actor.into(), action: action.into(), subject: subject.into(), details: serde_json::json!({}) }
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
@@ -232,27 +219,16 @@ impl License {
         use crate::store::Refusal;
         let refuse = |reason, message: String| Err(Refusal { reason, message });
         match self.status {
-            LicenseStatus::Retired => {
-                return refuse("RETIRED", format!("license {} is retired", self.license_id))
-            }
+            LicenseStatus::Retired => return refuse("RETIRED", format!("license {} is retired", self.license_id)),
             LicenseStatus::Suspended => {
-                return refuse(
-                    "SUSPENDED",
-                    format!(
-                        "license {} is suspended; contact your vendor",
-                        self.license_id
-                    ),
-                )
+                return refuse("SUSPENDED", format!("license {} is suspended; contact your vendor", self.license_id))
             }
             LicenseStatus::Active => {}
         }
         if now < self.valid_from {
             return refuse(
                 "NOT_YET_VALID",
-                format!(
-                    "license {} is not valid before {} (Unix ms)",
-                    self.license_id, self.valid_from
-                ),
+                format!("license {} is not valid before {} (Unix ms)", self.license_id, self.valid_from),
             );
         }
         if self.is_expired(now) {
@@ -268,12 +244,7 @@ impl License {
         if self.kind != kind {
             return refuse(
                 "WRONG_KIND",
-                format!(
-                    "license {} is a {} license, not {}",
-                    self.license_id,
-                    self.kind.as_str(),
-                    kind.as_str()
-                ),
+                format!("license {} is a {} license, not {}", self.license_id, self.kind.as_str(), kind.as_str()),
             );
         }
         Ok(())
@@ -297,4 +268,28 @@ pub struct Lease {
     /// Seats of the pool this lease holds.
     pub seats_held: i32,
     pub ttl_ms: i64,
+}
+
+/// A payment recorded with an admin action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub receipt_id: String,
+    pub license_id: String,
+    pub customer_id: String,
+    /// "issue", "renewal" or "upgrade".
+    pub kind: String,
+    /// Minor units (cents).
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    pub paid_at: Millis,
+    /// 0 for a one-off payment.
+    pub recurring_months: i32,
+}
+
+impl Receipt {
+    /// The next renewal date of a recurring payment (months counted as 30 days).
+    pub fn next_renewal_at(&self) -> Option<Millis> {
+        (self.recurring_months > 0).then(|| self.paid_at + i64::from(self.recurring_months) * 30 * crate::clock::DAY)
+    }
 }

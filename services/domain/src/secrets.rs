@@ -33,8 +33,7 @@ impl KeyedHasher {
     }
 
     fn mac(&self, purpose: &str, parts: &[&str]) -> [u8; 32] {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(purpose.as_bytes());
         for part in parts {
             mac.update(&[0]);
@@ -128,9 +127,7 @@ impl PasswordHasher {
     /// Cheaper parameters, for tests only.
     pub fn with_params(m_kib: u32, t: u32, p: u32) -> Self {
         let params = Params::new(m_kib, t, p, None).expect("valid argon2 parameters");
-        Self {
-            argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-        }
+        Self { argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params) }
     }
 
     /// A PHC string; CPU-heavy (tens of ms): call it from a blocking thread.
@@ -144,11 +141,7 @@ impl PasswordHasher {
 
     /// Constant-time verification; a malformed stored hash simply does not verify.
     pub fn verify(&self, password: &str, phc: &str) -> bool {
-        PasswordHash::new(phc).is_ok_and(|parsed| {
-            self.argon
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
+        PasswordHash::new(phc).is_ok_and(|parsed| self.argon.verify_password(password.as_bytes(), &parsed).is_ok())
     }
 
     /// A hash of a random password, verified against when the account does not exist so that
@@ -166,22 +159,10 @@ mod tests {
     fn keyed_digest_depends_on_key_purpose_and_secret() {
         let a = KeyedHasher::new(vec![1u8; 32]);
         let b = KeyedHasher::new(vec![2u8; 32]);
-        assert_eq!(
-            a.digest(purpose::SESSION, "x"),
-            a.digest(purpose::SESSION, "x")
-        );
-        assert_ne!(
-            a.digest(purpose::SESSION, "x"),
-            b.digest(purpose::SESSION, "x")
-        );
-        assert_ne!(
-            a.digest(purpose::SESSION, "x"),
-            a.digest(purpose::RESET_TOKEN, "x")
-        );
-        assert_ne!(
-            a.digest(purpose::SESSION, "x"),
-            a.digest(purpose::SESSION, "y")
-        );
+        assert_eq!(a.digest(purpose::SESSION, "x"), a.digest(purpose::SESSION, "x"));
+        assert_ne!(a.digest(purpose::SESSION, "x"), b.digest(purpose::SESSION, "x"));
+        assert_ne!(a.digest(purpose::SESSION, "x"), a.digest(purpose::RESET_TOKEN, "x"));
+        assert_ne!(a.digest(purpose::SESSION, "x"), a.digest(purpose::SESSION, "y"));
         assert_eq!(a.digest(purpose::SESSION, "x").len(), 64);
     }
 
@@ -193,10 +174,7 @@ mod tests {
         assert_eq!(p.len(), 23);
         assert_ne!(p, a.activation_password("lic_1", "salt2"));
         assert_ne!(p, a.activation_password("lic_2", "salt1"));
-        assert_ne!(
-            p,
-            KeyedHasher::new(vec![2u8; 32]).activation_password("lic_1", "salt1")
-        );
+        assert_ne!(p, KeyedHasher::new(vec![2u8; 32]).activation_password("lic_1", "salt1"));
     }
 
     #[test]

@@ -20,8 +20,7 @@ pub enum UpdateError {
 #[async_trait]
 pub trait CatalogStore: Send + Sync + 'static {
     /// Fails with [`StoreError::AlreadyExists`] when the code is taken.
-    async fn create_product(&self, product: &Product, audit: AuditRecord)
-        -> Result<(), StoreError>;
+    async fn create_product(&self, product: &Product, audit: AuditRecord) -> Result<(), StoreError>;
     async fn get_product(&self, code: &str) -> Result<Option<Product>, StoreError>;
     async fn list_products(&self, page: &Page) -> Result<Vec<Product>, StoreError>;
     /// Fails with [`StoreError::AlreadyExists`] when the version is recorded already.
@@ -41,13 +40,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StoreError>;
     async fn find_customer_by_email(&self, email: &str) -> Result<Option<Customer>, StoreError>;
-    async fn list_customers(
-        &self,
-        query: Option<&str>,
-        page: &Page,
-    ) -> Result<Vec<Customer>, StoreError>;
-    async fn customer_password_hash(&self, customer_id: &str)
-        -> Result<Option<String>, StoreError>;
+    async fn list_customers(&self, query: Option<&str>, page: &Page) -> Result<Vec<Customer>, StoreError>;
+    async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError>;
     async fn set_customer_password_hash(
         &self,
         customer_id: &str,
@@ -55,22 +49,18 @@ pub trait CatalogStore: Send + Sync + 'static {
         audit: AuditRecord,
     ) -> Result<(), StoreError>;
 
-    async fn insert_license(&self, new: &NewLicense, audit: AuditRecord) -> Result<(), StoreError>;
+    /// Stores a new license, its audit entry and (when paid) its receipt, atomically.
+    async fn insert_license(
+        &self,
+        new: &NewLicense,
+        audit: AuditRecord,
+        receipt: Option<&Receipt>,
+    ) -> Result<(), StoreError>;
     async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError>;
-    async fn find_license_by_key_digest(
-        &self,
-        key_digest: &str,
-    ) -> Result<Option<License>, StoreError>;
-    async fn list_licenses(
-        &self,
-        filter: &LicenseFilter,
-        page: &Page,
-    ) -> Result<Vec<License>, StoreError>;
+    async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError>;
+    async fn list_licenses(&self, filter: &LicenseFilter, page: &Page) -> Result<Vec<License>, StoreError>;
     /// The salt the license's activation password is derived from.
-    async fn activation_password_salt(
-        &self,
-        license_id: &str,
-    ) -> Result<Option<String>, StoreError>;
+    async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError>;
     /// Replaces the salt, so the old activation password stops working at once.
     async fn set_activation_password_salt(
         &self,
@@ -78,13 +68,15 @@ pub trait CatalogStore: Send + Sync + 'static {
         salt: &str,
         audit: AuditRecord,
     ) -> Result<(), StoreError>;
-    /// Applies `change` to the license with the row locked and appends `audit`, atomically.
+    /// Applies `change` to the license with the row locked, appends `audit` and stores the
+    /// receipt if any, atomically.
     async fn update_license(
         &self,
         license_id: &str,
         change: &LicenseChange,
         now: Millis,
         audit: AuditRecord,
+        receipt: Option<&Receipt>,
     ) -> Result<License, UpdateError>;
 
     async fn append_audit(&self, audit: AuditRecord) -> Result<(), StoreError>;
@@ -93,12 +85,7 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     async fn count_admin_tokens(&self) -> Result<i64, StoreError>;
     /// Idempotent: storing a digest already present changes nothing.
-    async fn insert_admin_token(
-        &self,
-        token_id: &str,
-        digest: &str,
-        now: Millis,
-    ) -> Result<(), StoreError>;
+    async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError>;
     /// The token ID of the admin token with this digest.
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError>;
 }
@@ -185,12 +172,8 @@ pub trait ActivationStore: Send + Sync + 'static {
         usable: &(dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync),
     ) -> Result<ActivateOutcome, ActivationStoreError>;
     /// Deactivates atomically, spending a deactivation when `counts` (never past the limit).
-    async fn deactivate(
-        &self,
-        command: &DeactivateCommand,
-    ) -> Result<(Activation, License), ActivationStoreError>;
-    async fn get_activation(&self, installation_id: &str)
-        -> Result<Option<Activation>, StoreError>;
+    async fn deactivate(&self, command: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError>;
+    async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError>;
     /// Live and past activations of a license, newest first.
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
     /// Marks an activation seen (a refresh) and records the history line.
@@ -201,10 +184,7 @@ pub trait ActivationStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<(), StoreError>;
     /// History of a license, oldest first.
-    async fn list_activation_events(
-        &self,
-        license_id: &str,
-    ) -> Result<Vec<ActivationEvent>, StoreError>;
+    async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError>;
 }
 
 /// A checkout, decided atomically by the lease store against the pool's seats.
@@ -254,11 +234,7 @@ pub enum HeartbeatOutcome {
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
     async fn checkout(&self, command: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError>;
-    async fn heartbeat(
-        &self,
-        license_id: &str,
-        lease_id: &str,
-    ) -> Result<HeartbeatOutcome, StoreError>;
+    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError>;
     /// `false` when the lease was already gone (a retried checkin).
     async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError>;
     /// Removes the lease and raises the license's fence; `None` when there was no such lease.
@@ -270,4 +246,52 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError>;
     /// The store's current time (Redis TIME for Redis).
     async fn now(&self) -> Result<Millis, StoreError>;
+}
+
+/// Why a reset token cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResetTokenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("this reset token is not valid")]
+    Unknown,
+    #[error("this reset token has expired; request a new one")]
+    Expired,
+    #[error("this reset token was used already; request a new one")]
+    Used,
+}
+
+/// The customer portal's own state: sessions, reset tokens, receipts.
+#[async_trait]
+pub trait PortalStore: Send + Sync + 'static {
+    async fn create_session(
+        &self,
+        digest: &str,
+        customer_id: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError>;
+    /// The customer of a live session (not expired, not revoked).
+    async fn session_customer(&self, digest: &str, now: Millis) -> Result<Option<String>, StoreError>;
+    async fn revoke_session(&self, digest: &str, now: Millis) -> Result<(), StoreError>;
+    async fn create_reset_token(
+        &self,
+        digest: &str,
+        customer_id: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError>;
+    /// Atomically: marks the token used (once), sets the password hash and ends every session of
+    /// the account. Returns the customer ID.
+    async fn use_reset_token(&self, digest: &str, password_hash: &str, now: Millis) -> Result<String, ResetTokenError>;
+    /// Atomically: retires `old_id` and inserts `replacement` (which names it in `replaces_license_id`).
+    async fn replace_license(
+        &self,
+        old_id: &str,
+        replacement: &NewLicense,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<License, UpdateError>;
+    /// Receipts of a customer, newest first.
+    async fn list_receipts(&self, customer_id: &str) -> Result<Vec<Receipt>, StoreError>;
 }

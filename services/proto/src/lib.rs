@@ -6,8 +6,7 @@
 //! - [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set served by gRPC reflection.
 
 /// Encoded `FileDescriptorSet` of every licensing proto, for the reflection service.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/licensing_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/licensing_descriptor.bin"));
 
 pub mod common {
     pub mod v1 {

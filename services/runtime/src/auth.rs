@@ -69,11 +69,7 @@ impl AdminAuth {
             return Err(AuthError::InvalidAdminToken);
         }
         let digest = self.hasher.digest(purpose::ADMIN_TOKEN, token);
-        self.store
-            .find_admin_token(&digest)
-            .await?
-            .map(AdminId)
-            .ok_or(AuthError::InvalidAdminToken)
+        self.store.find_admin_token(&digest).await?.map(AdminId).ok_or(AuthError::InvalidAdminToken)
     }
 }
 
@@ -97,24 +93,16 @@ pub async fn bootstrap_admin_token(
     }
     let token = random_token(ids::ADMIN_TOKEN, 24);
     let digest = hasher.digest(purpose::ADMIN_TOKEN, &token);
-    store
-        .insert_admin_token(&ids::new_id("tok"), &digest, now)
-        .await?;
+    store.insert_admin_token(&ids::new_id("tok"), &digest, now).await?;
     Ok(Some(token))
 }
 
 /// Admin tokens given in `LICENSING_ADMIN_TOKEN` must have this shape, so they are long enough.
 pub fn validate_admin_token_shape(token: &str) -> Result<(), String> {
-    if token.starts_with("adm_")
-        && token.len() >= 4 + 26
-        && token[4..].bytes().all(|b| b.is_ascii_alphanumeric())
-    {
+    if token.starts_with("adm_") && token.len() >= 4 + 26 && token[4..].bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
-        Err(
-            "LICENSING_ADMIN_TOKEN must look like adm_ followed by at least 26 letters or digits"
-                .into(),
-        )
+        Err("LICENSING_ADMIN_TOKEN must look like adm_ followed by at least 26 letters or digits".into())
     }
 }
 

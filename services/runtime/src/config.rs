@@ -29,9 +29,7 @@ impl Lookup for HashMap<String, String> {
 
 impl<const N: usize> Lookup for [(&str, &str); N] {
     fn get(&self, key: &str) -> Option<String> {
-        self.iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| (*v).to_owned())
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
     }
 }
 
@@ -53,6 +51,9 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
+    ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail; without it mail goes to files in <data dir>/outbox"),
+    ("LICENSING_MAIL_FROM", "sender address of portal mail"),
+    ("LICENSING_RESET_URL", "portal page that password reset mail links to (the token is appended as ?token=)"),
     ("LICENSING_LOG_FORMAT", "text or json"),
     ("RUST_LOG", "log filter, e.g. info or licensing=debug"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
@@ -86,6 +87,9 @@ pub struct Config {
     pub fingerprint_match: f64,
     pub watch_poll: Duration,
     pub sweep_interval: Duration,
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    pub reset_url: String,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
@@ -107,50 +111,30 @@ fn parse<T: std::str::FromStr>(
 ) -> Result<T, ConfigError> {
     match lookup.get(var).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError {
-            var,
-            message: format!("'{v}' is not {what}"),
-        }),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError { var, message: format!("'{v}' is not {what}") }),
     }
 }
 
 fn non_empty(lookup: &dyn Lookup, var: &str) -> Option<String> {
-    lookup
-        .get(var)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    lookup.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 impl Config {
     /// Reads every setting; `default_addr` and `service_name` differ per binary.
-    pub fn from_lookup(
-        lookup: &dyn Lookup,
-        default_addr: &str,
-        service_name: &str,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_lookup(lookup: &dyn Lookup, default_addr: &str, service_name: &str) -> Result<Self, ConfigError> {
         let listen_addr = parse(
             lookup,
             "LICENSING_LISTEN_ADDR",
             default_addr.parse().expect("valid default address"),
             "an address:port",
         )?;
-        let millis = |var, default| {
-            parse::<u64>(lookup, var, default, "a number of milliseconds")
-                .map(Duration::from_millis)
-        };
+        let millis =
+            |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
         let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
         let shutdown_grace = millis("LICENSING_SHUTDOWN_GRACE_MS", 10_000)?;
-        let concurrency_limit = parse(
-            lookup,
-            "LICENSING_CONCURRENCY_LIMIT",
-            1024usize,
-            "a whole number",
-        )?;
+        let concurrency_limit = parse(lookup, "LICENSING_CONCURRENCY_LIMIT", 1024usize, "a whole number")?;
         if concurrency_limit == 0 {
-            return Err(ConfigError {
-                var: "LICENSING_CONCURRENCY_LIMIT",
-                message: "must be at least 1".into(),
-            });
+            return Err(ConfigError { var: "LICENSING_CONCURRENCY_LIMIT", message: "must be at least 1".into() });
         }
         let log_format = match non_empty(lookup, "LICENSING_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -162,12 +146,7 @@ impl Config {
                 })
             }
         };
-        let fingerprint_match = parse(
-            lookup,
-            "LICENSING_FINGERPRINT_MATCH",
-            0.6f64,
-            "a share between 0 and 1",
-        )?;
+        let fingerprint_match = parse(lookup, "LICENSING_FINGERPRINT_MATCH", 0.6f64, "a share between 0 and 1")?;
         if !(fingerprint_match > 0.0 && fingerprint_match <= 1.0) {
             return Err(ConfigError {
                 var: "LICENSING_FINGERPRINT_MATCH",
@@ -177,33 +156,20 @@ impl Config {
         let database_url = non_empty(lookup, "LICENSING_DATABASE_URL");
         if let Some(url) = &database_url {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-                return Err(ConfigError {
-                    var: "LICENSING_DATABASE_URL",
-                    message: "must be a postgres:// URL".into(),
-                });
+                return Err(ConfigError { var: "LICENSING_DATABASE_URL", message: "must be a postgres:// URL".into() });
             }
         }
         let redis_url = non_empty(lookup, "LICENSING_REDIS_URL");
         if let Some(url) = &redis_url {
             if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-                return Err(ConfigError {
-                    var: "LICENSING_REDIS_URL",
-                    message: "must be a redis:// URL".into(),
-                });
+                return Err(ConfigError { var: "LICENSING_REDIS_URL", message: "must be a redis:// URL".into() });
             }
         }
         Ok(Self {
             listen_addr,
-            data_dir: non_empty(lookup, "LICENSING_DATA_DIR")
-                .unwrap_or_else(|| "data".into())
-                .into(),
+            data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             database_url,
-            database_max_connections: parse(
-                lookup,
-                "LICENSING_DATABASE_MAX_CONNECTIONS",
-                16u32,
-                "a whole number",
-            )?,
+            database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,
             redis_url,
             admin_token: non_empty(lookup, "LICENSING_ADMIN_TOKEN"),
             hash_key_b64: non_empty(lookup, "LICENSING_HASH_KEY"),
@@ -211,22 +177,19 @@ impl Config {
             request_timeout,
             concurrency_limit,
             shutdown_grace,
-            max_message_bytes: parse(
-                lookup,
-                "LICENSING_MAX_MESSAGE_BYTES",
-                4 * 1024 * 1024usize,
-                "a number of bytes",
-            )?,
+            max_message_bytes: parse(lookup, "LICENSING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize, "a number of bytes")?,
             reflection: parse(lookup, "LICENSING_REFLECTION", true, "true or false")?,
             fingerprint_match,
             watch_poll: millis("LICENSING_WATCH_POLL_MS", 2_000)?,
-            sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?
-                .max(Duration::from_millis(10)),
+            smtp_url: non_empty(lookup, "LICENSING_SMTP_URL"),
+            mail_from: non_empty(lookup, "LICENSING_MAIL_FROM").unwrap_or_else(|| "licensing@localhost".into()),
+            reset_url: non_empty(lookup, "LICENSING_RESET_URL")
+                .unwrap_or_else(|| "http://localhost:8080/reset-password".into()),
+            sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
             otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),
-            service_name: non_empty(lookup, "OTEL_SERVICE_NAME")
-                .unwrap_or_else(|| service_name.to_owned()),
+            service_name: non_empty(lookup, "OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
         })
     }
 }
@@ -260,22 +223,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen_addr.port(), 7000);
         assert_eq!(c.log_format, LogFormat::Json);
-        let err = Config::from_lookup(
-            &[("LICENSING_REQUEST_TIMEOUT_MS", "soon")],
-            "127.0.0.1:1",
-            "s",
-        )
-        .unwrap_err();
+        let err = Config::from_lookup(&[("LICENSING_REQUEST_TIMEOUT_MS", "soon")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_REQUEST_TIMEOUT_MS");
-        let err = Config::from_lookup(
-            &[("LICENSING_DATABASE_URL", "mysql://x")],
-            "127.0.0.1:1",
-            "s",
-        )
-        .unwrap_err();
+        let err = Config::from_lookup(&[("LICENSING_DATABASE_URL", "mysql://x")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_DATABASE_URL");
-        let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s")
-            .unwrap_err();
+        let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_CONCURRENCY_LIMIT");
     }
 }

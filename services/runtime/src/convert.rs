@@ -4,10 +4,7 @@ use licensing_domain::clock::Millis;
 use prost_types::Timestamp;
 
 pub fn to_timestamp(millis: Millis) -> Timestamp {
-    Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub fn opt_timestamp(millis: Option<Millis>) -> Option<Timestamp> {
@@ -43,40 +40,16 @@ mod tests {
         for ms in [0, 1, 999, 1_700_000_000_123, MAX_MILLIS] {
             assert_eq!(from_timestamp("t", &to_timestamp(ms)).unwrap(), ms);
         }
-        assert!(from_timestamp(
-            "t",
-            &Timestamp {
-                seconds: -1,
-                nanos: 0
-            }
-        )
-        .is_err());
-        assert!(from_timestamp(
-            "t",
-            &Timestamp {
-                seconds: i64::MAX,
-                nanos: 0
-            }
-        )
-        .is_err());
-        assert!(from_timestamp(
-            "t",
-            &Timestamp {
-                seconds: 0,
-                nanos: -5
-            }
-        )
-        .unwrap_err()
-        .starts_with("t:"));
+        assert!(from_timestamp("t", &Timestamp { seconds: -1, nanos: 0 }).is_err());
+        assert!(from_timestamp("t", &Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+        assert!(from_timestamp("t", &Timestamp { seconds: 0, nanos: -5 }).unwrap_err().starts_with("t:"));
     }
 }
 
 pub mod proto {
     //! Domain types to and from the shared `licensing.common.v1` messages.
     use super::{opt_timestamp, to_timestamp};
-    use licensing_domain::model::{
-        AuditEvent, Customer, License, LicenseKind, LicenseStatus, Module, Product,
-    };
+    use licensing_domain::model::{AuditEvent, Customer, License, LicenseKind, LicenseStatus, Module, Product};
     use licensing_proto::common::v1 as pb;
 
     pub fn kind_to_proto(kind: LicenseKind) -> pb::LicenseKind {
@@ -142,14 +115,7 @@ pub mod proto {
         pb::Product {
             code: p.code.clone(),
             name: p.name.clone(),
-            modules: p
-                .modules
-                .iter()
-                .map(|m| pb::Module {
-                    code: m.code.clone(),
-                    name: m.name.clone(),
-                })
-                .collect(),
+            modules: p.modules.iter().map(|m| pb::Module { code: m.code.clone(), name: m.name.clone() }).collect(),
             versions: p
                 .versions
                 .iter()
@@ -163,10 +129,7 @@ pub mod proto {
     }
 
     pub fn module_from_proto(m: &pb::Module) -> Module {
-        Module {
-            code: m.code.clone(),
-            name: m.name.clone(),
-        }
+        Module { code: m.code.clone(), name: m.name.clone() }
     }
 
     pub fn customer(c: &Customer) -> pb::Customer {
@@ -199,11 +162,7 @@ pub mod proto {
     }
 
     /// The next page token: the last key, when the page came back full.
-    pub fn next_page_token<T>(
-        items: &[T],
-        page: &licensing_domain::model::Page,
-        key: impl Fn(&T) -> String,
-    ) -> String {
+    pub fn next_page_token<T>(items: &[T], page: &licensing_domain::model::Page, key: impl Fn(&T) -> String) -> String {
         let size = if page.limit == 0 {
             licensing_domain::model::DEFAULT_PAGE_SIZE
         } else {

@@ -15,10 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
     LicenseKey(String),
-    IdAndPassword {
-        license_id: String,
-        password: String,
-    },
+    IdAndPassword { license_id: String, password: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +33,7 @@ pub enum CredentialError {
     #[error("the activation password is wrong for license {0}")]
     WrongPassword(String),
     #[error("too many wrong passwords for license {license_id}; try again in {} s", retry_after.as_secs().max(1))]
-    TooManyFailures {
-        license_id: String,
-        retry_after: Duration,
-    },
+    TooManyFailures { license_id: String, retry_after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -47,9 +41,7 @@ pub enum CredentialError {
 impl ClassifiedError for CredentialError {
     fn class(&self) -> ErrorClass {
         match self {
-            Self::Missing | Self::MalformedKey(_) | Self::MalformedLicenseId(_) => {
-                ErrorClass::InvalidArgument
-            }
+            Self::Missing | Self::MalformedKey(_) | Self::MalformedLicenseId(_) => ErrorClass::InvalidArgument,
             Self::UnknownKey | Self::UnknownLicense(_) => ErrorClass::NotFound,
             Self::WrongPassword(_) => ErrorClass::PermissionDenied,
             Self::TooManyFailures { .. } => ErrorClass::ResourceExhausted,
@@ -92,13 +84,7 @@ impl CredentialResolver {
         passwords: PasswordHasher,
         failures: FailureLimiter,
     ) -> Self {
-        Self {
-            catalog,
-            hasher,
-            passwords,
-            failures,
-            decoy: Arc::new(OnceLock::new()),
-        }
+        Self { catalog, hasher, passwords, failures, decoy: Arc::new(OnceLock::new()) }
     }
 
     pub fn hasher(&self) -> &KeyedHasher {
@@ -115,45 +101,27 @@ impl CredentialResolver {
             Credentials::LicenseKey(key) => {
                 let key = LicenseKey::parse(key).map_err(CredentialError::MalformedKey)?;
                 let digest = self.hasher.digest(purpose::LICENSE_KEY, key.as_str());
-                self.catalog
-                    .find_license_by_key_digest(&digest)
-                    .await?
-                    .ok_or(CredentialError::UnknownKey)
+                self.catalog.find_license_by_key_digest(&digest).await?.ok_or(CredentialError::UnknownKey)
             }
-            Credentials::IdAndPassword {
-                license_id,
-                password,
-            } => {
+            Credentials::IdAndPassword { license_id, password } => {
                 if !ids::is_well_formed(ids::LICENSE, license_id) {
-                    return Err(CredentialError::MalformedLicenseId(
-                        license_id.chars().take(64).collect(),
-                    ));
+                    return Err(CredentialError::MalformedLicenseId(license_id.chars().take(64).collect()));
                 }
                 if let Some(retry_after) = self.failures.blocked(license_id) {
-                    return Err(CredentialError::TooManyFailures {
-                        license_id: license_id.clone(),
-                        retry_after,
-                    });
+                    return Err(CredentialError::TooManyFailures { license_id: license_id.clone(), retry_after });
                 }
                 let license = self
                     .catalog
                     .get_license(license_id)
                     .await?
                     .ok_or_else(|| CredentialError::UnknownLicense(license_id.clone()))?;
-                let salt = self
-                    .catalog
-                    .activation_password_salt(license_id)
-                    .await?
-                    .unwrap_or_default();
+                let salt = self.catalog.activation_password_salt(license_id).await?.unwrap_or_default();
                 let own = self.hasher.activation_password(license_id, &salt);
                 let typed = password.trim().to_uppercase();
                 if constant_time_eq(own.as_bytes(), typed.as_bytes()) {
                     return Ok(license);
                 }
-                if self
-                    .company_password_matches(&license.customer_id, password)
-                    .await?
-                {
+                if self.company_password_matches(&license.customer_id, password).await? {
                     return Ok(license);
                 }
                 self.failures.record_failure(license_id);
@@ -163,11 +131,7 @@ impl CredentialResolver {
     }
 
     /// argon2id on the blocking pool; against a decoy hash when the customer has none.
-    async fn company_password_matches(
-        &self,
-        customer_id: &str,
-        password: &str,
-    ) -> Result<bool, CredentialError> {
+    async fn company_password_matches(&self, customer_id: &str, password: &str) -> Result<bool, CredentialError> {
         let stored = self.catalog.customer_password_hash(customer_id).await?;
         let hasher = self.passwords.clone();
         let decoy = self.decoy.clone();

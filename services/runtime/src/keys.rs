@@ -27,11 +27,10 @@ impl std::fmt::Debug for ServerKeys {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{var} must be base64 of {what}")]
-    Malformed {
-        var: &'static str,
-        what: &'static str,
-    },
-    #[error("{0} is not set: separate services must share their keys, so set LICENSING_HASH_KEY and LICENSING_SIGNING_KEY")]
+    Malformed { var: &'static str, what: &'static str },
+    #[error(
+        "{0} is not set: separate services must share their keys, so set LICENSING_HASH_KEY and LICENSING_SIGNING_KEY"
+    )]
     Missing(&'static str),
     #[error("key file {path}: {message}")]
     File { path: String, message: String },
@@ -41,20 +40,14 @@ fn decode_hash_key(b64: &str) -> Result<Vec<u8>, KeyError> {
     B64.decode(b64.trim())
         .ok()
         .filter(|k| k.len() >= 32)
-        .ok_or(KeyError::Malformed {
-            var: "LICENSING_HASH_KEY",
-            what: "at least 32 bytes",
-        })
+        .ok_or(KeyError::Malformed { var: "LICENSING_HASH_KEY", what: "at least 32 bytes" })
 }
 
 fn decode_seed(b64: &str) -> Result<[u8; 32], KeyError> {
     B64.decode(b64.trim())
         .ok()
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
-        .ok_or(KeyError::Malformed {
-            var: "LICENSING_SIGNING_KEY",
-            what: "exactly 32 bytes",
-        })
+        .ok_or(KeyError::Malformed { var: "LICENSING_SIGNING_KEY", what: "exactly 32 bytes" })
 }
 
 impl ServerKeys {
@@ -63,15 +56,10 @@ impl ServerKeys {
     }
 
     /// Keys from the environment only (the separate services).
-    pub fn from_env_values(
-        hash_key: Option<&str>,
-        signing_key: Option<&str>,
-    ) -> Result<Self, KeyError> {
+    pub fn from_env_values(hash_key: Option<&str>, signing_key: Option<&str>) -> Result<Self, KeyError> {
         Ok(Self {
             hash_key: decode_hash_key(hash_key.ok_or(KeyError::Missing("LICENSING_HASH_KEY"))?)?,
-            signing_seed: decode_seed(
-                signing_key.ok_or(KeyError::Missing("LICENSING_SIGNING_KEY"))?,
-            )?,
+            signing_seed: decode_seed(signing_key.ok_or(KeyError::Missing("LICENSING_SIGNING_KEY"))?)?,
         })
     }
 
@@ -82,44 +70,27 @@ impl ServerKeys {
         signing_key: Option<&str>,
     ) -> Result<Self, KeyError> {
         let path = data_dir.join(KEY_FILE);
-        let file_err = |message: String| KeyError::File {
-            path: path.display().to_string(),
-            message,
-        };
+        let file_err = |message: String| KeyError::File { path: path.display().to_string(), message };
         let stored = if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| file_err(e.to_string()))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(e.to_string()))?;
             let field = |name: &str| {
                 json.get(name)
                     .and_then(|v| v.as_str())
                     .map(str::to_owned)
                     .ok_or_else(|| file_err(format!("missing {name}")))
             };
-            Self {
-                hash_key: decode_hash_key(&field("hash_key")?)?,
-                signing_seed: decode_seed(&field("signing_key")?)?,
-            }
+            Self { hash_key: decode_hash_key(&field("hash_key")?)?, signing_seed: decode_seed(&field("signing_key")?)? }
         } else {
-            let fresh = Self {
-                hash_key: random_bytes::<32>().to_vec(),
-                signing_seed: random_bytes::<32>(),
-            };
+            let fresh = Self { hash_key: random_bytes::<32>().to_vec(), signing_seed: random_bytes::<32>() };
             std::fs::create_dir_all(data_dir).map_err(|e| file_err(e.to_string()))?;
             let json = serde_json::json!({ "hash_key": B64.encode(&fresh.hash_key), "signing_key": B64.encode(fresh.signing_seed) });
-            write_private(&path, json.to_string().as_bytes())
-                .map_err(|e| file_err(e.to_string()))?;
+            write_private(&path, json.to_string().as_bytes()).map_err(|e| file_err(e.to_string()))?;
             fresh
         };
         Ok(Self {
-            hash_key: hash_key
-                .map(decode_hash_key)
-                .transpose()?
-                .unwrap_or(stored.hash_key),
-            signing_seed: signing_key
-                .map(decode_seed)
-                .transpose()?
-                .unwrap_or(stored.signing_seed),
+            hash_key: hash_key.map(decode_hash_key).transpose()?.unwrap_or(stored.hash_key),
+            signing_seed: signing_key.map(decode_seed).transpose()?.unwrap_or(stored.signing_seed),
         })
     }
 }
@@ -152,16 +123,10 @@ mod tests {
 
     #[test]
     fn env_keys_are_validated() {
-        assert!(matches!(
-            ServerKeys::from_env_values(None, None),
-            Err(KeyError::Missing(_))
-        ));
+        assert!(matches!(ServerKeys::from_env_values(None, None), Err(KeyError::Missing(_))));
         let short = B64.encode([1u8; 8]);
         let seed = B64.encode([2u8; 32]);
-        assert!(matches!(
-            ServerKeys::from_env_values(Some(&short), Some(&seed)),
-            Err(KeyError::Malformed { .. })
-        ));
+        assert!(matches!(ServerKeys::from_env_values(Some(&short), Some(&seed)), Err(KeyError::Malformed { .. })));
         let long = B64.encode([1u8; 32]);
         assert!(ServerKeys::from_env_values(Some(&long), Some(&seed)).is_ok());
     }

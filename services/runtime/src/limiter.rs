@@ -16,11 +16,7 @@ pub struct FailureLimiter {
 
 impl FailureLimiter {
     pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self {
-            max_failures,
-            window,
-            state: Arc::new(Mutex::new(HashMap::new())),
-        }
+        Self { max_failures, window, state: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// How long `key` stays blocked, if it is.

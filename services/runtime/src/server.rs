@@ -81,29 +81,19 @@ impl GrpcServer {
                 let mut b = tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(
-                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-                    )
-                    .register_encoded_file_descriptor_set(
-                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-                    );
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
                 for name in &advertised {
                     b = b.with_service_name(name.clone());
                 }
                 b
             };
-            let v1 = builder()
-                .build_v1()
-                .expect("descriptor sets compiled into the binary are valid");
-            let v1alpha = builder()
-                .build_v1alpha()
-                .expect("descriptor sets compiled into the binary are valid");
+            let v1 = builder().build_v1().expect("descriptor sets compiled into the binary are valid");
+            let v1alpha = builder().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
             routes = routes.add_service(v1).add_service(v1alpha);
         }
         for name in service_names {
-            health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
+            health.set_service_status(name, ServingStatus::Serving).await;
         }
         Ok(Self {
             listener,
@@ -115,9 +105,7 @@ impl GrpcServer {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// The health reporter, e.g. to report NOT_SERVING while a dependency is down.
@@ -130,18 +118,10 @@ impl GrpcServer {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let Self {
-            listener,
-            routes,
-            health,
-            service_names,
-            settings,
-        } = self;
+        let Self { listener, routes, health, service_names, settings } = self;
         let layers = ServiceBuilder::new()
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
-            .layer(DeadlineLayer {
-                after: settings.request_timeout,
-            })
+            .layer(DeadlineLayer { after: settings.request_timeout })
             .into_inner();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -156,17 +136,10 @@ impl GrpcServer {
             result = &mut server => return result,
             () = shutdown => {}
         }
-        tracing::info!(
-            grace_ms = settings.shutdown_grace.as_millis() as u64,
-            "shutting down: NOT_SERVING, draining"
-        );
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        tracing::info!(grace_ms = settings.shutdown_grace.as_millis() as u64, "shutting down: NOT_SERVING, draining");
+        health.set_service_status("", ServingStatus::NotServing).await;
         for name in &service_names {
-            health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
+            health.set_service_status(name, ServingStatus::NotServing).await;
         }
         let _ = stop_tx.send(());
         match tokio::time::timeout(settings.shutdown_grace, server).await {
@@ -211,10 +184,7 @@ pub struct DeadlineLayer {
 impl<S> Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
     fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline {
-            inner,
-            after: self.after,
-        }
+        Deadline { inner, after: self.after }
     }
 }
 
@@ -265,27 +235,22 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Ok::<_, std::convert::Infallible>(http::Response::new(String::from("late")))
         });
-        let response = DeadlineLayer {
-            after: Duration::from_millis(50),
-        }
-        .layer(slow)
-        .oneshot(http::Request::new(()))
-        .await
-        .unwrap();
-        let status =
-            tonic::Status::from_header_map(response.headers()).expect("a grpc-status header");
+        let response = DeadlineLayer { after: Duration::from_millis(50) }
+            .layer(slow)
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a grpc-status header");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 
         let fast = tower::service_fn(|_req: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
         });
-        let response = DeadlineLayer {
-            after: Duration::from_millis(50),
-        }
-        .layer(fast)
-        .oneshot(http::Request::new(()))
-        .await
-        .unwrap();
+        let response = DeadlineLayer { after: Duration::from_millis(50) }
+            .layer(fast)
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(response.into_body(), "ok");
     }
 }

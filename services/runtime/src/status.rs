@@ -37,11 +37,8 @@ pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
         }
         _ => error.to_string(),
     };
-    let mut details = ErrorDetails::with_error_info(
-        error.reason(),
-        ERROR_DOMAIN,
-        std::collections::HashMap::<String, String>::new(),
-    );
+    let mut details =
+        ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
     if let Some(after) = error.retry_after() {
         details.set_retry_info(Some(after));
     }
@@ -119,10 +116,7 @@ mod tests {
         assert_eq!(s.message(), "slow down");
         assert_eq!(reason_of(&s).as_deref(), Some("RATE_LIMITED"));
         assert_eq!(s.metadata().get("retry-after").unwrap(), "2");
-        assert_eq!(
-            s.get_details_retry_info().unwrap().retry_delay,
-            Some(Duration::from_millis(1500))
-        );
+        assert_eq!(s.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_millis(1500)));
     }
 
     #[test]

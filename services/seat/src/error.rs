@@ -14,10 +14,7 @@ pub enum SeatError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("{}", .0.message)]
     LicenseState(Refusal),
     #[error("feature '{feature}' is not licensed by license {license_id}")]
@@ -35,10 +32,7 @@ pub enum SeatError {
     #[error("lease {0} was revoked by an administrator")]
     LeaseRevoked(String),
     #[error("license {license_id} has no live lease {lease_id}: check out again")]
-    LeaseNotFound {
-        license_id: String,
-        lease_id: String,
-    },
+    LeaseNotFound { license_id: String, lease_id: String },
     #[error("no license with ID {0}")]
     LicenseNotFound(String),
     #[error("no seat became free within {0} ms")]
@@ -50,17 +44,12 @@ pub enum SeatError {
 }
 
 fn earliest_text(earliest: Option<Millis>) -> String {
-    earliest
-        .map(|e| format!("; the earliest lease expires at {e} (Unix ms)"))
-        .unwrap_or_default()
+    earliest.map(|e| format!("; the earliest lease expires at {e} (Unix ms)")).unwrap_or_default()
 }
 
 impl SeatError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            message: message.into(),
-        }
+        Self::InvalidArgument { field, message: message.into() }
     }
 }
 
@@ -70,14 +59,11 @@ impl ClassifiedError for SeatError {
             Self::Credentials(e) => e.class(),
             Self::Auth(e) => e.class(),
             Self::InvalidArgument { .. } => ErrorClass::InvalidArgument,
-            Self::LicenseState(_)
-            | Self::FeatureNotLicensed { .. }
-            | Self::LeaseRevoked(_)
-            | Self::NotAvailable(_) => ErrorClass::FailedPrecondition,
-            Self::NoSeat { .. } => ErrorClass::ResourceExhausted,
-            Self::LeaseExpired(_) | Self::LeaseNotFound { .. } | Self::LicenseNotFound(_) => {
-                ErrorClass::NotFound
+            Self::LicenseState(_) | Self::FeatureNotLicensed { .. } | Self::LeaseRevoked(_) | Self::NotAvailable(_) => {
+                ErrorClass::FailedPrecondition
             }
+            Self::NoSeat { .. } => ErrorClass::ResourceExhausted,
+            Self::LeaseExpired(_) | Self::LeaseNotFound { .. } | Self::LicenseNotFound(_) => ErrorClass::NotFound,
             Self::WaitTimedOut(_) => ErrorClass::DeadlineExceeded,
             Self::Store(e) => e.class(),
         }
@@ -119,11 +105,7 @@ mod tests {
     #[test]
     fn each_variant_maps_to_its_status() {
         let cases: Vec<(SeatError, Code, &str)> = vec![
-            (
-                SeatError::invalid("ttl", "negative"),
-                Code::InvalidArgument,
-                "INVALID_ARGUMENT",
-            ),
+            (SeatError::invalid("ttl", "negative"), Code::InvalidArgument, "INVALID_ARGUMENT"),
             (
                 SeatError::NoSeat {
                     license_id: "l".into(),
@@ -135,55 +117,25 @@ mod tests {
                 Code::ResourceExhausted,
                 "NO_SEAT_AVAILABLE",
             ),
+            (SeatError::LeaseExpired("x".into()), Code::NotFound, "LEASE_EXPIRED"),
+            (SeatError::LeaseRevoked("x".into()), Code::FailedPrecondition, "LEASE_REVOKED"),
             (
-                SeatError::LeaseExpired("x".into()),
-                Code::NotFound,
-                "LEASE_EXPIRED",
-            ),
-            (
-                SeatError::LeaseRevoked("x".into()),
-                Code::FailedPrecondition,
-                "LEASE_REVOKED",
-            ),
-            (
-                SeatError::LeaseNotFound {
-                    license_id: "l".into(),
-                    lease_id: "x".into(),
-                },
+                SeatError::LeaseNotFound { license_id: "l".into(), lease_id: "x".into() },
                 Code::NotFound,
                 "LEASE_NOT_FOUND",
             ),
+            (SeatError::WaitTimedOut(5), Code::DeadlineExceeded, "WAIT_TIMED_OUT"),
             (
-                SeatError::WaitTimedOut(5),
-                Code::DeadlineExceeded,
-                "WAIT_TIMED_OUT",
-            ),
-            (
-                SeatError::LicenseState(Refusal {
-                    reason: "WRONG_KIND",
-                    message: "m".into(),
-                }),
+                SeatError::LicenseState(Refusal { reason: "WRONG_KIND", message: "m".into() }),
                 Code::FailedPrecondition,
                 "WRONG_KIND",
             ),
-            (
-                StoreError::Unavailable("Redis down".into()).into(),
-                Code::Unavailable,
-                "STORE_UNAVAILABLE",
-            ),
-            (
-                AuthError::MissingAdminToken.into(),
-                Code::Unauthenticated,
-                "ADMIN_TOKEN_MISSING",
-            ),
+            (StoreError::Unavailable("Redis down".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
+            (AuthError::MissingAdminToken.into(), Code::Unauthenticated, "ADMIN_TOKEN_MISSING"),
         ];
         for (error, code, reason) in cases {
             let status = to_status(&error);
-            assert_eq!(
-                (status.code(), reason_of(&status).unwrap()),
-                (code, reason.to_owned()),
-                "{error}"
-            );
+            assert_eq!((status.code(), reason_of(&status).unwrap()), (code, reason.to_owned()), "{error}");
         }
         let status = to_status(&SeatError::NoSeat {
             license_id: "l".into(),
@@ -192,10 +144,7 @@ mod tests {
             earliest_expiry: Some(5),
             retry_after: Some(Duration::from_secs(3)),
         });
-        assert!(
-            status.message().contains("all 2 seats")
-                && status.message().contains("earliest lease expires")
-        );
+        assert!(status.message().contains("all 2 seats") && status.message().contains("earliest lease expires"));
         assert_eq!(status.metadata().get("retry-after").unwrap(), "3");
     }
 }

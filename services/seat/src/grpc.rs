@@ -33,11 +33,7 @@ impl SeatApi {
     }
 
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.admin
-            .authorize(request.metadata())
-            .await
-            .map_err(SeatError::from)
-            .or_status()?;
+        self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
         Ok(())
     }
 }
@@ -46,10 +42,9 @@ fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
     use pb::seat_credentials::Credential;
     match c.and_then(|c| c.credential) {
         Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
-        Some(Credential::LicenseIdAndPassword(p)) => Ok(Credentials::IdAndPassword {
-            license_id: p.license_id,
-            password: p.password,
-        }),
+        Some(Credential::LicenseIdAndPassword(p)) => {
+            Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password })
+        }
         None => Err(to_status(&CredentialError::Missing)),
     }
 }
@@ -57,10 +52,7 @@ fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
 fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64, Status> {
     match d {
         None => Ok(0),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(to_status(&SeatError::invalid(
-            field,
-            "must not be negative",
-        ))),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(to_status(&SeatError::invalid(field, "must not be negative"))),
         Some(d) => d
             .seconds
             .checked_mul(1000)
@@ -70,10 +62,7 @@ fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64,
 }
 
 fn duration(ms: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Duration { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 fn checkout_request(r: &pb::CheckoutRequest) -> Result<CheckoutRequest, Status> {
@@ -127,25 +116,19 @@ fn lease(l: &Lease) -> common::Lease {
     }
 }
 
-type WaitStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WaitForSeatResponse, Status>> + Send>>;
+type WaitStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WaitForSeatResponse, Status>> + Send>>;
 
 /// How often a waiter at the head of the queue retries when nothing woke it.
 const WAIT_POLL: Duration = Duration::from_millis(250);
 
 #[tonic::async_trait]
 impl SeatService for SeatApi {
-    async fn checkout(
-        &self,
-        request: Request<pb::CheckoutRequest>,
-    ) -> Result<Response<pb::CheckoutResponse>, Status> {
+    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutResponse>, Status> {
         let r = request.into_inner();
         let req = checkout_request(&r)?;
         let creds = credentials(r.credentials)?;
         let g = self.seats.checkout(&creds, &req, None).await.or_status()?;
-        Ok(Response::new(pb::CheckoutResponse {
-            grant: Some(grant(g)),
-        }))
+        Ok(Response::new(pb::CheckoutResponse { grant: Some(grant(g)) }))
     }
 
     async fn heartbeat(
@@ -153,11 +136,7 @@ impl SeatService for SeatApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.get_ref();
-        let (l, token) = self
-            .seats
-            .heartbeat(&r.license_id, &r.lease_id)
-            .await
-            .or_status()?;
+        let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id).await.or_status()?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(to_timestamp(l.expires_at)),
             heartbeat_interval: Some(duration((l.ttl_ms / 3).max(1))),
@@ -165,16 +144,9 @@ impl SeatService for SeatApi {
         }))
     }
 
-    async fn checkin(
-        &self,
-        request: Request<pb::CheckinRequest>,
-    ) -> Result<Response<pb::CheckinResponse>, Status> {
+    async fn checkin(&self, request: Request<pb::CheckinRequest>) -> Result<Response<pb::CheckinResponse>, Status> {
         let r = request.get_ref();
-        let released = self
-            .seats
-            .checkin(&r.license_id, &r.lease_id)
-            .await
-            .or_status()?;
+        let released = self.seats.checkin(&r.license_id, &r.lease_id).await.or_status()?;
         Ok(Response::new(pb::CheckinResponse { released }))
     }
 
@@ -185,9 +157,7 @@ impl SeatService for SeatApi {
         request: Request<pb::WaitForSeatRequest>,
     ) -> Result<Response<Self::WaitForSeatStream>, Status> {
         let r = request.into_inner();
-        let checkout = r
-            .checkout
-            .ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
+        let checkout = r.checkout.ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
         let req = checkout_request(&checkout)?;
         let creds = credentials(checkout.credentials)?;
         let max_wait = match millis("max_wait", r.max_wait.as_ref())? {
@@ -209,25 +179,16 @@ impl SeatService for SeatApi {
                 if position != last_position {
                     last_position = position;
                     let event = pb::wait_for_seat_response::Event::QueuePosition(position as i32);
-                    if tx
-                        .send(Ok(pb::WaitForSeatResponse { event: Some(event) }))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
                         return;
                     }
                 }
                 if position == 1 {
                     match seats.checkout(&creds, &req, Some(&ticket)).await {
                         Ok(g) => {
-                            let (license_id, lease_id) =
-                                (g.lease.license_id.clone(), g.lease.lease_id.clone());
+                            let (license_id, lease_id) = (g.lease.license_id.clone(), g.lease.lease_id.clone());
                             let event = pb::wait_for_seat_response::Event::Grant(grant(g));
-                            if tx
-                                .send(Ok(pb::WaitForSeatResponse { event: Some(event) }))
-                                .await
-                                .is_err()
-                            {
+                            if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
                                 // The client is gone: never keep a seat it cannot receive.
                                 let _ = seats.checkin(&license_id, &lease_id).await;
                             }
@@ -259,11 +220,7 @@ impl SeatService for SeatApi {
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         self.require_admin(&request).await?;
-        let (license, leases) = self
-            .seats
-            .list(&request.get_ref().license_id)
-            .await
-            .or_status()?;
+        let (license, leases) = self.seats.list(&request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::ListLeasesResponse {
             seats_total: license.seats,
             seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
@@ -277,15 +234,8 @@ impl SeatService for SeatApi {
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
         self.require_admin(&request).await?;
         let r = request.get_ref();
-        let fence = self
-            .seats
-            .revoke(&r.license_id, &r.lease_id)
-            .await
-            .or_status()?;
-        Ok(Response::new(pb::RevokeLeaseResponse {
-            revoked: true,
-            fence,
-        }))
+        let fence = self.seats.revoke(&r.license_id, &r.lease_id).await.or_status()?;
+        Ok(Response::new(pb::RevokeLeaseResponse { revoked: true, fence }))
     }
 
     async fn get_pool_status(
@@ -316,8 +266,6 @@ impl SeatService for SeatApi {
         &self,
         _request: Request<pb::GetUsageReportRequest>,
     ) -> Result<Response<pb::GetUsageReportResponse>, Status> {
-        Err(Status::unimplemented(
-            "usage reports are not available in this version",
-        ))
+        Err(Status::unimplemented("usage reports are not available in this version"))
     }
 }

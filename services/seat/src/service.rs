@@ -6,9 +6,7 @@ use licensing_domain::certificate::{Signer, LEASE_TOKEN_CONTEXT};
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::ids;
 use licensing_domain::model::{Lease, License, LicenseKind};
-use licensing_domain::store::{
-    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore,
-};
+use licensing_domain::store::{CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
 use serde_json::json;
 use std::sync::Arc;
@@ -88,10 +86,7 @@ fn check_id(field: &'static str, prefix: &str, value: &str) -> Result<(), SeatEr
     } else {
         Err(SeatError::invalid(
             field,
-            format!(
-                "'{}' is not a {prefix}_… ID",
-                value.chars().take(64).collect::<String>()
-            ),
+            format!("'{}' is not a {prefix}_… ID", value.chars().take(64).collect::<String>()),
         ))
     }
 }
@@ -104,14 +99,7 @@ impl Seats {
         signer: Signer,
         settings: SeatSettings,
     ) -> Self {
-        Self {
-            catalog,
-            leases,
-            credentials,
-            signer,
-            settings,
-            waiting: WaitQueues::default(),
-        }
+        Self { catalog, leases, credentials, signer, settings, waiting: WaitQueues::default() }
     }
 
     pub fn settings(&self) -> &SeatSettings {
@@ -125,10 +113,7 @@ impl Seats {
     fn ttl(&self, requested: i64) -> Result<i64, SeatError> {
         match requested {
             0 => Ok(self.settings.default_ttl),
-            t if t < 0 => Err(SeatError::invalid(
-                "ttl",
-                "must not be negative (0 means the server default)",
-            )),
+            t if t < 0 => Err(SeatError::invalid("ttl", "must not be negative (0 means the server default)")),
             t => Ok(t.clamp(self.settings.min_ttl, self.settings.max_ttl)),
         }
     }
@@ -143,9 +128,7 @@ impl Seats {
             "fence": lease.fence,
             "expires_at_ms": lease.expires_at,
         });
-        let blob = self
-            .signer
-            .sign(LEASE_TOKEN_CONTEXT, payload.to_string().as_bytes());
+        let blob = self.signer.sign(LEASE_TOKEN_CONTEXT, payload.to_string().as_bytes());
         format!("{}.{}", blob.payload, blob.signature)
     }
 
@@ -166,9 +149,7 @@ impl Seats {
             .get_license(license_id)
             .await?
             .ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
-        license
-            .usability(now, LicenseKind::Concurrent)
-            .map_err(SeatError::LicenseState)?;
+        license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
         Ok(license)
     }
 
@@ -187,22 +168,13 @@ impl Seats {
         let ttl_ms = self.ttl(request.ttl_ms)?;
         let license = self.credentials.resolve(credentials).await?;
         let now = self.leases.now().await?;
-        license
-            .usability(now, LicenseKind::Concurrent)
-            .map_err(SeatError::LicenseState)?;
+        license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
         if !feature.is_empty() && !license.modules.contains(&feature) {
-            return Err(SeatError::FeatureNotLicensed {
-                license_id: license.license_id.clone(),
-                feature,
-            });
+            return Err(SeatError::FeatureNotLicensed { license_id: license.license_id.clone(), feature });
         }
         let command = CheckoutCommand {
             license_id: license.license_id.clone(),
-            seats: if self.waiting.someone_else_first(&license.license_id, ticket) {
-                0
-            } else {
-                license.seats
-            },
+            seats: if self.waiting.someone_else_first(&license.license_id, ticket) { 0 } else { license.seats },
             lease_id: ids::new_id(ids::LEASE),
             client_instance_id,
             user,
@@ -212,31 +184,19 @@ impl Seats {
             cost: 1,
         };
         match self.leases.checkout(&command).await? {
-            CheckoutOutcome::Granted {
-                lease,
-                renewed,
-                in_use,
-            } => Ok(self.grant(lease, renewed, &license, in_use)),
-            CheckoutOutcome::Full {
-                in_use,
-                earliest_expiry,
-            } => Err(SeatError::NoSeat {
+            CheckoutOutcome::Granted { lease, renewed, in_use } => Ok(self.grant(lease, renewed, &license, in_use)),
+            CheckoutOutcome::Full { in_use, earliest_expiry } => Err(SeatError::NoSeat {
                 license_id: license.license_id.clone(),
                 seats: license.seats,
                 in_use,
                 earliest_expiry,
-                retry_after: earliest_expiry
-                    .map(|e| Duration::from_millis((e - now).max(0) as u64)),
+                retry_after: earliest_expiry.map(|e| Duration::from_millis((e - now).max(0) as u64)),
             }),
         }
     }
 
     /// Extends a live lease; returns it with a fresh token.
-    pub async fn heartbeat(
-        &self,
-        license_id: &str,
-        lease_id: &str,
-    ) -> Result<(Lease, String), SeatError> {
+    pub async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<(Lease, String), SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
         let now = self.leases.now().await?;
@@ -249,10 +209,9 @@ impl Seats {
             }
             HeartbeatOutcome::Expired => Err(SeatError::LeaseExpired(lease_id.to_owned())),
             HeartbeatOutcome::Revoked => Err(SeatError::LeaseRevoked(lease_id.to_owned())),
-            HeartbeatOutcome::Unknown => Err(SeatError::LeaseNotFound {
-                license_id: license_id.to_owned(),
-                lease_id: lease_id.to_owned(),
-            }),
+            HeartbeatOutcome::Unknown => {
+                Err(SeatError::LeaseNotFound { license_id: license_id.to_owned(), lease_id: lease_id.to_owned() })
+            }
         }
     }
 
@@ -270,9 +229,7 @@ impl Seats {
     /// The License ID the credentials name, if they are right and the license is usable now.
     pub async fn license_for(&self, credentials: &Credentials) -> Result<String, SeatError> {
         let license = self.credentials.resolve(credentials).await?;
-        license
-            .usability(self.leases.now().await?, LicenseKind::Concurrent)
-            .map_err(SeatError::LicenseState)?;
+        license.usability(self.leases.now().await?, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
         Ok(license.license_id)
     }
 
@@ -289,14 +246,10 @@ impl Seats {
     pub async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<i64, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
-        let fence = self
-            .leases
-            .revoke(license_id, lease_id)
-            .await?
-            .ok_or_else(|| SeatError::LeaseNotFound {
-                license_id: license_id.to_owned(),
-                lease_id: lease_id.to_owned(),
-            })?;
+        let fence = self.leases.revoke(license_id, lease_id).await?.ok_or_else(|| SeatError::LeaseNotFound {
+            license_id: license_id.to_owned(),
+            lease_id: lease_id.to_owned(),
+        })?;
         self.waiting.notify(license_id);
         Ok(fence)
     }

@@ -37,12 +37,7 @@ impl WaitQueues {
         let mut queues = self.lock();
         let queue = queues.entry(license_id.to_owned()).or_default();
         queue.order.push_back(id);
-        Ticket {
-            id,
-            license_id: license_id.to_owned(),
-            queues: self.clone(),
-            changed: queue.changed.clone(),
-        }
+        Ticket { id, license_id: license_id.to_owned(), queues: self.clone(), changed: queue.changed.clone() }
     }
 
     /// Wakes the waiters of a license (a seat may be free).
@@ -59,11 +54,7 @@ impl WaitQueues {
 
     /// Whether a checkout not holding `ticket` must leave the seat to the queue.
     pub fn someone_else_first(&self, license_id: &str, ticket: Option<&Ticket>) -> bool {
-        match self
-            .lock()
-            .get(license_id)
-            .and_then(|q| q.order.front().copied())
-        {
+        match self.lock().get(license_id).and_then(|q| q.order.front().copied()) {
             None => false,
             Some(head) => ticket.is_none_or(|t| t.id != head),
         }

@@ -193,14 +193,7 @@ fn parse_err(e: redis::ParsingError) -> StoreError {
 
 fn keys(license_id: &str) -> [String; 6] {
     let p = format!("lease:{{{license_id}}}");
-    [
-        format!("{p}:z"),
-        format!("{p}:d"),
-        format!("{p}:c"),
-        format!("{p}:u"),
-        format!("{p}:x"),
-        format!("{p}:f"),
-    ]
+    [format!("{p}:z"), format!("{p}:d"), format!("{p}:c"), format!("{p}:u"), format!("{p}:x"), format!("{p}:f")]
 }
 
 fn tombstone(license_id: &str, lease_id: &str) -> String {
@@ -208,12 +201,7 @@ fn tombstone(license_id: &str, lease_id: &str) -> String {
 }
 
 /// `fence|client|user|host|feature|since|cost|ttl` back into a lease.
-fn unpack(
-    license_id: &str,
-    lease_id: &str,
-    packed: &str,
-    expires_at: Millis,
-) -> Result<Lease, StoreError> {
+fn unpack(license_id: &str, lease_id: &str, packed: &str, expires_at: Millis) -> Result<Lease, StoreError> {
     let parts: Vec<&str> = packed.split('|').collect();
     let bad = || StoreError::Corrupt(format!("lease {lease_id}: {packed}"));
     if parts.len() != 8 {
@@ -243,16 +231,13 @@ fn sanitize(value: &str) -> String {
 
 impl RedisLeaseStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(map_err)?;
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(map_err)?;
         Ok(Self {
             conn,
             checkout: script(CHECKOUT),
@@ -268,20 +253,10 @@ impl RedisLeaseStore {
     async fn index_for_sweep(&self, license_id: &str, expires_at: Millis) {
         // Best effort: the index only tells the sweep where to look; seat decisions never use it.
         let mut conn = self.conn.clone();
-        let _: Result<i64, _> = redis::cmd("ZADD")
-            .arg(SWEEP_INDEX)
-            .arg("LT")
-            .arg(expires_at)
-            .arg(license_id)
-            .query_async(&mut conn)
-            .await;
-        let _: Result<i64, _> = redis::cmd("ZADD")
-            .arg(SWEEP_INDEX)
-            .arg("NX")
-            .arg(expires_at)
-            .arg(license_id)
-            .query_async(&mut conn)
-            .await;
+        let _: Result<i64, _> =
+            redis::cmd("ZADD").arg(SWEEP_INDEX).arg("LT").arg(expires_at).arg(license_id).query_async(&mut conn).await;
+        let _: Result<i64, _> =
+            redis::cmd("ZADD").arg(SWEEP_INDEX).arg("NX").arg(expires_at).arg(license_id).query_async(&mut conn).await;
     }
 }
 
@@ -309,12 +284,9 @@ impl LeaseStore for RedisLeaseStore {
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        let int = |v: &redis::Value| -> Result<i64, StoreError> {
-            redis::from_redis_value_ref(v).map_err(parse_err)
-        };
-        let text = |v: &redis::Value| -> Result<String, StoreError> {
-            redis::from_redis_value_ref(v).map_err(parse_err)
-        };
+        let int = |v: &redis::Value| -> Result<i64, StoreError> { redis::from_redis_value_ref(v).map_err(parse_err) };
+        let text =
+            |v: &redis::Value| -> Result<String, StoreError> { redis::from_redis_value_ref(v).map_err(parse_err) };
         match int(&reply[0])? {
             0 => {
                 let earliest = int(&reply[2])?;
@@ -328,20 +300,12 @@ impl LeaseStore for RedisLeaseStore {
                 let expires_at = int(&reply[4])?;
                 let lease = unpack(&c.license_id, &lease_id, &text(&reply[2])?, expires_at)?;
                 self.index_for_sweep(&c.license_id, expires_at).await;
-                Ok(CheckoutOutcome::Granted {
-                    lease,
-                    renewed: kind == 1,
-                    in_use: int(&reply[5])? as i32,
-                })
+                Ok(CheckoutOutcome::Granted { lease, renewed: kind == 1, in_use: int(&reply[5])? as i32 })
             }
         }
     }
 
-    async fn heartbeat(
-        &self,
-        license_id: &str,
-        lease_id: &str,
-    ) -> Result<HeartbeatOutcome, StoreError> {
+    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
         let [z, d, c, u, x, _] = keys(license_id);
         let mut conn = self.conn.clone();
         let reply: Vec<redis::Value> = self
@@ -356,9 +320,7 @@ impl LeaseStore for RedisLeaseStore {
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        let int = |v: &redis::Value| -> Result<i64, StoreError> {
-            redis::from_redis_value_ref(v).map_err(parse_err)
-        };
+        let int = |v: &redis::Value| -> Result<i64, StoreError> { redis::from_redis_value_ref(v).map_err(parse_err) };
         Ok(match int(&reply[0])? {
             1 => {
                 let packed: String = redis::from_redis_value_ref(&reply[2]).map_err(parse_err)?;
@@ -412,19 +374,11 @@ impl LeaseStore for RedisLeaseStore {
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
         let [z, d, ..] = keys(license_id);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = self
-            .list
-            .key(&z)
-            .key(&d)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let reply: Vec<String> = self.list.key(&z).key(&d).invoke_async(&mut conn).await.map_err(map_err)?;
         reply[1..]
             .chunks(3)
             .map(|c| {
-                let expires: Millis = c[1]
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("expiry {}", c[1])))?;
+                let expires: Millis = c[1].parse().map_err(|_| StoreError::Corrupt(format!("expiry {}", c[1])))?;
                 unpack(license_id, &c[0], &c[2], expires)
             })
             .collect()
@@ -461,28 +415,14 @@ impl LeaseStore for RedisLeaseStore {
             for item in &reply[1..] {
                 if let Some((id, rest)) = item.split_once('|') {
                     if let Some((expiry, packed)) = rest.split_once('|') {
-                        out.push(unpack(
-                            &license_id,
-                            id,
-                            packed,
-                            expiry.parse().unwrap_or(0),
-                        )?);
+                        out.push(unpack(&license_id, id, packed, expiry.parse().unwrap_or(0))?);
                     }
                 }
             }
             let _: Result<i64, _> = if earliest < 0 {
-                redis::cmd("ZREM")
-                    .arg(SWEEP_INDEX)
-                    .arg(&license_id)
-                    .query_async(&mut conn)
-                    .await
+                redis::cmd("ZREM").arg(SWEEP_INDEX).arg(&license_id).query_async(&mut conn).await
             } else {
-                redis::cmd("ZADD")
-                    .arg(SWEEP_INDEX)
-                    .arg(earliest)
-                    .arg(&license_id)
-                    .query_async(&mut conn)
-                    .await
+                redis::cmd("ZADD").arg(SWEEP_INDEX).arg(earliest).arg(&license_id).query_async(&mut conn).await
             };
         }
         Ok(out)

@@ -3,6 +3,7 @@
 mod activation;
 mod catalog;
 mod leases;
+mod portal;
 
 pub use leases::SqlLeaseStore;
 
@@ -47,10 +48,7 @@ pub struct SqlOptions {
 
 impl Default for SqlOptions {
     fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(3),
-        }
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -67,10 +65,7 @@ impl SqlStore {
             .connect(url)
             .await
             .map_err(map_err)?;
-        let store = Self {
-            pool,
-            dialect: Dialect::Postgres,
-        };
+        let store = Self { pool, dialect: Dialect::Postgres };
         POSTGRES_MIGRATIONS
             .run(&store.pool)
             .await
@@ -82,12 +77,8 @@ impl SqlStore {
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot create data directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
         // One connection: SQLite has one writer anyway, and a single connection makes every
@@ -109,10 +100,7 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(map_err)?;
-        let store = Self {
-            pool,
-            dialect: Dialect::Sqlite,
-        };
+        let store = Self { pool, dialect: Dialect::Sqlite };
         SQLITE_MIGRATIONS
             .run(&store.pool)
             .await
@@ -126,10 +114,7 @@ impl SqlStore {
 
     /// Whether the database answers (for readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
         Ok(())
     }
 
@@ -151,9 +136,9 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
         sqlx::Error::Database(db) => match db.kind() {
             ErrorKind::UniqueViolation => StoreError::AlreadyExists(db.message().to_string()),
-            ErrorKind::ForeignKeyViolation
-            | ErrorKind::CheckViolation
-            | ErrorKind::NotNullViolation => StoreError::Conflict(db.message().to_string()),
+            ErrorKind::ForeignKeyViolation | ErrorKind::CheckViolation | ErrorKind::NotNullViolation => {
+                StoreError::Conflict(db.message().to_string())
+            }
             _ => {
                 // PostgreSQL class 08 (connection), 57P0x (shutdown), 53 (resources) are
                 // transient; SQLite BUSY/LOCKED too.
@@ -175,23 +160,19 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
 }
 
 pub(crate) fn get_i64(row: &AnyRow, col: &str) -> Result<i64, StoreError> {
-    row.try_get::<i64, _>(col)
-        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<i64, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
 pub(crate) fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>, StoreError> {
-    row.try_get::<Option<i64>, _>(col)
-        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<Option<i64>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
 pub(crate) fn get_str(row: &AnyRow, col: &str) -> Result<String, StoreError> {
-    row.try_get::<String, _>(col)
-        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<String, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
 pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, StoreError> {
-    row.try_get::<Option<String>, _>(col)
-        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<Option<String>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
 pub(crate) fn get_i32(row: &AnyRow, col: &str) -> Result<i32, StoreError> {
@@ -199,10 +180,7 @@ pub(crate) fn get_i32(row: &AnyRow, col: &str) -> Result<i32, StoreError> {
     i32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col}: {v} out of range")))
 }
 
-pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
-    col: &str,
-    text: &str,
-) -> Result<T, StoreError> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(col: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
@@ -213,9 +191,5 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
 /// Page size within bounds, as an SQL LIMIT.
 pub(crate) fn limit(page: &licensing_domain::model::Page) -> i64 {
     use licensing_domain::model::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-    i64::from(if page.limit == 0 {
-        DEFAULT_PAGE_SIZE
-    } else {
-        page.limit.min(MAX_PAGE_SIZE)
-    })
+    i64::from(if page.limit == 0 { DEFAULT_PAGE_SIZE } else { page.limit.min(MAX_PAGE_SIZE) })
 }

@@ -25,11 +25,7 @@ fn activation_from_row(row: &AnyRow) -> Result<Activation, StoreError> {
     })
 }
 
-async fn insert_event(
-    tx: &mut Transaction<'_, Any>,
-    license_id: &str,
-    e: &ActivationEvent,
-) -> Result<(), StoreError> {
+async fn insert_event(tx: &mut Transaction<'_, Any>, license_id: &str, e: &ActivationEvent) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO activation_events (license_id, installation_id, action, machine_name, fingerprint_digest, outcome, occurred_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -47,25 +43,17 @@ async fn insert_event(
     Ok(())
 }
 
-async fn live_activations(
-    tx: &mut Transaction<'_, Any>,
-    license_id: &str,
-) -> Result<Vec<Activation>, StoreError> {
-    let rows =
-        sqlx::query("SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL")
-            .bind(license_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(map_err)?;
+async fn live_activations(tx: &mut Transaction<'_, Any>, license_id: &str) -> Result<Vec<Activation>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL")
+        .bind(license_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(map_err)?;
     rows.iter().map(activation_from_row).collect()
 }
 
 /// The live activation whose stored fingerprint best matches, if at or above the threshold.
-fn best_match(
-    live: Vec<Activation>,
-    presented: &[ComponentDigest],
-    threshold: f64,
-) -> Option<Activation> {
+fn best_match(live: Vec<Activation>, presented: &[ComponentDigest], threshold: f64) -> Option<Activation> {
     live.into_iter()
         .map(|a| (fingerprint::match_share(&a.fingerprint, presented), a))
         .filter(|(share, _)| *share >= threshold)
@@ -74,17 +62,9 @@ fn best_match(
 }
 
 impl SqlStore {
-    async fn license_after(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        license_id: &str,
-    ) -> Result<License, StoreError> {
+    async fn license_after(&self, tx: &mut Transaction<'_, Any>, license_id: &str) -> Result<License, StoreError> {
         let sql = "SELECT * FROM licenses WHERE license_id = $1";
-        let row = sqlx::query(sql)
-            .bind(license_id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(map_err)?;
+        let row = sqlx::query(sql).bind(license_id).fetch_one(&mut **tx).await.map_err(map_err)?;
         license_from_row(&row)
     }
 }
@@ -102,16 +82,10 @@ impl ActivationStore for SqlStore {
             .await?
             .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
         usable(&license).map_err(ActivationStoreError::Refused)?;
-        let action = if c.offline {
-            "offline_activate"
-        } else {
-            "activate"
-        };
-        if let Some(mut existing) = best_match(
-            live_activations(&mut tx, &c.license_id).await?,
-            &c.fingerprint,
-            c.match_threshold,
-        ) {
+        let action = if c.offline { "offline_activate" } else { "activate" };
+        if let Some(mut existing) =
+            best_match(live_activations(&mut tx, &c.license_id).await?, &c.fingerprint, c.match_threshold)
+        {
             // The same machine: refresh what it looks like now, so gradual hardware changes keep matching.
             sqlx::query("UPDATE activations SET fingerprint_json = $1, last_seen_at = $2, machine_name = $3, product_version = $4 WHERE installation_id = $5")
                 .bind(to_json(&c.fingerprint))
@@ -144,9 +118,7 @@ impl ActivationStore for SqlStore {
             .await
             .map_err(map_err)?;
         if raised.rows_affected() == 0 {
-            return Err(ActivationStoreError::LimitReached {
-                seats: license.seats,
-            });
+            return Err(ActivationStoreError::LimitReached { seats: license.seats });
         }
         let activation = Activation {
             installation_id: c.installation_id.clone(),
@@ -190,10 +162,7 @@ impl ActivationStore for SqlStore {
         Ok(ActivateOutcome::New(activation, license))
     }
 
-    async fn deactivate(
-        &self,
-        c: &DeactivateCommand,
-    ) -> Result<(Activation, License), ActivationStoreError> {
+    async fn deactivate(&self, c: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError> {
         let mut tx = self.begin().await?;
         let license = self
             .lock_license(&mut tx, &c.license_id)
@@ -201,13 +170,8 @@ impl ActivationStore for SqlStore {
             .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
         let live = live_activations(&mut tx, &c.license_id).await?;
         let mut activation = match &c.target {
-            DeactivateTarget::Installation(id) => {
-                live.into_iter().find(|a| &a.installation_id == id)
-            }
-            DeactivateTarget::Fingerprint {
-                digests,
-                match_threshold,
-            } => best_match(live, digests, *match_threshold),
+            DeactivateTarget::Installation(id) => live.into_iter().find(|a| &a.installation_id == id),
+            DeactivateTarget::Fingerprint { digests, match_threshold } => best_match(live, digests, *match_threshold),
         }
         .ok_or(ActivationStoreError::NoActivation)?;
         let spent = sqlx::query(
@@ -221,9 +185,7 @@ impl ActivationStore for SqlStore {
         .await
         .map_err(map_err)?;
         if spent.rows_affected() == 0 {
-            return Err(ActivationStoreError::DeactivationLimit {
-                allowed: license.allowed_deactivations,
-            });
+            return Err(ActivationStoreError::DeactivationLimit { allowed: license.allowed_deactivations });
         }
         sqlx::query("UPDATE activations SET deactivated_at = $1 WHERE installation_id = $2")
             .bind(c.now)
@@ -237,11 +199,7 @@ impl ActivationStore for SqlStore {
             installation_id: activation.installation_id.clone(),
             machine_name: activation.machine_name.clone(),
             fingerprint_digest: fingerprint::summary(&activation.fingerprint),
-            outcome: if c.counts {
-                "ok".into()
-            } else {
-                "ok: not counted".into()
-            },
+            outcome: if c.counts { "ok".into() } else { "ok: not counted".into() },
         };
         insert_event(&mut tx, &c.license_id, &event).await?;
         let license = self.license_after(&mut tx, &c.license_id).await?;
@@ -250,10 +208,7 @@ impl ActivationStore for SqlStore {
         Ok((activation, license))
     }
 
-    async fn get_activation(
-        &self,
-        installation_id: &str,
-    ) -> Result<Option<Activation>, StoreError> {
+    async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError> {
         let row = sqlx::query("SELECT * FROM activations WHERE installation_id = $1")
             .bind(installation_id)
             .fetch_optional(&self.pool)
@@ -263,11 +218,12 @@ impl ActivationStore for SqlStore {
     }
 
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM activations WHERE license_id = $1 ORDER BY activated_at DESC, installation_id")
-            .bind(license_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let rows =
+            sqlx::query("SELECT * FROM activations WHERE license_id = $1 ORDER BY activated_at DESC, installation_id")
+                .bind(license_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
         rows.iter().map(activation_from_row).collect()
     }
 
@@ -278,34 +234,27 @@ impl ActivationStore for SqlStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query("UPDATE activations SET last_seen_at = $1 WHERE installation_id = $2 RETURNING license_id")
-            .bind(now)
-            .bind(installation_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let row =
+            sqlx::query("UPDATE activations SET last_seen_at = $1 WHERE installation_id = $2 RETURNING license_id")
+                .bind(now)
+                .bind(installation_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
         let license_id = match row {
             Some(row) => get_str(&row, "license_id")?,
-            None => {
-                return Err(StoreError::NotFound(format!(
-                    "installation {installation_id}"
-                )))
-            }
+            None => return Err(StoreError::NotFound(format!("installation {installation_id}"))),
         };
         insert_event(&mut tx, &license_id, event).await?;
         tx.commit().await.map_err(map_err)
     }
 
-    async fn list_activation_events(
-        &self,
-        license_id: &str,
-    ) -> Result<Vec<ActivationEvent>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM activation_events WHERE license_id = $1 ORDER BY sequence")
-                .bind(license_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map_err)?;
+    async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM activation_events WHERE license_id = $1 ORDER BY sequence")
+            .bind(license_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
         rows.iter()
             .map(|row| {
                 Ok(ActivationEvent {

@@ -19,10 +19,8 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         license_id: get_str(row, "license_id")?,
         product_code: get_str(row, "product_code")?,
         customer_id: get_str(row, "customer_id")?,
-        kind: LicenseKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("kind: {kind}")))?,
-        status: LicenseStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("status: {status}")))?,
+        kind: LicenseKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind: {kind}")))?,
+        status: LicenseStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status: {status}")))?,
         seats: get_i32(row, "seats")?,
         allowed_deactivations: get_i32(row, "allowed_deactivations")?,
         activations_used: get_i32(row, "activations_used")?,
@@ -40,7 +38,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     })
 }
 
-fn product_from_row(row: &AnyRow) -> Result<Product, StoreError> {
+pub(crate) fn product_from_row(row: &AnyRow) -> Result<Product, StoreError> {
     Ok(Product {
         code: get_str(row, "code")?,
         name: get_str(row, "name")?,
@@ -69,15 +67,71 @@ pub(crate) async fn insert_audit(
     audit: &AuditRecord,
     at: Millis,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_events (occurred_at, actor, action, subject, details_json) VALUES ($1, $2, $3, $4, $5)")
-        .bind(at)
-        .bind(&audit.actor)
-        .bind(&audit.action)
-        .bind(&audit.subject)
-        .bind(audit.details.to_string())
+    sqlx::query(
+        "INSERT INTO audit_events (occurred_at, actor, action, subject, details_json) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(at)
+    .bind(&audit.actor)
+    .bind(&audit.action)
+    .bind(&audit.subject)
+    .bind(audit.details.to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Inserts a license row inside the caller's transaction.
+pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewLicense) -> Result<(), StoreError> {
+    let l = &new.license;
+    let sql = format!(
+        "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+    );
+    sqlx::query(&sql)
+        .bind(&l.license_id)
+        .bind(&l.product_code)
+        .bind(&l.customer_id)
+        .bind(l.kind.as_str())
+        .bind(l.status.as_str())
+        .bind(i64::from(l.seats))
+        .bind(i64::from(l.allowed_deactivations))
+        .bind(i64::from(l.activations_used))
+        .bind(i64::from(l.deactivations_used))
+        .bind(to_json(&l.modules))
+        .bind(l.valid_from)
+        .bind(l.expires_at)
+        .bind(l.upgrades_until)
+        .bind(l.associated_customer_id.clone())
+        .bind(i64::from(l.portal_deactivation_counts))
+        .bind(l.replaces_license_id.clone())
+        .bind(&l.notes)
+        .bind(l.created_at)
+        .bind(l.updated_at)
+        .bind(&new.key_digest)
+        .bind(&new.activation_password_salt)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
+    Ok(())
+}
+
+pub(crate) async fn insert_receipt(tx: &mut Transaction<'_, Any>, r: &Receipt) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO receipts (receipt_id, license_id, customer_id, kind, amount_minor, currency, paid_at, recurring_months) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&r.receipt_id)
+    .bind(&r.license_id)
+    .bind(&r.customer_id)
+    .bind(&r.kind)
+    .bind(r.amount_minor)
+    .bind(&r.currency)
+    .bind(r.paid_at)
+    .bind(i64::from(r.recurring_months))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
     Ok(())
 }
 
@@ -92,15 +146,8 @@ impl SqlStore {
         tx: &mut Transaction<'_, Any>,
         license_id: &str,
     ) -> Result<Option<License>, StoreError> {
-        let sql = format!(
-            "SELECT {LICENSE_COLUMNS} FROM licenses WHERE license_id = $1{}",
-            self.dialect.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(license_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(map_err)?;
+        let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE license_id = $1{}", self.dialect.for_update());
+        let row = sqlx::query(&sql).bind(license_id).fetch_optional(&mut **tx).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
@@ -120,25 +167,19 @@ impl SqlStore {
 
 #[async_trait]
 impl CatalogStore for SqlStore {
-    async fn create_product(
-        &self,
-        product: &Product,
-        audit: AuditRecord,
-    ) -> Result<(), StoreError> {
-        let q = sqlx::query("INSERT INTO products (code, name, modules_json, versions_json, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&product.code)
-            .bind(&product.name)
-            .bind(to_json(&product.modules))
-            .bind(to_json(&product.versions))
-            .bind(product.created_at);
-        self.write_with_audit(q, &audit)
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists(_) => {
-                    StoreError::AlreadyExists(format!("product '{}'", product.code))
-                }
-                other => other,
-            })?;
+    async fn create_product(&self, product: &Product, audit: AuditRecord) -> Result<(), StoreError> {
+        let q = sqlx::query(
+            "INSERT INTO products (code, name, modules_json, versions_json, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&product.code)
+        .bind(&product.name)
+        .bind(to_json(&product.modules))
+        .bind(to_json(&product.versions))
+        .bind(product.created_at);
+        self.write_with_audit(q, &audit).await.map_err(|e| match e {
+            StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("product '{}'", product.code)),
+            other => other,
+        })?;
         Ok(())
     }
 
@@ -168,29 +209,15 @@ impl CatalogStore for SqlStore {
         audit: AuditRecord,
     ) -> Result<Product, StoreError> {
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "SELECT * FROM products WHERE code = $1{}",
-            self.dialect.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(code)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let sql = format!("SELECT * FROM products WHERE code = $1{}", self.dialect.for_update());
+        let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *tx).await.map_err(map_err)?;
         let mut product = row
             .as_ref()
             .map(product_from_row)
             .transpose()?
             .ok_or_else(|| StoreError::NotFound(format!("product '{code}'")))?;
-        if product
-            .versions
-            .iter()
-            .any(|v| v.version == version.version)
-        {
-            return Err(StoreError::AlreadyExists(format!(
-                "version {} of product '{code}'",
-                version.version
-            )));
+        if product.versions.iter().any(|v| v.version == version.version) {
+            return Err(StoreError::AlreadyExists(format!("version {} of product '{code}'", version.version)));
         }
         product.versions.push(version);
         product.versions.sort_by_key(|v| v.released_at);
@@ -217,15 +244,12 @@ impl CatalogStore for SqlStore {
             .bind(&customer.contact_email)
             .bind(password_hash.map(str::to_owned))
             .bind(customer.created_at);
-        self.write_with_audit(q, &audit)
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!(
-                    "a customer with contact email {}",
-                    customer.contact_email
-                )),
-                other => other,
-            })?;
+        self.write_with_audit(q, &audit).await.map_err(|e| match e {
+            StoreError::AlreadyExists(_) => {
+                StoreError::AlreadyExists(format!("a customer with contact email {}", customer.contact_email))
+            }
+            other => other,
+        })?;
         Ok(())
     }
 
@@ -247,11 +271,7 @@ impl CatalogStore for SqlStore {
         row.as_ref().map(customer_from_row).transpose()
     }
 
-    async fn list_customers(
-        &self,
-        query: Option<&str>,
-        page: &Page,
-    ) -> Result<Vec<Customer>, StoreError> {
+    async fn list_customers(&self, query: Option<&str>, page: &Page) -> Result<Vec<Customer>, StoreError> {
         let pattern = format!("%{}%", query.unwrap_or_default().to_lowercase());
         let rows = sqlx::query(
             "SELECT * FROM customers WHERE customer_id > $1 AND (LOWER(company_name) LIKE $2 OR contact_email LIKE $2) \
@@ -266,10 +286,7 @@ impl CatalogStore for SqlStore {
         rows.iter().map(customer_from_row).collect()
     }
 
-    async fn customer_password_hash(
-        &self,
-        customer_id: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT password_hash FROM customers WHERE customer_id = $1")
             .bind(customer_id)
             .fetch_optional(&self.pool)
@@ -296,72 +313,35 @@ impl CatalogStore for SqlStore {
         }
     }
 
-    async fn insert_license(&self, new: &NewLicense, audit: AuditRecord) -> Result<(), StoreError> {
-        let l = &new.license;
-        let sql = format!(
-            "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
-        );
-        let q = sqlx::query(&sql)
-            .bind(&l.license_id)
-            .bind(&l.product_code)
-            .bind(&l.customer_id)
-            .bind(l.kind.as_str())
-            .bind(l.status.as_str())
-            .bind(i64::from(l.seats))
-            .bind(i64::from(l.allowed_deactivations))
-            .bind(i64::from(l.activations_used))
-            .bind(i64::from(l.deactivations_used))
-            .bind(to_json(&l.modules))
-            .bind(l.valid_from)
-            .bind(l.expires_at)
-            .bind(l.upgrades_until)
-            .bind(l.associated_customer_id.clone())
-            .bind(i64::from(l.portal_deactivation_counts))
-            .bind(l.replaces_license_id.clone())
-            .bind(&l.notes)
-            .bind(l.created_at)
-            .bind(l.updated_at)
-            .bind(&new.key_digest)
-            .bind(&new.activation_password_salt);
+    async fn insert_license(
+        &self,
+        new: &NewLicense,
+        audit: AuditRecord,
+        receipt: Option<&Receipt>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        q.execute(&mut *tx).await.map_err(map_err)?;
-        insert_audit(&mut tx, &audit, l.created_at).await?;
+        insert_license_row(&mut tx, new).await?;
+        insert_audit(&mut tx, &audit, new.license.created_at).await?;
+        if let Some(receipt) = receipt {
+            insert_receipt(&mut tx, receipt).await?;
+        }
         tx.commit().await.map_err(map_err)
     }
 
     async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE license_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(license_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let row = sqlx::query(&sql).bind(license_id).fetch_optional(&self.pool).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
-    async fn find_license_by_key_digest(
-        &self,
-        key_digest: &str,
-    ) -> Result<Option<License>, StoreError> {
+    async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE key_digest = $1");
-        let row = sqlx::query(&sql)
-            .bind(key_digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let row = sqlx::query(&sql).bind(key_digest).fetch_optional(&self.pool).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
-    async fn list_licenses(
-        &self,
-        filter: &LicenseFilter,
-        page: &Page,
-    ) -> Result<Vec<License>, StoreError> {
-        let text = filter
-            .text
-            .as_ref()
-            .map(|t| format!("%{}%", t.to_lowercase()));
+    async fn list_licenses(&self, filter: &LicenseFilter, page: &Page) -> Result<Vec<License>, StoreError> {
+        let text = filter.text.as_ref().map(|t| format!("%{}%", t.to_lowercase()));
         let sql = format!(
             "SELECT {LICENSE_COLUMNS} FROM licenses WHERE license_id > $1 \
              AND ($2 IS NULL OR customer_id = $2) \
@@ -387,18 +367,13 @@ impl CatalogStore for SqlStore {
         rows.iter().map(license_from_row).collect()
     }
 
-    async fn activation_password_salt(
-        &self,
-        license_id: &str,
-    ) -> Result<Option<String>, StoreError> {
+    async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT password_salt FROM licenses WHERE license_id = $1")
             .bind(license_id)
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        row.as_ref()
-            .map(|r| get_str(r, "password_salt"))
-            .transpose()
+        row.as_ref().map(|r| get_str(r, "password_salt")).transpose()
     }
 
     async fn set_activation_password_salt(
@@ -407,15 +382,11 @@ impl CatalogStore for SqlStore {
         salt: &str,
         audit: AuditRecord,
     ) -> Result<(), StoreError> {
-        let q = sqlx::query(
-            "UPDATE licenses SET password_salt = $1 WHERE license_id = $2 AND status <> 'retired'",
-        )
-        .bind(salt.to_owned())
-        .bind(license_id.to_owned());
+        let q = sqlx::query("UPDATE licenses SET password_salt = $1 WHERE license_id = $2 AND status <> 'retired'")
+            .bind(salt.to_owned())
+            .bind(license_id.to_owned());
         match self.write_with_audit(q, &audit).await? {
-            0 => Err(StoreError::Conflict(format!(
-                "license {license_id} is retired or does not exist"
-            ))),
+            0 => Err(StoreError::Conflict(format!("license {license_id} is retired or does not exist"))),
             _ => Ok(()),
         }
     }
@@ -426,6 +397,7 @@ impl CatalogStore for SqlStore {
         change: &LicenseChange,
         now: Millis,
         audit: AuditRecord,
+        receipt: Option<&Receipt>,
     ) -> Result<License, UpdateError> {
         let mut tx = self.begin().await?;
         let mut license = self
@@ -457,6 +429,9 @@ impl CatalogStore for SqlStore {
         .await
         .map_err(map_err)?;
         insert_audit(&mut tx, &audit, now).await?;
+        if let Some(receipt) = receipt {
+            insert_receipt(&mut tx, receipt).await?;
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(license)
     }
@@ -468,18 +443,15 @@ impl CatalogStore for SqlStore {
     }
 
     async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, StoreError> {
-        let after: i64 = page
-            .after
-            .as_deref()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0);
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE subject = $1 AND sequence > $2 ORDER BY sequence LIMIT $3")
-            .bind(subject)
-            .bind(after)
-            .bind(limit(page))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let after: i64 = page.after.as_deref().and_then(|a| a.parse().ok()).unwrap_or(0);
+        let rows =
+            sqlx::query("SELECT * FROM audit_events WHERE subject = $1 AND sequence > $2 ORDER BY sequence LIMIT $3")
+                .bind(subject)
+                .bind(after)
+                .bind(limit(page))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
         rows.iter()
             .map(|row| {
                 Ok(AuditEvent {
@@ -495,19 +467,11 @@ impl CatalogStore for SqlStore {
     }
 
     async fn count_admin_tokens(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens").fetch_one(&self.pool).await.map_err(map_err)?;
         get_i64(&row, "n")
     }
 
-    async fn insert_admin_token(
-        &self,
-        token_id: &str,
-        digest: &str,
-        now: Millis,
-    ) -> Result<(), StoreError> {
+    async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO admin_tokens (token_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(token_id)
             .bind(digest)

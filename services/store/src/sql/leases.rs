@@ -40,25 +40,15 @@ impl SqlLeaseStore {
     }
 
     /// Begins a pool decision: the pool row exists and is locked; returns its fence.
-    async fn lock_pool(
-        &self,
-        license_id: &str,
-    ) -> Result<(Transaction<'static, Any>, i64), StoreError> {
+    async fn lock_pool(&self, license_id: &str) -> Result<(Transaction<'static, Any>, i64), StoreError> {
         let mut tx = self.sql.begin().await?;
         sqlx::query("INSERT INTO lease_pools (license_id, fence) VALUES ($1, 0) ON CONFLICT (license_id) DO NOTHING")
             .bind(license_id)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let sql = format!(
-            "SELECT fence FROM lease_pools WHERE license_id = $1{}",
-            self.sql.dialect.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(license_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let sql = format!("SELECT fence FROM lease_pools WHERE license_id = $1{}", self.sql.dialect.for_update());
+        let row = sqlx::query(&sql).bind(license_id).fetch_one(&mut *tx).await.map_err(map_err)?;
         let fence = get_i64(&row, "fence")?;
         Ok((tx, fence))
     }
@@ -83,13 +73,14 @@ impl LeaseStore for SqlLeaseStore {
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
         let (mut tx, fence) = self.lock_pool(&c.license_id).await?;
         let now = self.clock.now();
-        let existing = sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND client_instance_id = $2 AND expires_at > $3")
-            .bind(&c.license_id)
-            .bind(&c.client_instance_id)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let existing =
+            sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND client_instance_id = $2 AND expires_at > $3")
+                .bind(&c.license_id)
+                .bind(&c.client_instance_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
         let usage = sqlx::query("SELECT CAST(COALESCE(SUM(seats_held), 0) AS BIGINT) AS used, MIN(expires_at) AS earliest FROM leases WHERE license_id = $1 AND expires_at > $2")
             .bind(&c.license_id)
             .bind(now)
@@ -108,17 +99,10 @@ impl LeaseStore for SqlLeaseStore {
                 .await
                 .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
-            return Ok(CheckoutOutcome::Granted {
-                lease,
-                renewed: true,
-                in_use,
-            });
+            return Ok(CheckoutOutcome::Granted { lease, renewed: true, in_use });
         }
         if in_use + c.cost > c.seats {
-            return Ok(CheckoutOutcome::Full {
-                in_use,
-                earliest_expiry: get_opt_i64(&usage, "earliest")?,
-            });
+            return Ok(CheckoutOutcome::Full { in_use, earliest_expiry: get_opt_i64(&usage, "earliest")? });
         }
         let lease = Lease {
             lease_id: c.lease_id.clone(),
@@ -159,34 +143,20 @@ impl LeaseStore for SqlLeaseStore {
         .await
         .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(CheckoutOutcome::Granted {
-            lease,
-            renewed: false,
-            in_use: in_use + c.cost,
-        })
+        Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: in_use + c.cost })
     }
 
-    async fn heartbeat(
-        &self,
-        license_id: &str,
-        lease_id: &str,
-    ) -> Result<HeartbeatOutcome, StoreError> {
+    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
         let (mut tx, _) = self.lock_pool(license_id).await?;
         let now = self.clock.now();
         let Some(mut lease) = Self::live_lease(&mut tx, license_id, lease_id).await? else {
-            let revoked = sqlx::query(
-                "SELECT 1 AS one FROM lease_tombstones WHERE lease_id = $1 AND license_id = $2",
-            )
-            .bind(lease_id)
-            .bind(license_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            return Ok(if revoked.is_some() {
-                HeartbeatOutcome::Revoked
-            } else {
-                HeartbeatOutcome::Unknown
-            });
+            let revoked = sqlx::query("SELECT 1 AS one FROM lease_tombstones WHERE lease_id = $1 AND license_id = $2")
+                .bind(lease_id)
+                .bind(license_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            return Ok(if revoked.is_some() { HeartbeatOutcome::Revoked } else { HeartbeatOutcome::Unknown });
         };
         if lease.expires_at <= now {
             // Left for the sweep to record; it no longer counts either way.
@@ -206,30 +176,26 @@ impl LeaseStore for SqlLeaseStore {
 
     async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let done = sqlx::query(
-            "DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3",
-        )
-        .bind(license_id)
-        .bind(lease_id)
-        .bind(now)
-        .execute(&self.sql.pool)
-        .await
-        .map_err(map_err)?;
+        let done = sqlx::query("DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3")
+            .bind(license_id)
+            .bind(lease_id)
+            .bind(now)
+            .execute(&self.sql.pool)
+            .await
+            .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<i64>, StoreError> {
         let (mut tx, fence) = self.lock_pool(license_id).await?;
         let now = self.clock.now();
-        let done = sqlx::query(
-            "DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3",
-        )
-        .bind(license_id)
-        .bind(lease_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let done = sqlx::query("DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3")
+            .bind(license_id)
+            .bind(lease_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
@@ -251,26 +217,23 @@ impl LeaseStore for SqlLeaseStore {
     }
 
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at",
-        )
-        .bind(license_id)
-        .bind(self.clock.now())
-        .fetch_all(&self.sql.pool)
-        .await
-        .map_err(map_err)?;
+        let rows = sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at")
+            .bind(license_id)
+            .bind(self.clock.now())
+            .fetch_all(&self.sql.pool)
+            .await
+            .map_err(map_err)?;
         rows.iter().map(lease_from_row).collect()
     }
 
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError> {
         let mut tx = self.sql.begin().await?;
-        let rows =
-            sqlx::query("SELECT * FROM leases WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
-                .bind(self.clock.now())
-                .bind(max as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        let rows = sqlx::query("SELECT * FROM leases WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
+            .bind(self.clock.now())
+            .bind(max as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let expired: Vec<Lease> = rows.iter().map(lease_from_row).collect::<Result<_, _>>()?;
         for lease in &expired {
             sqlx::query("DELETE FROM leases WHERE lease_id = $1 AND expires_at <= $2")

@@ -1,0 +1,542 @@
+//! [`Portal`]: what a customer does in the portal, on their own account only. Every lookup of a
+//! license goes through [`Portal::my_license`], which answers NotFound for another account's
+//! license, so nothing here can reach another customer's data.
+
+use crate::catalog::Catalog;
+use crate::mail::{Mail, Mailer};
+use crate::{validate, AccountError};
+use licensing_domain::change::{validate_seats, LicenseChange};
+use licensing_domain::clock::{Millis, HOUR, MINUTE};
+use licensing_domain::error::StoreError;
+use licensing_domain::ids;
+use licensing_domain::license_key::LicenseKey;
+use licensing_domain::model::*;
+use licensing_domain::secrets::{purpose, random_token, PasswordHasher};
+use licensing_domain::store::{
+    ActivationStore, ActivationStoreError, DeactivateCommand, DeactivateTarget, LeaseStore, PortalStore,
+    ResetTokenError,
+};
+use licensing_runtime::limiter::FailureLimiter;
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone)]
+pub struct PortalSettings {
+    pub session_ttl: Millis,
+    pub reset_ttl: Millis,
+    /// Where the reset mail sends people; the token is appended as `?token=…`.
+    pub reset_url: String,
+    pub login_failures_per_account: u32,
+    pub login_failures_per_client: u32,
+    pub login_window: Duration,
+    pub resets_per_account_per_hour: u32,
+}
+
+impl Default for PortalSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: 8 * HOUR,
+            reset_ttl: 30 * MINUTE,
+            reset_url: "http://localhost:8080/reset-password".into(),
+            login_failures_per_account: 5,
+            login_failures_per_client: 20,
+            login_window: Duration::from_secs(15 * 60),
+            resets_per_account_per_hour: 3,
+        }
+    }
+}
+
+/// An installation as the portal shows it.
+pub struct LicenseDetails {
+    pub license: License,
+    pub installations: Vec<Activation>,
+    pub history: Vec<ActivationEvent>,
+}
+
+pub struct ReturnedLicense {
+    pub retired: License,
+    pub replacement: License,
+    pub license_key: LicenseKey,
+    pub activation_password: String,
+}
+
+#[derive(Clone)]
+pub struct Portal {
+    catalog: Catalog,
+    portal: Arc<dyn PortalStore>,
+    activations: Arc<dyn ActivationStore>,
+    /// Where live leases are read from; `None` when this process cannot see them.
+    leases: Option<Arc<dyn LeaseStore>>,
+    passwords: PasswordHasher,
+    mailer: Arc<dyn Mailer>,
+    settings: PortalSettings,
+    account_failures: FailureLimiter,
+    client_failures: FailureLimiter,
+    reset_requests: FailureLimiter,
+    /// Bounds concurrent argon2 work (19 MiB and tens of ms each), so a login flood cannot
+    /// exhaust memory or the blocking pool.
+    hashing: Arc<Semaphore>,
+    decoy: Arc<OnceLock<String>>,
+}
+
+fn not_found_license(license_id: &str) -> AccountError {
+    AccountError::NotFound { reason: "LICENSE_NOT_FOUND", message: format!("your account has no license {license_id}") }
+}
+
+fn wrong_login() -> AccountError {
+    AccountError::Unauthenticated {
+        reason: "LOGIN_FAILED",
+        message: "the customer ID or email, or the password, is wrong".into(),
+    }
+}
+
+fn too_many(retry_after: Duration) -> AccountError {
+    AccountError::ResourceExhausted {
+        reason: "TOO_MANY_ATTEMPTS",
+        message: format!("too many failed logins; try again in {} s", retry_after.as_secs().max(1)),
+        retry_after,
+    }
+}
+
+impl Portal {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        catalog: Catalog,
+        portal: Arc<dyn PortalStore>,
+        activations: Arc<dyn ActivationStore>,
+        leases: Option<Arc<dyn LeaseStore>>,
+        passwords: PasswordHasher,
+        mailer: Arc<dyn Mailer>,
+        settings: PortalSettings,
+    ) -> Self {
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            account_failures: FailureLimiter::new(settings.login_failures_per_account, settings.login_window),
+            client_failures: FailureLimiter::new(settings.login_failures_per_client, settings.login_window),
+            reset_requests: FailureLimiter::new(settings.resets_per_account_per_hour, Duration::from_secs(3600)),
+            catalog,
+            portal,
+            activations,
+            leases,
+            passwords,
+            mailer,
+            settings,
+            hashing: Arc::new(Semaphore::new(parallel)),
+            decoy: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.catalog.now()
+    }
+
+    async fn audit(&self, actor: &str, action: &str, subject: &str, details: serde_json::Value) {
+        let record = AuditRecord::new(actor, action, subject).with_details(details);
+        if let Err(e) = self.catalog.store().append_audit(record).await {
+            tracing::warn!(error = %e, action, "could not write a portal audit entry");
+        }
+    }
+
+    /// The customer a login names: a customer ID or a contact email.
+    async fn find_customer(&self, login: &str) -> Result<Option<Customer>, AccountError> {
+        let login = login.trim();
+        if login.starts_with("cus_") {
+            validate::id("login", ids::CUSTOMER, login)?;
+            return Ok(self.catalog.store().get_customer(login).await?);
+        }
+        let email = validate::email("login", login)?;
+        Ok(self.catalog.store().find_customer_by_email(&email).await?)
+    }
+
+    /// argon2id verification on the blocking pool, bounded; a decoy hash when there is none.
+    async fn verify_password(&self, password: &str, stored: Option<String>) -> Result<bool, AccountError> {
+        let _permit = self.hashing.acquire().await.map_err(|_| StoreError::Unavailable("shutting down".into()))?;
+        let hasher = self.passwords.clone();
+        let decoy = self.decoy.clone();
+        let password = password.to_owned();
+        let real = stored.is_some();
+        let ok = tokio::task::spawn_blocking(move || {
+            let phc = stored.unwrap_or_else(|| decoy.get_or_init(|| hasher.decoy_hash()).clone());
+            hasher.verify(&password, &phc)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("password check failed: {e}")))?;
+        Ok(real && ok)
+    }
+
+    pub async fn login(
+        &self,
+        login: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<(String, Millis, Customer), AccountError> {
+        if password.is_empty() || password.chars().count() > licensing_domain::secrets::MAX_PASSWORD_CHARS {
+            return Err(wrong_login());
+        }
+        if let Some(wait) = self.client_failures.blocked(client) {
+            return Err(too_many(wait));
+        }
+        let customer = self.find_customer(login).await?;
+        let account_key = customer.as_ref().map_or_else(|| login.trim().to_lowercase(), |c| c.customer_id.clone());
+        if let Some(wait) = self.account_failures.blocked(&account_key) {
+            return Err(too_many(wait));
+        }
+        let stored = match &customer {
+            Some(c) => self.catalog.store().customer_password_hash(&c.customer_id).await?,
+            None => None,
+        };
+        if !self.verify_password(password, stored).await? {
+            self.account_failures.record_failure(&account_key);
+            self.client_failures.record_failure(client);
+            if let Some(c) = &customer {
+                self.audit(
+                    &format!("customer:{}", c.customer_id),
+                    "portal.login_failed",
+                    &c.customer_id,
+                    json!({ "client": client }),
+                )
+                .await;
+            }
+            return Err(wrong_login());
+        }
+        let customer = customer.expect("a verified password belongs to a customer");
+        let token = random_token("ses", 20);
+        let now = self.now();
+        let expires_at = now + self.settings.session_ttl;
+        self.portal
+            .create_session(
+                &self.catalog.hasher().digest(purpose::SESSION, &token),
+                &customer.customer_id,
+                now,
+                expires_at,
+            )
+            .await?;
+        self.audit(
+            &format!("customer:{}", customer.customer_id),
+            "portal.login",
+            &customer.customer_id,
+            json!({ "client": client }),
+        )
+        .await;
+        Ok((token, expires_at, customer))
+    }
+
+    /// The customer of a session token.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<String, AccountError> {
+        let token = token.ok_or_else(|| AccountError::Unauthenticated {
+            reason: "SESSION_MISSING",
+            message: "log in first and send 'authorization: Bearer <session token>'".into(),
+        })?;
+        let invalid = || AccountError::Unauthenticated {
+            reason: "SESSION_INVALID",
+            message: "the session is not valid (expired or logged out); log in again".into(),
+        };
+        if !token.starts_with("ses_") {
+            return Err(invalid());
+        }
+        self.portal
+            .session_customer(&self.catalog.hasher().digest(purpose::SESSION, token), self.now())
+            .await?
+            .ok_or_else(invalid)
+    }
+
+    pub async fn logout(&self, me: &str, token: &str) -> Result<(), AccountError> {
+        self.portal.revoke_session(&self.catalog.hasher().digest(purpose::SESSION, token), self.now()).await?;
+        self.audit(&format!("customer:{me}"), "portal.logout", me, json!({})).await;
+        Ok(())
+    }
+
+    /// Answers the same whether or not the account exists: the work happens in the background.
+    pub fn request_password_reset(&self, login: &str) -> Result<(), AccountError> {
+        if login.trim().is_empty() || login.len() > 254 {
+            return Err(AccountError::invalid("login", "name a customer ID or contact email"));
+        }
+        let portal = self.clone();
+        let login = login.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = portal.send_reset(&login).await {
+                tracing::warn!(error = %e, "password reset mail not sent");
+            }
+        });
+        Ok(())
+    }
+
+    async fn send_reset(&self, login: &str) -> Result<(), AccountError> {
+        let Some(customer) = self.find_customer(login).await.ok().flatten() else { return Ok(()) };
+        if self.reset_requests.blocked(&customer.customer_id).is_some() {
+            return Ok(());
+        }
+        self.reset_requests.record_failure(&customer.customer_id);
+        let token = random_token("rst", 20);
+        let now = self.now();
+        self.portal
+            .create_reset_token(
+                &self.catalog.hasher().digest(purpose::RESET_TOKEN, &token),
+                &customer.customer_id,
+                now,
+                now + self.settings.reset_ttl,
+            )
+            .await?;
+        let mail = Mail {
+            to: customer.contact_email.clone(),
+            subject: "Reset your licensing portal password".into(),
+            body: format!(
+                "Someone asked to reset the portal password of {} ({}).\n\nReset token: {token}\nOr open: {}?token={token}\n\nThe token works once, for {} minutes. If you did not ask, ignore this mail.",
+                customer.company_name,
+                customer.customer_id,
+                self.settings.reset_url,
+                self.settings.reset_ttl / MINUTE
+            ),
+        };
+        self.mailer.send(&mail).await.map_err(|e| StoreError::Unavailable(format!("mail: {e}")))?;
+        self.audit(
+            &format!("customer:{}", customer.customer_id),
+            "portal.password_reset_requested",
+            &customer.customer_id,
+            json!({}),
+        )
+        .await;
+        Ok(())
+    }
+
+    pub async fn reset_password(&self, token: &str, new_password: String) -> Result<(), AccountError> {
+        if !token.starts_with("rst_") || token.len() > 64 {
+            return Err(AccountError::invalid("reset_token", "is not a reset token (rst_…)"));
+        }
+        validate::password("new_password", &new_password)?;
+        let hash = self.catalog.hash_password(new_password).await?;
+        let digest = self.catalog.hasher().digest(purpose::RESET_TOKEN, token);
+        let customer_id = self.portal.use_reset_token(&digest, &hash, self.now()).await.map_err(|e| match e {
+            ResetTokenError::Store(s) => s.into(),
+            ResetTokenError::Unknown => {
+                AccountError::NotFound { reason: "RESET_TOKEN_INVALID", message: e.to_string() }
+            }
+            ResetTokenError::Expired => {
+                AccountError::FailedPrecondition { reason: "RESET_TOKEN_EXPIRED", message: e.to_string() }
+            }
+            ResetTokenError::Used => {
+                AccountError::FailedPrecondition { reason: "RESET_TOKEN_USED", message: e.to_string() }
+            }
+        })?;
+        self.audit(
+            &format!("customer:{customer_id}"),
+            "portal.password_reset",
+            &customer_id,
+            json!({ "sessions": "ended" }),
+        )
+        .await;
+        Ok(())
+    }
+
+    pub async fn account(&self, me: &str) -> Result<Customer, AccountError> {
+        self.catalog.get_customer(me).await
+    }
+
+    /// A license of this account, or NotFound (also for another account's license).
+    pub async fn my_license(&self, me: &str, license_id: &str) -> Result<License, AccountError> {
+        validate::id("license_id", ids::LICENSE, license_id)?;
+        match self.catalog.store().get_license(license_id).await? {
+            Some(l) if l.associated_customer_id.as_deref() == Some(me) => Ok(l),
+            _ => Err(not_found_license(license_id)),
+        }
+    }
+
+    pub async fn licenses(&self, me: &str, page: &Page) -> Result<Vec<License>, AccountError> {
+        let filter = LicenseFilter { associated_customer_id: Some(me.to_owned()), ..Default::default() };
+        Ok(self.catalog.store().list_licenses(&filter, page).await?)
+    }
+
+    pub async fn license_details(&self, me: &str, license_id: &str) -> Result<LicenseDetails, AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        Ok(LicenseDetails {
+            installations: self.activations.list_activations(license_id).await?,
+            history: self.activations.list_activation_events(license_id).await?,
+            license,
+        })
+    }
+
+    pub async fn leases(&self, me: &str, license_id: &str) -> Result<Vec<Lease>, AccountError> {
+        self.my_license(me, license_id).await?;
+        let leases = self.leases.as_ref().ok_or(AccountError::FailedPrecondition {
+            reason: "NOT_AVAILABLE",
+            message: "this Account service cannot see leases: set LICENSING_REDIS_URL".into(),
+        })?;
+        Ok(leases.list(license_id).await?)
+    }
+
+    /// Deactivates a lost machine's installation, also for an expired license. Counts against
+    /// the deactivation limit when the vendor's policy for the license says so.
+    pub async fn deactivate_installation(
+        &self,
+        me: &str,
+        license_id: &str,
+        installation_id: &str,
+    ) -> Result<(Activation, License), AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        validate::id("installation_id", ids::INSTALLATION, installation_id)?;
+        let command = DeactivateCommand {
+            license_id: license.license_id.clone(),
+            target: DeactivateTarget::Installation(installation_id.to_owned()),
+            counts: license.portal_deactivation_counts,
+            action: "portal_deactivate",
+            now: self.now(),
+        };
+        let done = self.activations.deactivate(&command).await.map_err(|e| match e {
+            ActivationStoreError::Store(s) => s.into(),
+            ActivationStoreError::DeactivationLimit { allowed } => AccountError::ResourceExhausted {
+                reason: "DEACTIVATION_LIMIT_REACHED",
+                message: format!("license {license_id} has used all {allowed} of its deactivations: ask your vendor to deactivate this machine"),
+                retry_after: Duration::from_secs(0),
+            },
+            _ => AccountError::NotFound { reason: "INSTALLATION_NOT_FOUND", message: format!("license {license_id} has no active installation {installation_id}") },
+        })?;
+        self.audit(
+            &format!("customer:{me}"),
+            "portal.installation_deactivated",
+            me,
+            json!({ "license_id": license_id, "installation_id": installation_id }),
+        )
+        .await;
+        Ok(done)
+    }
+
+    pub async fn activation_password(&self, me: &str, license_id: &str) -> Result<String, AccountError> {
+        self.my_license(me, license_id).await?;
+        self.catalog.activation_password(license_id).await
+    }
+
+    pub async fn regenerate_activation_password(&self, me: &str, license_id: &str) -> Result<String, AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        if license.status == LicenseStatus::Retired {
+            return Err(AccountError::FailedPrecondition {
+                reason: "LICENSE_RETIRED",
+                message: format!("license {license_id} is retired"),
+            });
+        }
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.activation_password_regenerated", me)
+            .with_details(json!({ "license_id": license_id }));
+        self.catalog.store().set_activation_password_salt(license_id, &random_token("salt", 16), audit).await.map_err(
+            |e| match e {
+                StoreError::Conflict(m) => AccountError::FailedPrecondition { reason: "LICENSE_RETIRED", message: m },
+                other => other.into(),
+            },
+        )?;
+        self.catalog.activation_password(license_id).await
+    }
+
+    /// Retires a concurrent license's Activation ID and issues its replacement.
+    pub async fn return_concurrent_license(
+        &self,
+        me: &str,
+        license_id: &str,
+        new_seats: i32,
+    ) -> Result<ReturnedLicense, AccountError> {
+        let old = self.my_license(me, license_id).await?;
+        if old.kind != LicenseKind::Concurrent {
+            return Err(AccountError::FailedPrecondition {
+                reason: "WRONG_KIND",
+                message: format!("license {license_id} is not a concurrent license"),
+            });
+        }
+        if old.status == LicenseStatus::Retired {
+            return Err(AccountError::FailedPrecondition {
+                reason: "LICENSE_RETIRED",
+                message: format!("license {license_id} is retired already"),
+            });
+        }
+        let seats = if new_seats == 0 { old.seats } else { new_seats };
+        validate_seats(seats).map_err(|e| AccountError::invalid("new_seats", e.to_string()))?;
+        let now = self.now();
+        let license_key = LicenseKey::generate();
+        let salt = random_token("salt", 16);
+        let replacement = License {
+            license_id: ids::new_id(ids::LICENSE),
+            status: LicenseStatus::Active,
+            seats,
+            activations_used: 0,
+            deactivations_used: 0,
+            replaces_license_id: Some(old.license_id.clone()),
+            created_at: now,
+            updated_at: now,
+            ..old.clone()
+        };
+        let new = NewLicense {
+            license: replacement.clone(),
+            key_digest: self.catalog.hasher().digest(purpose::LICENSE_KEY, license_key.as_str()),
+            activation_password_salt: salt.clone(),
+        };
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.concurrent_license_returned", me)
+            .with_details(json!({ "retired": old.license_id, "replacement": replacement.license_id, "seats": seats }));
+        let retired = self.portal.replace_license(license_id, &new, now, audit).await?;
+        let activation_password = self.catalog.hasher().activation_password(&replacement.license_id, &salt);
+        Ok(ReturnedLicense { retired, replacement, license_key, activation_password })
+    }
+
+    pub async fn associate(&self, me: &str, license_key: &str) -> Result<License, AccountError> {
+        let key = LicenseKey::parse(license_key).map_err(|e| AccountError::invalid("license_key", e.to_string()))?;
+        let license = self
+            .catalog
+            .store()
+            .find_license_by_key_digest(&self.catalog.hasher().digest(purpose::LICENSE_KEY, key.as_str()))
+            .await?
+            .ok_or_else(|| AccountError::NotFound {
+                reason: "LICENSE_NOT_FOUND",
+                message: "no license has this key".into(),
+            })?;
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.license_associated", me)
+            .with_details(json!({ "license_id": license.license_id }));
+        let license = self
+            .catalog
+            .store()
+            .update_license(&license.license_id, &LicenseChange::Claim(me.to_owned()), self.now(), audit, None)
+            .await
+            .map_err(|e| match AccountError::from(e) {
+                AccountError::FailedPrecondition { message, .. } => {
+                    AccountError::FailedPrecondition { reason: "LICENSE_ASSOCIATED_ELSEWHERE", message }
+                }
+                other => other,
+            })?;
+        Ok(license)
+    }
+
+    pub async fn transfer(&self, me: &str, license_id: &str, to: &str) -> Result<License, AccountError> {
+        validate::id("to_customer_id", ids::CUSTOMER, to)?;
+        if to == me {
+            return Err(AccountError::invalid("to_customer_id", "is this account; name the receiving account"));
+        }
+        self.my_license(me, license_id).await?;
+        self.catalog.store().get_customer(to).await?.ok_or_else(|| AccountError::NotFound {
+            reason: "CUSTOMER_NOT_FOUND",
+            message: format!("no account {to} to receive the license"),
+        })?;
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.license_transferred", me)
+            .with_details(json!({ "license_id": license_id, "to": to }));
+        let change = LicenseChange::Transfer { from: me.to_owned(), to: to.to_owned() };
+        let license =
+            self.catalog.store().update_license(license_id, &change, self.now(), audit, None).await.map_err(|e| {
+                match AccountError::from(e) {
+                    AccountError::FailedPrecondition { .. } => not_found_license(license_id),
+                    other => other,
+                }
+            })?;
+        // The receiving account sees the transfer in its own audit log too.
+        self.audit(
+            &format!("customer:{me}"),
+            "portal.license_received",
+            to,
+            json!({ "license_id": license_id, "from": me }),
+        )
+        .await;
+        Ok(license)
+    }
+
+    pub async fn receipts(&self, me: &str) -> Result<Vec<Receipt>, AccountError> {
+        Ok(self.portal.list_receipts(me).await?)
+    }
+
+    pub async fn audit_events(&self, me: &str, page: &Page) -> Result<Vec<AuditEvent>, AccountError> {
+        Ok(self.catalog.store().list_audit(me, page).await?)
+    }
+}

@@ -1,0 +1,161 @@
+//! [`PortalStore`] on SQL.
+
+use super::catalog::{insert_audit, insert_license_row};
+use super::*;
+use async_trait::async_trait;
+use licensing_domain::change::LicenseChange;
+use licensing_domain::clock::Millis;
+use licensing_domain::model::{AuditRecord, License, NewLicense, Receipt};
+use licensing_domain::store::{PortalStore, ResetTokenError, UpdateError};
+
+#[async_trait]
+impl PortalStore for SqlStore {
+    async fn create_session(
+        &self,
+        digest: &str,
+        customer_id: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sessions (digest, customer_id, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, NULL)")
+            .bind(digest)
+            .bind(customer_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn session_customer(&self, digest: &str, now: Millis) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT customer_id FROM sessions WHERE digest = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(digest)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(|r| get_str(r, "customer_id")).transpose()
+    }
+
+    async fn revoke_session(&self, digest: &str, now: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE digest = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(digest)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn create_reset_token(
+        &self,
+        digest: &str,
+        customer_id: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO reset_tokens (digest, customer_id, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, NULL)")
+            .bind(digest)
+            .bind(customer_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn use_reset_token(&self, digest: &str, password_hash: &str, now: Millis) -> Result<String, ResetTokenError> {
+        let mut tx = self.begin().await?;
+        // Conditional: only an unused, unexpired token is consumed, exactly once.
+        let row = sqlx::query("UPDATE reset_tokens SET used_at = $1 WHERE digest = $2 AND used_at IS NULL AND expires_at > $1 RETURNING customer_id")
+            .bind(now)
+            .bind(digest)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let Some(row) = row else {
+            let state = sqlx::query("SELECT used_at, expires_at FROM reset_tokens WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            return Err(match state {
+                None => ResetTokenError::Unknown,
+                Some(r) if get_opt_i64(&r, "used_at")?.is_some() => ResetTokenError::Used,
+                Some(_) => ResetTokenError::Expired,
+            });
+        };
+        let customer_id = get_str(&row, "customer_id")?;
+        sqlx::query("UPDATE customers SET password_hash = $1 WHERE customer_id = $2")
+            .bind(password_hash)
+            .bind(&customer_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE customer_id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(&customer_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(customer_id)
+    }
+
+    async fn replace_license(
+        &self,
+        old_id: &str,
+        replacement: &NewLicense,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<License, UpdateError> {
+        let mut tx = self.begin().await?;
+        let mut old = self
+            .lock_license(&mut tx, old_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("license {old_id}")))?;
+        let product = sqlx::query("SELECT * FROM products WHERE code = $1")
+            .bind(&old.product_code)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        LicenseChange::Retire.apply(&mut old, &super::catalog::product_from_row(&product)?, now)?;
+        sqlx::query("UPDATE licenses SET status = $1, updated_at = $2 WHERE license_id = $3")
+            .bind(old.status.as_str())
+            .bind(now)
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_license_row(&mut tx, replacement).await?;
+        insert_audit(&mut tx, &audit, now).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(old)
+    }
+
+    async fn list_receipts(&self, customer_id: &str) -> Result<Vec<Receipt>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM receipts WHERE customer_id = $1 ORDER BY paid_at DESC, receipt_id")
+            .bind(customer_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Receipt {
+                    receipt_id: get_str(r, "receipt_id")?,
+                    license_id: get_str(r, "license_id")?,
+                    customer_id: get_str(r, "customer_id")?,
+                    kind: get_str(r, "kind")?,
+                    amount_minor: get_i64(r, "amount_minor")?,
+                    currency: get_str(r, "currency")?,
+                    paid_at: get_i64(r, "paid_at")?,
+                    recurring_months: get_i32(r, "recurring_months")?,
+                })
+            })
+            .collect()
+    }
+}
