@@ -115,8 +115,24 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_with_env(backend: Backend, data_dir: tempfile::TempDir, env: HashMap<String, String>) -> TestApp {
+    spawn_with(backend, data_dir, env, test_overrides()).await
+}
+
+/// A server whose clock the test moves by hand.
+pub async fn spawn_app_with_clock(backend: Backend, clock: licensing_domain::clock::ManualClock) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let env = test_env(backend, data_dir.path()).await;
+    spawn_with(backend, data_dir, env, Overrides { clock: std::sync::Arc::new(clock), ..test_overrides() }).await
+}
+
+pub async fn spawn_with(
+    backend: Backend,
+    data_dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    overrides: Overrides,
+) -> TestApp {
     let config = Config::from_lookup(&env, Role::AllInOne.default_addr(), "test").expect("test config");
-    let app = Application::build_with(&config, Role::AllInOne, test_overrides()).await.expect("build app");
+    let app = Application::build_with(&config, Role::AllInOne, overrides).await.expect("build app");
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {

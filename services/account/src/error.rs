@@ -16,8 +16,6 @@ pub enum AccountError {
     AlreadyExists(String),
     #[error("{message}")]
     FailedPrecondition { reason: &'static str, message: String },
-    #[error("{0}")]
-    Unimplemented(&'static str),
     #[error("{message}")]
     Unauthenticated { reason: &'static str, message: String },
     #[error("{message}")]
@@ -64,7 +62,6 @@ impl ClassifiedError for AccountError {
             Self::NotFound { .. } => ErrorClass::NotFound,
             Self::AlreadyExists(_) => ErrorClass::AlreadyExists,
             Self::FailedPrecondition { .. } => ErrorClass::FailedPrecondition,
-            Self::Unimplemented(_) => ErrorClass::FailedPrecondition,
             Self::Unauthenticated { .. } => ErrorClass::Unauthenticated,
             Self::ResourceExhausted { .. } => ErrorClass::ResourceExhausted,
             Self::Auth(e) => e.class(),
@@ -80,7 +77,6 @@ impl ClassifiedError for AccountError {
             | Self::Unauthenticated { reason, .. }
             | Self::ResourceExhausted { reason, .. } => reason,
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
-            Self::Unimplemented(_) => "NOT_AVAILABLE",
             Self::Auth(e) => e.reason(),
             Self::Store(e) => e.reason(),
         }

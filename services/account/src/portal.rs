@@ -502,11 +502,11 @@ impl Portal {
     }
 
     pub async fn transfer(&self, me: &str, license_id: &str, to: &str) -> Result<License, AccountError> {
+        self.my_license(me, license_id).await?;
         validate::id("to_customer_id", ids::CUSTOMER, to)?;
         if to == me {
             return Err(AccountError::invalid("to_customer_id", "is this account; name the receiving account"));
         }
-        self.my_license(me, license_id).await?;
         self.catalog.store().get_customer(to).await?.ok_or_else(|| AccountError::NotFound {
             reason: "CUSTOMER_NOT_FOUND",
             message: format!("no account {to} to receive the license"),

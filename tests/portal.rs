@@ -1,0 +1,780 @@
+//! The customer portal (AccountService) end to end over gRPC, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::*;
+use licensing_domain::clock::{Clock, ManualClock, SystemClock, DAY, MINUTE};
+use licensing_proto::account::v1 as pb;
+use licensing_proto::account::v1::account_service_client::AccountServiceClient;
+use licensing_proto::activation::v1 as act;
+use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
+use licensing_proto::common::v1::{FingerprintComponent, LicenseKind, LicenseStatus};
+use licensing_proto::seat::v1 as seat;
+use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn portal(app: &TestApp) -> AccountServiceClient<Channel> {
+    AccountServiceClient::new(app.channel().await)
+}
+
+async fn login(app: &TestApp, login: &str, password: &str) -> Result<String, tonic::Status> {
+    portal(app)
+        .await
+        .login(pb::LoginRequest { login: login.into(), password: password.into() })
+        .await
+        .map(|r| r.into_inner().session_token)
+}
+
+/// A second customer with a password, and its ID.
+async fn other_customer(app: &TestApp, email: &str) -> String {
+    app.admin()
+        .await
+        .create_customer(admin_req(pb::CreateCustomerRequest {
+            company_name: "Globex".into(),
+            contact_email: email.into(),
+            password: CUSTOMER_PASSWORD.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .customer_id
+}
+
+fn machine(id: &str) -> Vec<FingerprintComponent> {
+    vec![FingerprintComponent { name: "machine-id".into(), value: id.into() }]
+}
+
+async fn activate(app: &TestApp, key: &str, id: &str) -> String {
+    ActivationServiceClient::new(app.channel().await)
+        .activate(act::ActivateRequest {
+            credentials: Some(act::LicenseCredentials {
+                credential: Some(act::license_credentials::Credential::LicenseKey(key.into())),
+            }),
+            machine: Some(act::MachineInfo {
+                fingerprint: machine(id),
+                machine_name: format!("pc-{id}"),
+                platform: "linux".into(),
+                product_version: String::new(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .activation
+        .unwrap()
+        .installation_id
+}
+
+/// The newest reset token mailed to `email` (the embedded default writes mail to files).
+async fn mailed_reset_token(app: &TestApp, email: &str) -> Option<String> {
+    for _ in 0..50 {
+        if let Ok(entries) = std::fs::read_dir(app.data_dir.path().join("outbox")) {
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if text.contains(&format!("To: {email}")) {
+                    let token = text.split_whitespace().find(|w| w.starts_with("rst_")).map(str::to_owned);
+                    let _ = std::fs::remove_file(entry.path());
+                    return token;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn login_sessions_logout_and_rate_limits() {
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let customer = app
+            .admin()
+            .await
+            .get_customer(admin_req(pb::GetCustomerRequest { customer_id: f.customer_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let email = customer.customer.unwrap().contact_email;
+
+        let by_id = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        assert!(by_id.starts_with("ses_") && by_id.len() >= 30);
+        let by_email = login(&app, &email.to_uppercase(), CUSTOMER_PASSWORD).await.unwrap();
+        let mut p = portal(&app).await;
+        let me = p
+            .get_account(with_token(&by_email, pb::GetAccountRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .customer
+            .unwrap();
+        assert_eq!(me.customer_id, f.customer_id);
+
+        let wrong = login(&app, &f.customer_id, "not the password").await.unwrap_err();
+        let unknown = login(&app, "nobody@nowhere.example", "not the password").await.unwrap_err();
+        assert_eq!(
+            (wrong.code(), wrong.message()),
+            (unknown.code(), unknown.message()),
+            "{backend:?}: no account enumeration"
+        );
+        assert_eq!((wrong.code(), reason(&wrong)), (Code::Unauthenticated, "LOGIN_FAILED".into()));
+
+        let err = p.get_account(tonic::Request::new(pb::GetAccountRequest {})).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, "SESSION_MISSING".into()));
+        let err = p
+            .get_account(with_token("ses_FORGED0000000000000000000000000", pb::GetAccountRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, "SESSION_INVALID".into()));
+        let err = p.get_account(with_token(ADMIN_TOKEN, pb::GetAccountRequest {})).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "an admin token is not a session");
+
+        p.logout(with_token(&by_id, pb::LogoutRequest {})).await.unwrap();
+        let err = p.get_account(with_token(&by_id, pb::GetAccountRequest {})).await.unwrap_err();
+        assert_eq!(reason(&err), "SESSION_INVALID", "logged out");
+        p.get_account(with_token(&by_email, pb::GetAccountRequest {})).await.expect("other sessions live on");
+
+        // Per account: after 5 failures even the right password waits.
+        for _ in 0..4 {
+            login(&app, &f.customer_id, "still wrong").await.unwrap_err();
+        }
+        let err = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS".into()), "{backend:?}");
+        assert!(err.metadata().get("retry-after").is_some());
+
+        let err = login(&app, "not an email", "x").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        let events = p
+            .list_my_audit_events(with_token(&by_email, pb::ListMyAuditEventsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        assert!(
+            actions.contains(&"portal.login")
+                && actions.contains(&"portal.login_failed")
+                && actions.contains(&"portal.logout"),
+            "{actions:?}"
+        );
+        assert!(events.iter().all(|e| !e.details_json.contains(CUSTOMER_PASSWORD)));
+    }
+}
+
+#[tokio::test]
+async fn password_reset_by_mail_ends_every_session() {
+    for backend in backends().await {
+        let clock = ManualClock::new(SystemClock.now());
+        let app = spawn_app_with_clock(backend, clock.clone()).await;
+        let f = fixture(&app).await;
+        let email = app
+            .admin()
+            .await
+            .get_customer(admin_req(pb::GetCustomerRequest { customer_id: f.customer_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .customer
+            .unwrap()
+            .contact_email;
+        let session = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let mut p = portal(&app).await;
+
+        // The same answer for an account that does not exist.
+        p.request_password_reset(pb::RequestPasswordResetRequest { login: "ghost@nowhere.example".into() })
+            .await
+            .unwrap();
+        p.request_password_reset(pb::RequestPasswordResetRequest { login: email.clone() }).await.unwrap();
+        let token = mailed_reset_token(&app, &email).await.expect("a reset mail in the outbox");
+
+        let err = p
+            .reset_password(pb::ResetPasswordRequest { reset_token: token.clone(), new_password: "short".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "a weak password is refused and the token stays usable");
+        p.reset_password(pb::ResetPasswordRequest {
+            reset_token: token.clone(),
+            new_password: "a brand new passphrase".into(),
+        })
+        .await
+        .unwrap();
+        let err = p.get_account(with_token(&session, pb::GetAccountRequest {})).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}: resetting ends every session");
+        assert_eq!(login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+        login(&app, &f.customer_id, "a brand new passphrase").await.expect("the new password works");
+
+        let err = p
+            .reset_password(pb::ResetPasswordRequest {
+                reset_token: token.clone(),
+                new_password: "another new passphrase".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "RESET_TOKEN_USED".into()));
+        let err = p
+            .reset_password(pb::ResetPasswordRequest {
+                reset_token: "rst_NOSUCHTOKEN00000000000000000000".into(),
+                new_password: "another new passphrase".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::NotFound, "RESET_TOKEN_INVALID".into()));
+        let err = p
+            .reset_password(pb::ResetPasswordRequest {
+                reset_token: "nonsense".into(),
+                new_password: "another new passphrase".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        p.request_password_reset(pb::RequestPasswordResetRequest { login: f.customer_id.clone() }).await.unwrap();
+        let late = mailed_reset_token(&app, &email).await.expect("a second mail");
+        clock.advance(31 * MINUTE);
+        let err = p
+            .reset_password(pb::ResetPasswordRequest {
+                reset_token: late,
+                new_password: "another new passphrase".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "RESET_TOKEN_EXPIRED".into()), "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn licenses_installations_history_leases_and_manual_deactivation() {
+    for backend in backends().await {
+        let clock = ManualClock::new(SystemClock.now());
+        let app = spawn_app_with_clock(backend, clock.clone()).await;
+        let f = fixture(&app).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 3, |r| {
+            r.associate = true;
+            r.allowed_deactivations = 1;
+            r.expires_at = ts(now_s() + 2 * 86_400);
+        })
+        .await;
+        let (floating_id, floating_key, _) =
+            issue_license(&app, &f, LicenseKind::Concurrent, 2, |r| r.associate = true).await;
+        let (unassociated, _, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+        let s = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let mut p = portal(&app).await;
+
+        let mine = p
+            .list_my_licenses(with_token(&s, pb::ListMyLicensesRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .licenses;
+        let ids: Vec<&str> = mine.iter().map(|l| l.license_id.as_str()).collect();
+        assert!(ids.contains(&license_id.as_str()) && ids.contains(&floating_id.as_str()));
+        assert!(!ids.contains(&unassociated.as_str()), "{backend:?}: only associated licenses are listed");
+
+        let lost = activate(&app, &key, "lost-laptop").await;
+        activate(&app, &key, "desk").await;
+        let details = p
+            .get_my_license(with_token(&s, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(details.installations.len(), 2);
+        assert_eq!(details.license.unwrap().activations_used, 2);
+        assert_eq!(details.history.iter().filter(|h| h.action == "activate").count(), 2);
+
+        let g = SeatServiceClient::new(app.channel().await)
+            .checkout(seat::CheckoutRequest {
+                credentials: Some(seat::SeatCredentials {
+                    credential: Some(seat::seat_credentials::Credential::LicenseKey(floating_key.clone())),
+                }),
+                user: "alice".into(),
+                client_instance_id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        let leases = p
+            .list_my_leases(with_token(&s, pb::ListMyLeasesRequest { license_id: floating_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .leases;
+        assert_eq!(
+            (leases.len(), leases[0].lease_id.as_str(), leases[0].user.as_str()),
+            (1, g.lease_id.as_str(), "alice")
+        );
+
+        // The license expires; the portal can still free the lost machine (it counts by default).
+        clock.advance(3 * DAY);
+        let s = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.expect("sessions last hours, so log in again");
+        let d = p
+            .deactivate_installation(with_token(
+                &s,
+                pb::DeactivateInstallationRequest { license_id: license_id.clone(), installation_id: lost.clone() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((d.installation.unwrap().active, d.deactivations_left), (false, 0), "{backend:?}");
+        let err = p
+            .deactivate_installation(with_token(
+                &s,
+                pb::DeactivateInstallationRequest { license_id: license_id.clone(), installation_id: lost.clone() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "already deactivated");
+        let desk =
+            get_my_installations(&mut p, &s, &license_id).await.into_iter().find(|i| i.active).unwrap().installation_id;
+        let err = p
+            .deactivate_installation(with_token(
+                &s,
+                pb::DeactivateInstallationRequest { license_id: license_id.clone(), installation_id: desk.clone() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "DEACTIVATION_LIMIT_REACHED".into()));
+        // The vendor decides portal deactivations do not count: then it goes through.
+        app.admin()
+            .await
+            .set_portal_deactivation_policy(admin_req(pb::SetPortalDeactivationPolicyRequest {
+                license_id: license_id.clone(),
+                portal_deactivation_counts: false,
+            }))
+            .await
+            .unwrap();
+        p.deactivate_installation(with_token(
+            &s,
+            pb::DeactivateInstallationRequest { license_id: license_id.clone(), installation_id: desk },
+        ))
+        .await
+        .unwrap();
+        let l = get_license(&app, &license_id).await;
+        assert_eq!((l.activations_used, l.deactivations_used), (0, 1), "{backend:?}");
+        let history = p
+            .get_my_license(with_token(&s, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .history;
+        assert_eq!(history.iter().filter(|h| h.action == "portal_deactivate").count(), 2);
+    }
+}
+
+async fn get_my_installations(
+    p: &mut AccountServiceClient<Channel>,
+    session: &str,
+    license_id: &str,
+) -> Vec<pb::Installation> {
+    p.get_my_license(with_token(session, pb::GetMyLicenseRequest { license_id: license_id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .installations
+}
+
+#[tokio::test]
+async fn activation_passwords_and_returning_a_concurrent_license() {
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let (license_id, key, issued_password) =
+            issue_license(&app, &f, LicenseKind::Concurrent, 2, |r| r.associate = true).await;
+        let s = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let mut p = portal(&app).await;
+        let shown = p
+            .get_activation_password(with_token(
+                &s,
+                pb::GetActivationPasswordRequest { license_id: license_id.clone() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(shown.activation_password, issued_password);
+        let fresh = p
+            .regenerate_activation_password(with_token(
+                &s,
+                pb::RegenerateActivationPasswordRequest { license_id: license_id.clone() },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .activation_password;
+        assert_ne!(fresh, issued_password);
+        let mut seats = SeatServiceClient::new(app.channel().await);
+        let by_password = |password: &str, client: &str| seat::CheckoutRequest {
+            credentials: Some(seat::SeatCredentials {
+                credential: Some(seat::seat_credentials::Credential::LicenseIdAndPassword(
+                    seat::LicenseIdAndPassword { license_id: license_id.clone(), password: password.into() },
+                )),
+            }),
+            client_instance_id: client.into(),
+            ..Default::default()
+        };
+        let err = seats.checkout(by_password(&issued_password, "old")).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: the old password stops working at once");
+        seats.checkout(by_password(&fresh, "new")).await.expect("the new password works");
+
+        let returned = p
+            .return_concurrent_license(with_token(
+                &s,
+                pb::ReturnConcurrentLicenseRequest { license_id: license_id.clone(), new_seats: 5 },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let replacement = returned.replacement.unwrap();
+        assert_eq!(returned.retired.unwrap().status, LicenseStatus::Retired as i32);
+        assert_eq!((replacement.seats, replacement.replaces_license_id.as_str()), (5, license_id.as_str()));
+        let old_key_checkout = seat::CheckoutRequest {
+            credentials: Some(seat::SeatCredentials {
+                credential: Some(seat::seat_credentials::Credential::LicenseKey(key.clone())),
+            }),
+            client_instance_id: "orphan".into(),
+            ..Default::default()
+        };
+        let err = seats.checkout(old_key_checkout).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::FailedPrecondition, "RETIRED".into()),
+            "{backend:?}: the old Activation ID stops working"
+        );
+        let new_key_checkout = seat::CheckoutRequest {
+            credentials: Some(seat::SeatCredentials {
+                credential: Some(seat::seat_credentials::Credential::LicenseKey(returned.license_key.clone())),
+            }),
+            client_instance_id: "new".into(),
+            ..Default::default()
+        };
+        seats.checkout(new_key_checkout).await.expect("the replacement works");
+        let err = p
+            .regenerate_activation_password(with_token(
+                &s,
+                pb::RegenerateActivationPasswordRequest { license_id: license_id.clone() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "LICENSE_RETIRED".into()));
+        let err = p
+            .return_concurrent_license(with_token(
+                &s,
+                pb::ReturnConcurrentLicenseRequest { license_id: replacement.license_id.clone(), new_seats: -1 },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+}
+
+#[tokio::test]
+async fn association_transfer_receipts_and_support_returns() {
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let other =
+            other_customer(&app, &format!("{}@globex.example", licensing_domain::ids::new_id("g").to_lowercase()))
+                .await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |r| {
+            r.payment = Some(pb::Payment { amount_minor: 49_900, currency: "EUR".into(), recurring_months: 12 });
+        })
+        .await;
+        let a = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let b = login(&app, &other, CUSTOMER_PASSWORD).await.unwrap();
+        let mut p = portal(&app).await;
+
+        let err = p
+            .associate_license(with_token(&a, pb::AssociateLicenseRequest { license_key: "ABCDE".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let l = p
+            .associate_license(with_token(&a, pb::AssociateLicenseRequest { license_key: key.to_lowercase() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .license
+            .unwrap();
+        assert_eq!(l.associated_customer_id, f.customer_id);
+        let err = p
+            .associate_license(with_token(&b, pb::AssociateLicenseRequest { license_key: key.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::FailedPrecondition, "LICENSE_ASSOCIATED_ELSEWHERE".into()),
+            "{backend:?}"
+        );
+
+        let err = p
+            .transfer_license(with_token(
+                &a,
+                pb::TransferLicenseRequest { license_id: license_id.clone(), to_customer_id: f.customer_id.clone() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "transfer to the same account");
+        let err = p
+            .transfer_license(with_token(
+                &a,
+                pb::TransferLicenseRequest {
+                    license_id: license_id.clone(),
+                    to_customer_id: "cus_0000000000000000".into(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::NotFound, "CUSTOMER_NOT_FOUND".into()));
+        p.transfer_license(with_token(
+            &a,
+            pb::TransferLicenseRequest { license_id: license_id.clone(), to_customer_id: other.clone() },
+        ))
+        .await
+        .unwrap();
+        let of_b = p
+            .list_my_licenses(with_token(&b, pb::ListMyLicensesRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .licenses;
+        assert_eq!(of_b.len(), 1);
+        let of_a = p
+            .list_my_licenses(with_token(&a, pb::ListMyLicensesRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .licenses;
+        assert!(of_a.is_empty(), "{backend:?}");
+        let b_audit = p
+            .list_my_audit_events(with_token(&b, pb::ListMyAuditEventsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert!(b_audit.iter().any(|e| e.action == "portal.license_received"));
+
+        // Receipts: the issue payment, then a recurring renewal.
+        app.admin()
+            .await
+            .renew_license(admin_req(pb::RenewLicenseRequest {
+                license_id: license_id.clone(),
+                expires_at: ts(now_s() + 800 * 86_400),
+                payment: Some(pb::Payment { amount_minor: 19_900, currency: "EUR".into(), recurring_months: 12 }),
+            }))
+            .await
+            .unwrap();
+        let err = app
+            .admin()
+            .await
+            .renew_license(admin_req(pb::RenewLicenseRequest {
+                license_id: license_id.clone(),
+                expires_at: ts(now_s() + 900 * 86_400),
+                payment: Some(pb::Payment { amount_minor: 1, currency: "euro".into(), recurring_months: 0 }),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), err.message().starts_with("payment.currency")), (Code::InvalidArgument, true));
+        let receipts = p
+            .list_receipts(with_token(&a, pb::ListReceiptsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .receipts;
+        let kinds: Vec<&str> = receipts.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds.len(), 2, "{backend:?}: {kinds:?}");
+        assert!(kinds.contains(&"issue") && kinds.contains(&"renewal"));
+        assert!(receipts.iter().all(|r| r.next_renewal_at.is_some() && r.currency == "EUR"));
+        let none_for_b = p
+            .list_receipts(with_token(&b, pb::ListReceiptsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .receipts;
+        assert!(none_for_b.is_empty(), "receipts belong to the purchasing customer");
+
+        // Support returns the license for a customer whose machine is gone: activations freed, dissociated.
+        activate(&app, &key, "gone").await;
+        let l = app
+            .admin()
+            .await
+            .return_license(admin_req(pb::ReturnLicenseRequest {
+                license_id: license_id.clone(),
+                reason: "machine stolen".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .license
+            .unwrap();
+        assert_eq!(
+            (l.activations_used, l.associated_customer_id.as_str(), l.deactivations_used),
+            (0, "", 0),
+            "{backend:?}"
+        );
+        app.admin()
+            .await
+            .associate_license(admin_req(pb::AdminAssociateLicenseRequest {
+                license_id: license_id.clone(),
+                customer_id: f.customer_id.clone(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.list_my_licenses(with_token(&a, pb::ListMyLicensesRequest { page: None }))
+                .await
+                .unwrap()
+                .into_inner()
+                .licenses
+                .len(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_customer_never_sees_or_changes_another_accounts_data() {
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let victim = f.customer_id.clone();
+        let (license_id, key, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 3, |r| {
+            r.associate = true;
+            r.payment = Some(pb::Payment { amount_minor: 100, currency: "USD".into(), recurring_months: 0 });
+        })
+        .await;
+        let (floating_id, _, _) = issue_license(&app, &f, LicenseKind::Concurrent, 3, |r| r.associate = true).await;
+        let installation = activate(&app, &key, "victim-pc").await;
+        let attacker =
+            other_customer(&app, &format!("{}@evil.example", licensing_domain::ids::new_id("e").to_lowercase())).await;
+        let s = login(&app, &attacker, CUSTOMER_PASSWORD).await.unwrap();
+        let mut p = portal(&app).await;
+        let before = get_license(&app, &license_id).await;
+        let before_floating = get_license(&app, &floating_id).await;
+
+        let not_mine = |status: tonic::Status, what: &str| {
+            assert!(
+                matches!(status.code(), Code::NotFound | Code::PermissionDenied),
+                "{backend:?} {what}: {:?} {}",
+                status.code(),
+                status.message()
+            );
+        };
+        not_mine(
+            p.get_my_license(with_token(&s, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+                .await
+                .unwrap_err(),
+            "GetMyLicense",
+        );
+        not_mine(
+            p.list_my_leases(with_token(&s, pb::ListMyLeasesRequest { license_id: floating_id.clone() }))
+                .await
+                .unwrap_err(),
+            "ListMyLeases",
+        );
+        not_mine(
+            p.deactivate_installation(with_token(
+                &s,
+                pb::DeactivateInstallationRequest {
+                    license_id: license_id.clone(),
+                    installation_id: installation.clone(),
+                },
+            ))
+            .await
+            .unwrap_err(),
+            "DeactivateInstallation",
+        );
+        not_mine(
+            p.get_activation_password(with_token(
+                &s,
+                pb::GetActivationPasswordRequest { license_id: license_id.clone() },
+            ))
+            .await
+            .unwrap_err(),
+            "GetActivationPassword",
+        );
+        not_mine(
+            p.regenerate_activation_password(with_token(
+                &s,
+                pb::RegenerateActivationPasswordRequest { license_id: license_id.clone() },
+            ))
+            .await
+            .unwrap_err(),
+            "RegenerateActivationPassword",
+        );
+        not_mine(
+            p.return_concurrent_license(with_token(
+                &s,
+                pb::ReturnConcurrentLicenseRequest { license_id: floating_id.clone(), new_seats: 0 },
+            ))
+            .await
+            .unwrap_err(),
+            "ReturnConcurrentLicense",
+        );
+        not_mine(
+            p.transfer_license(with_token(
+                &s,
+                pb::TransferLicenseRequest { license_id: license_id.clone(), to_customer_id: attacker.clone() },
+            ))
+            .await
+            .unwrap_err(),
+            "TransferLicense",
+        );
+        let err = p
+            .associate_license(with_token(&s, pb::AssociateLicenseRequest { license_key: key.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "associating someone else's license by its key");
+        // Lists show only the attacker's own (empty) data.
+        assert!(p
+            .list_my_licenses(with_token(&s, pb::ListMyLicensesRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .licenses
+            .is_empty());
+        assert!(p
+            .list_receipts(with_token(&s, pb::ListReceiptsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .receipts
+            .is_empty());
+        let audit = p
+            .list_my_audit_events(with_token(&s, pb::ListMyAuditEventsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert!(audit.iter().all(|e| e.subject == attacker), "{backend:?}: only the attacker's own audit entries");
+        // A customer on admin RPCs.
+        let err = app
+            .admin()
+            .await
+            .get_license(with_token(&s, pb::GetLicenseRequest { license_id: license_id.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+
+        // Nothing changed.
+        assert_eq!(get_license(&app, &license_id).await, before, "{backend:?}");
+        assert_eq!(get_license(&app, &floating_id).await, before_floating);
+        let v = login(&app, &victim, CUSTOMER_PASSWORD).await.unwrap();
+        let shown = p
+            .get_activation_password(with_token(
+                &v,
+                pb::GetActivationPasswordRequest { license_id: license_id.clone() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(shown.activation_password, password);
+        let installs = get_my_installations(&mut p, &v, &license_id).await;
+        assert!(installs.iter().all(|i| i.active));
+    }
+}
