@@ -110,38 +110,24 @@ impl Application {
         if let Some(token) = &config.admin_token {
             validate_admin_token_shape(token).map_err(anyhow::Error::msg)?;
         }
-        let (store, keys) = match (role, &config.database_url) {
-            (Role::AllInOne, None) => {
-                let path = config.data_dir.join(DATABASE_FILE);
-                let store =
-                    SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?;
-                let keys = ServerKeys::load_or_create(
-                    &config.data_dir,
-                    config.hash_key_b64.as_deref(),
-                    config.signing_key_b64.as_deref(),
-                )?;
-                (store, keys)
-            }
-            (Role::AllInOne, Some(url)) => {
+        let store = match (&config.database_url, role) {
+            (Some(url), _) => {
                 let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
-                let store = SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?;
-                let keys = ServerKeys::load_or_create(
-                    &config.data_dir,
-                    config.hash_key_b64.as_deref(),
-                    config.signing_key_b64.as_deref(),
-                )?;
-                (store, keys)
+                SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?
             }
-            (_, None) => {
+            (None, Role::AllInOne) => {
+                let path = config.data_dir.join(DATABASE_FILE);
+                SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?
+            }
+            (None, _) => {
                 anyhow::bail!("LICENSING_DATABASE_URL is required: the separate services share one PostgreSQL database")
             }
-            (_, Some(url)) => {
-                let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
-                let store = SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?;
-                let keys =
-                    ServerKeys::from_env_values(config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref())?;
-                (store, keys)
-            }
+        };
+        let (hash_key, signing_key) = (config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref());
+        // One process may keep its keys in its data directory; separate services must share them.
+        let keys = match role {
+            Role::AllInOne => ServerKeys::load_or_create(&config.data_dir, hash_key, signing_key)?,
+            _ => ServerKeys::from_env_values(hash_key, signing_key)?,
         };
         let catalog_store: Arc<dyn CatalogStore> = Arc::new(store.clone());
         let hasher = keys.hasher();

@@ -4,8 +4,8 @@ use crate::catalog::{Catalog, IssueLicense, Payment};
 use crate::portal::Portal;
 use crate::AccountError;
 use licensing_domain::change::LicenseChange;
+use licensing_domain::model::Activation;
 use licensing_domain::model::LicenseFilter;
-use licensing_domain::model::{Activation, Lease};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::account_service_server::{AccountService, AccountServiceServer};
 use licensing_proto::account::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -415,25 +415,6 @@ fn installation(a: &Activation) -> pb::Installation {
     }
 }
 
-fn lease(l: &Lease) -> licensing_proto::common::v1::Lease {
-    licensing_proto::common::v1::Lease {
-        lease_id: l.lease_id.clone(),
-        license_id: l.license_id.clone(),
-        feature: l.feature.clone(),
-        user: l.user.clone(),
-        host: l.host.clone(),
-        client_instance_id: l.client_instance_id.clone(),
-        checked_out_at: Some(to_timestamp(l.checked_out_at)),
-        last_heartbeat_at: Some(to_timestamp(l.last_heartbeat_at)),
-        expires_at: Some(to_timestamp(l.expires_at)),
-        fence: l.fence,
-        seats_held: l.seats_held,
-        borrowed: false,
-        overdraft: false,
-        shared_processes: 1,
-    }
-}
-
 #[tonic::async_trait]
 impl AccountService for PortalApi {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
@@ -523,7 +504,7 @@ impl AccountService for PortalApi {
     ) -> Result<Response<pb::ListMyLeasesResponse>, Status> {
         let me = self.me(&request).await?;
         let leases = self.portal.leases(&me, &request.get_ref().license_id).await.or_status()?;
-        Ok(Response::new(pb::ListMyLeasesResponse { leases: leases.iter().map(lease).collect() }))
+        Ok(Response::new(pb::ListMyLeasesResponse { leases: leases.iter().map(conv::lease).collect() }))
     }
 
     async fn deactivate_installation(

@@ -94,21 +94,14 @@ fn check_text(field: &'static str, value: &str, required: bool) -> Result<String
 }
 
 /// `MAJOR.MINOR[.PATCH]` as numbers, or an error naming the field.
-pub fn parse_version(value: &str) -> Result<(u64, u64, u64), ActivationError> {
-    let parts: Vec<&str> = value.trim().split('.').collect();
-    let numbers: Option<Vec<u64>> =
-        parts.iter().map(|p| if p.is_empty() || p.len() > 9 { None } else { p.parse().ok() }).collect();
-    match numbers {
-        Some(n) if n.len() == 2 => Ok((n[0], n[1], 0)),
-        Some(n) if n.len() == 3 => Ok((n[0], n[1], n[2])),
-        _ => Err(ActivationError::invalid(
+pub fn parse_version(value: &str) -> Result<licensing_domain::version::Version, ActivationError> {
+    licensing_domain::version::parse(value).ok_or_else(|| {
+        let shown: String = value.chars().take(40).collect();
+        ActivationError::invalid(
             "product_version",
-            format!(
-                "'{}' is not a version of the form MAJOR.MINOR[.PATCH]",
-                value.chars().take(40).collect::<String>()
-            ),
-        )),
-    }
+            format!("'{shown}' is not a version of the form MAJOR.MINOR[.PATCH]"),
+        )
+    })
 }
 
 impl Activations {

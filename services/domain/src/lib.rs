@@ -14,6 +14,7 @@
 //! - [`certificate`]: Ed25519-signed certificates and lease tokens, offline request format.
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
+//! - [`version`]: product versions.
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
 
 pub mod certificate;
@@ -26,3 +27,4 @@ pub mod license_key;
 pub mod model;
 pub mod secrets;
 pub mod store;
+pub mod version;

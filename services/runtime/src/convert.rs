@@ -49,7 +49,7 @@ mod tests {
 pub mod proto {
     //! Domain types to and from the shared `licensing.common.v1` messages.
     use super::{opt_timestamp, to_timestamp};
-    use licensing_domain::model::{AuditEvent, Customer, License, LicenseKind, LicenseStatus, Module, Product};
+    use licensing_domain::model::{AuditEvent, Customer, Lease, License, LicenseKind, LicenseStatus, Module, Product};
     use licensing_proto::common::v1 as pb;
 
     pub fn kind_to_proto(kind: LicenseKind) -> pb::LicenseKind {
@@ -149,6 +149,25 @@ pub mod proto {
             action: e.action.clone(),
             subject: e.subject.clone(),
             details_json: e.details_json.clone(),
+        }
+    }
+
+    pub fn lease(l: &Lease) -> pb::Lease {
+        pb::Lease {
+            lease_id: l.lease_id.clone(),
+            license_id: l.license_id.clone(),
+            feature: l.feature.clone(),
+            user: l.user.clone(),
+            host: l.host.clone(),
+            client_instance_id: l.client_instance_id.clone(),
+            checked_out_at: Some(to_timestamp(l.checked_out_at)),
+            last_heartbeat_at: Some(to_timestamp(l.last_heartbeat_at)),
+            expires_at: Some(to_timestamp(l.expires_at)),
+            fence: l.fence,
+            seats_held: l.seats_held,
+            borrowed: false,
+            overdraft: false,
+            shared_processes: 1,
         }
     }
 

@@ -2,12 +2,10 @@
 
 use crate::service::{CheckoutRequest, Grant, Seats};
 use crate::SeatError;
-use licensing_domain::model::Lease;
-use licensing_proto::common::v1 as common;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
 use licensing_runtime::auth::AdminAuth;
-use licensing_runtime::convert::to_timestamp;
+use licensing_runtime::convert::{proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::status::{to_status, OrStatus};
 use std::pin::Pin;
@@ -94,25 +92,6 @@ fn grant(g: Grant) -> pb::LeaseGrant {
         borrowed: false,
         seats_total: g.seats_total,
         seats_in_use: g.seats_in_use,
-    }
-}
-
-fn lease(l: &Lease) -> common::Lease {
-    common::Lease {
-        lease_id: l.lease_id.clone(),
-        license_id: l.license_id.clone(),
-        feature: l.feature.clone(),
-        user: l.user.clone(),
-        host: l.host.clone(),
-        client_instance_id: l.client_instance_id.clone(),
-        checked_out_at: Some(to_timestamp(l.checked_out_at)),
-        last_heartbeat_at: Some(to_timestamp(l.last_heartbeat_at)),
-        expires_at: Some(to_timestamp(l.expires_at)),
-        fence: l.fence,
-        seats_held: l.seats_held,
-        borrowed: false,
-        overdraft: false,
-        shared_processes: 1,
     }
 }
 
@@ -224,7 +203,7 @@ impl SeatService for SeatApi {
         Ok(Response::new(pb::ListLeasesResponse {
             seats_total: license.seats,
             seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
-            leases: leases.iter().map(lease).collect(),
+            leases: leases.iter().map(conv::lease).collect(),
         }))
     }
 

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`sql`]: [`SqlStore`], the one SQL implementation of the domain's store interfaces. It runs on
 //!   PostgreSQL (production) and on a SQLite file (the embedded default) through `sqlx::Any`;
-//!   only the migrations differ per dialect (`migrations/postgres`, `migrations/sqlite`).
+//!   `migrations/` is written in PostgreSQL's dialect; the SQLite schema is derived from it.
 //! - `sql/catalog.rs`: products, customers, licenses, admin tokens and the audit log.
 //! - [`sql::Dialect`]: the few places where the two databases differ.
 

@@ -52,8 +52,33 @@ impl Default for SqlOptions {
     }
 }
 
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The migrations, written in PostgreSQL's dialect; SQLite's are derived from them.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// PostgreSQL DDL to SQLite DDL: the only construct the migrations use that SQLite lacks.
+fn sqlite_dialect(sql: &str) -> String {
+    sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+}
+
+/// The migrations in SQLite's dialect, so both databases follow one schema history.
+#[derive(Debug)]
+struct SqliteMigrations;
+
+impl sqlx::migrate::MigrationSource<'static> for SqliteMigrations {
+    fn resolve(
+        self,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|m| {
+                    let sql = std::borrow::Cow::Owned(sqlite_dialect(&m.sql));
+                    sqlx::migrate::Migration::new(m.version, m.description.clone(), m.migration_type, sql, m.no_tx)
+                })
+                .collect())
+        })
+    }
+}
 
 impl SqlStore {
     /// Connects to `postgres://…` and applies the migrations.
@@ -66,10 +91,7 @@ impl SqlStore {
             .await
             .map_err(map_err)?;
         let store = Self { pool, dialect: Dialect::Postgres };
-        POSTGRES_MIGRATIONS
-            .run(&store.pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         Ok(store)
     }
 
@@ -101,10 +123,10 @@ impl SqlStore {
             .await
             .map_err(map_err)?;
         let store = Self { pool, dialect: Dialect::Sqlite };
-        SQLITE_MIGRATIONS
-            .run(&store.pool)
+        let migrator = sqlx::migrate::Migrator::new(SqliteMigrations)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+            .map_err(|e| StoreError::Other(format!("migrations: {e}")))?;
+        migrator.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         Ok(store)
     }
 
@@ -192,4 +214,18 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
 pub(crate) fn limit(page: &licensing_domain::model::Page) -> i64 {
     use licensing_domain::model::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
     i64::from(if page.limit == 0 { DEFAULT_PAGE_SIZE } else { page.limit.min(MAX_PAGE_SIZE) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_migrations_are_the_postgres_ones_in_sqlite_dialect() {
+        assert!(MIGRATIONS.iter().count() >= 4);
+        for m in MIGRATIONS.iter() {
+            let sqlite = sqlite_dialect(&m.sql);
+            assert!(!sqlite.contains("SERIAL"), "{}: SQLite has no SERIAL", m.description);
+        }
+    }
 }
