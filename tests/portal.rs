@@ -778,3 +778,82 @@ async fn a_customer_never_sees_or_changes_another_accounts_data() {
         assert!(installs.iter().all(|i| i.active));
     }
 }
+
+/// A minimal SMTP server on loopback that keeps what it receives.
+async fn fake_smtp() -> (u16, std::sync::Arc<tokio::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(body) = data.as_mut() {
+                        if line == "." {
+                            store.lock().await.push(data.take().unwrap());
+                            write.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            body.push_str(&line);
+                            body.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 fake\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    write.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test]
+async fn reset_mail_goes_out_through_smtp_when_configured() {
+    let (port, received) = fake_smtp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(Backend::Sqlite, dir.path()).await;
+    env.insert("LICENSING_SMTP_URL".into(), format!("smtp://127.0.0.1:{port}"));
+    env.insert("LICENSING_MAIL_FROM".into(), "licensing@vendor.example".into());
+    env.insert("LICENSING_RESET_URL".into(), "https://portal.vendor.example/reset".into());
+    let app = spawn_with_env(Backend::Sqlite, dir, env).await;
+    let f = fixture(&app).await;
+    let mut p = portal(&app).await;
+    p.request_password_reset(pb::RequestPasswordResetRequest { login: f.customer_id.clone() }).await.unwrap();
+    let mut mail = None;
+    for _ in 0..100 {
+        if let Some(m) = received.lock().await.first().cloned() {
+            mail = Some(m);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Quoted-printable, as mail clients decode it: soft line breaks and `=3D`.
+    let mail = mail.expect("the reset mail reached the SMTP server").replace("=\n", "").replace("=3D", "=");
+    assert!(mail.contains("From: licensing@vendor.example"), "{mail}");
+    assert!(mail.contains("https://portal.vendor.example/reset?token=rst_"), "{mail}");
+    let token = mail.split_whitespace().find(|w| w.starts_with("rst_")).unwrap().to_owned();
+    p.reset_password(pb::ResetPasswordRequest { reset_token: token, new_password: "mailed and reset ok".into() })
+        .await
+        .unwrap();
+    login(&app, &f.customer_id, "mailed and reset ok").await.expect("the mailed token worked");
+    assert!(!app.data_dir.path().join("outbox").exists(), "nothing went to the file outbox");
+}
