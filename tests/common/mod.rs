@@ -161,6 +161,26 @@ impl TestApp {
         (self.data_dir, self.env)
     }
 
+    /// Stops and starts the server again on the same data and the same port.
+    pub async fn restart_on_same_port(self) -> TestApp {
+        let backend = self.backend;
+        let addr = self.addr;
+        let (dir, mut env) = self.stop().await;
+        env.insert("LICENSING_LISTEN_ADDR".into(), addr.to_string());
+        spawn_with_env(backend, dir, env).await
+    }
+
+    /// The server's Ed25519 public key, base64, as a product embeds it.
+    pub async fn public_key(&self) -> String {
+        use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
+        ActivationServiceClient::new(self.channel().await)
+            .get_verifying_key(licensing_proto::activation::v1::GetVerifyingKeyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .public_key
+    }
+
     /// Stops and starts the server again on the same data.
     pub async fn restart(self) -> TestApp {
         let backend = self.backend;

@@ -1,0 +1,73 @@
+//! The licensing client library for products.
+//!
+//! # Layout
+//! - [`Client`]: connects lazily (a product starts even when the server is down).
+//! - [`node_locked`]: activate, validate (online, else offline from the stored certificate),
+//!   refresh and deactivate; the certificate lives in a [`storage::TrustedStorage`] file.
+//! - [`floating`]: `checkout()` returns a [`floating::SeatGuard`] whose background task
+//!   heartbeats, retries through network faults, re-checks out a lost lease, and reports the
+//!   seat's state on a watch channel; dropping the guard checks the seat in.
+//! - [`fingerprint`]: the machine's fingerprint components on Linux, macOS and Windows.
+//! - [`error`]: [`ClientError`].
+
+pub mod error;
+pub mod fingerprint;
+pub mod floating;
+pub mod node_locked;
+pub mod storage;
+
+pub use error::ClientError;
+pub use licensing_domain::clock::{Clock, ManualClock, SystemClock};
+
+use base64::Engine;
+use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
+use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// How a product proves it may use its license.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    LicenseKey(String),
+    IdAndPassword { license_id: String, password: String },
+}
+
+/// A connection to the licensing server plus what the product embeds: the server's public key.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) activation: ActivationServiceClient<Channel>,
+    pub(crate) seat: SeatServiceClient<Channel>,
+    pub(crate) public_key: ed25519_dalek::VerifyingKey,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Client {
+    /// `endpoint`: e.g. `http://licensing.example:50051`. `public_key_b64`: the server's
+    /// Ed25519 key (`GetVerifyingKey`), embedded in the product. Connects on first use.
+    pub fn new(endpoint: &str, public_key_b64: &str) -> Result<Self, ClientError> {
+        Self::with_clock(endpoint, public_key_b64, Arc::new(SystemClock))
+    }
+
+    /// As [`Client::new`], with the clock offline checks use (tests move it by hand).
+    pub fn with_clock(endpoint: &str, public_key_b64: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
+        let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(public_key_b64.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ClientError::Config("the public key must be base64 of 32 bytes"))?;
+        let public_key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| ClientError::Config("not an Ed25519 public key"))?;
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|_| ClientError::Config("the endpoint must be a URL such as http://host:50051"))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            activation: ActivationServiceClient::new(channel.clone()),
+            seat: SeatServiceClient::new(channel),
+            public_key,
+            clock,
+        })
+    }
+}

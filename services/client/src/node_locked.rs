@@ -1,0 +1,178 @@
+//! Node-locked licenses: activate once, then validate at each start, online when the server
+//! answers and offline from the stored certificate when it does not.
+
+use crate::storage::{Stored, TrustedStorage};
+use crate::{Client, ClientError, Credentials};
+use licensing_domain::certificate::{parse_certificate_file, verify_certificate, CertificatePayload};
+use licensing_domain::clock::{Millis, MINUTE};
+use licensing_domain::fingerprint::{self, Component};
+use licensing_proto::activation::v1 as pb;
+use licensing_proto::common::v1::FingerprintComponent;
+
+/// How far the clock may appear to go back (NTP corrections) before offline use is refused.
+pub const CLOCK_TOLERANCE: Millis = 5 * MINUTE;
+
+/// What a validation established.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Validity {
+    /// The server said valid; the fresh certificate is stored.
+    Online(CertificatePayload),
+    /// The server was unreachable; the stored certificate allows use until its `valid_until`.
+    Offline(CertificatePayload),
+    /// The server said not valid: its code (e.g. "VALIDATION_CODE_EXPIRED") and explanation.
+    Invalid { code: String, detail: String },
+}
+
+fn credentials(c: &Credentials) -> Option<pb::LicenseCredentials> {
+    use pb::license_credentials::Credential;
+    Some(pb::LicenseCredentials {
+        credential: Some(match c {
+            Credentials::LicenseKey(k) => Credential::LicenseKey(k.clone()),
+            Credentials::IdAndPassword { license_id, password } => {
+                Credential::LicenseIdAndPassword(pb::LicenseIdAndPassword {
+                    license_id: license_id.clone(),
+                    password: password.clone(),
+                })
+            }
+        }),
+    })
+}
+
+fn wire(components: &[Component]) -> Vec<FingerprintComponent> {
+    components.iter().map(|c| FingerprintComponent { name: c.name.clone(), value: c.value.clone() }).collect()
+}
+
+/// A product's node-locked license on this machine.
+pub struct NodeLocked {
+    client: Client,
+    storage: TrustedStorage,
+    credentials: Credentials,
+    fingerprint: Vec<Component>,
+}
+
+impl NodeLocked {
+    pub fn new(client: Client, storage: TrustedStorage, credentials: Credentials, fingerprint: Vec<Component>) -> Self {
+        Self { client, storage, credentials, fingerprint }
+    }
+
+    /// Verifies a certificate file with the embedded key and keeps it, with the time seen.
+    fn accept(&self, certificate_file: &str) -> Result<CertificatePayload, ClientError> {
+        let blob = parse_certificate_file(certificate_file).map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let payload = verify_certificate(&self.client.public_key, &blob)
+            .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let last_seen = self.storage.load()?.map_or(0, |s| s.last_seen_ms);
+        let now = self.client.clock.now();
+        self.storage
+            .save(&Stored { certificate_file: certificate_file.to_owned(), last_seen_ms: now.max(last_seen) })?;
+        Ok(payload)
+    }
+
+    pub async fn activate(
+        &self,
+        machine_name: &str,
+        platform: &str,
+        product_version: &str,
+    ) -> Result<CertificatePayload, ClientError> {
+        let request = pb::ActivateRequest {
+            credentials: credentials(&self.credentials),
+            machine: Some(pb::MachineInfo {
+                fingerprint: wire(&self.fingerprint),
+                machine_name: machine_name.into(),
+                platform: platform.into(),
+                product_version: product_version.into(),
+            }),
+        };
+        let reply =
+            self.client.activation.clone().activate(request).await.map_err(ClientError::from_status)?.into_inner();
+        let certificate =
+            reply.certificate.ok_or_else(|| ClientError::BadCertificate("the server sent none".into()))?;
+        self.accept(&certificate.certificate_file)
+    }
+
+    /// Online validation when the server answers; offline from trusted storage when it does not.
+    pub async fn validate(&self, modules: &[&str], product_version: &str) -> Result<Validity, ClientError> {
+        let request = pb::ValidateRequest {
+            credentials: credentials(&self.credentials),
+            fingerprint: wire(&self.fingerprint),
+            modules: modules.iter().map(|m| m.to_string()).collect(),
+            product_version: product_version.into(),
+        };
+        match self.client.activation.clone().validate(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if !reply.valid {
+                    let code = pb::ValidationCode::try_from(reply.code)
+                        .map(|c| c.as_str_name().to_owned())
+                        .unwrap_or_default();
+                    return Ok(Validity::Invalid { code, detail: reply.detail });
+                }
+                match reply.certificate {
+                    Some(c) => Ok(Validity::Online(self.accept(&c.certificate_file)?)),
+                    None => Err(ClientError::BadCertificate("the server sent none".into())),
+                }
+            }
+            Err(status) if ClientError::is_unreachable(&status) => {
+                self.validate_offline(modules).map(Validity::Offline)
+            }
+            Err(status) => Err(ClientError::from_status(status)),
+        }
+    }
+
+    /// Validation from the stored certificate alone: signature, clock, offline period,
+    /// fingerprint and modules.
+    pub fn validate_offline(&self, modules: &[&str]) -> Result<CertificatePayload, ClientError> {
+        let stored = self.storage.load()?.ok_or(ClientError::NoCertificate)?;
+        let blob =
+            parse_certificate_file(&stored.certificate_file).map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let payload = verify_certificate(&self.client.public_key, &blob)
+            .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let now = self.client.clock.now();
+        if now + CLOCK_TOLERANCE < stored.last_seen_ms || now + CLOCK_TOLERANCE < payload.issued_at_ms {
+            return Err(ClientError::ClockSetBack { now, last_seen: stored.last_seen_ms.max(payload.issued_at_ms) });
+        }
+        if now >= payload.valid_until_ms {
+            return Err(ClientError::OfflinePeriodOver(payload.valid_until_ms));
+        }
+        let mine = fingerprint::public_digests(
+            &fingerprint::normalize(&self.fingerprint).map_err(|e| ClientError::BadCertificate(e.to_string()))?,
+        );
+        if !fingerprint::matches(&payload.fingerprint, &mine, payload.match_threshold) {
+            return Err(ClientError::FingerprintMismatch);
+        }
+        if let Some(missing) = modules.iter().find(|m| !payload.modules.iter().any(|p| p == *m)) {
+            return Err(ClientError::ModuleNotLicensed(missing.to_string()));
+        }
+        self.storage.save(&Stored { last_seen_ms: now.max(stored.last_seen_ms), ..stored })?;
+        Ok(payload)
+    }
+
+    pub async fn refresh(&self) -> Result<CertificatePayload, ClientError> {
+        let request = pb::RefreshCertificateRequest {
+            credentials: credentials(&self.credentials),
+            fingerprint: wire(&self.fingerprint),
+        };
+        let reply = self
+            .client
+            .activation
+            .clone()
+            .refresh_certificate(request)
+            .await
+            .map_err(ClientError::from_status)?
+            .into_inner();
+        let certificate =
+            reply.certificate.ok_or_else(|| ClientError::BadCertificate("the server sent none".into()))?;
+        self.accept(&certificate.certificate_file)
+    }
+
+    /// Returns the activation to the server and forgets the stored certificate.
+    pub async fn deactivate(&self) -> Result<(), ClientError> {
+        let request = pb::DeactivateRequest {
+            target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+                credentials: credentials(&self.credentials),
+                fingerprint: wire(&self.fingerprint),
+            })),
+        };
+        self.client.activation.clone().deactivate(request).await.map_err(ClientError::from_status)?;
+        self.storage.clear()
+    }
+}

@@ -1,0 +1,55 @@
+//! Trusted storage: the certificate file and the last time the product saw, in one JSON file.
+//! The last-seen time is what detects a clock set back.
+
+use crate::ClientError;
+use licensing_domain::clock::Millis;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The certificate as the server issued it (`SignedCertificate.certificate_file`).
+    pub certificate_file: String,
+    /// The latest time this product has seen (Unix ms).
+    pub last_seen_ms: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustedStorage {
+    path: PathBuf,
+}
+
+impl TrustedStorage {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn load(&self) -> Result<Option<Stored>, ClientError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| ClientError::Storage(format!("{}: {e}", self.path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ClientError::Storage(format!("{}: {e}", self.path.display()))),
+        }
+    }
+
+    /// Written through a temporary file and a rename, so a crash never leaves half a file.
+    pub fn save(&self, stored: &Stored) -> Result<(), ClientError> {
+        let err = |e: std::io::Error| ClientError::Storage(format!("{}: {e}", self.path.display()));
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(stored).expect("plain data serializes")).map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+
+    pub fn clear(&self) -> Result<(), ClientError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ClientError::Storage(format!("{}: {e}", self.path.display()))),
+        }
+    }
+}
