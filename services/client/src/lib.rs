@@ -8,7 +8,7 @@
 //!   heartbeats, retries through network faults, re-checks out a lost lease, and reports the
 //!   seat's state on a watch channel; dropping the guard checks the seat in.
 //! - [`fingerprint`]: the machine's fingerprint components on Linux, macOS and Windows.
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: [`ClientError`], what a call can fail with.
 
 pub mod error;
 pub mod fingerprint;
