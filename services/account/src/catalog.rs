@@ -104,6 +104,18 @@ impl Catalog {
         Self { store, activations, hasher, passwords, clock }
     }
 
+    /// Installations and activation history of a license (support staff).
+    pub async fn activation_history(
+        &self,
+        license_id: &str,
+    ) -> Result<(Vec<Activation>, Vec<ActivationEvent>), AccountError> {
+        self.get_license(license_id).await?;
+        Ok((
+            self.activations.list_activations(license_id).await?,
+            self.activations.list_activation_events(license_id).await?,
+        ))
+    }
+
     /// Support staff return a license for a customer whose machine is gone: it leaves the
     /// account and every live activation is freed (not counted against the deactivation limit).
     pub async fn return_license(&self, actor: &str, license_id: &str, reason: &str) -> Result<License, AccountError> {

@@ -4,8 +4,8 @@ use crate::catalog::{Catalog, IssueLicense, Payment};
 use crate::portal::Portal;
 use crate::AccountError;
 use licensing_domain::change::LicenseChange;
-use licensing_domain::model::Activation;
 use licensing_domain::model::LicenseFilter;
+use licensing_domain::model::{Activation, ActivationEvent};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::account_service_server::{AccountService, AccountServiceServer};
 use licensing_proto::account::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -365,6 +365,19 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::AdminAssociateLicenseResponse { license: Some(conv::license(&license)) }))
     }
 
+    async fn get_activation_history(
+        &self,
+        request: Request<pb::GetActivationHistoryRequest>,
+    ) -> Result<Response<pb::GetActivationHistoryResponse>, Status> {
+        self.admin(&request).await?;
+        let (installations, history) =
+            self.catalog.activation_history(&request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::GetActivationHistoryResponse {
+            installations: installations.iter().map(installation).collect(),
+            history: history.iter().map(history_entry).collect(),
+        }))
+    }
+
     async fn list_audit_events(
         &self,
         request: Request<pb::ListAuditEventsRequest>,
@@ -400,6 +413,17 @@ impl PortalApi {
     /// The customer whose session token the request carries.
     async fn me<T>(&self, request: &Request<T>) -> Result<String, Status> {
         self.portal.authenticate(bearer_token(request.metadata())).await.or_status()
+    }
+}
+
+fn history_entry(e: &ActivationEvent) -> pb::ActivationHistoryEntry {
+    pb::ActivationHistoryEntry {
+        occurred_at: Some(to_timestamp(e.occurred_at)),
+        action: e.action.clone(),
+        installation_id: e.installation_id.clone(),
+        machine_name: e.machine_name.clone(),
+        fingerprint_digest: e.fingerprint_digest.clone(),
+        outcome: e.outcome.clone(),
     }
 }
 
@@ -483,18 +507,7 @@ impl AccountService for PortalApi {
         Ok(Response::new(pb::GetMyLicenseResponse {
             license: Some(conv::license(&d.license)),
             installations: d.installations.iter().map(installation).collect(),
-            history: d
-                .history
-                .iter()
-                .map(|e| pb::ActivationHistoryEntry {
-                    occurred_at: Some(to_timestamp(e.occurred_at)),
-                    action: e.action.clone(),
-                    installation_id: e.installation_id.clone(),
-                    machine_name: e.machine_name.clone(),
-                    fingerprint_digest: e.fingerprint_digest.clone(),
-                    outcome: e.outcome.clone(),
-                })
-                .collect(),
+            history: d.history.iter().map(history_entry).collect(),
         }))
     }
 
