@@ -256,3 +256,23 @@ async fn the_example_product_holds_a_seat_gives_it_back_on_ctrl_c_and_a_killed_o
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert_eq!(live_leases(&app, &license_id).await, 0, "freed after the TTL");
 }
+
+#[tokio::test]
+async fn wait_for_seat_hands_over_when_the_holder_releases() {
+    let app = spawn_seat_app(Leases::Embedded).await;
+    let f = fixture(&app).await;
+    let (_, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+    let client = Client::new(&format!("http://{}", app.addr), &app.public_key().await).unwrap();
+    let holder = client.checkout(Credentials::LicenseKey(key.clone()), CheckoutOptions::default()).await.unwrap();
+    let err = client.checkout(Credentials::LicenseKey(key.clone()), CheckoutOptions::default()).await.err().expect("no seat free");
+    assert_eq!(err.reason(), Some("NO_SEAT_AVAILABLE"));
+    let waiter = {
+        let client = client.clone();
+        let key = key.clone();
+        tokio::spawn(async move { client.wait_for_seat(Credentials::LicenseKey(key), CheckoutOptions::default(), Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(holder.release().await);
+    let guard = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().expect("the waiter got the seat");
+    assert!(matches!(guard.state(), SeatState::Held { .. }));
+}
