@@ -264,15 +264,24 @@ async fn wait_for_seat_hands_over_when_the_holder_releases() {
     let (_, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let client = Client::new(&format!("http://{}", app.addr), &app.public_key().await).unwrap();
     let holder = client.checkout(Credentials::LicenseKey(key.clone()), CheckoutOptions::default()).await.unwrap();
-    let err = client.checkout(Credentials::LicenseKey(key.clone()), CheckoutOptions::default()).await.err().expect("no seat free");
+    let err = client
+        .checkout(Credentials::LicenseKey(key.clone()), CheckoutOptions::default())
+        .await
+        .err()
+        .expect("no seat free");
     assert_eq!(err.reason(), Some("NO_SEAT_AVAILABLE"));
     let waiter = {
         let client = client.clone();
         let key = key.clone();
-        tokio::spawn(async move { client.wait_for_seat(Credentials::LicenseKey(key), CheckoutOptions::default(), Duration::from_secs(10)).await })
+        tokio::spawn(async move {
+            client
+                .wait_for_seat(Credentials::LicenseKey(key), CheckoutOptions::default(), Duration::from_secs(10))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(holder.release().await);
-    let guard = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().expect("the waiter got the seat");
+    let guard =
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().expect("the waiter got the seat");
     assert!(matches!(guard.state(), SeatState::Held { .. }));
 }
