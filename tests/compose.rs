@@ -1,7 +1,8 @@
 //! Keeps docker-compose.yml honest without a Docker engine: reads it, starts the same three
 //! binaries natively with the same environment variables (service hostnames mapped to
 //! 127.0.0.1, `${VAR:-default}` resolved to its default, and the database name swapped for a
-//! fresh one so runs do not share state), then checks each is SERVING, both through the gRPC
+//! fresh one so runs do not share state; PostgreSQL and Redis are the test servers of
+//! `TEST_DATABASE_URL` and `TEST_REDIS_URL`), then checks each is SERVING, both through the gRPC
 //! health service and through the compose file's own healthcheck command.
 
 mod common;
@@ -48,7 +49,9 @@ fn native_env(service: &Value, database_url: &str) -> HashMap<String, String> {
     }
     let compose_url = env["LICENSING_DATABASE_URL"].clone();
     assert!(compose_url.starts_with("postgres://licensing:licensing@127.0.0.1:5432/"), "{compose_url}");
+    assert_eq!(env["LICENSING_REDIS_URL"], "redis://127.0.0.1:6379");
     env.insert("LICENSING_DATABASE_URL".into(), database_url.to_owned());
+    env.insert("LICENSING_REDIS_URL".into(), redis_url());
     env
 }
 
@@ -63,7 +66,9 @@ async fn compose_database() -> String {
     }
     let name = format!("licensing_compose_{}", licensing_domain::ids::new_id("db").to_lowercase());
     sqlx::query(&format!("CREATE DATABASE {name} OWNER licensing")).execute(&mut conn).await.unwrap();
-    format!("postgres://licensing:licensing@127.0.0.1:5432/{name}")
+    let admin = postgres_admin_url();
+    let host_port = admin.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("127.0.0.1:5432");
+    format!("postgres://licensing:licensing@{host_port}/{name}")
 }
 
 fn binary(command: &str) -> &'static str {
@@ -109,7 +114,7 @@ impl Drop for Running {
 
 #[tokio::test]
 async fn compose_services_start_natively_and_serve() {
-    if !postgres_available().await {
+    if !postgres_available().await || !redis_available().await {
         return;
     }
     let compose = compose();
