@@ -28,6 +28,10 @@ fn checkout_req(key: &str, client: &str, ttl_ms: i64) -> pb::CheckoutRequest {
     }
 }
 
+fn heartbeat_req(license_id: impl Into<String>, lease_id: impl Into<String>) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest { license_id: license_id.into(), lease_id: lease_id.into(), lease_token: String::new() }
+}
+
 async fn seats(app: &TestApp) -> SeatServiceClient<Channel> {
     SeatServiceClient::new(app.channel().await)
 }
@@ -92,15 +96,7 @@ async fn checkout_heartbeat_checkin_and_a_signed_token() {
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].user.as_str(), listed[0].host.as_str()), ("user-c1", "host-1"));
 
-        let hb = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id: license_id.clone(),
-                lease_id: g.lease_id.clone(),
-                lease_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let hb = s.heartbeat(heartbeat_req(license_id.clone(), g.lease_id.clone())).await.unwrap().into_inner();
         assert!(hb.expires_at.unwrap().seconds >= g.expires_at.unwrap().seconds);
         let c = s
             .checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: g.lease_id.clone() })
@@ -115,14 +111,7 @@ async fn checkout_heartbeat_checkin_and_a_signed_token() {
             .into_inner();
         assert!(!again.released, "a retried checkin is not an error");
         assert!(live(&app, &license_id).await.is_empty(), "{leases:?}");
-        let err = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id: license_id.clone(),
-                lease_id: g.lease_id.clone(),
-                lease_token: String::new(),
-            })
-            .await
-            .unwrap_err();
+        let err = s.heartbeat(heartbeat_req(license_id.clone(), g.lease_id.clone())).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
     }
 }
@@ -204,14 +193,7 @@ async fn revocation_fails_the_next_heartbeat_and_raises_the_fence() {
             .unwrap()
             .into_inner();
         assert!(r.revoked && r.fence > g.fence);
-        let err = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id: license_id.clone(),
-                lease_id: g.lease_id.clone(),
-                lease_token: String::new(),
-            })
-            .await
-            .unwrap_err();
+        let err = s.heartbeat(heartbeat_req(license_id.clone(), g.lease_id.clone())).await.unwrap_err();
         assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "LEASE_REVOKED".into()), "{leases:?}");
         let next = s.checkout(checkout_req(&key, "next", 30_000)).await.unwrap().into_inner().grant.unwrap();
         assert!(next.fence > r.fence, "fences only grow");
@@ -250,14 +232,7 @@ async fn seat_changes_and_suspension() {
             }))
             .await
             .unwrap();
-        let err = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id: license_id.clone(),
-                lease_id: c.lease_id,
-                lease_token: String::new(),
-            })
-            .await
-            .unwrap_err();
+        let err = s.heartbeat(heartbeat_req(license_id.clone(), c.lease_id)).await.unwrap_err();
         assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "SUSPENDED".into()), "{leases:?}");
         let err = s.checkout(checkout_req(&key, "d", 30_000)).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
@@ -394,13 +369,7 @@ async fn leases_survive_a_restart_of_the_embedded_server() {
     let g = seats(&app).await.checkout(checkout_req(&key, "c", 30_000)).await.unwrap().into_inner().grant.unwrap();
     let app = app.restart().await;
     let mut s = seats(&app).await;
-    s.heartbeat(pb::HeartbeatRequest {
-        license_id: license_id.clone(),
-        lease_id: g.lease_id,
-        lease_token: String::new(),
-    })
-    .await
-    .expect("the lease is still there");
+    s.heartbeat(heartbeat_req(license_id.clone(), g.lease_id)).await.expect("the lease is still there");
     assert_eq!(s.checkout(checkout_req(&key, "other", 30_000)).await.unwrap_err().code(), Code::ResourceExhausted);
 }
 
@@ -464,23 +433,9 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
         }
         // A heartbeat naming another license's lease.
         let g = s.checkout(checkout_req(&other_key, "x", 10_000)).await.unwrap().into_inner().grant.unwrap();
-        let err = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id: license_id.clone(),
-                lease_id: g.lease_id.clone(),
-                lease_token: String::new(),
-            })
-            .await
-            .unwrap_err();
+        let err = s.heartbeat(heartbeat_req(license_id.clone(), g.lease_id.clone())).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
-        let err = s
-            .heartbeat(pb::HeartbeatRequest {
-                license_id: "nope".into(),
-                lease_id: g.lease_id.clone(),
-                lease_token: String::new(),
-            })
-            .await
-            .unwrap_err();
+        let err = s.heartbeat(heartbeat_req("nope", g.lease_id.clone())).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         let err = s
             .checkin(pb::CheckinRequest { license_id: license_id.clone(), lease_id: "lse_x".into() })
