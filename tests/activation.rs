@@ -5,6 +5,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use licensing_domain::certificate::{parse_certificate_file, verify_certificate, CertificatePayload, SignedBlob};
+use licensing_domain::clock::Clock;
 use licensing_proto::account::v1 as admin_pb;
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
@@ -231,16 +232,14 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
 
 #[tokio::test]
 async fn an_expired_license_cannot_be_deactivated_from_the_product() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let clock = licensing_domain::clock::ManualClock::new(licensing_domain::clock::SystemClock.now());
+    let app = spawn_app_with_clock(Backend::Sqlite, clock.clone()).await;
     let f = fixture(&app).await;
-    let (_, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
-        r.valid_from = ts(now_s() - 10);
-        r.expires_at = ts(now_s() + 2);
-    })
-    .await;
+    let (_, key, _) =
+        issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| r.expires_at = ts(now_s() + 86_400)).await;
     let mut c = client(&app).await;
     c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    clock.advance(2 * licensing_domain::clock::DAY);
     let err = c
         .deactivate(pb::DeactivateRequest {
             target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
