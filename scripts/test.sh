@@ -56,5 +56,8 @@ if ! reachable "$redis_host" "${redis_port:-6379}"; then
 fi
 
 for s in "${skipped[@]}"; do echo "test.sh: SKIPPING the $s"; done
+# The example product runs as a real program in tests/client.rs; `cargo test` builds examples
+# only as test harnesses, so build it first.
+cargo build --examples
 cargo test --workspace --all-targets
 for s in "${skipped[@]}"; do echo "test.sh: SKIPPED the $s"; done

@@ -186,11 +186,13 @@ async fn revocation_is_reported_as_lost_and_not_retaken() {
     assert_eq!(lost, "LEASE_REVOKED");
 }
 
-/// Built by `cargo test --all-targets` (the README's test command); `cargo test --test client`
-/// alone does not rebuild examples.
+/// Built by `cargo build --examples`, which the README's test command (`scripts/test.sh`) runs
+/// first: `cargo test` alone builds examples only as test harnesses.
 fn example_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join("floating_seat")
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join("floating_seat");
+    assert!(path.exists(), "{} is missing: run `cargo build --examples` first (scripts/test.sh does)", path.display());
+    path
 }
 
 async fn live_leases(app: &TestApp, license_id: &str) -> usize {
@@ -219,7 +221,7 @@ async fn the_example_product_holds_a_seat_gives_it_back_on_ctrl_c_and_a_killed_o
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("the example is built by cargo test")
+            .expect("the example product starts")
     };
     let first_line = |child: &mut tokio::process::Child| {
         let stdout = child.stdout.take().unwrap();
