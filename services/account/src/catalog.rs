@@ -263,6 +263,7 @@ impl Catalog {
     }
 
     pub async fn list_customers(&self, query: &str, page: &Page) -> Result<Vec<Customer>, AccountError> {
+        validate::search("query", query)?;
         let query = Some(query.trim()).filter(|q| !q.is_empty());
         Ok(self.store.list_customers(query, page).await?)
     }
@@ -379,6 +380,7 @@ impl Catalog {
         query: &str,
         page: &Page,
     ) -> Result<Vec<License>, AccountError> {
+        validate::search("query", query)?;
         let query = query.trim();
         if !query.is_empty() {
             match LicenseKey::parse(query) {

@@ -56,6 +56,14 @@ pub fn version(field: &'static str, value: &str) -> Result<licensing_domain::ver
     })
 }
 
+/// Search text: bounded, because substring patterns cost the database in proportion to them.
+pub fn search(field: &'static str, value: &str) -> Result<(), AccountError> {
+    if value.chars().count() > 200 {
+        return Err(AccountError::invalid(field, "must be at most 200 characters"));
+    }
+    Ok(())
+}
+
 /// A password a person chooses.
 pub fn password(field: &'static str, value: &str) -> Result<(), AccountError> {
     use licensing_domain::secrets::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};

@@ -1,0 +1,253 @@
+//! Hostile input: random and extreme field values for every RPC of every service. No call may
+//! answer INTERNAL or UNKNOWN (a panic or a bug), and the server keeps serving.
+
+mod common;
+
+use common::*;
+use licensing_proto::account::v1 as acc;
+use licensing_proto::account::v1::account_service_client::AccountServiceClient;
+use licensing_proto::activation::v1 as act;
+use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
+use licensing_proto::common::v1::{FingerprintComponent, LicenseKind, Module, PageRequest};
+use licensing_proto::seat::v1 as seat;
+use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// One generated call: which RPC, and the raw values its fields are built from.
+#[derive(Clone)]
+struct Input {
+    rpc: u8,
+    texts: Vec<String>,
+    ints: Vec<i32>,
+    seconds: i64,
+    nanos: i32,
+}
+
+/// Long texts shown by their start and length, so a failure report stays readable.
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let texts: Vec<String> = self
+            .texts
+            .iter()
+            .map(|t| format!("{:?}({} chars)", t.chars().take(40).collect::<String>(), t.chars().count()))
+            .collect();
+        write!(f, "rpc {} texts {texts:?} ints {:?} seconds {} nanos {}", self.rpc, self.ints, self.seconds, self.nanos)
+    }
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "\\PC{0,40}",
+        "[a-z0-9-]{1,70}",
+        "(lic|cus|ins|lse|ses|rst|adm)_[0-9A-Z]{0,20}",
+        "[0-9A-Z]{5}-[0-9A-Z]{5}-[0-9A-Z]{5}-[0-9A-Z]{5}-[0-9A-Z]{5}",
+        ".{0,10}@.{0,10}",
+        Just("x".repeat(70_000)),
+        Just("'; DROP TABLE licenses; --".to_owned()),
+        Just("\u{0000}\u{FEFF}\u{202E}".to_owned()),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    (
+        0u8..40,
+        proptest::collection::vec(text(), 6),
+        proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
+        prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
+        any::<i32>(),
+    )
+        .prop_map(|(rpc, texts, ints, seconds, nanos)| Input { rpc, texts, ints, seconds, nanos })
+}
+
+#[derive(Clone)]
+struct Clients {
+    admin: licensing_proto::account::v1::admin_service_client::AdminServiceClient<Channel>,
+    portal: AccountServiceClient<Channel>,
+    activation: ActivationServiceClient<Channel>,
+    seat: SeatServiceClient<Channel>,
+    session: String,
+    license_id: String,
+}
+
+fn fp(i: &Input) -> Vec<FingerprintComponent> {
+    vec![
+        FingerprintComponent { name: i.texts[2].clone(), value: i.texts[3].clone() },
+        FingerprintComponent { name: "mac".into(), value: i.texts[4].clone() },
+    ]
+}
+
+fn act_creds(i: &Input) -> Option<act::LicenseCredentials> {
+    use act::license_credentials::Credential;
+    Some(act::LicenseCredentials {
+        credential: Some(if i.ints[0] % 2 == 0 {
+            Credential::LicenseKey(i.texts[0].clone())
+        } else {
+            Credential::LicenseIdAndPassword(act::LicenseIdAndPassword {
+                license_id: i.texts[0].clone(),
+                password: i.texts[1].clone(),
+            })
+        }),
+    })
+}
+
+fn seat_creds(i: &Input) -> Option<seat::SeatCredentials> {
+    Some(seat::SeatCredentials { credential: Some(seat::seat_credentials::Credential::LicenseKey(i.texts[0].clone())) })
+}
+
+fn ts(i: &Input) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: i.seconds, nanos: i.nanos })
+}
+
+fn duration(i: &Input) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: i.seconds, nanos: i.nanos })
+}
+
+fn page(i: &Input) -> Option<PageRequest> {
+    Some(PageRequest { page_size: i.ints[1], page_token: i.texts[5].clone() })
+}
+
+/// Sends the call and returns its status code (Ok for a success).
+async fn call(c: &mut Clients, i: &Input) -> Code {
+    let t = |n: usize| i.texts[n].clone();
+    let lic = if i.ints[2] % 3 == 0 { c.license_id.clone() } else { t(0) };
+    let code = |r: Result<(), tonic::Status>| r.map_or_else(|s| s.code(), |_| Code::Ok);
+    macro_rules! run {
+        ($e:expr) => {
+            code($e.await.map(|_| ()))
+        };
+    }
+    match i.rpc {
+        0 => run!(c.admin.create_product(admin_req(acc::CreateProductRequest { code: t(0), name: t(1), modules: vec![Module { code: t(2), name: t(3) }] }))),
+        1 => run!(c.admin.add_product_version(admin_req(acc::AddProductVersionRequest { product_code: t(0), version: t(1), released_at: ts(i) }))),
+        2 => run!(c.admin.create_customer(admin_req(acc::CreateCustomerRequest { company_name: t(0), contact_email: t(1), password: t(2) }))),
+        3 => run!(c.admin.set_customer_password(admin_req(acc::SetCustomerPasswordRequest { customer_id: t(0), password: t(1) }))),
+        4 => run!(c.admin.issue_license(admin_req(acc::IssueLicenseRequest {
+            product_code: t(0),
+            customer_id: t(1),
+            kind: i.ints[0],
+            seats: i.ints[1],
+            allowed_deactivations: i.ints[2],
+            modules: vec![t(2)],
+            valid_from: ts(i),
+            expires_at: ts(i),
+            upgrades_until: ts(i),
+            associate: i.ints[3] % 2 == 0,
+            payment: Some(acc::Payment { amount_minor: i.seconds, currency: t(3), recurring_months: i.ints[3] }),
+            notes: t(4),
+        }))),
+        5 => run!(c.admin.get_license(admin_req(acc::GetLicenseRequest { license_id: lic }))),
+        6 => run!(c.admin.list_licenses(admin_req(acc::ListLicensesRequest { page: page(i), customer_id: t(1), product_code: t(2), status: i.ints[0], query: t(3) }))),
+        7 => run!(c.admin.suspend_license(admin_req(acc::SuspendLicenseRequest { license_id: lic, reason: t(1) }))),
+        8 => run!(c.admin.renew_license(admin_req(acc::RenewLicenseRequest { license_id: lic, expires_at: ts(i), payment: None }))),
+        9 => run!(c.admin.set_license_seats(admin_req(acc::SetLicenseSeatsRequest { license_id: lic, seats: i.ints[1] }))),
+        10 => run!(c.admin.add_license_modules(admin_req(acc::AddLicenseModulesRequest { license_id: lic, modules: vec![t(1), t(2)], payment: None }))),
+        11 => run!(c.admin.extend_upgrade_period(admin_req(acc::ExtendUpgradePeriodRequest { license_id: lic, upgrades_until: ts(i), payment: None }))),
+        12 => run!(c.admin.list_audit_events(admin_req(acc::ListAuditEventsRequest { subject: t(0), page: page(i) }))),
+        13 => run!(c.admin.get_activation_history(admin_req(acc::GetActivationHistoryRequest { license_id: lic }))),
+        14 => run!(c.admin.return_license(admin_req(acc::ReturnLicenseRequest { license_id: lic, reason: t(1) }))),
+        15 => run!(c.admin.associate_license(admin_req(acc::AdminAssociateLicenseRequest { license_id: lic, customer_id: t(1) }))),
+        16 => run!(c.admin.list_customers(admin_req(acc::ListCustomersRequest { page: page(i), query: t(0) }))),
+        17 => run!(c.activation.activate(act::ActivateRequest {
+            credentials: act_creds(i),
+            machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(4), platform: t(5), product_version: t(1) }),
+        })),
+        18 => run!(c.activation.validate(act::ValidateRequest { credentials: act_creds(i), fingerprint: fp(i), modules: vec![t(4)], product_version: t(5) })),
+        19 => run!(c.activation.deactivate(act::DeactivateRequest { target: Some(act::deactivate_request::Target::InstallationId(t(0))) })),
+        20 => run!(c.activation.refresh_certificate(act::RefreshCertificateRequest { credentials: act_creds(i), fingerprint: fp(i) })),
+        21 => run!(c.activation.activate_offline(act::ActivateOfflineRequest { activation_request: format!("-----BEGIN LICENSING ACTIVATION REQUEST-----\n{}\nchecksum:{}\n-----END LICENSING ACTIVATION REQUEST-----", t(0), t(1)) })),
+        22 => run!(c.activation.watch_license(act::WatchLicenseRequest { credentials: act_creds(i), fingerprint: fp(i) })),
+        23 => run!(c.seat.checkout(seat::CheckoutRequest {
+            credentials: seat_creds(i),
+            feature: t(1),
+            user: t(2),
+            host: t(3),
+            client_instance_id: t(4),
+            ttl: duration(i),
+            borrow_for: None,
+            groups: vec![t(5)],
+        })),
+        24 => run!(c.seat.heartbeat(seat::HeartbeatRequest { license_id: lic, lease_id: t(1), lease_token: t(2) })),
+        25 => run!(c.seat.checkin(seat::CheckinRequest { license_id: lic, lease_id: t(1) })),
+        26 => run!(c.seat.list_leases(admin_req(seat::ListLeasesRequest { license_id: lic }))),
+        27 => run!(c.seat.revoke_lease(admin_req(seat::RevokeLeaseRequest { license_id: lic, lease_id: t(1), reason: t(2) }))),
+        28 => run!(c.seat.get_pool_status(admin_req(seat::GetPoolStatusRequest { license_id: lic }))),
+        29 => {
+            let wait = seat::WaitForSeatRequest {
+                checkout: Some(seat::CheckoutRequest { credentials: seat_creds(i), client_instance_id: t(4), ttl: duration(i), ..Default::default() }),
+                max_wait: Some(prost_types::Duration { seconds: i.seconds.rem_euclid(2), nanos: 0 }),
+            };
+            match c.seat.wait_for_seat(wait).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    let first = tokio::time::timeout(std::time::Duration::from_secs(3), stream.message()).await;
+                    match first {
+                        Ok(Err(s)) => s.code(),
+                        _ => Code::Ok,
+                    }
+                }
+                Err(s) => s.code(),
+            }
+        }
+        30 => run!(c.portal.login(acc::LoginRequest { login: t(0), password: t(1) })),
+        31 => run!(c.portal.request_password_reset(acc::RequestPasswordResetRequest { login: t(0) })),
+        32 => run!(c.portal.reset_password(acc::ResetPasswordRequest { reset_token: t(0), new_password: t(1) })),
+        33 => run!(c.portal.get_my_license(with_token(&c.session, acc::GetMyLicenseRequest { license_id: lic }))),
+        34 => run!(c.portal.deactivate_installation(with_token(&c.session, acc::DeactivateInstallationRequest { license_id: lic, installation_id: t(1) }))),
+        35 => run!(c.portal.transfer_license(with_token(&c.session, acc::TransferLicenseRequest { license_id: lic, to_customer_id: t(1) }))),
+        36 => run!(c.portal.associate_license(with_token(&c.session, acc::AssociateLicenseRequest { license_key: t(0) }))),
+        37 => run!(c.portal.return_concurrent_license(with_token(&c.session, acc::ReturnConcurrentLicenseRequest { license_id: lic, new_seats: i.ints[1] }))),
+        38 => {
+            // Any token a header can carry (a NUL cannot even be sent).
+            let token: String = t(0).chars().filter(|c| c.is_ascii_graphic()).collect();
+            run!(c.portal.list_my_licenses(with_token(&token, acc::ListMyLicensesRequest { page: page(i) })))
+        }
+        _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
+    }
+}
+
+#[test]
+fn no_input_makes_any_rpc_fail_internally() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (app, clients) = rt.block_on(async {
+        let app = spawn_app(Backend::Sqlite).await;
+        let f = fixture(&app).await;
+        let (license_id, _, _) = issue_license(&app, &f, LicenseKind::Concurrent, 3, |r| r.associate = true).await;
+        let session = AccountServiceClient::new(app.channel().await)
+            .login(acc::LoginRequest { login: f.customer_id.clone(), password: CUSTOMER_PASSWORD.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token;
+        let ch = app.channel().await;
+        let clients = Clients {
+            admin: app.admin().await,
+            portal: AccountServiceClient::new(ch.clone()),
+            activation: ActivationServiceClient::new(ch.clone()),
+            seat: SeatServiceClient::new(ch),
+            session,
+            license_id,
+        };
+        (app, clients)
+    });
+    let cases = std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&input(), |i| {
+            let code = rt.block_on(call(&mut clients.clone(), &i));
+            prop_assert!(!matches!(code, Code::Internal | Code::Unknown), "rpc {} answered {code:?} for {i:?}", i.rpc);
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(async {
+        use tonic_health::pb::health_client::HealthClient;
+        let status = HealthClient::new(app.channel().await)
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .unwrap();
+        assert_eq!(status.into_inner().status, 1, "still SERVING");
+    });
+}
