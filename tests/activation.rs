@@ -33,6 +33,18 @@ fn by_password(license_id: &str, password: &str) -> Option<pb::LicenseCredential
     })
 }
 
+fn by_machine(
+    credentials: Option<pb::LicenseCredentials>,
+    fingerprint: Vec<FingerprintComponent>,
+) -> pb::DeactivateRequest {
+    pb::DeactivateRequest {
+        target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
+            credentials,
+            fingerprint,
+        })),
+    }
+}
+
 fn activate_req(
     credentials: Option<pb::LicenseCredentials>,
     fingerprint: Vec<FingerprintComponent>,
@@ -167,16 +179,7 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
         let err = c.activate(activate_req(by_key(&key), fp("m2", "b", "e"))).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
-        let d = c
-            .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
-                    credentials: by_key(&key),
-                    fingerprint: fp("m1", "a", "d"),
-                })),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let d = c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap().into_inner();
         assert_eq!(d.deactivations_left, 1);
         assert!(d.activation.unwrap().deactivated_at.is_some());
         // Return by Installation ID.
@@ -199,15 +202,7 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         assert_eq!(again.code(), Code::NotFound);
         // Out of deactivations: the seat stays taken and the error points to the vendor.
         c.activate(activate_req(by_key(&key), fp("m3", "c", "f"))).await.unwrap();
-        let err = c
-            .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
-                    credentials: by_key(&key),
-                    fingerprint: fp("m3", "c", "f"),
-                })),
-            })
-            .await
-            .unwrap_err();
+        let err = c.deactivate(by_machine(by_key(&key), fp("m3", "c", "f"))).await.unwrap_err();
         assert_eq!(
             (err.code(), reason(&err)),
             (Code::ResourceExhausted, "DEACTIVATION_LIMIT_REACHED".into()),
@@ -217,15 +212,7 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         let l = get_license(&app, &license_id).await;
         assert_eq!((l.activations_used, l.deactivations_used), (1, 2));
         // Not activated on this machine.
-        let err = c
-            .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
-                    credentials: by_key(&key),
-                    fingerprint: fp("zz", "zz", "zz"),
-                })),
-            })
-            .await
-            .unwrap_err();
+        let err = c.deactivate(by_machine(by_key(&key), fp("zz", "zz", "zz"))).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
     }
 }
@@ -240,15 +227,7 @@ async fn an_expired_license_cannot_be_deactivated_from_the_product() {
     let mut c = client(&app).await;
     c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
     clock.advance(2 * licensing_domain::clock::DAY);
-    let err = c
-        .deactivate(pb::DeactivateRequest {
-            target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
-                credentials: by_key(&key),
-                fingerprint: fp("m1", "a", "d"),
-            })),
-        })
-        .await
-        .unwrap_err();
+    let err = c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "EXPIRED".into()));
 }
 
@@ -484,14 +463,7 @@ async fn passwords_and_history() {
         })
         .await
         .unwrap();
-        c.deactivate(pb::DeactivateRequest {
-            target: Some(pb::deactivate_request::Target::LicenseAndMachine(pb::LicenseAndMachine {
-                credentials: by_password(&license_id, &activation_password),
-                fingerprint: fp("m2", "b", "e"),
-            })),
-        })
-        .await
-        .unwrap();
+        c.deactivate(by_machine(by_password(&license_id, &activation_password), fp("m2", "b", "e"))).await.unwrap();
         // The history the portal shows, read straight from the store once the server stopped.
         let (dir, env) = app.stop().await;
         let store: std::sync::Arc<dyn licensing_domain::store::ActivationStore> =
