@@ -27,7 +27,7 @@ use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::limiter::FailureLimiter;
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_seat::grpc::SeatApi;
-use licensing_seat::{SeatSettings, Seats};
+use licensing_seat::{SeatSettings, Seats, UsageLog};
 use licensing_store::sql::SqlOptions;
 use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use std::future::Future;
@@ -97,6 +97,8 @@ pub struct Application {
     store: SqlStore,
     /// Background tasks (the lease sweep), stopped with the server.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Flushed at shutdown, so recorded usage is not lost.
+    usage_log: Option<UsageLog>,
     /// A freshly generated admin token, to be shown once; `None` when one existed or was configured.
     pub generated_admin_token: Option<String>,
 }
@@ -179,6 +181,7 @@ impl Application {
                 Arc::new(store.clone()),
                 activation_store.clone(),
                 leases.clone(),
+                Arc::new(store.clone()),
                 overrides.password_hasher.clone(),
                 mailer,
                 settings,
@@ -205,10 +208,15 @@ impl Application {
             names.push("licensing.activation.v1.ActivationService");
         }
         let mut background = vec![];
+        let mut usage_log = None;
         if let (true, Some(leases)) = (role.serves_seat(), &leases) {
+            let usage = UsageLog::start(Arc::new(store.clone()), config.usage_queue);
+            usage_log = Some(usage.clone());
             let seats = Seats::new(
                 catalog_store.clone(),
                 leases.clone(),
+                Arc::new(store.clone()),
+                usage,
                 credentials.clone(),
                 signer.clone(),
                 SeatSettings::default(),
@@ -222,7 +230,7 @@ impl Application {
         let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { server, store, background, generated_admin_token })
+        Ok(Self { server, store, background, usage_log, generated_admin_token })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -233,6 +241,12 @@ impl Application {
         let result = self.server.run_until_stopped(shutdown).await;
         for task in &self.background {
             task.abort();
+        }
+        if let Some(usage) = &self.usage_log {
+            // Bounded: a store that is down must not hold up the exit.
+            if tokio::time::timeout(std::time::Duration::from_secs(5), usage.flush()).await.is_err() {
+                tracing::warn!("usage log not fully written at shutdown");
+            }
         }
         self.store.close().await;
         result.context("serving gRPC")

@@ -11,6 +11,7 @@ use licensing_domain::error::StoreError;
 use licensing_domain::fingerprint::ComponentDigest;
 use licensing_domain::ids;
 use licensing_domain::model::*;
+use licensing_domain::seat_policy::*;
 use licensing_domain::store::*;
 use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use std::sync::Arc;
@@ -61,6 +62,7 @@ fn license(customer_id: &str, kind: LicenseKind, seats: i32) -> License {
         portal_deactivation_counts: true,
         replaces_license_id: None,
         notes: "first".into(),
+        seat_policy: Default::default(),
         created_at: 1,
         updated_at: 1,
     }
@@ -324,6 +326,11 @@ fn checkout(license_id: &str, client: &str, seats: i32, ttl_ms: i64) -> Checkout
         feature: String::new(),
         ttl_ms,
         cost: 1,
+        limits: SeatLimits::default(),
+        queue_blocked: false,
+        share_key: None,
+        max_processes: 0,
+        borrowed: false,
     }
 }
 
@@ -332,7 +339,7 @@ async fn lease_store_conformance() {
     for (name, store) in lease_stores().await {
         let license = ids::new_id(ids::LICENSE);
         let granted = |o: CheckoutOutcome| match o {
-            CheckoutOutcome::Granted { lease, renewed, in_use } => (lease, renewed, in_use),
+            CheckoutOutcome::Granted { lease, renewed, in_use, .. } => (lease, renewed, in_use),
             full => panic!("{name}: expected a grant, got {full:?}"),
         };
         let (a, renewed, in_use) = granted(store.checkout(&checkout(&license, "a", 2, 10_000)).await.unwrap());
@@ -346,7 +353,7 @@ async fn lease_store_conformance() {
         let (b, _, _) = granted(store.checkout(&checkout(&license, "b", 2, 10_000)).await.unwrap());
         assert!(b.fence > a.fence, "{name}: fences grow");
         match store.checkout(&checkout(&license, "c", 2, 10_000)).await.unwrap() {
-            CheckoutOutcome::Full { in_use, earliest_expiry } => {
+            CheckoutOutcome::Denied { denial: SeatDenial::Full, in_use, earliest_expiry } => {
                 assert_eq!((in_use, earliest_expiry.is_some()), (2, true), "{name}")
             }
             other => panic!("{name}: {other:?}"),
@@ -360,19 +367,20 @@ async fn lease_store_conformance() {
             HeartbeatOutcome::Unknown,
             "{name}: another license's lease"
         );
-        let fence = store.revoke(&license, &b.lease_id).await.unwrap().expect("revoked");
+        let (fence, released) = store.revoke(&license, &b.lease_id).await.unwrap().expect("revoked");
         assert!(fence > b.fence);
+        assert_eq!((released.lease.lease_id.as_str(), released.seats_freed), (b.lease_id.as_str(), 1), "{name}");
         assert_eq!(store.heartbeat(&license, &b.lease_id).await.unwrap(), HeartbeatOutcome::Revoked, "{name}");
         assert_eq!(store.revoke(&license, &b.lease_id).await.unwrap(), None);
-        assert!(store.checkin(&license, &a.lease_id).await.unwrap());
-        assert!(!store.checkin(&license, &a.lease_id).await.unwrap(), "{name}: idempotent");
+        assert_eq!(store.checkin(&license, &a.lease_id, 0).await.unwrap().map(|r| r.seats_freed), Some(1));
+        assert!(store.checkin(&license, &a.lease_id, 0).await.unwrap().is_none(), "{name}: idempotent");
         assert!(store.list(&license).await.unwrap().is_empty(), "{name}");
 
         // Expiry: judged by the store's clock, freeing the seat with no sweep, then recorded by the sweep.
         let (short, _, _) = granted(store.checkout(&checkout(&license, "short", 1, 300)).await.unwrap());
         assert!(matches!(
             store.checkout(&checkout(&license, "x", 1, 300)).await.unwrap(),
-            CheckoutOutcome::Full { .. }
+            CheckoutOutcome::Denied { .. }
         ));
         tokio::time::sleep(Duration::from_millis(450)).await;
         let heartbeat = store.heartbeat(&license, &short.lease_id).await.unwrap();
@@ -380,7 +388,10 @@ async fn lease_store_conformance() {
         let (x, _, in_use) = granted(store.checkout(&checkout(&license, "x", 1, 10_000)).await.unwrap());
         assert_eq!(in_use, 1, "{name}: the expired lease no longer counts");
         let swept = store.sweep_expired(100).await.unwrap();
-        assert!(swept.iter().any(|l| l.lease_id == short.lease_id), "{name}: the sweep records the expiry");
+        assert!(
+            swept.iter().any(|r| r.lease.lease_id == short.lease_id && r.seats_freed == 1),
+            "{name}: the sweep records the expiry"
+        );
         assert_eq!(
             store.list(&license).await.unwrap().iter().map(|l| l.lease_id.clone()).collect::<Vec<_>>(),
             vec![x.lease_id.clone()]

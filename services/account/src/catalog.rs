@@ -342,6 +342,7 @@ impl Catalog {
             associated_customer_id: input.associate.then(|| customer.customer_id.clone()),
             portal_deactivation_counts: true,
             replaces_license_id: None,
+            seat_policy: Default::default(),
             notes: input.notes,
             created_at: now,
             updated_at: now,

@@ -9,9 +9,11 @@ use licensing_domain::model::{Activation, ActivationEvent};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::account_service_server::{AccountService, AccountServiceServer};
 use licensing_proto::account::v1::admin_service_server::{AdminService, AdminServiceServer};
+use licensing_proto::seat::v1 as seat_pb;
 use licensing_runtime::auth::bearer_token;
 use licensing_runtime::auth::{AdminAuth, AdminId};
 use licensing_runtime::convert::proto as conv;
+use licensing_runtime::convert::seat as conv_seat;
 use licensing_runtime::convert::{from_opt_timestamp, from_timestamp};
 use licensing_runtime::convert::{opt_timestamp, to_timestamp};
 use licensing_runtime::status::OrStatus;
@@ -518,6 +520,27 @@ impl AccountService for PortalApi {
         let me = self.me(&request).await?;
         let leases = self.portal.leases(&me, &request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::ListMyLeasesResponse { leases: leases.iter().map(conv::lease).collect() }))
+    }
+
+    async fn get_my_seat_policy(
+        &self,
+        request: Request<pb::GetMySeatPolicyRequest>,
+    ) -> Result<Response<pb::GetMySeatPolicyResponse>, Status> {
+        let me = self.me(&request).await?;
+        let policy = self.portal.seat_policy(&me, &request.get_ref().license_id).await.or_status()?;
+        Ok(Response::new(pb::GetMySeatPolicyResponse { policy: Some(conv_seat::policy(&policy)) }))
+    }
+
+    async fn get_my_usage_report(
+        &self,
+        request: Request<seat_pb::GetUsageReportRequest>,
+    ) -> Result<Response<seat_pb::GetUsageReportResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.get_ref();
+        let from = from_opt_timestamp("from", r.from.as_ref()).map_err(invalid)?;
+        let to = from_opt_timestamp("to", r.to.as_ref()).map_err(invalid)?;
+        let report = self.portal.usage_report(&me, &r.license_id, from, to).await.or_status()?;
+        Ok(Response::new(conv_seat::usage_report(&report, r.as_csv)))
     }
 
     async fn deactivate_installation(

@@ -11,11 +11,13 @@ use licensing_domain::error::StoreError;
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
 use licensing_domain::model::*;
+use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::secrets::{purpose, random_token, PasswordHasher};
 use licensing_domain::store::{
     ActivationStore, ActivationStoreError, DeactivateCommand, DeactivateTarget, LeaseStore, PortalStore,
-    ResetTokenError,
+    ResetTokenError, UpdateError, UsageStore,
 };
+use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::limiter::FailureLimiter;
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
@@ -69,6 +71,8 @@ pub struct Portal {
     activations: Arc<dyn ActivationStore>,
     /// Where live leases are read from; `None` when this process cannot see them.
     leases: Option<Arc<dyn LeaseStore>>,
+    /// The usage log behind usage reports.
+    usage: Arc<dyn UsageStore>,
     passwords: PasswordHasher,
     mailer: Arc<dyn Mailer>,
     settings: PortalSettings,
@@ -107,6 +111,7 @@ impl Portal {
         portal: Arc<dyn PortalStore>,
         activations: Arc<dyn ActivationStore>,
         leases: Option<Arc<dyn LeaseStore>>,
+        usage: Arc<dyn UsageStore>,
         passwords: PasswordHasher,
         mailer: Arc<dyn Mailer>,
         settings: PortalSettings,
@@ -120,6 +125,7 @@ impl Portal {
             portal,
             activations,
             leases,
+            usage,
             passwords,
             mailer,
             settings,
@@ -366,6 +372,32 @@ impl Portal {
         Ok(leases.list(license_id).await?)
     }
 
+    /// The seat policy of one of the account's concurrent licenses.
+    pub async fn seat_policy(&self, me: &str, license_id: &str) -> Result<SeatPolicy, AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        if license.kind != LicenseKind::Concurrent {
+            return Err(AccountError::FailedPrecondition {
+                reason: "WRONG_KIND",
+                message: format!("license {license_id} is not a concurrent license; it has no seat policy"),
+            });
+        }
+        Ok(license.seat_policy)
+    }
+
+    /// The usage report of one of the account's licenses over `[from, to)`.
+    pub async fn usage_report(
+        &self,
+        me: &str,
+        license_id: &str,
+        from: Option<Millis>,
+        to: Option<Millis>,
+    ) -> Result<UsageReport, AccountError> {
+        self.my_license(me, license_id).await?;
+        let (from, to) = report_period(from, to, self.now()).map_err(UpdateError::Rejected)?;
+        let events = self.usage.usage_events(license_id, to).await?;
+        Ok(UsageReport::compute(license_id, &events, from, to))
+    }
+
     /// Deactivates a lost machine's installation, also for an expired license. Counts against
     /// the deactivation limit when the vendor's policy for the license says so.
     pub async fn deactivate_installation(
@@ -449,6 +481,10 @@ impl Portal {
         let seats = if new_seats == 0 { old.seats } else { new_seats };
         validate_seats(seats).map_err(|e| AccountError::invalid("new_seats", e.to_string()))?;
         let now = self.now();
+        // The replacement keeps the seat policy, which must still fit its seats.
+        old.seat_policy.validate(seats, old.expires_at, now).map_err(|e| {
+            AccountError::invalid("new_seats", format!("the license's seat policy does not fit {seats} seats: {e}"))
+        })?;
         let license_key = LicenseKey::generate();
         let salt = random_token("salt", 16);
         let replacement = License {

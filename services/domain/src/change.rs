@@ -20,6 +20,7 @@ pub enum LicenseChange {
         upgrades_until: Millis,
     },
     SetPortalDeactivationCounts(bool),
+    SetSeatPolicy(crate::seat_policy::SeatPolicy),
     Associate(Option<String>),
     /// Associates with this account unless another account holds the license.
     Claim(String),
@@ -93,6 +94,7 @@ impl LicenseChange {
             Self::RemoveModules(_) => "license.modules_removed",
             Self::ExtendUpgradePeriod { .. } => "license.upgrade_period_extended",
             Self::SetPortalDeactivationCounts(_) => "license.portal_deactivation_policy_changed",
+            Self::SetSeatPolicy(_) => "license.seat_policy_changed",
             Self::Associate(Some(_)) => "license.associated",
             Self::Associate(None) => "license.dissociated",
             Self::Claim(_) => "license.associated",
@@ -141,6 +143,13 @@ impl LicenseChange {
                     return Err(invalid("seats", "cloud licenses have no seats"));
                 }
                 validate_seats(*seats)?;
+                let reserved = license.seat_policy.reserved_seats();
+                if reserved > *seats {
+                    return Err(invalid(
+                        "seats",
+                        format!("the seat policy reserves {reserved} seats; lower its reservations first"),
+                    ));
+                }
                 license.seats = *seats;
             }
             Self::SetAllowedDeactivations(n) => {
@@ -179,6 +188,17 @@ impl LicenseChange {
                 license.upgrades_until = Some(*upgrades_until);
             }
             Self::SetPortalDeactivationCounts(counts) => license.portal_deactivation_counts = *counts,
+            Self::SetSeatPolicy(policy) => {
+                if license.kind != crate::model::LicenseKind::Concurrent {
+                    return Err(ChangeError::NotAllowed(format!(
+                        "license {} is a {} license; seat policies apply to concurrent licenses",
+                        license.license_id,
+                        license.kind.as_str()
+                    )));
+                }
+                policy.validate(license.seats, license.expires_at, now)?;
+                license.seat_policy = policy.clone();
+            }
             Self::Associate(customer) => license.associated_customer_id = customer.clone(),
             Self::Claim(customer) => match &license.associated_customer_id {
                 Some(holder) if holder != customer => {

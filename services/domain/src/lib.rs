@@ -15,6 +15,8 @@
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`version`]: product versions.
+//! - [`seat_policy`]: per-license seat policy and the rule that decides a new seat.
+//! - [`usage`]: usage reports computed from the usage log, and their CSV form.
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
 
 pub mod certificate;
@@ -25,6 +27,8 @@ pub mod fingerprint;
 pub mod ids;
 pub mod license_key;
 pub mod model;
+pub mod seat_policy;
 pub mod secrets;
 pub mod store;
+pub mod usage;
 pub mod version;

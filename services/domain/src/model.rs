@@ -102,6 +102,8 @@ pub struct License {
     pub portal_deactivation_counts: bool,
     pub replaces_license_id: Option<String>,
     pub notes: String,
+    /// How the seats of a concurrent license are shared, reserved and limited.
+    pub seat_policy: crate::seat_policy::SeatPolicy,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -265,9 +267,88 @@ pub struct Lease {
     pub expires_at: Millis,
     /// Per-license fencing number given at checkout; only grows.
     pub fence: i64,
-    /// Seats of the pool this lease holds.
+    /// Seats of the pool the lease's seat holds (token-based features cost more than one).
     pub seats_held: i32,
     pub ttl_ms: i64,
+    /// The seat this lease holds: its own lease ID, or that of the lease whose seat it shares.
+    pub group_id: String,
+    /// Processes holding this seat (more than one under a sharing policy).
+    pub shared_processes: i32,
+    /// Borrowed for offline use: lives until `expires_at` without heartbeats.
+    pub borrowed: bool,
+    /// The seat was taken beyond the license's seats.
+    pub overdraft: bool,
+    /// Checked in, but the seat is held for the linger period.
+    pub lingering: bool,
+    /// The reservation the seat is charged to ([`crate::seat_policy::Principal::key`]), or "".
+    pub bucket: String,
+    /// Principal keys the seat counts against for caps.
+    pub principals: Vec<String>,
+    /// Key under which later checkouts may share this seat, or "".
+    pub share_key: String,
+}
+
+/// A lease taken out of its pool, with the seats that became free (0 when other processes
+/// still share the seat, or when it lingers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub lease: Lease,
+    pub seats_freed: i32,
+}
+
+/// What the usage log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UsageKind {
+    Checkout,
+    Checkin,
+    Expired,
+    Revoked,
+    Denied,
+    /// A lingering seat was finally freed.
+    LingerEnded,
+    /// Events lost because the usage queue was full; `count` says how many.
+    Dropped,
+}
+
+impl UsageKind {
+    pub const ALL: [Self; 7] =
+        [Self::Checkout, Self::Checkin, Self::Expired, Self::Revoked, Self::Denied, Self::LingerEnded, Self::Dropped];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checkout => "checkout",
+            Self::Checkin => "checkin",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Denied => "denied",
+            Self::LingerEnded => "linger_ended",
+            Self::Dropped => "dropped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One line of a license's usage log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    pub license_id: String,
+    pub occurred_at: Millis,
+    pub kind: UsageKind,
+    pub lease_id: String,
+    /// The seat (see [`Lease::group_id`]); seat hours are counted per seat.
+    pub group_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    /// Seats taken (positive) or freed (negative) by this event.
+    pub seats_delta: i32,
+    pub overdraft: bool,
+    pub borrowed: bool,
+    /// Why a checkout was denied.
+    pub reason: String,
+    /// Events this line stands for (more than one only for [`UsageKind::Dropped`]).
+    pub count: i64,
 }
 
 /// A payment recorded with an admin action.

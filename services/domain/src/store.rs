@@ -5,6 +5,7 @@ use crate::change::{ChangeError, LicenseChange};
 use crate::clock::Millis;
 use crate::error::StoreError;
 use crate::model::*;
+use crate::seat_policy::{SeatDenial, SeatLimits};
 use async_trait::async_trait;
 
 /// Why an update of a license failed.
@@ -187,7 +188,7 @@ pub trait ActivationStore: Send + Sync + 'static {
     async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError>;
 }
 
-/// A checkout, decided atomically by the lease store against the pool's seats.
+/// A checkout, decided atomically by the lease store against the pool's seats and policy.
 #[derive(Debug, Clone)]
 pub struct CheckoutCommand {
     pub license_id: String,
@@ -199,22 +200,33 @@ pub struct CheckoutCommand {
     pub host: String,
     pub feature: String,
     pub ttl_ms: i64,
-    /// Seats this checkout takes from the pool.
+    /// Seats a new seat takes from the pool.
     pub cost: i32,
+    /// Reservations, caps and overdraft as they apply to this checkout.
+    pub limits: SeatLimits,
+    /// Someone is ahead in the wait queue: no new seat, though renewing, reclaiming a lingering
+    /// seat or sharing one still works.
+    pub queue_blocked: bool,
+    /// Join a live seat with this key, if it has room for another process.
+    pub share_key: Option<String>,
+    /// Processes per shared seat; 0 means no limit.
+    pub max_processes: i32,
+    /// Borrowed for offline use: `ttl_ms` is the borrow period, and heartbeats do not extend it.
+    pub borrowed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckoutOutcome {
     Granted {
         lease: Lease,
+        /// The client's own live or lingering lease was given back.
         renewed: bool,
         in_use: i32,
+        /// Seats this checkout took from the pool (0 when renewed or shared).
+        seats_taken: i32,
     },
-    /// No seat free: how many are in use and when the earliest lease would expire.
-    Full {
-        in_use: i32,
-        earliest_expiry: Option<Millis>,
-    },
+    /// No seat for this checkout: why, how many are in use and when the earliest lease expires.
+    Denied { denial: SeatDenial, in_use: i32, earliest_expiry: Option<Millis> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,28 +236,41 @@ pub enum HeartbeatOutcome {
     Expired,
     /// The lease was revoked by an administrator.
     Revoked,
-    /// No such lease on this license.
+    /// No such lease on this license (or it was checked in).
     Unknown,
 }
 
 /// Floating-seat leases. Every operation is atomic on one license's pool; expiry is judged by
 /// the store's own clock (Redis server time, or the embedded server's clock), and an expired
 /// lease never counts, whether or not anything has swept it yet.
+///
+/// A lease holds a seat (its group): several leases share one under a sharing policy, and the
+/// seat's cost is charged when the seat is opened and freed when its last lease goes.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
     async fn checkout(&self, command: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError>;
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError>;
-    /// `false` when the lease was already gone (a retried checkin).
-    async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError>;
+    /// Checks a lease in: frees it at once, or with `linger_ms` > 0 keeps its seat for the same
+    /// user, host and feature that long (a borrowed lease is always freed at once). `None` when
+    /// the lease was already gone or already lingering (a retried checkin).
+    async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError>;
     /// Removes the lease and raises the license's fence; `None` when there was no such lease.
-    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<i64>, StoreError>;
-    /// Live leases, earliest expiry first.
+    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError>;
+    /// Live leases (lingering ones included), earliest expiry first.
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError>;
     /// Removes the expired leases of licenses whose earliest expiry has passed, and returns them
     /// so they can be recorded. Its cost grows with the expired leases, not with all leases.
-    async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError>;
+    async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError>;
     /// The store's current time (Redis TIME for Redis).
     async fn now(&self) -> Result<Millis, StoreError>;
+}
+
+/// The usage log: appended in batches by a background writer, read by reports.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    async fn append_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError>;
+    /// Every event of a license before `until`, in the order they happened.
+    async fn usage_events(&self, license_id: &str, until: Millis) -> Result<Vec<UsageEvent>, StoreError>;
 }
 
 /// Why a reset token cannot be used.

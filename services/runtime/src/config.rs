@@ -51,6 +51,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
+    ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
     ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail; without it mail goes to files in <data dir>/outbox"),
     ("LICENSING_MAIL_FROM", "sender address of portal mail"),
     ("LICENSING_RESET_URL", "portal page that password reset mail links to (the token is appended as ?token=)"),
@@ -87,6 +88,8 @@ pub struct Config {
     pub fingerprint_match: f64,
     pub watch_poll: Duration,
     pub sweep_interval: Duration,
+    /// Capacity of the bounded usage-log queue.
+    pub usage_queue: usize,
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub reset_url: String,
@@ -186,6 +189,7 @@ impl Config {
             reset_url: non_empty(lookup, "LICENSING_RESET_URL")
                 .unwrap_or_else(|| "http://localhost:8080/reset-password".into()),
             sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
+            usage_queue: parse(lookup, "LICENSING_USAGE_QUEUE", 10_000usize, "a whole number")?.max(1),
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
             otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),

@@ -31,6 +31,170 @@ pub fn from_opt_timestamp(field: &str, ts: Option<&Timestamp>) -> Result<Option<
     ts.map(|t| from_timestamp(field, t)).transpose()
 }
 
+pub fn to_duration(millis: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// Milliseconds of a request's duration (unset is 0), or a message naming the field.
+pub fn from_duration(field: &str, d: Option<&prost_types::Duration>) -> Result<i64, String> {
+    match d {
+        None => Ok(0),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(format!("{field}: must not be negative")),
+        Some(d) => d
+            .seconds
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
+            .filter(|ms| *ms <= MAX_MILLIS)
+            .ok_or_else(|| format!("{field}: is too long")),
+    }
+}
+
+pub mod seat {
+    //! Seat policies and usage reports to and from `licensing.seat.v1`.
+    use super::{from_duration, to_duration, to_timestamp};
+    use licensing_domain::seat_policy::*;
+    use licensing_domain::usage::UsageReport;
+    use licensing_proto::seat::v1 as pb;
+
+    fn principal(p: &Principal) -> pb::Principal {
+        let kind = match p.kind {
+            PrincipalKind::User => pb::PrincipalKind::User,
+            PrincipalKind::Host => pb::PrincipalKind::Host,
+            PrincipalKind::Group => pb::PrincipalKind::Group,
+        };
+        pb::Principal { kind: kind as i32, name: p.name.clone() }
+    }
+
+    fn principal_from(field: &'static str, p: Option<&pb::Principal>) -> Result<Principal, (&'static str, String)> {
+        let p = p.ok_or((field, "every entry needs a principal".to_string()))?;
+        let kind = match pb::PrincipalKind::try_from(p.kind) {
+            Ok(pb::PrincipalKind::User) => PrincipalKind::User,
+            Ok(pb::PrincipalKind::Host) => PrincipalKind::Host,
+            Ok(pb::PrincipalKind::Group) => PrincipalKind::Group,
+            _ => {
+                return Err((field, format!("principal '{}' needs a kind: USER, HOST or GROUP", p.name)));
+            }
+        };
+        Ok(Principal { kind, name: p.name.clone() })
+    }
+
+    pub fn policy(p: &SeatPolicy) -> pb::SeatPolicy {
+        let share_scope = match p.share_scope {
+            ShareScope::None => pb::ShareScope::None,
+            ShareScope::UserHost => pb::ShareScope::UserHost,
+            ShareScope::User => pb::ShareScope::User,
+            ShareScope::Host => pb::ShareScope::Host,
+        };
+        pb::SeatPolicy {
+            share_scope: share_scope as i32,
+            max_processes_per_seat: p.max_processes_per_seat,
+            linger: Some(to_duration(p.linger_ms)),
+            max_borrow: Some(to_duration(p.max_borrow_ms)),
+            overdraft_seats: p.overdraft_seats,
+            reservations: p
+                .reservations
+                .iter()
+                .map(|r| pb::Reservation { principal: Some(principal(&r.principal)), seats: r.seats })
+                .collect(),
+            caps: p
+                .caps
+                .iter()
+                .map(|c| pb::SeatCap { principal: Some(principal(&c.principal)), max_seats: c.max_seats })
+                .collect(),
+            allow: p.allow.iter().map(principal).collect(),
+            deny: p.deny.iter().map(principal).collect(),
+            feature_costs: p.feature_costs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            default_ttl: Some(to_duration(p.default_ttl_ms)),
+            groups: p
+                .groups
+                .iter()
+                .map(|g| pb::SeatGroup { name: g.name.clone(), members: g.members.iter().map(principal).collect() })
+                .collect(),
+        }
+    }
+
+    /// A policy from a request; the error names the field. Values are checked by
+    /// [`SeatPolicy::validate`] afterwards, against the license.
+    pub fn policy_from(p: &pb::SeatPolicy) -> Result<SeatPolicy, (&'static str, String)> {
+        let share_scope = match pb::ShareScope::try_from(p.share_scope) {
+            Ok(pb::ShareScope::Unspecified | pb::ShareScope::None) => ShareScope::None,
+            Ok(pb::ShareScope::UserHost) => ShareScope::UserHost,
+            Ok(pb::ShareScope::User) => ShareScope::User,
+            Ok(pb::ShareScope::Host) => ShareScope::Host,
+            Err(_) => return Err(("share_scope", format!("unknown share scope {}", p.share_scope))),
+        };
+        let ms = |field: &'static str, d: Option<&prost_types::Duration>| {
+            from_duration(field, d).map_err(|m| (field, m.split_once(": ").map_or(m.clone(), |(_, m)| m.to_owned())))
+        };
+        let list = |field: &'static str, items: &[pb::Principal]| {
+            items.iter().map(|p| principal_from(field, Some(p))).collect::<Result<Vec<_>, _>>()
+        };
+        Ok(SeatPolicy {
+            share_scope,
+            max_processes_per_seat: p.max_processes_per_seat,
+            linger_ms: ms("linger", p.linger.as_ref())?,
+            max_borrow_ms: ms("max_borrow", p.max_borrow.as_ref())?,
+            overdraft_seats: p.overdraft_seats,
+            reservations: p
+                .reservations
+                .iter()
+                .map(|r| {
+                    Ok(Reservation { principal: principal_from("reservations", r.principal.as_ref())?, seats: r.seats })
+                })
+                .collect::<Result<_, _>>()?,
+            caps: p
+                .caps
+                .iter()
+                .map(|c| {
+                    Ok(SeatCap { principal: principal_from("caps", c.principal.as_ref())?, max_seats: c.max_seats })
+                })
+                .collect::<Result<_, _>>()?,
+            allow: list("allow", &p.allow)?,
+            deny: list("deny", &p.deny)?,
+            feature_costs: p.feature_costs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            default_ttl_ms: ms("default_ttl", p.default_ttl.as_ref())?,
+            groups: p
+                .groups
+                .iter()
+                .map(|g| Ok(SeatGroup { name: g.name.clone(), members: list("groups", &g.members)? }))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn usage_report(r: &UsageReport, with_csv: bool) -> pb::GetUsageReportResponse {
+        pb::GetUsageReportResponse {
+            daily_peaks: r
+                .days
+                .iter()
+                .map(|d| pb::DailyPeak {
+                    day: d.day.clone(),
+                    peak_seats: d.peak_seats,
+                    seat_hours: d.seat_hours,
+                    checkouts: d.checkouts,
+                    denials: d.denials,
+                })
+                .collect(),
+            total_seat_hours: r.total_seat_hours,
+            denials: r
+                .denials
+                .iter()
+                .map(|(reason, count)| pb::DenialCount { reason: reason.clone(), count: *count })
+                .collect(),
+            top_users: r
+                .top_users
+                .iter()
+                .map(|u| pb::UserUsage { user: u.user.clone(), seat_hours: u.seat_hours, checkouts: u.checkouts })
+                .collect(),
+            events_dropped: r.events_dropped,
+            csv: if with_csv { r.to_csv() } else { String::new() },
+            checkouts: r.checkouts,
+            overdraft_checkouts: r.overdraft_checkouts,
+            from: Some(to_timestamp(r.from)),
+            to: Some(to_timestamp(r.to)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,9 +329,10 @@ pub mod proto {
             expires_at: Some(to_timestamp(l.expires_at)),
             fence: l.fence,
             seats_held: l.seats_held,
-            borrowed: false,
-            overdraft: false,
-            shared_processes: 1,
+            borrowed: l.borrowed,
+            overdraft: l.overdraft,
+            shared_processes: l.shared_processes,
+            lingering: l.lingering,
         }
     }
 

@@ -1,8 +1,10 @@
 //! [`SeatError`] and its gRPC class.
 
+use licensing_domain::change::ChangeError;
 use licensing_domain::clock::Millis;
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
-use licensing_domain::store::Refusal;
+use licensing_domain::seat_policy::SeatDenial;
+use licensing_domain::store::{Refusal, UpdateError};
 use licensing_runtime::auth::AuthError;
 use licensing_runtime::credentials::CredentialError;
 use std::time::Duration;
@@ -19,14 +21,19 @@ pub enum SeatError {
     LicenseState(Refusal),
     #[error("feature '{feature}' is not licensed by license {license_id}")]
     FeatureNotLicensed { license_id: String, feature: String },
-    #[error("all {seats} seats of license {license_id} are in use ({in_use} held){}", earliest_text(*.earliest_expiry))]
+    #[error("{}{}", denial_text(license_id, *seats, *in_use, denial), earliest_text(*.earliest_expiry))]
     NoSeat {
         license_id: String,
         seats: i32,
         in_use: i32,
+        denial: SeatDenial,
         earliest_expiry: Option<Millis>,
         retry_after: Option<Duration>,
     },
+    #[error("{}", denial_text(license_id, 0, 0, denial))]
+    Denied { license_id: String, denial: SeatDenial },
+    #[error("license {0} does not allow borrowing; ask its administrator to set max_borrow")]
+    BorrowNotAllowed(String),
     #[error("lease {0} has expired: check out again")]
     LeaseExpired(String),
     #[error("lease {0} was revoked by an administrator")]
@@ -39,12 +46,42 @@ pub enum SeatError {
     WaitTimedOut(u128),
     #[error("{0}")]
     NotAvailable(&'static str),
+    #[error("{0}")]
+    PolicyNotAllowed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+fn denial_text(license_id: &str, seats: i32, in_use: i32, denial: &SeatDenial) -> String {
+    match denial {
+        SeatDenial::Full => format!("all {seats} seats of license {license_id} are in use ({in_use} held)"),
+        SeatDenial::Reserved => format!(
+            "no seat of license {license_id} is free for you: {in_use} of {seats} are in use and the rest are reserved for others"
+        ),
+        SeatDenial::CapReached { principal, max_seats } => {
+            format!("{principal} already holds its limit of {max_seats} seats of license {license_id}")
+        }
+        SeatDenial::Denied { principal } => {
+            format!("the seat policy of license {license_id} denies {principal}")
+        }
+        SeatDenial::NotAllowed => {
+            format!("the seat policy of license {license_id} allows only listed users, hosts and groups; you are not listed")
+        }
+    }
+}
+
 fn earliest_text(earliest: Option<Millis>) -> String {
     earliest.map(|e| format!("; the earliest lease expires at {e} (Unix ms)")).unwrap_or_default()
+}
+
+impl From<UpdateError> for SeatError {
+    fn from(e: UpdateError) -> Self {
+        match e {
+            UpdateError::Store(s) => s.into(),
+            UpdateError::Rejected(ChangeError::Invalid { field, message }) => Self::InvalidArgument { field, message },
+            UpdateError::Rejected(ChangeError::NotAllowed(message)) => Self::PolicyNotAllowed(message),
+        }
+    }
 }
 
 impl SeatError {
@@ -59,9 +96,13 @@ impl ClassifiedError for SeatError {
             Self::Credentials(e) => e.class(),
             Self::Auth(e) => e.class(),
             Self::InvalidArgument { .. } => ErrorClass::InvalidArgument,
-            Self::LicenseState(_) | Self::FeatureNotLicensed { .. } | Self::LeaseRevoked(_) | Self::NotAvailable(_) => {
-                ErrorClass::FailedPrecondition
-            }
+            Self::LicenseState(_)
+            | Self::FeatureNotLicensed { .. }
+            | Self::LeaseRevoked(_)
+            | Self::NotAvailable(_)
+            | Self::BorrowNotAllowed(_)
+            | Self::PolicyNotAllowed(_) => ErrorClass::FailedPrecondition,
+            Self::Denied { .. } => ErrorClass::PermissionDenied,
             Self::NoSeat { .. } => ErrorClass::ResourceExhausted,
             Self::LeaseExpired(_) | Self::LeaseNotFound { .. } | Self::LicenseNotFound(_) => ErrorClass::NotFound,
             Self::WaitTimedOut(_) => ErrorClass::DeadlineExceeded,
@@ -76,7 +117,9 @@ impl ClassifiedError for SeatError {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::LicenseState(r) => r.reason,
             Self::FeatureNotLicensed { .. } => "FEATURE_NOT_LICENSED",
-            Self::NoSeat { .. } => "NO_SEAT_AVAILABLE",
+            Self::NoSeat { denial, .. } | Self::Denied { denial, .. } => denial.reason(),
+            Self::BorrowNotAllowed(_) => "BORROW_NOT_ALLOWED",
+            Self::PolicyNotAllowed(_) => "FAILED_PRECONDITION",
             Self::LeaseExpired(_) => "LEASE_EXPIRED",
             Self::LeaseRevoked(_) => "LEASE_REVOKED",
             Self::LeaseNotFound { .. } => "LEASE_NOT_FOUND",
@@ -111,6 +154,7 @@ mod tests {
                     license_id: "l".into(),
                     seats: 2,
                     in_use: 2,
+                    denial: SeatDenial::Full,
                     earliest_expiry: Some(5),
                     retry_after: Some(Duration::from_secs(3)),
                 },
@@ -132,6 +176,50 @@ mod tests {
             ),
             (StoreError::Unavailable("Redis down".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
             (AuthError::MissingAdminToken.into(), Code::Unauthenticated, "ADMIN_TOKEN_MISSING"),
+            (
+                SeatError::NoSeat {
+                    license_id: "l".into(),
+                    seats: 4,
+                    in_use: 2,
+                    denial: SeatDenial::Reserved,
+                    earliest_expiry: None,
+                    retry_after: None,
+                },
+                Code::ResourceExhausted,
+                "SEATS_RESERVED",
+            ),
+            (
+                SeatError::NoSeat {
+                    license_id: "l".into(),
+                    seats: 4,
+                    in_use: 2,
+                    denial: SeatDenial::CapReached { principal: "u:ann".into(), max_seats: 1 },
+                    earliest_expiry: None,
+                    retry_after: None,
+                },
+                Code::ResourceExhausted,
+                "CAP_REACHED",
+            ),
+            (
+                SeatError::Denied {
+                    license_id: "l".into(),
+                    denial: SeatDenial::Denied { principal: "user 'x'".into() },
+                },
+                Code::PermissionDenied,
+                "DENIED",
+            ),
+            (
+                SeatError::Denied { license_id: "l".into(), denial: SeatDenial::NotAllowed },
+                Code::PermissionDenied,
+                "NOT_ALLOWED",
+            ),
+            (SeatError::BorrowNotAllowed("l".into()), Code::FailedPrecondition, "BORROW_NOT_ALLOWED"),
+            (
+                UpdateError::Rejected(ChangeError::Invalid { field: "reservations", message: "too many".into() })
+                    .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
         ];
         for (error, code, reason) in cases {
             let status = to_status(&error);
@@ -141,6 +229,7 @@ mod tests {
             license_id: "l".into(),
             seats: 2,
             in_use: 2,
+            denial: SeatDenial::Full,
             earliest_expiry: Some(5),
             retry_after: Some(Duration::from_secs(3)),
         });

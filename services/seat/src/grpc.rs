@@ -2,10 +2,13 @@
 
 use crate::service::{CheckoutRequest, Grant, Seats};
 use crate::SeatError;
+use licensing_domain::model::Lease;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
 use licensing_runtime::auth::AdminAuth;
-use licensing_runtime::convert::{proto as conv, to_timestamp};
+use licensing_runtime::convert::{
+    from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp,
+};
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::status::{to_status, OrStatus};
 use std::pin::Pin;
@@ -48,48 +51,47 @@ fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
 }
 
 fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64, Status> {
-    match d {
-        None => Ok(0),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(to_status(&SeatError::invalid(field, "must not be negative"))),
-        Some(d) => d
-            .seconds
-            .checked_mul(1000)
-            .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
-            .ok_or_else(|| to_status(&SeatError::invalid(field, "is too long"))),
-    }
+    from_duration(field, d).map_err(|m| {
+        to_status(&SeatError::invalid(field, m.split_once(": ").map_or(m.as_str(), |(_, m)| m).to_owned()))
+    })
 }
 
-fn duration(ms: i64) -> prost_types::Duration {
-    prost_types::Duration { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+fn timestamp(field: &'static str, t: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
+    from_opt_timestamp(field, t).map_err(|m| {
+        to_status(&SeatError::invalid(field, m.split_once(": ").map_or(m.as_str(), |(_, m)| m).to_owned()))
+    })
 }
 
 fn checkout_request(r: &pb::CheckoutRequest) -> Result<CheckoutRequest, Status> {
-    if r.borrow_for.is_some() {
-        return Err(to_status(&SeatError::NotAvailable(
-            "borrow_for: borrowing is not available in this version; leave it unset",
-        )));
-    }
     Ok(CheckoutRequest {
         feature: r.feature.clone(),
         user: r.user.clone(),
         host: r.host.clone(),
         client_instance_id: r.client_instance_id.clone(),
         ttl_ms: millis("ttl", r.ttl.as_ref())?,
+        borrow_for_ms: millis("borrow_for", r.borrow_for.as_ref())?,
+        groups: r.groups.clone(),
     })
+}
+
+/// Seats held by live leases, each shared seat once.
+fn seats_in_use(leases: &[Lease]) -> i32 {
+    let mut seen = std::collections::HashSet::new();
+    leases.iter().filter(|l| seen.insert(l.group_id.as_str())).map(|l| l.seats_held).sum()
 }
 
 fn grant(g: Grant) -> pb::LeaseGrant {
     pb::LeaseGrant {
         lease_id: g.lease.lease_id.clone(),
         license_id: g.lease.license_id.clone(),
-        ttl: Some(duration(g.lease.ttl_ms)),
+        ttl: Some(to_duration(g.lease.ttl_ms)),
         expires_at: Some(to_timestamp(g.lease.expires_at)),
-        heartbeat_interval: Some(duration(g.heartbeat_interval_ms)),
+        heartbeat_interval: Some(to_duration(g.heartbeat_interval_ms)),
         lease_token: g.token,
         fence: g.lease.fence,
         renewed: g.renewed,
-        overdraft: false,
-        borrowed: false,
+        overdraft: g.lease.overdraft,
+        borrowed: g.lease.borrowed,
         seats_total: g.seats_total,
         seats_in_use: g.seats_in_use,
     }
@@ -118,7 +120,7 @@ impl SeatService for SeatApi {
         let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id).await.or_status()?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(to_timestamp(l.expires_at)),
-            heartbeat_interval: Some(duration((l.ttl_ms / 3).max(1))),
+            heartbeat_interval: Some(to_duration((l.ttl_ms / 3).max(1))),
             lease_token: token,
         }))
     }
@@ -202,7 +204,7 @@ impl SeatService for SeatApi {
         let (license, leases) = self.seats.list(&request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::ListLeasesResponse {
             seats_total: license.seats,
-            seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
+            seats_in_use: seats_in_use(&leases),
             leases: leases.iter().map(conv::lease).collect(),
         }))
     }
@@ -224,27 +226,38 @@ impl SeatService for SeatApi {
         self.require_admin(&request).await?;
         let license_id = request.get_ref().license_id.clone();
         let (license, leases) = self.seats.list(&license_id).await.or_status()?;
+        let in_use = seats_in_use(&leases);
         Ok(Response::new(pb::GetPoolStatusResponse {
             seats_total: license.seats,
-            seats_in_use: leases.iter().map(|l| l.seats_held).sum(),
-            overdraft_in_use: 0,
+            seats_in_use: in_use,
+            overdraft_in_use: (in_use - license.seats).max(0),
             waiting: self.seats.waiting().waiting(&license_id) as i32,
-            policy: None,
+            policy: Some(conv_seat::policy(&license.seat_policy)),
             earliest_expiry: leases.iter().map(|l| l.expires_at).min().map(to_timestamp),
         }))
     }
 
     async fn update_seat_policy(
         &self,
-        _request: Request<pb::UpdateSeatPolicyRequest>,
+        request: Request<pb::UpdateSeatPolicyRequest>,
     ) -> Result<Response<pb::UpdateSeatPolicyResponse>, Status> {
-        Err(Status::unimplemented("seat policies (sharing, linger, borrowing, overdraft, reservations, tokens) are not available in this version"))
+        let admin = self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
+        let r = request.into_inner();
+        let policy = r.policy.as_ref().ok_or_else(|| to_status(&SeatError::invalid("policy", "is required")))?;
+        let policy = conv_seat::policy_from(policy)
+            .map_err(|(field, message)| to_status(&SeatError::InvalidArgument { field, message }))?;
+        let license = self.seats.update_policy(&admin.actor(), &r.license_id, policy).await.or_status()?;
+        Ok(Response::new(pb::UpdateSeatPolicyResponse { policy: Some(conv_seat::policy(&license.seat_policy)) }))
     }
 
     async fn get_usage_report(
         &self,
-        _request: Request<pb::GetUsageReportRequest>,
+        request: Request<pb::GetUsageReportRequest>,
     ) -> Result<Response<pb::GetUsageReportResponse>, Status> {
-        Err(Status::unimplemented("usage reports are not available in this version"))
+        self.require_admin(&request).await?;
+        let r = request.get_ref();
+        let (from, to) = (timestamp("from", r.from.as_ref())?, timestamp("to", r.to.as_ref())?);
+        let report = self.seats.usage_report(&r.license_id, from, to).await.or_status()?;
+        Ok(Response::new(conv_seat::usage_report(&report, r.as_csv)))
     }
 }

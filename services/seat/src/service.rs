@@ -1,12 +1,18 @@
 //! [`Seats`]: the floating-seat use cases over a [`LeaseStore`].
 
+use crate::usage::UsageLog;
 use crate::waiting::{Ticket, WaitQueues};
 use crate::SeatError;
 use licensing_domain::certificate::{Signer, LEASE_TOKEN_CONTEXT};
+use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::ids;
-use licensing_domain::model::{Lease, License, LicenseKind};
-use licensing_domain::store::{CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore};
+use licensing_domain::model::{AuditRecord, Lease, License, LicenseKind, Released, UsageEvent, UsageKind};
+use licensing_domain::seat_policy::SeatPolicy;
+use licensing_domain::store::{
+    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore, UsageStore,
+};
+use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
 use serde_json::json;
 use std::sync::Arc;
@@ -41,6 +47,10 @@ pub struct CheckoutRequest {
     pub client_instance_id: String,
     /// Requested TTL in ms; 0 means the default. Negative is refused.
     pub ttl_ms: i64,
+    /// Borrow for offline use this long (ms); 0 means a normal lease.
+    pub borrow_for_ms: i64,
+    /// Groups the product vouches for.
+    pub groups: Vec<String>,
 }
 
 /// A lease as handed to its holder.
@@ -58,6 +68,8 @@ pub struct Grant {
 pub struct Seats {
     catalog: Arc<dyn CatalogStore>,
     leases: Arc<dyn LeaseStore>,
+    usage_store: Arc<dyn UsageStore>,
+    usage: UsageLog,
     credentials: CredentialResolver,
     signer: Signer,
     settings: SeatSettings,
@@ -65,6 +77,27 @@ pub struct Seats {
 }
 
 const MAX_NAME: usize = 128;
+/// Groups a checkout may name.
+const MAX_GROUPS: usize = 32;
+
+/// The usage-log line of a lease event.
+fn lease_event(kind: UsageKind, at: Millis, lease: &Lease, seats_delta: i32) -> UsageEvent {
+    UsageEvent {
+        license_id: lease.license_id.clone(),
+        occurred_at: at,
+        kind,
+        lease_id: lease.lease_id.clone(),
+        group_id: lease.group_id.clone(),
+        user: lease.user.clone(),
+        host: lease.host.clone(),
+        feature: lease.feature.clone(),
+        seats_delta,
+        overdraft: lease.overdraft,
+        borrowed: lease.borrowed,
+        reason: String::new(),
+        count: 1,
+    }
+}
 
 fn name(field: &'static str, value: &str, required: bool) -> Result<String, SeatError> {
     let value = value.trim();
@@ -95,11 +128,17 @@ impl Seats {
     pub fn new(
         catalog: Arc<dyn CatalogStore>,
         leases: Arc<dyn LeaseStore>,
+        usage_store: Arc<dyn UsageStore>,
+        usage: UsageLog,
         credentials: CredentialResolver,
         signer: Signer,
         settings: SeatSettings,
     ) -> Self {
-        Self { catalog, leases, credentials, signer, settings, waiting: WaitQueues::default() }
+        Self { catalog, leases, usage_store, usage, credentials, signer, settings, waiting: WaitQueues::default() }
+    }
+
+    pub fn usage_log(&self) -> &UsageLog {
+        &self.usage
     }
 
     pub fn settings(&self) -> &SeatSettings {
@@ -110,8 +149,11 @@ impl Seats {
         &self.waiting
     }
 
-    fn ttl(&self, requested: i64) -> Result<i64, SeatError> {
+    fn ttl(&self, requested: i64, policy: &SeatPolicy) -> Result<i64, SeatError> {
         match requested {
+            0 if policy.default_ttl_ms > 0 => {
+                Ok(policy.default_ttl_ms.clamp(self.settings.min_ttl, self.settings.max_ttl))
+            }
             0 => Ok(self.settings.default_ttl),
             t if t < 0 => Err(SeatError::invalid("ttl", "must not be negative (0 means the server default)")),
             t => Ok(t.clamp(self.settings.min_ttl, self.settings.max_ttl)),
@@ -127,6 +169,7 @@ impl Seats {
             "client_instance_id": lease.client_instance_id,
             "fence": lease.fence,
             "expires_at_ms": lease.expires_at,
+            "borrowed": lease.borrowed,
         });
         let blob = self.signer.sign(LEASE_TOKEN_CONTEXT, payload.to_string().as_bytes());
         format!("{}.{}", blob.payload, blob.signature)
@@ -153,8 +196,8 @@ impl Seats {
         Ok(license)
     }
 
-    /// Checks out (or renews) a lease. `ticket` is the caller's place in the wait queue, if any:
-    /// while others wait, a seat goes to the head of the queue first.
+    /// Checks out (or renews) a lease under the license's seat policy. `ticket` is the caller's
+    /// place in the wait queue, if any: while others wait, a new seat goes to the head first.
     pub async fn checkout(
         &self,
         credentials: &Credentials,
@@ -165,33 +208,96 @@ impl Seats {
         let user = name("user", &request.user, false)?;
         let host = name("host", &request.host, false)?;
         let feature = name("feature", &request.feature, false)?;
-        let ttl_ms = self.ttl(request.ttl_ms)?;
+        if request.groups.len() > MAX_GROUPS {
+            return Err(SeatError::invalid("groups", format!("at most {MAX_GROUPS} groups")));
+        }
+        let groups = request.groups.iter().map(|g| name("groups", g, true)).collect::<Result<Vec<_>, _>>()?;
+        if request.borrow_for_ms < 0 {
+            return Err(SeatError::invalid("borrow_for", "must not be negative"));
+        }
         let license = self.credentials.resolve(credentials).await?;
+        let policy = &license.seat_policy;
+        let mut ttl_ms = self.ttl(request.ttl_ms, policy)?;
         let now = self.leases.now().await?;
         license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
         if !feature.is_empty() && !license.modules.contains(&feature) {
             return Err(SeatError::FeatureNotLicensed { license_id: license.license_id.clone(), feature });
         }
+        let borrowed = request.borrow_for_ms > 0;
+        if borrowed {
+            if policy.max_borrow_ms == 0 {
+                return Err(SeatError::BorrowNotAllowed(license.license_id.clone()));
+            }
+            if request.borrow_for_ms > policy.max_borrow_ms {
+                return Err(SeatError::invalid(
+                    "borrow_for",
+                    format!(
+                        "license {} allows borrowing for at most {} h",
+                        license.license_id,
+                        policy.max_borrow_ms as f64 / 3_600_000.0
+                    ),
+                ));
+            }
+            // Never past the license's own expiry.
+            ttl_ms = license.expires_at.map_or(request.borrow_for_ms, |e| request.borrow_for_ms.min(e - now));
+        }
+        let principals = policy.principals(&user, &host, &groups);
+        let denied_event = |reason: &str| UsageEvent {
+            license_id: license.license_id.clone(),
+            occurred_at: now,
+            kind: UsageKind::Denied,
+            lease_id: String::new(),
+            group_id: String::new(),
+            user: user.clone(),
+            host: host.clone(),
+            feature: feature.clone(),
+            seats_delta: 0,
+            overdraft: false,
+            borrowed,
+            reason: reason.to_owned(),
+            count: 1,
+        };
+        if let Err(denial) = policy.admits(&principals) {
+            self.usage.record(denied_event(denial.reason()));
+            return Err(SeatError::Denied { license_id: license.license_id.clone(), denial });
+        }
         let command = CheckoutCommand {
             license_id: license.license_id.clone(),
-            seats: if self.waiting.someone_else_first(&license.license_id, ticket) { 0 } else { license.seats },
+            seats: license.seats,
             lease_id: ids::new_id(ids::LEASE),
             client_instance_id,
-            user,
-            host,
-            feature,
+            user: user.clone(),
+            host: host.clone(),
+            cost: policy.cost(&feature),
+            share_key: policy.share_key(&user, &host, &feature),
+            feature: feature.clone(),
             ttl_ms,
-            cost: 1,
+            limits: policy.limits_for(&principals),
+            queue_blocked: self.waiting.someone_else_first(&license.license_id, ticket),
+            max_processes: policy.max_processes_per_seat,
+            borrowed,
         };
         match self.leases.checkout(&command).await? {
-            CheckoutOutcome::Granted { lease, renewed, in_use } => Ok(self.grant(lease, renewed, &license, in_use)),
-            CheckoutOutcome::Full { in_use, earliest_expiry } => Err(SeatError::NoSeat {
-                license_id: license.license_id.clone(),
-                seats: license.seats,
-                in_use,
-                earliest_expiry,
-                retry_after: earliest_expiry.map(|e| Duration::from_millis((e - now).max(0) as u64)),
-            }),
+            CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => {
+                if !renewed {
+                    self.usage.record(lease_event(UsageKind::Checkout, lease.checked_out_at, &lease, seats_taken));
+                }
+                Ok(self.grant(lease, renewed, &license, in_use))
+            }
+            CheckoutOutcome::Denied { denial, in_use, earliest_expiry } => {
+                // A queued waiter retries on its own; its retries are not separate denials.
+                if ticket.is_none() {
+                    self.usage.record(denied_event(denial.reason()));
+                }
+                Err(SeatError::NoSeat {
+                    license_id: license.license_id.clone(),
+                    seats: license.seats,
+                    in_use,
+                    denial,
+                    earliest_expiry,
+                    retry_after: earliest_expiry.map(|e| Duration::from_millis((e - now).max(0) as u64)),
+                })
+            }
         }
     }
 
@@ -215,15 +321,21 @@ impl Seats {
         }
     }
 
-    /// Idempotent: `false` when the lease was already gone.
+    /// Idempotent: `false` when the lease was already gone. Under a linger policy the seat
+    /// stays held for the same user, host and feature for the linger period.
     pub async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
-        let released = self.leases.checkin(license_id, lease_id).await?;
-        if released {
+        let linger_ms = self.catalog.get_license(license_id).await?.map_or(0, |l| l.seat_policy.linger_ms);
+        let Some(released) = self.leases.checkin(license_id, lease_id, linger_ms).await? else {
+            return Ok(false);
+        };
+        let now = self.leases.now().await?;
+        self.usage.record(lease_event(UsageKind::Checkin, now, &released.lease, -released.seats_freed));
+        if released.seats_freed > 0 {
             self.waiting.notify(license_id);
         }
-        Ok(released)
+        Ok(true)
     }
 
     /// The License ID the credentials name, if they are right and the license is usable now.
@@ -246,10 +358,11 @@ impl Seats {
     pub async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<i64, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
-        let fence = self.leases.revoke(license_id, lease_id).await?.ok_or_else(|| SeatError::LeaseNotFound {
-            license_id: license_id.to_owned(),
-            lease_id: lease_id.to_owned(),
+        let (fence, released) = self.leases.revoke(license_id, lease_id).await?.ok_or_else(|| {
+            SeatError::LeaseNotFound { license_id: license_id.to_owned(), lease_id: lease_id.to_owned() }
         })?;
+        let now = self.leases.now().await?;
+        self.usage.record(lease_event(UsageKind::Revoked, now, &released.lease, -released.seats_freed));
         self.waiting.notify(license_id);
         Ok(fence)
     }
@@ -257,11 +370,41 @@ impl Seats {
     /// Records the leases that expired (the seats were already free: expired leases never count).
     pub async fn sweep(&self) -> Result<usize, SeatError> {
         let expired = self.leases.sweep_expired(1000).await?;
-        for lease in &expired {
-            tracing::info!(license_id = %lease.license_id, lease_id = %lease.lease_id, user = %lease.user, host = %lease.host, "lease expired");
+        for Released { lease, seats_freed } in &expired {
+            let kind = if lease.lingering { UsageKind::LingerEnded } else { UsageKind::Expired };
+            tracing::info!(license_id = %lease.license_id, lease_id = %lease.lease_id, user = %lease.user, host = %lease.host, kind = kind.as_str(), "lease ended");
+            self.usage.record(lease_event(kind, lease.expires_at, lease, -seats_freed));
             self.waiting.notify(&lease.license_id);
         }
         Ok(expired.len())
+    }
+
+    /// Sets the seat policy of a concurrent license; a contradictory one is refused with the
+    /// field named and the old policy kept.
+    pub async fn update_policy(&self, actor: &str, license_id: &str, policy: SeatPolicy) -> Result<License, SeatError> {
+        check_id("license_id", ids::LICENSE, license_id)?;
+        let now = self.leases.now().await?;
+        let audit = AuditRecord::new(actor, "license.seat_policy_changed", license_id);
+        Ok(self.catalog.update_license(license_id, &LicenseChange::SetSeatPolicy(policy), now, audit, None).await?)
+    }
+
+    /// The usage report of a license over `[from, to)`; unset `to` is now, unset `from` is 30
+    /// days before `to`. Events recorded by this process are written first.
+    pub async fn usage_report(
+        &self,
+        license_id: &str,
+        from: Option<Millis>,
+        to: Option<Millis>,
+    ) -> Result<UsageReport, SeatError> {
+        check_id("license_id", ids::LICENSE, license_id)?;
+        let (from, to) = report_period(from, to, self.leases.now().await?)
+            .map_err(|e| SeatError::from(licensing_domain::store::UpdateError::Rejected(e)))?;
+        if self.catalog.get_license(license_id).await?.is_none() {
+            return Err(SeatError::LicenseNotFound(license_id.to_owned()));
+        }
+        self.usage.flush().await;
+        let events = self.usage_store.usage_events(license_id, to).await?;
+        Ok(UsageReport::compute(license_id, &events, from, to))
     }
 
     pub async fn now(&self) -> Result<Millis, SeatError> {

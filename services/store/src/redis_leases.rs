@@ -4,11 +4,16 @@
 //!
 //! Keys of license L:
 //! - `lease:{L}:z`: ZSET lease ID -> expiry (ms)
-//! - `lease:{L}:d`: HASH lease ID -> `fence|client|user|host|feature|since|cost|ttl`
+//! - `lease:{L}:d`: HASH lease ID -> packed lease (see `PRELUDE`)
 //! - `lease:{L}:c`: HASH client instance ID -> lease ID (reconnects renew, not double count)
-//! - `lease:{L}:u`: seats in use (sum of costs of live leases)
+//! - `lease:{L}:u`: seats in use (sum of the costs of open seat groups)
 //! - `lease:{L}:f`: fencing counter
 //! - `lease:{L}:x`: LIST of expired leases not yet recorded by the sweep
+//! - `lease:{L}:g`: HASH seat group -> packed group (processes sharing it, and its charge)
+//! - `lease:{L}:s`: HASH share key -> the seat group new sharers join
+//! - `lease:{L}:b`: HASH reservation -> seats held under it
+//! - `lease:{L}:h`: HASH principal (`u:…`, `h:…`, `g:…`) -> seats held, for caps
+//! - `lease:{L}:l`: HASH user, host and feature -> lingering lease
 //! - `lease:{L}:r:<lease>`: revocation tombstone (expires by itself)
 //!
 //! Plus `leases:sweep`, a ZSET license -> earliest expiry, so the sweep visits only pools
@@ -17,7 +22,8 @@
 use async_trait::async_trait;
 use licensing_domain::clock::Millis;
 use licensing_domain::error::StoreError;
-use licensing_domain::model::Lease;
+use licensing_domain::model::{Lease, Released};
+use licensing_domain::seat_policy::SeatDenial;
 use licensing_domain::store::*;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -26,130 +32,278 @@ use std::time::Duration;
 const SWEEP_INDEX: &str = "leases:sweep";
 /// How long a revocation is remembered, so the revoked holder hears "revoked", not "unknown".
 const TOMBSTONE_MS: i64 = 24 * 3_600_000;
+/// Separates packed fields; names are validated free of control characters, so it cannot
+/// appear in them.
+const SEP: char = '\u{1f}';
+/// Separates principal keys inside one field.
+const LIST_SEP: char = '\u{1e}';
 
-/// Shared Lua: `now`, reaping expired leases into the expired list, and unpacking.
+/// Shared Lua: the keys, `now`, packing, seat-group accounting and reaping.
+///
+/// A lease is packed as `fence client user host feature since cost ttl group flags bucket
+/// principals share_key` (flags: `b` borrowed, `o` overdraft, `l` lingering). A seat group is
+/// packed as `members cost bucket overdraft principals`; its cost is charged when it opens
+/// and freed when its last lease goes.
 const PRELUDE: &str = r#"
+local K = {z = KEYS[1], d = KEYS[2], c = KEYS[3], u = KEYS[4], x = KEYS[5], f = KEYS[6],
+           g = KEYS[7], s = KEYS[8], b = KEYS[9], h = KEYS[10], l = KEYS[11], r = KEYS[12]}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function field(packed, n)
-  local i = 0
-  for part in string.gmatch(packed, '([^|]*)|?') do
-    i = i + 1
-    if i == n then return part end
-  end
+local S = '\31'
+local function fields(packed)
+  local out = {}
+  for part in string.gmatch(packed .. S, '([^\31]*)\31') do table.insert(out, part) end
+  return out
+end
+local function pack(f) return table.concat(f, S) end
+local function has(flags, c) return string.find(flags, c, 1, true) ~= nil end
+local function without(flags, c) return (string.gsub(flags, c, '')) end
+local function each_principal(list, fn)
+  for p in string.gmatch(list, '([^\30]+)') do fn(p) end
+end
+local function counter(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
+local function bump(key, field, by)
+  if redis.call('HINCRBY', key, field, by) <= 0 then redis.call('HDEL', key, field) end
+end
+local function group(gid)
+  local packed = redis.call('HGET', K.g, gid)
+  if packed then return fields(packed) end
   return nil
 end
-local function remove(z, d, c, u, id)
-  local packed = redis.call('HGET', d, id)
-  redis.call('ZREM', z, id)
-  redis.call('HDEL', d, id)
-  if packed then
-    local client = field(packed, 2)
-    if redis.call('HGET', c, client) == id then redis.call('HDEL', c, client) end
-    redis.call('DECRBY', u, tonumber(field(packed, 7)))
-  end
-  return packed
+local function members(gid)
+  local gr = group(gid)
+  if gr then return tonumber(gr[1]) end
+  return 0
 end
-local function reap(z, d, c, u, x)
-  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'WITHSCORES')
+local function linger_key(f) return f[3] .. S .. f[4] .. S .. f[5] end
+-- Takes a lease out of its seat group; frees the seat when it was the last. Returns seats freed.
+local function leave(f)
+  local gr = group(f[9])
+  if not gr then return 0 end
+  local left = tonumber(gr[1]) - 1
+  if left > 0 then
+    gr[1] = tostring(left)
+    redis.call('HSET', K.g, f[9], pack(gr))
+    return 0
+  end
+  redis.call('HDEL', K.g, f[9])
+  if f[13] ~= '' and redis.call('HGET', K.s, f[13]) == f[9] then redis.call('HDEL', K.s, f[13]) end
+  local cost = tonumber(gr[2])
+  redis.call('DECRBY', K.u, cost)
+  if gr[3] ~= '' then bump(K.b, gr[3], -cost) end
+  each_principal(gr[5], function(p) bump(K.h, p, -cost) end)
+  return cost
+end
+local function remove(id)
+  local packed = redis.call('HGET', K.d, id)
+  redis.call('ZREM', K.z, id)
+  redis.call('HDEL', K.d, id)
+  if not packed then return nil, 0 end
+  local f = fields(packed)
+  if redis.call('HGET', K.c, f[2]) == id then redis.call('HDEL', K.c, f[2]) end
+  if redis.call('HGET', K.l, linger_key(f)) == id then redis.call('HDEL', K.l, linger_key(f)) end
+  return f, leave(f)
+end
+local function reap()
+  local expired = redis.call('ZRANGEBYSCORE', K.z, '-inf', now, 'WITHSCORES')
   for i = 1, #expired, 2 do
-    local packed = remove(z, d, c, u, expired[i])
-    if packed then
-      redis.call('LPUSH', x, expired[i] .. '|' .. expired[i + 1] .. '|' .. packed)
+    local f, freed = remove(expired[i])
+    if f then
+      redis.call('LPUSH', K.x, expired[i] .. S .. expired[i + 1] .. S .. freed .. S .. pack(f))
     end
   end
-  redis.call('LTRIM', x, 0, 9999)
+  redis.call('LTRIM', K.x, 0, 9999)
 end
+local function in_use() return tonumber(redis.call('GET', K.u) or '0') end
 "#;
 
 const CHECKOUT: &str = r#"
--- KEYS: z d c u f x ; ARGV: seats lease_id client ttl user host feature cost
-reap(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
-local seats, ttl, cost = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[8])
-local existing = redis.call('HGET', KEYS[3], ARGV[3])
-if existing then
-  local packed = redis.call('HGET', KEYS[2], existing)
-  if packed and redis.call('ZSCORE', KEYS[1], existing) then
-    local own_ttl = tonumber(field(packed, 8))
-    redis.call('ZADD', KEYS[1], 'XX', now + own_ttl, existing)
-    return {1, existing, packed, now, now + own_ttl, tonumber(redis.call('GET', KEYS[4]) or '0')}
+-- ARGV: lease_id client user host feature ttl cost seats overdraft queue_blocked borrowed
+--       share_key max_processes principals n_res (key seats candidate)* n_caps (key max)*
+reap()
+local ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7])
+local borrowed = ARGV[11] == '1'
+local function granted(kind, id, f, expiry, taken)
+  redis.call('HSET', K.d, id, pack(f))
+  redis.call('ZADD', K.z, expiry, id)
+  return {kind, id, pack(f), expiry, in_use(), taken, members(f[9])}
+end
+-- The client's own live lease: renewed (a borrowed one keeps its period unless borrowed anew).
+local own = redis.call('HGET', K.c, ARGV[2])
+if own and redis.call('ZSCORE', K.z, own) then
+  local f = fields(redis.call('HGET', K.d, own))
+  local expiry = now + tonumber(f[8])
+  if borrowed then
+    f[8] = ARGV[6]; f[10] = without(f[10], 'b') .. 'b'; expiry = now + ttl
+  elseif has(f[10], 'b') then
+    expiry = tonumber(redis.call('ZSCORE', K.z, own))
+  end
+  if has(f[10], 'l') then
+    f[10] = without(f[10], 'l')
+    if redis.call('HGET', K.l, linger_key(f)) == own then redis.call('HDEL', K.l, linger_key(f)) end
+  end
+  return granted(1, own, f, expiry, 0)
+end
+-- A seat lingering for the same user, host and feature is given back.
+local lk = ARGV[3] .. S .. ARGV[4] .. S .. ARGV[5]
+local lingering = redis.call('HGET', K.l, lk)
+if lingering and redis.call('ZSCORE', K.z, lingering) then
+  redis.call('HDEL', K.l, lk)
+  local f = fields(redis.call('HGET', K.d, lingering))
+  if redis.call('HGET', K.c, f[2]) == lingering then redis.call('HDEL', K.c, f[2]) end
+  f[2] = ARGV[2]; f[8] = ARGV[6]; f[10] = without(f[10], 'l')
+  if borrowed then f[10] = without(f[10], 'b') .. 'b' end
+  redis.call('HSET', K.c, ARGV[2], lingering)
+  return granted(1, lingering, f, now + ttl, 0)
+end
+local function flags(overdraft)
+  local out = ''
+  if borrowed then out = out .. 'b' end
+  if overdraft then out = out .. 'o' end
+  return out
+end
+-- Share a seat with room for another process.
+if ARGV[12] ~= '' then
+  local gid = redis.call('HGET', K.s, ARGV[12])
+  local gr = gid and group(gid)
+  local max = tonumber(ARGV[13])
+  if gr and (max == 0 or tonumber(gr[1]) < max) then
+    gr[1] = tostring(tonumber(gr[1]) + 1)
+    redis.call('HSET', K.g, gid, pack(gr))
+    local fence = redis.call('INCR', K.f)
+    redis.call('HSET', K.c, ARGV[2], ARGV[1])
+    local f = {fence, ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, gr[2], ARGV[6], gid, flags(gr[4] == '1'), gr[3], gr[5], ARGV[12]}
+    return granted(2, ARGV[1], f, now + ttl, 0)
   end
 end
-local in_use = tonumber(redis.call('GET', KEYS[4]) or '0')
-if in_use + cost > seats then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, in_use, first[2] or -1}
+-- A new seat.
+local function denied(code, detail)
+  local first = redis.call('ZRANGE', K.z, 0, 0, 'WITHSCORES')
+  return {0, in_use(), first[2] or -1, code, detail or ''}
 end
-local fence = redis.call('INCR', KEYS[5])
-local packed = fence .. '|' .. ARGV[3] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. now .. '|' .. cost .. '|' .. ttl
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], packed)
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
-redis.call('INCRBY', KEYS[4], cost)
-return {2, ARGV[2], packed, now, now + ttl, in_use + cost}
+if ARGV[10] == '1' then return denied('FULL') end
+local seats, overdraft = tonumber(ARGV[8]), tonumber(ARGV[9])
+local i = 15
+local reservations = {}
+for _ = 1, tonumber(ARGV[i]) do
+  table.insert(reservations, {ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'})
+  i = i + 3
+end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  local key, max = ARGV[i + 1], tonumber(ARGV[i + 2])
+  if counter(K.h, key) + cost > max then return denied('CAP', key .. S .. max) end
+  i = i + 2
+end
+local bucket, over = nil, false
+for _, r in ipairs(reservations) do
+  if r[3] and counter(K.b, r[1]) + cost <= r[2] then bucket = r[1]; break end
+end
+local used = in_use()
+if not bucket then
+  local reserved, held = 0, 0
+  for _, r in ipairs(reservations) do
+    reserved = reserved + r[2]
+    held = held + math.min(counter(K.b, r[1]), r[2])
+  end
+  local general_used, general = used - held, seats - reserved
+  if general_used + cost > general + overdraft then
+    if used + cost <= seats + overdraft then return denied('RESERVED') end
+    return denied('FULL')
+  end
+  bucket = ''
+  over = general_used + cost > general
+end
+local overdraft_flag = '0'
+if over then overdraft_flag = '1' end
+redis.call('HSET', K.g, ARGV[1], pack({'1', tostring(cost), bucket, overdraft_flag, ARGV[14]}))
+if ARGV[12] ~= '' then redis.call('HSET', K.s, ARGV[12], ARGV[1]) end
+redis.call('INCRBY', K.u, cost)
+if bucket ~= '' then redis.call('HINCRBY', K.b, bucket, cost) end
+each_principal(ARGV[14], function(p) redis.call('HINCRBY', K.h, p, cost) end)
+local fence = redis.call('INCR', K.f)
+redis.call('HSET', K.c, ARGV[2], ARGV[1])
+local f = {fence, ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], ARGV[1], flags(over), bucket, ARGV[14], ARGV[12]}
+return granted(2, ARGV[1], f, now + ttl, cost)
 "#;
 
 const HEARTBEAT: &str = r#"
--- KEYS: z d c u x tombstone ; ARGV: lease_id
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+-- ARGV: lease_id
+local score = redis.call('ZSCORE', K.z, ARGV[1])
 if not score then
-  if redis.call('EXISTS', KEYS[6]) == 1 then return {-2} end
+  if redis.call('EXISTS', K.r) == 1 then return {-2} end
   return {-1}
 end
 if tonumber(score) <= now then
-  reap(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  reap()
   return {-3}
 end
-local packed = redis.call('HGET', KEYS[2], ARGV[1])
-local ttl = tonumber(field(packed, 8))
-redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
-return {1, ARGV[1], packed, now, now + ttl}
+local f = fields(redis.call('HGET', K.d, ARGV[1]))
+if has(f[10], 'l') then return {-1} end
+local expiry = now + tonumber(f[8])
+-- A borrowed lease lives out its period; heartbeats do not lengthen it.
+if has(f[10], 'b') then expiry = tonumber(score) end
+redis.call('ZADD', K.z, 'XX', expiry, ARGV[1])
+return {1, ARGV[1], pack(f), expiry, members(f[9])}
 "#;
 
 const CHECKIN: &str = r#"
--- KEYS: z d c u x ; ARGV: lease_id
-reap(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  remove(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
-  return 1
+-- ARGV: lease_id linger_ms
+reap()
+local packed = redis.call('HGET', K.d, ARGV[1])
+if not packed or not redis.call('ZSCORE', K.z, ARGV[1]) then return {0} end
+local f = fields(packed)
+if has(f[10], 'l') then return {0} end
+local linger = tonumber(ARGV[2])
+if linger > 0 and not has(f[10], 'b') then
+  f[10] = f[10] .. 'l'
+  redis.call('HSET', K.d, ARGV[1], pack(f))
+  redis.call('ZADD', K.z, 'XX', now + linger, ARGV[1])
+  redis.call('HSET', K.l, linger_key(f), ARGV[1])
+  return {1, pack(f), now + linger, 0, members(f[9])}
 end
-return 0
+local m = members(f[9])
+local _, freed = remove(ARGV[1])
+return {1, pack(f), now, freed, m}
 "#;
 
 const REVOKE: &str = r#"
--- KEYS: z d c u x f tombstone ; ARGV: lease_id tombstone_ms
-reap(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  remove(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
-  redis.call('SET', KEYS[7], '1', 'PX', tonumber(ARGV[2]))
-  return {1, redis.call('INCR', KEYS[6])}
+-- ARGV: lease_id tombstone_ms
+reap()
+local packed = redis.call('HGET', K.d, ARGV[1])
+if packed and redis.call('ZSCORE', K.z, ARGV[1]) then
+  local m = members(fields(packed)[9])
+  local _, freed = remove(ARGV[1])
+  redis.call('SET', K.r, '1', 'PX', tonumber(ARGV[2]))
+  return {1, redis.call('INCR', K.f), packed, now, freed, m}
 end
-return {0, 0}
+return {0}
 "#;
 
 const LIST: &str = r#"
--- KEYS: z d ; returns now, then id, expiry, packed for each live lease
+-- returns now, then id, expiry, packed, members for each live lease
 local out = {now}
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local live = redis.call('ZRANGEBYSCORE', K.z, '(' .. now, '+inf', 'WITHSCORES')
 for i = 1, #live, 2 do
-  local packed = redis.call('HGET', KEYS[2], live[i])
+  local packed = redis.call('HGET', K.d, live[i])
   if packed then
     table.insert(out, live[i]); table.insert(out, live[i + 1]); table.insert(out, packed)
+    table.insert(out, tostring(members(fields(packed)[9])))
   end
 end
 return out
 "#;
 
 const DRAIN_EXPIRED: &str = r#"
--- KEYS: z d c u x ; reaps, then pops up to ARGV[1] expired records and returns the earliest live expiry
-reap(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+-- reaps, then pops up to ARGV[1] expired records and returns the earliest live expiry first
+reap()
 local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local item = redis.call('RPOP', KEYS[5])
+for _ = 1, tonumber(ARGV[1]) do
+  local item = redis.call('RPOP', K.x)
   if not item then break end
   table.insert(out, item)
 end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', K.z, 0, 0, 'WITHSCORES')
 table.insert(out, 1, first[2] or '-1')
 return out
 "#;
@@ -191,23 +345,51 @@ fn parse_err(e: redis::ParsingError) -> StoreError {
     StoreError::Corrupt(format!("Redis reply: {e}"))
 }
 
-fn keys(license_id: &str) -> [String; 6] {
+/// The keys of a license's pool, in the order the scripts' `K` table expects; the last is the
+/// revocation tombstone of `lease_id` (a placeholder when the script needs none).
+fn keys(license_id: &str, lease_id: &str) -> Vec<String> {
     let p = format!("lease:{{{license_id}}}");
-    [format!("{p}:z"), format!("{p}:d"), format!("{p}:c"), format!("{p}:u"), format!("{p}:x"), format!("{p}:f")]
+    ["z", "d", "c", "u", "x", "f", "g", "s", "b", "h", "l"]
+        .iter()
+        .map(|k| format!("{p}:{k}"))
+        .chain(std::iter::once(format!("{p}:r:{lease_id}")))
+        .collect()
 }
 
-fn tombstone(license_id: &str, lease_id: &str) -> String {
-    format!("lease:{{{license_id}}}:r:{lease_id}")
+fn invoke<'a>(script: &'a Script, license_id: &str, lease_id: &str) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys(license_id, lease_id) {
+        invocation.key(key);
+    }
+    invocation
 }
 
-/// `fence|client|user|host|feature|since|cost|ttl` back into a lease.
-fn unpack(license_id: &str, lease_id: &str, packed: &str, expires_at: Millis) -> Result<Lease, StoreError> {
-    let parts: Vec<&str> = packed.split('|').collect();
-    let bad = || StoreError::Corrupt(format!("lease {lease_id}: {packed}"));
-    if parts.len() != 8 {
+/// A packed lease (13 fields) back into a lease.
+fn unpack(
+    license_id: &str,
+    lease_id: &str,
+    packed: &str,
+    expires_at: Millis,
+    members: i32,
+) -> Result<Lease, StoreError> {
+    let parts: Vec<&str> = packed.split(SEP).collect();
+    unpack_fields(license_id, lease_id, &parts, expires_at, members)
+}
+
+fn unpack_fields(
+    license_id: &str,
+    lease_id: &str,
+    parts: &[&str],
+    expires_at: Millis,
+    members: i32,
+) -> Result<Lease, StoreError> {
+    let bad = || StoreError::Corrupt(format!("lease {lease_id}: {}", parts.join("|")));
+    if parts.len() != 13 {
         return Err(bad());
     }
     let ttl_ms: i64 = parts[7].parse().map_err(|_| bad())?;
+    let flags = parts[9];
+    let lingering = flags.contains('l');
     Ok(Lease {
         lease_id: lease_id.to_owned(),
         license_id: license_id.to_owned(),
@@ -220,13 +402,35 @@ fn unpack(license_id: &str, lease_id: &str, packed: &str, expires_at: Millis) ->
         seats_held: parts[6].parse().map_err(|_| bad())?,
         ttl_ms,
         expires_at,
-        last_heartbeat_at: expires_at - ttl_ms,
+        last_heartbeat_at: if lingering { expires_at } else { expires_at - ttl_ms },
+        group_id: parts[8].to_owned(),
+        shared_processes: members.max(1),
+        borrowed: flags.contains('b'),
+        overdraft: flags.contains('o'),
+        lingering,
+        bucket: parts[10].to_owned(),
+        principals: parts[11].split(LIST_SEP).filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+        share_key: parts[12].to_owned(),
     })
 }
 
-/// `|` separates packed fields, so it may not appear in what a client names.
-fn sanitize(value: &str) -> String {
-    value.replace('|', "/")
+fn int(v: &redis::Value) -> Result<i64, StoreError> {
+    redis::from_redis_value_ref(v).map_err(parse_err)
+}
+
+fn text(v: &redis::Value) -> Result<String, StoreError> {
+    redis::from_redis_value_ref(v).map_err(parse_err)
+}
+
+fn denial(code: &str, detail: &str) -> SeatDenial {
+    match code {
+        "CAP" => {
+            let (principal, max) = detail.split_once(SEP).unwrap_or((detail, "0"));
+            SeatDenial::CapReached { principal: principal.to_owned(), max_seats: max.parse().unwrap_or(0) }
+        }
+        "RESERVED" => SeatDenial::Reserved,
+        _ => SeatDenial::Full,
+    }
 }
 
 impl RedisLeaseStore {
@@ -263,70 +467,75 @@ impl RedisLeaseStore {
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
-        let [z, d, cl, u, x, f] = keys(&c.license_id);
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = self
-            .checkout
-            .key(&z)
-            .key(&d)
-            .key(&cl)
-            .key(&u)
-            .key(&f)
-            .key(&x)
-            .arg(c.seats)
+        let mut invocation = invoke(&self.checkout, &c.license_id, "");
+        let principals = c.limits.principals.join(&LIST_SEP.to_string());
+        invocation
             .arg(&c.lease_id)
-            .arg(sanitize(&c.client_instance_id))
+            .arg(&c.client_instance_id)
+            .arg(&c.user)
+            .arg(&c.host)
+            .arg(&c.feature)
             .arg(c.ttl_ms)
-            .arg(sanitize(&c.user))
-            .arg(sanitize(&c.host))
-            .arg(sanitize(&c.feature))
             .arg(c.cost)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_err)?;
-        let int = |v: &redis::Value| -> Result<i64, StoreError> { redis::from_redis_value_ref(v).map_err(parse_err) };
-        let text =
-            |v: &redis::Value| -> Result<String, StoreError> { redis::from_redis_value_ref(v).map_err(parse_err) };
+            .arg(c.seats)
+            .arg(c.limits.overdraft)
+            .arg(i32::from(c.queue_blocked))
+            .arg(i32::from(c.borrowed))
+            .arg(c.share_key.as_deref().unwrap_or(""))
+            .arg(c.max_processes)
+            .arg(principals)
+            .arg(c.limits.reservations.len());
+        for (key, seats) in &c.limits.reservations {
+            invocation.arg(key).arg(seats).arg(i32::from(c.limits.candidates.contains(key)));
+        }
+        invocation.arg(c.limits.caps.len());
+        for (key, max) in &c.limits.caps {
+            invocation.arg(key).arg(max);
+        }
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
         match int(&reply[0])? {
             0 => {
                 let earliest = int(&reply[2])?;
-                Ok(CheckoutOutcome::Full {
+                Ok(CheckoutOutcome::Denied {
+                    denial: denial(&text(&reply[3])?, &text(&reply[4])?),
                     in_use: int(&reply[1])? as i32,
                     earliest_expiry: (earliest >= 0).then_some(earliest),
                 })
             }
             kind => {
                 let lease_id = text(&reply[1])?;
-                let expires_at = int(&reply[4])?;
-                let lease = unpack(&c.license_id, &lease_id, &text(&reply[2])?, expires_at)?;
+                let expires_at = int(&reply[3])?;
+                let lease = unpack(&c.license_id, &lease_id, &text(&reply[2])?, expires_at, int(&reply[6])? as i32)?;
                 self.index_for_sweep(&c.license_id, expires_at).await;
-                Ok(CheckoutOutcome::Granted { lease, renewed: kind == 1, in_use: int(&reply[5])? as i32 })
+                Ok(CheckoutOutcome::Granted {
+                    lease,
+                    renewed: kind == 1,
+                    in_use: int(&reply[4])? as i32,
+                    seats_taken: int(&reply[5])? as i32,
+                })
             }
         }
     }
 
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
-        let [z, d, c, u, x, _] = keys(license_id);
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = self
-            .heartbeat
-            .key(&z)
-            .key(&d)
-            .key(&c)
-            .key(&u)
-            .key(&x)
-            .key(tombstone(license_id, lease_id))
+        let reply: Vec<redis::Value> = invoke(&self.heartbeat, license_id, lease_id)
             .arg(lease_id)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        let int = |v: &redis::Value| -> Result<i64, StoreError> { redis::from_redis_value_ref(v).map_err(parse_err) };
         Ok(match int(&reply[0])? {
             1 => {
-                let packed: String = redis::from_redis_value_ref(&reply[2]).map_err(parse_err)?;
-                let expires_at = int(&reply[4])?;
+                let expires_at = int(&reply[3])?;
                 self.index_for_sweep(license_id, expires_at).await;
-                HeartbeatOutcome::Extended(unpack(license_id, lease_id, &packed, expires_at)?)
+                HeartbeatOutcome::Extended(unpack(
+                    license_id,
+                    lease_id,
+                    &text(&reply[2])?,
+                    expires_at,
+                    int(&reply[4])? as i32,
+                )?)
             }
             -2 => HeartbeatOutcome::Revoked,
             -3 => HeartbeatOutcome::Expired,
@@ -334,57 +543,53 @@ impl LeaseStore for RedisLeaseStore {
         })
     }
 
-    async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError> {
-        let [z, d, c, u, x, _] = keys(license_id);
+    async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
         let mut conn = self.conn.clone();
-        let released: i64 = self
-            .checkin
-            .key(&z)
-            .key(&d)
-            .key(&c)
-            .key(&u)
-            .key(&x)
+        let reply: Vec<redis::Value> = invoke(&self.checkin, license_id, lease_id)
             .arg(lease_id)
+            .arg(linger_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        Ok(released == 1)
+        if int(&reply[0])? != 1 {
+            return Ok(None);
+        }
+        let expires_at = int(&reply[2])?;
+        let lease = unpack(license_id, lease_id, &text(&reply[1])?, expires_at, int(&reply[4])? as i32)?;
+        if lease.lingering {
+            self.index_for_sweep(license_id, expires_at).await;
+        }
+        Ok(Some(Released { lease, seats_freed: int(&reply[3])? as i32 }))
     }
 
-    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<i64>, StoreError> {
-        let [z, d, c, u, x, f] = keys(license_id);
+    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
         let mut conn = self.conn.clone();
-        let (revoked, fence): (i64, i64) = self
-            .revoke
-            .key(&z)
-            .key(&d)
-            .key(&c)
-            .key(&u)
-            .key(&x)
-            .key(&f)
-            .key(tombstone(license_id, lease_id))
+        let reply: Vec<redis::Value> = invoke(&self.revoke, license_id, lease_id)
             .arg(lease_id)
             .arg(TOMBSTONE_MS)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        Ok((revoked == 1).then_some(fence))
+        if int(&reply[0])? != 1 {
+            return Ok(None);
+        }
+        let lease = unpack(license_id, lease_id, &text(&reply[2])?, int(&reply[3])?, int(&reply[5])? as i32)?;
+        Ok(Some((int(&reply[1])?, Released { lease, seats_freed: int(&reply[4])? as i32 })))
     }
 
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
-        let [z, d, ..] = keys(license_id);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = self.list.key(&z).key(&d).invoke_async(&mut conn).await.map_err(map_err)?;
+        let reply: Vec<String> = invoke(&self.list, license_id, "").invoke_async(&mut conn).await.map_err(map_err)?;
         reply[1..]
-            .chunks(3)
+            .chunks(4)
             .map(|c| {
                 let expires: Millis = c[1].parse().map_err(|_| StoreError::Corrupt(format!("expiry {}", c[1])))?;
-                unpack(license_id, &c[0], &c[2], expires)
+                unpack(license_id, &c[0], &c[2], expires, c[3].parse().unwrap_or(1))
             })
             .collect()
     }
 
-    async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError> {
+    async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError> {
         let now = self.now().await?;
         let mut conn = self.conn.clone();
         let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
@@ -399,25 +604,18 @@ impl LeaseStore for RedisLeaseStore {
             .map_err(map_err)?;
         let mut out = vec![];
         for license_id in due {
-            let [z, d, c, u, x, _] = keys(&license_id);
-            let reply: Vec<String> = self
-                .drain
-                .key(&z)
-                .key(&d)
-                .key(&c)
-                .key(&u)
-                .key(&x)
-                .arg(max)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(map_err)?;
+            let reply: Vec<String> =
+                invoke(&self.drain, &license_id, "").arg(max).invoke_async(&mut conn).await.map_err(map_err)?;
             let earliest: i64 = reply[0].parse().unwrap_or(-1);
             for item in &reply[1..] {
-                if let Some((id, rest)) = item.split_once('|') {
-                    if let Some((expiry, packed)) = rest.split_once('|') {
-                        out.push(unpack(&license_id, id, packed, expiry.parse().unwrap_or(0))?);
-                    }
+                // id, expiry, seats freed, then the packed lease.
+                let parts: Vec<&str> = item.split(SEP).collect();
+                if parts.len() != 16 {
+                    return Err(StoreError::Corrupt(format!("expired lease record of {license_id}")));
                 }
+                let expires_at = parts[1].parse().unwrap_or(0);
+                let lease = unpack_fields(&license_id, parts[0], &parts[3..], expires_at, 1)?;
+                out.push(Released { lease, seats_freed: parts[2].parse().unwrap_or(0) });
             }
             let _: Result<i64, _> = if earliest < 0 {
                 redis::cmd("ZREM").arg(SWEEP_INDEX).arg(&license_id).query_async(&mut conn).await

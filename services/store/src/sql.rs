@@ -4,6 +4,7 @@ mod activation;
 mod catalog;
 mod leases;
 mod portal;
+mod usage;
 
 pub use leases::SqlLeaseStore;
 

@@ -10,7 +10,7 @@ use sqlx::{Any, Transaction};
 
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
-     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, created_at, updated_at";
+     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -33,6 +33,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         portal_deactivation_counts: get_i64(row, "portal_deactivation_counts")? != 0,
         replaces_license_id: get_opt_str(row, "replaces_license_id")?,
         notes: get_str(row, "notes")?,
+        seat_policy: from_json("seat_policy_json", &get_str(row, "seat_policy_json")?)?,
         created_at: get_i64(row, "created_at")?,
         updated_at: get_i64(row, "updated_at")?,
     })
@@ -86,7 +87,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -106,6 +107,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(i64::from(l.portal_deactivation_counts))
         .bind(l.replaces_license_id.clone())
         .bind(&l.notes)
+        .bind(to_json(&l.seat_policy))
         .bind(l.created_at)
         .bind(l.updated_at)
         .bind(&new.key_digest)
@@ -412,8 +414,8 @@ impl CatalogStore for SqlStore {
         change.apply(&mut license, &product_from_row(&product)?, now)?;
         sqlx::query(
             "UPDATE licenses SET status = $1, seats = $2, allowed_deactivations = $3, modules_json = $4, expires_at = $5, \
-             upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9 \
-             WHERE license_id = $10",
+             upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
+             seat_policy_json = $10 WHERE license_id = $11",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -424,6 +426,7 @@ impl CatalogStore for SqlStore {
         .bind(license.associated_customer_id.clone())
         .bind(i64::from(license.portal_deactivation_counts))
         .bind(license.updated_at)
+        .bind(to_json(&license.seat_policy))
         .bind(license_id)
         .execute(&mut *tx)
         .await

@@ -1,13 +1,20 @@
-//! [`LeaseStore`] on SQL, for the embedded default: the same semantics as Redis, with the pool
-//! row locked for each decision and the server process's clock as the one clock. Persisted, so a
-//! restart loses no lease.
+//! [`LeaseStore`] on SQL, for the embedded default: the same semantics as the Redis store, with
+//! the pool row locked for each decision and the server process's clock as the one clock.
+//! Persisted, so a restart loses no lease.
+//!
+//! Seats are decided with [`decide_new_seat`] over the pool's live leases (the Redis store keeps
+//! counters instead). Like Redis, every pool decision first moves the pool's expired leases to
+//! `expired_leases`, in expiry order, so a seat shared by several leases is freed exactly once,
+//! when its last lease goes; the sweep records them from there.
 
 use super::*;
 use async_trait::async_trait;
 use licensing_domain::clock::{Millis, SharedClock};
-use licensing_domain::model::Lease;
+use licensing_domain::model::{Lease, Released};
+use licensing_domain::seat_policy::{decide_new_seat, PoolUsage};
 use licensing_domain::store::*;
 use sqlx::{Any, Transaction};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Clone)]
 pub struct SqlLeaseStore {
@@ -15,9 +22,13 @@ pub struct SqlLeaseStore {
     clock: SharedClock,
 }
 
+const LEASE_COLUMNS: &str = "lease_id, license_id, client_instance_id, user_name, host, feature, checked_out_at, \
+     expires_at, ttl_ms, fence, seats_held, group_id, share_key, bucket, principals_json, borrowed, overdraft, lingering";
+
 fn lease_from_row(row: &AnyRow) -> Result<Lease, StoreError> {
     let expires_at = get_i64(row, "expires_at")?;
     let ttl_ms = get_i64(row, "ttl_ms")?;
+    let lingering = get_i64(row, "lingering")? != 0;
     Ok(Lease {
         lease_id: get_str(row, "lease_id")?,
         license_id: get_str(row, "license_id")?,
@@ -26,12 +37,103 @@ fn lease_from_row(row: &AnyRow) -> Result<Lease, StoreError> {
         host: get_str(row, "host")?,
         feature: get_str(row, "feature")?,
         checked_out_at: get_i64(row, "checked_out_at")?,
-        last_heartbeat_at: expires_at - ttl_ms,
+        last_heartbeat_at: if lingering { expires_at } else { expires_at - ttl_ms },
         expires_at,
         ttl_ms,
         fence: get_i64(row, "fence")?,
         seats_held: get_i32(row, "seats_held")?,
+        group_id: get_str(row, "group_id")?,
+        shared_processes: 1,
+        borrowed: get_i64(row, "borrowed")? != 0,
+        overdraft: get_i64(row, "overdraft")? != 0,
+        lingering,
+        bucket: get_str(row, "bucket")?,
+        principals: from_json("principals_json", &get_str(row, "principals_json")?)?,
+        share_key: get_str(row, "share_key")?,
     })
+}
+
+/// Inserts a lease into `leases` or `expired_leases` (which adds `seats_freed`).
+async fn insert_lease(
+    tx: &mut Transaction<'static, Any>,
+    table: &str,
+    lease: &Lease,
+    seats_freed: Option<i32>,
+) -> Result<(), StoreError> {
+    let (extra_column, extra_value) = if seats_freed.is_some() { (", seats_freed", ", $19") } else { ("", "") };
+    let sql = format!(
+        "INSERT INTO {table} ({LEASE_COLUMNS}{extra_column}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18{extra_value})"
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(&lease.lease_id)
+        .bind(&lease.license_id)
+        .bind(&lease.client_instance_id)
+        .bind(&lease.user)
+        .bind(&lease.host)
+        .bind(&lease.feature)
+        .bind(lease.checked_out_at)
+        .bind(lease.expires_at)
+        .bind(lease.ttl_ms)
+        .bind(lease.fence)
+        .bind(i64::from(lease.seats_held))
+        .bind(&lease.group_id)
+        .bind(&lease.share_key)
+        .bind(&lease.bucket)
+        .bind(to_json(&lease.principals))
+        .bind(i64::from(lease.borrowed))
+        .bind(i64::from(lease.overdraft))
+        .bind(i64::from(lease.lingering));
+    if let Some(freed) = seats_freed {
+        query = query.bind(i64::from(freed));
+    }
+    query.execute(&mut **tx).await.map_err(map_err)?;
+    Ok(())
+}
+
+/// Stores a lease's changed fields (a renewal, a heartbeat, the start or end of lingering).
+async fn update_lease(tx: &mut Transaction<'static, Any>, lease: &Lease) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE leases SET expires_at = $1, ttl_ms = $2, client_instance_id = $3, borrowed = $4, lingering = $5 \
+         WHERE lease_id = $6",
+    )
+    .bind(lease.expires_at)
+    .bind(lease.ttl_ms)
+    .bind(&lease.client_instance_id)
+    .bind(i64::from(lease.borrowed))
+    .bind(i64::from(lease.lingering))
+    .bind(&lease.lease_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Seats held, per reservation and per principal, counting each seat group once.
+fn pool_usage(live: &[Lease]) -> PoolUsage {
+    let mut usage = PoolUsage::default();
+    let mut seen = HashSet::new();
+    for lease in live.iter().filter(|l| seen.insert(l.group_id.as_str())) {
+        usage.in_use += lease.seats_held;
+        if !lease.bucket.is_empty() {
+            *usage.by_bucket.entry(lease.bucket.clone()).or_default() += lease.seats_held;
+        }
+        for p in &lease.principals {
+            *usage.by_principal.entry(p.clone()).or_default() += lease.seats_held;
+        }
+    }
+    usage
+}
+
+fn with_sharing(mut leases: Vec<Lease>) -> Vec<Lease> {
+    let mut members: HashMap<String, i32> = HashMap::new();
+    for l in &leases {
+        *members.entry(l.group_id.clone()).or_default() += 1;
+    }
+    for l in &mut leases {
+        l.shared_processes = members[&l.group_id];
+    }
+    leases
 }
 
 impl SqlLeaseStore {
@@ -39,8 +141,9 @@ impl SqlLeaseStore {
         Self { sql, clock }
     }
 
-    /// Begins a pool decision: the pool row exists and is locked; returns its fence.
-    async fn lock_pool(&self, license_id: &str) -> Result<(Transaction<'static, Any>, i64), StoreError> {
+    /// Begins a pool decision: the pool row exists and is locked, its expired leases are moved
+    /// out; returns the transaction, the fence and "now".
+    async fn lock_pool(&self, license_id: &str) -> Result<(Transaction<'static, Any>, i64, Millis), StoreError> {
         let mut tx = self.sql.begin().await?;
         sqlx::query("INSERT INTO lease_pools (license_id, fence) VALUES ($1, 0) ON CONFLICT (license_id) DO NOTHING")
             .bind(license_id)
@@ -50,61 +153,102 @@ impl SqlLeaseStore {
         let sql = format!("SELECT fence FROM lease_pools WHERE license_id = $1{}", self.sql.dialect.for_update());
         let row = sqlx::query(&sql).bind(license_id).fetch_one(&mut *tx).await.map_err(map_err)?;
         let fence = get_i64(&row, "fence")?;
-        Ok((tx, fence))
+        let now = self.clock.now();
+        Self::reap(&mut tx, license_id, now).await?;
+        Ok((tx, fence, now))
     }
 
-    async fn live_lease(
-        tx: &mut Transaction<'static, Any>,
-        license_id: &str,
-        lease_id: &str,
-    ) -> Result<Option<Lease>, StoreError> {
-        let row = sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND lease_id = $2")
-            .bind(license_id)
-            .bind(lease_id)
-            .fetch_optional(&mut **tx)
+    /// Moves the pool's expired leases to `expired_leases`, earliest first; a seat is freed with
+    /// the last lease of its group.
+    async fn reap(tx: &mut Transaction<'static, Any>, license_id: &str, now: Millis) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 AND expires_at <= $2 ORDER BY expires_at, fence"
+        );
+        let rows = sqlx::query(&sql).bind(license_id).bind(now).fetch_all(&mut **tx).await.map_err(map_err)?;
+        for row in &rows {
+            let lease = lease_from_row(row)?;
+            sqlx::query("DELETE FROM leases WHERE lease_id = $1")
+                .bind(&lease.lease_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            let freed = Self::seats_freed(tx, &lease).await?;
+            insert_lease(tx, "expired_leases", &lease, Some(freed)).await?;
+        }
+        Ok(())
+    }
+
+    /// After a lease left: its seat's cost when no other lease holds the seat, else 0.
+    async fn seats_freed(tx: &mut Transaction<'static, Any>, lease: &Lease) -> Result<i32, StoreError> {
+        let others = sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE license_id = $1 AND group_id = $2")
+            .bind(&lease.license_id)
+            .bind(&lease.group_id)
+            .fetch_one(&mut **tx)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(lease_from_row).transpose()
+        Ok(if get_i64(&others, "n")? == 0 { lease.seats_held } else { 0 })
+    }
+
+    async fn live_leases(tx: &mut Transaction<'static, Any>, license_id: &str) -> Result<Vec<Lease>, StoreError> {
+        // Reaped already: whatever is left is live.
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 ORDER BY expires_at, fence");
+        let rows = sqlx::query(&sql).bind(license_id).fetch_all(&mut **tx).await.map_err(map_err)?;
+        Ok(with_sharing(rows.iter().map(lease_from_row).collect::<Result<_, _>>()?))
+    }
+
+    async fn set_fence(tx: &mut Transaction<'static, Any>, license_id: &str, fence: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2")
+            .bind(fence)
+            .bind(license_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Gives a lease (the client's own, or a lingering one) back to the client.
+    async fn renew(
+        mut tx: Transaction<'static, Any>,
+        mut lease: Lease,
+        c: &CheckoutCommand,
+        now: Millis,
+        in_use: i32,
+    ) -> Result<CheckoutOutcome, StoreError> {
+        let reclaimed = lease.lingering;
+        lease.lingering = false;
+        lease.client_instance_id = c.client_instance_id.clone();
+        if c.borrowed {
+            lease.borrowed = true;
+            lease.ttl_ms = c.ttl_ms;
+            lease.expires_at = now + c.ttl_ms;
+        } else if reclaimed {
+            lease.ttl_ms = c.ttl_ms;
+            lease.expires_at = now + c.ttl_ms;
+        } else if !lease.borrowed {
+            lease.expires_at = now + lease.ttl_ms;
+        }
+        lease.last_heartbeat_at = now;
+        update_lease(&mut tx, &lease).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(CheckoutOutcome::Granted { lease, renewed: true, in_use, seats_taken: 0 })
     }
 }
 
 #[async_trait]
 impl LeaseStore for SqlLeaseStore {
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
-        let (mut tx, fence) = self.lock_pool(&c.license_id).await?;
-        let now = self.clock.now();
-        let existing =
-            sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND client_instance_id = $2 AND expires_at > $3")
-                .bind(&c.license_id)
-                .bind(&c.client_instance_id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        let usage = sqlx::query("SELECT CAST(COALESCE(SUM(seats_held), 0) AS BIGINT) AS used, MIN(expires_at) AS earliest FROM leases WHERE license_id = $1 AND expires_at > $2")
-            .bind(&c.license_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let in_use = get_i64(&usage, "used")? as i32;
-        if let Some(row) = existing {
-            let mut lease = lease_from_row(&row)?;
-            lease.expires_at = now + lease.ttl_ms;
-            lease.last_heartbeat_at = now;
-            sqlx::query("UPDATE leases SET expires_at = $1 WHERE lease_id = $2")
-                .bind(lease.expires_at)
-                .bind(&lease.lease_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            tx.commit().await.map_err(map_err)?;
-            return Ok(CheckoutOutcome::Granted { lease, renewed: true, in_use });
+        let (mut tx, fence, now) = self.lock_pool(&c.license_id).await?;
+        let live = Self::live_leases(&mut tx, &c.license_id).await?;
+        let usage = pool_usage(&live);
+        if let Some(own) = live.iter().find(|l| l.client_instance_id == c.client_instance_id) {
+            return Self::renew(tx, own.clone(), c, now, usage.in_use).await;
         }
-        if in_use + c.cost > c.seats {
-            return Ok(CheckoutOutcome::Full { in_use, earliest_expiry: get_opt_i64(&usage, "earliest")? });
+        let lingering =
+            live.iter().rev().find(|l| l.lingering && l.user == c.user && l.host == c.host && l.feature == c.feature);
+        if let Some(lingering) = lingering {
+            return Self::renew(tx, lingering.clone(), c, now, usage.in_use).await;
         }
-        let lease = Lease {
+        let mut lease = Lease {
             lease_id: c.lease_id.clone(),
             license_id: c.license_id.clone(),
             client_instance_id: c.client_instance_id.clone(),
@@ -117,94 +261,134 @@ impl LeaseStore for SqlLeaseStore {
             ttl_ms: c.ttl_ms,
             fence: fence + 1,
             seats_held: c.cost,
+            group_id: c.lease_id.clone(),
+            shared_processes: 1,
+            borrowed: c.borrowed,
+            overdraft: false,
+            lingering: false,
+            bucket: String::new(),
+            principals: c.limits.principals.clone(),
+            share_key: c.share_key.clone().unwrap_or_default(),
         };
-        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2")
-            .bind(lease.fence)
-            .bind(&c.license_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO leases (lease_id, license_id, client_instance_id, user_name, host, feature, checked_out_at, expires_at, ttl_ms, fence, seats_held) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&lease.lease_id)
-        .bind(&lease.license_id)
-        .bind(&lease.client_instance_id)
-        .bind(&lease.user)
-        .bind(&lease.host)
-        .bind(&lease.feature)
-        .bind(lease.checked_out_at)
-        .bind(lease.expires_at)
-        .bind(lease.ttl_ms)
-        .bind(lease.fence)
-        .bind(i64::from(lease.seats_held))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        // Join the newest seat with this share key that has room for another process.
+        let shared = c.share_key.as_ref().and_then(|key| {
+            live.iter()
+                .filter(|l| &l.share_key == key)
+                .max_by_key(|l| l.fence)
+                .filter(|l| c.max_processes == 0 || l.shared_processes < c.max_processes)
+        });
+        let seats_taken = if let Some(seat) = shared {
+            lease.group_id = seat.group_id.clone();
+            lease.seats_held = seat.seats_held;
+            lease.bucket = seat.bucket.clone();
+            lease.principals = seat.principals.clone();
+            lease.overdraft = seat.overdraft;
+            lease.shared_processes = seat.shared_processes + 1;
+            0
+        } else {
+            let earliest_expiry = live.iter().map(|l| l.expires_at).min();
+            let decision = if c.queue_blocked {
+                Err(licensing_domain::seat_policy::SeatDenial::Full)
+            } else {
+                decide_new_seat(c.seats, c.cost, &c.limits, &usage)
+            };
+            match decision {
+                Ok(charge) => {
+                    lease.bucket = charge.bucket;
+                    lease.overdraft = charge.overdraft;
+                    c.cost
+                }
+                Err(denial) => {
+                    // Commit the reaping; nothing else changed.
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(CheckoutOutcome::Denied { denial, in_use: usage.in_use, earliest_expiry });
+                }
+            }
+        };
+        Self::set_fence(&mut tx, &c.license_id, lease.fence).await?;
+        insert_lease(&mut tx, "leases", &lease, None).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: in_use + c.cost })
+        Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: usage.in_use + seats_taken, seats_taken })
     }
 
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
-        let (mut tx, _) = self.lock_pool(license_id).await?;
-        let now = self.clock.now();
-        let Some(mut lease) = Self::live_lease(&mut tx, license_id, lease_id).await? else {
+        let (mut tx, _, now) = self.lock_pool(license_id).await?;
+        let live = Self::live_leases(&mut tx, license_id).await?;
+        let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {
+            let expired = sqlx::query("SELECT 1 AS one FROM expired_leases WHERE lease_id = $1 AND license_id = $2")
+                .bind(lease_id)
+                .bind(license_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
             let revoked = sqlx::query("SELECT 1 AS one FROM lease_tombstones WHERE lease_id = $1 AND license_id = $2")
                 .bind(lease_id)
                 .bind(license_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            return Ok(if revoked.is_some() { HeartbeatOutcome::Revoked } else { HeartbeatOutcome::Unknown });
+            tx.commit().await.map_err(map_err)?;
+            return Ok(if revoked.is_some() {
+                HeartbeatOutcome::Revoked
+            } else if expired.is_some() {
+                HeartbeatOutcome::Expired
+            } else {
+                HeartbeatOutcome::Unknown
+            });
         };
-        if lease.expires_at <= now {
-            // Left for the sweep to record; it no longer counts either way.
-            return Ok(HeartbeatOutcome::Expired);
+        if lease.lingering {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(HeartbeatOutcome::Unknown);
         }
-        lease.expires_at = now + lease.ttl_ms;
-        lease.last_heartbeat_at = now;
-        sqlx::query("UPDATE leases SET expires_at = $1 WHERE lease_id = $2")
-            .bind(lease.expires_at)
-            .bind(lease_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // A borrowed lease lives out its period; heartbeats do not lengthen it.
+        if !lease.borrowed {
+            lease.expires_at = now + lease.ttl_ms;
+            lease.last_heartbeat_at = now;
+            update_lease(&mut tx, &lease).await?;
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(HeartbeatOutcome::Extended(lease))
     }
 
-    async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, StoreError> {
-        let now = self.clock.now();
-        let done = sqlx::query("DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3")
-            .bind(license_id)
-            .bind(lease_id)
-            .bind(now)
-            .execute(&self.sql.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+    async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
+        let (mut tx, _, now) = self.lock_pool(license_id).await?;
+        let live = Self::live_leases(&mut tx, license_id).await?;
+        let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id && !l.lingering) else {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(None);
+        };
+        let seats_freed = if linger_ms > 0 && !lease.borrowed {
+            lease.lingering = true;
+            lease.expires_at = now + linger_ms;
+            lease.last_heartbeat_at = lease.expires_at;
+            update_lease(&mut tx, &lease).await?;
+            0
+        } else {
+            sqlx::query("DELETE FROM leases WHERE lease_id = $1")
+                .bind(lease_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            Self::seats_freed(&mut tx, &lease).await?
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(Released { lease, seats_freed }))
     }
 
-    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<i64>, StoreError> {
-        let (mut tx, fence) = self.lock_pool(license_id).await?;
-        let now = self.clock.now();
-        let done = sqlx::query("DELETE FROM leases WHERE license_id = $1 AND lease_id = $2 AND expires_at > $3")
-            .bind(license_id)
-            .bind(lease_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if done.rows_affected() == 0 {
+    async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
+        let (mut tx, fence, now) = self.lock_pool(license_id).await?;
+        let live = Self::live_leases(&mut tx, license_id).await?;
+        let Some(lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {
+            tx.commit().await.map_err(map_err)?;
             return Ok(None);
-        }
-        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2")
-            .bind(fence + 1)
-            .bind(license_id)
+        };
+        sqlx::query("DELETE FROM leases WHERE lease_id = $1")
+            .bind(lease_id)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        let seats_freed = Self::seats_freed(&mut tx, &lease).await?;
+        Self::set_fence(&mut tx, license_id, fence + 1).await?;
         sqlx::query("INSERT INTO lease_tombstones (lease_id, license_id, revoked_at) VALUES ($1, $2, $3) ON CONFLICT (lease_id) DO NOTHING")
             .bind(lease_id)
             .bind(license_id)
@@ -213,38 +397,48 @@ impl LeaseStore for SqlLeaseStore {
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(Some(fence + 1))
+        Ok(Some((fence + 1, Released { lease, seats_freed })))
     }
 
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at")
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at, fence"
+        );
+        let rows = sqlx::query(&sql)
             .bind(license_id)
             .bind(self.clock.now())
             .fetch_all(&self.sql.pool)
             .await
             .map_err(map_err)?;
-        rows.iter().map(lease_from_row).collect()
+        Ok(with_sharing(rows.iter().map(lease_from_row).collect::<Result<_, _>>()?))
     }
 
-    async fn sweep_expired(&self, max: usize) -> Result<Vec<Lease>, StoreError> {
-        let mut tx = self.sql.begin().await?;
-        let rows = sqlx::query("SELECT * FROM leases WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
+    async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError> {
+        let due = sqlx::query("SELECT DISTINCT license_id FROM leases WHERE expires_at <= $1 LIMIT $2")
             .bind(self.clock.now())
             .bind(max as i64)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.sql.pool)
             .await
             .map_err(map_err)?;
-        let expired: Vec<Lease> = rows.iter().map(lease_from_row).collect::<Result<_, _>>()?;
-        for lease in &expired {
-            sqlx::query("DELETE FROM leases WHERE lease_id = $1 AND expires_at <= $2")
-                .bind(&lease.lease_id)
-                .bind(lease.expires_at)
+        for row in &due {
+            let (tx, _, _) = self.lock_pool(&get_str(row, "license_id")?).await?;
+            tx.commit().await.map_err(map_err)?;
+        }
+        let mut tx = self.sql.begin().await?;
+        let sql =
+            format!("SELECT sequence, seats_freed, {LEASE_COLUMNS} FROM expired_leases ORDER BY sequence LIMIT $1");
+        let rows = sqlx::query(&sql).bind(max as i64).fetch_all(&mut *tx).await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            sqlx::query("DELETE FROM expired_leases WHERE sequence = $1")
+                .bind(get_i64(row, "sequence")?)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+            out.push(Released { lease: lease_from_row(row)?, seats_freed: get_i32(row, "seats_freed")? });
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(expired)
+        Ok(out)
     }
 
     async fn now(&self) -> Result<Millis, StoreError> {
