@@ -15,18 +15,6 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
 
-async fn portal(app: &TestApp) -> AccountServiceClient<Channel> {
-    AccountServiceClient::new(app.channel().await)
-}
-
-async fn login(app: &TestApp, login: &str, password: &str) -> Result<String, tonic::Status> {
-    portal(app)
-        .await
-        .login(pb::LoginRequest { login: login.into(), password: password.into() })
-        .await
-        .map(|r| r.into_inner().session_token)
-}
-
 /// A second customer with a password, and its ID.
 async fn other_customer(app: &TestApp, email: &str) -> String {
     app.admin()

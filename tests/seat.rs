@@ -65,32 +65,9 @@ async fn checkout_heartbeat_checkin_and_a_signed_token() {
         assert_eq!(g.ttl.unwrap().seconds, 30);
         assert!(g.heartbeat_interval.unwrap().seconds <= 10, "at most a third of the TTL");
         // The token verifies offline with the server's public key and names this lease.
-        let key_reply = licensing_proto::activation::v1::activation_service_client::ActivationServiceClient::new(
-            app.channel().await,
-        )
-        .get_verifying_key(licensing_proto::activation::v1::GetVerifyingKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-        use base64::Engine;
-        let public = ed25519_dalek::VerifyingKey::from_bytes(
-            &base64::engine::general_purpose::STANDARD.decode(key_reply.public_key).unwrap().try_into().unwrap(),
-        )
-        .unwrap();
-        let (payload, signature) = g.lease_token.split_once('.').unwrap();
-        let blob = licensing_domain::certificate::SignedBlob {
-            payload: payload.into(),
-            signature: signature.into(),
-            key_id: key_reply.key_id,
-        };
-        let bytes =
-            licensing_domain::certificate::verify(&public, licensing_domain::certificate::LEASE_TOKEN_CONTEXT, &blob)
-                .unwrap();
-        let token: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(
-            (token["lease_id"].as_str().unwrap(), token["fence"].as_i64().unwrap()),
-            (g.lease_id.as_str(), g.fence)
-        );
+        let public = licensing_domain::certificate::verifying_key_from_base64(&app.public_key().await).unwrap();
+        let token = licensing_domain::certificate::verify_lease_token(&public, &g.lease_token).unwrap();
+        assert_eq!((token.lease_id.as_str(), token.fence, token.borrowed), (g.lease_id.as_str(), g.fence, false));
 
         let listed = live(&app, &license_id).await;
         assert_eq!(listed.len(), 1);

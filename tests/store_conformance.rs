@@ -424,3 +424,207 @@ async fn racing_checkouts_never_exceed_the_seats_in_any_lease_store() {
         assert_eq!(store.list(&license).await.unwrap().len(), 7, "{name}");
     }
 }
+
+/// A checkout by `user` on `host` under `policy`, as the Seat service would build it.
+fn policy_checkout(
+    license_id: &str,
+    seats: i32,
+    policy: &SeatPolicy,
+    user: &str,
+    host: &str,
+    feature: &str,
+) -> CheckoutCommand {
+    let principals = policy.principals(user, host, &[]);
+    CheckoutCommand {
+        user: user.into(),
+        host: host.into(),
+        feature: feature.into(),
+        cost: policy.cost(feature),
+        limits: policy.limits_for(&principals),
+        share_key: policy.share_key(user, host, feature),
+        max_processes: policy.max_processes_per_seat,
+        ..checkout(license_id, &ids::new_id("cli"), seats, 10_000)
+    }
+}
+
+fn grant(name: &str, o: CheckoutOutcome) -> (Lease, bool, i32, i32) {
+    match o {
+        CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => (lease, renewed, in_use, seats_taken),
+        other => panic!("{name}: expected a grant, got {other:?}"),
+    }
+}
+
+fn denial(name: &str, o: CheckoutOutcome) -> SeatDenial {
+    match o {
+        CheckoutOutcome::Denied { denial, .. } => denial,
+        other => panic!("{name}: expected a denial, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn seat_policies_conform_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        // Tokens: a heavy feature costs 3 of the 4 seats.
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy { feature_costs: [("cad".to_string(), 3)].into(), ..Default::default() };
+        let (heavy, _, in_use, taken) =
+            grant(name, store.checkout(&policy_checkout(&license, 4, &p, "a", "h", "cad")).await.unwrap());
+        assert_eq!((in_use, taken, heavy.seats_held), (3, 3, 3), "{name}: tokens");
+        grant(name, store.checkout(&policy_checkout(&license, 4, &p, "b", "h", "")).await.unwrap());
+        assert_eq!(
+            denial(name, store.checkout(&policy_checkout(&license, 4, &p, "c", "h", "")).await.unwrap()),
+            SeatDenial::Full
+        );
+        assert_eq!(store.checkin(&license, &heavy.lease_id, 0).await.unwrap().unwrap().seats_freed, 3, "{name}");
+
+        // Sharing: up to two processes of the same user and host share one seat.
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy { share_scope: ShareScope::UserHost, max_processes_per_seat: 2, ..Default::default() };
+        let (a, _, _, taken_a) =
+            grant(name, store.checkout(&policy_checkout(&license, 5, &p, "ann", "ws", "")).await.unwrap());
+        let (b, renewed, in_use, taken_b) =
+            grant(name, store.checkout(&policy_checkout(&license, 5, &p, "ann", "ws", "")).await.unwrap());
+        assert_eq!((taken_a, taken_b, renewed, in_use), (1, 0, false, 1), "{name}: the second process shares");
+        assert_eq!((b.group_id.as_str(), b.shared_processes), (a.group_id.as_str(), 2), "{name}");
+        let (c, _, in_use, taken_c) =
+            grant(name, store.checkout(&policy_checkout(&license, 5, &p, "ann", "ws", "")).await.unwrap());
+        assert_eq!((taken_c, in_use), (1, 2), "{name}: a third process needs a seat of its own");
+        assert_ne!(c.group_id, a.group_id);
+        let (_, _, _, taken) =
+            grant(name, store.checkout(&policy_checkout(&license, 5, &p, "ann", "other", "")).await.unwrap());
+        assert_eq!(taken, 1, "{name}: another host does not share");
+        let listed = store.list(&license).await.unwrap();
+        assert_eq!(listed.iter().find(|l| l.lease_id == a.lease_id).unwrap().shared_processes, 2, "{name}");
+        assert_eq!(store.checkin(&license, &a.lease_id, 0).await.unwrap().unwrap().seats_freed, 0, "{name}");
+        assert_eq!(store.checkin(&license, &b.lease_id, 0).await.unwrap().unwrap().seats_freed, 1, "{name}");
+
+        // Linger: a checked-in seat stays held and the same user, host and feature get it back.
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy::default();
+        let (l, _, _, _) =
+            grant(name, store.checkout(&policy_checkout(&license, 1, &p, "ann", "ws", "")).await.unwrap());
+        let released = store.checkin(&license, &l.lease_id, 10_000).await.unwrap().unwrap();
+        assert_eq!((released.seats_freed, released.lease.lingering), (0, true), "{name}");
+        assert!(store.list(&license).await.unwrap()[0].lingering, "{name}: listed as lingering");
+        assert_eq!(store.heartbeat(&license, &l.lease_id).await.unwrap(), HeartbeatOutcome::Unknown, "{name}");
+        assert!(store.checkin(&license, &l.lease_id, 10_000).await.unwrap().is_none(), "{name}: checked in already");
+        assert_eq!(
+            denial(name, store.checkout(&policy_checkout(&license, 1, &p, "bob", "ws", "")).await.unwrap()),
+            SeatDenial::Full
+        );
+        let (back, renewed, _, taken) =
+            grant(name, store.checkout(&policy_checkout(&license, 1, &p, "ann", "ws", "")).await.unwrap());
+        assert_eq!(
+            (back.lease_id.as_str(), renewed, taken, back.lingering),
+            (l.lease_id.as_str(), true, 0, false),
+            "{name}"
+        );
+        store.checkin(&license, &l.lease_id, 300).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        grant(name, store.checkout(&policy_checkout(&license, 1, &p, "bob", "ws", "")).await.unwrap());
+        let swept = store.sweep_expired(1000).await.unwrap();
+        let ended = swept.iter().find(|r| r.lease.lease_id == l.lease_id).expect("the linger end is recorded");
+        assert_eq!((ended.lease.lingering, ended.seats_freed), (true, 1), "{name}");
+
+        // Borrowing: heartbeats do not lengthen it, and an early return frees it at once.
+        let license = ids::new_id(ids::LICENSE);
+        let borrow = CheckoutCommand { borrowed: true, ..policy_checkout(&license, 1, &p, "ann", "laptop", "") };
+        let (borrowed, _, _, _) =
+            grant(name, store.checkout(&CheckoutCommand { ttl_ms: 60_000, ..borrow }).await.unwrap());
+        assert!(borrowed.borrowed, "{name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match store.heartbeat(&license, &borrowed.lease_id).await.unwrap() {
+            HeartbeatOutcome::Extended(l) => assert_eq!(l.expires_at, borrowed.expires_at, "{name}: not extended"),
+            other => panic!("{name}: {other:?}"),
+        }
+        let returned = store.checkin(&license, &borrowed.lease_id, 10_000).await.unwrap().unwrap();
+        assert_eq!((returned.seats_freed, returned.lease.lingering), (1, false), "{name}: returned at once");
+
+        // Overdraft: one seat beyond the two, flagged, and no more.
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy { overdraft_seats: 1, ..Default::default() };
+        let flags: Vec<bool> = futures::future::join_all((0..3).map(|_| {
+            let command = policy_checkout(&license, 2, &p, "u", "h", "");
+            let store = store.clone();
+            async move { store.checkout(&command).await }
+        }))
+        .await
+        .into_iter()
+        .map(|o| grant(name, o.unwrap()).0.overdraft)
+        .collect();
+        assert_eq!(flags.iter().filter(|o| **o).count(), 1, "{name}: {flags:?}");
+        assert_eq!(
+            denial(name, store.checkout(&policy_checkout(&license, 2, &p, "u", "h", "")).await.unwrap()),
+            SeatDenial::Full
+        );
+
+        // Reservations and caps.
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy {
+            reservations: vec![Reservation { principal: Principal::group("design"), seats: 2 }],
+            caps: vec![SeatCap { principal: Principal::user("mallory"), max_seats: 1 }],
+            groups: vec![SeatGroup {
+                name: "design".into(),
+                members: vec![Principal::user("ann"), Principal::user("dan")],
+            }],
+            ..Default::default()
+        };
+        grant(name, store.checkout(&policy_checkout(&license, 3, &p, "mallory", "h", "")).await.unwrap());
+        assert_eq!(
+            denial(name, store.checkout(&policy_checkout(&license, 3, &p, "mallory", "h2", "")).await.unwrap()),
+            SeatDenial::CapReached { principal: "u:mallory".into(), max_seats: 1 },
+            "{name}"
+        );
+        assert_eq!(
+            denial(name, store.checkout(&policy_checkout(&license, 3, &p, "bob", "h", "")).await.unwrap()),
+            SeatDenial::Reserved,
+            "{name}: idle reserved seats are not for others"
+        );
+        let (ann, _, _, _) =
+            grant(name, store.checkout(&policy_checkout(&license, 3, &p, "ann", "h", "")).await.unwrap());
+        assert_eq!(ann.bucket, "g:design", "{name}");
+        grant(name, store.checkout(&policy_checkout(&license, 3, &p, "dan", "h", "")).await.unwrap());
+        assert_eq!(
+            denial(name, store.checkout(&policy_checkout(&license, 3, &p, "ann", "h", "")).await.unwrap()),
+            SeatDenial::Full
+        );
+    }
+}
+
+#[tokio::test]
+async fn reserved_seats_hold_under_a_storm_of_other_users_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy {
+            reservations: vec![Reservation { principal: Principal::user("ann"), seats: 2 }],
+            overdraft_seats: 1,
+            ..Default::default()
+        };
+        let storm = futures::future::join_all((0..60).map(|i| {
+            let store = store.clone();
+            let command = policy_checkout(&license, 5, &p, &format!("user{i}"), "h", "");
+            async move { store.checkout(&command).await.unwrap() }
+        }));
+        let (others, ann) = tokio::join!(storm, async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let a = store.checkout(&policy_checkout(&license, 5, &p, "ann", "h1", "")).await.unwrap();
+            let b = store.checkout(&policy_checkout(&license, 5, &p, "ann", "h2", "")).await.unwrap();
+            (a, b)
+        });
+        let granted: Vec<Lease> = others
+            .into_iter()
+            .filter_map(|o| match o {
+                CheckoutOutcome::Granted { lease, .. } => Some(lease),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(granted.len(), 4, "{name}: 3 unreserved seats and 1 overdraft, never more");
+        assert_eq!(granted.iter().filter(|l| l.overdraft).count(), 1, "{name}");
+        assert!(
+            matches!(ann.0, CheckoutOutcome::Granted { .. }) && matches!(ann.1, CheckoutOutcome::Granted { .. }),
+            "{name}: ann keeps her reservation"
+        );
+        let live = store.list(&license).await.unwrap();
+        assert_eq!(live.len(), 6, "{name}");
+    }
+}

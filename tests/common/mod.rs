@@ -355,3 +355,18 @@ pub async fn spawn_seat_app(leases: Leases) -> TestApp {
     }
     spawn_with_env(Backend::Sqlite, data_dir, env).await
 }
+
+pub async fn portal(
+    app: &TestApp,
+) -> licensing_proto::account::v1::account_service_client::AccountServiceClient<Channel> {
+    licensing_proto::account::v1::account_service_client::AccountServiceClient::new(app.channel().await)
+}
+
+/// Logs a customer in to the portal; returns the session token.
+pub async fn login(app: &TestApp, login: &str, password: &str) -> Result<String, tonic::Status> {
+    portal(app)
+        .await
+        .login(licensing_proto::account::v1::LoginRequest { login: login.into(), password: password.into() })
+        .await
+        .map(|r| r.into_inner().session_token)
+}

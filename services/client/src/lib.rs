@@ -19,7 +19,6 @@ pub mod storage;
 pub use error::ClientError;
 pub use licensing_domain::clock::{Clock, ManualClock, SystemClock};
 
-use base64::Engine;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use std::sync::Arc;
@@ -51,13 +50,8 @@ impl Client {
 
     /// As [`Client::new`], with the clock offline checks use (tests move it by hand).
     pub fn with_clock(endpoint: &str, public_key_b64: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
-        let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
-            .decode(public_key_b64.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(ClientError::Config("the public key must be base64 of 32 bytes"))?;
-        let public_key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| ClientError::Config("not an Ed25519 public key"))?;
+        let public_key = licensing_domain::certificate::verifying_key_from_base64(public_key_b64)
+            .map_err(|_| ClientError::Config("the public key must be base64 of a 32-byte Ed25519 key"))?;
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|_| ClientError::Config("the endpoint must be a URL such as http://host:50051"))?
             .connect_timeout(Duration::from_secs(3))

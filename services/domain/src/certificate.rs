@@ -119,6 +119,49 @@ pub fn verify_certificate(public: &VerifyingKey, blob: &SignedBlob) -> Result<Ce
     serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("payload JSON: {e}")))
 }
 
+/// What a lease token asserts: `<base64 payload>.<base64 signature>` over [`LEASE_TOKEN_CONTEXT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTokenPayload {
+    /// Format version, 1.
+    pub v: u32,
+    pub lease_id: String,
+    pub license_id: String,
+    pub client_instance_id: String,
+    pub fence: i64,
+    /// The lease holds until this instant (for a borrowed seat, the end of the borrow).
+    pub expires_at_ms: Millis,
+    /// Borrowed for offline use: valid without heartbeats until `expires_at_ms`.
+    #[serde(default)]
+    pub borrowed: bool,
+}
+
+impl Signer {
+    pub fn sign_lease_token(&self, payload: &LeaseTokenPayload) -> String {
+        let bytes = serde_json::to_vec(payload).expect("a lease token serializes");
+        let blob = self.sign(LEASE_TOKEN_CONTEXT, &bytes);
+        format!("{}.{}", blob.payload, blob.signature)
+    }
+}
+
+/// Verifies a lease token with only the public key.
+pub fn verify_lease_token(public: &VerifyingKey, token: &str) -> Result<LeaseTokenPayload, VerifyError> {
+    let (payload, signature) =
+        token.split_once('.').ok_or_else(|| VerifyError::Malformed("a lease token is payload.signature".into()))?;
+    let blob = SignedBlob { payload: payload.into(), signature: signature.into(), key_id: String::new() };
+    let bytes = verify(public, LEASE_TOKEN_CONTEXT, &blob)?;
+    serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("lease token JSON: {e}")))
+}
+
+/// The server's public key from its base64 form (as `GetVerifyingKey` returns it).
+pub fn verifying_key_from_base64(b64: &str) -> Result<VerifyingKey, VerifyError> {
+    let bytes: [u8; 32] = B64
+        .decode(b64.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| VerifyError::Malformed("the public key must be base64 of 32 bytes".into()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| VerifyError::Malformed("not an Ed25519 public key".into()))
+}
+
 fn wrap(begin: &str, end: &str, body: &str) -> String {
     let mut out = String::from(begin);
     out.push('\n');

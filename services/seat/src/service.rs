@@ -3,7 +3,7 @@
 use crate::usage::UsageLog;
 use crate::waiting::{Ticket, WaitQueues};
 use crate::SeatError;
-use licensing_domain::certificate::{Signer, LEASE_TOKEN_CONTEXT};
+use licensing_domain::certificate::{LeaseTokenPayload, Signer};
 use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::ids;
@@ -14,7 +14,6 @@ use licensing_domain::store::{
 };
 use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,17 +161,15 @@ impl Seats {
 
     /// A signed token the holder can show offline until the lease's expiry.
     fn token(&self, lease: &Lease) -> String {
-        let payload = json!({
-            "v": 1,
-            "lease_id": lease.lease_id,
-            "license_id": lease.license_id,
-            "client_instance_id": lease.client_instance_id,
-            "fence": lease.fence,
-            "expires_at_ms": lease.expires_at,
-            "borrowed": lease.borrowed,
-        });
-        let blob = self.signer.sign(LEASE_TOKEN_CONTEXT, payload.to_string().as_bytes());
-        format!("{}.{}", blob.payload, blob.signature)
+        self.signer.sign_lease_token(&LeaseTokenPayload {
+            v: 1,
+            lease_id: lease.lease_id.clone(),
+            license_id: lease.license_id.clone(),
+            client_instance_id: lease.client_instance_id.clone(),
+            fence: lease.fence,
+            expires_at_ms: lease.expires_at,
+            borrowed: lease.borrowed,
+        })
     }
 
     fn grant(&self, lease: Lease, renewed: bool, license: &License, in_use: i32) -> Grant {
