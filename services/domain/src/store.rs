@@ -215,6 +215,8 @@ pub struct CheckoutCommand {
     pub borrowed: bool,
 }
 
+// A return value moved once per call, never stored in bulk: boxing the lease would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckoutOutcome {
     Granted {
@@ -229,6 +231,7 @@ pub enum CheckoutOutcome {
     Denied { denial: SeatDenial, in_use: i32, earliest_expiry: Option<Millis> },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeartbeatOutcome {
     Extended(Lease),
