@@ -270,6 +270,25 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
         "GetPoolStatus" => code(
             s.get_pool_status(request(who, w, seat::GetPoolStatusRequest { license_id: w.floating_a.clone() })).await,
         ),
+        "UpdateSeatPolicy" => code(
+            s.update_seat_policy(request(
+                who,
+                w,
+                seat::UpdateSeatPolicyRequest {
+                    license_id: w.floating_a.clone(),
+                    policy: Some(seat::SeatPolicy { overdraft_seats: 1, ..Default::default() }),
+                },
+            ))
+            .await,
+        ),
+        "GetUsageReport" => code(
+            s.get_usage_report(request(
+                who,
+                w,
+                seat::GetUsageReportRequest { license_id: w.floating_a.clone(), ..Default::default() },
+            ))
+            .await,
+        ),
         "RevokeLease" => code(
             s.revoke_lease(request(
                 who,
@@ -321,6 +340,8 @@ const ADMIN_RPCS: &[&str] = &[
     "GetActivationHistory",
     "ListLeases",
     "GetPoolStatus",
+    "UpdateSeatPolicy",
+    "GetUsageReport",
     "RevokeLease",
 ];
 
@@ -358,6 +379,20 @@ async fn portal_rpc(rpc: &str, session: Option<&str>, w: &World) -> Code {
             p.get_activation_password(session_req(
                 session,
                 acc::GetActivationPasswordRequest { license_id: w.license_a.clone() },
+            ))
+            .await,
+        ),
+        "GetMySeatPolicy" => code(
+            p.get_my_seat_policy(session_req(
+                session,
+                acc::GetMySeatPolicyRequest { license_id: w.floating_a.clone() },
+            ))
+            .await,
+        ),
+        "GetMyUsageReport" => code(
+            p.get_my_usage_report(session_req(
+                session,
+                seat::GetUsageReportRequest { license_id: w.floating_a.clone(), ..Default::default() },
             ))
             .await,
         ),
@@ -419,6 +454,8 @@ const PORTAL_CELLS: &[(&str, Code, Code)] = &[
     ("GetMyLicense", Code::Ok, Code::NotFound),
     ("ListMyLeases", Code::Ok, Code::NotFound),
     ("GetActivationPassword", Code::Ok, Code::NotFound),
+    ("GetMySeatPolicy", Code::Ok, Code::NotFound),
+    ("GetMyUsageReport", Code::Ok, Code::NotFound),
     ("ListReceipts", Code::Ok, Code::Ok),
     ("ListMyAuditEvents", Code::Ok, Code::Ok),
     ("DeactivateInstallation", Code::NotFound, Code::NotFound),

@@ -54,7 +54,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..40,
+        0u8..45,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -167,7 +167,7 @@ async fn call(c: &mut Clients, i: &Input) -> Code {
             host: t(3),
             client_instance_id: t(4),
             ttl: duration(i),
-            borrow_for: None,
+            borrow_for: if i.ints[3] % 2 == 0 { duration(i) } else { None },
             groups: vec![t(5)],
         })),
         24 => run!(c.seat.heartbeat(seat::HeartbeatRequest { license_id: lic, lease_id: t(1), lease_token: t(2) })),
@@ -205,6 +205,27 @@ async fn call(c: &mut Clients, i: &Input) -> Code {
             let token: String = t(0).chars().filter(|c| c.is_ascii_graphic()).collect();
             run!(c.portal.list_my_licenses(with_token(&token, acc::ListMyLicensesRequest { page: page(i) })))
         }
+        40 => {
+            let principal = |n: usize| Some(seat::Principal { kind: i.ints[n], name: t(n) });
+            let policy = seat::SeatPolicy {
+                share_scope: i.ints[0],
+                max_processes_per_seat: i.ints[1],
+                linger: duration(i),
+                max_borrow: duration(i),
+                overdraft_seats: i.ints[2],
+                reservations: vec![seat::Reservation { principal: principal(1), seats: i.ints[3] }],
+                caps: vec![seat::SeatCap { principal: principal(2), max_seats: i.ints[1] }],
+                allow: principal(3).into_iter().collect(),
+                deny: principal(0).into_iter().collect(),
+                feature_costs: [(t(4), i.ints[2])].into(),
+                default_ttl: duration(i),
+                groups: vec![seat::SeatGroup { name: t(5), members: principal(1).into_iter().collect() }],
+            };
+            run!(c.seat.update_seat_policy(admin_req(seat::UpdateSeatPolicyRequest { license_id: lic, policy: Some(policy) })))
+        }
+        41 => run!(c.seat.get_usage_report(admin_req(seat::GetUsageReportRequest { license_id: lic, from: ts(i), to: ts(i), as_csv: i.ints[0] % 2 == 0 }))),
+        42 => run!(c.portal.get_my_usage_report(with_token(&c.session, seat::GetUsageReportRequest { license_id: lic, from: ts(i), to: None, as_csv: true }))),
+        43 => run!(c.portal.get_my_seat_policy(with_token(&c.session, acc::GetMySeatPolicyRequest { license_id: lic }))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
