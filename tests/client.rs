@@ -296,3 +296,64 @@ async fn wait_for_seat_hands_over_when_the_holder_releases() {
         tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().expect("the waiter got the seat");
     assert!(matches!(guard.state(), SeatState::Held { .. }));
 }
+
+#[tokio::test]
+async fn a_borrowed_seat_holds_offline_until_its_period_ends_and_an_early_return_frees_it() {
+    let app = spawn_seat_app(Leases::Embedded).await;
+    let f = fixture(&app).await;
+    let (license_id, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+    SeatServiceClient::new(app.channel().await)
+        .update_seat_policy(admin_req(seat::UpdateSeatPolicyRequest {
+            license_id: license_id.clone(),
+            policy: Some(seat::SeatPolicy {
+                max_borrow: Some(prost_types::Duration { seconds: 2 * 86_400, nanos: 0 }),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let client =
+        Client::with_clock(&format!("http://{}", app.addr), &app.public_key().await, Arc::new(clock.clone())).unwrap();
+    let too_long = client
+        .borrow(Credentials::LicenseKey(key.clone()), CheckoutOptions::default(), Duration::from_secs(3 * 86_400))
+        .await
+        .unwrap_err();
+    assert!(matches!(too_long, ClientError::Server { code: tonic::Code::InvalidArgument, .. }), "{too_long:?}");
+    let seat = client
+        .borrow(Credentials::LicenseKey(key.clone()), CheckoutOptions::default(), Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(seat.license_id, license_id);
+    let taken = client.checkout(Credentials::LicenseKey(key.clone()), CheckoutOptions::default()).await.err();
+    assert_eq!(taken.as_ref().and_then(|e| e.reason()), Some("NO_SEAT_AVAILABLE"), "the borrowed seat is held");
+    let storage = tempfile::tempdir().unwrap();
+    let file = storage.path().join("borrowed.json");
+    seat.save(&file).unwrap();
+
+    // Offline: the server is down; the saved token alone proves the borrow.
+    let addr = app.addr;
+    let (dir, mut env) = app.stop().await;
+    let mut stored = licensing_client::borrow::BorrowedSeat::load(&file).unwrap().unwrap();
+    clock.advance(6 * 3_600_000);
+    let token = client.check_borrowed(&mut stored).unwrap();
+    assert!(token.borrowed && token.expires_at_ms == seat.expires_at_ms);
+    clock.advance(-3_600_000);
+    assert!(matches!(client.check_borrowed(&mut stored), Err(ClientError::ClockSetBack { .. })));
+    clock.advance(DAY);
+    assert!(matches!(client.check_borrowed(&mut stored), Err(ClientError::BorrowEnded(_))));
+    let mut forged = stored.clone();
+    forged.lease_token = forged.lease_token.replacen('e', "f", 1);
+    clock.set(SystemClock.now());
+    forged.last_seen_ms = 0;
+    assert!(matches!(client.check_borrowed(&mut forged), Err(ClientError::BadLeaseToken(_))));
+
+    // Back online: an early return frees the seat at once.
+    env.insert("LICENSING_LISTEN_ADDR".into(), addr.to_string());
+    let app = spawn_with_env(Backend::Sqlite, dir, env).await;
+    assert!(client.return_borrowed(&seat).await.unwrap());
+    let guard = client.checkout(Credentials::LicenseKey(key), CheckoutOptions::default()).await.unwrap();
+    assert!(matches!(guard.state(), SeatState::Held { .. }));
+    assert!(guard.release().await);
+    drop(app);
+}

@@ -97,6 +97,16 @@ async fn operators_manage_licenses_and_leases() {
     assert!(json(&ctl(Some(&app), t, &["--json", "leases", "list", &license_id]).await).as_array().unwrap().is_empty());
     drop(guard);
 
+    // Usage reports: a table, JSON, and CSV for a spreadsheet.
+    let csv = stdout(&ctl(Some(&app), t, &["usage", &license_id, "--csv"]).await);
+    assert!(csv.starts_with("metric,day,subject,value\n"), "{csv}");
+    assert!(csv.contains("total_checkouts,,,1\n") && csv.contains(&format!("license,,{license_id},")), "{csv}");
+    let report = json(&ctl(Some(&app), t, &["--json", "usage", &license_id]).await);
+    assert_eq!(report["checkouts"].as_i64(), Some(1));
+    assert!((30..=31).contains(&report["days"].as_array().unwrap().len()), "the last 30 days: {report}");
+    let human = stdout(&ctl(Some(&app), t, &["usage", &license_id]).await);
+    assert!(human.starts_with("DAY") && human.contains("1 checkouts (0 overdraft)"), "{human}");
+
     // Activation history of a node-locked license.
     let (node_locked, node_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
@@ -127,7 +137,16 @@ async fn errors_are_one_clear_line_without_a_stack_trace() {
         &ctl(Some(&app), Some(ADMIN_TOKEN), &["licenses", "renew", "lic_0000000000000000", "--expires", "soon"]).await,
     );
     assert!(bad_date.contains("--expires: 'soon' is not a date"), "{bad_date}");
-    for err in [&unreachable, &wrong, &missing, &not_found, &bad_date] {
+    let backwards = stderr(
+        &ctl(
+            Some(&app),
+            Some(ADMIN_TOKEN),
+            &["usage", "lic_0000000000000000", "--from", "2026-12-01", "--to", "2026-11-01"],
+        )
+        .await,
+    );
+    assert!(backwards.contains("invalid argument: from: must be before to"), "{backwards}");
+    for err in [&unreachable, &wrong, &missing, &not_found, &bad_date, &backwards] {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
     }

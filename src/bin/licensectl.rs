@@ -5,6 +5,7 @@
 //! one line saying what to do, never a stack trace.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use licensing_domain::usage::{civil_from_days, days_from_civil};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
 use licensing_proto::common::v1::{License, LicenseKind, LicenseStatus};
@@ -41,6 +42,19 @@ enum Command {
     Leases(LeaseCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
+    /// Usage report of a concurrent license: peak seats per day, seat hours, denials, top users.
+    Usage {
+        license_id: String,
+        /// First day, YYYY-MM-DD (UTC); 30 days before --to when omitted.
+        #[arg(long)]
+        from: Option<String>,
+        /// Day after the last, YYYY-MM-DD (UTC); now when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the report as CSV (metric,day,subject,value), for a spreadsheet.
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,28 +166,6 @@ fn code_name(code: tonic::Code) -> String {
         .collect::<String>()
         .trim()
         .to_owned()
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn parse_date(flag: &str, text: &str) -> Result<prost_types::Timestamp, Failure> {
@@ -376,13 +368,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(fail)?
                 .into_inner();
+            let state = |l: &licensing_proto::common::v1::Lease| {
+                let mut flags = vec![];
+                for (on, name) in [(l.borrowed, "borrowed"), (l.lingering, "lingering"), (l.overdraft, "overdraft")] {
+                    if on {
+                        flags.push(name.to_owned());
+                    }
+                }
+                if l.shared_processes > 1 {
+                    flags.push(format!("shared by {}", l.shared_processes));
+                }
+                if flags.is_empty() {
+                    "held".to_owned()
+                } else {
+                    flags.join(", ")
+                }
+            };
             let rows = reply
                 .leases
                 .iter()
                 .map(|l| json!({"lease_id": l.lease_id, "user": l.user, "host": l.host, "feature": l.feature,
+                    "seats": l.seats_held, "state": state(l),
                     "since": date(l.checked_out_at.as_ref()), "last_heartbeat": date(l.last_heartbeat_at.as_ref()), "expires": date(l.expires_at.as_ref())}))
                 .collect();
-            print(cli.json, rows, &["lease_id", "user", "host", "feature", "since", "last_heartbeat", "expires"]);
+            print(
+                cli.json,
+                rows,
+                &["lease_id", "user", "host", "feature", "seats", "state", "since", "last_heartbeat", "expires"],
+            );
             if !cli.json {
                 println!("\n{} of {} seats in use", reply.seats_in_use, reply.seats_total);
             }
@@ -415,6 +428,56 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "machine": e.machine_name, "fingerprint": e.fingerprint_digest, "outcome": e.outcome}))
                 .collect();
             print(cli.json, rows, &["when", "action", "installation_id", "machine", "fingerprint", "outcome"]);
+        }
+        Command::Usage { license_id, from, to, csv } => {
+            let from = from.map(|d| parse_date("--from", &d)).transpose()?;
+            let to = to.map(|d| parse_date("--to", &d)).transpose()?;
+            let r = SeatServiceClient::new(channel)
+                .get_usage_report(authorized(token, seat::GetUsageReportRequest { license_id, from, to, as_csv: csv })?)
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if csv {
+                print!("{}", r.csv);
+                return Ok(());
+            }
+            let days: Vec<Value> = r
+                .daily_peaks
+                .iter()
+                .map(|d| {
+                    json!({"day": d.day, "peak_seats": d.peak_seats, "seat_hours": format!("{:.2}", d.seat_hours),
+                    "checkouts": d.checkouts, "denials": d.denials})
+                })
+                .collect();
+            if cli.json {
+                let report = json!({
+                    "from": date(r.from.as_ref()), "to": date(r.to.as_ref()), "days": days,
+                    "total_seat_hours": r.total_seat_hours, "checkouts": r.checkouts,
+                    "overdraft_checkouts": r.overdraft_checkouts, "events_dropped": r.events_dropped,
+                    "denials": r.denials.iter().map(|d| json!({"reason": d.reason, "count": d.count})).collect::<Vec<_>>(),
+                    "top_users": r.top_users.iter().map(|u| json!({"user": u.user, "seat_hours": u.seat_hours, "checkouts": u.checkouts})).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+                return Ok(());
+            }
+            print(false, days, &["day", "peak_seats", "seat_hours", "checkouts", "denials"]);
+            println!(
+                "\n{:.2} seat hours, {} checkouts ({} overdraft) from {} to {}",
+                r.total_seat_hours,
+                r.checkouts,
+                r.overdraft_checkouts,
+                date(r.from.as_ref()),
+                date(r.to.as_ref())
+            );
+            for d in &r.denials {
+                println!("denied {}: {}", d.reason, d.count);
+            }
+            for u in &r.top_users {
+                println!("user {}: {:.2} seat hours, {} checkouts", u.user, u.seat_hours, u.checkouts);
+            }
+            if r.events_dropped > 0 {
+                println!("warning: {} usage events were lost (the usage queue was full)", r.events_dropped);
+            }
         }
     }
     Ok(())

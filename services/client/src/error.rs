@@ -26,6 +26,10 @@ pub enum ClientError {
     ModuleNotLicensed(String),
     #[error("trusted storage: {0}")]
     Storage(String),
+    #[error("the borrowed seat's period ended at {0} (Unix ms): connect to the licensing server")]
+    BorrowEnded(Millis),
+    #[error("the borrowed seat's token is not valid: {0}")]
+    BadLeaseToken(String),
 }
 
 impl ClientError {

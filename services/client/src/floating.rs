@@ -24,6 +24,9 @@ pub struct CheckoutOptions {
     pub client_instance_id: String,
     /// Requested lease time to live; the server bounds it.
     pub ttl: Duration,
+    /// Groups the product vouches the user belongs to (e.g. from a directory), for the
+    /// license's reservations, caps, allow and deny lists.
+    pub groups: Vec<String>,
 }
 
 impl Default for CheckoutOptions {
@@ -34,6 +37,7 @@ impl Default for CheckoutOptions {
             host: std::env::var("HOSTNAME").unwrap_or_default(),
             client_instance_id: format!("{}-{}", std::process::id(), licensing_domain::ids::new_id("ci")),
             ttl: Duration::from_secs(60),
+            groups: vec![],
         }
     }
 }
@@ -108,7 +112,7 @@ fn seat_credentials(c: &Credentials) -> Option<pb::SeatCredentials> {
     })
 }
 
-fn request(credentials: &Credentials, o: &CheckoutOptions) -> pb::CheckoutRequest {
+pub(crate) fn request(credentials: &Credentials, o: &CheckoutOptions) -> pb::CheckoutRequest {
     pb::CheckoutRequest {
         credentials: seat_credentials(credentials),
         feature: o.feature.clone(),
@@ -117,7 +121,7 @@ fn request(credentials: &Credentials, o: &CheckoutOptions) -> pb::CheckoutReques
         client_instance_id: o.client_instance_id.clone(),
         ttl: Some(prost_types::Duration { seconds: o.ttl.as_secs() as i64, nanos: o.ttl.subsec_nanos() as i32 }),
         borrow_for: None,
-        groups: vec![],
+        groups: o.groups.clone(),
     }
 }
 
@@ -125,7 +129,7 @@ fn millis_of(d: Option<&prost_types::Duration>) -> u64 {
     d.map_or(1_000, |d| (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000).max(50)
 }
 
-fn ts_millis(t: Option<&prost_types::Timestamp>) -> Millis {
+pub(crate) fn ts_millis(t: Option<&prost_types::Timestamp>) -> Millis {
     t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
 

@@ -7,9 +7,11 @@
 //! - [`floating`]: `checkout()` returns a [`floating::SeatGuard`] whose background task
 //!   heartbeats, retries through network faults, re-checks out a lost lease, and reports the
 //!   seat's state on a watch channel; dropping the guard checks the seat in.
+//! - [`borrow`]: borrow a seat for offline use, prove it offline from its signed token, return it.
 //! - [`fingerprint`]: the machine's fingerprint components on Linux, macOS and Windows.
 //! - [`error`]: [`ClientError`], what a call can fail with.
 
+pub mod borrow;
 pub mod error;
 pub mod fingerprint;
 pub mod floating;

@@ -4,7 +4,7 @@
 use crate::ClientError;
 use licensing_domain::clock::Millis;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
@@ -25,24 +25,11 @@ impl TrustedStorage {
     }
 
     pub fn load(&self) -> Result<Option<Stored>, ClientError> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| ClientError::Storage(format!("{}: {e}", self.path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ClientError::Storage(format!("{}: {e}", self.path.display()))),
-        }
+        read_json(&self.path)
     }
 
-    /// Written through a temporary file and a rename, so a crash never leaves half a file.
     pub fn save(&self, stored: &Stored) -> Result<(), ClientError> {
-        let err = |e: std::io::Error| ClientError::Storage(format!("{}: {e}", self.path.display()));
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(stored).expect("plain data serializes")).map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        write_json(&self.path, stored)
     }
 
     pub fn clear(&self) -> Result<(), ClientError> {
@@ -52,4 +39,26 @@ impl TrustedStorage {
             Err(e) => Err(ClientError::Storage(format!("{}: {e}", self.path.display()))),
         }
     }
+}
+
+/// A JSON file, or `None` when there is none.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ClientError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| ClientError::Storage(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClientError::Storage(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Written through a temporary file and a rename, so a crash never leaves half a file.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
+    let err = |e: std::io::Error| ClientError::Storage(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value).expect("plain data serializes")).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }
