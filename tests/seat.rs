@@ -8,7 +8,6 @@ use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
 fn by_key(key: &str) -> Option<pb::SeatCredentials> {
@@ -32,19 +31,8 @@ fn heartbeat_req(license_id: impl Into<String>, lease_id: impl Into<String>) -> 
     pb::HeartbeatRequest { license_id: license_id.into(), lease_id: lease_id.into(), lease_token: String::new() }
 }
 
-async fn seats(app: &TestApp) -> SeatServiceClient<Channel> {
-    SeatServiceClient::new(app.channel().await)
-}
-
-async fn live(app: &TestApp, license_id: &str) -> Vec<licensing_proto::common::v1::Lease> {
-    seats(app)
-        .await
-        .list_leases(admin_req(pb::ListLeasesRequest { license_id: license_id.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .leases
-}
+use common::live_leases as live;
+use common::seat_client as seats;
 
 async fn floating(app: &TestApp, n: i32) -> (String, String) {
     let f = fixture(app).await;

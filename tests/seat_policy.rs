@@ -13,9 +13,8 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
 
-async fn seats(app: &TestApp) -> SeatServiceClient<Channel> {
-    SeatServiceClient::new(app.channel().await)
-}
+use common::live_leases as leases;
+use common::seat_client as seats;
 
 fn duration(ms: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 })
@@ -80,16 +79,6 @@ async fn pool(app: &TestApp, license_id: &str) -> pb::GetPoolStatusResponse {
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn leases(app: &TestApp, license_id: &str) -> Vec<licensing_proto::common::v1::Lease> {
-    seats(app)
-        .await
-        .list_leases(admin_req(pb::ListLeasesRequest { license_id: license_id.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .leases
 }
 
 async fn checkin(app: &TestApp, license_id: &str, lease_id: &str) -> bool {

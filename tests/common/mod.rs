@@ -370,3 +370,18 @@ pub async fn login(app: &TestApp, login: &str, password: &str) -> Result<String,
         .await
         .map(|r| r.into_inner().session_token)
 }
+
+pub async fn seat_client(app: &TestApp) -> licensing_proto::seat::v1::seat_service_client::SeatServiceClient<Channel> {
+    licensing_proto::seat::v1::seat_service_client::SeatServiceClient::new(app.channel().await)
+}
+
+/// The live leases of a license, as the admin lists them.
+pub async fn live_leases(app: &TestApp, license_id: &str) -> Vec<licensing_proto::common::v1::Lease> {
+    seat_client(app)
+        .await
+        .list_leases(admin_req(licensing_proto::seat::v1::ListLeasesRequest { license_id: license_id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases
+}
