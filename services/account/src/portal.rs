@@ -393,9 +393,10 @@ impl Portal {
         to: Option<Millis>,
     ) -> Result<UsageReport, AccountError> {
         self.my_license(me, license_id).await?;
-        let (from, to) = report_period(from, to, self.now()).map_err(UpdateError::Rejected)?;
+        let now = self.now();
+        let (from, to) = report_period(from, to, now).map_err(UpdateError::Rejected)?;
         let events = self.usage.usage_events(license_id, to).await?;
-        Ok(UsageReport::compute(license_id, &events, from, to))
+        Ok(UsageReport::compute(license_id, &events, from, to, now))
     }
 
     /// Deactivates a lost machine's installation, also for an expired license. Counts against

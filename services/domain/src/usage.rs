@@ -161,7 +161,8 @@ impl Replay {
 
 impl UsageReport {
     /// The report of `[from, to)` from every event of the license before `to`, in order.
-    pub fn compute(license_id: &str, events: &[UsageEvent], from: Millis, to: Millis) -> Self {
+    /// Seats still held count up to `now`, never into the future.
+    pub fn compute(license_id: &str, events: &[UsageEvent], from: Millis, to: Millis, now: Millis) -> Self {
         let mut replay = Replay { last: from, ..Replay::default() };
         let first_day = from.div_euclid(DAY);
         let last_day = (to - 1).div_euclid(DAY);
@@ -205,7 +206,7 @@ impl UsageReport {
         if !started {
             replay.observe(from);
         }
-        replay.advance(to);
+        replay.advance(to.min(now));
 
         let days = replay
             .peaks
@@ -331,7 +332,7 @@ mod tests {
         ];
         let mut sorted = events.clone();
         sorted.sort_by_key(|e| e.occurred_at);
-        let r = UsageReport::compute("lic", &sorted, day, day + 2 * DAY);
+        let r = UsageReport::compute("lic", &sorted, day, day + 2 * DAY, day + 3 * DAY);
         assert_eq!(r.days.len(), 2);
         assert_eq!((r.days[0].peak_seats, r.days[1].peak_seats), (2, 2));
         assert!((r.days[0].seat_hours - 4.0).abs() < 1e-9, "{:?}", r.days);
@@ -340,6 +341,10 @@ mod tests {
         assert_eq!(r.top_users[0].user, "bob");
         assert_eq!(r.denials, vec![("NO_SEAT_AVAILABLE".to_string(), 1)]);
         assert_eq!(r.checkouts, 1);
+        // Seats still held are not counted into the future.
+        let open = &sorted[..1];
+        let r = UsageReport::compute("lic", open, day, day + 2 * DAY, day + HOUR);
+        assert!((r.total_seat_hours - 1.0).abs() < 1e-9, "{}", r.total_seat_hours);
     }
 
     #[test]

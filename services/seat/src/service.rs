@@ -394,14 +394,15 @@ impl Seats {
         to: Option<Millis>,
     ) -> Result<UsageReport, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
-        let (from, to) = report_period(from, to, self.leases.now().await?)
+        let now = self.leases.now().await?;
+        let (from, to) = report_period(from, to, now)
             .map_err(|e| SeatError::from(licensing_domain::store::UpdateError::Rejected(e)))?;
         if self.catalog.get_license(license_id).await?.is_none() {
             return Err(SeatError::LicenseNotFound(license_id.to_owned()));
         }
         self.usage.flush().await;
         let events = self.usage_store.usage_events(license_id, to).await?;
-        Ok(UsageReport::compute(license_id, &events, from, to))
+        Ok(UsageReport::compute(license_id, &events, from, to, now))
     }
 
     pub async fn now(&self) -> Result<Millis, SeatError> {
