@@ -348,6 +348,14 @@ mod tests {
     }
 
     #[test]
+    fn lost_events_are_reported() {
+        let lost = UsageEvent { kind: UsageKind::Dropped, count: 7, ..event(10 * HOUR, UsageKind::Dropped, "", "", 0) };
+        let r = UsageReport::compute("lic", &[lost], 0, DAY, DAY);
+        assert_eq!(r.events_dropped, 7);
+        assert!(r.to_csv().contains("events_dropped,,,7\n"));
+    }
+
+    #[test]
     fn csv_defuses_formulas_and_quotes() {
         assert_eq!(csv_field("ann"), "ann");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
