@@ -80,17 +80,7 @@ pub struct Activations {
 const MAX_NAME: usize = 200;
 
 fn check_text(field: &'static str, value: &str, required: bool) -> Result<String, ActivationError> {
-    let value = value.trim();
-    if required && value.is_empty() {
-        return Err(ActivationError::invalid(field, "must not be empty"));
-    }
-    if value.chars().count() > MAX_NAME || value.chars().any(char::is_control) {
-        return Err(ActivationError::invalid(
-            field,
-            format!("must be at most {MAX_NAME} characters without control characters"),
-        ));
-    }
-    Ok(value.to_owned())
+    licensing_domain::text::bounded_text(value, MAX_NAME, required).map_err(|m| ActivationError::invalid(field, m))
 }
 
 /// `MAJOR.MINOR[.PATCH]` as numbers, or an error naming the field.

@@ -16,6 +16,7 @@
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`version`]: product versions.
 //! - [`seat_policy`]: per-license seat policy and the rule that decides a new seat.
+//! - [`text`]: bounds on the short names clients send.
 //! - [`usage`]: usage reports computed from the usage log, and their CSV form.
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
 
@@ -30,5 +31,6 @@ pub mod model;
 pub mod seat_policy;
 pub mod secrets;
 pub mod store;
+pub mod text;
 pub mod usage;
 pub mod version;

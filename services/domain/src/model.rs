@@ -294,6 +294,8 @@ pub struct Lease {
 pub struct Released {
     pub lease: Lease,
     pub seats_freed: i32,
+    /// When, by the store's clock: the checkin or revocation, or the expiry.
+    pub at: Millis,
 }
 
 /// What the usage log records.

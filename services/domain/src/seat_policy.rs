@@ -120,23 +120,18 @@ pub const MAX_POLICY_ENTRIES: usize = 100;
 pub const MAX_GROUP_MEMBERS: usize = 1000;
 pub const MAX_LINGER_MS: i64 = 7 * DAY;
 pub const MAX_BORROW_MS: i64 = 366 * DAY;
-const MAX_NAME: usize = 128;
+pub const MAX_NAME: usize = 128;
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ChangeError {
     ChangeError::Invalid { field, message: message.into() }
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<(), ChangeError> {
-    if name.trim().is_empty() || name.trim() != name {
-        return Err(invalid(field, "names must not be empty or start or end with spaces"));
+    match crate::text::bounded_text(name, MAX_NAME, true) {
+        Ok(trimmed) if trimmed == name => Ok(()),
+        Ok(_) => Err(invalid(field, format!("'{name}' must not start or end with spaces"))),
+        Err(m) => Err(invalid(field, format!("'{}': {m}", name.chars().take(40).collect::<String>()))),
     }
-    if name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(invalid(
-            field,
-            format!("'{name}' must be at most {MAX_NAME} characters without control characters"),
-        ));
-    }
-    Ok(())
 }
 
 fn check_len<T>(field: &'static str, items: &[T], max: usize) -> Result<(), ChangeError> {

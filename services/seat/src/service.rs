@@ -75,7 +75,8 @@ pub struct Seats {
     waiting: WaitQueues,
 }
 
-const MAX_NAME: usize = 128;
+/// The same bound as names in a seat policy.
+const MAX_NAME: usize = licensing_domain::seat_policy::MAX_NAME;
 /// Groups a checkout may name.
 const MAX_GROUPS: usize = 32;
 
@@ -99,17 +100,7 @@ fn lease_event(kind: UsageKind, at: Millis, lease: &Lease, seats_delta: i32) -> 
 }
 
 fn name(field: &'static str, value: &str, required: bool) -> Result<String, SeatError> {
-    let value = value.trim();
-    if required && value.is_empty() {
-        return Err(SeatError::invalid(field, "must not be empty"));
-    }
-    if value.chars().count() > MAX_NAME || value.chars().any(char::is_control) {
-        return Err(SeatError::invalid(
-            field,
-            format!("must be at most {MAX_NAME} characters without control characters"),
-        ));
-    }
-    Ok(value.to_owned())
+    licensing_domain::text::bounded_text(value, MAX_NAME, required).map_err(|m| SeatError::invalid(field, m))
 }
 
 fn check_id(field: &'static str, prefix: &str, value: &str) -> Result<(), SeatError> {
@@ -327,8 +318,7 @@ impl Seats {
         let Some(released) = self.leases.checkin(license_id, lease_id, linger_ms).await? else {
             return Ok(false);
         };
-        let now = self.leases.now().await?;
-        self.usage.record(lease_event(UsageKind::Checkin, now, &released.lease, -released.seats_freed));
+        self.usage.record(lease_event(UsageKind::Checkin, released.at, &released.lease, -released.seats_freed));
         if released.seats_freed > 0 {
             self.waiting.notify(license_id);
         }
@@ -358,8 +348,7 @@ impl Seats {
         let (fence, released) = self.leases.revoke(license_id, lease_id).await?.ok_or_else(|| {
             SeatError::LeaseNotFound { license_id: license_id.to_owned(), lease_id: lease_id.to_owned() }
         })?;
-        let now = self.leases.now().await?;
-        self.usage.record(lease_event(UsageKind::Revoked, now, &released.lease, -released.seats_freed));
+        self.usage.record(lease_event(UsageKind::Revoked, released.at, &released.lease, -released.seats_freed));
         self.waiting.notify(license_id);
         Ok(fence)
     }
@@ -367,10 +356,10 @@ impl Seats {
     /// Records the leases that expired (the seats were already free: expired leases never count).
     pub async fn sweep(&self) -> Result<usize, SeatError> {
         let expired = self.leases.sweep_expired(1000).await?;
-        for Released { lease, seats_freed } in &expired {
+        for Released { lease, seats_freed, at } in &expired {
             let kind = if lease.lingering { UsageKind::LingerEnded } else { UsageKind::Expired };
             tracing::info!(license_id = %lease.license_id, lease_id = %lease.lease_id, user = %lease.user, host = %lease.host, kind = kind.as_str(), "lease ended");
-            self.usage.record(lease_event(kind, lease.expires_at, lease, -seats_freed));
+            self.usage.record(lease_event(kind, *at, lease, -seats_freed));
             self.waiting.notify(&lease.license_id);
         }
         Ok(expired.len())

@@ -260,11 +260,11 @@ if linger > 0 and not has(f[10], 'b') then
   redis.call('HSET', K.d, ARGV[1], pack(f))
   redis.call('ZADD', K.z, 'XX', now + linger, ARGV[1])
   redis.call('HSET', K.l, linger_key(f), ARGV[1])
-  return {1, pack(f), now + linger, 0, members(f[9])}
+  return {1, pack(f), now + linger, 0, members(f[9]), now}
 end
 local m = members(f[9])
 local _, freed = remove(ARGV[1])
-return {1, pack(f), now, freed, m}
+return {1, pack(f), now, freed, m, now}
 "#;
 
 const REVOKE: &str = r#"
@@ -559,7 +559,7 @@ impl LeaseStore for RedisLeaseStore {
         if lease.lingering {
             self.index_for_sweep(license_id, expires_at).await;
         }
-        Ok(Some(Released { lease, seats_freed: int(&reply[3])? as i32 }))
+        Ok(Some(Released { lease, seats_freed: int(&reply[3])? as i32, at: int(&reply[5])? }))
     }
 
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
@@ -573,8 +573,9 @@ impl LeaseStore for RedisLeaseStore {
         if int(&reply[0])? != 1 {
             return Ok(None);
         }
-        let lease = unpack(license_id, lease_id, &text(&reply[2])?, int(&reply[3])?, int(&reply[5])? as i32)?;
-        Ok(Some((int(&reply[1])?, Released { lease, seats_freed: int(&reply[4])? as i32 })))
+        let at = int(&reply[3])?;
+        let lease = unpack(license_id, lease_id, &text(&reply[2])?, at, int(&reply[5])? as i32)?;
+        Ok(Some((int(&reply[1])?, Released { lease, seats_freed: int(&reply[4])? as i32, at })))
     }
 
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
@@ -615,7 +616,7 @@ impl LeaseStore for RedisLeaseStore {
                 }
                 let expires_at = parts[1].parse().unwrap_or(0);
                 let lease = unpack_fields(&license_id, parts[0], &parts[3..], expires_at, 1)?;
-                out.push(Released { lease, seats_freed: parts[2].parse().unwrap_or(0) });
+                out.push(Released { lease, seats_freed: parts[2].parse().unwrap_or(0), at: expires_at });
             }
             let _: Result<i64, _> = if earliest < 0 {
                 redis::cmd("ZREM").arg(SWEEP_INDEX).arg(&license_id).query_async(&mut conn).await

@@ -372,7 +372,7 @@ impl LeaseStore for SqlLeaseStore {
             Self::seats_freed(&mut tx, &lease).await?
         };
         tx.commit().await.map_err(map_err)?;
-        Ok(Some(Released { lease, seats_freed }))
+        Ok(Some(Released { lease, seats_freed, at: now }))
     }
 
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
@@ -397,7 +397,7 @@ impl LeaseStore for SqlLeaseStore {
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(Some((fence + 1, Released { lease, seats_freed })))
+        Ok(Some((fence + 1, Released { lease, seats_freed, at: now })))
     }
 
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
@@ -435,7 +435,8 @@ impl LeaseStore for SqlLeaseStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            out.push(Released { lease: lease_from_row(row)?, seats_freed: get_i32(row, "seats_freed")? });
+            let lease = lease_from_row(row)?;
+            out.push(Released { at: lease.expires_at, seats_freed: get_i32(row, "seats_freed")?, lease });
         }
         tx.commit().await.map_err(map_err)?;
         Ok(out)
