@@ -467,20 +467,7 @@ const PORTAL_CELLS: &[(&str, Code, Code)] = &[
 
 async fn world(app: &TestApp) -> World {
     let f = fixture(app).await;
-    let customer_b = app
-        .admin()
-        .await
-        .create_customer(admin_req(acc::CreateCustomerRequest {
-            company_name: "B".into(),
-            contact_email: format!("{}@b.example", rand_suffix()),
-            password: CUSTOMER_PASSWORD.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .customer_id;
+    let customer_b = create_customer(app, "B", &format!("{}@b.example", rand_suffix())).await;
     let (license_a, key_a, _) = issue_license(app, &f, LicenseKind::NodeLocked, 3, |r| r.associate = true).await;
     let (floating_a, floating_key_a, _) =
         issue_license(app, &f, LicenseKind::Concurrent, 3, |r| r.associate = true).await;

@@ -17,19 +17,7 @@ use tonic::Code;
 
 /// A second customer with a password, and its ID.
 async fn other_customer(app: &TestApp, email: &str) -> String {
-    app.admin()
-        .await
-        .create_customer(admin_req(pb::CreateCustomerRequest {
-            company_name: "Globex".into(),
-            contact_email: email.into(),
-            password: CUSTOMER_PASSWORD.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .customer_id
+    create_customer(app, "Globex", email).await
 }
 
 fn machine(id: &str) -> Vec<FingerprintComponent> {

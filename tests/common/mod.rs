@@ -385,3 +385,20 @@ pub async fn live_leases(app: &TestApp, license_id: &str) -> Vec<licensing_proto
         .into_inner()
         .leases
 }
+
+/// Another customer with the portal password [`CUSTOMER_PASSWORD`]; returns its ID.
+pub async fn create_customer(app: &TestApp, company_name: &str, email: &str) -> String {
+    app.admin()
+        .await
+        .create_customer(admin_req(licensing_proto::account::v1::CreateCustomerRequest {
+            company_name: company_name.into(),
+            contact_email: email.into(),
+            password: CUSTOMER_PASSWORD.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .customer_id
+}
