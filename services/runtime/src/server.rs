@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -128,7 +128,8 @@ impl GrpcServer {
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(layers)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            // TCP_NODELAY: an answer written in pieces must not wait for the client's delayed ACK.
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                 let _ = stop_rx.await;
             });
         tokio::pin!(server);

@@ -27,6 +27,8 @@ use licensing_domain::seat_policy::SeatDenial;
 use licensing_domain::store::*;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const SWEEP_INDEX: &str = "leases:sweep";
@@ -320,6 +322,23 @@ pub struct RedisLeaseStore {
     list: Script,
     drain: Script,
     now: Script,
+    clock: Arc<RedisClock>,
+}
+
+/// Redis's clock without a round trip per call: local time plus an offset measured again when
+/// older than [`CLOCK_RECHECK_MS`]. Seat decisions never use it (the scripts read `TIME`); it
+/// serves the service's checks of license dates and the stamps of usage events.
+#[derive(Debug, Default)]
+struct RedisClock {
+    offset_ms: AtomicI64,
+    /// Local time of the last measurement; 0 before the first.
+    measured_at: AtomicI64,
+}
+
+const CLOCK_RECHECK_MS: i64 = 5_000;
+
+fn local_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn script(body: &str) -> Script {
@@ -435,7 +454,11 @@ fn denial(code: &str, detail: &str) -> SeatDenial {
 
 impl RedisLeaseStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
+        use redis::IntoConnectionInfo as _;
+        let info = url.into_connection_info().map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
+        // Without TCP_NODELAY a script's reply can sit out the peer's delayed ACK (40 ms).
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -451,16 +474,16 @@ impl RedisLeaseStore {
             list: script(LIST),
             drain: script(DRAIN_EXPIRED),
             now: script(NOW),
+            clock: Arc::default(),
         })
     }
 
     async fn index_for_sweep(&self, license_id: &str, expires_at: Millis) {
         // Best effort: the index only tells the sweep where to look; seat decisions never use it.
         let mut conn = self.conn.clone();
+        // LT adds a missing license and only ever moves an indexed one earlier.
         let _: Result<i64, _> =
             redis::cmd("ZADD").arg(SWEEP_INDEX).arg("LT").arg(expires_at).arg(license_id).query_async(&mut conn).await;
-        let _: Result<i64, _> =
-            redis::cmd("ZADD").arg(SWEEP_INDEX).arg("NX").arg(expires_at).arg(license_id).query_async(&mut conn).await;
     }
 }
 
@@ -628,7 +651,14 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn now(&self) -> Result<Millis, StoreError> {
+        let local = local_ms();
+        if local - self.clock.measured_at.load(Ordering::Relaxed) < CLOCK_RECHECK_MS {
+            return Ok(local + self.clock.offset_ms.load(Ordering::Relaxed));
+        }
         let mut conn = self.conn.clone();
-        self.now.invoke_async(&mut conn).await.map_err(map_err)
+        let redis_now: Millis = self.now.invoke_async(&mut conn).await.map_err(map_err)?;
+        self.clock.offset_ms.store(redis_now - local_ms(), Ordering::Relaxed);
+        self.clock.measured_at.store(local, Ordering::Relaxed);
+        Ok(redis_now)
     }
 }

@@ -32,12 +32,20 @@ impl Dialect {
     }
 }
 
-/// The SQL store. Cheap to clone (a pool handle).
+/// The SQL store. Cheap to clone (pool handles).
 #[derive(Clone, Debug)]
 pub struct SqlStore {
+    /// Every write, and reads inside transactions.
     pool: AnyPool,
+    /// Plain reads. On PostgreSQL the same pool; on SQLite read-only connections beside the one
+    /// writer (WAL lets them read while it writes), so a license lookup never queues behind a
+    /// write transaction.
+    readers: AnyPool,
     dialect: Dialect,
 }
+
+/// Read-only connections of the embedded SQLite store.
+const SQLITE_READERS: u32 = 4;
 
 /// Settings for connecting; the defaults suit a service process.
 #[derive(Debug, Clone)]
@@ -91,7 +99,7 @@ impl SqlStore {
             .connect(url)
             .await
             .map_err(map_err)?;
-        let store = Self { pool, dialect: Dialect::Postgres };
+        let store = Self { readers: pool.clone(), pool, dialect: Dialect::Postgres };
         MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         Ok(store)
     }
@@ -123,12 +131,25 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(map_err)?;
-        let store = Self { pool, dialect: Dialect::Sqlite };
         let migrator = sqlx::migrate::Migrator::new(SqliteMigrations)
             .await
             .map_err(|e| StoreError::Other(format!("migrations: {e}")))?;
-        migrator.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
-        Ok(store)
+        migrator.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let readers = AnyPoolOptions::new()
+            .max_connections(SQLITE_READERS)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA query_only = ON").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool, readers, dialect: Dialect::Sqlite })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -143,6 +164,7 @@ impl SqlStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.readers.close().await;
     }
 }
 

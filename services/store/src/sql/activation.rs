@@ -211,7 +211,7 @@ impl ActivationStore for SqlStore {
     async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError> {
         let row = sqlx::query("SELECT * FROM activations WHERE installation_id = $1")
             .bind(installation_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         row.as_ref().map(activation_from_row).transpose()
@@ -221,7 +221,7 @@ impl ActivationStore for SqlStore {
         let rows =
             sqlx::query("SELECT * FROM activations WHERE license_id = $1 ORDER BY activated_at DESC, installation_id")
                 .bind(license_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await
                 .map_err(map_err)?;
         rows.iter().map(activation_from_row).collect()
@@ -252,7 +252,7 @@ impl ActivationStore for SqlStore {
     async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError> {
         let rows = sqlx::query("SELECT * FROM activation_events WHERE license_id = $1 ORDER BY sequence")
             .bind(license_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(map_err)?;
         rows.iter()

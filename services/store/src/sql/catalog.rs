@@ -188,7 +188,7 @@ impl CatalogStore for SqlStore {
     async fn get_product(&self, code: &str) -> Result<Option<Product>, StoreError> {
         let row = sqlx::query("SELECT * FROM products WHERE code = $1")
             .bind(code)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         row.as_ref().map(product_from_row).transpose()
@@ -198,7 +198,7 @@ impl CatalogStore for SqlStore {
         let rows = sqlx::query("SELECT * FROM products WHERE code > $1 ORDER BY code LIMIT $2")
             .bind(page.after.clone().unwrap_or_default())
             .bind(limit(page))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(map_err)?;
         rows.iter().map(product_from_row).collect()
@@ -258,7 +258,7 @@ impl CatalogStore for SqlStore {
     async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StoreError> {
         let row = sqlx::query("SELECT * FROM customers WHERE customer_id = $1")
             .bind(customer_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         row.as_ref().map(customer_from_row).transpose()
@@ -267,7 +267,7 @@ impl CatalogStore for SqlStore {
     async fn find_customer_by_email(&self, email: &str) -> Result<Option<Customer>, StoreError> {
         let row = sqlx::query("SELECT * FROM customers WHERE contact_email = $1")
             .bind(email.to_lowercase())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         row.as_ref().map(customer_from_row).transpose()
@@ -282,7 +282,7 @@ impl CatalogStore for SqlStore {
         .bind(page.after.clone().unwrap_or_default())
         .bind(pattern)
         .bind(limit(page))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(map_err)?;
         rows.iter().map(customer_from_row).collect()
@@ -291,7 +291,7 @@ impl CatalogStore for SqlStore {
     async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT password_hash FROM customers WHERE customer_id = $1")
             .bind(customer_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         Ok(match row {
@@ -332,13 +332,13 @@ impl CatalogStore for SqlStore {
 
     async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE license_id = $1");
-        let row = sqlx::query(&sql).bind(license_id).fetch_optional(&self.pool).await.map_err(map_err)?;
+        let row = sqlx::query(&sql).bind(license_id).fetch_optional(&self.readers).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
     async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE key_digest = $1");
-        let row = sqlx::query(&sql).bind(key_digest).fetch_optional(&self.pool).await.map_err(map_err)?;
+        let row = sqlx::query(&sql).bind(key_digest).fetch_optional(&self.readers).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
@@ -363,7 +363,7 @@ impl CatalogStore for SqlStore {
             .bind(filter.key_digest.clone())
             .bind(filter.associated_customer_id.clone())
             .bind(limit(page))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(map_err)?;
         rows.iter().map(license_from_row).collect()
@@ -372,7 +372,7 @@ impl CatalogStore for SqlStore {
     async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT password_salt FROM licenses WHERE license_id = $1")
             .bind(license_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         row.as_ref().map(|r| get_str(r, "password_salt")).transpose()
@@ -452,7 +452,7 @@ impl CatalogStore for SqlStore {
                 .bind(subject)
                 .bind(after)
                 .bind(limit(page))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await
                 .map_err(map_err)?;
         rows.iter()
@@ -470,7 +470,8 @@ impl CatalogStore for SqlStore {
     }
 
     async fn count_admin_tokens(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens").fetch_one(&self.pool).await.map_err(map_err)?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens").fetch_one(&self.readers).await.map_err(map_err)?;
         get_i64(&row, "n")
     }
 
@@ -488,7 +489,7 @@ impl CatalogStore for SqlStore {
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT token_id FROM admin_tokens WHERE digest = $1")
             .bind(digest)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         row.as_ref().map(|r| get_str(r, "token_id")).transpose()

@@ -167,11 +167,16 @@ impl SqlLeaseStore {
         let rows = sqlx::query(&sql).bind(license_id).bind(now).fetch_all(&mut **tx).await.map_err(map_err)?;
         for row in &rows {
             let lease = lease_from_row(row)?;
-            sqlx::query("DELETE FROM leases WHERE lease_id = $1")
+            // Conditional: a heartbeat's single-statement extension may have just moved it on.
+            let deleted = sqlx::query("DELETE FROM leases WHERE lease_id = $1 AND expires_at <= $2")
                 .bind(&lease.lease_id)
+                .bind(now)
                 .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
+            if deleted.rows_affected() == 0 {
+                continue;
+            }
             let freed = Self::seats_freed(tx, &lease).await?;
             insert_lease(tx, "expired_leases", &lease, Some(freed)).await?;
         }
@@ -312,6 +317,17 @@ impl LeaseStore for SqlLeaseStore {
     }
 
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
+        // The common case in one conditional statement: a live lease of its own seat, neither
+        // lingering nor borrowed. Everything else takes the locked path below.
+        let now = self.clock.now();
+        let sql = format!(
+            "UPDATE leases SET expires_at = $1 + ttl_ms WHERE lease_id = $2 AND license_id = $3 AND expires_at > $1 \
+             AND lingering = 0 AND borrowed = 0 AND share_key = '' RETURNING {LEASE_COLUMNS}"
+        );
+        let extended = sqlx::query(&sql).bind(now).bind(lease_id).bind(license_id).fetch_optional(&self.sql.pool).await;
+        if let Some(row) = extended.map_err(map_err)? {
+            return Ok(HeartbeatOutcome::Extended(lease_from_row(&row)?));
+        }
         let (mut tx, _, now) = self.lock_pool(license_id).await?;
         let live = Self::live_leases(&mut tx, license_id).await?;
         let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {

@@ -34,7 +34,7 @@ impl PortalStore for SqlStore {
         )
         .bind(digest)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await
         .map_err(map_err)?;
         row.as_ref().map(|r| get_str(r, "customer_id")).transpose()
@@ -140,7 +140,7 @@ impl PortalStore for SqlStore {
     async fn list_receipts(&self, customer_id: &str) -> Result<Vec<Receipt>, StoreError> {
         let rows = sqlx::query("SELECT * FROM receipts WHERE customer_id = $1 ORDER BY paid_at DESC, receipt_id")
             .bind(customer_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(map_err)?;
         rows.iter()

@@ -62,7 +62,7 @@ impl UsageStore for SqlStore {
         )
         .bind(license_id)
         .bind(until)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()

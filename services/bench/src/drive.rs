@@ -1,0 +1,176 @@
+//! Drives load: closed loop (N callers, each waiting for its answer before the next call) and
+//! open loop (calls started on a fixed schedule, latency counted from the scheduled start, so
+//! queueing shows instead of hiding behind slower callers). Both stop at a time or a count.
+
+use async_trait::async_trait;
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// One caller's repeated operation; it keeps its own state (a lease, a session) between calls.
+#[async_trait]
+pub trait Op: Send + 'static {
+    async fn call(&mut self) -> anyhow::Result<()>;
+}
+
+/// When a run stops: whichever of the two comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub duration: Duration,
+    pub max_ops: u64,
+}
+
+/// What a run measured. Latencies are recorded in microseconds.
+pub struct Figures {
+    pub ops: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+    /// The first error seen, to say why a run failed.
+    pub first_error: Option<String>,
+}
+
+impl Figures {
+    fn new() -> Self {
+        Self {
+            ops: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            first_error: None,
+        }
+    }
+
+    pub fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn p50_ms(&self) -> f64 {
+        self.latency_us.value_at_quantile(0.50) as f64 / 1000.0
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
+    }
+
+    fn record(&mut self, started: Instant, result: anyhow::Result<()>) {
+        let us = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+        self.latency_us.record(us).expect("latency clamped into the histogram's bounds");
+        match result {
+            Ok(()) => self.ops += 1,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Figures) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.latency_us.add(&other.latency_us).expect("histograms with the same bounds");
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+}
+
+/// Each caller calls as fast as its answers come back.
+pub async fn closed_loop(callers: Vec<Box<dyn Op>>, bounds: Bounds) -> Figures {
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + bounds.duration;
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut op| {
+            let issued = issued.clone();
+            tokio::spawn(async move {
+                let mut figures = Figures::new();
+                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < bounds.max_ops {
+                    let t = Instant::now();
+                    let result = op.call().await;
+                    figures.record(t, result);
+                }
+                figures
+            })
+        })
+        .collect();
+    let mut total = Figures::new();
+    for task in tasks {
+        if let Ok(figures) = task.await {
+            total.merge(&figures);
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// Starts `rate` calls a second on schedule, each on an idle caller; a call that finds no idle
+/// caller waits for one, and that wait counts in its latency.
+pub async fn open_loop(callers: Vec<Box<dyn Op>>, rate: f64, bounds: Bounds) -> Figures {
+    let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel::<Box<dyn Op>>();
+    for op in callers {
+        let _ = idle_tx.send(op);
+    }
+    let total = Arc::new(Mutex::new(Figures::new()));
+    let started = Instant::now();
+    let deadline = started + bounds.duration;
+    let mut inflight = vec![];
+    for i in 0..bounds.max_ops {
+        let scheduled = started + period * (i as u32);
+        if scheduled >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(scheduled).await;
+        let Some(mut op) = idle_rx.recv().await else { break };
+        let (total, idle_tx) = (total.clone(), idle_tx.clone());
+        inflight.push(tokio::spawn(async move {
+            let result = op.call().await;
+            total.lock().await.record(scheduled, result);
+            let _ = idle_tx.send(op);
+        }));
+        inflight.retain(|t| !t.is_finished());
+    }
+    for task in inflight {
+        let _ = task.await;
+    }
+    let mut figures = std::mem::replace(&mut *total.lock().await, Figures::new());
+    figures.elapsed = started.elapsed();
+    figures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sleepy(Duration);
+
+    #[async_trait]
+    impl Op for Sleepy {
+        async fn call(&mut self) -> anyhow::Result<()> {
+            tokio::time::sleep(self.0).await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_stops_at_the_count() {
+        let callers: Vec<Box<dyn Op>> = (0..4).map(|_| Box::new(Sleepy(Duration::from_millis(10))) as _).collect();
+        let figures = closed_loop(callers, Bounds { duration: Duration::from_secs(60), max_ops: 40 }).await;
+        assert_eq!(figures.ops, 40);
+        assert_eq!(figures.errors, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_counts_the_wait_for_a_busy_caller() {
+        // One caller taking 20 ms, scheduled every 10 ms: each call waits longer than the last.
+        let callers: Vec<Box<dyn Op>> = vec![Box::new(Sleepy(Duration::from_millis(20)))];
+        let figures = open_loop(callers, 100.0, Bounds { duration: Duration::from_millis(200), max_ops: 10 }).await;
+        assert_eq!(figures.ops, 10);
+        assert!(figures.latency_us.max() >= 100_000, "queueing hidden: max {} us", figures.latency_us.max());
+    }
+}

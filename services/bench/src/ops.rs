@@ -1,0 +1,422 @@
+//! What each caller does, one `Op` per scenario and baseline, and the fixtures they need
+//! (a product, a customer, licenses), made through the admin API like a vendor would.
+
+use crate::drive::Op;
+use crate::echo::pb::{echo_service_client::EchoServiceClient, EchoRequest};
+use crate::stack::ADMIN_TOKEN;
+use anyhow::Context as _;
+use async_trait::async_trait;
+use hdrhistogram::Histogram;
+use licensing_domain::clock::Millis;
+use licensing_domain::fingerprint::{self, Component};
+use licensing_domain::model::{License, LicenseKind};
+use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
+use licensing_domain::store::{ActivateCommand, ActivationStore, DeactivateCommand, DeactivateTarget};
+use licensing_proto::account::v1 as account;
+use licensing_proto::account::v1::account_service_client::AccountServiceClient;
+use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
+use licensing_proto::activation::v1 as activation;
+use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
+use licensing_proto::common::v1 as common;
+use licensing_proto::seat::v1 as seat;
+use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
+use licensing_store::SqlStore;
+use std::sync::{Arc, Mutex};
+use tonic::transport::Channel;
+use tonic::Request;
+
+pub const PASSWORD: &str = "bench company password";
+const FEATURE: &str = "render";
+
+fn as_admin<T>(message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().expect("ASCII token"));
+    r
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A product and a customer with a portal password.
+pub struct Fixture {
+    admin: AdminServiceClient<Channel>,
+    product: String,
+    pub customer_id: String,
+    pub login: String,
+}
+
+/// A license as its holder knows it.
+#[derive(Clone)]
+pub struct Issued {
+    pub license_id: String,
+    pub key: String,
+}
+
+impl Fixture {
+    pub async fn create(account: Channel) -> anyhow::Result<Self> {
+        let mut admin = AdminServiceClient::new(account);
+        let product = format!("bench-{}", &licensing_domain::ids::new_id("p")[2..10].to_lowercase());
+        admin
+            .create_product(as_admin(account::CreateProductRequest {
+                code: product.clone(),
+                name: "Benchmark CAD".into(),
+                modules: vec![common::Module { code: FEATURE.into(), name: "Renderer".into() }],
+            }))
+            .await
+            .context("creating the product")?;
+        let login = format!("{}@bench.example.com", licensing_domain::ids::new_id("m").to_lowercase());
+        let customer = admin
+            .create_customer(as_admin(account::CreateCustomerRequest {
+                company_name: "Bench Corp".into(),
+                contact_email: login.clone(),
+                password: PASSWORD.into(),
+            }))
+            .await
+            .context("creating the customer")?
+            .into_inner()
+            .customer
+            .context("a created customer")?;
+        Ok(Self { admin, product, customer_id: customer.customer_id, login })
+    }
+
+    pub async fn issue(&mut self, kind: common::LicenseKind, seats: i32) -> anyhow::Result<Issued> {
+        let issued = self
+            .admin
+            .issue_license(as_admin(account::IssueLicenseRequest {
+                product_code: self.product.clone(),
+                customer_id: self.customer_id.clone(),
+                kind: kind as i32,
+                seats,
+                allowed_deactivations: -1,
+                modules: vec![FEATURE.into()],
+                expires_at: Some(prost_types::Timestamp { seconds: now_s() + 365 * 86_400, nanos: 0 }),
+                ..Default::default()
+            }))
+            .await
+            .context("issuing a license")?
+            .into_inner();
+        Ok(Issued { license_id: issued.license.context("an issued license")?.license_id, key: issued.license_key })
+    }
+}
+
+fn seat_credentials(key: &str) -> Option<seat::SeatCredentials> {
+    Some(seat::SeatCredentials { credential: Some(seat::seat_credentials::Credential::LicenseKey(key.into())) })
+}
+
+fn license_credentials(key: &str) -> Option<activation::LicenseCredentials> {
+    Some(activation::LicenseCredentials {
+        credential: Some(activation::license_credentials::Credential::LicenseKey(key.into())),
+    })
+}
+
+/// A machine's fingerprint, distinct per caller.
+fn machine(caller: usize) -> Vec<common::FingerprintComponent> {
+    let run = licensing_domain::ids::new_id("m");
+    [("machine-id", "mid"), ("disk-serial", "disk"), ("mac", "mac")]
+        .into_iter()
+        .map(|(name, tag)| common::FingerprintComponent { name: name.into(), value: format!("{tag}-{run}-{caller}") })
+        .collect()
+}
+
+/// A checkout as a product would send it.
+fn checkout_request(license: &Issued, caller: usize) -> seat::CheckoutRequest {
+    seat::CheckoutRequest {
+        credentials: seat_credentials(&license.key),
+        feature: FEATURE.into(),
+        user: format!("user{caller}"),
+        host: format!("host{caller}.bench.example.com"),
+        client_instance_id: licensing_domain::ids::new_id("cli"),
+        ..Default::default()
+    }
+}
+
+pub struct EchoOp(pub EchoServiceClient<Channel>);
+
+#[async_trait]
+impl Op for EchoOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.0.echo(EchoRequest { payload: "ping".into() }).await?;
+        Ok(())
+    }
+}
+
+/// Checkout then checkin of one seat.
+pub struct SeatCycleOp {
+    client: SeatServiceClient<Channel>,
+    request: seat::CheckoutRequest,
+}
+
+impl SeatCycleOp {
+    pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
+        Self { client: SeatServiceClient::new(channel), request: checkout_request(license, caller) }
+    }
+}
+
+#[async_trait]
+impl Op for SeatCycleOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let grant = self.client.checkout(self.request.clone()).await?.into_inner().grant.context("a grant")?;
+        self.client.checkin(seat::CheckinRequest { license_id: grant.license_id, lease_id: grant.lease_id }).await?;
+        Ok(())
+    }
+}
+
+/// Heartbeats of one held lease.
+pub struct HeartbeatOp {
+    client: SeatServiceClient<Channel>,
+    request: seat::HeartbeatRequest,
+}
+
+impl HeartbeatOp {
+    /// Checks a seat out, to heartbeat it.
+    pub async fn new(channel: Channel, license: &Issued, caller: usize) -> anyhow::Result<Self> {
+        let mut client = SeatServiceClient::new(channel);
+        let grant = client.checkout(checkout_request(license, caller)).await?.into_inner().grant.context("a grant")?;
+        let request = seat::HeartbeatRequest {
+            license_id: grant.license_id,
+            lease_id: grant.lease_id,
+            lease_token: grant.lease_token,
+        };
+        Ok(Self { client, request })
+    }
+}
+
+#[async_trait]
+impl Op for HeartbeatOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.client.heartbeat(self.request.clone()).await?;
+        Ok(())
+    }
+}
+
+/// A seat handed from its holder to a queued waiter: records the time from the holder's
+/// checkin being acknowledged to the grant reaching the waiter.
+pub struct HandoffOp {
+    holder: SeatServiceClient<Channel>,
+    waiter: SeatServiceClient<Channel>,
+    holder_request: seat::CheckoutRequest,
+    waiter_request: seat::CheckoutRequest,
+    pub grant_latency_us: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl HandoffOp {
+    /// `license` must have exactly one seat, used by this caller alone.
+    pub fn new(
+        channel: Channel,
+        license: &Issued,
+        caller: usize,
+        grant_latency_us: Arc<Mutex<Histogram<u64>>>,
+    ) -> Self {
+        Self {
+            holder: SeatServiceClient::new(channel.clone()),
+            waiter: SeatServiceClient::new(channel),
+            holder_request: checkout_request(license, caller),
+            waiter_request: checkout_request(license, caller + 10_000),
+            grant_latency_us,
+        }
+    }
+}
+
+#[async_trait]
+impl Op for HandoffOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        use seat::wait_for_seat_response::Event;
+        let held = self.holder.checkout(self.holder_request.clone()).await?.into_inner().grant.context("a grant")?;
+        let mut stream = self
+            .waiter
+            .wait_for_seat(seat::WaitForSeatRequest { checkout: Some(self.waiter_request.clone()), max_wait: None })
+            .await?
+            .into_inner();
+        // Queued first (the seat is held), then the grant once it is checked in.
+        match stream.message().await?.and_then(|m| m.event) {
+            Some(Event::QueuePosition(_)) => {}
+            other => anyhow::bail!("expected a queue position first, got {other:?}"),
+        }
+        self.holder.checkin(seat::CheckinRequest { license_id: held.license_id, lease_id: held.lease_id }).await?;
+        let released = tokio::time::Instant::now();
+        let grant = loop {
+            match stream.message().await?.and_then(|m| m.event) {
+                Some(Event::Grant(g)) => break g,
+                Some(Event::QueuePosition(_)) => continue,
+                None => anyhow::bail!("the wait ended without a grant"),
+            }
+        };
+        let us = released.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+        self.grant_latency_us.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?.record(us)?;
+        self.waiter.checkin(seat::CheckinRequest { license_id: grant.license_id, lease_id: grant.lease_id }).await?;
+        Ok(())
+    }
+}
+
+/// Activation of a machine, then its deactivation from the product.
+pub struct ActivationCycleOp {
+    client: ActivationServiceClient<Channel>,
+    key: String,
+    fingerprint: Vec<common::FingerprintComponent>,
+}
+
+impl ActivationCycleOp {
+    pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
+        Self { client: ActivationServiceClient::new(channel), key: license.key.clone(), fingerprint: machine(caller) }
+    }
+}
+
+#[async_trait]
+impl Op for ActivationCycleOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.client
+            .activate(activation::ActivateRequest {
+                credentials: license_credentials(&self.key),
+                machine: Some(activation::MachineInfo {
+                    fingerprint: self.fingerprint.clone(),
+                    machine_name: "bench machine".into(),
+                    platform: "linux-x86_64".into(),
+                    product_version: "1.0".into(),
+                }),
+            })
+            .await?;
+        self.client
+            .deactivate(activation::DeactivateRequest {
+                target: Some(activation::deactivate_request::Target::LicenseAndMachine(
+                    activation::LicenseAndMachine {
+                        credentials: license_credentials(&self.key),
+                        fingerprint: self.fingerprint.clone(),
+                    },
+                )),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Validation of an activated machine.
+pub struct ValidateOp {
+    client: ActivationServiceClient<Channel>,
+    request: activation::ValidateRequest,
+}
+
+impl ValidateOp {
+    /// Activates the caller's machine, to validate it.
+    pub async fn new(channel: Channel, license: &Issued, caller: usize) -> anyhow::Result<Self> {
+        let mut op = ActivationCycleOp::new(channel.clone(), license, caller);
+        op.client
+            .activate(activation::ActivateRequest {
+                credentials: license_credentials(&license.key),
+                machine: Some(activation::MachineInfo { fingerprint: op.fingerprint.clone(), ..Default::default() }),
+            })
+            .await?;
+        let request = activation::ValidateRequest {
+            credentials: license_credentials(&license.key),
+            fingerprint: op.fingerprint,
+            modules: vec![FEATURE.into()],
+            product_version: "1.0".into(),
+        };
+        Ok(Self { client: op.client, request })
+    }
+}
+
+#[async_trait]
+impl Op for ValidateOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let answer = self.client.validate(self.request.clone()).await?.into_inner();
+        anyhow::ensure!(answer.valid, "validation refused: {answer:?}");
+        Ok(())
+    }
+}
+
+/// A portal login.
+pub struct LoginOp {
+    client: AccountServiceClient<Channel>,
+    login: String,
+}
+
+impl LoginOp {
+    pub fn new(channel: Channel, login: &str) -> Self {
+        Self { client: AccountServiceClient::new(channel), login: login.into() }
+    }
+}
+
+#[async_trait]
+impl Op for LoginOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.client.login(account::LoginRequest { login: self.login.clone(), password: PASSWORD.into() }).await?;
+        Ok(())
+    }
+}
+
+/// Baseline of login: one argon2id verification with the login parameters, on the blocking
+/// pool as the server runs it.
+pub struct Argon2Op {
+    hasher: PasswordHasher,
+    phc: Arc<str>,
+}
+
+impl Argon2Op {
+    pub fn new(hasher: &PasswordHasher, phc: &Arc<str>) -> Self {
+        Self { hasher: hasher.clone(), phc: phc.clone() }
+    }
+}
+
+#[async_trait]
+impl Op for Argon2Op {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let (hasher, phc) = (self.hasher.clone(), self.phc.clone());
+        let ok = tokio::task::spawn_blocking(move || hasher.verify(PASSWORD, &phc)).await?;
+        anyhow::ensure!(ok, "the password did not verify");
+        Ok(())
+    }
+}
+
+/// Baseline of activation: the activation store's SQL (activate, then deactivate), straight
+/// through sqlx, without gRPC, credentials or certificates.
+pub struct SqlActivationOp {
+    store: SqlStore,
+    license_id: String,
+    digests: Vec<fingerprint::ComponentDigest>,
+}
+
+impl SqlActivationOp {
+    pub fn new(store: &SqlStore, license: &Issued, caller: usize) -> anyhow::Result<Self> {
+        let hasher = KeyedHasher::new(*b"benchmark baseline digests key!!");
+        let components: Vec<Component> =
+            machine(caller).into_iter().map(|c| Component { name: c.name, value: c.value }).collect();
+        let normalized = fingerprint::normalize(&components)?;
+        let digests = fingerprint::stored_digests(&hasher, &normalized);
+        Ok(Self { store: store.clone(), license_id: license.license_id.clone(), digests })
+    }
+}
+
+fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[async_trait]
+impl Op for SqlActivationOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let command = ActivateCommand {
+            license_id: self.license_id.clone(),
+            installation_id: licensing_domain::ids::new_id(licensing_domain::ids::INSTALLATION),
+            fingerprint_summary: fingerprint::summary(&self.digests),
+            fingerprint: self.digests.clone(),
+            machine_name: "bench machine".into(),
+            platform: "linux-x86_64".into(),
+            product_version: "1.0".into(),
+            offline: false,
+            match_threshold: 0.6,
+            now,
+        };
+        let usable = move |l: &License| l.usability(now, LicenseKind::NodeLocked);
+        self.store.activate(&command, &usable).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let deactivate = DeactivateCommand {
+            license_id: self.license_id.clone(),
+            target: DeactivateTarget::Fingerprint { digests: self.digests.clone(), match_threshold: 0.6 },
+            counts: true,
+            action: "deactivate",
+            now,
+        };
+        self.store.deactivate(&deactivate).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(())
+    }
+}
