@@ -120,9 +120,7 @@ impl Catalog {
     /// account and every live activation is freed (not counted against the deactivation limit).
     pub async fn return_license(&self, actor: &str, license_id: &str, reason: &str) -> Result<License, AccountError> {
         self.change_license(actor, license_id, LicenseChange::Associate(None), reason).await?;
-        for activation in
-            self.activations.list_activations(license_id).await?.into_iter().filter(|a| a.deactivated_at.is_none())
-        {
+        for activation in self.activations.list_live_activations(license_id).await? {
             let command = DeactivateCommand {
                 license_id: license_id.to_owned(),
                 target: DeactivateTarget::Installation(activation.installation_id.clone()),
@@ -159,7 +157,7 @@ impl Catalog {
     /// argon2id on the blocking pool, so logins never stall the async workers.
     pub async fn hash_password(&self, password: String) -> Result<String, AccountError> {
         let hasher = self.passwords.clone();
-        tokio::task::spawn_blocking(move || hasher.hash(&password)).await.map_err(|e| {
+        licensing_runtime::hashing::run(move || hasher.hash(&password)).await.map_err(|e| {
             AccountError::Store(licensing_domain::error::StoreError::Other(format!("hashing task failed: {e}")))
         })
     }

@@ -163,7 +163,7 @@ impl Portal {
         let decoy = self.decoy.clone();
         let password = password.to_owned();
         let real = stored.is_some();
-        let ok = tokio::task::spawn_blocking(move || {
+        let ok = licensing_runtime::hashing::run(move || {
             let phc = stored.unwrap_or_else(|| decoy.get_or_init(|| hasher.decoy_hash()).clone());
             hasher.verify(&password, &phc)
         })

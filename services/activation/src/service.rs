@@ -318,13 +318,7 @@ impl Activations {
             }
             LicenseKind::NodeLocked => {
                 let (presented, digests) = self.digests(fingerprint)?;
-                let live: Vec<Activation> = self
-                    .store
-                    .list_activations(&license.license_id)
-                    .await?
-                    .into_iter()
-                    .filter(|a| a.deactivated_at.is_none())
-                    .collect();
+                let live: Vec<Activation> = self.store.list_live_activations(&license.license_id).await?;
                 let best = live
                     .into_iter()
                     .map(|a| (fingerprint::match_share(&a.fingerprint, &digests), a))
@@ -428,10 +422,9 @@ impl Activations {
         license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
         let activation = self
             .store
-            .list_activations(&license.license_id)
+            .list_live_activations(&license.license_id)
             .await?
             .into_iter()
-            .filter(|a| a.deactivated_at.is_none())
             .find(|a| fingerprint::matches(&a.fingerprint, &digests, self.settings.match_threshold))
             .ok_or_else(|| ActivationError::NotActivated(license.license_id.clone()))?;
         Ok((license, activation, presented))

@@ -39,6 +39,9 @@ struct Cli {
     /// Redis for the leases; THIS DATABASE IS FLUSHED before and after the run.
     #[arg(long, env = "LICENSING_BENCH_REDIS_URL", default_value = "redis://127.0.0.1:6379/15")]
     redis_url: String,
+    /// Only these groups: seat, activation, login, scale (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,7 +61,8 @@ fn main() -> anyhow::Result<()> {
         None => {
             let stores = (!cli.embedded_only)
                 .then_some(stack::ExternalStores { postgres_admin_url: cli.database_url, redis_url: cli.redis_url });
-            let settings = if cli.quick { run::Settings::quick(stores) } else { run::Settings::full(stores) };
+            let mut settings = if cli.quick { run::Settings::quick(stores) } else { run::Settings::full(stores) };
+            settings.only = cli.only;
             runtime.block_on(run::Bench::new(settings).run())
         }
     }

@@ -15,6 +15,7 @@ use licensing_domain::store::{CheckoutCommand, CheckoutOutcome, LeaseStore};
 use licensing_proto::common::v1::LicenseKind;
 use licensing_store::sql::SqlOptions;
 use licensing_store::{RedisLeaseStore, SqlStore};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -34,6 +35,8 @@ pub struct Settings {
     pub scale_licenses: usize,
     /// PostgreSQL and Redis of the production deployment; `None` skips it.
     pub stores: Option<ExternalStores>,
+    /// Groups to run (`seat`, `activation`, `login`, `scale`); empty runs all.
+    pub only: Vec<String>,
 }
 
 impl Settings {
@@ -46,6 +49,7 @@ impl Settings {
             scale_leases: 1_000_000,
             scale_licenses: 100_000,
             stores,
+            only: vec![],
         }
     }
 
@@ -59,6 +63,10 @@ impl Settings {
         }
     }
 
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
     fn bounds(&self) -> Bounds {
         Bounds { duration: self.duration, max_ops: u64::MAX }
     }
@@ -66,6 +74,14 @@ impl Settings {
 
 pub struct Bench {
     settings: Settings,
+}
+
+/// The deployment's name, and the backends its seat and SQL scenarios are reported under.
+fn names(deployment: Deployment) -> (&'static str, &'static str, &'static str) {
+    match deployment {
+        Deployment::Embedded => ("embedded", "embedded", "embedded"),
+        Deployment::Production => ("production", "redis", "postgres"),
+    }
 }
 
 /// Callers spread over the connections.
@@ -81,9 +97,13 @@ fn emit(line: Line) {
     println!("{}", line.text());
 }
 
+/// Runs that had errors, so the process can fail at the end.
+static RUNS_WITH_ERRORS: AtomicU64 = AtomicU64::new(0);
+
 /// Says why a run had errors, on stderr (the lines on stdout stay machine-readable).
 fn explain(scenario: &str, f: &Figures) {
     if let Some(e) = &f.first_error {
+        RUNS_WITH_ERRORS.fetch_add(1, Ordering::Relaxed);
         eprintln!("# {scenario}: {} errors, first: {e}", f.errors);
     }
 }
@@ -104,7 +124,10 @@ impl Bench {
                 let production = Stack::production(stores).await.context("starting the separate services")?;
                 let result = async {
                     self.deployment(&production).await?;
-                    self.scale(&production).await
+                    if self.settings.runs("scale") {
+                        self.scale(&production).await?;
+                    }
+                    Ok::<_, anyhow::Error>(())
                 }
                 .await;
                 production.stop().await;
@@ -113,7 +136,10 @@ impl Bench {
             None => eprintln!("# production deployment skipped (--embedded-only)"),
         }
         eprintln!("# done in {:.0} s", t.elapsed().as_secs_f64());
-        Ok(())
+        match RUNS_WITH_ERRORS.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            n => anyhow::bail!("{n} runs had errors (see the lines starting with # above)"),
+        }
     }
 
     async fn echo(&self, stack: &Stack) -> anyhow::Result<Figures> {
@@ -125,10 +151,7 @@ impl Bench {
     }
 
     async fn deployment(&self, stack: &Stack) -> anyhow::Result<()> {
-        let (name, seat_backend, sql_backend) = match stack.deployment {
-            Deployment::Embedded => ("embedded", "embedded", "embedded"),
-            Deployment::Production => ("production", "redis", "postgres"),
-        };
+        let (name, _, _) = names(stack.deployment);
         for server in stack.servers.iter().chain([&stack.echo]) {
             let mut line = Line::new("idle_memory", name)
                 .field("process", server.serves.process())
@@ -142,11 +165,30 @@ impl Bench {
         let seats = fixture.issue(LicenseKind::Concurrent, 1000).await?;
         let node_locked = fixture.issue(LicenseKind::NodeLocked, 1000).await?;
 
-        // Seats.
         let seat_channels = stack.seat().channels(self.settings.connections).await?;
+        if self.settings.runs("seat") {
+            self.seats(stack, &mut fixture, &seats, &seat_channels).await?;
+        }
+        if self.settings.runs("activation") {
+            self.activation(stack, &mut fixture, &node_locked).await?;
+        }
+        if self.settings.runs("login") {
+            self.logins(stack, &fixture, &seats, &seat_channels).await?;
+        }
+        Ok(())
+    }
+
+    async fn seats(
+        &self,
+        stack: &Stack,
+        fixture: &mut Fixture,
+        seats: &Issued,
+        seat_channels: &[Channel],
+    ) -> anyhow::Result<()> {
+        let (name, seat_backend, _) = names(stack.deployment);
         let echo = self.echo(stack).await?;
         emit(Line::new("echo", name).figures(&echo).ratio("echo", 1.0));
-        let cycle = self.seat_cycle(&seat_channels, &seats).await?;
+        let cycle = self.seat_cycle(seat_channels, seats).await?;
         emit(
             Line::new("seat_checkout_checkin", seat_backend)
                 .field("mode", "closed")
@@ -156,7 +198,7 @@ impl Bench {
                 .target(Target::RatioAtLeast(0.5)),
         );
         let echo = self.echo(stack).await?;
-        let heartbeat = self.heartbeat(&seat_channels, &seats, self.settings.callers, None).await?;
+        let heartbeat = self.heartbeat(seat_channels, seats, self.settings.callers, None).await?;
         emit(
             Line::new("heartbeat", seat_backend)
                 .field("mode", "closed")
@@ -166,7 +208,7 @@ impl Bench {
                 .target(Target::RatioAtLeast(0.6)),
         );
         let rate = cycle.ops_per_s() / 2.0;
-        let open = self.seat_cycle_open(&seat_channels, &seats, rate).await?;
+        let open = self.seat_cycle_open(seat_channels, seats, rate).await?;
         emit(
             Line::new("seat_checkout_checkin", seat_backend)
                 .field("mode", "open")
@@ -175,7 +217,7 @@ impl Bench {
                 .target(Target::P99UnderMs(5.0)),
         );
         let rate = heartbeat.ops_per_s() / 2.0;
-        let open = self.heartbeat(&seat_channels, &seats, self.settings.callers * 2, Some(rate)).await?;
+        let open = self.heartbeat(seat_channels, seats, self.settings.callers * 2, Some(rate)).await?;
         emit(
             Line::new("heartbeat", seat_backend)
                 .field("mode", "open")
@@ -183,7 +225,7 @@ impl Bench {
                 .figures(&open)
                 .target(Target::P99UnderMs(5.0)),
         );
-        let handoff = self.handoff(&mut fixture, &seat_channels, seat_backend).await?;
+        let handoff = self.handoff(fixture, seat_channels, seat_backend).await?;
         emit(handoff.0.against("echo", &handoff.1, &echo));
         let seat_process = stack.seat();
         let mut line = Line::new("seat_memory", name)
@@ -194,11 +236,15 @@ impl Bench {
         }
         emit(line);
 
-        // Activation.
+        Ok(())
+    }
+
+    async fn activation(&self, stack: &Stack, fixture: &mut Fixture, node_locked: &Issued) -> anyhow::Result<()> {
+        let (_, _, sql_backend) = names(stack.deployment);
         let activation_channels = stack.activation().channels(self.settings.connections).await?;
-        let baseline = self.sql_activation(stack, &mut fixture).await?;
+        let baseline = self.sql_activation(stack, fixture).await?;
         emit(Line::new("sql_activation", sql_backend).figures(&baseline).ratio("sql_activation", 1.0));
-        let cycle = self.activation_cycle(&activation_channels, &node_locked).await?;
+        let cycle = self.activation_cycle(&activation_channels, node_locked).await?;
         let mut line =
             Line::new("activate_deactivate", sql_backend).figures(&cycle).against("sql_activation", &cycle, &baseline);
         if stack.deployment == Deployment::Production {
@@ -206,7 +252,7 @@ impl Bench {
         }
         emit(line);
         let echo = self.echo(stack).await?;
-        let validate = self.validate(&activation_channels, &node_locked).await?;
+        let validate = self.validate(&activation_channels, node_locked).await?;
         emit(
             Line::new("validate", sql_backend)
                 .figures(&validate)
@@ -214,7 +260,17 @@ impl Bench {
                 .target(Target::RatioAtLeast(0.5)),
         );
 
-        // Login.
+        Ok(())
+    }
+
+    async fn logins(
+        &self,
+        stack: &Stack,
+        fixture: &Fixture,
+        seats: &Issued,
+        seat_channels: &[Channel],
+    ) -> anyhow::Result<()> {
+        let (name, seat_backend, sql_backend) = names(stack.deployment);
         let account_channels = stack.account().channels(self.settings.connections).await?;
         let argon2 = self.argon2().await?;
         emit(
@@ -231,7 +287,7 @@ impl Bench {
                 .against("argon2", &login, &argon2)
                 .target(Target::RatioAtLeast(0.8)),
         );
-        let (idle, flood, logins) = self.login_flood(&seat_channels, &account_channels, &seats, &fixture.login).await?;
+        let (idle, flood, logins) = self.login_flood(seat_channels, &account_channels, seats, &fixture.login).await?;
         emit(
             Line::new("heartbeat_during_login_flood", seat_backend)
                 .number("idle_p99_ms", idle.p99_ms())
@@ -342,7 +398,9 @@ impl Bench {
         let hasher = PasswordHasher::owasp();
         let phc: Arc<str> = hasher.hash(PASSWORD).into();
         let ops = (0..self.settings.login_callers).map(|_| Argon2Op::new(&hasher, &phc)).collect();
-        Ok(closed_loop(boxed(ops), self.settings.bounds()).await)
+        let f = closed_loop(boxed(ops), self.settings.bounds()).await;
+        explain("argon2", &f);
+        Ok(f)
     }
 
     async fn login(&self, channels: &[Channel], login: &str, callers: usize) -> anyhow::Result<Figures> {

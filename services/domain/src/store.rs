@@ -177,6 +177,8 @@ pub trait ActivationStore: Send + Sync + 'static {
     async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError>;
     /// Live and past activations of a license, newest first.
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
+    /// Live activations of a license (at most its seats, however long its history).
+    async fn list_live_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
     /// Marks an activation seen (a refresh) and records the history line.
     async fn record_refresh(
         &self,

@@ -137,7 +137,7 @@ impl CredentialResolver {
         let decoy = self.decoy.clone();
         let password = password.to_owned();
         let has_real = stored.is_some();
-        let verified = tokio::task::spawn_blocking(move || {
+        let verified = crate::hashing::run(move || {
             let phc = stored.unwrap_or_else(|| decoy.get_or_init(|| hasher.decoy_hash()).clone());
             hasher.verify(&password, &phc)
         })

@@ -11,6 +11,7 @@
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
 //! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
+//! - [`hashing`]: argon2 work on the blocking pool at a low CPU priority.
 //! - [`limiter`]: failure counting per key for rate limits.
 //! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.
 
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod credentials;
+pub mod hashing;
 pub mod keys;
 pub mod limiter;
 pub mod server;

@@ -550,8 +550,9 @@ impl LeaseStore for RedisLeaseStore {
             .map_err(map_err)?;
         Ok(match int(&reply[0])? {
             1 => {
+                // No index update: a heartbeat only moves an expiry later, and the index may
+                // hold an earlier time (the sweep then finds nothing and moves it on).
                 let expires_at = int(&reply[3])?;
-                self.index_for_sweep(license_id, expires_at).await;
                 HeartbeatOutcome::Extended(unpack(
                     license_id,
                     lease_id,
@@ -641,11 +642,26 @@ impl LeaseStore for RedisLeaseStore {
                 let lease = unpack_fields(&license_id, parts[0], &parts[3..], expires_at, 1)?;
                 out.push(Released { lease, seats_freed: parts[2].parse().unwrap_or(0), at: expires_at });
             }
-            let _: Result<i64, _> = if earliest < 0 {
-                redis::cmd("ZREM").arg(SWEEP_INDEX).arg(&license_id).query_async(&mut conn).await
+            if earliest < 0 {
+                let _: Result<i64, _> =
+                    redis::cmd("ZREM").arg(SWEEP_INDEX).arg(&license_id).query_async(&mut conn).await;
+                // A checkout may have landed between the drain and the ZREM (its own ZADD came
+                // first): put the license back, so its leases are still recorded when they expire.
+                let first: Vec<(String, i64)> = redis::cmd("ZRANGE")
+                    .arg(&keys(&license_id, "")[0])
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if let Some((_, expiry)) = first.first() {
+                    self.index_for_sweep(&license_id, *expiry).await;
+                }
             } else {
-                redis::cmd("ZADD").arg(SWEEP_INDEX).arg(earliest).arg(&license_id).query_async(&mut conn).await
-            };
+                let _: Result<i64, _> =
+                    redis::cmd("ZADD").arg(SWEEP_INDEX).arg(earliest).arg(&license_id).query_async(&mut conn).await;
+            }
         }
         Ok(out)
     }

@@ -227,6 +227,13 @@ impl ActivationStore for SqlStore {
         rows.iter().map(activation_from_row).collect()
     }
 
+    async fn list_live_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError> {
+        let sql = "SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL \
+                   ORDER BY activated_at DESC, installation_id";
+        let rows = sqlx::query(sql).bind(license_id).fetch_all(&self.readers).await.map_err(map_err)?;
+        rows.iter().map(activation_from_row).collect()
+    }
+
     async fn record_refresh(
         &self,
         installation_id: &str,
