@@ -271,8 +271,11 @@ async fn activation_store_conformance() {
             "{name}"
         );
         assert!(matches!(store.deactivate(&by_machine).await, Err(ActivationStoreError::NoActivation)));
-        let m2 =
-            store.list_activations(&l.license_id).await.unwrap().into_iter().find(|a| a.machine_name == "m2").unwrap();
+        // Validation reads only live activations: the deactivated m1 is history, not a candidate.
+        let live = store.list_live_activations(&l.license_id).await.unwrap();
+        assert_eq!(live.iter().map(|a| a.machine_name.as_str()).collect::<Vec<_>>(), ["m2"], "{name}");
+        assert_eq!(store.list_activations(&l.license_id).await.unwrap().len(), 2, "{name}");
+        let m2 = live.into_iter().next().unwrap();
         let by_id = DeactivateCommand {
             target: DeactivateTarget::Installation(m2.installation_id.clone()),
             ..by_machine.clone()
@@ -396,6 +399,18 @@ async fn lease_store_conformance() {
             store.list(&license).await.unwrap().iter().map(|l| l.lease_id.clone()).collect::<Vec<_>>(),
             vec![x.lease_id.clone()]
         );
+        // A lease kept alive past its first expiry, then abandoned, is still recorded when it
+        // finally expires (heartbeats leave the sweep's index behind; the sweep catches up).
+        let (kept, _, _) = granted(store.checkout(&checkout(&license, "kept", 2, 400)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(matches!(store.heartbeat(&license, &kept.lease_id).await.unwrap(), HeartbeatOutcome::Extended(_)));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let early = store.sweep_expired(100).await.unwrap();
+        assert!(!early.iter().any(|r| r.lease.lease_id == kept.lease_id), "{name}: a heartbeated lease is live");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let late = store.sweep_expired(100).await.unwrap();
+        assert!(late.iter().any(|r| r.lease.lease_id == kept.lease_id), "{name}: recorded once it expired");
+
         let now = store.now().await.unwrap();
         assert!((now - SystemClock.now()).abs() < 5_000, "{name}: the store's clock is sane");
     }

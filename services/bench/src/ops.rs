@@ -7,7 +7,7 @@ use crate::stack::ADMIN_TOKEN;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
-use licensing_domain::clock::Millis;
+use licensing_domain::clock::{Clock as _, Millis, SystemClock};
 use licensing_domain::fingerprint::{self, Component};
 use licensing_domain::model::{License, LicenseKind};
 use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
@@ -34,8 +34,8 @@ fn as_admin<T>(message: T) -> Request<T> {
     r
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+fn now_ms() -> Millis {
+    SystemClock.now()
 }
 
 /// A product and a customer with a portal password.
@@ -90,7 +90,7 @@ impl Fixture {
                 seats,
                 allowed_deactivations: -1,
                 modules: vec![FEATURE.into()],
-                expires_at: Some(prost_types::Timestamp { seconds: now_s() + 365 * 86_400, nanos: 0 }),
+                expires_at: Some(prost_types::Timestamp { seconds: now_ms() / 1000 + 365 * 86_400, nanos: 0 }),
                 ..Default::default()
             }))
             .await
@@ -385,10 +385,6 @@ impl SqlActivationOp {
         let digests = fingerprint::stored_digests(&hasher, &normalized);
         Ok(Self { store: store.clone(), license_id: license.license_id.clone(), digests })
     }
-}
-
-fn now_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[async_trait]

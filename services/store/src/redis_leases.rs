@@ -20,7 +20,7 @@
 //! with something expired (it is an index for the sweep, not part of any seat decision).
 
 use async_trait::async_trait;
-use licensing_domain::clock::Millis;
+use licensing_domain::clock::{Clock as _, Millis, SystemClock};
 use licensing_domain::error::StoreError;
 use licensing_domain::model::{Lease, Released};
 use licensing_domain::seat_policy::SeatDenial;
@@ -336,10 +336,6 @@ struct RedisClock {
 }
 
 const CLOCK_RECHECK_MS: i64 = 5_000;
-
-fn local_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
@@ -667,13 +663,13 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn now(&self) -> Result<Millis, StoreError> {
-        let local = local_ms();
+        let local = SystemClock.now();
         if local - self.clock.measured_at.load(Ordering::Relaxed) < CLOCK_RECHECK_MS {
             return Ok(local + self.clock.offset_ms.load(Ordering::Relaxed));
         }
         let mut conn = self.conn.clone();
         let redis_now: Millis = self.now.invoke_async(&mut conn).await.map_err(map_err)?;
-        self.clock.offset_ms.store(redis_now - local_ms(), Ordering::Relaxed);
+        self.clock.offset_ms.store(redis_now - SystemClock.now(), Ordering::Relaxed);
         self.clock.measured_at.store(local, Ordering::Relaxed);
         Ok(redis_now)
     }

@@ -15,6 +15,7 @@ use licensing_domain::seat_policy::{decide_new_seat, PoolUsage};
 use licensing_domain::store::*;
 use sqlx::{Any, Transaction};
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 #[derive(Clone)]
 pub struct SqlLeaseStore {
@@ -319,12 +320,15 @@ impl LeaseStore for SqlLeaseStore {
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
         // The common case in one conditional statement: a live lease of its own seat, neither
         // lingering nor borrowed. Everything else takes the locked path below.
+        static EXTEND: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE leases SET expires_at = $1 + ttl_ms WHERE lease_id = $2 AND license_id = $3 \
+                 AND expires_at > $1 AND lingering = 0 AND borrowed = 0 AND share_key = '' RETURNING {LEASE_COLUMNS}"
+            )
+        });
         let now = self.clock.now();
-        let sql = format!(
-            "UPDATE leases SET expires_at = $1 + ttl_ms WHERE lease_id = $2 AND license_id = $3 AND expires_at > $1 \
-             AND lingering = 0 AND borrowed = 0 AND share_key = '' RETURNING {LEASE_COLUMNS}"
-        );
-        let extended = sqlx::query(&sql).bind(now).bind(lease_id).bind(license_id).fetch_optional(&self.sql.pool).await;
+        let extended =
+            sqlx::query(&EXTEND).bind(now).bind(lease_id).bind(license_id).fetch_optional(&self.sql.pool).await;
         if let Some(row) = extended.map_err(map_err)? {
             return Ok(HeartbeatOutcome::Extended(lease_from_row(&row)?));
         }
