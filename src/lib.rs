@@ -155,7 +155,21 @@ impl Application {
         // separate Account service reads them to show a customer's live leases.
         let leases: Option<Arc<dyn LeaseStore>> = match (&config.redis_url, role) {
             (Some(url), Role::AllInOne | Role::Seat | Role::Account) => {
-                Some(Arc::new(RedisLeaseStore::connect(url).await.context("connecting to Redis")?))
+                let redis = RedisLeaseStore::connect(url)
+                    .await
+                    .context("connecting to Redis")?
+                    .with_recovery_window(config.max_lease_ttl.as_millis() as i64);
+                if role.serves_seat() {
+                    // Only the process that grants seats records the epoch: an empty Redis in a
+                    // deployment that used it before lost its leases (see RedisLeaseStore).
+                    let now = overrides.clock.now();
+                    let used_before = store.mark("redis_lease_store", now).await.context("recording Redis use")?;
+                    let until = redis.open_epoch(used_before).await.context("reading the Redis epoch")?;
+                    if until > now {
+                        tracing::warn!(until_ms = until, "the lease store is recovering: no new seats until then");
+                    }
+                }
+                Some(Arc::new(redis))
             }
             (None, Role::AllInOne) => Some(Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone()))),
             (None, Role::Seat) => {
@@ -175,7 +189,11 @@ impl Application {
                 Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
                 None => Arc::new(FileOutbox::new(config.data_dir.join("outbox"))),
             };
-            let settings = PortalSettings { reset_url: config.reset_url.clone(), ..PortalSettings::default() };
+            let settings = PortalSettings {
+                reset_url: config.reset_url.clone(),
+                logins_per_account: config.rate_limits.login_per_account,
+                ..PortalSettings::default()
+            };
             let portal = Portal::new(
                 catalog.clone(),
                 Arc::new(store.clone()),
@@ -194,8 +212,11 @@ impl Application {
             names.push("licensing.account.v1.AccountService");
         }
         if role.serves_activation() {
-            let settings =
-                ActivationSettings { match_threshold: config.fingerprint_match, ..ActivationSettings::default() };
+            let settings = ActivationSettings {
+                match_threshold: config.fingerprint_match,
+                activations_per_license: config.rate_limits.activate_per_license,
+                ..ActivationSettings::default()
+            };
             let activations = Activations::new(
                 catalog_store.clone(),
                 activation_store.clone(),
@@ -219,7 +240,11 @@ impl Application {
                 usage,
                 credentials.clone(),
                 signer.clone(),
-                SeatSettings::default(),
+                SeatSettings {
+                    max_ttl: config.max_lease_ttl.as_millis() as i64,
+                    checkouts_per_license: config.rate_limits.checkout_per_license,
+                    ..SeatSettings::default()
+                },
             );
             background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
             routes = routes.add_service(

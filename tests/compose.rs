@@ -129,10 +129,15 @@ async fn compose_services_start_natively_and_serve() {
         let service = &services[name];
         assert_eq!(service["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"), "{name}");
         let command = strings(&service["command"]);
-        let env = native_env(service, &database_url);
+        let mut env = native_env(service, &database_url);
         let port = env["LICENSING_LISTEN_ADDR"].rsplit(':').next().unwrap().to_owned();
         let published = strings(&service["ports"]);
         assert_eq!(published, vec![format!("{port}:{port}")], "{name} publishes its listen port");
+        // Natively the compose ports (in the ephemeral range) may be taken by some connection:
+        // serve on a free port instead, as a container's port mapping would.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+        let listen = env["LICENSING_LISTEN_ADDR"].replace(&format!(":{port}"), &format!(":{free}"));
+        env.insert("LICENSING_LISTEN_ADDR".into(), listen);
         let child = Command::new(binary(&command[0]))
             .env_clear()
             .envs(&env)
@@ -146,7 +151,10 @@ async fn compose_services_start_natively_and_serve() {
         running.0.push((name.to_owned(), child));
         let healthcheck = strings(&service["healthcheck"]["test"]);
         assert_eq!(healthcheck[0], "CMD");
-        checks.push((name, healthcheck[1..].to_vec()));
+        assert!(healthcheck.iter().any(|a| a.ends_with(&format!(":{port}"))), "{name}'s health check probes {port}");
+        let healthcheck: Vec<String> =
+            healthcheck[1..].iter().map(|a| a.replace(&format!(":{port}"), &format!(":{free}"))).collect();
+        checks.push((name, healthcheck));
     }
     for (name, check) in &checks {
         assert!(wait_serving(check).await, "{name} became SERVING (checked with {check:?})");

@@ -313,7 +313,9 @@ async fn lease_stores() -> Vec<(&'static str, Arc<dyn LeaseStore>)> {
         v.push((label, Arc::new(SqlLeaseStore::new(sql, system_clock()))));
     }
     if redis_available().await {
-        v.push(("redis", Arc::new(RedisLeaseStore::connect(&redis_url()).await.unwrap())));
+        let redis = RedisLeaseStore::connect(&redis_url()).await.unwrap();
+        redis.open_epoch(false).await.unwrap();
+        v.push(("redis", Arc::new(redis)));
     }
     v
 }

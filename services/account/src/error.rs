@@ -4,6 +4,7 @@ use licensing_domain::change::ChangeError;
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::store::UpdateError;
 use licensing_runtime::auth::AuthError;
+use licensing_runtime::limiter::RateLimited;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -40,6 +41,12 @@ impl From<StoreError> for AccountError {
             StoreError::Conflict(message) => Self::FailedPrecondition { reason: "CONFLICT", message },
             other => Self::Store(other),
         }
+    }
+}
+
+impl From<RateLimited> for AccountError {
+    fn from(e: RateLimited) -> Self {
+        Self::ResourceExhausted { reason: "RATE_LIMITED", message: e.to_string(), retry_after: e.retry_after }
     }
 }
 

@@ -18,7 +18,7 @@ use licensing_domain::store::{
     ResetTokenError, UpdateError, UsageStore,
 };
 use licensing_domain::usage::{report_period, UsageReport};
-use licensing_runtime::limiter::FailureLimiter;
+use licensing_runtime::limiter::{FailureLimiter, Rate, RateLimiter};
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -34,6 +34,8 @@ pub struct PortalSettings {
     pub login_failures_per_client: u32,
     pub login_window: Duration,
     pub resets_per_account_per_hour: u32,
+    /// Login attempts (right or wrong) allowed per account; `None` is unlimited.
+    pub logins_per_account: Option<Rate>,
 }
 
 impl Default for PortalSettings {
@@ -46,6 +48,7 @@ impl Default for PortalSettings {
             login_failures_per_client: 20,
             login_window: Duration::from_secs(15 * 60),
             resets_per_account_per_hour: 3,
+            logins_per_account: None,
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct Portal {
     account_failures: FailureLimiter,
     client_failures: FailureLimiter,
     reset_requests: FailureLimiter,
+    account_logins: RateLimiter,
     /// Bounds concurrent argon2 work (19 MiB and tens of ms each), so a login flood cannot
     /// exhaust memory or the blocking pool.
     hashing: Arc<Semaphore>,
@@ -121,6 +125,7 @@ impl Portal {
             account_failures: FailureLimiter::new(settings.login_failures_per_account, settings.login_window),
             client_failures: FailureLimiter::new(settings.login_failures_per_client, settings.login_window),
             reset_requests: FailureLimiter::new(settings.resets_per_account_per_hour, Duration::from_secs(3600)),
+            account_logins: RateLimiter::new("login", settings.logins_per_account),
             catalog,
             portal,
             activations,
@@ -189,6 +194,7 @@ impl Portal {
         if let Some(wait) = self.account_failures.blocked(&account_key) {
             return Err(too_many(wait));
         }
+        self.account_logins.acquire(&account_key, || "this account".to_owned())?;
         let stored = match &customer {
             Some(c) => self.catalog.store().customer_password_hash(&c.customer_id).await?,
             None => None,

@@ -4,6 +4,7 @@ use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::fingerprint::FingerprintError;
 use licensing_domain::store::{ActivationStoreError, Refusal};
 use licensing_runtime::credentials::CredentialError;
+use licensing_runtime::limiter::RateLimited;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
@@ -32,6 +33,8 @@ pub enum ActivationError {
     InstallationNotFound(String),
     #[error("{0}")]
     OfflineRequest(String),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -73,6 +76,7 @@ impl ClassifiedError for ActivationError {
             Self::LicenseState(_) => ErrorClass::FailedPrecondition,
             Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => ErrorClass::ResourceExhausted,
             Self::NotActivated(_) | Self::InstallationNotFound(_) => ErrorClass::NotFound,
+            Self::RateLimited(e) => e.class(),
             Self::Store(e) => e.class(),
         }
     }
@@ -88,6 +92,7 @@ impl ClassifiedError for ActivationError {
             Self::NotActivated(_) => "NOT_ACTIVATED",
             Self::InstallationNotFound(_) => "INSTALLATION_NOT_FOUND",
             Self::OfflineRequest(_) => "OFFLINE_REQUEST_INVALID",
+            Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
         }
     }
@@ -95,6 +100,7 @@ impl ClassifiedError for ActivationError {
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Self::Credentials(e) => e.retry_after(),
+            Self::RateLimited(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -130,6 +136,17 @@ mod tests {
             (CredentialError::WrongPassword("l".into()).into(), Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD"),
             (CredentialError::UnknownKey.into(), Code::NotFound, "LICENSE_NOT_FOUND"),
             (StoreError::Unavailable("x".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
+            (
+                RateLimited {
+                    what: "activation",
+                    scope: "license l".into(),
+                    rate: "1/s".parse().unwrap(),
+                    retry_after: std::time::Duration::from_secs(1),
+                }
+                .into(),
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+            ),
         ];
         for (error, code, reason) in cases {
             let status = to_status(&error);

@@ -10,6 +10,7 @@ use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget,
 };
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
+use licensing_runtime::limiter::{Rate, RateLimiter};
 use std::sync::Arc;
 
 /// Tunables of the Activation service.
@@ -21,11 +22,18 @@ pub struct ActivationSettings {
     pub refresh_after: Millis,
     /// A certificate allows offline use for this long (never past the license's expiry).
     pub offline_validity: Millis,
+    /// Activations (online and offline, new or repeated) allowed per license; `None` is unlimited.
+    pub activations_per_license: Option<Rate>,
 }
 
 impl Default for ActivationSettings {
     fn default() -> Self {
-        Self { match_threshold: fingerprint::DEFAULT_MATCH_THRESHOLD, refresh_after: DAY, offline_validity: 14 * DAY }
+        Self {
+            match_threshold: fingerprint::DEFAULT_MATCH_THRESHOLD,
+            refresh_after: DAY,
+            offline_validity: 14 * DAY,
+            activations_per_license: None,
+        }
     }
 }
 
@@ -75,6 +83,8 @@ pub struct Activations {
     signer: Signer,
     clock: SharedClock,
     settings: ActivationSettings,
+    /// Buckets of [`ActivationSettings::activations_per_license`].
+    per_license: RateLimiter,
 }
 
 const MAX_NAME: usize = 200;
@@ -103,7 +113,8 @@ impl Activations {
         clock: SharedClock,
         settings: ActivationSettings,
     ) -> Self {
-        Self { catalog, store, credentials, signer, clock, settings }
+        let per_license = RateLimiter::new("activation", settings.activations_per_license);
+        Self { catalog, store, credentials, signer, clock, settings, per_license }
     }
 
     pub fn signer(&self) -> &Signer {
@@ -169,6 +180,7 @@ impl Activations {
         }
         let (presented, digests) = self.digests(&machine.fingerprint)?;
         let license = self.credentials.resolve(credentials).await?;
+        self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
         let now = self.now();
         let command = ActivateCommand {
             license_id: license.license_id.clone(),

@@ -432,6 +432,7 @@ impl Bench {
     async fn scale(&self, stack: &Stack) -> anyhow::Result<()> {
         let redis_url = stack.redis_url.as_deref().context("the production stack has Redis")?;
         let store = RedisLeaseStore::connect(redis_url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.open_epoch(false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut fixture = Fixture::create(stack.account().channels(1).await?.remove(0)).await?;
         let seats = fixture.issue(LicenseKind::Concurrent, 1000).await?;
         let channels = stack.seat().channels(self.settings.connections).await?;
@@ -508,6 +509,7 @@ async fn populate(store: &RedisLeaseStore, licenses: usize, per_license: usize, 
         match result.map_err(|e| anyhow::anyhow!("populating Redis: {e}"))? {
             CheckoutOutcome::Granted { .. } => {}
             CheckoutOutcome::Denied { denial, .. } => anyhow::bail!("populating Redis: denied {denial:?}"),
+            CheckoutOutcome::Recovering { .. } => anyhow::bail!("populating Redis: the lease store is recovering"),
         }
     }
     Ok(())

@@ -140,6 +140,9 @@ struct Held {
     expires_at_ms: Millis,
     fence: i64,
     interval: Duration,
+    /// The last signed lease token: sent with each heartbeat, so a lease store that lost the
+    /// lease (Redis restarted empty) can put it back.
+    token: String,
 }
 
 impl Held {
@@ -150,6 +153,7 @@ impl Held {
             expires_at_ms: ts_millis(g.expires_at.as_ref()),
             fence: g.fence,
             interval: Duration::from_millis(millis_of(g.heartbeat_interval.as_ref())),
+            token: g.lease_token.clone(),
         }
     }
 
@@ -244,13 +248,14 @@ async fn keep_alive(
         let heartbeat = pb::HeartbeatRequest {
             license_id: held.license_id.clone(),
             lease_id: held.lease_id.clone(),
-            lease_token: String::new(),
+            lease_token: held.token.clone(),
         };
         let outcome = match seat.heartbeat(heartbeat).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 held.expires_at_ms = ts_millis(reply.expires_at.as_ref());
                 held.interval = Duration::from_millis(millis_of(reply.heartbeat_interval.as_ref()));
+                held.token = reply.lease_token;
                 Ok(())
             }
             Err(status) => Err(status),

@@ -133,6 +133,18 @@ pub struct LeaseTokenPayload {
     /// Borrowed for offline use: valid without heartbeats until `expires_at_ms`.
     #[serde(default)]
     pub borrowed: bool,
+    /// What the lease holds, so a lease store that lost it can put it back (see
+    /// [`crate::store::LeaseStore::reestablish`]). Absent from tokens signed before it existed.
+    #[serde(default)]
+    pub feature: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub seats_held: i32,
+    #[serde(default)]
+    pub ttl_ms: i64,
 }
 
 impl Signer {

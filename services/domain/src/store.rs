@@ -231,6 +231,38 @@ pub enum CheckoutOutcome {
     },
     /// No seat for this checkout: why, how many are in use and when the earliest lease expires.
     Denied { denial: SeatDenial, in_use: i32, earliest_expiry: Option<Millis> },
+    /// The store lost its leases (Redis restarted empty, or failed over to a replica that
+    /// lagged) and holds new seats back until `until`, when every lease it may have forgotten
+    /// has expired; holders of those leases re-establish them meanwhile (see
+    /// [`LeaseStore::reestablish`]).
+    Recovering { until: Millis },
+}
+
+/// A lease the store lost, as its holder's signed lease token describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostLease {
+    pub license_id: String,
+    pub lease_id: String,
+    pub client_instance_id: String,
+    pub user: String,
+    pub host: String,
+    pub feature: String,
+    pub fence: i64,
+    pub seats_held: i32,
+    pub ttl_ms: i64,
+    /// The license's seats: a re-established lease still needs a free one.
+    pub seats: i32,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReestablishOutcome {
+    /// The lease holds its seat again, with a fresh expiry.
+    Restored(Lease),
+    /// The store is not recovering from a loss: a lease it does not know really ended.
+    NotRecovering,
+    /// Other re-established leases took the seats first.
+    NoSeat,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -268,6 +300,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError>;
     /// The store's current time (Redis TIME for Redis).
     async fn now(&self) -> Result<Millis, StoreError>;
+    /// Puts back a lease the store lost, while it is recovering from the loss. Durable stores
+    /// (SQL) never lose leases, so they never re-establish one.
+    async fn reestablish(&self, _lease: &LostLease) -> Result<ReestablishOutcome, StoreError> {
+        Ok(ReestablishOutcome::NotRecovering)
+    }
 }
 
 /// The usage log: appended in batches by a background writer, read by reports.

@@ -1,6 +1,7 @@
 //! Configuration from environment variables. Every variable is listed in [`VARIABLES`] (and in
 //! the README's table, which a test keeps in step with it).
 
+use crate::limiter::Rate;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
+    ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL granted; also how long new seats are held back after Redis loses its leases"),
+    ("LICENSING_RATE_LOGIN_PER_CLIENT", "portal logins per client address (e.g. 60/min, 10/s, 1000/h, or off)"),
+    ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account"),
+    ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address"),
+    ("LICENSING_RATE_ACTIVATE_PER_CLIENT", "activations (online and offline) per client address"),
+    ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) per license"),
+    ("LICENSING_RATE_CHECKOUT_PER_CLIENT", "seat checkouts and waits per client address"),
+    ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "seat checkouts and waits per license"),
     ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
     ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail; without it mail goes to files in <data dir>/outbox"),
     ("LICENSING_MAIL_FROM", "sender address of portal mail"),
@@ -65,6 +74,56 @@ pub const VARIABLES: &[(&str, &str)] = &[
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Request rates allowed per client address and per license or account; `None` is unlimited.
+/// A client is the peer address of the connection: behind a proxy or NAT every caller shares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub login_per_client: Option<Rate>,
+    pub login_per_account: Option<Rate>,
+    pub reset_per_client: Option<Rate>,
+    pub activate_per_client: Option<Rate>,
+    pub activate_per_license: Option<Rate>,
+    pub checkout_per_client: Option<Rate>,
+    pub checkout_per_license: Option<Rate>,
+}
+
+impl Default for RateLimits {
+    /// Generous for honest use (a whole office behind one address logging in at nine, a
+    /// product relaunched in a loop by a script), tight enough to blunt floods and guessing.
+    fn default() -> Self {
+        let per_min = |count| Some(Rate { count, per: Duration::from_secs(60) });
+        Self {
+            login_per_client: per_min(120),
+            login_per_account: per_min(30),
+            reset_per_client: per_min(20),
+            activate_per_client: per_min(600),
+            activate_per_license: per_min(120),
+            checkout_per_client: per_min(6_000),
+            checkout_per_license: per_min(1_200),
+        }
+    }
+}
+
+impl RateLimits {
+    fn from_lookup(lookup: &dyn Lookup) -> Result<Self, ConfigError> {
+        let rate = |var: &'static str, default: Option<Rate>| match non_empty(lookup, var).as_deref() {
+            None => Ok(default),
+            Some("off") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|message| ConfigError { var, message }),
+        };
+        let d = Self::default();
+        Ok(Self {
+            login_per_client: rate("LICENSING_RATE_LOGIN_PER_CLIENT", d.login_per_client)?,
+            login_per_account: rate("LICENSING_RATE_LOGIN_PER_ACCOUNT", d.login_per_account)?,
+            reset_per_client: rate("LICENSING_RATE_RESET_PER_CLIENT", d.reset_per_client)?,
+            activate_per_client: rate("LICENSING_RATE_ACTIVATE_PER_CLIENT", d.activate_per_client)?,
+            activate_per_license: rate("LICENSING_RATE_ACTIVATE_PER_LICENSE", d.activate_per_license)?,
+            checkout_per_client: rate("LICENSING_RATE_CHECKOUT_PER_CLIENT", d.checkout_per_client)?,
+            checkout_per_license: rate("LICENSING_RATE_CHECKOUT_PER_LICENSE", d.checkout_per_license)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +147,9 @@ pub struct Config {
     pub fingerprint_match: f64,
     pub watch_poll: Duration,
     pub sweep_interval: Duration,
+    /// The longest lease TTL granted, and so the recovery window after Redis loses leases.
+    pub max_lease_ttl: Duration,
+    pub rate_limits: RateLimits,
     /// Capacity of the bounded usage-log queue.
     pub usage_queue: usize,
     pub smtp_url: Option<String>,
@@ -189,6 +251,8 @@ impl Config {
             reset_url: non_empty(lookup, "LICENSING_RESET_URL")
                 .unwrap_or_else(|| "http://localhost:8080/reset-password".into()),
             sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
+            max_lease_ttl: millis("LICENSING_MAX_LEASE_TTL_MS", 3_600_000)?.max(Duration::from_secs(1)),
+            rate_limits: RateLimits::from_lookup(lookup)?,
             usage_queue: parse(lookup, "LICENSING_USAGE_QUEUE", 10_000usize, "a whole number")?.max(1),
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
@@ -233,5 +297,22 @@ mod tests {
         assert_eq!(err.var, "LICENSING_DATABASE_URL");
         let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_CONCURRENCY_LIMIT");
+    }
+
+    #[test]
+    fn rate_limits_default_parse_and_turn_off() {
+        let c = Config::from_lookup(
+            &[("LICENSING_RATE_LOGIN_PER_CLIENT", "5/s"), ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "off")],
+            "127.0.0.1:1",
+            "s",
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.login_per_client, Some(Rate { count: 5, per: Duration::from_secs(1) }));
+        assert_eq!(c.rate_limits.checkout_per_license, None);
+        assert_eq!(c.rate_limits.activate_per_license, RateLimits::default().activate_per_license);
+        let err =
+            Config::from_lookup(&[("LICENSING_RATE_ACTIVATE_PER_CLIENT", "lots")], "127.0.0.1:1", "s").unwrap_err();
+        assert_eq!(err.var, "LICENSING_RATE_ACTIVATE_PER_CLIENT");
+        assert!(err.message.contains("60/min"), "{}", err.message);
     }
 }

@@ -5,7 +5,8 @@
 //! service NOT_SERVING in the health service, stops accepting, and lets in-flight requests drain
 //! until the grace deadline.
 
-use crate::config::Config;
+use crate::config::{Config, RateLimits};
+use crate::limiter::{Rate, RateLimiter};
 use licensing_proto::FILE_DESCRIPTOR_SET;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,52 @@ pub struct StackSettings {
     pub concurrency_limit: usize,
     pub shutdown_grace: Duration,
     pub reflection: bool,
+    /// Request rates allowed per client address, by group of methods.
+    pub client_rates: Vec<ClientRate>,
+}
+
+/// One rate shared by a group of methods (e.g. Login), counted per client address.
+#[derive(Debug, Clone)]
+pub struct ClientRate {
+    /// What the methods do, as a refusal names it.
+    pub what: &'static str,
+    /// Full gRPC paths, `/package.Service/Method`.
+    pub methods: &'static [&'static str],
+    pub rate: Option<Rate>,
+}
+
+impl ClientRate {
+    /// The per-client limits of `limits`, on the methods they apply to.
+    pub fn all(limits: &RateLimits) -> Vec<Self> {
+        vec![
+            Self {
+                what: "login",
+                methods: &["/licensing.account.v1.AccountService/Login"],
+                rate: limits.login_per_client,
+            },
+            Self {
+                what: "password reset",
+                methods: &[
+                    "/licensing.account.v1.AccountService/RequestPasswordReset",
+                    "/licensing.account.v1.AccountService/ResetPassword",
+                ],
+                rate: limits.reset_per_client,
+            },
+            Self {
+                what: "activation",
+                methods: &[
+                    "/licensing.activation.v1.ActivationService/Activate",
+                    "/licensing.activation.v1.ActivationService/ActivateOffline",
+                ],
+                rate: limits.activate_per_client,
+            },
+            Self {
+                what: "checkout",
+                methods: &["/licensing.seat.v1.SeatService/Checkout", "/licensing.seat.v1.SeatService/WaitForSeat"],
+                rate: limits.checkout_per_client,
+            },
+        ]
+    }
 }
 
 impl From<&Config> for StackSettings {
@@ -38,6 +85,7 @@ impl From<&Config> for StackSettings {
             concurrency_limit: c.concurrency_limit,
             shutdown_grace: c.shutdown_grace,
             reflection: c.reflection,
+            client_rates: ClientRate::all(&c.rate_limits),
         }
     }
 }
@@ -120,8 +168,11 @@ impl GrpcServer {
     ) -> Result<(), tonic::transport::Error> {
         let Self { listener, routes, health, service_names, settings } = self;
         let layers = ServiceBuilder::new()
+            // Refused floods never take a concurrency slot.
+            .layer(ClientRateLimitLayer::new(&settings.client_rates))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
             .layer(DeadlineLayer { after: settings.request_timeout })
+            .layer(MalformedRequestLayer)
             .into_inner();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -225,10 +276,206 @@ where
     }
 }
 
+/// A tower layer that answers RESOURCE_EXHAUSTED (reason RATE_LIMITED, with a retry-after) when a
+/// client address calls a rate-limited method faster than its [`ClientRate`] allows. It runs
+/// before the request is decoded, so a flood costs a map lookup per call.
+#[derive(Clone, Default)]
+pub struct ClientRateLimitLayer {
+    /// Path -> the limiter of its group (methods of one group share buckets).
+    by_path: std::sync::Arc<std::collections::HashMap<&'static str, RateLimiter>>,
+}
+
+impl ClientRateLimitLayer {
+    pub fn new(rates: &[ClientRate]) -> Self {
+        let mut by_path = std::collections::HashMap::new();
+        for group in rates.iter().filter(|g| g.rate.is_some()) {
+            let limiter = RateLimiter::new(group.what, group.rate);
+            for path in group.methods {
+                by_path.insert(*path, limiter.clone());
+            }
+        }
+        Self { by_path: std::sync::Arc::new(by_path) }
+    }
+}
+
+impl<S> Layer<S> for ClientRateLimitLayer {
+    type Service = ClientRateLimit<S>;
+    fn layer(&self, inner: S) -> ClientRateLimit<S> {
+        ClientRateLimit { inner, by_path: self.by_path.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientRateLimit<S> {
+    inner: S,
+    by_path: std::sync::Arc<std::collections::HashMap<&'static str, RateLimiter>>,
+}
+
+/// The address a request came from, as the rate limits count clients.
+fn client_address<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::TcpConnectInfo;
+    req.extensions().get::<TcpConnectInfo>().and_then(|info| info.remote_addr()).map(|a| a.ip())
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ClientRateLimit<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        if let Some(limiter) = self.by_path.get(req.uri().path()) {
+            let client = client_address(&req);
+            let key = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+            let scope = || match client {
+                Some(ip) => format!("client address {ip}"),
+                None => "this client".to_owned(),
+            };
+            if let Err(limited) = limiter.acquire(&key, scope) {
+                tracing::info!(method = %req.uri().path(), client = %key, "rate limited");
+                return Box::pin(std::future::ready(Ok(crate::status::to_status(&limited).into_http())));
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// A tower layer that answers INVALID_ARGUMENT where tonic answers INTERNAL for a request it
+/// cannot decode (a bad frame header, a compressed flag without an encoding, a truncated body,
+/// bytes that are not the message): those are the caller's fault, and INTERNAL is kept for our
+/// bugs. Our own INTERNAL statuses always carry error details, tonic's decode errors never do.
+#[derive(Debug, Clone, Copy)]
+pub struct MalformedRequestLayer;
+
+impl<S> Layer<S> for MalformedRequestLayer {
+    type Service = MalformedRequest<S>;
+    fn layer(&self, inner: S) -> MalformedRequest<S> {
+        MalformedRequest { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MalformedRequest<S> {
+    inner: S,
+}
+
+/// The status of a trailers-only response, rewritten if it is tonic's own decode failure.
+fn blame_malformed_request(headers: &mut http::HeaderMap) {
+    if headers.contains_key("grpc-status-details-bin") {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::Internal {
+        return;
+    }
+    let blamed = tonic::Status::invalid_argument(format!(
+        "malformed gRPC request: {}; send one protobuf message of the method's request type",
+        status.message()
+    ));
+    let _ = blamed.add_header(headers);
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for MalformedRequest<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = future.await?;
+            blame_malformed_request(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    #[test]
+    fn decode_failures_blame_the_request_and_our_internal_errors_stay_internal() {
+        let mut decode_failure = http::HeaderMap::new();
+        tonic::Status::internal("Unexpected EOF decoding stream.").add_header(&mut decode_failure).unwrap();
+        blame_malformed_request(&mut decode_failure);
+        let status = tonic::Status::from_header_map(&decode_failure).unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("Unexpected EOF"), "{}", status.message());
+
+        let mut ours = http::HeaderMap::new();
+        let bug = licensing_domain::error::StoreError::Corrupt("a row that cannot be read".into());
+        crate::status::to_status(&bug).add_header(&mut ours).unwrap();
+        blame_malformed_request(&mut ours);
+        assert_eq!(tonic::Status::from_header_map(&ours).unwrap().code(), tonic::Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_rate_gets_resource_exhausted_with_a_retry_after() {
+        let ok = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        });
+        let rates = [ClientRate {
+            what: "login",
+            methods: &["/licensing.account.v1.AccountService/Login"],
+            rate: Some(Rate { count: 2, per: Duration::from_secs(60) }),
+        }];
+        let svc = ClientRateLimitLayer::new(&rates).layer(ok);
+        let call = |path: &str| {
+            let req = http::Request::builder().uri(path).body(()).unwrap();
+            svc.clone().oneshot(req)
+        };
+        for _ in 0..2 {
+            assert_eq!(call("/licensing.account.v1.AccountService/Login").await.unwrap().into_body(), "ok");
+        }
+        let refused = call("/licensing.account.v1.AccountService/Login").await.unwrap();
+        let status = tonic::Status::from_header_map(refused.headers()).expect("a grpc-status header");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("login"), "{}", status.message());
+        assert_eq!(refused.headers().get("retry-after").unwrap(), "30");
+        // Methods outside the group are not counted.
+        assert_eq!(call("/licensing.account.v1.AccountService/Logout").await.unwrap().into_body(), "ok");
+    }
+
+    #[test]
+    fn every_rate_limited_method_exists() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let paths: std::collections::HashSet<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                f.service.iter().flat_map(move |s| {
+                    s.method.iter().map(move |m| format!("/{}.{}/{}", f.package(), s.name(), m.name()))
+                })
+            })
+            .collect();
+        for group in ClientRate::all(&RateLimits::default()) {
+            for path in group.methods {
+                assert!(paths.contains(*path), "{path} is not a method of the API");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn slow_handlers_get_deadline_exceeded_and_fast_ones_pass() {

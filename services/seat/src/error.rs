@@ -7,6 +7,7 @@ use licensing_domain::seat_policy::SeatDenial;
 use licensing_domain::store::{Refusal, UpdateError};
 use licensing_runtime::auth::AuthError;
 use licensing_runtime::credentials::CredentialError;
+use licensing_runtime::limiter::RateLimited;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,12 @@ pub enum SeatError {
     NotAvailable(&'static str),
     #[error("{0}")]
     PolicyNotAllowed(String),
+    #[error("the lease store lost its leases and hands out no new seat until {until} (Unix ms), when every lease it may have forgotten has expired; holders of leases keep them by heartbeat")]
+    Recovering { until: Millis, retry_after: Duration },
+    #[error("lease_token: {0}")]
+    BadLeaseToken(String),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -106,6 +113,9 @@ impl ClassifiedError for SeatError {
             Self::NoSeat { .. } => ErrorClass::ResourceExhausted,
             Self::LeaseExpired(_) | Self::LeaseNotFound { .. } | Self::LicenseNotFound(_) => ErrorClass::NotFound,
             Self::WaitTimedOut(_) => ErrorClass::DeadlineExceeded,
+            Self::Recovering { .. } => ErrorClass::Unavailable,
+            Self::BadLeaseToken(_) => ErrorClass::InvalidArgument,
+            Self::RateLimited(e) => e.class(),
             Self::Store(e) => e.class(),
         }
     }
@@ -126,6 +136,9 @@ impl ClassifiedError for SeatError {
             Self::LicenseNotFound(_) => "LICENSE_NOT_FOUND",
             Self::WaitTimedOut(_) => "WAIT_TIMED_OUT",
             Self::NotAvailable(_) => "NOT_AVAILABLE",
+            Self::Recovering { .. } => "LEASE_STORE_RECOVERING",
+            Self::BadLeaseToken(_) => "LEASE_TOKEN_INVALID",
+            Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
         }
     }
@@ -133,7 +146,9 @@ impl ClassifiedError for SeatError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::NoSeat { retry_after, .. } => *retry_after,
+            Self::Recovering { retry_after, .. } => Some(*retry_after),
             Self::Credentials(e) => e.retry_after(),
+            Self::RateLimited(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -214,6 +229,23 @@ mod tests {
                 "NOT_ALLOWED",
             ),
             (SeatError::BorrowNotAllowed("l".into()), Code::FailedPrecondition, "BORROW_NOT_ALLOWED"),
+            (
+                SeatError::Recovering { until: 9, retry_after: Duration::from_secs(30) },
+                Code::Unavailable,
+                "LEASE_STORE_RECOVERING",
+            ),
+            (SeatError::BadLeaseToken("bad signature".into()), Code::InvalidArgument, "LEASE_TOKEN_INVALID"),
+            (
+                RateLimited {
+                    what: "checkout",
+                    scope: "license l".into(),
+                    rate: "1/s".parse().unwrap(),
+                    retry_after: Duration::from_secs(1),
+                }
+                .into(),
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+            ),
             (
                 UpdateError::Rejected(ChangeError::Invalid { field: "reservations", message: "too many".into() })
                     .into(),

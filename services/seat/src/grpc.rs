@@ -117,7 +117,7 @@ impl SeatService for SeatApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.get_ref();
-        let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id).await.or_status()?;
+        let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id, &r.lease_token).await.or_status()?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(to_timestamp(l.expires_at)),
             heartbeat_interval: Some(to_duration((l.ttl_ms / 3).max(1))),
@@ -146,7 +146,7 @@ impl SeatService for SeatApi {
             ms => Duration::from_millis(ms as u64).min(self.seats.settings().max_wait),
         };
         // Resolve the license first, so bad credentials fail the call rather than the stream.
-        let license_id = self.seats.license_for(&creds).await.or_status()?;
+        let license_id = self.seats.admit_waiter(&creds).await.or_status()?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let seats = self.seats.clone();
         tokio::spawn(async move {

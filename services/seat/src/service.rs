@@ -3,17 +3,19 @@
 use crate::usage::UsageLog;
 use crate::waiting::{Ticket, WaitQueues};
 use crate::SeatError;
-use licensing_domain::certificate::{LeaseTokenPayload, Signer};
+use licensing_domain::certificate::{verify_lease_token, LeaseTokenPayload, Signer};
 use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::ids;
 use licensing_domain::model::{AuditRecord, Lease, License, LicenseKind, Released, UsageEvent, UsageKind};
 use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::store::{
-    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore, UsageStore,
+    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore, LostLease, ReestablishOutcome,
+    UsageStore,
 };
 use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
+use licensing_runtime::limiter::{Rate, RateLimiter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub struct SeatSettings {
     pub max_ttl: Millis,
     /// The longest a `WaitForSeat` may wait.
     pub max_wait: Duration,
+    /// Checkouts and waits allowed per license; `None` is unlimited.
+    pub checkouts_per_license: Option<Rate>,
 }
 
 impl Default for SeatSettings {
@@ -33,6 +37,7 @@ impl Default for SeatSettings {
             min_ttl: SECOND,
             max_ttl: 3_600 * SECOND,
             max_wait: Duration::from_secs(3_600),
+            checkouts_per_license: None,
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct Seats {
     signer: Signer,
     settings: SeatSettings,
     waiting: WaitQueues,
+    /// Buckets of [`SeatSettings::checkouts_per_license`].
+    per_license: RateLimiter,
 }
 
 /// The same bound as names in a seat policy.
@@ -124,7 +131,18 @@ impl Seats {
         signer: Signer,
         settings: SeatSettings,
     ) -> Self {
-        Self { catalog, leases, usage_store, usage, credentials, signer, settings, waiting: WaitQueues::default() }
+        let per_license = RateLimiter::new("checkout", settings.checkouts_per_license);
+        Self {
+            catalog,
+            leases,
+            usage_store,
+            usage,
+            credentials,
+            signer,
+            settings,
+            waiting: WaitQueues::default(),
+            per_license,
+        }
     }
 
     pub fn usage_log(&self) -> &UsageLog {
@@ -160,6 +178,11 @@ impl Seats {
             fence: lease.fence,
             expires_at_ms: lease.expires_at,
             borrowed: lease.borrowed,
+            feature: lease.feature.clone(),
+            user: lease.user.clone(),
+            host: lease.host.clone(),
+            seats_held: lease.seats_held,
+            ttl_ms: lease.ttl_ms,
         })
     }
 
@@ -186,6 +209,8 @@ impl Seats {
 
     /// Checks out (or renews) a lease under the license's seat policy. `ticket` is the caller's
     /// place in the wait queue, if any: while others wait, a new seat goes to the head first.
+    /// A call without a ticket counts against the license's checkout rate; a waiter's retries do
+    /// not (it was counted once, by [`Seats::admit_waiter`]).
     pub async fn checkout(
         &self,
         credentials: &Credentials,
@@ -204,6 +229,9 @@ impl Seats {
             return Err(SeatError::invalid("borrow_for", "must not be negative"));
         }
         let license = self.credentials.resolve(credentials).await?;
+        if ticket.is_none() {
+            self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
+        }
         let policy = &license.seat_policy;
         let mut ttl_ms = self.ttl(request.ttl_ms, policy)?;
         let now = self.leases.now().await?;
@@ -272,6 +300,9 @@ impl Seats {
                 }
                 Ok(self.grant(lease, renewed, &license, in_use))
             }
+            CheckoutOutcome::Recovering { until } => {
+                Err(SeatError::Recovering { until, retry_after: Duration::from_millis((until - now).max(0) as u64) })
+            }
             CheckoutOutcome::Denied { denial, in_use, earliest_expiry } => {
                 // A queued waiter retries on its own; its retries are not separate denials.
                 if ticket.is_none() {
@@ -289,23 +320,72 @@ impl Seats {
         }
     }
 
-    /// Extends a live lease; returns it with a fresh token.
-    pub async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<(Lease, String), SeatError> {
+    /// Extends a live lease; returns it with a fresh token. `lease_token` (may be empty) is the
+    /// holder's last token: when the lease store lost the lease and is recovering, the token
+    /// puts it back, if a seat is still free for it.
+    pub async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+        lease_token: &str,
+    ) -> Result<(Lease, String), SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
         let now = self.leases.now().await?;
         // Suspending or retiring a license stops heartbeats at once.
-        self.usable_license(license_id, now).await?;
-        match self.leases.heartbeat(license_id, lease_id).await? {
-            HeartbeatOutcome::Extended(lease) => {
-                let token = self.token(&lease);
-                Ok((lease, token))
+        let license = self.usable_license(license_id, now).await?;
+        let lease = match self.leases.heartbeat(license_id, lease_id).await? {
+            HeartbeatOutcome::Extended(lease) => lease,
+            HeartbeatOutcome::Expired => return Err(SeatError::LeaseExpired(lease_id.to_owned())),
+            HeartbeatOutcome::Revoked => return Err(SeatError::LeaseRevoked(lease_id.to_owned())),
+            HeartbeatOutcome::Unknown => self.reestablish(&license, lease_id, lease_token, now).await?,
+        };
+        let token = self.token(&lease);
+        Ok((lease, token))
+    }
+
+    /// A lease the store does not know, put back from its holder's token if the store lost it.
+    async fn reestablish(
+        &self,
+        license: &License,
+        lease_id: &str,
+        lease_token: &str,
+        now: Millis,
+    ) -> Result<Lease, SeatError> {
+        let not_found =
+            || SeatError::LeaseNotFound { license_id: license.license_id.clone(), lease_id: lease_id.to_owned() };
+        if lease_token.is_empty() {
+            return Err(not_found());
+        }
+        let token = verify_lease_token(&self.signer.verifying_key(), lease_token)
+            .map_err(|e| SeatError::BadLeaseToken(e.to_string()))?;
+        if token.lease_id != lease_id || token.license_id != license.license_id {
+            return Err(SeatError::BadLeaseToken(format!(
+                "it is the token of lease {}, not {lease_id}",
+                token.lease_id
+            )));
+        }
+        if token.expires_at_ms <= now || token.ttl_ms <= 0 {
+            return Err(not_found());
+        }
+        let lost = LostLease {
+            license_id: token.license_id,
+            lease_id: token.lease_id,
+            client_instance_id: token.client_instance_id,
+            user: token.user,
+            host: token.host,
+            feature: token.feature,
+            fence: token.fence,
+            seats_held: token.seats_held,
+            ttl_ms: token.ttl_ms.clamp(self.settings.min_ttl, self.settings.max_ttl),
+            seats: license.seats,
+        };
+        match self.leases.reestablish(&lost).await? {
+            ReestablishOutcome::Restored(lease) => {
+                tracing::info!(license_id = %lease.license_id, lease_id = %lease.lease_id, "lease re-established from its token after the lease store lost it");
+                Ok(lease)
             }
-            HeartbeatOutcome::Expired => Err(SeatError::LeaseExpired(lease_id.to_owned())),
-            HeartbeatOutcome::Revoked => Err(SeatError::LeaseRevoked(lease_id.to_owned())),
-            HeartbeatOutcome::Unknown => {
-                Err(SeatError::LeaseNotFound { license_id: license_id.to_owned(), lease_id: lease_id.to_owned() })
-            }
+            ReestablishOutcome::NotRecovering | ReestablishOutcome::NoSeat => Err(not_found()),
         }
     }
 
@@ -325,10 +405,12 @@ impl Seats {
         Ok(true)
     }
 
-    /// The License ID the credentials name, if they are right and the license is usable now.
-    pub async fn license_for(&self, credentials: &Credentials) -> Result<String, SeatError> {
+    /// The License ID a `WaitForSeat` may queue on: the credentials are right, the license is
+    /// usable now, and its checkout rate allows one more.
+    pub async fn admit_waiter(&self, credentials: &Credentials) -> Result<String, SeatError> {
         let license = self.credentials.resolve(credentials).await?;
         license.usability(self.leases.now().await?, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
+        self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
         Ok(license.license_id)
     }
 

@@ -18,6 +18,16 @@
 //!
 //! Plus `leases:sweep`, a ZSET license -> earliest expiry, so the sweep visits only pools
 //! with something expired (it is an index for the sweep, not part of any seat decision).
+//!
+//! And `leases:epoch`, the store's recovery state: the time (ms) until which new seats are held
+//! back, 0 when none are. It is written once and never expires, so when it is missing Redis lost
+//! its data (restarted empty, or failed over to a replica that lagged). The scripts that grant
+//! seats refuse to run without it; the store then opens a recovery period one maximum lease TTL
+//! long, in which no new seat is handed out (every forgotten lease may still be held) and
+//! holders put their leases back by heartbeat with their signed lease token
+//! ([`LeaseStore::reestablish`]). Each granting script reads the epoch key itself, so the check
+//! is atomic with the decision on one Redis server; on Redis Cluster it sits on one shard, so
+//! losing another shard alone goes unnoticed (the README says so).
 
 use async_trait::async_trait;
 use licensing_domain::clock::{Clock as _, Millis, SystemClock};
@@ -32,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const SWEEP_INDEX: &str = "leases:sweep";
+const EPOCH: &str = "leases:epoch";
 /// How long a revocation is remembered, so the revoked holder hears "revoked", not "unknown".
 const TOMBSTONE_MS: i64 = 24 * 3_600_000;
 /// Separates packed fields; names are validated free of control characters, so it cannot
@@ -48,7 +59,8 @@ const LIST_SEP: char = '\u{1e}';
 /// and freed when its last lease goes.
 const PRELUDE: &str = r#"
 local K = {z = KEYS[1], d = KEYS[2], c = KEYS[3], u = KEYS[4], x = KEYS[5], f = KEYS[6],
-           g = KEYS[7], s = KEYS[8], b = KEYS[9], h = KEYS[10], l = KEYS[11], r = KEYS[12]}
+           g = KEYS[7], s = KEYS[8], b = KEYS[9], h = KEYS[10], l = KEYS[11], r = KEYS[12],
+           e = KEYS[13]}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local S = '\31'
@@ -117,11 +129,19 @@ local function reap()
   redis.call('LTRIM', K.x, 0, 9999)
 end
 local function in_use() return tonumber(redis.call('GET', K.u) or '0') end
+-- Until when new seats are held back (0: not recovering); nil when Redis lost its data.
+local function recovering_until()
+  local v = redis.call('GET', K.e)
+  if v then return tonumber(v) end
+  return nil
+end
 "#;
 
 const CHECKOUT: &str = r#"
 -- ARGV: lease_id client user host feature ttl cost seats overdraft queue_blocked borrowed
 --       share_key max_processes principals n_res (key seats candidate)* n_caps (key max)*
+local held_until = recovering_until()
+if not held_until then return {-9} end
 reap()
 local ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7])
 local borrowed = ARGV[11] == '1'
@@ -178,7 +198,8 @@ if ARGV[12] ~= '' then
     return granted(2, ARGV[1], f, now + ttl, 0)
   end
 end
--- A new seat.
+-- A new seat, unless forgotten leases may still hold them all.
+if now < held_until then return {-8, held_until} end
 local function denied(code, detail)
   local first = redis.call('ZRANGE', K.z, 0, 0, 'WITHSCORES')
   return {0, in_use(), first[2] or -1, code, detail or ''}
@@ -231,6 +252,7 @@ return granted(2, ARGV[1], f, now + ttl, cost)
 
 const HEARTBEAT: &str = r#"
 -- ARGV: lease_id
+if not recovering_until() then return {-9} end
 local score = redis.call('ZSCORE', K.z, ARGV[1])
 if not score then
   if redis.call('EXISTS', K.r) == 1 then return {-2} end
@@ -310,6 +332,27 @@ table.insert(out, 1, first[2] or '-1')
 return out
 "#;
 
+const REESTABLISH: &str = r#"
+-- ARGV: lease_id client user host feature ttl cost seats fence
+local held_until = recovering_until()
+if not held_until then return {-9} end
+if now >= held_until then return {0} end
+reap()
+local ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7])
+local score = redis.call('ZSCORE', K.z, ARGV[1])
+if score and tonumber(score) > now then return {2} end
+if in_use() + cost > tonumber(ARGV[8]) then return {-1} end
+-- Fences only grow: the counter restarts from the highest fence its holders show.
+if tonumber(redis.call('GET', K.f) or '0') < tonumber(ARGV[9]) then redis.call('SET', K.f, ARGV[9]) end
+redis.call('HSET', K.g, ARGV[1], pack({'1', tostring(cost), '', '0', ''}))
+redis.call('INCRBY', K.u, cost)
+redis.call('HSET', K.c, ARGV[2], ARGV[1])
+local f = {ARGV[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], ARGV[1], '', '', '', ''}
+redis.call('HSET', K.d, ARGV[1], pack(f))
+redis.call('ZADD', K.z, now + ttl, ARGV[1])
+return {1, pack(f), now + ttl}
+"#;
+
 const NOW: &str = "return now";
 
 #[derive(Clone)]
@@ -321,8 +364,11 @@ pub struct RedisLeaseStore {
     revoke: Script,
     list: Script,
     drain: Script,
+    reestablish: Script,
     now: Script,
     clock: Arc<RedisClock>,
+    /// How long new seats are held back after a loss: the longest a lease lives unheartbeated.
+    recovery_window_ms: Millis,
 }
 
 /// Redis's clock without a round trip per call: local time plus an offset measured again when
@@ -360,14 +406,14 @@ fn parse_err(e: redis::ParsingError) -> StoreError {
     StoreError::Corrupt(format!("Redis reply: {e}"))
 }
 
-/// The keys of a license's pool, in the order the scripts' `K` table expects; the last is the
-/// revocation tombstone of `lease_id` (a placeholder when the script needs none).
+/// The keys of a license's pool, in the order the scripts' `K` table expects; then the
+/// revocation tombstone of `lease_id` (a placeholder when the script needs none) and the epoch.
 fn keys(license_id: &str, lease_id: &str) -> Vec<String> {
     let p = format!("lease:{{{license_id}}}");
     ["z", "d", "c", "u", "x", "f", "g", "s", "b", "h", "l"]
         .iter()
         .map(|k| format!("{p}:{k}"))
-        .chain(std::iter::once(format!("{p}:r:{lease_id}")))
+        .chain([format!("{p}:r:{lease_id}"), EPOCH.to_owned()])
         .collect()
 }
 
@@ -448,7 +494,14 @@ fn denial(code: &str, detail: &str) -> SeatDenial {
     }
 }
 
+/// The reply of a granting script when the epoch key is missing.
+const EPOCH_MISSING: i64 = -9;
+/// The reply of a checkout while new seats are held back: `{-8, until}`.
+const RECOVERING: i64 = -8;
+
 impl RedisLeaseStore {
+    /// Connects. It does not touch the epoch: the process that grants seats records it with
+    /// [`Self::open_epoch`], and a granting script that finds none opens a recovery period.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         use redis::IntoConnectionInfo as _;
         let info = url.into_connection_info().map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
@@ -469,9 +522,68 @@ impl RedisLeaseStore {
             revoke: script(REVOKE),
             list: script(LIST),
             drain: script(DRAIN_EXPIRED),
+            reestablish: script(REESTABLISH),
             now: script(NOW),
             clock: Arc::default(),
+            recovery_window_ms: 3_600_000,
         })
+    }
+
+    /// Sets how long new seats are held back after a loss; it must be at least the longest
+    /// lease TTL the Seat service grants.
+    pub fn with_recovery_window(mut self, window_ms: Millis) -> Self {
+        self.recovery_window_ms = window_ms;
+        self
+    }
+
+    /// Records the epoch at start-up. With `used_before` (this deployment kept leases in Redis
+    /// before), a missing epoch means Redis lost them, and a recovery period opens; otherwise a
+    /// missing epoch is a fresh Redis. Returns until when new seats are held back (0: not).
+    pub async fn open_epoch(&self, used_before: bool) -> Result<Millis, StoreError> {
+        if used_before {
+            return self.begin_recovery().await;
+        }
+        let mut conn = self.conn.clone();
+        let _: Option<String> =
+            redis::cmd("SET").arg(EPOCH).arg(0).arg("NX").query_async(&mut conn).await.map_err(map_err)?;
+        self.recovering_until().await
+    }
+
+    async fn recovering_until(&self) -> Result<Millis, StoreError> {
+        let mut conn = self.conn.clone();
+        let value: Option<Millis> = redis::cmd("GET").arg(EPOCH).query_async(&mut conn).await.map_err(map_err)?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// Opens a recovery period unless one is already recorded (NX: the first process to notice
+    /// the loss sets it, the others adopt it).
+    async fn begin_recovery(&self) -> Result<Millis, StoreError> {
+        let until = self.now().await? + self.recovery_window_ms;
+        let mut conn = self.conn.clone();
+        let set: Option<String> =
+            redis::cmd("SET").arg(EPOCH).arg(until).arg("NX").query_async(&mut conn).await.map_err(map_err)?;
+        if set.is_some() {
+            tracing::warn!(
+                until_ms = until,
+                "Redis lost its leases (no epoch): new seats are held back until every forgotten lease has expired; holders re-establish theirs by heartbeat"
+            );
+        }
+        self.recovering_until().await
+    }
+
+    /// Runs a granting script; when Redis lost the epoch, opens a recovery period and runs it again.
+    async fn invoke_granting(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Vec<redis::Value>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        if reply.first().map(int).transpose()? != Some(EPOCH_MISSING) {
+            return Ok(reply);
+        }
+        self.begin_recovery().await?;
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        if reply.first().map(int).transpose()? == Some(EPOCH_MISSING) {
+            return Err(StoreError::Unavailable("Redis keeps losing its epoch key; is it evicting keys?".into()));
+        }
+        Ok(reply)
     }
 
     async fn index_for_sweep(&self, license_id: &str, expires_at: Millis) {
@@ -486,7 +598,6 @@ impl RedisLeaseStore {
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
-        let mut conn = self.conn.clone();
         let mut invocation = invoke(&self.checkout, &c.license_id, "");
         let principals = c.limits.principals.join(&LIST_SEP.to_string());
         invocation
@@ -512,8 +623,9 @@ impl LeaseStore for RedisLeaseStore {
         for (key, max) in &c.limits.caps {
             invocation.arg(key).arg(max);
         }
-        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        let reply = self.invoke_granting(&invocation).await?;
         match int(&reply[0])? {
+            RECOVERING => Ok(CheckoutOutcome::Recovering { until: int(&reply[1])? }),
             0 => {
                 let earliest = int(&reply[2])?;
                 Ok(CheckoutOutcome::Denied {
@@ -538,12 +650,9 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
-        let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = invoke(&self.heartbeat, license_id, lease_id)
-            .arg(lease_id)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let mut invocation = invoke(&self.heartbeat, license_id, lease_id);
+        invocation.arg(lease_id);
+        let reply = self.invoke_granting(&invocation).await?;
         Ok(match int(&reply[0])? {
             1 => {
                 // No index update: a heartbeat only moves an expiry later, and the index may
@@ -660,6 +769,35 @@ impl LeaseStore for RedisLeaseStore {
             }
         }
         Ok(out)
+    }
+
+    async fn reestablish(&self, l: &LostLease) -> Result<ReestablishOutcome, StoreError> {
+        let mut invocation = invoke(&self.reestablish, &l.license_id, &l.lease_id);
+        invocation
+            .arg(&l.lease_id)
+            .arg(&l.client_instance_id)
+            .arg(&l.user)
+            .arg(&l.host)
+            .arg(&l.feature)
+            .arg(l.ttl_ms)
+            .arg(l.seats_held.max(1))
+            .arg(l.seats)
+            .arg(l.fence);
+        let reply = self.invoke_granting(&invocation).await?;
+        match int(&reply[0])? {
+            1 => {
+                let expires_at = int(&reply[2])?;
+                self.index_for_sweep(&l.license_id, expires_at).await;
+                Ok(ReestablishOutcome::Restored(unpack(&l.license_id, &l.lease_id, &text(&reply[1])?, expires_at, 1)?))
+            }
+            // Already back (a retried heartbeat): an ordinary heartbeat extends it.
+            2 => match self.heartbeat(&l.license_id, &l.lease_id).await? {
+                HeartbeatOutcome::Extended(lease) => Ok(ReestablishOutcome::Restored(lease)),
+                _ => Ok(ReestablishOutcome::NoSeat),
+            },
+            -1 => Ok(ReestablishOutcome::NoSeat),
+            _ => Ok(ReestablishOutcome::NotRecovering),
+        }
     }
 
     async fn now(&self) -> Result<Millis, StoreError> {

@@ -162,6 +162,17 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Records the marker `name` if it is new; returns whether it was already there.
+    pub async fn mark(&self, name: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO markers (name, set_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 0)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
         self.readers.close().await;
