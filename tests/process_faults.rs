@@ -1,0 +1,424 @@
+//! kill -9 under load: the built binaries run as child processes while clients activate machines
+//! and check seats out; the processes are SIGKILLed mid-stream and started again on the same data.
+//! Every acknowledged activation and lease is still there, counters agree with the rows (nothing
+//! half-done), and clients that retry what was in flight succeed without taking a second seat.
+//! Once on the embedded default (one process, SQLite), once as separate services on PostgreSQL
+//! and Redis (the Activation and Seat processes are killed; the Account service stays up).
+
+mod common;
+
+use common::*;
+use licensing_proto::account::v1 as acc;
+use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
+use licensing_proto::activation::v1 as act;
+use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
+use licensing_proto::common::v1::{FingerprintComponent, LicenseKind};
+use licensing_proto::seat::v1 as seat;
+use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// How long clients load the servers before the kill.
+const LOAD_BEFORE_KILL: Duration = Duration::from_millis(1_500);
+/// Concurrent activating and checking-out clients.
+const CLIENTS: usize = 3;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One server process and how to start it again.
+struct Process {
+    binary: &'static str,
+    env: Vec<(String, String)>,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn new(binary: &'static str, env: &[(String, String)]) -> Self {
+        Self { binary, env: env.to_vec(), port: free_port(), child: None }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn start(&mut self) {
+        let child = Command::new(self.binary)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let check = env!("CARGO_BIN_EXE_healthcheck");
+        for _ in 0..300 {
+            let ok = Command::new(check)
+                .arg(format!("127.0.0.1:{}", self.port))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} did not become SERVING", self.binary);
+    }
+
+    /// SIGKILL: no drain, no flush, no goodbye.
+    async fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.unwrap();
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+    }
+}
+
+/// The processes of one deployment and which of them serve what.
+struct Deployment {
+    processes: Vec<Process>,
+    /// Indexes into `processes`: admin, activation, seat; and which ones the test kills.
+    admin: usize,
+    activation: usize,
+    seat: usize,
+    killed: Vec<usize>,
+}
+
+fn fingerprint(machine: &str) -> Vec<FingerprintComponent> {
+    [("machine-id", machine), ("disk-serial", machine), ("mac", machine)]
+        .iter()
+        .map(|(n, v)| FingerprintComponent { name: n.to_string(), value: v.to_string() })
+        .collect()
+}
+
+fn activate_request(key: &str, machine: &str) -> act::ActivateRequest {
+    act::ActivateRequest {
+        credentials: Some(act::LicenseCredentials {
+            credential: Some(act::license_credentials::Credential::LicenseKey(key.into())),
+        }),
+        machine: Some(act::MachineInfo {
+            fingerprint: fingerprint(machine),
+            machine_name: machine.into(),
+            platform: "linux-x86_64".into(),
+            product_version: "1.0".into(),
+        }),
+    }
+}
+
+fn checkout_request(key: &str, client: &str) -> seat::CheckoutRequest {
+    seat::CheckoutRequest {
+        credentials: Some(seat::SeatCredentials {
+            credential: Some(seat::seat_credentials::Credential::LicenseKey(key.into())),
+        }),
+        client_instance_id: client.into(),
+        ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+        ..Default::default()
+    }
+}
+
+/// What clients saw: answered requests (name -> ID the server gave) and requests in flight when
+/// the server died (no answer: they may or may not have happened).
+#[derive(Default)]
+struct Outcomes {
+    acknowledged: HashMap<String, String>,
+    in_doubt: HashSet<String>,
+}
+
+/// Sends `request(name)` for fresh names until `stop`, then once more fails; records outcomes.
+async fn load<F, Fut>(prefix: String, stop: Arc<AtomicBool>, request: F) -> Outcomes
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, tonic::Status>>,
+{
+    let mut outcomes = Outcomes::default();
+    for i in 0.. {
+        let name = format!("{prefix}-{i}");
+        match tokio::time::timeout(Duration::from_secs(5), request(name.clone())).await {
+            Ok(Ok(id)) => {
+                outcomes.acknowledged.insert(name, id);
+            }
+            _ => {
+                outcomes.in_doubt.insert(name);
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
+    for p in &mut deployment.processes {
+        p.start().await;
+    }
+    let admin_channel = deployment.processes[deployment.admin].channel().await;
+    let mut admin = AdminServiceClient::new(admin_channel.clone());
+    admin
+        .create_product(admin_req(acc::CreateProductRequest {
+            code: "kill-test".into(),
+            name: "Kill test".into(),
+            modules: vec![],
+        }))
+        .await
+        .unwrap();
+    let customer = create_customer_on(&mut admin).await;
+    let issue = |kind: LicenseKind| {
+        let mut admin = admin.clone();
+        let customer = customer.clone();
+        async move {
+            let issued = admin
+                .issue_license(admin_req(acc::IssueLicenseRequest {
+                    product_code: "kill-test".into(),
+                    customer_id: customer,
+                    kind: kind as i32,
+                    seats: 100_000,
+                    allowed_deactivations: 1,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            (issued.license.unwrap().license_id, issued.license_key)
+        }
+    };
+    let (node_locked_id, node_locked_key) = issue(LicenseKind::NodeLocked).await;
+    let (floating_id, floating_key) = issue(LicenseKind::Concurrent).await;
+
+    // Load, then SIGKILL in the middle of it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let activation_url = deployment.processes[deployment.activation].url();
+    let seat_url = deployment.processes[deployment.seat].url();
+    let mut activating = vec![];
+    let mut checking_out = vec![];
+    for c in 0..CLIENTS {
+        let channel = Channel::from_shared(activation_url.clone()).unwrap().connect_lazy();
+        let key = node_locked_key.clone();
+        activating.push(tokio::spawn(load(format!("machine-{c}"), stop.clone(), move |name| {
+            let mut client = ActivationServiceClient::new(channel.clone());
+            let request = activate_request(&key, &name);
+            async move {
+                let r = client.activate(request).await?.into_inner();
+                Ok(r.activation.unwrap().installation_id)
+            }
+        })));
+        let channel = Channel::from_shared(seat_url.clone()).unwrap().connect_lazy();
+        let key = floating_key.clone();
+        checking_out.push(tokio::spawn(load(format!("client-{c}"), stop.clone(), move |name| {
+            let mut client = SeatServiceClient::new(channel.clone());
+            let request = checkout_request(&key, &name);
+            async move {
+                let r = client.checkout(request).await?.into_inner();
+                Ok(r.grant.unwrap().lease_id)
+            }
+        })));
+    }
+    tokio::time::sleep(LOAD_BEFORE_KILL).await;
+    stop.store(true, Ordering::SeqCst);
+    for &i in &deployment.killed {
+        deployment.processes[i].kill_9().await;
+    }
+    let mut activations = Outcomes::default();
+    for task in activating {
+        let o = task.await.unwrap();
+        activations.acknowledged.extend(o.acknowledged);
+        activations.in_doubt.extend(o.in_doubt);
+    }
+    let mut leases = Outcomes::default();
+    for task in checking_out {
+        let o = task.await.unwrap();
+        leases.acknowledged.extend(o.acknowledged);
+        leases.in_doubt.extend(o.in_doubt);
+    }
+    eprintln!(
+        "killed after {} acknowledged activations ({} in doubt) and {} acknowledged checkouts ({} in doubt)",
+        activations.acknowledged.len(),
+        activations.in_doubt.len(),
+        leases.acknowledged.len(),
+        leases.in_doubt.len()
+    );
+    assert!(activations.acknowledged.len() >= 10, "load reached the server: {}", activations.acknowledged.len());
+    assert!(leases.acknowledged.len() >= 10, "load reached the server: {}", leases.acknowledged.len());
+
+    // Start again on the same data.
+    for &i in &deployment.killed {
+        deployment.processes[i].start().await;
+    }
+    let admin = AdminServiceClient::new(deployment.processes[deployment.admin].channel().await);
+    let mut activation = ActivationServiceClient::new(deployment.processes[deployment.activation].channel().await);
+    let mut seats = SeatServiceClient::new(deployment.processes[deployment.seat].channel().await);
+
+    // Every acknowledged activation is there; the counter agrees with the rows.
+    let active = active_installations(&admin, &node_locked_id).await;
+    for (machine, installation) in &activations.acknowledged {
+        assert!(active.contains(installation), "acknowledged activation of {machine} ({installation}) was lost");
+    }
+    assert_eq!(activations_used(&admin, &node_locked_id).await as usize, active.len(), "counter matches rows");
+    // Retrying is safe: the acknowledged ones answer "already activated" with the same ID, the
+    // ones in doubt succeed, and nothing is counted twice.
+    for (machine, installation) in activations.acknowledged.iter().take(5) {
+        let again = activation.activate(activate_request(&node_locked_key, machine)).await.unwrap().into_inner();
+        assert!(again.already_activated);
+        assert_eq!(&again.activation.unwrap().installation_id, installation);
+    }
+    for machine in &activations.in_doubt {
+        activation.activate(activate_request(&node_locked_key, machine)).await.unwrap();
+    }
+    let active = active_installations(&admin, &node_locked_id).await;
+    assert_eq!(active.len(), activations.acknowledged.len() + activations.in_doubt.len());
+    assert_eq!(activations_used(&admin, &node_locked_id).await as usize, active.len());
+
+    // Every acknowledged lease is there, once per client.
+    let live = live_leases_of(&mut seats, &floating_id).await;
+    for (client, lease) in &leases.acknowledged {
+        assert_eq!(live.get(client), Some(lease), "acknowledged lease of {client} was lost");
+    }
+    for client in &leases.in_doubt {
+        seats.checkout(checkout_request(&floating_key, client)).await.unwrap();
+    }
+    let live = live_leases_of(&mut seats, &floating_id).await;
+    assert_eq!(live.len(), leases.acknowledged.len() + leases.in_doubt.len(), "one lease per client");
+    let pool = seats
+        .list_leases(admin_req(seat::ListLeasesRequest { license_id: floating_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pool.seats_in_use as usize, live.len(), "seats in use agree with the leases");
+
+    for p in &mut deployment.processes {
+        if let Some(mut child) = p.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn create_customer_on(admin: &mut AdminServiceClient<Channel>) -> String {
+    admin
+        .create_customer(admin_req(acc::CreateCustomerRequest {
+            company_name: "Kill Co".into(),
+            contact_email: "ops@kill.example".into(),
+            password: CUSTOMER_PASSWORD.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .customer_id
+}
+
+async fn active_installations(admin: &AdminServiceClient<Channel>, license_id: &str) -> HashSet<String> {
+    let history = admin
+        .clone()
+        .get_activation_history(admin_req(acc::GetActivationHistoryRequest { license_id: license_id.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    history.installations.into_iter().filter(|i| i.active).map(|i| i.installation_id).collect()
+}
+
+async fn activations_used(admin: &AdminServiceClient<Channel>, license_id: &str) -> i32 {
+    let license = admin
+        .clone()
+        .get_license(admin_req(acc::GetLicenseRequest { license_id: license_id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .license
+        .unwrap();
+    license.activations_used
+}
+
+/// client_instance_id -> lease ID of the live leases; a client holding two leases fails.
+async fn live_leases_of(seats: &mut SeatServiceClient<Channel>, license_id: &str) -> HashMap<String, String> {
+    let listed = seats
+        .list_leases(admin_req(seat::ListLeasesRequest { license_id: license_id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    let mut by_client = HashMap::new();
+    for lease in listed {
+        let previous = by_client.insert(lease.client_instance_id.clone(), lease.lease_id);
+        assert!(previous.is_none(), "client {} holds two leases", lease.client_instance_id);
+    }
+    by_client
+}
+
+/// Clients all come from 127.0.0.1 here: the abuse limits would be the test's subject, not this.
+fn unlimited(env: &mut Vec<(String, String)>) {
+    for var in [
+        "LICENSING_RATE_ACTIVATE_PER_CLIENT",
+        "LICENSING_RATE_ACTIVATE_PER_LICENSE",
+        "LICENSING_RATE_CHECKOUT_PER_CLIENT",
+        "LICENSING_RATE_CHECKOUT_PER_LICENSE",
+    ] {
+        env.push((var.into(), "off".into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_server_killed_under_load_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
+        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+    ];
+    unlimited(&mut env);
+    let deployment = Deployment {
+        processes: vec![Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env)],
+        admin: 0,
+        activation: 0,
+        seat: 0,
+        killed: vec![0],
+    };
+    acknowledged_writes_survive_kill_9(deployment).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_services_killed_under_load_keep_every_acknowledged_write() {
+    if !postgres_available().await || !redis_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = |byte: u8| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [byte; 32]);
+    let mut env = vec![
+        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
+        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+        ("LICENSING_DATABASE_URL".to_owned(), fresh_postgres_database().await),
+        ("LICENSING_REDIS_URL".to_owned(), redis_url()),
+        ("LICENSING_HASH_KEY".to_owned(), key(7)),
+        ("LICENSING_SIGNING_KEY".to_owned(), key(9)),
+    ];
+    unlimited(&mut env);
+    let deployment = Deployment {
+        processes: vec![
+            // Account first: it applies the migrations.
+            Process::new(env!("CARGO_BIN_EXE_account"), &env),
+            Process::new(env!("CARGO_BIN_EXE_activation"), &env),
+            Process::new(env!("CARGO_BIN_EXE_seat"), &env),
+        ],
+        admin: 0,
+        activation: 1,
+        seat: 2,
+        killed: vec![1, 2],
+    };
+    acknowledged_writes_survive_kill_9(deployment).await;
+}
