@@ -6,6 +6,8 @@
 //! in which case they fail.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use licensing::{Application, Overrides, Role};
 use licensing_domain::secrets::PasswordHasher;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
