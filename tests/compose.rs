@@ -3,7 +3,8 @@
 //! 127.0.0.1, `${VAR:-default}` resolved to its default, and the database name swapped for a
 //! fresh one so runs do not share state; PostgreSQL and Redis are the test servers of
 //! `TEST_DATABASE_URL` and `TEST_REDIS_URL`), then checks each is SERVING, both through the gRPC
-//! health service and through the compose file's own healthcheck command.
+//! health service and through the compose file's own healthcheck command. The TLS overlay
+//! (`deploy/compose.tls.yml`) is run the same way, with certificates from its own script.
 
 mod common;
 
@@ -18,7 +19,11 @@ const SERVICES: [&str; 3] = ["account", "activation", "seat"];
 const HOSTNAMES: [&str; 3] = ["postgres", "redis", "jaeger"];
 
 fn compose() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap();
+    yaml("docker-compose.yml")
+}
+
+fn yaml(file: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let mut value: Value = serde_yaml::from_str(&text).unwrap();
     value.apply_merge().unwrap();
     value
@@ -85,21 +90,29 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_sequence().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
 }
 
-async fn wait_serving(healthcheck: &[String]) -> bool {
+/// Runs the health check as the container would, with the service's environment, until it
+/// passes (up to 30 s).
+async fn wait_serving(healthcheck: &[String], env: &HashMap<String, String>) -> bool {
     for _ in 0..150 {
-        let status = Command::new(binary(&healthcheck[0]))
-            .args(&healthcheck[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        if status.success() {
+        if wait_once(healthcheck, env).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
+}
+
+async fn wait_once(healthcheck: &[String], env: &HashMap<String, String>) -> bool {
+    Command::new(binary(&healthcheck[0]))
+        .args(&healthcheck[1..])
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap()
+        .success()
 }
 
 struct Running(Vec<(String, Child)>);
@@ -117,7 +130,43 @@ async fn compose_services_start_natively_and_serve() {
     if !postgres_available().await || !redis_available().await {
         return;
     }
+    run_compose(None).await;
+}
+
+#[tokio::test]
+async fn the_tls_overlay_serves_mutual_tls_with_the_scripts_certificates() {
+    if !postgres_available().await || !redis_available().await {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tls/make-dev-certs.sh");
+    let made = Command::new("bash").arg(script).arg(certs.path()).stdout(Stdio::null()).status().await.unwrap();
+    assert!(made.success(), "{script} made the certificates");
+    run_compose(Some(certs.path())).await;
+}
+
+/// The overlay's environment of `name`, its /tls/ paths pointing into `certs`.
+fn tls_overlay_env(name: &str, certs: &std::path::Path) -> HashMap<String, String> {
+    let overlay = yaml("deploy/compose.tls.yml");
+    let service = &overlay["services"][name];
+    let mount = strings(&service["volumes"]);
+    assert_eq!(mount, vec!["./deploy/tls/certs:/tls:ro".to_owned()], "{name} mounts the certificates");
+    service["environment"]
+        .as_mapping()
+        .expect("environment as a mapping")
+        .iter()
+        .map(|(k, v)| {
+            let value = v.as_str().unwrap().replace("/tls/", &format!("{}/", certs.display()));
+            (k.as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+/// Starts the compose services natively (with the TLS overlay when `tls_certs` is set), checks
+/// each becomes SERVING through its own health check, then stops them with SIGTERM.
+async fn run_compose(tls_certs: Option<&std::path::Path>) {
     let compose = compose();
+    let data = tempfile::tempdir().unwrap();
     let services = &compose["services"];
     for dependency in ["postgres", "redis"] {
         assert!(services[dependency]["healthcheck"].is_mapping(), "{dependency} has a health check");
@@ -130,6 +179,9 @@ async fn compose_services_start_natively_and_serve() {
         assert_eq!(service["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"), "{name}");
         let command = strings(&service["command"]);
         let mut env = native_env(service, &database_url);
+        if let Some(certs) = tls_certs {
+            env.extend(tls_overlay_env(name, certs));
+        }
         let port = env["LICENSING_LISTEN_ADDR"].rsplit(':').next().unwrap().to_owned();
         let published = strings(&service["ports"]);
         assert_eq!(published, vec![format!("{port}:{port}")], "{name} publishes its listen port");
@@ -142,7 +194,7 @@ async fn compose_services_start_natively_and_serve() {
             .env_clear()
             .envs(&env)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LICENSING_DATA_DIR", std::env::temp_dir().join(format!("compose-{name}")))
+            .env("LICENSING_DATA_DIR", data.path().join(name))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -154,10 +206,14 @@ async fn compose_services_start_natively_and_serve() {
         assert!(healthcheck.iter().any(|a| a.ends_with(&format!(":{port}"))), "{name}'s health check probes {port}");
         let healthcheck: Vec<String> =
             healthcheck[1..].iter().map(|a| a.replace(&format!(":{port}"), &format!(":{free}"))).collect();
-        checks.push((name, healthcheck));
+        checks.push((name, healthcheck, env));
     }
-    for (name, check) in &checks {
-        assert!(wait_serving(check).await, "{name} became SERVING (checked with {check:?})");
+    for (name, check, env) in &checks {
+        assert!(wait_serving(check, env).await, "{name} became SERVING (checked with {check:?})");
+        if tls_certs.is_some() {
+            let plaintext: HashMap<String, String> = HashMap::new();
+            assert!(!wait_once(check, &plaintext).await, "{name} refuses a probe without TLS");
+        }
     }
     // The running services answer the health service for their own gRPC service names too.
     let named = [
@@ -166,10 +222,10 @@ async fn compose_services_start_natively_and_serve() {
         ("seat", "licensing.seat.v1.SeatService"),
     ];
     for (name, grpc_service) in named {
-        let (_, check) = checks.iter().find(|(n, _)| *n == name).unwrap();
+        let (_, check, env) = checks.iter().find(|(n, _, _)| *n == name).unwrap();
         let mut check = check.clone();
         check.push(grpc_service.to_owned());
-        assert!(wait_serving(&check).await, "{name} reports {grpc_service} SERVING");
+        assert!(wait_serving(&check, env).await, "{name} reports {grpc_service} SERVING");
     }
     // SIGTERM: each drains and exits cleanly.
     for (name, child) in &mut running.0 {

@@ -1,6 +1,7 @@
 //! `healthcheck [ADDR] [SERVICE]`: exits 0 when the gRPC health service at ADDR (default
 //! 127.0.0.1:50051) reports SERVICE (default: the whole server) SERVING, 1 otherwise. Used by the
-//! compose file's health checks, so the images need no extra probe binary.
+//! compose file's health checks, so the images need no extra probe binary. Over TLS when
+//! `LICENSING_TLS_CA` is set (and mutual TLS with `LICENSING_TLS_CLIENT_CERT`/`_KEY`).
 
 use std::time::Duration;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -13,13 +14,14 @@ async fn main() {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:50051".into());
     let service = args.next().unwrap_or_default();
     let check = async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let tls = licensing_runtime::tls::client_config(&licensing_runtime::config::ProcessEnv)?;
+        let channel = licensing_runtime::tls::endpoint(&addr, tls)?.connect().await?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest { service: service.clone() })
             .await?
             .into_inner()
             .status;
-        Ok::<_, Box<dyn std::error::Error>>(status)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {
         Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {

@@ -243,7 +243,9 @@ fn authorized<T>(token: &Option<String>, message: T) -> Result<tonic::Request<T>
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let channel: Channel = tonic::transport::Endpoint::from_shared(cli.server.clone())
+    let tls = licensing_runtime::tls::client_config(&licensing_runtime::config::ProcessEnv)
+        .map_err(|e| Failure(e.to_string()))?;
+    let channel: Channel = licensing_runtime::tls::endpoint(&cli.server, tls)
         .map_err(|_| Failure(format!("--server: '{}' is not a URL such as http://127.0.0.1:50051", cli.server)))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))

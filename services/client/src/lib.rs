@@ -27,6 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// TLS settings for [`Client::with_tls`]: `ClientTlsConfig::new().ca_certificate(..)` and, for
+/// mutual TLS, `.identity(..)`.
+pub mod tls {
+    pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+}
+
 /// How a product proves it may use its license.
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -50,15 +56,33 @@ impl Client {
         Self::with_clock(endpoint, public_key_b64, Arc::new(SystemClock))
     }
 
+    /// As [`Client::new`], over TLS: `tls` names the CA that signed the server's certificate
+    /// and, for mutual TLS, the product's own certificate (see [`tls`]). `endpoint` is https://.
+    pub fn with_tls(endpoint: &str, public_key_b64: &str, tls: tls::ClientTlsConfig) -> Result<Self, ClientError> {
+        Self::build(endpoint, public_key_b64, Arc::new(SystemClock), Some(tls))
+    }
+
     /// As [`Client::new`], with the clock offline checks use (tests move it by hand).
     pub fn with_clock(endpoint: &str, public_key_b64: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
+        Self::build(endpoint, public_key_b64, clock, None)
+    }
+
+    fn build(
+        endpoint: &str,
+        public_key_b64: &str,
+        clock: Arc<dyn Clock>,
+        tls: Option<tls::ClientTlsConfig>,
+    ) -> Result<Self, ClientError> {
         let public_key = licensing_domain::certificate::verifying_key_from_base64(public_key_b64)
             .map_err(|_| ClientError::Config("the public key must be base64 of a 32-byte Ed25519 key"))?;
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|_| ClientError::Config("the endpoint must be a URL such as http://host:50051"))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let mut endpoint = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|_| ClientError::Config("the endpoint must be a URL such as http://host:50051"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|_| ClientError::Config("the TLS settings cannot be used with this endpoint"))?;
+        }
+        let channel = endpoint.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(10)).connect_lazy();
         Ok(Self {
             activation: ActivationServiceClient::new(channel.clone()),
             seat: SeatServiceClient::new(channel),

@@ -60,6 +60,13 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) per license"),
     ("LICENSING_RATE_CHECKOUT_PER_CLIENT", "seat checkouts and waits per client address"),
     ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "seat checkouts and waits per license"),
+    ("LICENSING_TLS_CERT", "PEM certificate (chain) of the server; with LICENSING_TLS_KEY, serve TLS"),
+    ("LICENSING_TLS_KEY", "PEM private key of LICENSING_TLS_CERT"),
+    ("LICENSING_TLS_CLIENT_CA", "PEM CA certificate(s); when set, clients must present a certificate it signed (mutual TLS)"),
+    ("LICENSING_TLS_CA", "clients (healthcheck, licensectl): PEM CA that signed the server's certificate; connect over TLS"),
+    ("LICENSING_TLS_CLIENT_CERT", "clients: PEM certificate to present for mutual TLS"),
+    ("LICENSING_TLS_CLIENT_KEY", "clients: PEM private key of LICENSING_TLS_CLIENT_CERT"),
+    ("LICENSING_TLS_SERVER_NAME", "clients: name to verify in the server's certificate when it differs from the host dialled"),
     ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
     ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail; without it mail goes to files in <data dir>/outbox"),
     ("LICENSING_MAIL_FROM", "sender address of portal mail"),
@@ -150,6 +157,8 @@ pub struct Config {
     /// The longest lease TTL granted, and so the recovery window after Redis loses leases.
     pub max_lease_ttl: Duration,
     pub rate_limits: RateLimits,
+    /// TLS (and mutual TLS) of the gRPC listener; `None` serves plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
     /// Capacity of the bounded usage-log queue.
     pub usage_queue: usize,
     pub smtp_url: Option<String>,
@@ -253,6 +262,7 @@ impl Config {
             sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
             max_lease_ttl: millis("LICENSING_MAX_LEASE_TTL_MS", 3_600_000)?.max(Duration::from_secs(1)),
             rate_limits: RateLimits::from_lookup(lookup)?,
+            tls: crate::tls::ServerTls::from_lookup(lookup)?,
             usage_queue: parse(lookup, "LICENSING_USAGE_QUEUE", 10_000usize, "a whole number")?.max(1),
             log_format,
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),

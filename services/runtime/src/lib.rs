@@ -12,7 +12,8 @@
 //! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
 //! - [`hashing`]: argon2 work on the blocking pool at a low CPU priority.
-//! - [`limiter`]: failure counting per key for rate limits.
+//! - [`limiter`]: failure counting and request rates per key (abuse limits).
+//! - [`tls`]: TLS and mutual TLS from PEM files, for servers and for our own clients.
 //! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.
 
 pub mod auth;
@@ -25,3 +26,4 @@ pub mod limiter;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod tls;

@@ -32,6 +32,8 @@ pub struct StackSettings {
     pub reflection: bool,
     /// Request rates allowed per client address, by group of methods.
     pub client_rates: Vec<ClientRate>,
+    /// TLS of the listener; `None` serves plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// One rate shared by a group of methods (e.g. Login), counted per client address.
@@ -86,6 +88,7 @@ impl From<&Config> for StackSettings {
             shutdown_grace: c.shutdown_grace,
             reflection: c.reflection,
             client_rates: ClientRate::all(&c.rate_limits),
+            tls: c.tls.clone(),
         }
     }
 }
@@ -175,7 +178,12 @@ impl GrpcServer {
             .layer(MalformedRequestLayer)
             .into_inner();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &settings.tls {
+            builder = builder.tls_config(tls.server_config())?;
+            tracing::info!(mutual = tls.is_mutual(), "serving TLS");
+        }
+        let server = builder
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(layers)
             .add_routes(routes)
@@ -313,8 +321,12 @@ pub struct ClientRateLimit<S> {
 
 /// The address a request came from, as the rate limits count clients.
 fn client_address<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
-    use tonic::transport::server::TcpConnectInfo;
-    req.extensions().get::<TcpConnectInfo>().and_then(|info| info.remote_addr()).map(|a| a.ip())
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = req.extensions();
+    let tcp = extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|tls| tls.get_ref()));
+    tcp.and_then(|info| info.remote_addr()).map(|a| a.ip())
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ClientRateLimit<S>

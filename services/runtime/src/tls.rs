@@ -1,0 +1,158 @@
+//! TLS by configuration (rustls): PEM files named by environment variables.
+//!
+//! Servers: `LICENSING_TLS_CERT` and `LICENSING_TLS_KEY` turn TLS on; `LICENSING_TLS_CLIENT_CA`
+//! adds mutual TLS (every client must present a certificate that CA signed).
+//! Our own clients (healthcheck, licensectl): `LICENSING_TLS_CA` is the CA that signed the
+//! server's certificate, `LICENSING_TLS_CLIENT_CERT`/`_KEY` the client's certificate for mutual
+//! TLS, and `LICENSING_TLS_SERVER_NAME` the name to verify when it differs from the host dialled
+//! (a health check dialling 127.0.0.1 in a container whose certificate names the service).
+
+use crate::config::{ConfigError, Lookup};
+use std::path::PathBuf;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// A server's TLS settings, files already read (a missing file stops the start, naming its variable).
+#[derive(Clone)]
+pub struct ServerTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("mutual", &self.client_ca_pem.is_some()).finish_non_exhaustive()
+    }
+}
+
+fn path(lookup: &dyn Lookup, var: &'static str) -> Option<(&'static str, PathBuf)> {
+    lookup.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).map(|v| (var, PathBuf::from(v)))
+}
+
+/// Reads a PEM file, checking it holds at least one PEM block.
+fn read_pem((var, path): (&'static str, PathBuf)) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(&path)
+        .map_err(|e| ConfigError { var, message: format!("cannot read {}: {e}", path.display()) })?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+        return Err(ConfigError { var, message: format!("{} is not a PEM file", path.display()) });
+    }
+    Ok(bytes)
+}
+
+impl ServerTls {
+    /// `None` when TLS is off (neither certificate nor key set).
+    pub fn from_lookup(lookup: &dyn Lookup) -> Result<Option<Self>, ConfigError> {
+        let cert = path(lookup, "LICENSING_TLS_CERT");
+        let key = path(lookup, "LICENSING_TLS_KEY");
+        let client_ca = path(lookup, "LICENSING_TLS_CLIENT_CA");
+        match (cert, key) {
+            (None, None) => match client_ca {
+                Some((var, _)) => Err(ConfigError {
+                    var,
+                    message: "mutual TLS needs TLS: set LICENSING_TLS_CERT and LICENSING_TLS_KEY too".into(),
+                }),
+                None => Ok(None),
+            },
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert_pem: read_pem(cert)?,
+                key_pem: read_pem(key)?,
+                client_ca_pem: client_ca.map(read_pem).transpose()?,
+            })),
+            (Some(_), None) => Err(ConfigError {
+                var: "LICENSING_TLS_KEY",
+                message: "LICENSING_TLS_CERT is set: set the certificate's private key file too".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError {
+                var: "LICENSING_TLS_CERT",
+                message: "LICENSING_TLS_KEY is set: set the certificate (chain) file too".into(),
+            }),
+        }
+    }
+
+    pub fn is_mutual(&self) -> bool {
+        self.client_ca_pem.is_some()
+    }
+
+    pub fn server_config(&self) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// The TLS settings of our own clients; `None` (plaintext) when `LICENSING_TLS_CA` is not set.
+pub fn client_config(lookup: &dyn Lookup) -> Result<Option<ClientTlsConfig>, ConfigError> {
+    let Some(ca) = path(lookup, "LICENSING_TLS_CA") else {
+        return Ok(None);
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?));
+    match (path(lookup, "LICENSING_TLS_CLIENT_CERT"), path(lookup, "LICENSING_TLS_CLIENT_KEY")) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        }
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ConfigError {
+                var: "LICENSING_TLS_CLIENT_CERT",
+                message: "set both LICENSING_TLS_CLIENT_CERT and LICENSING_TLS_CLIENT_KEY, or neither".into(),
+            })
+        }
+    }
+    if let Some(name) = lookup.get("LICENSING_TLS_SERVER_NAME").filter(|n| !n.trim().is_empty()) {
+        config = config.domain_name(name.trim());
+    }
+    Ok(Some(config))
+}
+
+/// A channel endpoint for `addr` (host:port or a URL), over TLS when `tls` is set.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, Box<dyn std::error::Error + Send + Sync>> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("{}://{addr}", if tls.is_some() { "https" } else { "http" })
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url)?;
+    Ok(match tls {
+        Some(tls) => endpoint.tls_config(tls)?,
+        None => endpoint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_off_by_default_and_half_settings_name_the_missing_variable() {
+        assert!(ServerTls::from_lookup(&[("X", "y")]).unwrap().is_none());
+        assert!(client_config(&[("X", "y")]).unwrap().is_none());
+        let err = ServerTls::from_lookup(&[("LICENSING_TLS_CERT", "/c.pem")]).unwrap_err();
+        assert_eq!(err.var, "LICENSING_TLS_KEY");
+        let err = ServerTls::from_lookup(&[("LICENSING_TLS_CLIENT_CA", "/ca.pem")]).unwrap_err();
+        assert_eq!(err.var, "LICENSING_TLS_CLIENT_CA");
+        let err =
+            ServerTls::from_lookup(&[("LICENSING_TLS_CERT", "/nonexistent.pem"), ("LICENSING_TLS_KEY", "/k.pem")])
+                .unwrap_err();
+        assert_eq!(err.var, "LICENSING_TLS_CERT");
+        assert!(err.message.contains("/nonexistent.pem"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_file_without_pem_blocks_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not.pem");
+        std::fs::write(&file, "hello").unwrap();
+        let file = file.display().to_string();
+        let err = client_config(&[("LICENSING_TLS_CA", file.as_str())]).unwrap_err();
+        assert_eq!(err.var, "LICENSING_TLS_CA");
+        assert!(err.message.contains("not a PEM file"));
+    }
+}
