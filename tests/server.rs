@@ -142,6 +142,25 @@ fn readme_documents_every_variable() {
     }
 }
 
+#[test]
+fn every_guarantee_in_the_readme_names_a_test_that_exists() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section: String =
+        readme.lines().skip_while(|l| *l != "## Guarantees").skip(1).take_while(|l| !l.starts_with("## ")).collect();
+    let mut named = 0;
+    for cited in section.split('`').skip(1).step_by(2).filter(|c| c.contains("::")) {
+        let (file, test) = cited.split_once("::").unwrap();
+        let source = std::fs::read_to_string(format!("{root}/tests/{file}.rs"))
+            .unwrap_or_else(|_| panic!("Guarantees cites tests/{file}.rs, which does not exist"));
+        if test != "*" {
+            assert!(source.contains(&format!("fn {test}(")), "Guarantees cites {cited}, which does not exist");
+        }
+        named += 1;
+    }
+    assert!(named >= 10, "the Guarantees section names its tests ({named} found)");
+}
+
 #[tokio::test]
 async fn reflection_lists_what_the_readme_shows() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
