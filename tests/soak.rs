@@ -77,7 +77,7 @@ async fn floating_client(channel: Channel, key: String, name: String, stop: Arc<
     while !stop.load(Ordering::Relaxed) {
         life += 1;
         let client = format!("{name}-{life}");
-        let grant = if life % 3 == 0 {
+        let grant = if life.is_multiple_of(3) {
             let wait = seat::WaitForSeatRequest {
                 checkout: Some(checkout(&key, &client)),
                 max_wait: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
@@ -116,7 +116,7 @@ async fn floating_client(channel: Channel, key: String, name: String, stop: Arc<
             }
             ops.fetch_add(1, Ordering::Relaxed);
         }
-        if life % 5 != 0 {
+        if !life.is_multiple_of(5) {
             let _ = s.checkin(seat::CheckinRequest { license_id: grant.license_id, lease_id: grant.lease_id }).await;
             ops.fetch_add(1, Ordering::Relaxed);
         }
@@ -154,7 +154,7 @@ async fn node_locked_client(channel: Channel, key: String, login: String, stop: 
                 })
                 .await;
         }
-        if round % 10 == 0 {
+        if round.is_multiple_of(10) {
             let _ = portal.login(acc::LoginRequest { login: login.clone(), password: CUSTOMER_PASSWORD.into() }).await;
         }
         ops.fetch_add(3, Ordering::Relaxed);
