@@ -10,9 +10,8 @@ mod common;
 
 use common::proxy::{FaultProxy, Link};
 use common::*;
-use licensing_proto::activation::v1 as act;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
-use licensing_proto::common::v1::{FingerprintComponent, LicenseKind};
+use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as seat;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,23 +57,6 @@ async fn app_with_env(backend: Backend, extra: &[(&str, String)]) -> TestApp {
     spawn_with_env(backend, data_dir, env).await
 }
 
-fn activation(key: &str, machine: &str) -> act::ActivateRequest {
-    act::ActivateRequest {
-        credentials: Some(act::LicenseCredentials {
-            credential: Some(act::license_credentials::Credential::LicenseKey(key.into())),
-        }),
-        machine: Some(act::MachineInfo {
-            fingerprint: [("machine-id", machine), ("disk-serial", machine), ("mac", machine)]
-                .iter()
-                .map(|(n, v)| FingerprintComponent { name: n.to_string(), value: v.to_string() })
-                .collect(),
-            machine_name: machine.into(),
-            platform: "linux-x86_64".into(),
-            product_version: "2.0".into(),
-        }),
-    }
-}
-
 /// A PostgreSQL-backed server whose database link goes through a proxy, and a license.
 async fn postgres_behind_proxy() -> Option<(TestApp, FaultProxy, String, String)> {
     if !postgres_available().await {
@@ -116,7 +98,7 @@ async fn postgres_cut_away_under_load_answers_unavailable_then_serves_again_and_
                 let machine = format!("m-{w}-{i}");
                 i += 1;
                 let started = Instant::now();
-                match client.activate(activation(&key, &machine)).await {
+                match client.activate(activate_by_key(&key, &machine)).await {
                     Ok(r) => {
                         acknowledged.insert(machine, r.into_inner().activation.unwrap().installation_id);
                     }
@@ -134,7 +116,7 @@ async fn postgres_cut_away_under_load_answers_unavailable_then_serves_again_and_
     let mut probe = ActivationServiceClient::new(app.channel().await);
     until_served(|| {
         let (mut probe, key) = (probe.clone(), key.clone());
-        Box::pin(async move { probe.activate(activation(&key, "probe")).await.is_ok() })
+        Box::pin(async move { probe.activate(activate_by_key(&key, "probe")).await.is_ok() })
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -168,20 +150,20 @@ async fn postgres_cut_away_under_load_answers_unavailable_then_serves_again_and_
         assert!(active.contains(installation), "acknowledged activation of {machine} was lost");
     }
     assert_eq!(get_license(&app, &license_id).await.activations_used as usize, active.len());
-    probe.activate(activation(&key, "after")).await.unwrap();
+    probe.activate(activate_by_key(&key, "after")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_or_partitioned_postgres_never_holds_a_request_past_its_deadline() {
     let Some((app, proxy, _, key)) = postgres_behind_proxy().await else { return };
     let mut client = ActivationServiceClient::new(app.channel().await);
-    client.activate(activation(&key, "warm")).await.unwrap();
+    client.activate(activate_by_key(&key, "warm")).await.unwrap();
 
     // Slow: every chunk waits 100 ms each way; requests still finish, or give up in time.
     proxy.set_latency(Duration::from_millis(100));
     for i in 0..3 {
         let started = Instant::now();
-        let outcome = client.activate(activation(&key, &format!("slow-{i}"))).await;
+        let outcome = client.activate(activate_by_key(&key, &format!("slow-{i}"))).await;
         assert!(started.elapsed() <= REQUEST_TIMEOUT + SLACK, "took {:?}", started.elapsed());
         if let Err(status) = outcome {
             assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -193,27 +175,16 @@ async fn slow_or_partitioned_postgres_never_holds_a_request_past_its_deadline() 
     proxy.set(Link::Partitioned);
     for i in 0..3 {
         let started = Instant::now();
-        let status = client.activate(activation(&key, &format!("cut-{i}"))).await.unwrap_err();
+        let status = client.activate(activate_by_key(&key, &format!("cut-{i}"))).await.unwrap_err();
         assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable), "{status:?}");
         assert!(started.elapsed() <= REQUEST_TIMEOUT + SLACK, "took {:?}", started.elapsed());
     }
     proxy.set(Link::Up);
     until_served(|| {
         let (mut client, key) = (client.clone(), key.clone());
-        Box::pin(async move { client.activate(activation(&key, "healed")).await.is_ok() })
+        Box::pin(async move { client.activate(activate_by_key(&key, "healed")).await.is_ok() })
     })
     .await;
-}
-
-fn checkout(key: &str, client: &str) -> seat::CheckoutRequest {
-    seat::CheckoutRequest {
-        credentials: Some(seat::SeatCredentials {
-            credential: Some(seat::seat_credentials::Credential::LicenseKey(key.into())),
-        }),
-        client_instance_id: client.into(),
-        ttl: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +213,7 @@ async fn a_flapping_redis_link_never_over_allocates_and_never_hangs_a_request() 
             let mut granted = 0;
             while !stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
-                let outcome = s.checkout(checkout(&key, &format!("c{c}"))).await;
+                let outcome = s.checkout(checkout_by_key(&key, &format!("c{c}"), 2)).await;
                 slowest = slowest.max(started.elapsed());
                 match outcome {
                     Ok(r) => {
@@ -299,7 +270,7 @@ async fn a_flapping_redis_link_never_over_allocates_and_never_hangs_a_request() 
     let probe = seat_client(&app).await;
     until_served(|| {
         let (mut probe, key) = (probe.clone(), key.clone());
-        Box::pin(async move { probe.checkout(checkout(&key, "c0")).await.is_ok() })
+        Box::pin(async move { probe.checkout(checkout_by_key(&key, "c0", 2)).await.is_ok() })
     })
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -326,9 +297,9 @@ async fn a_flapping_redis_link_never_over_allocates_and_never_hangs_a_request() 
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let mut s = seat_client(&app).await;
     for c in 0..SEATS {
-        s.checkout(checkout(&key, &format!("after-{c}"))).await.unwrap();
+        s.checkout(checkout_by_key(&key, &format!("after-{c}"), 2)).await.unwrap();
     }
-    let refused = s.checkout(checkout(&key, "one-too-many")).await.unwrap_err();
+    let refused = s.checkout(checkout_by_key(&key, "one-too-many", 2)).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(live_leases(&app, &license_id).await.len(), SEATS);
 }

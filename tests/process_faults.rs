@@ -10,9 +10,8 @@ mod common;
 use common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
-use licensing_proto::activation::v1 as act;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
-use licensing_proto::common::v1::{FingerprintComponent, LicenseKind};
+use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use std::collections::{HashMap, HashSet};
@@ -101,38 +100,6 @@ struct Deployment {
     killed: Vec<usize>,
 }
 
-fn fingerprint(machine: &str) -> Vec<FingerprintComponent> {
-    [("machine-id", machine), ("disk-serial", machine), ("mac", machine)]
-        .iter()
-        .map(|(n, v)| FingerprintComponent { name: n.to_string(), value: v.to_string() })
-        .collect()
-}
-
-fn activate_request(key: &str, machine: &str) -> act::ActivateRequest {
-    act::ActivateRequest {
-        credentials: Some(act::LicenseCredentials {
-            credential: Some(act::license_credentials::Credential::LicenseKey(key.into())),
-        }),
-        machine: Some(act::MachineInfo {
-            fingerprint: fingerprint(machine),
-            machine_name: machine.into(),
-            platform: "linux-x86_64".into(),
-            product_version: "1.0".into(),
-        }),
-    }
-}
-
-fn checkout_request(key: &str, client: &str) -> seat::CheckoutRequest {
-    seat::CheckoutRequest {
-        credentials: Some(seat::SeatCredentials {
-            credential: Some(seat::seat_credentials::Credential::LicenseKey(key.into())),
-        }),
-        client_instance_id: client.into(),
-        ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
-        ..Default::default()
-    }
-}
-
 /// What clients saw: answered requests (name -> ID the server gave) and requests in flight when
 /// the server died (no answer: they may or may not have happened).
 #[derive(Default)]
@@ -213,7 +180,7 @@ async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
         let key = node_locked_key.clone();
         activating.push(tokio::spawn(load(format!("machine-{c}"), stop.clone(), move |name| {
             let mut client = ActivationServiceClient::new(channel.clone());
-            let request = activate_request(&key, &name);
+            let request = activate_by_key(&key, &name);
             async move {
                 let r = client.activate(request).await?.into_inner();
                 Ok(r.activation.unwrap().installation_id)
@@ -223,7 +190,7 @@ async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
         let key = floating_key.clone();
         checking_out.push(tokio::spawn(load(format!("client-{c}"), stop.clone(), move |name| {
             let mut client = SeatServiceClient::new(channel.clone());
-            let request = checkout_request(&key, &name);
+            let request = checkout_by_key(&key, &name, 600);
             async move {
                 let r = client.checkout(request).await?.into_inner();
                 Ok(r.grant.unwrap().lease_id)
@@ -274,12 +241,12 @@ async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
     // Retrying is safe: the acknowledged ones answer "already activated" with the same ID, the
     // ones in doubt succeed, and nothing is counted twice.
     for (machine, installation) in activations.acknowledged.iter().take(5) {
-        let again = activation.activate(activate_request(&node_locked_key, machine)).await.unwrap().into_inner();
+        let again = activation.activate(activate_by_key(&node_locked_key, machine)).await.unwrap().into_inner();
         assert!(again.already_activated);
         assert_eq!(&again.activation.unwrap().installation_id, installation);
     }
     for machine in &activations.in_doubt {
-        activation.activate(activate_request(&node_locked_key, machine)).await.unwrap();
+        activation.activate(activate_by_key(&node_locked_key, machine)).await.unwrap();
     }
     let active = active_installations(&admin, &node_locked_id).await;
     assert_eq!(active.len(), activations.acknowledged.len() + activations.in_doubt.len());
@@ -291,7 +258,7 @@ async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
         assert_eq!(live.get(client), Some(lease), "acknowledged lease of {client} was lost");
     }
     for client in &leases.in_doubt {
-        seats.checkout(checkout_request(&floating_key, client)).await.unwrap();
+        seats.checkout(checkout_by_key(&floating_key, client, 600)).await.unwrap();
     }
     let live = live_leases_of(&mut seats, &floating_id).await;
     assert_eq!(live.len(), leases.acknowledged.len() + leases.in_doubt.len(), "one lease per client");

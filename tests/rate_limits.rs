@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 use licensing_proto::account::v1 as account_pb;
-use licensing_proto::activation::v1 as act_pb;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
-use licensing_proto::common::v1::{FingerprintComponent, LicenseKind};
+use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as seat_pb;
 use tonic::Code;
 
@@ -29,34 +28,6 @@ fn assert_rate_limited(status: &tonic::Status, naming: &str) {
     assert!(status.message().contains(naming), "message should name {naming}: {}", status.message());
     let after: u64 = status.metadata().get("retry-after").expect("retry-after").to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&after), "retry-after {after}");
-}
-
-fn activation(key: &str, machine: &str) -> act_pb::ActivateRequest {
-    act_pb::ActivateRequest {
-        credentials: Some(act_pb::LicenseCredentials {
-            credential: Some(act_pb::license_credentials::Credential::LicenseKey(key.into())),
-        }),
-        machine: Some(act_pb::MachineInfo {
-            fingerprint: [("machine-id", machine), ("disk-serial", machine), ("mac", machine)]
-                .iter()
-                .map(|(n, v)| FingerprintComponent { name: n.to_string(), value: v.to_string() })
-                .collect(),
-            machine_name: machine.into(),
-            platform: "linux-x86_64".into(),
-            product_version: "2.0".into(),
-        }),
-    }
-}
-
-fn checkout(key: &str, client: &str) -> seat_pb::CheckoutRequest {
-    seat_pb::CheckoutRequest {
-        credentials: Some(seat_pb::SeatCredentials {
-            credential: Some(seat_pb::seat_credentials::Credential::LicenseKey(key.into())),
-        }),
-        client_instance_id: client.into(),
-        ttl: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -112,16 +83,16 @@ async fn activations_are_limited_per_license_and_per_client_address() {
     let (first_id, first_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 10, |_| {}).await;
     let (_, second_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 10, |_| {}).await;
     let mut a = ActivationServiceClient::new(app.channel().await);
-    a.activate(activation(&first_key, "m1")).await.unwrap();
-    a.activate(activation(&first_key, "m2")).await.unwrap();
-    let refused = a.activate(activation(&first_key, "m3")).await.unwrap_err();
+    a.activate(activate_by_key(&first_key, "m1")).await.unwrap();
+    a.activate(activate_by_key(&first_key, "m2")).await.unwrap();
+    let refused = a.activate(activate_by_key(&first_key, "m3")).await.unwrap_err();
     assert_rate_limited(&refused, &first_id);
     // The refused activation took no seat.
     let license = get_license(&app, &first_id).await;
     assert_eq!(license.activations_used, 2, "{license:?}");
     // Another license has its own bucket; the address's rate (4) then stops both.
-    a.activate(activation(&second_key, "m1")).await.unwrap();
-    let refused = a.activate(activation(&second_key, "m2")).await.unwrap_err();
+    a.activate(activate_by_key(&second_key, "m1")).await.unwrap();
+    let refused = a.activate(activate_by_key(&second_key, "m2")).await.unwrap_err();
     assert_rate_limited(&refused, "127.0.0.1");
 }
 
@@ -134,13 +105,13 @@ async fn checkouts_are_limited_per_license_and_refusals_hold_no_seat() {
     let mut s = seat_client(&app).await;
     let mut leases = vec![];
     for client in ["a", "b", "c"] {
-        leases.push(s.checkout(checkout(&key, client)).await.unwrap().into_inner().grant.unwrap());
+        leases.push(s.checkout(checkout_by_key(&key, client, 30)).await.unwrap().into_inner().grant.unwrap());
     }
-    let refused = s.checkout(checkout(&key, "d")).await.unwrap_err();
+    let refused = s.checkout(checkout_by_key(&key, "d", 30)).await.unwrap_err();
     assert_rate_limited(&refused, &id);
     // Waiting for a seat is a checkout too.
     let refused = s
-        .wait_for_seat(seat_pb::WaitForSeatRequest { checkout: Some(checkout(&key, "e")), max_wait: None })
+        .wait_for_seat(seat_pb::WaitForSeatRequest { checkout: Some(checkout_by_key(&key, "e", 30)), max_wait: None })
         .await
         .unwrap_err();
     assert_rate_limited(&refused, &id);
@@ -157,7 +128,7 @@ async fn checkouts_are_limited_per_license_and_refusals_hold_no_seat() {
     }
     s.checkin(seat_pb::CheckinRequest { license_id: id.clone(), lease_id: leases[0].lease_id.clone() }).await.unwrap();
     // Other licenses are not affected.
-    s.checkout(checkout(&other_key, "a")).await.unwrap();
+    s.checkout(checkout_by_key(&other_key, "a", 30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -167,14 +138,14 @@ async fn checkouts_are_limited_per_client_address_across_licenses() {
     let (_, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 10, |_| {}).await;
     let (other_id, other_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 10, |_| {}).await;
     let mut s = seat_client(&app).await;
-    s.checkout(checkout(&key, "a")).await.unwrap();
-    s.checkout(checkout(&other_key, "a")).await.unwrap();
-    let refused = s.checkout(checkout(&other_key, "b")).await.unwrap_err();
+    s.checkout(checkout_by_key(&key, "a", 30)).await.unwrap();
+    s.checkout(checkout_by_key(&other_key, "a", 30)).await.unwrap();
+    let refused = s.checkout(checkout_by_key(&other_key, "b", 30)).await.unwrap_err();
     assert_rate_limited(&refused, "checkout");
     assert_eq!(live_leases(&app, &other_id).await.len(), 1);
     // The bucket refills: a client that honours retry-after gets through.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    s.checkout(checkout(&other_key, "b")).await.unwrap();
+    s.checkout(checkout_by_key(&other_key, "b", 30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -187,6 +158,6 @@ async fn a_rate_limit_can_be_turned_off() {
     let mut s = seat_client(&app).await;
     // Far past the default burst per license (1,200): every call answered on its merits.
     for i in 0..1_500 {
-        s.checkout(checkout(&key, "same")).await.unwrap_or_else(|e| panic!("checkout {i}: {e:?}"));
+        s.checkout(checkout_by_key(&key, "same", 30)).await.unwrap_or_else(|e| panic!("checkout {i}: {e:?}"));
     }
 }

@@ -404,3 +404,38 @@ pub async fn create_customer(app: &TestApp, company_name: &str, email: &str) -> 
         .unwrap()
         .customer_id
 }
+
+/// An activation by license key of a machine whose fingerprint components all derive from `machine`.
+pub fn activate_by_key(key: &str, machine: &str) -> licensing_proto::activation::v1::ActivateRequest {
+    use licensing_proto::activation::v1 as act;
+    act::ActivateRequest {
+        credentials: Some(act::LicenseCredentials {
+            credential: Some(act::license_credentials::Credential::LicenseKey(key.into())),
+        }),
+        machine: Some(act::MachineInfo {
+            fingerprint: [("machine-id", machine), ("disk-serial", machine), ("mac", machine)]
+                .iter()
+                .map(|(n, v)| licensing_proto::common::v1::FingerprintComponent {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            machine_name: machine.into(),
+            platform: "linux-x86_64".into(),
+            product_version: "1.0".into(),
+        }),
+    }
+}
+
+/// A checkout by license key for `client`, with a lease TTL of `ttl_s` seconds.
+pub fn checkout_by_key(key: &str, client: &str, ttl_s: i64) -> licensing_proto::seat::v1::CheckoutRequest {
+    use licensing_proto::seat::v1 as seat;
+    seat::CheckoutRequest {
+        credentials: Some(seat::SeatCredentials {
+            credential: Some(seat::seat_credentials::Credential::LicenseKey(key.into())),
+        }),
+        client_instance_id: client.into(),
+        ttl: Some(prost_types::Duration { seconds: ttl_s, nanos: 0 }),
+        ..Default::default()
+    }
+}
