@@ -25,10 +25,11 @@ use licensing_runtime::config::{Config, Lookup};
 use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::limiter::FailureLimiter;
+use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_seat::grpc::SeatApi;
 use licensing_seat::{SeatSettings, Seats, UsageLog};
-use licensing_store::sql::SqlOptions;
+use licensing_store::sql::{Dialect, SqlOptions};
 use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +55,16 @@ impl Role {
             Self::Account => "127.0.0.1:50052",
             Self::Activation => "127.0.0.1:50053",
             Self::Seat => "127.0.0.1:50054",
+        }
+    }
+
+    /// Where the Prometheus scrape endpoint listens unless configured.
+    pub fn default_metrics_addr(self) -> &'static str {
+        match self {
+            Self::AllInOne => "127.0.0.1:9464",
+            Self::Account => "127.0.0.1:9465",
+            Self::Activation => "127.0.0.1:9466",
+            Self::Seat => "127.0.0.1:9467",
         }
     }
 
@@ -101,6 +112,9 @@ pub struct Application {
     usage_log: Option<UsageLog>,
     /// A freshly generated admin token, to be shown once; `None` when one existed or was configured.
     pub generated_admin_token: Option<String>,
+    metrics_addr: Option<SocketAddr>,
+    /// Stops the metrics endpoint (after the gRPC drain, so the last scrape sees it).
+    stop_metrics: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Application {
@@ -140,6 +154,8 @@ impl Application {
             None
         };
 
+        let stack = StackSettings::from(config);
+        let metrics = stack.metrics.clone();
         let max = config.max_message_bytes;
         let mut names: Vec<&str> = vec![];
         let mut routes = Routes::default();
@@ -153,6 +169,7 @@ impl Application {
         );
         // Leases: Redis when configured, else the embedded store in the all-in-one server. The
         // separate Account service reads them to show a customer's live leases.
+        let mut redis_for_health = None;
         let leases: Option<Arc<dyn LeaseStore>> = match (&config.redis_url, role) {
             (Some(url), Role::AllInOne | Role::Seat | Role::Account) => {
                 let redis = RedisLeaseStore::connect(url)
@@ -169,6 +186,7 @@ impl Application {
                         tracing::warn!(until_ms = until, "the lease store is recovering: no new seats until then");
                     }
                 }
+                redis_for_health = Some(redis.clone());
                 Some(Arc::new(redis))
             }
             (None, Role::AllInOne) => Some(Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone()))),
@@ -224,7 +242,8 @@ impl Application {
                 signer.clone(),
                 overrides.clock.clone(),
                 settings,
-            );
+            )
+            .with_observer(Arc::new(metrics.clone()));
             routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
@@ -246,24 +265,47 @@ impl Application {
                     ..SeatSettings::default()
                 },
             );
+            let seats = seats.with_observer(Arc::new(metrics.clone()));
+            metrics.add_source(Arc::new(seats.clone()));
             background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
             routes = routes.add_service(
                 SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max),
             );
             names.push("licensing.seat.v1.SeatService");
         }
-        let server = GrpcServer::bind(config.listen_addr, routes, &names, StackSettings::from(config))
+        metrics.add_source(Arc::new(StoreHealth { sql: store.clone(), redis: redis_for_health }));
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_addr = match config.metrics.resolve(role.default_metrics_addr()) {
+            Some(addr) => {
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                let (bound, task) = licensing_runtime::metrics::serve(addr, metrics.clone(), stopped)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint {addr} (LICENSING_METRICS_ADDR)"))?;
+                background.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        let server = GrpcServer::bind(config.listen_addr, routes, &names, stack)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { server, store, background, usage_log, generated_admin_token })
+        Ok(Self { server, store, background, usage_log, generated_admin_token, metrics_addr, stop_metrics })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
+    /// The bound Prometheus scrape endpoint, unless turned off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let result = self.server.run_until_stopped(shutdown).await;
+        let _ = self.stop_metrics.send(());
         for task in &self.background {
             task.abort();
         }
@@ -275,6 +317,32 @@ impl Application {
         }
         self.store.close().await;
         result.context("serving gRPC")
+    }
+}
+
+/// Whether the stores answer, and how busy the SQL pool is, read at each scrape.
+struct StoreHealth {
+    sql: SqlStore,
+    redis: Option<RedisLeaseStore>,
+}
+
+#[async_trait::async_trait]
+impl GaugeSource for StoreHealth {
+    async fn read(&self, out: &mut Vec<Reading>) {
+        let sql = match self.sql.dialect() {
+            Dialect::Postgres => "postgresql",
+            Dialect::Sqlite => "sqlite",
+        };
+        let up = |ok: bool| if ok { 1.0 } else { 0.0 };
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(2), self.sql.ping()).await;
+        out.push(Reading::new(Gauge::StoreUp, &[("store", sql)], up(matches!(ping, Ok(Ok(()))))));
+        let (idle, in_use) = self.sql.pool_connections();
+        out.push(Reading::new(Gauge::DbPoolConnections, &[("store", sql), ("state", "idle")], f64::from(idle)));
+        out.push(Reading::new(Gauge::DbPoolConnections, &[("store", sql), ("state", "in_use")], f64::from(in_use)));
+        if let Some(redis) = &self.redis {
+            let ping = tokio::time::timeout(std::time::Duration::from_secs(2), redis.ping()).await;
+            out.push(Reading::new(Gauge::StoreUp, &[("store", "redis")], up(matches!(ping, Ok(Ok(()))))));
+        }
     }
 }
 

@@ -54,6 +54,7 @@ impl Process {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

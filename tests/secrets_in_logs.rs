@@ -23,6 +23,7 @@ async fn a_full_scenario_logs_no_secret() {
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_licensing-server"))
         .env_clear()
         .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
         .env("LICENSING_DATA_DIR", dir.path())
         .env("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("LICENSING_LOG_FORMAT", "json")

@@ -80,6 +80,8 @@ pub async fn fresh_postgres_database() -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The Prometheus scrape endpoint.
+    pub metrics_addr: Option<SocketAddr>,
     pub backend: Backend,
     pub data_dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
@@ -91,6 +93,7 @@ pub struct TestApp {
 pub async fn test_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("LICENSING_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("LICENSING_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ("LICENSING_DATA_DIR", data_dir.display().to_string()),
         ("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("LICENSING_SHUTDOWN_GRACE_MS", "2000".to_owned()),
@@ -136,11 +139,12 @@ pub async fn spawn_with(
     let config = Config::from_lookup(&env, Role::AllInOne.default_addr(), "test").expect("test config");
     let app = Application::build_with(&config, Role::AllInOne, overrides).await.expect("build app");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp { addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
+    TestApp { addr, metrics_addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
 }
 
 impl TestApp {
@@ -438,4 +442,37 @@ pub fn checkout_by_key(key: &str, client: &str, ttl_s: i64) -> licensing_proto::
         ttl: Some(prost_types::Duration { seconds: ttl_s, nanos: 0 }),
         ..Default::default()
     }
+}
+
+/// `GET /metrics` of a server's scrape endpoint: the Prometheus text.
+pub async fn scrape(metrics_addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(metrics_addr).await.expect("connect to the metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "scrape answered {head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the series `name` whose labels include every one of `labels`; `None` when no
+/// such series is in `text`. Panics when several match, so a test names a series exactly.
+pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let has = |(k, v): &(&str, &str)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\""));
+            (series_name == name && labels.iter().all(has)).then(|| value.parse().expect("a number"))
+        })
+        .collect();
+    assert!(matching.len() <= 1, "{name} {labels:?} names {} series", matching.len());
+    matching.first().copied()
 }

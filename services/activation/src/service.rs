@@ -6,6 +6,7 @@ use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
 use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind};
+use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget,
 };
@@ -85,6 +86,8 @@ pub struct Activations {
     settings: ActivationSettings,
     /// Buckets of [`ActivationSettings::activations_per_license`].
     per_license: RateLimiter,
+    /// Counts new activations (metrics).
+    observer: SharedObserver,
 }
 
 const MAX_NAME: usize = 200;
@@ -114,7 +117,13 @@ impl Activations {
         settings: ActivationSettings,
     ) -> Self {
         let per_license = RateLimiter::new("activation", settings.activations_per_license);
-        Self { catalog, store, credentials, signer, clock, settings, per_license }
+        Self { catalog, store, credentials, signer, clock, settings, per_license, observer: unobserved() }
+    }
+
+    /// Reports new activations to `observer` (metrics).
+    pub fn with_observer(mut self, observer: SharedObserver) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn signer(&self) -> &Signer {
@@ -201,7 +210,10 @@ impl Activations {
             .await
             .map_err(|e| ActivationError::from_store(e, &license.license_id))?;
         let (activation, license, existed) = match outcome {
-            ActivateOutcome::New(a, l) => (a, l, false),
+            ActivateOutcome::New(a, l) => {
+                self.observer.activated(&l.product_code);
+                (a, l, false)
+            }
             ActivateOutcome::Existing(a, l) => (a, l, true),
         };
         let certificate = self.certificate(&license, &activation, &presented);

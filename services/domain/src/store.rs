@@ -298,6 +298,9 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Removes the expired leases of licenses whose earliest expiry has passed, and returns them
     /// so they can be recorded. Its cost grows with the expired leases, not with all leases.
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError>;
+    /// Licenses that hold leases (or held them until a moment ago), at most `max`: what metrics
+    /// report seats for. Its cost grows with those licenses, not with all licenses.
+    async fn licenses_with_leases(&self, max: usize) -> Result<Vec<String>, StoreError>;
     /// The store's current time (Redis TIME for Redis).
     async fn now(&self) -> Result<Millis, StoreError>;
     /// Puts back a lease the store lost, while it is recovering from the loss. Durable stores

@@ -37,6 +37,7 @@ impl<const N: usize> Lookup for [(&str, &str); N] {
 /// Every environment variable the servers read, with its meaning (the README documents these).
 pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_LISTEN_ADDR", "address:port to serve gRPC on"),
+    ("LICENSING_METRICS_ADDR", "address:port of the Prometheus scrape endpoint (GET /metrics), or off"),
     ("LICENSING_DATA_DIR", "directory of the embedded SQLite file and key file"),
     ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file"),
     ("LICENSING_DATABASE_MAX_CONNECTIONS", "PostgreSQL pool size"),
@@ -76,6 +77,26 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
     ("OTEL_SERVICE_NAME", "service name on exported traces"),
 ];
+
+/// Where the Prometheus scrape endpoint listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// The process's default port (it differs per service, so they can share a host).
+    RoleDefault,
+    Off,
+    At(SocketAddr),
+}
+
+impl MetricsListen {
+    /// The address to bind, given the process's default; `None` when off.
+    pub fn resolve(self, default: &str) -> Option<SocketAddr> {
+        match self {
+            Self::RoleDefault => Some(default.parse().expect("valid default metrics address")),
+            Self::Off => None,
+            Self::At(addr) => Some(addr),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -136,6 +157,7 @@ impl RateLimits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
+    pub metrics: MetricsListen,
     pub data_dir: PathBuf,
     /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
     pub database_url: Option<String>,
@@ -202,6 +224,14 @@ impl Config {
             default_addr.parse().expect("valid default address"),
             "an address:port",
         )?;
+        let metrics = match non_empty(lookup, "LICENSING_METRICS_ADDR").as_deref() {
+            None => MetricsListen::RoleDefault,
+            Some("off") => MetricsListen::Off,
+            Some(v) => MetricsListen::At(v.parse().map_err(|_| ConfigError {
+                var: "LICENSING_METRICS_ADDR",
+                message: format!("'{v}' is neither an address:port nor off"),
+            })?),
+        };
         let millis =
             |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
         let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
@@ -241,6 +271,7 @@ impl Config {
         }
         Ok(Self {
             listen_addr,
+            metrics,
             data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             database_url,
             database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,

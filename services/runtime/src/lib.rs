@@ -5,7 +5,8 @@
 //!   never touch the process environment.
 //! - [`keys`]: the server's secret keys (keyed-hash key, Ed25519 signing key), from the
 //!   environment or a key file in the data directory.
-//! - [`telemetry`]: `tracing` logs (text or JSON) and OpenTelemetry OTLP export.
+//! - [`telemetry`]: `tracing` logs (text or JSON), OpenTelemetry OTLP export, W3C trace context.
+//! - [`metrics`]: OpenTelemetry metrics, scraped in the Prometheus format on `/metrics`.
 //! - [`server`]: the gRPC server stack: health, reflection (v1 and v1alpha), request timeout and
 //!   concurrency limit layers, graceful drain on SIGTERM/SIGINT with a deadline.
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
@@ -23,6 +24,7 @@ pub mod credentials;
 pub mod hashing;
 pub mod keys;
 pub mod limiter;
+pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -7,6 +7,7 @@
 
 use crate::config::{Config, RateLimits};
 use crate::limiter::{Rate, RateLimiter};
+use crate::metrics::Metrics;
 use licensing_proto::FILE_DESCRIPTOR_SET;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct StackSettings {
     pub client_rates: Vec<ClientRate>,
     /// TLS of the listener; `None` serves plaintext.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Where request latency and status are recorded (and scraped from).
+    pub metrics: Metrics,
 }
 
 /// One rate shared by a group of methods (e.g. Login), counted per client address.
@@ -89,6 +92,7 @@ impl From<&Config> for StackSettings {
             reflection: c.reflection,
             client_rates: ClientRate::all(&c.rate_limits),
             tls: c.tls.clone(),
+            metrics: Metrics::new(&c.service_name),
         }
     }
 }
@@ -171,6 +175,8 @@ impl GrpcServer {
     ) -> Result<(), tonic::transport::Error> {
         let Self { listener, routes, health, service_names, settings } = self;
         let layers = ServiceBuilder::new()
+            // Outermost, so refused and timed-out requests are traced and counted too.
+            .layer(ObserveLayer { metrics: settings.metrics.clone() })
             // Refused floods never take a concurrency slot.
             .layer(ClientRateLimitLayer::new(&settings.client_rates))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
@@ -184,7 +190,6 @@ impl GrpcServer {
             tracing::info!(mutual = tls.is_mutual(), "serving TLS");
         }
         let server = builder
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(layers)
             .add_routes(routes)
             // TCP_NODELAY: an answer written in pieces must not wait for the client's delayed ACK.
@@ -231,6 +236,110 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The header that carries a request ID from the caller, and back in every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A tower layer that gives each request its span, joined to the caller's W3C trace context
+/// (`traceparent`) when there is one, with a request ID (the caller's `x-request-id` if it is
+/// sane, else a new one) that logs carry and the response echoes; and that records each
+/// request's latency and gRPC status code in the metrics.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    pub metrics: Metrics,
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner, metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+/// The caller's request ID when it is short and plain, so it cannot forge log lines.
+fn caller_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let id = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+    (!id.is_empty() && id.len() <= 128 && id.chars().all(plain)).then(|| id.to_owned())
+}
+
+fn new_request_id() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}
+
+/// The gRPC status code of a response: in the headers of an error answered at once
+/// (trailers-only), otherwise OK until the trailers say more (a stream's end is not waited for).
+fn response_code(headers: &http::HeaderMap) -> i32 {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        use tracing::Instrument as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let path = req.uri().path().to_owned();
+        let request_id = caller_request_id(req.headers()).unwrap_or_else(new_request_id);
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            grpc.code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(crate::telemetry::extract(req.headers()));
+        if let Some(trace_id) = crate::telemetry::trace_id(&span) {
+            span.record("trace_id", trace_id.as_str());
+        }
+        let started = std::time::Instant::now();
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let mut result = future.instrument(span.clone()).await;
+            if let Ok(response) = &mut result {
+                let code = response_code(response.headers());
+                let elapsed = started.elapsed();
+                metrics.record_rpc(&path, code, elapsed);
+                span.record("grpc.code", code);
+                if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+                // Faults of the server (or of what it depends on) are worth a line each; a
+                // client's mistakes and refusals are counted in the metrics instead.
+                if matches!(code, 2 | 4 | 13 | 14 | 15) {
+                    span.in_scope(|| tracing::warn!(code, elapsed_ms, "request failed"));
+                } else {
+                    span.in_scope(|| tracing::debug!(code, elapsed_ms, "request served"));
+                }
+            }
+            result
+        })
     }
 }
 

@@ -1,9 +1,16 @@
 //! Logs and traces, set up once per process: `tracing` to stdout (text or JSON), and spans to an
 //! OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
+//! Spans always carry OpenTelemetry trace IDs (without a collector they are just not exported),
+//! so logs show a trace ID that the W3C `traceparent` header carries from caller to callee:
+//! [`extract`] on the way in (the server stack), [`inject`] on the way out (our clients).
 
 use crate::config::{Config, LogFormat};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic::codegen::http;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -28,19 +35,60 @@ pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
-    let (otel, provider) = match &config.otlp_endpoint {
-        Some(endpoint) => {
-            use opentelemetry_otlp::WithExportConfig;
-            let exporter =
-                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build()?;
-            let resource =
-                opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
-            let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
-            let tracer = provider.tracer(config.service_name.clone());
-            (Some(tracing_opentelemetry::layer().with_tracer(tracer)), Some(provider))
-        }
-        None => (None, None),
-    };
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter =
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build()?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()));
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider: Some(provider) })
+}
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from request headers; an empty
+/// context (a new trace) when there is none or it is malformed.
+pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    TraceContextPropagator::new().extract(&Headers(headers))
+}
+
+/// Writes the W3C trace context of the current `tracing` span into outgoing request metadata,
+/// so the callee's spans join the caller's trace. Nothing is written outside a traced span.
+pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl Injector for Metadata<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_str()),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut Metadata(metadata));
+}
+
+/// The trace ID of a span as 32 hex digits, if it has a valid one.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
 }

@@ -8,6 +8,7 @@ use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::ids;
 use licensing_domain::model::{AuditRecord, Lease, License, LicenseKind, Released, UsageEvent, UsageKind};
+use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::store::{
     CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore, LostLease, ReestablishOutcome,
@@ -16,6 +17,7 @@ use licensing_domain::store::{
 use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::credentials::{CredentialResolver, Credentials};
 use licensing_runtime::limiter::{Rate, RateLimiter};
+use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +82,8 @@ pub struct Seats {
     waiting: WaitQueues,
     /// Buckets of [`SeatSettings::checkouts_per_license`].
     per_license: RateLimiter,
+    /// Counts denials (metrics).
+    observer: SharedObserver,
 }
 
 /// The same bound as names in a seat policy.
@@ -142,7 +146,14 @@ impl Seats {
             settings,
             waiting: WaitQueues::default(),
             per_license,
+            observer: unobserved(),
         }
+    }
+
+    /// Reports denials to `observer` (metrics).
+    pub fn with_observer(mut self, observer: SharedObserver) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn usage_log(&self) -> &UsageLog {
@@ -273,8 +284,12 @@ impl Seats {
             reason: reason.to_owned(),
             count: 1,
         };
+        let record_denial = |reason: &str| {
+            self.observer.seat_denied(&license.license_id, &feature, reason);
+            self.usage.record(denied_event(reason));
+        };
         if let Err(denial) = policy.admits(&principals) {
-            self.usage.record(denied_event(denial.reason()));
+            record_denial(denial.reason());
             return Err(SeatError::Denied { license_id: license.license_id.clone(), denial });
         }
         let command = CheckoutCommand {
@@ -306,7 +321,7 @@ impl Seats {
             CheckoutOutcome::Denied { denial, in_use, earliest_expiry } => {
                 // A queued waiter retries on its own; its retries are not separate denials.
                 if ticket.is_none() {
-                    self.usage.record(denied_event(denial.reason()));
+                    record_denial(denial.reason());
                 }
                 Err(SeatError::NoSeat {
                     license_id: license.license_id.clone(),
@@ -478,5 +493,66 @@ impl Seats {
 
     pub async fn now(&self) -> Result<Millis, SeatError> {
         Ok(self.leases.now().await?)
+    }
+}
+
+/// Most licenses whose seats a scrape reports; beyond it the per-license series would flood
+/// Prometheus (and each costs a lease-store read at scrape time).
+pub const METRICS_MAX_LICENSES: usize = 1_000;
+
+#[async_trait::async_trait]
+impl GaugeSource for Seats {
+    /// Seats in use and live leases per license and feature, seats per license, waiters per
+    /// license, and usage-log losses. Seat counts are read from the lease store, so every
+    /// replica reports the same truth.
+    async fn read(&self, out: &mut Vec<Reading>) {
+        out.push(Reading::new(Gauge::UsageLogDropped, &[], self.usage.dropped() as f64));
+        for (license_id, waiting) in self.waiting.lengths() {
+            out.push(Reading::new(Gauge::SeatWaiters, &[("license_id", &license_id)], waiting as f64));
+        }
+        let licenses = match self.leases.licenses_with_leases(METRICS_MAX_LICENSES).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: listing licenses with leases");
+                return;
+            }
+        };
+        for license_id in licenses {
+            let (leases, license) =
+                match tokio::join!(self.leases.list(&license_id), self.catalog.get_license(&license_id)) {
+                    (Ok(leases), Ok(license)) => (leases, license),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, license_id, "metrics: reading a license's leases");
+                        continue;
+                    }
+                };
+            let product = license.as_ref().map_or("", |l| l.product_code.as_str());
+            if let Some(license) = &license {
+                out.push(Reading::new(
+                    Gauge::SeatsTotal,
+                    &[("license_id", &license_id), ("product", product)],
+                    license.seats as f64,
+                ));
+            }
+            // A seat shared by several processes is one seat: count each seat group once.
+            let mut by_feature: std::collections::BTreeMap<&str, (f64, f64)> = Default::default();
+            let mut groups_seen = std::collections::HashSet::new();
+            for lease in &leases {
+                let entry = by_feature.entry(lease.feature.as_str()).or_default();
+                entry.1 += 1.0;
+                if groups_seen.insert(lease.group_id.as_str()) {
+                    entry.0 += f64::from(lease.seats_held);
+                }
+            }
+            if by_feature.is_empty() {
+                // Emptied since the sweep last looked: report the drop to zero.
+                by_feature.insert("", (0.0, 0.0));
+            }
+            for (feature, (seats, live)) in by_feature {
+                let labels = [("license_id", license_id.as_str()), ("product", product), ("feature", feature)];
+                out.push(Reading::new(Gauge::SeatsInUse, &labels, seats));
+                out.push(Reading::new(Gauge::LeasesLive, &labels, live));
+            }
+        }
     }
 }

@@ -52,6 +52,11 @@ impl WaitQueues {
         self.lock().get(license_id).map_or(0, |q| q.order.len())
     }
 
+    /// Every license with waiters, and how many (for metrics).
+    pub fn lengths(&self) -> Vec<(String, usize)> {
+        self.lock().iter().filter(|(_, q)| !q.order.is_empty()).map(|(id, q)| (id.clone(), q.order.len())).collect()
+    }
+
     /// Whether a checkout not holding `ticket` must leave the seat to the queue.
     pub fn someone_else_first(&self, license_id: &str, ticket: Option<&Ticket>) -> bool {
         match self.lock().get(license_id).and_then(|q| q.order.front().copied()) {

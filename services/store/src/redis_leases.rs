@@ -531,6 +531,13 @@ impl RedisLeaseStore {
 
     /// Sets how long new seats are held back after a loss; it must be at least the longest
     /// lease TTL the Seat service grants.
+    /// Whether Redis answers (for metrics).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(map_err)?;
+        Ok(())
+    }
+
     pub fn with_recovery_window(mut self, window_ms: Millis) -> Self {
         self.recovery_window_ms = window_ms;
         self
@@ -717,6 +724,15 @@ impl LeaseStore for RedisLeaseStore {
                 unpack(license_id, &c[0], &c[2], expires, c[3].parse().unwrap_or(1))
             })
             .collect()
+    }
+
+    async fn licenses_with_leases(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let mut conn = self.conn.clone();
+        // The sweep index holds every license with a lease (until the sweep finds it empty).
+        redis::cmd("ZRANGE").arg(SWEEP_INDEX).arg(0).arg(max as i64 - 1).query_async(&mut conn).await.map_err(map_err)
     }
 
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError> {

@@ -162,6 +162,13 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Connections of the write pool: (idle, in use); for metrics.
+    pub fn pool_connections(&self) -> (u32, u32) {
+        let size = self.pool.size();
+        let idle = self.pool.num_idle() as u32;
+        (idle, size.saturating_sub(idle))
+    }
+
     /// Records the marker `name` if it is new; returns whether it was already there.
     pub async fn mark(&self, name: &str, now: i64) -> Result<bool, StoreError> {
         let done = sqlx::query("INSERT INTO markers (name, set_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")

@@ -433,6 +433,15 @@ impl LeaseStore for SqlLeaseStore {
         Ok(with_sharing(rows.iter().map(lease_from_row).collect::<Result<_, _>>()?))
     }
 
+    async fn licenses_with_leases(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT license_id FROM leases ORDER BY license_id LIMIT $1")
+            .bind(max as i64)
+            .fetch_all(&self.sql.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(|row| get_str(row, "license_id")).collect()
+    }
+
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError> {
         let due = sqlx::query("SELECT DISTINCT license_id FROM leases WHERE expires_at <= $1 LIMIT $2")
             .bind(self.clock.now())
