@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::process::Process;
 use common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
@@ -15,81 +16,15 @@ use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 /// How long clients load the servers before the kill.
 const LOAD_BEFORE_KILL: Duration = Duration::from_millis(1_500);
 /// Concurrent activating and checking-out clients.
 const CLIENTS: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One server process and how to start it again.
-struct Process {
-    binary: &'static str,
-    env: Vec<(String, String)>,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Process {
-    fn new(binary: &'static str, env: &[(String, String)]) -> Self {
-        Self { binary, env: env.to_vec(), port: free_port(), child: None }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn start(&mut self) {
-        let child = Command::new(self.binary)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
-            .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let check = env!("CARGO_BIN_EXE_healthcheck");
-        for _ in 0..300 {
-            let ok = Command::new(check)
-                .arg(format!("127.0.0.1:{}", self.port))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .unwrap()
-                .success();
-            if ok {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{} did not become SERVING", self.binary);
-    }
-
-    /// SIGKILL: no drain, no flush, no goodbye.
-    async fn kill_9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().await.unwrap();
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
-    }
-}
 
 /// The processes of one deployment and which of them serve what.
 struct Deployment {
@@ -271,8 +206,8 @@ async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
     assert_eq!(pool.seats_in_use as usize, live.len(), "seats in use agree with the leases");
 
     for p in &mut deployment.processes {
-        if let Some(mut child) = p.child.take() {
-            let _ = child.kill().await;
+        if p.is_running() {
+            p.kill_9().await;
         }
     }
 }

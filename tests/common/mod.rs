@@ -6,6 +6,7 @@
 //! in which case they fail.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod proxy;
 
 use licensing::{Application, Overrides, Role};

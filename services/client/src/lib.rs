@@ -40,11 +40,39 @@ pub enum Credentials {
     IdAndPassword { license_id: String, password: String },
 }
 
+type Inject = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+/// A channel whose requests carry the caller's trace context.
+pub(crate) type Traced = tonic::service::interceptor::InterceptedService<Channel, Inject>;
+
+/// Adds the W3C trace context (`traceparent`) of the current `tracing` span to a request, so
+/// the server's spans join the product's trace. A product that does not use
+/// `tracing-opentelemetry` has no trace context, and nothing is added.
+fn inject_trace_context(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    if span_context.is_valid() {
+        // https://www.w3.org/TR/trace-context/#traceparent-header: version-trace-parent-flags.
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        );
+        if let Ok(value) = traceparent.parse() {
+            request.metadata_mut().insert("traceparent", value);
+        }
+    }
+    Ok(request)
+}
+
 /// A connection to the licensing server plus what the product embeds: the server's public key.
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) activation: ActivationServiceClient<Channel>,
-    pub(crate) seat: SeatServiceClient<Channel>,
+    pub(crate) activation: ActivationServiceClient<Traced>,
+    pub(crate) seat: SeatServiceClient<Traced>,
     pub(crate) public_key: ed25519_dalek::VerifyingKey,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -84,8 +112,8 @@ impl Client {
         }
         let channel = endpoint.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(10)).connect_lazy();
         Ok(Self {
-            activation: ActivationServiceClient::new(channel.clone()),
-            seat: SeatServiceClient::new(channel),
+            activation: ActivationServiceClient::with_interceptor(channel.clone(), inject_trace_context as Inject),
+            seat: SeatServiceClient::with_interceptor(channel, inject_trace_context as Inject),
             public_key,
             clock,
         })

@@ -3,10 +3,10 @@
 //!
 //! Spans always carry OpenTelemetry trace IDs (without a collector they are just not exported),
 //! so logs show a trace ID that the W3C `traceparent` header carries from caller to callee:
-//! [`extract`] on the way in (the server stack), [`inject`] on the way out (our clients).
+//! [`extract`] on the way in (the server stack); the client library injects it on the way out.
 
 use crate::config::{Config, LogFormat};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -63,25 +63,6 @@ pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
         }
     }
     TraceContextPropagator::new().extract(&Headers(headers))
-}
-
-/// Writes the W3C trace context of the current `tracing` span into outgoing request metadata,
-/// so the callee's spans join the caller's trace. Nothing is written outside a traced span.
-pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
-    impl Injector for Metadata<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            if let (Ok(key), Ok(value)) = (
-                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                tonic::metadata::MetadataValue::try_from(value.as_str()),
-            ) {
-                self.0.insert(key, value);
-            }
-        }
-    }
-    let cx = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&cx, &mut Metadata(metadata));
 }
 
 /// The trace ID of a span as 32 hex digits, if it has a valid one.

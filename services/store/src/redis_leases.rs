@@ -604,6 +604,7 @@ impl RedisLeaseStore {
 
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
+    #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
         let mut invocation = invoke(&self.checkout, &c.license_id, "");
         let principals = c.limits.principals.join(&LIST_SEP.to_string());
@@ -656,6 +657,7 @@ impl LeaseStore for RedisLeaseStore {
         }
     }
 
+    #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
         let mut invocation = invoke(&self.heartbeat, license_id, lease_id);
         invocation.arg(lease_id);
@@ -679,6 +681,7 @@ impl LeaseStore for RedisLeaseStore {
         })
     }
 
+    #[tracing::instrument(name = "store.checkin", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
         let mut conn = self.conn.clone();
         let reply: Vec<redis::Value> = invoke(&self.checkin, license_id, lease_id)
@@ -698,6 +701,7 @@ impl LeaseStore for RedisLeaseStore {
         Ok(Some(Released { lease, seats_freed: int(&reply[3])? as i32, at: int(&reply[5])? }))
     }
 
+    #[tracing::instrument(name = "store.revoke", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
         let mut conn = self.conn.clone();
         let reply: Vec<redis::Value> = invoke(&self.revoke, license_id, lease_id)
@@ -714,6 +718,7 @@ impl LeaseStore for RedisLeaseStore {
         Ok(Some((int(&reply[1])?, Released { lease, seats_freed: int(&reply[4])? as i32, at })))
     }
 
+    #[tracing::instrument(name = "store.list", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
         let mut conn = self.conn.clone();
         let reply: Vec<String> = invoke(&self.list, license_id, "").invoke_async(&mut conn).await.map_err(map_err)?;
@@ -726,6 +731,7 @@ impl LeaseStore for RedisLeaseStore {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.licenses_with_leases", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn licenses_with_leases(&self, max: usize) -> Result<Vec<String>, StoreError> {
         if max == 0 {
             return Ok(vec![]);
@@ -735,6 +741,7 @@ impl LeaseStore for RedisLeaseStore {
         redis::cmd("ZRANGE").arg(SWEEP_INDEX).arg(0).arg(max as i64 - 1).query_async(&mut conn).await.map_err(map_err)
     }
 
+    #[tracing::instrument(name = "store.sweep_expired", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError> {
         let now = self.now().await?;
         let mut conn = self.conn.clone();
@@ -787,6 +794,7 @@ impl LeaseStore for RedisLeaseStore {
         Ok(out)
     }
 
+    #[tracing::instrument(name = "store.reestablish", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn reestablish(&self, l: &LostLease) -> Result<ReestablishOutcome, StoreError> {
         let mut invocation = invoke(&self.reestablish, &l.license_id, &l.lease_id);
         invocation
@@ -816,6 +824,7 @@ impl LeaseStore for RedisLeaseStore {
         }
     }
 
+    #[tracing::instrument(name = "store.now", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn now(&self) -> Result<Millis, StoreError> {
         let local = SystemClock.now();
         if local - self.clock.measured_at.load(Ordering::Relaxed) < CLOCK_RECHECK_MS {

@@ -71,6 +71,7 @@ impl SqlStore {
 
 #[async_trait]
 impl ActivationStore for SqlStore {
+    #[tracing::instrument(name = "store.activate", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn activate(
         &self,
         c: &ActivateCommand,
@@ -162,6 +163,7 @@ impl ActivationStore for SqlStore {
         Ok(ActivateOutcome::New(activation, license))
     }
 
+    #[tracing::instrument(name = "store.deactivate", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn deactivate(&self, c: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError> {
         let mut tx = self.begin().await?;
         let license = self
@@ -208,6 +210,7 @@ impl ActivationStore for SqlStore {
         Ok((activation, license))
     }
 
+    #[tracing::instrument(name = "store.get_activation", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError> {
         let row = sqlx::query("SELECT * FROM activations WHERE installation_id = $1")
             .bind(installation_id)
@@ -217,6 +220,7 @@ impl ActivationStore for SqlStore {
         row.as_ref().map(activation_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.list_activations", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM activations WHERE license_id = $1 ORDER BY activated_at DESC, installation_id")
@@ -227,6 +231,7 @@ impl ActivationStore for SqlStore {
         rows.iter().map(activation_from_row).collect()
     }
 
+    #[tracing::instrument(name = "store.list_live_activations", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_live_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError> {
         let sql = "SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL \
                    ORDER BY activated_at DESC, installation_id";
@@ -234,6 +239,7 @@ impl ActivationStore for SqlStore {
         rows.iter().map(activation_from_row).collect()
     }
 
+    #[tracing::instrument(name = "store.record_refresh", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn record_refresh(
         &self,
         installation_id: &str,
@@ -256,6 +262,7 @@ impl ActivationStore for SqlStore {
         tx.commit().await.map_err(map_err)
     }
 
+    #[tracing::instrument(name = "store.list_activation_events", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError> {
         let rows = sqlx::query("SELECT * FROM activation_events WHERE license_id = $1 ORDER BY sequence")
             .bind(license_id)

@@ -169,6 +169,7 @@ impl SqlStore {
 
 #[async_trait]
 impl CatalogStore for SqlStore {
+    #[tracing::instrument(name = "store.create_product", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn create_product(&self, product: &Product, audit: AuditRecord) -> Result<(), StoreError> {
         let q = sqlx::query(
             "INSERT INTO products (code, name, modules_json, versions_json, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -185,6 +186,7 @@ impl CatalogStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.get_product", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn get_product(&self, code: &str) -> Result<Option<Product>, StoreError> {
         let row = sqlx::query("SELECT * FROM products WHERE code = $1")
             .bind(code)
@@ -194,6 +196,7 @@ impl CatalogStore for SqlStore {
         row.as_ref().map(product_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.list_products", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_products(&self, page: &Page) -> Result<Vec<Product>, StoreError> {
         let rows = sqlx::query("SELECT * FROM products WHERE code > $1 ORDER BY code LIMIT $2")
             .bind(page.after.clone().unwrap_or_default())
@@ -204,6 +207,7 @@ impl CatalogStore for SqlStore {
         rows.iter().map(product_from_row).collect()
     }
 
+    #[tracing::instrument(name = "store.add_product_version", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn add_product_version(
         &self,
         code: &str,
@@ -234,6 +238,7 @@ impl CatalogStore for SqlStore {
         Ok(product)
     }
 
+    #[tracing::instrument(name = "store.create_customer", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn create_customer(
         &self,
         customer: &Customer,
@@ -255,6 +260,7 @@ impl CatalogStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.get_customer", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StoreError> {
         let row = sqlx::query("SELECT * FROM customers WHERE customer_id = $1")
             .bind(customer_id)
@@ -264,6 +270,7 @@ impl CatalogStore for SqlStore {
         row.as_ref().map(customer_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.find_customer_by_email", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn find_customer_by_email(&self, email: &str) -> Result<Option<Customer>, StoreError> {
         let row = sqlx::query("SELECT * FROM customers WHERE contact_email = $1")
             .bind(email.to_lowercase())
@@ -273,6 +280,7 @@ impl CatalogStore for SqlStore {
         row.as_ref().map(customer_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.list_customers", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_customers(&self, query: Option<&str>, page: &Page) -> Result<Vec<Customer>, StoreError> {
         let pattern = format!("%{}%", query.unwrap_or_default().to_lowercase());
         let rows = sqlx::query(
@@ -288,6 +296,7 @@ impl CatalogStore for SqlStore {
         rows.iter().map(customer_from_row).collect()
     }
 
+    #[tracing::instrument(name = "store.customer_password_hash", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT password_hash FROM customers WHERE customer_id = $1")
             .bind(customer_id)
@@ -300,6 +309,7 @@ impl CatalogStore for SqlStore {
         })
     }
 
+    #[tracing::instrument(name = "store.set_customer_password_hash", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn set_customer_password_hash(
         &self,
         customer_id: &str,
@@ -315,6 +325,7 @@ impl CatalogStore for SqlStore {
         }
     }
 
+    #[tracing::instrument(name = "store.insert_license", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn insert_license(
         &self,
         new: &NewLicense,
@@ -330,18 +341,21 @@ impl CatalogStore for SqlStore {
         tx.commit().await.map_err(map_err)
     }
 
+    #[tracing::instrument(name = "store.get_license", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE license_id = $1");
         let row = sqlx::query(&sql).bind(license_id).fetch_optional(&self.readers).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.find_license_by_key_digest", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError> {
         let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE key_digest = $1");
         let row = sqlx::query(&sql).bind(key_digest).fetch_optional(&self.readers).await.map_err(map_err)?;
         row.as_ref().map(license_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.list_licenses", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_licenses(&self, filter: &LicenseFilter, page: &Page) -> Result<Vec<License>, StoreError> {
         let text = filter.text.as_ref().map(|t| format!("%{}%", t.to_lowercase()));
         let sql = format!(
@@ -369,6 +383,7 @@ impl CatalogStore for SqlStore {
         rows.iter().map(license_from_row).collect()
     }
 
+    #[tracing::instrument(name = "store.activation_password_salt", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT password_salt FROM licenses WHERE license_id = $1")
             .bind(license_id)
@@ -378,6 +393,7 @@ impl CatalogStore for SqlStore {
         row.as_ref().map(|r| get_str(r, "password_salt")).transpose()
     }
 
+    #[tracing::instrument(name = "store.set_activation_password_salt", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn set_activation_password_salt(
         &self,
         license_id: &str,
@@ -393,6 +409,7 @@ impl CatalogStore for SqlStore {
         }
     }
 
+    #[tracing::instrument(name = "store.update_license", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn update_license(
         &self,
         license_id: &str,
@@ -439,12 +456,14 @@ impl CatalogStore for SqlStore {
         Ok(license)
     }
 
+    #[tracing::instrument(name = "store.append_audit", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn append_audit(&self, audit: AuditRecord) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         insert_audit(&mut tx, &audit, now()).await?;
         tx.commit().await.map_err(map_err)
     }
 
+    #[tracing::instrument(name = "store.list_audit", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, StoreError> {
         let after: i64 = page.after.as_deref().and_then(|a| a.parse().ok()).unwrap_or(0);
         let rows =
@@ -469,12 +488,14 @@ impl CatalogStore for SqlStore {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.count_admin_tokens", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn count_admin_tokens(&self) -> Result<i64, StoreError> {
         let row =
             sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens").fetch_one(&self.readers).await.map_err(map_err)?;
         get_i64(&row, "n")
     }
 
+    #[tracing::instrument(name = "store.insert_admin_token", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO admin_tokens (token_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(token_id)
@@ -486,6 +507,7 @@ impl CatalogStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.find_admin_token", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT token_id FROM admin_tokens WHERE digest = $1")
             .bind(digest)

@@ -242,6 +242,7 @@ impl SqlLeaseStore {
 
 #[async_trait]
 impl LeaseStore for SqlLeaseStore {
+    #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
         let (mut tx, fence, now) = self.lock_pool(&c.license_id).await?;
         let live = Self::live_leases(&mut tx, &c.license_id).await?;
@@ -317,6 +318,7 @@ impl LeaseStore for SqlLeaseStore {
         Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: usage.in_use + seats_taken, seats_taken })
     }
 
+    #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
         // The common case in one conditional statement: a live lease of its own seat, neither
         // lingering nor borrowed. Everything else takes the locked path below.
@@ -370,6 +372,7 @@ impl LeaseStore for SqlLeaseStore {
         Ok(HeartbeatOutcome::Extended(lease))
     }
 
+    #[tracing::instrument(name = "store.checkin", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
         let (mut tx, _, now) = self.lock_pool(license_id).await?;
         let live = Self::live_leases(&mut tx, license_id).await?;
@@ -395,6 +398,7 @@ impl LeaseStore for SqlLeaseStore {
         Ok(Some(Released { lease, seats_freed, at: now }))
     }
 
+    #[tracing::instrument(name = "store.revoke", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
         let (mut tx, fence, now) = self.lock_pool(license_id).await?;
         let live = Self::live_leases(&mut tx, license_id).await?;
@@ -420,6 +424,7 @@ impl LeaseStore for SqlLeaseStore {
         Ok(Some((fence + 1, Released { lease, seats_freed, at: now })))
     }
 
+    #[tracing::instrument(name = "store.list", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list(&self, license_id: &str) -> Result<Vec<Lease>, StoreError> {
         let sql = format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 AND expires_at > $2 ORDER BY expires_at, fence"
@@ -433,6 +438,7 @@ impl LeaseStore for SqlLeaseStore {
         Ok(with_sharing(rows.iter().map(lease_from_row).collect::<Result<_, _>>()?))
     }
 
+    #[tracing::instrument(name = "store.licenses_with_leases", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn licenses_with_leases(&self, max: usize) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT DISTINCT license_id FROM leases ORDER BY license_id LIMIT $1")
             .bind(max as i64)
@@ -442,6 +448,7 @@ impl LeaseStore for SqlLeaseStore {
         rows.iter().map(|row| get_str(row, "license_id")).collect()
     }
 
+    #[tracing::instrument(name = "store.sweep_expired", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn sweep_expired(&self, max: usize) -> Result<Vec<Released>, StoreError> {
         let due = sqlx::query("SELECT DISTINCT license_id FROM leases WHERE expires_at <= $1 LIMIT $2")
             .bind(self.clock.now())
@@ -471,6 +478,7 @@ impl LeaseStore for SqlLeaseStore {
         Ok(out)
     }
 
+    #[tracing::instrument(name = "store.now", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn now(&self) -> Result<Millis, StoreError> {
         Ok(self.clock.now())
     }

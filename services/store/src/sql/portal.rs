@@ -10,6 +10,7 @@ use licensing_domain::store::{PortalStore, ResetTokenError, UpdateError};
 
 #[async_trait]
 impl PortalStore for SqlStore {
+    #[tracing::instrument(name = "store.create_session", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn create_session(
         &self,
         digest: &str,
@@ -28,6 +29,7 @@ impl PortalStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.session_customer", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn session_customer(&self, digest: &str, now: Millis) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
             "SELECT customer_id FROM sessions WHERE digest = $1 AND revoked_at IS NULL AND expires_at > $2",
@@ -40,6 +42,7 @@ impl PortalStore for SqlStore {
         row.as_ref().map(|r| get_str(r, "customer_id")).transpose()
     }
 
+    #[tracing::instrument(name = "store.revoke_session", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn revoke_session(&self, digest: &str, now: Millis) -> Result<(), StoreError> {
         sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE digest = $2 AND revoked_at IS NULL")
             .bind(now)
@@ -50,6 +53,7 @@ impl PortalStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.create_reset_token", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn create_reset_token(
         &self,
         digest: &str,
@@ -68,6 +72,7 @@ impl PortalStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.use_reset_token", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn use_reset_token(&self, digest: &str, password_hash: &str, now: Millis) -> Result<String, ResetTokenError> {
         let mut tx = self.begin().await?;
         // Conditional: only an unused, unexpired token is consumed, exactly once.
@@ -106,6 +111,7 @@ impl PortalStore for SqlStore {
         Ok(customer_id)
     }
 
+    #[tracing::instrument(name = "store.replace_license", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn replace_license(
         &self,
         old_id: &str,
@@ -137,6 +143,7 @@ impl PortalStore for SqlStore {
         Ok(old)
     }
 
+    #[tracing::instrument(name = "store.list_receipts", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_receipts(&self, customer_id: &str) -> Result<Vec<Receipt>, StoreError> {
         let rows = sqlx::query("SELECT * FROM receipts WHERE customer_id = $1 ORDER BY paid_at DESC, receipt_id")
             .bind(customer_id)

@@ -27,6 +27,7 @@ fn event_from_row(row: &AnyRow) -> Result<UsageEvent, StoreError> {
 
 #[async_trait]
 impl UsageStore for SqlStore {
+    #[tracing::instrument(name = "store.append_usage", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn append_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for e in events {
@@ -56,6 +57,7 @@ impl UsageStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.usage_events", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn usage_events(&self, license_id: &str, until: Millis) -> Result<Vec<UsageEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM usage_events WHERE license_id = $1 AND occurred_at < $2 ORDER BY occurred_at, sequence",
