@@ -17,6 +17,8 @@ use tokio::process::{Child, Command};
 
 const SERVICES: [&str; 3] = ["account", "activation", "seat"];
 const HOSTNAMES: [&str; 3] = ["postgres", "redis", "jaeger"];
+/// Where every service serves its metrics inside the compose network.
+const METRICS_PORT: u16 = 9464;
 
 fn compose() -> Value {
     yaml("docker-compose.yml")
@@ -125,6 +127,62 @@ impl Drop for Running {
     }
 }
 
+/// Prometheus scrapes each service where it serves its metrics; Grafana is provisioned with
+/// that Prometheus and the dashboard, whose queries name only series the services export.
+#[test]
+fn compose_monitoring_scrapes_every_service_and_provisions_the_dashboard() {
+    let compose = compose();
+    let services = &compose["services"];
+    for name in SERVICES {
+        let addr = services[name]["environment"]["LICENSING_METRICS_ADDR"].as_str().unwrap();
+        assert_eq!(addr, format!("0.0.0.0:{METRICS_PORT}"), "{name} serves metrics to the compose network");
+    }
+    // Prometheus: one job per service, at the service's metrics port.
+    let mounts = strings(&services["prometheus"]["volumes"]);
+    assert_eq!(mounts, ["./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"]);
+    let prometheus = yaml("deploy/prometheus/prometheus.yml");
+    let mut targets: Vec<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| strings(&job["static_configs"][0]["targets"]))
+        .collect();
+    targets.sort();
+    let expected: Vec<String> = SERVICES.iter().map(|s| format!("{s}:{METRICS_PORT}")).collect();
+    assert_eq!(targets, expected);
+    assert_eq!(strings(&services["prometheus"]["ports"]), ["9090:9090"]);
+
+    // Grafana: the provisioning directory and the dashboards where the provider looks.
+    let mounts = strings(&services["grafana"]["volumes"]);
+    assert!(mounts.contains(&"./deploy/grafana/provisioning:/etc/grafana/provisioning:ro".to_owned()), "{mounts:?}");
+    let dashboards_mount = mounts
+        .iter()
+        .find_map(|m| m.strip_prefix("./deploy/grafana/dashboards:"))
+        .expect("the dashboards are mounted")
+        .trim_end_matches(":ro");
+    let provider = yaml("deploy/grafana/provisioning/dashboards/licensing.yml");
+    assert_eq!(provider["providers"][0]["options"]["path"].as_str(), Some(dashboards_mount));
+    let datasource = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let datasource = &datasource["datasources"][0];
+    assert_eq!(datasource["url"].as_str(), Some("http://prometheus:9090"), "the compose Prometheus");
+    let uid = datasource["uid"].as_str().unwrap();
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/deploy/grafana/dashboards/licensing.json", env!("CARGO_MANIFEST_DIR")))
+            .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "a panel for each kind of metric");
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(target["datasource"]["uid"].as_str(), Some(uid), "{}", panel["title"]);
+        }
+    }
+    // tests/operations.rs checks that each series named here is exported.
+    assert!(!dashboard_series().is_empty());
+}
+
 #[tokio::test]
 async fn compose_services_start_natively_and_serve() {
     if !postgres_available().await || !redis_available().await {
@@ -173,6 +231,7 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
     }
     let database_url = compose_database().await;
     let mut running = Running(vec![]);
+    let mut metrics_ports = vec![];
     let mut checks = vec![];
     for name in SERVICES {
         let service = &services[name];
@@ -190,6 +249,10 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
         let listen = env["LICENSING_LISTEN_ADDR"].replace(&format!(":{port}"), &format!(":{free}"));
         env.insert("LICENSING_LISTEN_ADDR".into(), listen);
+        assert_eq!(env["LICENSING_METRICS_ADDR"], format!("127.0.0.1:{METRICS_PORT}"), "{name}");
+        let metrics_port = common::process::free_port();
+        env.insert("LICENSING_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
+        metrics_ports.push((name, metrics_port));
         let child = Command::new(binary(&command[0]))
             .env_clear()
             .envs(&env)
@@ -226,6 +289,16 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         let mut check = check.clone();
         check.push(grpc_service.to_owned());
         assert!(wait_serving(&check, env).await, "{name} reports {grpc_service} SERVING");
+    }
+    // Each serves its metrics, and sees its stores.
+    for (name, port) in &metrics_ports {
+        let text = scrape(([127, 0, 0, 1], *port).into()).await;
+        assert_eq!(series(&text, "licensing_store_up", &[("store", "postgresql")]), Some(1.0), "{name}:\n{text}");
+        if *name == "seat" {
+            assert_eq!(series(&text, "licensing_store_up", &[("store", "redis")]), Some(1.0), "{name}");
+        }
+        let service_name = format!("service_name=\"licensing-{name}\"");
+        assert!(text.lines().any(|l| l.starts_with("target_info") && l.contains(&service_name)), "{name}");
     }
     // SIGTERM: each drains and exits cleanly.
     for (name, child) in &mut running.0 {

@@ -70,6 +70,12 @@ async fn metrics_show_seats_held_as_the_leases_held_and_count_denials_waiters_ac
             assert_eq!(series(&text, "licensing_store_up", &[("store", "redis")]), Some(1.0));
         }
 
+        // Every series the Grafana dashboard queries is here.
+        for name in dashboard_series() {
+            let exported = |l: &str| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "));
+            assert!(text.lines().any(exported), "the dashboard queries {name}, which is not exported");
+        }
+
         // The waiter leaves; a seat is given back: the next scrape follows the store.
         drop(waiter);
         let first = held.remove(0);

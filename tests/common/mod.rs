@@ -477,3 +477,25 @@ pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     assert!(matching.len() <= 1, "{name} {labels:?} names {} series", matching.len());
     matching.first().copied()
 }
+
+/// Every series the Grafana dashboard (deploy/grafana/dashboards/licensing.json) queries.
+pub fn dashboard_series() -> Vec<String> {
+    let path = format!("{}/deploy/grafana/dashboards/licensing.json", env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .flat_map(|target| {
+            let expr = target["expr"].as_str().unwrap();
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("licensing_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
