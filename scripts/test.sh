@@ -55,6 +55,19 @@ if ! reachable "$redis_host" "${redis_port:-6379}"; then
   fi
 fi
 
+# The Kubernetes schema check (tests/kubernetes.rs) uses kubernetes-validate from PyPI, in a
+# virtualenv under target/ so nothing is installed system-wide.
+tools="target/tools/k8s"
+if [ ! -x "$tools/bin/kubernetes-validate" ]; then
+  if python3 -m venv "$tools" >/dev/null 2>&1 && "$tools/bin/pip" install --quiet kubernetes-validate==1.37.0; then
+    echo "test.sh: installed kubernetes-validate into $tools"
+  else
+    rm -rf "$tools"
+    skipped+=("Kubernetes schema check (could not install kubernetes-validate from PyPI)")
+  fi
+fi
+[ -x "$tools/bin/kubernetes-validate" ] && export KUBERNETES_VALIDATE="$PWD/$tools/bin/kubernetes-validate"
+
 for s in "${skipped[@]}"; do echo "test.sh: SKIPPING the $s"; done
 # The example product runs as a real program in tests/client.rs; `cargo test` builds examples
 # only as test harnesses, so build it first.

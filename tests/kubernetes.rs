@@ -1,0 +1,163 @@
+//! Keeps the Kubernetes manifests in deploy/k8s from rotting: they pass the Kubernetes API schema
+//! (`kubernetes-validate`, from PyPI, installed by scripts/test.sh), and they agree with the
+//! code and with docker-compose.yml: the ports the services listen on, gRPC health probes on
+//! those ports, only variables the servers read, the Secret's keys documented, the image's user
+//! and data directory, selectors that select, resources requested, drain time within the grace.
+
+use licensing_runtime::config::VARIABLES;
+use serde::Deserialize as _;
+use serde_yaml::Value;
+use std::collections::HashMap;
+
+const SERVICES: [&str; 3] = ["account", "activation", "seat"];
+
+fn path(file: &str) -> String {
+    format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every document of a manifest file.
+fn documents(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(path(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect()
+}
+
+/// The resources kustomization.yaml applies, by (kind, name).
+fn resources() -> HashMap<(String, String), Value> {
+    let kustomization = documents("deploy/k8s/kustomization.yaml").remove(0);
+    let mut out = HashMap::new();
+    for file in kustomization["resources"].as_sequence().unwrap() {
+        for doc in documents(&format!("deploy/k8s/{}", file.as_str().unwrap())) {
+            let key = (doc["kind"].as_str().unwrap().to_owned(), doc["metadata"]["name"].as_str().unwrap().to_owned());
+            assert!(out.insert(key.clone(), doc).is_none(), "{key:?} defined twice");
+        }
+    }
+    out
+}
+
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn manifests_agree_with_the_servers_and_the_compose_file() {
+    let resources = resources();
+    let get = |kind: &str, name: &str| {
+        resources.get(&(kind.to_owned(), name.to_owned())).unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let config = &get("ConfigMap", "licensing")["data"];
+    let grace_ms: u64 = config["LICENSING_SHUTDOWN_GRACE_MS"].as_str().unwrap().parse().unwrap();
+    let metrics_port = port_of(config["LICENSING_METRICS_ADDR"].as_str().unwrap());
+    let known: Vec<&str> = VARIABLES.iter().map(|(name, _)| *name).collect();
+    for key in config.as_mapping().unwrap().keys() {
+        assert!(known.contains(&key.as_str().unwrap()), "the ConfigMap sets {key:?}, which no server reads");
+    }
+    let compose = {
+        let text = std::fs::read_to_string(path("docker-compose.yml")).unwrap();
+        let mut value: Value = serde_yaml::from_str(&text).unwrap();
+        value.apply_merge().unwrap();
+        value
+    };
+    let dockerfile = std::fs::read_to_string(path("deploy/Dockerfile")).unwrap();
+    let secret_notes = std::fs::read_to_string(path("deploy/k8s/README.md")).unwrap();
+
+    for service in SERVICES {
+        let name = format!("licensing-{service}");
+        let deployment = get("Deployment", &name);
+        let spec = &deployment["spec"];
+        let selector = &spec["selector"]["matchLabels"];
+        let labels = &spec["template"]["metadata"]["labels"];
+        for (k, v) in selector.as_mapping().unwrap() {
+            assert_eq!(&labels[k.as_str().unwrap()], v, "{name}: the selector selects its own pods");
+        }
+        assert!(spec["replicas"].as_u64().unwrap() >= 2, "{name}: more than one replica, so a PDB can hold");
+        let pod = &spec["template"]["spec"];
+        let grace_s = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(grace_s * 1000 > grace_ms, "{name}: Kubernetes waits longer than the server drains");
+        assert!(dockerfile.contains(&format!("--uid {}", pod["securityContext"]["runAsUser"].as_u64().unwrap())));
+        let container = &pod["containers"][0];
+        let compose_service = &compose["services"][service];
+        assert_eq!(container["args"], compose_service["command"], "{name}: the same binary as in compose");
+
+        // Environment: only variables the servers read; the listen port is the container's port.
+        let env: HashMap<&str, &Value> =
+            container["env"].as_sequence().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e)).collect();
+        for var in env.keys() {
+            assert!(known.contains(var), "{name} sets {var}, which no server reads");
+        }
+        for var in ["LICENSING_DATABASE_URL", "LICENSING_HASH_KEY", "LICENSING_SIGNING_KEY"] {
+            assert!(env.contains_key(var), "{name} needs {var}");
+        }
+        if service == "seat" {
+            assert!(env.contains_key("LICENSING_REDIS_URL"), "the Seat service keeps leases in Redis");
+        }
+        for e in env.values() {
+            if let Some(secret) = e.get("valueFrom").and_then(|v| v.get("secretKeyRef")) {
+                assert_eq!(secret["name"].as_str(), Some("licensing"), "{name}");
+                let key = secret["key"].as_str().unwrap();
+                assert!(secret_notes.contains(&format!("--from-literal={key}=")), "deploy/k8s/README.md creates {key}");
+            }
+        }
+        let grpc_port = port_of(env["LICENSING_LISTEN_ADDR"]["value"].as_str().unwrap());
+        let compose_port = port_of(compose_service["environment"]["LICENSING_LISTEN_ADDR"].as_str().unwrap());
+        assert_eq!(grpc_port, compose_port, "{name}: the port compose uses");
+        let ports: HashMap<&str, u64> = container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["containerPort"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(ports["grpc"], grpc_port, "{name}");
+        assert_eq!(ports["metrics"], metrics_port, "{name}");
+
+        // Probes ask the gRPC health service on the port served.
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            assert_eq!(container[probe]["grpc"]["port"].as_u64(), Some(grpc_port), "{name} {probe}");
+        }
+        let requests = &container["resources"]["requests"];
+        assert!(requests["cpu"].is_string() && requests["memory"].is_string(), "{name} requests resources");
+        assert!(container["resources"]["limits"]["memory"].is_string(), "{name} has a memory limit");
+        // The image's data directory is writable (the root file system is read-only).
+        let data_dir = dockerfile
+            .lines()
+            .find_map(|l| l.strip_prefix("ENV LICENSING_DATA_DIR="))
+            .expect("the Dockerfile sets the data directory");
+        let mounts = container["volumeMounts"].as_sequence().unwrap();
+        assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some(data_dir)), "{name} mounts {data_dir}");
+
+        // The Service exposes both named ports and selects the pods; the PDB keeps one.
+        let svc = get("Service", &name);
+        for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
+            assert_eq!(&labels[k.as_str().unwrap()], v, "{name}: the Service selects the pods");
+        }
+        let targets: Vec<&str> =
+            svc["spec"]["ports"].as_sequence().unwrap().iter().map(|p| p["targetPort"].as_str().unwrap()).collect();
+        assert_eq!(targets, ["grpc", "metrics"], "{name}");
+        assert_eq!(svc["metadata"]["annotations"]["prometheus.io/port"].as_str(), Some(&*metrics_port.to_string()));
+        let pdb = get("PodDisruptionBudget", &name);
+        assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector, "{name}: the PDB covers the pods");
+        assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1), "{name}");
+    }
+}
+
+/// The Kubernetes API schema, checked by `kubernetes-validate` (PyPI): scripts/test.sh installs
+/// it; without it this test says so and passes, unless `CI` is set.
+#[test]
+fn manifests_pass_the_kubernetes_schema() {
+    let tool = std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let files: Vec<String> = ["config.yaml", "account.yaml", "activation.yaml", "seat.yaml"]
+        .iter()
+        .map(|f| path(&format!("deploy/k8s/{f}")))
+        .collect();
+    let output = match std::process::Command::new(&tool).args(["--strict", "-k", "1.30.0"]).args(&files).output() {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: {tool} not found ({e}); ./scripts/test.sh installs it");
+            return;
+        }
+        Err(e) => panic!("{tool}: {e} (CI is set: the schema check must run)"),
+    };
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{report}");
+    // 3 services x (Deployment, Service, PDB) + the ConfigMap.
+    assert_eq!(report.matches(" passed for resource ").count(), 10, "{report}");
+}
