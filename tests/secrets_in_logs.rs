@@ -33,11 +33,25 @@ async fn a_full_scenario_logs_no_secret() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Drain both pipes while the scenario runs: debug-level logs outgrow a pipe's buffer, and a
+    // server blocked on a log write would never answer.
+    let drain = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+        tokio::spawn(async move {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).await.unwrap();
+            text
+        })
+    };
+    let stdout = drain(Box::new(server.stdout.take().unwrap()));
+    let stderr = drain(Box::new(server.stderr.take().unwrap()));
     let url = format!("http://127.0.0.1:{port}");
+    let mut attempts = 0;
     let channel = loop {
         if let Ok(c) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await {
             break c;
         }
+        attempts += 1;
+        assert!(attempts < 600, "the server did not start listening within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut admin = AdminServiceClient::new(channel.clone());
@@ -188,10 +202,8 @@ async fn a_full_scenario_logs_no_secret() {
     secrets.push("brand new secret pw".into());
 
     tokio::process::Command::new("kill").args(["-TERM", &server.id().unwrap().to_string()]).status().await.unwrap();
-    let mut logs = String::new();
-    server.stdout.take().unwrap().read_to_string(&mut logs).await.unwrap();
-    server.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
     server.wait().await.unwrap();
+    let logs = stdout.await.unwrap() + &stderr.await.unwrap();
     assert!(logs.lines().count() > 5, "the scenario produced logs: {logs}");
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret ({}…) appears in the logs", &secret[..4]);
