@@ -177,6 +177,14 @@ impl Application {
                     .context("connecting to Redis")?
                     .with_recovery_window(config.max_lease_ttl.as_millis() as i64);
                 if role.serves_seat() {
+                    for (name, current, recommended) in redis.config_shortfalls().await {
+                        tracing::warn!(
+                            setting = name,
+                            current,
+                            recommended,
+                            "Redis is configured below what the lease store is sized for: leases take more memory (set {name} {recommended} in redis.conf)"
+                        );
+                    }
                     // Only the process that grants seats records the epoch: an empty Redis in a
                     // deployment that used it before lost its leases (see RedisLeaseStore).
                     let now = overrides.clock.now();

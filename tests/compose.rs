@@ -127,6 +127,17 @@ impl Drop for Running {
     }
 }
 
+/// The compose file's Redis runs with every setting the lease store is sized for.
+#[test]
+fn compose_redis_has_the_lease_stores_recommended_settings() {
+    let command = strings(&compose()["services"]["redis"]["command"]);
+    for (name, value) in licensing_store::redis_leases::RECOMMENDED_CONFIG {
+        let flag = command.iter().position(|a| a == &format!("--{name}"));
+        let set = flag.and_then(|i| command.get(i + 1)).and_then(|v| v.parse::<i64>().ok());
+        assert!(set.is_some_and(|v| v >= *value), "docker-compose's redis command sets --{name} {value}: {command:?}");
+    }
+}
+
 /// Prometheus scrapes each service where it serves its metrics; Grafana is provisioned with
 /// that Prometheus and the dashboard, whose queries name only series the services export.
 #[test]

@@ -645,3 +645,67 @@ async fn reserved_seats_hold_under_a_storm_of_other_users_in_every_lease_store()
         assert_eq!(live.len(), 6, "{name}");
     }
 }
+
+/// Redis keeps a seat-group record only for seats opened with a share key (memory: a lease alone
+/// in its seat carries its charge itself); a lease written with a record of its own before that
+/// rule is still freed once, and its record cleaned, when it leaves.
+#[tokio::test]
+async fn redis_keeps_seat_group_records_only_for_shared_seats() {
+    if !redis_available().await {
+        return;
+    }
+    let store = RedisLeaseStore::connect(&redis_url()).await.unwrap();
+    store.open_epoch(false).await.unwrap();
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let license = ids::new_id(ids::LICENSE);
+    let key = |k: &str| format!("lease:{{{license}}}:{k}");
+    let groups = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        let key = key("g");
+        async move { redis::cmd("HLEN").arg(key).query_async::<i64>(&mut redis).await.unwrap() }
+    };
+
+    let (solo, _, _, _) = grant("solo", store.checkout(&checkout(&license, "solo", 3, 60_000)).await.unwrap());
+    assert_eq!(solo.group_id, solo.lease_id, "a solo lease is its own seat");
+    assert_eq!(solo.shared_processes, 1);
+    assert_eq!(groups(&mut redis).await, 0, "no group record for a lease alone in its seat");
+
+    let shared =
+        CheckoutCommand { share_key: Some("user=u host=h".into()), ..checkout(&license, "sharer-1", 3, 60_000) };
+    let (first, _, _, _) = grant("sharer 1", store.checkout(&shared).await.unwrap());
+    let joining =
+        CheckoutCommand { client_instance_id: "sharer-2".into(), lease_id: ids::new_id(ids::LEASE), ..shared };
+    let (second, _, in_use, _) = grant("sharer 2", store.checkout(&joining).await.unwrap());
+    assert_eq!(second.group_id, first.lease_id);
+    assert_eq!((second.shared_processes, in_use), (2, 2), "two seats: the solo one and the shared one");
+    assert_eq!(groups(&mut redis).await, 1, "one record, for the shared seat");
+
+    // A lease as the earlier layout wrote it: the group field names itself and `g` has its record.
+    let (legacy, _, _, _) = grant("legacy", store.checkout(&checkout(&license, "legacy", 3, 60_000)).await.unwrap());
+    let packed: String = redis::cmd("HGET").arg(key("d")).arg(&legacy.lease_id).query_async(&mut redis).await.unwrap();
+    let mut fields: Vec<&str> = packed.split('\u{1f}').collect();
+    fields[8] = &legacy.lease_id;
+    let _: () = redis::cmd("HSET")
+        .arg(key("d"))
+        .arg(&legacy.lease_id)
+        .arg(fields.join("\u{1f}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let record = ["1", "1", "", "0", ""].join("\u{1f}");
+    let _: () =
+        redis::cmd("HSET").arg(key("g")).arg(&legacy.lease_id).arg(record).query_async(&mut redis).await.unwrap();
+    assert_eq!(store.list(&license).await.unwrap().len(), 4);
+
+    let released = store.checkin(&license, &legacy.lease_id, 0).await.unwrap().unwrap();
+    assert_eq!(released.seats_freed, 1);
+    let released = store.checkin(&license, &solo.lease_id, 0).await.unwrap().unwrap();
+    assert_eq!(released.seats_freed, 1);
+    assert_eq!(groups(&mut redis).await, 1, "the legacy record went with its lease");
+    for lease in [first, second] {
+        store.checkin(&license, &lease.lease_id, 0).await.unwrap().unwrap();
+    }
+    assert_eq!(groups(&mut redis).await, 0);
+    let in_use: Option<i64> = redis::cmd("GET").arg(key("u")).query_async(&mut redis).await.unwrap();
+    assert_eq!(in_use.unwrap_or(0), 0, "every seat freed exactly once");
+}

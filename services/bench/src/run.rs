@@ -451,10 +451,12 @@ impl Bench {
         let fill_s = t.elapsed().as_secs_f64();
         let after = used_memory(redis_url).await?;
         let bytes_per_lease = (after.saturating_sub(before)) as f64 / added as f64;
+        let listpack_value = redis_setting(redis_url, "hash-max-listpack-value").await;
         emit(
             Line::new("redis_memory", "redis")
                 .field("leases", self.settings.scale_leases)
                 .field("licenses", self.settings.scale_licenses)
+                .field("hash_max_listpack_value", listpack_value)
                 .number("fill_leases_per_s", added as f64 / fill_s)
                 .value("bytes_per_lease", bytes_per_lease)
                 .target(Target::ValueAtMost(200.0)),
@@ -530,6 +532,13 @@ async fn timed_sweep(store: &RedisLeaseStore, per_license: usize) -> anyhow::Res
         swept += batch.len();
     }
     Ok((swept, t.elapsed().as_secs_f64()))
+}
+
+/// A Redis setting as `CONFIG GET` shows it ("?" when it does not).
+async fn redis_setting(url: &str, name: &str) -> String {
+    let Ok(mut conn) = redis_connection(url).await else { return "?".into() };
+    let reply: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await.unwrap_or_default();
+    reply.get(1).cloned().unwrap_or_else(|| "?".into())
 }
 
 async fn used_memory(url: &str) -> anyhow::Result<u64> {

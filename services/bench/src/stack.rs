@@ -188,6 +188,9 @@ pub struct Stack {
     /// The PostgreSQL database made for this run (dropped at the end), or the SQLite file.
     pub database: Database,
     pub redis_url: Option<String>,
+    /// Redis settings this run changed to the lease store's recommended ones, with the values
+    /// to put back when it stops.
+    redis_settings_before: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -222,6 +225,7 @@ impl Stack {
             echo,
             database: Database::Sqlite(data.join(licensing::DATABASE_FILE)),
             redis_url: None,
+            redis_settings_before: vec![],
             _dir: dir,
         })
     }
@@ -230,6 +234,8 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let (url, name) = fresh_database(&stores.postgres_admin_url).await?;
         flush_redis(&stores.redis_url).await?;
+        // Measure Redis as deployed (docker-compose sets these too).
+        let redis_settings_before = apply_recommended_redis_config(&stores.redis_url).await?;
         let key = || base64::engine::general_purpose::STANDARD.encode(random_bytes());
         let env = vec![
             ("LICENSING_DATABASE_URL".to_owned(), url.clone()),
@@ -252,6 +258,7 @@ impl Stack {
             echo,
             database: Database::Postgres { url, admin_url: stores.postgres_admin_url.clone(), name },
             redis_url: Some(stores.redis_url.clone()),
+            redis_settings_before,
             _dir: dir,
         })
     }
@@ -288,6 +295,12 @@ impl Stack {
         }
         if let Some(url) = &self.redis_url {
             let _ = flush_redis(url).await;
+            if let Ok(mut conn) = redis_connection(url).await {
+                for (name, value) in &self.redis_settings_before {
+                    let _: Result<(), _> =
+                        redis::cmd("CONFIG").arg("SET").arg(name).arg(value).query_async(&mut conn).await;
+                }
+            }
         }
     }
 }
@@ -315,6 +328,29 @@ pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::Multiplex
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("connecting to Redis at {url} (set LICENSING_BENCH_REDIS_URL)"))
+}
+
+/// Sets Redis to the lease store's recommended settings where it is below them; returns the
+/// previous values. A Redis that refuses `CONFIG` is measured as it is, and the run says so.
+async fn apply_recommended_redis_config(url: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut conn = redis_connection(url).await?;
+    let mut before = vec![];
+    for &(name, value) in licensing_store::redis_leases::RECOMMENDED_CONFIG {
+        let current: Vec<String> =
+            redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await.unwrap_or_default();
+        let Some(current) = current.get(1).cloned() else {
+            eprintln!("licensing-bench: Redis does not show {name}; measuring it as it is configured");
+            continue;
+        };
+        if current.parse::<i64>().is_ok_and(|c| c >= value) {
+            continue;
+        }
+        match redis::cmd("CONFIG").arg("SET").arg(name).arg(value).query_async::<()>(&mut conn).await {
+            Ok(()) => before.push((name.to_owned(), current)),
+            Err(e) => eprintln!("licensing-bench: could not set {name} {value} ({e}); measuring Redis as it is"),
+        }
+    }
+    Ok(before)
 }
 
 async fn flush_redis(url: &str) -> anyhow::Result<()> {

@@ -9,7 +9,9 @@
 //! - `lease:{L}:u`: seats in use (sum of the costs of open seat groups)
 //! - `lease:{L}:f`: fencing counter
 //! - `lease:{L}:x`: LIST of expired leases not yet recorded by the sweep
-//! - `lease:{L}:g`: HASH seat group -> packed group (processes sharing it, and its charge)
+//! - `lease:{L}:g`: HASH seat group -> packed group (processes sharing it, and its charge), for
+//!   seats opened with a share key only: a lease without one holds a seat of its own, whose
+//!   charge its packed lease already records, so it writes no group (memory: most leases)
 //! - `lease:{L}:s`: HASH share key -> the seat group new sharers join
 //! - `lease:{L}:b`: HASH reservation -> seats held under it
 //! - `lease:{L}:h`: HASH principal (`u:…`, `h:…`, `g:…`) -> seats held, for caps
@@ -41,6 +43,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Redis settings this store is sized for, as `(name, value)`. A packed lease is about 90 to
+/// 130 bytes, over Redis's default `hash-max-listpack-value` of 64, which would turn every pool's
+/// lease hash into a hash table (about 85 bytes more a lease). docker-compose passes these to
+/// `redis-server`; the Seat service warns at start when its Redis has lower values.
+pub const RECOMMENDED_CONFIG: &[(&str, i64)] = &[("hash-max-listpack-value", 256)];
+
 const SWEEP_INDEX: &str = "leases:sweep";
 const EPOCH: &str = "leases:epoch";
 /// How long a revocation is remembered, so the revoked holder hears "revoked", not "unknown".
@@ -54,9 +62,11 @@ const LIST_SEP: char = '\u{1e}';
 /// Shared Lua: the keys, `now`, packing, seat-group accounting and reaping.
 ///
 /// A lease is packed as `fence client user host feature since cost ttl group flags bucket
-/// principals share_key` (flags: `b` borrowed, `o` overdraft, `l` lingering). A seat group is
-/// packed as `members cost bucket overdraft principals`; its cost is charged when it opens
-/// and freed when its last lease goes.
+/// principals share_key` (flags: `b` borrowed, `o` overdraft, `l` lingering; `group` empty for
+/// the lease's own seat). A seat group is packed as `members cost bucket overdraft principals`;
+/// its cost is charged when it opens and freed when its last lease goes. A lease without a share
+/// key is alone in its seat: its group is implicit (members 1, charged what the lease records),
+/// and records written before that rule (`g` entries for such leases) are still cleaned up.
 const PRELUDE: &str = r#"
 local K = {z = KEYS[1], d = KEYS[2], c = KEYS[3], u = KEYS[4], x = KEYS[5], f = KEYS[6],
            g = KEYS[7], s = KEYS[8], b = KEYS[9], h = KEYS[10], l = KEYS[11], r = KEYS[12],
@@ -84,15 +94,26 @@ local function group(gid)
   if packed then return fields(packed) end
   return nil
 end
-local function members(gid)
-  local gr = group(gid)
+-- Whether a lease is alone in a seat of its own (no share key: nobody can join it).
+local function solo(f) return f[13] == '' end
+-- The seat group of lease `id`: the implicit one of a solo lease, or its `g` record.
+local function seat_of(id, f)
+  if solo(f) then
+    local over = '0'
+    if has(f[10], 'o') then over = '1' end
+    return {'1', f[7], f[11], over, f[12]}
+  end
+  return group(f[9])
+end
+local function members(id, f)
+  local gr = seat_of(id, f)
   if gr then return tonumber(gr[1]) end
   return 0
 end
 local function linger_key(f) return f[3] .. S .. f[4] .. S .. f[5] end
--- Takes a lease out of its seat group; frees the seat when it was the last. Returns seats freed.
-local function leave(f)
-  local gr = group(f[9])
+-- Takes lease `id` out of its seat group; frees the seat when it was the last. Returns seats freed.
+local function leave(id, f)
+  local gr = seat_of(id, f)
   if not gr then return 0 end
   local left = tonumber(gr[1]) - 1
   if left > 0 then
@@ -100,7 +121,7 @@ local function leave(f)
     redis.call('HSET', K.g, f[9], pack(gr))
     return 0
   end
-  redis.call('HDEL', K.g, f[9])
+  redis.call('HDEL', K.g, f[9] ~= '' and f[9] or id)
   if f[13] ~= '' and redis.call('HGET', K.s, f[13]) == f[9] then redis.call('HDEL', K.s, f[13]) end
   local cost = tonumber(gr[2])
   redis.call('DECRBY', K.u, cost)
@@ -116,7 +137,7 @@ local function remove(id)
   local f = fields(packed)
   if redis.call('HGET', K.c, f[2]) == id then redis.call('HDEL', K.c, f[2]) end
   if redis.call('HGET', K.l, linger_key(f)) == id then redis.call('HDEL', K.l, linger_key(f)) end
-  return f, leave(f)
+  return f, leave(id, f)
 end
 local function reap()
   local expired = redis.call('ZRANGEBYSCORE', K.z, '-inf', now, 'WITHSCORES')
@@ -148,7 +169,7 @@ local borrowed = ARGV[11] == '1'
 local function granted(kind, id, f, expiry, taken)
   redis.call('HSET', K.d, id, pack(f))
   redis.call('ZADD', K.z, expiry, id)
-  return {kind, id, pack(f), expiry, in_use(), taken, members(f[9])}
+  return {kind, id, pack(f), expiry, in_use(), taken, members(id, f)}
 end
 -- The client's own live lease: renewed (a borrowed one keeps its period unless borrowed anew).
 local own = redis.call('HGET', K.c, ARGV[2])
@@ -239,14 +260,18 @@ if not bucket then
 end
 local overdraft_flag = '0'
 if over then overdraft_flag = '1' end
-redis.call('HSET', K.g, ARGV[1], pack({'1', tostring(cost), bucket, overdraft_flag, ARGV[14]}))
-if ARGV[12] ~= '' then redis.call('HSET', K.s, ARGV[12], ARGV[1]) end
+local gid = ''
+if ARGV[12] ~= '' then
+  gid = ARGV[1]
+  redis.call('HSET', K.g, gid, pack({'1', tostring(cost), bucket, overdraft_flag, ARGV[14]}))
+  redis.call('HSET', K.s, ARGV[12], gid)
+end
 redis.call('INCRBY', K.u, cost)
 if bucket ~= '' then redis.call('HINCRBY', K.b, bucket, cost) end
 each_principal(ARGV[14], function(p) redis.call('HINCRBY', K.h, p, cost) end)
 local fence = redis.call('INCR', K.f)
 redis.call('HSET', K.c, ARGV[2], ARGV[1])
-local f = {fence, ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], ARGV[1], flags(over), bucket, ARGV[14], ARGV[12]}
+local f = {fence, ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], gid, flags(over), bucket, ARGV[14], ARGV[12]}
 return granted(2, ARGV[1], f, now + ttl, cost)
 "#;
 
@@ -268,7 +293,7 @@ local expiry = now + tonumber(f[8])
 -- A borrowed lease lives out its period; heartbeats do not lengthen it.
 if has(f[10], 'b') then expiry = tonumber(score) end
 redis.call('ZADD', K.z, 'XX', expiry, ARGV[1])
-return {1, ARGV[1], pack(f), expiry, members(f[9])}
+return {1, ARGV[1], pack(f), expiry, members(ARGV[1], f)}
 "#;
 
 const CHECKIN: &str = r#"
@@ -284,9 +309,9 @@ if linger > 0 and not has(f[10], 'b') then
   redis.call('HSET', K.d, ARGV[1], pack(f))
   redis.call('ZADD', K.z, 'XX', now + linger, ARGV[1])
   redis.call('HSET', K.l, linger_key(f), ARGV[1])
-  return {1, pack(f), now + linger, 0, members(f[9]), now}
+  return {1, pack(f), now + linger, 0, members(ARGV[1], f), now}
 end
-local m = members(f[9])
+local m = members(ARGV[1], f)
 local _, freed = remove(ARGV[1])
 return {1, pack(f), now, freed, m, now}
 "#;
@@ -296,7 +321,7 @@ const REVOKE: &str = r#"
 reap()
 local packed = redis.call('HGET', K.d, ARGV[1])
 if packed and redis.call('ZSCORE', K.z, ARGV[1]) then
-  local m = members(fields(packed)[9])
+  local m = members(ARGV[1], fields(packed))
   local _, freed = remove(ARGV[1])
   redis.call('SET', K.r, '1', 'PX', tonumber(ARGV[2]))
   return {1, redis.call('INCR', K.f), packed, now, freed, m}
@@ -312,7 +337,7 @@ for i = 1, #live, 2 do
   local packed = redis.call('HGET', K.d, live[i])
   if packed then
     table.insert(out, live[i]); table.insert(out, live[i + 1]); table.insert(out, packed)
-    table.insert(out, tostring(members(fields(packed)[9])))
+    table.insert(out, tostring(members(live[i], fields(packed))))
   end
 end
 return out
@@ -344,10 +369,9 @@ if score and tonumber(score) > now then return {2} end
 if in_use() + cost > tonumber(ARGV[8]) then return {-1} end
 -- Fences only grow: the counter restarts from the highest fence its holders show.
 if tonumber(redis.call('GET', K.f) or '0') < tonumber(ARGV[9]) then redis.call('SET', K.f, ARGV[9]) end
-redis.call('HSET', K.g, ARGV[1], pack({'1', tostring(cost), '', '0', ''}))
 redis.call('INCRBY', K.u, cost)
 redis.call('HSET', K.c, ARGV[2], ARGV[1])
-local f = {ARGV[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], ARGV[1], '', '', '', ''}
+local f = {ARGV[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], '', '', '', '', ''}
 redis.call('HSET', K.d, ARGV[1], pack(f))
 redis.call('ZADD', K.z, now + ttl, ARGV[1])
 return {1, pack(f), now + ttl}
@@ -464,7 +488,8 @@ fn unpack_fields(
         ttl_ms,
         expires_at,
         last_heartbeat_at: if lingering { expires_at } else { expires_at - ttl_ms },
-        group_id: parts[8].to_owned(),
+        // Empty for the lease's own seat.
+        group_id: if parts[8].is_empty() { lease_id.to_owned() } else { parts[8].to_owned() },
         shared_processes: members.max(1),
         borrowed: flags.contains('b'),
         overdraft: flags.contains('o'),
@@ -529,8 +554,6 @@ impl RedisLeaseStore {
         })
     }
 
-    /// Sets how long new seats are held back after a loss; it must be at least the longest
-    /// lease TTL the Seat service grants.
     /// Whether Redis answers (for metrics).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
@@ -538,6 +561,24 @@ impl RedisLeaseStore {
         Ok(())
     }
 
+    /// The [`RECOMMENDED_CONFIG`] settings this Redis has lower values for, as
+    /// `(name, current, recommended)`. Empty when Redis does not allow `CONFIG GET` (managed
+    /// services often do not): the store works either way, only its memory differs.
+    pub async fn config_shortfalls(&self) -> Vec<(&'static str, i64, i64)> {
+        let mut conn = self.conn.clone();
+        let mut out = vec![];
+        for &(name, recommended) in RECOMMENDED_CONFIG {
+            let reply: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await;
+            let current = reply.ok().and_then(|pair| pair.get(1)?.parse::<i64>().ok());
+            if let Some(current) = current.filter(|&c| c < recommended) {
+                out.push((name, current, recommended));
+            }
+        }
+        out
+    }
+
+    /// Sets how long new seats are held back after a loss; it must be at least the longest
+    /// lease TTL the Seat service grants.
     pub fn with_recovery_window(mut self, window_ms: Millis) -> Self {
         self.recovery_window_ms = window_ms;
         self
