@@ -47,6 +47,11 @@ pub struct SqlStore {
 /// Read-only connections of the embedded SQLite store.
 const SQLITE_READERS: u32 = 4;
 
+/// A pooled PostgreSQL connection idle this long is pinged before use. sqlx pings every
+/// connection when it goes back to the pool, so one used moments ago is known to be alive; the
+/// default (a ping on every acquire) cost a round trip per query.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Settings for connecting; the defaults suit a service process.
 #[derive(Debug, Clone)]
 pub struct SqlOptions {
@@ -96,6 +101,15 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(map_err)?;
@@ -113,8 +127,10 @@ impl SqlStore {
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
         // One connection: SQLite has one writer anyway, and a single connection makes every
-        // transaction atomic without SQLITE_BUSY retries.
+        // transaction atomic without SQLITE_BUSY retries. A file connection cannot drop, so no
+        // ping before use (each is a hand-off to the connection's worker thread).
         let pool = AnyPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -136,6 +152,7 @@ impl SqlStore {
             .map_err(|e| StoreError::Other(format!("migrations: {e}")))?;
         migrator.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         let readers = AnyPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(SQLITE_READERS)
             .idle_timeout(None)
             .max_lifetime(None)
