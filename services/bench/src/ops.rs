@@ -141,6 +141,30 @@ impl Op for EchoOp {
     }
 }
 
+/// The I/O floor of a seat call (see `Roundtrips` in echo.proto) for one license.
+pub struct RoundtripsOp {
+    client: EchoServiceClient<Channel>,
+    license_id: String,
+    redis_only: bool,
+}
+
+impl RoundtripsOp {
+    pub fn new(channel: Channel, license: &Issued, redis_only: bool) -> Self {
+        Self { client: EchoServiceClient::new(channel), license_id: license.license_id.clone(), redis_only }
+    }
+}
+
+#[async_trait]
+impl Op for RoundtripsOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let request =
+            crate::echo::pb::RoundtripsRequest { license_id: self.license_id.clone(), redis_only: self.redis_only };
+        let found = self.client.roundtrips(request).await?.into_inner().payload;
+        anyhow::ensure!(found == self.license_id, "the floor RPC did not find license {}", self.license_id);
+        Ok(())
+    }
+}
+
 /// Checkout then checkin of one seat.
 pub struct SeatCycleOp {
     client: SeatServiceClient<Channel>,

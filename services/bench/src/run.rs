@@ -150,6 +150,16 @@ impl Bench {
         Ok(f)
     }
 
+    /// Closed loop of the echo server's `Roundtrips`: a seat call's I/O and nothing else.
+    async fn roundtrips(&self, stack: &Stack, license: &Issued, redis_only: bool) -> anyhow::Result<Figures> {
+        let channels = stack.echo.channels(self.settings.connections).await?;
+        let ops =
+            (0..self.settings.callers).map(|i| RoundtripsOp::new(spread(&channels, i), license, redis_only)).collect();
+        let f = closed_loop(boxed(ops), self.settings.bounds()).await;
+        explain("io_floor", &f);
+        Ok(f)
+    }
+
     async fn deployment(&self, stack: &Stack) -> anyhow::Result<()> {
         let (name, _, _) = names(stack.deployment);
         for server in stack.servers.iter().chain([&stack.echo]) {
@@ -207,6 +217,31 @@ impl Bench {
                 .against("echo", &heartbeat, &echo)
                 .target(Target::RatioAtLeast(0.6)),
         );
+        if stack.deployment == Deployment::Production {
+            // What the heartbeat's round trips alone allow on this machine: the bound below the
+            // target, measured rather than argued.
+            let floor = self.roundtrips(stack, seats, false).await?;
+            emit(
+                Line::new("io_floor", seat_backend)
+                    .field("io", "postgres+redis")
+                    .field("callers", self.settings.callers)
+                    .figures(&floor)
+                    .against("echo", &floor, &echo),
+            );
+            emit(
+                Line::new("heartbeat_vs_io_floor", seat_backend)
+                    .ratio("io_floor", heartbeat.ops_per_s() / floor.ops_per_s().max(1e-9)),
+            );
+            // The most a license cache in the Seat service could give a heartbeat.
+            let redis_only = self.roundtrips(stack, seats, true).await?;
+            emit(
+                Line::new("io_floor", seat_backend)
+                    .field("io", "redis")
+                    .field("callers", self.settings.callers)
+                    .figures(&redis_only)
+                    .against("echo", &redis_only, &echo),
+            );
+        }
         let rate = cycle.ops_per_s() / 2.0;
         let open = self.seat_cycle_open(seat_channels, seats, rate).await?;
         emit(
