@@ -28,7 +28,7 @@ use licensing_runtime::limiter::FailureLimiter;
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_seat::grpc::SeatApi;
-use licensing_seat::{SeatSettings, Seats, UsageLog};
+use licensing_seat::{LicenseCache, SeatSettings, Seats, UsageLog};
 use licensing_store::sql::{Dialect, SqlOptions};
 use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use std::future::Future;
@@ -273,7 +273,20 @@ impl Application {
                     ..SeatSettings::default()
                 },
             );
-            let seats = seats.with_observer(Arc::new(metrics.clone()));
+            // Heartbeats and checkins read licenses from a cache that follows the store's change
+            // feed: complete at once on SQLite; on PostgreSQL once the listener runs (LISTEN), so
+            // changes made by the Account process reach it too.
+            let licenses =
+                Arc::new(if store.license_events_complete() { LicenseCache::live() } else { LicenseCache::default() });
+            let events = store.license_events();
+            background.push(tokio::spawn({
+                let licenses = licenses.clone();
+                async move { licenses.follow(events).await }
+            }));
+            if let Some(url) = &config.database_url {
+                background.push(store.listen_for_license_changes(url));
+            }
+            let seats = seats.with_observer(Arc::new(metrics.clone())).with_license_cache(licenses);
             metrics.add_source(Arc::new(seats.clone()));
             background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
             routes = routes.add_service(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::process::Process;
+use common::process::{separate_services_env, Process};
 use common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
@@ -301,15 +301,7 @@ async fn separate_services_killed_under_load_keep_every_acknowledged_write() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let key = |byte: u8| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [byte; 32]);
-    let mut env = vec![
-        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
-        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-        ("LICENSING_DATABASE_URL".to_owned(), fresh_postgres_database().await),
-        ("LICENSING_REDIS_URL".to_owned(), redis_url()),
-        ("LICENSING_HASH_KEY".to_owned(), key(7)),
-        ("LICENSING_SIGNING_KEY".to_owned(), key(9)),
-    ];
+    let mut env = separate_services_env(dir.path()).await;
     unlimited(&mut env);
     let deployment = Deployment {
         processes: vec![

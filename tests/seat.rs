@@ -411,3 +411,74 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
         assert_eq!(live(&app, &other_id).await.len(), 1);
     }
 }
+
+/// The separate Seat service serves heartbeats from a license cache; a suspension made through
+/// the Account service (another process) still stops them within moments (PostgreSQL NOTIFY; a
+/// missed one would be served for 10 s), and so it does when the Seat's LISTEN connection has
+/// just been killed and that notification is lost (the cache answers nothing while its listener
+/// is down, and starts empty when it is back).
+#[tokio::test]
+async fn a_suspension_made_by_the_account_service_stops_heartbeats_on_the_seat_service() {
+    use common::process::{separate_services_env, AdminOn, Process};
+    if !postgres_available().await || !redis_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = separate_services_env(dir.path()).await;
+    let database_url = env.iter().find(|(k, _)| k == "LICENSING_DATABASE_URL").unwrap().1.clone();
+    let mut account = Process::new(env!("CARGO_BIN_EXE_account"), &env);
+    let mut seat = Process::new(env!("CARGO_BIN_EXE_seat"), &env);
+    // Account first: it applies the migrations.
+    account.start().await;
+    seat.start().await;
+    let (_, key) = AdminOn(account.channel().await).licenses().await;
+    let mut admin = admin_pb::admin_service_client::AdminServiceClient::new(account.channel().await);
+    let mut s = SeatServiceClient::new(seat.channel().await);
+    let grant = s.checkout(checkout_by_key(&key, "cached", 60)).await.unwrap().into_inner().grant.unwrap();
+    let heartbeat = || heartbeat_req(grant.license_id.clone(), grant.lease_id.clone());
+    // Heartbeats until one is refused as SUSPENDED, for at most 2 s (a missed change would be
+    // served from the cache for 10 s).
+    let refused_within_2_s = |mut s: SeatServiceClient<tonic::transport::Channel>| async move {
+        for _ in 0..100 {
+            match s.heartbeat(heartbeat()).await {
+                Err(e) if reason(&e) == "SUSPENDED" => return true,
+                Err(e) => panic!("unexpected {e:?}"),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        false
+    };
+    let suspend = admin_pb::SuspendLicenseRequest { license_id: grant.license_id.clone(), reason: String::new() };
+    let reinstate = admin_pb::ReinstateLicenseRequest { license_id: grant.license_id.clone() };
+
+    for _ in 0..3 {
+        s.heartbeat(heartbeat()).await.expect("cached from here on");
+    }
+    admin.suspend_license(admin_req(suspend.clone())).await.unwrap();
+    assert!(refused_within_2_s(s.clone()).await, "the suspension reached the Seat service's cache");
+
+    admin.reinstate_license(admin_req(reinstate)).await.unwrap();
+    let mut resumed = false;
+    for _ in 0..100 {
+        if s.heartbeat(heartbeat()).await.is_ok() {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(resumed, "the reinstatement reached it too");
+    // Kill the Seat's LISTEN connection, then suspend: that notification goes nowhere.
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url).await.unwrap();
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 1, "the Seat service listens on one connection");
+    admin.suspend_license(admin_req(suspend)).await.unwrap();
+    assert!(refused_within_2_s(s.clone()).await, "a lost listener means no cached answers");
+    seat.stop().await;
+    account.stop().await;
+}

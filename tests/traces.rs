@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::process::Process;
+use common::process::{separate_services_env, AdminOn, Process};
 use common::*;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
-use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -128,20 +127,14 @@ async fn one_trace_spans_a_products_calls_to_activation_and_seat_with_their_stor
     let collector = Collector::default();
     let collector_addr = collector.serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = |byte: u8| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [byte; 32]);
-    let env = vec![
-        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-        ("LICENSING_DATABASE_URL".to_owned(), fresh_postgres_database().await),
-        ("LICENSING_REDIS_URL".to_owned(), redis_url()),
-        ("LICENSING_HASH_KEY".to_owned(), key(3)),
-        ("LICENSING_SIGNING_KEY".to_owned(), key(5)),
-        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
+    let mut env = separate_services_env(dir.path()).await;
+    env.extend([
         ("LICENSING_LOG_FORMAT".to_owned(), "json".to_owned()),
         ("RUST_LOG".to_owned(), "info,licensing_runtime::server=debug".to_owned()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{collector_addr}")),
         // Export within 100 ms instead of the default 5 s.
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
-    ];
+    ]);
     let mut account = Process::new(env!("CARGO_BIN_EXE_account"), &env);
     let mut activation = Process::new(env!("CARGO_BIN_EXE_activation"), &env);
     let mut seat = Process::new(env!("CARGO_BIN_EXE_seat"), &env);
@@ -231,49 +224,4 @@ async fn checkout_with_the_client_library(seat: &Process, activation: &Process, 
         .unwrap();
     assert!(guard.release().await);
     ids
-}
-
-/// The admin API of the Account service.
-struct AdminOn(tonic::transport::Channel);
-
-impl AdminOn {
-    /// A node-locked and a floating license of a new product; their keys.
-    async fn licenses(&self) -> (String, String) {
-        use licensing_proto::account::v1 as acc;
-        let mut admin = licensing_proto::account::v1::admin_service_client::AdminServiceClient::new(self.0.clone());
-        let product = format!("traced-{}", &licensing_domain::ids::new_id("p")[2..10].to_lowercase());
-        admin
-            .create_product(admin_req(acc::CreateProductRequest {
-                code: product.clone(),
-                name: "Traced".into(),
-                modules: vec![],
-            }))
-            .await
-            .unwrap();
-        let customer = admin
-            .create_customer(admin_req(acc::CreateCustomerRequest {
-                company_name: "Traced Inc".into(),
-                contact_email: format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase()),
-                password: CUSTOMER_PASSWORD.into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .customer
-            .unwrap()
-            .customer_id;
-        let issue = |kind: LicenseKind| {
-            let request = acc::IssueLicenseRequest {
-                product_code: product.clone(),
-                customer_id: customer.clone(),
-                kind: kind as i32,
-                seats: 2,
-                allowed_deactivations: 1,
-                ..Default::default()
-            };
-            let mut admin = admin.clone();
-            async move { admin.issue_license(admin_req(request)).await.unwrap().into_inner().license_key }
-        };
-        (issue(LicenseKind::NodeLocked).await, issue(LicenseKind::Concurrent).await)
-    }
 }

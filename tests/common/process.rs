@@ -86,3 +86,65 @@ impl Process {
         Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
     }
 }
+
+/// The environment of the separate services (account, activation, seat) on a fresh PostgreSQL
+/// database and the test Redis, with their files under `dir`.
+pub async fn separate_services_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    let key = |byte: u8| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [byte; 32]);
+    vec![
+        ("LICENSING_DATA_DIR".to_owned(), dir.display().to_string()),
+        ("LICENSING_ADMIN_TOKEN".to_owned(), super::ADMIN_TOKEN.to_owned()),
+        ("LICENSING_DATABASE_URL".to_owned(), super::fresh_postgres_database().await),
+        ("LICENSING_REDIS_URL".to_owned(), super::redis_url()),
+        ("LICENSING_HASH_KEY".to_owned(), key(7)),
+        ("LICENSING_SIGNING_KEY".to_owned(), key(9)),
+    ]
+}
+
+/// The admin API of the Account service.
+pub struct AdminOn(pub tonic::transport::Channel);
+
+impl AdminOn {
+    /// A node-locked and a floating license of a new product; their keys.
+    pub async fn licenses(&self) -> (String, String) {
+        use licensing_proto::account::v1 as acc;
+        let mut admin = licensing_proto::account::v1::admin_service_client::AdminServiceClient::new(self.0.clone());
+        let product = format!("traced-{}", &licensing_domain::ids::new_id("p")[2..10].to_lowercase());
+        admin
+            .create_product(super::admin_req(acc::CreateProductRequest {
+                code: product.clone(),
+                name: "Traced".into(),
+                modules: vec![],
+            }))
+            .await
+            .unwrap();
+        let customer = admin
+            .create_customer(super::admin_req(acc::CreateCustomerRequest {
+                company_name: "Traced Inc".into(),
+                contact_email: format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase()),
+                password: super::CUSTOMER_PASSWORD.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .customer
+            .unwrap()
+            .customer_id;
+        let issue = |kind: licensing_proto::common::v1::LicenseKind| {
+            let request = acc::IssueLicenseRequest {
+                product_code: product.clone(),
+                customer_id: customer.clone(),
+                kind: kind as i32,
+                seats: 2,
+                allowed_deactivations: 1,
+                ..Default::default()
+            };
+            let mut admin = admin.clone();
+            async move { admin.issue_license(super::admin_req(request)).await.unwrap().into_inner().license_key }
+        };
+        (
+            issue(licensing_proto::common::v1::LicenseKind::NodeLocked).await,
+            issue(licensing_proto::common::v1::LicenseKind::Concurrent).await,
+        )
+    }
+}

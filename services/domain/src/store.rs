@@ -8,6 +8,17 @@ use crate::model::*;
 use crate::seat_policy::{SeatDenial, SeatLimits};
 use async_trait::async_trait;
 
+/// What the SQL store tells caches about license rows, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LicenseEvent {
+    /// Every committed change is reported from now on; what was cached before may be stale.
+    Live,
+    /// This license was changed (status, seats, dates or policy), and the change is committed.
+    Changed(String),
+    /// Changes may go unreported until the next `Live` (the listener lost its connection).
+    Lost,
+}
+
 /// Why an update of a license failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateError {

@@ -1,5 +1,6 @@
 //! [`Seats`]: the floating-seat use cases over a [`LeaseStore`].
 
+use crate::license_cache::{LicenseCache, Lookup};
 use crate::usage::UsageLog;
 use crate::waiting::{Ticket, WaitQueues};
 use crate::SeatError;
@@ -84,6 +85,9 @@ pub struct Seats {
     per_license: RateLimiter,
     /// Counts denials (metrics).
     observer: SharedObserver,
+    /// Licenses for heartbeats and checkins; pass-through unless given a live one
+    /// ([`Seats::with_license_cache`]).
+    licenses: Arc<LicenseCache>,
 }
 
 /// The same bound as names in a seat policy.
@@ -147,6 +151,28 @@ impl Seats {
             waiting: WaitQueues::default(),
             per_license,
             observer: unobserved(),
+            licenses: Arc::default(),
+        }
+    }
+
+    /// Serves heartbeats and checkins from `cache`, which must follow the store's license events.
+    pub fn with_license_cache(mut self, cache: Arc<LicenseCache>) -> Self {
+        self.licenses = cache;
+        self
+    }
+
+    /// The license for the paths that run for every held seat (heartbeat, checkin): from the
+    /// cache when it has it, else read and kept.
+    async fn known_license(&self, license_id: &str) -> Result<Option<Arc<License>>, SeatError> {
+        match self.licenses.lookup(license_id) {
+            Lookup::Hit(license) => Ok(Some(license)),
+            Lookup::Miss(ticket) => {
+                let license = self.catalog.get_license(license_id).await?.map(Arc::new);
+                if let Some(license) = &license {
+                    self.licenses.fill(ticket, license);
+                }
+                Ok(license)
+            }
         }
     }
 
@@ -208,12 +234,9 @@ impl Seats {
         }
     }
 
-    async fn usable_license(&self, license_id: &str, now: Millis) -> Result<License, SeatError> {
-        let license = self
-            .catalog
-            .get_license(license_id)
-            .await?
-            .ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
+    async fn usable_license(&self, license_id: &str, now: Millis) -> Result<Arc<License>, SeatError> {
+        let license =
+            self.known_license(license_id).await?.ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
         license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
         Ok(license)
     }
@@ -409,7 +432,7 @@ impl Seats {
     pub async fn checkin(&self, license_id: &str, lease_id: &str) -> Result<bool, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
-        let linger_ms = self.catalog.get_license(license_id).await?.map_or(0, |l| l.seat_policy.linger_ms);
+        let linger_ms = self.known_license(license_id).await?.map_or(0, |l| l.seat_policy.linger_ms);
         let Some(released) = self.leases.checkin(license_id, lease_id, linger_ms).await? else {
             return Ok(false);
         };

@@ -9,6 +9,7 @@ mod usage;
 pub use leases::SqlLeaseStore;
 
 use licensing_domain::error::StoreError;
+use licensing_domain::store::LicenseEvent;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
@@ -42,7 +43,16 @@ pub struct SqlStore {
     /// write transaction.
     readers: AnyPool,
     dialect: Dialect,
+    /// Committed license changes made through this store (and, once
+    /// [`SqlStore::listen_for_license_changes`] runs, through any process on the database).
+    license_events: tokio::sync::broadcast::Sender<LicenseEvent>,
 }
+
+/// The PostgreSQL NOTIFY channel of committed license changes (payload: the license ID).
+const LICENSE_CHANNEL: &str = "licensing_license_changed";
+
+/// Events a slow subscriber may fall behind by before it is told it lagged.
+const LICENSE_EVENTS_BUFFER: usize = 1024;
 
 /// Read-only connections of the embedded SQLite store.
 const SQLITE_READERS: u32 = 4;
@@ -113,7 +123,12 @@ impl SqlStore {
             .connect(url)
             .await
             .map_err(map_err)?;
-        let store = Self { readers: pool.clone(), pool, dialect: Dialect::Postgres };
+        let store = Self {
+            readers: pool.clone(),
+            pool,
+            dialect: Dialect::Postgres,
+            license_events: tokio::sync::broadcast::channel(LICENSE_EVENTS_BUFFER).0,
+        };
         MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         Ok(store)
     }
@@ -166,11 +181,76 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(map_err)?;
-        Ok(Self { pool, readers, dialect: Dialect::Sqlite })
+        Ok(Self {
+            pool,
+            readers,
+            dialect: Dialect::Sqlite,
+            license_events: tokio::sync::broadcast::channel(LICENSE_EVENTS_BUFFER).0,
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Committed license changes, for caches. On SQLite this process is the only writer, so
+    /// the feed is complete from the start ([`Self::license_events_complete`]); on PostgreSQL
+    /// other processes write too, and only [`Self::listen_for_license_changes`] makes it complete
+    /// (it says [`LicenseEvent::Live`] when it is).
+    pub fn license_events(&self) -> tokio::sync::broadcast::Receiver<LicenseEvent> {
+        self.license_events.subscribe()
+    }
+
+    /// Whether [`Self::license_events`] reports every change without a listener.
+    pub fn license_events_complete(&self) -> bool {
+        self.dialect == Dialect::Sqlite
+    }
+
+    /// Inside a transaction that changes `license_id`: on PostgreSQL, a NOTIFY that other
+    /// processes receive when (and only if) the transaction commits.
+    pub(crate) async fn notify_license_change(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        license_id: &str,
+    ) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(LICENSE_CHANNEL)
+                .bind(license_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// After the commit of a change to `license_id`: tells this process's subscribers.
+    pub(crate) fn license_changed(&self, license_id: &str) {
+        // No subscriber is not an error.
+        let _ = self.license_events.send(LicenseEvent::Changed(license_id.to_owned()));
+    }
+
+    /// Follows every process's license changes on PostgreSQL (LISTEN) into
+    /// [`Self::license_events`]: `Live` once listening, `Changed` per commit, `Lost` when the
+    /// connection drops (then it reconnects every second). Runs until aborted.
+    pub fn listen_for_license_changes(&self, url: &str) -> tokio::task::JoinHandle<()> {
+        let events = self.license_events.clone();
+        let url = url.to_owned();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut listener) = sqlx::postgres::PgListener::connect(&url).await {
+                    if listener.listen(LICENSE_CHANNEL).await.is_ok() {
+                        let _ = events.send(LicenseEvent::Live);
+                        // `Ok(None)`: the connection was lost (notifications may have been missed).
+                        while let Ok(Some(notification)) = listener.try_recv().await {
+                            let _ = events.send(LicenseEvent::Changed(notification.payload().to_owned()));
+                        }
+                    }
+                }
+                let _ = events.send(LicenseEvent::Lost);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
     }
 
     /// Whether the database answers (for readiness).

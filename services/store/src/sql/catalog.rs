@@ -452,7 +452,9 @@ impl CatalogStore for SqlStore {
         if let Some(receipt) = receipt {
             insert_receipt(&mut tx, receipt).await?;
         }
+        self.notify_license_change(&mut tx, license_id).await?;
         tx.commit().await.map_err(map_err)?;
+        self.license_changed(license_id);
         Ok(license)
     }
 

@@ -139,7 +139,9 @@ impl PortalStore for SqlStore {
             .map_err(map_err)?;
         insert_license_row(&mut tx, replacement).await?;
         insert_audit(&mut tx, &audit, now).await?;
+        self.notify_license_change(&mut tx, old_id).await?;
         tx.commit().await.map_err(map_err)?;
+        self.license_changed(old_id);
         Ok(old)
     }
 
