@@ -16,7 +16,6 @@ pub mod pb {
 
 pub const SERVICE_NAME: &str = "licensing.bench.v1.EchoService";
 
-#[derive(Default)]
 pub struct Echo {
     /// The stores `Roundtrips` calls: the production stack's PostgreSQL and Redis.
     stores: Option<(SqlStore, RedisLeaseStore)>,

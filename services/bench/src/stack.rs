@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
+use licensing_store::RedisLeaseStore;
 use rand::RngCore as _;
 use sqlx::Connection as _;
 use std::net::SocketAddr;
@@ -330,24 +331,17 @@ pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::Multiplex
         .with_context(|| format!("connecting to Redis at {url} (set LICENSING_BENCH_REDIS_URL)"))
 }
 
-/// Sets Redis to the lease store's recommended settings where it is below them; returns the
-/// previous values. A Redis that refuses `CONFIG` is measured as it is, and the run says so.
+/// Sets Redis to the lease store's recommended settings where it is below them
+/// ([`RedisLeaseStore::config_shortfalls`]); returns the previous values. A Redis that refuses
+/// `CONFIG` is measured as it is (the memory line prints the setting it ran under).
 async fn apply_recommended_redis_config(url: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let store = RedisLeaseStore::connect(url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut conn = redis_connection(url).await?;
     let mut before = vec![];
-    for &(name, value) in licensing_store::redis_leases::RECOMMENDED_CONFIG {
-        let current: Vec<String> =
-            redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await.unwrap_or_default();
-        let Some(current) = current.get(1).cloned() else {
-            eprintln!("licensing-bench: Redis does not show {name}; measuring it as it is configured");
-            continue;
-        };
-        if current.parse::<i64>().is_ok_and(|c| c >= value) {
-            continue;
-        }
-        match redis::cmd("CONFIG").arg("SET").arg(name).arg(value).query_async::<()>(&mut conn).await {
-            Ok(()) => before.push((name.to_owned(), current)),
-            Err(e) => eprintln!("licensing-bench: could not set {name} {value} ({e}); measuring Redis as it is"),
+    for (name, current, recommended) in store.config_shortfalls().await {
+        match redis::cmd("CONFIG").arg("SET").arg(name).arg(recommended).query_async::<()>(&mut conn).await {
+            Ok(()) => before.push((name.to_owned(), current.to_string())),
+            Err(e) => eprintln!("licensing-bench: could not set {name} {recommended} ({e}); measuring Redis as it is"),
         }
     }
     Ok(before)

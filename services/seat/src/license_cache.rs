@@ -40,6 +40,14 @@ struct State {
     entries: HashMap<String, (Arc<License>, Instant)>,
 }
 
+impl State {
+    /// Drops every entry, and every fill begun before now.
+    fn forget(&mut self) {
+        self.generation += 1;
+        self.entries.clear();
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -88,17 +96,17 @@ impl LicenseCache {
 
     pub fn apply(&self, event: &LicenseEvent) {
         let mut state = self.state();
-        state.generation += 1;
         match event {
             LicenseEvent::Changed(license_id) => {
+                state.generation += 1;
                 state.entries.remove(license_id);
             }
             LicenseEvent::Live => {
-                state.entries.clear();
+                state.forget();
                 state.live = true;
             }
             LicenseEvent::Lost => {
-                state.entries.clear();
+                state.forget();
                 state.live = false;
             }
         }
@@ -110,11 +118,7 @@ impl LicenseCache {
         loop {
             match events.recv().await {
                 Ok(event) => self.apply(&event),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let mut state = self.state();
-                    state.generation += 1;
-                    state.entries.clear();
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.state().forget(),
                 Err(broadcast::error::RecvError::Closed) => {
                     self.apply(&LicenseEvent::Lost);
                     return;
