@@ -137,38 +137,70 @@ fn with_sharing(mut leases: Vec<Lease>) -> Vec<Lease> {
     leases
 }
 
+/// A pool decision under way: the pool row is locked, the pool's expired leases are moved out,
+/// and the transaction is still open.
+struct LockedPool {
+    tx: Transaction<'static, Any>,
+    /// The pool's fence, raised by this decision: the fence of a lease it grants, or of a revocation.
+    fence: i64,
+    now: Millis,
+    /// What is left in the pool, earliest expiry first.
+    live: Vec<Lease>,
+}
+
+/// A lease's seat cost when it leaves `live` (which holds it) and no other lease holds its seat.
+fn seats_freed(lease: &Lease) -> i32 {
+    if lease.shared_processes <= 1 {
+        lease.seats_held
+    } else {
+        0
+    }
+}
+
 impl SqlLeaseStore {
     pub fn new(sql: SqlStore, clock: SharedClock) -> Self {
         Self { sql, clock }
     }
 
-    /// Begins a pool decision: the pool row exists and is locked, its expired leases are moved
-    /// out; returns the transaction, the fence and "now".
-    async fn lock_pool(&self, license_id: &str) -> Result<(Transaction<'static, Any>, i64, Millis), StoreError> {
+    /// Begins a pool decision. Each statement is a hand-off to the SQLite writer's thread, so
+    /// this takes two: one that creates, locks and raises the pool row's fence (fences need only
+    /// grow, so a decision that grants nothing may raise it too), and one read of the pool.
+    async fn lock_pool(&self, license_id: &str) -> Result<LockedPool, StoreError> {
         let mut tx = self.sql.begin().await?;
-        sqlx::query("INSERT INTO lease_pools (license_id, fence) VALUES ($1, 0) ON CONFLICT (license_id) DO NOTHING")
-            .bind(license_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let sql = format!("SELECT fence FROM lease_pools WHERE license_id = $1{}", self.sql.dialect.for_update());
-        let row = sqlx::query(&sql).bind(license_id).fetch_one(&mut *tx).await.map_err(map_err)?;
+        let row = sqlx::query(
+            "INSERT INTO lease_pools (license_id, fence) VALUES ($1, 1) \
+             ON CONFLICT (license_id) DO UPDATE SET fence = lease_pools.fence + 1 RETURNING fence",
+        )
+        .bind(license_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
         let fence = get_i64(&row, "fence")?;
         let now = self.clock.now();
-        Self::reap(&mut tx, license_id, now).await?;
-        Ok((tx, fence, now))
+        let live = Self::reap(&mut tx, license_id, now).await?;
+        Ok(LockedPool { tx, fence, now, live })
     }
 
-    /// Moves the pool's expired leases to `expired_leases`, earliest first; a seat is freed with
-    /// the last lease of its group.
-    async fn reap(tx: &mut Transaction<'static, Any>, license_id: &str, now: Millis) -> Result<(), StoreError> {
-        let sql = format!(
-            "SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 AND expires_at <= $2 ORDER BY expires_at, fence"
-        );
-        let rows = sqlx::query(&sql).bind(license_id).bind(now).fetch_all(&mut **tx).await.map_err(map_err)?;
-        for row in &rows {
-            let lease = lease_from_row(row)?;
-            // Conditional: a heartbeat's single-statement extension may have just moved it on.
+    /// Moves the pool's expired leases to `expired_leases`, earliest first (a seat is freed with
+    /// the last lease of its group), and returns the live ones.
+    async fn reap(tx: &mut Transaction<'static, Any>, license_id: &str, now: Millis) -> Result<Vec<Lease>, StoreError> {
+        let leases = Self::pool_leases(tx, license_id).await?;
+        if leases.iter().all(|l| l.expires_at > now) {
+            return Ok(with_sharing(leases));
+        }
+        let mut members: HashMap<String, i32> = HashMap::new();
+        for l in &leases {
+            *members.entry(l.group_id.clone()).or_default() += 1;
+        }
+        let mut live = Vec::with_capacity(leases.len());
+        let mut moved_on = false;
+        for lease in leases {
+            if lease.expires_at > now {
+                live.push(lease);
+                continue;
+            }
+            // Conditional: on PostgreSQL a heartbeat's single-statement extension (which takes
+            // no pool lock) may have just moved it on.
             let deleted = sqlx::query("DELETE FROM leases WHERE lease_id = $1 AND expires_at <= $2")
                 .bind(&lease.lease_id)
                 .bind(now)
@@ -176,40 +208,26 @@ impl SqlLeaseStore {
                 .await
                 .map_err(map_err)?;
             if deleted.rows_affected() == 0 {
+                moved_on = true;
                 continue;
             }
-            let freed = Self::seats_freed(tx, &lease).await?;
+            let left = members.entry(lease.group_id.clone()).or_default();
+            *left -= 1;
+            let freed = if *left == 0 { lease.seats_held } else { 0 };
             insert_lease(tx, "expired_leases", &lease, Some(freed)).await?;
         }
-        Ok(())
+        if moved_on {
+            return Ok(with_sharing(Self::pool_leases(tx, license_id).await?));
+        }
+        Ok(with_sharing(live))
     }
 
-    /// After a lease left: its seat's cost when no other lease holds the seat, else 0.
-    async fn seats_freed(tx: &mut Transaction<'static, Any>, lease: &Lease) -> Result<i32, StoreError> {
-        let others = sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE license_id = $1 AND group_id = $2")
-            .bind(&lease.license_id)
-            .bind(&lease.group_id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(map_err)?;
-        Ok(if get_i64(&others, "n")? == 0 { lease.seats_held } else { 0 })
-    }
-
-    async fn live_leases(tx: &mut Transaction<'static, Any>, license_id: &str) -> Result<Vec<Lease>, StoreError> {
-        // Reaped already: whatever is left is live.
-        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 ORDER BY expires_at, fence");
-        let rows = sqlx::query(&sql).bind(license_id).fetch_all(&mut **tx).await.map_err(map_err)?;
-        Ok(with_sharing(rows.iter().map(lease_from_row).collect::<Result<_, _>>()?))
-    }
-
-    async fn set_fence(tx: &mut Transaction<'static, Any>, license_id: &str, fence: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE lease_pools SET fence = $1 WHERE license_id = $2")
-            .bind(fence)
-            .bind(license_id)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+    async fn pool_leases(tx: &mut Transaction<'static, Any>, license_id: &str) -> Result<Vec<Lease>, StoreError> {
+        static POOL: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {LEASE_COLUMNS} FROM leases WHERE license_id = $1 ORDER BY expires_at, fence")
+        });
+        let rows = sqlx::query(&POOL).bind(license_id).fetch_all(&mut **tx).await.map_err(map_err)?;
+        rows.iter().map(lease_from_row).collect()
     }
 
     /// Gives a lease (the client's own, or a lingering one) back to the client.
@@ -244,8 +262,7 @@ impl SqlLeaseStore {
 impl LeaseStore for SqlLeaseStore {
     #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
-        let (mut tx, fence, now) = self.lock_pool(&c.license_id).await?;
-        let live = Self::live_leases(&mut tx, &c.license_id).await?;
+        let LockedPool { mut tx, fence, now, live } = self.lock_pool(&c.license_id).await?;
         let usage = pool_usage(&live);
         if let Some(own) = live.iter().find(|l| l.client_instance_id == c.client_instance_id) {
             return Self::renew(tx, own.clone(), c, now, usage.in_use).await;
@@ -266,7 +283,7 @@ impl LeaseStore for SqlLeaseStore {
             last_heartbeat_at: now,
             expires_at: now + c.ttl_ms,
             ttl_ms: c.ttl_ms,
-            fence: fence + 1,
+            fence,
             seats_held: c.cost,
             group_id: c.lease_id.clone(),
             shared_processes: 1,
@@ -312,7 +329,6 @@ impl LeaseStore for SqlLeaseStore {
                 }
             }
         };
-        Self::set_fence(&mut tx, &c.license_id, lease.fence).await?;
         insert_lease(&mut tx, "leases", &lease, None).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: usage.in_use + seats_taken, seats_taken })
@@ -334,8 +350,7 @@ impl LeaseStore for SqlLeaseStore {
         if let Some(row) = extended.map_err(map_err)? {
             return Ok(HeartbeatOutcome::Extended(lease_from_row(&row)?));
         }
-        let (mut tx, _, now) = self.lock_pool(license_id).await?;
-        let live = Self::live_leases(&mut tx, license_id).await?;
+        let LockedPool { mut tx, now, live, .. } = self.lock_pool(license_id).await?;
         let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {
             let expired = sqlx::query("SELECT 1 AS one FROM expired_leases WHERE lease_id = $1 AND license_id = $2")
                 .bind(lease_id)
@@ -374,8 +389,7 @@ impl LeaseStore for SqlLeaseStore {
 
     #[tracing::instrument(name = "store.checkin", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
-        let (mut tx, _, now) = self.lock_pool(license_id).await?;
-        let live = Self::live_leases(&mut tx, license_id).await?;
+        let LockedPool { mut tx, now, live, .. } = self.lock_pool(license_id).await?;
         let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id && !l.lingering) else {
             tx.commit().await.map_err(map_err)?;
             return Ok(None);
@@ -392,7 +406,7 @@ impl LeaseStore for SqlLeaseStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            Self::seats_freed(&mut tx, &lease).await?
+            seats_freed(&lease)
         };
         tx.commit().await.map_err(map_err)?;
         Ok(Some(Released { lease, seats_freed, at: now }))
@@ -400,8 +414,7 @@ impl LeaseStore for SqlLeaseStore {
 
     #[tracing::instrument(name = "store.revoke", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
-        let (mut tx, fence, now) = self.lock_pool(license_id).await?;
-        let live = Self::live_leases(&mut tx, license_id).await?;
+        let LockedPool { mut tx, fence, now, live } = self.lock_pool(license_id).await?;
         let Some(lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {
             tx.commit().await.map_err(map_err)?;
             return Ok(None);
@@ -411,8 +424,7 @@ impl LeaseStore for SqlLeaseStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let seats_freed = Self::seats_freed(&mut tx, &lease).await?;
-        Self::set_fence(&mut tx, license_id, fence + 1).await?;
+        let seats_freed = seats_freed(&lease);
         sqlx::query("INSERT INTO lease_tombstones (lease_id, license_id, revoked_at) VALUES ($1, $2, $3) ON CONFLICT (lease_id) DO NOTHING")
             .bind(lease_id)
             .bind(license_id)
@@ -421,7 +433,7 @@ impl LeaseStore for SqlLeaseStore {
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(Some((fence + 1, Released { lease, seats_freed, at: now })))
+        Ok(Some((fence, Released { lease, seats_freed, at: now })))
     }
 
     #[tracing::instrument(name = "store.list", skip_all, fields(otel.kind = "client", store = "sql"))]
@@ -457,8 +469,8 @@ impl LeaseStore for SqlLeaseStore {
             .await
             .map_err(map_err)?;
         for row in &due {
-            let (tx, _, _) = self.lock_pool(&get_str(row, "license_id")?).await?;
-            tx.commit().await.map_err(map_err)?;
+            let pool = self.lock_pool(&get_str(row, "license_id")?).await?;
+            pool.tx.commit().await.map_err(map_err)?;
         }
         let mut tx = self.sql.begin().await?;
         let sql =

@@ -6,6 +6,11 @@ use licensing_domain::clock::Millis;
 use licensing_domain::model::{UsageEvent, UsageKind};
 use licensing_domain::store::UsageStore;
 
+/// Columns of one `usage_events` row as inserted.
+const USAGE_COLUMNS: usize = 13;
+/// Rows a single INSERT carries: 64 × 13 parameters stays far below SQLite's and PostgreSQL's limits.
+const USAGE_ROWS_PER_INSERT: usize = 64;
+
 fn event_from_row(row: &AnyRow) -> Result<UsageEvent, StoreError> {
     let kind = get_str(row, "kind")?;
     Ok(UsageEvent {
@@ -30,28 +35,38 @@ impl UsageStore for SqlStore {
     #[tracing::instrument(name = "store.append_usage", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn append_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        for e in events {
-            sqlx::query(
+        // Many rows a statement: each statement is a round trip (a hand-off to the SQLite
+        // writer's thread), and the writer is shared with every seat decision.
+        for chunk in events.chunks(USAGE_ROWS_PER_INSERT) {
+            let rows = (0..chunk.len())
+                .map(|i| {
+                    let params = (1..=USAGE_COLUMNS).map(|c| format!("${}", i * USAGE_COLUMNS + c));
+                    format!("({})", params.collect::<Vec<_>>().join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
                 "INSERT INTO usage_events (license_id, occurred_at, kind, lease_id, group_id, user_name, host, feature, \
-                 seats_delta, overdraft, borrowed, reason, event_count) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&e.license_id)
-            .bind(e.occurred_at)
-            .bind(e.kind.as_str())
-            .bind(&e.lease_id)
-            .bind(&e.group_id)
-            .bind(&e.user)
-            .bind(&e.host)
-            .bind(&e.feature)
-            .bind(i64::from(e.seats_delta))
-            .bind(i64::from(e.overdraft))
-            .bind(i64::from(e.borrowed))
-            .bind(&e.reason)
-            .bind(e.count)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+                 seats_delta, overdraft, borrowed, reason, event_count) VALUES {rows}"
+            );
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query
+                    .bind(&e.license_id)
+                    .bind(e.occurred_at)
+                    .bind(e.kind.as_str())
+                    .bind(&e.lease_id)
+                    .bind(&e.group_id)
+                    .bind(&e.user)
+                    .bind(&e.host)
+                    .bind(&e.feature)
+                    .bind(i64::from(e.seats_delta))
+                    .bind(i64::from(e.overdraft))
+                    .bind(i64::from(e.borrowed))
+                    .bind(&e.reason)
+                    .bind(e.count);
+            }
+            query.execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(())
