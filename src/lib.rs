@@ -169,7 +169,7 @@ impl Application {
         );
         // Leases: Redis when configured, else the embedded store in the all-in-one server. The
         // separate Account service reads them to show a customer's live leases.
-        let mut redis_for_health = None;
+        let mut redis_store = None;
         let leases: Option<Arc<dyn LeaseStore>> = match (&config.redis_url, role) {
             (Some(url), Role::AllInOne | Role::Seat | Role::Account) => {
                 let redis = RedisLeaseStore::connect(url)
@@ -194,12 +194,19 @@ impl Application {
                         tracing::warn!(until_ms = until, "the lease store is recovering: no new seats until then");
                     }
                 }
-                redis_for_health = Some(redis.clone());
+                // Every license change made through this process raises the license's revision,
+                // so no Seat service grants a seat on the license as it was before the change.
+                store.raise_license_revisions_in(Arc::new(redis.clone()));
+                redis_store = Some(redis.clone());
                 Some(Arc::new(redis))
             }
             (None, Role::AllInOne) => Some(Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone()))),
             (None, Role::Seat) => {
                 anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis")
+            }
+            (None, Role::Account) => {
+                tracing::warn!("no LICENSING_REDIS_URL: this Account service shows no live leases, and Seat services on Redis hear of its license changes only by PostgreSQL NOTIFY, so a checkout right after a change may still see the old license");
+                None
             }
             _ => None,
         };
@@ -286,7 +293,11 @@ impl Application {
             if let Some(url) = &config.database_url {
                 background.push(store.listen_for_license_changes(url));
             }
-            let seats = seats.with_observer(Arc::new(metrics.clone())).with_license_cache(licenses);
+            let mut seats = seats.with_observer(Arc::new(metrics.clone())).with_license_cache(licenses);
+            if let Some(redis) = &redis_store {
+                // Redis fences checkouts by license revision, so they may use the cache too.
+                seats = seats.with_license_revisions(Arc::new(redis.clone()));
+            }
             metrics.add_source(Arc::new(seats.clone()));
             background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
             routes = routes.add_service(
@@ -294,7 +305,7 @@ impl Application {
             );
             names.push("licensing.seat.v1.SeatService");
         }
-        metrics.add_source(Arc::new(StoreHealth { sql: store.clone(), redis: redis_for_health }));
+        metrics.add_source(Arc::new(StoreHealth { sql: store.clone(), redis: redis_store }));
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_addr = match config.metrics.resolve(role.default_metrics_addr()) {
             Some(addr) => {

@@ -482,3 +482,145 @@ async fn a_suspension_made_by_the_account_service_stops_heartbeats_on_the_seat_s
     seat.stop().await;
     account.stop().await;
 }
+
+/// A checkout right after a license change is decided on the changed license, even by a Seat
+/// service that has not heard of the change yet (its NOTIFY still on the way). The changing
+/// process raises the license's revision in Redis before its call returns; the checkout script
+/// refuses one decided on a cached license of an older revision, and the service decides again
+/// on a fresh read. Here the Seat service's store never hears of the other handle's changes (no
+/// LISTEN), so only that fence stands between a stale cache and a seat too many.
+#[tokio::test]
+async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service_hears_of_it() {
+    use licensing_domain::certificate::Signer;
+    use licensing_domain::change::LicenseChange;
+    use licensing_domain::license_key::LicenseKey;
+    use licensing_domain::model::*;
+    use licensing_domain::secrets::{purpose, KeyedHasher, PasswordHasher};
+    use licensing_domain::store::{CatalogStore, LeaseStore, UpdateError};
+    use licensing_runtime::credentials::{CredentialResolver, Credentials};
+    use licensing_runtime::limiter::FailureLimiter;
+    use licensing_seat::license_cache::Lookup;
+    use licensing_seat::service::CheckoutRequest;
+    use licensing_seat::{LicenseCache, SeatError, SeatSettings, Seats, UsageLog};
+    use licensing_store::{RedisLeaseStore, SqlStore};
+    use std::sync::Arc;
+    if !postgres_available().await || !redis_available().await {
+        return;
+    }
+    let url = fresh_postgres_database().await;
+    // Two handles on one database: the Seat service's, whose change feed its cache follows, and
+    // the Account service's, which raises revisions in the lease store.
+    let seat_sql = SqlStore::connect_postgres(&url, &Default::default()).await.unwrap();
+    let account_sql = SqlStore::connect_postgres(&url, &Default::default()).await.unwrap();
+    let redis = RedisLeaseStore::connect(&redis_url()).await.unwrap();
+    redis.open_epoch(false).await.unwrap();
+    account_sql.raise_license_revisions_in(Arc::new(redis.clone()));
+
+    let audit = |action: &str| AuditRecord::new("test", action, "fence");
+    let product = Product { code: "cad".into(), name: "CAD".into(), modules: vec![], versions: vec![], created_at: 1 };
+    account_sql.create_product(&product, audit("product.created")).await.unwrap();
+    let customer = Customer {
+        customer_id: licensing_domain::ids::new_id(licensing_domain::ids::CUSTOMER),
+        company_name: "Acme".into(),
+        contact_email: "ops@acme.example".into(),
+        created_at: 1,
+    };
+    account_sql.create_customer(&customer, None, audit("customer.created")).await.unwrap();
+    let hasher = KeyedHasher::new(vec![7u8; 32]);
+    let key = LicenseKey::generate();
+    let license = License {
+        license_id: licensing_domain::ids::new_id(licensing_domain::ids::LICENSE),
+        product_code: "cad".into(),
+        customer_id: customer.customer_id.clone(),
+        kind: LicenseKind::Concurrent,
+        status: LicenseStatus::Active,
+        seats: 3,
+        allowed_deactivations: 0,
+        activations_used: 0,
+        deactivations_used: 0,
+        modules: vec![],
+        valid_from: 0,
+        expires_at: None,
+        upgrades_until: None,
+        associated_customer_id: None,
+        portal_deactivation_counts: false,
+        replaces_license_id: None,
+        notes: String::new(),
+        seat_policy: Default::default(),
+        created_at: 1,
+        updated_at: 1,
+    };
+    let new = NewLicense {
+        license: license.clone(),
+        key_digest: hasher.digest(purpose::LICENSE_KEY, key.as_str()),
+        activation_password_salt: "salt".into(),
+    };
+    account_sql.insert_license(&new, audit("license.issued"), None).await.unwrap();
+    let change = |change: LicenseChange| {
+        let account_sql = account_sql.clone();
+        let license_id = license.license_id.clone();
+        async move {
+            let now = licensing_domain::clock::Clock::now(&licensing_domain::clock::SystemClock);
+            let changed: Result<License, UpdateError> =
+                account_sql.update_license(&license_id, &change, now, audit("license.changed"), None).await;
+            changed.unwrap();
+        }
+    };
+
+    let cache = Arc::new(LicenseCache::live());
+    tokio::spawn({
+        let (cache, events) = (cache.clone(), seat_sql.license_events());
+        async move { cache.follow(events).await }
+    });
+    let catalog: Arc<dyn CatalogStore> = Arc::new(seat_sql.clone());
+    let credentials = CredentialResolver::new(
+        catalog.clone(),
+        hasher,
+        PasswordHasher::with_params(8, 1, 1),
+        FailureLimiter::default(),
+    );
+    let seat_service = Seats::new(
+        catalog,
+        Arc::new(redis.clone()),
+        Arc::new(seat_sql.clone()),
+        UsageLog::start(Arc::new(seat_sql.clone()), 64),
+        credentials,
+        Signer::from_seed(&[9; 32]),
+        SeatSettings::default(),
+    )
+    .with_license_cache(cache.clone())
+    .with_license_revisions(Arc::new(redis.clone()));
+    let by_key = Credentials::LicenseKey(key.as_str().to_owned());
+    let checkout = |client: &str| {
+        let request = CheckoutRequest { client_instance_id: client.into(), ..Default::default() };
+        let (seat_service, by_key) = (seat_service.clone(), by_key.clone());
+        async move { seat_service.checkout(&by_key, &request, None).await }
+    };
+
+    // The first checkout learns whose key it is; the second caches the license at revision 0.
+    checkout("a").await.unwrap();
+    checkout("b").await.unwrap();
+    assert!(
+        matches!(cache.lookup(&license.license_id), Lookup::Hit(ref l, Some(0)) if l.seats == 3),
+        "checkouts are served from the cache"
+    );
+    // 3 seats -> 2, with 2 held: the cache still says 3, the next checkout must still be refused.
+    change(LicenseChange::SetSeats(2)).await;
+    match checkout("c").await {
+        Err(SeatError::NoSeat { seats: 2, in_use: 2, .. }) => {}
+        other => panic!("expected no seat on the 2-seat license, got {other:?}"),
+    }
+    assert_eq!(redis.list(&license.license_id).await.unwrap().len(), 2, "no seat too many");
+    checkout("a").await.expect("the holder's renewal, on the new license");
+    assert!(matches!(cache.lookup(&license.license_id), Lookup::Hit(ref l, Some(1)) if l.seats == 2), "cached again");
+
+    // Suspended: not even the holder renews. Reinstated: at once, though the cache said suspended.
+    change(LicenseChange::Suspend).await;
+    match checkout("a").await {
+        Err(SeatError::LicenseState(refusal)) => assert_eq!(refusal.reason, "SUSPENDED"),
+        other => panic!("expected SUSPENDED, got {other:?}"),
+    }
+    checkout("a").await.expect_err("still suspended, now from the cache");
+    change(LicenseChange::Reinstate).await;
+    checkout("a").await.expect("reinstated: the suspended license in the cache is not trusted to refuse");
+}

@@ -306,6 +306,38 @@ async fn activation_store_conformance() {
     }
 }
 
+#[tokio::test]
+async fn usage_store_conformance() {
+    for (name, store) in sql_stores().await {
+        let (_, l) = seed(&store).await;
+        // More events than one INSERT carries, so batches are split and must keep their order.
+        let events: Vec<UsageEvent> = (0..150)
+            .map(|i| UsageEvent {
+                license_id: l.license_id.clone(),
+                occurred_at: 1_000 + i / 3,
+                kind: [UsageKind::Checkout, UsageKind::Checkin, UsageKind::Denied][i as usize % 3],
+                lease_id: format!("lse_{i}"),
+                group_id: format!("grp_{}", i / 2),
+                user: format!("user {i}"),
+                host: "host".into(),
+                feature: if i % 2 == 0 { "cad".into() } else { String::new() },
+                seats_delta: (i % 3) as i32 - 1,
+                overdraft: i % 5 == 0,
+                borrowed: i % 7 == 0,
+                reason: if i % 3 == 2 { "FULL".into() } else { String::new() },
+                count: 1 + i % 4,
+            })
+            .collect();
+        store.append_usage(&events[..1]).await.unwrap();
+        store.append_usage(&events[1..]).await.unwrap();
+        store.append_usage(&[]).await.unwrap();
+        let read = store.usage_events(&l.license_id, 10_000).await.unwrap();
+        assert_eq!(read, events, "{name}: every event back, in order");
+        let before = store.usage_events(&l.license_id, 1_010).await.unwrap();
+        assert_eq!(before, events[..30], "{name}: only events before `until`");
+    }
+}
+
 async fn lease_stores() -> Vec<(&'static str, Arc<dyn LeaseStore>)> {
     let mut v: Vec<(&'static str, Arc<dyn LeaseStore>)> = vec![];
     for (name, sql) in sql_stores().await {
@@ -336,6 +368,7 @@ fn checkout(license_id: &str, client: &str, seats: i32, ttl_ms: i64) -> Checkout
         share_key: None,
         max_processes: 0,
         borrowed: false,
+        license_revision: None,
     }
 }
 
@@ -415,6 +448,47 @@ async fn lease_store_conformance() {
 
         let now = store.now().await.unwrap();
         assert!((now - SystemClock.now()).abs() < 5_000, "{name}: the store's clock is sane");
+    }
+}
+
+#[tokio::test]
+async fn a_checkout_on_an_older_license_revision_is_refused_and_changes_nothing() {
+    let fenced = |license: &str, client: &str, revision: u64| CheckoutCommand {
+        license_revision: Some(revision),
+        ..checkout(license, client, 5, 10_000)
+    };
+    if redis_available().await {
+        let redis = RedisLeaseStore::connect(&redis_url()).await.unwrap();
+        redis.open_epoch(false).await.unwrap();
+        let license = ids::new_id(ids::LICENSE);
+        assert_eq!(redis.current(&license).await.unwrap(), 0, "a license never changed is at 0");
+        assert!(matches!(redis.checkout(&fenced(&license, "a", 0)).await.unwrap(), CheckoutOutcome::Granted { .. }));
+        redis.raise(&license).await.unwrap();
+        assert_eq!(redis.current(&license).await.unwrap(), 1);
+        assert_eq!(redis.checkout(&fenced(&license, "b", 0)).await.unwrap(), CheckoutOutcome::StaleLicense);
+        assert_eq!(
+            redis.checkout(&fenced(&license, "a", 0)).await.unwrap(),
+            CheckoutOutcome::StaleLicense,
+            "not even the holder's own renewal"
+        );
+        assert_eq!(redis.list(&license).await.unwrap().len(), 1, "the refused checkouts changed nothing");
+        assert!(matches!(redis.checkout(&fenced(&license, "b", 1)).await.unwrap(), CheckoutOutcome::Granted { .. }));
+        assert!(matches!(
+            redis.checkout(&checkout(&license, "c", 5, 10_000)).await.unwrap(),
+            CheckoutOutcome::Granted { .. }
+        ));
+        assert_eq!(redis.current(&ids::new_id(ids::LICENSE)).await.unwrap(), 0, "revisions are per license");
+    }
+    // The SQL store keeps no revisions: it cannot vouch for a cached license, so it refuses them all.
+    for (name, sql) in sql_stores().await {
+        let store = SqlLeaseStore::new(sql, system_clock());
+        let license = ids::new_id(ids::LICENSE);
+        assert_eq!(store.checkout(&fenced(&license, "a", 0)).await.unwrap(), CheckoutOutcome::StaleLicense, "{name}");
+        assert!(store.list(&license).await.unwrap().is_empty(), "{name}");
+        assert!(matches!(
+            store.checkout(&checkout(&license, "a", 5, 10_000)).await.unwrap(),
+            CheckoutOutcome::Granted { .. }
+        ));
     }
 }
 

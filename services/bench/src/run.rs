@@ -533,6 +533,7 @@ async fn populate(store: &RedisLeaseStore, licenses: usize, per_license: usize, 
             share_key: None,
             max_processes: 0,
             borrowed: false,
+            license_revision: None,
         })
     });
     let mut results =
@@ -542,6 +543,7 @@ async fn populate(store: &RedisLeaseStore, licenses: usize, per_license: usize, 
             CheckoutOutcome::Granted { .. } => {}
             CheckoutOutcome::Denied { denial, .. } => anyhow::bail!("populating Redis: denied {denial:?}"),
             CheckoutOutcome::Recovering { .. } => anyhow::bail!("populating Redis: the lease store is recovering"),
+            CheckoutOutcome::StaleLicense => anyhow::bail!("populating Redis: refused as stale, though unfenced"),
         }
     }
     Ok(())

@@ -19,6 +19,16 @@ pub enum LicenseEvent {
     Lost,
 }
 
+/// A counter per license, raised after every committed change to it, so a lease store can refuse
+/// a checkout decided on a license read before the change (the Seat service decides checkouts on
+/// cached licenses). A license never changed is at revision 0.
+#[async_trait]
+pub trait LicenseRevisions: Send + Sync + 'static {
+    async fn current(&self, license_id: &str) -> Result<u64, StoreError>;
+    /// Called after the change is committed and before the call that made it returns.
+    async fn raise(&self, license_id: &str) -> Result<(), StoreError>;
+}
+
 /// Why an update of a license failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateError {
@@ -226,6 +236,10 @@ pub struct CheckoutCommand {
     pub max_processes: i32,
     /// Borrowed for offline use: `ttl_ms` is the borrow period, and heartbeats do not extend it.
     pub borrowed: bool,
+    /// The [`LicenseRevisions`] revision of the license that `seats` and `limits` come from, when
+    /// it was cached: the store refuses the checkout ([`CheckoutOutcome::StaleLicense`]) if the
+    /// license has changed since. `None`: read just now, nothing to check.
+    pub license_revision: Option<u64>,
 }
 
 // A return value moved once per call, never stored in bulk: boxing the lease would only add an allocation.
@@ -247,6 +261,10 @@ pub enum CheckoutOutcome {
     /// has expired; holders of those leases re-establish them meanwhile (see
     /// [`LeaseStore::reestablish`]).
     Recovering { until: Millis },
+    /// The license changed after the revision the command carries: decide again on a fresh read.
+    /// Nothing was changed. A store that keeps no revisions answers this to every command that
+    /// carries one.
+    StaleLicense,
 }
 
 /// A lease the store lost, as its holder's signed lease token describes it.

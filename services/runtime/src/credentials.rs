@@ -95,12 +95,17 @@ impl CredentialResolver {
         &self.catalog
     }
 
+    /// The keyed digest a license key is stored and looked up by.
+    pub fn license_key_digest(&self, key: &str) -> Result<String, CredentialError> {
+        let key = LicenseKey::parse(key).map_err(CredentialError::MalformedKey)?;
+        Ok(self.hasher.digest(purpose::LICENSE_KEY, key.as_str()))
+    }
+
     /// The license the credentials name, if they are right.
     pub async fn resolve(&self, credentials: &Credentials) -> Result<License, CredentialError> {
         match credentials {
             Credentials::LicenseKey(key) => {
-                let key = LicenseKey::parse(key).map_err(CredentialError::MalformedKey)?;
-                let digest = self.hasher.digest(purpose::LICENSE_KEY, key.as_str());
+                let digest = self.license_key_digest(key)?;
                 self.catalog.find_license_by_key_digest(&digest).await?.ok_or(CredentialError::UnknownKey)
             }
             Credentials::IdAndPassword { license_id, password } => {

@@ -7,16 +7,17 @@ use crate::SeatError;
 use licensing_domain::certificate::{verify_lease_token, LeaseTokenPayload, Signer};
 use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Millis, SECOND};
+use licensing_domain::error::StoreError;
 use licensing_domain::ids;
 use licensing_domain::model::{AuditRecord, Lease, License, LicenseKind, Released, UsageEvent, UsageKind};
 use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::store::{
-    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore, LostLease, ReestablishOutcome,
-    UsageStore,
+    CatalogStore, CheckoutCommand, CheckoutOutcome, HeartbeatOutcome, LeaseStore, LicenseRevisions, LostLease,
+    ReestablishOutcome, UsageStore,
 };
 use licensing_domain::usage::{report_period, UsageReport};
-use licensing_runtime::credentials::{CredentialResolver, Credentials};
+use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
 use licensing_runtime::limiter::{Rate, RateLimiter};
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use std::sync::Arc;
@@ -85,9 +86,29 @@ pub struct Seats {
     per_license: RateLimiter,
     /// Counts denials (metrics).
     observer: SharedObserver,
-    /// Licenses for heartbeats and checkins; pass-through unless given a live one
-    /// ([`Seats::with_license_cache`]).
+    /// Licenses for heartbeats and checkins, and for checkouts when `revisions` is set;
+    /// pass-through unless given a live one ([`Seats::with_license_cache`]).
     licenses: Arc<LicenseCache>,
+    /// The lease store's license revisions, when it keeps them: then checkouts are decided on
+    /// cached licenses, fenced by the revision read before each ([`Seats::with_license_revisions`]).
+    revisions: Option<Arc<dyn LicenseRevisions>>,
+}
+
+/// A checkout's names, validated.
+struct CheckoutNames {
+    client_instance_id: String,
+    user: String,
+    host: String,
+    feature: String,
+    groups: Vec<String>,
+}
+
+/// How a checkout decided on one read of its license ended.
+enum Decided {
+    /// Granted (denials are errors).
+    Done(Box<Grant>),
+    /// The license was cached and has changed since, or refused the checkout: read it fresh.
+    Stale,
 }
 
 /// The same bound as names in a seat policy.
@@ -152,6 +173,7 @@ impl Seats {
             per_license,
             observer: unobserved(),
             licenses: Arc::default(),
+            revisions: None,
         }
     }
 
@@ -161,15 +183,28 @@ impl Seats {
         self
     }
 
+    /// Decides checkouts on cached licenses too. `revisions` must be the lease store's (it
+    /// refuses a checkout whose license changed since the revision it carries), raised by every
+    /// process that changes licenses (`SqlStore::raise_license_revisions_in`).
+    pub fn with_license_revisions(mut self, revisions: Arc<dyn LicenseRevisions>) -> Self {
+        self.revisions = Some(revisions);
+        self
+    }
+
     /// The license for the paths that run for every held seat (heartbeat, checkin): from the
     /// cache when it has it, else read and kept.
     async fn known_license(&self, license_id: &str) -> Result<Option<Arc<License>>, SeatError> {
         match self.licenses.lookup(license_id) {
-            Lookup::Hit(license) => Ok(Some(license)),
+            Lookup::Hit(license, _) => Ok(Some(license)),
             Lookup::Miss(ticket) => {
+                // The revision before the license, so a checkout may use the entry too.
+                let revision = match &self.revisions {
+                    Some(revisions) => Some(revisions.current(license_id).await?),
+                    None => None,
+                };
                 let license = self.catalog.get_license(license_id).await?.map(Arc::new);
                 if let Some(license) = &license {
-                    self.licenses.fill(ticket, license);
+                    self.licenses.fill(ticket, license, revision);
                 }
                 Ok(license)
             }
@@ -262,36 +297,79 @@ impl Seats {
         if request.borrow_for_ms < 0 {
             return Err(SeatError::invalid("borrow_for", "must not be negative"));
         }
-        let license = self.credentials.resolve(credentials).await?;
+        let names = CheckoutNames { client_instance_id, user, host, feature, groups };
+        let (license, revision) = self.checkout_license(credentials).await?;
         if ticket.is_none() {
             self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
         }
+        match self.decide_checkout(request, &names, &license, revision, ticket).await? {
+            Decided::Done(grant) => Ok(*grant),
+            Decided::Stale => {
+                // The cached license changed, or refused the checkout: decide again on a fresh read.
+                self.licenses.forget(&license.license_id);
+                let fresh = self.credentials.resolve(credentials).await?;
+                match self.decide_checkout(request, &names, &fresh, None, ticket).await? {
+                    Decided::Done(grant) => Ok(*grant),
+                    Decided::Stale => Err(SeatError::Store(StoreError::Other(
+                        "the lease store refused a checkout on a license read just now".into(),
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The license a checkout decides on, and its revision when it came from the cache. Cached
+    /// only where the lease store keeps revisions (so it refuses a checkout on a license that
+    /// changed since) and the license is named by key; otherwise read fresh (revision `None`).
+    async fn checkout_license(&self, credentials: &Credentials) -> Result<(Arc<License>, Option<u64>), SeatError> {
+        let (Some(revisions), Credentials::LicenseKey(key)) = (&self.revisions, credentials) else {
+            return Ok((Arc::new(self.credentials.resolve(credentials).await?), None));
+        };
+        let digest = self.credentials.license_key_digest(key)?;
+        let Some(license_id) = self.licenses.key_owner(&digest) else {
+            // First use of this key here: read by key, and remember whose it is.
+            let license = self.credentials.resolve(credentials).await?;
+            self.licenses.remember_key_owner(digest, license.license_id.clone());
+            return Ok((Arc::new(license), None));
+        };
+        let ticket = match self.licenses.lookup(&license_id) {
+            Lookup::Hit(license, Some(revision)) => return Ok((license, Some(revision))),
+            Lookup::Hit(_, None) => return Ok((Arc::new(self.credentials.resolve(credentials).await?), None)),
+            Lookup::Miss(ticket) => ticket,
+        };
+        // The revision first: a change committed after this read raises it past what we carry.
+        let revision = revisions.current(&license_id).await?;
+        let license = self.catalog.get_license(&license_id).await?.ok_or(CredentialError::UnknownKey)?;
+        let license = Arc::new(license);
+        self.licenses.fill(ticket, &license, Some(revision));
+        Ok((license, Some(revision)))
+    }
+
+    /// Decides a checkout on `license`. When `revision` is set the license came from the cache:
+    /// anything it refuses is [`Decided::Stale`] (to be decided again on a fresh read), and the
+    /// lease store checks the revision is still current before it grants or denies a seat.
+    async fn decide_checkout(
+        &self,
+        request: &CheckoutRequest,
+        names: &CheckoutNames,
+        license: &License,
+        revision: Option<u64>,
+        ticket: Option<&Ticket>,
+    ) -> Result<Decided, SeatError> {
+        let cached = revision.is_some();
+        let CheckoutNames { client_instance_id, user, host, feature, groups } = names;
         let policy = &license.seat_policy;
         let mut ttl_ms = self.ttl(request.ttl_ms, policy)?;
         let now = self.leases.now().await?;
-        license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
-        if !feature.is_empty() && !license.modules.contains(&feature) {
-            return Err(SeatError::FeatureNotLicensed { license_id: license.license_id.clone(), feature });
+        if let Err(refused) = self.license_allows(request, license, feature, now) {
+            return if cached { Ok(Decided::Stale) } else { Err(refused) };
         }
         let borrowed = request.borrow_for_ms > 0;
         if borrowed {
-            if policy.max_borrow_ms == 0 {
-                return Err(SeatError::BorrowNotAllowed(license.license_id.clone()));
-            }
-            if request.borrow_for_ms > policy.max_borrow_ms {
-                return Err(SeatError::invalid(
-                    "borrow_for",
-                    format!(
-                        "license {} allows borrowing for at most {} h",
-                        license.license_id,
-                        policy.max_borrow_ms as f64 / 3_600_000.0
-                    ),
-                ));
-            }
             // Never past the license's own expiry.
             ttl_ms = license.expires_at.map_or(request.borrow_for_ms, |e| request.borrow_for_ms.min(e - now));
         }
-        let principals = policy.principals(&user, &host, &groups);
+        let principals = policy.principals(user, host, groups);
         let denied_event = |reason: &str| UsageEvent {
             license_id: license.license_id.clone(),
             occurred_at: now,
@@ -308,10 +386,13 @@ impl Seats {
             count: 1,
         };
         let record_denial = |reason: &str| {
-            self.observer.seat_denied(&license.license_id, &feature, reason);
+            self.observer.seat_denied(&license.license_id, feature, reason);
             self.usage.record(denied_event(reason));
         };
         if let Err(denial) = policy.admits(&principals) {
+            if cached {
+                return Ok(Decided::Stale);
+            }
             record_denial(denial.reason());
             return Err(SeatError::Denied { license_id: license.license_id.clone(), denial });
         }
@@ -319,25 +400,27 @@ impl Seats {
             license_id: license.license_id.clone(),
             seats: license.seats,
             lease_id: ids::new_id(ids::LEASE),
-            client_instance_id,
+            client_instance_id: client_instance_id.clone(),
             user: user.clone(),
             host: host.clone(),
-            cost: policy.cost(&feature),
-            share_key: policy.share_key(&user, &host, &feature),
+            cost: policy.cost(feature),
+            share_key: policy.share_key(user, host, feature),
             feature: feature.clone(),
             ttl_ms,
             limits: policy.limits_for(&principals),
             queue_blocked: self.waiting.someone_else_first(&license.license_id, ticket),
             max_processes: policy.max_processes_per_seat,
             borrowed,
+            license_revision: revision,
         };
         match self.leases.checkout(&command).await? {
             CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => {
                 if !renewed {
                     self.usage.record(lease_event(UsageKind::Checkout, lease.checked_out_at, &lease, seats_taken));
                 }
-                Ok(self.grant(lease, renewed, &license, in_use))
+                Ok(Decided::Done(Box::new(self.grant(lease, renewed, license, in_use))))
             }
+            CheckoutOutcome::StaleLicense => Ok(Decided::Stale),
             CheckoutOutcome::Recovering { until } => {
                 Err(SeatError::Recovering { until, retry_after: Duration::from_millis((until - now).max(0) as u64) })
             }
@@ -356,6 +439,41 @@ impl Seats {
                 })
             }
         }
+    }
+
+    /// What the license itself says of this checkout: usable, the feature licensed, borrowing
+    /// allowed for that long.
+    fn license_allows(
+        &self,
+        request: &CheckoutRequest,
+        license: &License,
+        feature: &str,
+        now: Millis,
+    ) -> Result<(), SeatError> {
+        license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
+        if !feature.is_empty() && !license.modules.iter().any(|m| m == feature) {
+            return Err(SeatError::FeatureNotLicensed {
+                license_id: license.license_id.clone(),
+                feature: feature.to_owned(),
+            });
+        }
+        if request.borrow_for_ms > 0 {
+            let policy = &license.seat_policy;
+            if policy.max_borrow_ms == 0 {
+                return Err(SeatError::BorrowNotAllowed(license.license_id.clone()));
+            }
+            if request.borrow_for_ms > policy.max_borrow_ms {
+                return Err(SeatError::invalid(
+                    "borrow_for",
+                    format!(
+                        "license {} allows borrowing for at most {} h",
+                        license.license_id,
+                        policy.max_borrow_ms as f64 / 3_600_000.0
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Extends a live lease; returns it with a fresh token. `lease_token` (may be empty) is the

@@ -17,6 +17,8 @@
 //! - `lease:{L}:h`: HASH principal (`u:…`, `h:…`, `g:…`) -> seats held, for caps
 //! - `lease:{L}:l`: HASH user, host and feature -> lingering lease
 //! - `lease:{L}:r:<lease>`: revocation tombstone (expires by itself)
+//! - `lease:{L}:v`: the license's revision ([`LicenseRevisions`]), raised after every committed
+//!   change to the license; a checkout decided on an older one is refused. Missing means 0.
 //!
 //! Plus `leases:sweep`, a ZSET license -> earliest expiry, so the sweep visits only pools
 //! with something expired (it is an index for the sweep, not part of any seat decision).
@@ -70,7 +72,7 @@ const LIST_SEP: char = '\u{1e}';
 const PRELUDE: &str = r#"
 local K = {z = KEYS[1], d = KEYS[2], c = KEYS[3], u = KEYS[4], x = KEYS[5], f = KEYS[6],
            g = KEYS[7], s = KEYS[8], b = KEYS[9], h = KEYS[10], l = KEYS[11], r = KEYS[12],
-           e = KEYS[13]}
+           e = KEYS[13], v = KEYS[14]}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local S = '\31'
@@ -161,8 +163,11 @@ end
 const CHECKOUT: &str = r#"
 -- ARGV: lease_id client user host feature ttl cost seats overdraft queue_blocked borrowed
 --       share_key max_processes principals n_res (key seats candidate)* n_caps (key max)*
+--       license_revision ('' when the license was read fresh)
 local held_until = recovering_until()
 if not held_until then return {-9} end
+local revision = ARGV[#ARGV]
+if revision ~= '' and tonumber(redis.call('GET', K.v) or '0') > tonumber(revision) then return {-7} end
 reap()
 local ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7])
 local borrowed = ARGV[11] == '1'
@@ -431,14 +436,19 @@ fn parse_err(e: redis::ParsingError) -> StoreError {
 }
 
 /// The keys of a license's pool, in the order the scripts' `K` table expects; then the
-/// revocation tombstone of `lease_id` (a placeholder when the script needs none) and the epoch.
+/// revocation tombstone of `lease_id` (a placeholder when the script needs none), the epoch and
+/// the license's revision.
 fn keys(license_id: &str, lease_id: &str) -> Vec<String> {
     let p = format!("lease:{{{license_id}}}");
     ["z", "d", "c", "u", "x", "f", "g", "s", "b", "h", "l"]
         .iter()
         .map(|k| format!("{p}:{k}"))
-        .chain([format!("{p}:r:{lease_id}"), EPOCH.to_owned()])
+        .chain([format!("{p}:r:{lease_id}"), EPOCH.to_owned(), revision_key(license_id)])
         .collect()
+}
+
+fn revision_key(license_id: &str) -> String {
+    format!("lease:{{{license_id}}}:v")
 }
 
 fn invoke<'a>(script: &'a Script, license_id: &str, lease_id: &str) -> redis::ScriptInvocation<'a> {
@@ -523,6 +533,8 @@ fn denial(code: &str, detail: &str) -> SeatDenial {
 const EPOCH_MISSING: i64 = -9;
 /// The reply of a checkout while new seats are held back: `{-8, until}`.
 const RECOVERING: i64 = -8;
+/// The reply of a checkout whose license revision is older than the stored one.
+const STALE_LICENSE: i64 = -7;
 
 impl RedisLeaseStore {
     /// Connects. It does not touch the epoch: the process that grants seats records it with
@@ -644,6 +656,22 @@ impl RedisLeaseStore {
 }
 
 #[async_trait]
+impl LicenseRevisions for RedisLeaseStore {
+    async fn current(&self, license_id: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let revision: Option<u64> =
+            redis::cmd("GET").arg(revision_key(license_id)).query_async(&mut conn).await.map_err(map_err)?;
+        Ok(revision.unwrap_or(0))
+    }
+
+    async fn raise(&self, license_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: u64 = redis::cmd("INCR").arg(revision_key(license_id)).query_async(&mut conn).await.map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl LeaseStore for RedisLeaseStore {
     #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
@@ -672,9 +700,11 @@ impl LeaseStore for RedisLeaseStore {
         for (key, max) in &c.limits.caps {
             invocation.arg(key).arg(max);
         }
+        invocation.arg(c.license_revision.map(|r| r.to_string()).unwrap_or_default());
         let reply = self.invoke_granting(&invocation).await?;
         match int(&reply[0])? {
             RECOVERING => Ok(CheckoutOutcome::Recovering { until: int(&reply[1])? }),
+            STALE_LICENSE => Ok(CheckoutOutcome::StaleLicense),
             0 => {
                 let earliest = int(&reply[2])?;
                 Ok(CheckoutOutcome::Denied {

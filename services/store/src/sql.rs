@@ -9,10 +9,11 @@ mod usage;
 pub use leases::SqlLeaseStore;
 
 use licensing_domain::error::StoreError;
-use licensing_domain::store::LicenseEvent;
+use licensing_domain::store::{LicenseEvent, LicenseRevisions};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which database a [`SqlStore`] talks to.
@@ -46,6 +47,19 @@ pub struct SqlStore {
     /// Committed license changes made through this store (and, once
     /// [`SqlStore::listen_for_license_changes`] runs, through any process on the database).
     license_events: tokio::sync::broadcast::Sender<LicenseEvent>,
+    /// Raised after each committed license change, when leases are in a store that fences
+    /// checkouts by license revision ([`SqlStore::raise_license_revisions_in`]).
+    revisions: RevisionsHook,
+}
+
+/// The [`LicenseRevisions`] this store raises, set once for every clone of the store.
+#[derive(Clone, Default)]
+struct RevisionsHook(Arc<std::sync::OnceLock<Arc<dyn LicenseRevisions>>>);
+
+impl std::fmt::Debug for RevisionsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "RevisionsHook(set)" } else { "RevisionsHook(unset)" })
+    }
 }
 
 /// The PostgreSQL NOTIFY channel of committed license changes (payload: the license ID).
@@ -128,6 +142,7 @@ impl SqlStore {
             pool,
             dialect: Dialect::Postgres,
             license_events: tokio::sync::broadcast::channel(LICENSE_EVENTS_BUFFER).0,
+            revisions: RevisionsHook::default(),
         };
         MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         Ok(store)
@@ -186,6 +201,7 @@ impl SqlStore {
             readers,
             dialect: Dialect::Sqlite,
             license_events: tokio::sync::broadcast::channel(LICENSE_EVENTS_BUFFER).0,
+            revisions: RevisionsHook::default(),
         })
     }
 
@@ -224,8 +240,25 @@ impl SqlStore {
         Ok(())
     }
 
-    /// After the commit of a change to `license_id`: tells this process's subscribers.
-    pub(crate) fn license_changed(&self, license_id: &str) {
+    /// From now on (for every clone of this store), each committed license change raises the
+    /// license's revision in `revisions` before the call that made it returns, so checkouts
+    /// decided on a license cached before the change are refused. Set once; later calls are
+    /// ignored.
+    pub fn raise_license_revisions_in(&self, revisions: Arc<dyn LicenseRevisions>) {
+        let _ = self.revisions.0.set(revisions);
+    }
+
+    /// After the commit of a change to `license_id`: raises its revision and tells this
+    /// process's subscribers.
+    pub(crate) async fn license_changed(&self, license_id: &str) {
+        if let Some(revisions) = self.revisions.0.get() {
+            // The change is committed either way. Caches still hear of it (in this process at
+            // once, in others by NOTIFY); only the fence against a checkout decided on the old
+            // license in the meantime is missing, so say so.
+            if let Err(e) = revisions.raise(license_id).await {
+                tracing::warn!(license_id, error = %e, "could not raise the license's revision in the lease store; Seat services may decide checkouts on the old license until they hear of the change");
+            }
+        }
         // No subscriber is not an error.
         let _ = self.license_events.send(LicenseEvent::Changed(license_id.to_owned()));
     }

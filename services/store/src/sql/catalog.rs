@@ -454,7 +454,7 @@ impl CatalogStore for SqlStore {
         }
         self.notify_license_change(&mut tx, license_id).await?;
         tx.commit().await.map_err(map_err)?;
-        self.license_changed(license_id);
+        self.license_changed(license_id).await;
         Ok(license)
     }
 

@@ -262,6 +262,11 @@ impl SqlLeaseStore {
 impl LeaseStore for SqlLeaseStore {
     #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
+        // This store keeps no license revisions, so it cannot tell whether a cached license is
+        // current: the caller reads it fresh instead.
+        if c.license_revision.is_some() {
+            return Ok(CheckoutOutcome::StaleLicense);
+        }
         let LockedPool { mut tx, fence, now, live } = self.lock_pool(&c.license_id).await?;
         let usage = pool_usage(&live);
         if let Some(own) = live.iter().find(|l| l.client_instance_id == c.client_instance_id) {

@@ -141,7 +141,7 @@ impl PortalStore for SqlStore {
         insert_audit(&mut tx, &audit, now).await?;
         self.notify_license_change(&mut tx, old_id).await?;
         tx.commit().await.map_err(map_err)?;
-        self.license_changed(old_id);
+        self.license_changed(old_id).await;
         Ok(old)
     }
 
