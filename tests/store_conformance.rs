@@ -492,6 +492,38 @@ async fn a_checkout_on_an_older_license_revision_is_refused_and_changes_nothing(
     }
 }
 
+/// A checkout sends its sweep-index entry in the script's round trip, at a guessed expiry no
+/// later than the lease's; after `SCRIPT FLUSH` (the script unknown to Redis) it loads the script
+/// and indexes the grant in calls of its own.
+#[tokio::test]
+async fn redis_checkouts_index_their_license_for_the_sweep_also_after_a_script_flush() {
+    if !redis_available().await {
+        return;
+    }
+    let redis = RedisLeaseStore::connect(&redis_url()).await.unwrap();
+    redis.open_epoch(false).await.unwrap();
+    let mut raw = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    for flush_first in [false, true] {
+        if flush_first {
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+        }
+        let license = ids::new_id(ids::LICENSE);
+        let lease = match redis.checkout(&checkout(&license, "a", 1, 60_000)).await.unwrap() {
+            CheckoutOutcome::Granted { lease, .. } => lease,
+            other => panic!("flush first {flush_first}: {other:?}"),
+        };
+        let indexed: Option<i64> =
+            redis::cmd("ZSCORE").arg("leases:sweep").arg(&license).query_async(&mut raw).await.unwrap();
+        let indexed = indexed.unwrap_or_else(|| panic!("flush first {flush_first}: the license is indexed"));
+        assert!(
+            indexed <= lease.expires_at && indexed > lease.expires_at - 5_000,
+            "flush first {flush_first}: indexed at {indexed}, the lease expires at {}",
+            lease.expires_at
+        );
+        assert!(redis.checkin(&license, &lease.lease_id, 0).await.unwrap().is_some());
+    }
+}
+
 #[tokio::test]
 async fn racing_checkouts_never_exceed_the_seats_in_any_lease_store() {
     for (name, store) in lease_stores().await {

@@ -412,6 +412,10 @@ struct RedisClock {
 
 const CLOCK_RECHECK_MS: i64 = 5_000;
 
+/// How much earlier than a new lease's expiry (as the service guesses it) a checkout indexes its
+/// license for the sweep: more than any error of the measured clock offset.
+const SWEEP_INDEX_LEAD_MS: i64 = 1_000;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
@@ -433,6 +437,36 @@ fn map_err(e: redis::RedisError) -> StoreError {
 
 fn parse_err(e: redis::ParsingError) -> StoreError {
     StoreError::Corrupt(format!("Redis reply: {e}"))
+}
+
+/// The checkout script's ARGV (see `CHECKOUT`).
+fn checkout_args(c: &CheckoutCommand) -> Vec<String> {
+    let mut args = vec![
+        c.lease_id.clone(),
+        c.client_instance_id.clone(),
+        c.user.clone(),
+        c.host.clone(),
+        c.feature.clone(),
+        c.ttl_ms.to_string(),
+        c.cost.to_string(),
+        c.seats.to_string(),
+        c.limits.overdraft.to_string(),
+        i32::from(c.queue_blocked).to_string(),
+        i32::from(c.borrowed).to_string(),
+        c.share_key.clone().unwrap_or_default(),
+        c.max_processes.to_string(),
+        c.limits.principals.join(&LIST_SEP.to_string()),
+        c.limits.reservations.len().to_string(),
+    ];
+    for (key, seats) in &c.limits.reservations {
+        args.extend([key.clone(), seats.to_string(), i32::from(c.limits.candidates.contains(key)).to_string()]);
+    }
+    args.push(c.limits.caps.len().to_string());
+    for (key, max) in &c.limits.caps {
+        args.extend([key.clone(), max.to_string()]);
+    }
+    args.push(c.license_revision.map(|r| r.to_string()).unwrap_or_default());
+    args
 }
 
 /// The keys of a license's pool, in the order the scripts' `K` table expects; then the
@@ -646,6 +680,24 @@ impl RedisLeaseStore {
         Ok(reply)
     }
 
+    /// A checkout in calls of its own: the script (loading it, or opening a recovery, as
+    /// needed), then the sweep index at the lease's real expiry.
+    async fn checkout_unpipelined(
+        &self,
+        c: &CheckoutCommand,
+        args: &[String],
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        let mut invocation = invoke(&self.checkout, &c.license_id, "");
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let reply = self.invoke_granting(&invocation).await?;
+        if int(&reply[0])? > 0 {
+            self.index_for_sweep(&c.license_id, int(&reply[3])?).await;
+        }
+        Ok(reply)
+    }
+
     async fn index_for_sweep(&self, license_id: &str, expires_at: Millis) {
         // Best effort: the index only tells the sweep where to look; seat decisions never use it.
         let mut conn = self.conn.clone();
@@ -675,33 +727,27 @@ impl LicenseRevisions for RedisLeaseStore {
 impl LeaseStore for RedisLeaseStore {
     #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
-        let mut invocation = invoke(&self.checkout, &c.license_id, "");
-        let principals = c.limits.principals.join(&LIST_SEP.to_string());
-        invocation
-            .arg(&c.lease_id)
-            .arg(&c.client_instance_id)
-            .arg(&c.user)
-            .arg(&c.host)
-            .arg(&c.feature)
-            .arg(c.ttl_ms)
-            .arg(c.cost)
-            .arg(c.seats)
-            .arg(c.limits.overdraft)
-            .arg(i32::from(c.queue_blocked))
-            .arg(i32::from(c.borrowed))
-            .arg(c.share_key.as_deref().unwrap_or(""))
-            .arg(c.max_processes)
-            .arg(principals)
-            .arg(c.limits.reservations.len());
-        for (key, seats) in &c.limits.reservations {
-            invocation.arg(key).arg(seats).arg(i32::from(c.limits.candidates.contains(key)));
-        }
-        invocation.arg(c.limits.caps.len());
-        for (key, max) in &c.limits.caps {
-            invocation.arg(key).arg(max);
-        }
-        invocation.arg(c.license_revision.map(|r| r.to_string()).unwrap_or_default());
-        let reply = self.invoke_granting(&invocation).await?;
+        let args = checkout_args(c);
+        // The sweep index goes in the same round trip, after the script. Its expiry is a guess
+        // (the script reads TIME), made early so the sweep comes too soon rather than too late:
+        // early, it finds nothing and moves the license to its real earliest expiry.
+        let expiry_guess = self.now().await? + c.ttl_ms - SWEEP_INDEX_LEAD_MS;
+        let keys = keys(&c.license_id, "");
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA").arg(self.checkout.get_hash()).arg(keys.len()).arg(&keys).arg(&args);
+        pipe.cmd("ZADD").arg(SWEEP_INDEX).arg("LT").arg(expiry_guess).arg(&c.license_id).ignore();
+        let mut conn = self.conn.clone();
+        let pipelined: Result<(Vec<redis::Value>,), _> = pipe.query_async(&mut conn).await;
+        let reply = match pipelined {
+            Ok((reply,)) if reply.first().map(int).transpose()? != Some(EPOCH_MISSING) => reply,
+            // The script is not loaded (Redis restarted or flushed its scripts), or the epoch is
+            // gone: the one-call path loads it or opens the recovery, then indexes the grant.
+            Ok(_) => self.checkout_unpipelined(c, &args).await?,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.checkout_unpipelined(c, &args).await?
+            }
+            Err(e) => return Err(map_err(e)),
+        };
         match int(&reply[0])? {
             RECOVERING => Ok(CheckoutOutcome::Recovering { until: int(&reply[1])? }),
             STALE_LICENSE => Ok(CheckoutOutcome::StaleLicense),
@@ -717,7 +763,6 @@ impl LeaseStore for RedisLeaseStore {
                 let lease_id = text(&reply[1])?;
                 let expires_at = int(&reply[3])?;
                 let lease = unpack(&c.license_id, &lease_id, &text(&reply[2])?, expires_at, int(&reply[6])? as i32)?;
-                self.index_for_sweep(&c.license_id, expires_at).await;
                 Ok(CheckoutOutcome::Granted {
                     lease,
                     renewed: kind == 1,
@@ -895,7 +940,7 @@ impl LeaseStore for RedisLeaseStore {
         }
     }
 
-    #[tracing::instrument(name = "store.now", skip_all, fields(otel.kind = "client", store = "redis"))]
+    // No span: mostly a read of the clock, on every seat call.
     async fn now(&self) -> Result<Millis, StoreError> {
         let local = SystemClock.now();
         if local - self.clock.measured_at.load(Ordering::Relaxed) < CLOCK_RECHECK_MS {
