@@ -6,7 +6,8 @@
 //!   the embedded store), signed lease tokens; no gRPC.
 //! - [`waiting`]: the first-come-first-served queue behind `WaitForSeat`.
 //! - [`license_cache`]: [`LicenseCache`], licenses for heartbeats and checkins, kept exact by
-//!   the store's change feed.
+//!   the store's change feed; for checkouts too where the lease store fences them by license
+//!   revision (Redis).
 //! - [`usage`]: [`UsageLog`], the bounded queue and background writer of the usage log.
 //! - [`grpc`]: the tonic adapter `SeatService`.
 

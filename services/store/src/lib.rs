@@ -6,6 +6,8 @@
 //!   `migrations/` is written in PostgreSQL's dialect; the SQLite schema is derived from it.
 //! - `sql/catalog.rs`: products, customers, licenses, admin tokens and the audit log.
 //! - [`sql::Dialect`]: the few places where the two databases differ.
+//! - [`redis_leases`]: [`RedisLeaseStore`], the production lease store (Lua scripts on Redis),
+//!   which also keeps the license revisions that fence checkouts decided on cached licenses.
 
 pub mod redis_leases;
 pub mod sql;
