@@ -154,7 +154,7 @@ impl Catalog {
         self.clock.now()
     }
 
-    /// argon2id on the blocking pool, so logins never stall the async workers.
+    /// argon2id on the hashing threads, so logins never stall the async workers.
     pub async fn hash_password(&self, password: String) -> Result<String, AccountError> {
         let hasher = self.passwords.clone();
         licensing_runtime::hashing::run(move || hasher.hash(&password)).await.map_err(|e| {

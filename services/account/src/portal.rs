@@ -84,7 +84,7 @@ pub struct Portal {
     reset_requests: FailureLimiter,
     account_logins: RateLimiter,
     /// Bounds concurrent argon2 work (19 MiB and tens of ms each), so a login flood cannot
-    /// exhaust memory or the blocking pool.
+    /// exhaust memory or queue hashes without end.
     hashing: Arc<Semaphore>,
     decoy: Arc<OnceLock<String>>,
 }
@@ -161,7 +161,7 @@ impl Portal {
         Ok(self.catalog.store().find_customer_by_email(&email).await?)
     }
 
-    /// argon2id verification on the blocking pool, bounded; a decoy hash when there is none.
+    /// argon2id verification on the hashing threads, bounded; a decoy hash when there is none.
     async fn verify_password(&self, password: &str, stored: Option<String>) -> Result<bool, AccountError> {
         let _permit = self.hashing.acquire().await.map_err(|_| StoreError::Unavailable("shutting down".into()))?;
         let hasher = self.passwords.clone();

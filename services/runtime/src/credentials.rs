@@ -135,7 +135,7 @@ impl CredentialResolver {
         }
     }
 
-    /// argon2id on the blocking pool; against a decoy hash when the customer has none.
+    /// argon2id on the hashing threads; against a decoy hash when the customer has none.
     async fn company_password_matches(&self, customer_id: &str, password: &str) -> Result<bool, CredentialError> {
         let stored = self.catalog.customer_password_hash(customer_id).await?;
         let hasher = self.passwords.clone();

@@ -12,7 +12,7 @@
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
 //! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
-//! - [`hashing`]: argon2 work on the blocking pool at a low CPU priority.
+//! - [`hashing`]: argon2 work on threads of its own in the idle scheduling class.
 //! - [`limiter`]: failure counting and request rates per key (abuse limits).
 //! - [`tls`]: TLS and mutual TLS from PEM files, for servers and for our own clients.
 //! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.

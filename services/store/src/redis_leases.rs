@@ -1,6 +1,8 @@
 //! [`LeaseStore`] on Redis: one sorted set per license pool scored by expiry, driven by Lua
 //! scripts that take "now" from `redis.call('TIME')`, so one clock judges expiry. All keys of a
-//! license share the hash tag `{<license id>}`, so the scripts run unchanged on Redis Cluster.
+//! license share the hash tag `{<license id>}`, so a pool would sit in one cluster slot; but the
+//! granting scripts also read the global `leases:epoch` key, so Redis Cluster is not supported
+//! yet (a cluster refuses such a script: CROSSSLOT; see the README).
 //!
 //! Keys of license L:
 //! - `lease:{L}:z`: ZSET lease ID -> expiry (ms)
