@@ -517,8 +517,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     account_sql.raise_license_revisions_in(Arc::new(redis.clone()));
 
     let audit = |action: &str| AuditRecord::new("test", action, "fence");
-    let product = Product { code: "cad".into(), name: "CAD".into(), modules: vec![], versions: vec![], created_at: 1 };
-    account_sql.create_product(&product, audit("product.created")).await.unwrap();
+    account_sql.create_product(&suite_product(), audit("product.created")).await.unwrap();
     let customer = Customer {
         customer_id: licensing_domain::ids::new_id(licensing_domain::ids::CUSTOMER),
         company_name: "Acme".into(),
@@ -528,28 +527,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     account_sql.create_customer(&customer, None, audit("customer.created")).await.unwrap();
     let hasher = KeyedHasher::new(vec![7u8; 32]);
     let key = LicenseKey::generate();
-    let license = License {
-        license_id: licensing_domain::ids::new_id(licensing_domain::ids::LICENSE),
-        product_code: "cad".into(),
-        customer_id: customer.customer_id.clone(),
-        kind: LicenseKind::Concurrent,
-        status: LicenseStatus::Active,
-        seats: 3,
-        allowed_deactivations: 0,
-        activations_used: 0,
-        deactivations_used: 0,
-        modules: vec![],
-        valid_from: 0,
-        expires_at: None,
-        upgrades_until: None,
-        associated_customer_id: None,
-        portal_deactivation_counts: false,
-        replaces_license_id: None,
-        notes: String::new(),
-        seat_policy: Default::default(),
-        created_at: 1,
-        updated_at: 1,
-    };
+    let license = new_license(&customer.customer_id, LicenseKind::Concurrent, 3);
     let new = NewLicense {
         license: license.clone(),
         key_digest: hasher.digest(purpose::LICENSE_KEY, key.as_str()),

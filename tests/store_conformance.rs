@@ -33,43 +33,8 @@ fn audit(action: &str, subject: &str) -> AuditRecord {
     AuditRecord::new("test", action, subject)
 }
 
-fn product() -> Product {
-    Product {
-        code: "suite".into(),
-        name: "Suite".into(),
-        modules: vec![Module { code: "a".into(), name: "A".into() }, Module { code: "b".into(), name: "B".into() }],
-        versions: vec![],
-        created_at: 1,
-    }
-}
-
-fn license(customer_id: &str, kind: LicenseKind, seats: i32) -> License {
-    License {
-        license_id: ids::new_id(ids::LICENSE),
-        product_code: "suite".into(),
-        customer_id: customer_id.into(),
-        kind,
-        status: LicenseStatus::Active,
-        seats,
-        allowed_deactivations: 1,
-        activations_used: 0,
-        deactivations_used: 0,
-        modules: vec!["a".into()],
-        valid_from: 0,
-        expires_at: Some(i64::MAX / 2),
-        upgrades_until: None,
-        associated_customer_id: None,
-        portal_deactivation_counts: true,
-        replaces_license_id: None,
-        notes: "first".into(),
-        seat_policy: Default::default(),
-        created_at: 1,
-        updated_at: 1,
-    }
-}
-
 async fn seed(store: &SqlStore) -> (Customer, License) {
-    store.create_product(&product(), audit("product.created", "suite")).await.unwrap();
+    store.create_product(&suite_product(), audit("product.created", "suite")).await.unwrap();
     let customer = Customer {
         customer_id: ids::new_id(ids::CUSTOMER),
         company_name: "Acme".into(),
@@ -80,7 +45,7 @@ async fn seed(store: &SqlStore) -> (Customer, License) {
         .create_customer(&customer, Some("$argon2id$stub"), audit("customer.created", &customer.customer_id))
         .await
         .unwrap();
-    let l = license(&customer.customer_id, LicenseKind::NodeLocked, 2);
+    let l = new_license(&customer.customer_id, LicenseKind::NodeLocked, 2);
     let new = NewLicense {
         license: l.clone(),
         key_digest: format!("digest-{}", l.license_id),
@@ -94,9 +59,12 @@ async fn seed(store: &SqlStore) -> (Customer, License) {
 async fn catalog_store_conformance() {
     for (name, store) in sql_stores().await {
         let (customer, l) = seed(&store).await;
-        assert_eq!(store.get_product("suite").await.unwrap().unwrap(), product(), "{name}");
+        assert_eq!(store.get_product("suite").await.unwrap().unwrap(), suite_product(), "{name}");
         assert!(
-            matches!(store.create_product(&product(), audit("x", "suite")).await, Err(StoreError::AlreadyExists(_))),
+            matches!(
+                store.create_product(&suite_product(), audit("x", "suite")).await,
+                Err(StoreError::AlreadyExists(_))
+            ),
             "{name}"
         );
         let p = store
@@ -338,14 +306,23 @@ async fn usage_store_conformance() {
     }
 }
 
+/// Every lease store, Redis on its default database.
 async fn lease_stores() -> Vec<(&'static str, Arc<dyn LeaseStore>)> {
+    lease_stores_on_redis_db(None).await
+}
+
+/// Every lease store, Redis on database `redis_db` when given: a test that sweeps needs a
+/// database of its own, as the sweep drains every expired lease it finds, including those
+/// another test running at the same time expects to see in its own sweep.
+async fn lease_stores_on_redis_db(redis_db: Option<u8>) -> Vec<(&'static str, Arc<dyn LeaseStore>)> {
     let mut v: Vec<(&'static str, Arc<dyn LeaseStore>)> = vec![];
     for (name, sql) in sql_stores().await {
         let label = if name == "sqlite" { "embedded (sqlite)" } else { "embedded (postgres)" };
         v.push((label, Arc::new(SqlLeaseStore::new(sql, system_clock()))));
     }
     if redis_available().await {
-        let redis = RedisLeaseStore::connect(&redis_url()).await.unwrap();
+        let url = redis_db.map_or_else(redis_url, redis_url_on_db);
+        let redis = RedisLeaseStore::connect(&url).await.unwrap();
         redis.open_epoch(false).await.unwrap();
         v.push(("redis", Arc::new(redis)));
     }
@@ -374,7 +351,7 @@ fn checkout(license_id: &str, client: &str, seats: i32, ttl_ms: i64) -> Checkout
 
 #[tokio::test]
 async fn lease_store_conformance() {
-    for (name, store) in lease_stores().await {
+    for (name, store) in lease_stores_on_redis_db(Some(1)).await {
         let license = ids::new_id(ids::LICENSE);
         let granted = |o: CheckoutOutcome| match o {
             CheckoutOutcome::Granted { lease, renewed, in_use, .. } => (lease, renewed, in_use),
@@ -586,7 +563,7 @@ fn denial(name: &str, o: CheckoutOutcome) -> SeatDenial {
 
 #[tokio::test]
 async fn seat_policies_conform_in_every_lease_store() {
-    for (name, store) in lease_stores().await {
+    for (name, store) in lease_stores_on_redis_db(Some(2)).await {
         // Tokens: a heavy feature costs 3 of the 4 seats.
         let license = ids::new_id(ids::LICENSE);
         let p = SeatPolicy { feature_costs: [("cad".to_string(), 3)].into(), ..Default::default() };

@@ -321,6 +321,16 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// [`redis_url`] on logical database `db` (in place of any database the URL names).
+pub fn redis_url_on_db(db: u8) -> String {
+    let url = redis_url();
+    let server = match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
+        None => url,
+    };
+    format!("{server}/{db}")
+}
+
 /// Whether Redis answers; with `CI` set, not answering fails the test.
 pub async fn redis_available() -> bool {
     let url = redis_url();
@@ -498,4 +508,47 @@ pub fn dashboard_series() -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// A product for tests that drive the stores directly: code `suite`, modules `a` and `b`.
+pub fn suite_product() -> licensing_domain::model::Product {
+    use licensing_domain::model::{Module, Product};
+    Product {
+        code: "suite".into(),
+        name: "Suite".into(),
+        modules: vec![Module { code: "a".into(), name: "A".into() }, Module { code: "b".into(), name: "B".into() }],
+        versions: vec![],
+        created_at: 1,
+    }
+}
+
+/// An active license of [`suite_product`] (module `a`, far-off expiry), to insert into a store.
+pub fn new_license(
+    customer_id: &str,
+    kind: licensing_domain::model::LicenseKind,
+    seats: i32,
+) -> licensing_domain::model::License {
+    use licensing_domain::model::{License, LicenseStatus};
+    License {
+        license_id: licensing_domain::ids::new_id(licensing_domain::ids::LICENSE),
+        product_code: "suite".into(),
+        customer_id: customer_id.into(),
+        kind,
+        status: LicenseStatus::Active,
+        seats,
+        allowed_deactivations: 1,
+        activations_used: 0,
+        deactivations_used: 0,
+        modules: vec!["a".into()],
+        valid_from: 0,
+        expires_at: Some(i64::MAX / 2),
+        upgrades_until: None,
+        associated_customer_id: None,
+        portal_deactivation_counts: true,
+        replaces_license_id: None,
+        notes: "first".into(),
+        seat_policy: Default::default(),
+        created_at: 1,
+        updated_at: 1,
+    }
 }
