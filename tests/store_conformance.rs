@@ -501,6 +501,82 @@ async fn redis_checkouts_index_their_license_for_the_sweep_also_after_a_script_f
     }
 }
 
+/// Heartbeats and checkins that arrive together (the SQL store applies each kind in one
+/// statement) each get their own answer: a lease under its own license is extended or freed, the
+/// same lease named under another license is unknown, and so is a lingering one.
+#[tokio::test]
+async fn concurrent_heartbeats_and_checkins_each_get_their_own_answer_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let licenses: Vec<String> = (0..4).map(|_| ids::new_id(ids::LICENSE)).collect();
+        let mut leases = vec![];
+        for (i, license) in licenses.iter().enumerate() {
+            for c in 0..8 {
+                match store.checkout(&checkout(license, &format!("c{i}-{c}"), 8, 10_000)).await.unwrap() {
+                    CheckoutOutcome::Granted { lease, .. } => leases.push(lease),
+                    other => panic!("{name}: {other:?}"),
+                }
+            }
+        }
+        let lingering = leases.pop().unwrap();
+        assert!(store.checkin(&lingering.license_id, &lingering.lease_id, 10_000).await.unwrap().is_some());
+        let mut calls = tokio::task::JoinSet::new();
+        for (i, lease) in leases.iter().cloned().chain([lingering.clone()]).enumerate() {
+            let other_license = licenses.iter().find(|l| **l != lease.license_id).unwrap().clone();
+            for (license, own) in [(lease.license_id.clone(), true), (other_license, false)] {
+                let (store, lease) = (store.clone(), lease.clone());
+                let own = own && i < leases.len();
+                calls.spawn(async move { (own, lease.clone(), store.heartbeat(&license, &lease.lease_id).await) });
+            }
+        }
+        let mut extended = 0;
+        while let Some(answer) = calls.join_next().await {
+            let (own, lease, outcome) = answer.unwrap();
+            match outcome.unwrap() {
+                HeartbeatOutcome::Extended(l) if own => {
+                    assert_eq!(
+                        (l.lease_id.as_str(), l.license_id.as_str()),
+                        (lease.lease_id.as_str(), lease.license_id.as_str()),
+                        "{name}"
+                    );
+                    assert!(l.expires_at >= lease.expires_at, "{name}");
+                    extended += 1;
+                }
+                HeartbeatOutcome::Unknown if !own => {}
+                other => panic!("{name}: own {own}, lease {}: {other:?}", lease.lease_id),
+            }
+        }
+        assert_eq!(extended, leases.len(), "{name}");
+
+        // Checkins together (one statement in the SQL store): each frees its own seat once.
+        let mut calls = tokio::task::JoinSet::new();
+        for lease in leases.iter().cloned() {
+            let other_license = licenses.iter().find(|l| **l != lease.license_id).unwrap().clone();
+            for (license, own) in [(lease.license_id.clone(), true), (other_license, false)] {
+                let (store, lease) = (store.clone(), lease.clone());
+                calls.spawn(async move { (own, lease.clone(), store.checkin(&license, &lease.lease_id, 0).await) });
+            }
+        }
+        let mut freed = 0;
+        while let Some(answer) = calls.join_next().await {
+            let (own, lease, released) = answer.unwrap();
+            match released.unwrap() {
+                Some(r) if own => {
+                    assert_eq!((r.lease.lease_id.as_str(), r.seats_freed), (lease.lease_id.as_str(), 1), "{name}");
+                    freed += 1;
+                }
+                None if !own => {}
+                other => panic!("{name}: own {own}, lease {}: {other:?}", lease.lease_id),
+            }
+        }
+        assert_eq!(freed, leases.len(), "{name}");
+        for license in &licenses {
+            let left: Vec<String> = store.list(license).await.unwrap().into_iter().map(|l| l.lease_id).collect();
+            let expected = if *license == lingering.license_id { vec![lingering.lease_id.clone()] } else { vec![] };
+            assert_eq!(left, expected, "{name}: only the lingering lease is left");
+        }
+    }
+}
+
 #[tokio::test]
 async fn racing_checkouts_never_exceed_the_seats_in_any_lease_store() {
     for (name, store) in lease_stores().await {

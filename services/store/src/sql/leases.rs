@@ -15,12 +15,99 @@ use licensing_domain::seat_policy::{decide_new_seat, PoolUsage};
 use licensing_domain::store::*;
 use sqlx::{Any, Transaction};
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Clone)]
 pub struct SqlLeaseStore {
     sql: SqlStore,
     clock: SharedClock,
+    /// Heartbeats on their way to the one writer, extended together (started on first use).
+    heartbeats: Batches,
+    /// Checkins on their way to the one writer, released together (started on first use).
+    checkins: Batches,
+}
+
+type Batches = Arc<OnceLock<mpsc::UnboundedSender<Pending>>>;
+
+/// A single-statement lease change that many calls share: the common case of a heartbeat or a
+/// checkin, a live lease of its own seat (no share key), not lingering. The rest takes the
+/// locked path.
+#[derive(Debug, Clone, Copy)]
+enum BatchedChange {
+    /// A heartbeat: the lease's expiry moves to now + its TTL (not for a borrowed lease, which
+    /// lives out its period).
+    Extend,
+    /// A checkin without lingering: the lease goes, and with it its seat.
+    Release,
+}
+
+impl BatchedChange {
+    /// The statement for `rows`, a list of `($n, $m)` (lease ID, license ID); `$1` is now.
+    fn statement(self, rows: &str) -> String {
+        let leases = format!(
+            "(lease_id, license_id) IN (VALUES {rows}) AND expires_at > $1 AND lingering = 0 AND share_key = ''"
+        );
+        match self {
+            Self::Extend => format!(
+                "UPDATE leases SET expires_at = $1 + ttl_ms WHERE {leases} AND borrowed = 0 RETURNING {LEASE_COLUMNS}"
+            ),
+            Self::Release => format!("DELETE FROM leases WHERE {leases} RETURNING {LEASE_COLUMNS}"),
+        }
+    }
+}
+
+/// A call waiting for its batch: the lease, and where its answer goes (the lease as changed and
+/// the time of the change, or `None` when the single statement does not apply to it).
+struct Pending {
+    license_id: String,
+    lease_id: String,
+    reply: oneshot::Sender<Result<Option<(Lease, Millis)>, StoreError>>,
+}
+
+/// Leases changed by one statement at most (two parameters each).
+const BATCH: usize = 64;
+
+/// Applies `change` to the calls that arrive while the previous batch is written, each batch in
+/// one statement: on SQLite every statement is a hand-off to the one writer's thread, and under
+/// load the heartbeats and checkins of many seats queue for it at once. Nothing waits for a
+/// batch to fill.
+async fn apply_in_batches(
+    sql: SqlStore,
+    clock: SharedClock,
+    change: BatchedChange,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let rows = (0..batch.len()).map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3)).collect::<Vec<_>>();
+        let statement = change.statement(&rows.join(", "));
+        let now = clock.now();
+        let mut query = sqlx::query(&statement).bind(now);
+        for pending in &batch {
+            query = query.bind(&pending.lease_id).bind(&pending.license_id);
+        }
+        let changed = query
+            .fetch_all(&sql.pool)
+            .await
+            .map_err(map_err)
+            .and_then(|rows| rows.iter().map(lease_from_row).collect::<Result<Vec<_>, _>>());
+        for pending in batch {
+            let answer = changed.as_ref().map_err(Clone::clone).map(|leases| {
+                let lease =
+                    leases.iter().find(|l| l.lease_id == pending.lease_id && l.license_id == pending.license_id);
+                lease.map(|l| (l.clone(), now))
+            });
+            // A caller that gave up is no error: its change was made all the same.
+            let _ = pending.reply.send(answer);
+        }
+    }
 }
 
 const LEASE_COLUMNS: &str = "lease_id, license_id, client_instance_id, user_name, host, feature, checked_out_at, \
@@ -159,7 +246,31 @@ fn seats_freed(lease: &Lease) -> i32 {
 
 impl SqlLeaseStore {
     pub fn new(sql: SqlStore, clock: SharedClock) -> Self {
-        Self { sql, clock }
+        Self { sql, clock, heartbeats: Arc::default(), checkins: Arc::default() }
+    }
+
+    /// `change` applied to the lease in the next batch of its kind: the lease as changed and the
+    /// time of the change, or `None` when the single statement does not apply to it.
+    async fn in_batch(
+        &self,
+        change: BatchedChange,
+        license_id: &str,
+        lease_id: &str,
+    ) -> Result<Option<(Lease, Millis)>, StoreError> {
+        let batches = match change {
+            BatchedChange::Extend => &self.heartbeats,
+            BatchedChange::Release => &self.checkins,
+        };
+        let queue = batches.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(apply_in_batches(self.sql.clone(), self.clock.clone(), change, receiver));
+            sender
+        });
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { license_id: license_id.to_owned(), lease_id: lease_id.to_owned(), reply };
+        let gone = || StoreError::Unavailable("the lease writer stopped".into());
+        queue.send(pending).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Begins a pool decision. Each statement is a hand-off to the SQLite writer's thread, so
@@ -341,19 +452,10 @@ impl LeaseStore for SqlLeaseStore {
 
     #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
-        // The common case in one conditional statement: a live lease of its own seat, neither
-        // lingering nor borrowed. Everything else takes the locked path below.
-        static EXTEND: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "UPDATE leases SET expires_at = $1 + ttl_ms WHERE lease_id = $2 AND license_id = $3 \
-                 AND expires_at > $1 AND lingering = 0 AND borrowed = 0 AND share_key = '' RETURNING {LEASE_COLUMNS}"
-            )
-        });
-        let now = self.clock.now();
-        let extended =
-            sqlx::query(&EXTEND).bind(now).bind(lease_id).bind(license_id).fetch_optional(&self.sql.pool).await;
-        if let Some(row) = extended.map_err(map_err)? {
-            return Ok(HeartbeatOutcome::Extended(lease_from_row(&row)?));
+        // The common case in one conditional statement, shared with the heartbeats beside it.
+        // Everything else takes the locked path below.
+        if let Some((lease, _)) = self.in_batch(BatchedChange::Extend, license_id, lease_id).await? {
+            return Ok(HeartbeatOutcome::Extended(lease));
         }
         let LockedPool { mut tx, now, live, .. } = self.lock_pool(license_id).await?;
         let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {
@@ -394,6 +496,13 @@ impl LeaseStore for SqlLeaseStore {
 
     #[tracing::instrument(name = "store.checkin", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
+        // The common case in one statement shared with the checkins beside it: a lease alone in
+        // its seat, checked in for good. Lingering, shared seats and the rest take the locked path.
+        if linger_ms <= 0 {
+            if let Some((lease, at)) = self.in_batch(BatchedChange::Release, license_id, lease_id).await? {
+                return Ok(Some(Released { seats_freed: lease.seats_held, lease, at }));
+            }
+        }
         let LockedPool { mut tx, now, live, .. } = self.lock_pool(license_id).await?;
         let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id && !l.lingering) else {
             tx.commit().await.map_err(map_err)?;
