@@ -86,11 +86,16 @@ async fn apply_in_batches(
                 Err(_) => break,
             }
         }
-        let rows = (0..batch.len()).map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3)).collect::<Vec<_>>();
+        // Padded to a power of two with the last lease again (a repeat matches nothing more), so
+        // a connection prepares at most seven statements of each kind, not one per batch size:
+        // sqlx keeps 100 prepared statements a connection, and two kinds of 64 sizes would churn.
+        let slots = batch.len().next_power_of_two();
+        let rows = (0..slots).map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3)).collect::<Vec<_>>();
         let statement = change.statement(&rows.join(", "));
         let now = clock.now();
         let mut query = sqlx::query(&statement).bind(now);
-        for pending in &batch {
+        for i in 0..slots {
+            let pending = &batch[i.min(batch.len() - 1)];
             query = query.bind(&pending.lease_id).bind(&pending.license_id);
         }
         let changed = query
