@@ -1,6 +1,6 @@
 //! [`Seats`]: the floating-seat use cases over a [`LeaseStore`].
 
-use crate::license_cache::{LicenseCache, Lookup};
+use crate::license_cache::{FillTicket, LicenseCache, Lookup};
 use crate::usage::UsageLog;
 use crate::waiting::{Ticket, WaitQueues};
 use crate::SeatError;
@@ -196,19 +196,27 @@ impl Seats {
     async fn known_license(&self, license_id: &str) -> Result<Option<Arc<License>>, SeatError> {
         match self.licenses.lookup(license_id) {
             Lookup::Hit(license, _) => Ok(Some(license)),
-            Lookup::Miss(ticket) => {
-                // The revision before the license, so a checkout may use the entry too.
-                let revision = match &self.revisions {
-                    Some(revisions) => Some(revisions.current(license_id).await?),
-                    None => None,
-                };
-                let license = self.catalog.get_license(license_id).await?.map(Arc::new);
-                if let Some(license) = &license {
-                    self.licenses.fill(ticket, license, revision);
-                }
-                Ok(license)
-            }
+            Lookup::Miss(ticket) => Ok(self.read_and_keep(license_id, ticket).await?.map(|(license, _)| license)),
         }
+    }
+
+    /// Reads a license the cache missed and keeps it, with the lease store's revision of it
+    /// (when it keeps them) read first, so a checkout may use the entry too.
+    async fn read_and_keep(
+        &self,
+        license_id: &str,
+        ticket: FillTicket,
+    ) -> Result<Option<(Arc<License>, Option<u64>)>, SeatError> {
+        let revision = match &self.revisions {
+            Some(revisions) => Some(revisions.current(license_id).await?),
+            None => None,
+        };
+        let Some(license) = self.catalog.get_license(license_id).await? else {
+            return Ok(None);
+        };
+        let license = Arc::new(license);
+        self.licenses.fill(ticket, &license, revision);
+        Ok(Some((license, revision)))
     }
 
     /// Reports denials to `observer` (metrics).
@@ -322,7 +330,7 @@ impl Seats {
     /// only where the lease store keeps revisions (so it refuses a checkout on a license that
     /// changed since) and the license is named by key; otherwise read fresh (revision `None`).
     async fn checkout_license(&self, credentials: &Credentials) -> Result<(Arc<License>, Option<u64>), SeatError> {
-        let (Some(revisions), Credentials::LicenseKey(key)) = (&self.revisions, credentials) else {
+        let (Some(_), Credentials::LicenseKey(key)) = (&self.revisions, credentials) else {
             return Ok((Arc::new(self.credentials.resolve(credentials).await?), None));
         };
         let digest = self.credentials.license_key_digest(key)?;
@@ -332,17 +340,16 @@ impl Seats {
             self.licenses.remember_key_owner(digest, license.license_id.clone());
             return Ok((Arc::new(license), None));
         };
-        let ticket = match self.licenses.lookup(&license_id) {
-            Lookup::Hit(license, Some(revision)) => return Ok((license, Some(revision))),
-            Lookup::Hit(_, None) => return Ok((Arc::new(self.credentials.resolve(credentials).await?), None)),
-            Lookup::Miss(ticket) => ticket,
-        };
-        // The revision first: a change committed after this read raises it past what we carry.
-        let revision = revisions.current(&license_id).await?;
-        let license = self.catalog.get_license(&license_id).await?.ok_or(CredentialError::UnknownKey)?;
-        let license = Arc::new(license);
-        self.licenses.fill(ticket, &license, Some(revision));
-        Ok((license, Some(revision)))
+        match self.licenses.lookup(&license_id) {
+            Lookup::Hit(license, Some(revision)) => Ok((license, Some(revision))),
+            // Kept before revisions were read: not fenced, so read fresh.
+            Lookup::Hit(_, None) => Ok((Arc::new(self.credentials.resolve(credentials).await?), None)),
+            Lookup::Miss(ticket) => {
+                let (license, revision) =
+                    self.read_and_keep(&license_id, ticket).await?.ok_or(CredentialError::UnknownKey)?;
+                Ok((license, revision))
+            }
+        }
     }
 
     /// Decides a checkout on `license`. When `revision` is set the license came from the cache:
