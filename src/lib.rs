@@ -14,7 +14,7 @@ use licensing_account::mail::{FileOutbox, Mailer, SmtpMailer};
 use licensing_account::portal::{Portal, PortalSettings};
 use licensing_account::Catalog;
 use licensing_activation::grpc::ActivationApi;
-use licensing_activation::{ActivationSettings, Activations};
+use licensing_activation::{ActivationSettings, Activations, ValidationCache};
 use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
 use licensing_domain::secrets::PasswordHasher;
@@ -258,11 +258,22 @@ impl Application {
                 overrides.clock.clone(),
                 settings,
             )
-            .with_observer(Arc::new(metrics.clone()));
+            .with_observer(Arc::new(metrics.clone()))
+            // Validations read licenses and live activations from a cache that follows the
+            // store's change feed (activations changed by any process are reported too).
+            .with_validation_cache(Arc::new(ValidationCache::following(
+                store.license_events(),
+                store.license_events_complete(),
+            )));
             routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
         let mut background = vec![];
+        if let (true, Some(url)) = (role.serves_seat() || role.serves_activation(), &config.database_url) {
+            // Their caches hear of changes made by other processes (the Account service, other
+            // replicas) through PostgreSQL NOTIFY.
+            background.push(store.listen_for_license_changes(url));
+        }
         let mut usage_log = None;
         if let (true, Some(leases)) = (role.serves_seat(), &leases) {
             let usage = UsageLog::start(Arc::new(store.clone()), config.usage_queue);
@@ -283,16 +294,7 @@ impl Application {
             // Heartbeats and checkins read licenses from a cache that follows the store's change
             // feed: complete at once on SQLite; on PostgreSQL once the listener runs (LISTEN), so
             // changes made by the Account process reach it too.
-            let licenses =
-                Arc::new(if store.license_events_complete() { LicenseCache::live() } else { LicenseCache::default() });
-            let events = store.license_events();
-            background.push(tokio::spawn({
-                let licenses = licenses.clone();
-                async move { licenses.follow(events).await }
-            }));
-            if let Some(url) = &config.database_url {
-                background.push(store.listen_for_license_changes(url));
-            }
+            let licenses = Arc::new(LicenseCache::following(store.license_events(), store.license_events_complete()));
             let mut seats = seats.with_observer(Arc::new(metrics.clone())).with_license_cache(licenses);
             if let Some(redis) = &redis_store {
                 // Redis fences checkouts by license revision, so they may use the cache too.

@@ -318,6 +318,73 @@ async fn validate_answers_one_precise_code() {
 }
 
 #[tokio::test]
+async fn a_validation_sees_each_change_to_the_machines_of_its_license_at_once() {
+    use pb::ValidationCode as V;
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let (_, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |r| r.allowed_deactivations = 5).await;
+        let mut c = client(&app).await;
+        c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
+        let v = validate(&mut c, by_key(&key), fp("m1", "a", "d"), &[], "").await;
+        assert_eq!(v.code, V::Valid as i32, "{backend:?} {v:?}");
+        // The NIC changed and the product activated again: the stored fingerprint follows, so a
+        // later disk change still matches (it shares too little with the first fingerprint).
+        c.activate(activate_req(by_key(&key), fp("m1", "b", "d"))).await.unwrap();
+        let v = validate(&mut c, by_key(&key), fp("m1", "b", "e"), &[], "").await;
+        assert_eq!(v.code, V::Valid as i32, "matched against the fingerprint stored last: {backend:?} {v:?}");
+        c.deactivate(by_machine(by_key(&key), fp("m1", "b", "d"))).await.unwrap();
+        let v = validate(&mut c, by_key(&key), fp("m1", "b", "d"), &[], "").await;
+        assert_eq!(v.code, V::NotActivated as i32, "validated right after its deactivation: {backend:?}");
+        assert!(v.certificate.is_none());
+        c.activate(activate_req(by_key(&key), fp("m1", "b", "d"))).await.unwrap();
+        let v = validate(&mut c, by_key(&key), fp("m1", "b", "d"), &[], "").await;
+        assert_eq!(v.code, V::Valid as i32, "validated right after its new activation: {backend:?}");
+    }
+}
+
+/// Validations are served from a cache in each server process; a deactivation made through
+/// another replica reaches it by PostgreSQL NOTIFY, well before the cache's 10 s age limit.
+#[tokio::test]
+async fn a_deactivation_through_one_replica_reaches_validations_on_another() {
+    use pb::ValidationCode as V;
+    if !postgres_available().await {
+        return;
+    }
+    let one = spawn_app(Backend::Postgres).await;
+    // The same database and key files: a second replica of the same deployment.
+    let other = spawn_with_env(Backend::Postgres, tempfile::tempdir().unwrap(), one.env.clone()).await;
+    let f = fixture(&one).await;
+    let (_, key, _) = issue_license(&one, &f, LicenseKind::NodeLocked, 1, |r| r.allowed_deactivations = 5).await;
+    let (mut on_one, mut on_other) = (client(&one).await, client(&other).await);
+    let machine = fp("m1", "a", "d");
+    let watcher = on_other.clone();
+    let within_5_s = |wanted: V| {
+        let mut on_other = watcher.clone();
+        let (key, machine) = (key.clone(), machine.clone());
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let v = validate(&mut on_other, by_key(&key), machine.clone(), &[], "").await;
+                if v.code == wanted as i32 {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "the other replica still answers {v:?}, not {wanted:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for _ in 0..2 {
+        on_one.activate(activate_req(by_key(&key), machine.clone())).await.unwrap();
+        within_5_s(V::Valid).await;
+        let v = validate(&mut on_other, by_key(&key), machine.clone(), &[], "").await;
+        assert_eq!(v.code, V::Valid as i32, "kept");
+        on_one.deactivate(by_machine(by_key(&key), machine.clone())).await.unwrap();
+        within_5_s(V::NotActivated).await;
+    }
+}
+
+#[tokio::test]
 async fn vendor_changes_reach_the_product_by_refresh_and_by_watch() {
     for backend in backends().await {
         let app = spawn_app(backend).await;

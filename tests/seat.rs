@@ -498,8 +498,8 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     use licensing_domain::secrets::{purpose, KeyedHasher, PasswordHasher};
     use licensing_domain::store::{CatalogStore, LeaseStore, UpdateError};
     use licensing_runtime::credentials::{CredentialResolver, Credentials};
+    use licensing_runtime::license_cache::Lookup;
     use licensing_runtime::limiter::FailureLimiter;
-    use licensing_seat::license_cache::Lookup;
     use licensing_seat::service::CheckoutRequest;
     use licensing_seat::{LicenseCache, SeatError, SeatSettings, Seats, UsageLog};
     use licensing_store::{RedisLeaseStore, SqlStore};
@@ -545,11 +545,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
         }
     };
 
-    let cache = Arc::new(LicenseCache::live());
-    tokio::spawn({
-        let (cache, events) = (cache.clone(), seat_sql.license_events());
-        async move { cache.follow(events).await }
-    });
+    let cache = Arc::new(LicenseCache::following(seat_sql.license_events(), true));
     let catalog: Arc<dyn CatalogStore> = Arc::new(seat_sql.clone());
     let credentials = CredentialResolver::new(
         catalog.clone(),
@@ -579,7 +575,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     checkout("a").await.unwrap();
     checkout("b").await.unwrap();
     assert!(
-        matches!(cache.lookup(&license.license_id), Lookup::Hit(ref l, Some(0)) if l.seats == 3),
+        matches!(cache.lookup(&license.license_id), Lookup::Hit((ref l, Some(0))) if l.seats == 3),
         "checkouts are served from the cache"
     );
     // 3 seats -> 2, with 2 held: the cache still says 3, the next checkout must still be refused.
@@ -590,7 +586,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     }
     assert_eq!(redis.list(&license.license_id).await.unwrap().len(), 2, "no seat too many");
     checkout("a").await.expect("the holder's renewal, on the new license");
-    assert!(matches!(cache.lookup(&license.license_id), Lookup::Hit(ref l, Some(1)) if l.seats == 2), "cached again");
+    assert!(matches!(cache.lookup(&license.license_id), Lookup::Hit((ref l, Some(1))) if l.seats == 2), "cached again");
 
     // Suspended: not even the holder renews. Reinstated: at once, though the cache said suspended.
     change(LicenseChange::Suspend).await;

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`error`]: [`ActivationError`], the one error enum of this service.
 //! - [`service`]: [`Activations`], the use cases (activate, deactivate, validate, refresh,
-//!   offline activation, certificates); no gRPC.
+//!   offline activation, certificates); no gRPC. Validations read licenses and their live
+//!   activations from a [`ValidationCache`] kept exact by the store's change feed.
 //! - [`grpc`]: the tonic adapter `ActivationService`, including the `WatchLicense` stream.
 
 pub mod error;
@@ -12,4 +13,4 @@ pub mod grpc;
 pub mod service;
 
 pub use error::ActivationError;
-pub use service::{ActivationSettings, Activations};
+pub use service::{ActivationSettings, Activations, LicenseActivations, ValidationCache};

@@ -10,7 +10,8 @@ use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget,
 };
-use licensing_runtime::credentials::{CredentialResolver, Credentials};
+use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
+use licensing_runtime::license_cache::{LicenseCache, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
 use std::sync::Arc;
 
@@ -76,6 +77,16 @@ impl Validation {
     }
 }
 
+/// What a validation reads: a license and, when it is node-locked, its live activations.
+#[derive(Debug)]
+pub struct LicenseActivations {
+    pub license: License,
+    pub live: Vec<Activation>,
+}
+
+/// [`LicenseActivations`] by license, dropped when the license or its activations change.
+pub type ValidationCache = LicenseCache<Arc<LicenseActivations>>;
+
 #[derive(Clone)]
 pub struct Activations {
     catalog: Arc<dyn CatalogStore>,
@@ -88,6 +99,9 @@ pub struct Activations {
     per_license: RateLimiter,
     /// Counts new activations (metrics).
     observer: SharedObserver,
+    /// What validations of licenses named by key read; pass-through unless given a live one
+    /// ([`Activations::with_validation_cache`]).
+    validations: Arc<ValidationCache>,
 }
 
 const MAX_NAME: usize = 200;
@@ -117,7 +131,24 @@ impl Activations {
         settings: ActivationSettings,
     ) -> Self {
         let per_license = RateLimiter::new("activation", settings.activations_per_license);
-        Self { catalog, store, credentials, signer, clock, settings, per_license, observer: unobserved() }
+        Self {
+            catalog,
+            store,
+            credentials,
+            signer,
+            clock,
+            settings,
+            per_license,
+            observer: unobserved(),
+            validations: Arc::default(),
+        }
+    }
+
+    /// Serves validations from `cache`, which must follow the store's license events (they
+    /// report changes to activations too).
+    pub fn with_validation_cache(mut self, cache: Arc<ValidationCache>) -> Self {
+        self.validations = cache;
+        self
     }
 
     /// Reports new activations to `observer` (metrics).
@@ -313,13 +344,15 @@ impl Activations {
             "" => None,
             v => Some(parse_version(v)?),
         };
-        let license = match self.credentials.resolve(credentials).await {
-            Ok(l) => l,
-            Err(licensing_runtime::credentials::CredentialError::UnknownKey) => {
+        let read = match self.license_and_live_activations(credentials).await {
+            Ok(read) => read,
+            Err(CredentialError::UnknownKey) => {
                 return Ok(Validation::failed(ValidationCode::NotFound, "no license has this key", None))
             }
             Err(e) => return Err(e.into()),
         };
+        let LicenseActivations { license, live } = &*read;
+        let license = license.clone();
         let now = self.now();
         if let Err(refusal) = license.usability(now, license.kind) {
             let code = match refusal.reason {
@@ -342,9 +375,8 @@ impl Activations {
             }
             LicenseKind::NodeLocked => {
                 let (presented, digests) = self.digests(fingerprint)?;
-                let live: Vec<Activation> = self.store.list_live_activations(&license.license_id).await?;
                 let best = live
-                    .into_iter()
+                    .iter()
                     .map(|a| (fingerprint::match_share(&a.fingerprint, &digests), a))
                     .max_by(|a, b| a.0.total_cmp(&b.0));
                 match best {
@@ -386,8 +418,40 @@ impl Activations {
                 return Ok(Validation::failed(ValidationCode::VersionNotCovered, detail, Some(license)));
             }
         }
-        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, &a, &presented));
+        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, a, &presented));
         Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
+    }
+
+    /// The license the credentials name, with its live activations when node-locked. Licenses
+    /// named by key come from the validation cache (products validate at every start and on a
+    /// timer); an activation password is checked on every call, so those are read each time.
+    async fn license_and_live_activations(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<Arc<LicenseActivations>, CredentialError> {
+        let Credentials::LicenseKey(key) = credentials else {
+            let license = self.credentials.resolve(credentials).await?;
+            return Ok(Arc::new(self.with_live_activations(license).await?));
+        };
+        let digest = self.credentials.license_key_digest(key)?;
+        let ticket = match self.validations.key_owner(&digest).map(|id| self.validations.lookup(&id)) {
+            Some(Lookup::Hit(read)) => return Ok(read),
+            Some(Lookup::Miss(ticket)) => ticket,
+            None => self.validations.ticket(),
+        };
+        let license = self.credentials.resolve(credentials).await?;
+        self.validations.remember_key_owner(digest, license.license_id.clone());
+        let read = Arc::new(self.with_live_activations(license).await?);
+        self.validations.fill(ticket, &read.license.license_id, read.clone());
+        Ok(read)
+    }
+
+    async fn with_live_activations(&self, license: License) -> Result<LicenseActivations, CredentialError> {
+        let live = match license.kind {
+            LicenseKind::NodeLocked => self.store.list_live_activations(&license.license_id).await?,
+            LicenseKind::Concurrent | LicenseKind::Cloud => vec![],
+        };
+        Ok(LicenseActivations { license, live })
     }
 
     /// Why a version may not run under the license's upgrade period, if it may not.

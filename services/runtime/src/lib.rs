@@ -12,6 +12,7 @@
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
 //! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
+//! - [`license_cache`]: per-license values kept exact by the store's change feed (seats, validation).
 //! - [`hashing`]: argon2 work on threads of its own in the idle scheduling class.
 //! - [`limiter`]: failure counting and request rates per key (abuse limits).
 //! - [`tls`]: TLS and mutual TLS from PEM files, for servers and for our own clients.
@@ -23,6 +24,7 @@ pub mod convert;
 pub mod credentials;
 pub mod hashing;
 pub mod keys;
+pub mod license_cache;
 pub mod limiter;
 pub mod metrics;
 pub mod server;

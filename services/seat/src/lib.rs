@@ -5,20 +5,16 @@
 //! - [`service`]: [`Seats`], checkout/heartbeat/checkin/revoke over a `LeaseStore` (Redis or
 //!   the embedded store), signed lease tokens; no gRPC.
 //! - [`waiting`]: the first-come-first-served queue behind `WaitForSeat`.
-//! - [`license_cache`]: [`LicenseCache`], licenses for heartbeats and checkins, kept exact by
-//!   the store's change feed; for checkouts too where the lease store fences them by license
-//!   revision (Redis).
 //! - [`usage`]: [`UsageLog`], the bounded queue and background writer of the usage log.
 //! - [`grpc`]: the tonic adapter `SeatService`.
 
 pub mod error;
 pub mod grpc;
-pub mod license_cache;
 pub mod service;
 pub mod usage;
 pub mod waiting;
 
 pub use error::SeatError;
-pub use license_cache::LicenseCache;
+pub use service::LicenseCache;
 pub use service::{SeatSettings, Seats};
 pub use usage::UsageLog;

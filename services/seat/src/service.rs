@@ -1,6 +1,5 @@
 //! [`Seats`]: the floating-seat use cases over a [`LeaseStore`].
 
-use crate::license_cache::{FillTicket, LicenseCache, Lookup};
 use crate::usage::UsageLog;
 use crate::waiting::{Ticket, WaitQueues};
 use crate::SeatError;
@@ -18,6 +17,7 @@ use licensing_domain::store::{
 };
 use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
+use licensing_runtime::license_cache::{FillTicket, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use std::sync::Arc;
@@ -71,6 +71,10 @@ pub struct Grant {
     pub heartbeat_interval_ms: i64,
     pub token: String,
 }
+
+/// Licenses for heartbeats and checkins, and for checkouts where the lease store fences them:
+/// each with the lease store's revision of it read before it, when the store keeps revisions.
+pub type LicenseCache = licensing_runtime::license_cache::LicenseCache<(Arc<License>, Option<u64>)>;
 
 #[derive(Clone)]
 pub struct Seats {
@@ -195,7 +199,7 @@ impl Seats {
     /// cache when it has it, else read and kept.
     async fn known_license(&self, license_id: &str) -> Result<Option<Arc<License>>, SeatError> {
         match self.licenses.lookup(license_id) {
-            Lookup::Hit(license, _) => Ok(Some(license)),
+            Lookup::Hit((license, _)) => Ok(Some(license)),
             Lookup::Miss(ticket) => Ok(self.read_and_keep(license_id, ticket).await?.map(|(license, _)| license)),
         }
     }
@@ -215,7 +219,7 @@ impl Seats {
             return Ok(None);
         };
         let license = Arc::new(license);
-        self.licenses.fill(ticket, &license, revision);
+        self.licenses.fill(ticket, license_id, (license.clone(), revision));
         Ok(Some((license, revision)))
     }
 
@@ -341,9 +345,9 @@ impl Seats {
             return Ok((Arc::new(license), None));
         };
         match self.licenses.lookup(&license_id) {
-            Lookup::Hit(license, Some(revision)) => Ok((license, Some(revision))),
+            Lookup::Hit((license, Some(revision))) => Ok((license, Some(revision))),
             // Kept before revisions were read: not fenced, so read fresh.
-            Lookup::Hit(_, None) => Ok((Arc::new(self.credentials.resolve(credentials).await?), None)),
+            Lookup::Hit((_, None)) => Ok((Arc::new(self.credentials.resolve(credentials).await?), None)),
             Lookup::Miss(ticket) => {
                 let (license, revision) =
                     self.read_and_keep(&license_id, ticket).await?.ok_or(CredentialError::UnknownKey)?;

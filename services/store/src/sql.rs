@@ -259,6 +259,13 @@ impl SqlStore {
                 tracing::warn!(license_id, error = %e, "could not raise the license's revision in the lease store; Seat services may decide checkouts on the old license until they hear of the change");
             }
         }
+        self.tell_subscribers(license_id);
+    }
+
+    /// After the commit of a change to a license or to its activations: tells this process's
+    /// subscribers at once (other processes hear of it by the NOTIFY sent at commit). Alone, for
+    /// activations, it raises no revision in the lease store: no checkout reads activations.
+    pub(crate) fn tell_subscribers(&self, license_id: &str) {
         // No subscriber is not an error.
         let _ = self.license_events.send(LicenseEvent::Changed(license_id.to_owned()));
     }

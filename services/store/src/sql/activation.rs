@@ -62,9 +62,24 @@ fn best_match(live: Vec<Activation>, presented: &[ComponentDigest], threshold: f
 }
 
 impl SqlStore {
-    async fn license_after(&self, tx: &mut Transaction<'_, Any>, license_id: &str) -> Result<License, StoreError> {
-        let sql = "SELECT * FROM licenses WHERE license_id = $1";
-        let row = sqlx::query(sql).bind(license_id).fetch_one(&mut **tx).await.map_err(map_err)?;
+    /// The license as it is after a change to its activations, read inside the change's
+    /// transaction. On PostgreSQL the same statement queues the change's NOTIFY (sent at commit,
+    /// not at all on rollback) for other processes' caches, so the hot path pays no round trip
+    /// for it.
+    async fn license_after_activations_changed(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        license_id: &str,
+    ) -> Result<License, StoreError> {
+        let query = match self.dialect {
+            Dialect::Postgres => sqlx::query(
+                "SELECT *, CAST(pg_notify($2, license_id) AS TEXT) AS notified FROM licenses WHERE license_id = $1",
+            )
+            .bind(license_id)
+            .bind(LICENSE_CHANNEL),
+            Dialect::Sqlite => sqlx::query("SELECT * FROM licenses WHERE license_id = $1").bind(license_id),
+        };
+        let row = query.fetch_one(&mut **tx).await.map_err(map_err)?;
         license_from_row(&row)
     }
 }
@@ -106,7 +121,10 @@ impl ActivationStore for SqlStore {
                 outcome: "ok: already activated".into(),
             };
             insert_event(&mut tx, &c.license_id, &event).await?;
+            // The stored fingerprint moved: validation caches must match against the new one.
+            self.notify_license_change(&mut tx, &c.license_id).await?;
             tx.commit().await.map_err(map_err)?;
+            self.tell_subscribers(&c.license_id);
             existing.fingerprint = c.fingerprint.clone();
             existing.last_seen_at = c.now;
             existing.machine_name = c.machine_name.clone();
@@ -158,8 +176,9 @@ impl ActivationStore for SqlStore {
             outcome: "ok".into(),
         };
         insert_event(&mut tx, &c.license_id, &event).await?;
-        let license = self.license_after(&mut tx, &c.license_id).await?;
+        let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
         tx.commit().await.map_err(map_err)?;
+        self.tell_subscribers(&c.license_id);
         Ok(ActivateOutcome::New(activation, license))
     }
 
@@ -204,8 +223,9 @@ impl ActivationStore for SqlStore {
             outcome: if c.counts { "ok".into() } else { "ok: not counted".into() },
         };
         insert_event(&mut tx, &c.license_id, &event).await?;
-        let license = self.license_after(&mut tx, &c.license_id).await?;
+        let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
         tx.commit().await.map_err(map_err)?;
+        self.tell_subscribers(&c.license_id);
         activation.deactivated_at = Some(c.now);
         Ok((activation, license))
     }
