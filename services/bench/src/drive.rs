@@ -14,6 +14,13 @@ use tokio::time::Instant;
 #[async_trait]
 pub trait Op: Send + 'static {
     async fn call(&mut self) -> anyhow::Result<()>;
+
+    /// When the last call's measured part was answered, if the call goes on after it (a
+    /// checkout measured on its own, then checked in so the caller can check out again). The
+    /// open loop counts latency up to here; the caller stays busy until the call returns.
+    fn answered_at(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// When a run stops: whichever of the two comes first.
@@ -57,7 +64,11 @@ impl Figures {
     }
 
     fn record(&mut self, started: Instant, result: anyhow::Result<()>) {
-        let us = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+        self.record_until(started, Instant::now(), result);
+    }
+
+    fn record_until(&mut self, started: Instant, answered: Instant, result: anyhow::Result<()>) {
+        let us = answered.saturating_duration_since(started).as_micros().clamp(1, 60_000_000) as u64;
         self.latency_us.record(us).expect("latency clamped into the histogram's bounds");
         match result {
             Ok(()) => self.ops += 1,
@@ -140,7 +151,8 @@ pub async fn open_loop(callers: Vec<Box<dyn Op>>, rate: f64, bounds: Bounds) -> 
         let (total, idle_tx) = (total.clone(), idle_tx.clone());
         inflight.push(tokio::spawn(async move {
             let result = op.call().await;
-            total.lock().await.record(scheduled, result);
+            let answered = op.answered_at().unwrap_or_else(Instant::now);
+            total.lock().await.record_until(scheduled, answered, result);
             let _ = idle_tx.send(op);
         }));
         inflight.retain(|t| !t.is_finished());
@@ -183,5 +195,46 @@ mod tests {
         let figures = open_loop(callers, 100.0, Bounds { duration: Duration::from_millis(200), max_ops: 10 }).await;
         assert_eq!(figures.ops, 10);
         assert!(figures.latency_us.max() >= 100_000, "queueing hidden: max {} us", figures.latency_us.max());
+    }
+
+    /// Answers after `answer`, then stays busy for `after` (a checkout, then its checkin).
+    struct AnswersEarly {
+        answer: Duration,
+        after: Duration,
+        answered: Option<Instant>,
+    }
+
+    #[async_trait]
+    impl Op for AnswersEarly {
+        async fn call(&mut self) -> anyhow::Result<()> {
+            tokio::time::sleep(self.answer).await;
+            self.answered = Some(Instant::now());
+            tokio::time::sleep(self.after).await;
+            Ok(())
+        }
+
+        fn answered_at(&self) -> Option<Instant> {
+            self.answered
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_counts_up_to_the_measured_answer_and_still_counts_the_wait() {
+        let op = |answer_ms, after_ms| -> Box<dyn Op> {
+            Box::new(AnswersEarly {
+                answer: Duration::from_millis(answer_ms),
+                after: Duration::from_millis(after_ms),
+                answered: None,
+            })
+        };
+        let bounds = Bounds { duration: Duration::from_secs(1), max_ops: 5 };
+        // Room to spare: each call counts its 5 ms, not the 20 ms after it.
+        let figures = open_loop(vec![op(5, 20)], 10.0, bounds).await;
+        assert_eq!(figures.ops, 5);
+        let max_ms = figures.latency_us.max() / 1000;
+        assert!((5..20).contains(&max_ms), "counted {max_ms} ms");
+        // One caller busy for 25 ms, scheduled every 10 ms: the wait for it still counts.
+        let figures = open_loop(vec![op(5, 20)], 100.0, bounds).await;
+        assert!(figures.latency_us.max() >= 40_000, "queueing hidden: max {} us", figures.latency_us.max());
     }
 }

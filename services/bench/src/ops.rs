@@ -169,20 +169,41 @@ impl Op for RoundtripsOp {
 pub struct SeatCycleOp {
     client: SeatServiceClient<Channel>,
     request: seat::CheckoutRequest,
+    /// Whether only the checkout is measured (the checkin after it frees the seat for the next
+    /// call, uncounted).
+    checkout_only: bool,
+    checked_out_at: Option<tokio::time::Instant>,
 }
 
 impl SeatCycleOp {
     pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
-        Self { client: SeatServiceClient::new(channel), request: checkout_request(license, caller) }
+        Self {
+            client: SeatServiceClient::new(channel),
+            request: checkout_request(license, caller),
+            checkout_only: false,
+            checked_out_at: None,
+        }
+    }
+
+    /// The same cycle, with latency counted up to the checkout's answer.
+    pub fn measuring_the_checkout(mut self) -> Self {
+        self.checkout_only = true;
+        self
     }
 }
 
 #[async_trait]
 impl Op for SeatCycleOp {
     async fn call(&mut self) -> anyhow::Result<()> {
+        self.checked_out_at = None;
         let grant = self.client.checkout(self.request.clone()).await?.into_inner().grant.context("a grant")?;
+        self.checked_out_at = Some(tokio::time::Instant::now());
         self.client.checkin(seat::CheckinRequest { license_id: grant.license_id, lease_id: grant.lease_id }).await?;
         Ok(())
+    }
+
+    fn answered_at(&self) -> Option<tokio::time::Instant> {
+        self.checked_out_at.filter(|_| self.checkout_only)
     }
 }
 
