@@ -261,10 +261,7 @@ impl Application {
             .with_observer(Arc::new(metrics.clone()))
             // Validations read licenses and live activations from a cache that follows the
             // store's change feed (activations changed by any process are reported too).
-            .with_validation_cache(Arc::new(ValidationCache::following(
-                store.license_events(),
-                store.license_events_complete(),
-            )));
+            .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
             routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
@@ -294,7 +291,7 @@ impl Application {
             // Heartbeats and checkins read licenses from a cache that follows the store's change
             // feed: complete at once on SQLite; on PostgreSQL once the listener runs (LISTEN), so
             // changes made by the Account process reach it too.
-            let licenses = Arc::new(LicenseCache::following(store.license_events(), store.license_events_complete()));
+            let licenses = Arc::new(LicenseCache::following(store.license_feed()));
             let mut seats = seats.with_observer(Arc::new(metrics.clone())).with_license_cache(licenses);
             if let Some(redis) = &redis_store {
                 // Redis fences checkouts by license revision, so they may use the cache too.

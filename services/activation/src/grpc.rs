@@ -156,7 +156,7 @@ impl ActivationService for ActivationApi {
             code: validation_code(v.code) as i32,
             detail: v.detail,
             certificate: v.certificate.map(certificate),
-            license: v.license.as_ref().map(conv::license),
+            license: v.license.as_deref().map(conv::license),
         }))
     }
 

@@ -67,12 +67,12 @@ pub enum ValidationCode {
 pub struct Validation {
     pub code: ValidationCode,
     pub detail: String,
-    pub license: Option<License>,
+    pub license: Option<Arc<License>>,
     pub certificate: Option<SignedBlob>,
 }
 
 impl Validation {
-    fn failed(code: ValidationCode, detail: impl Into<String>, license: Option<License>) -> Self {
+    fn failed(code: ValidationCode, detail: impl Into<String>, license: Option<Arc<License>>) -> Self {
         Self { code, detail: detail.into(), license, certificate: None }
     }
 }
@@ -80,7 +80,7 @@ impl Validation {
 /// What a validation reads: a license and, when it is node-locked, its live activations.
 #[derive(Debug)]
 pub struct LicenseActivations {
-    pub license: License,
+    pub license: Arc<License>,
     pub live: Vec<Activation>,
 }
 
@@ -451,7 +451,7 @@ impl Activations {
             LicenseKind::NodeLocked => self.store.list_live_activations(&license.license_id).await?,
             LicenseKind::Concurrent | LicenseKind::Cloud => vec![],
         };
-        Ok(LicenseActivations { license, live })
+        Ok(LicenseActivations { license: Arc::new(license), live })
     }
 
     /// Why a version may not run under the license's upgrade period, if it may not.

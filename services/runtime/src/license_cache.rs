@@ -10,9 +10,9 @@
 //! license's. Products name their license by key, so the cache also maps key digests to license
 //! IDs (a key never moves to another license).
 //!
-//! The cache answers only while the feed is live: it starts cold and pass-through until the
-//! feed says [`LicenseEvent::Live`] (at once on SQLite, where this process is the only writer),
-//! forgets everything on `Lost` and `Live`, and a `Changed` license is dropped. The feed is read
+//! The cache answers only while the feed is complete: on SQLite always (this process is the
+//! only writer), on PostgreSQL while the store's LISTEN connection is up; it forgets everything
+//! when that changes, and a `Changed` license is dropped. The feed is read
 //! at every use of the cache, not by a task of its own, so a change this process made (whose
 //! event is sent before the changing call returns) is seen by the very next lookup; a change made
 //! by another process is seen once its PostgreSQL NOTIFY arrives (milliseconds). A read that
@@ -23,16 +23,23 @@
 use licensing_domain::store::LicenseEvent;
 #[cfg(doc)]
 use licensing_domain::store::LicenseRevisions;
+use licensing_store::LicenseFeed;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::TryRecvError};
+use tokio::sync::watch;
 
 /// The longest an entry is trusted without an event.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
 /// Entries kept at most; past it the stale ones go, then all (a full cache is only a miss).
 const MAX_ENTRIES: usize = 100_000;
+
+/// How often a fill also drops the entries too old to be served, so the cache holds about the
+/// licenses used in the last [`MAX_AGE`] rather than every license ever used (an entry for
+/// validation holds every live activation of its license).
+const SWEEP_EVERY: Duration = MAX_AGE;
 
 /// Values of type `V` by license ID, dropped when their license changes.
 #[derive(Debug)]
@@ -50,9 +57,14 @@ struct State<V> {
     entries: HashMap<String, (V, Instant)>,
     /// License-key digest -> license ID. A license's key never changes, so these never go stale.
     key_owners: HashMap<String, String>,
-    /// The store's change feed, read up to date whenever the state is used; `None` once it
+    /// When entries too old to serve were last dropped.
+    swept_at: Instant,
+    /// The store's changes, read up to date whenever the state is used; `None` once they
     /// ended (then nothing is served again) or when events come only through [`LicenseCache::apply`].
-    feed: Option<broadcast::Receiver<LicenseEvent>>,
+    changes: Option<broadcast::Receiver<LicenseEvent>>,
+    /// Whether the changes are complete (the store's listener is up); it decides `live` when
+    /// set, since a `Live` or `Lost` among the changes may have been dropped by a lag.
+    listening: Option<watch::Receiver<bool>>,
 }
 
 impl<V> State<V> {
@@ -83,16 +95,34 @@ impl<V> State<V> {
     }
 
     /// Applies every event sent since the last use. A feed that fell behind lost events: forget
-    /// everything; a feed that ended will never report a change again: serve nothing.
+    /// everything; a feed that ended will never report a change again: serve nothing. Then,
+    /// when the feed says whether it is listening, that decides whether to serve.
     fn catch_up(&mut self) {
-        while let Some(feed) = self.feed.as_mut() {
-            match feed.try_recv() {
+        while let Some(changes) = self.changes.as_mut() {
+            match changes.try_recv() {
                 Ok(event) => self.apply(&event),
-                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Lagged(_)) => self.forget(),
                 Err(TryRecvError::Closed) => {
                     self.apply(&LicenseEvent::Lost);
-                    self.feed = None;
+                    self.changes = None;
+                    self.listening = None;
+                }
+            }
+        }
+        if let Some(listening) = self.listening.as_mut() {
+            match listening.has_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    // Changes may have gone unseen around any flip (a reconnect): start over.
+                    let now = *listening.borrow_and_update();
+                    self.forget();
+                    self.live = now;
+                }
+                Err(_) => {
+                    self.apply(&LicenseEvent::Lost);
+                    self.listening = None;
+                    self.changes = None;
                 }
             }
         }
@@ -114,14 +144,26 @@ pub struct FillTicket(u64);
 impl<V> Default for LicenseCache<V> {
     /// A pass-through cache: it serves nothing until told [`LicenseEvent::Live`].
     fn default() -> Self {
-        Self::new(false, None)
+        Self::new(false, None, None)
     }
 }
 
 impl<V> LicenseCache<V> {
-    fn new(live: bool, feed: Option<broadcast::Receiver<LicenseEvent>>) -> Self {
+    fn new(
+        live: bool,
+        changes: Option<broadcast::Receiver<LicenseEvent>>,
+        listening: Option<watch::Receiver<bool>>,
+    ) -> Self {
         Self {
-            state: Mutex::new(State { live, generation: 0, entries: HashMap::new(), key_owners: HashMap::new(), feed }),
+            state: Mutex::new(State {
+                live,
+                generation: 0,
+                entries: HashMap::new(),
+                key_owners: HashMap::new(),
+                swept_at: Instant::now(),
+                changes,
+                listening,
+            }),
         }
     }
 }
@@ -129,13 +171,15 @@ impl<V> LicenseCache<V> {
 impl<V: Clone> LicenseCache<V> {
     /// A cache that answers from the start and hears of changes only through [`Self::apply`].
     pub fn live() -> Self {
-        Self::new(true, None)
+        Self::new(true, None, None)
     }
 
-    /// A cache that follows `feed`, live from the start when the feed is `complete` without a
-    /// listener (SQLite), else from its first [`LicenseEvent::Live`].
-    pub fn following(feed: broadcast::Receiver<LicenseEvent>, complete: bool) -> Self {
-        Self::new(complete, Some(feed))
+    /// A cache that follows `feed`: live while it is complete (always on SQLite; on PostgreSQL
+    /// while the store's listener is up).
+    pub fn following(feed: LicenseFeed) -> Self {
+        let LicenseFeed { changes, mut listening } = feed;
+        let live = listening.as_mut().is_none_or(|listening| *listening.borrow_and_update());
+        Self::new(live, Some(changes), listening)
     }
 
     fn state(&self) -> MutexGuard<'_, State<V>> {
@@ -165,8 +209,9 @@ impl<V: Clone> LicenseCache<V> {
         if !state.live || state.generation != ticket.0 {
             return;
         }
-        if state.entries.len() >= MAX_ENTRIES {
+        if state.entries.len() >= MAX_ENTRIES || state.swept_at.elapsed() >= SWEEP_EVERY {
             state.entries.retain(|_, (_, at)| at.elapsed() < MAX_AGE);
+            state.swept_at = Instant::now();
             if state.entries.len() >= MAX_ENTRIES {
                 state.entries.clear();
             }
@@ -264,6 +309,27 @@ mod tests {
     }
 
     #[test]
+    fn entries_too_old_to_serve_are_dropped_by_a_later_fill_not_kept_until_the_cache_is_full() {
+        let cache = Cache::live();
+        cache.fill(miss(&cache, "lic_old"), "lic_old", "active");
+        cache.fill(miss(&cache, "lic_recent"), "lic_recent", "active");
+        {
+            // As if lic_old was read 11 s ago and the last sweep was as long ago.
+            let mut state = cache.state();
+            let long_ago = Instant::now().checked_sub(MAX_AGE + Duration::from_secs(1)).expect("uptime over 11 s");
+            state.entries.get_mut("lic_old").unwrap().1 = long_ago;
+            state.swept_at = long_ago;
+        }
+        cache.fill(miss(&cache, "lic_new"), "lic_new", "active");
+        let held: Vec<String> = {
+            let mut ids: Vec<String> = cache.state().entries.keys().cloned().collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(held, ["lic_new", "lic_recent"]);
+    }
+
+    #[test]
     fn keeps_the_owners_of_keys_through_every_event() {
         let cache = Cache::live();
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
@@ -275,10 +341,15 @@ mod tests {
         assert_eq!(cache.key_owner("digest").as_deref(), Some("lic_a"), "a key's license never changes");
     }
 
+    /// A feed whose changes are complete by themselves (as on SQLite).
+    fn complete_feed(changes: broadcast::Receiver<LicenseEvent>) -> LicenseFeed {
+        LicenseFeed { changes, listening: None }
+    }
+
     #[test]
     fn an_event_sent_before_a_lookup_is_seen_by_that_lookup() {
         let (sender, receiver) = broadcast::channel(16);
-        let cache = Cache::following(receiver, true);
+        let cache = Cache::following(complete_feed(receiver));
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         sender.send(LicenseEvent::Changed("lic_a".into())).unwrap();
         // No task runs in between: the lookup itself reads the feed.
@@ -286,14 +357,21 @@ mod tests {
     }
 
     #[test]
-    fn a_followed_feed_goes_live_on_its_listener_and_forgets_everything_when_it_falls_behind_or_ends() {
-        let (sender, receiver) = broadcast::channel(2);
-        let cache = Cache::following(receiver, false);
+    fn a_followed_feed_is_served_while_its_listener_is_up_even_after_falling_behind_its_events() {
+        let (sender, changes) = broadcast::channel(2);
+        let (listener, listening) = watch::channel(false);
+        let cache = Cache::following(LicenseFeed { changes, listening: Some(listening) });
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), None, "no listener yet: pass-through");
+        // The listener comes up, then many changes arrive before the cache is used again: its
+        // `Live` is among the events the lag drops, and the cache must still serve.
+        listener.send_replace(true);
         sender.send(LicenseEvent::Live).unwrap();
+        for id in ["lic_x", "lic_y", "lic_z"] {
+            sender.send(LicenseEvent::Changed(id.into())).unwrap();
+        }
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
-        assert_eq!(hit(&cache, "lic_a"), Some("active"));
+        assert_eq!(hit(&cache, "lic_a"), Some("active"), "live after a lag that dropped its Live");
         // Three events into a buffer of two: the cache lags, and keeps nothing from before.
         for id in ["lic_x", "lic_y", "lic_z"] {
             sender.send(LicenseEvent::Changed(id.into())).unwrap();
@@ -301,6 +379,28 @@ mod tests {
         assert_eq!(hit(&cache, "lic_a"), None, "lagged: nothing from before is trusted");
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), Some("active"), "still live after a lag");
+        // The connection drops and comes back between two uses: changes may have been missed.
+        listener.send_replace(false);
+        listener.send_replace(true);
+        assert_eq!(hit(&cache, "lic_a"), None, "a reconnect forgets everything");
+        listener.send_replace(false);
+        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
+        assert_eq!(hit(&cache, "lic_a"), None, "no listener: pass-through");
+        listener.send_replace(true);
+        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
+        assert_eq!(hit(&cache, "lic_a"), Some("active"));
+        drop(listener);
+        assert_eq!(hit(&cache, "lic_a"), None, "the listener is gone");
+        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
+        assert_eq!(hit(&cache, "lic_a"), None, "pass-through from now on");
+    }
+
+    #[test]
+    fn a_feed_that_ends_is_served_no_more() {
+        let (sender, receiver) = broadcast::channel(2);
+        let cache = Cache::following(complete_feed(receiver));
+        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
+        assert_eq!(hit(&cache, "lic_a"), Some("active"));
         drop(sender);
         assert_eq!(hit(&cache, "lic_a"), None, "the feed ended");
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");

@@ -47,6 +47,10 @@ pub struct SqlStore {
     /// Committed license changes made through this store (and, once
     /// [`SqlStore::listen_for_license_changes`] runs, through any process on the database).
     license_events: tokio::sync::broadcast::Sender<LicenseEvent>,
+    /// On PostgreSQL, whether [`SqlStore::listen_for_license_changes`] is listening, so every
+    /// process's changes are in `license_events`. Kept apart from the events so a cache that
+    /// fell behind them still knows (a lagging broadcast drops its oldest events, `Live` too).
+    listening: Option<Arc<tokio::sync::watch::Sender<bool>>>,
     /// Raised after each committed license change, when leases are in a store that fences
     /// checkouts by license revision ([`SqlStore::raise_license_revisions_in`]).
     revisions: RevisionsHook,
@@ -60,6 +64,17 @@ impl std::fmt::Debug for RevisionsHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() { "RevisionsHook(set)" } else { "RevisionsHook(unset)" })
     }
+}
+
+/// What a cache follows to stay exact: [`SqlStore::license_feed`].
+#[derive(Debug)]
+pub struct LicenseFeed {
+    /// Committed changes, in commit order. A receiver that falls behind by more than the buffer
+    /// loses the oldest ones (and is told it did).
+    pub changes: tokio::sync::broadcast::Receiver<LicenseEvent>,
+    /// Whether every process's changes are in `changes` right now; `None` when they always are
+    /// (SQLite: this process is the only writer).
+    pub listening: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The PostgreSQL NOTIFY channel of committed license changes (payload: the license ID).
@@ -142,6 +157,7 @@ impl SqlStore {
             pool,
             dialect: Dialect::Postgres,
             license_events: tokio::sync::broadcast::channel(LICENSE_EVENTS_BUFFER).0,
+            listening: Some(Arc::new(tokio::sync::watch::channel(false).0)),
             revisions: RevisionsHook::default(),
         };
         MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
@@ -201,6 +217,7 @@ impl SqlStore {
             readers,
             dialect: Dialect::Sqlite,
             license_events: tokio::sync::broadcast::channel(LICENSE_EVENTS_BUFFER).0,
+            listening: None,
             revisions: RevisionsHook::default(),
         })
     }
@@ -209,17 +226,14 @@ impl SqlStore {
         self.dialect
     }
 
-    /// Committed license changes, for caches. On SQLite this process is the only writer, so
-    /// the feed is complete from the start ([`Self::license_events_complete`]); on PostgreSQL
-    /// other processes write too, and only [`Self::listen_for_license_changes`] makes it complete
-    /// (it says [`LicenseEvent::Live`] when it is).
-    pub fn license_events(&self) -> tokio::sync::broadcast::Receiver<LicenseEvent> {
-        self.license_events.subscribe()
-    }
-
-    /// Whether [`Self::license_events`] reports every change without a listener.
-    pub fn license_events_complete(&self) -> bool {
-        self.dialect == Dialect::Sqlite
+    /// Committed changes to licenses and their activations, for caches. On SQLite this process
+    /// is the only writer, so the feed is complete from the start; on PostgreSQL other processes
+    /// write too, and only [`Self::listen_for_license_changes`] makes it complete.
+    pub fn license_feed(&self) -> LicenseFeed {
+        LicenseFeed {
+            changes: self.license_events.subscribe(),
+            listening: self.listening.as_ref().map(|listening| listening.subscribe()),
+        }
     }
 
     /// Inside a transaction that changes `license_id`: on PostgreSQL, a NOTIFY that other
@@ -271,22 +285,36 @@ impl SqlStore {
     }
 
     /// Follows every process's license changes on PostgreSQL (LISTEN) into
-    /// [`Self::license_events`]: `Live` once listening, `Changed` per commit, `Lost` when the
-    /// connection drops (then it reconnects every second). Runs until aborted.
+    /// [`Self::license_feed`]: listening (and `Live`) once listening, `Changed` per commit, not
+    /// listening (and `Lost`) when the connection drops (then it reconnects every second). Runs
+    /// until aborted.
     pub fn listen_for_license_changes(&self, url: &str) -> tokio::task::JoinHandle<()> {
         let events = self.license_events.clone();
+        let listening = self.listening.clone();
+        let set_listening = move |now: bool| {
+            if let Some(listening) = &listening {
+                listening.send_replace(now);
+            }
+        };
         let url = url.to_owned();
         tokio::spawn(async move {
+            let mut was_listening = false;
             loop {
                 if let Ok(mut listener) = sqlx::postgres::PgListener::connect(&url).await {
                     if listener.listen(LICENSE_CHANNEL).await.is_ok() {
+                        set_listening(true);
                         let _ = events.send(LicenseEvent::Live);
+                        was_listening = true;
                         // `Ok(None)`: the connection was lost (notifications may have been missed).
                         while let Ok(Some(notification)) = listener.try_recv().await {
                             let _ = events.send(LicenseEvent::Changed(notification.payload().to_owned()));
                         }
                     }
                 }
+                if std::mem::take(&mut was_listening) {
+                    tracing::warn!("lost the PostgreSQL LISTEN connection for license changes; license caches answer nothing until it is back");
+                }
+                set_listening(false);
                 let _ = events.send(LicenseEvent::Lost);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
