@@ -84,6 +84,15 @@ fn names(deployment: Deployment) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// An open-loop run's line: its p99 is held to the 5 ms target.
+fn open_loop_line(scenario: &str, backend: &str, rate: f64, figures: &Figures) -> Line {
+    Line::new(scenario, backend)
+        .field("mode", "open")
+        .number("rate_per_s", rate)
+        .figures(figures)
+        .target(Target::P99UnderMs(5.0))
+}
+
 /// Callers spread over the connections.
 fn spread(channels: &[Channel], i: usize) -> Channel {
     channels[i % channels.len()].clone()
@@ -239,31 +248,13 @@ impl Bench {
         }
         let rate = cycle.ops_per_s() / 2.0;
         let open = self.seat_cycle_open(seat_channels, seats, rate, false).await?;
-        emit(
-            Line::new("seat_checkout_checkin", seat_backend)
-                .field("mode", "open")
-                .number("rate_per_s", rate)
-                .figures(&open)
-                .target(Target::P99UnderMs(5.0)),
-        );
+        emit(open_loop_line("seat_checkout_checkin", seat_backend, rate, &open));
         // The target names the checkout: the same schedule, latency up to the checkout's answer.
         let open = self.seat_cycle_open(seat_channels, seats, rate, true).await?;
-        emit(
-            Line::new("seat_checkout", seat_backend)
-                .field("mode", "open")
-                .number("rate_per_s", rate)
-                .figures(&open)
-                .target(Target::P99UnderMs(5.0)),
-        );
+        emit(open_loop_line("seat_checkout", seat_backend, rate, &open));
         let rate = heartbeat.ops_per_s() / 2.0;
         let open = self.heartbeat(seat_channels, seats, self.settings.callers * 2, Some(rate)).await?;
-        emit(
-            Line::new("heartbeat", seat_backend)
-                .field("mode", "open")
-                .number("rate_per_s", rate)
-                .figures(&open)
-                .target(Target::P99UnderMs(5.0)),
-        );
+        emit(open_loop_line("heartbeat", seat_backend, rate, &open));
         let handoff = self.handoff(fixture, seat_channels, seat_backend).await?;
         emit(handoff.0.against("echo", &handoff.1, &echo));
         let seat_process = stack.seat();
