@@ -8,16 +8,11 @@ use crate::model::*;
 use crate::seat_policy::{SeatDenial, SeatLimits};
 use async_trait::async_trait;
 
-/// What the SQL store tells caches about license rows, in commit order.
+/// What the SQL store tells caches, in commit order: this license (its status, seats, dates or
+/// policy) or one of its activations changed, and the change is committed. Whether every
+/// process's changes are being reported is told beside it (`licensing_store::LicenseFeed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LicenseEvent {
-    /// Every committed change is reported from now on; what was cached before may be stale.
-    Live,
-    /// This license was changed (status, seats, dates or policy), and the change is committed.
-    Changed(String),
-    /// Changes may go unreported until the next `Live` (the listener lost its connection).
-    Lost,
-}
+pub struct LicenseChanged(pub String);
 
 /// A counter per license, raised after every committed change to it, so a lease store can refuse
 /// a checkout decided on a license read before the change (the Seat service decides checkouts on

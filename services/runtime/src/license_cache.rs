@@ -1,6 +1,6 @@
 //! [`LicenseCache`]: what a service derives from a license (the license itself for seats; the
 //! license and its live activations for validation), kept without a database read per call and
-//! exact by the store's [`LicenseEvent`] feed.
+//! exact by the store's [`LicenseFeed`].
 //!
 //! Heartbeats, checkins and validations run every few seconds or minutes for every seat and
 //! every installed product; the database reads were most of their cost (BENCHMARKS.md, "I/O
@@ -12,15 +12,15 @@
 //!
 //! The cache answers only while the feed is complete: on SQLite always (this process is the
 //! only writer), on PostgreSQL while the store's LISTEN connection is up; it forgets everything
-//! when that changes, and a `Changed` license is dropped. The feed is read
-//! at every use of the cache, not by a task of its own, so a change this process made (whose
-//! event is sent before the changing call returns) is seen by the very next lookup; a change made
-//! by another process is seen once its PostgreSQL NOTIFY arrives (milliseconds). A read that
-//! began before a change cannot put the old data back: every event bumps a generation, and a
-//! fill carries the generation it was started under. Entries also age out after [`MAX_AGE`], a
+//! when that changes, and a changed license is dropped. The feed is read at every use of the
+//! cache, not by a task of its own, so a change this process made (reported before the changing
+//! call returns) is seen by the very next lookup; a change made by another process is seen once
+//! its PostgreSQL NOTIFY arrives (milliseconds). A read that began before a change cannot put the
+//! old data back: every change bumps a generation, and a fill carries the generation it was
+//! started under. Entries also age out after [`MAX_AGE`], a
 //! bound on staleness should an event ever go missing.
 
-use licensing_domain::store::LicenseEvent;
+use licensing_domain::store::LicenseChanged;
 #[cfg(doc)]
 use licensing_domain::store::LicenseRevisions;
 use licensing_store::LicenseFeed;
@@ -51,7 +51,7 @@ pub struct LicenseCache<V> {
 struct State<V> {
     /// Whether the feed reports every change; when not, nothing is served or kept.
     live: bool,
-    /// Bumped by every event: a fill started under an older generation may hold stale data.
+    /// Bumped by every change: a fill started under an older generation may hold stale data.
     generation: u64,
     /// License ID -> the value and when it was read.
     entries: HashMap<String, (V, Instant)>,
@@ -59,11 +59,11 @@ struct State<V> {
     key_owners: HashMap<String, String>,
     /// When entries too old to serve were last dropped.
     swept_at: Instant,
-    /// The store's changes, read up to date whenever the state is used; `None` once they
-    /// ended (then nothing is served again) or when events come only through [`LicenseCache::apply`].
-    changes: Option<broadcast::Receiver<LicenseEvent>>,
-    /// Whether the changes are complete (the store's listener is up); it decides `live` when
-    /// set, since a `Live` or `Lost` among the changes may have been dropped by a lag.
+    /// The store's changes, read up to date whenever the state is used; `None` for a
+    /// pass-through cache and once they ended (then nothing is served again).
+    changes: Option<broadcast::Receiver<LicenseChanged>>,
+    /// Whether the changes are complete (the store's listener is up): it decides `live`. `None`
+    /// when they always are (SQLite).
     listening: Option<watch::Receiver<bool>>,
 }
 
@@ -80,34 +80,23 @@ impl<V> State<V> {
         self.entries.remove(license_id);
     }
 
-    fn apply(&mut self, event: &LicenseEvent) {
-        match event {
-            LicenseEvent::Changed(license_id) => self.forget_one(license_id),
-            LicenseEvent::Live => {
-                self.forget();
-                self.live = true;
-            }
-            LicenseEvent::Lost => {
-                self.forget();
-                self.live = false;
-            }
-        }
+    /// The feed will never report a change again: serve nothing from now on.
+    fn stop_serving(&mut self) {
+        self.forget();
+        self.live = false;
+        self.changes = None;
+        self.listening = None;
     }
 
-    /// Applies every event sent since the last use. A feed that fell behind lost events: forget
-    /// everything; a feed that ended will never report a change again: serve nothing. Then,
-    /// when the feed says whether it is listening, that decides whether to serve.
+    /// Applies every change reported since the last use. A feed that fell behind lost changes:
+    /// forget everything. Then whether the feed is complete decides whether to serve.
     fn catch_up(&mut self) {
         while let Some(changes) = self.changes.as_mut() {
             match changes.try_recv() {
-                Ok(event) => self.apply(&event),
+                Ok(LicenseChanged(license_id)) => self.forget_one(&license_id),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Lagged(_)) => self.forget(),
-                Err(TryRecvError::Closed) => {
-                    self.apply(&LicenseEvent::Lost);
-                    self.changes = None;
-                    self.listening = None;
-                }
+                Err(TryRecvError::Closed) => self.stop_serving(),
             }
         }
         if let Some(listening) = self.listening.as_mut() {
@@ -119,11 +108,7 @@ impl<V> State<V> {
                     self.forget();
                     self.live = now;
                 }
-                Err(_) => {
-                    self.apply(&LicenseEvent::Lost);
-                    self.listening = None;
-                    self.changes = None;
-                }
+                Err(_) => self.stop_serving(),
             }
         }
     }
@@ -142,18 +127,15 @@ pub enum Lookup<V> {
 pub struct FillTicket(u64);
 
 impl<V> Default for LicenseCache<V> {
-    /// A pass-through cache: it serves nothing until told [`LicenseEvent::Live`].
+    /// A pass-through cache: it serves nothing (no feed tells it of changes).
     fn default() -> Self {
-        Self::new(false, None, None)
+        Self::new(None, None)
     }
 }
 
 impl<V> LicenseCache<V> {
-    fn new(
-        live: bool,
-        changes: Option<broadcast::Receiver<LicenseEvent>>,
-        listening: Option<watch::Receiver<bool>>,
-    ) -> Self {
+    fn new(changes: Option<broadcast::Receiver<LicenseChanged>>, mut listening: Option<watch::Receiver<bool>>) -> Self {
+        let live = changes.is_some() && listening.as_mut().is_none_or(|listening| *listening.borrow_and_update());
         Self {
             state: Mutex::new(State {
                 live,
@@ -169,17 +151,10 @@ impl<V> LicenseCache<V> {
 }
 
 impl<V: Clone> LicenseCache<V> {
-    /// A cache that answers from the start and hears of changes only through [`Self::apply`].
-    pub fn live() -> Self {
-        Self::new(true, None, None)
-    }
-
     /// A cache that follows `feed`: live while it is complete (always on SQLite; on PostgreSQL
     /// while the store's listener is up).
     pub fn following(feed: LicenseFeed) -> Self {
-        let LicenseFeed { changes, mut listening } = feed;
-        let live = listening.as_mut().is_none_or(|listening| *listening.borrow_and_update());
-        Self::new(live, Some(changes), listening)
+        Self::new(Some(feed.changes), feed.listening)
     }
 
     fn state(&self) -> MutexGuard<'_, State<V>> {
@@ -232,13 +207,9 @@ impl<V: Clone> LicenseCache<V> {
         state.key_owners.insert(key_digest, license_id);
     }
 
-    /// Drops a license known to be out of date (as a change event for it would).
+    /// Drops a license known to be out of date (as a change reported for it would).
     pub fn forget(&self, license_id: &str) {
         self.state().forget_one(license_id);
-    }
-
-    pub fn apply(&self, event: &LicenseEvent) {
-        self.state().apply(event);
     }
 }
 
@@ -248,6 +219,16 @@ mod tests {
 
     /// What the tests cache for a license: a status word is enough to tell old from new.
     type Cache = LicenseCache<&'static str>;
+
+    /// A cache following a feed that is complete by itself (as on SQLite), and the feed's sender.
+    fn following_a_complete_feed(buffer: usize) -> (broadcast::Sender<LicenseChanged>, Cache) {
+        let (sender, changes) = broadcast::channel(buffer);
+        (sender, Cache::following(LicenseFeed { changes, listening: None }))
+    }
+
+    fn changed(sender: &broadcast::Sender<LicenseChanged>, license_id: &str) {
+        sender.send(LicenseChanged(license_id.into())).unwrap();
+    }
 
     fn hit(cache: &Cache, id: &str) -> Option<&'static str> {
         match cache.lookup(id) {
@@ -265,21 +246,22 @@ mod tests {
 
     #[test]
     fn serves_what_it_was_filled_with_until_that_license_changes() {
-        let cache = Cache::live();
+        let (feed, cache) = following_a_complete_feed(16);
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         cache.fill(miss(&cache, "lic_b"), "lic_b", "active");
         assert_eq!(hit(&cache, "lic_a"), Some("active"));
-        cache.apply(&LicenseEvent::Changed("lic_a".into()));
+        // No task runs in between: the lookup itself reads the feed.
+        changed(&feed, "lic_a");
         assert_eq!(hit(&cache, "lic_a"), None, "a changed license is read again");
         assert_eq!(hit(&cache, "lic_b"), Some("active"), "others stay");
     }
 
     #[test]
     fn a_read_that_began_before_a_change_does_not_put_the_old_value_back() {
-        let cache = Cache::live();
+        let (feed, cache) = following_a_complete_feed(16);
         let ticket = miss(&cache, "lic_a");
         // The store read returned Active, then the suspension committed and was reported...
-        cache.apply(&LicenseEvent::Changed("lic_a".into()));
+        changed(&feed, "lic_a");
         // ...before the reader got to fill.
         cache.fill(ticket, "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), None);
@@ -287,30 +269,21 @@ mod tests {
         assert_eq!(hit(&cache, "lic_a"), Some("suspended"));
         // A read by key takes its ticket before it knows the license: the same holds.
         let ticket = cache.ticket();
-        cache.apply(&LicenseEvent::Changed("lic_a".into()));
+        changed(&feed, "lic_a");
         cache.fill(ticket, "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), None);
     }
 
     #[test]
-    fn answers_nothing_until_the_feed_is_live_and_forgets_everything_when_it_is_lost() {
+    fn a_cache_without_a_feed_serves_nothing() {
         let cache = Cache::default();
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
-        assert_eq!(hit(&cache, "lic_a"), None, "not live: pass-through");
-        cache.apply(&LicenseEvent::Live);
-        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
-        assert_eq!(hit(&cache, "lic_a"), Some("active"));
-        cache.apply(&LicenseEvent::Lost);
-        assert_eq!(hit(&cache, "lic_a"), None);
-        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
-        assert_eq!(hit(&cache, "lic_a"), None, "nothing is kept while changes may go unseen");
-        cache.apply(&LicenseEvent::Live);
-        assert_eq!(hit(&cache, "lic_a"), None, "back live, it starts empty");
+        assert_eq!(hit(&cache, "lic_a"), None, "pass-through");
     }
 
     #[test]
     fn entries_too_old_to_serve_are_dropped_by_a_later_fill_not_kept_until_the_cache_is_full() {
-        let cache = Cache::live();
+        let (_feed, cache) = following_a_complete_feed(16);
         cache.fill(miss(&cache, "lic_old"), "lic_old", "active");
         cache.fill(miss(&cache, "lic_recent"), "lic_recent", "active");
         {
@@ -321,60 +294,43 @@ mod tests {
             state.swept_at = long_ago;
         }
         cache.fill(miss(&cache, "lic_new"), "lic_new", "active");
-        let held: Vec<String> = {
-            let mut ids: Vec<String> = cache.state().entries.keys().cloned().collect();
-            ids.sort();
-            ids
-        };
+        let mut held: Vec<String> = cache.state().entries.keys().cloned().collect();
+        held.sort();
         assert_eq!(held, ["lic_new", "lic_recent"]);
     }
 
     #[test]
-    fn keeps_the_owners_of_keys_through_every_event() {
-        let cache = Cache::live();
+    fn keeps_the_owners_of_keys_through_every_change() {
+        let (feed, cache) = following_a_complete_feed(2);
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         cache.forget("lic_a");
         assert!(matches!(cache.lookup("lic_a"), Lookup::Miss(_)), "forgotten like a changed license");
         assert_eq!(cache.key_owner("digest"), None);
         cache.remember_key_owner("digest".into(), "lic_a".into());
-        cache.apply(&LicenseEvent::Lost);
+        for id in ["lic_a", "lic_x", "lic_y"] {
+            changed(&feed, id);
+        }
         assert_eq!(cache.key_owner("digest").as_deref(), Some("lic_a"), "a key's license never changes");
     }
 
-    /// A feed whose changes are complete by themselves (as on SQLite).
-    fn complete_feed(changes: broadcast::Receiver<LicenseEvent>) -> LicenseFeed {
-        LicenseFeed { changes, listening: None }
-    }
-
     #[test]
-    fn an_event_sent_before_a_lookup_is_seen_by_that_lookup() {
-        let (sender, receiver) = broadcast::channel(16);
-        let cache = Cache::following(complete_feed(receiver));
-        cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
-        sender.send(LicenseEvent::Changed("lic_a".into())).unwrap();
-        // No task runs in between: the lookup itself reads the feed.
-        assert_eq!(hit(&cache, "lic_a"), None);
-    }
-
-    #[test]
-    fn a_followed_feed_is_served_while_its_listener_is_up_even_after_falling_behind_its_events() {
-        let (sender, changes) = broadcast::channel(2);
+    fn a_followed_feed_is_served_while_its_listener_is_up_even_after_falling_behind_its_changes() {
+        let (feed, changes) = broadcast::channel(2);
         let (listener, listening) = watch::channel(false);
         let cache = Cache::following(LicenseFeed { changes, listening: Some(listening) });
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), None, "no listener yet: pass-through");
-        // The listener comes up, then many changes arrive before the cache is used again: its
-        // `Live` is among the events the lag drops, and the cache must still serve.
+        // The listener comes up, then more changes arrive than the buffer holds before the cache
+        // is used again: it must still serve.
         listener.send_replace(true);
-        sender.send(LicenseEvent::Live).unwrap();
         for id in ["lic_x", "lic_y", "lic_z"] {
-            sender.send(LicenseEvent::Changed(id.into())).unwrap();
+            changed(&feed, id);
         }
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
-        assert_eq!(hit(&cache, "lic_a"), Some("active"), "live after a lag that dropped its Live");
-        // Three events into a buffer of two: the cache lags, and keeps nothing from before.
+        assert_eq!(hit(&cache, "lic_a"), Some("active"), "live after a lag");
+        // Three changes into a buffer of two: the cache lags, and keeps nothing from before.
         for id in ["lic_x", "lic_y", "lic_z"] {
-            sender.send(LicenseEvent::Changed(id.into())).unwrap();
+            changed(&feed, id);
         }
         assert_eq!(hit(&cache, "lic_a"), None, "lagged: nothing from before is trusted");
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
@@ -387,6 +343,7 @@ mod tests {
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), None, "no listener: pass-through");
         listener.send_replace(true);
+        assert_eq!(hit(&cache, "lic_a"), None, "back, it starts empty");
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), Some("active"));
         drop(listener);
@@ -397,11 +354,10 @@ mod tests {
 
     #[test]
     fn a_feed_that_ends_is_served_no_more() {
-        let (sender, receiver) = broadcast::channel(2);
-        let cache = Cache::following(complete_feed(receiver));
+        let (feed, cache) = following_a_complete_feed(2);
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), Some("active"));
-        drop(sender);
+        drop(feed);
         assert_eq!(hit(&cache, "lic_a"), None, "the feed ended");
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         assert_eq!(hit(&cache, "lic_a"), None, "the feed is gone: pass-through from now on");

@@ -9,7 +9,7 @@ mod usage;
 pub use leases::SqlLeaseStore;
 
 use licensing_domain::error::StoreError;
-use licensing_domain::store::{LicenseEvent, LicenseRevisions};
+use licensing_domain::store::{LicenseChanged, LicenseRevisions};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
@@ -46,10 +46,10 @@ pub struct SqlStore {
     dialect: Dialect,
     /// Committed license changes made through this store (and, once
     /// [`SqlStore::listen_for_license_changes`] runs, through any process on the database).
-    license_events: tokio::sync::broadcast::Sender<LicenseEvent>,
+    license_events: tokio::sync::broadcast::Sender<LicenseChanged>,
     /// On PostgreSQL, whether [`SqlStore::listen_for_license_changes`] is listening, so every
     /// process's changes are in `license_events`. Kept apart from the events so a cache that
-    /// fell behind them still knows (a lagging broadcast drops its oldest events, `Live` too).
+    /// fell behind them (a lagging broadcast drops its oldest events) still knows.
     listening: Option<Arc<tokio::sync::watch::Sender<bool>>>,
     /// Raised after each committed license change, when leases are in a store that fences
     /// checkouts by license revision ([`SqlStore::raise_license_revisions_in`]).
@@ -71,7 +71,7 @@ impl std::fmt::Debug for RevisionsHook {
 pub struct LicenseFeed {
     /// Committed changes, in commit order. A receiver that falls behind by more than the buffer
     /// loses the oldest ones (and is told it did).
-    pub changes: tokio::sync::broadcast::Receiver<LicenseEvent>,
+    pub changes: tokio::sync::broadcast::Receiver<LicenseChanged>,
     /// Whether every process's changes are in `changes` right now; `None` when they always are
     /// (SQLite: this process is the only writer).
     pub listening: Option<tokio::sync::watch::Receiver<bool>>,
@@ -281,13 +281,12 @@ impl SqlStore {
     /// activations, it raises no revision in the lease store: no checkout reads activations.
     pub(crate) fn tell_subscribers(&self, license_id: &str) {
         // No subscriber is not an error.
-        let _ = self.license_events.send(LicenseEvent::Changed(license_id.to_owned()));
+        let _ = self.license_events.send(LicenseChanged(license_id.to_owned()));
     }
 
     /// Follows every process's license changes on PostgreSQL (LISTEN) into
-    /// [`Self::license_feed`]: listening (and `Live`) once listening, `Changed` per commit, not
-    /// listening (and `Lost`) when the connection drops (then it reconnects every second). Runs
-    /// until aborted.
+    /// [`Self::license_feed`]: listening once it listens, a change per commit, not listening
+    /// when the connection drops (then it reconnects every second). Runs until aborted.
     pub fn listen_for_license_changes(&self, url: &str) -> tokio::task::JoinHandle<()> {
         let events = self.license_events.clone();
         let listening = self.listening.clone();
@@ -303,11 +302,10 @@ impl SqlStore {
                 if let Ok(mut listener) = sqlx::postgres::PgListener::connect(&url).await {
                     if listener.listen(LICENSE_CHANNEL).await.is_ok() {
                         set_listening(true);
-                        let _ = events.send(LicenseEvent::Live);
                         was_listening = true;
                         // `Ok(None)`: the connection was lost (notifications may have been missed).
                         while let Ok(Some(notification)) = listener.try_recv().await {
-                            let _ = events.send(LicenseEvent::Changed(notification.payload().to_owned()));
+                            let _ = events.send(LicenseChanged(notification.payload().to_owned()));
                         }
                     }
                 }
@@ -315,7 +313,6 @@ impl SqlStore {
                     tracing::warn!("lost the PostgreSQL LISTEN connection for license changes; license caches answer nothing until it is back");
                 }
                 set_listening(false);
-                let _ = events.send(LicenseEvent::Lost);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
