@@ -2,7 +2,7 @@
 //! (a product, a customer, licenses), made through the admin API like a vendor would.
 
 use crate::drive::Op;
-use crate::echo::pb::{echo_service_client::EchoServiceClient, EchoRequest};
+use crate::echo::pb::{echo_service_client::EchoServiceClient, EchoRequest, SignLeaseTokenRequest};
 use crate::stack::ADMIN_TOKEN;
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -137,6 +137,38 @@ pub struct EchoOp(pub EchoServiceClient<Channel>);
 impl Op for EchoOp {
     async fn call(&mut self) -> anyhow::Result<()> {
         self.0.echo(EchoRequest { payload: "ping".into() }).await?;
+        Ok(())
+    }
+}
+
+/// The CPU floor of a call answered with a signed lease token (see `SignLeaseToken` in
+/// echo.proto), with what a heartbeat's token names.
+pub struct SignLeaseTokenOp {
+    client: EchoServiceClient<Channel>,
+    request: SignLeaseTokenRequest,
+}
+
+impl SignLeaseTokenOp {
+    pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
+        let checkout = checkout_request(license, caller);
+        let request = SignLeaseTokenRequest {
+            license_id: license.license_id.clone(),
+            lease_id: licensing_domain::ids::new_id(licensing_domain::ids::LEASE),
+            client_instance_id: checkout.client_instance_id,
+            user: checkout.user,
+            host: checkout.host,
+            feature: checkout.feature,
+        };
+        Self { client: EchoServiceClient::new(channel), request }
+    }
+}
+
+#[async_trait]
+impl Op for SignLeaseTokenOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let token = self.client.sign_lease_token(self.request.clone()).await?.into_inner().payload;
+        // Payload and signature (verifying it here would spend the load generator's CPU).
+        anyhow::ensure!(token.split('.').count() == 2, "the floor RPC did not answer with a token: {token:?}");
         Ok(())
     }
 }

@@ -169,6 +169,41 @@ impl Bench {
         Ok(f)
     }
 
+    /// Closed loop of the echo server's `SignLeaseToken`: the echo plus one Ed25519 signature,
+    /// the most any call that answers with a signed token can reach, whatever its store.
+    async fn signature_floor(&self, stack: &Stack, license: &Issued) -> anyhow::Result<Figures> {
+        let channels = stack.echo.channels(self.settings.connections).await?;
+        let ops = (0..self.settings.callers).map(|i| SignLeaseTokenOp::new(spread(&channels, i), license, i)).collect();
+        let f = closed_loop(boxed(ops), self.settings.bounds()).await;
+        explain("signature_floor", &f);
+        Ok(f)
+    }
+
+    /// The signature floor's line, and `scenario`'s ops/s as a share of it.
+    async fn against_signature_floor(
+        &self,
+        stack: &Stack,
+        license: &Issued,
+        backend: &str,
+        scenario: &str,
+        measured: &Figures,
+        echo: &Figures,
+    ) -> anyhow::Result<()> {
+        let floor = self.signature_floor(stack, license).await?;
+        emit(
+            Line::new("signature_floor", backend)
+                .field("signs", "lease_token")
+                .field("callers", self.settings.callers)
+                .figures(&floor)
+                .against("echo", &floor, echo),
+        );
+        emit(
+            Line::new(&format!("{scenario}_vs_signature_floor"), backend)
+                .ratio("signature_floor", measured.ops_per_s() / floor.ops_per_s().max(1e-9)),
+        );
+        Ok(())
+    }
+
     async fn deployment(&self, stack: &Stack) -> anyhow::Result<()> {
         let (name, _, _) = names(stack.deployment);
         for server in stack.servers.iter().chain([&stack.echo]) {
@@ -226,6 +261,8 @@ impl Bench {
                 .against("echo", &heartbeat, &echo)
                 .target(Target::RatioAtLeast(0.6)),
         );
+        // Every heartbeat answers with a freshly signed lease token: what that alone allows.
+        self.against_signature_floor(stack, seats, seat_backend, "heartbeat", &heartbeat, &echo).await?;
         if stack.deployment == Deployment::Production {
             // What a heartbeat's round trips alone allow on this machine, measured rather than
             // argued: with the license read, and without it (the most the Seat service's license
@@ -289,6 +326,9 @@ impl Bench {
                 .against("echo", &validate, &echo)
                 .target(Target::RatioAtLeast(0.5)),
         );
+        // A valid answer carries a signed certificate: the same Ed25519 signature over a longer
+        // payload than the lease token the floor signs.
+        self.against_signature_floor(stack, node_locked, sql_backend, "validate", &validate, &echo).await?;
 
         Ok(())
     }
