@@ -434,12 +434,12 @@ impl Activations {
             return Ok(Arc::new(self.with_live_activations(license).await?));
         };
         let digest = self.credentials.license_key_digest(key)?;
-        let ticket = match self.validations.key_owner(&digest).map(|id| self.validations.lookup(&id)) {
-            Some(Lookup::Hit(read)) => return Ok(read),
-            Some(Lookup::Miss(ticket)) => ticket,
+        let ticket = match self.validations.lookup_by_key(&digest) {
+            Some((_, Lookup::Hit(read))) => return Ok(read),
+            Some((_, Lookup::Miss(ticket))) => ticket,
             None => self.validations.ticket(),
         };
-        let license = self.credentials.resolve(credentials).await?;
+        let license = self.credentials.resolve_key_digest(&digest).await?;
         self.validations.remember_key_owner(digest, license.license_id.clone());
         let read = Arc::new(self.with_live_activations(license).await?);
         self.validations.fill(ticket, &read.license.license_id, read.clone());

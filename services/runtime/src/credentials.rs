@@ -101,13 +101,15 @@ impl CredentialResolver {
         Ok(self.hasher.digest(purpose::LICENSE_KEY, key.as_str()))
     }
 
+    /// The license whose key has this digest (see [`Self::license_key_digest`]).
+    pub async fn resolve_key_digest(&self, digest: &str) -> Result<License, CredentialError> {
+        self.catalog.find_license_by_key_digest(digest).await?.ok_or(CredentialError::UnknownKey)
+    }
+
     /// The license the credentials name, if they are right.
     pub async fn resolve(&self, credentials: &Credentials) -> Result<License, CredentialError> {
         match credentials {
-            Credentials::LicenseKey(key) => {
-                let digest = self.license_key_digest(key)?;
-                self.catalog.find_license_by_key_digest(&digest).await?.ok_or(CredentialError::UnknownKey)
-            }
+            Credentials::LicenseKey(key) => self.resolve_key_digest(&self.license_key_digest(key)?).await,
             Credentials::IdAndPassword { license_id, password } => {
                 if !ids::is_well_formed(ids::LICENSE, license_id) {
                     return Err(CredentialError::MalformedLicenseId(license_id.chars().take(64).collect()));

@@ -88,6 +88,16 @@ impl<V> State<V> {
         self.listening = None;
     }
 
+    fn lookup(&self, license_id: &str) -> Lookup<V>
+    where
+        V: Clone,
+    {
+        match self.entries.get(license_id) {
+            Some((value, at)) if self.live && at.elapsed() < MAX_AGE => Lookup::Hit(value.clone()),
+            _ => Lookup::Miss(FillTicket(self.generation)),
+        }
+    }
+
     /// Applies every change reported since the last use. A feed that fell behind lost changes:
     /// forget everything. Then whether the feed is complete decides whether to serve.
     fn catch_up(&mut self) {
@@ -165,11 +175,7 @@ impl<V: Clone> LicenseCache<V> {
     }
 
     pub fn lookup(&self, license_id: &str) -> Lookup<V> {
-        let state = self.state();
-        match state.entries.get(license_id) {
-            Some((value, at)) if state.live && at.elapsed() < MAX_AGE => Lookup::Hit(value.clone()),
-            _ => Lookup::Miss(FillTicket(state.generation)),
-        }
+        self.state().lookup(license_id)
     }
 
     /// A ticket for reading a license whose ID is not known yet (found by key).
@@ -194,9 +200,13 @@ impl<V: Clone> LicenseCache<V> {
         state.entries.insert(license_id.to_owned(), (value, Instant::now()));
     }
 
-    /// The license whose key has this digest, if one was seen.
-    pub fn key_owner(&self, key_digest: &str) -> Option<String> {
-        self.state().key_owners.get(key_digest).cloned()
+    /// The license whose key has this digest, if one was seen, and what the cache holds for it
+    /// (one look under the lock for both).
+    pub fn lookup_by_key(&self, key_digest: &str) -> Option<(String, Lookup<V>)> {
+        let state = self.state();
+        let license_id = state.key_owners.get(key_digest)?.clone();
+        let found = state.lookup(&license_id);
+        Some((license_id, found))
     }
 
     pub fn remember_key_owner(&self, key_digest: String, license_id: String) {
@@ -305,12 +315,17 @@ mod tests {
         cache.fill(miss(&cache, "lic_a"), "lic_a", "active");
         cache.forget("lic_a");
         assert!(matches!(cache.lookup("lic_a"), Lookup::Miss(_)), "forgotten like a changed license");
-        assert_eq!(cache.key_owner("digest"), None);
+        assert!(cache.lookup_by_key("digest").is_none());
         cache.remember_key_owner("digest".into(), "lic_a".into());
         for id in ["lic_a", "lic_x", "lic_y"] {
             changed(&feed, id);
         }
-        assert_eq!(cache.key_owner("digest").as_deref(), Some("lic_a"), "a key's license never changes");
+        let Some((owner, Lookup::Miss(ticket))) = cache.lookup_by_key("digest") else {
+            panic!("a key's license never changes, and its entry went with the change")
+        };
+        assert_eq!(owner, "lic_a");
+        cache.fill(ticket, &owner, "suspended");
+        assert!(matches!(cache.lookup_by_key("digest"), Some((_, Lookup::Hit("suspended")))), "found by key once read");
     }
 
     #[test]

@@ -338,16 +338,16 @@ impl Seats {
             return Ok((Arc::new(self.credentials.resolve(credentials).await?), None));
         };
         let digest = self.credentials.license_key_digest(key)?;
-        let Some(license_id) = self.licenses.key_owner(&digest) else {
+        let Some((license_id, found)) = self.licenses.lookup_by_key(&digest) else {
             // First use of this key here: read by key, and remember whose it is.
-            let license = self.credentials.resolve(credentials).await?;
+            let license = self.credentials.resolve_key_digest(&digest).await?;
             self.licenses.remember_key_owner(digest, license.license_id.clone());
             return Ok((Arc::new(license), None));
         };
-        match self.licenses.lookup(&license_id) {
+        match found {
             Lookup::Hit((license, Some(revision))) => Ok((license, Some(revision))),
             // Kept before revisions were read: not fenced, so read fresh.
-            Lookup::Hit((_, None)) => Ok((Arc::new(self.credentials.resolve(credentials).await?), None)),
+            Lookup::Hit((_, None)) => Ok((Arc::new(self.credentials.resolve_key_digest(&digest).await?), None)),
             Lookup::Miss(ticket) => {
                 let (license, revision) =
                     self.read_and_keep(&license_id, ticket).await?.ok_or(CredentialError::UnknownKey)?;
