@@ -14,6 +14,7 @@ use licensing_domain::model::*;
 use licensing_domain::seat_policy::*;
 use licensing_domain::store::*;
 use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -574,6 +575,86 @@ async fn concurrent_heartbeats_and_checkins_each_get_their_own_answer_in_every_l
             let expected = if *license == lingering.license_id { vec![lingering.lease_id.clone()] } else { vec![] };
             assert_eq!(left, expected, "{name}: only the lingering lease is left");
         }
+    }
+}
+
+/// Checkouts that arrive together (the SQL store decides them in one transaction) each get
+/// their own answer, as if decided one after another: over several licenses at once, a pool's
+/// new seats report in-use counts 1, 2, 3… with distinct fences, a client that asks twice holds
+/// one lease (the second answer renews the first), and processes sharing a seat join it up to
+/// its limit of processes.
+#[tokio::test]
+async fn checkouts_that_arrive_together_are_decided_one_after_another_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let plain: Vec<String> = (0..3).map(|_| ids::new_id(ids::LICENSE)).collect();
+        let shared = ids::new_id(ids::LICENSE);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..2 {
+            for license in &plain {
+                for client in 0..4 {
+                    let (store, license) = (store.clone(), license.clone());
+                    calls.spawn(async move {
+                        let answer = store.checkout(&checkout(&license, &format!("c{client}"), 5, 10_000)).await;
+                        (license, client, answer)
+                    });
+                }
+            }
+            for process in 0..5 {
+                let store = store.clone();
+                let mut command = checkout(&shared, &format!("p{process}"), 2, 10_000);
+                (command.share_key, command.max_processes) = (Some("job".into()), 2);
+                calls.spawn(async move { (command.license_id.clone(), process, store.checkout(&command).await) });
+            }
+        }
+        /// A granted checkout: by which client or process, and what it was told.
+        #[derive(Debug)]
+        struct Grant {
+            client: usize,
+            lease: Lease,
+            renewed: bool,
+            in_use: i32,
+            seats_taken: i32,
+        }
+        let mut grants: HashMap<String, Vec<Grant>> = HashMap::new();
+        let mut denied = 0;
+        while let Some(answer) = calls.join_next().await {
+            let (license, client, outcome) = answer.unwrap();
+            match outcome.unwrap() {
+                CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => {
+                    grants.entry(license).or_default().push(Grant { client, lease, renewed, in_use, seats_taken })
+                }
+                CheckoutOutcome::Denied { denial, in_use, .. } if license == shared => {
+                    assert_eq!((denial, in_use), (SeatDenial::Full, 2), "{name}");
+                    denied += 1;
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        for license in &plain {
+            let answers = &grants[license];
+            assert_eq!(answers.len(), 8, "{name}: every call on a pool with room is granted");
+            let mut new: Vec<_> = answers.iter().filter(|a| !a.renewed).collect();
+            new.sort_by_key(|a| a.in_use);
+            let counts: Vec<i32> = new.iter().map(|a| a.in_use).collect();
+            assert_eq!(counts, [1, 2, 3, 4], "{name}: each new seat sees the ones granted before it");
+            let fences: HashSet<i64> = new.iter().map(|a| a.lease.fence).collect();
+            assert_eq!(fences.len(), 4, "{name}: distinct fences");
+            for answer in answers {
+                let first = new.iter().find(|a| a.client == answer.client).unwrap();
+                assert_eq!(answer.lease.lease_id, first.lease.lease_id, "{name}: c{} holds one lease", answer.client);
+                assert_eq!(answer.seats_taken, if answer.renewed { 0 } else { 1 }, "{name}");
+            }
+            assert_eq!(store.list(license).await.unwrap().len(), 4, "{name}");
+        }
+        // Two seats of two processes each hold four of the five processes; the fifth is refused
+        // both times (it never held a lease to renew).
+        let on_seats = &grants[&shared];
+        let opened = on_seats.iter().filter(|a| a.seats_taken == 1).count();
+        let joined = on_seats.iter().filter(|a| a.seats_taken == 0 && !a.renewed).count();
+        assert_eq!((on_seats.len(), opened, joined, denied), (8, 2, 2, 2), "{name}: {on_seats:?}");
+        let leases = store.list(&shared).await.unwrap();
+        assert_eq!(leases.len(), 4, "{name}: {leases:?}");
+        assert!(leases.iter().all(|l| l.shared_processes == 2), "{name}: {leases:?}");
     }
 }
 

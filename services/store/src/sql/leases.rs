@@ -1,6 +1,8 @@
 //! [`LeaseStore`] on SQL, for the embedded default: the same semantics as the Redis store, with
 //! the pool row locked for each decision and the server process's clock as the one clock.
-//! Persisted, so a restart loses no lease.
+//! Persisted, so a restart loses no lease. Calls that arrive together share the trip to the
+//! writer: heartbeats and checkins one statement per batch, checkouts one transaction per batch
+//! (decided one after another in it, as if each had its own).
 //!
 //! Seats are decided with [`decide_new_seat`] over the pool's live leases (the Redis store keeps
 //! counters instead). Like Redis, every pool decision first moves the pool's expired leases to
@@ -14,7 +16,7 @@ use licensing_domain::model::{Lease, Released};
 use licensing_domain::seat_policy::{decide_new_seat, PoolUsage};
 use licensing_domain::store::*;
 use sqlx::{Any, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +28,8 @@ pub struct SqlLeaseStore {
     heartbeats: Batches,
     /// Checkins on their way to the one writer, released together (started on first use).
     checkins: Batches,
+    /// Checkouts on their way to the one writer, decided together (started on first use).
+    checkouts: Arc<OnceLock<mpsc::UnboundedSender<PendingCheckout>>>,
 }
 
 type Batches = Arc<OnceLock<mpsc::UnboundedSender<Pending>>>;
@@ -113,6 +117,222 @@ async fn apply_in_batches(
             let _ = pending.reply.send(answer);
         }
     }
+}
+
+/// A checkout waiting for its batch, and where its outcome goes.
+struct PendingCheckout {
+    command: CheckoutCommand,
+    reply: oneshot::Sender<Result<CheckoutOutcome, StoreError>>,
+}
+
+/// Decides the checkouts that arrive while the previous batch is written, each batch in one
+/// transaction: the pools it names are locked and read once, the checkouts decided in arrival
+/// order (each sees the leases granted before it), and only what they grant is written. A
+/// checkout alone takes four trips to the writer instead of five, and one more on the same
+/// pool only one more (its lease). Nothing waits for a batch to fill.
+async fn decide_checkouts_in_batches(
+    sql: SqlStore,
+    clock: SharedClock,
+    mut queue: mpsc::UnboundedReceiver<PendingCheckout>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let commands: Vec<&CheckoutCommand> = batch.iter().map(|p| &p.command).collect();
+        match decide_checkouts(&sql, &clock, &commands).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    // A caller that gave up is no error: its checkout stands, and expires unless
+                    // it comes back with the same client instance ID (then it is renewed).
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+            }
+            // Nothing of the batch was committed: each caller hears why.
+            Err(e) => {
+                for pending in batch {
+                    let _ = pending.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Decides `commands` in one transaction, in order, and commits what they grant.
+async fn decide_checkouts(
+    sql: &SqlStore,
+    clock: &SharedClock,
+    commands: &[&CheckoutCommand],
+) -> Result<Vec<CheckoutOutcome>, StoreError> {
+    // Pools in license order, so batches on PostgreSQL (several processes) lock them in one
+    // order and cannot deadlock; each pool's fence is raised once per checkout on it.
+    let mut pools: BTreeMap<&str, (i64, Vec<Lease>)> = BTreeMap::new();
+    for c in commands {
+        pools.entry(c.license_id.as_str()).or_default().0 += 1;
+    }
+    let mut tx = sql.begin().await?;
+    let now = clock.now();
+    for (license_id, (fence, live)) in pools.iter_mut() {
+        let checkouts = *fence;
+        // The first fence of this batch's checkouts on the pool.
+        *fence = raise_fence(&mut tx, license_id, checkouts).await? - checkouts + 1;
+        *live = SqlLeaseStore::reap(&mut tx, license_id, now).await?;
+    }
+    let mut outcomes = Vec::with_capacity(commands.len());
+    let mut writes = Vec::new();
+    for c in commands {
+        let Some((fence, live)) = pools.get_mut(c.license_id.as_str()) else {
+            return Err(StoreError::Other(format!("pool {} was not locked for its checkout", c.license_id)));
+        };
+        let (outcome, write) = decide_checkout(live, c, *fence, now);
+        *fence += 1;
+        outcomes.push(outcome);
+        writes.extend(write);
+    }
+    for write in &writes {
+        match write {
+            LeaseWrite::Insert(lease) => insert_lease(&mut tx, "leases", lease, None).await?,
+            LeaseWrite::Update(lease) => update_lease(&mut tx, lease).await?,
+        }
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(outcomes)
+}
+
+/// Raises the fence of `license_id`'s pool by `by`, creating the pool row if need be (and, in
+/// a transaction, locking it): the pool's fence after. Fences need only grow, so a decision
+/// that grants nothing may raise it too.
+async fn raise_fence(tx: &mut Transaction<'static, Any>, license_id: &str, by: i64) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO lease_pools (license_id, fence) VALUES ($1, $2) \
+         ON CONFLICT (license_id) DO UPDATE SET fence = lease_pools.fence + $2 RETURNING fence",
+    )
+    .bind(license_id)
+    .bind(by)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    get_i64(&row, "fence")
+}
+
+/// What a checkout decided writes.
+enum LeaseWrite {
+    Insert(Lease),
+    Update(Lease),
+}
+
+/// Decides checkout `c` on the pool's `live` leases (kept in expiry order, updated with what it
+/// grants), with `fence` for a new lease.
+fn decide_checkout(
+    live: &mut Vec<Lease>,
+    c: &CheckoutCommand,
+    fence: i64,
+    now: Millis,
+) -> (CheckoutOutcome, Option<LeaseWrite>) {
+    let usage = pool_usage(live);
+    let given_back = live.iter().position(|l| l.client_instance_id == c.client_instance_id).or_else(|| {
+        // A seat lingering for the same user, host and feature (the latest to expire).
+        live.iter().rposition(|l| l.lingering && l.user == c.user && l.host == c.host && l.feature == c.feature)
+    });
+    if let Some(at) = given_back {
+        let lease = renewed(live.remove(at), c, now);
+        live.push(lease.clone());
+        live.sort_by_key(|l| (l.expires_at, l.fence));
+        let outcome =
+            CheckoutOutcome::Granted { lease: lease.clone(), renewed: true, in_use: usage.in_use, seats_taken: 0 };
+        return (outcome, Some(LeaseWrite::Update(lease)));
+    }
+    let mut lease = Lease {
+        lease_id: c.lease_id.clone(),
+        license_id: c.license_id.clone(),
+        client_instance_id: c.client_instance_id.clone(),
+        user: c.user.clone(),
+        host: c.host.clone(),
+        feature: c.feature.clone(),
+        checked_out_at: now,
+        last_heartbeat_at: now,
+        expires_at: now + c.ttl_ms,
+        ttl_ms: c.ttl_ms,
+        fence,
+        seats_held: c.cost,
+        group_id: c.lease_id.clone(),
+        shared_processes: 1,
+        borrowed: c.borrowed,
+        overdraft: false,
+        lingering: false,
+        bucket: String::new(),
+        principals: c.limits.principals.clone(),
+        share_key: c.share_key.clone().unwrap_or_default(),
+    };
+    // Join the newest seat with this share key that has room for another process.
+    let shared = c.share_key.as_ref().and_then(|key| {
+        live.iter()
+            .filter(|l| &l.share_key == key)
+            .max_by_key(|l| l.fence)
+            .filter(|l| c.max_processes == 0 || l.shared_processes < c.max_processes)
+    });
+    let seats_taken = if let Some(seat) = shared {
+        lease.group_id = seat.group_id.clone();
+        lease.seats_held = seat.seats_held;
+        lease.bucket = seat.bucket.clone();
+        lease.principals = seat.principals.clone();
+        lease.overdraft = seat.overdraft;
+        0
+    } else {
+        let decision = if c.queue_blocked {
+            Err(licensing_domain::seat_policy::SeatDenial::Full)
+        } else {
+            decide_new_seat(c.seats, c.cost, &c.limits, &usage)
+        };
+        match decision {
+            Ok(charge) => {
+                lease.bucket = charge.bucket;
+                lease.overdraft = charge.overdraft;
+                c.cost
+            }
+            Err(denial) => {
+                let earliest_expiry = live.iter().map(|l| l.expires_at).min();
+                return (CheckoutOutcome::Denied { denial, in_use: usage.in_use, earliest_expiry }, None);
+            }
+        }
+    };
+    // Every member of the seat counts the new one.
+    lease.shared_processes = 1 + live.iter().filter(|l| l.group_id == lease.group_id).count() as i32;
+    for member in live.iter_mut().filter(|l| l.group_id == lease.group_id) {
+        member.shared_processes = lease.shared_processes;
+    }
+    live.push(lease.clone());
+    live.sort_by_key(|l| (l.expires_at, l.fence));
+    let outcome = CheckoutOutcome::Granted {
+        lease: lease.clone(),
+        renewed: false,
+        in_use: usage.in_use + seats_taken,
+        seats_taken,
+    };
+    (outcome, Some(LeaseWrite::Insert(lease)))
+}
+
+/// A lease (the client's own, or a lingering one) as given back to the client by checkout `c`.
+fn renewed(mut lease: Lease, c: &CheckoutCommand, now: Millis) -> Lease {
+    let reclaimed = lease.lingering;
+    lease.lingering = false;
+    lease.client_instance_id = c.client_instance_id.clone();
+    if c.borrowed {
+        lease.borrowed = true;
+        lease.ttl_ms = c.ttl_ms;
+        lease.expires_at = now + c.ttl_ms;
+    } else if reclaimed {
+        lease.ttl_ms = c.ttl_ms;
+        lease.expires_at = now + c.ttl_ms;
+    } else if !lease.borrowed {
+        lease.expires_at = now + lease.ttl_ms;
+    }
+    lease.last_heartbeat_at = now;
+    lease
 }
 
 const LEASE_COLUMNS: &str = "lease_id, license_id, client_instance_id, user_name, host, feature, checked_out_at, \
@@ -251,7 +471,7 @@ fn seats_freed(lease: &Lease) -> i32 {
 
 impl SqlLeaseStore {
     pub fn new(sql: SqlStore, clock: SharedClock) -> Self {
-        Self { sql, clock, heartbeats: Arc::default(), checkins: Arc::default() }
+        Self { sql, clock, heartbeats: Arc::default(), checkins: Arc::default(), checkouts: Arc::default() }
     }
 
     /// `change` applied to the lease in the next batch of its kind: the lease as changed and the
@@ -283,15 +503,7 @@ impl SqlLeaseStore {
     /// grow, so a decision that grants nothing may raise it too), and one read of the pool.
     async fn lock_pool(&self, license_id: &str) -> Result<LockedPool, StoreError> {
         let mut tx = self.sql.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO lease_pools (license_id, fence) VALUES ($1, 1) \
-             ON CONFLICT (license_id) DO UPDATE SET fence = lease_pools.fence + 1 RETURNING fence",
-        )
-        .bind(license_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let fence = get_i64(&row, "fence")?;
+        let fence = raise_fence(&mut tx, license_id, 1).await?;
         let now = self.clock.now();
         let live = Self::reap(&mut tx, license_id, now).await?;
         Ok(LockedPool { tx, fence, now, live })
@@ -345,33 +557,6 @@ impl SqlLeaseStore {
         let rows = sqlx::query(&POOL).bind(license_id).fetch_all(&mut **tx).await.map_err(map_err)?;
         rows.iter().map(lease_from_row).collect()
     }
-
-    /// Gives a lease (the client's own, or a lingering one) back to the client.
-    async fn renew(
-        mut tx: Transaction<'static, Any>,
-        mut lease: Lease,
-        c: &CheckoutCommand,
-        now: Millis,
-        in_use: i32,
-    ) -> Result<CheckoutOutcome, StoreError> {
-        let reclaimed = lease.lingering;
-        lease.lingering = false;
-        lease.client_instance_id = c.client_instance_id.clone();
-        if c.borrowed {
-            lease.borrowed = true;
-            lease.ttl_ms = c.ttl_ms;
-            lease.expires_at = now + c.ttl_ms;
-        } else if reclaimed {
-            lease.ttl_ms = c.ttl_ms;
-            lease.expires_at = now + c.ttl_ms;
-        } else if !lease.borrowed {
-            lease.expires_at = now + lease.ttl_ms;
-        }
-        lease.last_heartbeat_at = now;
-        update_lease(&mut tx, &lease).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(CheckoutOutcome::Granted { lease, renewed: true, in_use, seats_taken: 0 })
-    }
 }
 
 #[async_trait]
@@ -383,76 +568,15 @@ impl LeaseStore for SqlLeaseStore {
         if c.license_revision.is_some() {
             return Ok(CheckoutOutcome::StaleLicense);
         }
-        let LockedPool { mut tx, fence, now, live } = self.lock_pool(&c.license_id).await?;
-        let usage = pool_usage(&live);
-        if let Some(own) = live.iter().find(|l| l.client_instance_id == c.client_instance_id) {
-            return Self::renew(tx, own.clone(), c, now, usage.in_use).await;
-        }
-        let lingering =
-            live.iter().rev().find(|l| l.lingering && l.user == c.user && l.host == c.host && l.feature == c.feature);
-        if let Some(lingering) = lingering {
-            return Self::renew(tx, lingering.clone(), c, now, usage.in_use).await;
-        }
-        let mut lease = Lease {
-            lease_id: c.lease_id.clone(),
-            license_id: c.license_id.clone(),
-            client_instance_id: c.client_instance_id.clone(),
-            user: c.user.clone(),
-            host: c.host.clone(),
-            feature: c.feature.clone(),
-            checked_out_at: now,
-            last_heartbeat_at: now,
-            expires_at: now + c.ttl_ms,
-            ttl_ms: c.ttl_ms,
-            fence,
-            seats_held: c.cost,
-            group_id: c.lease_id.clone(),
-            shared_processes: 1,
-            borrowed: c.borrowed,
-            overdraft: false,
-            lingering: false,
-            bucket: String::new(),
-            principals: c.limits.principals.clone(),
-            share_key: c.share_key.clone().unwrap_or_default(),
-        };
-        // Join the newest seat with this share key that has room for another process.
-        let shared = c.share_key.as_ref().and_then(|key| {
-            live.iter()
-                .filter(|l| &l.share_key == key)
-                .max_by_key(|l| l.fence)
-                .filter(|l| c.max_processes == 0 || l.shared_processes < c.max_processes)
+        let queue = self.checkouts.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(decide_checkouts_in_batches(self.sql.clone(), self.clock.clone(), receiver));
+            sender
         });
-        let seats_taken = if let Some(seat) = shared {
-            lease.group_id = seat.group_id.clone();
-            lease.seats_held = seat.seats_held;
-            lease.bucket = seat.bucket.clone();
-            lease.principals = seat.principals.clone();
-            lease.overdraft = seat.overdraft;
-            lease.shared_processes = seat.shared_processes + 1;
-            0
-        } else {
-            let earliest_expiry = live.iter().map(|l| l.expires_at).min();
-            let decision = if c.queue_blocked {
-                Err(licensing_domain::seat_policy::SeatDenial::Full)
-            } else {
-                decide_new_seat(c.seats, c.cost, &c.limits, &usage)
-            };
-            match decision {
-                Ok(charge) => {
-                    lease.bucket = charge.bucket;
-                    lease.overdraft = charge.overdraft;
-                    c.cost
-                }
-                Err(denial) => {
-                    // Commit the reaping; nothing else changed.
-                    tx.commit().await.map_err(map_err)?;
-                    return Ok(CheckoutOutcome::Denied { denial, in_use: usage.in_use, earliest_expiry });
-                }
-            }
-        };
-        insert_lease(&mut tx, "leases", &lease, None).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(CheckoutOutcome::Granted { lease, renewed: false, in_use: usage.in_use + seats_taken, seats_taken })
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the lease writer stopped".into());
+        queue.send(PendingCheckout { command: c.clone(), reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "sql"))]
