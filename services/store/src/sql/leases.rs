@@ -128,8 +128,9 @@ struct PendingCheckout {
 /// Decides the checkouts that arrive while the previous batch is written, each batch in one
 /// transaction: the pools it names are locked and read once, the checkouts decided in arrival
 /// order (each sees the leases granted before it), and only what they grant is written. A
-/// checkout alone takes four trips to the writer instead of five, and one more on the same
-/// pool only one more (its lease). Nothing waits for a batch to fill.
+/// batch on one pool takes the trips to the writer that one checkout took (begin, lock, read,
+/// insert, commit), plus one per renewal and per further power-of-two chunk of new leases.
+/// Nothing waits for a batch to fill.
 async fn decide_checkouts_in_batches(
     sql: SqlStore,
     clock: SharedClock,
@@ -193,10 +194,13 @@ async fn decide_checkouts(
         outcomes.push(outcome);
         writes.extend(write);
     }
+    // New leases first, in one statement: a renewal later in the batch may update one of them.
+    let new: Vec<&Lease> =
+        writes.iter().filter_map(|w| if let LeaseWrite::Insert(l) = w { Some(l) } else { None }).collect();
+    insert_new_leases(&mut tx, &new).await?;
     for write in &writes {
-        match write {
-            LeaseWrite::Insert(lease) => insert_lease(&mut tx, "leases", lease, None).await?,
-            LeaseWrite::Update(lease) => update_lease(&mut tx, lease).await?,
+        if let LeaseWrite::Update(lease) = write {
+            update_lease(&mut tx, lease).await?;
         }
     }
     tx.commit().await.map_err(map_err)?;
@@ -366,19 +370,38 @@ fn lease_from_row(row: &AnyRow) -> Result<Lease, StoreError> {
     })
 }
 
-/// Inserts a lease into `leases` or `expired_leases` (which adds `seats_freed`).
-async fn insert_lease(
-    tx: &mut Transaction<'static, Any>,
-    table: &str,
-    lease: &Lease,
-    seats_freed: Option<i32>,
-) -> Result<(), StoreError> {
-    let (extra_column, extra_value) = if seats_freed.is_some() { (", seats_freed", ", $19") } else { ("", "") };
-    let sql = format!(
-        "INSERT INTO {table} ({LEASE_COLUMNS}{extra_column}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18{extra_value})"
-    );
-    let mut query = sqlx::query(&sql)
+/// Inserts new leases into `leases`, a few statements for many: in chunks of power-of-two
+/// sizes (13 leases: 8, 4 and 1), so a connection prepares at most seven such statements, not
+/// one per count (see [`apply_in_batches`]).
+async fn insert_new_leases(tx: &mut Transaction<'static, Any>, mut leases: &[&Lease]) -> Result<(), StoreError> {
+    const COLUMNS: usize = 18;
+    while !leases.is_empty() {
+        let size = 1 << leases.len().ilog2();
+        let (chunk, rest) = leases.split_at(size);
+        let rows = (0..size)
+            .map(|i| {
+                let values: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
+                format!("({})", values.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("INSERT INTO leases ({LEASE_COLUMNS}) VALUES {rows}");
+        let mut query = sqlx::query(&sql);
+        for lease in chunk {
+            query = bind_lease(query, lease);
+        }
+        query.execute(&mut **tx).await.map_err(map_err)?;
+        leases = rest;
+    }
+    Ok(())
+}
+
+/// Binds a lease's values in the order of [`LEASE_COLUMNS`].
+fn bind_lease<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    lease: &'q Lease,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query
         .bind(&lease.lease_id)
         .bind(&lease.license_id)
         .bind(&lease.client_instance_id)
@@ -396,7 +419,22 @@ async fn insert_lease(
         .bind(to_json(&lease.principals))
         .bind(i64::from(lease.borrowed))
         .bind(i64::from(lease.overdraft))
-        .bind(i64::from(lease.lingering));
+        .bind(i64::from(lease.lingering))
+}
+
+/// Inserts a lease into `leases` or `expired_leases` (which adds `seats_freed`).
+async fn insert_lease(
+    tx: &mut Transaction<'static, Any>,
+    table: &str,
+    lease: &Lease,
+    seats_freed: Option<i32>,
+) -> Result<(), StoreError> {
+    let (extra_column, extra_value) = if seats_freed.is_some() { (", seats_freed", ", $19") } else { ("", "") };
+    let sql = format!(
+        "INSERT INTO {table} ({LEASE_COLUMNS}{extra_column}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18{extra_value})"
+    );
+    let mut query = bind_lease(sqlx::query(&sql), lease);
     if let Some(freed) = seats_freed {
         query = query.bind(i64::from(freed));
     }
