@@ -72,6 +72,22 @@ struct Pending {
 /// Leases changed by one statement at most (two parameters each).
 const BATCH: usize = 64;
 
+/// The calls queued for the writer, up to [`BATCH`], once there is at least one; `None` once the
+/// store is gone. Before taking them it lets the tasks that are ready run, so the calls they are
+/// about to queue join this batch rather than wait for the next (no wait when none are ready).
+async fn next_batch<T>(queue: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = queue.recv().await?;
+    tokio::task::yield_now().await;
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Applies `change` to the calls that arrive while the previous batch is written, each batch in
 /// one statement: on SQLite every statement is a hand-off to the one writer's thread, and under
 /// load the heartbeats and checkins of many seats queue for it at once. Nothing waits for a
@@ -82,14 +98,7 @@ async fn apply_in_batches(
     change: BatchedChange,
     mut queue: mpsc::UnboundedReceiver<Pending>,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut queue).await {
         // Padded to a power of two with the last lease again (a repeat matches nothing more), so
         // a connection prepares at most seven statements of each kind, not one per batch size:
         // sqlx keeps 100 prepared statements a connection, and two kinds of 64 sizes would churn.
@@ -136,14 +145,7 @@ async fn decide_checkouts_in_batches(
     clock: SharedClock,
     mut queue: mpsc::UnboundedReceiver<PendingCheckout>,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut queue).await {
         let commands: Vec<&CheckoutCommand> = batch.iter().map(|p| &p.command).collect();
         match decide_checkouts(&sql, &clock, &commands).await {
             Ok(outcomes) => {
