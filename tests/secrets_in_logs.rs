@@ -16,44 +16,80 @@ use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
+/// The server binary on a fresh data directory, logging in `format` at `filter`, with both
+/// pipes drained while it runs.
+struct LoggingServer {
+    process: tokio::process::Child,
+    channel: tonic::transport::Channel,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+    /// Its data directory (the mail outbox is in it).
+    dir: tempfile::TempDir,
+}
+
+impl LoggingServer {
+    async fn start(format: &str, filter: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_licensing-server"))
+            .env_clear()
+            .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
+            .env("LICENSING_DATA_DIR", dir.path())
+            .env("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("LICENSING_LOG_FORMAT", format)
+            .env("RUST_LOG", filter)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Drain both pipes while the server runs: debug-level logs outgrow a pipe's buffer, and
+        // a server blocked on a log write would never answer.
+        let drain = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+            tokio::spawn(async move {
+                let mut text = String::new();
+                pipe.read_to_string(&mut text).await.unwrap();
+                text
+            })
+        };
+        let stdout = drain(Box::new(process.stdout.take().unwrap()));
+        let stderr = drain(Box::new(process.stderr.take().unwrap()));
+        let url = format!("http://127.0.0.1:{port}");
+        let mut attempts = 0;
+        let channel = loop {
+            if let Ok(c) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await {
+                break c;
+            }
+            attempts += 1;
+            assert!(attempts < 600, "the server did not start listening within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Self { process, channel, stdout, stderr, dir }
+    }
+
+    /// Stops it with SIGTERM: everything it logged, stdout then stderr.
+    async fn stop(mut self) -> String {
+        let pid = self.process.id().unwrap().to_string();
+        tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        self.process.wait().await.unwrap();
+        self.stdout.await.unwrap() + &self.stderr.await.unwrap()
+    }
+}
+
+/// Text logs written to a pipe or a file (a container's log) carry no terminal colour codes.
+#[tokio::test]
+async fn text_logs_off_a_terminal_carry_no_colour_codes() {
+    let server = LoggingServer::start("text", "info").await;
+    let logs = server.stop().await;
+    assert!(logs.contains("INFO") && logs.contains("serving"), "the server logged its start: {logs}");
+    assert!(!logs.contains('\u{1b}'), "escape codes in the logs: {logs:?}");
+}
+
 #[tokio::test]
 async fn a_full_scenario_logs_no_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_licensing-server"))
-        .env_clear()
-        .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
-        .env("LICENSING_DATA_DIR", dir.path())
-        .env("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("LICENSING_LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Drain both pipes while the scenario runs: debug-level logs outgrow a pipe's buffer, and a
-    // server blocked on a log write would never answer.
-    let drain = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
-        tokio::spawn(async move {
-            let mut text = String::new();
-            pipe.read_to_string(&mut text).await.unwrap();
-            text
-        })
-    };
-    let stdout = drain(Box::new(server.stdout.take().unwrap()));
-    let stderr = drain(Box::new(server.stderr.take().unwrap()));
-    let url = format!("http://127.0.0.1:{port}");
-    let mut attempts = 0;
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await {
-            break c;
-        }
-        attempts += 1;
-        assert!(attempts < 600, "the server did not start listening within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let server = LoggingServer::start("json", "debug,h2=info,hyper=info,tower=info").await;
+    let channel = server.channel.clone();
     let mut admin = AdminServiceClient::new(channel.clone());
     admin
         .create_product(admin_req(acc::CreateProductRequest {
@@ -179,7 +215,7 @@ async fn a_full_scenario_logs_no_secret() {
     portal.request_password_reset(acc::RequestPasswordResetRequest { login: "s@acme.example".into() }).await.unwrap();
     let mut reset_token = None;
     for _ in 0..100 {
-        if let Ok(entries) = std::fs::read_dir(dir.path().join("outbox")) {
+        if let Ok(entries) = std::fs::read_dir(server.dir.path().join("outbox")) {
             for e in entries.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 reset_token = text.split_whitespace().find(|w| w.starts_with("rst_")).map(str::to_owned);
@@ -201,9 +237,7 @@ async fn a_full_scenario_logs_no_secret() {
     secrets.push(reset_token);
     secrets.push("brand new secret pw".into());
 
-    tokio::process::Command::new("kill").args(["-TERM", &server.id().unwrap().to_string()]).status().await.unwrap();
-    server.wait().await.unwrap();
-    let logs = stdout.await.unwrap() + &stderr.await.unwrap();
+    let logs = server.stop().await;
     assert!(logs.lines().count() > 5, "the scenario produced logs: {logs}");
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret ({}…) appears in the logs", &secret[..4]);

@@ -33,7 +33,11 @@ pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only for a terminal: in a file or a container's log they are escape codes
+        // (and formatting them costs every span its fields' colouring).
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).boxed()
+        }
     };
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
