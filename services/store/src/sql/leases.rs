@@ -246,8 +246,7 @@ fn decide_checkout(
     });
     if let Some(at) = given_back {
         let lease = renewed(live.remove(at), c, now);
-        live.push(lease.clone());
-        live.sort_by_key(|l| (l.expires_at, l.fence));
+        keep_in_expiry_order(live, lease.clone());
         let outcome =
             CheckoutOutcome::Granted { lease: lease.clone(), renewed: true, in_use: usage.in_use, seats_taken: 0 };
         return (outcome, Some(LeaseWrite::Update(lease)));
@@ -311,8 +310,7 @@ fn decide_checkout(
     for member in live.iter_mut().filter(|l| l.group_id == lease.group_id) {
         member.shared_processes = lease.shared_processes;
     }
-    live.push(lease.clone());
-    live.sort_by_key(|l| (l.expires_at, l.fence));
+    keep_in_expiry_order(live, lease.clone());
     let outcome = CheckoutOutcome::Granted {
         lease: lease.clone(),
         renewed: false,
@@ -320,6 +318,14 @@ fn decide_checkout(
         seats_taken,
     };
     (outcome, Some(LeaseWrite::Insert(lease)))
+}
+
+/// Puts `lease` among the pool's `live` leases, which stay in expiry order (then fence order)
+/// as the pool read returns them: a shift, not a sort, per checkout in a batch.
+fn keep_in_expiry_order(live: &mut Vec<Lease>, lease: Lease) {
+    let key = (lease.expires_at, lease.fence);
+    let at = live.partition_point(|l| (l.expires_at, l.fence) <= key);
+    live.insert(at, lease);
 }
 
 /// A lease (the client's own, or a lingering one) as given back to the client by checkout `c`.
