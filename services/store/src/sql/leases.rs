@@ -24,15 +24,37 @@ use tokio::sync::{mpsc, oneshot};
 pub struct SqlLeaseStore {
     sql: SqlStore,
     clock: SharedClock,
-    /// Heartbeats on their way to the one writer, extended together (started on first use).
-    heartbeats: Batches,
-    /// Checkins on their way to the one writer, released together (started on first use).
-    checkins: Batches,
-    /// Checkouts on their way to the one writer, decided together (started on first use).
-    checkouts: Arc<OnceLock<mpsc::UnboundedSender<PendingCheckout>>>,
+    /// Heartbeats on their way to the one writer, extended together.
+    heartbeats: Queue<Pending>,
+    /// Checkins on their way to the one writer, released together.
+    checkins: Queue<Pending>,
+    /// Checkouts on their way to the one writer, decided together.
+    checkouts: Queue<PendingCheckout>,
 }
 
-type Batches = Arc<OnceLock<mpsc::UnboundedSender<Pending>>>;
+/// Calls on their way to one of the writer's batch loops, which starts on first use.
+type Queue<T> = Arc<OnceLock<mpsc::UnboundedSender<T>>>;
+
+/// Queues the call `call` makes around the sender of its answer, for the batch loop `start`
+/// spawns on first use, and waits for the answer.
+async fn through_batches<T, R, Loop>(
+    queue: &Queue<T>,
+    start: impl FnOnce(mpsc::UnboundedReceiver<T>) -> Loop,
+    call: impl FnOnce(oneshot::Sender<Result<R, StoreError>>) -> T,
+) -> Result<R, StoreError>
+where
+    Loop: std::future::Future<Output = ()> + Send + 'static,
+{
+    let sender = queue.get_or_init(|| {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(start(receiver));
+        sender
+    });
+    let (reply, answer) = oneshot::channel();
+    let gone = || StoreError::Unavailable("the lease writer stopped".into());
+    sender.send(call(reply)).map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
 
 /// A single-statement lease change that many calls share: the common case of a heartbeat or a
 /// checkin, a live lease of its own seat (no share key), not lingering. The rest takes the
@@ -171,28 +193,29 @@ async fn decide_checkouts(
     clock: &SharedClock,
     commands: &[&CheckoutCommand],
 ) -> Result<Vec<CheckoutOutcome>, StoreError> {
-    // Pools in license order, so batches on PostgreSQL (several processes) lock them in one
-    // order and cannot deadlock; each pool's fence is raised once per checkout on it.
-    let mut pools: BTreeMap<&str, (i64, Vec<Lease>)> = BTreeMap::new();
+    // Checkouts per pool, in license order, so batches on PostgreSQL (several processes) lock
+    // the pools in one order and cannot deadlock.
+    let mut checkouts: BTreeMap<&str, i64> = BTreeMap::new();
     for c in commands {
-        pools.entry(c.license_id.as_str()).or_default().0 += 1;
+        *checkouts.entry(c.license_id.as_str()).or_default() += 1;
     }
     let mut tx = sql.begin().await?;
     let now = clock.now();
-    for (license_id, (fence, live)) in pools.iter_mut() {
-        let checkouts = *fence;
-        // The first fence of this batch's checkouts on the pool.
-        *fence = raise_fence(&mut tx, license_id, checkouts).await? - checkouts + 1;
-        *live = SqlLeaseStore::reap(&mut tx, license_id, now).await?;
+    // Each pool locked and read once, its fence raised once per checkout on it.
+    let mut pools = HashMap::with_capacity(checkouts.len());
+    for (license_id, count) in checkouts {
+        let next_fence = raise_fence(&mut tx, license_id, count).await? - count + 1;
+        let live = SqlLeaseStore::reap(&mut tx, license_id, now).await?;
+        pools.insert(license_id, PoolInBatch { next_fence, live });
     }
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut writes = Vec::new();
     for c in commands {
-        let Some((fence, live)) = pools.get_mut(c.license_id.as_str()) else {
+        let Some(pool) = pools.get_mut(c.license_id.as_str()) else {
             return Err(StoreError::Other(format!("pool {} was not locked for its checkout", c.license_id)));
         };
-        let (outcome, write) = decide_checkout(live, c, *fence, now);
-        *fence += 1;
+        let (outcome, write) = decide_checkout(&mut pool.live, c, pool.next_fence, now);
+        pool.next_fence += 1;
         outcomes.push(outcome);
         writes.extend(write);
     }
@@ -207,6 +230,14 @@ async fn decide_checkouts(
     }
     tx.commit().await.map_err(map_err)?;
     Ok(outcomes)
+}
+
+/// A pool locked by a checkout batch.
+struct PoolInBatch {
+    /// The fence of the next checkout on it in this batch.
+    next_fence: i64,
+    /// Its live leases in expiry order, with what the batch granted so far.
+    live: Vec<Lease>,
 }
 
 /// Raises the fence of `license_id`'s pool by `by`, creating the pool row if need be (and, in
@@ -528,20 +559,16 @@ impl SqlLeaseStore {
         license_id: &str,
         lease_id: &str,
     ) -> Result<Option<(Lease, Millis)>, StoreError> {
-        let batches = match change {
+        let queue = match change {
             BatchedChange::Extend => &self.heartbeats,
             BatchedChange::Release => &self.checkins,
         };
-        let queue = batches.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(apply_in_batches(self.sql.clone(), self.clock.clone(), change, receiver));
-            sender
-        });
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending { license_id: license_id.to_owned(), lease_id: lease_id.to_owned(), reply };
-        let gone = || StoreError::Unavailable("the lease writer stopped".into());
-        queue.send(pending).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        through_batches(
+            queue,
+            |calls| apply_in_batches(self.sql.clone(), self.clock.clone(), change, calls),
+            |reply| Pending { license_id: license_id.to_owned(), lease_id: lease_id.to_owned(), reply },
+        )
+        .await
     }
 
     /// Begins a pool decision. Each statement is a hand-off to the SQLite writer's thread, so
@@ -614,15 +641,12 @@ impl LeaseStore for SqlLeaseStore {
         if c.license_revision.is_some() {
             return Ok(CheckoutOutcome::StaleLicense);
         }
-        let queue = self.checkouts.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(decide_checkouts_in_batches(self.sql.clone(), self.clock.clone(), receiver));
-            sender
-        });
-        let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the lease writer stopped".into());
-        queue.send(PendingCheckout { command: c.clone(), reply }).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        through_batches(
+            &self.checkouts,
+            |calls| decide_checkouts_in_batches(self.sql.clone(), self.clock.clone(), calls),
+            |reply| PendingCheckout { command: c.clone(), reply },
+        )
+        .await
     }
 
     #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "sql"))]
