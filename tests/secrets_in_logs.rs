@@ -14,66 +14,36 @@ use licensing_proto::common::v1::{FingerprintComponent, LicenseKind, Module};
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
-/// The server binary on a fresh data directory, logging in `format` at `filter`, with both
-/// pipes drained while it runs.
+/// The server binary on a fresh data directory, logging in `format` at `filter` to a file.
 struct LoggingServer {
-    process: tokio::process::Child,
-    channel: tonic::transport::Channel,
-    stdout: tokio::task::JoinHandle<String>,
-    stderr: tokio::task::JoinHandle<String>,
-    /// Its data directory (the mail outbox is in it).
+    process: process::Process,
+    /// Its data directory (the mail outbox and the log file are in it).
     dir: tempfile::TempDir,
 }
 
 impl LoggingServer {
     async fn start(format: &str, filter: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_licensing-server"))
-            .env_clear()
-            .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
-            .env("LICENSING_DATA_DIR", dir.path())
-            .env("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("LICENSING_LOG_FORMAT", format)
-            .env("RUST_LOG", filter)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        // Drain both pipes while the server runs: debug-level logs outgrow a pipe's buffer, and
-        // a server blocked on a log write would never answer.
-        let drain = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
-            tokio::spawn(async move {
-                let mut text = String::new();
-                pipe.read_to_string(&mut text).await.unwrap();
-                text
-            })
-        };
-        let stdout = drain(Box::new(process.stdout.take().unwrap()));
-        let stderr = drain(Box::new(process.stderr.take().unwrap()));
-        let url = format!("http://127.0.0.1:{port}");
-        let mut attempts = 0;
-        let channel = loop {
-            if let Ok(c) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await {
-                break c;
-            }
-            attempts += 1;
-            assert!(attempts < 600, "the server did not start listening within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Self { process, channel, stdout, stderr, dir }
+        let env: Vec<(String, String)> = [
+            ("LICENSING_DATA_DIR", dir.path().display().to_string()),
+            ("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("LICENSING_LOG_FORMAT", format.to_owned()),
+            ("RUST_LOG", filter.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut process = process::Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env);
+        process.logs = Some(dir.path().join("server.log"));
+        process.start().await;
+        Self { process, dir }
     }
 
-    /// Stops it with SIGTERM: everything it logged, stdout then stderr.
+    /// Stops it with SIGTERM: everything it logged, on stdout and stderr.
     async fn stop(mut self) -> String {
-        let pid = self.process.id().unwrap().to_string();
-        tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-        self.process.wait().await.unwrap();
-        self.stdout.await.unwrap() + &self.stderr.await.unwrap()
+        self.process.stop().await;
+        std::fs::read_to_string(self.process.logs.as_ref().unwrap()).unwrap()
     }
 }
 
@@ -89,7 +59,7 @@ async fn text_logs_off_a_terminal_carry_no_colour_codes() {
 #[tokio::test]
 async fn a_full_scenario_logs_no_secret() {
     let server = LoggingServer::start("json", "debug,h2=info,hyper=info,tower=info").await;
-    let channel = server.channel.clone();
+    let channel = server.process.channel().await;
     let mut admin = AdminServiceClient::new(channel.clone());
     admin
         .create_product(admin_req(acc::CreateProductRequest {

@@ -139,7 +139,7 @@ async fn one_trace_spans_a_products_calls_to_activation_and_seat_with_their_stor
     let mut activation = Process::new(env!("CARGO_BIN_EXE_activation"), &env);
     let mut seat = Process::new(env!("CARGO_BIN_EXE_seat"), &env);
     let seat_log = dir.path().join("seat.log");
-    seat.stdout = Some(seat_log.clone());
+    seat.logs = Some(seat_log.clone());
     // Account first: it applies the migrations.
     account.start().await;
     activation.start().await;

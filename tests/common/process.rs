@@ -15,13 +15,14 @@ pub struct Process {
     env: Vec<(String, String)>,
     pub port: u16,
     child: Option<Child>,
-    /// Where the process's stdout goes (its logs); discarded when `None`.
-    pub stdout: Option<std::path::PathBuf>,
+    /// The file its stdout and stderr go to (its logs); when `None`, stdout is discarded and
+    /// stderr shows in the test's output.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 impl Process {
     pub fn new(binary: &'static str, env: &[(String, String)]) -> Self {
-        Self { binary, env: env.to_vec(), port: free_port(), child: None, stdout: None }
+        Self { binary, env: env.to_vec(), port: free_port(), child: None, logs: None }
     }
 
     pub fn url(&self) -> String {
@@ -29,6 +30,7 @@ impl Process {
     }
 
     pub async fn start(&mut self) {
+        let logs = self.logs.as_ref().map(|path| std::fs::File::create(path).unwrap());
         let child = Command::new(self.binary)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -36,11 +38,11 @@ impl Process {
             .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
             .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
-            .stdout(match &self.stdout {
-                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            .stdout(match &logs {
+                Some(file) => Stdio::from(file.try_clone().unwrap()),
                 None => Stdio::null(),
             })
-            .stderr(Stdio::inherit())
+            .stderr(logs.map_or(Stdio::inherit(), Stdio::from))
             .kill_on_drop(true)
             .spawn()
             .unwrap();
