@@ -1,8 +1,6 @@
 //! The vendor admin API over gRPC, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as pb;
 use licensing_proto::common::v1::{LicenseKind, LicenseStatus, Module};
 use prost_types::Timestamp;

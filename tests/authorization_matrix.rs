@@ -2,9 +2,7 @@
 //! the admin, and (for the portal) as another customer; product RPCs with another license's
 //! key or lease. Every cell asserts the exact status code.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::account_service_client::AccountServiceClient;
 use licensing_proto::activation::v1 as act;

@@ -1,9 +1,7 @@
 //! The client library against a real server: offline certificates, clock set back, floating
 //! seats that survive a server restart, and a killed client's seat freed after the TTL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_client::floating::{CheckoutOptions, SeatState};
 use licensing_client::node_locked::{NodeLocked, Validity};
 use licensing_client::storage::TrustedStorage;

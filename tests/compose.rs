@@ -6,9 +6,7 @@
 //! health service and through the compose file's own healthcheck command. The TLS overlay
 //! (`deploy/compose.tls.yml`) is run the same way, with certificates from its own script.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_yaml::Value;
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -261,7 +259,7 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         let listen = env["LICENSING_LISTEN_ADDR"].replace(&format!(":{port}"), &format!(":{free}"));
         env.insert("LICENSING_LISTEN_ADDR".into(), listen);
         assert_eq!(env["LICENSING_METRICS_ADDR"], format!("127.0.0.1:{METRICS_PORT}"), "{name}");
-        let metrics_port = common::process::free_port();
+        let metrics_port = crate::common::process::free_port();
         env.insert("LICENSING_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
         metrics_ports.push((name, metrics_port));
         let child = Command::new(binary(&command[0]))

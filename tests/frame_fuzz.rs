@@ -3,10 +3,8 @@
 //! past the message size limit, or several frames at once. No answer may be INTERNAL or UNKNOWN,
 //! and the server keeps serving.
 
-mod common;
-
 use bytes::{BufMut, Bytes, BytesMut};
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, Full};
 use licensing_proto::common::v1::LicenseKind;
 use proptest::prelude::*;

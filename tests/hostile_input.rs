@@ -1,9 +1,7 @@
 //! Hostile input: random and extreme field values for every RPC of every service. No call may
 //! answer INTERNAL or UNKNOWN (a panic or a bug), and the server keeps serving.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::account_service_client::AccountServiceClient;
 use licensing_proto::activation::v1 as act;

@@ -1,8 +1,6 @@
 //! `licensectl` end to end against a running server, including its error messages.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::common::v1::LicenseKind;
 use serde_json::Value;
 use std::process::Output;

@@ -1,15 +1,13 @@
 //! The network between a service and its stores breaks, through an in-test TCP proxy
-//! ([`common::proxy::FaultProxy`]): PostgreSQL cut away under load (what a restart looks like
+//! ([`crate::common::proxy::FaultProxy`]): PostgreSQL cut away under load (what a restart looks like
 //! from here: every connection gone, new ones refused), PostgreSQL slow and partitioned, and the
 //! link to Redis flapping while clients fight over a few seats.
 //! Requests answer UNAVAILABLE or DEADLINE_EXCEEDED while the store cannot be reached, none hangs
 //! past its deadline, service resumes without a restart of ours, no acknowledged write is lost,
 //! and no license ever has more seats in use than it owns.
 
-mod common;
-
-use common::proxy::{FaultProxy, Link};
-use common::*;
+use crate::common::proxy::{FaultProxy, Link};
+use crate::common::*;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
 use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as seat;

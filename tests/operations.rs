@@ -1,9 +1,7 @@
 //! What operators see: the Prometheus scrape endpoint after a scripted scenario, request IDs in
 //! responses, and trace context joining a caller's trace.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as pb;
 use std::time::Duration;

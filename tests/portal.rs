@@ -1,8 +1,6 @@
 //! The customer portal (AccountService) end to end over gRPC, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_domain::clock::{Clock, ManualClock, SystemClock, DAY, MINUTE};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::account_service_client::AccountServiceClient;

@@ -5,10 +5,8 @@
 //! Once on the embedded default (one process, SQLite), once as separate services on PostgreSQL
 //! and Redis (the Activation and Seat processes are killed; the Account service stays up).
 
-mod common;
-
-use common::process::{separate_services_env, Process};
-use common::*;
+use crate::common::process::{separate_services_env, Process};
+use crate::common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;

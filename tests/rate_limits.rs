@@ -2,9 +2,7 @@
 //! address and per license (or account), answered RESOURCE_EXHAUSTED with reason RATE_LIMITED
 //! and a retry-after, set by environment variables, and a refused call changes nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as account_pb;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
 use licensing_proto::common::v1::LicenseKind;

@@ -1,8 +1,6 @@
 //! The Seat service end to end over gRPC, on the embedded lease store and on Redis.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as admin_pb;
 use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as pb;
@@ -31,8 +29,8 @@ fn heartbeat_req(license_id: impl Into<String>, lease_id: impl Into<String>) -> 
     pb::HeartbeatRequest { license_id: license_id.into(), lease_id: lease_id.into(), lease_token: String::new() }
 }
 
-use common::live_leases as live;
-use common::seat_client as seats;
+use crate::common::live_leases as live;
+use crate::common::seat_client as seats;
 
 async fn floating(app: &TestApp, n: i32) -> (String, String) {
     let f = fixture(app).await;
@@ -419,7 +417,7 @@ async fn bad_input_gets_its_own_status_and_changes_nothing() {
 /// is down, and starts empty when it is back).
 #[tokio::test]
 async fn a_suspension_made_by_the_account_service_stops_heartbeats_on_the_seat_service() {
-    use common::process::{separate_services_env, AdminOn, Process};
+    use crate::common::process::{separate_services_env, AdminOn, Process};
     if !postgres_available().await || !redis_available().await {
         return;
     }

@@ -1,9 +1,7 @@
 //! Seat policies end to end over gRPC, on the embedded lease store and on Redis: sharing,
 //! linger, borrowing, overdraft, reservations, caps, allow and deny, tokens, and usage reports.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_domain::clock::{ManualClock, DAY, HOUR, MINUTE};
 use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as pb;
@@ -13,8 +11,8 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use common::live_leases as leases;
-use common::seat_client as seats;
+use crate::common::live_leases as leases;
+use crate::common::seat_client as seats;
 
 fn duration(ms: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 })

@@ -3,9 +3,7 @@
 //! data (leases continue), and restarted empty (no license ever shows more live leases than
 //! seats; holders re-establish their leases with their tokens).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::common::v1::LicenseKind;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;

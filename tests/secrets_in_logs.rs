@@ -2,9 +2,7 @@
 //! and its output holds no license key, activation password, customer password, session token,
 //! reset token or admin token.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::account_service_client::AccountServiceClient;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;

@@ -1,8 +1,6 @@
 //! What every server offers: health, reflection (v1 and v1alpha), graceful drain.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -147,18 +145,44 @@ fn every_guarantee_in_the_readme_names_a_test_that_exists() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     let section: String =
-        readme.lines().skip_while(|l| *l != "## Guarantees").skip(1).take_while(|l| !l.starts_with("## ")).collect();
+        readme
+        .lines()
+        .skip_while(|l| *l != "## Guarantees")
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with('|'))
+        .collect();
     let mut named = 0;
     for cited in section.split('`').skip(1).step_by(2).filter(|c| c.contains("::")) {
         let (file, test) = cited.split_once("::").unwrap();
         let source = std::fs::read_to_string(format!("{root}/tests/{file}.rs"))
             .unwrap_or_else(|_| panic!("Guarantees cites tests/{file}.rs, which does not exist"));
+        assert!(test_modules().contains(&file.to_owned()), "Guarantees cites {file}, which tests/main.rs does not build");
         if test != "*" {
             assert!(source.contains(&format!("fn {test}(")), "Guarantees cites {cited}, which does not exist");
         }
         named += 1;
     }
     assert!(named >= 10, "the Guarantees section names its tests ({named} found)");
+}
+
+/// The modules `tests/main.rs` declares.
+fn test_modules() -> Vec<String> {
+    let main = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/main.rs")).unwrap();
+    main.lines().filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';')).map(str::to_owned).collect()
+}
+
+#[test]
+fn every_test_file_is_a_module_of_the_test_binary() {
+    // Cargo builds only tests/main.rs (autotests = false): a file left out of it would never run.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let modules = test_modules();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(module) = name.strip_suffix(".rs").filter(|m| *m != "main") {
+            assert!(modules.contains(&module.to_owned()), "tests/{name} is not declared in tests/main.rs");
+        }
+    }
 }
 
 #[tokio::test]

@@ -6,13 +6,11 @@
 //!
 //! Not part of the test run (it takes minutes); run it with
 //!
-//!   cargo test --release --test soak -- --ignored --nocapture
+//!   cargo test --release --test integration soak:: -- --ignored --nocapture
 //!
 //! `SOAK_SECONDS` (default 180) sets the length of the steady load.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::account_service_client::AccountServiceClient;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
@@ -163,7 +161,7 @@ async fn node_locked_client(channel: Channel, key: String, login: String, stop: 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "minutes long: cargo test --release --test soak -- --ignored --nocapture"]
+#[ignore = "minutes long: cargo test --release --test integration soak:: -- --ignored --nocapture"]
 async fn steady_load_keeps_memory_flat_and_leaves_nothing_behind() {
     assert!(postgres_available().await && redis_available().await, "the soak needs PostgreSQL and Redis");
     let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);

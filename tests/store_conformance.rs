@@ -2,9 +2,7 @@
 //! `CatalogStore` and `ActivationStore` on SQLite and PostgreSQL; `LeaseStore` on the embedded
 //! SQL store (SQLite and PostgreSQL) and on Redis.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{system_clock, Clock, SystemClock};
 use licensing_domain::error::StoreError;
@@ -18,13 +16,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The suite checks answers, not latency: it shares the machine with every other test of the
+/// binary (servers under load among them), so a call waits for a pooled connection longer than a
+/// service would before answering UNAVAILABLE.
+fn conformance_sql_options() -> licensing_store::sql::SqlOptions {
+    licensing_store::sql::SqlOptions { acquire_timeout: Duration::from_secs(30), ..Default::default() }
+}
+
 async fn sql_stores() -> Vec<(&'static str, SqlStore)> {
     let dir = tempfile::tempdir().unwrap().keep();
     let mut v = vec![("sqlite", SqlStore::open_sqlite(&dir.join("conformance.db")).await.unwrap())];
     if postgres_available().await {
         v.push((
             "postgres",
-            SqlStore::connect_postgres(&fresh_postgres_database().await, &Default::default()).await.unwrap(),
+            SqlStore::connect_postgres(&fresh_postgres_database().await, &conformance_sql_options()).await.unwrap(),
         ));
     }
     v

@@ -3,9 +3,7 @@
 //! clients presenting a certificate that CA signed; the healthcheck binary speaks it too, and the
 //! per-client rate limits still see the client's address through TLS.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};

@@ -4,10 +4,8 @@
 //! the Seat service, each with its store calls as child spans; the client library carries the
 //! product's trace by itself; and the JSON logs carry the same trace ID and a request ID.
 
-mod common;
-
-use common::process::{separate_services_env, AdminOn, Process};
-use common::*;
+use crate::common::process::{separate_services_env, AdminOn, Process};
+use crate::common::*;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};

@@ -4,7 +4,6 @@
 //! PostgreSQL is found at `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //! When it cannot be reached, PostgreSQL cases are skipped with a message, unless `CI` is set,
 //! in which case they fail.
-#![allow(dead_code)]
 
 pub mod process;
 pub mod proxy;
@@ -166,15 +165,6 @@ impl TestApp {
             task.await.expect("server task").expect("server ran");
         }
         (self.data_dir, self.env)
-    }
-
-    /// Stops and starts the server again on the same data and the same port.
-    pub async fn restart_on_same_port(self) -> TestApp {
-        let backend = self.backend;
-        let addr = self.addr;
-        let (dir, mut env) = self.stop().await;
-        env.insert("LICENSING_LISTEN_ADDR".into(), addr.to_string());
-        spawn_with_env(backend, dir, env).await
     }
 
     /// The server's Ed25519 public key, base64, as a product embeds it.

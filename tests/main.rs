@@ -1,0 +1,32 @@
+//! The end-to-end tests, as one binary (zero-to-production's layout): each file beside this one is
+//! a module for one area, and `common` is the harness they share. One binary links the whole stack
+//! once instead of once per file (see the README's test section for what that saves).
+//!
+//! A new `tests/<area>.rs` must be declared below; `server::every_test_file_is_a_module_of_the_test_binary`
+//! fails when one is not, since Cargo no longer builds such files on its own (`autotests = false`).
+
+mod common;
+
+mod activation;
+mod admin_api;
+mod authorization_matrix;
+mod client;
+mod compose;
+mod frame_fuzz;
+mod hostile_input;
+mod kubernetes;
+mod licensectl;
+mod network_faults;
+mod operations;
+mod portal;
+mod process_faults;
+mod rate_limits;
+mod seat;
+mod seat_policy;
+mod seat_redis_faults;
+mod secrets_in_logs;
+mod server;
+mod soak;
+mod store_conformance;
+mod tls;
+mod traces;
