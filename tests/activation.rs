@@ -1,7 +1,7 @@
 //! The Activation service end to end over gRPC, on SQLite and PostgreSQL.
 
-use base64::Engine;
 use crate::common::*;
+use base64::Engine;
 use licensing_domain::certificate::{parse_certificate_file, verify_certificate, CertificatePayload, SignedBlob};
 use licensing_domain::clock::Clock;
 use licensing_proto::account::v1 as admin_pb;

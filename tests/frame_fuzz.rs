@@ -3,8 +3,8 @@
 //! past the message size limit, or several frames at once. No answer may be INTERNAL or UNKNOWN,
 //! and the server keeps serving.
 
-use bytes::{BufMut, Bytes, BytesMut};
 use crate::common::*;
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use licensing_proto::common::v1::LicenseKind;
 use proptest::prelude::*;

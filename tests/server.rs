@@ -144,8 +144,7 @@ fn readme_documents_every_variable() {
 fn every_guarantee_in_the_readme_names_a_test_that_exists() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let section: String =
-        readme
+    let section: String = readme
         .lines()
         .skip_while(|l| *l != "## Guarantees")
         .skip(1)
@@ -157,7 +156,10 @@ fn every_guarantee_in_the_readme_names_a_test_that_exists() {
         let (file, test) = cited.split_once("::").unwrap();
         let source = std::fs::read_to_string(format!("{root}/tests/{file}.rs"))
             .unwrap_or_else(|_| panic!("Guarantees cites tests/{file}.rs, which does not exist"));
-        assert!(test_modules().contains(&file.to_owned()), "Guarantees cites {file}, which tests/main.rs does not build");
+        assert!(
+            test_modules().contains(&file.to_owned()),
+            "Guarantees cites {file}, which tests/main.rs does not build"
+        );
         if test != "*" {
             assert!(source.contains(&format!("fn {test}(")), "Guarantees cites {cited}, which does not exist");
         }

@@ -954,3 +954,30 @@ async fn redis_keeps_seat_group_records_only_for_shared_seats() {
     let in_use: Option<i64> = redis::cmd("GET").arg(key("u")).query_async(&mut redis).await.unwrap();
     assert_eq!(in_use.unwrap_or(0), 0, "every seat freed exactly once");
 }
+
+/// Every Lua script of the Redis lease store compiles in Redis (SCRIPT LOAD compiles without
+/// running): the prelude followed by each script, as the store sends them, including any script
+/// file added later.
+#[tokio::test]
+async fn every_redis_lease_script_compiles_in_redis() {
+    if !redis_available().await {
+        return;
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/services/store/lua");
+    let prelude = std::fs::read_to_string(format!("{dir}/prelude.lua")).unwrap();
+    let mut conn =
+        redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("connect to Redis");
+    let mut compiled = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "lua") || path.ends_with("prelude.lua") {
+            continue;
+        }
+        let body = std::fs::read_to_string(&path).unwrap();
+        let loaded: Result<String, _> =
+            redis::cmd("SCRIPT").arg("LOAD").arg(format!("{prelude}\n{body}")).query_async(&mut conn).await;
+        assert!(loaded.is_ok(), "{} does not compile: {:?}", path.display(), loaded.err());
+        compiled += 1;
+    }
+    assert!(compiled >= 8, "found {compiled} scripts in {dir}");
+}

@@ -369,8 +369,12 @@ pub struct SeatCharge {
     pub overdraft: bool,
 }
 
-/// Decides whether a new seat of `cost` may be taken. The Redis Lua checkout applies the same
-/// rule to its counters; the conformance suite holds the two together.
+/// Decides whether a new seat of `cost` may be taken: caps, then the reservations the checkout
+/// may draw on, then the general pool with overdraft.
+///
+/// This function (the SQL lease store) and `services/store/lua/checkout.lua` (Redis) implement
+/// one decision, each over its own counters: change them together. The store conformance suite
+/// runs the same cases against both.
 pub fn decide_new_seat(seats: i32, cost: i32, limits: &SeatLimits, pool: &PoolUsage) -> Result<SeatCharge, SeatDenial> {
     let used = |map: &HashMap<String, i32>, key: &str| map.get(key).copied().unwrap_or(0);
     for (key, max_seats) in &limits.caps {

@@ -4,9 +4,12 @@
 //! granting scripts also read the global `leases:epoch` key, so Redis Cluster is not supported
 //! yet (a cluster refuses such a script: CROSSSLOT; see the README).
 //!
+//! The scripts are files in `services/store/lua/` (loaded with `include_str!`); `prelude.lua`
+//! names every key and packed field, and each script names its arguments.
+//!
 //! Keys of license L:
 //! - `lease:{L}:z`: ZSET lease ID -> expiry (ms)
-//! - `lease:{L}:d`: HASH lease ID -> packed lease (see `PRELUDE`)
+//! - `lease:{L}:d`: HASH lease ID -> packed lease (its fields are named in `lua/prelude.lua`)
 //! - `lease:{L}:c`: HASH client instance ID -> lease ID (reconnects renew, not double count)
 //! - `lease:{L}:u`: seats in use (sum of the costs of open seat groups)
 //! - `lease:{L}:f`: fencing counter
@@ -63,328 +66,23 @@ const SEP: char = '\u{1f}';
 /// Separates principal keys inside one field.
 const LIST_SEP: char = '\u{1e}';
 
-/// Shared Lua: the keys, `now`, packing, seat-group accounting and reaping.
-///
-/// A lease is packed as `fence client user host feature since cost ttl group flags bucket
-/// principals share_key` (flags: `b` borrowed, `o` overdraft, `l` lingering; `group` empty for
-/// the lease's own seat). A seat group is packed as `members cost bucket overdraft principals`;
-/// its cost is charged when it opens and freed when its last lease goes. A lease without a share
-/// key is alone in its seat: its group is implicit (members 1, charged what the lease records),
-/// and records written before that rule (`g` entries for such leases) are still cleaned up.
-const PRELUDE: &str = r#"
-local K = {z = KEYS[1], d = KEYS[2], c = KEYS[3], u = KEYS[4], x = KEYS[5], f = KEYS[6],
-           g = KEYS[7], s = KEYS[8], b = KEYS[9], h = KEYS[10], l = KEYS[11], r = KEYS[12],
-           e = KEYS[13], v = KEYS[14]}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local S = '\31'
-local function fields(packed)
-  local out = {}
-  for part in string.gmatch(packed .. S, '([^\31]*)\31') do table.insert(out, part) end
-  return out
-end
-local function pack(f) return table.concat(f, S) end
-local function has(flags, c) return string.find(flags, c, 1, true) ~= nil end
-local function without(flags, c) return (string.gsub(flags, c, '')) end
-local function each_principal(list, fn)
-  for p in string.gmatch(list, '([^\30]+)') do fn(p) end
-end
-local function counter(key, field) return tonumber(redis.call('HGET', key, field) or '0') end
-local function bump(key, field, by)
-  if redis.call('HINCRBY', key, field, by) <= 0 then redis.call('HDEL', key, field) end
-end
-local function group(gid)
-  local packed = redis.call('HGET', K.g, gid)
-  if packed then return fields(packed) end
-  return nil
-end
--- Whether a lease is alone in a seat of its own (no share key: nobody can join it).
-local function solo(f) return f[13] == '' end
--- The seat group of lease `id`: the implicit one of a solo lease, or its `g` record.
-local function seat_of(id, f)
-  if solo(f) then
-    local over = '0'
-    if has(f[10], 'o') then over = '1' end
-    return {'1', f[7], f[11], over, f[12]}
-  end
-  return group(f[9])
-end
-local function members(id, f)
-  local gr = seat_of(id, f)
-  if gr then return tonumber(gr[1]) end
-  return 0
-end
-local function linger_key(f) return f[3] .. S .. f[4] .. S .. f[5] end
--- Takes lease `id` out of its seat group; frees the seat when it was the last. Returns seats freed.
-local function leave(id, f)
-  local gr = seat_of(id, f)
-  if not gr then return 0 end
-  local left = tonumber(gr[1]) - 1
-  if left > 0 then
-    gr[1] = tostring(left)
-    redis.call('HSET', K.g, f[9], pack(gr))
-    return 0
-  end
-  redis.call('HDEL', K.g, f[9] ~= '' and f[9] or id)
-  if f[13] ~= '' and redis.call('HGET', K.s, f[13]) == f[9] then redis.call('HDEL', K.s, f[13]) end
-  local cost = tonumber(gr[2])
-  redis.call('DECRBY', K.u, cost)
-  if gr[3] ~= '' then bump(K.b, gr[3], -cost) end
-  each_principal(gr[5], function(p) bump(K.h, p, -cost) end)
-  return cost
-end
-local function remove(id)
-  local packed = redis.call('HGET', K.d, id)
-  redis.call('ZREM', K.z, id)
-  redis.call('HDEL', K.d, id)
-  if not packed then return nil, 0 end
-  local f = fields(packed)
-  if redis.call('HGET', K.c, f[2]) == id then redis.call('HDEL', K.c, f[2]) end
-  if redis.call('HGET', K.l, linger_key(f)) == id then redis.call('HDEL', K.l, linger_key(f)) end
-  return f, leave(id, f)
-end
-local function reap()
-  local expired = redis.call('ZRANGEBYSCORE', K.z, '-inf', now, 'WITHSCORES')
-  for i = 1, #expired, 2 do
-    local f, freed = remove(expired[i])
-    if f then
-      redis.call('LPUSH', K.x, expired[i] .. S .. expired[i + 1] .. S .. freed .. S .. pack(f))
-    end
-  end
-  redis.call('LTRIM', K.x, 0, 9999)
-end
-local function in_use() return tonumber(redis.call('GET', K.u) or '0') end
--- Until when new seats are held back (0: not recovering); nil when Redis lost its data.
-local function recovering_until()
-  local v = redis.call('GET', K.e)
-  if v then return tonumber(v) end
-  return nil
-end
-"#;
+/// The Lua scripts, in `services/store/lua/`: each runs after the shared prelude, which names
+/// the keys, the packed fields and `now`; each script names its own arguments.
+mod lua {
+    pub const PRELUDE: &str = include_str!("../lua/prelude.lua");
+    pub const CHECKOUT: &str = include_str!("../lua/checkout.lua");
+    pub const HEARTBEAT: &str = include_str!("../lua/heartbeat.lua");
+    pub const CHECKIN: &str = include_str!("../lua/checkin.lua");
+    pub const REVOKE: &str = include_str!("../lua/revoke.lua");
+    pub const LIST: &str = include_str!("../lua/list.lua");
+    pub const DRAIN_EXPIRED: &str = include_str!("../lua/drain_expired.lua");
+    pub const REESTABLISH: &str = include_str!("../lua/reestablish.lua");
+    pub const NOW: &str = include_str!("../lua/now.lua");
+}
 
-const CHECKOUT: &str = r#"
--- ARGV: lease_id client user host feature ttl cost seats overdraft queue_blocked borrowed
---       share_key max_processes principals n_res (key seats candidate)* n_caps (key max)*
---       license_revision ('' when the license was read fresh)
-local held_until = recovering_until()
-if not held_until then return {-9} end
-local revision = ARGV[#ARGV]
-if revision ~= '' and tonumber(redis.call('GET', K.v) or '0') > tonumber(revision) then return {-7} end
-reap()
-local ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7])
-local borrowed = ARGV[11] == '1'
-local function granted(kind, id, f, expiry, taken)
-  redis.call('HSET', K.d, id, pack(f))
-  redis.call('ZADD', K.z, expiry, id)
-  return {kind, id, pack(f), expiry, in_use(), taken, members(id, f)}
-end
--- The client's own live lease: renewed (a borrowed one keeps its period unless borrowed anew).
-local own = redis.call('HGET', K.c, ARGV[2])
-if own and redis.call('ZSCORE', K.z, own) then
-  local f = fields(redis.call('HGET', K.d, own))
-  local expiry = now + tonumber(f[8])
-  if borrowed then
-    f[8] = ARGV[6]; f[10] = without(f[10], 'b') .. 'b'; expiry = now + ttl
-  elseif has(f[10], 'b') then
-    expiry = tonumber(redis.call('ZSCORE', K.z, own))
-  end
-  if has(f[10], 'l') then
-    f[10] = without(f[10], 'l')
-    if redis.call('HGET', K.l, linger_key(f)) == own then redis.call('HDEL', K.l, linger_key(f)) end
-  end
-  return granted(1, own, f, expiry, 0)
-end
--- A seat lingering for the same user, host and feature is given back.
-local lk = ARGV[3] .. S .. ARGV[4] .. S .. ARGV[5]
-local lingering = redis.call('HGET', K.l, lk)
-if lingering and redis.call('ZSCORE', K.z, lingering) then
-  redis.call('HDEL', K.l, lk)
-  local f = fields(redis.call('HGET', K.d, lingering))
-  if redis.call('HGET', K.c, f[2]) == lingering then redis.call('HDEL', K.c, f[2]) end
-  f[2] = ARGV[2]; f[8] = ARGV[6]; f[10] = without(f[10], 'l')
-  if borrowed then f[10] = without(f[10], 'b') .. 'b' end
-  redis.call('HSET', K.c, ARGV[2], lingering)
-  return granted(1, lingering, f, now + ttl, 0)
-end
-local function flags(overdraft)
-  local out = ''
-  if borrowed then out = out .. 'b' end
-  if overdraft then out = out .. 'o' end
-  return out
-end
--- Share a seat with room for another process.
-if ARGV[12] ~= '' then
-  local gid = redis.call('HGET', K.s, ARGV[12])
-  local gr = gid and group(gid)
-  local max = tonumber(ARGV[13])
-  if gr and (max == 0 or tonumber(gr[1]) < max) then
-    gr[1] = tostring(tonumber(gr[1]) + 1)
-    redis.call('HSET', K.g, gid, pack(gr))
-    local fence = redis.call('INCR', K.f)
-    redis.call('HSET', K.c, ARGV[2], ARGV[1])
-    local f = {fence, ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, gr[2], ARGV[6], gid, flags(gr[4] == '1'), gr[3], gr[5], ARGV[12]}
-    return granted(2, ARGV[1], f, now + ttl, 0)
-  end
-end
--- A new seat, unless forgotten leases may still hold them all.
-if now < held_until then return {-8, held_until} end
-local function denied(code, detail)
-  local first = redis.call('ZRANGE', K.z, 0, 0, 'WITHSCORES')
-  return {0, in_use(), first[2] or -1, code, detail or ''}
-end
-if ARGV[10] == '1' then return denied('FULL') end
-local seats, overdraft = tonumber(ARGV[8]), tonumber(ARGV[9])
-local i = 15
-local reservations = {}
-for _ = 1, tonumber(ARGV[i]) do
-  table.insert(reservations, {ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'})
-  i = i + 3
-end
-i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local key, max = ARGV[i + 1], tonumber(ARGV[i + 2])
-  if counter(K.h, key) + cost > max then return denied('CAP', key .. S .. max) end
-  i = i + 2
-end
-local bucket, over = nil, false
-for _, r in ipairs(reservations) do
-  if r[3] and counter(K.b, r[1]) + cost <= r[2] then bucket = r[1]; break end
-end
-local used = in_use()
-if not bucket then
-  local reserved, held = 0, 0
-  for _, r in ipairs(reservations) do
-    reserved = reserved + r[2]
-    held = held + math.min(counter(K.b, r[1]), r[2])
-  end
-  local general_used, general = used - held, seats - reserved
-  if general_used + cost > general + overdraft then
-    if used + cost <= seats + overdraft then return denied('RESERVED') end
-    return denied('FULL')
-  end
-  bucket = ''
-  over = general_used + cost > general
-end
-local overdraft_flag = '0'
-if over then overdraft_flag = '1' end
-local gid = ''
-if ARGV[12] ~= '' then
-  gid = ARGV[1]
-  redis.call('HSET', K.g, gid, pack({'1', tostring(cost), bucket, overdraft_flag, ARGV[14]}))
-  redis.call('HSET', K.s, ARGV[12], gid)
-end
-redis.call('INCRBY', K.u, cost)
-if bucket ~= '' then redis.call('HINCRBY', K.b, bucket, cost) end
-each_principal(ARGV[14], function(p) redis.call('HINCRBY', K.h, p, cost) end)
-local fence = redis.call('INCR', K.f)
-redis.call('HSET', K.c, ARGV[2], ARGV[1])
-local f = {fence, ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], gid, flags(over), bucket, ARGV[14], ARGV[12]}
-return granted(2, ARGV[1], f, now + ttl, cost)
-"#;
-
-const HEARTBEAT: &str = r#"
--- ARGV: lease_id
-if not recovering_until() then return {-9} end
-local score = redis.call('ZSCORE', K.z, ARGV[1])
-if not score then
-  if redis.call('EXISTS', K.r) == 1 then return {-2} end
-  return {-1}
-end
-if tonumber(score) <= now then
-  reap()
-  return {-3}
-end
-local f = fields(redis.call('HGET', K.d, ARGV[1]))
-if has(f[10], 'l') then return {-1} end
-local expiry = now + tonumber(f[8])
--- A borrowed lease lives out its period; heartbeats do not lengthen it.
-if has(f[10], 'b') then expiry = tonumber(score) end
-redis.call('ZADD', K.z, 'XX', expiry, ARGV[1])
-return {1, ARGV[1], pack(f), expiry, members(ARGV[1], f)}
-"#;
-
-const CHECKIN: &str = r#"
--- ARGV: lease_id linger_ms
-reap()
-local packed = redis.call('HGET', K.d, ARGV[1])
-if not packed or not redis.call('ZSCORE', K.z, ARGV[1]) then return {0} end
-local f = fields(packed)
-if has(f[10], 'l') then return {0} end
-local linger = tonumber(ARGV[2])
-if linger > 0 and not has(f[10], 'b') then
-  f[10] = f[10] .. 'l'
-  redis.call('HSET', K.d, ARGV[1], pack(f))
-  redis.call('ZADD', K.z, 'XX', now + linger, ARGV[1])
-  redis.call('HSET', K.l, linger_key(f), ARGV[1])
-  return {1, pack(f), now + linger, 0, members(ARGV[1], f), now}
-end
-local m = members(ARGV[1], f)
-local _, freed = remove(ARGV[1])
-return {1, pack(f), now, freed, m, now}
-"#;
-
-const REVOKE: &str = r#"
--- ARGV: lease_id tombstone_ms
-reap()
-local packed = redis.call('HGET', K.d, ARGV[1])
-if packed and redis.call('ZSCORE', K.z, ARGV[1]) then
-  local m = members(ARGV[1], fields(packed))
-  local _, freed = remove(ARGV[1])
-  redis.call('SET', K.r, '1', 'PX', tonumber(ARGV[2]))
-  return {1, redis.call('INCR', K.f), packed, now, freed, m}
-end
-return {0}
-"#;
-
-const LIST: &str = r#"
--- returns now, then id, expiry, packed, members for each live lease
-local out = {now}
-local live = redis.call('ZRANGEBYSCORE', K.z, '(' .. now, '+inf', 'WITHSCORES')
-for i = 1, #live, 2 do
-  local packed = redis.call('HGET', K.d, live[i])
-  if packed then
-    table.insert(out, live[i]); table.insert(out, live[i + 1]); table.insert(out, packed)
-    table.insert(out, tostring(members(live[i], fields(packed))))
-  end
-end
-return out
-"#;
-
-const DRAIN_EXPIRED: &str = r#"
--- reaps, then pops up to ARGV[1] expired records and returns the earliest live expiry first
-reap()
-local out = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local item = redis.call('RPOP', K.x)
-  if not item then break end
-  table.insert(out, item)
-end
-local first = redis.call('ZRANGE', K.z, 0, 0, 'WITHSCORES')
-table.insert(out, 1, first[2] or '-1')
-return out
-"#;
-
-const REESTABLISH: &str = r#"
--- ARGV: lease_id client user host feature ttl cost seats fence
-local held_until = recovering_until()
-if not held_until then return {-9} end
-if now >= held_until then return {0} end
-reap()
-local ttl, cost = tonumber(ARGV[6]), tonumber(ARGV[7])
-local score = redis.call('ZSCORE', K.z, ARGV[1])
-if score and tonumber(score) > now then return {2} end
-if in_use() + cost > tonumber(ARGV[8]) then return {-1} end
--- Fences only grow: the counter restarts from the highest fence its holders show.
-if tonumber(redis.call('GET', K.f) or '0') < tonumber(ARGV[9]) then redis.call('SET', K.f, ARGV[9]) end
-redis.call('INCRBY', K.u, cost)
-redis.call('HSET', K.c, ARGV[2], ARGV[1])
-local f = {ARGV[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5], now, tostring(cost), ARGV[6], '', '', '', '', ''}
-redis.call('HSET', K.d, ARGV[1], pack(f))
-redis.call('ZADD', K.z, now + ttl, ARGV[1])
-return {1, pack(f), now + ttl}
-"#;
-
-const NOW: &str = "return now";
+/// A script's arguments by the names its `named(ARGV, {…})` declares, in that order. Only the
+/// values are sent; the names keep the Rust side and the script in step (a test compares them).
+type NamedArgs = Vec<(&'static str, String)>;
 
 #[derive(Clone)]
 pub struct RedisLeaseStore {
@@ -419,7 +117,7 @@ const CLOCK_RECHECK_MS: i64 = 5_000;
 const SWEEP_INDEX_LEAD_MS: i64 = 1_000;
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&format!("{}\n{body}", lua::PRELUDE))
 }
 
 /// Connection faults and timeouts are Unavailable: the caller may retry, and the connection
@@ -441,46 +139,105 @@ fn parse_err(e: redis::ParsingError) -> StoreError {
     StoreError::Corrupt(format!("Redis reply: {e}"))
 }
 
-/// The checkout script's ARGV (see `CHECKOUT`).
-fn checkout_args(c: &CheckoutCommand) -> Vec<String> {
-    let mut args = vec![
-        c.lease_id.clone(),
-        c.client_instance_id.clone(),
-        c.user.clone(),
-        c.host.clone(),
-        c.feature.clone(),
-        c.ttl_ms.to_string(),
-        c.cost.to_string(),
-        c.seats.to_string(),
-        c.limits.overdraft.to_string(),
-        i32::from(c.queue_blocked).to_string(),
-        i32::from(c.borrowed).to_string(),
-        c.share_key.clone().unwrap_or_default(),
-        c.max_processes.to_string(),
-        c.limits.principals.join(&LIST_SEP.to_string()),
-        c.limits.reservations.len().to_string(),
+/// The checkout script's named arguments, then its variable tail: the reservations as
+/// (key, seats, candidate) triples after their count, the caps as (key, max) pairs after theirs,
+/// and last the license revision ('' when the license was read fresh).
+fn checkout_args(c: &CheckoutCommand) -> (NamedArgs, Vec<String>) {
+    let named = vec![
+        ("lease_id", c.lease_id.clone()),
+        ("client", c.client_instance_id.clone()),
+        ("user", c.user.clone()),
+        ("host", c.host.clone()),
+        ("feature", c.feature.clone()),
+        ("ttl_ms", c.ttl_ms.to_string()),
+        ("cost", c.cost.to_string()),
+        ("seats", c.seats.to_string()),
+        ("overdraft", c.limits.overdraft.to_string()),
+        ("queue_blocked", i32::from(c.queue_blocked).to_string()),
+        ("borrowed", i32::from(c.borrowed).to_string()),
+        ("share_key", c.share_key.clone().unwrap_or_default()),
+        ("max_processes", c.max_processes.to_string()),
+        ("principals", c.limits.principals.join(&LIST_SEP.to_string())),
+        ("reservations", c.limits.reservations.len().to_string()),
     ];
+    let mut tail = vec![];
     for (key, seats) in &c.limits.reservations {
-        args.extend([key.clone(), seats.to_string(), i32::from(c.limits.candidates.contains(key)).to_string()]);
+        tail.extend([key.clone(), seats.to_string(), i32::from(c.limits.candidates.contains(key)).to_string()]);
     }
-    args.push(c.limits.caps.len().to_string());
+    tail.push(c.limits.caps.len().to_string());
     for (key, max) in &c.limits.caps {
-        args.extend([key.clone(), max.to_string()]);
+        tail.extend([key.clone(), max.to_string()]);
     }
-    args.push(c.license_revision.map(|r| r.to_string()).unwrap_or_default());
-    args
+    tail.push(c.license_revision.map(|r| r.to_string()).unwrap_or_default());
+    (named, tail)
 }
 
-/// The keys of a license's pool, in the order the scripts' `K` table expects; then the
-/// revocation tombstone of `lease_id` (a placeholder when the script needs none), the epoch and
-/// the license's revision.
-fn keys(license_id: &str, lease_id: &str) -> Vec<String> {
+/// Every argument of the checkout script, in order.
+fn checkout_argv(c: &CheckoutCommand) -> Vec<String> {
+    let (named, tail) = checkout_args(c);
+    named.into_iter().map(|(_, v)| v).chain(tail).collect()
+}
+
+fn heartbeat_args(lease_id: &str) -> NamedArgs {
+    vec![("lease_id", lease_id.to_owned())]
+}
+
+fn checkin_args(lease_id: &str, linger_ms: i64) -> NamedArgs {
+    vec![("lease_id", lease_id.to_owned()), ("linger_ms", linger_ms.to_string())]
+}
+
+fn revoke_args(lease_id: &str) -> NamedArgs {
+    vec![("lease_id", lease_id.to_owned()), ("tombstone_ms", TOMBSTONE_MS.to_string())]
+}
+
+fn drain_args(max: usize) -> NamedArgs {
+    vec![("max", max.to_string())]
+}
+
+fn reestablish_args(l: &LostLease) -> NamedArgs {
+    vec![
+        ("lease_id", l.lease_id.clone()),
+        ("client", l.client_instance_id.clone()),
+        ("user", l.user.clone()),
+        ("host", l.host.clone()),
+        ("feature", l.feature.clone()),
+        ("ttl_ms", l.ttl_ms.to_string()),
+        ("cost", l.seats_held.max(1).to_string()),
+        ("seats", l.seats.to_string()),
+        ("fence", l.fence.to_string()),
+    ]
+}
+
+/// The keys of a license's pool by the names the prelude's `named(KEYS, {…})` declares, in its
+/// order: the pool's own, then the revocation tombstone of `lease_id` (a placeholder when the
+/// script needs none), the epoch and the license's revision.
+fn named_keys(license_id: &str, lease_id: &str) -> Vec<(&'static str, String)> {
     let p = format!("lease:{{{license_id}}}");
-    ["z", "d", "c", "u", "x", "f", "g", "s", "b", "h", "l"]
-        .iter()
-        .map(|k| format!("{p}:{k}"))
-        .chain([format!("{p}:r:{lease_id}"), EPOCH.to_owned(), revision_key(license_id)])
-        .collect()
+    [
+        ("expiries", "z"),
+        ("leases", "d"),
+        ("clients", "c"),
+        ("in_use", "u"),
+        ("expired", "x"),
+        ("fence", "f"),
+        ("groups", "g"),
+        ("shared", "s"),
+        ("reserved", "b"),
+        ("held_by", "h"),
+        ("lingering", "l"),
+    ]
+    .into_iter()
+    .map(|(name, suffix)| (name, format!("{p}:{suffix}")))
+    .chain([
+        ("tombstone", format!("{p}:r:{lease_id}")),
+        ("epoch", EPOCH.to_owned()),
+        ("revision", revision_key(license_id)),
+    ])
+    .collect()
+}
+
+fn keys(license_id: &str, lease_id: &str) -> Vec<String> {
+    named_keys(license_id, lease_id).into_iter().map(|(_, key)| key).collect()
 }
 
 fn revision_key(license_id: &str) -> String {
@@ -491,6 +248,20 @@ fn invoke<'a>(script: &'a Script, license_id: &str, lease_id: &str) -> redis::Sc
     let mut invocation = script.prepare_invoke();
     for key in keys(license_id, lease_id) {
         invocation.key(key);
+    }
+    invocation
+}
+
+/// [`invoke`] with the script's named arguments.
+fn invoke_with<'a>(
+    script: &'a Script,
+    license_id: &str,
+    lease_id: &str,
+    args: NamedArgs,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = invoke(script, license_id, lease_id);
+    for (_, value) in args {
+        invocation.arg(value);
     }
     invocation
 }
@@ -589,14 +360,14 @@ impl RedisLeaseStore {
         let conn = ConnectionManager::new_with_config(client, config).await.map_err(map_err)?;
         Ok(Self {
             conn,
-            checkout: script(CHECKOUT),
-            heartbeat: script(HEARTBEAT),
-            checkin: script(CHECKIN),
-            revoke: script(REVOKE),
-            list: script(LIST),
-            drain: script(DRAIN_EXPIRED),
-            reestablish: script(REESTABLISH),
-            now: script(NOW),
+            checkout: script(lua::CHECKOUT),
+            heartbeat: script(lua::HEARTBEAT),
+            checkin: script(lua::CHECKIN),
+            revoke: script(lua::REVOKE),
+            list: script(lua::LIST),
+            drain: script(lua::DRAIN_EXPIRED),
+            reestablish: script(lua::REESTABLISH),
+            now: script(lua::NOW),
             clock: Arc::default(),
             recovery_window_ms: 3_600_000,
         })
@@ -729,7 +500,7 @@ impl LicenseRevisions for RedisLeaseStore {
 impl LeaseStore for RedisLeaseStore {
     #[tracing::instrument(name = "store.checkout", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn checkout(&self, c: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError> {
-        let args = checkout_args(c);
+        let args = checkout_argv(c);
         // The sweep index goes in the same round trip, after the script. Its expiry is a guess
         // (the script reads TIME), made early so the sweep comes too soon rather than too late:
         // early, it finds nothing and moves the license to its real earliest expiry.
@@ -777,8 +548,7 @@ impl LeaseStore for RedisLeaseStore {
 
     #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
-        let mut invocation = invoke(&self.heartbeat, license_id, lease_id);
-        invocation.arg(lease_id);
+        let invocation = invoke_with(&self.heartbeat, license_id, lease_id, heartbeat_args(lease_id));
         let reply = self.invoke_granting(&invocation).await?;
         Ok(match int(&reply[0])? {
             1 => {
@@ -802,12 +572,11 @@ impl LeaseStore for RedisLeaseStore {
     #[tracing::instrument(name = "store.checkin", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn checkin(&self, license_id: &str, lease_id: &str, linger_ms: i64) -> Result<Option<Released>, StoreError> {
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = invoke(&self.checkin, license_id, lease_id)
-            .arg(lease_id)
-            .arg(linger_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let reply: Vec<redis::Value> =
+            invoke_with(&self.checkin, license_id, lease_id, checkin_args(lease_id, linger_ms))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_err)?;
         if int(&reply[0])? != 1 {
             return Ok(None);
         }
@@ -822,9 +591,7 @@ impl LeaseStore for RedisLeaseStore {
     #[tracing::instrument(name = "store.revoke", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<Option<(i64, Released)>, StoreError> {
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = invoke(&self.revoke, license_id, lease_id)
-            .arg(lease_id)
-            .arg(TOMBSTONE_MS)
+        let reply: Vec<redis::Value> = invoke_with(&self.revoke, license_id, lease_id, revoke_args(lease_id))
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
@@ -875,8 +642,10 @@ impl LeaseStore for RedisLeaseStore {
             .map_err(map_err)?;
         let mut out = vec![];
         for license_id in due {
-            let reply: Vec<String> =
-                invoke(&self.drain, &license_id, "").arg(max).invoke_async(&mut conn).await.map_err(map_err)?;
+            let reply: Vec<String> = invoke_with(&self.drain, &license_id, "", drain_args(max))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_err)?;
             let earliest: i64 = reply[0].parse().unwrap_or(-1);
             for item in &reply[1..] {
                 // id, expiry, seats freed, then the packed lease.
@@ -914,17 +683,7 @@ impl LeaseStore for RedisLeaseStore {
 
     #[tracing::instrument(name = "store.reestablish", skip_all, fields(otel.kind = "client", store = "redis"))]
     async fn reestablish(&self, l: &LostLease) -> Result<ReestablishOutcome, StoreError> {
-        let mut invocation = invoke(&self.reestablish, &l.license_id, &l.lease_id);
-        invocation
-            .arg(&l.lease_id)
-            .arg(&l.client_instance_id)
-            .arg(&l.user)
-            .arg(&l.host)
-            .arg(&l.feature)
-            .arg(l.ttl_ms)
-            .arg(l.seats_held.max(1))
-            .arg(l.seats)
-            .arg(l.fence);
+        let invocation = invoke_with(&self.reestablish, &l.license_id, &l.lease_id, reestablish_args(l));
         let reply = self.invoke_granting(&invocation).await?;
         match int(&reply[0])? {
             1 => {
@@ -953,5 +712,79 @@ impl LeaseStore for RedisLeaseStore {
         self.clock.offset_ms.store(redis_now - SystemClock.now(), Ordering::Relaxed);
         self.clock.measured_at.store(local, Ordering::Relaxed);
         Ok(redis_now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use licensing_domain::seat_policy::SeatLimits;
+
+    /// The quoted names of `named(<what>, {…})` in a script, in order (comments skipped).
+    fn declared(script: &str, what: &str) -> Vec<String> {
+        let start = script.find(&format!("named({what}, {{")).unwrap_or_else(|| panic!("no named({what}, …)"));
+        let body = &script[start..];
+        let body = &body[..body.find("})").expect("the table ends")];
+        body.lines()
+            .map(|line| line.split("--").next().unwrap_or(""))
+            .flat_map(|code| code.split('\'').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn names(args: &[(&'static str, String)]) -> Vec<String> {
+        args.iter().map(|(name, _)| name.to_string()).collect()
+    }
+
+    #[test]
+    fn the_keys_sent_are_the_keys_the_prelude_names() {
+        assert_eq!(names(&named_keys("lic_X", "lse_Y")), declared(lua::PRELUDE, "KEYS"));
+    }
+
+    #[test]
+    fn each_script_is_sent_the_arguments_it_names() {
+        let command = CheckoutCommand {
+            license_id: "lic_X".into(),
+            seats: 2,
+            lease_id: "lse_Y".into(),
+            client_instance_id: "c".into(),
+            user: "u".into(),
+            host: "h".into(),
+            feature: String::new(),
+            ttl_ms: 1,
+            cost: 1,
+            limits: SeatLimits {
+                reservations: vec![("g:a".into(), 1)],
+                caps: vec![("u:u".into(), 1)],
+                ..SeatLimits::default()
+            },
+            queue_blocked: false,
+            share_key: None,
+            max_processes: 0,
+            borrowed: false,
+            license_revision: Some(3),
+        };
+        let (named, tail) = checkout_args(&command);
+        assert_eq!(names(&named), declared(lua::CHECKOUT, "ARGV"));
+        // The tail the script reads by its cursor: one reservation triple, the cap count and
+        // pair, the revision.
+        assert_eq!(tail, ["g:a", "1", "0", "1", "u:u", "1", "3"]);
+        assert!(lua::CHECKOUT.contains(&format!("local cursor = {}", named.len())));
+        assert_eq!(names(&heartbeat_args("l")), declared(lua::HEARTBEAT, "ARGV"));
+        assert_eq!(names(&checkin_args("l", 0)), declared(lua::CHECKIN, "ARGV"));
+        assert_eq!(names(&revoke_args("l")), declared(lua::REVOKE, "ARGV"));
+        assert_eq!(names(&drain_args(1)), declared(lua::DRAIN_EXPIRED, "ARGV"));
+        let lost = LostLease {
+            license_id: "lic_X".into(),
+            lease_id: "lse_Y".into(),
+            client_instance_id: "c".into(),
+            user: "u".into(),
+            host: "h".into(),
+            feature: String::new(),
+            fence: 1,
+            seats_held: 1,
+            ttl_ms: 1,
+            seats: 1,
+        };
+        assert_eq!(names(&reestablish_args(&lost)), declared(lua::REESTABLISH, "ARGV"));
     }
 }

@@ -1,0 +1,2 @@
+-- Redis's clock, in ms.
+return now
