@@ -65,11 +65,42 @@ pub async fn backends() -> Vec<Backend> {
     v
 }
 
+/// Test databases are named `licensing_test_p<pid>_<random>`, so a run can tell its own from
+/// those a finished run left behind.
+const TEST_DATABASE_PREFIX: &str = "licensing_test_p";
+
+/// Drops the test databases of runs whose process has ended (each test server's database stays
+/// until then, for its restarts; left alone they filled gigabytes), once per process.
+async fn drop_databases_of_finished_runs(conn: &mut sqlx::PgConnection) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    if !cfg!(target_os = "linux") {
+        return; // whether a run's process lives is read from /proc
+    }
+    DONE.get_or_init(|| async {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'licensing_test_%'")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_default();
+        for name in names {
+            let pid = name.strip_prefix(TEST_DATABASE_PREFIX).and_then(|rest| rest.split('_').next());
+            let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if !running {
+                // Best effort: a database still in use by a straggler is left for the next run.
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut *conn).await;
+            }
+        }
+    })
+    .await;
+}
+
 /// Creates an empty PostgreSQL database and returns its URL.
 pub async fn fresh_postgres_database() -> String {
     let admin = postgres_admin_url();
-    let name = format!("licensing_test_{}", licensing_domain::ids::new_id("db").to_lowercase());
+    let name =
+        format!("{TEST_DATABASE_PREFIX}{}_{}", std::process::id(), licensing_domain::ids::new_id("db").to_lowercase());
     let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    drop_databases_of_finished_runs(&mut conn).await;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     conn.close().await.ok();
     match admin.rfind('/') {
