@@ -227,7 +227,10 @@ impl License {
             }
             LicenseStatus::Active => {}
         }
-        if now < self.valid_from {
+        // A license is valid from the moment it is issued, on every service whatever its clock
+        // (the Seat service judges by Redis's): only a start the vendor set after the issue is
+        // judged by the clock.
+        if self.valid_from > self.created_at && now < self.valid_from {
             return refuse(
                 "NOT_YET_VALID",
                 format!("license {} is not valid before {} (Unix ms)", self.license_id, self.valid_from),
@@ -374,5 +377,46 @@ impl Receipt {
     /// The next renewal date of a recurring payment (months counted as 30 days).
     pub fn next_renewal_at(&self) -> Option<Millis> {
         (self.recurring_months > 0).then(|| self.paid_at + i64::from(self.recurring_months) * 30 * crate::clock::DAY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn license(created_at: Millis, valid_from: Millis) -> License {
+        License {
+            license_id: "lic_X".into(),
+            product_code: "p".into(),
+            customer_id: "cus_X".into(),
+            kind: LicenseKind::Concurrent,
+            status: LicenseStatus::Active,
+            seats: 1,
+            allowed_deactivations: UNLIMITED,
+            activations_used: 0,
+            deactivations_used: 0,
+            modules: vec![],
+            valid_from,
+            expires_at: None,
+            upgrades_until: None,
+            associated_customer_id: None,
+            portal_deactivation_counts: true,
+            replaces_license_id: None,
+            notes: String::new(),
+            seat_policy: Default::default(),
+            created_at,
+            updated_at: created_at,
+        }
+    }
+
+    #[test]
+    fn a_license_is_valid_from_its_issue_whatever_the_clock_and_from_a_later_start_by_it() {
+        // Issued "valid now" at 1,000 by the issuing service's clock; another service's clock
+        // reads 990: still valid.
+        assert!(license(1_000, 1_000).usability(990, LicenseKind::Concurrent).is_ok());
+        // A start the vendor set after the issue is judged by the clock.
+        let scheduled = license(1_000, 5_000);
+        assert_eq!(scheduled.usability(4_999, LicenseKind::Concurrent).unwrap_err().reason, "NOT_YET_VALID");
+        assert!(scheduled.usability(5_000, LicenseKind::Concurrent).is_ok());
     }
 }
