@@ -598,3 +598,172 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     change(LicenseChange::Reinstate).await;
     checkout("a").await.expect("reinstated: the suspended license in the cache is not trusted to refuse");
 }
+
+/// A license is valid from the moment its issue call returns on every service, whatever their
+/// clocks: here the issuing service's clock runs a minute ahead of Redis's, by which the Seat
+/// service judges.
+#[tokio::test]
+async fn a_license_is_valid_from_its_issue_on_a_seat_service_whose_clock_lags() {
+    if !redis_available().await {
+        return;
+    }
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(Backend::Sqlite, data_dir.path()).await;
+    env.insert("LICENSING_REDIS_URL".into(), redis_url());
+    let ahead = licensing_domain::clock::ManualClock::new(now_s() * 1000 + 60_000);
+    let overrides = licensing::Overrides { clock: std::sync::Arc::new(ahead), ..test_overrides() };
+    let app = spawn_with(Backend::Sqlite, data_dir, env, overrides).await;
+    let (license_id, key) = floating(&app, 1).await;
+    let g = seats(&app).await.checkout(checkout_req(&key, "first", 30_000)).await.expect("valid at once").into_inner();
+    assert_eq!(g.grant.unwrap().license_id, license_id);
+}
+
+/// A checkout naming another holder's client instance ID is another client: it neither renews
+/// nor learns that lease, and the holder keeps it.
+#[tokio::test]
+async fn a_client_instance_id_named_by_another_user_or_host_is_another_client() {
+    for leases in lease_backends().await {
+        let app = spawn_seat_app(leases).await;
+        let (license_id, key) = floating(&app, 1).await;
+        let mut s = seats(&app).await;
+        let alice =
+            pb::CheckoutRequest { user: "alice".into(), host: "ws-1".into(), ..checkout_req(&key, "pid-7", 30_000) };
+        let held = s.checkout(alice.clone()).await.unwrap().into_inner().grant.unwrap();
+        for (user, host) in [("mallory", "ws-1"), ("alice", "ws-9"), ("mallory", "ws-9")] {
+            let other = pb::CheckoutRequest { user: user.into(), host: host.into(), ..alice.clone() };
+            let err = s.checkout(other).await.unwrap_err();
+            assert_eq!(
+                (err.code(), reason(&err)),
+                (Code::ResourceExhausted, "NO_SEAT_AVAILABLE".into()),
+                "{leases:?}: {user}@{host} is another client and the one seat is taken"
+            );
+        }
+        let listed = live(&app, &license_id).await;
+        assert_eq!(listed.len(), 1, "{leases:?}");
+        assert_eq!((listed[0].lease_id.as_str(), listed[0].user.as_str()), (held.lease_id.as_str(), "alice"));
+        // The holder itself still renews.
+        let again = s.checkout(alice).await.unwrap().into_inner().grant.unwrap();
+        assert_eq!((again.lease_id, again.renewed), (held.lease_id, true), "{leases:?}");
+    }
+}
+
+/// A heartbeat that carries a lease token must carry this lease's, as this server signed it: an
+/// altered token or another lease's is refused and extends nothing.
+#[tokio::test]
+async fn a_heartbeat_with_an_altered_or_foreign_lease_token_changes_nothing() {
+    for leases in lease_backends().await {
+        let app = spawn_seat_app(leases).await;
+        let (license_id, key) = floating(&app, 2).await;
+        let mut s = seats(&app).await;
+        let a = s.checkout(checkout_req(&key, "a", 30_000)).await.unwrap().into_inner().grant.unwrap();
+        let b = s.checkout(checkout_req(&key, "b", 30_000)).await.unwrap().into_inner().grant.unwrap();
+        let expiry_of_a = |leases: Vec<licensing_proto::common::v1::Lease>| {
+            leases.into_iter().find(|l| l.lease_id == a.lease_id).unwrap().expires_at.unwrap()
+        };
+        let before = expiry_of_a(live(&app, &license_id).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut altered = a.lease_token.clone().into_bytes();
+        let at = altered.len() / 3;
+        altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+        for (token, what) in [(String::from_utf8(altered).unwrap(), "altered"), (b.lease_token.clone(), "foreign")] {
+            let err = s
+                .heartbeat(pb::HeartbeatRequest {
+                    license_id: license_id.clone(),
+                    lease_id: a.lease_id.clone(),
+                    lease_token: token,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (err.code(), reason(&err)),
+                (Code::InvalidArgument, "LEASE_TOKEN_INVALID".into()),
+                "{leases:?}: an {what} token: {}",
+                err.message()
+            );
+            if what == "foreign" {
+                assert!(
+                    err.message().contains(&b.lease_id) && err.message().contains(&a.lease_id),
+                    "{}",
+                    err.message()
+                );
+            }
+        }
+        assert_eq!(expiry_of_a(live(&app, &license_id).await), before, "{leases:?}: nothing was extended");
+        let ok = s
+            .heartbeat(pb::HeartbeatRequest {
+                license_id: license_id.clone(),
+                lease_id: a.lease_id.clone(),
+                lease_token: a.lease_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let after = ok.expires_at.unwrap();
+        assert!((after.seconds, after.nanos) >= (before.seconds, before.nanos), "{leases:?}: its own token extends it");
+    }
+}
+
+/// A heartbeat on a lease that expired answers LEASE_EXPIRED on every lease store, whether or not
+/// the sweep has recorded the expiry yet, when it carries the lease's token.
+#[tokio::test]
+async fn an_expired_lease_is_lease_expired_on_every_lease_store() {
+    for leases in lease_backends().await {
+        let app = spawn_seat_app(leases).await;
+        let (license_id, key) = floating(&app, 1).await;
+        let mut s = seats(&app).await;
+        let g = s.checkout(checkout_req(&key, "sleeper", 1_000)).await.unwrap().into_inner().grant.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        // Another client takes the seat (reaping the expired lease), and the sweep (every
+        // 100 ms here) records it.
+        s.checkout(checkout_req(&key, "next", 30_000)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let err = s
+            .heartbeat(pb::HeartbeatRequest {
+                license_id: license_id.clone(),
+                lease_id: g.lease_id.clone(),
+                lease_token: g.lease_token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::NotFound, "LEASE_EXPIRED".into()),
+            "{leases:?}: {}",
+            err.message()
+        );
+    }
+}
+
+/// A borrow clamped to the license's expiry ends at it, never after (the store caps the expiry
+/// by its own clock).
+#[tokio::test]
+async fn a_borrow_never_outlives_the_license() {
+    for leases in lease_backends().await {
+        let app = spawn_seat_app(leases).await;
+        let f = fixture(&app).await;
+        let expires = now_s() + 4;
+        let (license_id, key, _) =
+            issue_license(&app, &f, LicenseKind::Concurrent, 5, |r| r.expires_at = ts(expires)).await;
+        let policy =
+            pb::SeatPolicy { max_borrow: Some(prost_types::Duration { seconds: 3, nanos: 0 }), ..Default::default() };
+        seats(&app)
+            .await
+            .update_seat_policy(admin_req(pb::UpdateSeatPolicyRequest { license_id, policy: Some(policy) }))
+            .await
+            .unwrap();
+        // Less than the 3 s borrow is left of the license now.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        for i in 0..5 {
+            let borrow = pb::CheckoutRequest {
+                borrow_for: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
+                ..checkout_req(&key, &format!("laptop-{i}"), 30_000)
+            };
+            let g = seats(&app).await.checkout(borrow).await.unwrap().into_inner().grant.unwrap();
+            let end = g.expires_at.unwrap();
+            assert!(
+                (end.seconds, end.nanos) <= (expires, 0),
+                "{leases:?}: the borrow ends at {end:?}, after the license's expiry at {expires} s"
+            );
+        }
+    }
+}

@@ -548,3 +548,35 @@ async fn a_scripted_day_reports_what_happened() {
         .unwrap_err();
     assert_eq!((status.code(), status.message().starts_with("from")), (Code::InvalidArgument, true));
 }
+
+/// A seat reserved for a user goes to that user whatever the wait queue holds: the queue orders
+/// only those who may take the seat they wait for.
+#[tokio::test]
+async fn a_reserved_seat_goes_to_its_owner_while_others_wait_in_line() {
+    for backend in lease_backends().await {
+        let app = spawn_seat_app(backend).await;
+        let policy = pb::SeatPolicy {
+            reservations: vec![pb::Reservation { principal: Some(user("vip")), seats: 1 }],
+            ..Default::default()
+        };
+        let (license_id, key) = license_with_policy(&app, 2, policy).await;
+        grant(&app, checkout(&key, "other", "desk")).await.expect("the one general seat");
+        let mut waiter = seats(&app)
+            .await
+            .wait_for_seat(pb::WaitForSeatRequest {
+                checkout: Some(checkout(&key, "waiter", "desk")),
+                max_wait: duration(10_000),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = waiter.message().await.unwrap().unwrap().event.unwrap();
+        assert_eq!(first, pb::wait_for_seat_response::Event::QueuePosition(1), "{backend:?}");
+        let vip = grant(&app, checkout(&key, "vip", "laptop")).await;
+        assert!(vip.is_ok(), "{backend:?}: the reserved seat is vip's: {:?}", vip.err());
+        // A non-member who comes now waits behind the queue, and is told why.
+        let late = grant(&app, checkout(&key, "late", "desk")).await.unwrap_err();
+        assert_eq!((late.code(), reason(&late)), (Code::ResourceExhausted, "NO_SEAT_AVAILABLE".into()), "{backend:?}");
+        assert_eq!(leases(&app, &license_id).await.len(), 2, "{backend:?}");
+    }
+}

@@ -352,6 +352,7 @@ fn checkout(license_id: &str, client: &str, seats: i32, ttl_ms: i64) -> Checkout
         max_processes: 0,
         borrowed: false,
         license_revision: None,
+        not_after: None,
     }
 }
 
@@ -438,6 +439,7 @@ async fn lease_store_conformance() {
 async fn a_checkout_on_an_older_license_revision_is_refused_and_changes_nothing() {
     let fenced = |license: &str, client: &str, revision: u64| CheckoutCommand {
         license_revision: Some(revision),
+        not_after: None,
         ..checkout(license, client, 5, 10_000)
     };
     if redis_available().await {
@@ -980,4 +982,96 @@ async fn every_redis_lease_script_compiles_in_redis() {
         compiled += 1;
     }
     assert!(compiled >= 8, "found {compiled} scripts in {dir}");
+}
+
+/// The client's own lease is the one its client instance ID names *and* its user and host hold:
+/// the same ID from another user or host is another client, which gets a seat of its own (or
+/// none), never that lease.
+#[tokio::test]
+async fn a_lease_is_renewed_only_by_its_holder_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let alice =
+            CheckoutCommand { user: "alice".into(), host: "ws-1".into(), ..checkout(&license, "pid-7", 2, 10_000) };
+        let (held, ..) = grant(name, store.checkout(&alice).await.unwrap());
+        let mallory = CheckoutCommand { user: "mallory".into(), ..checkout(&license, "pid-7", 2, 10_000) };
+        let (other, renewed, in_use, taken) = grant(name, store.checkout(&mallory).await.unwrap());
+        assert_ne!(other.lease_id, held.lease_id, "{name}");
+        assert_eq!((renewed, in_use, taken), (false, 2, 1), "{name}: a seat of its own");
+        let elsewhere = CheckoutCommand { host: "ws-9".into(), ..alice.clone() };
+        assert_eq!(denial(name, store.checkout(&elsewhere).await.unwrap()), SeatDenial::Full, "{name}");
+        // Each holder still renews its own, and checking one in leaves the other.
+        let (again, renewed, ..) = grant(
+            name,
+            store.checkout(&CheckoutCommand { lease_id: ids::new_id(ids::LEASE), ..alice.clone() }).await.unwrap(),
+        );
+        assert_eq!((again.lease_id.as_str(), renewed), (held.lease_id.as_str(), true), "{name}");
+        assert!(store.checkin(&license, &other.lease_id, 0).await.unwrap().is_some(), "{name}");
+        let (again, renewed, ..) =
+            grant(name, store.checkout(&CheckoutCommand { lease_id: ids::new_id(ids::LEASE), ..alice }).await.unwrap());
+        assert_eq!((again.lease_id.as_str(), renewed), (held.lease_id.as_str(), true), "{name}");
+    }
+}
+
+/// A checkout's `not_after` caps the expiry of what it grants, by the store's own clock: new
+/// leases, renewals and borrows alike.
+#[tokio::test]
+async fn no_lease_outlives_the_not_after_of_its_checkout_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let cap = store.now().await.unwrap() + 2_000;
+        let capped = CheckoutCommand { not_after: Some(cap), ..checkout(&license, "c", 2, 60_000) };
+        let (lease, ..) = grant(name, store.checkout(&capped).await.unwrap());
+        assert_eq!(lease.expires_at, cap, "{name}: a new lease");
+        let (again, renewed, ..) = grant(name, store.checkout(&capped).await.unwrap());
+        assert_eq!((renewed, again.expires_at), (true, cap), "{name}: a renewal");
+        let borrow = CheckoutCommand { borrowed: true, not_after: Some(cap), ..checkout(&license, "d", 2, 60_000) };
+        let (borrowed, ..) = grant(name, store.checkout(&borrow).await.unwrap());
+        assert_eq!((borrowed.borrowed, borrowed.expires_at), (true, cap), "{name}: a borrow");
+    }
+}
+
+/// Clients waiting in line hold back general seats only: a checkout that may draw on a
+/// reservation still gets its reserved seat, while others hear `Queued`.
+#[tokio::test]
+async fn a_queue_holds_back_general_seats_but_not_reserved_ones_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let p = SeatPolicy {
+            reservations: vec![Reservation { principal: Principal::user("vip"), seats: 1 }],
+            ..Default::default()
+        };
+        let queued =
+            |user: &str| CheckoutCommand { queue_blocked: true, ..policy_checkout(&license, 3, &p, user, "h", "") };
+        assert_eq!(denial(name, store.checkout(&queued("bob")).await.unwrap()), SeatDenial::Queued, "{name}");
+        let (vip, ..) = grant(name, store.checkout(&queued("vip")).await.unwrap());
+        assert_eq!(vip.bucket, "u:vip", "{name}: the reserved seat");
+        // Its reservation used up, vip waits in line like anyone for a general seat.
+        assert_eq!(denial(name, store.checkout(&queued("vip")).await.unwrap()), SeatDenial::Queued, "{name}");
+    }
+}
+
+/// A heartbeat on a lease that expired answers Expired until the sweep has recorded the expiry,
+/// whether or not another call reaped the pool first, then Unknown: the same on every store.
+#[tokio::test]
+async fn an_expired_lease_answers_expired_until_the_sweep_records_it_in_every_lease_store() {
+    for (name, store) in lease_stores_on_redis_db(Some(3)).await {
+        let license = ids::new_id(ids::LICENSE);
+        let (lease, ..) = grant(name, store.checkout(&checkout(&license, "gone", 2, 300)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Another checkout reaps the pool (the expired lease leaves it).
+        grant(name, store.checkout(&checkout(&license, "next", 2, 10_000)).await.unwrap());
+        let outcome = store.heartbeat(&license, &lease.lease_id).await.unwrap();
+        assert_eq!(outcome, HeartbeatOutcome::Expired, "{name}");
+        let mut recorded = false;
+        for _ in 0..20 {
+            let swept = store.sweep_expired(1_000).await.unwrap();
+            if swept.iter().any(|r| r.lease.lease_id == lease.lease_id) {
+                recorded = true;
+                break;
+            }
+        }
+        assert!(recorded, "{name}: the sweep records the expiry");
+        assert_eq!(store.heartbeat(&license, &lease.lease_id).await.unwrap(), HeartbeatOutcome::Unknown, "{name}");
+    }
 }

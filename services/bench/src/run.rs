@@ -590,6 +590,7 @@ async fn populate(store: &RedisLeaseStore, licenses: usize, per_license: usize, 
             max_processes: 0,
             borrowed: false,
             license_revision: None,
+            not_after: None,
         })
     });
     let mut results =

@@ -55,6 +55,18 @@ impl Principal {
         };
         format!("{tag}:{}", self.name)
     }
+
+    /// The principal a [`Principal::key`] names, if it is one.
+    pub fn from_key(key: &str) -> Option<Self> {
+        let (tag, name) = key.split_once(':')?;
+        let kind = match tag {
+            "u" => PrincipalKind::User,
+            "h" => PrincipalKind::Host,
+            "g" => PrincipalKind::Group,
+            _ => return None,
+        };
+        Some(Self { kind, name: name.to_owned() })
+    }
 }
 
 impl std::fmt::Display for Principal {
@@ -336,6 +348,8 @@ pub enum SeatDenial {
     Denied { principal: String },
     /// The policy has an allow list and the checkout is not on it.
     NotAllowed,
+    /// A general seat is free, but clients waiting for one (WaitForSeat) come first.
+    Queued,
 }
 
 impl SeatDenial {
@@ -347,6 +361,8 @@ impl SeatDenial {
             Self::CapReached { .. } => "CAP_REACHED",
             Self::Denied { .. } => "DENIED",
             Self::NotAllowed => "NOT_ALLOWED",
+            // No seat for this caller now, as for Full: it may wait in line too.
+            Self::Queued => "NO_SEAT_AVAILABLE",
         }
     }
 }
@@ -375,7 +391,16 @@ pub struct SeatCharge {
 /// This function (the SQL lease store) and `services/store/lua/checkout.lua` (Redis) implement
 /// one decision, each over its own counters: change them together. The store conformance suite
 /// runs the same cases against both.
-pub fn decide_new_seat(seats: i32, cost: i32, limits: &SeatLimits, pool: &PoolUsage) -> Result<SeatCharge, SeatDenial> {
+///
+/// `queue_blocked`: clients are waiting for a seat ahead of this checkout. They wait for a
+/// general seat, so they hold back only those: a seat reserved for this checkout is still its own.
+pub fn decide_new_seat(
+    seats: i32,
+    cost: i32,
+    limits: &SeatLimits,
+    pool: &PoolUsage,
+    queue_blocked: bool,
+) -> Result<SeatCharge, SeatDenial> {
     let used = |map: &HashMap<String, i32>, key: &str| map.get(key).copied().unwrap_or(0);
     for (key, max_seats) in &limits.caps {
         if used(&pool.by_principal, key) + cost > *max_seats {
@@ -387,6 +412,9 @@ pub fn decide_new_seat(seats: i32, cost: i32, limits: &SeatLimits, pool: &PoolUs
         if used(&pool.by_bucket, key) + cost <= reserved {
             return Ok(SeatCharge { bucket: key.clone(), overdraft: false });
         }
+    }
+    if queue_blocked {
+        return Err(SeatDenial::Queued);
     }
     let reserved: i32 = limits.reservations.iter().map(|(_, s)| *s).sum();
     let held_in_reservations: i32 = limits.reservations.iter().map(|(k, s)| used(&pool.by_bucket, k).min(*s)).sum();
@@ -440,32 +468,54 @@ mod tests {
         let p = policy();
         let others = p.limits_for(&p.principals("bob", "ws-9", &[]));
         // 4 seats, 2 reserved, 2 held by others: the idle reserved ones are not for bob.
-        assert_eq!(decide_new_seat(4, 1, &others, &usage(2, &[], &[])), Err(SeatDenial::Reserved));
+        assert_eq!(decide_new_seat(4, 1, &others, &usage(2, &[], &[]), false), Err(SeatDenial::Reserved));
         let member = p.limits_for(&p.principals("ann", "ws-9", &[]));
-        assert_eq!(decide_new_seat(4, 1, &member, &usage(2, &[], &[])).unwrap().bucket, "g:design");
+        assert_eq!(decide_new_seat(4, 1, &member, &usage(2, &[], &[]), false).unwrap().bucket, "g:design");
         // With the reservation used up, members fall back to the general pool.
         let full_reservation = usage(3, &[("g:design", 2)], &[]);
-        assert_eq!(decide_new_seat(4, 1, &member, &full_reservation).unwrap().bucket, "");
-        assert_eq!(decide_new_seat(4, 1, &member, &usage(4, &[("g:design", 2)], &[])), Err(SeatDenial::Full));
+        assert_eq!(decide_new_seat(4, 1, &member, &full_reservation, false).unwrap().bucket, "");
+        assert_eq!(decide_new_seat(4, 1, &member, &usage(4, &[("g:design", 2)], &[]), false), Err(SeatDenial::Full));
+    }
+
+    #[test]
+    fn waiters_hold_back_general_seats_but_not_a_reservation_of_the_caller() {
+        let p = policy();
+        let member = p.limits_for(&p.principals("ann", "ws-9", &[]));
+        let others = p.limits_for(&p.principals("bob", "ws-9", &[]));
+        let idle = usage(1, &[], &[]);
+        assert_eq!(decide_new_seat(4, 1, &member, &idle, true).unwrap().bucket, "g:design");
+        assert_eq!(decide_new_seat(4, 1, &others, &idle, true), Err(SeatDenial::Queued));
+        // With the reservation used up, a member waits in line for a general seat like anyone.
+        assert_eq!(decide_new_seat(4, 1, &member, &usage(3, &[("g:design", 2)], &[]), true), Err(SeatDenial::Queued));
+        assert_eq!(SeatDenial::Queued.reason(), SeatDenial::Full.reason());
+    }
+
+    #[test]
+    fn principal_keys_read_back() {
+        for p in [Principal::user("a:b"), Principal::host("h"), Principal::group("g")] {
+            assert_eq!(Principal::from_key(&p.key()), Some(p));
+        }
+        assert_eq!(Principal::from_key("x:y"), None);
+        assert_eq!(Principal::from_key("plain"), None);
     }
 
     #[test]
     fn overdraft_is_flagged_and_bounded() {
         let p = SeatPolicy { overdraft_seats: 1, ..SeatPolicy::default() };
         let limits = p.limits_for(&[]);
-        assert!(!decide_new_seat(2, 1, &limits, &usage(1, &[], &[])).unwrap().overdraft);
-        assert!(decide_new_seat(2, 1, &limits, &usage(2, &[], &[])).unwrap().overdraft);
-        assert_eq!(decide_new_seat(2, 1, &limits, &usage(3, &[], &[])), Err(SeatDenial::Full));
+        assert!(!decide_new_seat(2, 1, &limits, &usage(1, &[], &[]), false).unwrap().overdraft);
+        assert!(decide_new_seat(2, 1, &limits, &usage(2, &[], &[]), false).unwrap().overdraft);
+        assert_eq!(decide_new_seat(2, 1, &limits, &usage(3, &[], &[]), false), Err(SeatDenial::Full));
     }
 
     #[test]
     fn caps_apply_to_their_principal_only() {
         let p = policy();
         let mallory = p.limits_for(&p.principals("mallory", "h", &[]));
-        let denied = decide_new_seat(10, 1, &mallory, &usage(1, &[], &[("u:mallory", 1)]));
+        let denied = decide_new_seat(10, 1, &mallory, &usage(1, &[], &[("u:mallory", 1)]), false);
         assert_eq!(denied, Err(SeatDenial::CapReached { principal: "u:mallory".into(), max_seats: 1 }));
         let bob = p.limits_for(&p.principals("bob", "h", &[]));
-        assert!(decide_new_seat(10, 1, &bob, &usage(1, &[], &[("u:mallory", 1)])).is_ok());
+        assert!(decide_new_seat(10, 1, &bob, &usage(1, &[], &[("u:mallory", 1)]), false).is_ok());
     }
 
     #[test]

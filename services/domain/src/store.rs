@@ -231,6 +231,9 @@ pub struct CheckoutCommand {
     pub max_processes: i32,
     /// Borrowed for offline use: `ttl_ms` is the borrow period, and heartbeats do not extend it.
     pub borrowed: bool,
+    /// The latest a granted lease may expire (the license's expiry), by the store's own clock:
+    /// the store caps the expiry itself, as the service's reading of the clock is already old.
+    pub not_after: Option<Millis>,
     /// The [`LicenseRevisions`] revision of the license that `seats` and `limits` come from, when
     /// it was cached: the store refuses the checkout ([`CheckoutOutcome::StaleLicense`]) if the
     /// license has changed since. `None`: read just now, nothing to check.

@@ -3,7 +3,7 @@
 use licensing_domain::change::ChangeError;
 use licensing_domain::clock::Millis;
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
-use licensing_domain::seat_policy::SeatDenial;
+use licensing_domain::seat_policy::{Principal, SeatDenial};
 use licensing_domain::store::{Refusal, UpdateError};
 use licensing_runtime::auth::AuthError;
 use licensing_runtime::credentials::CredentialError;
@@ -66,7 +66,9 @@ fn denial_text(license_id: &str, seats: i32, in_use: i32, denial: &SeatDenial) -
             "no seat of license {license_id} is free for you: {in_use} of {seats} are in use and the rest are reserved for others"
         ),
         SeatDenial::CapReached { principal, max_seats } => {
-            format!("{principal} already holds its limit of {max_seats} seats of license {license_id}")
+            // The store names the principal by its key (u:…, h:…, g:…); people read "user 'ann'".
+            let who = Principal::from_key(principal).map_or_else(|| principal.clone(), |p| p.to_string());
+            format!("{who} already holds its limit of {max_seats} seats of license {license_id}")
         }
         SeatDenial::Denied { principal } => {
             format!("the seat policy of license {license_id} denies {principal}")
@@ -74,6 +76,9 @@ fn denial_text(license_id: &str, seats: i32, in_use: i32, denial: &SeatDenial) -
         SeatDenial::NotAllowed => {
             format!("the seat policy of license {license_id} allows only listed users, hosts and groups; you are not listed")
         }
+        SeatDenial::Queued => format!(
+            "no seat of license {license_id} is free for you now: {in_use} of {seats} are in use and clients waiting in line (WaitForSeat) get the next free seat first; wait in line too, or try again later"
+        ),
     }
 }
 

@@ -423,6 +423,7 @@ impl Seats {
             max_processes: policy.max_processes_per_seat,
             borrowed,
             license_revision: revision,
+            not_after: license.expires_at,
         };
         match self.leases.checkout(&command).await? {
             CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => {
@@ -488,8 +489,10 @@ impl Seats {
     }
 
     /// Extends a live lease; returns it with a fresh token. `lease_token` (may be empty) is the
-    /// holder's last token: when the lease store lost the lease and is recovering, the token
-    /// puts it back, if a seat is still free for it.
+    /// holder's last token: when sent, it must be this lease's, signed by this server, or nothing
+    /// is extended; it tells an expired lease from an unknown one whatever the store remembers,
+    /// and when the lease store lost the lease and is recovering, it puts the lease back, if a
+    /// seat is still free for it.
     pub async fn heartbeat(
         &self,
         license_id: &str,
@@ -498,6 +501,10 @@ impl Seats {
     ) -> Result<(Lease, String), SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
+        let token = match lease_token {
+            "" => None,
+            token => Some(self.verified_token(license_id, lease_id, token)?),
+        };
         let now = self.leases.now().await?;
         // Suspending or retiring a license stops heartbeats at once.
         let license = self.usable_license(license_id, now).await?;
@@ -505,43 +512,54 @@ impl Seats {
             HeartbeatOutcome::Extended(lease) => lease,
             HeartbeatOutcome::Expired => return Err(SeatError::LeaseExpired(lease_id.to_owned())),
             HeartbeatOutcome::Revoked => return Err(SeatError::LeaseRevoked(lease_id.to_owned())),
-            HeartbeatOutcome::Unknown => self.reestablish(&license, lease_id, lease_token, now).await?,
+            HeartbeatOutcome::Unknown => match token {
+                Some(token) if token.expires_at_ms <= now => return Err(SeatError::LeaseExpired(lease_id.to_owned())),
+                Some(token) => self.reestablish(&license, token).await?,
+                None => {
+                    return Err(SeatError::LeaseNotFound {
+                        license_id: license_id.to_owned(),
+                        lease_id: lease_id.to_owned(),
+                    })
+                }
+            },
         };
         let token = self.token(&lease);
         Ok((lease, token))
     }
 
-    /// A lease the store does not know, put back from its holder's token if the store lost it.
-    async fn reestablish(
+    /// The payload of `lease_token` if this server signed it for this very lease.
+    fn verified_token(
         &self,
-        license: &License,
+        license_id: &str,
         lease_id: &str,
         lease_token: &str,
-        now: Millis,
-    ) -> Result<Lease, SeatError> {
-        let not_found =
-            || SeatError::LeaseNotFound { license_id: license.license_id.clone(), lease_id: lease_id.to_owned() };
-        if lease_token.is_empty() {
-            return Err(not_found());
-        }
+    ) -> Result<LeaseTokenPayload, SeatError> {
         let token = verify_lease_token(&self.signer.verifying_key(), lease_token)
-            .map_err(|e| SeatError::BadLeaseToken(e.to_string()))?;
-        if token.lease_id != lease_id || token.license_id != license.license_id {
+            .map_err(|e| SeatError::BadLeaseToken(format!("it is not a lease token this server signed ({e})")))?;
+        if token.lease_id != lease_id || token.license_id != license_id {
             return Err(SeatError::BadLeaseToken(format!(
-                "it is the token of lease {}, not {lease_id}",
-                token.lease_id
+                "it is the lease token of lease {} of license {}, not of lease {lease_id} of license {license_id}",
+                token.lease_id, token.license_id
             )));
         }
-        if token.expires_at_ms <= now || token.ttl_ms <= 0 {
+        Ok(token)
+    }
+
+    /// A lease the store does not know, put back from its holder's (verified, unexpired) token if
+    /// the store lost it.
+    async fn reestablish(&self, license: &License, token: LeaseTokenPayload) -> Result<Lease, SeatError> {
+        let not_found =
+            || SeatError::LeaseNotFound { license_id: license.license_id.clone(), lease_id: token.lease_id.clone() };
+        if token.ttl_ms <= 0 {
             return Err(not_found());
         }
         let lost = LostLease {
-            license_id: token.license_id,
-            lease_id: token.lease_id,
-            client_instance_id: token.client_instance_id,
-            user: token.user,
-            host: token.host,
-            feature: token.feature,
+            license_id: token.license_id.clone(),
+            lease_id: token.lease_id.clone(),
+            client_instance_id: token.client_instance_id.clone(),
+            user: token.user.clone(),
+            host: token.host.clone(),
+            feature: token.feature.clone(),
             fence: token.fence,
             seats_held: token.seats_held,
             ttl_ms: token.ttl_ms.clamp(self.settings.min_ttl, self.settings.max_ttl),

@@ -1,9 +1,10 @@
--- Checks out a seat of license L's pool, or renews the client's own lease: the whole decision in
--- one step, so concurrent checkouts on any number of Seat replicas never exceed the seats.
+-- Checks out a seat of license L's pool, or renews the client's own lease (the same client
+-- instance ID, user and host): the whole decision in one step, so concurrent checkouts on any
+-- number of Seat replicas never exceed the seats.
 --
 -- This script and `decide_new_seat` (services/domain/src/seat_policy.rs, which the SQL lease
--- store uses) implement one decision: caps, then reservations, then the general pool with
--- overdraft. Change them together; the store conformance suite runs both.
+-- store uses) implement one decision: caps, then reservations, then (unless others wait in line)
+-- the general pool with overdraft. Change them together; the store conformance suite runs both.
 --
 -- Replies: {1 renewed | 2 new, lease_id, packed, expiry, in_use, seats_taken, members},
 -- {0 denied, in_use, earliest expiry or -1, code, detail}, {-7} license revision stale,
@@ -21,11 +22,12 @@ local A = named(ARGV, {
   'share_key',      -- join a seat with this key, or ''
   'max_processes',  -- processes per shared seat (0: no limit)
   'principals',     -- principal keys the seat counts against, separated by \30
+  'not_after',      -- the latest expiry a grant may have (the license's expiry), or ''
   'reservations',   -- how many (key, seats, candidate) triples follow
 })
 -- Then the reservations, `caps` (how many (key, max) pairs follow) and the pairs, and last the
 -- license revision the decision was made on ('' when the license was read fresh).
-local cursor = 15
+local cursor = 16
 local reservations = {}
 for _ = 1, tonumber(A.reservations) do
   table.insert(reservations, {key = ARGV[cursor + 1], seats = tonumber(ARGV[cursor + 2]), candidate = ARGV[cursor + 3] == '1'})
@@ -48,12 +50,14 @@ reap()
 local ttl, cost = tonumber(A.ttl_ms), tonumber(A.cost)
 local borrowed = A.borrowed == '1'
 local function granted(kind, id, f, expiry, taken)
+  if A.not_after ~= '' then expiry = math.min(expiry, tonumber(A.not_after)) end
   redis.call('HSET', K.leases, id, pack(f))
   redis.call('ZADD', K.expiries, expiry, id)
   return {kind, id, pack(f), expiry, in_use(), taken, members(id, f)}
 end
 -- The client's own live lease: renewed (a borrowed one keeps its period unless borrowed anew).
-local own = redis.call('HGET', K.clients, A.client)
+local holder = holder_key(A.client, A.user, A.host)
+local own = redis.call('HGET', K.clients, holder)
 if own and redis.call('ZSCORE', K.expiries, own) then
   local f = fields(redis.call('HGET', K.leases, own))
   local expiry = now + tonumber(f[F.ttl])
@@ -74,10 +78,10 @@ local lingering = redis.call('HGET', K.lingering, lk)
 if lingering and redis.call('ZSCORE', K.expiries, lingering) then
   redis.call('HDEL', K.lingering, lk)
   local f = fields(redis.call('HGET', K.leases, lingering))
-  if redis.call('HGET', K.clients, f[F.client]) == lingering then redis.call('HDEL', K.clients, f[F.client]) end
+  forget_holder(lingering, f)
   f[F.client] = A.client; f[F.ttl] = A.ttl_ms; f[F.flags] = without(f[F.flags], 'l')
   if borrowed then f[F.flags] = without(f[F.flags], 'b') .. 'b' end
-  redis.call('HSET', K.clients, A.client, lingering)
+  redis.call('HSET', K.clients, holder, lingering)
   return granted(1, lingering, f, now + ttl, 0)
 end
 local function flags(overdraft)
@@ -103,7 +107,7 @@ if A.share_key ~= '' then
     gr[G.members] = tostring(tonumber(gr[G.members]) + 1)
     redis.call('HSET', K.groups, gid, pack(gr))
     local fence = redis.call('INCR', K.fence)
-    redis.call('HSET', K.clients, A.client, A.lease_id)
+    redis.call('HSET', K.clients, holder, A.lease_id)
     local f = new_lease(fence, gr[G.cost], gid, flags(gr[G.overdraft] == '1'), gr[G.bucket], gr[G.principals])
     return granted(2, A.lease_id, f, now + ttl, 0)
   end
@@ -114,7 +118,6 @@ local function denied(code, detail)
   local first = redis.call('ZRANGE', K.expiries, 0, 0, 'WITHSCORES')
   return {0, in_use(), first[2] or -1, code, detail or ''}
 end
-if A.queue_blocked == '1' then return denied('FULL') end
 local seats, overdraft = tonumber(A.seats), tonumber(A.overdraft)
 for _, cap in ipairs(caps) do
   if counter(K.held_by, cap.key) + cost > cap.max then return denied('CAP', cap.key .. S .. cap.max) end
@@ -123,6 +126,8 @@ local bucket, over = nil, false
 for _, r in ipairs(reservations) do
   if r.candidate and counter(K.reserved, r.key) + cost <= r.seats then bucket = r.key; break end
 end
+-- Those waiting in line (WaitForSeat) wait for a general seat: they hold back only those.
+if not bucket and A.queue_blocked == '1' then return denied('QUEUED') end
 local used = in_use()
 if not bucket then
   local reserved, held = 0, 0
@@ -153,6 +158,6 @@ redis.call('INCRBY', K.in_use, cost)
 if bucket ~= '' then redis.call('HINCRBY', K.reserved, bucket, cost) end
 each_principal(A.principals, function(p) redis.call('HINCRBY', K.held_by, p, cost) end)
 local fence = redis.call('INCR', K.fence)
-redis.call('HSET', K.clients, A.client, A.lease_id)
+redis.call('HSET', K.clients, holder, A.lease_id)
 local f = new_lease(fence, tostring(cost), gid, flags(over), bucket, A.principals)
 return granted(2, A.lease_id, f, now + ttl, cost)

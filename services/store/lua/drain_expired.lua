@@ -6,6 +6,7 @@ local out = {}
 for _ = 1, tonumber(A.max) do
   local item = redis.call('RPOP', K.expired)
   if not item then break end
+  redis.call('HDEL', K.expired_ids, string.match(item, '^[^\31]*'))
   table.insert(out, item)
 end
 local first = redis.call('ZRANGE', K.expiries, 0, 0, 'WITHSCORES')

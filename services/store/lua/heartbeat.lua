@@ -1,11 +1,12 @@
 -- Extends a live lease by its TTL (a borrowed one keeps its period).
 -- Replies: {1, lease_id, packed, expiry, members}, {-1} unknown (or lingering), {-2} revoked,
--- {-3} expired, {-9} epoch missing.
+-- {-3} expired (and not yet recorded by the sweep, as the SQL store answers), {-9} epoch missing.
 local A = named(ARGV, {'lease_id'})
 if not recovering_until() then return {-9} end
 local score = redis.call('ZSCORE', K.expiries, A.lease_id)
 if not score then
   if redis.call('EXISTS', K.tombstone) == 1 then return {-2} end
+  if redis.call('HEXISTS', K.expired_ids, A.lease_id) == 1 then return {-3} end
   return {-1}
 end
 if tonumber(score) <= now then

@@ -17,7 +17,7 @@ end
 local K = named(KEYS, {
   'expiries',   -- z: ZSET lease ID -> expiry (ms)
   'leases',     -- d: HASH lease ID -> packed lease (fields F below)
-  'clients',    -- c: HASH client instance ID -> lease ID
+  'clients',    -- c: HASH holder (client instance ID, user and host) -> lease ID
   'in_use',     -- u: seats in use (the sum of the costs of open seat groups)
   'expired',    -- x: LIST of expired leases the sweep has not recorded yet
   'fence',      -- f: fencing counter
@@ -26,6 +26,7 @@ local K = named(KEYS, {
   'reserved',   -- b: HASH reservation -> seats held under it
   'held_by',    -- h: HASH principal (u:…, h:…, g:…) -> seats held, for caps
   'lingering',  -- l: HASH user, host and feature -> lingering lease
+  'expired_ids', -- xi: HASH lease ID -> 1 for each lease in `expired` (heartbeats answer "expired")
   'tombstone',  -- r:<lease>: revocation tombstone of the lease the call names
   'epoch',      -- leases:epoch: until when new seats are held back (0: not); missing: data lost
   'revision',   -- v: the license's revision (LicenseRevisions); missing means 0
@@ -96,6 +97,16 @@ local function members(id, f)
   return 0
 end
 local function linger_key(f) return f[F.user] .. S .. f[F.host] .. S .. f[F.feature] end
+-- Who holds a lease: a client instance ID alone is no proof, so the same ID from another user
+-- or host is another client.
+local function holder_key(client, user, host) return client .. S .. user .. S .. host end
+local function holder_of(f) return holder_key(f[F.client], f[F.user], f[F.host]) end
+-- Forgets lease `id` as its holder's lease (also under the client instance ID alone, as the
+-- index was keyed before holders were told apart).
+local function forget_holder(id, f)
+  if redis.call('HGET', K.clients, holder_of(f)) == id then redis.call('HDEL', K.clients, holder_of(f)) end
+  if redis.call('HGET', K.clients, f[F.client]) == id then redis.call('HDEL', K.clients, f[F.client]) end
+end
 -- Takes lease `id` out of its seat group; frees the seat when it was the last. Returns seats freed.
 local function leave(id, f)
   local gr = seat_of(id, f)
@@ -122,21 +133,27 @@ local function remove(id)
   redis.call('HDEL', K.leases, id)
   if not packed then return nil, 0 end
   local f = fields(packed)
-  if redis.call('HGET', K.clients, f[F.client]) == id then redis.call('HDEL', K.clients, f[F.client]) end
+  forget_holder(id, f)
   if redis.call('HGET', K.lingering, linger_key(f)) == id then redis.call('HDEL', K.lingering, linger_key(f)) end
   return f, leave(id, f)
 end
+-- The most expired leases kept for the sweep; older records are dropped (with their index).
+local EXPIRED_KEPT = 10000
 -- Moves expired leases out of the pool into K.expired as `id expiry freed packed-lease`, which
--- the sweep drains (drain_expired.lua) and records.
+-- the sweep drains (drain_expired.lua) and records; until then a heartbeat hears "expired".
 local function reap()
   local expired = redis.call('ZRANGEBYSCORE', K.expiries, '-inf', now, 'WITHSCORES')
   for i = 1, #expired, 2 do
     local f, freed = remove(expired[i])
     if f then
       redis.call('LPUSH', K.expired, expired[i] .. S .. expired[i + 1] .. S .. freed .. S .. pack(f))
+      redis.call('HSET', K.expired_ids, expired[i], '1')
     end
   end
-  redis.call('LTRIM', K.expired, 0, 9999)
+  for _, dropped in ipairs(redis.call('LRANGE', K.expired, EXPIRED_KEPT, -1)) do
+    redis.call('HDEL', K.expired_ids, string.match(dropped, '^[^\31]*'))
+  end
+  redis.call('LTRIM', K.expired, 0, EXPIRED_KEPT - 1)
 end
 local function in_use() return tonumber(redis.call('GET', K.in_use) or '0') end
 -- Until when new seats are held back (0: not recovering); nil when Redis lost its data.

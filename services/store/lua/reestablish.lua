@@ -14,7 +14,7 @@ if in_use() + cost > tonumber(A.seats) then return {-1} end
 -- Fences only grow: the counter restarts from the highest fence its holders show.
 if tonumber(redis.call('GET', K.fence) or '0') < tonumber(A.fence) then redis.call('SET', K.fence, A.fence) end
 redis.call('INCRBY', K.in_use, cost)
-redis.call('HSET', K.clients, A.client, A.lease_id)
+redis.call('HSET', K.clients, holder_key(A.client, A.user, A.host), A.lease_id)
 local f = {}
 f[F.fence] = A.fence; f[F.client] = A.client; f[F.user] = A.user; f[F.host] = A.host
 f[F.feature] = A.feature; f[F.since] = now; f[F.cost] = tostring(cost); f[F.ttl] = A.ttl_ms

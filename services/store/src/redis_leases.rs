@@ -10,10 +10,12 @@
 //! Keys of license L:
 //! - `lease:{L}:z`: ZSET lease ID -> expiry (ms)
 //! - `lease:{L}:d`: HASH lease ID -> packed lease (its fields are named in `lua/prelude.lua`)
-//! - `lease:{L}:c`: HASH client instance ID -> lease ID (reconnects renew, not double count)
+//! - `lease:{L}:c`: HASH holder (client instance ID, user, host) -> lease ID (reconnects renew,
+//!   not double count; the same ID from another user or host is another client)
 //! - `lease:{L}:u`: seats in use (sum of the costs of open seat groups)
 //! - `lease:{L}:f`: fencing counter
-//! - `lease:{L}:x`: LIST of expired leases not yet recorded by the sweep
+//! - `lease:{L}:x`: LIST of expired leases not yet recorded by the sweep, and `lease:{L}:xi` the
+//!   HASH of their IDs (a heartbeat on one answers "expired", as the SQL store does)
 //! - `lease:{L}:g`: HASH seat group -> packed group (processes sharing it, and its charge), for
 //!   seats opened with a share key only: a lease without one holds a seat of its own, whose
 //!   charge its packed lease already records, so it writes no group (memory: most leases)
@@ -158,6 +160,7 @@ fn checkout_args(c: &CheckoutCommand) -> (NamedArgs, Vec<String>) {
         ("share_key", c.share_key.clone().unwrap_or_default()),
         ("max_processes", c.max_processes.to_string()),
         ("principals", c.limits.principals.join(&LIST_SEP.to_string())),
+        ("not_after", c.not_after.map(|t| t.to_string()).unwrap_or_default()),
         ("reservations", c.limits.reservations.len().to_string()),
     ];
     let mut tail = vec![];
@@ -225,6 +228,7 @@ fn named_keys(license_id: &str, lease_id: &str) -> Vec<(&'static str, String)> {
         ("reserved", "b"),
         ("held_by", "h"),
         ("lingering", "l"),
+        ("expired_ids", "xi"),
     ]
     .into_iter()
     .map(|(name, suffix)| (name, format!("{p}:{suffix}")))
@@ -332,6 +336,7 @@ fn denial(code: &str, detail: &str) -> SeatDenial {
             SeatDenial::CapReached { principal: principal.to_owned(), max_seats: max.parse().unwrap_or(0) }
         }
         "RESERVED" => SeatDenial::Reserved,
+        "QUEUED" => SeatDenial::Queued,
         _ => SeatDenial::Full,
     }
 }
@@ -762,6 +767,7 @@ mod tests {
             max_processes: 0,
             borrowed: false,
             license_revision: Some(3),
+            not_after: None,
         };
         let (named, tail) = checkout_args(&command);
         assert_eq!(names(&named), declared(lua::CHECKOUT, "ARGV"));

@@ -271,7 +271,10 @@ fn decide_checkout(
     now: Millis,
 ) -> (CheckoutOutcome, Option<LeaseWrite>) {
     let usage = pool_usage(live);
-    let given_back = live.iter().position(|l| l.client_instance_id == c.client_instance_id).or_else(|| {
+    // The client's own lease: the same client instance ID held by the same user and host (an ID
+    // alone is no proof of who holds a lease: another user or host naming it is another client).
+    let own = |l: &Lease| l.client_instance_id == c.client_instance_id && l.user == c.user && l.host == c.host;
+    let given_back = live.iter().position(own).or_else(|| {
         // A seat lingering for the same user, host and feature (the latest to expire).
         live.iter().rposition(|l| l.lingering && l.user == c.user && l.host == c.host && l.feature == c.feature)
     });
@@ -291,7 +294,7 @@ fn decide_checkout(
         feature: c.feature.clone(),
         checked_out_at: now,
         last_heartbeat_at: now,
-        expires_at: now + c.ttl_ms,
+        expires_at: capped(now + c.ttl_ms, c),
         ttl_ms: c.ttl_ms,
         fence,
         seats_held: c.cost,
@@ -319,12 +322,7 @@ fn decide_checkout(
         lease.overdraft = seat.overdraft;
         0
     } else {
-        let decision = if c.queue_blocked {
-            Err(licensing_domain::seat_policy::SeatDenial::Full)
-        } else {
-            decide_new_seat(c.seats, c.cost, &c.limits, &usage)
-        };
-        match decision {
+        match decide_new_seat(c.seats, c.cost, &c.limits, &usage, c.queue_blocked) {
             Ok(charge) => {
                 lease.bucket = charge.bucket;
                 lease.overdraft = charge.overdraft;
@@ -359,6 +357,11 @@ fn keep_in_expiry_order(live: &mut Vec<Lease>, lease: Lease) {
     live.insert(at, lease);
 }
 
+/// An expiry no later than checkout `c` allows.
+fn capped(expires_at: Millis, c: &CheckoutCommand) -> Millis {
+    c.not_after.map_or(expires_at, |not_after| expires_at.min(not_after))
+}
+
 /// A lease (the client's own, or a lingering one) as given back to the client by checkout `c`.
 fn renewed(mut lease: Lease, c: &CheckoutCommand, now: Millis) -> Lease {
     let reclaimed = lease.lingering;
@@ -374,6 +377,7 @@ fn renewed(mut lease: Lease, c: &CheckoutCommand, now: Millis) -> Lease {
     } else if !lease.borrowed {
         lease.expires_at = now + lease.ttl_ms;
     }
+    lease.expires_at = capped(lease.expires_at, c);
     lease.last_heartbeat_at = now;
     lease
 }
