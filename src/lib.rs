@@ -20,7 +20,7 @@ use licensing_domain::clock::{system_clock, SharedClock};
 use licensing_domain::secrets::PasswordHasher;
 use licensing_domain::store::CatalogStore;
 use licensing_domain::store::{ActivationStore, LeaseStore};
-use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth};
+use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth, SessionAuth};
 use licensing_runtime::config::{Config, Lookup};
 use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
@@ -172,11 +172,14 @@ impl Application {
         let mut redis_store = None;
         let leases: Option<Arc<dyn LeaseStore>> = match (&config.redis_url, role) {
             (Some(url), Role::AllInOne | Role::Seat | Role::Account) => {
-                let redis = RedisLeaseStore::connect(url)
+                let mut redis = RedisLeaseStore::connect(url)
                     .await
                     .context("connecting to Redis")?
                     .with_recovery_window(config.max_lease_ttl.as_millis() as i64);
                 if role.serves_seat() {
+                    // Every expiry a holder is told is first recorded in SQL, which outlives
+                    // Redis: a recovery after a loss lasts until the latest of them.
+                    redis = redis.with_expiry_horizon(Arc::new(store.clone()));
                     for (name, current, recommended) in redis.config_shortfalls().await {
                         tracing::warn!(
                             setting = name,
@@ -299,8 +302,10 @@ impl Application {
             }
             metrics.add_source(Arc::new(seats.clone()));
             background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
+            // A license's own customer may list its leases and read its usage with a portal session.
+            let sessions = SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone());
             routes = routes.add_service(
-                SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max),
+                SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone()), sessions).into_server(max),
             );
             names.push("licensing.seat.v1.SeatService");
         }

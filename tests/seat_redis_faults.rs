@@ -249,3 +249,81 @@ async fn seat_service_started_on_an_emptied_redis_holds_new_seats_back() {
     assert_eq!(reason(&refused), "LEASE_STORE_RECOVERING", "{}", refused.message());
     s.heartbeat(heartbeat(&a, true)).await.expect("the holder re-establishes its lease");
 }
+
+fn checkout_with_ttl(key: &str, client: &str, ttl_s: i64) -> pb::CheckoutRequest {
+    pb::CheckoutRequest { ttl: Some(prost_types::Duration { seconds: ttl_s, nanos: 0 }), ..checkout(key, client) }
+}
+
+async fn lease_store_status(s: &mut SeatServiceClient<tonic::transport::Channel>) -> pb::GetLeaseStoreStatusResponse {
+    s.get_lease_store_status(admin_req(pb::GetLeaseStoreStatusRequest {})).await.unwrap().into_inner()
+}
+
+/// After Redis restarted empty, new seats are held back only until the latest expiry any holder
+/// was told (the longest TTL outstanding plus a heartbeat interval), not for the longest TTL the
+/// server allows (an hour by default); operators see it (status, metric) and can end it early.
+#[tokio::test]
+async fn a_recovery_lasts_only_as_long_as_the_leases_outstanding_and_an_admin_can_end_it() {
+    let port = free_port();
+    let Some(mut redis) = start_redis(port).await else {
+        return;
+    };
+    let app = seat_app_on_redis(port, 3_600_000).await;
+    let f = fixture(&app).await;
+    let (_, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 2, |_| {}).await;
+    let mut s = SeatServiceClient::new(app.channel().await);
+    assert!(!lease_store_status(&mut s).await.recovering);
+    s.checkout(checkout_with_ttl(&key, "a", 2)).await.unwrap();
+
+    redis.kill().await.unwrap();
+    let mut redis = start_redis(port).await.unwrap();
+    let lost_at = std::time::Instant::now();
+    let refused = checkout_after_restart(&mut s, checkout_with_ttl(&key, "b", 2)).await.unwrap_err();
+    assert_eq!(reason(&refused), "LEASE_STORE_RECOVERING", "{}", refused.message());
+    let retry: u64 = refused.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry <= 4, "retry after {retry} s: the 2 s lease plus a heartbeat interval, not an hour");
+    let status = lease_store_status(&mut s).await;
+    let until = status.new_seats_from.unwrap().seconds;
+    assert!(status.recovering && until <= now_s() + 4, "{status:?}");
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    let remaining = series(&metrics, "licensing_lease_store_recovery_seconds", &[]).unwrap();
+    assert!(remaining > 0.0 && remaining <= 4.0, "{remaining}");
+    // It ends by itself when the forgotten 2 s lease has surely expired.
+    loop {
+        match s.checkout(checkout_with_ttl(&key, "b", 2)).await {
+            Ok(_) => break,
+            Err(e) => assert_eq!(reason(&e), "LEASE_STORE_RECOVERING", "{}", e.message()),
+        }
+        assert!(lost_at.elapsed() < Duration::from_secs(8), "still recovering after 8 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!lease_store_status(&mut s).await.recovering);
+
+    // A minute-long lease lost with Redis holds new seats back a minute or so; an administrator
+    // ends that early (audited), and seats are handed out at once.
+    s.checkout(checkout_with_ttl(&key, "c", 60)).await.unwrap();
+    redis.kill().await.unwrap();
+    let _redis = start_redis(port).await.unwrap();
+    let refused = checkout_after_restart(&mut s, checkout_with_ttl(&key, "d", 60)).await.unwrap_err();
+    assert_eq!(reason(&refused), "LEASE_STORE_RECOVERING", "{}", refused.message());
+    let nobody = s.end_lease_store_recovery(pb::EndLeaseStoreRecoveryRequest { reason: "x".into() }).await;
+    assert_eq!(nobody.unwrap_err().code(), Code::Unauthenticated);
+    let ended = s
+        .end_lease_store_recovery(admin_req(pb::EndLeaseStoreRecoveryRequest { reason: "all clients are back".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let would_have = ended.would_have_ended_at.unwrap().seconds;
+    assert!(ended.ended && would_have > now_s() + 30 && would_have <= now_s() + 90, "{ended:?}");
+    s.checkout(checkout_with_ttl(&key, "d", 60)).await.expect("new seats at once");
+    let audit = app
+        .admin()
+        .await
+        .list_audit_events(admin_req(licensing_proto::account::v1::ListAuditEventsRequest {
+            subject: "lease_store".into(),
+            page: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(audit.events.iter().any(|e| e.action == "lease_store.recovery_ended"), "{audit:?}");
+}

@@ -150,6 +150,10 @@ impl Catalog {
         &self.hasher
     }
 
+    pub fn clock(&self) -> SharedClock {
+        self.clock.clone()
+    }
+
     pub fn now(&self) -> Millis {
         self.clock.now()
     }

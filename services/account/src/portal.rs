@@ -18,6 +18,7 @@ use licensing_domain::store::{
     ResetTokenError, UpdateError, UsageStore,
 };
 use licensing_domain::usage::{report_period, UsageReport};
+use licensing_runtime::auth::SessionAuth;
 use licensing_runtime::limiter::{FailureLimiter, Rate, RateLimiter};
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
@@ -87,6 +88,7 @@ pub struct Portal {
     /// exhaust memory or queue hashes without end.
     hashing: Arc<Semaphore>,
     decoy: Arc<OnceLock<String>>,
+    sessions: SessionAuth,
 }
 
 fn not_found_license(license_id: &str) -> AccountError {
@@ -121,6 +123,7 @@ impl Portal {
         settings: PortalSettings,
     ) -> Self {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let sessions = SessionAuth::new(portal.clone(), catalog.hasher().clone(), catalog.clock());
         Self {
             account_failures: FailureLimiter::new(settings.login_failures_per_account, settings.login_window),
             client_failures: FailureLimiter::new(settings.login_failures_per_client, settings.login_window),
@@ -136,6 +139,7 @@ impl Portal {
             settings,
             hashing: Arc::new(Semaphore::new(parallel)),
             decoy: Arc::new(OnceLock::new()),
+            sessions,
         }
     }
 
@@ -245,13 +249,7 @@ impl Portal {
             reason: "SESSION_INVALID",
             message: "the session is not valid (expired or logged out); log in again".into(),
         };
-        if !token.starts_with("ses_") {
-            return Err(invalid());
-        }
-        self.portal
-            .session_customer(&self.catalog.hasher().digest(purpose::SESSION, token), self.now())
-            .await?
-            .ok_or_else(invalid)
+        self.sessions.customer(token).await?.ok_or_else(invalid)
     }
 
     pub async fn logout(&self, me: &str, token: &str) -> Result<(), AccountError> {
@@ -350,7 +348,7 @@ impl Portal {
     pub async fn my_license(&self, me: &str, license_id: &str) -> Result<License, AccountError> {
         validate::id("license_id", ids::LICENSE, license_id)?;
         match self.catalog.store().get_license(license_id).await? {
-            Some(l) if l.associated_customer_id.as_deref() == Some(me) => Ok(l),
+            Some(l) if l.belongs_to_account(me) => Ok(l),
             _ => Err(not_found_license(license_id)),
         }
     }

@@ -50,6 +50,27 @@ impl Clock for ManualClock {
 
 pub type SharedClock = Arc<dyn Clock>;
 
+/// An instant as people and programs read it in messages and logs: RFC 3339 in UTC, with
+/// milliseconds when there are any (`2026-12-02T05:09:26.07Z`).
+pub fn rfc3339(at: Millis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{at} ms after 1970-01-01T00:00:00Z"))
+}
+
 pub fn system_clock() -> SharedClock {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_188_226_070), "2026-12-02T05:10:26.07Z");
+        assert!(rfc3339(i64::MAX).contains("ms after 1970"));
+    }
 }

@@ -113,6 +113,12 @@ impl License {
         self.expires_at.is_some_and(|e| now >= e)
     }
 
+    /// Whether the license is one of `customer_id`'s in the portal: associated with that account.
+    /// Another account's license is as good as unknown to it.
+    pub fn belongs_to_account(&self, customer_id: &str) -> bool {
+        self.associated_customer_id.as_deref() == Some(customer_id)
+    }
+
     pub fn deactivations_left(&self) -> i32 {
         if self.allowed_deactivations == UNLIMITED {
             UNLIMITED

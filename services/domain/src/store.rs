@@ -335,6 +335,28 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn reestablish(&self, _lease: &LostLease) -> Result<ReestablishOutcome, StoreError> {
         Ok(ReestablishOutcome::NotRecovering)
     }
+    /// Until when new seats are held back after the store lost its leases; `None` when they are
+    /// not (durable stores never are).
+    async fn recovering_until(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(None)
+    }
+    /// Ends a recovery early, so new seats are handed out at once (an operator's decision: a
+    /// forgotten lease that is still held may then share its seat). Returns until when the
+    /// recovery would have lasted; `None` when there was none.
+    async fn end_recovery(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A record that outlives the lease store (kept in the SQL store) of the latest expiry any lease
+/// holder has been told: when the lease store loses its leases, no holder believes it holds a
+/// seat past it, so that is when new seats may be handed out again.
+#[async_trait]
+pub trait ExpiryHorizon: Send + Sync + 'static {
+    /// Moves the horizon to `at_least` unless it is later already; returns the horizon after.
+    async fn raise(&self, at_least: Millis) -> Result<Millis, StoreError>;
+    /// The horizon; `None` when none was ever recorded.
+    async fn read(&self) -> Result<Option<Millis>, StoreError>;
 }
 
 /// The usage log: appended in batches by a background writer, read by reports.

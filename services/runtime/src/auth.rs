@@ -1,10 +1,11 @@
 //! Bearer tokens in `authorization` metadata, and the admin token.
 
-use licensing_domain::clock::Millis;
+use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::ids;
+use licensing_domain::model::License;
 use licensing_domain::secrets::{purpose, random_token, KeyedHasher};
-use licensing_domain::store::CatalogStore;
+use licensing_domain::store::{CatalogStore, PortalStore};
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 
@@ -21,6 +22,13 @@ pub enum AuthError {
     MissingAdminToken,
     #[error("the admin token is not valid")]
     InvalidAdminToken,
+    #[error(
+        "this call needs the admin token, or a portal session of the license's account: send metadata \
+         'authorization: Bearer <token>'"
+    )]
+    MissingToken,
+    #[error("the session is not valid (expired or logged out); log in again")]
+    InvalidSession,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -28,7 +36,9 @@ pub enum AuthError {
 impl ClassifiedError for AuthError {
     fn class(&self) -> ErrorClass {
         match self {
-            Self::MissingAdminToken | Self::InvalidAdminToken => ErrorClass::Unauthenticated,
+            Self::MissingAdminToken | Self::InvalidAdminToken | Self::MissingToken | Self::InvalidSession => {
+                ErrorClass::Unauthenticated
+            }
             Self::Store(e) => e.class(),
         }
     }
@@ -36,6 +46,8 @@ impl ClassifiedError for AuthError {
         match self {
             Self::MissingAdminToken => "ADMIN_TOKEN_MISSING",
             Self::InvalidAdminToken => "ADMIN_TOKEN_INVALID",
+            Self::MissingToken => "TOKEN_MISSING",
+            Self::InvalidSession => "SESSION_INVALID",
             Self::Store(e) => e.reason(),
         }
     }
@@ -70,6 +82,70 @@ impl AdminAuth {
         }
         let digest = self.hasher.digest(purpose::ADMIN_TOKEN, token);
         self.store.find_admin_token(&digest).await?.map(AdminId).ok_or(AuthError::InvalidAdminToken)
+    }
+}
+
+/// Portal sessions (`ses_…` tokens), looked up by their keyed digest: the one place that decides
+/// whether a session is live, for the Account service and for the calls of other services that
+/// a customer may make on its own licenses.
+#[derive(Clone)]
+pub struct SessionAuth {
+    store: Arc<dyn PortalStore>,
+    hasher: KeyedHasher,
+    clock: SharedClock,
+}
+
+impl SessionAuth {
+    pub fn new(store: Arc<dyn PortalStore>, hasher: KeyedHasher, clock: SharedClock) -> Self {
+        Self { store, hasher, clock }
+    }
+
+    /// The customer of the live session `token` names; `None` when it names none (not a session
+    /// token, unknown, expired or logged out).
+    pub async fn customer(&self, token: &str) -> Result<Option<String>, StoreError> {
+        if !token.starts_with("ses_") {
+            return Ok(None);
+        }
+        self.store.session_customer(&self.hasher.digest(purpose::SESSION, token), self.clock.now()).await
+    }
+}
+
+/// Who calls an RPC that both the vendor and a license's own customer may make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin(AdminId),
+    /// A customer account, by its portal session: it sees its own licenses only.
+    Customer(String),
+}
+
+impl Caller {
+    /// Whether this caller may see `license`: the admin any, a customer those of its account.
+    pub fn may_see(&self, license: &License) -> bool {
+        match self {
+            Self::Admin(_) => true,
+            Self::Customer(me) => license.belongs_to_account(me),
+        }
+    }
+}
+
+/// The admin token, or a portal session.
+#[derive(Clone)]
+pub struct AdminOrSessionAuth {
+    admin: AdminAuth,
+    sessions: SessionAuth,
+}
+
+impl AdminOrSessionAuth {
+    pub fn new(admin: AdminAuth, sessions: SessionAuth) -> Self {
+        Self { admin, sessions }
+    }
+
+    pub async fn authorize(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+        let token = bearer_token(metadata).ok_or(AuthError::MissingToken)?;
+        if token.starts_with("ses_") {
+            return self.sessions.customer(token).await?.map(Caller::Customer).ok_or(AuthError::InvalidSession);
+        }
+        self.admin.authorize(metadata).await.map(Caller::Admin)
     }
 }
 

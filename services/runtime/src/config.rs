@@ -53,7 +53,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
-    ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL granted; also how long new seats are held back after Redis loses its leases"),
+    ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL granted; also how long new seats are held back after Redis loses its leases before any lease expiry was recorded"),
     ("LICENSING_RATE_LOGIN_PER_CLIENT", "portal logins per client address (e.g. 60/min, 10/s, 1000/h, or off)"),
     ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account"),
     ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address"),
@@ -176,7 +176,8 @@ pub struct Config {
     pub fingerprint_match: f64,
     pub watch_poll: Duration,
     pub sweep_interval: Duration,
-    /// The longest lease TTL granted, and so the recovery window after Redis loses leases.
+    /// The longest lease TTL granted, and the recovery window after Redis loses leases before any
+    /// lease expiry was recorded (later ones last until the latest recorded expiry).
     pub max_lease_ttl: Duration,
     pub rate_limits: RateLimits,
     /// TLS (and mutual TLS) of the gRPC listener; `None` serves plaintext.

@@ -41,10 +41,13 @@ pub enum Gauge {
     StoreUp,
     /// Connections of the SQL pool, by state (idle, in_use).
     DbPoolConnections,
+    /// Seconds until new seats are handed out again after the lease store lost its leases; 0
+    /// when it is not recovering.
+    LeaseStoreRecovery,
 }
 
 impl Gauge {
-    const ALL: [Gauge; 7] = [
+    const ALL: [Gauge; 8] = [
         Gauge::SeatsInUse,
         Gauge::SeatsTotal,
         Gauge::LeasesLive,
@@ -52,6 +55,7 @@ impl Gauge {
         Gauge::UsageLogDropped,
         Gauge::StoreUp,
         Gauge::DbPoolConnections,
+        Gauge::LeaseStoreRecovery,
     ];
 
     /// OpenTelemetry name; Prometheus sees dots as underscores.
@@ -64,6 +68,7 @@ impl Gauge {
             Gauge::UsageLogDropped => "licensing.usage_log.dropped",
             Gauge::StoreUp => "licensing.store.up",
             Gauge::DbPoolConnections => "licensing.db.pool.connections",
+            Gauge::LeaseStoreRecovery => "licensing.lease_store.recovery_seconds",
         }
     }
 
@@ -76,6 +81,9 @@ impl Gauge {
             Gauge::UsageLogDropped => "Usage-log events lost (queue full or store failing)",
             Gauge::StoreUp => "1 when the store answered a ping at scrape time",
             Gauge::DbPoolConnections => "Connections of the SQL pool by state",
+            Gauge::LeaseStoreRecovery => {
+                "Seconds until new seats are handed out again after the lease store lost its leases (0: not recovering)"
+            }
         }
     }
 }

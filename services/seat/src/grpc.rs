@@ -5,7 +5,7 @@ use crate::SeatError;
 use licensing_domain::model::Lease;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
-use licensing_runtime::auth::AdminAuth;
+use licensing_runtime::auth::{AdminAuth, AdminOrSessionAuth, Caller, SessionAuth};
 use licensing_runtime::convert::{
     from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp,
 };
@@ -20,11 +20,17 @@ use tonic::{Request, Response, Status};
 pub struct SeatApi {
     seats: Seats,
     admin: AdminAuth,
+    /// For the calls a license's own customer may make too (its leases, its usage report).
+    admin_or_owner: AdminOrSessionAuth,
 }
 
 impl SeatApi {
-    pub fn new(seats: Seats, admin: AdminAuth) -> Self {
-        Self { seats, admin }
+    pub fn new(seats: Seats, admin: AdminAuth, sessions: SessionAuth) -> Self {
+        Self { seats, admin_or_owner: AdminOrSessionAuth::new(admin.clone(), sessions), admin }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.admin_or_owner.authorize(request.metadata()).await.map_err(SeatError::from).or_status()
     }
 
     pub fn into_server(self, max_message_bytes: usize) -> SeatServiceServer<Self> {
@@ -200,8 +206,8 @@ impl SeatService for SeatApi {
         &self,
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
-        self.require_admin(&request).await?;
-        let (license, leases) = self.seats.list(&request.get_ref().license_id).await.or_status()?;
+        let caller = self.caller(&request).await?;
+        let (license, leases) = self.seats.list(&caller, &request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::ListLeasesResponse {
             seats_total: license.seats,
             seats_in_use: seats_in_use(&leases),
@@ -223,9 +229,9 @@ impl SeatService for SeatApi {
         &self,
         request: Request<pb::GetPoolStatusRequest>,
     ) -> Result<Response<pb::GetPoolStatusResponse>, Status> {
-        self.require_admin(&request).await?;
+        let admin = self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
         let license_id = request.get_ref().license_id.clone();
-        let (license, leases) = self.seats.list(&license_id).await.or_status()?;
+        let (license, leases) = self.seats.list(&Caller::Admin(admin), &license_id).await.or_status()?;
         let in_use = seats_in_use(&leases);
         Ok(Response::new(pb::GetPoolStatusResponse {
             seats_total: license.seats,
@@ -254,10 +260,34 @@ impl SeatService for SeatApi {
         &self,
         request: Request<pb::GetUsageReportRequest>,
     ) -> Result<Response<pb::GetUsageReportResponse>, Status> {
-        self.require_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.get_ref();
         let (from, to) = (timestamp("from", r.from.as_ref())?, timestamp("to", r.to.as_ref())?);
-        let report = self.seats.usage_report(&r.license_id, from, to).await.or_status()?;
+        let report = self.seats.usage_report(&caller, &r.license_id, from, to).await.or_status()?;
         Ok(Response::new(conv_seat::usage_report(&report, r.as_csv)))
+    }
+
+    async fn get_lease_store_status(
+        &self,
+        request: Request<pb::GetLeaseStoreStatusRequest>,
+    ) -> Result<Response<pb::GetLeaseStoreStatusResponse>, Status> {
+        self.require_admin(&request).await?;
+        let until = self.seats.recovering_until().await.or_status()?;
+        Ok(Response::new(pb::GetLeaseStoreStatusResponse {
+            recovering: until.is_some(),
+            new_seats_from: until.map(to_timestamp),
+        }))
+    }
+
+    async fn end_lease_store_recovery(
+        &self,
+        request: Request<pb::EndLeaseStoreRecoveryRequest>,
+    ) -> Result<Response<pb::EndLeaseStoreRecoveryResponse>, Status> {
+        let admin = self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
+        let ended = self.seats.end_recovery(&admin.actor(), &request.get_ref().reason).await.or_status()?;
+        Ok(Response::new(pb::EndLeaseStoreRecoveryResponse {
+            ended: ended.is_some(),
+            would_have_ended_at: ended.map(to_timestamp),
+        }))
     }
 }

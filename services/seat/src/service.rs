@@ -16,6 +16,7 @@ use licensing_domain::store::{
     ReestablishOutcome, UsageStore,
 };
 use licensing_domain::usage::{report_period, UsageReport};
+use licensing_runtime::auth::Caller;
 use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
 use licensing_runtime::license_cache::{FillTicket, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
@@ -599,13 +600,18 @@ impl Seats {
         Ok(license.license_id)
     }
 
-    pub async fn list(&self, license_id: &str) -> Result<(License, Vec<Lease>), SeatError> {
+    /// The license, as `caller` may see it: the admin any, a customer only its account's (any
+    /// other is as good as unknown to it).
+    async fn visible_license(&self, caller: &Caller, license_id: &str) -> Result<License, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
-        let license = self
-            .catalog
-            .get_license(license_id)
-            .await?
-            .ok_or_else(|| SeatError::LicenseNotFound(license_id.to_owned()))?;
+        match self.catalog.get_license(license_id).await? {
+            Some(license) if caller.may_see(&license) => Ok(license),
+            _ => Err(SeatError::LicenseNotFound(license_id.to_owned())),
+        }
+    }
+
+    pub async fn list(&self, caller: &Caller, license_id: &str) -> Result<(License, Vec<Lease>), SeatError> {
+        let license = self.visible_license(caller, license_id).await?;
         Ok((license, self.leases.list(license_id).await?))
     }
 
@@ -645,6 +651,7 @@ impl Seats {
     /// days before `to`. Events recorded by this process are written first.
     pub async fn usage_report(
         &self,
+        caller: &Caller,
         license_id: &str,
         from: Option<Millis>,
         to: Option<Millis>,
@@ -653,9 +660,7 @@ impl Seats {
         let now = self.leases.now().await?;
         let (from, to) = report_period(from, to, now)
             .map_err(|e| SeatError::from(licensing_domain::store::UpdateError::Rejected(e)))?;
-        if self.catalog.get_license(license_id).await?.is_none() {
-            return Err(SeatError::LicenseNotFound(license_id.to_owned()));
-        }
+        self.visible_license(caller, license_id).await?;
         self.usage.flush().await;
         let events = self.usage_store.usage_events(license_id, to).await?;
         Ok(UsageReport::compute(license_id, &events, from, to, now))
@@ -663,6 +668,26 @@ impl Seats {
 
     pub async fn now(&self) -> Result<Millis, SeatError> {
         Ok(self.leases.now().await?)
+    }
+
+    /// Until when new seats are held back after the lease store lost its leases, if they are.
+    pub async fn recovering_until(&self) -> Result<Option<Millis>, SeatError> {
+        Ok(self.leases.recovering_until().await?)
+    }
+
+    /// Ends a recovery early (an administrator's decision, audited); returns until when it would
+    /// have lasted, or `None` when there was none.
+    pub async fn end_recovery(&self, actor: &str, reason: &str) -> Result<Option<Millis>, SeatError> {
+        let reason =
+            licensing_domain::text::bounded_text(reason, 500, false).map_err(|m| SeatError::invalid("reason", m))?;
+        let ended = self.leases.end_recovery().await?;
+        if let Some(until) = ended {
+            tracing::warn!(actor, until = %licensing_domain::clock::rfc3339(until), reason, "lease store recovery ended early by an administrator: new seats are handed out again");
+            let audit = AuditRecord::new(actor, "lease_store.recovery_ended", "lease_store")
+                .with_details(serde_json::json!({ "would_have_ended_at": until, "reason": reason }));
+            self.catalog.append_audit(audit).await?;
+        }
+        Ok(ended)
     }
 }
 
@@ -677,6 +702,13 @@ impl GaugeSource for Seats {
     /// replica reports the same truth.
     async fn read(&self, out: &mut Vec<Reading>) {
         out.push(Reading::new(Gauge::UsageLogDropped, &[], self.usage.dropped() as f64));
+        match tokio::join!(self.leases.recovering_until(), self.leases.now()) {
+            (Ok(until), Ok(now)) => {
+                let remaining = until.map_or(0.0, |until| (until - now).max(0) as f64 / 1000.0);
+                out.push(Reading::new(Gauge::LeaseStoreRecovery, &[], remaining));
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "metrics: reading the lease store's recovery"),
+        }
         for (license_id, waiting) in self.waiting.lengths() {
             out.push(Reading::new(Gauge::SeatWaiters, &[("license_id", &license_id)], waiting as f64));
         }

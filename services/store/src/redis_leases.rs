@@ -98,8 +98,13 @@ pub struct RedisLeaseStore {
     reestablish: Script,
     now: Script,
     clock: Arc<RedisClock>,
-    /// How long new seats are held back after a loss: the longest a lease lives unheartbeated.
+    /// How long new seats are held back after a loss when no [`ExpiryHorizon`] was recorded:
+    /// the longest a lease lives unheartbeated.
     recovery_window_ms: Millis,
+    /// The durable record of the latest expiry any holder was told, which bounds a recovery.
+    horizon: Option<Arc<dyn ExpiryHorizon>>,
+    /// The horizon as this process last saw it: an expiry before it needs no write.
+    horizon_seen: Arc<AtomicI64>,
 }
 
 /// Redis's clock without a round trip per call: local time plus an offset measured again when
@@ -375,6 +380,8 @@ impl RedisLeaseStore {
             now: script(lua::NOW),
             clock: Arc::default(),
             recovery_window_ms: 3_600_000,
+            horizon: None,
+            horizon_seen: Arc::default(),
         })
     }
 
@@ -401,11 +408,33 @@ impl RedisLeaseStore {
         out
     }
 
-    /// Sets how long new seats are held back after a loss; it must be at least the longest
-    /// lease TTL the Seat service grants.
+    /// Sets how long new seats are held back after a loss when no horizon was recorded; it must
+    /// be at least the longest lease TTL the Seat service grants.
     pub fn with_recovery_window(mut self, window_ms: Millis) -> Self {
         self.recovery_window_ms = window_ms;
         self
+    }
+
+    /// Records in `horizon` (which outlives Redis) every expiry a holder is told before telling
+    /// it, so a recovery after a loss lasts only until the latest of them, not a whole
+    /// maximum TTL. Borrowed leases are not counted: one lost with Redis is not held back for
+    /// (see the README's limits).
+    pub fn with_expiry_horizon(mut self, horizon: Arc<dyn ExpiryHorizon>) -> Self {
+        self.horizon = Some(horizon);
+        self
+    }
+
+    /// Makes sure the horizon covers `lease`'s expiry before its holder hears of it. Raised a
+    /// heartbeat interval (a third of the TTL) beyond, so a busy pool writes it about once an
+    /// interval, not at every heartbeat.
+    async fn cover(&self, lease: &Lease) -> Result<(), StoreError> {
+        let Some(horizon) = &self.horizon else { return Ok(()) };
+        if lease.borrowed || lease.expires_at <= self.horizon_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let raised = horizon.raise(lease.expires_at + (lease.ttl_ms / 3).max(1_000)).await?;
+        self.horizon_seen.fetch_max(raised, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records the epoch at start-up. With `used_before` (this deployment kept leases in Redis
@@ -418,29 +447,43 @@ impl RedisLeaseStore {
         let mut conn = self.conn.clone();
         let _: Option<String> =
             redis::cmd("SET").arg(EPOCH).arg(0).arg("NX").query_async(&mut conn).await.map_err(map_err)?;
-        self.recovering_until().await
+        self.epoch_until().await
     }
 
-    async fn recovering_until(&self) -> Result<Millis, StoreError> {
+    /// The epoch's value: until when new seats are held back (0 when they are not).
+    async fn epoch_until(&self) -> Result<Millis, StoreError> {
         let mut conn = self.conn.clone();
         let value: Option<Millis> = redis::cmd("GET").arg(EPOCH).query_async(&mut conn).await.map_err(map_err)?;
         Ok(value.unwrap_or(0))
     }
 
     /// Opens a recovery period unless one is already recorded (NX: the first process to notice
-    /// the loss sets it, the others adopt it).
+    /// the loss sets it, the others adopt it). It lasts until the recorded horizon (no holder
+    /// was told of a later expiry), or a whole recovery window when none was recorded.
     async fn begin_recovery(&self) -> Result<Millis, StoreError> {
-        let until = self.now().await? + self.recovery_window_ms;
+        let now = self.now().await?;
+        let recorded = match &self.horizon {
+            Some(horizon) => horizon.read().await?,
+            None => None,
+        };
+        let until = recorded.map_or(now + self.recovery_window_ms, |h| h.max(now));
         let mut conn = self.conn.clone();
+        // 0 when every lease a holder may still believe in has already expired.
+        let epoch = if until > now { until } else { 0 };
         let set: Option<String> =
-            redis::cmd("SET").arg(EPOCH).arg(until).arg("NX").query_async(&mut conn).await.map_err(map_err)?;
-        if set.is_some() {
+            redis::cmd("SET").arg(EPOCH).arg(epoch).arg("NX").query_async(&mut conn).await.map_err(map_err)?;
+        if set.is_some() && epoch > 0 {
             tracing::warn!(
-                until_ms = until,
-                "Redis lost its leases (no epoch): new seats are held back until every forgotten lease has expired; holders re-establish theirs by heartbeat"
+                until = %licensing_domain::clock::rfc3339(until),
+                bounded_by = if recorded.is_some() { "the latest expiry a holder was told" } else { "LICENSING_MAX_LEASE_TTL_MS (no expiry horizon recorded yet)" },
+                "Redis lost its leases (no epoch): new seats are held back until every forgotten lease has expired; holders re-establish theirs by heartbeat. An administrator can end this early (SeatService/EndLeaseStoreRecovery)"
+            );
+        } else if set.is_some() {
+            tracing::warn!(
+                "Redis lost its leases (no epoch), but every lease it held had expired: nothing is held back"
             );
         }
-        self.recovering_until().await
+        self.epoch_until().await
     }
 
     /// Runs a granting script; when Redis lost the epoch, opens a recovery period and runs it again.
@@ -541,6 +584,7 @@ impl LeaseStore for RedisLeaseStore {
                 let lease_id = text(&reply[1])?;
                 let expires_at = int(&reply[3])?;
                 let lease = unpack(&c.license_id, &lease_id, &text(&reply[2])?, expires_at, int(&reply[6])? as i32)?;
+                self.cover(&lease).await?;
                 Ok(CheckoutOutcome::Granted {
                     lease,
                     renewed: kind == 1,
@@ -560,13 +604,9 @@ impl LeaseStore for RedisLeaseStore {
                 // No index update: a heartbeat only moves an expiry later, and the index may
                 // hold an earlier time (the sweep then finds nothing and moves it on).
                 let expires_at = int(&reply[3])?;
-                HeartbeatOutcome::Extended(unpack(
-                    license_id,
-                    lease_id,
-                    &text(&reply[2])?,
-                    expires_at,
-                    int(&reply[4])? as i32,
-                )?)
+                let lease = unpack(license_id, lease_id, &text(&reply[2])?, expires_at, int(&reply[4])? as i32)?;
+                self.cover(&lease).await?;
+                HeartbeatOutcome::Extended(lease)
             }
             -2 => HeartbeatOutcome::Revoked,
             -3 => HeartbeatOutcome::Expired,
@@ -588,6 +628,8 @@ impl LeaseStore for RedisLeaseStore {
         let expires_at = int(&reply[2])?;
         let lease = unpack(license_id, lease_id, &text(&reply[1])?, expires_at, int(&reply[4])? as i32)?;
         if lease.lingering {
+            // A lingering seat is still held (for the same user, host and feature).
+            self.cover(&lease).await?;
             self.index_for_sweep(license_id, expires_at).await;
         }
         Ok(Some(Released { lease, seats_freed: int(&reply[3])? as i32, at: int(&reply[5])? }))
@@ -694,7 +736,9 @@ impl LeaseStore for RedisLeaseStore {
             1 => {
                 let expires_at = int(&reply[2])?;
                 self.index_for_sweep(&l.license_id, expires_at).await;
-                Ok(ReestablishOutcome::Restored(unpack(&l.license_id, &l.lease_id, &text(&reply[1])?, expires_at, 1)?))
+                let lease = unpack(&l.license_id, &l.lease_id, &text(&reply[1])?, expires_at, 1)?;
+                self.cover(&lease).await?;
+                Ok(ReestablishOutcome::Restored(lease))
             }
             // Already back (a retried heartbeat): an ordinary heartbeat extends it.
             2 => match self.heartbeat(&l.license_id, &l.lease_id).await? {
@@ -704,6 +748,21 @@ impl LeaseStore for RedisLeaseStore {
             -1 => Ok(ReestablishOutcome::NoSeat),
             _ => Ok(ReestablishOutcome::NotRecovering),
         }
+    }
+
+    async fn recovering_until(&self) -> Result<Option<Millis>, StoreError> {
+        let until = self.epoch_until().await?;
+        Ok((until > self.now().await?).then_some(until))
+    }
+
+    #[tracing::instrument(name = "store.end_recovery", skip_all, fields(otel.kind = "client", store = "redis"))]
+    async fn end_recovery(&self) -> Result<Option<Millis>, StoreError> {
+        let mut conn = self.conn.clone();
+        // XX: only a recorded epoch; a missing one (a loss nobody has noticed yet) stays missing.
+        let before: Option<Millis> =
+            redis::cmd("SET").arg(EPOCH).arg(0).arg("XX").arg("GET").query_async(&mut conn).await.map_err(map_err)?;
+        let now = self.now().await?;
+        Ok(before.filter(|&until| until > now))
     }
 
     // No span: mostly a read of the clock, on every seat call.

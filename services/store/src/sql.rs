@@ -342,6 +342,9 @@ impl SqlStore {
         Ok(done.rows_affected() == 0)
     }
 
+    /// The row of `markers` that keeps the Redis lease store's [`ExpiryHorizon`].
+    const LEASE_HORIZON: &'static str = "redis_lease_expiry_horizon";
+
     pub async fn close(&self) {
         self.pool.close().await;
         self.readers.close().await;
@@ -417,6 +420,32 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
 pub(crate) fn limit(page: &licensing_domain::model::Page) -> i64 {
     use licensing_domain::model::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
     i64::from(if page.limit == 0 { DEFAULT_PAGE_SIZE } else { page.limit.min(MAX_PAGE_SIZE) })
+}
+
+/// The Redis lease store's horizon, in the `markers` table: only ever raised, by any process.
+#[async_trait::async_trait]
+impl licensing_domain::store::ExpiryHorizon for SqlStore {
+    async fn raise(&self, at_least: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO markers (name, set_at) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE \
+             SET set_at = CASE WHEN markers.set_at < $2 THEN $2 ELSE markers.set_at END RETURNING set_at",
+        )
+        .bind(Self::LEASE_HORIZON)
+        .bind(at_least)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        get_i64(&row, "set_at")
+    }
+
+    async fn read(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT set_at FROM markers WHERE name = $1")
+            .bind(Self::LEASE_HORIZON)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|row| get_i64(&row, "set_at")).transpose()
+    }
 }
 
 #[cfg(test)]
