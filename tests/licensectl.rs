@@ -135,6 +135,12 @@ async fn errors_are_one_clear_line_without_a_stack_trace() {
         &ctl(Some(&app), Some(ADMIN_TOKEN), &["licenses", "renew", "lic_0000000000000000", "--expires", "soon"]).await,
     );
     assert!(bad_date.contains("--expires: 'soon' is not a date"), "{bad_date}");
+    // A date the calendar does not have is refused, not moved to 3 March.
+    let impossible = stderr(
+        &ctl(Some(&app), Some(ADMIN_TOKEN), &["licenses", "renew", "lic_0000000000000000", "--expires", "2027-02-31"])
+            .await,
+    );
+    assert!(impossible.contains("--expires: '2027-02-31' is not a date"), "{impossible}");
     let backwards = stderr(
         &ctl(
             Some(&app),
@@ -144,7 +150,7 @@ async fn errors_are_one_clear_line_without_a_stack_trace() {
         .await,
     );
     assert!(backwards.contains("invalid argument: from: must be before to"), "{backwards}");
-    for err in [&unreachable, &wrong, &missing, &not_found, &bad_date, &backwards] {
+    for err in [&unreachable, &wrong, &missing, &not_found, &bad_date, &impossible, &backwards] {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
     }

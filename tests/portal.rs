@@ -831,3 +831,34 @@ async fn reset_mail_goes_out_through_smtp_when_configured() {
     login(&app, &f.customer_id, "mailed and reset ok").await.expect("the mailed token worked");
     assert!(!app.data_dir.path().join("outbox").exists(), "nothing went to the file outbox");
 }
+
+/// A recurring payment renews after calendar months: 12 months after 2 December 2026 is
+/// 2 December 2027 (it was 27 November, counted as 360 days), and a monthly payment made on
+/// 31 January renews on the last day of February.
+#[tokio::test]
+async fn recurring_payments_renew_after_calendar_months() {
+    let at = |text: &str| licensing_domain::clock::parse_instant(text).unwrap();
+    for (paid, months, renews) in
+        [("2026-12-02T09:30:00Z", 12, "2027-12-02T09:30:00Z"), ("2027-01-31T00:00:00Z", 1, "2027-02-28T00:00:00Z")]
+    {
+        let clock = ManualClock::new(at(paid));
+        let app = spawn_app_with_clock(Backend::Sqlite, clock).await;
+        let f = fixture(&app).await;
+        issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+            r.associate = true;
+            r.expires_at = ts(at(paid) / 1000 + 800 * 86_400);
+            r.payment = Some(pb::Payment { amount_minor: 49_900, currency: "EUR".into(), recurring_months: months });
+        })
+        .await;
+        let session = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let receipts = portal(&app)
+            .await
+            .list_receipts(with_token(&session, pb::ListReceiptsRequest { page: None }))
+            .await
+            .unwrap()
+            .into_inner()
+            .receipts;
+        let next = receipts[0].next_renewal_at.unwrap();
+        assert_eq!(next.seconds * 1000, at(renews), "{paid} + {months} months");
+    }
+}

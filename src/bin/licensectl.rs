@@ -5,7 +5,6 @@
 //! one line saying what to do, never a stack trace.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use licensing_domain::usage::{civil_from_days, days_from_civil};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
 use licensing_proto::common::v1::{License, LicenseKind, LicenseStatus};
@@ -169,22 +168,17 @@ fn code_name(code: tonic::Code) -> String {
 }
 
 fn parse_date(flag: &str, text: &str) -> Result<prost_types::Timestamp, Failure> {
-    let parts: Vec<i64> = text.split('-').filter_map(|p| p.parse().ok()).collect();
-    match parts.as_slice() {
-        [y, m, d] if (1..=12).contains(m) && (1..=31).contains(d) && (1970..=9999).contains(y) => {
-            Ok(prost_types::Timestamp { seconds: days_from_civil(*y, *m, *d) * 86_400, nanos: 0 })
-        }
-        _ => Err(Failure(format!("{flag}: '{text}' is not a date of the form YYYY-MM-DD"))),
-    }
+    let at = licensing_domain::clock::parse_instant(text).map_err(|e| Failure(format!("{flag}: {e}")))?;
+    Ok(prost_types::Timestamp { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 })
 }
 
 fn date(ts: Option<&prost_types::Timestamp>) -> String {
     match ts {
         None => "-".into(),
+        // The minute is enough in a table; RFC 3339 would be `T…Z`.
         Some(t) => {
-            let (y, m, d) = civil_from_days(t.seconds.div_euclid(86_400));
-            let s = t.seconds.rem_euclid(86_400);
-            format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", s / 3600, s % 3600 / 60)
+            let at = licensing_domain::clock::rfc3339(t.seconds.saturating_mul(1000));
+            at.get(..16).map_or(at.clone(), |minute| minute.replace('T', " "))
         }
     }
 }
@@ -501,11 +495,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_round_trip() {
-        for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2027, 12, 31), (9999, 12, 31)] {
-            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
-        }
+    fn dates_are_checked_against_the_calendar() {
         assert_eq!(parse_date("--expires", "2027-12-31").unwrap().seconds, 1_830_211_200);
         assert!(parse_date("--expires", "31.12.2027").is_err());
+        let impossible = parse_date("--expires", "2027-02-31").unwrap_err().0;
+        assert!(impossible.starts_with("--expires: '2027-02-31' is not a date"), "{impossible}");
+        assert_eq!(date(Some(&prost_types::Timestamp { seconds: 1_830_254_460, nanos: 0 })), "2027-12-31 12:01");
+        assert_eq!(date(None), "-");
     }
 }

@@ -380,9 +380,13 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// The next renewal date of a recurring payment (months counted as 30 days).
+    /// The next renewal date of a recurring payment: `recurring_months` calendar months after
+    /// the payment (a payment on 31 January renews on the last day of February).
     pub fn next_renewal_at(&self) -> Option<Millis> {
-        (self.recurring_months > 0).then(|| self.paid_at + i64::from(self.recurring_months) * 30 * crate::clock::DAY)
+        if self.recurring_months <= 0 {
+            return None;
+        }
+        crate::clock::add_months(self.paid_at, self.recurring_months)
     }
 }
 
@@ -413,6 +417,24 @@ mod tests {
             created_at,
             updated_at: created_at,
         }
+    }
+
+    #[test]
+    fn recurring_payments_renew_after_calendar_months() {
+        let at = |text: &str| crate::clock::parse_instant(text).unwrap();
+        let receipt = |paid: &str, months| Receipt {
+            receipt_id: "rcp_X".into(),
+            license_id: "lic_X".into(),
+            customer_id: "cus_X".into(),
+            kind: "renewal".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            paid_at: at(paid),
+            recurring_months: months,
+        };
+        assert_eq!(receipt("2026-12-02", 12).next_renewal_at(), Some(at("2027-12-02")));
+        assert_eq!(receipt("2027-01-31", 1).next_renewal_at(), Some(at("2027-02-28")));
+        assert_eq!(receipt("2026-12-02", 0).next_renewal_at(), None);
     }
 
     #[test]
