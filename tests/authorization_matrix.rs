@@ -440,7 +440,11 @@ async fn portal_rpc(rpc: &str, session: Option<&str>, w: &World) -> Code {
         "ReturnConcurrentLicense" => code(
             p.return_concurrent_license(session_req(
                 session,
-                acc::ReturnConcurrentLicenseRequest { license_id: w.floating_a.clone(), new_seats: -5 },
+                acc::ReturnConcurrentLicenseRequest {
+                    license_id: w.floating_a.clone(),
+                    new_seats: -5,
+                    ..Default::default()
+                },
             ))
             .await,
         ),

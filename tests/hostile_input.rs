@@ -197,7 +197,7 @@ async fn call(c: &mut Clients, i: &Input) -> Code {
         34 => run!(c.portal.deactivate_installation(with_token(&c.session, acc::DeactivateInstallationRequest { license_id: lic, installation_id: t(1) }))),
         35 => run!(c.portal.transfer_license(with_token(&c.session, acc::TransferLicenseRequest { license_id: lic, to_customer_id: t(1) }))),
         36 => run!(c.portal.associate_license(with_token(&c.session, acc::AssociateLicenseRequest { license_key: t(0) }))),
-        37 => run!(c.portal.return_concurrent_license(with_token(&c.session, acc::ReturnConcurrentLicenseRequest { license_id: lic, new_seats: i.ints[1] }))),
+        37 => run!(c.portal.return_concurrent_license(with_token(&c.session, acc::ReturnConcurrentLicenseRequest { license_id: lic, new_seats: i.ints[1], split: i.ints.clone() }))),
         38 => {
             // Any token a header can carry (a NUL cannot even be sent).
             let token: String = t(0).chars().filter(|c| c.is_ascii_graphic()).collect();

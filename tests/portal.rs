@@ -396,17 +396,51 @@ async fn activation_passwords_and_returning_a_concurrent_license() {
         assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: the old password stops working at once");
         seats.checkout(by_password(&fresh, "new")).await.expect("the new password works");
 
+        // A customer cannot give itself seats by returning a license: more seats, or a split
+        // that adds up to more (or fewer) than the 2 bought, are refused and change nothing.
+        for (new_seats, split) in [(5, vec![]), (0, vec![2, 1]), (0, vec![1]), (0, vec![2, 0]), (2, vec![2])] {
+            let err = p
+                .return_concurrent_license(with_token(
+                    &s,
+                    pb::ReturnConcurrentLicenseRequest {
+                        license_id: license_id.clone(),
+                        new_seats,
+                        split: split.clone(),
+                    },
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {new_seats} {split:?}: {}", err.message());
+        }
+        seats.checkout(by_password(&fresh, "still")).await.expect("the license is untouched");
+        // The 2 seats bought, re-split as two licenses of 1.
         let returned = p
             .return_concurrent_license(with_token(
                 &s,
-                pb::ReturnConcurrentLicenseRequest { license_id: license_id.clone(), new_seats: 5 },
+                pb::ReturnConcurrentLicenseRequest {
+                    license_id: license_id.clone(),
+                    split: vec![1, 1],
+                    ..Default::default()
+                },
             ))
             .await
             .unwrap()
             .into_inner();
         let replacement = returned.replacement.unwrap();
         assert_eq!(returned.retired.unwrap().status, LicenseStatus::Retired as i32);
-        assert_eq!((replacement.seats, replacement.replaces_license_id.as_str()), (5, license_id.as_str()));
+        assert_eq!((replacement.seats, replacement.replaces_license_id.as_str()), (1, license_id.as_str()));
+        assert_eq!(returned.reissued.len(), 2, "{backend:?}");
+        let second = &returned.reissued[1];
+        assert_eq!(second.license.as_ref().unwrap().seats, 1);
+        assert_ne!(second.license_key, returned.license_key);
+        let second_checkout = seat::CheckoutRequest {
+            credentials: Some(seat::SeatCredentials {
+                credential: Some(seat::seat_credentials::Credential::LicenseKey(second.license_key.clone())),
+            }),
+            client_instance_id: "second".into(),
+            ..Default::default()
+        };
+        seats.checkout(second_checkout).await.expect("the second new license works");
         let old_key_checkout = seat::CheckoutRequest {
             credentials: Some(seat::SeatCredentials {
                 credential: Some(seat::seat_credentials::Credential::LicenseKey(key.clone())),
@@ -439,7 +473,11 @@ async fn activation_passwords_and_returning_a_concurrent_license() {
         let err = p
             .return_concurrent_license(with_token(
                 &s,
-                pb::ReturnConcurrentLicenseRequest { license_id: replacement.license_id.clone(), new_seats: -1 },
+                pb::ReturnConcurrentLicenseRequest {
+                    license_id: replacement.license_id.clone(),
+                    new_seats: -1,
+                    ..Default::default()
+                },
             ))
             .await
             .unwrap_err();
@@ -684,7 +722,7 @@ async fn a_customer_never_sees_or_changes_another_accounts_data() {
         not_mine(
             p.return_concurrent_license(with_token(
                 &s,
-                pb::ReturnConcurrentLicenseRequest { license_id: floating_id.clone(), new_seats: 0 },
+                pb::ReturnConcurrentLicenseRequest { license_id: floating_id.clone(), ..Default::default() },
             ))
             .await
             .unwrap_err(),

@@ -582,12 +582,24 @@ impl AccountService for PortalApi {
     ) -> Result<Response<pb::ReturnConcurrentLicenseResponse>, Status> {
         let me = self.me(&request).await?;
         let r = request.get_ref();
-        let returned = self.portal.return_concurrent_license(&me, &r.license_id, r.new_seats).await.or_status()?;
+        let returned =
+            self.portal.return_concurrent_license(&me, &r.license_id, r.new_seats, &r.split).await.or_status()?;
+        let reissued: Vec<pb::ReissuedLicense> = returned
+            .reissued
+            .iter()
+            .map(|n| pb::ReissuedLicense {
+                license: Some(conv::license(&n.license)),
+                license_key: n.license_key.to_string(),
+                activation_password: n.activation_password.clone(),
+            })
+            .collect();
+        let first = reissued.first().cloned().unwrap_or_default();
         Ok(Response::new(pb::ReturnConcurrentLicenseResponse {
             retired: Some(conv::license(&returned.retired)),
-            replacement: Some(conv::license(&returned.replacement)),
-            license_key: returned.license_key.to_string(),
-            activation_password: returned.activation_password,
+            replacement: first.license,
+            license_key: first.license_key,
+            activation_password: first.activation_password,
+            reissued,
         }))
     }
 

@@ -5,7 +5,7 @@
 use crate::catalog::Catalog;
 use crate::mail::{Mail, Mailer};
 use crate::{validate, AccountError};
-use licensing_domain::change::{validate_seats, LicenseChange};
+use licensing_domain::change::{LicenseChange, SplitPart, MAX_SPLIT};
 use licensing_domain::clock::{Millis, HOUR, MINUTE};
 use licensing_domain::error::StoreError;
 use licensing_domain::ids;
@@ -61,9 +61,15 @@ pub struct LicenseDetails {
     pub history: Vec<ActivationEvent>,
 }
 
+/// A concurrent license returned to be issued again, and what it was issued as.
 pub struct ReturnedLicense {
     pub retired: License,
-    pub replacement: License,
+    pub reissued: Vec<ReissuedLicense>,
+}
+
+/// One new license (Activation ID) of a returned one, with its secrets, shown only now.
+pub struct ReissuedLicense {
+    pub license: License,
     pub license_key: LicenseKey,
     pub activation_password: String,
 }
@@ -463,12 +469,17 @@ impl Portal {
         self.catalog.activation_password(license_id).await
     }
 
-    /// Retires a concurrent license's Activation ID and issues its replacement.
+    /// Retires a concurrent license's Activation ID and issues its seats again as new licenses:
+    /// one with all of them, or as many as `split` lists with those seats each. The seats add up
+    /// to those bought, exactly (decided by the store with the license locked): a customer
+    /// re-splits what it bought and never gives itself a seat. `new_seats` is the older form of
+    /// one new license: 0 or the seats bought.
     pub async fn return_concurrent_license(
         &self,
         me: &str,
         license_id: &str,
         new_seats: i32,
+        split: &[i32],
     ) -> Result<ReturnedLicense, AccountError> {
         let old = self.my_license(me, license_id).await?;
         if old.kind != LicenseKind::Concurrent {
@@ -483,36 +494,53 @@ impl Portal {
                 message: format!("license {license_id} is retired already"),
             });
         }
-        let seats = if new_seats == 0 { old.seats } else { new_seats };
-        validate_seats(seats).map_err(|e| AccountError::invalid("new_seats", e.to_string()))?;
-        let now = self.now();
-        // The replacement keeps the seat policy, which must still fit its seats.
-        old.seat_policy.validate(seats, old.expires_at, now).map_err(|e| {
-            AccountError::invalid("new_seats", format!("the license's seat policy does not fit {seats} seats: {e}"))
-        })?;
-        let license_key = LicenseKey::generate();
-        let salt = random_token("salt", 16);
-        let replacement = License {
-            license_id: ids::new_id(ids::LICENSE),
-            status: LicenseStatus::Active,
-            seats,
-            activations_used: 0,
-            deactivations_used: 0,
-            replaces_license_id: Some(old.license_id.clone()),
-            created_at: now,
-            updated_at: now,
-            ..old.clone()
+        let shares: Vec<i32> = match (new_seats, split) {
+            (0, []) => vec![old.seats],
+            (0, split) => split.to_vec(),
+            (seats, []) if seats == old.seats => vec![seats],
+            (seats, []) => {
+                return Err(AccountError::invalid(
+                    "new_seats",
+                    format!(
+                        "license {license_id} is issued again with the {} seats bought, not {seats}: more seats come only from your vendor; to divide them among several licenses, send split",
+                        old.seats
+                    ),
+                ))
+            }
+            (_, _) => return Err(AccountError::invalid("new_seats", "send new_seats or split, not both")),
         };
-        let new = NewLicense {
-            license: replacement.clone(),
-            key_digest: self.catalog.hasher().digest(purpose::LICENSE_KEY, license_key.as_str()),
-            activation_password_salt: salt.clone(),
-        };
-        let audit = AuditRecord::new(format!("customer:{me}"), "portal.concurrent_license_returned", me)
-            .with_details(json!({ "retired": old.license_id, "replacement": replacement.license_id, "seats": seats }));
-        let retired = self.portal.replace_license(license_id, &new, now, audit).await?;
-        let activation_password = self.catalog.hasher().activation_password(&replacement.license_id, &salt);
-        Ok(ReturnedLicense { retired, replacement, license_key, activation_password })
+        if shares.len() > MAX_SPLIT {
+            return Err(AccountError::invalid("split", format!("name at most {MAX_SPLIT} new licenses")));
+        }
+        let secrets: Vec<(LicenseKey, String)> =
+            shares.iter().map(|_| (LicenseKey::generate(), random_token("salt", 16))).collect();
+        let parts: Vec<SplitPart> = shares
+            .iter()
+            .zip(&secrets)
+            .map(|(&seats, (key, salt))| SplitPart {
+                license_id: ids::new_id(ids::LICENSE),
+                seats,
+                key_digest: self.catalog.hasher().digest(purpose::LICENSE_KEY, key.as_str()),
+                activation_password_salt: salt.clone(),
+            })
+            .collect();
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.concurrent_license_returned", me).with_details(
+            json!({
+                "retired": old.license_id,
+                "reissued": parts.iter().map(|p| json!({ "license_id": p.license_id, "seats": p.seats })).collect::<Vec<_>>(),
+            }),
+        );
+        let (retired, licenses) = self.portal.return_and_resplit(license_id, &parts, self.now(), audit).await?;
+        let reissued = licenses
+            .into_iter()
+            .zip(secrets)
+            .map(|(license, (license_key, salt))| ReissuedLicense {
+                activation_password: self.catalog.hasher().activation_password(&license.license_id, &salt),
+                license,
+                license_key,
+            })
+            .collect();
+        Ok(ReturnedLicense { retired, reissued })
     }
 
     pub async fn associate(&self, me: &str, license_key: &str) -> Result<License, AccountError> {

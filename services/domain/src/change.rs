@@ -224,3 +224,123 @@ impl LicenseChange {
         Ok(())
     }
 }
+
+/// Most new licenses one returned concurrent license may be split into.
+pub const MAX_SPLIT: usize = 100;
+
+/// A new license (Activation ID) that a returned concurrent license is re-issued as.
+#[derive(Debug, Clone)]
+pub struct SplitPart {
+    pub license_id: String,
+    pub seats: i32,
+    pub key_digest: String,
+    pub activation_password_salt: String,
+}
+
+/// Re-issues a returned concurrent license as new licenses with the seats it was bought with,
+/// divided as `parts` say (Hexagon's "change the quantity of seats per Activation ID"): the
+/// seats add up to the license's exactly, so a customer never gains a seat (more come only from
+/// the vendor) and loses none. Each new license keeps everything else (product, modules, dates,
+/// seat policy, which must fit its share) and names the old one. Applied by the store with the
+/// old license locked, next to [`LicenseChange::Retire`].
+pub fn resplit(license: &License, parts: &[SplitPart], now: Millis) -> Result<Vec<License>, ChangeError> {
+    if license.kind != crate::model::LicenseKind::Concurrent {
+        return Err(ChangeError::NotAllowed(format!("license {} is not a concurrent license", license.license_id)));
+    }
+    if parts.is_empty() || parts.len() > MAX_SPLIT {
+        return Err(invalid("split", format!("name between 1 and {MAX_SPLIT} new licenses")));
+    }
+    if let Some(bad) = parts.iter().find(|p| p.seats < 1) {
+        return Err(invalid("split", format!("every new license needs at least 1 seat, not {}", bad.seats)));
+    }
+    let total: i64 = parts.iter().map(|p| i64::from(p.seats)).sum();
+    if total != i64::from(license.seats) {
+        return Err(invalid(
+            "split",
+            format!(
+                "the new licenses must share the {} seats of license {} exactly, not {total}: more seats come only from your vendor",
+                license.seats, license.license_id
+            ),
+        ));
+    }
+    parts
+        .iter()
+        .map(|part| {
+            license.seat_policy.validate(part.seats, license.expires_at, now).map_err(|e| {
+                invalid("split", format!("the license's seat policy does not fit a share of {} seats: {e}", part.seats))
+            })?;
+            Ok(License {
+                license_id: part.license_id.clone(),
+                status: LicenseStatus::Active,
+                seats: part.seats,
+                activations_used: 0,
+                deactivations_used: 0,
+                replaces_license_id: Some(license.license_id.clone()),
+                created_at: now,
+                updated_at: now,
+                ..license.clone()
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LicenseKind;
+
+    fn concurrent(seats: i32) -> License {
+        License {
+            license_id: "lic_OLD".into(),
+            product_code: "p".into(),
+            customer_id: "cus_X".into(),
+            kind: LicenseKind::Concurrent,
+            status: LicenseStatus::Active,
+            seats,
+            allowed_deactivations: UNLIMITED,
+            activations_used: 0,
+            deactivations_used: 0,
+            modules: vec!["render".into()],
+            valid_from: 1,
+            expires_at: Some(1_000_000),
+            upgrades_until: None,
+            associated_customer_id: Some("cus_X".into()),
+            portal_deactivation_counts: true,
+            replaces_license_id: None,
+            notes: String::new(),
+            seat_policy: Default::default(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    fn parts(seats: &[i32]) -> Vec<SplitPart> {
+        seats
+            .iter()
+            .enumerate()
+            .map(|(i, &seats)| SplitPart {
+                license_id: format!("lic_NEW{i}"),
+                seats,
+                key_digest: format!("k{i}"),
+                activation_password_salt: format!("s{i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_returned_license_is_resplit_within_the_seats_bought() {
+        let old = concurrent(10);
+        let new = resplit(&old, &parts(&[6, 4]), 50).unwrap();
+        assert_eq!(new.iter().map(|l| l.seats).collect::<Vec<_>>(), [6, 4]);
+        assert!(new.iter().all(|l| l.replaces_license_id.as_deref() == Some("lic_OLD") && l.modules == old.modules));
+        assert!(new.iter().all(|l| l.expires_at == old.expires_at && l.created_at == 50));
+        for bad in [&[6, 5][..], &[5], &[10, 0], &[11, -1], &[]] {
+            assert!(
+                matches!(resplit(&old, &parts(bad), 50), Err(ChangeError::Invalid { field: "split", .. })),
+                "{bad:?}"
+            );
+        }
+        let node_locked = License { kind: LicenseKind::NodeLocked, ..concurrent(10) };
+        assert!(matches!(resplit(&node_locked, &parts(&[10]), 50), Err(ChangeError::NotAllowed(_))));
+    }
+}

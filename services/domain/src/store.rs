@@ -403,14 +403,16 @@ pub trait PortalStore: Send + Sync + 'static {
     /// Atomically: marks the token used (once), sets the password hash and ends every session of
     /// the account. Returns the customer ID.
     async fn use_reset_token(&self, digest: &str, password_hash: &str, now: Millis) -> Result<String, ResetTokenError>;
-    /// Atomically: retires `old_id` and inserts `replacement` (which names it in `replaces_license_id`).
-    async fn replace_license(
+    /// Atomically, with the old license locked: retires concurrent license `old_id` and issues
+    /// its seats again as the licenses `parts` describe ([`crate::change::resplit`] decides).
+    /// Returns the retired license and the new ones.
+    async fn return_and_resplit(
         &self,
         old_id: &str,
-        replacement: &NewLicense,
+        parts: &[crate::change::SplitPart],
         now: Millis,
         audit: AuditRecord,
-    ) -> Result<License, UpdateError>;
+    ) -> Result<(License, Vec<License>), UpdateError>;
     /// Receipts of a customer, newest first.
     async fn list_receipts(&self, customer_id: &str) -> Result<Vec<Receipt>, StoreError>;
 }

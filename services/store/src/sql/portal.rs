@@ -3,7 +3,7 @@
 use super::catalog::{insert_audit, insert_license_row};
 use super::*;
 use async_trait::async_trait;
-use licensing_domain::change::LicenseChange;
+use licensing_domain::change::{resplit, LicenseChange, SplitPart};
 use licensing_domain::clock::Millis;
 use licensing_domain::model::{AuditRecord, License, NewLicense, Receipt};
 use licensing_domain::store::{PortalStore, ResetTokenError, UpdateError};
@@ -112,18 +112,20 @@ impl PortalStore for SqlStore {
     }
 
     #[tracing::instrument(name = "store.replace_license", skip_all, fields(otel.kind = "client", store = "sql"))]
-    async fn replace_license(
+    async fn return_and_resplit(
         &self,
         old_id: &str,
-        replacement: &NewLicense,
+        parts: &[SplitPart],
         now: Millis,
         audit: AuditRecord,
-    ) -> Result<License, UpdateError> {
+    ) -> Result<(License, Vec<License>), UpdateError> {
         let mut tx = self.begin().await?;
         let mut old = self
             .lock_license(&mut tx, old_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("license {old_id}")))?;
+        // Decided on the license as locked: a seat change made meanwhile is seen.
+        let reissued = resplit(&old, parts, now)?;
         let product = sqlx::query("SELECT * FROM products WHERE code = $1")
             .bind(&old.product_code)
             .fetch_one(&mut *tx)
@@ -137,12 +139,19 @@ impl PortalStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        insert_license_row(&mut tx, replacement).await?;
+        for (license, part) in reissued.iter().zip(parts) {
+            let new = NewLicense {
+                license: license.clone(),
+                key_digest: part.key_digest.clone(),
+                activation_password_salt: part.activation_password_salt.clone(),
+            };
+            insert_license_row(&mut tx, &new).await?;
+        }
         insert_audit(&mut tx, &audit, now).await?;
         self.notify_license_change(&mut tx, old_id).await?;
         tx.commit().await.map_err(map_err)?;
         self.license_changed(old_id).await;
-        Ok(old)
+        Ok((old, reissued))
     }
 
     #[tracing::instrument(name = "store.list_receipts", skip_all, fields(otel.kind = "client", store = "sql"))]
