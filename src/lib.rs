@@ -265,7 +265,9 @@ impl Application {
             // Validations read licenses and live activations from a cache that follows the
             // store's change feed (activations changed by any process are reported too).
             .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
-            routes = routes.add_service(ActivationApi::new(activations, config.watch_poll).into_server(max));
+            // WatchLicense streams end when the server drains.
+            let api = ActivationApi::new(activations, config.watch_poll).with_drain(stack.drain.clone());
+            routes = routes.add_service(api.into_server(max));
             names.push("licensing.activation.v1.ActivationService");
         }
         let mut background = vec![];
@@ -302,11 +304,12 @@ impl Application {
             }
             metrics.add_source(Arc::new(seats.clone()));
             background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
-            // A license's own customer may list its leases and read its usage with a portal session.
+            // A license's own customer may list its leases and read its usage with a portal
+            // session; WaitForSeat streams end when the server drains.
             let sessions = SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone());
-            routes = routes.add_service(
-                SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone()), sessions).into_server(max),
-            );
+            let api = SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone()), sessions)
+                .with_drain(stack.drain.clone());
+            routes = routes.add_service(api.into_server(max));
             names.push("licensing.seat.v1.SeatService");
         }
         metrics.add_source(Arc::new(StoreHealth { sql: store.clone(), redis: redis_store }));

@@ -1,4 +1,5 @@
-//! What every server offers: health, reflection (v1 and v1alpha), graceful drain.
+//! What every server offers: health, reflection (v1 and v1alpha), and its shutdown: NOT_SERVING
+//! first, a readiness delay, then a drain that ends every open stream.
 
 use crate::common::*;
 use futures::StreamExt;
@@ -27,25 +28,66 @@ async fn health_reports_each_service_serving() {
 }
 
 #[tokio::test]
-async fn shutdown_reports_not_serving_to_watchers_then_stops() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let mut health = HealthClient::new(app.channel().await);
-    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
-    let first = watch.next().await.unwrap().unwrap();
-    assert_eq!(first.status, ServingStatus::Serving as i32);
+async fn shutdown_turns_health_not_serving_first_and_keeps_serving_through_the_readiness_delay() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(Backend::Sqlite, data_dir.path()).await;
+    env.insert("LICENSING_SHUTDOWN_READINESS_DELAY_MS".into(), "5000".into());
+    let app = spawn_with_env(Backend::Sqlite, data_dir, env).await;
     let addr = app.addr;
+    let channel = app.channel().await;
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest { service: "licensing.seat.v1.SeatService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
     let stopping = tokio::spawn(app.stop());
-    let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+
+    let update = tokio::time::timeout(DOES_NOT_HANG, watch.message()).await.expect("a health update");
+    assert_eq!(update.unwrap().expect("NOT_SERVING, not the end").status, ServingStatus::NotServing as i32);
+    // Heard while the listener still accepts: a new connection's calls are served, and the
+    // open one's too, until the readiness delay ends.
+    let fresh = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
-        .expect("a health update before the drain ends");
-    if let Some(Ok(update)) = next {
-        assert_eq!(update.status, ServingStatus::NotServing as i32);
-    }
-    tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
+        .expect("still accepting after NOT_SERVING");
+    let whole = HealthClient::new(fresh.clone()).check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(whole.into_inner().status, ServingStatus::NotServing as i32);
+    use licensing_proto::activation::v1 as act;
+    let key = act::activation_service_client::ActivationServiceClient::new(fresh)
+        .get_verifying_key(act::GetVerifyingKeyRequest {})
         .await
-        .expect("drained within the grace period")
-        .unwrap();
+        .expect("new calls are served during the readiness delay");
+    assert!(!key.into_inner().public_key.is_empty());
+    let products = licensing_proto::account::v1::admin_service_client::AdminServiceClient::new(channel)
+        .list_products(admin_req(licensing_proto::account::v1::ListProductsRequest::default()))
+        .await;
+    assert!(products.is_ok(), "the open connection serves too: {products:?}");
+
+    // Then the drain: the watch ends, the server stops, nothing is accepted any more.
+    let end = tokio::time::timeout(DOES_NOT_HANG, watch.message()).await.expect("the watch ends at the drain");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    tokio::time::timeout(DOES_NOT_HANG, stopping).await.expect("stops after the delay").unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
+
+#[tokio::test]
+async fn every_open_stream_ends_when_the_drain_starts_and_none_holds_the_stop() {
+    for (backend, leases) in store_backends().await {
+        // A grace long enough that a stream held open through it would fail the guards below.
+        let app = spawn_app_on(backend, leases, &[("LICENSING_SHUTDOWN_GRACE_MS", "60000")]).await;
+        let channel = app.channel().await;
+        let (node_locked, floating) = process::AdminOn(channel.clone()).licenses().await;
+        let streams = OpenStreams::open(channel, &node_locked, &floating).await;
+        let stopping = tokio::spawn(app.stop());
+        streams.assert_ended_by_the_drain(false, &format!("{backend:?} with {leases:?} leases")).await;
+        // The grace is for unary calls in flight; with every stream ended the stop is prompt.
+        tokio::time::timeout(DOES_NOT_HANG, stopping)
+            .await
+            .expect("no open stream holds the process through the grace period")
+            .unwrap();
+    }
 }
 
 mod reflection_v1 {

@@ -394,6 +394,111 @@ pub async fn spawn_seat_app(leases: Leases) -> TestApp {
     spawn_with_env(Backend::Sqlite, data_dir, env).await
 }
 
+/// The stores to run a test on: SQLite with the embedded lease store always; PostgreSQL with
+/// Redis when both are reachable.
+pub async fn store_backends() -> Vec<(Backend, Leases)> {
+    let mut v = vec![(Backend::Sqlite, Leases::Embedded)];
+    if postgres_available().await && redis_available().await {
+        v.push((Backend::Postgres, Leases::Redis));
+    }
+    v
+}
+
+/// A server on `backend` with its leases in `leases`, with `extra` settings over the test ones.
+pub async fn spawn_app_on(backend: Backend, leases: Leases, extra: &[(&str, &str)]) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut env = test_env(backend, data_dir.path()).await;
+    if leases == Leases::Redis {
+        env.insert("LICENSING_REDIS_URL".into(), redis_url());
+    }
+    for (var, value) in extra {
+        env.insert((*var).to_owned(), (*value).to_owned());
+    }
+    spawn_with_env(backend, data_dir, env).await
+}
+
+/// The long-lived streams callers hold open on a server: a load balancer's health `Watch` of "",
+/// a product's `WatchLicense`, and a `WaitForSeat` queued behind every seat.
+pub struct OpenStreams {
+    pub health: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    pub license: tonic::Streaming<licensing_proto::activation::v1::WatchLicenseResponse>,
+    pub seat: tonic::Streaming<licensing_proto::seat::v1::WaitForSeatResponse>,
+}
+
+/// How long a test waits for what should come at once, so a missing answer fails rather than
+/// hangs (never a measure of speed).
+pub const DOES_NOT_HANG: Duration = Duration::from_secs(10);
+
+impl OpenStreams {
+    /// Opens each on `channel` and reads its first message, with `node_locked_key` activated on
+    /// a new machine and both seats of `floating_key` (two, as `process::AdminOn::licenses`
+    /// issues) held.
+    pub async fn open(channel: Channel, node_locked_key: &str, floating_key: &str) -> Self {
+        use licensing_proto::activation::v1 as act;
+        use licensing_proto::seat::v1 as seat;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+
+        let mut activations = act::activation_service_client::ActivationServiceClient::new(channel.clone());
+        let activate = activate_by_key(node_locked_key, "watching-machine");
+        let fingerprint = activate.machine.as_ref().unwrap().fingerprint.clone();
+        activations.activate(activate).await.unwrap();
+        let credentials = Some(act::LicenseCredentials {
+            credential: Some(act::license_credentials::Credential::LicenseKey(node_locked_key.into())),
+        });
+        let mut license = activations
+            .watch_license(act::WatchLicenseRequest { credentials, fingerprint })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(license.message().await.unwrap().unwrap().certificate.is_some(), "a certificate first");
+
+        let mut seats = seat::seat_service_client::SeatServiceClient::new(channel);
+        for holder in ["holder-1", "holder-2"] {
+            seats.checkout(checkout_by_key(floating_key, holder, 60)).await.unwrap();
+        }
+        let wait = seat::WaitForSeatRequest {
+            checkout: Some(checkout_by_key(floating_key, "waiter", 60)),
+            max_wait: Some(prost_types::Duration { seconds: 120, nanos: 0 }),
+        };
+        let mut seat = seats.wait_for_seat(wait).await.unwrap().into_inner();
+        let position = seat.message().await.unwrap().unwrap().event;
+        assert_eq!(position, Some(seat::wait_for_seat_response::Event::QueuePosition(1)));
+        Self { health, license, seat }
+    }
+
+    /// Once the drain starts: the health watch ends after NOT_SERVING (read now unless `health_heard`
+    /// says it was read already), `WatchLicense` and `WaitForSeat` end with UNAVAILABLE and a
+    /// message to reconnect.
+    pub async fn assert_ended_by_the_drain(mut self, health_heard: bool, what: &str) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        fn next<T>(result: Result<T, tokio::time::error::Elapsed>, what: &str, stream: &str) -> T {
+            result.unwrap_or_else(|_| panic!("{what}: the {stream} stream is still open after the drain started"))
+        }
+        if !health_heard {
+            let update = next(tokio::time::timeout(DOES_NOT_HANG, self.health.message()).await, what, "health");
+            let status = update.expect("NOT_SERVING, not an error").expect("NOT_SERVING before the end").status;
+            assert_eq!(status, ServingStatus::NotServing as i32, "{what}");
+        }
+        let end = next(tokio::time::timeout(DOES_NOT_HANG, self.health.message()).await, what, "health");
+        assert!(matches!(end, Ok(None)), "{what}: the health watch ends cleanly after NOT_SERVING: {end:?}");
+        for (stream, ended) in [
+            ("WatchLicense", tokio::time::timeout(DOES_NOT_HANG, self.license.message()).await.map(|m| m.map(|_| ()))),
+            ("WaitForSeat", tokio::time::timeout(DOES_NOT_HANG, self.seat.message()).await.map(|m| m.map(|_| ()))),
+        ] {
+            let status = next(ended, what, stream).expect_err("ends with a status");
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{what} {stream}: {status:?}");
+            assert_eq!(reason(&status), "SHUTTING_DOWN", "{what} {stream}");
+            assert!(status.message().contains("reconnect"), "{what} {stream}: {}", status.message());
+        }
+    }
+}
+
 pub async fn portal(
     app: &TestApp,
 ) -> licensing_proto::account::v1::account_service_client::AccountServiceClient<Channel> {

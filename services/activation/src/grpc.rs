@@ -10,6 +10,7 @@ use licensing_proto::activation::v1::activation_service_server::{ActivationServi
 use licensing_proto::common::v1::FingerprintComponent;
 use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
+use licensing_runtime::server::{CancellationToken, ShuttingDown};
 use licensing_runtime::status::{to_status, OrStatus};
 use std::pin::Pin;
 use std::time::Duration;
@@ -21,11 +22,18 @@ pub struct ActivationApi {
     activations: Activations,
     /// How often a `WatchLicense` stream looks for changes made by the vendor (in any process).
     watch_poll: Duration,
+    /// Cancelled when the server drains: open `WatchLicense` streams end with UNAVAILABLE.
+    drain: CancellationToken,
 }
 
 impl ActivationApi {
     pub fn new(activations: Activations, watch_poll: Duration) -> Self {
-        Self { activations, watch_poll }
+        Self { activations, watch_poll, drain: CancellationToken::new() }
+    }
+
+    /// Ends open `WatchLicense` streams when `drain` is cancelled (the server's drain signal).
+    pub fn with_drain(self, drain: CancellationToken) -> Self {
+        Self { drain, ..self }
     }
 
     pub fn into_server(self, max_message_bytes: usize) -> ActivationServiceServer<Self> {
@@ -196,6 +204,7 @@ impl ActivationService for ActivationApi {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let activations = self.activations.clone();
         let poll = self.watch_poll;
+        let drain = self.drain.clone();
         tokio::spawn(async move {
             let mut last_seen: Option<(i64, LicenseStatus)> = None;
             loop {
@@ -222,6 +231,10 @@ impl ActivationService for ActivationApi {
                 tokio::select! {
                     () = tokio::time::sleep(poll) => {}
                     () = tx.closed() => return,
+                    () = drain.cancelled() => {
+                        let _ = tx.send(Err(to_status(&ShuttingDown))).await;
+                        return;
+                    }
                 }
             }
         });

@@ -47,7 +47,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_SIGNING_KEY", "base64 32-byte Ed25519 seed that signs certificates and lease tokens"),
     ("LICENSING_REQUEST_TIMEOUT_MS", "deadline of one unary request"),
     ("LICENSING_CONCURRENCY_LIMIT", "requests served at once per process"),
-    ("LICENSING_SHUTDOWN_GRACE_MS", "how long in-flight requests may drain after SIGTERM"),
+    ("LICENSING_SHUTDOWN_READINESS_DELAY_MS", "how long new calls are still served after SIGTERM turns health NOT_SERVING, before the listener closes"),
+    ("LICENSING_SHUTDOWN_GRACE_MS", "how long in-flight requests may drain once the listener has closed"),
     ("LICENSING_MAX_MESSAGE_BYTES", "largest gRPC message decoded or encoded"),
     ("LICENSING_REFLECTION", "serve gRPC reflection (true/false)"),
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
@@ -169,6 +170,9 @@ pub struct Config {
     pub signing_key_b64: Option<String>,
     pub request_timeout: Duration,
     pub concurrency_limit: usize,
+    /// After SIGTERM: how long new calls are still served once health reports NOT_SERVING.
+    pub shutdown_readiness_delay: Duration,
+    /// Then: how long in-flight calls may drain after the listener closes.
     pub shutdown_grace: Duration,
     pub max_message_bytes: usize,
     pub reflection: bool,
@@ -236,6 +240,7 @@ impl Config {
         let millis =
             |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
         let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
+        let shutdown_readiness_delay = millis("LICENSING_SHUTDOWN_READINESS_DELAY_MS", 0)?;
         let shutdown_grace = millis("LICENSING_SHUTDOWN_GRACE_MS", 10_000)?;
         let concurrency_limit = parse(lookup, "LICENSING_CONCURRENCY_LIMIT", 1024usize, "a whole number")?;
         if concurrency_limit == 0 {
@@ -282,6 +287,7 @@ impl Config {
             signing_key_b64: non_empty(lookup, "LICENSING_SIGNING_KEY"),
             request_timeout,
             concurrency_limit,
+            shutdown_readiness_delay,
             shutdown_grace,
             max_message_bytes: parse(lookup, "LICENSING_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize, "a number of bytes")?,
             reflection: parse(lookup, "LICENSING_REFLECTION", true, "true or false")?,
@@ -315,6 +321,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert!(c.database_url.is_none() && c.redis_url.is_none());
         assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_readiness_delay, Duration::ZERO, "no delay outside Kubernetes");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.reflection);
     }

@@ -8,7 +8,9 @@
 //! - [`telemetry`]: `tracing` logs (text or JSON), OpenTelemetry OTLP export, W3C trace context.
 //! - [`metrics`]: OpenTelemetry metrics, scraped in the Prometheus format on `/metrics`.
 //! - [`server`]: the gRPC server stack: health, reflection (v1 and v1alpha), request timeout and
-//!   concurrency limit layers, graceful drain on SIGTERM/SIGINT with a deadline.
+//!   concurrency limit layers, and the shutdown sequence on SIGTERM/SIGINT (NOT_SERVING, a
+//!   readiness delay, then a drain with a deadline that ends every long-lived stream).
+//! - [`health`]: the gRPC health service, whose `Watch` streams end when the drain starts.
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
 //! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod convert;
 pub mod credentials;
 pub mod hashing;
+pub mod health;
 pub mod keys;
 pub mod license_cache;
 pub mod limiter;

@@ -1,11 +1,23 @@
 //! The gRPC server stack every licensing process runs.
 //!
 //! [`GrpcServer::bind`] takes the service routes and binds the listener (port 0 works, for tests);
-//! [`GrpcServer::run_until_stopped`] serves until the shutdown future completes, then marks every
-//! service NOT_SERVING in the health service, stops accepting, and lets in-flight requests drain
-//! until the grace deadline.
+//! [`GrpcServer::run_until_stopped`] serves until the shutdown future completes (SIGTERM/SIGINT in
+//! the binaries), then shuts down in this order:
+//!
+//! 1. **NOT_SERVING.** Every served name and "" turn NOT_SERVING in the health service, and every
+//!    health `Watch` stream hears it, while the server still accepts and serves: load balancers
+//!    and Kubernetes readiness probes learn first.
+//! 2. **Readiness delay.** New connections and calls are still served for
+//!    [`StackSettings::readiness_delay`] (`LICENSING_SHUTDOWN_READINESS_DELAY_MS`; 0 by default,
+//!    a few seconds under Kubernetes), the time it takes callers to stop sending here.
+//! 3. **Drain.** The listener closes (connections get GOAWAY) and [`StackSettings::drain`] is
+//!    cancelled, which ends every long-lived stream: health `Watch` streams (NOT_SERVING, if not
+//!    yet sent, then the end), `WaitForSeat` and `WatchLicense` (`UNAVAILABLE`, [`ShuttingDown`]:
+//!    reconnect). In-flight unary calls finish, until [`StackSettings::shutdown_grace`]
+//!    (`LICENSING_SHUTDOWN_GRACE_MS`) at most; the connections left then are closed.
 
 use crate::config::{Config, RateLimits};
+use crate::health::HealthStatuses;
 use crate::limiter::{Rate, RateLimiter};
 use crate::metrics::Metrics;
 use licensing_proto::FILE_DESCRIPTOR_SET;
@@ -19,17 +31,41 @@ use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{Layer, Service, ServiceBuilder};
+
+/// The drain signal: [`GrpcServer::run_until_stopped`] cancels [`StackSettings::drain`] when the
+/// drain starts. Whatever serves a long-lived stream (or waits on behalf of a caller) takes a
+/// clone and ends its work when it is cancelled, answering [`ShuttingDown`].
+pub use tokio_util::sync::CancellationToken;
+
+/// Why a long-lived stream ended at shutdown: the caller should reconnect (to a server that is up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server is shutting down and ended this stream; reconnect and call again")]
+pub struct ShuttingDown;
+
+impl licensing_domain::error::ClassifiedError for ShuttingDown {
+    fn class(&self) -> licensing_domain::error::ErrorClass {
+        licensing_domain::error::ErrorClass::Unavailable
+    }
+    fn reason(&self) -> &'static str {
+        "SHUTTING_DOWN"
+    }
+}
 
 /// Limits and switches of the server stack.
 #[derive(Debug, Clone)]
 pub struct StackSettings {
     pub request_timeout: Duration,
     pub concurrency_limit: usize,
+    /// How long new calls are still served after health turns NOT_SERVING at shutdown.
+    pub readiness_delay: Duration,
+    /// How long in-flight calls may drain once the listener has closed.
     pub shutdown_grace: Duration,
+    /// Cancelled when the drain starts: long-lived streams end on it (hand each service that
+    /// streams a clone).
+    pub drain: CancellationToken,
     pub reflection: bool,
     /// Request rates allowed per client address, by group of methods.
     pub client_rates: Vec<ClientRate>,
@@ -88,7 +124,9 @@ impl From<&Config> for StackSettings {
         Self {
             request_timeout: c.request_timeout,
             concurrency_limit: c.concurrency_limit,
+            readiness_delay: c.shutdown_readiness_delay,
             shutdown_grace: c.shutdown_grace,
+            drain: CancellationToken::new(),
             reflection: c.reflection,
             client_rates: ClientRate::all(&c.rate_limits),
             tls: c.tls.clone(),
@@ -100,9 +138,8 @@ impl From<&Config> for StackSettings {
 pub struct GrpcServer {
     listener: TcpListener,
     routes: Routes,
-    health: HealthReporter,
-    /// Names reported SERVING while up (each licensing service, and "" for the whole server).
-    service_names: Vec<String>,
+    /// Each licensing service's name, and "" for the whole server: SERVING while up.
+    health: HealthStatuses,
     settings: StackSettings,
 }
 
@@ -116,8 +153,8 @@ impl GrpcServer {
         settings: StackSettings,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let mut routes = routes.add_service(health_service);
+        let health = HealthStatuses::new();
+        let mut routes = routes.add_service(health.service(settings.drain.clone()));
         if settings.reflection {
             // Advertise exactly what is served: the descriptor set also holds services not served here.
             let advertised: Vec<String> = service_names
@@ -148,32 +185,28 @@ impl GrpcServer {
             routes = routes.add_service(v1).add_service(v1alpha);
         }
         for name in service_names {
-            health.set_service_status(name, ServingStatus::Serving).await;
+            health.set(name, ServingStatus::Serving);
         }
-        Ok(Self {
-            listener,
-            routes,
-            health,
-            service_names: service_names.iter().map(|s| s.to_string()).collect(),
-            settings,
-        })
+        Ok(Self { listener, routes, health, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// The health reporter, e.g. to report NOT_SERVING while a dependency is down.
-    pub fn health(&self) -> HealthReporter {
+    /// The health statuses, e.g. to report NOT_SERVING while a dependency is down.
+    pub fn health(&self) -> HealthStatuses {
         self.health.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains within the grace period.
+    /// Serves until `shutdown` completes, then shuts down in the order the module documents:
+    /// NOT_SERVING, the readiness delay, the drain (streams ended, unary calls finished within
+    /// the grace period).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let Self { listener, routes, health, service_names, settings } = self;
+        let Self { listener, routes, health, settings } = self;
         let layers = ServiceBuilder::new()
             // Outermost, so refused and timed-out requests are traced and counted too.
             .layer(ObserveLayer { metrics: settings.metrics.clone() })
@@ -201,12 +234,22 @@ impl GrpcServer {
             result = &mut server => return result,
             () = shutdown => {}
         }
-        tracing::info!(grace_ms = settings.shutdown_grace.as_millis() as u64, "shutting down: NOT_SERVING, draining");
-        health.set_service_status("", ServingStatus::NotServing).await;
-        for name in &service_names {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+        // 1. NOT_SERVING, heard by every health watcher, while still accepting.
+        let delay_ms = settings.readiness_delay.as_millis() as u64;
+        tracing::info!(
+            readiness_delay_ms = delay_ms,
+            "shutting down: NOT_SERVING, still serving for the readiness delay"
+        );
+        health.set_all(ServingStatus::NotServing);
+        // 2. Keep serving while callers learn to go elsewhere.
+        tokio::select! {
+            result = &mut server => return result,
+            () = tokio::time::sleep(settings.readiness_delay) => {}
         }
+        // 3. Stop accepting, end every long-lived stream, let unary calls finish.
+        tracing::info!(grace_ms = settings.shutdown_grace.as_millis() as u64, "draining: no longer accepting");
         let _ = stop_tx.send(());
+        settings.drain.cancel();
         match tokio::time::timeout(settings.shutdown_grace, server).await {
             Ok(result) => result,
             Err(_) => {

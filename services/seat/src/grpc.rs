@@ -10,6 +10,7 @@ use licensing_runtime::convert::{
     from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp,
 };
 use licensing_runtime::credentials::{CredentialError, Credentials};
+use licensing_runtime::server::{CancellationToken, ShuttingDown};
 use licensing_runtime::status::{to_status, OrStatus};
 use std::pin::Pin;
 use std::time::Duration;
@@ -22,11 +23,23 @@ pub struct SeatApi {
     admin: AdminAuth,
     /// For the calls a license's own customer may make too (its leases, its usage report).
     admin_or_owner: AdminOrSessionAuth,
+    /// Cancelled when the server drains: open `WaitForSeat` streams end with UNAVAILABLE.
+    drain: CancellationToken,
 }
 
 impl SeatApi {
     pub fn new(seats: Seats, admin: AdminAuth, sessions: SessionAuth) -> Self {
-        Self { seats, admin_or_owner: AdminOrSessionAuth::new(admin.clone(), sessions), admin }
+        Self {
+            seats,
+            admin_or_owner: AdminOrSessionAuth::new(admin.clone(), sessions),
+            admin,
+            drain: CancellationToken::new(),
+        }
+    }
+
+    /// Ends open `WaitForSeat` streams when `drain` is cancelled (the server's drain signal).
+    pub fn with_drain(self, drain: CancellationToken) -> Self {
+        Self { drain, ..self }
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
@@ -155,6 +168,7 @@ impl SeatService for SeatApi {
         let license_id = self.seats.admit_waiter(&creds).await.or_status()?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let seats = self.seats.clone();
+        let drain = self.drain.clone();
         tokio::spawn(async move {
             let ticket = seats.waiting().enqueue(&license_id);
             let changed = ticket.changed();
@@ -196,6 +210,11 @@ impl SeatService for SeatApi {
                         return;
                     }
                     () = tx.closed() => return,
+                    () = drain.cancelled() => {
+                        // Leaving the queue: the caller waits again on a server that is up.
+                        let _ = tx.send(Err(to_status(&ShuttingDown))).await;
+                        return;
+                    }
                 }
             }
         });
