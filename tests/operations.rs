@@ -1,5 +1,5 @@
 //! What operators see: the Prometheus scrape endpoint after a scripted scenario, request IDs in
-//! responses, and trace context joining a caller's trace.
+//! responses, trace context joining a caller's trace, and what SIGTERM does to callers.
 
 use crate::common::*;
 use licensing_proto::common::v1::LicenseKind;
@@ -144,4 +144,53 @@ async fn the_metrics_endpoint_answers_only_get_metrics_and_can_be_turned_off() {
     let app = spawn_with_env(Backend::Sqlite, data_dir, env).await;
     assert_eq!(app.metrics_addr, None);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_turns_health_not_serving_first_serves_through_the_delay_then_ends_every_stream() {
+    use licensing_proto::activation::v1 as act;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    for (backend, leases) in store_backends().await {
+        let what = format!("{backend:?} with {leases:?} leases");
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
+            ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+            ("LICENSING_SHUTDOWN_READINESS_DELAY_MS".to_owned(), "5000".to_owned()),
+            // A stream held open through this grace would fail the guards below.
+            ("LICENSING_SHUTDOWN_GRACE_MS".to_owned(), "60000".to_owned()),
+        ];
+        if backend == Backend::Postgres {
+            env.push(("LICENSING_DATABASE_URL".to_owned(), fresh_postgres_database().await));
+        }
+        if leases == Leases::Redis {
+            env.push(("LICENSING_REDIS_URL".to_owned(), redis_url()));
+        }
+        let mut server = process::Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env);
+        server.start().await;
+        let channel = server.channel().await;
+        let (node_locked, floating) = process::AdminOn(channel.clone()).licenses().await;
+        let mut streams = OpenStreams::open(channel, &node_locked, &floating).await;
+
+        server.sigterm().await;
+        let update = tokio::time::timeout(DOES_NOT_HANG, streams.health.message()).await.expect("a health update");
+        let update = update.unwrap().expect("NOT_SERVING, not the end");
+        assert_eq!(update.status, ServingStatus::NotServing as i32, "{what}");
+        // Still accepting and serving new calls while the readiness delay runs.
+        let fresh = tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no longer accepting right after NOT_SERVING: {e}"));
+        let whole = HealthClient::new(fresh.clone()).check(HealthCheckRequest { service: String::new() }).await;
+        assert_eq!(whole.unwrap().into_inner().status, ServingStatus::NotServing as i32, "{what}");
+        act::activation_service_client::ActivationServiceClient::new(fresh)
+            .get_verifying_key(act::GetVerifyingKeyRequest {})
+            .await
+            .unwrap_or_else(|status| panic!("{what}: not served during the readiness delay: {status:?}"));
+
+        streams.assert_ended_by_the_drain(true, &what).await;
+        server.exits_cleanly_within(DOES_NOT_HANG).await;
+    }
 }

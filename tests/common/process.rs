@@ -71,10 +71,22 @@ impl Process {
 
     /// SIGTERM, and wait for the exit (a drain, then spans and usage flushed).
     pub async fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().expect("running").to_string();
+        self.sigterm().await;
+        self.exits_cleanly_within(Duration::from_secs(15)).await;
+    }
+
+    /// SIGTERM, without waiting: the process shuts down while the test watches.
+    pub async fn sigterm(&mut self) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running").to_string();
         Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits after SIGTERM");
+    }
+
+    /// Waits for the exit (after [`Self::sigterm`]), which must be clean and within `limit`.
+    pub async fn exits_cleanly_within(&mut self, limit: Duration) {
+        let mut child = self.child.take().expect("running");
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} still runs {limit:?} after SIGTERM", self.binary));
         assert!(status.unwrap().success(), "{} exits cleanly", self.binary);
     }
 
