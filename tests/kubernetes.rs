@@ -46,6 +46,7 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
     };
     let config = &get("ConfigMap", "licensing")["data"];
     let grace_ms: u64 = config["LICENSING_SHUTDOWN_GRACE_MS"].as_str().unwrap().parse().unwrap();
+    let delay_ms: u64 = config["LICENSING_SHUTDOWN_READINESS_DELAY_MS"].as_str().unwrap().parse().unwrap();
     let metrics_port = port_of(config["LICENSING_METRICS_ADDR"].as_str().unwrap());
     let known: Vec<&str> = VARIABLES.iter().map(|(name, _)| *name).collect();
     for key in config.as_mapping().unwrap().keys() {
@@ -72,7 +73,7 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
         assert!(spec["replicas"].as_u64().unwrap() >= 2, "{name}: more than one replica, so a PDB can hold");
         let pod = &spec["template"]["spec"];
         let grace_s = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-        assert!(grace_s * 1000 > grace_ms, "{name}: Kubernetes waits longer than the server drains");
+        assert!(grace_s * 1000 > delay_ms + grace_ms, "{name}: Kubernetes waits longer than the server shuts down");
         assert!(dockerfile.contains(&format!("--uid {}", pod["securityContext"]["runAsUser"].as_u64().unwrap())));
         let container = &pod["containers"][0];
         let compose_service = &compose["services"][service];
@@ -113,6 +114,9 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             assert_eq!(container[probe]["grpc"]["port"].as_u64(), Some(grpc_port), "{name} {probe}");
         }
+        let ready = &container["readinessProbe"];
+        let unready_ms = ready["periodSeconds"].as_u64().unwrap() * ready["failureThreshold"].as_u64().unwrap() * 1000;
+        assert!(unready_ms <= delay_ms, "{name}: the readiness probe marks the pod unready within the readiness delay");
         let requests = &container["resources"]["requests"];
         assert!(requests["cpu"].is_string() && requests["memory"].is_string(), "{name} requests resources");
         assert!(container["resources"]["limits"]["memory"].is_string(), "{name} has a memory limit");
