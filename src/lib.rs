@@ -24,7 +24,7 @@ use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape,
 use licensing_runtime::config::{Config, Lookup};
 use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
-use licensing_runtime::limiter::FailureLimiter;
+use licensing_runtime::limiter::GuessThrottle;
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_seat::grpc::SeatApi;
@@ -165,7 +165,7 @@ impl Application {
             catalog_store.clone(),
             hasher.clone(),
             overrides.password_hasher.clone(),
-            FailureLimiter::default(),
+            GuessThrottle::default(),
         );
         // Leases: Redis when configured, else the embedded store in the all-in-one server. The
         // separate Account service reads them to show a customer's live leases.

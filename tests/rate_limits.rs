@@ -33,12 +33,19 @@ async fn logins_are_limited_per_client_address_and_per_account() {
     let app =
         app_with(&[("LICENSING_RATE_LOGIN_PER_CLIENT", "5/min"), ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "3/min")]).await;
     let f = fixture(&app).await;
-    // Per account: right passwords count too (a login flood is a flood whatever it guesses).
+    // Per account and address: right passwords count too (a login flood is a flood whatever
+    // it guesses), but a flood from one address never refuses the account's owner elsewhere.
     for _ in 0..3 {
         login(&app, &f.customer_id, &f.customer_password).await.unwrap();
     }
     let refused = login(&app, &f.customer_id, &f.customer_password).await.unwrap_err();
     assert_rate_limited(&refused, "account");
+    let elsewhere = licensing_proto::account::v1::account_service_client::AccountServiceClient::new(
+        app.channel_from("127.0.0.2".parse().unwrap()).await,
+    )
+    .login(account_pb::LoginRequest { login: f.customer_id.clone(), password: f.customer_password.clone() })
+    .await;
+    assert!(elsewhere.is_ok(), "{:?}", elsewhere.err());
     // Another account from the same address still logs in, until the address's own rate is spent.
     let other = create_customer(&app, "Other Co", "other@example.com").await;
     login(&app, &other, CUSTOMER_PASSWORD).await.unwrap();

@@ -497,7 +497,6 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     use licensing_domain::store::{CatalogStore, LeaseStore, UpdateError};
     use licensing_runtime::credentials::{CredentialResolver, Credentials};
     use licensing_runtime::license_cache::Lookup;
-    use licensing_runtime::limiter::FailureLimiter;
     use licensing_seat::service::CheckoutRequest;
     use licensing_seat::{LicenseCache, SeatError, SeatSettings, Seats, UsageLog};
     use licensing_store::{RedisLeaseStore, SqlStore};
@@ -551,7 +550,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
         catalog.clone(),
         hasher,
         PasswordHasher::with_params(8, 1, 1),
-        FailureLimiter::default(),
+        licensing_runtime::limiter::GuessThrottle::default(),
     );
     let seat_service = Seats::new(
         catalog,

@@ -183,6 +183,21 @@ impl TestApp {
         Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server")
     }
 
+    /// A channel to the server from another loopback address (`127.0.0.2`, ...), as from a
+    /// second client machine: throttles and rate limits count clients by address.
+    pub async fn channel_from(&self, source: std::net::IpAddr) -> Channel {
+        let target = self.addr;
+        tonic::transport::Endpoint::from_static("http://127.0.0.1")
+            .connect_with_connector(tower::service_fn(move |_| async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(std::net::SocketAddr::new(source, 0))?;
+                let stream = socket.connect(target).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }))
+            .await
+            .expect("connect from another loopback address")
+    }
+
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel().await)
     }

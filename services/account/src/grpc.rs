@@ -10,7 +10,7 @@ use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::account_service_server::{AccountService, AccountServiceServer};
 use licensing_proto::account::v1::admin_service_server::{AdminService, AdminServiceServer};
 use licensing_proto::seat::v1 as seat_pb;
-use licensing_runtime::auth::bearer_token;
+use licensing_runtime::auth::{bearer_token, caller_address};
 use licensing_runtime::auth::{AdminAuth, AdminId};
 use licensing_runtime::convert::proto as conv;
 use licensing_runtime::convert::seat as conv_seat;
@@ -444,7 +444,7 @@ fn installation(a: &Activation) -> pb::Installation {
 #[tonic::async_trait]
 impl AccountService for PortalApi {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let client = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        let client = caller_address(&request);
         let r = request.into_inner();
         let (token, expires_at, customer) = self.portal.login(&r.login, &r.password, &client).await.or_status()?;
         Ok(Response::new(pb::LoginResponse {

@@ -19,7 +19,7 @@ use licensing_domain::store::{
 };
 use licensing_domain::usage::{report_period, UsageReport};
 use licensing_runtime::auth::SessionAuth;
-use licensing_runtime::limiter::{FailureLimiter, Rate, RateLimiter};
+use licensing_runtime::limiter::{FailureLimiter, GuessPolicy, GuessThrottle, Rate, RateLimiter};
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -31,11 +31,11 @@ pub struct PortalSettings {
     pub reset_ttl: Millis,
     /// Where the reset mail sends people; the token is appended as `?token=…`.
     pub reset_url: String,
-    pub login_failures_per_account: u32,
-    pub login_failures_per_client: u32,
-    pub login_window: Duration,
+    /// How wrong passwords slow the guesser down (never the owner).
+    pub guessing: GuessPolicy,
     pub resets_per_account_per_hour: u32,
-    /// Login attempts (right or wrong) allowed per account; `None` is unlimited.
+    /// Login attempts (right or wrong) allowed per account from one client address; `None` is
+    /// unlimited. Per address too, so a flood from elsewhere never refuses the owner.
     pub logins_per_account: Option<Rate>,
 }
 
@@ -45,9 +45,7 @@ impl Default for PortalSettings {
             session_ttl: 8 * HOUR,
             reset_ttl: 30 * MINUTE,
             reset_url: "http://localhost:8080/reset-password".into(),
-            login_failures_per_account: 5,
-            login_failures_per_client: 20,
-            login_window: Duration::from_secs(15 * 60),
+            guessing: GuessPolicy::default(),
             resets_per_account_per_hour: 3,
             logins_per_account: None,
         }
@@ -86,8 +84,7 @@ pub struct Portal {
     passwords: PasswordHasher,
     mailer: Arc<dyn Mailer>,
     settings: PortalSettings,
-    account_failures: FailureLimiter,
-    client_failures: FailureLimiter,
+    guesses: GuessThrottle,
     reset_requests: FailureLimiter,
     account_logins: RateLimiter,
     /// Bounds concurrent argon2 work (19 MiB and tens of ms each), so a login flood cannot
@@ -111,7 +108,10 @@ fn wrong_login() -> AccountError {
 fn too_many(retry_after: Duration) -> AccountError {
     AccountError::ResourceExhausted {
         reason: "TOO_MANY_ATTEMPTS",
-        message: format!("too many failed logins; try again in {} s", retry_after.as_secs().max(1)),
+        message: format!(
+            "too many failed logins from this address; try again in {} s (others can still log in)",
+            retry_after.as_secs_f64().ceil().max(1.0)
+        ),
         retry_after,
     }
 }
@@ -131,8 +131,7 @@ impl Portal {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let sessions = SessionAuth::new(portal.clone(), catalog.hasher().clone(), catalog.clock());
         Self {
-            account_failures: FailureLimiter::new(settings.login_failures_per_account, settings.login_window),
-            client_failures: FailureLimiter::new(settings.login_failures_per_client, settings.login_window),
+            guesses: GuessThrottle::new(settings.guessing),
             reset_requests: FailureLimiter::new(settings.resets_per_account_per_hour, Duration::from_secs(3600)),
             account_logins: RateLimiter::new("login", settings.logins_per_account),
             catalog,
@@ -196,22 +195,20 @@ impl Portal {
         if password.is_empty() || password.chars().count() > licensing_domain::secrets::MAX_PASSWORD_CHARS {
             return Err(wrong_login());
         }
-        if let Some(wait) = self.client_failures.blocked(client) {
-            return Err(too_many(wait));
-        }
         let customer = self.find_customer(login).await?;
         let account_key = customer.as_ref().map_or_else(|| login.trim().to_lowercase(), |c| c.customer_id.clone());
-        if let Some(wait) = self.account_failures.blocked(&account_key) {
+        // Only a client that has been guessing waits: never the owner at its own desk.
+        if let Some(wait) = self.guesses.wait(&account_key, client) {
             return Err(too_many(wait));
         }
-        self.account_logins.acquire(&account_key, || "this account".to_owned())?;
+        self.account_logins
+            .acquire(&format!("{account_key}\u{1f}{client}"), || "this account from this address".to_owned())?;
         let stored = match &customer {
             Some(c) => self.catalog.store().customer_password_hash(&c.customer_id).await?,
             None => None,
         };
         if !self.verify_password(password, stored).await? {
-            self.account_failures.record_failure(&account_key);
-            self.client_failures.record_failure(client);
+            self.guesses.failed(&account_key, client);
             if let Some(c) = &customer {
                 self.audit(
                     &format!("customer:{}", c.customer_id),
@@ -223,6 +220,7 @@ impl Portal {
             }
             return Err(wrong_login());
         }
+        self.guesses.succeeded(&account_key, client);
         let customer = customer.expect("a verified password belongs to a customer");
         let token = random_token("ses", 20);
         let now = self.now();

@@ -8,6 +8,7 @@ use licensing_domain::model::{Activation, LicenseStatus};
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use licensing_proto::common::v1::FingerprintComponent;
+use licensing_runtime::auth::caller_address;
 use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::server::{CancellationToken, ShuttingDown};
@@ -43,12 +44,12 @@ impl ActivationApi {
     }
 }
 
-fn credentials(c: Option<pb::LicenseCredentials>) -> Result<Credentials, Status> {
+fn credentials(c: Option<pb::LicenseCredentials>, client: &str) -> Result<Credentials, Status> {
     use pb::license_credentials::Credential;
     match c.and_then(|c| c.credential) {
         Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
         Some(Credential::LicenseIdAndPassword(p)) => {
-            Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password })
+            Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password, client: client.to_owned() })
         }
         None => Err(to_status(&CredentialError::Missing)),
     }
@@ -116,8 +117,9 @@ type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchLicen
 #[tonic::async_trait]
 impl ActivationService for ActivationApi {
     async fn activate(&self, request: Request<pb::ActivateRequest>) -> Result<Response<pb::ActivateResponse>, Status> {
+        let client = caller_address(&request);
         let r = request.into_inner();
-        let (creds, machine) = (credentials(r.credentials)?, machine(r.machine)?);
+        let (creds, machine) = (credentials(r.credentials, &client)?, machine(r.machine)?);
         let (a, already, cert) = self.activations.activate(&creds, &machine).await.or_status()?;
         Ok(Response::new(pb::ActivateResponse {
             activation: Some(activation(&a)),
@@ -131,10 +133,11 @@ impl ActivationService for ActivationApi {
         request: Request<pb::DeactivateRequest>,
     ) -> Result<Response<pb::DeactivateResponse>, Status> {
         use pb::deactivate_request::Target;
+        let client = caller_address(&request);
         let target = match request.into_inner().target {
             Some(Target::InstallationId(id)) => DeactivationRequest::ByInstallation(id),
             Some(Target::LicenseAndMachine(m)) => DeactivationRequest::ByMachine {
-                credentials: credentials(m.credentials)?,
+                credentials: credentials(m.credentials, &client)?,
                 fingerprint: components(m.fingerprint),
             },
             None => {
@@ -152,8 +155,9 @@ impl ActivationService for ActivationApi {
     }
 
     async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+        let client = caller_address(&request);
         let r = request.into_inner();
-        let creds = credentials(r.credentials)?;
+        let creds = credentials(r.credentials, &client)?;
         let v = self
             .activations
             .validate(&creds, &components(r.fingerprint), &r.modules, &r.product_version)
@@ -172,8 +176,9 @@ impl ActivationService for ActivationApi {
         &self,
         request: Request<pb::RefreshCertificateRequest>,
     ) -> Result<Response<pb::RefreshCertificateResponse>, Status> {
+        let client = caller_address(&request);
         let r = request.into_inner();
-        let creds = credentials(r.credentials)?;
+        let creds = credentials(r.credentials, &client)?;
         let cert = self.activations.refresh(&creds, &components(r.fingerprint)).await.or_status()?;
         Ok(Response::new(pb::RefreshCertificateResponse { certificate: Some(certificate(cert)) }))
     }
@@ -197,8 +202,9 @@ impl ActivationService for ActivationApi {
         &self,
         request: Request<pb::WatchLicenseRequest>,
     ) -> Result<Response<Self::WatchLicenseStream>, Status> {
+        let client = caller_address(&request);
         let r = request.into_inner();
-        let creds = credentials(r.credentials)?;
+        let creds = credentials(r.credentials, &client)?;
         let presented = components(r.fingerprint);
         let (license, _, _) = self.activations.activated(&creds, &presented).await.or_status()?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -9,6 +9,12 @@ use licensing_domain::store::{CatalogStore, PortalStore};
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 
+/// The address a request came from, as throttles and rate limits count clients ("unknown"
+/// when the transport does not say, e.g. a Unix socket).
+pub fn caller_address<T>(request: &tonic::Request<T>) -> String {
+    request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+}
+
 /// The token of `authorization: Bearer <token>`, if present and well formed.
 pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
     let value = metadata.get("authorization")?.to_str().ok()?;

@@ -56,7 +56,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
     ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL granted; also how long new seats are held back after Redis loses its leases before any lease expiry was recorded"),
     ("LICENSING_RATE_LOGIN_PER_CLIENT", "portal logins per client address (e.g. 60/min, 10/s, 1000/h, or off)"),
-    ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account"),
+    ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account from one client address"),
     ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address"),
     ("LICENSING_RATE_ACTIVATE_PER_CLIENT", "activations (online and offline) per client address"),
     ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) per license"),

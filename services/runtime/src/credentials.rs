@@ -2,7 +2,7 @@
 //! activation password (the license's own, or the customer's company-wide portal password).
 //! Shared by the Activation and Seat services.
 
-use crate::limiter::FailureLimiter;
+use crate::limiter::GuessThrottle;
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::ids;
 use licensing_domain::license_key::{LicenseKey, LicenseKeyError};
@@ -15,7 +15,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
     LicenseKey(String),
-    IdAndPassword { license_id: String, password: String },
+    /// `client` is the address the password came from: wrong passwords slow down that client,
+    /// never the license's other users.
+    IdAndPassword {
+        license_id: String,
+        password: String,
+        client: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +38,10 @@ pub enum CredentialError {
     UnknownLicense(String),
     #[error("the activation password is wrong for license {0}")]
     WrongPassword(String),
-    #[error("too many wrong passwords for license {license_id}; try again in {} s", retry_after.as_secs().max(1))]
+    #[error(
+        "too many wrong passwords for license {license_id} from this address; try again in {} s",
+        retry_after.as_secs_f64().ceil().max(1.0)
+    )]
     TooManyFailures { license_id: String, retry_after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,7 +81,8 @@ pub struct CredentialResolver {
     catalog: Arc<dyn CatalogStore>,
     hasher: KeyedHasher,
     passwords: PasswordHasher,
-    failures: FailureLimiter,
+    /// Wrong activation passwords, per license and client address.
+    guesses: GuessThrottle,
     /// Verified against when a customer has no password, so a wrong password costs the same.
     decoy: Arc<OnceLock<String>>,
 }
@@ -82,9 +92,9 @@ impl CredentialResolver {
         catalog: Arc<dyn CatalogStore>,
         hasher: KeyedHasher,
         passwords: PasswordHasher,
-        failures: FailureLimiter,
+        guesses: GuessThrottle,
     ) -> Self {
-        Self { catalog, hasher, passwords, failures, decoy: Arc::new(OnceLock::new()) }
+        Self { catalog, hasher, passwords, guesses, decoy: Arc::new(OnceLock::new()) }
     }
 
     pub fn hasher(&self) -> &KeyedHasher {
@@ -110,11 +120,12 @@ impl CredentialResolver {
     pub async fn resolve(&self, credentials: &Credentials) -> Result<License, CredentialError> {
         match credentials {
             Credentials::LicenseKey(key) => self.resolve_key_digest(&self.license_key_digest(key)?).await,
-            Credentials::IdAndPassword { license_id, password } => {
+            Credentials::IdAndPassword { license_id, password, client } => {
                 if !ids::is_well_formed(ids::LICENSE, license_id) {
                     return Err(CredentialError::MalformedLicenseId(license_id.chars().take(64).collect()));
                 }
-                if let Some(retry_after) = self.failures.blocked(license_id) {
+                // Only a client that has been guessing waits: never the license's other users.
+                if let Some(retry_after) = self.guesses.wait(license_id, client) {
                     return Err(CredentialError::TooManyFailures { license_id: license_id.clone(), retry_after });
                 }
                 let license = self
@@ -125,13 +136,13 @@ impl CredentialResolver {
                 let salt = self.catalog.activation_password_salt(license_id).await?.unwrap_or_default();
                 let own = self.hasher.activation_password(license_id, &salt);
                 let typed = password.trim().to_uppercase();
-                if constant_time_eq(own.as_bytes(), typed.as_bytes()) {
+                if constant_time_eq(own.as_bytes(), typed.as_bytes())
+                    || self.company_password_matches(&license.customer_id, password).await?
+                {
+                    self.guesses.succeeded(license_id, client);
                     return Ok(license);
                 }
-                if self.company_password_matches(&license.customer_id, password).await? {
-                    return Ok(license);
-                }
-                self.failures.record_failure(license_id);
+                self.guesses.failed(license_id, client);
                 Err(CredentialError::WrongPassword(license_id.clone()))
             }
         }

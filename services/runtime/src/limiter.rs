@@ -1,7 +1,9 @@
 //! Limits per key, in memory and per process (each replica limits on its own):
-//! - [`FailureLimiter`] counts failures (a wrong password per license, a failed login per
-//!   account) in a fixed window: after `max_failures` in `window`, the key is blocked until the
-//!   window ends.
+//! - [`GuessThrottle`] slows down password guessing (portal logins, activation passwords) with
+//!   delays that grow with the guesser's failures, and never refuses a client that has not been
+//!   guessing: no one can lock an owner out by failing on its account.
+//! - [`FailureLimiter`] counts events per key in a fixed window (password reset mails per
+//!   account): after `max_failures` in `window`, the key is blocked until the window ends.
 //! - [`RateLimiter`] bounds the rate of requests (logins, activations, checkouts) per client or
 //!   per license with a token bucket: bursts up to the rate's count, refilled evenly over its
 //!   period; an empty bucket answers [`RateLimited`] with the wait until the next token.
@@ -55,6 +57,145 @@ impl FailureLimiter {
 impl Default for FailureLimiter {
     fn default() -> Self {
         Self::new(10, Duration::from_secs(60))
+    }
+}
+
+/// How [`GuessThrottle`] slows guessers down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuessPolicy {
+    /// Failures a client address may have (on any accounts) before each further try waits.
+    pub client_free: u32,
+    /// Failures a client may have on one account before its next try there waits.
+    pub pair_free: u32,
+    /// Failures an account may have (from all clients) before every client that has failed on
+    /// it waits, the more the more the account is attacked.
+    pub account_free: u32,
+    /// The first wait; each further failure doubles it, up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Failures older than this are forgotten.
+    pub window: Duration,
+}
+
+impl Default for GuessPolicy {
+    /// OWASP's figures: a few free failures, then growing delays up to 15 minutes.
+    fn default() -> Self {
+        Self {
+            client_free: 20,
+            pair_free: 5,
+            account_free: 10,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(15 * 60),
+            window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Failures of one key within the window.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: Instant,
+    last: Instant,
+}
+
+#[derive(Default)]
+struct GuessState {
+    by_client: HashMap<String, Failures>,
+    by_account: HashMap<String, Failures>,
+    /// (account, client)
+    by_pair: HashMap<(String, String), Failures>,
+}
+
+/// Slows down password guessing without ever locking an owner out (OWASP's authentication
+/// guidance). What a client must wait for depends on its own failures:
+/// - per client address, after [`GuessPolicy::client_free`] failures on any accounts;
+/// - per account and client, after [`GuessPolicy::pair_free`] failures on that account;
+/// - per account, once the account has had [`GuessPolicy::account_free`] failures from anyone,
+///   for every client that has itself failed there, counted from its own last failure.
+///
+/// Each wait doubles with each further failure, from `base_delay` up to `max_delay`. A client
+/// that has not failed (the owner at its desk) is never delayed, however the account is
+/// attacked; a success clears that client's failures on the account. Memory is bounded: failures
+/// older than the window are forgotten.
+#[derive(Clone)]
+pub struct GuessThrottle {
+    policy: GuessPolicy,
+    state: Arc<Mutex<GuessState>>,
+}
+
+/// The wait after `failures` of which `free` cost nothing: none until then, then doubling.
+fn wait_after(failures: u32, free: u32, policy: &GuessPolicy) -> Duration {
+    if failures < free.max(1) {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - free.max(1)).min(30);
+    policy.base_delay.saturating_mul(1 << doublings).min(policy.max_delay)
+}
+
+impl GuessThrottle {
+    pub fn new(policy: GuessPolicy) -> Self {
+        Self { policy, state: Arc::default() }
+    }
+
+    fn live(&self, f: Option<&Failures>, now: Instant) -> Option<Failures> {
+        f.copied().filter(|f| now.duration_since(f.first) < self.policy.window)
+    }
+
+    /// How long `client` must still wait before it may try a password of `account`, if at all.
+    pub fn wait(&self, account: &str, client: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let p = &self.policy;
+        let until = |f: Failures, free: u32| f.last + wait_after(f.count, free, p);
+        let mut ready = now;
+        if let Some(f) = self.live(state.by_client.get(client), now) {
+            ready = ready.max(until(f, p.client_free));
+        }
+        if let Some(pair) = self.live(state.by_pair.get(&(account.to_owned(), client.to_owned())), now) {
+            ready = ready.max(until(pair, p.pair_free));
+            if let Some(account) = self.live(state.by_account.get(account), now) {
+                // The account's own count sets the wait; this client's last failure starts it.
+                ready = ready.max(pair.last + wait_after(account.count, p.account_free, p));
+            }
+        }
+        (ready > now).then(|| ready - now)
+    }
+
+    /// Records a wrong password of `account` from `client`.
+    pub fn failed(&self, account: &str, client: &str) {
+        let now = Instant::now();
+        let window = self.policy.window;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let bump = |f: &mut Failures| {
+            if now.duration_since(f.first) >= window {
+                *f = Failures { count: 0, first: now, last: now };
+            }
+            f.count = f.count.saturating_add(1);
+            f.last = now;
+        };
+        let fresh = Failures { count: 0, first: now, last: now };
+        if state.by_pair.len() > MAX_KEYS || state.by_client.len() > MAX_KEYS || state.by_account.len() > MAX_KEYS {
+            // Bounded memory under a flood of distinct keys: forget what the window forgot.
+            state.by_pair.retain(|_, f| now.duration_since(f.first) < window);
+            state.by_client.retain(|_, f| now.duration_since(f.first) < window);
+            state.by_account.retain(|_, f| now.duration_since(f.first) < window);
+        }
+        bump(state.by_client.entry(client.to_owned()).or_insert(fresh));
+        bump(state.by_account.entry(account.to_owned()).or_insert(fresh));
+        bump(state.by_pair.entry((account.to_owned(), client.to_owned())).or_insert(fresh));
+    }
+
+    /// Records the right password of `account` from `client`: its failures there are forgiven.
+    pub fn succeeded(&self, account: &str, client: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.by_pair.remove(&(account.to_owned(), client.to_owned()));
+    }
+}
+
+impl Default for GuessThrottle {
+    fn default() -> Self {
+        Self::new(GuessPolicy::default())
     }
 }
 
@@ -199,6 +340,75 @@ mod tests {
         for _ in 0..10_000 {
             l.acquire("a", String::new).unwrap();
         }
+    }
+
+    fn quick() -> GuessPolicy {
+        GuessPolicy {
+            client_free: 6,
+            pair_free: 3,
+            account_free: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(60),
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_guesser_waits_longer_with_each_failure_and_the_owner_not_at_all() {
+        let t = GuessThrottle::new(quick());
+        for _ in 0..2 {
+            t.failed("acct", "mallory");
+        }
+        assert_eq!(t.wait("acct", "mallory"), None, "a few failures are free");
+        t.failed("acct", "mallory");
+        let first = t.wait("acct", "mallory").expect("then a wait");
+        t.failed("acct", "mallory");
+        let second = t.wait("acct", "mallory").unwrap();
+        assert!(second > first, "{second:?} grows from {first:?}");
+        // The owner, from a client that has not failed, is never held back.
+        assert_eq!(t.wait("acct", "owner"), None);
+        // Nor is the guesser on another account (until its address has failed too often).
+        assert_eq!(t.wait("other", "mallory"), None);
+    }
+
+    #[test]
+    fn an_account_under_attack_slows_every_client_that_failed_on_it_but_not_a_clean_one() {
+        let t = GuessThrottle::new(quick());
+        // Many addresses, one failure each: none reaches its own free failures...
+        for bot in 0..6 {
+            t.failed("acct", &format!("bot-{bot}"));
+        }
+        // ...but the account has: each of them now waits, the owner does not.
+        assert!(t.wait("acct", "bot-0").is_some());
+        assert_eq!(t.wait("acct", "owner"), None);
+        // An owner who mistyped once waits too, from its own failure, until it gets it right.
+        t.failed("acct", "owner");
+        assert!(t.wait("acct", "owner").is_some());
+        t.succeeded("acct", "owner");
+        assert_eq!(t.wait("acct", "owner"), None);
+    }
+
+    #[test]
+    fn an_address_failing_on_many_accounts_is_slowed_everywhere() {
+        let t = GuessThrottle::new(quick());
+        for account in 0..6 {
+            t.failed(&format!("acct-{account}"), "sprayer");
+        }
+        assert!(t.wait("fresh-account", "sprayer").is_some());
+        assert_eq!(t.wait("fresh-account", "someone-else"), None);
+    }
+
+    #[test]
+    fn waits_end_and_are_capped() {
+        let policy = GuessPolicy { max_delay: Duration::from_millis(300), ..quick() };
+        let t = GuessThrottle::new(policy);
+        for _ in 0..40 {
+            t.failed("acct", "mallory");
+        }
+        let wait = t.wait("acct", "mallory").unwrap();
+        assert!(wait <= Duration::from_millis(300), "{wait:?}");
+        std::thread::sleep(wait + Duration::from_millis(20));
+        assert_eq!(t.wait("acct", "mallory"), None, "it may try again after the wait");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::SeatError;
 use licensing_domain::model::Lease;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
-use licensing_runtime::auth::{AdminAuth, AdminOrSessionAuth, Caller, SessionAuth};
+use licensing_runtime::auth::{caller_address, AdminAuth, AdminOrSessionAuth, Caller, SessionAuth};
 use licensing_runtime::convert::{
     from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp,
 };
@@ -58,12 +58,12 @@ impl SeatApi {
     }
 }
 
-fn credentials(c: Option<pb::SeatCredentials>) -> Result<Credentials, Status> {
+fn credentials(c: Option<pb::SeatCredentials>, client: &str) -> Result<Credentials, Status> {
     use pb::seat_credentials::Credential;
     match c.and_then(|c| c.credential) {
         Some(Credential::LicenseKey(key)) => Ok(Credentials::LicenseKey(key)),
         Some(Credential::LicenseIdAndPassword(p)) => {
-            Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password })
+            Ok(Credentials::IdAndPassword { license_id: p.license_id, password: p.password, client: client.to_owned() })
         }
         None => Err(to_status(&CredentialError::Missing)),
     }
@@ -124,9 +124,10 @@ const WAIT_POLL: Duration = Duration::from_millis(250);
 #[tonic::async_trait]
 impl SeatService for SeatApi {
     async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutResponse>, Status> {
+        let client = caller_address(&request);
         let r = request.into_inner();
         let req = checkout_request(&r)?;
-        let creds = credentials(r.credentials)?;
+        let creds = credentials(r.credentials, &client)?;
         let g = self.seats.checkout(&creds, &req, None).await.or_status()?;
         Ok(Response::new(pb::CheckoutResponse { grant: Some(grant(g)) }))
     }
@@ -156,10 +157,11 @@ impl SeatService for SeatApi {
         &self,
         request: Request<pb::WaitForSeatRequest>,
     ) -> Result<Response<Self::WaitForSeatStream>, Status> {
+        let client = caller_address(&request);
         let r = request.into_inner();
         let checkout = r.checkout.ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
         let req = checkout_request(&checkout)?;
-        let creds = credentials(checkout.credentials)?;
+        let creds = credentials(checkout.credentials, &client)?;
         let max_wait = match millis("max_wait", r.max_wait.as_ref())? {
             0 => self.seats.settings().max_wait,
             ms => Duration::from_millis(ms as u64).min(self.seats.settings().max_wait),
