@@ -1,5 +1,7 @@
-//! Hostile input: random and extreme field values for every RPC of every service. No call may
-//! answer INTERNAL or UNKNOWN (a panic or a bug), and the server keeps serving.
+//! Hostile input: random and extreme field values for every RPC of every service, on every
+//! backend. No call may answer INTERNAL or UNKNOWN (a panic or a bug); every message is short and
+//! free of control characters whatever it quotes (a 1 MiB string, a NUL, an ANSI escape); and the
+//! server keeps serving.
 
 use crate::common::*;
 use licensing_proto::account::v1 as acc;
@@ -45,8 +47,13 @@ fn text() -> impl Strategy<Value = String> {
         "[0-9A-Z]{5}-[0-9A-Z]{5}-[0-9A-Z]{5}-[0-9A-Z]{5}-[0-9A-Z]{5}",
         ".{0,10}@.{0,10}",
         Just("x".repeat(70_000)),
+        Just("y".repeat(1 << 20)),
         Just("'; DROP TABLE licenses; --".to_owned()),
         Just("\u{0000}\u{FEFF}\u{202E}".to_owned()),
+        Just("\u{1b}[31mred\u{1b}[0m\r\nforged log line".to_owned()),
+        // Text PostgreSQL cannot store (a NUL) inside text that is otherwise well formed.
+        "(lic|cus|ins|lse|prod)_[0-9A-Z]{2}\\x00[0-9A-Z]{2}",
+        "[a-z]{1,5}\\x00[a-z]{0,5}",
     ]
 }
 
@@ -108,11 +115,11 @@ fn page(i: &Input) -> Option<PageRequest> {
     Some(PageRequest { page_size: i.ints[1], page_token: i.texts[5].clone() })
 }
 
-/// Sends the call and returns its status code (Ok for a success).
-async fn call(c: &mut Clients, i: &Input) -> Code {
+/// Sends the call and returns its status (Ok for a success).
+async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
     let t = |n: usize| i.texts[n].clone();
     let lic = if i.ints[2] % 3 == 0 { c.license_id.clone() } else { t(0) };
-    let code = |r: Result<(), tonic::Status>| r.map_or_else(|s| s.code(), |_| Code::Ok);
+    let code = |r: Result<(), tonic::Status>| r.err().unwrap_or_else(|| tonic::Status::ok(""));
     macro_rules! run {
         ($e:expr) => {
             code($e.await.map(|_| ()))
@@ -183,11 +190,11 @@ async fn call(c: &mut Clients, i: &Input) -> Code {
                     let mut stream = stream.into_inner();
                     let first = tokio::time::timeout(std::time::Duration::from_secs(3), stream.message()).await;
                     match first {
-                        Ok(Err(s)) => s.code(),
-                        _ => Code::Ok,
+                        Ok(Err(s)) => s,
+                        _ => tonic::Status::ok(""),
                     }
                 }
-                Err(s) => s.code(),
+                Err(s) => s,
             }
         }
         30 => run!(c.portal.login(acc::LoginRequest { login: t(0), password: t(1) })),
@@ -199,8 +206,8 @@ async fn call(c: &mut Clients, i: &Input) -> Code {
         36 => run!(c.portal.associate_license(with_token(&c.session, acc::AssociateLicenseRequest { license_key: t(0) }))),
         37 => run!(c.portal.return_concurrent_license(with_token(&c.session, acc::ReturnConcurrentLicenseRequest { license_id: lic, new_seats: i.ints[1], split: i.ints.clone() }))),
         38 => {
-            // Any token a header can carry (a NUL cannot even be sent).
-            let token: String = t(0).chars().filter(|c| c.is_ascii_graphic()).collect();
+            // Any token a header can carry (a NUL cannot even be sent, nor a megabyte).
+            let token: String = t(0).chars().filter(|c| c.is_ascii_graphic()).take(4096).collect();
             run!(c.portal.list_my_licenses(with_token(&token, acc::ListMyLicensesRequest { page: page(i) })))
         }
         40 => {
@@ -228,45 +235,138 @@ async fn call(c: &mut Clients, i: &Input) -> Code {
     }
 }
 
+/// Every RPC with a NUL character in each of its text fields, and with well-formed values
+/// around it: text PostgreSQL cannot store is invalid input, never INTERNAL, and every backend
+/// answers each case with the same code (SQLite could store a NUL, but must not either).
+#[test]
+fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut answers: Vec<(Backend, Vec<(String, Code)>)> = vec![];
+    let mut internal = vec![];
+    for backend in rt.block_on(backends()) {
+        let (_app, clients) = rt.block_on(async {
+            let app = spawn_app(backend).await;
+            let f = fixture(&app).await;
+            let (license_id, _, _) = issue_license(&app, &f, LicenseKind::Concurrent, 3, |r| r.associate = true).await;
+            let session = AccountServiceClient::new(app.channel().await)
+                .login(acc::LoginRequest { login: f.customer_id.clone(), password: CUSTOMER_PASSWORD.into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .session_token;
+            let ch = app.channel().await;
+            let clients = Clients {
+                admin: app.admin().await,
+                portal: AccountServiceClient::new(ch.clone()),
+                activation: ActivationServiceClient::new(ch.clone()),
+                seat: SeatServiceClient::new(ch),
+                session,
+                license_id,
+            };
+            (app, clients)
+        });
+        let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
+        let mut codes = vec![];
+        for rpc in 0u8..45 {
+            for field in 0..plain.len() {
+                for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
+                    let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();
+                    texts[field] = nul.to_owned();
+                    for ints in [[0, 1, 1, 1], [1, 2, 3, 0]] {
+                        let i =
+                            Input { rpc, texts: texts.clone(), ints: ints.to_vec(), seconds: 1_900_000_000, nanos: 0 };
+                        let status = rt.block_on(call(&mut clients.clone(), &i));
+                        let case = format!("rpc {rpc}, NUL {nul:?} in text {field}, ints {ints:?}");
+                        if matches!(status.code(), Code::Internal | Code::Unknown) {
+                            internal.push(format!("{backend:?}: {case}: {:?} {}", status.code(), status.message()));
+                        }
+                        codes.push((case, status.code()));
+                    }
+                }
+            }
+        }
+        answers.push((backend, codes));
+    }
+    assert!(internal.is_empty(), "{} cases failed internally:\n{}", internal.len(), internal.join("\n"));
+    if let [(_, sqlite), (_, postgres)] = answers.as_slice() {
+        let differ: Vec<String> = sqlite
+            .iter()
+            .zip(postgres)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((case, a), (_, b))| format!("{case}: SQLite {a:?}, PostgreSQL {b:?}"))
+            .collect();
+        assert!(differ.is_empty(), "{} cases differ between backends:\n{}", differ.len(), differ.join("\n"));
+    }
+}
+
+/// The longest status message a call may answer (in characters), whatever its input.
+const MAX_MESSAGE_CHARS: usize = 1_000;
+
 #[test]
 fn no_input_makes_any_rpc_fail_internally() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (app, clients) = rt.block_on(async {
-        let app = spawn_app(Backend::Sqlite).await;
-        let f = fixture(&app).await;
-        let (license_id, _, _) = issue_license(&app, &f, LicenseKind::Concurrent, 3, |r| r.associate = true).await;
-        let session = AccountServiceClient::new(app.channel().await)
-            .login(acc::LoginRequest { login: f.customer_id.clone(), password: CUSTOMER_PASSWORD.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .session_token;
-        let ch = app.channel().await;
-        let clients = Clients {
-            admin: app.admin().await,
-            portal: AccountServiceClient::new(ch.clone()),
-            activation: ActivationServiceClient::new(ch.clone()),
-            seat: SeatServiceClient::new(ch),
-            session,
-            license_id,
-        };
-        (app, clients)
-    });
-    let cases = std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    runner
-        .run(&input(), |i| {
-            let code = rt.block_on(call(&mut clients.clone(), &i));
-            prop_assert!(!matches!(code, Code::Internal | Code::Unknown), "rpc {} answered {code:?} for {i:?}", i.rpc);
-            Ok(())
-        })
-        .unwrap();
-    rt.block_on(async {
-        use tonic_health::pb::health_client::HealthClient;
-        let status = HealthClient::new(app.channel().await)
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-            .await
+    for backend in rt.block_on(backends()) {
+        let (app, clients) = rt.block_on(async {
+            let app = spawn_app(backend).await;
+            let f = fixture(&app).await;
+            let (license_id, _, _) = issue_license(&app, &f, LicenseKind::Concurrent, 3, |r| r.associate = true).await;
+            let session = AccountServiceClient::new(app.channel().await)
+                .login(acc::LoginRequest { login: f.customer_id.clone(), password: CUSTOMER_PASSWORD.into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .session_token;
+            let ch = app.channel().await;
+            let clients = Clients {
+                admin: app.admin().await,
+                portal: AccountServiceClient::new(ch.clone()),
+                activation: ActivationServiceClient::new(ch.clone()),
+                seat: SeatServiceClient::new(ch),
+                session,
+                license_id,
+            };
+            (app, clients)
+        });
+        let cases = std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&input(), |i| {
+                let status = rt.block_on(call(&mut clients.clone(), &i));
+                let (code, message) = (status.code(), status.message());
+                prop_assert!(
+                    !matches!(code, Code::Internal | Code::Unknown),
+                    "{backend:?}: rpc {} answered {code:?} ({}) for {i:?}",
+                    i.rpc,
+                    message.chars().take(200).collect::<String>()
+                );
+                prop_assert!(
+                    message.chars().count() <= MAX_MESSAGE_CHARS,
+                    "{backend:?}: rpc {} answered a message of {} characters for {i:?}",
+                    i.rpc,
+                    message.chars().count()
+                );
+                prop_assert!(
+                    !message.contains(&"x".repeat(80)) && !message.contains(&"y".repeat(80)),
+                    "{backend:?}: rpc {} echoed a long input beyond a short preview: {}",
+                    i.rpc,
+                    message.chars().take(200).collect::<String>()
+                );
+                prop_assert!(
+                    !message.chars().any(char::is_control),
+                    "{backend:?}: rpc {} echoed a control character: {:?}",
+                    i.rpc,
+                    message.chars().take(300).collect::<String>()
+                );
+                Ok(())
+            })
             .unwrap();
-        assert_eq!(status.into_inner().status, 1, "still SERVING");
-    });
+        rt.block_on(async {
+            use tonic_health::pb::health_client::HealthClient;
+            let status = HealthClient::new(app.channel().await)
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .unwrap();
+            assert_eq!(status.into_inner().status, 1, "{backend:?}: still SERVING");
+        });
+    }
 }

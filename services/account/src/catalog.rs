@@ -11,6 +11,7 @@ use licensing_domain::secrets::{purpose, random_token, KeyedHasher, PasswordHash
 use licensing_domain::store::{
     ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget,
 };
+use licensing_domain::text::quoted;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -58,7 +59,7 @@ impl Payment {
         if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(AccountError::invalid(
                 "payment.currency",
-                format!("'{}' is not an ISO 4217 code such as EUR", self.currency.chars().take(8).collect::<String>()),
+                format!("{} is not an ISO 4217 code such as EUR", quoted(&self.currency)),
             ));
         }
         if !(0..=120).contains(&self.recurring_months) {
@@ -179,7 +180,7 @@ impl Catalog {
             validate::code("modules.code", &m.code)?;
             validate::name("modules.name", &m.name)?;
             if modules[..i].iter().any(|o| o.code == m.code) {
-                return Err(AccountError::invalid("modules", format!("module '{}' is listed twice", m.code)));
+                return Err(AccountError::invalid("modules", format!("module {} is listed twice", quoted(&m.code))));
             }
         }
         let product = Product {
@@ -200,7 +201,7 @@ impl Catalog {
         self.store
             .get_product(code)
             .await?
-            .ok_or_else(|| not_found("PRODUCT_NOT_FOUND", format!("no product with code '{code}'")))
+            .ok_or_else(|| not_found("PRODUCT_NOT_FOUND", format!("no product with code {}", quoted(code))))
     }
 
     pub async fn list_products(&self, page: &Page) -> Result<Vec<Product>, AccountError> {
@@ -222,7 +223,7 @@ impl Catalog {
         let v = ProductVersion { version: version.trim().to_owned(), released_at };
         self.store.add_product_version(code, v, audit).await.map_err(|e| match e {
             licensing_domain::error::StoreError::NotFound(_) => {
-                not_found("PRODUCT_NOT_FOUND", format!("no product with code '{code}'"))
+                not_found("PRODUCT_NOT_FOUND", format!("no product with code {}", quoted(code)))
             }
             other => other.into(),
         })
@@ -306,6 +307,7 @@ impl Catalog {
         if input.notes.chars().count() > 2000 {
             return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
         }
+        validate::storable("notes", &input.notes)?;
         let now = self.now();
         let valid_from = input.valid_from.unwrap_or(now);
         if let Some(expires_at) = input.expires_at {
@@ -454,6 +456,7 @@ impl Catalog {
         if subject.trim().is_empty() {
             return Err(AccountError::invalid("subject", "name a License ID, customer ID or product code"));
         }
+        validate::search("subject", subject)?;
         Ok(self.store.list_audit(subject.trim(), page).await?)
     }
 

@@ -14,7 +14,7 @@ use licensing_runtime::auth::{bearer_token, caller_address};
 use licensing_runtime::auth::{AdminAuth, AdminId};
 use licensing_runtime::convert::proto as conv;
 use licensing_runtime::convert::seat as conv_seat;
-use licensing_runtime::convert::{from_opt_timestamp, from_timestamp};
+use licensing_runtime::convert::{from_opt_timestamp, from_timestamp, FieldError};
 use licensing_runtime::convert::{opt_timestamp, to_timestamp};
 use licensing_runtime::status::OrStatus;
 use tonic::{Request, Response, Status};
@@ -86,9 +86,8 @@ license_target!(
     pb::ReturnLicenseRequest
 );
 
-fn invalid(message: String) -> Status {
-    // `message` already starts with the field name.
-    licensing_runtime::status::to_status(&AccountError::InvalidArgument { field: "request", message })
+fn invalid(e: FieldError) -> Status {
+    licensing_runtime::status::to_status(&AccountError::invalid(e.field, e.message))
 }
 
 fn required_timestamp(field: &'static str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Status> {
@@ -129,7 +128,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         self.admin(&request).await?;
-        let page = conv::page(request.get_ref().page.as_ref());
+        let page = conv::page(request.get_ref().page.as_ref()).map_err(invalid)?;
         let products = self.catalog.list_products(&page).await.or_status()?;
         Ok(Response::new(pb::ListProductsResponse {
             next_page_token: conv::next_page_token(&products, &page, |p| p.code.clone()),
@@ -182,7 +181,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         self.admin(&request).await?;
         let r = request.get_ref();
-        let page = conv::page(r.page.as_ref());
+        let page = conv::page(r.page.as_ref()).map_err(invalid)?;
         let customers = self.catalog.list_customers(&r.query, &page).await.or_status()?;
         Ok(Response::new(pb::ListCustomersResponse {
             next_page_token: conv::next_page_token(&customers, &page, |c| c.customer_id.clone()),
@@ -243,11 +242,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListLicensesResponse>, Status> {
         self.admin(&request).await?;
         let r = request.into_inner();
-        let page = conv::page(r.page.as_ref());
+        let page = conv::page(r.page.as_ref()).map_err(invalid)?;
         let status = match r.status {
             0 => None,
             n => Some(
-                conv::status_from_proto(n).ok_or_else(|| invalid(format!("status: {n} is not a license status")))?,
+                conv::status_from_proto(n)
+                    .ok_or_else(|| invalid(FieldError::new("status", format!("{n} is not a license status"))))?,
             ),
         };
         let filter = LicenseFilter {
@@ -386,7 +386,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         self.admin(&request).await?;
         let r = request.get_ref();
-        let page = conv::page(r.page.as_ref());
+        let page = conv::page(r.page.as_ref()).map_err(invalid)?;
         let events = self.catalog.list_audit(&r.subject, &page).await.or_status()?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),
@@ -492,7 +492,7 @@ impl AccountService for PortalApi {
         request: Request<pb::ListMyLicensesRequest>,
     ) -> Result<Response<pb::ListMyLicensesResponse>, Status> {
         let me = self.me(&request).await?;
-        let page = conv::page(request.get_ref().page.as_ref());
+        let page = conv::page(request.get_ref().page.as_ref()).map_err(invalid)?;
         let licenses = self.portal.licenses(&me, &page).await.or_status()?;
         Ok(Response::new(pb::ListMyLicensesResponse {
             next_page_token: conv::next_page_token(&licenses, &page, |l| l.license_id.clone()),
@@ -651,7 +651,7 @@ impl AccountService for PortalApi {
         request: Request<pb::ListMyAuditEventsRequest>,
     ) -> Result<Response<pb::ListMyAuditEventsResponse>, Status> {
         let me = self.me(&request).await?;
-        let page = conv::page(request.get_ref().page.as_ref());
+        let page = conv::page(request.get_ref().page.as_ref()).map_err(invalid)?;
         let events = self.portal.audit_events(&me, &page).await.or_status()?;
         Ok(Response::new(pb::ListMyAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),

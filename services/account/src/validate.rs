@@ -2,6 +2,7 @@
 //! [`AccountError::InvalidArgument`] naming the field.
 
 use crate::AccountError;
+use licensing_domain::text::quoted;
 
 /// Product and module codes: lowercase letters, digits and dashes, 2 to 64 long.
 pub fn code(field: &'static str, value: &str) -> Result<(), AccountError> {
@@ -13,7 +14,7 @@ pub fn code(field: &'static str, value: &str) -> Result<(), AccountError> {
     } else {
         Err(AccountError::invalid(
             field,
-            format!("'{value}' must be 2-64 lowercase letters, digits or dashes, not starting with a dash"),
+            format!("{} must be 2-64 lowercase letters, digits or dashes, not starting with a dash", quoted(value)),
         ))
     }
 }
@@ -45,23 +46,30 @@ pub fn email(field: &'static str, value: &str) -> Result<String, AccountError> {
     if valid {
         Ok(value)
     } else {
-        Err(AccountError::invalid(field, format!("'{value}' is not an email address")))
+        Err(AccountError::invalid(field, format!("{} is not an email address", quoted(&value))))
     }
 }
 
 /// A product version: `MAJOR.MINOR[.PATCH]`, numbers only.
 pub fn version(field: &'static str, value: &str) -> Result<licensing_domain::version::Version, AccountError> {
     licensing_domain::version::parse(value).ok_or_else(|| {
-        AccountError::invalid(field, format!("'{value}' is not a version of the form MAJOR.MINOR[.PATCH]"))
+        AccountError::invalid(field, format!("{} is not a version of the form MAJOR.MINOR[.PATCH]", quoted(value)))
     })
 }
 
-/// Search text: bounded, because substring patterns cost the database in proportion to them.
+/// Search text: bounded, because substring patterns cost the database in proportion to them,
+/// and storable (a NUL is invalid input on every backend).
 pub fn search(field: &'static str, value: &str) -> Result<(), AccountError> {
     if value.chars().count() > 200 {
         return Err(AccountError::invalid(field, "must be at most 200 characters"));
     }
-    Ok(())
+    storable(field, value)
+}
+
+/// Free text that is stored as it is (notes, reasons): PostgreSQL refuses a NUL character,
+/// so it is invalid input on every backend.
+pub fn storable(field: &'static str, value: &str) -> Result<(), AccountError> {
+    licensing_domain::text::storable(value).map_err(|m| AccountError::invalid(field, m))
 }
 
 /// A password a person chooses.
@@ -83,7 +91,7 @@ pub fn id(field: &'static str, prefix: &str, value: &str) -> Result<(), AccountE
     if licensing_domain::ids::is_well_formed(prefix, value) {
         Ok(())
     } else {
-        Err(AccountError::invalid(field, format!("'{value}' is not a {prefix}_… ID")))
+        Err(AccountError::invalid(field, format!("{} is not a {prefix}_… ID", quoted(value))))
     }
 }
 

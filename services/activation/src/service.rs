@@ -10,6 +10,7 @@ use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget,
 };
+use licensing_domain::text::quoted;
 use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
 use licensing_runtime::license_cache::{LicenseCache, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
@@ -113,10 +114,9 @@ fn check_text(field: &'static str, value: &str, required: bool) -> Result<String
 /// `MAJOR.MINOR[.PATCH]` as numbers, or an error naming the field.
 pub fn parse_version(value: &str) -> Result<licensing_domain::version::Version, ActivationError> {
     licensing_domain::version::parse(value).ok_or_else(|| {
-        let shown: String = value.chars().take(40).collect();
         ActivationError::invalid(
             "product_version",
-            format!("'{shown}' is not a version of the form MAJOR.MINOR[.PATCH]"),
+            format!("{} is not a version of the form MAJOR.MINOR[.PATCH]", quoted(value)),
         )
     })
 }
@@ -301,7 +301,7 @@ impl Activations {
                 if !ids::is_well_formed(ids::INSTALLATION, &id) {
                     return Err(ActivationError::invalid(
                         "installation_id",
-                        format!("'{}' is not an Installation ID (ins_…)", id.chars().take(64).collect::<String>()),
+                        format!("{} is not an Installation ID (ins_…)", quoted(&id)),
                     ));
                 }
                 let activation = self
@@ -409,7 +409,7 @@ impl Activations {
         if let Some(missing) = modules.iter().find(|m| !license.modules.contains(m)) {
             return Ok(Validation::failed(
                 ValidationCode::ModuleNotLicensed,
-                format!("module '{}' is not licensed", missing.chars().take(64).collect::<String>()),
+                format!("module {} is not licensed", quoted(missing)),
                 Some(license),
             ));
         }

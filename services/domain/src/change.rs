@@ -4,6 +4,7 @@
 
 use crate::clock::Millis;
 use crate::model::{License, LicenseStatus, Product, UNLIMITED};
+use crate::text::quoted;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LicenseChange {
@@ -71,11 +72,11 @@ pub fn validate_modules(product: &Product, modules: &[String]) -> Result<(), Cha
             let known: Vec<&str> = product.modules.iter().map(|m| m.code.as_str()).collect();
             return Err(invalid(
                 "modules",
-                format!("product '{}' has no module '{m}' (known: {})", product.code, known.join(", ")),
+                format!("product '{}' has no module {} (known: {})", product.code, quoted(m), known.join(", ")),
             ));
         }
         if modules[..i].contains(m) {
-            return Err(invalid("modules", format!("module '{m}' is listed twice")));
+            return Err(invalid("modules", format!("module {} is listed twice", quoted(m))));
         }
     }
     Ok(())
@@ -163,7 +164,7 @@ impl LicenseChange {
                 validate_modules(product, modules)?;
                 for m in modules {
                     if license.modules.contains(m) {
-                        return Err(invalid("modules", format!("the license already has module '{m}'")));
+                        return Err(invalid("modules", format!("the license already has module {}", quoted(m))));
                     }
                 }
                 license.modules.extend(modules.iter().cloned());
@@ -174,7 +175,7 @@ impl LicenseChange {
                 }
                 for m in modules {
                     if !license.modules.contains(m) {
-                        return Err(invalid("modules", format!("the license has no module '{m}'")));
+                        return Err(invalid("modules", format!("the license has no module {}", quoted(m))));
                     }
                 }
                 license.modules.retain(|m| !modules.contains(m));

@@ -79,13 +79,16 @@ pub fn parse_instant(text: &str) -> Result<Millis, String> {
     }
     let date = text.parse::<jiff::civil::Date>().map_err(|e| {
         if text.len() == 10 && text.as_bytes().get(4) == Some(&b'-') {
-            format!("'{text}' is not a date: {e}")
+            format!("{} is not a date: {e}", crate::text::quoted(text))
         } else {
-            format!("'{text}' is not a date (YYYY-MM-DD) or an RFC 3339 time (YYYY-MM-DDTHH:MM:SSZ)")
+            format!(
+                "{} is not a date (YYYY-MM-DD) or an RFC 3339 time (YYYY-MM-DDTHH:MM:SSZ)",
+                crate::text::quoted(text)
+            )
         }
     })?;
     let midnight = jiff::tz::TimeZone::UTC.to_timestamp(date.to_datetime(jiff::civil::Time::midnight()));
-    midnight.map(|t| t.as_millisecond()).map_err(|e| format!("'{text}': {e}"))
+    midnight.map(|t| t.as_millisecond()).map_err(|e| format!("{}: {e}", crate::text::quoted(text)))
 }
 
 /// `YYYY-MM-DD` of a UTC day, counted in days since 1970-01-01.

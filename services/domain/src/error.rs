@@ -45,6 +45,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Text the database cannot store (PostgreSQL refuses a NUL character). The services refuse
+    /// such input before it gets here; this keeps one they missed from answering INTERNAL.
+    #[error("text with a character the database cannot store (a NUL): {0}")]
+    UnstorableText(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -56,6 +60,7 @@ impl ClassifiedError for StoreError {
             Self::AlreadyExists(_) => ErrorClass::AlreadyExists,
             Self::NotFound(_) => ErrorClass::NotFound,
             Self::Conflict(_) => ErrorClass::FailedPrecondition,
+            Self::UnstorableText(_) => ErrorClass::InvalidArgument,
             Self::Corrupt(_) | Self::Other(_) => ErrorClass::Internal,
         }
     }
@@ -66,6 +71,7 @@ impl ClassifiedError for StoreError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::Corrupt(_) => "STORE_CORRUPT",
+            Self::UnstorableText(_) => "INVALID_ARGUMENT",
             Self::Other(_) => "STORE_ERROR",
         }
     }

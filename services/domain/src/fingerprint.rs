@@ -6,6 +6,7 @@
 //! a clone that shares too few components does not match.
 
 use crate::secrets::KeyedHasher;
+use crate::text::quoted;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -34,13 +35,13 @@ pub enum FingerprintError {
     Empty,
     #[error("fingerprint: at most {MAX_COMPONENTS} components, got {0}")]
     TooMany(usize),
-    #[error("fingerprint: unknown component '{0}' (known: machine-id, disk-serial, mac, hostname, cpu, board-serial, os-install-id)")]
+    #[error("fingerprint: unknown component {} (known: machine-id, disk-serial, mac, hostname, cpu, board-serial, os-install-id)", quoted(.0))]
     UnknownComponent(String),
-    #[error("fingerprint: component '{0}' has an empty value")]
+    #[error("fingerprint: component {} has an empty value", quoted(.0))]
     EmptyValue(String),
-    #[error("fingerprint: component '{0}' is longer than {MAX_VALUE_LEN} bytes")]
+    #[error("fingerprint: component {} is longer than {MAX_VALUE_LEN} bytes", quoted(.0))]
     ValueTooLong(String),
-    #[error("fingerprint: component {0}={1} is listed twice")]
+    #[error("fingerprint: component {}={} is listed twice", quoted(.0), quoted(.1))]
     Duplicate(String, String),
 }
 
@@ -56,7 +57,7 @@ pub fn normalize(components: &[Component]) -> Result<Vec<Component>, Fingerprint
     for c in components {
         let name = c.name.trim().to_ascii_lowercase();
         if !COMPONENT_NAMES.contains(&name.as_str()) {
-            return Err(FingerprintError::UnknownComponent(c.name.chars().take(64).collect()));
+            return Err(FingerprintError::UnknownComponent(c.name.clone()));
         }
         let value = c.value.trim().to_lowercase();
         if value.is_empty() {
@@ -67,7 +68,7 @@ pub fn normalize(components: &[Component]) -> Result<Vec<Component>, Fingerprint
         }
         let component = Component { name, value };
         if out.contains(&component) {
-            return Err(FingerprintError::Duplicate(component.name, component.value.chars().take(64).collect()));
+            return Err(FingerprintError::Duplicate(component.name, component.value));
         }
         out.push(component);
     }

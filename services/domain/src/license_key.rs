@@ -21,7 +21,7 @@ pub struct LicenseKey(String);
 pub enum LicenseKeyError {
     #[error("a license key has 25 symbols in five groups of five (XXXXX-XXXXX-XXXXX-XXXXX-XXXXX); this one has {0}")]
     WrongLength(usize),
-    #[error("a license key holds only digits and the letters A-Z without U; '{0}' is not one of them")]
+    #[error("a license key holds only digits and the letters A-Z without U; {} is not one of them", crate::text::quoted(&.0.to_string()))]
     BadSymbol(char),
     #[error("the license key's check symbol does not match: it was mistyped")]
     BadCheck,

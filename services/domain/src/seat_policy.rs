@@ -8,6 +8,7 @@
 
 use crate::change::{ChangeError, MAX_SEATS};
 use crate::clock::{Millis, DAY};
+use crate::text::quoted;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,7 +77,7 @@ impl std::fmt::Display for Principal {
             PrincipalKind::Host => "host",
             PrincipalKind::Group => "group",
         };
-        write!(f, "{kind} '{}'", self.name)
+        write!(f, "{kind} {}", quoted(&self.name))
     }
 }
 
@@ -141,8 +142,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ChangeError {
 fn check_name(field: &'static str, name: &str) -> Result<(), ChangeError> {
     match crate::text::bounded_text(name, MAX_NAME, true) {
         Ok(trimmed) if trimmed == name => Ok(()),
-        Ok(_) => Err(invalid(field, format!("'{name}' must not start or end with spaces"))),
-        Err(m) => Err(invalid(field, format!("'{}': {m}", name.chars().take(40).collect::<String>()))),
+        Ok(_) => Err(invalid(field, format!("{} must not start or end with spaces", quoted(name)))),
+        Err(m) => Err(invalid(field, format!("{}: {m}", quoted(name)))),
     }
 }
 
@@ -223,7 +224,10 @@ impl SeatPolicy {
             if *cost < 1 || *cost > seats.saturating_add(self.overdraft_seats) {
                 return Err(invalid(
                     "feature_costs",
-                    format!("feature '{feature}' must cost between 1 and the license's {seats} seats (plus overdraft)"),
+                    format!(
+                        "feature {} must cost between 1 and the license's {seats} seats (plus overdraft)",
+                        quoted(feature)
+                    ),
                 ));
             }
         }
@@ -232,12 +236,15 @@ impl SeatPolicy {
         for g in &self.groups {
             check_name("groups", &g.name)?;
             if !names.insert(&g.name) {
-                return Err(invalid("groups", format!("group '{}' is defined twice", g.name)));
+                return Err(invalid("groups", format!("group {} is defined twice", quoted(&g.name))));
             }
             check_len("groups", &g.members, MAX_GROUP_MEMBERS)?;
             check_unique("groups", g.members.iter())?;
             if let Some(m) = g.members.iter().find(|m| m.kind == PrincipalKind::Group) {
-                return Err(invalid("groups", format!("group '{}' lists {m}: members are users and hosts", g.name)));
+                return Err(invalid(
+                    "groups",
+                    format!("group {} lists {m}: members are users and hosts", quoted(&g.name)),
+                ));
             }
         }
         Ok(())

@@ -3,6 +3,21 @@
 use licensing_domain::clock::Millis;
 use prost_types::Timestamp;
 
+/// A request field that cannot be converted: which one, and why, for a person. Each service's
+/// error turns it into its INVALID_ARGUMENT with the field named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+}
+
 pub fn to_timestamp(millis: Millis) -> Timestamp {
     Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
@@ -14,20 +29,20 @@ pub fn opt_timestamp(millis: Option<Millis>) -> Option<Timestamp> {
 /// Latest instant accepted anywhere (year 9999), so arithmetic on instants cannot overflow.
 pub const MAX_MILLIS: Millis = 253_402_300_799_999;
 
-/// A timestamp from a request, or a message naming the field when it is out of range.
-pub fn from_timestamp(field: &str, ts: &Timestamp) -> Result<Millis, String> {
+/// A timestamp from a request, or why it cannot be one (out of range).
+pub fn from_timestamp(field: &'static str, ts: &Timestamp) -> Result<Millis, FieldError> {
     if !(0..=999_999_999).contains(&ts.nanos) {
-        return Err(format!("{field}: nanos must be between 0 and 999999999"));
+        return Err(FieldError::new(field, "nanos must be between 0 and 999999999"));
     }
     let millis = ts
         .seconds
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
         .filter(|ms| (0..=MAX_MILLIS).contains(ms));
-    millis.ok_or_else(|| format!("{field}: must be between 1970-01-01 and 9999-12-31"))
+    millis.ok_or_else(|| FieldError::new(field, "must be between 1970-01-01 and 9999-12-31"))
 }
 
-pub fn from_opt_timestamp(field: &str, ts: Option<&Timestamp>) -> Result<Option<Millis>, String> {
+pub fn from_opt_timestamp(field: &'static str, ts: Option<&Timestamp>) -> Result<Option<Millis>, FieldError> {
     ts.map(|t| from_timestamp(field, t)).transpose()
 }
 
@@ -35,23 +50,25 @@ pub fn to_duration(millis: i64) -> prost_types::Duration {
     prost_types::Duration { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-/// Milliseconds of a request's duration (unset is 0), or a message naming the field.
-pub fn from_duration(field: &str, d: Option<&prost_types::Duration>) -> Result<i64, String> {
+/// Milliseconds of a request's duration (unset is 0), or why it cannot be one: negative, nanos
+/// outside a second (protobuf's own range), or longer than any date this server accepts.
+pub fn from_duration(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64, FieldError> {
     match d {
         None => Ok(0),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(format!("{field}: must not be negative")),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(FieldError::new(field, "must not be negative")),
+        Some(d) if d.nanos > 999_999_999 => Err(FieldError::new(field, "nanos must be between 0 and 999999999")),
         Some(d) => d
             .seconds
             .checked_mul(1000)
             .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
             .filter(|ms| *ms <= MAX_MILLIS)
-            .ok_or_else(|| format!("{field}: is too long")),
+            .ok_or_else(|| FieldError::new(field, "is too long")),
     }
 }
 
 pub mod seat {
     //! Seat policies and usage reports to and from `licensing.seat.v1`.
-    use super::{from_duration, to_duration, to_timestamp};
+    use super::{from_duration, to_duration, to_timestamp, FieldError};
     use licensing_domain::seat_policy::*;
     use licensing_domain::usage::UsageReport;
     use licensing_proto::seat::v1 as pb;
@@ -65,14 +82,17 @@ pub mod seat {
         pb::Principal { kind: kind as i32, name: p.name.clone() }
     }
 
-    fn principal_from(field: &'static str, p: Option<&pb::Principal>) -> Result<Principal, (&'static str, String)> {
-        let p = p.ok_or((field, "every entry needs a principal".to_string()))?;
+    fn principal_from(field: &'static str, p: Option<&pb::Principal>) -> Result<Principal, FieldError> {
+        let p = p.ok_or_else(|| FieldError::new(field, "every entry needs a principal"))?;
         let kind = match pb::PrincipalKind::try_from(p.kind) {
             Ok(pb::PrincipalKind::User) => PrincipalKind::User,
             Ok(pb::PrincipalKind::Host) => PrincipalKind::Host,
             Ok(pb::PrincipalKind::Group) => PrincipalKind::Group,
             _ => {
-                return Err((field, format!("principal '{}' needs a kind: USER, HOST or GROUP", p.name)));
+                return Err(FieldError::new(
+                    field,
+                    format!("principal {} needs a kind: USER, HOST or GROUP", licensing_domain::text::quoted(&p.name)),
+                ));
             }
         };
         Ok(Principal { kind, name: p.name.clone() })
@@ -115,17 +135,15 @@ pub mod seat {
 
     /// A policy from a request; the error names the field. Values are checked by
     /// [`SeatPolicy::validate`] afterwards, against the license.
-    pub fn policy_from(p: &pb::SeatPolicy) -> Result<SeatPolicy, (&'static str, String)> {
+    pub fn policy_from(p: &pb::SeatPolicy) -> Result<SeatPolicy, FieldError> {
         let share_scope = match pb::ShareScope::try_from(p.share_scope) {
             Ok(pb::ShareScope::Unspecified | pb::ShareScope::None) => ShareScope::None,
             Ok(pb::ShareScope::UserHost) => ShareScope::UserHost,
             Ok(pb::ShareScope::User) => ShareScope::User,
             Ok(pb::ShareScope::Host) => ShareScope::Host,
-            Err(_) => return Err(("share_scope", format!("unknown share scope {}", p.share_scope))),
+            Err(_) => return Err(FieldError::new("share_scope", format!("unknown share scope {}", p.share_scope))),
         };
-        let ms = |field: &'static str, d: Option<&prost_types::Duration>| {
-            from_duration(field, d).map_err(|m| (field, m.split_once(": ").map_or(m.clone(), |(_, m)| m.to_owned())))
-        };
+        let ms = from_duration;
         let list = |field: &'static str, items: &[pb::Principal]| {
             items.iter().map(|p| principal_from(field, Some(p))).collect::<Result<Vec<_>, _>>()
         };
@@ -206,7 +224,9 @@ mod tests {
         }
         assert!(from_timestamp("t", &Timestamp { seconds: -1, nanos: 0 }).is_err());
         assert!(from_timestamp("t", &Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
-        assert!(from_timestamp("t", &Timestamp { seconds: 0, nanos: -5 }).unwrap_err().starts_with("t:"));
+        assert_eq!(from_timestamp("t", &Timestamp { seconds: 0, nanos: -5 }).unwrap_err().field, "t");
+        let too_many_nanos = prost_types::Duration { seconds: 1, nanos: 1_000_000_000 };
+        assert_eq!(from_duration("ttl", Some(&too_many_nanos)).unwrap_err().field, "ttl");
     }
 }
 
@@ -337,12 +357,18 @@ pub mod proto {
     }
 
     /// The domain page of a request page (the token is the last key of the previous page).
-    pub fn page(p: Option<&pb::PageRequest>) -> licensing_domain::model::Page {
+    /// The page a request asks for. A page token is one this server handed out: short, and
+    /// text every backend can store (a NUL in it is invalid input, as PostgreSQL refuses one).
+    pub fn page(p: Option<&pb::PageRequest>) -> Result<licensing_domain::model::Page, super::FieldError> {
         let p = p.cloned().unwrap_or_default();
-        licensing_domain::model::Page {
+        if p.page_token.chars().count() > 200 {
+            return Err(super::FieldError::new("page.page_token", "is not a page token this server handed out"));
+        }
+        licensing_domain::text::storable(&p.page_token).map_err(|m| super::FieldError::new("page.page_token", m))?;
+        Ok(licensing_domain::model::Page {
             after: Some(p.page_token).filter(|t| !t.is_empty()),
             limit: u32::try_from(p.page_size).unwrap_or(0),
-        }
+        })
     }
 
     /// The next page token: the last key, when the page came back full.

@@ -32,7 +32,7 @@ pub enum CredentialError {
     MalformedKey(LicenseKeyError),
     #[error("no license has this license key; check it against the one you received")]
     UnknownKey,
-    #[error("license_id: '{0}' is not a License ID (lic_…)")]
+    #[error("license_id: {} is not a License ID (lic_…)", licensing_domain::text::quoted(.0))]
     MalformedLicenseId(String),
     #[error("no license with ID {0}")]
     UnknownLicense(String),
@@ -122,7 +122,7 @@ impl CredentialResolver {
             Credentials::LicenseKey(key) => self.resolve_key_digest(&self.license_key_digest(key)?).await,
             Credentials::IdAndPassword { license_id, password, client } => {
                 if !ids::is_well_formed(ids::LICENSE, license_id) {
-                    return Err(CredentialError::MalformedLicenseId(license_id.chars().take(64).collect()));
+                    return Err(CredentialError::MalformedLicenseId(license_id.clone()));
                 }
                 // Only a client that has been guessing waits: never the license's other users.
                 if let Some(retry_after) = self.guesses.wait(license_id, client) {

@@ -545,7 +545,7 @@ fn blame_malformed_request(headers: &mut http::HeaderMap) {
     }
     let blamed = tonic::Status::invalid_argument(format!(
         "malformed gRPC request: {}; send one protobuf message of the method's request type",
-        status.message()
+        licensing_domain::text::bounded_message(status.message(), 200)
     ));
     let _ = blamed.add_header(headers);
 }

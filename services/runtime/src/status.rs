@@ -24,6 +24,10 @@ pub fn code_of(class: ErrorClass) -> Code {
     }
 }
 
+/// The longest message a status carries, in characters. Messages quote input only as short
+/// previews (`licensing_domain::text::quoted`); this bound holds even where one was missed.
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
 pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
     let class = error.class();
     let message = match class {
@@ -37,6 +41,7 @@ pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
         }
         _ => error.to_string(),
     };
+    let message = licensing_domain::text::bounded_message(&message, MAX_MESSAGE_CHARS);
     let mut details =
         ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
     if let Some(after) = error.retry_after() {
@@ -117,6 +122,26 @@ mod tests {
         assert_eq!(reason_of(&s).as_deref(), Some("RATE_LIMITED"));
         assert_eq!(s.metadata().get("retry-after").unwrap(), "2");
         assert_eq!(s.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_millis(1500)));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no product with code {0}")]
+    struct Echoes(String);
+    impl ClassifiedError for Echoes {
+        fn class(&self) -> ErrorClass {
+            ErrorClass::NotFound
+        }
+        fn reason(&self) -> &'static str {
+            "PRODUCT_NOT_FOUND"
+        }
+    }
+
+    #[test]
+    fn a_message_is_bounded_and_escaped_whatever_it_quotes() {
+        let s = to_status(&Echoes(format!("\u{1b}[31m{}", "x".repeat(1 << 20))));
+        assert!(s.message().chars().count() <= MAX_MESSAGE_CHARS + 1, "{}", s.message().len());
+        assert!(!s.message().chars().any(char::is_control));
+        assert!(s.message().starts_with("no product with code \\u{1b}[31mxxx"));
     }
 
     #[test]

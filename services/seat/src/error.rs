@@ -20,7 +20,7 @@ pub enum SeatError {
     InvalidArgument { field: &'static str, message: String },
     #[error("{}", .0.message)]
     LicenseState(Refusal),
-    #[error("feature '{feature}' is not licensed by license {license_id}")]
+    #[error("feature {} is not licensed by license {license_id}", licensing_domain::text::quoted(feature))]
     FeatureNotLicensed { license_id: String, feature: String },
     #[error("{}{}", denial_text(license_id, *seats, *in_use, denial), earliest_text(*.earliest_expiry))]
     NoSeat {

@@ -7,7 +7,7 @@ use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
 use licensing_runtime::auth::{caller_address, AdminAuth, AdminOrSessionAuth, Caller, SessionAuth};
 use licensing_runtime::convert::{
-    from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp,
+    from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp, FieldError,
 };
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::server::{CancellationToken, ShuttingDown};
@@ -69,16 +69,16 @@ fn credentials(c: Option<pb::SeatCredentials>, client: &str) -> Result<Credentia
     }
 }
 
+fn invalid(e: FieldError) -> Status {
+    to_status(&SeatError::InvalidArgument { field: e.field, message: e.message })
+}
+
 fn millis(field: &'static str, d: Option<&prost_types::Duration>) -> Result<i64, Status> {
-    from_duration(field, d).map_err(|m| {
-        to_status(&SeatError::invalid(field, m.split_once(": ").map_or(m.as_str(), |(_, m)| m).to_owned()))
-    })
+    from_duration(field, d).map_err(invalid)
 }
 
 fn timestamp(field: &'static str, t: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
-    from_opt_timestamp(field, t).map_err(|m| {
-        to_status(&SeatError::invalid(field, m.split_once(": ").map_or(m.as_str(), |(_, m)| m).to_owned()))
-    })
+    from_opt_timestamp(field, t).map_err(invalid)
 }
 
 fn checkout_request(r: &pb::CheckoutRequest) -> Result<CheckoutRequest, Status> {
@@ -271,8 +271,7 @@ impl SeatService for SeatApi {
         let admin = self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
         let r = request.into_inner();
         let policy = r.policy.as_ref().ok_or_else(|| to_status(&SeatError::invalid("policy", "is required")))?;
-        let policy = conv_seat::policy_from(policy)
-            .map_err(|(field, message)| to_status(&SeatError::InvalidArgument { field, message }))?;
+        let policy = conv_seat::policy_from(policy).map_err(invalid)?;
         let license = self.seats.update_policy(&admin.actor(), &r.license_id, policy).await.or_status()?;
         Ok(Response::new(pb::UpdateSeatPolicyResponse { policy: Some(conv_seat::policy(&license.seat_policy)) }))
     }

@@ -148,10 +148,7 @@ fn check_id(field: &'static str, prefix: &str, value: &str) -> Result<(), SeatEr
     if ids::is_well_formed(prefix, value) {
         Ok(())
     } else {
-        Err(SeatError::invalid(
-            field,
-            format!("'{}' is not a {prefix}_… ID", value.chars().take(64).collect::<String>()),
-        ))
+        Err(SeatError::invalid(field, format!("{} is not a {prefix}_… ID", licensing_domain::text::quoted(value))))
     }
 }
 

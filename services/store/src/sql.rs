@@ -371,6 +371,10 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
                 // PostgreSQL class 08 (connection), 57P0x (shutdown), 53 (resources) are
                 // transient; SQLite BUSY/LOCKED too.
                 let code = db.code().unwrap_or_default();
+                // 22021 character_not_in_repertoire (a NUL), 22P05 untranslatable_character.
+                if code == "22021" || code == "22P05" {
+                    return StoreError::UnstorableText(db.message().to_string());
+                }
                 if code.starts_with("08")
                     || code.starts_with("57P")
                     || code.starts_with("53")

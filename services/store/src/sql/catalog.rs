@@ -6,6 +6,7 @@ use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Clock, Millis, SystemClock};
 use licensing_domain::model::*;
 use licensing_domain::store::{CatalogStore, UpdateError};
+use licensing_domain::text::quoted;
 use sqlx::{Any, Transaction};
 
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
@@ -180,7 +181,7 @@ impl CatalogStore for SqlStore {
         .bind(to_json(&product.versions))
         .bind(product.created_at);
         self.write_with_audit(q, &audit).await.map_err(|e| match e {
-            StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("product '{}'", product.code)),
+            StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("product {}", quoted(&product.code))),
             other => other,
         })?;
         Ok(())
@@ -221,9 +222,13 @@ impl CatalogStore for SqlStore {
             .as_ref()
             .map(product_from_row)
             .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("product '{code}'")))?;
+            .ok_or_else(|| StoreError::NotFound(format!("product {}", quoted(code))))?;
         if product.versions.iter().any(|v| v.version == version.version) {
-            return Err(StoreError::AlreadyExists(format!("version {} of product '{code}'", version.version)));
+            return Err(StoreError::AlreadyExists(format!(
+                "version {} of product {}",
+                quoted(&version.version),
+                quoted(code)
+            )));
         }
         product.versions.push(version);
         product.versions.sort_by_key(|v| v.released_at);
