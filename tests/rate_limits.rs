@@ -26,6 +26,9 @@ fn assert_rate_limited(status: &tonic::Status, naming: &str) {
     assert!(status.message().contains(naming), "message should name {naming}: {}", status.message());
     let after: u64 = status.metadata().get("retry-after").expect("retry-after").to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&after), "retry-after {after}");
+    // One answer to when: RetryInfo says what the header says.
+    let delay = licensing_runtime::status::retry_delay_of(status).expect("RetryInfo");
+    assert_eq!(delay, std::time::Duration::from_secs(after), "RetryInfo {delay:?}, retry-after {after} s");
 }
 
 #[tokio::test]

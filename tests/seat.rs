@@ -740,21 +740,23 @@ async fn a_borrow_never_outlives_the_license() {
     for leases in lease_backends().await {
         let app = spawn_seat_app(leases).await;
         let f = fixture(&app).await;
-        let expires = now_s() + 4;
+        // The license has 7 to 8 s left; a borrow may last 5 s.
+        let expires = now_s() + 8;
         let (license_id, key, _) =
             issue_license(&app, &f, LicenseKind::Concurrent, 5, |r| r.expires_at = ts(expires)).await;
         let policy =
-            pb::SeatPolicy { max_borrow: Some(prost_types::Duration { seconds: 3, nanos: 0 }), ..Default::default() };
+            pb::SeatPolicy { max_borrow: Some(prost_types::Duration { seconds: 5, nanos: 0 }), ..Default::default() };
         seats(&app)
             .await
             .update_seat_policy(admin_req(pb::UpdateSeatPolicyRequest { license_id, policy: Some(policy) }))
             .await
             .unwrap();
-        // Less than the 3 s borrow is left of the license now.
-        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        // Wait until less than the 5 s borrow is left of the license.
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        tokio::time::sleep(Duration::from_millis((expires * 1000 - now_ms - 4_500).max(0) as u64)).await;
         for i in 0..5 {
             let borrow = pb::CheckoutRequest {
-                borrow_for: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
+                borrow_for: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
                 ..checkout_req(&key, &format!("laptop-{i}"), 30_000)
             };
             let g = seats(&app).await.checkout(borrow).await.unwrap().into_inner().grant.unwrap();

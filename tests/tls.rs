@@ -96,17 +96,20 @@ async fn admin_call(app: &TestApp, tls: Option<ClientTlsConfig>) -> Result<(), S
 }
 
 async fn healthcheck(app: &TestApp, env: &[(&str, PathBuf)]) -> bool {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_healthcheck"))
+    probe(app, env).await.0
+}
+
+/// Runs the healthcheck binary: whether it succeeded, and what it said on stderr.
+async fn probe(app: &TestApp, env: &[(&str, PathBuf)]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthcheck"))
         .arg(format!("127.0.0.1:{}", app.addr.port()))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .env("LICENSING_TLS_SERVER_NAME", "localhost")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .output()
         .await
-        .unwrap()
-        .success()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[tokio::test]
@@ -146,7 +149,27 @@ async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() 
         .await
         .unwrap();
     assert!(listed.status.success(), "licensectl over mutual TLS: {}", String::from_utf8_lossy(&listed.stderr));
-    assert!(!healthcheck(&app, &with_identity[..1]).await, "a probe without a client certificate fails");
+    // Without the client certificate the server requires, the tools say so.
+    let (ok, said) = probe(&app, &with_identity[..1]).await;
+    assert!(!ok, "a probe without a client certificate fails");
+    assert!(
+        said.contains("client certificate") && said.contains("LICENSING_TLS_CLIENT_CERT"),
+        "healthcheck said: {said}"
+    );
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_licensectl"))
+        .args(["--server", &format!("https://localhost:{}", app.addr.port()), "--token", ADMIN_TOKEN])
+        .args(["licenses", "list"])
+        .env_clear()
+        .envs(with_identity[..1].iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        said.contains("client certificate") && said.contains("LICENSING_TLS_CLIENT_CERT"),
+        "licensectl said: {said}"
+    );
 }
 
 #[tokio::test]

@@ -32,7 +32,18 @@ async fn main() {
             std::process::exit(1);
         }
         Ok(Err(e)) => {
-            eprintln!("{addr}: {e}");
+            let said = match e.downcast_ref::<tonic::Status>() {
+                // An answer from the server (it has a reason): its own words.
+                Some(status) if licensing_runtime::status::reason_of(status).is_some() => {
+                    format!("{addr}: {}", status.message())
+                }
+                _ => licensing_runtime::tls::explain_transport_failure(
+                    &addr,
+                    e.as_ref(),
+                    &licensing_runtime::config::ProcessEnv,
+                ),
+            };
+            eprintln!("{said}");
             std::process::exit(1);
         }
         Err(_) => {

@@ -142,6 +142,15 @@ struct Failure(String);
 
 impl Failure {
     fn from_status(server: &str, status: tonic::Status) -> Self {
+        // No reason: the server never answered (the transport failed), so say why it did.
+        let from_server = licensing_runtime::status::reason_of(&status).is_some();
+        if !from_server && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
+            return Failure(licensing_runtime::tls::explain_transport_failure(
+                server,
+                &status,
+                &licensing_runtime::config::ProcessEnv,
+            ));
+        }
         Failure(match status.code() {
             tonic::Code::Unavailable => {
                 format!("cannot reach the licensing server at {server} ({}); is it running?", status.message())

@@ -472,8 +472,9 @@ impl Activations {
                 version.0, version.1, version.2, license.product_code
             )),
             Some(v) if v.released_at > until => Some(format!(
-                "version {} was released after the upgrade period ended at {} (Unix ms); renew maintenance to run it",
-                v.version, until
+                "version {} was released after the upgrade period ended at {}; renew maintenance to run it",
+                v.version,
+                licensing_domain::clock::rfc3339(until)
             )),
             Some(_) => None,
         })

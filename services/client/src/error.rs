@@ -1,5 +1,6 @@
 //! [`ClientError`].
 
+use licensing_domain::clock::rfc3339;
 use licensing_domain::clock::Millis;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +17,9 @@ pub enum ClientError {
     NoCertificate,
     #[error("the stored certificate is not valid: {0}")]
     BadCertificate(String),
-    #[error("the offline period ended at {0} (Unix ms): connect to the licensing server")]
+    #[error("the offline period ended at {}: connect to the licensing server", rfc3339(*.0))]
     OfflinePeriodOver(Millis),
-    #[error("the system clock was set back (now {now}, last seen {last_seen}, Unix ms): offline use is refused")]
+    #[error("the system clock was set back (now {}, last seen {}): offline use is refused", rfc3339(*now), rfc3339(*last_seen))]
     ClockSetBack { now: Millis, last_seen: Millis },
     #[error("this machine does not match the certificate's fingerprint")]
     FingerprintMismatch,
@@ -26,7 +27,7 @@ pub enum ClientError {
     ModuleNotLicensed(String),
     #[error("trusted storage: {0}")]
     Storage(String),
-    #[error("the borrowed seat's period ended at {0} (Unix ms): connect to the licensing server")]
+    #[error("the borrowed seat's period ended at {}: connect to the licensing server", rfc3339(*.0))]
     BorrowEnded(Millis),
     #[error("the borrowed seat's token is not valid: {0}")]
     BadLeaseToken(String),

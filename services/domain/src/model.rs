@@ -239,16 +239,16 @@ impl License {
         if self.valid_from > self.created_at && now < self.valid_from {
             return refuse(
                 "NOT_YET_VALID",
-                format!("license {} is not valid before {} (Unix ms)", self.license_id, self.valid_from),
+                format!("license {} is not valid before {}", self.license_id, crate::clock::rfc3339(self.valid_from)),
             );
         }
         if self.is_expired(now) {
             return refuse(
                 "EXPIRED",
                 format!(
-                    "license {} expired at {} (Unix ms); renew it with your vendor",
+                    "license {} expired at {}; renew it with your vendor",
                     self.license_id,
-                    self.expires_at.unwrap_or_default()
+                    crate::clock::rfc3339(self.expires_at.unwrap_or_default())
                 ),
             );
         }

@@ -185,8 +185,9 @@ impl SeatPolicy {
                 return Err(invalid(
                     "max_borrow",
                     format!(
-                        "a borrow of {} h would outlive the license, which expires at {expires_at} (Unix ms)",
-                        self.max_borrow_ms / 3_600_000
+                        "a borrow of {} h would outlive the license, which expires at {}",
+                        self.max_borrow_ms / 3_600_000,
+                        crate::clock::rfc3339(expires_at)
                     ),
                 ));
             }

@@ -44,12 +44,14 @@ pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
     let message = licensing_domain::text::bounded_message(&message, MAX_MESSAGE_CHARS);
     let mut details =
         ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
-    if let Some(after) = error.retry_after() {
-        details.set_retry_info(Some(after));
+    // One answer to "when may I try again": whole seconds (what `retry-after` can say), at
+    // least one, in the header and in RetryInfo alike.
+    let retry_seconds = error.retry_after().map(|after| after.as_secs_f64().ceil().max(1.0) as u64);
+    if let Some(seconds) = retry_seconds {
+        details.set_retry_info(Some(std::time::Duration::from_secs(seconds)));
     }
     let mut status = Status::with_error_details(code_of(class), message, details);
-    if let Some(after) = error.retry_after() {
-        let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
+    if let Some(seconds) = retry_seconds {
         if let Ok(v) = seconds.to_string().parse() {
             status.metadata_mut().insert("retry-after", v);
         }
@@ -60,6 +62,11 @@ pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
 /// The reason (ErrorInfo) carried by a status made by [`to_status`], for clients and tests.
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
+}
+
+/// The RetryInfo delay carried by a status made by [`to_status`], for clients and tests.
+pub fn retry_delay_of(status: &Status) -> Option<std::time::Duration> {
+    status.get_details_retry_info().and_then(|info| info.retry_delay)
 }
 
 /// `result.or_status()?` in gRPC handlers: any classified error through [`to_status`].
@@ -121,7 +128,8 @@ mod tests {
         assert_eq!(s.message(), "slow down");
         assert_eq!(reason_of(&s).as_deref(), Some("RATE_LIMITED"));
         assert_eq!(s.metadata().get("retry-after").unwrap(), "2");
-        assert_eq!(s.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_millis(1500)));
+        // RetryInfo says what retry-after says.
+        assert_eq!(s.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(2)));
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -108,6 +108,39 @@ pub fn client_config(lookup: &dyn Lookup) -> Result<Option<ClientTlsConfig>, Con
     Ok(Some(config))
 }
 
+/// What a client tells a person when a call failed before any answer from the server:
+/// `failure` is the error (and its sources) the transport gave. A refused connection names the
+/// address; a connection closed right after a TLS handshake, with no client certificate
+/// configured, is most likely a server that requires mutual TLS (it closes the connection, and
+/// the client learns nothing more), so the variables to set are named.
+pub fn explain_transport_failure(
+    addr: &str,
+    failure: &(dyn std::error::Error + 'static),
+    lookup: &dyn Lookup,
+) -> String {
+    let mut chain = Some(failure);
+    let mut innermost = failure.to_string();
+    while let Some(error) = chain {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return format!("connection refused by {addr}: is the server running there?");
+            }
+        }
+        innermost = error.to_string();
+        chain = error.source();
+    }
+    let over_tls = lookup.get("LICENSING_TLS_CA").is_some_and(|v| !v.trim().is_empty());
+    let with_identity = lookup.get("LICENSING_TLS_CLIENT_CERT").is_some_and(|v| !v.trim().is_empty());
+    if over_tls && !with_identity {
+        return format!(
+            "{addr} closed the TLS connection ({innermost}): a server that requires a client certificate \
+             (mutual TLS) does that; set LICENSING_TLS_CLIENT_CERT and LICENSING_TLS_CLIENT_KEY to a \
+             certificate and key its client CA signed"
+        );
+    }
+    format!("{addr}: {innermost}")
+}
+
 /// A channel endpoint for `addr` (host:port or a URL), over TLS when `tls` is set.
 pub fn endpoint(
     addr: &str,
@@ -142,6 +175,22 @@ mod tests {
                 .unwrap_err();
         assert_eq!(err.var, "LICENSING_TLS_CERT");
         assert!(err.message.contains("/nonexistent.pem"), "{}", err.message);
+    }
+
+    #[test]
+    fn transport_failures_say_what_went_wrong() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "os error 111");
+        let said = explain_transport_failure("127.0.0.1:50052", &refused, &[("X", "y")]);
+        assert_eq!(said, "connection refused by 127.0.0.1:50052: is the server running there?");
+        let closed = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
+        let said = explain_transport_failure("h:1", &closed, &[("LICENSING_TLS_CA", "/ca.pem")]);
+        assert!(said.contains("client certificate") && said.contains("LICENSING_TLS_CLIENT_CERT"), "{said}");
+        let said = explain_transport_failure(
+            "h:1",
+            &closed,
+            &[("LICENSING_TLS_CA", "/ca.pem"), ("LICENSING_TLS_CLIENT_CERT", "/c.pem")],
+        );
+        assert_eq!(said, "h:1: stream closed");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`SeatError`] and its gRPC class.
 
 use licensing_domain::change::ChangeError;
-use licensing_domain::clock::Millis;
+use licensing_domain::clock::{rfc3339, Millis};
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::seat_policy::{Principal, SeatDenial};
 use licensing_domain::store::{Refusal, UpdateError};
@@ -49,7 +49,7 @@ pub enum SeatError {
     NotAvailable(&'static str),
     #[error("{0}")]
     PolicyNotAllowed(String),
-    #[error("the lease store lost its leases and hands out no new seat until {until} (Unix ms), when every lease it may have forgotten has expired; holders of leases keep them by heartbeat")]
+    #[error("the lease store lost its leases and hands out no new seat until {}, when every lease it may have forgotten has expired; holders of leases keep them by heartbeat with their lease token", rfc3339(*until))]
     Recovering { until: Millis, retry_after: Duration },
     #[error("lease_token: {0}")]
     BadLeaseToken(String),
@@ -83,7 +83,7 @@ fn denial_text(license_id: &str, seats: i32, in_use: i32, denial: &SeatDenial) -
 }
 
 fn earliest_text(earliest: Option<Millis>) -> String {
-    earliest.map(|e| format!("; the earliest lease expires at {e} (Unix ms)")).unwrap_or_default()
+    earliest.map(|e| format!("; the earliest lease expires at {}", rfc3339(e))).unwrap_or_default()
 }
 
 impl From<UpdateError> for SeatError {
