@@ -297,6 +297,20 @@ pub struct Lease {
     pub share_key: String,
 }
 
+impl Lease {
+    /// How often its holder should heartbeat: a third of the TTL, so two heartbeats may be lost
+    /// before the lease expires.
+    pub fn heartbeat_interval_ms(&self) -> i64 {
+        (self.ttl_ms / 3).max(1)
+    }
+}
+
+/// Seats held by `leases`: each seat once, however many processes share it (its group).
+pub fn seats_held<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> i32 {
+    let mut seen = std::collections::HashSet::new();
+    leases.into_iter().filter(|l| seen.insert(l.group_id.as_str())).map(|l| l.seats_held).sum()
+}
+
 /// A lease taken out of its pool, with the seats that became free (0 when other processes
 /// still share the seat, or when it lingers).
 #[derive(Debug, Clone, PartialEq, Eq)]

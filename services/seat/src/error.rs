@@ -8,6 +8,7 @@ use licensing_domain::store::{Refusal, UpdateError};
 use licensing_runtime::auth::AuthError;
 use licensing_runtime::credentials::CredentialError;
 use licensing_runtime::limiter::RateLimited;
+use licensing_runtime::server::ShuttingDown;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub enum SeatError {
     BadLeaseToken(String),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -121,6 +124,7 @@ impl ClassifiedError for SeatError {
             Self::Recovering { .. } => ErrorClass::Unavailable,
             Self::BadLeaseToken(_) => ErrorClass::InvalidArgument,
             Self::RateLimited(e) => e.class(),
+            Self::ShuttingDown(e) => e.class(),
             Self::Store(e) => e.class(),
         }
     }
@@ -144,6 +148,7 @@ impl ClassifiedError for SeatError {
             Self::Recovering { .. } => "LEASE_STORE_RECOVERING",
             Self::BadLeaseToken(_) => "LEASE_TOKEN_INVALID",
             Self::RateLimited(e) => e.reason(),
+            Self::ShuttingDown(e) => e.reason(),
             Self::Store(e) => e.reason(),
         }
     }

@@ -1,8 +1,8 @@
 //! The tonic adapter of the Seat service.
 
-use crate::service::{CheckoutRequest, Grant, Seats};
+use crate::service::{CheckoutRequest, Grant, Seats, WaitEvent};
 use crate::SeatError;
-use licensing_domain::model::Lease;
+use licensing_domain::model::seats_held;
 use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
 use licensing_runtime::auth::{caller_address, AdminAuth, AdminOrSessionAuth, Caller, SessionAuth};
@@ -10,11 +10,10 @@ use licensing_runtime::convert::{
     from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp, FieldError,
 };
 use licensing_runtime::credentials::{CredentialError, Credentials};
-use licensing_runtime::server::{CancellationToken, ShuttingDown};
+use licensing_runtime::server::CancellationToken;
 use licensing_runtime::status::{to_status, OrStatus};
 use std::pin::Pin;
-use std::time::Duration;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -93,12 +92,6 @@ fn checkout_request(r: &pb::CheckoutRequest) -> Result<CheckoutRequest, Status> 
     })
 }
 
-/// Seats held by live leases, each shared seat once.
-fn seats_in_use(leases: &[Lease]) -> i32 {
-    let mut seen = std::collections::HashSet::new();
-    leases.iter().filter(|l| seen.insert(l.group_id.as_str())).map(|l| l.seats_held).sum()
-}
-
 fn grant(g: Grant) -> pb::LeaseGrant {
     pb::LeaseGrant {
         lease_id: g.lease.lease_id.clone(),
@@ -117,9 +110,6 @@ fn grant(g: Grant) -> pb::LeaseGrant {
 }
 
 type WaitStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WaitForSeatResponse, Status>> + Send>>;
-
-/// How often a waiter at the head of the queue retries when nothing woke it.
-const WAIT_POLL: Duration = Duration::from_millis(250);
 
 #[tonic::async_trait]
 impl SeatService for SeatApi {
@@ -140,7 +130,7 @@ impl SeatService for SeatApi {
         let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id, &r.lease_token).await.or_status()?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(to_timestamp(l.expires_at)),
-            heartbeat_interval: Some(to_duration((l.ttl_ms / 3).max(1))),
+            heartbeat_interval: Some(to_duration(l.heartbeat_interval_ms())),
             lease_token: token,
         }))
     }
@@ -162,65 +152,18 @@ impl SeatService for SeatApi {
         let checkout = r.checkout.ok_or_else(|| to_status(&SeatError::invalid("checkout", "is required")))?;
         let req = checkout_request(&checkout)?;
         let creds = credentials(checkout.credentials, &client)?;
-        let max_wait = match millis("max_wait", r.max_wait.as_ref())? {
-            0 => self.seats.settings().max_wait,
-            ms => Duration::from_millis(ms as u64).min(self.seats.settings().max_wait),
-        };
-        // Resolve the license first, so bad credentials fail the call rather than the stream.
-        let license_id = self.seats.admit_waiter(&creds).await.or_status()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let seats = self.seats.clone();
-        let drain = self.drain.clone();
-        tokio::spawn(async move {
-            let ticket = seats.waiting().enqueue(&license_id);
-            let changed = ticket.changed();
-            let deadline = tokio::time::Instant::now() + max_wait;
-            let mut last_position = 0;
-            loop {
-                let notified = changed.notified();
-                let position = ticket.position();
-                if position != last_position {
-                    last_position = position;
-                    let event = pb::wait_for_seat_response::Event::QueuePosition(position as i32);
-                    if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
-                        return;
-                    }
+        let max_wait_ms = millis("max_wait", r.max_wait.as_ref())?;
+        let events = self.seats.wait_for_seat(creds, req, max_wait_ms, self.drain.clone()).await.or_status()?;
+        let responses = events.map(|event| {
+            let event = match event.or_status()? {
+                WaitEvent::Position(position) => {
+                    pb::wait_for_seat_response::Event::QueuePosition(i32::try_from(position).unwrap_or(i32::MAX))
                 }
-                if position == 1 {
-                    match seats.checkout(&creds, &req, Some(&ticket)).await {
-                        Ok(g) => {
-                            let (license_id, lease_id) = (g.lease.license_id.clone(), g.lease.lease_id.clone());
-                            let event = pb::wait_for_seat_response::Event::Grant(grant(g));
-                            if tx.send(Ok(pb::WaitForSeatResponse { event: Some(event) })).await.is_err() {
-                                // The client is gone: never keep a seat it cannot receive.
-                                let _ = seats.checkin(&license_id, &lease_id).await;
-                            }
-                            return;
-                        }
-                        Err(SeatError::NoSeat { .. }) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(to_status(&e))).await;
-                            return;
-                        }
-                    }
-                }
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(WAIT_POLL) => {}
-                    () = tokio::time::sleep_until(deadline) => {
-                        let _ = tx.send(Err(to_status(&SeatError::WaitTimedOut(max_wait.as_millis())))).await;
-                        return;
-                    }
-                    () = tx.closed() => return,
-                    () = drain.cancelled() => {
-                        // Leaving the queue: the caller waits again on a server that is up.
-                        let _ = tx.send(Err(to_status(&ShuttingDown))).await;
-                        return;
-                    }
-                }
-            }
+                WaitEvent::Granted(g) => pb::wait_for_seat_response::Event::Grant(grant(*g)),
+            };
+            Ok(pb::WaitForSeatResponse { event: Some(event) })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn list_leases(
@@ -231,7 +174,7 @@ impl SeatService for SeatApi {
         let (license, leases) = self.seats.list(&caller, &request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::ListLeasesResponse {
             seats_total: license.seats,
-            seats_in_use: seats_in_use(&leases),
+            seats_in_use: seats_held(&leases),
             leases: leases.iter().map(conv::lease).collect(),
         }))
     }
@@ -251,16 +194,14 @@ impl SeatService for SeatApi {
         request: Request<pb::GetPoolStatusRequest>,
     ) -> Result<Response<pb::GetPoolStatusResponse>, Status> {
         let admin = self.admin.authorize(request.metadata()).await.map_err(SeatError::from).or_status()?;
-        let license_id = request.get_ref().license_id.clone();
-        let (license, leases) = self.seats.list(&Caller::Admin(admin), &license_id).await.or_status()?;
-        let in_use = seats_in_use(&leases);
+        let pool = self.seats.pool_status(&Caller::Admin(admin), &request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::GetPoolStatusResponse {
-            seats_total: license.seats,
-            seats_in_use: in_use,
-            overdraft_in_use: (in_use - license.seats).max(0),
-            waiting: self.seats.waiting().waiting(&license_id) as i32,
-            policy: Some(conv_seat::policy(&license.seat_policy)),
-            earliest_expiry: leases.iter().map(|l| l.expires_at).min().map(to_timestamp),
+            seats_total: pool.license.seats,
+            seats_in_use: pool.in_use,
+            overdraft_in_use: pool.overdraft_in_use,
+            waiting: i32::try_from(pool.waiting).unwrap_or(i32::MAX),
+            policy: Some(conv_seat::policy(&pool.license.seat_policy)),
+            earliest_expiry: pool.earliest_expiry.map(to_timestamp),
         }))
     }
 

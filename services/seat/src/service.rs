@@ -8,7 +8,7 @@ use licensing_domain::change::LicenseChange;
 use licensing_domain::clock::{Millis, SECOND};
 use licensing_domain::error::StoreError;
 use licensing_domain::ids;
-use licensing_domain::model::{AuditRecord, Lease, License, LicenseKind, Released, UsageEvent, UsageKind};
+use licensing_domain::model::{seats_held, AuditRecord, Lease, License, LicenseKind, Released, UsageEvent, UsageKind};
 use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::store::{
@@ -21,8 +21,10 @@ use licensing_runtime::credentials::{CredentialError, CredentialResolver, Creden
 use licensing_runtime::license_cache::{FillTicket, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
+use licensing_runtime::server::{CancellationToken, ShuttingDown};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Debug, Clone)]
 pub struct SeatSettings {
@@ -98,6 +100,28 @@ pub struct Seats {
     /// cached licenses, fenced by the revision read before each ([`Seats::with_license_revisions`]).
     revisions: Option<Arc<dyn LicenseRevisions>>,
 }
+
+/// A license's pool ([`Seats::pool_status`]).
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub license: License,
+    pub in_use: i32,
+    pub overdraft_in_use: i32,
+    pub waiting: usize,
+    pub earliest_expiry: Option<Millis>,
+}
+
+/// What a caller waiting in line for a seat hears ([`Seats::wait_for_seat`]).
+#[derive(Debug)]
+pub enum WaitEvent {
+    /// Its place in line (1 is next), whenever it changes.
+    Position(usize),
+    /// The seat: the last event.
+    Granted(Box<Grant>),
+}
+
+/// How often a waiter at the head of the line tries again when nothing woke it.
+const WAIT_POLL: Duration = Duration::from_millis(250);
 
 /// A checkout's names, validated.
 struct CheckoutNames {
@@ -231,13 +255,7 @@ impl Seats {
         &self.usage
     }
 
-    pub fn settings(&self) -> &SeatSettings {
-        &self.settings
-    }
 
-    pub fn waiting(&self) -> &WaitQueues {
-        &self.waiting
-    }
 
     fn ttl(&self, requested: i64, policy: &SeatPolicy) -> Result<i64, SeatError> {
         match requested {
@@ -271,7 +289,7 @@ impl Seats {
     fn grant(&self, lease: Lease, renewed: bool, license: &License, in_use: i32) -> Grant {
         Grant {
             token: self.token(&lease),
-            heartbeat_interval_ms: (lease.ttl_ms / 3).max(1),
+            heartbeat_interval_ms: lease.heartbeat_interval_ms(),
             seats_total: license.seats,
             seats_in_use: in_use,
             renewed,
@@ -588,13 +606,89 @@ impl Seats {
         Ok(true)
     }
 
-    /// The License ID a `WaitForSeat` may queue on: the credentials are right, the license is
-    /// usable now, and its checkout rate allows one more.
-    pub async fn admit_waiter(&self, credentials: &Credentials) -> Result<String, SeatError> {
+    /// The License ID a waiter may queue on: the credentials are right, the license is usable
+    /// now, and its checkout rate allows one more.
+    async fn admit_waiter(&self, credentials: &Credentials) -> Result<String, SeatError> {
         let license = self.credentials.resolve(credentials).await?;
         license.usability(self.leases.now().await?, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
         self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
         Ok(license.license_id)
+    }
+
+    /// Waits in line for a seat of the license `credentials` name, first come, first served
+    /// (in this process). The credentials and the license are checked before anything is
+    /// queued, so a bad one fails the call, not the stream. The stream tells the caller's place
+    /// whenever it changes, then the grant; or ends with an error: WAIT_TIMED_OUT after
+    /// `max_wait_ms` (0: the server's longest; never longer), SHUTTING_DOWN when `drain` is
+    /// cancelled, or what a checkout refused other than a full pool. A caller that goes away
+    /// leaves the line at once, and a seat granted as it left is checked in again: no seat is
+    /// kept for someone who cannot receive it.
+    pub async fn wait_for_seat(
+        &self,
+        credentials: Credentials,
+        request: CheckoutRequest,
+        max_wait_ms: i64,
+        drain: CancellationToken,
+    ) -> Result<ReceiverStream<Result<WaitEvent, SeatError>>, SeatError> {
+        if max_wait_ms < 0 {
+            return Err(SeatError::invalid("max_wait", "must not be negative (0 means the server's longest)"));
+        }
+        let longest = self.settings.max_wait;
+        let max_wait = match max_wait_ms {
+            0 => longest,
+            ms => Duration::from_millis(ms as u64).min(longest),
+        };
+        let license_id = self.admit_waiter(&credentials).await?;
+        let (events, stream) = tokio::sync::mpsc::channel(8);
+        let seats = self.clone();
+        tokio::spawn(async move {
+            let ticket = seats.waiting.enqueue(&license_id);
+            let changed = ticket.changed();
+            let deadline = tokio::time::Instant::now() + max_wait;
+            let mut last_position = 0;
+            loop {
+                let notified = changed.notified();
+                let position = ticket.position();
+                if position != last_position {
+                    last_position = position;
+                    if events.send(Ok(WaitEvent::Position(position))).await.is_err() {
+                        return;
+                    }
+                }
+                if position == 1 {
+                    match seats.checkout(&credentials, &request, Some(&ticket)).await {
+                        Ok(grant) => {
+                            let (license_id, lease_id) = (grant.lease.license_id.clone(), grant.lease.lease_id.clone());
+                            if events.send(Ok(WaitEvent::Granted(Box::new(grant)))).await.is_err() {
+                                // The caller is gone: never keep a seat it cannot receive.
+                                let _ = seats.checkin(&license_id, &lease_id).await;
+                            }
+                            return;
+                        }
+                        Err(SeatError::NoSeat { .. }) => {}
+                        Err(e) => {
+                            let _ = events.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(WAIT_POLL) => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        let _ = events.send(Err(SeatError::WaitTimedOut(max_wait.as_millis()))).await;
+                        return;
+                    }
+                    () = events.closed() => return,
+                    () = drain.cancelled() => {
+                        // Leaving the line: the caller waits again on a server that is up.
+                        let _ = events.send(Err(ShuttingDown.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(stream))
     }
 
     /// The license, as `caller` may see it: the admin any, a customer only its account's (any
@@ -610,6 +704,20 @@ impl Seats {
     pub async fn list(&self, caller: &Caller, license_id: &str) -> Result<(License, Vec<Lease>), SeatError> {
         let license = self.visible_license(caller, license_id).await?;
         Ok((license, self.leases.list(license_id).await?))
+    }
+
+    /// A license's pool as it stands: seats held (each shared seat once), those beyond the
+    /// license's seats, waiters in this process, the earliest expiry.
+    pub async fn pool_status(&self, caller: &Caller, license_id: &str) -> Result<PoolStatus, SeatError> {
+        let (license, leases) = self.list(caller, license_id).await?;
+        let in_use = seats_held(&leases);
+        Ok(PoolStatus {
+            in_use,
+            overdraft_in_use: (in_use - license.seats).max(0),
+            waiting: self.waiting.waiting(license_id),
+            earliest_expiry: leases.iter().map(|l| l.expires_at).min(),
+            license,
+        })
     }
 
     pub async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<i64, SeatError> {
@@ -733,24 +841,19 @@ impl GaugeSource for Seats {
                     license.seats as f64,
                 ));
             }
-            // A seat shared by several processes is one seat: count each seat group once.
-            let mut by_feature: std::collections::BTreeMap<&str, (f64, f64)> = Default::default();
-            let mut groups_seen = std::collections::HashSet::new();
+            let mut by_feature: std::collections::BTreeMap<&str, Vec<&Lease>> = Default::default();
             for lease in &leases {
-                let entry = by_feature.entry(lease.feature.as_str()).or_default();
-                entry.1 += 1.0;
-                if groups_seen.insert(lease.group_id.as_str()) {
-                    entry.0 += f64::from(lease.seats_held);
-                }
+                by_feature.entry(lease.feature.as_str()).or_default().push(lease);
             }
             if by_feature.is_empty() {
                 // Emptied since the sweep last looked: report the drop to zero.
-                by_feature.insert("", (0.0, 0.0));
+                by_feature.insert("", vec![]);
             }
-            for (feature, (seats, live)) in by_feature {
+            for (feature, leases) in by_feature {
                 let labels = [("license_id", license_id.as_str()), ("product", product), ("feature", feature)];
-                out.push(Reading::new(Gauge::SeatsInUse, &labels, seats));
-                out.push(Reading::new(Gauge::LeasesLive, &labels, live));
+                // A seat shared by several processes is one seat.
+                out.push(Reading::new(Gauge::SeatsInUse, &labels, f64::from(seats_held(leases.iter().copied()))));
+                out.push(Reading::new(Gauge::LeasesLive, &labels, leases.len() as f64));
             }
         }
     }
