@@ -543,7 +543,7 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
     };
 
     // Live with no listener: this Seat hears only of its own process's changes.
-    let feed = licensing_store::LicenseFeed { changes: seat_sql.license_feed().changes, listening: None };
+    let feed = licensing_domain::store::LicenseFeed { changes: seat_sql.license_feed().changes, listening: None };
     let cache = Arc::new(LicenseCache::following(feed));
     let catalog: Arc<dyn CatalogStore> = Arc::new(seat_sql.clone());
     let credentials = CredentialResolver::new(

@@ -2,7 +2,8 @@
 
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::fingerprint::FingerprintError;
-use licensing_domain::store::{ActivationStoreError, Refusal};
+use licensing_domain::model::Refusal;
+use licensing_domain::store::ActivationStoreError;
 use licensing_runtime::credentials::CredentialError;
 use licensing_runtime::limiter::RateLimited;
 

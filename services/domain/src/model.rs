@@ -223,8 +223,7 @@ pub struct ActivationEvent {
 
 impl License {
     /// Whether the license may be used now for `kind` of use; the first failure wins.
-    pub fn usability(&self, now: Millis, kind: LicenseKind) -> Result<(), crate::store::Refusal> {
-        use crate::store::Refusal;
+    pub fn usability(&self, now: Millis, kind: LicenseKind) -> Result<(), Refusal> {
         let refuse = |reason, message: String| Err(Refusal { reason, message });
         match self.status {
             LicenseStatus::Retired => return refuse("RETIRED", format!("license {} is retired", self.license_id)),
@@ -260,6 +259,15 @@ impl License {
         }
         Ok(())
     }
+}
+
+/// Why a license may not be used now ([`License::usability`]; also checked inside the store's
+/// activation transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable UPPER_SNAKE reason.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// A floating-seat lease.

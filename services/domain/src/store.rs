@@ -10,9 +10,20 @@ use async_trait::async_trait;
 
 /// What the SQL store tells caches, in commit order: this license (its status, seats, dates or
 /// policy) or one of its activations changed, and the change is committed. Whether every
-/// process's changes are being reported is told beside it (`licensing_store::LicenseFeed`).
+/// process's changes are being reported is told beside it ([`LicenseFeed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseChanged(pub String);
+
+/// What a cache follows to stay exact (`SqlStore::license_feed` makes one).
+#[derive(Debug)]
+pub struct LicenseFeed {
+    /// Committed changes, in commit order. A receiver that falls behind by more than the buffer
+    /// loses the oldest ones (and is told it did).
+    pub changes: tokio::sync::broadcast::Receiver<LicenseChanged>,
+    /// Whether every process's changes are in `changes` right now; `None` when they always are
+    /// (SQLite: this process is the only writer).
+    pub listening: Option<tokio::sync::watch::Receiver<bool>>,
+}
 
 /// A counter per license, raised after every committed change to it, so a lease store can refuse
 /// a checkout decided on a license read before the change (the Seat service decides checkouts on
@@ -105,14 +116,6 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError>;
     /// The token ID of the admin token with this digest.
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError>;
-}
-
-/// Why a license may not be activated now (checked inside the store's transaction).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Stable UPPER_SNAKE reason.
-    pub reason: &'static str,
-    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

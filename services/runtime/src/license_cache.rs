@@ -21,9 +21,9 @@
 //! bound on staleness should an event ever go missing.
 
 use licensing_domain::store::LicenseChanged;
+use licensing_domain::store::LicenseFeed;
 #[cfg(doc)]
 use licensing_domain::store::LicenseRevisions;
-use licensing_store::LicenseFeed;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

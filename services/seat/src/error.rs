@@ -3,8 +3,9 @@
 use licensing_domain::change::ChangeError;
 use licensing_domain::clock::{rfc3339, Millis};
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
+use licensing_domain::model::Refusal;
 use licensing_domain::seat_policy::{Principal, SeatDenial};
-use licensing_domain::store::{Refusal, UpdateError};
+use licensing_domain::store::UpdateError;
 use licensing_runtime::auth::AuthError;
 use licensing_runtime::credentials::CredentialError;
 use licensing_runtime::limiter::RateLimited;

@@ -255,8 +255,6 @@ impl Seats {
         &self.usage
     }
 
-
-
     fn ttl(&self, requested: i64, policy: &SeatPolicy) -> Result<i64, SeatError> {
         match requested {
             0 if policy.default_ttl_ms > 0 => {

@@ -13,4 +13,4 @@ pub mod redis_leases;
 pub mod sql;
 
 pub use redis_leases::RedisLeaseStore;
-pub use sql::{Dialect, LicenseFeed, SqlLeaseStore, SqlStore};
+pub use sql::{Dialect, SqlLeaseStore, SqlStore};

@@ -9,7 +9,7 @@ mod usage;
 pub use leases::SqlLeaseStore;
 
 use licensing_domain::error::StoreError;
-use licensing_domain::store::{LicenseChanged, LicenseRevisions};
+use licensing_domain::store::{LicenseChanged, LicenseFeed, LicenseRevisions};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
@@ -64,17 +64,6 @@ impl std::fmt::Debug for RevisionsHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() { "RevisionsHook(set)" } else { "RevisionsHook(unset)" })
     }
-}
-
-/// What a cache follows to stay exact: [`SqlStore::license_feed`].
-#[derive(Debug)]
-pub struct LicenseFeed {
-    /// Committed changes, in commit order. A receiver that falls behind by more than the buffer
-    /// loses the oldest ones (and is told it did).
-    pub changes: tokio::sync::broadcast::Receiver<LicenseChanged>,
-    /// Whether every process's changes are in `changes` right now; `None` when they always are
-    /// (SQLite: this process is the only writer).
-    pub listening: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The PostgreSQL NOTIFY channel of committed license changes (payload: the license ID).

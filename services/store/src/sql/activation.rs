@@ -6,7 +6,7 @@ use super::*;
 use async_trait::async_trait;
 use licensing_domain::clock::Millis;
 use licensing_domain::fingerprint::{self, ComponentDigest};
-use licensing_domain::model::{Activation, ActivationEvent, License};
+use licensing_domain::model::{Activation, ActivationEvent, License, Refusal};
 use licensing_domain::store::*;
 use sqlx::{Any, Transaction};
 
