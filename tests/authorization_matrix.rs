@@ -462,6 +462,31 @@ async fn portal_rpc(rpc: &str, session: Option<&str>, w: &World) -> Code {
             ))
             .await,
         ),
+        "ListRecurringPayments" => {
+            code(p.list_recurring_payments(session_req(session, acc::ListRecurringPaymentsRequest {})).await)
+        }
+        "SetLicenseeName" => code(
+            p.set_licensee_name(session_req(
+                session,
+                acc::SetLicenseeNameRequest { license_id: w.license_a.clone(), licensee_name: "A".into() },
+            ))
+            .await,
+        ),
+        // Refused for the owner too (a wrong current password), so nothing changes.
+        "ChangePassword" => code(
+            p.change_password(session_req(
+                session,
+                acc::ChangePasswordRequest { current_password: "wrong".into(), new_password: "x".repeat(12) },
+            ))
+            .await,
+        ),
+        "UpdateContactDetails" => code(
+            p.update_contact_details(session_req(
+                session,
+                acc::UpdateContactDetailsRequest { contact_email: "not an email".into(), ..Default::default() },
+            ))
+            .await,
+        ),
         other => panic!("no cell for {other}"),
     }
 }
@@ -482,6 +507,10 @@ const PORTAL_CELLS: &[(&str, Code, Code)] = &[
     ("ReturnConcurrentLicense", Code::InvalidArgument, Code::NotFound),
     ("RegenerateActivationPassword", Code::NotFound, Code::NotFound),
     ("AssociateLicense", Code::FailedPrecondition, Code::Ok),
+    ("ListRecurringPayments", Code::Ok, Code::Ok),
+    ("SetLicenseeName", Code::Ok, Code::NotFound),
+    ("ChangePassword", Code::InvalidArgument, Code::InvalidArgument),
+    ("UpdateContactDetails", Code::InvalidArgument, Code::InvalidArgument),
 ];
 
 async fn world(app: &TestApp) -> World {

@@ -19,6 +19,7 @@ mod licensectl;
 mod network_faults;
 mod operations;
 mod portal;
+mod portal_self_service;
 mod process_faults;
 mod rate_limits;
 mod seat;

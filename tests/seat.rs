@@ -519,6 +519,8 @@ async fn a_checkout_right_after_a_license_change_sees_it_before_the_seat_service
         customer_id: licensing_domain::ids::new_id(licensing_domain::ids::CUSTOMER),
         company_name: "Acme".into(),
         contact_email: "ops@acme.example".into(),
+        contact_name: String::new(),
+        phone: String::new(),
         created_at: 1,
     };
     account_sql.create_customer(&customer, None, audit("customer.created")).await.unwrap();

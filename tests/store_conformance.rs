@@ -45,6 +45,8 @@ async fn seed(store: &SqlStore) -> (Customer, License) {
         customer_id: ids::new_id(ids::CUSTOMER),
         company_name: "Acme".into(),
         contact_email: "a@b.example".into(),
+        contact_name: String::new(),
+        phone: String::new(),
         created_at: 1,
     };
     store

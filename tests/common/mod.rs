@@ -688,6 +688,7 @@ pub fn new_license(
         portal_deactivation_counts: true,
         replaces_license_id: None,
         notes: "first".into(),
+        licensee_name: String::new(),
         seat_policy: Default::default(),
         created_at: 1,
         updated_at: 1,

@@ -249,6 +249,8 @@ impl Catalog {
             customer_id: ids::new_id(ids::CUSTOMER),
             company_name: company_name.trim().to_owned(),
             contact_email: email,
+            contact_name: String::new(),
+            phone: String::new(),
             created_at: self.now(),
         };
         let audit = AuditRecord::new(actor, "customer.created", &customer.customer_id)
@@ -348,6 +350,7 @@ impl Catalog {
             replaces_license_id: None,
             seat_policy: Default::default(),
             notes: input.notes,
+            licensee_name: String::new(),
             created_at: now,
             updated_at: now,
         };

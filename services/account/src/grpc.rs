@@ -1,7 +1,7 @@
 //! The tonic adapters of the Account service: authenticate, convert, delegate, convert back.
 
 use crate::catalog::{Catalog, IssueLicense, Payment};
-use crate::portal::Portal;
+use crate::portal::{ContactForm, Portal};
 use crate::AccountError;
 use licensing_domain::change::LicenseChange;
 use licensing_domain::model::LicenseFilter;
@@ -656,6 +656,60 @@ impl AccountService for PortalApi {
         Ok(Response::new(pb::ListMyAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),
             events: events.iter().map(conv::audit_event).collect(),
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let me = self.me(&request).await?;
+        let token = bearer_token(request.metadata()).unwrap_or_default().to_owned();
+        let r = request.into_inner();
+        self.portal.change_password(&me, &token, &r.current_password, r.new_password).await.or_status()?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    async fn update_contact_details(
+        &self,
+        request: Request<pb::UpdateContactDetailsRequest>,
+    ) -> Result<Response<pb::UpdateContactDetailsResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.into_inner();
+        let form = ContactForm { contact_name: r.contact_name, contact_email: r.contact_email, phone: r.phone };
+        let customer = self.portal.update_contact_details(&me, &form, &r.current_password).await.or_status()?;
+        Ok(Response::new(pb::UpdateContactDetailsResponse { customer: Some(conv::customer(&customer)) }))
+    }
+
+    async fn set_licensee_name(
+        &self,
+        request: Request<pb::SetLicenseeNameRequest>,
+    ) -> Result<Response<pb::SetLicenseeNameResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.get_ref();
+        let license = self.portal.set_licensee_name(&me, &r.license_id, &r.licensee_name).await.or_status()?;
+        Ok(Response::new(pb::SetLicenseeNameResponse { license: Some(conv::license(&license)) }))
+    }
+
+    async fn list_recurring_payments(
+        &self,
+        request: Request<pb::ListRecurringPaymentsRequest>,
+    ) -> Result<Response<pb::ListRecurringPaymentsResponse>, Status> {
+        let me = self.me(&request).await?;
+        let plans = self.portal.recurring_payments(&me).await.or_status()?;
+        Ok(Response::new(pb::ListRecurringPaymentsResponse {
+            payments: plans
+                .iter()
+                .map(|p| pb::RecurringPayment {
+                    license_id: p.receipt.license_id.clone(),
+                    receipt_id: p.receipt.receipt_id.clone(),
+                    amount_minor: p.receipt.amount_minor,
+                    currency: p.receipt.currency.clone(),
+                    recurring_months: p.receipt.recurring_months,
+                    last_paid_at: Some(to_timestamp(p.receipt.paid_at)),
+                    next_charge_at: Some(to_timestamp(p.next_charge_at)),
+                })
+                .collect(),
         }))
     }
 }

@@ -72,6 +72,47 @@ pub struct ReissuedLicense {
     pub activation_password: String,
 }
 
+/// The next charge of a recurring payment: the latest recurring receipt of a license, renewed
+/// after its months.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecurringPayment {
+    pub receipt: Receipt,
+    pub next_charge_at: Millis,
+}
+
+/// Contact details as a customer submits them (checked by [`Portal::update_contact_details`]).
+#[derive(Debug, Clone, Default)]
+pub struct ContactForm {
+    pub contact_name: String,
+    pub contact_email: String,
+    pub phone: String,
+}
+
+/// Wrong current passwords (changing the password or the contact email) allowed per account in
+/// [`PASSWORD_CHECK_WINDOW`], before the account must wait.
+const PASSWORD_CHECKS_PER_ACCOUNT: u32 = 5;
+const PASSWORD_CHECK_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The next charge of each recurring plan: per license, its latest receipt with a cadence,
+/// soonest first. Pure, so the rule is tested without a store.
+pub fn recurring_payments(receipts: &[Receipt], retired: &dyn Fn(&str) -> bool) -> Vec<RecurringPayment> {
+    let mut latest: std::collections::BTreeMap<&str, &Receipt> = std::collections::BTreeMap::new();
+    for r in receipts.iter().filter(|r| r.recurring_months > 0) {
+        let newer =
+            latest.get(r.license_id.as_str()).is_none_or(|l| (r.paid_at, &r.receipt_id) > (l.paid_at, &l.receipt_id));
+        if newer {
+            latest.insert(&r.license_id, r);
+        }
+    }
+    let mut plans: Vec<RecurringPayment> = latest
+        .into_values()
+        .filter(|r| !retired(&r.license_id))
+        .filter_map(|r| Some(RecurringPayment { next_charge_at: r.next_renewal_at()?, receipt: r.clone() }))
+        .collect();
+    plans.sort_by(|a, b| (a.next_charge_at, &a.receipt.license_id).cmp(&(b.next_charge_at, &b.receipt.license_id)));
+    plans
+}
+
 #[derive(Clone)]
 pub struct Portal {
     catalog: Catalog,
@@ -87,6 +128,8 @@ pub struct Portal {
     guesses: GuessThrottle,
     reset_requests: FailureLimiter,
     account_logins: RateLimiter,
+    /// Wrong current passwords per account, when changing the password or contact email.
+    password_checks: FailureLimiter,
     /// Bounds concurrent argon2 work (19 MiB and tens of ms each), so a login flood cannot
     /// exhaust memory or queue hashes without end.
     hashing: Arc<Semaphore>,
@@ -134,6 +177,7 @@ impl Portal {
             guesses: GuessThrottle::new(settings.guessing),
             reset_requests: FailureLimiter::new(settings.resets_per_account_per_hour, Duration::from_secs(3600)),
             account_logins: RateLimiter::new("login", settings.logins_per_account),
+            password_checks: FailureLimiter::new(PASSWORD_CHECKS_PER_ACCOUNT, PASSWORD_CHECK_WINDOW),
             catalog,
             portal,
             activations,
@@ -342,6 +386,16 @@ impl Portal {
         )
         .await;
         Ok(())
+    }
+
+    /// The modules a product defines (to name a license's module codes).
+    pub async fn product_modules(&self, product_code: &str) -> Result<Vec<Module>, AccountError> {
+        Ok(self.catalog.get_product(product_code).await?.modules)
+    }
+
+    /// The portal's clock (what "due" and "expired" are judged by).
+    pub fn now_millis(&self) -> Millis {
+        self.now()
     }
 
     pub async fn account(&self, me: &str) -> Result<Customer, AccountError> {
@@ -605,5 +659,189 @@ impl Portal {
 
     pub async fn audit_events(&self, me: &str, page: &Page) -> Result<Vec<AuditEvent>, AccountError> {
         Ok(self.catalog.store().list_audit(me, page).await?)
+    }
+
+    /// Checks `password` against the account's own, counting wrong ones per account: after
+    /// [`PASSWORD_CHECKS_PER_ACCOUNT`] the account waits. Returns the verified hash.
+    async fn check_current_password(&self, me: &str, password: &str) -> Result<String, AccountError> {
+        if let Some(wait) = self.password_checks.blocked(me) {
+            return Err(AccountError::ResourceExhausted {
+                reason: "TOO_MANY_ATTEMPTS",
+                message: format!("too many wrong current passwords; try again in {} s", wait.as_secs().max(1)),
+                retry_after: wait,
+            });
+        }
+        let wrong = || AccountError::invalid("current_password", "is not the account's current password");
+        if password.is_empty() || password.chars().count() > licensing_domain::secrets::MAX_PASSWORD_CHARS {
+            self.password_checks.record_failure(me);
+            return Err(wrong());
+        }
+        let stored = self.catalog.store().customer_password_hash(me).await?;
+        if !self.verify_password(password, stored.clone()).await? {
+            self.password_checks.record_failure(me);
+            self.audit(&format!("customer:{me}"), "portal.password_check_failed", me, json!({})).await;
+            return Err(wrong());
+        }
+        Ok(stored.expect("a verified password has a hash"))
+    }
+
+    /// Changes the company password, given the current one. Every other session of the account
+    /// ends; `session_token`'s lives on.
+    pub async fn change_password(
+        &self,
+        me: &str,
+        session_token: &str,
+        current_password: &str,
+        new_password: String,
+    ) -> Result<(), AccountError> {
+        validate::password("new_password", &new_password)?;
+        let verified = self.check_current_password(me, current_password).await?;
+        if new_password == current_password {
+            return Err(AccountError::invalid("new_password", "is the current password; choose a new one"));
+        }
+        let hash = self.catalog.hash_password(new_password).await?;
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.password_changed", me)
+            .with_details(json!({ "other_sessions": "ended" }));
+        let keep = self.catalog.hasher().digest(purpose::SESSION, session_token);
+        self.portal.change_password(me, &verified, &hash, &keep, self.now(), audit).await?;
+        Ok(())
+    }
+
+    /// Updates the contact person, email and phone. A new email needs the current password
+    /// (it is a login, and where reset mail goes); the old address is told of the change.
+    pub async fn update_contact_details(
+        &self,
+        me: &str,
+        form: &ContactForm,
+        current_password: &str,
+    ) -> Result<Customer, AccountError> {
+        let contact_name = form.contact_name.trim();
+        if contact_name.chars().count() > 200 || contact_name.chars().any(char::is_control) {
+            return Err(AccountError::invalid(
+                "contact_name",
+                "must be at most 200 characters without control characters",
+            ));
+        }
+        let contact_email = validate::email("contact_email", &form.contact_email)?;
+        let phone = form.phone.trim();
+        let phone_ok = phone.chars().count() <= 40
+            && phone.chars().all(|c| c.is_ascii_digit() || " +-()./".contains(c))
+            && (phone.is_empty() || phone.chars().any(|c| c.is_ascii_digit()));
+        if !phone_ok {
+            return Err(AccountError::invalid(
+                "phone",
+                "must be at most 40 characters: digits, spaces and + - ( ) . / only (or empty)",
+            ));
+        }
+        let before = self.account(me).await?;
+        let email_changes = contact_email != before.contact_email;
+        if email_changes {
+            self.check_current_password(me, current_password).await?;
+        }
+        let details = ContactDetails {
+            contact_name: contact_name.to_owned(),
+            contact_email: contact_email.clone(),
+            phone: phone.to_owned(),
+        };
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.contact_details_changed", me)
+            .with_details(json!({ "contact_email_changed": email_changes }));
+        let customer = self.portal.update_contact_details(me, &details, audit).await.map_err(|e| match e {
+            StoreError::AlreadyExists(_) => AccountError::AlreadyExists(format!(
+                "another account has the contact email {contact_email}; use another address"
+            )),
+            other => other.into(),
+        })?;
+        if email_changes {
+            let mailer = self.mailer.clone();
+            let notice = Mail {
+                to: before.contact_email.clone(),
+                subject: "The contact email of your licensing account changed".into(),
+                body: format!(
+                    "The contact email of {} ({}) was changed to {contact_email} in the licensing portal.\n\nPassword reset mail now goes there. If you did not make this change, contact your vendor at once.",
+                    customer.company_name, customer.customer_id
+                ),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = mailer.send(&notice).await {
+                    tracing::warn!(error = %e, "contact email change notice not sent");
+                }
+            });
+        }
+        Ok(customer)
+    }
+
+    /// Sets the licensee name shown on one of the account's licenses; empty shows the company name.
+    pub async fn set_licensee_name(&self, me: &str, license_id: &str, name: &str) -> Result<License, AccountError> {
+        self.my_license(me, license_id).await?;
+        let audit = AuditRecord::new(format!("customer:{me}"), "portal.licensee_name_changed", me)
+            .with_details(json!({ "license_id": license_id }));
+        let change = LicenseChange::SetLicenseeName(name.to_owned());
+        Ok(self.catalog.store().update_license(license_id, &change, self.now(), audit, None).await?)
+    }
+
+    /// The next charge of each of the account's recurring payments, soonest first (a retired
+    /// license is not charged again).
+    pub async fn recurring_payments(&self, me: &str) -> Result<Vec<RecurringPayment>, AccountError> {
+        let receipts = self.portal.list_receipts(me).await?;
+        let mut retired = std::collections::HashSet::new();
+        for r in receipts.iter().filter(|r| r.recurring_months > 0) {
+            if let Some(l) = self.catalog.store().get_license(&r.license_id).await? {
+                if l.status == LicenseStatus::Retired {
+                    retired.insert(l.license_id);
+                }
+            }
+        }
+        Ok(recurring_payments(&receipts, &|id| retired.contains(id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(id: &str, license: &str, paid_at: Millis, months: i32) -> Receipt {
+        Receipt {
+            receipt_id: id.into(),
+            license_id: license.into(),
+            customer_id: "cus_X".into(),
+            kind: "renewal".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            paid_at,
+            recurring_months: months,
+        }
+    }
+
+    #[test]
+    fn each_license_is_charged_next_after_its_latest_recurring_receipt() {
+        let day = licensing_domain::clock::DAY;
+        let t0 = licensing_domain::clock::parse_instant("2027-01-31T00:00:00Z").unwrap();
+        let receipts = [
+            receipt("rcp_1", "lic_A", t0, 12),
+            receipt("rcp_2", "lic_A", t0 + 365 * day, 12),
+            // A one-off payment (an upgrade) does not end the plan.
+            receipt("rcp_3", "lic_A", t0 + 400 * day, 0),
+            receipt("rcp_4", "lic_B", t0, 1),
+            receipt("rcp_5", "lic_C", t0, 0),
+            receipt("rcp_6", "lic_R", t0, 1),
+        ];
+        let plans = recurring_payments(&receipts, &|id| id == "lic_R");
+        let got: Vec<(&str, &str, String)> = plans
+            .iter()
+            .map(|p| {
+                (
+                    p.receipt.license_id.as_str(),
+                    p.receipt.receipt_id.as_str(),
+                    licensing_domain::clock::rfc3339(p.next_charge_at),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("lic_B", "rcp_4", "2027-02-28T00:00:00Z".to_owned()),
+                ("lic_A", "rcp_2", "2029-01-31T00:00:00Z".to_owned()),
+            ]
+        );
     }
 }

@@ -31,6 +31,8 @@ pub enum LicenseChange {
         to: String,
     },
     Retire,
+    /// The name shown as the license's licensee; empty goes back to the company name.
+    SetLicenseeName(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +84,24 @@ pub fn validate_modules(product: &Product, modules: &[String]) -> Result<(), Cha
     Ok(())
 }
 
+/// Longest licensee name, in characters.
+pub const MAX_LICENSEE_NAME_CHARS: usize = 200;
+
+/// A licensee name as stored: trimmed, at most [`MAX_LICENSEE_NAME_CHARS`], no control
+/// characters; empty means the company name.
+pub fn validate_licensee_name(name: &str) -> Result<String, ChangeError> {
+    let name = name.trim();
+    if name.chars().count() > MAX_LICENSEE_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "licensee_name",
+            format!(
+                "must be at most {MAX_LICENSEE_NAME_CHARS} characters without control characters (line breaks, tabs)"
+            ),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 impl LicenseChange {
     /// The audit action name of this change.
     pub fn action(&self) -> &'static str {
@@ -101,6 +121,7 @@ impl LicenseChange {
             Self::Claim(_) => "license.associated",
             Self::Transfer { .. } => "license.transferred",
             Self::Retire => "license.retired",
+            Self::SetLicenseeName(_) => "license.licensee_name_changed",
         }
     }
 
@@ -220,6 +241,7 @@ impl LicenseChange {
                 license.associated_customer_id = Some(to.clone());
             }
             Self::Retire => license.status = LicenseStatus::Retired,
+            Self::SetLicenseeName(name) => license.licensee_name = validate_licensee_name(name)?,
         }
         license.updated_at = now;
         Ok(())
@@ -309,6 +331,7 @@ mod tests {
             portal_deactivation_counts: true,
             replaces_license_id: None,
             notes: String::new(),
+            licensee_name: String::new(),
             seat_policy: Default::default(),
             created_at: 1,
             updated_at: 1,
@@ -329,6 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn a_licensee_name_is_trimmed_bounded_and_empty_means_the_company() {
+        let mut license = concurrent(1);
+        let product = crate::model::Product {
+            code: "p".into(),
+            name: "P".into(),
+            modules: vec![],
+            versions: vec![],
+            created_at: 0,
+        };
+        LicenseChange::SetLicenseeName("  Acme Research Lab ".into()).apply(&mut license, &product, 5).unwrap();
+        assert_eq!((license.licensee_name.as_str(), license.updated_at), ("Acme Research Lab", 5));
+        for bad in ["line\nbreak".to_owned(), "x".repeat(MAX_LICENSEE_NAME_CHARS + 1)] {
+            let err = LicenseChange::SetLicenseeName(bad).apply(&mut license, &product, 6).unwrap_err();
+            assert!(matches!(err, ChangeError::Invalid { field: "licensee_name", .. }), "{err}");
+        }
+        assert_eq!(license.licensee_name, "Acme Research Lab", "a refused name changes nothing");
+        LicenseChange::SetLicenseeName(String::new()).apply(&mut license, &product, 7).unwrap();
+        assert_eq!(license.licensee_name, "");
+        license.status = LicenseStatus::Retired;
+        let err = LicenseChange::SetLicenseeName("Late".into()).apply(&mut license, &product, 8).unwrap_err();
+        assert!(matches!(err, ChangeError::NotAllowed(_)));
+    }
+
+    #[test]
     fn a_returned_license_is_resplit_within_the_seats_bought() {
         let old = concurrent(10);
         let new = resplit(&old, &parts(&[6, 4]), 50).unwrap();
@@ -341,6 +388,8 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let named = License { licensee_name: "Acme Research".into(), ..concurrent(10) };
+        assert!(resplit(&named, &parts(&[6, 4]), 50).unwrap().iter().all(|l| l.licensee_name == "Acme Research"));
         let node_locked = License { kind: LicenseKind::NodeLocked, ..concurrent(10) };
         assert!(matches!(resplit(&node_locked, &parts(&[10]), 50), Err(ChangeError::NotAllowed(_))));
     }

@@ -75,7 +75,20 @@ pub struct Customer {
     pub customer_id: String,
     pub company_name: String,
     pub contact_email: String,
+    /// The person to contact at the company; may be empty.
+    pub contact_name: String,
+    /// A phone number as the customer writes it; may be empty.
+    pub phone: String,
     pub created_at: Millis,
+}
+
+/// What a customer may change of its own contact details in the portal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactDetails {
+    pub contact_name: String,
+    /// Lowercased; also a login and where password reset mail goes.
+    pub contact_email: String,
+    pub phone: String,
 }
 
 /// Allowed deactivations that means "no limit".
@@ -102,6 +115,8 @@ pub struct License {
     pub portal_deactivation_counts: bool,
     pub replaces_license_id: Option<String>,
     pub notes: String,
+    /// The name the license is shown as licensed to; empty means the customer's company name.
+    pub licensee_name: String,
     /// How the seats of a concurrent license are shared, reserved and limited.
     pub seat_policy: crate::seat_policy::SeatPolicy,
     pub created_at: Millis,
@@ -435,6 +450,7 @@ mod tests {
             portal_deactivation_counts: true,
             replaces_license_id: None,
             notes: String::new(),
+            licensee_name: String::new(),
             seat_policy: Default::default(),
             created_at,
             updated_at: created_at,

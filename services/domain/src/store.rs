@@ -418,4 +418,24 @@ pub trait PortalStore: Send + Sync + 'static {
     ) -> Result<(License, Vec<License>), UpdateError>;
     /// Receipts of a customer, newest first.
     async fn list_receipts(&self, customer_id: &str) -> Result<Vec<Receipt>, StoreError>;
+    /// Replaces a customer's contact details and appends `audit`, atomically; returns the
+    /// customer as updated. [`StoreError::AlreadyExists`] when another account has the email.
+    async fn update_contact_details(
+        &self,
+        customer_id: &str,
+        details: &ContactDetails,
+        audit: AuditRecord,
+    ) -> Result<Customer, StoreError>;
+    /// Atomically: replaces the password hash, if it is still `verified_hash` (the one the
+    /// current password was checked against; [`StoreError::Conflict`] otherwise), ends every
+    /// session of the account except the one whose digest is `keep_session`, and appends `audit`.
+    async fn change_password(
+        &self,
+        customer_id: &str,
+        verified_hash: &str,
+        new_hash: &str,
+        keep_session: &str,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
 }

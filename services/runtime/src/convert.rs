@@ -292,6 +292,7 @@ pub mod proto {
             created_at: Some(to_timestamp(l.created_at)),
             updated_at: Some(to_timestamp(l.updated_at)),
             notes: l.notes.clone(),
+            licensee_name: l.licensee_name.clone(),
         }
     }
 
@@ -322,6 +323,8 @@ pub mod proto {
             company_name: c.company_name.clone(),
             contact_email: c.contact_email.clone(),
             created_at: Some(to_timestamp(c.created_at)),
+            contact_name: c.contact_name.clone(),
+            phone: c.phone.clone(),
         }
     }
 

@@ -11,7 +11,7 @@ use sqlx::{Any, Transaction};
 
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
-     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at";
+     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -37,6 +37,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         seat_policy: from_json("seat_policy_json", &get_str(row, "seat_policy_json")?)?,
         created_at: get_i64(row, "created_at")?,
         updated_at: get_i64(row, "updated_at")?,
+        licensee_name: get_str(row, "licensee_name")?,
     })
 }
 
@@ -50,16 +51,18 @@ pub(crate) fn product_from_row(row: &AnyRow) -> Result<Product, StoreError> {
     })
 }
 
-fn customer_from_row(row: &AnyRow) -> Result<Customer, StoreError> {
+pub(crate) fn customer_from_row(row: &AnyRow) -> Result<Customer, StoreError> {
     Ok(Customer {
         customer_id: get_str(row, "customer_id")?,
         company_name: get_str(row, "company_name")?,
         contact_email: get_str(row, "contact_email")?,
+        contact_name: get_str(row, "contact_name")?,
+        phone: get_str(row, "phone")?,
         created_at: get_i64(row, "created_at")?,
     })
 }
 
-fn now() -> Millis {
+pub(crate) fn now() -> Millis {
     SystemClock.now()
 }
 
@@ -88,7 +91,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -111,6 +114,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(to_json(&l.seat_policy))
         .bind(l.created_at)
         .bind(l.updated_at)
+        .bind(&l.licensee_name)
         .bind(&new.key_digest)
         .bind(&new.activation_password_salt)
         .execute(&mut **tx)
@@ -250,12 +254,14 @@ impl CatalogStore for SqlStore {
         password_hash: Option<&str>,
         audit: AuditRecord,
     ) -> Result<(), StoreError> {
-        let q = sqlx::query("INSERT INTO customers (customer_id, company_name, contact_email, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+        let q = sqlx::query("INSERT INTO customers (customer_id, company_name, contact_email, password_hash, created_at, contact_name, phone) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&customer.customer_id)
             .bind(&customer.company_name)
             .bind(&customer.contact_email)
             .bind(password_hash.map(str::to_owned))
-            .bind(customer.created_at);
+            .bind(customer.created_at)
+            .bind(&customer.contact_name)
+            .bind(&customer.phone);
         self.write_with_audit(q, &audit).await.map_err(|e| match e {
             StoreError::AlreadyExists(_) => {
                 StoreError::AlreadyExists(format!("a customer with contact email {}", customer.contact_email))
@@ -437,7 +443,7 @@ impl CatalogStore for SqlStore {
         sqlx::query(
             "UPDATE licenses SET status = $1, seats = $2, allowed_deactivations = $3, modules_json = $4, expires_at = $5, \
              upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
-             seat_policy_json = $10 WHERE license_id = $11",
+             seat_policy_json = $10, licensee_name = $11 WHERE license_id = $12",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -449,6 +455,7 @@ impl CatalogStore for SqlStore {
         .bind(i64::from(license.portal_deactivation_counts))
         .bind(license.updated_at)
         .bind(to_json(&license.seat_policy))
+        .bind(&license.licensee_name)
         .bind(license_id)
         .execute(&mut *tx)
         .await

@@ -1,11 +1,11 @@
 //! [`PortalStore`] on SQL.
 
-use super::catalog::{insert_audit, insert_license_row};
+use super::catalog::{customer_from_row, insert_audit, insert_license_row};
 use super::*;
 use async_trait::async_trait;
 use licensing_domain::change::{resplit, LicenseChange, SplitPart};
 use licensing_domain::clock::Millis;
-use licensing_domain::model::{AuditRecord, License, NewLicense, Receipt};
+use licensing_domain::model::{AuditRecord, ContactDetails, Customer, License, NewLicense, Receipt};
 use licensing_domain::store::{PortalStore, ResetTokenError, UpdateError};
 
 #[async_trait]
@@ -175,5 +175,80 @@ impl PortalStore for SqlStore {
                 })
             })
             .collect()
+    }
+
+    #[tracing::instrument(name = "store.update_contact_details", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn update_contact_details(
+        &self,
+        customer_id: &str,
+        details: &ContactDetails,
+        audit: AuditRecord,
+    ) -> Result<Customer, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE customers SET contact_name = $1, contact_email = $2, phone = $3 WHERE customer_id = $4",
+        )
+        .bind(&details.contact_name)
+        .bind(&details.contact_email)
+        .bind(&details.phone)
+        .bind(customer_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match map_err(e) {
+            StoreError::AlreadyExists(_) => {
+                StoreError::AlreadyExists(format!("an account with contact email {}", details.contact_email))
+            }
+            other => other,
+        })?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("customer {customer_id}")));
+        }
+        let row = sqlx::query("SELECT * FROM customers WHERE customer_id = $1")
+            .bind(customer_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let customer = customer_from_row(&row)?;
+        insert_audit(&mut tx, &audit, super::catalog::now()).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(customer)
+    }
+
+    #[tracing::instrument(name = "store.change_password", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn change_password(
+        &self,
+        customer_id: &str,
+        verified_hash: &str,
+        new_hash: &str,
+        keep_session: &str,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        // Compare and set: a password changed since it was verified is not overwritten.
+        let updated =
+            sqlx::query("UPDATE customers SET password_hash = $1 WHERE customer_id = $2 AND password_hash = $3")
+                .bind(new_hash)
+                .bind(customer_id)
+                .bind(verified_hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::Conflict(
+                "the password was changed meanwhile (another session or a reset); log in again".into(),
+            ));
+        }
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE customer_id = $2 AND revoked_at IS NULL AND digest <> $3",
+        )
+        .bind(now)
+        .bind(customer_id)
+        .bind(keep_session)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_audit(&mut tx, &audit, now).await?;
+        tx.commit().await.map_err(map_err)
     }
 }
