@@ -12,6 +12,8 @@ use anyhow::Context as _;
 use licensing_account::grpc::{AdminApi, PortalApi};
 use licensing_account::mail::{FileOutbox, Mailer, SmtpMailer};
 use licensing_account::portal::{Portal, PortalSettings};
+use licensing_account::web::serve::WebServer;
+use licensing_account::web::WebSettings;
 use licensing_account::Catalog;
 use licensing_activation::grpc::ActivationApi;
 use licensing_activation::{ActivationSettings, Activations, ValidationCache};
@@ -26,6 +28,7 @@ use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::limiter::GuessThrottle;
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
+use licensing_runtime::server::CancellationToken;
 use licensing_runtime::server::{GrpcServer, StackSettings};
 use licensing_seat::grpc::SeatApi;
 use licensing_seat::{LicenseCache, SeatSettings, Seats, UsageLog};
@@ -55,6 +58,16 @@ impl Role {
             Self::Account => "127.0.0.1:50052",
             Self::Activation => "127.0.0.1:50053",
             Self::Seat => "127.0.0.1:50054",
+        }
+    }
+
+    /// Where the customer portal (a web browser's) listens unless configured; `None` for the
+    /// processes that do not serve the Account service.
+    pub fn default_portal_addr(self) -> Option<&'static str> {
+        match self {
+            Self::AllInOne => Some("127.0.0.1:8080"),
+            Self::Account => Some("127.0.0.1:8082"),
+            Self::Activation | Self::Seat => None,
         }
     }
 
@@ -115,6 +128,12 @@ pub struct Application {
     metrics_addr: Option<SocketAddr>,
     /// Stops the metrics endpoint (after the gRPC drain, so the last scrape sees it).
     stop_metrics: tokio::sync::oneshot::Sender<()>,
+    /// The customer portal in a browser, when this process serves it.
+    portal: Option<WebServer>,
+    portal_addr: Option<SocketAddr>,
+    /// Cancelled when the drain starts: the portal stops accepting then, with the gRPC port.
+    drain: CancellationToken,
+    shutdown_grace: std::time::Duration,
 }
 
 impl Application {
@@ -213,6 +232,21 @@ impl Application {
             }
             _ => None,
         };
+        // The portal's listener is bound first: the mail it sends links to the address it got.
+        let portal_listener = match role.default_portal_addr().and_then(|d| config.portal.resolve(d)) {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the portal {addr} (LICENSING_PORTAL_ADDR)"))?,
+            ),
+            None => None,
+        };
+        let portal_url = match (&config.portal_url, &portal_listener) {
+            (Some(url), _) => url.clone(),
+            (None, Some(listener)) => local_url(listener.local_addr()?, config.tls.is_some()),
+            (None, None) => "http://127.0.0.1:8080".to_owned(),
+        };
+        let mut portal_server = None;
         if role.serves_account() {
             let catalog = Catalog::new(
                 catalog_store.clone(),
@@ -226,7 +260,7 @@ impl Application {
                 None => Arc::new(FileOutbox::new(config.data_dir.join("outbox"))),
             };
             let settings = PortalSettings {
-                reset_url: config.reset_url.clone(),
+                reset_url: config.reset_url.clone().unwrap_or_else(|| format!("{portal_url}/reset-password")),
                 logins_per_account: config.rate_limits.login_per_account,
                 ..PortalSettings::default()
             };
@@ -243,6 +277,23 @@ impl Application {
             routes = routes.add_service(
                 AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max),
             );
+            if let Some(listener) = portal_listener {
+                let tls = match &config.tls {
+                    Some(tls) => Some(tls.rustls_config(&[b"http/1.1"]).map_err(anyhow::Error::msg)?),
+                    None => None,
+                };
+                let settings = WebSettings {
+                    keys: hasher.clone(),
+                    secure: tls.is_some(),
+                    login_per_client: config.rate_limits.login_per_client,
+                    reset_per_client: config.rate_limits.reset_per_client,
+                    request_timeout: config.request_timeout,
+                    concurrency_limit: config.concurrency_limit,
+                };
+                let router = licensing_account::web::router(portal.clone(), settings);
+                tracing::info!(addr = %listener.local_addr()?, url = %portal_url, "customer portal");
+                portal_server = Some(WebServer::new(listener, router, tls));
+            }
             routes = routes.add_service(PortalApi::new(portal).into_server(max));
             names.push("licensing.account.v1.AdminService");
             names.push("licensing.account.v1.AccountService");
@@ -327,10 +378,24 @@ impl Application {
             }
             None => None,
         };
+        let drain = stack.drain.clone();
+        let portal_addr = portal_server.as_ref().map(|p| p.local_addr()).transpose()?;
         let server = GrpcServer::bind(config.listen_addr, routes, &names, stack)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { server, store, background, usage_log, generated_admin_token, metrics_addr, stop_metrics })
+        Ok(Self {
+            server,
+            store,
+            background,
+            usage_log,
+            generated_admin_token,
+            metrics_addr,
+            stop_metrics,
+            portal: portal_server,
+            portal_addr,
+            drain,
+            shutdown_grace: config.shutdown_grace,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -342,8 +407,20 @@ impl Application {
         self.metrics_addr
     }
 
+    /// The bound customer portal (HTTP or HTTPS), unless this process does not serve it.
+    pub fn portal_addr(&self) -> Option<SocketAddr> {
+        self.portal_addr
+    }
+
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        // The portal stops accepting when the gRPC drain starts (the same token), and lets its
+        // requests in flight finish within the same grace period.
+        let portal = self.portal.map(|p| tokio::spawn(p.run(self.drain.clone(), self.shutdown_grace)));
         let result = self.server.run_until_stopped(shutdown).await;
+        self.drain.cancel();
+        if let Some(portal) = portal {
+            let _ = tokio::time::timeout(self.shutdown_grace + std::time::Duration::from_secs(1), portal).await;
+        }
         let _ = self.stop_metrics.send(());
         for task in &self.background {
             task.abort();
@@ -356,6 +433,16 @@ impl Application {
         }
         self.store.close().await;
         result.context("serving gRPC")
+    }
+}
+
+/// The portal's URL on the address it is bound to (`localhost` for every interface).
+fn local_url(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    match addr.ip() {
+        ip if ip.is_unspecified() => format!("{scheme}://localhost:{}", addr.port()),
+        std::net::IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{}", addr.port()),
+        ip => format!("{scheme}://{ip}:{}", addr.port()),
     }
 }
 
@@ -407,6 +494,6 @@ pub async fn run(role: Role, lookup: &dyn Lookup) -> anyhow::Result<()> {
         // Printed once, on purpose, to stdout: only its keyed digest is stored.
         println!("\n  First start: an admin token was created. It is shown only now; keep it safe:\n\n    {token}\n");
     }
-    tracing::info!(addr = %app.local_addr(), role = ?role, "serving");
+    tracing::info!(addr = %app.local_addr(), portal = ?app.portal_addr(), role = ?role, "serving");
     app.run_until_stopped(licensing_runtime::server::shutdown_signal()).await
 }

@@ -261,6 +261,8 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         assert_eq!(env["LICENSING_METRICS_ADDR"], format!("127.0.0.1:{METRICS_PORT}"), "{name}");
         let metrics_port = crate::common::process::free_port();
         env.insert("LICENSING_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
+        // The account service's portal on a free port too (its default may be taken here).
+        env.insert("LICENSING_PORTAL_ADDR".into(), "127.0.0.1:0".into());
         metrics_ports.push((name, metrics_port));
         let child = Command::new(binary(&command[0]))
             .env_clear()

@@ -31,3 +31,4 @@ mod soak;
 mod store_conformance;
 mod tls;
 mod traces;
+mod web_security;

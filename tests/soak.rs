@@ -172,6 +172,7 @@ async fn steady_load_keeps_memory_flat_and_leaves_nothing_behind() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
+        .env("LICENSING_PORTAL_ADDR", "127.0.0.1:0")
         .env("LICENSING_DATA_DIR", dir.path())
         .env("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("LICENSING_DATABASE_URL", fresh_postgres_database().await)

@@ -113,6 +113,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The Prometheus scrape endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// The customer portal in a browser.
+    pub portal_addr: Option<SocketAddr>,
     pub backend: Backend,
     pub data_dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
@@ -125,6 +127,7 @@ pub async fn test_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<S
     let mut env: HashMap<String, String> = [
         ("LICENSING_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("LICENSING_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+        ("LICENSING_PORTAL_ADDR", "127.0.0.1:0".to_owned()),
         ("LICENSING_DATA_DIR", data_dir.display().to_string()),
         ("LICENSING_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("LICENSING_SHUTDOWN_GRACE_MS", "2000".to_owned()),
@@ -171,11 +174,12 @@ pub async fn spawn_with(
     let app = Application::build_with(&config, Role::AllInOne, overrides).await.expect("build app");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let portal_addr = app.portal_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp { addr, metrics_addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
+    TestApp { addr, metrics_addr, portal_addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
 }
 
 impl TestApp {

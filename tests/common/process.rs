@@ -37,6 +37,7 @@ impl Process {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LICENSING_LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
             .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
+            .env("LICENSING_PORTAL_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(match &logs {
                 Some(file) => Stdio::from(file.try_clone().unwrap()),

@@ -8,6 +8,8 @@
 //! - [`portal`]: [`portal::Portal`], the customer portal's use cases; no gRPC.
 //! - [`grpc`]: thin tonic adapters, `AdminService` and `AccountService`: authenticate,
 //!   convert, delegate to [`Catalog`], convert back.
+//! - [`web`]: the customer portal in a web browser (axum, askama), on the same [`portal::Portal`]
+//!   use cases as `AccountService`.
 
 pub mod catalog;
 pub mod error;
@@ -15,6 +17,7 @@ pub mod grpc;
 pub mod mail;
 pub mod portal;
 pub mod validate;
+pub mod web;
 
 pub use catalog::Catalog;
 pub use error::AccountError;

@@ -87,6 +87,7 @@ impl Server {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LICENSING_LISTEN_ADDR", addr.to_string())
             .env("LICENSING_METRICS_ADDR", "127.0.0.1:0")
+            .env("LICENSING_PORTAL_ADDR", "127.0.0.1:0")
             .envs(RATE_LIMITS_OUT_OF_REACH)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

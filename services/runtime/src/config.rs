@@ -38,6 +38,9 @@ impl<const N: usize> Lookup for [(&str, &str); N] {
 pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_LISTEN_ADDR", "address:port to serve gRPC on"),
     ("LICENSING_METRICS_ADDR", "address:port of the Prometheus scrape endpoint (GET /metrics), or off"),
+    ("LICENSING_PORTAL_ADDR", "address:port of the customer portal in a web browser (HTTPS with LICENSING_TLS_CERT), or off"),
+    ("LICENSING_PORTAL_URL", "public base URL of the portal, which its mails link to"),
+    ("LICENSING_GRPC_WEB_ORIGINS", "comma-separated origins (https://app.vendor.example) whose browser apps may call the gRPC port with gRPC-Web, or off"),
     ("LICENSING_DATA_DIR", "directory of the embedded SQLite file and key file"),
     ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file"),
     ("LICENSING_DATABASE_MAX_CONNECTIONS", "PostgreSQL pool size"),
@@ -72,12 +75,15 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
     ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail; without it mail goes to files in <data dir>/outbox"),
     ("LICENSING_MAIL_FROM", "sender address of portal mail"),
-    ("LICENSING_RESET_URL", "portal page that password reset mail links to (the token is appended as ?token=)"),
+    ("LICENSING_RESET_URL", "page that password reset mail links to, in place of the portal's own (the token is appended as ?token=)"),
     ("LICENSING_LOG_FORMAT", "text or json"),
     ("RUST_LOG", "log filter, e.g. info or licensing=debug"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
     ("OTEL_SERVICE_NAME", "service name on exported traces"),
 ];
+
+/// Where a process's own HTTP endpoint (metrics, the web portal) listens.
+pub type PortalListen = MetricsListen;
 
 /// Where the Prometheus scrape endpoint listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +165,12 @@ impl RateLimits {
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub metrics: MetricsListen,
+    /// The customer portal in a browser (served by processes that serve the Account service).
+    pub portal: PortalListen,
+    /// The portal's public base URL (no trailing slash); `None`: from the address it is bound to.
+    pub portal_url: Option<String>,
+    /// Origins allowed to call the gRPC port from a browser with gRPC-Web; empty: gRPC-Web off.
+    pub grpc_web_origins: Vec<String>,
     pub data_dir: PathBuf,
     /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
     pub database_url: Option<String>,
@@ -190,7 +202,8 @@ pub struct Config {
     pub usage_queue: usize,
     pub smtp_url: Option<String>,
     pub mail_from: String,
-    pub reset_url: String,
+    /// Where reset mail links to instead of the portal's own page.
+    pub reset_url: Option<String>,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
@@ -216,6 +229,50 @@ fn parse<T: std::str::FromStr>(
     }
 }
 
+/// An address:port, `off`, or unset (the process's default).
+fn listen(lookup: &dyn Lookup, var: &'static str) -> Result<MetricsListen, ConfigError> {
+    match non_empty(lookup, var).as_deref() {
+        None => Ok(MetricsListen::RoleDefault),
+        Some("off") => Ok(MetricsListen::Off),
+        Some(v) => v
+            .parse()
+            .map(MetricsListen::At)
+            .map_err(|_| ConfigError { var, message: format!("'{v}' is neither an address:port nor off") }),
+    }
+}
+
+/// `scheme://host[:port]` with scheme http or https, and nothing after it but an optional path.
+fn split_url(url: &str) -> Result<(&str, &str, &str), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("'{url}' is not an http:// or https:// URL"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("'{url}' is not an http:// or https:// URL"));
+    }
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._:[]".contains(c);
+    if authority.is_empty() || !authority.chars().all(plain) {
+        return Err(format!("'{url}' has no plain host[:port] after {scheme}://"));
+    }
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{url}' must not carry a query, fragment or spaces"));
+    }
+    Ok((scheme, authority, path))
+}
+
+/// A public base URL: `http(s)://host[:port][/path]`, returned without a trailing slash.
+pub fn base_url(url: &str) -> Result<String, String> {
+    split_url(url)?;
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// A browser origin: `http(s)://host[:port]`, nothing after it.
+pub fn origin(value: &str) -> Result<String, String> {
+    let (_, _, path) = split_url(value)?;
+    if !path.is_empty() {
+        return Err(format!("'{value}' is not an origin: write scheme://host[:port] without a path"));
+    }
+    Ok(value.to_owned())
+}
+
 fn non_empty(lookup: &dyn Lookup, var: &str) -> Option<String> {
     lookup.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
@@ -236,6 +293,20 @@ impl Config {
                 var: "LICENSING_METRICS_ADDR",
                 message: format!("'{v}' is neither an address:port nor off"),
             })?),
+        };
+        let portal = listen(lookup, "LICENSING_PORTAL_ADDR")?;
+        let portal_url = match non_empty(lookup, "LICENSING_PORTAL_URL") {
+            None => None,
+            Some(url) => Some(base_url(&url).map_err(|message| ConfigError { var: "LICENSING_PORTAL_URL", message })?),
+        };
+        let grpc_web_origins = match non_empty(lookup, "LICENSING_GRPC_WEB_ORIGINS").as_deref() {
+            None | Some("off") => vec![],
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| origin(o).map_err(|message| ConfigError { var: "LICENSING_GRPC_WEB_ORIGINS", message }))
+                .collect::<Result<_, _>>()?,
         };
         let millis =
             |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
@@ -278,6 +349,9 @@ impl Config {
         Ok(Self {
             listen_addr,
             metrics,
+            portal,
+            portal_url,
+            grpc_web_origins,
             data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             database_url,
             database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,
@@ -295,8 +369,7 @@ impl Config {
             watch_poll: millis("LICENSING_WATCH_POLL_MS", 2_000)?,
             smtp_url: non_empty(lookup, "LICENSING_SMTP_URL"),
             mail_from: non_empty(lookup, "LICENSING_MAIL_FROM").unwrap_or_else(|| "licensing@localhost".into()),
-            reset_url: non_empty(lookup, "LICENSING_RESET_URL")
-                .unwrap_or_else(|| "http://localhost:8080/reset-password".into()),
+            reset_url: non_empty(lookup, "LICENSING_RESET_URL"),
             sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
             max_lease_ttl: millis("LICENSING_MAX_LEASE_TTL_MS", 3_600_000)?.max(Duration::from_secs(1)),
             rate_limits: RateLimits::from_lookup(lookup)?,
@@ -364,5 +437,37 @@ mod tests {
             Config::from_lookup(&[("LICENSING_RATE_ACTIVATE_PER_CLIENT", "lots")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_RATE_ACTIVATE_PER_CLIENT");
         assert!(err.message.contains("60/min"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_portal_and_grpc_web_settings_are_read_and_checked() {
+        let c = Config::from_lookup(&HashMap::new(), "127.0.0.1:1", "s").unwrap();
+        assert_eq!(c.portal, MetricsListen::RoleDefault);
+        assert!(c.portal_url.is_none() && c.grpc_web_origins.is_empty() && c.reset_url.is_none());
+        let c = Config::from_lookup(
+            &[
+                ("LICENSING_PORTAL_ADDR", "off"),
+                ("LICENSING_PORTAL_URL", "https://portal.vendor.example/licensing/"),
+                ("LICENSING_GRPC_WEB_ORIGINS", "https://app.vendor.example, http://localhost:3000"),
+            ],
+            "127.0.0.1:1",
+            "s",
+        )
+        .unwrap();
+        assert_eq!(c.portal, MetricsListen::Off);
+        assert_eq!(c.portal_url.as_deref(), Some("https://portal.vendor.example/licensing"));
+        assert_eq!(c.grpc_web_origins, ["https://app.vendor.example", "http://localhost:3000"]);
+        for (var, bad) in [
+            ("LICENSING_PORTAL_ADDR", "port 8080"),
+            ("LICENSING_PORTAL_URL", "portal.vendor.example"),
+            ("LICENSING_PORTAL_URL", "https://portal.vendor.example/?x=1"),
+            ("LICENSING_GRPC_WEB_ORIGINS", "https://app.vendor.example/path"),
+            ("LICENSING_GRPC_WEB_ORIGINS", "*"),
+        ] {
+            let err = Config::from_lookup(&[(var, bad)], "127.0.0.1:1", "s").unwrap_err();
+            assert_eq!(err.var, var, "{bad}");
+        }
+        let c = Config::from_lookup(&[("LICENSING_GRPC_WEB_ORIGINS", "off")], "127.0.0.1:1", "s").unwrap();
+        assert!(c.grpc_web_origins.is_empty());
     }
 }

@@ -73,6 +73,8 @@ pub struct StackSettings {
     pub tls: Option<crate::tls::ServerTls>,
     /// Where request latency and status are recorded (and scraped from).
     pub metrics: Metrics,
+    /// Browser origins allowed to call with gRPC-Web (CORS); empty: gRPC-Web is off.
+    pub grpc_web_origins: Vec<String>,
 }
 
 /// One rate shared by a group of methods (e.g. Login), counted per client address.
@@ -131,6 +133,7 @@ impl From<&Config> for StackSettings {
             client_rates: ClientRate::all(&c.rate_limits),
             tls: c.tls.clone(),
             metrics: Metrics::new(&c.service_name),
+            grpc_web_origins: c.grpc_web_origins.clone(),
         }
     }
 }
@@ -207,9 +210,14 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let Self { listener, routes, health, settings } = self;
+        // gRPC-Web (HTTP/1.1 from browsers) when origins are configured: CORS answers preflights
+        // and marks the answers, and every gRPC answer below, refusals included, is translated.
+        let grpc_web = !settings.grpc_web_origins.is_empty();
         let layers = ServiceBuilder::new()
             // Outermost, so refused and timed-out requests are traced and counted too.
             .layer(ObserveLayer { metrics: settings.metrics.clone() })
+            .option_layer(grpc_web.then(|| grpc_web_cors(&settings.grpc_web_origins)))
+            .option_layer(grpc_web.then(tonic_web::GrpcWebLayer::new))
             // Refused floods never take a concurrency slot.
             .layer(ClientRateLimitLayer::new(&settings.client_rates))
             .layer(GlobalConcurrencyLimitLayer::new(settings.concurrency_limit))
@@ -217,7 +225,10 @@ impl GrpcServer {
             .layer(MalformedRequestLayer)
             .into_inner();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut builder = Server::builder();
+        let mut builder = Server::builder().accept_http1(grpc_web);
+        if grpc_web {
+            tracing::info!(origins = ?settings.grpc_web_origins, "serving gRPC-Web");
+        }
         if let Some(tls) = &settings.tls {
             builder = builder.tls_config(tls.server_config())?;
             tracing::info!(mutual = tls.is_mutual(), "serving TLS");
@@ -258,6 +269,34 @@ impl GrpcServer {
             }
         }
     }
+}
+
+/// CORS for gRPC-Web callers from `origins`: the headers gRPC-Web sends and the ones its
+/// clients read (status, message, details, retry-after, request ID). No cookies: callers send
+/// their session token in `authorization`.
+fn grpc_web_cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<http::HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    let header = |h: &'static str| http::HeaderName::from_static(h);
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST])
+        .allow_headers(
+            [
+                "content-type",
+                "x-grpc-web",
+                "x-user-agent",
+                "authorization",
+                "grpc-timeout",
+                "traceparent",
+                REQUEST_ID_HEADER,
+            ]
+            .map(header),
+        )
+        .expose_headers(
+            ["grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after", REQUEST_ID_HEADER].map(header),
+        )
+        .max_age(Duration::from_secs(600))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

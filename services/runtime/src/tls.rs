@@ -84,6 +84,43 @@ impl ServerTls {
     }
 }
 
+impl ServerTls {
+    /// The same certificate, key and client CA as a rustls configuration, for servers other than
+    /// tonic's (the web portal), speaking `alpn` (e.g. `http/1.1`).
+    pub fn rustls_config(&self, alpn: &[&[u8]]) -> Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>, String> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("LICENSING_TLS_CERT: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| format!("LICENSING_TLS_KEY: {e}"))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    let cert = cert.map_err(|e| format!("LICENSING_TLS_CLIENT_CA: {e}"))?;
+                    roots.add(cert).map_err(|e| format!("LICENSING_TLS_CLIENT_CA: {e}"))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| format!("LICENSING_TLS_CLIENT_CA: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("LICENSING_TLS_CERT and LICENSING_TLS_KEY: {e}"))?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(std::sync::Arc::new(config))
+    }
+}
+
 /// The TLS settings of our own clients; `None` (plaintext) when `LICENSING_TLS_CA` is not set.
 pub fn client_config(lookup: &dyn Lookup) -> Result<Option<ClientTlsConfig>, ConfigError> {
     let Some(ca) = path(lookup, "LICENSING_TLS_CA") else {

@@ -1,0 +1,318 @@
+//! What every page shares: the layout, field errors, dates and amounts as people read them, and
+//! the pages that answer a failure.
+
+use crate::AccountError;
+use askama::Template;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use licensing_domain::clock::Millis;
+use licensing_domain::model::{License, LicenseKind, LicenseStatus};
+use std::collections::BTreeMap;
+
+/// The logged-in account, as the header shows it.
+pub struct MeView {
+    pub customer_id: String,
+    pub company_name: String,
+}
+
+/// What the base template needs.
+pub struct Layout {
+    pub title: String,
+    /// `None` on pages seen logged out (no navigation, no logout form).
+    pub me: Option<MeView>,
+    /// The token every form of the page sends back.
+    pub csrf: String,
+    /// Which navigation entry is the current page.
+    pub nav: &'static str,
+    pub notice: Option<String>,
+    /// A problem that concerns the whole page or form rather than one field.
+    pub problem: Option<String>,
+}
+
+impl Layout {
+    pub fn new(title: impl Into<String>, csrf: String) -> Self {
+        Self { title: title.into(), me: None, csrf, nav: "", notice: None, problem: None }
+    }
+}
+
+/// Errors of a form, by field name.
+#[derive(Default)]
+pub struct FieldErrors(BTreeMap<&'static str, String>);
+
+impl FieldErrors {
+    pub fn one(field: &'static str, message: impl Into<String>) -> Self {
+        let mut errors = Self::default();
+        errors.add(field, message);
+        errors
+    }
+    pub fn add(&mut self, field: &'static str, message: impl Into<String>) {
+        self.0.entry(field).or_insert_with(|| message.into());
+    }
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0.get(field).map(String::as_str)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Renders a page; a template that fails to render is our bug, answered 500.
+pub fn page(template: impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "portal: a page failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be shown").into_response()
+        }
+    }
+}
+
+/// A page with a status other than 200 (a form sent back with its errors, a refusal).
+pub fn page_with(status: StatusCode, template: impl Template) -> Response {
+    let mut response = page(template);
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = status;
+    }
+    response
+}
+
+/// After a form: see the result with GET (so reloading does not send the form again).
+pub fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub layout: Layout,
+    pub heading: String,
+    pub message: String,
+    pub back: String,
+    pub back_label: String,
+}
+
+/// A page for a failure that ends the request: not found, too many attempts, unavailable.
+pub fn failure(status: StatusCode, heading: &str, message: String) -> Response {
+    page_with(
+        status,
+        ErrorPage {
+            layout: Layout::new(heading, String::new()),
+            heading: heading.into(),
+            message,
+            back: "/licenses".into(),
+            back_label: "Back to your licenses".into(),
+        },
+    )
+}
+
+pub fn not_found() -> Response {
+    failure(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such page in your account. Check the address, or start again from your licenses.".into(),
+    )
+}
+
+/// The error of a use case, for requests whose only answer is a page (reads, links): the
+/// account's own data or nothing. Forms show invalid input next to their fields before this.
+pub fn refusal(error: AccountError) -> Response {
+    use licensing_domain::error::ClassifiedError;
+    match &error {
+        AccountError::Unauthenticated { .. } => see_other("/login"),
+        // An ID in a URL that is malformed, unknown or another account's: the same 404.
+        AccountError::NotFound { .. } | AccountError::InvalidArgument { .. } => not_found(),
+        AccountError::ResourceExhausted { message, retry_after, .. } => {
+            let mut response = failure(StatusCode::TOO_MANY_REQUESTS, "Please wait", sentence(message));
+            let seconds = retry_after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+        AccountError::FailedPrecondition { message, .. } | AccountError::AlreadyExists(message) => {
+            failure(StatusCode::CONFLICT, "Not possible now", sentence(message))
+        }
+        other if other.class() == licensing_domain::error::ErrorClass::Unavailable => {
+            tracing::warn!(error = %other, "portal: a store is unavailable");
+            failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "The portal cannot reach its data for a moment. Try again in a minute.".into(),
+            )
+        }
+        other => {
+            tracing::error!(error = %other, "portal: request failed");
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "This went wrong on our side and nothing was changed. Try again; if it keeps happening, contact your vendor.".into(),
+            )
+        }
+    }
+}
+
+/// A message as a sentence: capital first letter, full stop.
+pub fn sentence(message: &str) -> String {
+    let message = message.trim();
+    let mut chars = message.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+/// The error of a form field, in plain words: "New password must be 12 to 128 characters long."
+pub fn field_message(label: &str, message: &str) -> String {
+    sentence(&format!("{label} {message}"))
+}
+
+/// A date as `YYYY-MM-DD` (UTC).
+pub fn date(at: Millis) -> String {
+    jiff::Timestamp::from_millisecond(at).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_else(|_| at.to_string())
+}
+
+/// An instant as `YYYY-MM-DD HH:MM UTC`.
+pub fn instant(at: Millis) -> String {
+    jiff::Timestamp::from_millisecond(at)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| at.to_string())
+}
+
+pub fn optional_date(at: Option<Millis>, none: &str) -> String {
+    at.map_or_else(|| none.to_owned(), date)
+}
+
+/// An amount in minor units as people write it: `EUR 499.00`.
+pub fn money(amount_minor: i64, currency: &str) -> String {
+    const NO_MINOR_UNITS: [&str; 6] = ["JPY", "KRW", "VND", "CLP", "ISK", "UGX"];
+    if NO_MINOR_UNITS.contains(&currency) {
+        return format!("{currency} {amount_minor}");
+    }
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let abs = amount_minor.unsigned_abs();
+    format!("{currency} {sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+pub fn months(n: i32) -> String {
+    match n {
+        1 => "month".into(),
+        12 => "year".into(),
+        n if n % 12 == 0 => format!("{} years", n / 12),
+        n => format!("{n} months"),
+    }
+}
+
+pub fn kind(kind: LicenseKind) -> &'static str {
+    match kind {
+        LicenseKind::NodeLocked => "Node-locked",
+        LicenseKind::Concurrent => "Concurrent",
+        LicenseKind::Cloud => "Cloud",
+    }
+}
+
+pub fn status(status: LicenseStatus) -> &'static str {
+    match status {
+        LicenseStatus::Active => "Active",
+        LicenseStatus::Suspended => "Suspended",
+        LicenseStatus::Retired => "Retired",
+    }
+}
+
+/// A license as a row of a table or the head of its page.
+pub struct LicenseRow {
+    pub license_id: String,
+    pub product: String,
+    pub kind: &'static str,
+    pub seats: String,
+    pub status: &'static str,
+    pub status_class: &'static str,
+    pub expires: String,
+    pub upgrades: String,
+}
+
+impl LicenseRow {
+    pub fn of(l: &License) -> Self {
+        Self {
+            license_id: l.license_id.clone(),
+            product: l.product_code.clone(),
+            kind: kind(l.kind),
+            seats: if l.kind == LicenseKind::Cloud { "—".into() } else { l.seats.to_string() },
+            status: status(l.status),
+            status_class: l.status.as_str(),
+            expires: optional_date(l.expires_at, "Never"),
+            upgrades: optional_date(l.upgrades_until, "Every version"),
+        }
+    }
+}
+
+/// "Previous / Page n of m / Next" links over `total` items, `per_page` each.
+pub struct Pager {
+    pub page: usize,
+    pub pages: usize,
+    pub prev: Option<String>,
+    pub next: Option<String>,
+}
+
+impl Pager {
+    /// `link(n)` is the URL of page `n`; `page` is clamped to the pages there are.
+    pub fn new(total: usize, per_page: usize, page: usize, link: impl Fn(usize) -> String) -> Self {
+        let pages = total.div_ceil(per_page).max(1);
+        let page = page.clamp(1, pages);
+        Self { page, pages, prev: (page > 1).then(|| link(page - 1)), next: (page < pages).then(|| link(page + 1)) }
+    }
+
+    /// The items of the current page.
+    pub fn slice<'a, T>(&self, items: &'a [T], per_page: usize) -> &'a [T] {
+        let start = (self.page - 1) * per_page;
+        &items[start.min(items.len())..(start + per_page).min(items.len())]
+    }
+}
+
+/// "Showing 1–20 of 45 installations".
+pub fn shown(pager: &Pager, per_page: usize, total: usize, what: &str) -> String {
+    if total == 0 {
+        return format!("No {what}");
+    }
+    let first = (pager.page - 1) * per_page + 1;
+    let last = (pager.page * per_page).min(total);
+    format!("Showing {first}–{last} of {total} {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_amounts_and_sentences_read_as_people_write_them() {
+        let at = licensing_domain::clock::parse_instant("2027-02-28T09:05:00Z").unwrap();
+        assert_eq!(date(at), "2027-02-28");
+        assert_eq!(instant(at), "2027-02-28 09:05 UTC");
+        assert_eq!(money(49_900, "EUR"), "EUR 499.00");
+        assert_eq!(money(-5, "USD"), "USD -0.05");
+        assert_eq!(money(1200, "JPY"), "JPY 1200");
+        assert_eq!(months(12), "year");
+        assert_eq!(months(3), "3 months");
+        assert_eq!(
+            field_message("New password", "must be 12 to 128 characters long"),
+            "New password must be 12 to 128 characters long."
+        );
+    }
+
+    #[test]
+    fn a_pager_clamps_and_links() {
+        let pager = Pager::new(45, 20, 9, |n| format!("?page={n}"));
+        assert_eq!((pager.page, pager.pages), (3, 3));
+        assert_eq!(pager.prev.as_deref(), Some("?page=2"));
+        assert!(pager.next.is_none());
+        let items: Vec<usize> = (0..45).collect();
+        assert_eq!(pager.slice(&items, 20), &items[40..45]);
+        assert_eq!(shown(&pager, 20, 45, "installations"), "Showing 41–45 of 45 installations");
+    }
+}
