@@ -68,6 +68,17 @@ if [ ! -x "$tools/bin/kubernetes-validate" ]; then
 fi
 [ -x "$tools/bin/kubernetes-validate" ] && export KUBERNETES_VALIDATE="$PWD/$tools/bin/kubernetes-validate"
 
+# The web portal's browser test (tests/web_portal.rs) drives Debian's headless Chromium through
+# chromedriver; install them when missing and this user may.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; then
+    echo "test.sh: installed chromium and chromium-driver"
+  else
+    skipped+=("browser test (install chromium and chromium-driver: apt-get install -y chromium chromium-driver)")
+  fi
+fi
+
 for s in "${skipped[@]}"; do echo "test.sh: SKIPPING the $s"; done
 # The example product runs as a real program in tests/client.rs; `cargo test` builds examples
 # only as test harnesses, so build it first.

@@ -31,4 +31,5 @@ mod soak;
 mod store_conformance;
 mod tls;
 mod traces;
+mod web_portal;
 mod web_security;

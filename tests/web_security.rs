@@ -203,7 +203,7 @@ async fn pages_carry_the_security_headers_and_the_session_cookie_is_out_of_reach
         let csp = answer.header("content-security-policy");
         assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
         assert_eq!(answer.header("x-content-type-options"), "nosniff", "{what}");
-        assert_eq!(answer.header("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(answer.header("referrer-policy"), "same-origin", "{what}");
         assert_eq!(answer.header("x-frame-options"), "DENY", "{what}");
         assert!(answer.header("strict-transport-security").is_empty(), "{what}: no HSTS over plain HTTP");
     }
@@ -315,4 +315,52 @@ pub async fn mailed_link(app: &TestApp) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("no mail with a link in the outbox");
+}
+
+#[tokio::test]
+async fn grpc_web_calls_from_a_configured_origin_only() {
+    use hyper_util::client::legacy::Client;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let origin = "https://app.vendor.example";
+    let call = |addr: std::net::SocketAddr, method: &'static str, origin: &'static str| {
+        let client = client.clone();
+        async move {
+            // One empty GetAccountRequest message, framed; no session: UNAUTHENTICATED.
+            let body = if method == "POST" { vec![0u8, 0, 0, 0, 0] } else { vec![] };
+            let request = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/licensing.account.v1.AccountService/GetAccount"))
+                .header("origin", origin)
+                .header("content-type", "application/grpc-web+proto")
+                .header("x-grpc-web", "1")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type,x-grpc-web,authorization")
+                .body(Full::from(body))
+                .unwrap();
+            client.request(request).await
+        }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(Backend::Sqlite, dir.path()).await;
+    env.insert("LICENSING_GRPC_WEB_ORIGINS".into(), origin.into());
+    let app = spawn_with_env(Backend::Sqlite, dir, env).await;
+    let preflight = call(app.addr, "OPTIONS", "https://app.vendor.example").await.unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
+    assert!(preflight.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    let answer = call(app.addr, "POST", "https://app.vendor.example").await.unwrap();
+    assert_eq!(answer.headers()["access-control-allow-origin"], origin);
+    assert!(answer.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
+    let headers = answer.headers().clone();
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let trailers = String::from_utf8_lossy(&body).to_lowercase();
+    let status = headers.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    assert!(status.as_deref() == Some("16") || trailers.contains("grpc-status:16"), "{headers:?} {trailers}");
+    let elsewhere = call(app.addr, "OPTIONS", "https://evil.example").await.unwrap();
+    assert!(elsewhere.headers().get("access-control-allow-origin").is_none(), "another origin is not allowed");
+    app.stop().await;
+
+    // Off by default: the gRPC port speaks HTTP/2 only.
+    let app = spawn_app(Backend::Sqlite).await;
+    assert!(call(app.addr, "POST", "https://app.vendor.example").await.is_err(), "no HTTP/1.1 on the gRPC port");
 }

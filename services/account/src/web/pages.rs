@@ -32,8 +32,9 @@ const ACTIVITY_PER_PAGE: u32 = 50;
 pub struct Notice {
     #[serde(default)]
     notice: String,
+    /// Deactivations left (a number; text because flattened query fields arrive as text).
     #[serde(default)]
-    left: Option<i32>,
+    left: String,
     #[serde(default)]
     installation: String,
     #[serde(default)]
@@ -49,7 +50,7 @@ impl Notice {
         let license: String =
             self.license.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(40).collect();
         Some(match self.notice.as_str() {
-            "deactivated" => match self.left {
+            "deactivated" => match self.left.parse::<i32>().ok() {
                 Some(UNLIMITED) | None => format!("Installation {installation} is deactivated."),
                 Some(n) => format!("Installation {installation} is deactivated. {}", deactivations_left_sentence(n)),
             },
@@ -108,9 +109,14 @@ pub struct ListQuery {
     #[serde(default)]
     dir: String,
     #[serde(default)]
-    page: Option<usize>,
+    page: String,
     #[serde(flatten)]
     notice: Notice,
+}
+
+/// A page number from a query (anything else is the first page).
+fn page_number(text: &str) -> usize {
+    text.parse().unwrap_or(1)
 }
 
 const SORTS: &[(&str, &str)] = &[
@@ -214,7 +220,7 @@ pub async fn licenses(State(web): State<Web>, me: Me, Query(q): Query<ListQuery>
             }
         })
         .collect();
-    let pager = Pager::new(matching.len(), LICENSES_PER_PAGE, q.page.unwrap_or(1), |n| link(sort, dir, n));
+    let pager = Pager::new(matching.len(), LICENSES_PER_PAGE, page_number(&q.page), |n| link(sort, dir, n));
     let rows = pager.slice(&matching, LICENSES_PER_PAGE).iter().map(|l| LicenseRow::of(l)).collect();
     let mut layout = me.layout("Licenses & Activations", "licenses");
     layout.notice = q.notice.text();
@@ -448,7 +454,7 @@ pub struct InstallationsPage {
 #[derive(Deserialize, Default)]
 pub struct PageQuery {
     #[serde(default)]
-    page: Option<usize>,
+    page: String,
     #[serde(flatten)]
     notice: Notice,
 }
@@ -489,7 +495,7 @@ pub async fn installations(
         Err(e) => return refusal(e),
     };
     let live: Vec<_> = details.installations.iter().filter(|a| a.deactivated_at.is_none()).collect();
-    let pager = Pager::new(live.len(), INSTALLATIONS_PER_PAGE, q.page.unwrap_or(1), |n| {
+    let pager = Pager::new(live.len(), INSTALLATIONS_PER_PAGE, page_number(&q.page), |n| {
         format!("/licenses/{id}/installations?page={n}")
     });
     let rows = pager
@@ -613,8 +619,9 @@ pub async fn history(State(web): State<Web>, me: Me, Path(id): Path<String>, Que
     };
     let mut events = details.history;
     events.reverse();
-    let pager =
-        Pager::new(events.len(), HISTORY_PER_PAGE, q.page.unwrap_or(1), |n| format!("/licenses/{id}/history?page={n}"));
+    let pager = Pager::new(events.len(), HISTORY_PER_PAGE, page_number(&q.page), |n| {
+        format!("/licenses/{id}/history?page={n}")
+    });
     let rows = pager
         .slice(&events, HISTORY_PER_PAGE)
         .iter()
@@ -1242,7 +1249,7 @@ pub struct ActivityPage {
 #[derive(Deserialize, Default)]
 pub struct ActivityQuery {
     #[serde(default)]
-    after: Option<i64>,
+    after: String,
 }
 
 fn activity_action(action: &str) -> String {
@@ -1269,7 +1276,8 @@ fn activity_action(action: &str) -> String {
 }
 
 pub async fn activity(State(web): State<Web>, me: Me, Query(q): Query<ActivityQuery>) -> Response {
-    let page_request = Page { after: q.after.map(|a| a.to_string()), limit: ACTIVITY_PER_PAGE };
+    let after = q.after.parse::<i64>().ok().filter(|a| *a > 0);
+    let page_request = Page { after: after.map(|a| a.to_string()), limit: ACTIVITY_PER_PAGE };
     match web.portal.audit_events(&me.customer_id, &page_request).await {
         Ok(events) => page(ActivityPage {
             layout: me.layout("Activity", "activity"),

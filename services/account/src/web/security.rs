@@ -7,7 +7,7 @@
 //!   request's own session token (or pre-session cookie), and every POST another site's page
 //!   sends (`Origin`, `Sec-Fetch-Site`): one check for every form, none to forget.
 //! - **Headers.** [`SecurityHeadersLayer`] puts `Content-Security-Policy` (`default-src 'self'`,
-//!   `frame-ancestors 'none'`), `X-Content-Type-Options`, `Referrer-Policy`, `X-Frame-Options` and
+//!   `frame-ancestors 'none'`), `X-Content-Type-Options`, `Referrer-Policy: same-origin`, `X-Frame-Options` and
 //!   `Cache-Control: no-store` (HSTS over TLS) on every answer.
 //! - **Logs.** A line per request with its method, path (never the query: a reset link carries a
 //!   token there), status and duration; never a form, a cookie or a header.
@@ -84,11 +84,12 @@ impl Web {
     }
 }
 
-/// Whether a POST comes from a page of this site, as far as the browser says: `Origin` (sent on
-/// every POST by current browsers) names this host, and `Sec-Fetch-Site` is not cross-site.
+/// Whether a POST comes from a page of this site, as far as the browser says: by
+/// `Sec-Fetch-Site` where the browser sends it (same-origin, or none for one the person started),
+/// else by `Origin` naming this host. Neither header (an old browser, a script): the token decides.
 fn same_site(headers: &HeaderMap) -> bool {
-    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
-        return false;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
@@ -217,7 +218,9 @@ where
             set("content-security-policy", CONTENT_SECURITY_POLICY);
             set("x-content-type-options", "nosniff");
             set("x-frame-options", "DENY");
-            set("referrer-policy", "no-referrer");
+            // Nothing to other sites (a reset link's token stays here); the full URL to this one,
+            // so browsers send a real Origin with forms (with no-referrer they send "null").
+            set("referrer-policy", "same-origin");
             set("cross-origin-opener-policy", "same-origin");
             if secure {
                 set("strict-transport-security", "max-age=31536000");
@@ -256,6 +259,12 @@ mod tests {
         assert!(!same_site(&headers(&[("host", "portal.example"), ("origin", "https://evil.example")])));
         assert!(!same_site(&headers(&[("host", "portal.example"), ("origin", "null")])));
         assert!(!same_site(&headers(&[("host", "portal.example"), ("sec-fetch-site", "cross-site")])));
+        assert!(!same_site(&headers(&[("host", "portal.example"), ("sec-fetch-site", "same-site")])), "a sibling site");
+        assert!(same_site(&headers(&[
+            ("host", "portal.example"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin")
+        ])));
     }
 
     #[test]
