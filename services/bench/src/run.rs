@@ -30,6 +30,8 @@ pub struct Settings {
     pub connections: usize,
     /// Callers logging in at once in the login scenarios.
     pub login_callers: usize,
+    /// How long the login flood whose memory is measured lasts.
+    pub login_memory_duration: Duration,
     /// Live leases and licenses of the scale scenario.
     pub scale_leases: usize,
     pub scale_licenses: usize,
@@ -46,6 +48,7 @@ impl Settings {
             callers: 32,
             connections: 4,
             login_callers: 8,
+            login_memory_duration: Duration::from_secs(30),
             scale_leases: 1_000_000,
             scale_licenses: 100_000,
             stores,
@@ -57,6 +60,7 @@ impl Settings {
     pub fn quick(stores: Option<ExternalStores>) -> Self {
         Self {
             duration: Duration::from_millis(1000),
+            login_memory_duration: Duration::from_secs(3),
             scale_leases: 20_000,
             scale_licenses: 2_000,
             ..Self::full(stores)
@@ -366,6 +370,33 @@ impl Bench {
                 .ratio("idle_heartbeat_p99", flood.p99_ms() / idle.p99_ms().max(1e-9))
                 .target(Target::RatioAtMost(2.0)),
         );
+        self.login_memory(stack, &account_channels, &fixture.login).await
+    }
+
+    /// A sustained flood of logins (twice the login scenario's callers), then the Account
+    /// process's memory: the most it has held since it started (VmHWM, so every login scenario
+    /// before this one counts too), and what it holds before and after the flood.
+    async fn login_memory(&self, stack: &Stack, account_channels: &[Channel], login: &str) -> anyhow::Result<()> {
+        let (name, _, _) = names(stack.deployment);
+        let account = stack.account();
+        let before = account.rss_mib().unwrap_or(f64::NAN);
+        let callers = self.settings.login_callers * 2;
+        let ops = (0..callers).map(|i| LoginOp::new(spread(account_channels, i), login)).collect();
+        let bounds = Bounds { duration: self.settings.login_memory_duration, max_ops: u64::MAX };
+        let flood = closed_loop(boxed(ops), bounds).await;
+        explain("login_memory", &flood);
+        emit(
+            Line::new("login_memory", name)
+                .field("process", account.serves.process())
+                .field("callers", callers)
+                .field("logins", flood.ops)
+                .number("logins_per_s", flood.ops_per_s())
+                .field("errors", flood.errors)
+                .number("rss_before_mib", before)
+                .number("rss_after_mib", account.rss_mib().unwrap_or(f64::NAN))
+                .value("peak_rss_mib", account.peak_rss_mib().unwrap_or(f64::NAN))
+                .target(Target::ValueAtMost(64.0)),
+        );
         Ok(())
     }
 
@@ -483,7 +514,7 @@ impl Bench {
     async fn argon2(&self) -> anyhow::Result<Figures> {
         let hasher = PasswordHasher::owasp();
         let phc: Arc<str> = hasher.hash(PASSWORD).into();
-        let ops = (0..self.settings.login_callers).map(|_| Argon2Op::new(&hasher, &phc)).collect();
+        let ops = (0..self.settings.login_callers).map(|_| Argon2Op::new(&phc)).collect();
         let f = closed_loop(boxed(ops), self.settings.bounds()).await;
         explain("argon2", &f);
         Ok(f)
