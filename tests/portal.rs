@@ -905,3 +905,62 @@ async fn recurring_payments_renew_after_calendar_months() {
         assert_eq!(next.seconds * 1000, at(renews), "{paid} + {months} months");
     }
 }
+
+/// A sustained login flood, with right and wrong passwords, unknown accounts (checked against the
+/// decoy hash) and checkouts by License ID plus the company password, hashes every password in
+/// the hashing threads' own memory: the threads allocate one argon2 memory each, however many
+/// hashes run. (A hash allocating its own left the all-in-one server and the Account service at
+/// 200+ MiB; the benchmark's `login_memory` scenario measures what the processes hold.)
+#[tokio::test]
+async fn a_login_flood_hashes_in_one_memory_per_hashing_thread() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(Backend::Sqlite, data_dir.path()).await;
+    for limit in ["LICENSING_RATE_LOGIN_PER_CLIENT", "LICENSING_RATE_LOGIN_PER_ACCOUNT"] {
+        env.insert(limit.into(), "off".into());
+    }
+    let app = spawn_with_env(Backend::Sqlite, data_dir, env).await;
+    let f = fixture(&app).await;
+    let (license_id, _, _) = issue_license(&app, &f, LicenseKind::Concurrent, 8, |r| r.associate = true).await;
+    let channel = app.channel().await;
+
+    // Fewer failures than the 5 per account and 20 per address that would stop logins unhashed.
+    let logins = (0..60).map(|i| {
+        let mut portal = AccountServiceClient::new(channel.clone());
+        let (login, password, right) = match i % 15 {
+            0..=2 => (format!("nobody{i}@nowhere.example"), CUSTOMER_PASSWORD, false),
+            3 if i < 45 => (f.customer_id.clone(), "not the password", false),
+            _ => (f.customer_id.clone(), CUSTOMER_PASSWORD, true),
+        };
+        async move {
+            let answer = portal.login(pb::LoginRequest { login, password: password.into() }).await;
+            match answer {
+                Ok(session) => assert!(right && session.into_inner().session_token.starts_with("ses_")),
+                Err(e) => assert!(!right && reason(&e) == "LOGIN_FAILED", "{e:?}"),
+            }
+        }
+    });
+    let checkouts = (0..8).map(|i| {
+        let mut seats = SeatServiceClient::new(channel.clone());
+        let request = seat::CheckoutRequest {
+            credentials: Some(seat::SeatCredentials {
+                credential: Some(seat::seat_credentials::Credential::LicenseIdAndPassword(
+                    seat::LicenseIdAndPassword { license_id: license_id.clone(), password: CUSTOMER_PASSWORD.into() },
+                )),
+            }),
+            client_instance_id: format!("flood-{i}"),
+            ..Default::default()
+        };
+        async move {
+            seats.checkout(request).await.expect("the company password checks out a seat");
+        }
+    });
+    futures::future::join_all(logins.map(futures::FutureExt::boxed).chain(checkouts.map(futures::FutureExt::boxed)))
+        .await;
+
+    let allocated = licensing_runtime::hashing::memories_allocated();
+    assert!(
+        (1..=licensing_runtime::hashing::THREADS).contains(&allocated),
+        "{allocated} argon2 memories allocated by {} hashing threads",
+        licensing_runtime::hashing::THREADS
+    );
+}

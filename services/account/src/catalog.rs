@@ -162,7 +162,7 @@ impl Catalog {
     /// argon2id on the hashing threads, so logins never stall the async workers.
     pub async fn hash_password(&self, password: String) -> Result<String, AccountError> {
         let hasher = self.passwords.clone();
-        licensing_runtime::hashing::run(move || hasher.hash(&password)).await.map_err(|e| {
+        licensing_runtime::hashing::run(move |memory| hasher.hash_with(memory, &password)).await.map_err(|e| {
             AccountError::Store(licensing_domain::error::StoreError::Other(format!("hashing task failed: {e}")))
         })
     }

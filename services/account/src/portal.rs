@@ -130,8 +130,10 @@ pub struct Portal {
     account_logins: RateLimiter,
     /// Wrong current passwords per account, when changing the password or contact email.
     password_checks: FailureLimiter,
-    /// Bounds concurrent argon2 work (19 MiB and tens of ms each), so a login flood cannot
-    /// exhaust memory or queue hashes without end.
+    /// Logins waiting for a hashing thread wait here, one permit per thread: a login whose
+    /// caller gives up while waiting is dropped before it costs a hash (a job handed to the
+    /// hashing threads runs even if no one waits for it any more), and a flood of logins keeps
+    /// no more than one job per thread in the hashing queue, ahead of other hashes.
     hashing: Arc<Semaphore>,
     decoy: Arc<OnceLock<String>>,
     sessions: SessionAuth,
@@ -171,7 +173,6 @@ impl Portal {
         mailer: Arc<dyn Mailer>,
         settings: PortalSettings,
     ) -> Self {
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let sessions = SessionAuth::new(portal.clone(), catalog.hasher().clone(), catalog.clock());
         Self {
             guesses: GuessThrottle::new(settings.guessing),
@@ -186,7 +187,7 @@ impl Portal {
             passwords,
             mailer,
             settings,
-            hashing: Arc::new(Semaphore::new(parallel)),
+            hashing: Arc::new(Semaphore::new(licensing_runtime::hashing::THREADS)),
             decoy: Arc::new(OnceLock::new()),
             sessions,
         }
@@ -221,12 +222,19 @@ impl Portal {
         let decoy = self.decoy.clone();
         let password = password.to_owned();
         let real = stored.is_some();
-        let ok = licensing_runtime::hashing::run(move || {
-            let phc = stored.unwrap_or_else(|| decoy.get_or_init(|| hasher.decoy_hash()).clone());
-            hasher.verify(&password, &phc)
+        let verified = licensing_runtime::hashing::run(move |memory| {
+            let phc = match stored {
+                Some(phc) => phc,
+                None => decoy.get_or_init(|| hasher.decoy_hash(memory)).clone(),
+            };
+            hasher.verify_with(memory, &password, &phc)
         })
         .await
         .map_err(|e| StoreError::Other(format!("password check failed: {e}")))?;
+        let ok = verified.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a customer's stored password hash cannot be checked; a password reset replaces it");
+            false
+        });
         Ok(real && ok)
     }
 

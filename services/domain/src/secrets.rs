@@ -6,8 +6,8 @@
 //! - Customer passwords are hashed with argon2id at the OWASP parameters ([`PasswordHasher`]).
 //! - Anything compared against a secret goes through [`constant_time_eq`].
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use sha2::Sha256;
@@ -101,7 +101,17 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 pub const MIN_PASSWORD_CHARS: usize = 12;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
+const ALGORITHM: Algorithm = Algorithm::Argon2id;
+const VERSION: Version = Version::V0x13;
+
 /// argon2id with the OWASP minimum parameters (m = 19 MiB, t = 2, p = 1).
+///
+/// argon2 needs `m` KiB of working memory per hash. [`Self::hash_with`] and [`Self::verify_with`]
+/// take it from a caller-owned [`HashMemory`] that is reused from one hash to the next, so a
+/// process that hashes on a fixed set of threads, each with its own `HashMemory`, holds a fixed
+/// amount however many passwords it hashes. (Allocating 19 MiB per hash, as the argon2 crate's
+/// own `hash_password` does, left glibc holding ten times that after a few hundred logins.)
+/// The output is the standard PHC string, byte for byte what the argon2 crate makes.
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon: Argon2<'static>,
@@ -119,6 +129,82 @@ impl Default for PasswordHasher {
     }
 }
 
+/// The working memory of argon2 (1 KiB blocks), kept between hashes by whoever owns it.
+///
+/// It grows to the memory cost of this process's own parameters on first use and stays there.
+/// A stored hash made with a larger memory cost still verifies; the extra is given back after it.
+#[derive(Default)]
+pub struct HashMemory {
+    blocks: Vec<Block>,
+}
+
+impl fmt::Debug for HashMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashMemory({} KiB)", self.blocks.len())
+    }
+}
+
+impl HashMemory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * Block::SIZE
+    }
+
+    /// Runs `compute` on `needed` blocks. Memory grown past `keep` blocks for it is given back
+    /// afterwards, so one oversized stored hash does not raise what is held for good.
+    fn with_blocks<T>(
+        &mut self,
+        needed: usize,
+        keep: usize,
+        compute: impl FnOnce(&mut [Block]) -> T,
+    ) -> Result<T, UnusablePasswordHash> {
+        let held = self.blocks.len();
+        if held < needed {
+            self.blocks
+                .try_reserve_exact(needed - held)
+                .map_err(|_| UnusablePasswordHash::TooCostly { m_kib: needed })?;
+            self.blocks.resize(needed, Block::default());
+        }
+        let result = compute(&mut self.blocks[..needed]);
+        let keep = keep.max(held);
+        if self.blocks.len() > keep {
+            self.blocks.truncate(keep);
+            self.blocks.shrink_to_fit();
+        }
+        Ok(result)
+    }
+}
+
+/// The most memory a stored hash may ask of a verification: 256 MiB, thirteen times the OWASP
+/// cost, so that a corrupt or hostile `m=` cannot make a hashing thread take gigabytes.
+pub const MAX_VERIFY_MEMORY_KIB: u32 = 256 * 1024;
+
+/// A stored password hash that cannot be verified. Nothing can match it.
+#[derive(Debug, thiserror::Error)]
+pub enum UnusablePasswordHash {
+    /// Not a PHC string, not argon2, or parameters, salt or output that argon2 refuses.
+    #[error("the stored password hash is unusable: {0}")]
+    Malformed(password_hash::Error),
+    #[error("the stored password hash asks for {m_kib} KiB of memory; at most {MAX_VERIFY_MEMORY_KIB} KiB is allowed")]
+    TooCostly { m_kib: usize },
+}
+
+impl From<password_hash::Error> for UnusablePasswordHash {
+    fn from(e: password_hash::Error) -> Self {
+        Self::Malformed(e)
+    }
+}
+
+impl From<argon2::Error> for UnusablePasswordHash {
+    fn from(e: argon2::Error) -> Self {
+        Self::Malformed(e.into())
+    }
+}
+
 impl PasswordHasher {
     pub fn owasp() -> Self {
         Self::with_params(19 * 1024, 2, 1)
@@ -127,27 +213,90 @@ impl PasswordHasher {
     /// Cheaper parameters, for tests only.
     pub fn with_params(m_kib: u32, t: u32, p: u32) -> Self {
         let params = Params::new(m_kib, t, p, None).expect("valid argon2 parameters");
-        Self { argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params) }
+        Self { argon: Argon2::new(ALGORITHM, VERSION, params) }
     }
 
-    /// A PHC string; CPU-heavy (tens of ms): call it from a blocking thread.
-    pub fn hash(&self, password: &str) -> String {
+    /// The blocks this hasher's own parameters need (what a [`HashMemory`] keeps).
+    fn own_blocks(&self) -> usize {
+        self.argon.params().block_count()
+    }
+
+    /// A PHC string, computed in `memory`; CPU-heavy (tens of ms): call it from a hashing thread.
+    pub fn hash_with(&self, memory: &mut HashMemory, password: &str) -> String {
         let salt = SaltString::encode_b64(&random_bytes::<16>()).expect("16 bytes is a valid salt");
-        self.argon
-            .hash_password(password.as_bytes(), &salt)
-            .expect("argon2 hashing with valid parameters does not fail")
-            .to_string()
+        self.hash_with_salt(memory, password, &salt)
+            .expect("argon2 hashing with valid parameters and a 16-byte salt does not fail")
     }
 
-    /// Constant-time verification; a malformed stored hash simply does not verify.
+    fn hash_with_salt(
+        &self,
+        memory: &mut HashMemory,
+        password: &str,
+        salt: &SaltString,
+    ) -> Result<String, UnusablePasswordHash> {
+        let params = self.argon.params();
+        let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+        let mut output = [0u8; Output::MAX_LENGTH];
+        let output = &mut output[..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+        memory.with_blocks(params.block_count(), self.own_blocks(), |blocks| {
+            self.argon.hash_password_into_with_memory(password.as_bytes(), salt_bytes, output, blocks)
+        })??;
+        let phc = PasswordHash {
+            algorithm: ALGORITHM.ident(),
+            version: Some(VERSION.into()),
+            params: ParamsString::try_from(params)?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(output)?),
+        };
+        Ok(phc.to_string())
+    }
+
+    /// Whether `password` matches the stored PHC string `phc`, computed in `memory`: argon2 with
+    /// the algorithm, version, parameters and salt the string names (as the argon2 crate's own
+    /// verifier does), the outputs compared in constant time.
+    pub fn verify_with(
+        &self,
+        memory: &mut HashMemory,
+        password: &str,
+        phc: &str,
+    ) -> Result<bool, UnusablePasswordHash> {
+        let parsed = PasswordHash::new(phc)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Err(password_hash::Error::PhcStringField.into());
+        };
+        let algorithm = Algorithm::try_from(parsed.algorithm)?;
+        let version = parsed.version.map(Version::try_from).transpose()?.unwrap_or_default();
+        let params = Params::try_from(&parsed)?;
+        if params.m_cost() > MAX_VERIFY_MEMORY_KIB {
+            return Err(UnusablePasswordHash::TooCostly { m_kib: params.m_cost() as usize });
+        }
+        let argon = Argon2::new(algorithm, version, params.clone());
+        let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+        let mut computed = [0u8; Output::MAX_LENGTH];
+        let computed = &mut computed[..expected.len()];
+        memory.with_blocks(params.block_count(), self.own_blocks(), |blocks| {
+            argon.hash_password_into_with_memory(password.as_bytes(), salt_bytes, computed, blocks)
+        })??;
+        Ok(constant_time_eq(computed, expected.as_bytes()))
+    }
+
+    /// [`Self::hash_with`] in memory of its own, allocated for this one hash: for one-off use
+    /// (tools, tests). A server hashes on `licensing_runtime::hashing`'s threads instead.
+    pub fn hash(&self, password: &str) -> String {
+        self.hash_with(&mut HashMemory::new(), password)
+    }
+
+    /// [`Self::verify_with`] in memory of its own; an unusable stored hash does not verify.
     pub fn verify(&self, password: &str, phc: &str) -> bool {
-        PasswordHash::new(phc).is_ok_and(|parsed| self.argon.verify_password(password.as_bytes(), &parsed).is_ok())
+        self.verify_with(&mut HashMemory::new(), password, phc).unwrap_or(false)
     }
 
-    /// A hash of a random password, verified against when the account does not exist so that
-    /// the answer takes as long as for a real account.
-    pub fn decoy_hash(&self) -> String {
-        self.hash(&random_token("decoy", 16))
+    /// A hash of a random password, verified against when the account does not exist (or has no
+    /// password) so that the answer takes as long as for a real account.
+    pub fn decoy_hash(&self, memory: &mut HashMemory) -> String {
+        self.hash_with(memory, &random_token("decoy", 16))
     }
 }
 
@@ -181,10 +330,136 @@ mod tests {
     fn passwords_verify_only_with_the_right_password() {
         let hasher = PasswordHasher::with_params(64, 1, 1);
         let phc = hasher.hash("correct horse battery");
-        assert!(phc.starts_with("$argon2id$"));
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         assert!(hasher.verify("correct horse battery", &phc));
         assert!(!hasher.verify("correct horse batterY", &phc));
         assert!(!hasher.verify("anything", "not a phc string"));
+        let mut memory = HashMemory::new();
+        assert!(hasher.verify_with(&mut memory, "correct horse battery", &phc).unwrap());
+        assert!(!hasher.verify_with(&mut memory, "", &phc).unwrap());
+        assert!(!hasher.verify_with(&mut memory, "correct horse battery ", &phc).unwrap());
+    }
+
+    /// The argon2 crate's own hasher and verifier, at the given parameters.
+    fn standard(algorithm: Algorithm, version: Version, params: Params) -> Argon2<'static> {
+        Argon2::new(algorithm, version, params)
+    }
+
+    #[test]
+    fn new_hashes_are_the_standard_phc_strings_and_the_standard_verifier_accepts_them() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let ours = PasswordHasher::with_params(256, 2, 1);
+        let theirs = standard(Algorithm::Argon2id, Version::V0x13, Params::new(256, 2, 1, None).unwrap());
+        let salt = SaltString::encode_b64(b"sixteen byte slt").unwrap();
+        let mut memory = HashMemory::new();
+        // Memory that held another hash first gives the same answer as fresh memory.
+        let _ = ours.hash_with(&mut memory, "something else entirely");
+        let phc = ours.hash_with_salt(&mut memory, "correct horse battery", &salt).unwrap();
+        assert_eq!(phc, theirs.hash_password(b"correct horse battery", &salt).unwrap().to_string());
+
+        let phc = ours.hash_with(&mut memory, "correct horse battery");
+        let parsed = PasswordHash::new(&phc).unwrap();
+        assert!(theirs.verify_password(b"correct horse battery", &parsed).is_ok());
+        assert!(Argon2::default().verify_password(b"correct horse battery", &parsed).is_ok());
+        assert!(theirs.verify_password(b"correct horse batterY", &parsed).is_err());
+    }
+
+    #[test]
+    fn hashes_made_by_the_standard_argon2_api_verify() {
+        use argon2::password_hash::PasswordHasher as _;
+        let ours = PasswordHasher::with_params(64, 1, 1);
+        let mut memory = HashMemory::new();
+        let longer_output = Params::new(128, 2, 1, Some(40)).unwrap();
+        let mut builder = argon2::ParamsBuilder::new();
+        builder.m_cost(64).t_cost(1).p_cost(1).data(argon2::AssociatedData::new(b"context").unwrap());
+        let cases = [
+            standard(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).unwrap()),
+            standard(Algorithm::Argon2id, Version::V0x13, Params::new(96, 3, 2, None).unwrap()),
+            standard(Algorithm::Argon2i, Version::V0x13, Params::new(64, 2, 1, None).unwrap()),
+            standard(Algorithm::Argon2d, Version::V0x10, Params::new(64, 2, 1, None).unwrap()),
+            standard(Algorithm::Argon2id, Version::V0x13, longer_output),
+            standard(Algorithm::Argon2id, Version::V0x13, builder.build().unwrap()),
+        ];
+        for standard in cases {
+            let salt = SaltString::encode_b64(&random_bytes::<16>()).unwrap();
+            let phc = standard.hash_password(b"correct horse battery", &salt).unwrap().to_string();
+            assert_eq!(ours.verify_with(&mut memory, "correct horse battery", &phc).ok(), Some(true), "{phc}");
+            assert_eq!(ours.verify_with(&mut memory, "correct horse batterY", &phc).ok(), Some(false), "{phc}");
+        }
+        // One the default `hash_password` made, at the default (OWASP) parameters.
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = Argon2::default().hash_password(b"pw", &salt).unwrap();
+        assert!(PasswordHasher::owasp().verify_with(&mut memory, "pw", &phc.to_string()).unwrap());
+    }
+
+    #[test]
+    fn memory_keeps_the_hashers_own_size_and_gives_back_what_a_larger_stored_hash_took() {
+        let hasher = PasswordHasher::with_params(64, 1, 1);
+        let mut memory = HashMemory::new();
+        assert_eq!(memory.bytes(), 0);
+        let phc = hasher.hash_with(&mut memory, "correct horse battery");
+        assert_eq!(memory.bytes(), 64 * 1024);
+        for _ in 0..3 {
+            assert!(hasher.verify_with(&mut memory, "correct horse battery", &phc).unwrap());
+            assert_eq!(memory.bytes(), 64 * 1024);
+        }
+        let larger = PasswordHasher::with_params(256, 1, 1).hash("correct horse battery");
+        assert!(hasher.verify_with(&mut memory, "correct horse battery", &larger).unwrap());
+        assert_eq!(memory.bytes(), 64 * 1024, "the larger hash's memory is given back");
+        let smaller = PasswordHasher::with_params(32, 1, 1).hash("correct horse battery");
+        assert!(hasher.verify_with(&mut memory, "correct horse battery", &smaller).unwrap());
+        assert_eq!(memory.bytes(), 64 * 1024);
+    }
+
+    #[test]
+    fn unusable_stored_hashes_are_errors_not_panics() {
+        let hasher = PasswordHasher::with_params(64, 1, 1);
+        let mut memory = HashMemory::new();
+        let good = hasher.hash("correct horse battery");
+        let (salt, output) =
+            good.rsplit_once('$').map(|(rest, output)| (rest.rsplit_once('$').unwrap().1, output)).unwrap();
+        let unusable = [
+            String::new(),
+            "not a phc string".into(),
+            "$".into(),
+            "$$$$$".into(),
+            "$argon2id".into(),
+            "$argon2id$v=19$m=64,t=1,p=1".into(),
+            format!("$argon2id$v=19$m=64,t=1,p=1${salt}"),
+            format!("$argon2id$v=19$m=64,t=1,p=1${salt}$"),
+            format!("$argon2id$v=19$m=64,t=1,p=1$${output}"),
+            format!("$scrypt$ln=16,r=8,p=1${salt}${output}"),
+            format!("$argon2id$v=18$m=64,t=1,p=1${salt}${output}"),
+            format!("$argon2id$v=19$m=1,t=1,p=1${salt}${output}"),
+            format!("$argon2id$v=19$m=64,t=0,p=1${salt}${output}"),
+            format!("$argon2id$v=19$m=64,t=1,p=0${salt}${output}"),
+            format!("$argon2id$v=19$m=64,t=1,p=99999999${salt}${output}"),
+            format!("$argon2id$v=19$m=-64,t=1,p=1${salt}${output}"),
+            format!("$argon2id$v=19$m=64,t=1,p=1,x=1${salt}${output}"),
+            format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdA${output}"),
+            format!("$argon2id$v=19$m=64,t=1,p=1$!!!!!!!!!!!!!!!!!!!!!!${output}"),
+            format!("$argon2id$v=19$m=64,t=1,p=1${salt}$AAAA"),
+            format!("$argon2id$v=19$m=64,t=1,p=1${salt}${output}{output}{output}"),
+            format!("$argon2id$v=19$m=4294967295,t=1,p=1${salt}${output}"),
+            format!("$argon2id$v=19$m={},t=1,p=1${salt}${output}", MAX_VERIFY_MEMORY_KIB + 1),
+        ];
+        for phc in &unusable {
+            let result = hasher.verify_with(&mut memory, "correct horse battery", phc);
+            assert!(result.is_err(), "{phc:?} gave {result:?}");
+            assert!(!hasher.verify("correct horse battery", phc));
+        }
+        assert!(matches!(
+            hasher.verify_with(&mut memory, "x", &format!("$argon2id$v=19$m=4294967295,t=1,p=1${salt}${output}")),
+            Err(UnusablePasswordHash::TooCostly { .. })
+        ));
+        // Every one-character change of a good hash: an answer (almost always an error), never a panic.
+        for (i, _) in good.char_indices() {
+            for replacement in ["", "$", ",", "=", "0", "9", "A", "+", "\u{e9}"] {
+                let phc = format!("{}{replacement}{}", &good[..i], &good[i + 1..]);
+                let _ = hasher.verify_with(&mut memory, "correct horse battery", &phc);
+            }
+        }
+        assert!(hasher.verify_with(&mut memory, "correct horse battery", &good).unwrap());
     }
 
     #[test]

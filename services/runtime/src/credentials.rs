@@ -155,12 +155,19 @@ impl CredentialResolver {
         let decoy = self.decoy.clone();
         let password = password.to_owned();
         let has_real = stored.is_some();
-        let verified = crate::hashing::run(move || {
-            let phc = stored.unwrap_or_else(|| decoy.get_or_init(|| hasher.decoy_hash()).clone());
-            hasher.verify(&password, &phc)
+        let verified = crate::hashing::run(move |memory| {
+            let phc = match stored {
+                Some(phc) => phc,
+                None => decoy.get_or_init(|| hasher.decoy_hash(memory)).clone(),
+            };
+            hasher.verify_with(memory, &password, &phc)
         })
         .await
-        .map_err(|e| StoreError::Other(format!("password check failed: {e}")))?;
+        .map_err(|e| StoreError::Other(format!("password check failed: {e}")))?
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, customer_id, "a customer's stored password hash cannot be checked; a password reset replaces it");
+            false
+        });
         Ok(has_real && verified)
     }
 }

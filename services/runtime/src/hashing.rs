@@ -1,16 +1,21 @@
-//! Password hashing off the request path, on threads of its own in Linux's idle scheduling class
+//! Password hashing off the request path, on a thread of its own in Linux's idle scheduling class
 //! (`SCHED_IDLE`): argon2id gets only the CPU that seats, activations and everything else leave
 //! idle, and any of their threads that wakes up takes the core from a hash at once, so a flood of
 //! logins cannot stall heartbeats. Under a CPU saturated by seat work, logins wait; that is the
-//! order of importance (a product losing its seat costs more than a slow portal login).
+//! order of importance (a product losing its seat costs more than a slow portal login). Where the
+//! idle class is not available, the thread runs at the lowest nice value instead.
 //!
-//! At most one hash per core runs at a time; more wait in the queue. Where the idle class is not
-//! available, the threads run at the lowest nice value instead.
+//! A fixed number of threads ([`THREADS`]) hash, one hash each at a time; more wait in the queue.
+//! Each thread owns one argon2 working memory ([`HashMemory`], 19 MiB at the OWASP cost) and
+//! lends it to every hash it runs, so the process holds `THREADS × 19 MiB` for hashing however
+//! many logins come.
 
+use licensing_domain::secrets::HashMemory;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
-type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 
 /// Hashing could not run: its thread panicked, or the hashing threads are gone.
 #[derive(Debug, thiserror::Error)]
@@ -20,23 +25,46 @@ pub struct HashingFailed(&'static str);
 /// Nice value of the hashing threads where `SCHED_IDLE` cannot be set.
 const FALLBACK_NICE: i32 = 19;
 
+/// How many threads hash, whatever the machine. Each keeps 19 MiB for good, so this is the one
+/// number that decides what a login flood costs in memory, and one is what keeps every process
+/// under 64 MiB through one (the benchmark's `login_memory`): the all-in-one server, which after
+/// seat work holds about 29 MiB before it hashes, measured 48 MiB with one thread and 67 MiB with
+/// two. One thread hashes on one core (about 50 logins a second on the benchmark machine), 25
+/// times the default per-address login limit; logins are the least urgent work here, and the
+/// Account service scales out by replicas. It also leaves any second core to seats and
+/// activations during a flood.
+pub const THREADS: usize = 1;
+
+/// Working memories the hashing threads have allocated since the process started: one per thread
+/// at most, however many hashes ran.
+static MEMORIES_ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many argon2 working memories the hashing threads have allocated (at most [`THREADS`]).
+pub fn memories_allocated() -> usize {
+    MEMORIES_ALLOCATED.load(Ordering::Relaxed)
+}
+
 fn queue() -> &'static mpsc::Sender<Job> {
     static QUEUE: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     QUEUE.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..threads {
+        for i in 0..THREADS {
             let receiver = receiver.clone();
             let spawned = std::thread::Builder::new().name(format!("password-hash-{i}")).spawn(move || {
                 lower_this_thread();
+                let mut memory = HashMemory::new();
                 loop {
                     // The lock is held only while waiting for the next job, never during one.
                     let job = match receiver.lock().unwrap_or_else(|e| e.into_inner()).recv() {
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    job();
+                    let was_empty = memory.bytes() == 0;
+                    job(&mut memory);
+                    if was_empty && memory.bytes() > 0 {
+                        MEMORIES_ALLOCATED.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
             if let Err(e) = spawned {
@@ -47,11 +75,14 @@ fn queue() -> &'static mpsc::Sender<Job> {
     })
 }
 
-/// Runs `work` (an argon2 hash or verification) on a hashing thread.
-pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashingFailed> {
+/// Runs `work` (an argon2 hash or verification) on a hashing thread, in that thread's memory.
+pub async fn run<T: Send + 'static>(
+    work: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
+) -> Result<T, HashingFailed> {
     let (done, result) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    let job: Job = Box::new(move |memory| {
+        // A panic leaves the memory as good as before: argon2 overwrites it before reading it.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(memory)));
         let _ = done.send(outcome.map_err(|_| HashingFailed("panicked")));
     });
     queue().send(job).map_err(|_| HashingFailed("threads are gone"))?;
@@ -73,9 +104,11 @@ fn lower_this_thread() {
 
 #[cfg(test)]
 mod tests {
+    use licensing_domain::secrets::PasswordHasher;
+
     #[tokio::test]
     async fn hashing_runs_in_the_idle_scheduling_class() {
-        let policy = super::run(|| {
+        let policy = super::run(|_| {
             #[cfg(target_os = "linux")]
             // SAFETY: reads this thread's own scheduling policy.
             unsafe {
@@ -93,7 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_hash_is_an_error_and_the_threads_keep_working() {
-        let failed = super::run(|| -> u32 { panic!("argon2 blew up") }).await;
+        let failed = super::run(|_| -> u32 { panic!("argon2 blew up") }).await;
         assert!(failed.is_err());
         let results = futures_results().await;
         assert_eq!(results, (0..8).map(|i| i * 2).collect::<Vec<_>>());
@@ -101,10 +134,117 @@ mod tests {
 
     async fn futures_results() -> Vec<u32> {
         let mut out = vec![];
-        let handles: Vec<_> = (0..8u32).map(|i| tokio::spawn(super::run(move || i * 2))).collect();
+        let handles: Vec<_> = (0..8u32).map(|i| tokio::spawn(super::run(move |_| i * 2))).collect();
         for handle in handles {
             out.push(handle.await.unwrap().unwrap());
         }
         out
+    }
+
+    /// Each hashing thread keeps one `HashMemory` for its whole life: however many hashes run,
+    /// the threads allocate at most one each.
+    #[tokio::test]
+    async fn the_pool_holds_one_memory_per_thread_however_many_hashes_run() {
+        let hasher = PasswordHasher::with_params(64, 1, 1);
+        let jobs: Vec<_> = (0..8 * super::THREADS + 8)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(super::run(move |memory| hasher.hash_with(memory, "correct horse battery")))
+            })
+            .collect();
+        for job in jobs {
+            assert!(job.await.unwrap().unwrap().starts_with("$argon2id$"));
+        }
+        let allocated = super::memories_allocated();
+        assert!((1..=super::THREADS).contains(&allocated), "{allocated} memories for {} threads", super::THREADS);
+    }
+
+    /// The root of the memory a login flood used to leave behind: argon2 allocating its working
+    /// memory for every hash. On the pool, a hash allocates it at most once per thread.
+    #[tokio::test]
+    async fn hashes_on_the_pool_reuse_their_threads_memory_rather_than_allocate_it() {
+        // 2 MiB, so that its allocation counts as large and nothing else of a hash does.
+        let hasher = PasswordHasher::with_params(2048, 1, 1);
+        let jobs: Vec<_> = (0..4 * super::THREADS + 4)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(super::run(move |memory| {
+                    let before = counting::large_allocations();
+                    let phc = hasher.hash_with(memory, "correct horse battery");
+                    let verified = hasher.verify_with(memory, "correct horse battery", &phc).unwrap();
+                    (counting::large_allocations() - before, verified)
+                }))
+            })
+            .collect();
+        let mut large_allocations = 0;
+        for job in jobs {
+            let (allocations, verified) = job.await.unwrap().unwrap();
+            assert!(verified);
+            large_allocations += allocations;
+        }
+        assert!(
+            large_allocations <= super::THREADS as u64,
+            "{large_allocations} large allocations for {} hashes and as many verifications on {} threads",
+            4 * super::THREADS + 4,
+            super::THREADS
+        );
+    }
+
+    /// Counts each thread's allocations of 1 MiB or more (argon2's working memory; nothing else a
+    /// hash allocates comes near), so a test can see what a hash allocated on its own thread.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        const LARGE: usize = 1 << 20;
+
+        thread_local! {
+            // Const-initialized without a destructor: safe to touch from inside the allocator.
+            static LARGE_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+        }
+
+        pub fn large_allocations() -> u64 {
+            LARGE_ALLOCATIONS.with(Cell::get)
+        }
+
+        fn note(size: usize) {
+            if size >= LARGE {
+                let _ = LARGE_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            }
+        }
+
+        struct CountingLarge;
+
+        // SAFETY: every call is passed on unchanged to the system allocator; counting touches
+        // only a thread-local integer and allocates nothing.
+        unsafe impl GlobalAlloc for CountingLarge {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: as above.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` was allocated by System with this layout (every allocation is).
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                if new_size > layout.size() {
+                    note(new_size);
+                }
+                // SAFETY: as for dealloc; `new_size` is the caller's.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static ALLOCATOR: CountingLarge = CountingLarge;
     }
 }
