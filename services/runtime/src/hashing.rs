@@ -27,12 +27,12 @@ const FALLBACK_NICE: i32 = 19;
 
 /// How many threads hash, whatever the machine. Each keeps 19 MiB for good, so this is the one
 /// number that decides what a login flood costs in memory, and one is what keeps every process
-/// under 64 MiB through one (the benchmark's `login_memory`): the all-in-one server, which after
-/// seat work holds about 29 MiB before it hashes, measured 48 MiB with one thread and 67 MiB with
-/// two. One thread hashes on one core (about 50 logins a second on the benchmark machine), 25
-/// times the default per-address login limit; logins are the least urgent work here, and the
-/// Account service scales out by replicas. It also leaves any second core to seats and
-/// activations during a flood.
+/// under 64 MiB through one (the benchmark's `login_memory`): after the seat benchmark the
+/// all-in-one server holds 28-29 MiB besides its hashing memory and measured 46-48 MiB with one
+/// thread, 67 MiB with two. One thread hashes on one core: at most about 60 logins a second on
+/// the benchmark machine (15.8 ms of CPU each), 30 times the default per-address login limit; logins
+/// are the least urgent work here, and the Account service scales out by replicas. It also leaves
+/// any other core to seats and activations during a flood. See BENCHMARKS.md, "Login memory".
 pub const THREADS: usize = 1;
 
 /// Working memories the hashing threads have allocated since the process started: one per thread
