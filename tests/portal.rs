@@ -964,3 +964,32 @@ async fn a_login_flood_hashes_in_one_memory_per_hashing_thread() {
         licensing_runtime::hashing::THREADS
     );
 }
+
+/// A password stored with other argon2 parameters (an older default) still logs in, and is then
+/// stored again at the current cost and memory.
+#[tokio::test]
+async fn a_password_hash_of_older_parameters_is_rehashed_at_the_next_login() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let store =
+        licensing_store::SqlStore::open_sqlite(&app.data_dir.path().join(licensing::DATABASE_FILE)).await.unwrap();
+    use licensing_domain::store::CatalogStore as _;
+    let older = licensing_domain::secrets::PasswordHasher::with_params(512, 1, 1).hash(CUSTOMER_PASSWORD);
+    let audit = licensing_domain::model::AuditRecord::new("test", "test.old_hash", &f.customer_id);
+    store.set_customer_password_hash(&f.customer_id, &older, audit).await.unwrap();
+
+    login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.expect("an older hash still verifies");
+    let stored = store.customer_password_hash(&f.customer_id).await.unwrap().unwrap();
+    assert_ne!(stored, older, "re-hashed");
+    assert!(!test_overrides().password_hasher.is_outdated(&stored), "at the current parameters: {stored}");
+    login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.expect("and it verifies");
+    let session = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+    let events = portal(&app)
+        .await
+        .list_my_audit_events(with_token(&session, pb::ListMyAuditEventsRequest { page: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.iter().filter(|e| e.action == "portal.password_rehashed").count(), 1, "once");
+}

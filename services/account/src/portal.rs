@@ -238,6 +238,19 @@ impl Portal {
         Ok(real && ok)
     }
 
+    /// Stores the right password again at the current cost and memory (its stored hash was made
+    /// with other parameters). Best effort: the login goes on whatever happens here.
+    async fn rehash(&self, customer_id: &str, password: &str) {
+        let hashed = match self.catalog.hash_password(password.to_owned()).await {
+            Ok(hashed) => hashed,
+            Err(e) => return tracing::warn!(error = %e, "could not re-hash an outdated password hash"),
+        };
+        let audit = AuditRecord::new(format!("customer:{customer_id}"), "portal.password_rehashed", customer_id);
+        if let Err(e) = self.catalog.store().set_customer_password_hash(customer_id, &hashed, audit).await {
+            tracing::warn!(error = %e, "could not store a re-hashed password");
+        }
+    }
+
     pub async fn login(
         &self,
         login: &str,
@@ -259,6 +272,7 @@ impl Portal {
             Some(c) => self.catalog.store().customer_password_hash(&c.customer_id).await?,
             None => None,
         };
+        let outdated = stored.as_deref().is_some_and(|phc| self.passwords.is_outdated(phc));
         if !self.verify_password(password, stored).await? {
             self.guesses.failed(&account_key, client);
             if let Some(c) = &customer {
@@ -274,6 +288,9 @@ impl Portal {
         }
         self.guesses.succeeded(&account_key, client);
         let customer = customer.expect("a verified password belongs to a customer");
+        if outdated {
+            self.rehash(&customer.customer_id, password).await;
+        }
         let token = random_token("ses", 20);
         let now = self.now();
         let expires_at = now + self.settings.session_ttl;

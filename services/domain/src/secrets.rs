@@ -104,12 +104,17 @@ pub const MAX_PASSWORD_CHARS: usize = 128;
 const ALGORITHM: Algorithm = Algorithm::Argon2id;
 const VERSION: Version = Version::V0x13;
 
-/// argon2id with the OWASP minimum parameters (m = 19 MiB, t = 2, p = 1).
+/// argon2id with OWASP's parameters m = 12 MiB, t = 3, p = 1: one of the configurations its
+/// Password Storage Cheat Sheet lists as giving an equal level of defense (m = 19 MiB, t = 2 is
+/// another; they cost about the same CPU). The lower memory is chosen because every hashing
+/// thread keeps it for good: two threads fit a small server's memory bound with both cores
+/// hashing (see `licensing_runtime::hashing::THREADS`). Hashes stored with other parameters
+/// still verify, and [`Self::is_outdated`] tells which to re-hash at the next right password.
 ///
 /// argon2 needs `m` KiB of working memory per hash. [`Self::hash_with`] and [`Self::verify_with`]
 /// take it from a caller-owned [`HashMemory`] that is reused from one hash to the next, so a
 /// process that hashes on a fixed set of threads, each with its own `HashMemory`, holds a fixed
-/// amount however many passwords it hashes. (Allocating 19 MiB per hash, as the argon2 crate's
+/// amount however many passwords it hashes. (Allocating the memory per hash, as the argon2 crate's
 /// own `hash_password` does, left a server holding 170-250 MiB after a few hundred logins.)
 /// The output is the standard PHC string, byte for byte what the argon2 crate makes.
 #[derive(Clone)]
@@ -207,7 +212,21 @@ impl From<argon2::Error> for UnusablePasswordHash {
 
 impl PasswordHasher {
     pub fn owasp() -> Self {
-        Self::with_params(19 * 1024, 2, 1)
+        Self::with_params(12 * 1024, 3, 1)
+    }
+
+    /// Whether the stored PHC string `phc` was made with other parameters than this hasher's
+    /// (an older default, or another algorithm): it should be re-hashed, when the password is
+    /// next known to be right, so every stored hash ends up at the current cost and memory.
+    pub fn is_outdated(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else { return false };
+        let same_params = Params::try_from(&parsed).is_ok_and(|p| {
+            let own = self.argon.params();
+            (p.m_cost(), p.t_cost(), p.p_cost()) == (own.m_cost(), own.t_cost(), own.p_cost())
+        });
+        let same_version =
+            parsed.version.map(Version::try_from).transpose().ok().flatten().unwrap_or_default() == VERSION;
+        !(parsed.algorithm == ALGORITHM.ident() && same_version && same_params)
     }
 
     /// Cheaper parameters, for tests only.
@@ -324,6 +343,20 @@ mod tests {
         assert_ne!(p, a.activation_password("lic_1", "salt2"));
         assert_ne!(p, a.activation_password("lic_2", "salt1"));
         assert_ne!(p, KeyedHasher::new(vec![2u8; 32]).activation_password("lic_1", "salt1"));
+    }
+
+    #[test]
+    fn hashes_of_other_parameters_are_outdated_and_still_verify() {
+        let current = PasswordHasher::with_params(64, 2, 1);
+        let fresh = current.hash("correct horse battery");
+        assert!(!current.is_outdated(&fresh));
+        let older = PasswordHasher::with_params(128, 1, 1).hash("correct horse battery");
+        assert!(current.is_outdated(&older), "another memory and time cost");
+        assert!(current.verify("correct horse battery", &older), "yet it verifies");
+        assert!(!current.is_outdated("not a PHC string"), "nothing to re-hash from garbage");
+        // The OWASP equal-strength choice, not the 19 MiB one.
+        let owasp = PasswordHasher::owasp().argon.params().clone();
+        assert_eq!((owasp.m_cost(), owasp.t_cost(), owasp.p_cost()), (12 * 1024, 3, 1));
     }
 
     #[test]

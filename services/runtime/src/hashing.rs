@@ -6,9 +6,9 @@
 //! idle class is not available, the thread runs at the lowest nice value instead.
 //!
 //! A fixed number of threads ([`THREADS`]) hash, one hash each at a time; more wait in the queue.
-//! Each thread owns one argon2 working memory ([`HashMemory`], 19 MiB at the OWASP cost) and
-//! lends it to every hash it runs, so the process holds `THREADS × 19 MiB` for hashing however
-//! many logins come.
+//! Each thread owns one argon2 working memory ([`HashMemory`], 12 MiB at the OWASP cost this
+//! server uses) and lends it to every hash it runs, so the process holds `THREADS × 12 MiB` for
+//! hashing however many logins come.
 
 use licensing_domain::secrets::HashMemory;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,15 +25,15 @@ pub struct HashingFailed(&'static str);
 /// Nice value of the hashing threads where `SCHED_IDLE` cannot be set.
 const FALLBACK_NICE: i32 = 19;
 
-/// How many threads hash, whatever the machine. Each keeps 19 MiB for good, so this is the one
-/// number that decides what a login flood costs in memory, and one is what keeps every process
-/// under 64 MiB through one (the benchmark's `login_memory`): after the seat benchmark the
-/// all-in-one server holds 28-29 MiB besides its hashing memory and measured 46-48 MiB with one
-/// thread, 67 MiB with two. One thread hashes on one core: at most about 60 logins a second on
-/// the benchmark machine (15.8 ms of CPU each), 30 times the default per-address login limit; logins
-/// are the least urgent work here, and the Account service scales out by replicas. It also leaves
-/// any other core to seats and activations during a flood. See BENCHMARKS.md, "Login memory".
-pub const THREADS: usize = 1;
+/// How many threads hash, whatever the machine. Each keeps its argon2 memory (12 MiB at the
+/// OWASP cost this server uses, see `PasswordHasher::owasp`) for good, so this is the number that
+/// decides what a login flood costs in memory: two keep every process under 64 MiB through one
+/// (the benchmark's `login_memory`; the all-in-one server holds 28-29 MiB besides its hashing
+/// memory after the seat benchmark), and hash on two cores. With 19 MiB per thread, one thread
+/// was all that fit (two measured 67 MiB). More threads would not hash faster on a small server
+/// and cost memory on a large one, where the Account service scales out by replicas instead.
+/// See BENCHMARKS.md, "Login memory".
+pub const THREADS: usize = 2;
 
 /// Working memories the hashing threads have allocated since the process started: one per thread
 /// at most, however many hashes ran.
