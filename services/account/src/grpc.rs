@@ -665,8 +665,9 @@ impl AccountService for PortalApi {
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let me = self.me(&request).await?;
         let token = bearer_token(request.metadata()).unwrap_or_default().to_owned();
+        let client = caller_address(&request);
         let r = request.into_inner();
-        self.portal.change_password(&me, &token, &r.current_password, r.new_password).await.or_status()?;
+        self.portal.change_password(&me, &token, &r.current_password, r.new_password, &client).await.or_status()?;
         Ok(Response::new(pb::ChangePasswordResponse {}))
     }
 
@@ -675,9 +676,11 @@ impl AccountService for PortalApi {
         request: Request<pb::UpdateContactDetailsRequest>,
     ) -> Result<Response<pb::UpdateContactDetailsResponse>, Status> {
         let me = self.me(&request).await?;
+        let client = caller_address(&request);
         let r = request.into_inner();
         let form = ContactForm { contact_name: r.contact_name, contact_email: r.contact_email, phone: r.phone };
-        let customer = self.portal.update_contact_details(&me, &form, &r.current_password).await.or_status()?;
+        let customer =
+            self.portal.update_contact_details(&me, &form, &r.current_password, &client).await.or_status()?;
         Ok(Response::new(pb::UpdateContactDetailsResponse { customer: Some(conv::customer(&customer)) }))
     }
 

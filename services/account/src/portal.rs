@@ -88,11 +88,6 @@ pub struct ContactForm {
     pub phone: String,
 }
 
-/// Wrong current passwords (changing the password or the contact email) allowed per account in
-/// [`PASSWORD_CHECK_WINDOW`], before the account must wait.
-const PASSWORD_CHECKS_PER_ACCOUNT: u32 = 5;
-const PASSWORD_CHECK_WINDOW: Duration = Duration::from_secs(15 * 60);
-
 /// The next charge of each recurring plan: per license, its latest receipt with a cadence,
 /// soonest first. Pure, so the rule is tested without a store.
 pub fn recurring_payments(receipts: &[Receipt], retired: &dyn Fn(&str) -> bool) -> Vec<RecurringPayment> {
@@ -128,8 +123,6 @@ pub struct Portal {
     guesses: GuessThrottle,
     reset_requests: FailureLimiter,
     account_logins: RateLimiter,
-    /// Wrong current passwords per account, when changing the password or contact email.
-    password_checks: FailureLimiter,
     /// Logins waiting for a hashing thread wait here, one permit per thread: a login whose
     /// caller gives up while waiting is dropped before it costs a hash (a job handed to the
     /// hashing threads runs even if no one waits for it any more), and a flood of logins keeps
@@ -178,7 +171,6 @@ impl Portal {
             guesses: GuessThrottle::new(settings.guessing),
             reset_requests: FailureLimiter::new(settings.resets_per_account_per_hour, Duration::from_secs(3600)),
             account_logins: RateLimiter::new("login", settings.logins_per_account),
-            password_checks: FailureLimiter::new(PASSWORD_CHECKS_PER_ACCOUNT, PASSWORD_CHECK_WINDOW),
             catalog,
             portal,
             activations,
@@ -686,27 +678,33 @@ impl Portal {
         Ok(self.catalog.store().list_audit(me, page).await?)
     }
 
-    /// Checks `password` against the account's own, counting wrong ones per account: after
-    /// [`PASSWORD_CHECKS_PER_ACCOUNT`] the account waits. Returns the verified hash.
-    async fn check_current_password(&self, me: &str, password: &str) -> Result<String, AccountError> {
-        if let Some(wait) = self.password_checks.blocked(me) {
+    /// Checks `password` against the account's own: a guess like a login's, so wrong ones slow
+    /// down `client` (the same throttle as logins), never the account's other users. Returns the
+    /// verified hash.
+    async fn check_current_password(&self, me: &str, password: &str, client: &str) -> Result<String, AccountError> {
+        if let Some(wait) = self.guesses.wait(me, client) {
             return Err(AccountError::ResourceExhausted {
                 reason: "TOO_MANY_ATTEMPTS",
-                message: format!("too many wrong current passwords; try again in {} s", wait.as_secs().max(1)),
+                message: format!(
+                    "too many wrong passwords from this address; try again in {} s",
+                    wait.as_secs_f64().ceil().max(1.0)
+                ),
                 retry_after: wait,
             });
         }
         let wrong = || AccountError::invalid("current_password", "is not the account's current password");
         if password.is_empty() || password.chars().count() > licensing_domain::secrets::MAX_PASSWORD_CHARS {
-            self.password_checks.record_failure(me);
+            self.guesses.failed(me, client);
             return Err(wrong());
         }
         let stored = self.catalog.store().customer_password_hash(me).await?;
         if !self.verify_password(password, stored.clone()).await? {
-            self.password_checks.record_failure(me);
-            self.audit(&format!("customer:{me}"), "portal.password_check_failed", me, json!({})).await;
+            self.guesses.failed(me, client);
+            self.audit(&format!("customer:{me}"), "portal.password_check_failed", me, json!({ "client": client }))
+                .await;
             return Err(wrong());
         }
+        self.guesses.succeeded(me, client);
         Ok(stored.expect("a verified password has a hash"))
     }
 
@@ -718,9 +716,10 @@ impl Portal {
         session_token: &str,
         current_password: &str,
         new_password: String,
+        client: &str,
     ) -> Result<(), AccountError> {
         validate::password("new_password", &new_password)?;
-        let verified = self.check_current_password(me, current_password).await?;
+        let verified = self.check_current_password(me, current_password, client).await?;
         if new_password == current_password {
             return Err(AccountError::invalid("new_password", "is the current password; choose a new one"));
         }
@@ -739,6 +738,7 @@ impl Portal {
         me: &str,
         form: &ContactForm,
         current_password: &str,
+        client: &str,
     ) -> Result<Customer, AccountError> {
         let contact_name = form.contact_name.trim();
         if contact_name.chars().count() > 200 || contact_name.chars().any(char::is_control) {
@@ -761,7 +761,7 @@ impl Portal {
         let before = self.account(me).await?;
         let email_changes = contact_email != before.contact_email;
         if email_changes {
-            self.check_current_password(me, current_password).await?;
+            self.check_current_password(me, current_password, client).await?;
         }
         let details = ContactDetails {
             contact_name: contact_name.to_owned(),

@@ -3,7 +3,7 @@
 //!
 //! [`Portal`]: crate::portal::Portal
 
-use super::auth::Me;
+use super::auth::{ClientIp, Me};
 use super::view::{
     date, field_message, instant, money, months, page, page_with, refusal, see_other, sentence, shown, FieldErrors,
     Layout, LicenseRow, Pager,
@@ -1177,9 +1177,15 @@ fn label(field: &str) -> &'static str {
     }
 }
 
-pub async fn update_contact(State(web): State<Web>, me: Me, Form(form): Form<ContactFormFields>) -> Response {
+pub async fn update_contact(
+    State(web): State<Web>,
+    me: Me,
+    ClientIp(client): ClientIp,
+    Form(form): Form<ContactFormFields>,
+) -> Response {
     let typed = ContactForm { contact_name: form.contact_name, contact_email: form.contact_email, phone: form.phone };
-    let errors = match web.portal.update_contact_details(&me.customer_id, &typed, &form.current_password).await {
+    let errors = match web.portal.update_contact_details(&me.customer_id, &typed, &form.current_password, &client).await
+    {
         Ok(_) => return see_other("/account?notice=contact"),
         Err(AccountError::InvalidArgument { field, message }) => {
             let field = match field {
@@ -1209,11 +1215,20 @@ pub struct PasswordForm {
     new_password_again: String,
 }
 
-pub async fn change_password(State(web): State<Web>, me: Me, Form(form): Form<PasswordForm>) -> Response {
+pub async fn change_password(
+    State(web): State<Web>,
+    me: Me,
+    ClientIp(client): ClientIp,
+    Form(form): Form<PasswordForm>,
+) -> Response {
     let errors = if form.new_password != form.new_password_again {
         FieldErrors::one("new_password_again", "The two new passwords differ: type the same password twice.")
     } else {
-        match web.portal.change_password(&me.customer_id, &me.token, &form.current_password, form.new_password).await {
+        match web
+            .portal
+            .change_password(&me.customer_id, &me.token, &form.current_password, form.new_password, &client)
+            .await
+        {
             Ok(()) => return see_other("/account?notice=password"),
             Err(AccountError::InvalidArgument { field, message }) => {
                 let field = if field == "new_password" { "new_password" } else { "current_password" };
