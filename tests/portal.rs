@@ -993,3 +993,46 @@ async fn a_password_hash_of_older_parameters_is_rehashed_at_the_next_login() {
         .events;
     assert_eq!(events.iter().filter(|e| e.action == "portal.password_rehashed").count(), 1, "once");
 }
+
+/// The vendor's notes on a license are the vendor's: the customer never sees them, in the portal
+/// or in what a product validating the license hears; the admin API does.
+#[tokio::test]
+async fn a_customer_never_sees_the_vendors_notes() {
+    use licensing_proto::activation::v1 as act;
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let notes = "pays late; do not extend without approval";
+    let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |r| {
+        r.associate = true;
+        r.notes = notes.into();
+    })
+    .await;
+    assert_eq!(get_license(&app, &license_id).await.notes, notes, "the vendor sees them");
+    let session = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+    let mut p = portal(&app).await;
+    let listed = p.list_my_licenses(with_token(&session, pb::ListMyLicensesRequest { page: None })).await.unwrap();
+    assert!(listed.into_inner().licenses.iter().all(|l| l.notes.is_empty()));
+    let details = p
+        .get_my_license(with_token(
+            &session,
+            pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(details.into_inner().license.unwrap().notes, "");
+    let mut activation = ActivationServiceClient::new(app.channel().await);
+    activation.activate(activate_by_key(&key, "m1")).await.unwrap();
+    let machine = activate_by_key(&key, "m1").machine.unwrap();
+    let validated = activation
+        .validate(act::ValidateRequest {
+            credentials: Some(act::LicenseCredentials {
+                credential: Some(act::license_credentials::Credential::LicenseKey(key.clone())),
+            }),
+            fingerprint: machine.fingerprint,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(validated.license.unwrap().notes, "", "nor does the product");
+}

@@ -496,7 +496,7 @@ impl AccountService for PortalApi {
         let licenses = self.portal.licenses(&me, &page).await.or_status()?;
         Ok(Response::new(pb::ListMyLicensesResponse {
             next_page_token: conv::next_page_token(&licenses, &page, |l| l.license_id.clone()),
-            licenses: licenses.iter().map(conv::license).collect(),
+            licenses: licenses.iter().map(conv::customer_license).collect(),
         }))
     }
 
@@ -507,7 +507,7 @@ impl AccountService for PortalApi {
         let me = self.me(&request).await?;
         let d = self.portal.license_details(&me, &request.get_ref().license_id).await.or_status()?;
         Ok(Response::new(pb::GetMyLicenseResponse {
-            license: Some(conv::license(&d.license)),
+            license: Some(conv::customer_license(&d.license)),
             installations: d.installations.iter().map(installation).collect(),
             history: d.history.iter().map(history_entry).collect(),
         }))
@@ -588,14 +588,14 @@ impl AccountService for PortalApi {
             .reissued
             .iter()
             .map(|n| pb::ReissuedLicense {
-                license: Some(conv::license(&n.license)),
+                license: Some(conv::customer_license(&n.license)),
                 license_key: n.license_key.to_string(),
                 activation_password: n.activation_password.clone(),
             })
             .collect();
         let first = reissued.first().cloned().unwrap_or_default();
         Ok(Response::new(pb::ReturnConcurrentLicenseResponse {
-            retired: Some(conv::license(&returned.retired)),
+            retired: Some(conv::customer_license(&returned.retired)),
             replacement: first.license,
             license_key: first.license_key,
             activation_password: first.activation_password,
@@ -609,7 +609,7 @@ impl AccountService for PortalApi {
     ) -> Result<Response<pb::AssociateLicenseResponse>, Status> {
         let me = self.me(&request).await?;
         let license = self.portal.associate(&me, &request.get_ref().license_key).await.or_status()?;
-        Ok(Response::new(pb::AssociateLicenseResponse { license: Some(conv::license(&license)) }))
+        Ok(Response::new(pb::AssociateLicenseResponse { license: Some(conv::customer_license(&license)) }))
     }
 
     async fn transfer_license(
@@ -619,7 +619,7 @@ impl AccountService for PortalApi {
         let me = self.me(&request).await?;
         let r = request.get_ref();
         let license = self.portal.transfer(&me, &r.license_id, &r.to_customer_id).await.or_status()?;
-        Ok(Response::new(pb::TransferLicenseResponse { license: Some(conv::license(&license)) }))
+        Ok(Response::new(pb::TransferLicenseResponse { license: Some(conv::customer_license(&license)) }))
     }
 
     async fn list_receipts(
@@ -691,7 +691,7 @@ impl AccountService for PortalApi {
         let me = self.me(&request).await?;
         let r = request.get_ref();
         let license = self.portal.set_licensee_name(&me, &r.license_id, &r.licensee_name).await.or_status()?;
-        Ok(Response::new(pb::SetLicenseeNameResponse { license: Some(conv::license(&license)) }))
+        Ok(Response::new(pb::SetLicenseeNameResponse { license: Some(conv::customer_license(&license)) }))
     }
 
     async fn list_recurring_payments(

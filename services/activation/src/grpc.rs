@@ -168,7 +168,7 @@ impl ActivationService for ActivationApi {
             code: validation_code(v.code) as i32,
             detail: v.detail,
             certificate: v.certificate.map(certificate),
-            license: v.license.as_deref().map(conv::license),
+            license: v.license.as_deref().map(conv::customer_license),
         }))
     }
 
@@ -223,7 +223,10 @@ impl ActivationService for ActivationApi {
                             Ok((l, a, p)) => Some(certificate(activations.certificate(&l, &a, &p))),
                             Err(_) => None,
                         };
-                        Some(Ok(pb::WatchLicenseResponse { certificate: cert, license: Some(conv::license(&current)) }))
+                        Some(Ok(pb::WatchLicenseResponse {
+                            certificate: cert,
+                            license: Some(conv::customer_license(&current)),
+                        }))
                     }
                     Ok(None) => Some(Err(to_status(&ActivationError::NotActivated(license.license_id.clone())))),
                     Err(e) => Some(Err(to_status(&e))),

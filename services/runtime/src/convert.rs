@@ -271,6 +271,13 @@ pub mod proto {
         }
     }
 
+    /// A license as its customer sees it (the portal, and products validating it): everything
+    /// but the vendor's internal notes.
+    pub fn customer_license(l: &License) -> pb::License {
+        pb::License { notes: String::new(), ..license(l) }
+    }
+
+    /// A license as the vendor sees it (the admin API).
     pub fn license(l: &License) -> pb::License {
         pb::License {
             license_id: l.license_id.clone(),
