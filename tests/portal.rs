@@ -1013,10 +1013,7 @@ async fn a_customer_never_sees_the_vendors_notes() {
     let listed = p.list_my_licenses(with_token(&session, pb::ListMyLicensesRequest { page: None })).await.unwrap();
     assert!(listed.into_inner().licenses.iter().all(|l| l.notes.is_empty()));
     let details = p
-        .get_my_license(with_token(
-            &session,
-            pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
-        ))
+        .get_my_license(with_token(&session, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
         .await
         .unwrap();
     assert_eq!(details.into_inner().license.unwrap().notes, "");
