@@ -241,6 +241,7 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
     let database_url = compose_database().await;
     let mut running = Running(vec![]);
     let mut metrics_ports = vec![];
+    let mut portals = vec![];
     let mut checks = vec![];
     for name in SERVICES {
         let service = &services[name];
@@ -252,7 +253,13 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         }
         let port = env["LICENSING_LISTEN_ADDR"].rsplit(':').next().unwrap().to_owned();
         let published = strings(&service["ports"]);
-        assert_eq!(published, vec![format!("{port}:{port}")], "{name} publishes its listen port");
+        let mut expected = vec![format!("{port}:{port}")];
+        let portal = env.get("LICENSING_PORTAL_ADDR").map(|a| a.rsplit(':').next().unwrap().to_owned());
+        if let Some(portal) = &portal {
+            assert_eq!(name, "account", "only the Account service serves the portal");
+            expected.push(format!("{portal}:{portal}"));
+        }
+        assert_eq!(published, expected, "{name} publishes its listen port (and the portal's)");
         // Natively the compose ports (in the ephemeral range) may be taken by some connection:
         // serve on a free port instead, as a container's port mapping would.
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
@@ -262,7 +269,11 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         let metrics_port = crate::common::process::free_port();
         env.insert("LICENSING_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
         // The account service's portal on a free port too (its default may be taken here).
-        env.insert("LICENSING_PORTAL_ADDR".into(), "127.0.0.1:0".into());
+        let portal_port = crate::common::process::free_port();
+        env.insert("LICENSING_PORTAL_ADDR".into(), format!("127.0.0.1:{portal_port}"));
+        if portal.is_some() {
+            portals.push(portal_port);
+        }
         metrics_ports.push((name, metrics_port));
         let child = Command::new(binary(&command[0]))
             .env_clear()
@@ -311,6 +322,14 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
         let service_name = format!("service_name=\"licensing-{name}\"");
         assert!(text.lines().any(|l| l.starts_with("target_info") && l.contains(&service_name)), "{name}");
     }
+    // The Account service serves the customer portal in a browser (TLS with the overlay).
+    assert_eq!(portals.len(), 1, "the compose file publishes the portal");
+    if tls_certs.is_none() {
+        for port in &portals {
+            let page = http_get(*port, "/login").await;
+            assert!(page.starts_with("HTTP/1.1 200") && page.contains("<form"), "the portal's login page:\n{page}");
+        }
+    }
     // SIGTERM: each drains and exits cleanly.
     for (name, child) in &mut running.0 {
         let pid = child.id().unwrap().to_string();
@@ -319,4 +338,20 @@ async fn run_compose(tls_certs: Option<&std::path::Path>) {
             tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits after SIGTERM").unwrap();
         assert!(status.success(), "{name} exited with {status}");
     }
+}
+
+/// `GET path` of a plain HTTP server on loopback: the whole response.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for _ in 0..50 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing serves 127.0.0.1:{port}");
 }

@@ -109,6 +109,14 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
             .collect();
         assert_eq!(ports["grpc"], grpc_port, "{name}");
         assert_eq!(ports["metrics"], metrics_port, "{name}");
+        // The Account service also serves the customer portal in a browser, on the port compose uses.
+        let portal = env.get("LICENSING_PORTAL_ADDR").map(|e| port_of(e["value"].as_str().unwrap()));
+        if let Some(portal) = portal {
+            assert_eq!(service, "account", "{name}: only the Account service serves the portal");
+            assert_eq!(ports["portal"], portal, "{name}");
+            let compose_portal = port_of(compose_service["environment"]["LICENSING_PORTAL_ADDR"].as_str().unwrap());
+            assert_eq!(portal, compose_portal, "{name}: the portal port compose uses");
+        }
 
         // Probes ask the gRPC health service on the port served.
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
@@ -135,7 +143,8 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
         }
         let targets: Vec<&str> =
             svc["spec"]["ports"].as_sequence().unwrap().iter().map(|p| p["targetPort"].as_str().unwrap()).collect();
-        assert_eq!(targets, ["grpc", "metrics"], "{name}");
+        let expected: &[&str] = if portal.is_some() { &["grpc", "portal", "metrics"] } else { &["grpc", "metrics"] };
+        assert_eq!(targets, expected, "{name}");
         assert_eq!(svc["metadata"]["annotations"]["prometheus.io/port"].as_str(), Some(&*metrics_port.to_string()));
         let pdb = get("PodDisruptionBudget", &name);
         assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector, "{name}: the PDB covers the pods");
