@@ -26,7 +26,7 @@ use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape,
 use licensing_runtime::config::{Config, Lookup};
 use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
-use licensing_runtime::limiter::GuessThrottle;
+use licensing_runtime::limiter::{GuessThrottle, RateLimiter};
 use licensing_runtime::metrics::{Gauge, GaugeSource, Reading};
 use licensing_runtime::server::CancellationToken;
 use licensing_runtime::server::{GrpcServer, StackSettings};
@@ -285,8 +285,11 @@ impl Application {
                 let settings = WebSettings {
                     keys: hasher.clone(),
                     secure: tls.is_some(),
-                    login_per_client: config.rate_limits.login_per_client,
-                    reset_per_client: config.rate_limits.reset_per_client,
+                    // One budget per client address across the gRPC port and the portal.
+                    login_per_client: stack.client_limiter("login").unwrap_or_else(|| RateLimiter::new("login", None)),
+                    reset_per_client: stack
+                        .client_limiter("password reset")
+                        .unwrap_or_else(|| RateLimiter::new("password reset", None)),
                     request_timeout: config.request_timeout,
                     concurrency_limit: config.concurrency_limit,
                 };

@@ -364,3 +364,21 @@ async fn grpc_web_calls_from_a_configured_origin_only() {
     let app = spawn_app(Backend::Sqlite).await;
     assert!(call(app.addr, "POST", "https://app.vendor.example").await.is_err(), "no HTTP/1.1 on the gRPC port");
 }
+
+/// A client address has one login budget, whether it logs in over gRPC or in the browser: the
+/// portal shares the gRPC port's per-client limiter.
+#[tokio::test]
+async fn a_client_has_one_login_budget_across_grpc_and_the_browser() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(Backend::Sqlite, data_dir.path()).await;
+    env.insert("LICENSING_RATE_LOGIN_PER_CLIENT".into(), "3/min".into());
+    let app = spawn_with_env(Backend::Sqlite, data_dir, env).await;
+    let f = fixture(&app).await;
+    for _ in 0..3 {
+        login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.expect("within the budget");
+    }
+    let mut browser = Visitor::new(&app);
+    let answer = browser.log_in(&f.customer_id, CUSTOMER_PASSWORD).await;
+    assert_eq!(answer.status, 429, "the browser shares the budget the gRPC logins spent: {}", answer.body);
+    assert!(answer.header("retry-after").parse::<u64>().is_ok_and(|s| s >= 1));
+}

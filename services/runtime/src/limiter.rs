@@ -269,6 +269,12 @@ pub struct RateLimiter {
     buckets: Arc<Mutex<HashMap<String, (f64, Instant)>>>,
 }
 
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").field("what", &self.what).field("rate", &self.rate).finish_non_exhaustive()
+    }
+}
+
 impl RateLimiter {
     /// Limits `what` requests (named in refusals) to `rate` per key; `None` never refuses.
     pub fn new(what: &'static str, rate: Option<Rate>) -> Self {

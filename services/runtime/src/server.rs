@@ -18,7 +18,7 @@
 
 use crate::config::{Config, RateLimits};
 use crate::health::HealthStatuses;
-use crate::limiter::{Rate, RateLimiter};
+use crate::limiter::RateLimiter;
 use crate::metrics::Metrics;
 use licensing_proto::FILE_DESCRIPTOR_SET;
 use std::future::Future;
@@ -84,7 +84,10 @@ pub struct ClientRate {
     pub what: &'static str,
     /// Full gRPC paths, `/package.Service/Method`.
     pub methods: &'static [&'static str],
-    pub rate: Option<Rate>,
+    /// The buckets, one per client address: shared with anything else that serves the same
+    /// action (the web portal's login and password reset), so a client has one budget however
+    /// it comes in.
+    pub limiter: RateLimiter,
 }
 
 impl ClientRate {
@@ -94,7 +97,7 @@ impl ClientRate {
             Self {
                 what: "login",
                 methods: &["/licensing.account.v1.AccountService/Login"],
-                rate: limits.login_per_client,
+                limiter: RateLimiter::new("login", limits.login_per_client),
             },
             Self {
                 what: "password reset",
@@ -102,7 +105,7 @@ impl ClientRate {
                     "/licensing.account.v1.AccountService/RequestPasswordReset",
                     "/licensing.account.v1.AccountService/ResetPassword",
                 ],
-                rate: limits.reset_per_client,
+                limiter: RateLimiter::new("password reset", limits.reset_per_client),
             },
             Self {
                 what: "activation",
@@ -110,14 +113,22 @@ impl ClientRate {
                     "/licensing.activation.v1.ActivationService/Activate",
                     "/licensing.activation.v1.ActivationService/ActivateOffline",
                 ],
-                rate: limits.activate_per_client,
+                limiter: RateLimiter::new("activation", limits.activate_per_client),
             },
             Self {
                 what: "checkout",
                 methods: &["/licensing.seat.v1.SeatService/Checkout", "/licensing.seat.v1.SeatService/WaitForSeat"],
-                rate: limits.checkout_per_client,
+                limiter: RateLimiter::new("checkout", limits.checkout_per_client),
             },
         ]
+    }
+}
+
+impl StackSettings {
+    /// The per-client limiter of the action `what` ("login", "password reset", ...), for what else
+    /// serves it (the web portal), so it shares the gRPC port's buckets.
+    pub fn client_limiter(&self, what: &str) -> Option<RateLimiter> {
+        self.client_rates.iter().find(|r| r.what == what).map(|r| r.limiter.clone())
     }
 }
 
@@ -487,10 +498,9 @@ pub struct ClientRateLimitLayer {
 impl ClientRateLimitLayer {
     pub fn new(rates: &[ClientRate]) -> Self {
         let mut by_path = std::collections::HashMap::new();
-        for group in rates.iter().filter(|g| g.rate.is_some()) {
-            let limiter = RateLimiter::new(group.what, group.rate);
+        for group in rates.iter().filter(|g| g.limiter.rate().is_some()) {
             for path in group.methods {
-                by_path.insert(*path, limiter.clone());
+                by_path.insert(*path, group.limiter.clone());
             }
         }
         Self { by_path: std::sync::Arc::new(by_path) }
@@ -641,7 +651,7 @@ mod tests {
         let rates = [ClientRate {
             what: "login",
             methods: &["/licensing.account.v1.AccountService/Login"],
-            rate: Some(Rate { count: 2, per: Duration::from_secs(60) }),
+            limiter: RateLimiter::new("login", Some(crate::limiter::Rate { count: 2, per: Duration::from_secs(60) })),
         }];
         let svc = ClientRateLimitLayer::new(&rates).layer(ok);
         let call = |path: &str| {

@@ -25,7 +25,7 @@ use crate::portal::Portal;
 use axum::routing::{get, post};
 use axum::Router;
 use licensing_domain::secrets::KeyedHasher;
-use licensing_runtime::limiter::{Rate, RateLimiter};
+use licensing_runtime::limiter::RateLimiter;
 use std::time::Duration;
 
 /// How the portal is served.
@@ -36,10 +36,11 @@ pub struct WebSettings {
     pub keys: KeyedHasher,
     /// Served over TLS: cookies are `Secure` and `__Host-` prefixed, and HSTS is sent.
     pub secure: bool,
-    /// Logins per client address (as `AccountService/Login` is limited on the gRPC port).
-    pub login_per_client: Option<Rate>,
-    /// Password reset requests and resets per client address.
-    pub reset_per_client: Option<Rate>,
+    /// Logins per client address: the gRPC port's own limiter for `AccountService/Login`, so a
+    /// client has one budget on both ports.
+    pub login_per_client: RateLimiter,
+    /// Password reset requests and resets per client address, shared the same way.
+    pub reset_per_client: RateLimiter,
     /// The longest a request may take.
     pub request_timeout: Duration,
     /// Requests served at once.
@@ -91,8 +92,8 @@ pub fn router(portal: Portal, settings: WebSettings) -> Router {
         portal,
         keys: settings.keys,
         secure: settings.secure,
-        login_limit: RateLimiter::new("login", settings.login_per_client),
-        reset_limit: RateLimiter::new("password reset", settings.reset_per_client),
+        login_limit: settings.login_per_client,
+        reset_limit: settings.reset_per_client,
         request_timeout: settings.request_timeout,
     };
     Router::new()
