@@ -59,7 +59,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..45,
+        0u8..49,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -231,6 +231,10 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
         41 => run!(c.seat.get_usage_report(admin_req(seat::GetUsageReportRequest { license_id: lic, from: ts(i), to: ts(i), as_csv: i.ints[0] % 2 == 0 }))),
         42 => run!(c.portal.get_my_usage_report(with_token(&c.session, seat::GetUsageReportRequest { license_id: lic, from: ts(i), to: None, as_csv: true }))),
         43 => run!(c.portal.get_my_seat_policy(with_token(&c.session, acc::GetMySeatPolicyRequest { license_id: lic }))),
+        45 => run!(c.portal.change_password(with_token(&c.session, acc::ChangePasswordRequest { current_password: t(1), new_password: t(2) }))),
+        46 => run!(c.portal.update_contact_details(with_token(&c.session, acc::UpdateContactDetailsRequest { contact_name: t(1), contact_email: t(2), phone: t(3), current_password: t(4) }))),
+        47 => run!(c.portal.set_licensee_name(with_token(&c.session, acc::SetLicenseeNameRequest { license_id: lic, licensee_name: t(1) }))),
+        48 => run!(c.portal.list_recurring_payments(with_token(&c.session, acc::ListRecurringPaymentsRequest {}))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -267,7 +271,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..45 {
+        for rpc in 0u8..49 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();
