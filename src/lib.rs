@@ -11,7 +11,7 @@
 use anyhow::Context as _;
 use licensing_account::grpc::{AdminApi, PortalApi};
 use licensing_account::mail::{FileOutbox, Mailer, SmtpMailer};
-use licensing_account::portal::{Portal, PortalSettings};
+use licensing_account::portal::{Portal, PortalDeps, PortalSettings};
 use licensing_account::web::serve::WebServer;
 use licensing_account::web::WebSettings;
 use licensing_account::Catalog;
@@ -19,7 +19,7 @@ use licensing_activation::grpc::ActivationApi;
 use licensing_activation::{ActivationSettings, Activations, ValidationCache};
 use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
-use licensing_domain::secrets::PasswordHasher;
+use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
 use licensing_domain::store::CatalogStore;
 use licensing_domain::store::{ActivationStore, LeaseStore};
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth, SessionAuth};
@@ -37,7 +37,8 @@ use licensing_store::{RedisLeaseStore, SqlLeaseStore, SqlStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tonic::service::Routes;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
 
 /// The embedded SQLite file inside the data directory.
 pub const DATABASE_FILE: &str = "licensing.db";
@@ -136,265 +137,143 @@ pub struct Application {
     shutdown_grace: std::time::Duration,
 }
 
+/// What the services of a role are built from: this process's stores, keys and settings.
+struct Deps<'a> {
+    config: &'a Config,
+    overrides: &'a Overrides,
+    stack: &'a StackSettings,
+    store: SqlStore,
+    catalog: Arc<dyn CatalogStore>,
+    hasher: KeyedHasher,
+    signer: Signer,
+    credentials: CredentialResolver,
+    /// Where leases live (Redis or the embedded store); `None` where this role reads none.
+    leases: Option<Arc<dyn LeaseStore>>,
+    /// The Redis lease store when leases live there (it also keeps license revisions).
+    redis: Option<RedisLeaseStore>,
+}
+
+/// What the roles add to the process: their gRPC services, background work, and what must be
+/// stopped or flushed at shutdown.
+#[derive(Default)]
+struct Served {
+    routes: RoutesBuilder,
+    /// The names of the services in `routes`, as tonic generated them (for health and reflection).
+    names: Vec<&'static str>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    usage_log: Option<UsageLog>,
+    portal: Option<WebServer>,
+}
+
+impl Served {
+    /// Serves `service`, under the name tonic generated for it.
+    fn serve<S>(&mut self, service: S)
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+    }
+}
+
 impl Application {
     pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
         Self::build_with(config, role, Overrides::default()).await
     }
 
+    /// Opens the stores, bootstraps the admin token, builds the services of `role` from one set
+    /// of dependencies, and binds the ports.
     pub async fn build_with(config: &Config, role: Role, overrides: Overrides) -> anyhow::Result<Self> {
         if let Some(token) = &config.admin_token {
             validate_admin_token_shape(token).map_err(anyhow::Error::msg)?;
         }
-        let store = match (&config.database_url, role) {
-            (Some(url), _) => {
-                let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
-                SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?
-            }
-            (None, Role::AllInOne) => {
-                let path = config.data_dir.join(DATABASE_FILE);
-                SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?
-            }
-            (None, _) => {
-                anyhow::bail!("LICENSING_DATABASE_URL is required: the separate services share one PostgreSQL database")
-            }
-        };
+        let store = open_sql_store(config, role).await?;
         let (hash_key, signing_key) = (config.hash_key_b64.as_deref(), config.signing_key_b64.as_deref());
         // One process may keep its keys in its data directory; separate services must share them.
         let keys = match role {
             Role::AllInOne => ServerKeys::load_or_create(&config.data_dir, hash_key, signing_key)?,
             _ => ServerKeys::from_env_values(hash_key, signing_key)?,
         };
-        let catalog_store: Arc<dyn CatalogStore> = Arc::new(store.clone());
+        let catalog: Arc<dyn CatalogStore> = Arc::new(store.clone());
         let hasher = keys.hasher();
-        let now = overrides.clock.now();
         let generated_admin_token = if role.serves_account() {
-            bootstrap_admin_token(catalog_store.as_ref(), &hasher, config.admin_token.as_deref(), now).await?
+            let now = overrides.clock.now();
+            bootstrap_admin_token(catalog.as_ref(), &hasher, config.admin_token.as_deref(), now).await?
         } else {
             None
         };
-
         let stack = StackSettings::from(config);
-        let metrics = stack.metrics.clone();
-        let max = config.max_message_bytes;
-        let mut names: Vec<&str> = vec![];
-        let mut routes = Routes::default();
-        let activation_store: Arc<dyn ActivationStore> = Arc::new(store.clone());
-        let signer = Signer::from_seed(&keys.signing_seed);
-        let credentials = CredentialResolver::new(
-            catalog_store.clone(),
-            hasher.clone(),
-            overrides.password_hasher.clone(),
-            GuessThrottle::default(),
-        );
-        // Leases: Redis when configured, else the embedded store in the all-in-one server. The
-        // separate Account service reads them to show a customer's live leases.
-        let mut redis_store = None;
-        let leases: Option<Arc<dyn LeaseStore>> = match (&config.redis_url, role) {
-            (Some(url), Role::AllInOne | Role::Seat | Role::Account) => {
-                let mut redis = RedisLeaseStore::connect(url)
-                    .await
-                    .context("connecting to Redis")?
-                    .with_recovery_window(config.max_lease_ttl.as_millis() as i64);
-                if role.serves_seat() {
-                    // Every expiry a holder is told is first recorded in SQL, which outlives
-                    // Redis: a recovery after a loss lasts until the latest of them.
-                    redis = redis.with_expiry_horizon(Arc::new(store.clone()));
-                    for (name, current, recommended) in redis.config_shortfalls().await {
-                        tracing::warn!(
-                            setting = name,
-                            current,
-                            recommended,
-                            "Redis is configured below what the lease store is sized for: leases take more memory (set {name} {recommended} in redis.conf)"
-                        );
-                    }
-                    // Only the process that grants seats records the epoch: an empty Redis in a
-                    // deployment that used it before lost its leases (see RedisLeaseStore).
-                    let now = overrides.clock.now();
-                    let used_before = store.mark("redis_lease_store", now).await.context("recording Redis use")?;
-                    let until = redis.open_epoch(used_before).await.context("reading the Redis epoch")?;
-                    if until > now {
-                        tracing::warn!(until_ms = until, "the lease store is recovering: no new seats until then");
-                    }
-                }
-                // Every license change made through this process raises the license's revision,
-                // so no Seat service grants a seat on the license as it was before the change.
-                store.raise_license_revisions_in(Arc::new(redis.clone()));
-                redis_store = Some(redis.clone());
-                Some(Arc::new(redis))
-            }
-            (None, Role::AllInOne) => Some(Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone()))),
-            (None, Role::Seat) => {
-                anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis")
-            }
-            (None, Role::Account) => {
-                tracing::warn!("no LICENSING_REDIS_URL: this Account service shows no live leases, and Seat services on Redis hear of its license changes only by PostgreSQL NOTIFY, so a checkout right after a change may still see the old license");
-                None
-            }
-            _ => None,
-        };
-        // The portal's listener is bound first: the mail it sends links to the address it got.
-        let portal_listener = match role.default_portal_addr().and_then(|d| config.portal.resolve(d)) {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the portal {addr} (LICENSING_PORTAL_ADDR)"))?,
-            ),
-            None => None,
-        };
-        let portal_url = match (&config.portal_url, &portal_listener) {
-            (Some(url), _) => url.clone(),
-            (None, Some(listener)) => local_url(listener.local_addr()?, config.tls.is_some()),
-            (None, None) => "http://127.0.0.1:8080".to_owned(),
-        };
-        let mut portal_server = None;
-        if role.serves_account() {
-            let catalog = Catalog::new(
-                catalog_store.clone(),
-                activation_store.clone(),
+        let (leases, redis) = lease_stores(config, role, &store, &overrides).await?;
+        let deps = Deps {
+            config,
+            overrides: &overrides,
+            stack: &stack,
+            credentials: CredentialResolver::new(
+                catalog.clone(),
                 hasher.clone(),
                 overrides.password_hasher.clone(),
-                overrides.clock.clone(),
-            );
-            let mailer: Arc<dyn Mailer> = match &config.smtp_url {
-                Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
-                None => Arc::new(FileOutbox::new(config.data_dir.join("outbox"))),
-            };
-            let settings = PortalSettings {
-                reset_url: config.reset_url.clone().unwrap_or_else(|| format!("{portal_url}/reset-password")),
-                logins_per_account: config.rate_limits.login_per_account,
-                ..PortalSettings::default()
-            };
-            let portal = Portal::new(
-                catalog.clone(),
-                Arc::new(store.clone()),
-                activation_store.clone(),
-                leases.clone(),
-                Arc::new(store.clone()),
-                overrides.password_hasher.clone(),
-                mailer,
-                settings,
-            );
-            routes = routes.add_service(
-                AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone())).into_server(max),
-            );
-            if let Some(listener) = portal_listener {
-                let tls = match &config.tls {
-                    Some(tls) => Some(tls.rustls_config(&[b"http/1.1"]).map_err(anyhow::Error::msg)?),
-                    None => None,
-                };
-                let settings = WebSettings {
-                    keys: hasher.clone(),
-                    secure: tls.is_some(),
-                    // One budget per client address across the gRPC port and the portal.
-                    login_per_client: stack.client_limiter("login").unwrap_or_else(|| RateLimiter::new("login", None)),
-                    reset_per_client: stack
-                        .client_limiter("password reset")
-                        .unwrap_or_else(|| RateLimiter::new("password reset", None)),
-                    request_timeout: config.request_timeout,
-                    concurrency_limit: config.concurrency_limit,
-                };
-                let router = licensing_account::web::router(portal.clone(), settings);
-                tracing::info!(addr = %listener.local_addr()?, url = %portal_url, "customer portal");
-                portal_server = Some(WebServer::new(listener, router, tls));
-            }
-            routes = routes.add_service(PortalApi::new(portal).into_server(max));
-            names.push("licensing.account.v1.AdminService");
-            names.push("licensing.account.v1.AccountService");
+                GuessThrottle::default(),
+            ),
+            signer: Signer::from_seed(&keys.signing_seed),
+            store: store.clone(),
+            catalog,
+            hasher,
+            leases,
+            redis,
+        };
+        let mut served = Served::default();
+        if role.serves_account() {
+            account_routes(&deps, role, &mut served).await?;
         }
         if role.serves_activation() {
-            let settings = ActivationSettings {
-                match_threshold: config.fingerprint_match,
-                activations_per_license: config.rate_limits.activate_per_license,
-                ..ActivationSettings::default()
-            };
-            let activations = Activations::new(
-                catalog_store.clone(),
-                activation_store.clone(),
-                credentials.clone(),
-                signer.clone(),
-                overrides.clock.clone(),
-                settings,
-            )
-            .with_observer(Arc::new(metrics.clone()))
-            // Validations read licenses and live activations from a cache that follows the
-            // store's change feed (activations changed by any process are reported too).
-            .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
-            // WatchLicense streams end when the server drains.
-            let api = ActivationApi::new(activations, config.watch_poll).with_drain(stack.drain.clone());
-            routes = routes.add_service(api.into_server(max));
-            names.push("licensing.activation.v1.ActivationService");
+            activation_routes(&deps, &mut served);
         }
-        let mut background = vec![];
+        if role.serves_seat() {
+            seat_routes(&deps, &mut served)?;
+        }
         if let (true, Some(url)) = (role.serves_seat() || role.serves_activation(), &config.database_url) {
             // Their caches hear of changes made by other processes (the Account service, other
             // replicas) through PostgreSQL NOTIFY.
-            background.push(store.listen_for_license_changes(url));
+            served.background.push(store.listen_for_license_changes(url));
         }
-        let mut usage_log = None;
-        if let (true, Some(leases)) = (role.serves_seat(), &leases) {
-            let usage = UsageLog::start(Arc::new(store.clone()), config.usage_queue);
-            usage_log = Some(usage.clone());
-            let seats = Seats::new(
-                catalog_store.clone(),
-                leases.clone(),
-                Arc::new(store.clone()),
-                usage,
-                credentials.clone(),
-                signer.clone(),
-                SeatSettings {
-                    max_ttl: config.max_lease_ttl.as_millis() as i64,
-                    checkouts_per_license: config.rate_limits.checkout_per_license,
-                    ..SeatSettings::default()
-                },
-            );
-            // Heartbeats and checkins read licenses from a cache that follows the store's change
-            // feed: complete at once on SQLite; on PostgreSQL once the listener runs (LISTEN), so
-            // changes made by the Account process reach it too.
-            let licenses = Arc::new(LicenseCache::following(store.license_feed()));
-            let mut seats = seats.with_observer(Arc::new(metrics.clone())).with_license_cache(licenses);
-            if let Some(redis) = &redis_store {
-                // Redis fences checkouts by license revision, so they may use the cache too.
-                seats = seats.with_license_revisions(Arc::new(redis.clone()));
-            }
-            metrics.add_source(Arc::new(seats.clone()));
-            background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
-            // A license's own customer may list its leases and read its usage with a portal
-            // session; WaitForSeat streams end when the server drains.
-            let sessions = SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone());
-            let api = SeatApi::new(seats, AdminAuth::new(catalog_store.clone(), hasher.clone()), sessions)
-                .with_drain(stack.drain.clone());
-            routes = routes.add_service(api.into_server(max));
-            names.push("licensing.seat.v1.SeatService");
-        }
-        metrics.add_source(Arc::new(StoreHealth { sql: store.clone(), redis: redis_store }));
+        let metrics = stack.metrics.clone();
+        metrics.add_source(Arc::new(StoreHealth { sql: store.clone(), redis: deps.redis.clone() }));
+        drop(deps);
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_addr = match config.metrics.resolve(role.default_metrics_addr()) {
             Some(addr) => {
                 let stopped = async {
                     let _ = metrics_stopped.await;
                 };
-                let (bound, task) = licensing_runtime::metrics::serve(addr, metrics.clone(), stopped)
+                let (bound, task) = licensing_runtime::metrics::serve(addr, metrics, stopped)
                     .await
                     .with_context(|| format!("binding the metrics endpoint {addr} (LICENSING_METRICS_ADDR)"))?;
-                background.push(task);
+                served.background.push(task);
                 Some(bound)
             }
             None => None,
         };
         let drain = stack.drain.clone();
-        let portal_addr = portal_server.as_ref().map(|p| p.local_addr()).transpose()?;
-        let server = GrpcServer::bind(config.listen_addr, routes, &names, stack)
+        let portal_addr = served.portal.as_ref().map(|p| p.local_addr()).transpose()?;
+        let server = GrpcServer::bind(config.listen_addr, served.routes.routes(), &served.names, stack)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
         Ok(Self {
             server,
             store,
-            background,
-            usage_log,
+            background: served.background,
+            usage_log: served.usage_log,
             generated_admin_token,
             metrics_addr,
             stop_metrics,
-            portal: portal_server,
+            portal: served.portal,
             portal_addr,
             drain,
             shutdown_grace: config.shutdown_grace,
@@ -437,6 +316,217 @@ impl Application {
         self.store.close().await;
         result.context("serving gRPC")
     }
+}
+
+/// The SQL store: PostgreSQL when configured (the separate services need it), else the embedded
+/// SQLite file of the all-in-one server.
+async fn open_sql_store(config: &Config, role: Role) -> anyhow::Result<SqlStore> {
+    Ok(match (&config.database_url, role) {
+        (Some(url), _) => {
+            let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
+            SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?
+        }
+        (None, Role::AllInOne) => {
+            let path = config.data_dir.join(DATABASE_FILE);
+            SqlStore::open_sqlite(&path).await.with_context(|| format!("opening {}", path.display()))?
+        }
+        (None, _) => {
+            anyhow::bail!("LICENSING_DATABASE_URL is required: the separate services share one PostgreSQL database")
+        }
+    })
+}
+
+/// Where leases live: Redis when configured, else the embedded store in the all-in-one server.
+/// The separate Account service reads them to show a customer's live leases.
+async fn lease_stores(
+    config: &Config,
+    role: Role,
+    store: &SqlStore,
+    overrides: &Overrides,
+) -> anyhow::Result<(Option<Arc<dyn LeaseStore>>, Option<RedisLeaseStore>)> {
+    let Some(url) = &config.redis_url else {
+        return match role {
+            Role::AllInOne => Ok((Some(Arc::new(SqlLeaseStore::new(store.clone(), overrides.clock.clone()))), None)),
+            Role::Seat => {
+                anyhow::bail!("LICENSING_REDIS_URL is required: the separate Seat service keeps its leases in Redis")
+            }
+            Role::Account => {
+                tracing::warn!("no LICENSING_REDIS_URL: this Account service shows no live leases, and Seat services on Redis hear of its license changes only by PostgreSQL NOTIFY, so a checkout right after a change may still see the old license");
+                Ok((None, None))
+            }
+            Role::Activation => Ok((None, None)),
+        };
+    };
+    if role == Role::Activation {
+        return Ok((None, None));
+    }
+    let mut redis = RedisLeaseStore::connect(url)
+        .await
+        .context("connecting to Redis")?
+        .with_recovery_window(config.max_lease_ttl.as_millis() as i64);
+    if role.serves_seat() {
+        // Every expiry a holder is told is first recorded in SQL, which outlives Redis: a
+        // recovery after a loss lasts until the latest of them.
+        redis = redis.with_expiry_horizon(Arc::new(store.clone()));
+        for (name, current, recommended) in redis.config_shortfalls().await {
+            tracing::warn!(
+                setting = name,
+                current,
+                recommended,
+                "Redis is configured below what the lease store is sized for: leases take more memory (set {name} {recommended} in redis.conf)"
+            );
+        }
+        // Only the process that grants seats records the epoch: an empty Redis in a deployment
+        // that used it before lost its leases (see RedisLeaseStore).
+        let now = overrides.clock.now();
+        let used_before = store.mark("redis_lease_store", now).await.context("recording Redis use")?;
+        let until = redis.open_epoch(used_before).await.context("reading the Redis epoch")?;
+        if until > now {
+            tracing::warn!(until = %licensing_domain::clock::rfc3339(until), "the lease store is recovering: no new seats until then");
+        }
+    }
+    // Every license change made through this process raises the license's revision, so no Seat
+    // service grants a seat on the license as it was before the change.
+    store.raise_license_revisions_in(Arc::new(redis.clone()));
+    Ok((Some(Arc::new(redis.clone())), Some(redis)))
+}
+
+/// The Account service: the vendor's admin API, the customer portal over gRPC, and the customer
+/// portal in a browser when `LICENSING_PORTAL_ADDR` is not off.
+async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> anyhow::Result<()> {
+    let Deps { config, overrides, stack, store, catalog: catalog_store, hasher, .. } = deps;
+    // The portal's listener is bound first: the mail it sends links to the address it got.
+    let portal_listener = match role.default_portal_addr().and_then(|d| config.portal.resolve(d)) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the portal {addr} (LICENSING_PORTAL_ADDR)"))?,
+        ),
+        None => None,
+    };
+    let portal_url = match (&config.portal_url, &portal_listener) {
+        (Some(url), _) => url.clone(),
+        (None, Some(listener)) => local_url(listener.local_addr()?, config.tls.is_some()),
+        (None, None) => "http://127.0.0.1:8080".to_owned(),
+    };
+    let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
+    let catalog = Catalog::new(
+        catalog_store.clone(),
+        activations.clone(),
+        hasher.clone(),
+        overrides.password_hasher.clone(),
+        overrides.clock.clone(),
+    );
+    let mailer: Arc<dyn Mailer> = match &config.smtp_url {
+        Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
+        None => Arc::new(FileOutbox::new(config.data_dir.join("outbox"))),
+    };
+    let settings = PortalSettings {
+        reset_url: config.reset_url.clone().unwrap_or_else(|| format!("{portal_url}/reset-password")),
+        logins_per_account: config.rate_limits.login_per_account,
+        ..PortalSettings::default()
+    };
+    let portal = Portal::new(
+        PortalDeps {
+            catalog: catalog.clone(),
+            portal: Arc::new(store.clone()),
+            activations,
+            leases: deps.leases.clone(),
+            usage: Arc::new(store.clone()),
+            passwords: overrides.password_hasher.clone(),
+            mailer,
+        },
+        settings,
+    );
+    served.serve(
+        AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone()))
+            .into_server(config.max_message_bytes),
+    );
+    if let Some(listener) = portal_listener {
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.rustls_config(&[b"http/1.1"]).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let unlimited = |what| RateLimiter::new(what, None);
+        let settings = WebSettings {
+            keys: hasher.clone(),
+            secure: tls.is_some(),
+            // One budget per client address across the gRPC port and the portal.
+            login_per_client: stack.client_limiter("login").unwrap_or_else(|| unlimited("login")),
+            reset_per_client: stack.client_limiter("password reset").unwrap_or_else(|| unlimited("password reset")),
+            request_timeout: config.request_timeout,
+            concurrency_limit: config.concurrency_limit,
+        };
+        let router = licensing_account::web::router(portal.clone(), settings);
+        tracing::info!(addr = %listener.local_addr()?, url = %portal_url, "customer portal");
+        served.portal = Some(WebServer::new(listener, router, tls));
+    }
+    served.serve(PortalApi::new(portal).into_server(config.max_message_bytes));
+    Ok(())
+}
+
+/// The Activation service: node-locked activations and validations.
+fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
+    let Deps { config, overrides, stack, store, .. } = deps;
+    let settings = ActivationSettings {
+        match_threshold: config.fingerprint_match,
+        activations_per_license: config.rate_limits.activate_per_license,
+        ..ActivationSettings::default()
+    };
+    let activations = Activations::new(
+        deps.catalog.clone(),
+        Arc::new(store.clone()),
+        deps.credentials.clone(),
+        deps.signer.clone(),
+        overrides.clock.clone(),
+        settings,
+    )
+    .with_observer(Arc::new(stack.metrics.clone()))
+    // Validations read licenses and live activations from a cache that follows the store's
+    // change feed (activations changed by any process are reported too).
+    .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
+    // WatchLicense streams end when the server drains.
+    let api = ActivationApi::new(activations, config.watch_poll).with_drain(stack.drain.clone());
+    served.serve(api.into_server(config.max_message_bytes));
+}
+
+/// The Seat service: floating seats, their policies and usage, the sweep of expired leases.
+fn seat_routes(deps: &Deps<'_>, served: &mut Served) -> anyhow::Result<()> {
+    let Deps { config, overrides, stack, store, hasher, .. } = deps;
+    let leases = deps.leases.clone().context("the Seat service needs a lease store")?;
+    let usage = UsageLog::start(Arc::new(store.clone()), config.usage_queue);
+    served.usage_log = Some(usage.clone());
+    let seats = Seats::new(
+        deps.catalog.clone(),
+        leases,
+        Arc::new(store.clone()),
+        usage,
+        deps.credentials.clone(),
+        deps.signer.clone(),
+        SeatSettings {
+            max_ttl: config.max_lease_ttl.as_millis() as i64,
+            checkouts_per_license: config.rate_limits.checkout_per_license,
+            ..SeatSettings::default()
+        },
+    );
+    // Heartbeats and checkins read licenses from a cache that follows the store's change feed:
+    // complete at once on SQLite; on PostgreSQL once the listener runs (LISTEN), so changes made
+    // by the Account process reach it too.
+    let licenses = Arc::new(LicenseCache::following(store.license_feed()));
+    let mut seats = seats.with_observer(Arc::new(stack.metrics.clone())).with_license_cache(licenses);
+    if let Some(redis) = &deps.redis {
+        // Redis fences checkouts by license revision, so they may use the cache too.
+        seats = seats.with_license_revisions(Arc::new(redis.clone()));
+    }
+    stack.metrics.add_source(Arc::new(seats.clone()));
+    served.background.push(tokio::spawn(sweep_expired_leases(seats.clone(), config.sweep_interval)));
+    // A license's own customer may list its leases and read its usage with a portal session;
+    // WaitForSeat streams end when the server drains.
+    let sessions = SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone());
+    let api = SeatApi::new(seats, AdminAuth::new(deps.catalog.clone(), hasher.clone()), sessions)
+        .with_drain(stack.drain.clone());
+    served.serve(api.into_server(config.max_message_bytes));
+    Ok(())
 }
 
 /// The portal's URL on the address it is bound to (`localhost` for every interface).

@@ -154,18 +154,25 @@ fn too_many(retry_after: Duration) -> AccountError {
     }
 }
 
+/// What the portal works with.
+pub struct PortalDeps {
+    pub catalog: Catalog,
+    /// Sessions, reset tokens and receipts.
+    pub portal: Arc<dyn PortalStore>,
+    /// Installations and their history.
+    pub activations: Arc<dyn ActivationStore>,
+    /// Where live leases are read from; `None` when this process cannot see them.
+    pub leases: Option<Arc<dyn LeaseStore>>,
+    /// The usage log behind usage reports.
+    pub usage: Arc<dyn UsageStore>,
+    pub passwords: PasswordHasher,
+    /// Where password reset mail goes.
+    pub mailer: Arc<dyn Mailer>,
+}
+
 impl Portal {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        catalog: Catalog,
-        portal: Arc<dyn PortalStore>,
-        activations: Arc<dyn ActivationStore>,
-        leases: Option<Arc<dyn LeaseStore>>,
-        usage: Arc<dyn UsageStore>,
-        passwords: PasswordHasher,
-        mailer: Arc<dyn Mailer>,
-        settings: PortalSettings,
-    ) -> Self {
+    pub fn new(deps: PortalDeps, settings: PortalSettings) -> Self {
+        let PortalDeps { catalog, portal, activations, leases, usage, passwords, mailer } = deps;
         let sessions = SessionAuth::new(portal.clone(), catalog.hasher().clone(), catalog.clock());
         Self {
             guesses: GuessThrottle::new(settings.guessing),

@@ -28,11 +28,3 @@ pub mod account {
         tonic::include_proto!("licensing.account.v1");
     }
 }
-
-/// The fully qualified names of the licensing gRPC services, as reflection lists them.
-pub const SERVICE_NAMES: &[&str] = &[
-    "licensing.account.v1.AccountService",
-    "licensing.account.v1.AdminService",
-    "licensing.activation.v1.ActivationService",
-    "licensing.seat.v1.SeatService",
-];
