@@ -9,7 +9,7 @@
 //! - `src/main.rs` (all-in-one), `src/bin/{account,activation,seat}.rs`: the binaries.
 
 use anyhow::Context as _;
-use licensing_account::grpc::{AdminApi, PortalApi};
+use licensing_account::grpc::{AccountApi, AdminApi};
 use licensing_account::mail::{FileOutbox, Mailer, SmtpMailer};
 use licensing_account::portal::{Portal, PortalDeps, PortalSettings};
 use licensing_account::web::serve::WebServer;
@@ -461,7 +461,7 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         tracing::info!(addr = %listener.local_addr()?, url = %portal_url, "customer portal");
         served.portal = Some(WebServer::new(listener, router, tls));
     }
-    served.serve(PortalApi::new(portal).into_server(config.max_message_bytes));
+    served.serve(AccountApi::new(portal).into_server(config.max_message_bytes));
     Ok(())
 }
 

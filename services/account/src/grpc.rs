@@ -397,11 +397,11 @@ impl AdminService for AdminApi {
 
 /// The customer portal.
 #[derive(Clone)]
-pub struct PortalApi {
+pub struct AccountApi {
     portal: Portal,
 }
 
-impl PortalApi {
+impl AccountApi {
     pub fn new(portal: Portal) -> Self {
         Self { portal }
     }
@@ -442,7 +442,7 @@ fn installation(a: &Activation) -> pb::Installation {
 }
 
 #[tonic::async_trait]
-impl AccountService for PortalApi {
+impl AccountService for AccountApi {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let client = caller_address(&request);
         let r = request.into_inner();

@@ -6,8 +6,12 @@
 //! - [`catalog`]: [`Catalog`], the admin use cases (products, customers, licenses, audit); no gRPC.
 //! - [`mail`]: the mail outbox (SMTP, or files in the data directory).
 //! - [`portal`]: [`portal::Portal`], the customer portal's use cases; no gRPC.
-//! - [`grpc`]: thin tonic adapters, `AdminService` and `AccountService`: authenticate,
-//!   convert, delegate to [`Catalog`], convert back.
+//! - [`grpc`]: thin tonic adapters: [`grpc::AdminApi`] serves `AdminService` over [`Catalog`],
+//!   [`grpc::AccountApi`] serves `AccountService` (the customer portal) over
+//!   [`portal::Portal`]: authenticate, convert, delegate, convert back.
+//!
+//! Where a portal session is checked: `licensing_runtime::auth::SessionAuth` (see
+//! ARCHITECTURE.md).
 //! - [`web`]: the customer portal in a web browser (axum, askama), on the same [`portal::Portal`]
 //!   use cases as `AccountService`.
 

@@ -12,11 +12,13 @@
 //!   readiness delay, then a drain with a deadline that ends every long-lived stream).
 //! - [`health`]: the gRPC health service, whose `Watch` streams end when the drain starts.
 //! - [`status`]: the one place where any service error becomes a `tonic::Status`.
-//! - [`auth`]: bearer tokens from `authorization` metadata; admin token checks.
+//! - [`auth`]: bearer tokens from `authorization` metadata; the admin token, portal sessions
+//!   ([`auth::SessionAuth`]: where a session is checked), and callers that may be either.
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
 //! - [`license_cache`]: per-license values kept exact by the store's change feed (seats, validation).
 //! - [`hashing`]: argon2 work on threads of its own in the idle scheduling class.
-//! - [`limiter`]: failure counting and request rates per key (abuse limits).
+//! - [`limiter`]: abuse limits: request rates per key, and the throttle that slows password
+//!   guessers without locking anyone out.
 //! - [`tls`]: TLS and mutual TLS from PEM files, for servers and for our own clients.
 //! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.
 

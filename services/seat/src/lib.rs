@@ -6,7 +6,11 @@
 //!   the embedded store), signed lease tokens; no gRPC.
 //! - [`waiting`]: the first-come-first-served queue behind `WaitForSeat`.
 //! - [`usage`]: [`UsageLog`], the bounded queue and background writer of the usage log.
-//! - [`grpc`]: the tonic adapter `SeatService`.
+//! - [`grpc`]: [`grpc::SeatApi`], the tonic adapter serving `licensing.seat.v1.SeatService`:
+//!   decode, call a [`Seats`] use case, encode.
+//!
+//! Where a checkout decides the seat count: in the lease store, in one step (see
+//! ARCHITECTURE.md, "Where each rule is decided"); [`Seats::checkout`] prepares the command.
 
 pub mod error;
 pub mod grpc;

@@ -305,7 +305,7 @@ impl Seats {
     /// Checks out (or renews) a lease under the license's seat policy. `ticket` is the caller's
     /// place in the wait queue, if any: while others wait, a new seat goes to the head first.
     /// A call without a ticket counts against the license's checkout rate; a waiter's retries do
-    /// not (it was counted once, by [`Seats::admit_waiter`]).
+    /// not (it was counted once, when it joined the line).
     pub async fn checkout(
         &self,
         credentials: &Credentials,
