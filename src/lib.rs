@@ -476,6 +476,8 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
     let activations = Activations::new(
         deps.catalog.clone(),
         Arc::new(store.clone()),
+        // Portal sessions prove a deactivation by Installation ID.
+        Arc::new(store.clone()),
         deps.credentials.clone(),
         deps.signer.clone(),
         overrides.clock.clone(),

@@ -43,6 +43,26 @@ fn by_machine(
     }
 }
 
+fn by_installation(credentials: Option<pb::LicenseCredentials>, installation_id: &str) -> pb::DeactivateRequest {
+    pb::DeactivateRequest {
+        target: Some(pb::deactivate_request::Target::LicenseAndInstallation(pb::LicenseAndInstallation {
+            credentials,
+            installation_id: installation_id.into(),
+        })),
+    }
+}
+
+/// A deactivation naming the installation by its ID alone, with `session` (if any) as its
+/// bearer token.
+fn by_installation_id(installation_id: &str, session: Option<&str>) -> tonic::Request<pb::DeactivateRequest> {
+    let request =
+        pb::DeactivateRequest { target: Some(pb::deactivate_request::Target::InstallationId(installation_id.into())) };
+    match session {
+        Some(token) => with_token(token, request),
+        None => tonic::Request::new(request),
+    }
+}
+
 fn activate_req(
     credentials: Option<pb::LicenseCredentials>,
     fingerprint: Vec<FingerprintComponent>,
@@ -56,6 +76,16 @@ fn activate_req(
             product_version: "2.0".into(),
         }),
     }
+}
+
+fn activate_on_version(
+    credentials: Option<pb::LicenseCredentials>,
+    fingerprint: Vec<FingerprintComponent>,
+    version: &str,
+) -> pb::ActivateRequest {
+    let mut request = activate_req(credentials, fingerprint);
+    request.machine.as_mut().unwrap().product_version = version.into();
+    request
 }
 
 async fn client(app: &TestApp) -> ActivationServiceClient<Channel> {
@@ -180,23 +210,12 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
         let d = c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap().into_inner();
         assert_eq!(d.deactivations_left, 1);
         assert!(d.activation.unwrap().deactivated_at.is_some());
-        // Return by Installation ID.
+        // Return by Installation ID, with the license's credentials.
         let a =
             c.activate(activate_req(by_key(&key), fp("m2", "b", "e"))).await.unwrap().into_inner().activation.unwrap();
-        let d = c
-            .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::InstallationId(a.installation_id.clone())),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let d = c.deactivate(by_installation(by_key(&key), &a.installation_id)).await.unwrap().into_inner();
         assert_eq!(d.deactivations_left, 0);
-        let again = c
-            .deactivate(pb::DeactivateRequest {
-                target: Some(pb::deactivate_request::Target::InstallationId(a.installation_id)),
-            })
-            .await
-            .unwrap_err();
+        let again = c.deactivate(by_installation(by_key(&key), &a.installation_id)).await.unwrap_err();
         assert_eq!(again.code(), Code::NotFound);
         // Out of deactivations: the seat stays taken and the error points to the vendor.
         c.activate(activate_req(by_key(&key), fp("m3", "c", "f"))).await.unwrap();
@@ -215,18 +234,329 @@ async fn deactivation_frees_the_seat_and_its_limit_is_enforced() {
     }
 }
 
+/// A product cannot return an expired license's activation; it says the portal can, and the
+/// portal does.
 #[tokio::test]
-async fn an_expired_license_cannot_be_deactivated_from_the_product() {
-    let clock = licensing_domain::clock::ManualClock::new(licensing_domain::clock::SystemClock.now());
-    let app = spawn_app_with_clock(Backend::Sqlite, clock.clone()).await;
-    let f = fixture(&app).await;
-    let (_, key, _) =
-        issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| r.expires_at = ts(now_s() + 86_400)).await;
-    let mut c = client(&app).await;
-    c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
-    clock.advance(2 * licensing_domain::clock::DAY);
-    let err = c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "EXPIRED".into()));
+async fn an_expired_license_cannot_be_deactivated_from_the_product_but_in_the_portal() {
+    for backend in backends().await {
+        let clock = licensing_domain::clock::ManualClock::new(licensing_domain::clock::SystemClock.now());
+        let app = spawn_app_with_clock(backend, clock.clone()).await;
+        let f = fixture(&app).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+            r.expires_at = ts(now_s() + 86_400);
+            r.associate = true;
+        })
+        .await;
+        let mut c = client(&app).await;
+        let installation_id = c
+            .activate(activate_req(by_key(&key), fp("m1", "a", "d")))
+            .await
+            .unwrap()
+            .into_inner()
+            .activation
+            .unwrap()
+            .installation_id;
+        clock.advance(2 * licensing_domain::clock::DAY);
+        let err = c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "EXPIRED".into()), "{backend:?}");
+        assert!(err.message().contains("customer portal"), "{backend:?}: {}", err.message());
+        assert_eq!(counts(&app, &license_id).await, (1, 0), "{backend:?}: nothing was returned");
+        // What the message says works.
+        let session = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        portal(&app)
+            .await
+            .deactivate_installation(with_token(
+                &session,
+                admin_pb::DeactivateInstallationRequest { license_id: license_id.clone(), installation_id },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(counts(&app, &license_id).await.0, 0, "{backend:?}");
+    }
+}
+
+/// The reason a call was refused for.
+fn reason_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
+    match result {
+        Ok(_) => panic!("expected a refusal"),
+        Err(status) => reason(&status),
+    }
+}
+
+/// (activations used, deactivations used) of a license.
+async fn counts(app: &TestApp, license_id: &str) -> (i32, i32) {
+    let l = get_license(app, license_id).await;
+    (l.activations_used, l.deactivations_used)
+}
+
+/// The history as the license's owner sees it in the portal (newest first): (action, outcome).
+async fn portal_history(app: &TestApp, session: &str, license_id: &str) -> Vec<(String, String)> {
+    portal(app)
+        .await
+        .get_my_license(with_token(
+            session,
+            admin_pb::GetMyLicenseRequest { license_id: license_id.into(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .history
+        .into_iter()
+        .map(|h| (h.action, h.outcome))
+        .collect()
+}
+
+fn lines(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected.iter().map(|(a, o)| (a.to_string(), o.to_string())).collect()
+}
+
+/// The Installation ID is printed in the certificate file and shown in the portal: naming it
+/// proves nothing. Only the license's credentials or its owner's portal session free it.
+#[tokio::test]
+async fn an_installation_id_alone_frees_nothing() {
+    use pb::ValidationCode as V;
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let (license_id, key, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 4, |r| {
+            r.associate = true;
+            r.allowed_deactivations = 10;
+        })
+        .await;
+        let (_, other_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+        let stranger = create_customer(
+            &app,
+            "Stranger Ltd",
+            &format!("{}@stranger.example", licensing_domain::ids::new_id("m").to_lowercase()),
+        )
+        .await;
+        let mut c = client(&app).await;
+        let mut installations = vec![];
+        for m in ["m1", "m2", "m3"] {
+            let a = c.activate(activate_req(by_key(&key), fp(m, m, m))).await.unwrap().into_inner();
+            installations.push(a.activation.unwrap().installation_id);
+        }
+
+        let err = c.deactivate(by_installation_id(&installations[0], None)).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::Unauthenticated, "INSTALLATION_PROOF_MISSING".into()),
+            "{backend:?}"
+        );
+        assert!(
+            err.message().contains("license_and_installation") && err.message().contains("Bearer ses_"),
+            "says what to send: {}",
+            err.message()
+        );
+        for token in [ADMIN_TOKEN, "ses_WRONG00000000000000000000000000"] {
+            let err = c.deactivate(by_installation_id(&installations[0], Some(token))).await.unwrap_err();
+            assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, "SESSION_INVALID".into()), "{token}");
+        }
+        let strangers_session = login(&app, &stranger, CUSTOMER_PASSWORD).await.unwrap();
+        let err = c.deactivate(by_installation_id(&installations[0], Some(&strangers_session))).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::NotFound, "INSTALLATION_NOT_FOUND".into()), "{backend:?}");
+        let err = c.deactivate(by_installation(by_key(&other_key), &installations[0])).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::NotFound, "INSTALLATION_NOT_FOUND".into()), "{backend:?}");
+        let err = c
+            .deactivate(by_installation(by_password(&license_id, "not the password"), &installations[0]))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD".into()));
+        let err = c.deactivate(by_installation(None, &installations[0])).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, "CREDENTIALS_MISSING".into()));
+        assert_eq!(counts(&app, &license_id).await, (3, 0), "{backend:?}: no proof freed anything");
+        let v = validate(&mut c, by_key(&key), fp("m1", "m1", "m1"), &[], "").await;
+        assert_eq!(v.code, V::Valid as i32, "{backend:?}: the machine is still activated");
+
+        // The proofs: the license's key, its License ID and password, its owner's session.
+        let owner = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        c.deactivate(by_installation(by_key(&key), &installations[0])).await.unwrap();
+        c.deactivate(by_installation(by_password(&license_id, &password), &installations[1])).await.unwrap();
+        let d = c.deactivate(by_installation_id(&installations[2], Some(&owner))).await.unwrap().into_inner();
+        assert_eq!(d.activation.unwrap().installation_id, installations[2]);
+        assert_eq!(counts(&app, &license_id).await, (0, 3), "{backend:?}");
+    }
+}
+
+/// Activation applies the upgrade period as validation does: a version released after it
+/// ended is refused with the same reason and message, and consumes nothing; online and offline.
+#[tokio::test]
+async fn activation_refuses_a_version_released_after_the_upgrade_period() {
+    use pb::ValidationCode as V;
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        // Version 2.0 came out 10 days ago; the upgrade period ended 100 days ago.
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 3, |r| {
+            r.valid_from = ts(now_s() - 500 * 86_400);
+            r.upgrades_until = ts(now_s() - 100 * 86_400);
+        })
+        .await;
+        let mut c = client(&app).await;
+        c.activate(activate_on_version(by_key(&key), fp("m1", "a", "d"), "1.0")).await.unwrap();
+        let refused = c.activate(activate_on_version(by_key(&key), fp("m2", "b", "e"), "2.0")).await.unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused)),
+            (Code::FailedPrecondition, "VERSION_NOT_COVERED".into()),
+            "{backend:?}"
+        );
+        let v = validate(&mut c, by_key(&key), fp("m1", "a", "d"), &[], "2.0").await;
+        assert_eq!((v.code, v.detail.as_str()), (V::VersionNotCovered as i32, refused.message()), "one voice");
+        // The machine already activated on 1.0 cannot move to 2.0 by activating again either.
+        let err = c.activate(activate_on_version(by_key(&key), fp("m1", "a", "d"), "2.0")).await.unwrap_err();
+        assert_eq!(reason(&err), "VERSION_NOT_COVERED");
+        let err = c.activate(activate_on_version(by_key(&key), fp("m3", "c", "f"), "7.0")).await.unwrap_err();
+        assert_eq!(reason(&err), "VERSION_NOT_COVERED");
+        assert!(err.message().contains("not a released version"), "{}", err.message());
+        let machine = licensing_activation::service::Machine {
+            fingerprint: vec![licensing_domain::fingerprint::Component {
+                name: "machine-id".into(),
+                value: "airgap-1".into(),
+            }],
+            product_version: "2.0".into(),
+            ..Default::default()
+        };
+        let err = c
+            .activate_offline(pb::ActivateOfflineRequest {
+                activation_request: licensing_activation::Activations::offline_request(&key, &machine, 0),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "VERSION_NOT_COVERED".into()));
+        assert_eq!(counts(&app, &license_id).await, (1, 0), "{backend:?}: the refusals consumed nothing");
+
+        // Maintenance renewed past 2.0's release: now it activates.
+        app.admin()
+            .await
+            .extend_upgrade_period(admin_req(admin_pb::ExtendUpgradePeriodRequest {
+                license_id: license_id.clone(),
+                upgrades_until: ts(now_s()),
+                payment: None,
+            }))
+            .await
+            .unwrap();
+        c.activate(activate_on_version(by_key(&key), fp("m2", "b", "e"), "2.0")).await.unwrap();
+        assert_eq!(counts(&app, &license_id).await, (2, 0), "{backend:?}");
+    }
+}
+
+/// Every refusal on an identified license is a line of its history, with the reason as its
+/// outcome, and consumes nothing; the owner sees them in the portal.
+#[tokio::test]
+async fn refusals_are_in_the_activation_history_and_consume_nothing() {
+    for backend in backends().await {
+        let app = spawn_app(backend).await;
+        let f = fixture(&app).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+            r.associate = true;
+            r.allowed_deactivations = 1;
+            r.valid_from = ts(now_s() - 500 * 86_400);
+            r.upgrades_until = ts(now_s() - 100 * 86_400);
+        })
+        .await;
+        let mut c = client(&app).await;
+        let m1 = || activate_on_version(by_key(&key), fp("m1", "a", "d"), "1.0");
+        c.activate(m1()).await.unwrap();
+        let m2 = activate_on_version(by_key(&key), fp("m2", "b", "e"), "1.0");
+        assert_eq!(reason_of(c.activate(m2).await), "ACTIVATION_LIMIT_REACHED");
+        let wrong = activate_on_version(by_password(&license_id, "wrong password!"), fp("m2", "b", "e"), "1.0");
+        assert_eq!(reason_of(c.activate(wrong).await), "WRONG_ACTIVATION_PASSWORD");
+        let newer = activate_on_version(by_key(&key), fp("m1", "a", "d"), "2.0");
+        assert_eq!(reason_of(c.activate(newer).await), "VERSION_NOT_COVERED");
+        c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
+        c.activate(m1()).await.unwrap();
+        assert_eq!(
+            reason_of(c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await),
+            "DEACTIVATION_LIMIT_REACHED"
+        );
+        let wrong = by_machine(by_password(&license_id, "wrong password!"), fp("m1", "a", "d"));
+        assert_eq!(reason_of(c.deactivate(wrong).await), "WRONG_ACTIVATION_PASSWORD");
+        let mut admin = app.admin().await;
+        admin
+            .suspend_license(admin_req(admin_pb::SuspendLicenseRequest {
+                license_id: license_id.clone(),
+                reason: String::new(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(reason_of(c.activate(m1()).await), "SUSPENDED");
+        assert_eq!(reason_of(c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await), "SUSPENDED");
+        assert_eq!(counts(&app, &license_id).await, (1, 1), "{backend:?}: refusals consumed nothing");
+
+        let session = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let mut history = portal_history(&app, &session, &license_id).await;
+        history.reverse();
+        assert_eq!(
+            history,
+            lines(&[
+                ("activate", "ok"),
+                ("activate", "ACTIVATION_LIMIT_REACHED"),
+                ("activate", "WRONG_ACTIVATION_PASSWORD"),
+                ("activate", "VERSION_NOT_COVERED"),
+                ("deactivate", "ok"),
+                ("activate", "ok"),
+                ("deactivate", "DEACTIVATION_LIMIT_REACHED"),
+                ("deactivate", "WRONG_ACTIVATION_PASSWORD"),
+                ("activate", "SUSPENDED"),
+                ("deactivate", "SUSPENDED"),
+            ]),
+            "{backend:?}"
+        );
+        // The refused deactivation names the installation it could not free.
+        let full = admin
+            .get_activation_history(admin_req(admin_pb::GetActivationHistoryRequest { license_id: license_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let live = full.installations.iter().find(|i| i.active).unwrap();
+        let limited = full.history.iter().find(|h| h.outcome == "DEACTIVATION_LIMIT_REACHED").unwrap();
+        assert_eq!(limited.installation_id, live.installation_id);
+        let refused_activation = full.history.iter().find(|h| h.outcome == "ACTIVATION_LIMIT_REACHED").unwrap();
+        assert_eq!(
+            (refused_activation.installation_id.as_str(), refused_activation.machine_name.as_str()),
+            ("", "Workstation 7")
+        );
+    }
+}
+
+/// A refusal writes a history line only for a call the per-license rate limit let through, so
+/// refused calls cannot grow the history faster than that limit.
+#[tokio::test]
+async fn refusals_grow_the_history_no_faster_than_the_per_license_rate_limit() {
+    for backend in backends().await {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut env = test_env(backend, data_dir.path()).await;
+        env.insert("LICENSING_RATE_ACTIVATE_PER_LICENSE".into(), "4/min".into());
+        let app = spawn_with_env(backend, data_dir, env).await;
+        let f = fixture(&app).await;
+        let (license_id, key, _) =
+            issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| r.allowed_deactivations = 0).await;
+        let mut c = client(&app).await;
+        c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();
+        let mut rate_limited = 0;
+        for i in 0..10 {
+            let full = c.activate(activate_req(by_key(&key), fp(&format!("n{i}"), "x", "y"))).await.unwrap_err();
+            let spent = c.deactivate(by_machine(by_key(&key), fp("m1", "a", "d"))).await.unwrap_err();
+            for refused in [full, spent] {
+                match reason(&refused).as_str() {
+                    "RATE_LIMITED" => rate_limited += 1,
+                    "ACTIVATION_LIMIT_REACHED" | "DEACTIVATION_LIMIT_REACHED" => {}
+                    other => panic!("{backend:?}: unexpected {other}"),
+                }
+            }
+        }
+        let history = app
+            .admin()
+            .await
+            .get_activation_history(admin_req(admin_pb::GetActivationHistoryRequest { license_id: license_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .history;
+        let refusals = history.iter().filter(|h| !h.outcome.starts_with("ok")).count();
+        assert_eq!((refusals, rate_limited), (3, 17), "{backend:?}: 4 calls a minute, one of them the activation");
+        assert_eq!(counts(&app, &license_id).await, (1, 0));
+    }
 }
 
 async fn validate(
@@ -260,7 +590,7 @@ async fn validate_answers_one_precise_code() {
         .await;
         let mut c = client(&app).await;
         let machine = fp("m1", "a", "d");
-        c.activate(activate_req(by_key(&key), machine.clone())).await.unwrap();
+        c.activate(activate_on_version(by_key(&key), machine.clone(), "1.0")).await.unwrap();
 
         let v = validate(&mut c, by_key(&key), machine.clone(), &["render"], "1.0").await;
         assert!(v.valid, "{backend:?} {v:?}");
@@ -539,9 +869,22 @@ async fn passwords_and_history() {
                     .await
                     .unwrap()
             });
-        let actions: Vec<String> =
-            store.list_activation_events(&license_id).await.unwrap().into_iter().map(|e| e.action).collect();
-        assert_eq!(actions, ["activate", "activate", "activate", "refresh", "deactivate"], "{backend:?}");
+        let lines: Vec<(String, String)> = store
+            .list_activation_events(&license_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.outcome))
+            .collect();
+        let expected = [
+            ("activate", "ok"),
+            ("activate", "ok: already activated"),
+            ("activate", "ok"),
+            ("activate", "WRONG_ACTIVATION_PASSWORD"),
+            ("refresh", "ok"),
+            ("deactivate", "ok"),
+        ];
+        assert_eq!(lines, expected.map(|(a, o)| (a.to_owned(), o.to_owned())), "{backend:?}");
     }
 }
 
@@ -647,6 +990,16 @@ async fn wrong_activation_passwords_slow_the_guesser_never_the_owner() {
     let err = c.activate(activate_req(by_password(&license_id, &password), fp("m1", "a", "d"))).await.unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "TOO_MANY_FAILURES".into()));
     assert!(err.metadata().get("retry-after").is_some());
+    // Each wrong password is in the history; once the guesses are blocked, nothing more is.
+    let history = app
+        .admin()
+        .await
+        .get_activation_history(admin_req(admin_pb::GetActivationHistoryRequest { license_id: license_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    assert_eq!(history.iter().filter(|h| h.outcome == "WRONG_ACTIVATION_PASSWORD").count(), 5);
     // The license key still works, and nothing was activated by the guesses.
     assert_eq!(get_license(&app, &license_id).await.activations_used, 0);
     c.activate(activate_req(by_key(&key), fp("m1", "a", "d"))).await.unwrap();

@@ -385,7 +385,11 @@ async fn portal_rpc(rpc: &str, session: Option<&str>, w: &World) -> Code {
             code(p.list_my_licenses(session_req(session, acc::ListMyLicensesRequest { page: None })).await)
         }
         "GetMyLicense" => code(
-            p.get_my_license(session_req(session, acc::GetMyLicenseRequest { license_id: w.license_a.clone() })).await,
+            p.get_my_license(session_req(
+                session,
+                acc::GetMyLicenseRequest { license_id: w.license_a.clone(), ..Default::default() },
+            ))
+            .await,
         ),
         "ListMyLeases" => code(
             p.list_my_leases(session_req(session, acc::ListMyLeasesRequest { license_id: w.floating_a.clone() })).await,
@@ -632,6 +636,34 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         Code::FailedPrecondition,
         "B's (floating) key cannot return A's node-locked machine"
     );
+    // A's installation named by its ID: the ID is no credential. Nobody, a wrong or admin token,
+    // customer B's session and B's key are all refused; A's session works (below, last).
+    let by_id = |token: Option<&str>| {
+        let message = act::DeactivateRequest {
+            target: Some(act::deactivate_request::Target::InstallationId(w.installation_a.clone())),
+        };
+        match token {
+            Some(token) => with_token(token, message),
+            None => tonic::Request::new(message),
+        }
+    };
+    for (token, expected) in [
+        (None, Code::Unauthenticated),
+        (Some("ses_WRONG00000000000000000000000000"), Code::Unauthenticated),
+        (Some(ADMIN_TOKEN), Code::Unauthenticated),
+        (Some(w.session_b.as_str()), Code::NotFound),
+    ] {
+        assert_eq!(code(activation.deactivate(by_id(token)).await), expected, "Deactivate by ID with {token:?}");
+    }
+    let with_b_key = activation
+        .deactivate(act::DeactivateRequest {
+            target: Some(act::deactivate_request::Target::LicenseAndInstallation(act::LicenseAndInstallation {
+                credentials: key(&w.floating_key_b),
+                installation_id: w.installation_a.clone(),
+            })),
+        })
+        .await;
+    assert_eq!(code(with_b_key), Code::FailedPrecondition, "B's (floating) key cannot free A's installation");
     let refresh_with_b = activation
         .refresh_certificate(act::RefreshCertificateRequest {
             credentials: key(&w.floating_key_b),
@@ -679,4 +711,5 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         installations.iter().any(|i| i.installation_id == w.installation_a && i.active),
         "A's installation untouched"
     );
+    assert_eq!(code(activation.deactivate(by_id(Some(&w.session_a))).await), Code::Ok, "A's own session frees it");
 }

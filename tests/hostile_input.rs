@@ -161,7 +161,16 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(4), platform: t(5), product_version: t(1) }),
         })),
         18 => run!(c.activation.validate(act::ValidateRequest { credentials: act_creds(i), fingerprint: fp(i), modules: vec![t(4)], product_version: t(5) })),
-        19 => run!(c.activation.deactivate(act::DeactivateRequest { target: Some(act::deactivate_request::Target::InstallationId(t(0))) })),
+        19 => {
+            use act::deactivate_request::Target;
+            match i.ints[3].rem_euclid(3) {
+                0 => run!(c.activation.deactivate(act::DeactivateRequest { target: Some(Target::InstallationId(t(0))) })),
+                1 => run!(c.activation.deactivate(with_token(&c.session, act::DeactivateRequest { target: Some(Target::InstallationId(t(0))) }))),
+                _ => run!(c.activation.deactivate(act::DeactivateRequest {
+                    target: Some(Target::LicenseAndInstallation(act::LicenseAndInstallation { credentials: act_creds(i), installation_id: t(0) })),
+                })),
+            }
+        }
         20 => run!(c.activation.refresh_certificate(act::RefreshCertificateRequest { credentials: act_creds(i), fingerprint: fp(i) })),
         21 => run!(c.activation.activate_offline(act::ActivateOfflineRequest { activation_request: format!("-----BEGIN LICENSING ACTIVATION REQUEST-----\n{}\nchecksum:{}\n-----END LICENSING ACTIVATION REQUEST-----", t(0), t(1)) })),
         22 => run!(c.activation.watch_license(act::WatchLicenseRequest { credentials: act_creds(i), fingerprint: fp(i) })),
@@ -200,7 +209,7 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
         30 => run!(c.portal.login(acc::LoginRequest { login: t(0), password: t(1) })),
         31 => run!(c.portal.request_password_reset(acc::RequestPasswordResetRequest { login: t(0) })),
         32 => run!(c.portal.reset_password(acc::ResetPasswordRequest { reset_token: t(0), new_password: t(1) })),
-        33 => run!(c.portal.get_my_license(with_token(&c.session, acc::GetMyLicenseRequest { license_id: lic }))),
+        33 => run!(c.portal.get_my_license(with_token(&c.session, acc::GetMyLicenseRequest { license_id: lic, installations_page: page(i), history_page: page(i) }))),
         34 => run!(c.portal.deactivate_installation(with_token(&c.session, acc::DeactivateInstallationRequest { license_id: lic, installation_id: t(1) }))),
         35 => run!(c.portal.transfer_license(with_token(&c.session, acc::TransferLicenseRequest { license_id: lic, to_customer_id: t(1) }))),
         36 => run!(c.portal.associate_license(with_token(&c.session, acc::AssociateLicenseRequest { license_key: t(0) }))),

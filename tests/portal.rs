@@ -257,7 +257,10 @@ async fn licenses_installations_history_leases_and_manual_deactivation() {
         let lost = activate(&app, &key, "lost-laptop").await;
         activate(&app, &key, "desk").await;
         let details = p
-            .get_my_license(with_token(&s, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+            .get_my_license(with_token(
+                &s,
+                pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -338,7 +341,10 @@ async fn licenses_installations_history_leases_and_manual_deactivation() {
         let l = get_license(&app, &license_id).await;
         assert_eq!((l.activations_used, l.deactivations_used), (0, 1), "{backend:?}");
         let history = p
-            .get_my_license(with_token(&s, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+            .get_my_license(with_token(
+                &s,
+                pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -347,16 +353,100 @@ async fn licenses_installations_history_leases_and_manual_deactivation() {
     }
 }
 
+/// A license's details page its installations and its history (newest first), so a site
+/// license of 100,000 installations is shown a page at a time; every installation and every
+/// line comes exactly once across the pages.
+#[tokio::test]
+async fn license_details_page_installations_and_history() {
+    for backend in backends().await {
+        // A clock that stands still: every activation at the same millisecond, so pages must
+        // break ties in activation time.
+        let clock = ManualClock::new(SystemClock.now());
+        let app = spawn_app_with_clock(backend, clock.clone()).await;
+        let f = fixture(&app).await;
+        let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 10, |r| r.associate = true).await;
+        let mut installed = vec![];
+        for i in 0..7 {
+            installed.push(activate(&app, &key, &format!("site-{i}")).await);
+            if i == 3 {
+                clock.advance(MINUTE);
+            }
+        }
+        let s = login(&app, &f.customer_id, CUSTOMER_PASSWORD).await.unwrap();
+        let p = portal(&app).await;
+        let details = |installations_token: &str, history_token: &str| {
+            let request = pb::GetMyLicenseRequest {
+                license_id: license_id.clone(),
+                installations_page: Some(licensing_proto::common::v1::PageRequest {
+                    page_size: 3,
+                    page_token: installations_token.into(),
+                }),
+                history_page: Some(licensing_proto::common::v1::PageRequest {
+                    page_size: 2,
+                    page_token: history_token.into(),
+                }),
+            };
+            let mut p = p.clone();
+            let s = s.clone();
+            async move { p.get_my_license(with_token(&s, request)).await.map(|r| r.into_inner()) }
+        };
+        // Both lists page at once; each is followed until its token comes back empty.
+        let (mut seen, mut history, mut pages) = (vec![], vec![], (0, 0));
+        let (mut installations_token, mut history_token) = (String::new(), String::new());
+        let (mut installations_done, mut history_done) = (false, false);
+        while !(installations_done && history_done) {
+            let page = details(&installations_token, &history_token).await.unwrap();
+            assert!(page.installations.len() <= 3 && page.history.len() <= 2, "{backend:?}");
+            if !installations_done {
+                pages.0 += 1;
+                seen.extend(page.installations.iter().map(|i| i.installation_id.clone()));
+                installations_token = page.installations_next_page_token;
+                installations_done = installations_token.is_empty();
+            }
+            if !history_done {
+                pages.1 += 1;
+                history.extend(page.history.iter().map(|h| h.installation_id.clone()));
+                history_token = page.history_next_page_token;
+                history_done = history_token.is_empty();
+            }
+            assert!(pages.1 < 10, "{backend:?}: the pages never end");
+        }
+        assert_eq!(pages, (3, 4), "{backend:?}: 7 installations 3 a page, 7 lines of history 2 a page");
+        let mut ids = seen.clone();
+        ids.sort();
+        let mut expected = installed.clone();
+        expected.sort();
+        assert_eq!(ids, expected, "{backend:?}: each installation once");
+        assert!(seen[..3].iter().all(|id| installed[4..].contains(id)), "{backend:?}: newest first");
+        history.reverse();
+        assert_eq!(history, installed, "{backend:?}: the history newest first");
+        // Without a page, the first page of the default size.
+        let all = get_my_installations(&mut portal(&app).await, &s, &license_id).await;
+        assert_eq!(all.len(), 7);
+        // A token this list did not give is refused, whoever sends it.
+        for bad in ["lic_0000000000000000", "12.ins_x", "\u{0}"] {
+            let err = details(bad, "").await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {bad}");
+            assert!(err.message().starts_with("installations_page.page_token"), "{}", err.message());
+        }
+        let err = details("", "yesterday").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+}
+
 async fn get_my_installations(
     p: &mut AccountServiceClient<Channel>,
     session: &str,
     license_id: &str,
 ) -> Vec<pb::Installation> {
-    p.get_my_license(with_token(session, pb::GetMyLicenseRequest { license_id: license_id.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .installations
+    p.get_my_license(with_token(
+        session,
+        pb::GetMyLicenseRequest { license_id: license_id.into(), ..Default::default() },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .installations
 }
 
 #[tokio::test]
@@ -683,9 +773,12 @@ async fn a_customer_never_sees_or_changes_another_accounts_data() {
             );
         };
         not_mine(
-            p.get_my_license(with_token(&s, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
-                .await
-                .unwrap_err(),
+            p.get_my_license(with_token(
+                &s,
+                pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
+            ))
+            .await
+            .unwrap_err(),
             "GetMyLicense",
         );
         not_mine(
@@ -1013,7 +1106,10 @@ async fn a_customer_never_sees_the_vendors_notes() {
     let listed = p.list_my_licenses(with_token(&session, pb::ListMyLicensesRequest { page: None })).await.unwrap();
     assert!(listed.into_inner().licenses.iter().all(|l| l.notes.is_empty()));
     let details = p
-        .get_my_license(with_token(&session, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+        .get_my_license(with_token(
+            &session,
+            pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
+        ))
         .await
         .unwrap();
     assert_eq!(details.into_inner().license.unwrap().notes, "");

@@ -167,7 +167,10 @@ async fn a_licensee_name_is_set_on_the_accounts_own_licenses_only() {
             .unwrap();
         assert_eq!(license.licensee_name, "Acme Research");
         let got = p
-            .get_my_license(with_token(&session, pb::GetMyLicenseRequest { license_id: license_id.clone() }))
+            .get_my_license(with_token(
+                &session,
+                pb::GetMyLicenseRequest { license_id: license_id.clone(), ..Default::default() },
+            ))
             .await
             .unwrap()
             .into_inner()

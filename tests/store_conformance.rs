@@ -256,29 +256,236 @@ async fn activation_store_conformance() {
             target: DeactivateTarget::Installation(m2.installation_id.clone()),
             ..by_machine.clone()
         };
+        // The portal's and support's deactivations are refused without a history line; a
+        // product's (checked) ones are recorded, whether the license or the limit refuses.
         assert!(
             matches!(store.deactivate(&by_id).await, Err(ActivationStoreError::DeactivationLimit { allowed: 1 })),
             "{name}"
         );
+        assert!(
+            matches!(
+                store.deactivate_checked(&by_id, &usable).await,
+                Err(ActivationStoreError::DeactivationLimit { allowed: 1 })
+            ),
+            "{name}"
+        );
+        assert!(matches!(store.deactivate_checked(&by_id, &refuse).await, Err(ActivationStoreError::Refused(_))));
         let uncounted = DeactivateCommand { counts: false, action: "portal_deactivate", ..by_id };
         store.deactivate(&uncounted).await.expect("a deactivation that does not count ignores the limit");
-        let event = ActivationEvent {
+        let event = |action: &str, outcome: &str| ActivationEvent {
+            sequence: 0,
             occurred_at: 300,
-            action: "refresh".into(),
+            action: action.into(),
             installation_id: m2.installation_id.clone(),
             machine_name: "m2".into(),
             fingerprint_digest: "x".into(),
-            outcome: "ok".into(),
+            outcome: outcome.into(),
         };
-        store.record_refresh(&m2.installation_id, &event, 300).await.unwrap();
-        let actions: Vec<String> =
-            store.list_activation_events(&l.license_id).await.unwrap().into_iter().map(|e| e.action).collect();
+        store.record_refresh(&m2.installation_id, &event("refresh", "ok"), 300).await.unwrap();
+        store.record_refusal(&l.license_id, &event("activate", "WRONG_ACTIVATION_PASSWORD")).await.unwrap();
+        let history = store.list_activation_events(&l.license_id).await.unwrap();
+        let lines: Vec<(&str, &str)> = history.iter().map(|e| (e.action.as_str(), e.outcome.as_str())).collect();
         assert_eq!(
-            actions,
-            ["activate", "activate", "activate", "deactivate", "portal_deactivate", "refresh"],
+            lines,
+            [
+                ("activate", "ok"),
+                ("activate", "ok: already activated"),
+                ("activate", "ok"),
+                ("activate", "ACTIVATION_LIMIT_REACHED"),
+                ("activate", "SUSPENDED"),
+                ("deactivate", "ok"),
+                ("deactivate", "DEACTIVATION_LIMIT_REACHED"),
+                ("deactivate", "SUSPENDED"),
+                ("portal_deactivate", "ok: not counted"),
+                ("refresh", "ok"),
+                ("activate", "WRONG_ACTIVATION_PASSWORD"),
+            ],
             "{name}"
         );
-        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().activations_used, 0);
+        let limited = &history[6];
+        assert_eq!(
+            (limited.installation_id.as_str(), limited.machine_name.as_str()),
+            (m2.installation_id.as_str(), "m2")
+        );
+        let l_after = store.get_license(&l.license_id).await.unwrap().unwrap();
+        assert_eq!((l_after.activations_used, l_after.deactivations_used), (0, 1), "{name}: refusals took nothing");
+
+        // Pages of history, newest first, each starting before the last one's sequence.
+        let mut paged = vec![];
+        let mut before = None;
+        loop {
+            let page = store.page_activation_events(&l.license_id, before, 4).await.unwrap();
+            paged.extend(page.iter().cloned());
+            match page.last() {
+                Some(last) if page.len() == 4 => before = Some(last.sequence),
+                _ => break,
+            }
+        }
+        let mut newest_first = history.clone();
+        newest_first.reverse();
+        assert_eq!(paged, newest_first, "{name}");
+    }
+}
+
+/// A store matches a machine through the components it shares with live activations, and
+/// finds every activation that could match, also through components that very many share.
+#[tokio::test]
+async fn activation_stores_match_machines_through_the_components_they_share() {
+    let usable = |_: &License| Ok(());
+    let component = |name: &str, digest: &str| ComponentDigest { name: name.into(), digest: digest.into() };
+    for (name, store) in sql_stores().await {
+        let (customer, _) = seed(&store).await;
+        let mut site = new_license(&customer.customer_id, LicenseKind::NodeLocked, 1_000);
+        site.allowed_deactivations = UNLIMITED;
+        let new = NewLicense {
+            license: site.clone(),
+            key_digest: format!("digest-{}", site.license_id),
+            activation_password_salt: "salt".into(),
+        };
+        store.insert_license(&new, audit("license.issued", &site.license_id), None).await.unwrap();
+        // A site where 70 machines share a CPU model and 70 others an OS image: both components
+        // are common. The one machine sharing both is listed last, so following the common
+        // components only part of the way would miss it.
+        let machine = |i: usize, shared: ComponentDigest| Activation {
+            installation_id: ids::new_id(ids::INSTALLATION),
+            license_id: site.license_id.clone(),
+            fingerprint: vec![
+                shared,
+                component("machine-id", &format!("id-{i}")),
+                component("disk-serial", &format!("disk-{i}")),
+            ],
+            machine_name: format!("m{i}"),
+            platform: "p".into(),
+            product_version: "1.0".into(),
+            activated_at: 50 + i as i64,
+            last_seen_at: 50,
+            deactivated_at: None,
+            offline: false,
+        };
+        let mut imported: Vec<Activation> = (0..70)
+            .map(|i| machine(i, component("cpu", "xeon")))
+            .chain((70..140).map(|i| machine(i, component("os-install-id", "golden-image"))))
+            .collect();
+        let both = Activation {
+            installation_id: "ins_zzzzzzzzzzzzzzzz".into(),
+            fingerprint: vec![
+                component("cpu", "xeon"),
+                component("os-install-id", "golden-image"),
+                component("mac", "x"),
+            ],
+            ..machine(140, component("board-serial", "unused"))
+        };
+        imported.push(both.clone());
+        let after = store.import_activations(&site.license_id, &imported).await.unwrap();
+        assert_eq!(after.activations_used, 141, "{name}");
+
+        let best = |presented: Vec<ComponentDigest>, min_share: f64| {
+            let store = store.clone();
+            let license_id = site.license_id.clone();
+            async move { store.best_live_match(&license_id, &presented, min_share).await.unwrap() }
+        };
+        let seven = vec![component("cpu", "xeon"), component("machine-id", "id-7"), component("disk-serial", "disk-7")];
+        let found = best(seven, 0.6).await.unwrap();
+        assert_eq!(
+            (found.activation.installation_id.as_str(), found.share),
+            (imported[7].installation_id.as_str(), 1.0)
+        );
+        // A machine with the common CPU and OS and a new board: 2 of the 3 components of `both`.
+        let presented =
+            vec![component("cpu", "xeon"), component("os-install-id", "golden-image"), component("machine-id", "new")];
+        let found = best(presented, 0.6).await.expect("found through common components alone");
+        assert_eq!(found.activation.installation_id, both.installation_id, "{name}");
+        // At a lower share every machine with the CPU would do: one of them is found.
+        let found = best(vec![component("machine-id", "new"), component("cpu", "xeon")], 0.3).await.unwrap();
+        assert!((found.share - 1.0 / 3.0).abs() < 1e-9, "{name}: {}", found.share);
+        assert!(best(vec![component("machine-id", "nothing shared")], 0.3).await.is_none());
+
+        // The index follows a machine's components as they change, and forgets it when it goes.
+        let first = vec![component("machine-id", "a"), component("disk-serial", "b"), component("mac", "c")];
+        let moved = vec![component("machine-id", "a"), component("disk-serial", "b"), component("mac", "d")];
+        let command = |fingerprint: &[ComponentDigest]| ActivateCommand {
+            fingerprint: fingerprint.to_vec(),
+            ..activate_command(&site.license_id, "mover")
+        };
+        let ActivateOutcome::New(mover, _) = store.activate(&command(&first), &usable).await.unwrap() else {
+            panic!("{name}: a new machine")
+        };
+        assert!(matches!(store.activate(&command(&moved), &usable).await.unwrap(), ActivateOutcome::Existing(..)));
+        let later = vec![component("machine-id", "a"), component("mac", "d"), component("hostname", "e")];
+        let found = best(later.clone(), 0.6).await.expect("matched through the components stored last");
+        assert_eq!(found.activation.installation_id, mover.installation_id);
+        assert!(best(vec![component("mac", "c")], 0.3).await.is_none(), "{name}: the old NIC is forgotten");
+        let by_machine = DeactivateCommand {
+            license_id: site.license_id.clone(),
+            target: DeactivateTarget::Fingerprint { digests: later.clone(), match_threshold: 0.6 },
+            counts: true,
+            action: "deactivate",
+            now: 200,
+        };
+        let (gone, _) = store.deactivate(&by_machine).await.unwrap();
+        assert_eq!(gone.installation_id, mover.installation_id);
+        assert!(best(later, 0.3).await.is_none(), "{name}: a deactivated machine matches nothing");
+
+        // Installations page newest first, ties in activation time included.
+        let tied = Activation { activated_at: 149, ..machine(99, component("cpu", "tied")) };
+        store.import_activations(&site.license_id, std::slice::from_ref(&tied)).await.unwrap();
+        let mut paged: Vec<String> = vec![];
+        let mut after: Option<InstallationCursor> = None;
+        loop {
+            let page = store.page_activations(&site.license_id, after.as_ref(), 7).await.unwrap();
+            paged.extend(page.iter().map(|a| a.installation_id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 7 => after = Some(InstallationCursor::after(last)),
+                _ => break,
+            }
+        }
+        let all: Vec<String> =
+            store.list_activations(&site.license_id).await.unwrap().into_iter().map(|a| a.installation_id).collect();
+        assert_eq!(paged.len(), all.len(), "{name}");
+        assert_eq!(paged.iter().collect::<HashSet<_>>(), all.iter().collect::<HashSet<_>>(), "{name}");
+    }
+}
+
+/// Activations made before the component index existed are indexed by its migration: the same
+/// machine still matches and takes no second activation.
+#[tokio::test]
+async fn activations_made_before_the_component_index_still_match_after_its_migration() {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut databases = vec![("sqlite", format!("sqlite://{}", dir.join("before.db").display()))];
+    if postgres_available().await {
+        databases.push(("postgres", fresh_postgres_database().await));
+    }
+    let usable = |_: &License| Ok(());
+    for (name, url) in databases {
+        let open = || async {
+            if name == "sqlite" {
+                SqlStore::open_sqlite(&dir.join("before.db")).await.unwrap()
+            } else {
+                SqlStore::connect_postgres(&url, &conformance_sql_options()).await.unwrap()
+            }
+        };
+        let store = open().await;
+        let (_, l) = seed(&store).await;
+        store.activate(&activate_command(&l.license_id, "m1"), &usable).await.unwrap();
+        store.close().await;
+        // Back to the schema before the index: no index, its migration not applied.
+        let raw = sqlx::AnyPool::connect(&url).await.unwrap();
+        for sql in [
+            "DROP TABLE activation_components",
+            "DROP INDEX activations_license_newest",
+            "DELETE FROM _sqlx_migrations WHERE version = 7",
+        ] {
+            sqlx::query(sql).execute(&raw).await.unwrap();
+        }
+        raw.close().await;
+        let store = open().await;
+        let found = store.best_live_match(&l.license_id, &digests("m1"), 0.6).await.unwrap();
+        assert_eq!(found.map(|m| m.activation.machine_name), Some("m1".to_owned()), "{name}");
+        let again = store.activate(&activate_command(&l.license_id, "m1"), &usable).await.unwrap();
+        assert!(matches!(again, ActivateOutcome::Existing(..)), "{name}");
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().activations_used, 1, "{name}");
+        store.close().await;
     }
 }
 

@@ -128,7 +128,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         self.admin(&request).await?;
-        let page = conv::page(request.get_ref().page.as_ref()).map_err(invalid)?;
+        let page = conv::page("page", request.get_ref().page.as_ref()).map_err(invalid)?;
         let products = self.catalog.list_products(&page).await.or_status()?;
         Ok(Response::new(pb::ListProductsResponse {
             next_page_token: conv::next_page_token(&products, &page, |p| p.code.clone()),
@@ -181,7 +181,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         self.admin(&request).await?;
         let r = request.get_ref();
-        let page = conv::page(r.page.as_ref()).map_err(invalid)?;
+        let page = conv::page("page", r.page.as_ref()).map_err(invalid)?;
         let customers = self.catalog.list_customers(&r.query, &page).await.or_status()?;
         Ok(Response::new(pb::ListCustomersResponse {
             next_page_token: conv::next_page_token(&customers, &page, |c| c.customer_id.clone()),
@@ -242,7 +242,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListLicensesResponse>, Status> {
         self.admin(&request).await?;
         let r = request.into_inner();
-        let page = conv::page(r.page.as_ref()).map_err(invalid)?;
+        let page = conv::page("page", r.page.as_ref()).map_err(invalid)?;
         let status = match r.status {
             0 => None,
             n => Some(
@@ -386,7 +386,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         self.admin(&request).await?;
         let r = request.get_ref();
-        let page = conv::page(r.page.as_ref()).map_err(invalid)?;
+        let page = conv::page("page", r.page.as_ref()).map_err(invalid)?;
         let events = self.catalog.list_audit(&r.subject, &page).await.or_status()?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),
@@ -492,7 +492,7 @@ impl AccountService for AccountApi {
         request: Request<pb::ListMyLicensesRequest>,
     ) -> Result<Response<pb::ListMyLicensesResponse>, Status> {
         let me = self.me(&request).await?;
-        let page = conv::page(request.get_ref().page.as_ref()).map_err(invalid)?;
+        let page = conv::page("page", request.get_ref().page.as_ref()).map_err(invalid)?;
         let licenses = self.portal.licenses(&me, &page).await.or_status()?;
         Ok(Response::new(pb::ListMyLicensesResponse {
             next_page_token: conv::next_page_token(&licenses, &page, |l| l.license_id.clone()),
@@ -505,11 +505,17 @@ impl AccountService for AccountApi {
         request: Request<pb::GetMyLicenseRequest>,
     ) -> Result<Response<pb::GetMyLicenseResponse>, Status> {
         let me = self.me(&request).await?;
-        let d = self.portal.license_details(&me, &request.get_ref().license_id).await.or_status()?;
+        let r = request.get_ref();
+        let installations_page = conv::page("installations_page", r.installations_page.as_ref()).map_err(invalid)?;
+        let history_page = conv::page("history_page", r.history_page.as_ref()).map_err(invalid)?;
+        let d =
+            self.portal.license_details(&me, &r.license_id, &installations_page, &history_page).await.or_status()?;
         Ok(Response::new(pb::GetMyLicenseResponse {
             license: Some(conv::customer_license(&d.license)),
             installations: d.installations.iter().map(installation).collect(),
             history: d.history.iter().map(history_entry).collect(),
+            installations_next_page_token: d.installations_next.map(|c| c.token()).unwrap_or_default(),
+            history_next_page_token: d.history_next.map(|s| s.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -651,7 +657,7 @@ impl AccountService for AccountApi {
         request: Request<pb::ListMyAuditEventsRequest>,
     ) -> Result<Response<pb::ListMyAuditEventsResponse>, Status> {
         let me = self.me(&request).await?;
-        let page = conv::page(request.get_ref().page.as_ref()).map_err(invalid)?;
+        let page = conv::page("page", request.get_ref().page.as_ref()).map_err(invalid)?;
         let events = self.portal.audit_events(&me, &page).await.or_status()?;
         Ok(Response::new(pb::ListMyAuditEventsResponse {
             next_page_token: conv::next_page_token(&events, &page, |e| e.sequence.to_string()),

@@ -52,11 +52,25 @@ impl Default for PortalSettings {
     }
 }
 
-/// An installation as the portal shows it.
+/// A license as the portal shows it: with a page of its installations and of its history,
+/// both newest first.
 pub struct LicenseDetails {
     pub license: License,
     pub installations: Vec<Activation>,
+    /// Where the next page of installations starts; `None` after the last.
+    pub installations_next: Option<InstallationCursor>,
     pub history: Vec<ActivationEvent>,
+    /// The sequence the next (older) page of history starts before; `None` after the oldest.
+    pub history_next: Option<i64>,
+}
+
+/// A page size within bounds (0: the default).
+fn page_size(page: &Page) -> u32 {
+    if page.limit == 0 {
+        DEFAULT_PAGE_SIZE
+    } else {
+        page.limit.min(MAX_PAGE_SIZE)
+    }
 }
 
 /// A concurrent license returned to be issued again, and what it was issued as.
@@ -440,13 +454,103 @@ impl Portal {
         Ok(self.catalog.store().list_licenses(&filter, page).await?)
     }
 
-    pub async fn license_details(&self, me: &str, license_id: &str) -> Result<LicenseDetails, AccountError> {
+    /// One of the account's licenses, with a page of its installations and of its history
+    /// (keyset pages: the tokens come from the previous page).
+    pub async fn license_details(
+        &self,
+        me: &str,
+        license_id: &str,
+        installations_page: &Page,
+        history_page: &Page,
+    ) -> Result<LicenseDetails, AccountError> {
         let license = self.my_license(me, license_id).await?;
-        Ok(LicenseDetails {
-            installations: self.activations.list_activations(license_id).await?,
-            history: self.activations.list_activation_events(license_id).await?,
-            license,
-        })
+        let (installations, installations_next) = self.page_installations(&license, installations_page).await?;
+        let (history, history_next) = self.page_history(&license, history_page).await?;
+        Ok(LicenseDetails { license, installations, installations_next, history, history_next })
+    }
+
+    /// A page of the installations of one of the account's licenses, live and deactivated,
+    /// newest first, with where the next page starts (`None` after the last).
+    pub async fn installations(
+        &self,
+        me: &str,
+        license_id: &str,
+        page: &Page,
+    ) -> Result<(License, Vec<Activation>, Option<InstallationCursor>), AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        let (installations, next) = self.page_installations(&license, page).await?;
+        Ok((license, installations, next))
+    }
+
+    /// A page of the installation and activation history of one of the account's licenses,
+    /// refusals included, newest first, with the token of the next (older) page.
+    pub async fn history(
+        &self,
+        me: &str,
+        license_id: &str,
+        page: &Page,
+    ) -> Result<(License, Vec<ActivationEvent>, Option<i64>), AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        let (history, next) = self.page_history(&license, page).await?;
+        Ok((license, history, next))
+    }
+
+    /// One installation of one of the account's licenses (NotFound for any other).
+    pub async fn installation(
+        &self,
+        me: &str,
+        license_id: &str,
+        installation_id: &str,
+    ) -> Result<(License, Activation), AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        validate::id("installation_id", ids::INSTALLATION, installation_id)?;
+        match self.activations.get_activation(installation_id).await? {
+            Some(a) if a.license_id == license.license_id => Ok((license, a)),
+            _ => Err(AccountError::NotFound {
+                reason: "INSTALLATION_NOT_FOUND",
+                message: format!("license {license_id} has no installation {installation_id}"),
+            }),
+        }
+    }
+
+    async fn page_installations(
+        &self,
+        license: &License,
+        page: &Page,
+    ) -> Result<(Vec<Activation>, Option<InstallationCursor>), AccountError> {
+        let after = match page.after.as_deref() {
+            None => None,
+            Some(token) => Some(InstallationCursor::parse(token).ok_or_else(|| {
+                AccountError::invalid(
+                    "installations_page.page_token",
+                    "is not a token a previous page of installations gave: send it as it came, or none for the first page",
+                )
+            })?),
+        };
+        let size = page_size(page);
+        let installations = self.activations.page_activations(&license.license_id, after.as_ref(), size).await?;
+        let next = installations.last().filter(|_| installations.len() as u32 >= size).map(InstallationCursor::after);
+        Ok((installations, next))
+    }
+
+    async fn page_history(
+        &self,
+        license: &License,
+        page: &Page,
+    ) -> Result<(Vec<ActivationEvent>, Option<i64>), AccountError> {
+        let before = match page.after.as_deref() {
+            None => None,
+            Some(token) => Some(token.parse::<i64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+                AccountError::invalid(
+                    "history_page.page_token",
+                    "is not a token a previous page of history gave: send it as it came, or none for the first page",
+                )
+            })?),
+        };
+        let size = page_size(page);
+        let history = self.activations.page_activation_events(&license.license_id, before, size).await?;
+        let next = history.last().filter(|_| history.len() as u32 >= size).map(|e| e.sequence);
+        Ok((history, next))
     }
 
     pub async fn leases(&self, me: &str, license_id: &str) -> Result<Vec<Lease>, AccountError> {

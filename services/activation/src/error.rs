@@ -30,8 +30,19 @@ pub enum ActivationError {
     DeactivationLimit { license_id: String, allowed: i32 },
     #[error("license {0} is not activated on this machine")]
     NotActivated(String),
-    #[error("no installation with ID {0}")]
+    #[error("the license you proved has no active installation {0}")]
     InstallationNotFound(String),
+    #[error(
+        "installation_id alone proves nothing: send license_and_installation (the installation ID with the \
+         license's key, or its License ID and activation password), or send the installation ID with the portal \
+         session of the license's owner as metadata 'authorization: Bearer ses_…'"
+    )]
+    InstallationProofMissing,
+    #[error(
+        "the portal session is not valid (expired or logged out): log in to the customer portal again, or send \
+         the license's credentials with the installation ID (license_and_installation)"
+    )]
+    SessionInvalid,
     #[error("{0}")]
     OfflineRequest(String),
     #[error(transparent)]
@@ -77,6 +88,7 @@ impl ClassifiedError for ActivationError {
             Self::LicenseState(_) => ErrorClass::FailedPrecondition,
             Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => ErrorClass::ResourceExhausted,
             Self::NotActivated(_) | Self::InstallationNotFound(_) => ErrorClass::NotFound,
+            Self::InstallationProofMissing | Self::SessionInvalid => ErrorClass::Unauthenticated,
             Self::RateLimited(e) => e.class(),
             Self::Store(e) => e.class(),
         }
@@ -92,6 +104,8 @@ impl ClassifiedError for ActivationError {
             Self::DeactivationLimit { .. } => "DEACTIVATION_LIMIT_REACHED",
             Self::NotActivated(_) => "NOT_ACTIVATED",
             Self::InstallationNotFound(_) => "INSTALLATION_NOT_FOUND",
+            Self::InstallationProofMissing => "INSTALLATION_PROOF_MISSING",
+            Self::SessionInvalid => "SESSION_INVALID",
             Self::OfflineRequest(_) => "OFFLINE_REQUEST_INVALID",
             Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
@@ -134,6 +148,8 @@ mod tests {
                 "DEACTIVATION_LIMIT_REACHED",
             ),
             (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
+            (ActivationError::InstallationProofMissing, Code::Unauthenticated, "INSTALLATION_PROOF_MISSING"),
+            (ActivationError::SessionInvalid, Code::Unauthenticated, "SESSION_INVALID"),
             (CredentialError::WrongPassword("l".into()).into(), Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD"),
             (CredentialError::UnknownKey.into(), Code::NotFound, "LICENSE_NOT_FOUND"),
             (StoreError::Unavailable("x".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),

@@ -1,6 +1,6 @@
 //! The tonic adapter of the Activation service: decode, delegate to [`Activations`], encode.
 
-use crate::service::{Activations, DeactivationRequest, Machine, ValidationCode};
+use crate::service::{Activations, DeactivationRequest, InstallationProof, Machine, ValidationCode};
 use crate::ActivationError;
 use licensing_domain::certificate::{certificate_file, SignedBlob};
 use licensing_domain::fingerprint::Component;
@@ -8,7 +8,7 @@ use licensing_domain::model::{Activation, LicenseStatus};
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use licensing_proto::common::v1::FingerprintComponent;
-use licensing_runtime::auth::caller_address;
+use licensing_runtime::auth::{bearer_token, caller_address};
 use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::server::{CancellationToken, ShuttingDown};
@@ -134,8 +134,17 @@ impl ActivationService for ActivationApi {
     ) -> Result<Response<pb::DeactivateResponse>, Status> {
         use pb::deactivate_request::Target;
         let client = caller_address(&request);
+        // The installation ID alone may be proven by a portal session of the license's owner.
+        let session = bearer_token(request.metadata()).map(str::to_owned);
         let target = match request.into_inner().target {
-            Some(Target::InstallationId(id)) => DeactivationRequest::ByInstallation(id),
+            Some(Target::InstallationId(installation_id)) => DeactivationRequest::ByInstallation {
+                installation_id,
+                proof: session.map_or(InstallationProof::Missing, InstallationProof::PortalSession),
+            },
+            Some(Target::LicenseAndInstallation(i)) => DeactivationRequest::ByInstallation {
+                installation_id: i.installation_id,
+                proof: InstallationProof::Credentials(credentials(i.credentials, &client)?),
+            },
             Some(Target::LicenseAndMachine(m)) => DeactivationRequest::ByMachine {
                 credentials: credentials(m.credentials, &client)?,
                 fingerprint: components(m.fingerprint),
@@ -143,7 +152,7 @@ impl ActivationService for ActivationApi {
             None => {
                 return Err(to_status(&ActivationError::invalid(
                     "target",
-                    "send installation_id or license_and_machine",
+                    "send license_and_machine, license_and_installation, or installation_id with a portal session",
                 )))
             }
         };

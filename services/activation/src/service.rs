@@ -5,16 +5,19 @@ use licensing_domain::certificate::{encode_offline_request, CertificatePayload, 
 use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
-use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind};
+use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind, Refusal};
 use licensing_domain::observe::{unobserved, SharedObserver};
+use licensing_domain::secrets::purpose;
 use licensing_domain::store::{
-    ActivateCommand, ActivateOutcome, ActivationStore, CatalogStore, DeactivateCommand, DeactivateTarget,
+    ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand,
+    DeactivateTarget, MachineMatch, PortalStore,
 };
 use licensing_domain::text::quoted;
 use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
 use licensing_runtime::license_cache::{LicenseCache, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Tunables of the Activation service.
 #[derive(Debug, Clone)]
@@ -78,25 +81,74 @@ impl Validation {
     }
 }
 
-/// What a validation reads: a license and, when it is node-locked, its live activations.
+/// What validations of one license read: the license, and the machines looked up on it since.
+/// A machine is matched by the store through the components it shares with live activations
+/// (never by reading them all, which a site license has 100,000 of), once per machine while
+/// the entry lives; the entry goes with any change to the license or its activations.
 #[derive(Debug)]
 pub struct LicenseActivations {
     pub license: Arc<License>,
-    pub live: Vec<Activation>,
+    /// A presented fingerprint (its sorted component digests) -> its best live match, if any
+    /// reaches half the match threshold (nearer ones are a fingerprint mismatch).
+    machines: Mutex<HashMap<String, Option<MachineMatch>>>,
+}
+
+/// Machines remembered per license entry; beyond it they are looked up each time.
+const MACHINES_PER_ENTRY: usize = 10_000;
+
+impl LicenseActivations {
+    fn new(license: License) -> Self {
+        Self { license: Arc::new(license), machines: Mutex::default() }
+    }
+
+    fn machine(&self, key: &str) -> Option<Option<MachineMatch>> {
+        self.machines.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn remember(&self, key: String, found: Option<MachineMatch>) {
+        let mut machines = self.machines.lock().unwrap_or_else(|p| p.into_inner());
+        if machines.len() < MACHINES_PER_ENTRY {
+            machines.insert(key, found);
+        }
+    }
+}
+
+/// The key a presented fingerprint is remembered by.
+fn machine_key(digests: &[ComponentDigest]) -> String {
+    let mut parts: Vec<&str> = digests.iter().map(|d| d.digest.as_str()).collect();
+    parts.sort_unstable();
+    parts.join(",")
 }
 
 /// [`LicenseActivations`] by license, dropped when the license or its activations change.
 pub type ValidationCache = LicenseCache<Arc<LicenseActivations>>;
 
+/// How a call that names an installation by its ID proves the license is the caller's: the ID
+/// alone proves nothing (it is printed in the certificate file and shown in the portal).
+#[derive(Debug, Clone)]
+pub enum InstallationProof {
+    /// The license's key, or its License ID and a password.
+    Credentials(Credentials),
+    /// A customer portal session token (`ses_…`) of the license's owner.
+    PortalSession(String),
+    /// Neither was sent.
+    Missing,
+}
+
 #[derive(Clone)]
 pub struct Activations {
     catalog: Arc<dyn CatalogStore>,
     store: Arc<dyn ActivationStore>,
+    /// Where portal sessions are checked, for deactivations proven by one.
+    sessions: Arc<dyn PortalStore>,
     credentials: CredentialResolver,
     signer: Signer,
     clock: SharedClock,
     settings: ActivationSettings,
-    /// Buckets of [`ActivationSettings::activations_per_license`].
+    /// Buckets of [`ActivationSettings::activations_per_license`], taken by activations and
+    /// deactivations alike: every refusal they record was let through by it (or, for a wrong
+    /// password, by the credentials' failure limiter), so refusals cannot grow the history
+    /// faster than those limits allow.
     per_license: RateLimiter,
     /// Counts new activations (metrics).
     observer: SharedObserver,
@@ -125,6 +177,7 @@ impl Activations {
     pub fn new(
         catalog: Arc<dyn CatalogStore>,
         store: Arc<dyn ActivationStore>,
+        sessions: Arc<dyn PortalStore>,
         credentials: CredentialResolver,
         signer: Signer,
         clock: SharedClock,
@@ -134,6 +187,7 @@ impl Activations {
         Self {
             catalog,
             store,
+            sessions,
             credentials,
             signer,
             clock,
@@ -219,13 +273,21 @@ impl Activations {
             parse_version(&product_version)?;
         }
         let (presented, digests) = self.digests(&machine.fingerprint)?;
-        let license = self.credentials.resolve(credentials).await?;
+        let summary = fingerprint::summary(&digests);
+        let action = if offline { "offline_activate" } else { "activate" };
+        let license = self.resolve_recorded(credentials, action, &machine_name, &summary).await?;
         self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
+        // The upgrade period decides with the license locked, like every other rule, so an
+        // extension made meanwhile counts; the release date is read first (it never changes).
+        let version = match product_version.as_str() {
+            "" => None,
+            v => Some(self.release_of(&license, parse_version(v)?).await?),
+        };
         let now = self.now();
         let command = ActivateCommand {
             license_id: license.license_id.clone(),
             installation_id: ids::new_id(ids::INSTALLATION),
-            fingerprint_summary: fingerprint::summary(&digests),
+            fingerprint_summary: summary,
             fingerprint: digests,
             machine_name,
             platform,
@@ -234,7 +296,13 @@ impl Activations {
             match_threshold: self.settings.match_threshold,
             now,
         };
-        let usable = move |l: &License| l.usability(now, LicenseKind::NodeLocked);
+        let usable = move |l: &License| {
+            l.usability(now, LicenseKind::NodeLocked)?;
+            match &version {
+                Some((label, released_at)) => l.covers_version(label, *released_at),
+                None => Ok(()),
+            }
+        };
         let outcome = self
             .store
             .activate(&command, &usable)
@@ -289,47 +357,103 @@ impl Activations {
         })
     }
 
-    /// Deactivation from the product: by credentials and fingerprint, or by Installation ID.
-    pub async fn deactivate(&self, target: DeactivationRequest) -> Result<(Activation, License), ActivationError> {
-        let (license, target) = match target {
+    /// The license the credentials name. A wrong activation password is recorded in the
+    /// license's history as a refusal of `action` (the credentials' failure limiter bounds how
+    /// many can be recorded: once it blocks, nothing is checked or recorded).
+    async fn resolve_recorded(
+        &self,
+        credentials: &Credentials,
+        action: &str,
+        machine_name: &str,
+        fingerprint_summary: &str,
+    ) -> Result<License, ActivationError> {
+        match self.credentials.resolve(credentials).await {
+            Err(CredentialError::WrongPassword(license_id)) => {
+                let error = CredentialError::WrongPassword(license_id.clone());
+                let event = ActivationEvent {
+                    sequence: 0,
+                    occurred_at: self.now(),
+                    action: action.into(),
+                    installation_id: String::new(),
+                    machine_name: machine_name.into(),
+                    fingerprint_digest: fingerprint_summary.into(),
+                    outcome: licensing_domain::error::ClassifiedError::reason(&error).into(),
+                };
+                if let Err(e) = self.store.record_refusal(&license_id, &event).await {
+                    tracing::warn!(error = %e, license_id, "could not record a wrong activation password in the history");
+                }
+                Err(error.into())
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Deactivation from the product: by credentials and fingerprint, or by Installation ID
+    /// with a proof that the license is the caller's.
+    pub async fn deactivate(&self, request: DeactivationRequest) -> Result<(Activation, License), ActivationError> {
+        let (license, target) = match request {
             DeactivationRequest::ByMachine { credentials, fingerprint } => {
                 let (_, digests) = self.digests(&fingerprint)?;
-                let license = self.credentials.resolve(&credentials).await?;
+                let summary = fingerprint::summary(&digests);
+                let license = self.resolve_recorded(&credentials, "deactivate", "", &summary).await?;
                 (license, DeactivateTarget::Fingerprint { digests, match_threshold: self.settings.match_threshold })
             }
-            DeactivationRequest::ByInstallation(id) => {
-                if !ids::is_well_formed(ids::INSTALLATION, &id) {
+            DeactivationRequest::ByInstallation { installation_id, proof } => {
+                if !ids::is_well_formed(ids::INSTALLATION, &installation_id) {
                     return Err(ActivationError::invalid(
                         "installation_id",
-                        format!("{} is not an Installation ID (ins_…)", quoted(&id)),
+                        format!("{} is not an Installation ID (ins_…)", quoted(&installation_id)),
                     ));
                 }
-                let activation = self
-                    .store
-                    .get_activation(&id)
-                    .await?
-                    .ok_or_else(|| ActivationError::InstallationNotFound(id.clone()))?;
-                if activation.deactivated_at.is_some() {
-                    return Err(ActivationError::InstallationNotFound(id));
-                }
-                let license = self
-                    .catalog
-                    .get_license(&activation.license_id)
-                    .await?
-                    .ok_or_else(|| ActivationError::InstallationNotFound(id.clone()))?;
-                (license, DeactivateTarget::Installation(id))
+                let license = match proof {
+                    InstallationProof::Missing => return Err(ActivationError::InstallationProofMissing),
+                    InstallationProof::Credentials(credentials) => {
+                        self.resolve_recorded(&credentials, "deactivate", "", "").await?
+                    }
+                    InstallationProof::PortalSession(token) => {
+                        self.license_of_session_owner(&token, &installation_id).await?
+                    }
+                };
+                (license, DeactivateTarget::Installation(installation_id))
             }
         };
-        // An expired license cannot be returned from the product; the portal can do it.
-        license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
+        self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
+        let now = self.now();
         let command = DeactivateCommand {
             license_id: license.license_id.clone(),
             target,
             counts: true,
             action: "deactivate",
-            now: self.now(),
+            now,
         };
-        self.store.deactivate(&command).await.map_err(|e| ActivationError::from_store(e, &license.license_id))
+        let usable = move |l: &License| l.usability(now, LicenseKind::NodeLocked);
+        self.store.deactivate_checked(&command, &usable).await.map_err(|e| match (e, &command.target) {
+            (ActivationStoreError::NoActivation, DeactivateTarget::Installation(id)) => {
+                ActivationError::InstallationNotFound(id.clone())
+            }
+            (ActivationStoreError::Refused(refusal), _) => {
+                ActivationError::LicenseState(portal_can_deactivate(refusal))
+            }
+            (e, _) => ActivationError::from_store(e, &license.license_id),
+        })
+    }
+
+    /// The license of a live installation whose owner (the account it is associated with)
+    /// holds this portal session. Another account's installation answers as a missing one.
+    async fn license_of_session_owner(&self, token: &str, installation_id: &str) -> Result<License, ActivationError> {
+        if !token.starts_with("ses_") || token.len() > 128 {
+            return Err(ActivationError::SessionInvalid);
+        }
+        let digest = self.credentials.hasher().digest(purpose::SESSION, token);
+        let customer =
+            self.sessions.session_customer(&digest, self.now()).await?.ok_or(ActivationError::SessionInvalid)?;
+        let not_found = || ActivationError::InstallationNotFound(installation_id.to_owned());
+        let activation = self.store.get_activation(installation_id).await?.ok_or_else(not_found)?;
+        let license = self.catalog.get_license(&activation.license_id).await?.ok_or_else(not_found)?;
+        if license.associated_customer_id.as_deref() != Some(customer.as_str()) {
+            return Err(not_found());
+        }
+        Ok(license)
     }
 
     /// Validates a license for this machine; wrong credentials are errors, license problems are codes.
@@ -351,8 +475,7 @@ impl Activations {
             }
             Err(e) => return Err(e.into()),
         };
-        let LicenseActivations { license, live } = &*read;
-        let license = license.clone();
+        let license = read.license.clone();
         let now = self.now();
         if let Err(refusal) = license.usability(now, license.kind) {
             let code = match refusal.reason {
@@ -375,17 +498,14 @@ impl Activations {
             }
             LicenseKind::NodeLocked => {
                 let (presented, digests) = self.digests(fingerprint)?;
-                let best = live
-                    .iter()
-                    .map(|a| (fingerprint::match_share(&a.fingerprint, &digests), a))
-                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                // A recognisably similar machine (at least half the needed share) is a mismatch;
+                // anything less is simply another machine.
+                let best = self.nearest_machine(&read, &digests).await?;
                 match best {
-                    Some((share, a)) if share >= self.settings.match_threshold => {
-                        activation_and_presented = Some((a, presented))
+                    Some(MachineMatch { share, activation }) if share >= self.settings.match_threshold => {
+                        activation_and_presented = Some((activation, presented))
                     }
-                    // A recognisably similar machine (at least half the needed share) is a mismatch;
-                    // anything less is simply another machine.
-                    Some((share, _)) if share >= self.settings.match_threshold / 2.0 => {
+                    Some(MachineMatch { share, .. }) => {
                         return Ok(Validation::failed(
                             ValidationCode::FingerprintMismatch,
                             format!(
@@ -413,25 +533,44 @@ impl Activations {
                 Some(license),
             ));
         }
-        if let Some(version) = version {
-            if let Some(detail) = self.version_not_covered(&license, version).await? {
-                return Ok(Validation::failed(ValidationCode::VersionNotCovered, detail, Some(license)));
+        // Every version runs without an upgrade period: no need to read the product.
+        if let (Some(version), Some(_)) = (version, license.upgrades_until) {
+            let (label, released_at) = self.release_of(&license, version).await?;
+            if let Err(refusal) = license.covers_version(&label, released_at) {
+                return Ok(Validation::failed(ValidationCode::VersionNotCovered, refusal.message, Some(license)));
             }
         }
-        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, a, &presented));
+        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, &a, &presented));
         Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
     }
 
-    /// The license the credentials name, with its live activations when node-locked. Licenses
-    /// named by key come from the validation cache (products validate at every start and on a
-    /// timer); an activation password is checked on every call, so those are read each time.
+    /// The live activation `digests` come nearest to on the read's license, if it reaches half
+    /// the match threshold; remembered in the read for the next validation of the machine.
+    async fn nearest_machine(
+        &self,
+        read: &LicenseActivations,
+        digests: &[ComponentDigest],
+    ) -> Result<Option<MachineMatch>, ActivationError> {
+        let key = machine_key(digests);
+        if let Some(found) = read.machine(&key) {
+            return Ok(found);
+        }
+        let min_share = self.settings.match_threshold / 2.0;
+        let found = self.store.best_live_match(&read.license.license_id, digests, min_share).await?;
+        read.remember(key, found.clone());
+        Ok(found)
+    }
+
+    /// The license the credentials name, with the machines looked up on it. Licenses named by
+    /// key come from the validation cache (products validate at every start and on a timer);
+    /// an activation password is checked on every call, so those are read each time.
     async fn license_and_live_activations(
         &self,
         credentials: &Credentials,
     ) -> Result<Arc<LicenseActivations>, CredentialError> {
         let Credentials::LicenseKey(key) = credentials else {
             let license = self.credentials.resolve(credentials).await?;
-            return Ok(Arc::new(self.with_live_activations(license).await?));
+            return Ok(Arc::new(LicenseActivations::new(license)));
         };
         let digest = self.credentials.license_key_digest(key)?;
         let ticket = match self.validations.lookup_by_key(&digest) {
@@ -441,42 +580,25 @@ impl Activations {
         };
         let license = self.credentials.resolve_key_digest(&digest).await?;
         self.validations.remember_key_owner(digest, license.license_id.clone());
-        let read = Arc::new(self.with_live_activations(license).await?);
+        let read = Arc::new(LicenseActivations::new(license));
         self.validations.fill(ticket, &read.license.license_id, read.clone());
         Ok(read)
     }
 
-    async fn with_live_activations(&self, license: License) -> Result<LicenseActivations, CredentialError> {
-        let live = match license.kind {
-            LicenseKind::NodeLocked => self.store.list_live_activations(&license.license_id).await?,
-            LicenseKind::Concurrent | LicenseKind::Cloud => vec![],
-        };
-        Ok(LicenseActivations { license: Arc::new(license), live })
-    }
-
-    /// Why a version may not run under the license's upgrade period, if it may not.
-    async fn version_not_covered(
+    /// A version of the license's product as the upgrade period judges it: its name and its
+    /// release date (`None` when the product has no such release).
+    async fn release_of(
         &self,
         license: &License,
-        version: (u64, u64, u64),
-    ) -> Result<Option<String>, ActivationError> {
-        let Some(until) = license.upgrades_until else {
-            return Ok(None);
-        };
+        version: licensing_domain::version::Version,
+    ) -> Result<(String, Option<Millis>), ActivationError> {
+        let named = format!("{}.{}.{}", version.0, version.1, version.2);
         let product = self.catalog.get_product(&license.product_code).await?;
         let released =
             product.and_then(|p| p.versions.into_iter().find(|v| parse_version(&v.version).ok() == Some(version)));
         Ok(match released {
-            None => Some(format!(
-                "version {}.{}.{} is not a released version of {}",
-                version.0, version.1, version.2, license.product_code
-            )),
-            Some(v) if v.released_at > until => Some(format!(
-                "version {} was released after the upgrade period ended at {}; renew maintenance to run it",
-                v.version,
-                licensing_domain::clock::rfc3339(until)
-            )),
-            Some(_) => None,
+            Some(v) => (v.version, Some(v.released_at)),
+            None => (named, None),
         })
     }
 
@@ -489,6 +611,7 @@ impl Activations {
         let (license, activation, presented) = self.activated(credentials, fingerprint).await?;
         let now = self.now();
         let event = ActivationEvent {
+            sequence: 0,
             occurred_at: now,
             action: "refresh".into(),
             installation_id: activation.installation_id.clone(),
@@ -511,11 +634,10 @@ impl Activations {
         license.usability(self.now(), LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
         let activation = self
             .store
-            .list_live_activations(&license.license_id)
+            .best_live_match(&license.license_id, &digests, self.settings.match_threshold)
             .await?
-            .into_iter()
-            .find(|a| fingerprint::matches(&a.fingerprint, &digests, self.settings.match_threshold))
-            .ok_or_else(|| ActivationError::NotActivated(license.license_id.clone()))?;
+            .ok_or_else(|| ActivationError::NotActivated(license.license_id.clone()))?
+            .activation;
         Ok((license, activation, presented))
     }
 
@@ -527,5 +649,21 @@ impl Activations {
 
 pub enum DeactivationRequest {
     ByMachine { credentials: Credentials, fingerprint: Vec<Component> },
-    ByInstallation(String),
+    ByInstallation { installation_id: String, proof: InstallationProof },
+}
+
+/// A license-state refusal of a product's deactivation, pointing to the customer portal, which
+/// can still deactivate the installation (of an expired license, say).
+fn portal_can_deactivate(refusal: Refusal) -> Refusal {
+    match refusal.reason {
+        "WRONG_KIND" | "RETIRED" => refusal,
+        _ => Refusal {
+            message: format!(
+                "{}. The product cannot deactivate it now, but you can do so in the customer portal \
+                 (AccountService/DeactivateInstallation)",
+                refusal.message
+            ),
+            ..refusal
+        },
+    }
 }

@@ -120,6 +120,16 @@ pub fn matches(stored: &[ComponentDigest], presented: &[ComponentDigest], thresh
 /// The default share of stored components that must still match.
 pub const DEFAULT_MATCH_THRESHOLD: f64 = 0.6;
 
+/// The most components a stored fingerprint may have and still reach `min_share` of them when
+/// it shares only `shared` components with a machine (0: none can). Stores find the activations
+/// a machine may match through the components they share, never by reading every activation;
+/// a component shared by very many of them (a CPU model common across a site) is followed
+/// only to the activations this small, since only those could match through such components
+/// alone.
+pub fn most_stored_components_for(shared: usize, min_share: f64) -> usize {
+    (1..=MAX_COMPONENTS).rev().find(|&stored| shared.min(stored) as f64 / stored as f64 >= min_share).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +167,34 @@ mod tests {
         let dup =
             [Component { name: "mac".into(), value: "a".into() }, Component { name: "MAC".into(), value: "A".into() }];
         assert!(matches!(normalize(&dup), Err(FingerprintError::Duplicate(..))));
+    }
+
+    #[test]
+    fn only_small_fingerprints_can_match_through_few_shared_components() {
+        // 3 of 5 is 0.6; 3 of 6 is not.
+        assert_eq!(most_stored_components_for(3, 0.6), 5);
+        assert_eq!(most_stored_components_for(1, 0.6), 1);
+        assert_eq!(most_stored_components_for(2, 0.3), 6);
+        assert_eq!(most_stored_components_for(0, 0.6), 0);
+        assert_eq!(most_stored_components_for(16, 0.6), MAX_COMPONENTS);
+        // The bound agrees with the share itself at every size.
+        let h = KeyedHasher::new(vec![1u8; 32]);
+        for shared in 0..=MAX_COMPONENTS {
+            for threshold in [0.3, 0.5, 0.6, 0.75, 1.0] {
+                let most = most_stored_components_for(shared, threshold);
+                for stored in 1..=MAX_COMPONENTS {
+                    let stored_digests: Vec<ComponentDigest> = (0..stored)
+                        .map(|i| ComponentDigest { name: "mac".into(), digest: h.digest("t", &i.to_string()) })
+                        .collect();
+                    let presented: Vec<ComponentDigest> = stored_digests.iter().take(shared).cloned().collect();
+                    assert_eq!(
+                        matches(&stored_digests, &presented, threshold),
+                        stored <= most,
+                        "shared {shared}, stored {stored}, threshold {threshold}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -224,15 +224,49 @@ pub struct Activation {
     pub offline: bool,
 }
 
+/// Where a page of a license's installations (newest first) ended: the last one's activation
+/// time and Installation ID. Clients see it as an opaque page token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallationCursor {
+    pub activated_at: Millis,
+    pub installation_id: String,
+}
+
+impl InstallationCursor {
+    /// The cursor after `activation` in a page.
+    pub fn after(activation: &Activation) -> Self {
+        Self { activated_at: activation.activated_at, installation_id: activation.installation_id.clone() }
+    }
+
+    /// The page token: `<activated_at>.<installation_id>`.
+    pub fn token(&self) -> String {
+        format!("{}.{}", self.activated_at, self.installation_id)
+    }
+
+    /// A token made by [`Self::token`], or `None` for anything else.
+    pub fn parse(token: &str) -> Option<Self> {
+        let (at, id) = token.split_once('.')?;
+        let activated_at = at.parse().ok()?;
+        crate::ids::is_well_formed(crate::ids::INSTALLATION, id)
+            .then(|| Self { activated_at, installation_id: id.to_owned() })
+    }
+}
+
 /// One line of a license's activation history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivationEvent {
+    /// Its place in the history, given by the store (0 until stored).
+    pub sequence: i64,
     pub occurred_at: Millis,
-    /// "activate", "deactivate", "refresh", "offline_activate", "portal_deactivate".
+    /// "activate", "deactivate", "refresh", "offline_activate", "portal_deactivate",
+    /// "support_return".
     pub action: String,
+    /// Empty when a refused call named no installation (a refused activation).
     pub installation_id: String,
     pub machine_name: String,
     pub fingerprint_digest: String,
+    /// "ok", "ok: already activated", "ok: not counted", or the stable reason of a refusal
+    /// (e.g. "ACTIVATION_LIMIT_REACHED", "WRONG_ACTIVATION_PASSWORD", "VERSION_NOT_COVERED").
     pub outcome: String,
 }
 
@@ -273,6 +307,23 @@ impl License {
             );
         }
         Ok(())
+    }
+
+    /// Whether a version of the product may run under the license's upgrade period: one
+    /// released (`released_at`) before the period ended; with an upgrade period, an unreleased
+    /// version (`None`) may not. `version` names it in the refusal. Activation and validation
+    /// both decide by this, so they refuse alike.
+    pub fn covers_version(&self, version: &str, released_at: Option<Millis>) -> Result<(), Refusal> {
+        let Some(until) = self.upgrades_until else { return Ok(()) };
+        let refuse = |message: String| Err(Refusal { reason: "VERSION_NOT_COVERED", message });
+        match released_at {
+            None => refuse(format!("version {version} is not a released version of {}", self.product_code)),
+            Some(released) if released > until => refuse(format!(
+                "version {version} was released after the upgrade period ended at {}; renew maintenance to run it",
+                crate::clock::rfc3339(until)
+            )),
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -484,5 +535,33 @@ mod tests {
         let scheduled = license(1_000, 5_000);
         assert_eq!(scheduled.usability(4_999, LicenseKind::Concurrent).unwrap_err().reason, "NOT_YET_VALID");
         assert!(scheduled.usability(5_000, LicenseKind::Concurrent).is_ok());
+    }
+
+    #[test]
+    fn an_installation_cursor_reads_back_only_its_own_tokens() {
+        let cursor = InstallationCursor { activated_at: 1_700_000_000_123, installation_id: crate::ids::new_id("ins") };
+        assert_eq!(InstallationCursor::parse(&cursor.token()), Some(cursor));
+        for bad in ["", "x", "12", "12.", ".ins_0000000000000000", "12.lic_0000000000000000", "1x.ins_0000000000000000"]
+        {
+            assert_eq!(InstallationCursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_released_after_the_upgrade_period_are_not_covered() {
+        let license = License {
+            product_code: "cad".into(),
+            kind: LicenseKind::NodeLocked,
+            upgrades_until: Some(1_000),
+            ..license(0, 0)
+        };
+        assert_eq!(license.covers_version("1.0", Some(1_000)), Ok(()));
+        let late = license.covers_version("2.0", Some(1_001)).unwrap_err();
+        assert_eq!(late.reason, "VERSION_NOT_COVERED");
+        assert!(late.message.contains("2.0") && late.message.contains("renew"), "{}", late.message);
+        let unknown = license.covers_version("9.9", None).unwrap_err();
+        assert!(unknown.message.contains("not a released version of cad"), "{}", unknown.message);
+        let perpetual_upgrades = License { upgrades_until: None, ..license };
+        assert_eq!(perpetual_upgrades.covers_version("9.9", None), Ok(()));
     }
 }

@@ -118,6 +118,9 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn find_admin_token(&self, digest: &str) -> Result<Option<String>, StoreError>;
 }
 
+/// Whether a license may be used for a call, decided by the store with the license row locked.
+pub type UsableCheck = dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActivationStoreError {
     #[error(transparent)]
@@ -132,6 +135,19 @@ pub enum ActivationStoreError {
     NoActivation,
     #[error("all {allowed} deactivations of the license are used")]
     DeactivationLimit { allowed: i32 },
+}
+
+impl ActivationStoreError {
+    /// The stable reason a refusal is recorded under in the activation history, for the
+    /// refusals that are recorded.
+    pub fn recorded_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Refused(r) => Some(r.reason),
+            Self::LimitReached { .. } => Some("ACTIVATION_LIMIT_REACHED"),
+            Self::DeactivationLimit { .. } => Some("DEACTIVATION_LIMIT_REACHED"),
+            Self::Store(_) | Self::LicenseNotFound(_) | Self::NoActivation => None,
+        }
+    }
 }
 
 /// A new activation, with everything the store needs to decide atomically.
@@ -175,27 +191,65 @@ pub struct DeactivateCommand {
     pub target: DeactivateTarget,
     /// Whether this deactivation spends one of the allowed deactivations.
     pub counts: bool,
-    /// History action: "deactivate" or "portal_deactivate".
+    /// History action: "deactivate", "portal_deactivate" or "support_return".
     pub action: &'static str,
     pub now: Millis,
 }
 
+/// The live activation of a license that best matches a machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineMatch {
+    pub activation: Activation,
+    /// The share of the activation's stored components the machine presented.
+    pub share: f64,
+}
+
 /// Node-locked activations and their history.
+///
+/// A machine is matched against a license's live activations through the fingerprint
+/// components they share, never by reading every activation: the cost of matching stays flat
+/// however many installations a license has.
 #[async_trait]
 pub trait ActivationStore: Send + Sync + 'static {
     /// Activates atomically: the license row is locked, `usable` is checked, a matching live
     /// activation is returned as is, else the activation count is raised by a conditional update
-    /// (never past the seats) and the activation inserted, with its history line.
+    /// (never past the seats) and the activation inserted, with its history line. A refusal
+    /// (`usable` refuses, or the limit is reached) consumes nothing and is recorded as a history
+    /// line whose outcome is its reason.
     async fn activate(
         &self,
         command: &ActivateCommand,
-        usable: &(dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync),
+        usable: &UsableCheck,
     ) -> Result<ActivateOutcome, ActivationStoreError>;
     /// Deactivates atomically, spending a deactivation when `counts` (never past the limit).
+    /// Refusals are not recorded: this is what the portal and support staff call.
     async fn deactivate(&self, command: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError>;
+    /// A deactivation asked for by a product: like [`Self::deactivate`], but only while
+    /// `usable` accepts the license (checked with its row locked), and a refusal (`usable`
+    /// refuses, or the deactivation limit is reached) is recorded as a history line.
+    async fn deactivate_checked(
+        &self,
+        command: &DeactivateCommand,
+        usable: &UsableCheck,
+    ) -> Result<(Activation, License), ActivationStoreError>;
     async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError>;
+    /// The live activation of the license whose stored fingerprint `presented` matches best,
+    /// if it matches at least `min_share` of its components.
+    async fn best_live_match(
+        &self,
+        license_id: &str,
+        presented: &[crate::fingerprint::ComponentDigest],
+        min_share: f64,
+    ) -> Result<Option<MachineMatch>, StoreError>;
     /// Live and past activations of a license, newest first.
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
+    /// At most `limit` activations of a license, newest first, after `after` (keyset paging).
+    async fn page_activations(
+        &self,
+        license_id: &str,
+        after: Option<&InstallationCursor>,
+        limit: u32,
+    ) -> Result<Vec<Activation>, StoreError>;
     /// Live activations of a license (at most its seats, however long its history).
     async fn list_live_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError>;
     /// Marks an activation seen (a refresh) and records the history line.
@@ -205,8 +259,19 @@ pub trait ActivationStore: Send + Sync + 'static {
         event: &ActivationEvent,
         now: Millis,
     ) -> Result<(), StoreError>;
+    /// Records a refused call on a license that changed nothing (a wrong activation password):
+    /// a history line whose outcome is the refusal's reason.
+    async fn record_refusal(&self, license_id: &str, event: &ActivationEvent) -> Result<(), StoreError>;
     /// History of a license, oldest first.
     async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError>;
+    /// At most `limit` lines of a license's history, newest first, older than the line with
+    /// sequence `before` (keyset paging).
+    async fn page_activation_events(
+        &self,
+        license_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ActivationEvent>, StoreError>;
 }
 
 /// A checkout, decided atomically by the lease store against the pool's seats and policy.

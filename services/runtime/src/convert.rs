@@ -369,12 +369,22 @@ pub mod proto {
     /// The domain page of a request page (the token is the last key of the previous page).
     /// The page a request asks for. A page token is one this server handed out: short, and
     /// text every backend can store (a NUL in it is invalid input, as PostgreSQL refuses one).
-    pub fn page(p: Option<&pb::PageRequest>) -> Result<licensing_domain::model::Page, super::FieldError> {
+    ///
+    /// `field` names the request's page field (`page`, `installations_page`, ...) in a refusal.
+    pub fn page(
+        field: &'static str,
+        p: Option<&pb::PageRequest>,
+    ) -> Result<licensing_domain::model::Page, super::FieldError> {
         let p = p.cloned().unwrap_or_default();
+        let token_field = match field {
+            "installations_page" => "installations_page.page_token",
+            "history_page" => "history_page.page_token",
+            _ => "page.page_token",
+        };
         if p.page_token.chars().count() > 200 {
-            return Err(super::FieldError::new("page.page_token", "is not a page token this server handed out"));
+            return Err(super::FieldError::new(token_field, "is not a page token this server handed out"));
         }
-        licensing_domain::text::storable(&p.page_token).map_err(|m| super::FieldError::new("page.page_token", m))?;
+        licensing_domain::text::storable(&p.page_token).map_err(|m| super::FieldError::new(token_field, m))?;
         Ok(licensing_domain::model::Page {
             after: Some(p.page_token).filter(|t| !t.is_empty()),
             limit: u32::try_from(p.page_size).unwrap_or(0),

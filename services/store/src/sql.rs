@@ -97,9 +97,11 @@ impl Default for SqlOptions {
 /// The migrations, written in PostgreSQL's dialect; SQLite's are derived from them.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// PostgreSQL DDL to SQLite DDL: the only construct the migrations use that SQLite lacks.
+/// PostgreSQL DDL to SQLite DDL: the only constructs the migrations use that SQLite lacks (an
+/// auto-increment key, and the JSON array of an activation's fingerprint as rows).
 fn sqlite_dialect(sql: &str) -> String {
     sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+        .replace("jsonb_array_elements(CAST(a.fingerprint_json AS JSONB))", "json_each(a.fingerprint_json)")
 }
 
 /// The migrations in SQLite's dialect, so both databases follow one schema history.
@@ -451,6 +453,7 @@ mod tests {
         for m in MIGRATIONS.iter() {
             let sqlite = sqlite_dialect(&m.sql);
             assert!(!sqlite.contains("SERIAL"), "{}: SQLite has no SERIAL", m.description);
+            assert!(!sqlite.contains("jsonb"), "{}: SQLite has no jsonb", m.description);
         }
     }
 }

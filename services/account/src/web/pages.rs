@@ -274,11 +274,11 @@ async fn license_page(
     typed: Option<String>,
     notice: Option<String>,
 ) -> Response {
-    let details = match web.portal.license_details(&me.customer_id, license_id).await {
-        Ok(d) => d,
+    let license = match web.portal.my_license(&me.customer_id, license_id).await {
+        Ok(l) => l,
         Err(e) => return refusal(e),
     };
-    let l = &details.license;
+    let l = &license;
     let product_modules = match web.portal.product_modules(&l.product_code).await {
         Ok(m) => m,
         Err(e) => return refusal(e),
@@ -315,7 +315,7 @@ async fn license_page(
             modules,
             licensee_name: typed.unwrap_or_else(|| l.licensee_name.clone()),
             licensee_shown: if l.licensee_name.is_empty() { me.company_name.clone() } else { l.licensee_name.clone() },
-            installations: details.installations.iter().filter(|a| a.deactivated_at.is_none()).count(),
+            installations: usize::try_from(l.activations_used).unwrap_or(0),
         },
     )
 }
@@ -438,6 +438,8 @@ pub struct InstallationRow {
     pub product_version: String,
     pub activated: String,
     pub last_seen: String,
+    /// When it was deactivated; `None` while it is active.
+    pub deactivated: Option<String>,
 }
 
 #[derive(Template)]
@@ -453,8 +455,9 @@ pub struct InstallationsPage {
 
 #[derive(Deserialize, Default)]
 pub struct PageQuery {
+    /// Where a keyset page starts (the token the previous page linked to).
     #[serde(default)]
-    page: String,
+    after: String,
     #[serde(flatten)]
     notice: Notice,
 }
@@ -483,23 +486,23 @@ fn deactivation_policy(l: &License) -> String {
     }
 }
 
-// Paging is done here over what `license_details` returns, until the paged use case lands.
 pub async fn installations(
     State(web): State<Web>,
     me: Me,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let details = match web.portal.license_details(&me.customer_id, &id).await {
-        Ok(d) => d,
+    let wanted = Page { after: Some(q.after.clone()).filter(|t| !t.is_empty()), limit: INSTALLATIONS_PER_PAGE as u32 };
+    let (license, installations, next) = match web.portal.installations(&me.customer_id, &id, &wanted).await {
+        Ok(found) => found,
         Err(e) => return refusal(e),
     };
-    let live: Vec<_> = details.installations.iter().filter(|a| a.deactivated_at.is_none()).collect();
-    let pager = Pager::new(live.len(), INSTALLATIONS_PER_PAGE, page_number(&q.page), |n| {
-        format!("/licenses/{id}/installations?page={n}")
-    });
-    let rows = pager
-        .slice(&live, INSTALLATIONS_PER_PAGE)
+    let pager = Pager::keyset(
+        wanted.after.is_some().then(|| format!("/licenses/{id}/installations")),
+        // A token is digits, a dot and an Installation ID: nothing to escape in a URL.
+        next.map(|cursor| format!("/licenses/{id}/installations?after={}", cursor.token())),
+    );
+    let rows = installations
         .iter()
         .map(|a| InstallationRow {
             installation_id: a.installation_id.clone(),
@@ -508,15 +511,21 @@ pub async fn installations(
             product_version: or_dash(&a.product_version),
             activated: instant(a.activated_at),
             last_seen: instant(a.last_seen_at),
+            deactivated: a.deactivated_at.map(instant),
         })
         .collect();
     let mut layout = me.layout("Manage Installations", "licenses");
     layout.notice = q.notice.text();
     page(InstallationsPage {
         layout,
-        license_id: details.license.license_id.clone(),
-        deactivations: deactivation_policy(&details.license),
-        shown: shown(&pager, INSTALLATIONS_PER_PAGE, live.len(), "active installations"),
+        license_id: license.license_id.clone(),
+        deactivations: deactivation_policy(&license),
+        shown: format!(
+            "{} active installation{} of {} allowed; newest first, deactivated ones too",
+            license.activations_used,
+            if license.activations_used == 1 { "" } else { "s" },
+            license.seats
+        ),
         rows,
         pager,
     })
@@ -527,16 +536,14 @@ pub async fn deactivate_page(
     me: Me,
     Path((id, installation_id)): Path<(String, String)>,
 ) -> Response {
-    let details = match web.portal.license_details(&me.customer_id, &id).await {
-        Ok(d) => d,
+    let (license, installation) = match web.portal.installation(&me.customer_id, &id, &installation_id).await {
+        Ok(found) => found,
         Err(e) => return refusal(e),
     };
-    let Some(installation) =
-        details.installations.iter().find(|a| a.installation_id == installation_id && a.deactivated_at.is_none())
-    else {
+    if installation.deactivated_at.is_some() {
         return super::view::not_found();
-    };
-    let l = &details.license;
+    }
+    let l = &license;
     let blocked = l.portal_deactivation_counts && l.deactivations_left() == 0;
     let mut lines = vec![format!(
         "Installation {} on {} ({}) stops working: the product there must be activated again to run.",
@@ -613,17 +620,16 @@ fn history_action(action: &str) -> String {
 }
 
 pub async fn history(State(web): State<Web>, me: Me, Path(id): Path<String>, Query(q): Query<PageQuery>) -> Response {
-    let details = match web.portal.license_details(&me.customer_id, &id).await {
-        Ok(d) => d,
+    let wanted = Page { after: Some(q.after.clone()).filter(|t| !t.is_empty()), limit: HISTORY_PER_PAGE as u32 };
+    let (license, events, next) = match web.portal.history(&me.customer_id, &id, &wanted).await {
+        Ok(found) => found,
         Err(e) => return refusal(e),
     };
-    let mut events = details.history;
-    events.reverse();
-    let pager = Pager::new(events.len(), HISTORY_PER_PAGE, page_number(&q.page), |n| {
-        format!("/licenses/{id}/history?page={n}")
-    });
-    let rows = pager
-        .slice(&events, HISTORY_PER_PAGE)
+    let pager = Pager::keyset(
+        wanted.after.is_some().then(|| format!("/licenses/{id}/history")),
+        next.map(|before| format!("/licenses/{id}/history?after={before}")),
+    );
+    let rows = events
         .iter()
         .map(|e| HistoryRow {
             when: instant(e.occurred_at),
@@ -636,8 +642,8 @@ pub async fn history(State(web): State<Web>, me: Me, Path(id): Path<String>, Que
         .collect();
     page(HistoryPage {
         layout: me.layout("Installation and activation history", "licenses"),
-        license_id: details.license.license_id,
-        shown: shown(&pager, HISTORY_PER_PAGE, events.len(), "events"),
+        license_id: license.license_id,
+        shown: if events.is_empty() { "No events yet".into() } else { "Newest first, refusals included".into() },
         rows,
         pager,
     })

@@ -257,15 +257,30 @@ pub struct Pager {
     pub page: usize,
     pub pages: usize,
     pub prev: Option<String>,
+    /// What the link back says: "Previous" between numbered pages, "First page" between keyset
+    /// pages (which know only the way on).
+    pub prev_label: &'static str,
     pub next: Option<String>,
 }
 
 impl Pager {
+    /// Pages that continue from a token (newest first): a link on while there is more, and one
+    /// back to the first page once past it.
+    pub fn keyset(first: Option<String>, next: Option<String>) -> Self {
+        Self { page: 0, pages: 0, prev: first, prev_label: "First page", next }
+    }
+
     /// `link(n)` is the URL of page `n`; `page` is clamped to the pages there are.
     pub fn new(total: usize, per_page: usize, page: usize, link: impl Fn(usize) -> String) -> Self {
         let pages = total.div_ceil(per_page).max(1);
         let page = page.clamp(1, pages);
-        Self { page, pages, prev: (page > 1).then(|| link(page - 1)), next: (page < pages).then(|| link(page + 1)) }
+        Self {
+            page,
+            pages,
+            prev: (page > 1).then(|| link(page - 1)),
+            prev_label: "Previous",
+            next: (page < pages).then(|| link(page + 1)),
+        }
     }
 
     /// The items of the current page.

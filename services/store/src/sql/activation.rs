@@ -1,14 +1,30 @@
 //! [`ActivationStore`] on SQL: the license row is locked for the whole decision, and the count
 //! moves only through conditional updates, so racing activations never exceed the seats.
+//!
+//! A machine is matched through `activation_components` (the component digests of live
+//! activations, keyed by license and digest): the candidates are the activations that share a
+//! component with it, so matching costs the same at 50 installations as at 100,000.
 
 use super::catalog::license_from_row;
 use super::*;
 use async_trait::async_trait;
 use licensing_domain::clock::Millis;
 use licensing_domain::fingerprint::{self, ComponentDigest};
-use licensing_domain::model::{Activation, ActivationEvent, License, Refusal};
+use licensing_domain::model::{Activation, ActivationEvent, InstallationCursor, License, MAX_PAGE_SIZE};
 use licensing_domain::store::*;
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AnyConnection, Transaction};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// Each presented component is followed to at most this many live activations sharing it. One
+/// shared by more (a CPU model common across a site) is "common": it is followed only to the
+/// activations small enough to match through common components alone
+/// ([`fingerprint::most_stored_components_for`]); the others it names are found through a
+/// component they do not share with many.
+const COMMON_COMPONENT: usize = 64;
+
+/// Installations loaded per statement (bind parameters stay far below both databases' limits).
+const CHUNK: usize = 500;
 
 fn activation_from_row(row: &AnyRow) -> Result<Activation, StoreError> {
     Ok(Activation {
@@ -25,7 +41,37 @@ fn activation_from_row(row: &AnyRow) -> Result<Activation, StoreError> {
     })
 }
 
-async fn insert_event(tx: &mut Transaction<'_, Any>, license_id: &str, e: &ActivationEvent) -> Result<(), StoreError> {
+fn event_from_row(row: &AnyRow) -> Result<ActivationEvent, StoreError> {
+    Ok(ActivationEvent {
+        sequence: get_i64(row, "sequence")?,
+        occurred_at: get_i64(row, "occurred_at")?,
+        action: get_str(row, "action")?,
+        installation_id: get_str(row, "installation_id")?,
+        machine_name: get_str(row, "machine_name")?,
+        fingerprint_digest: get_str(row, "fingerprint_digest")?,
+        outcome: get_str(row, "outcome")?,
+    })
+}
+
+/// `$first, $first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "${}", first + i);
+    }
+    out
+}
+
+/// A page size within bounds (0: the default).
+fn page_limit(limit: u32) -> i64 {
+    use licensing_domain::model::DEFAULT_PAGE_SIZE;
+    i64::from(if limit == 0 { DEFAULT_PAGE_SIZE } else { limit.min(MAX_PAGE_SIZE) })
+}
+
+async fn insert_event(conn: &mut AnyConnection, license_id: &str, e: &ActivationEvent) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO activation_events (license_id, installation_id, action, machine_name, fingerprint_digest, outcome, occurred_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -37,28 +83,166 @@ async fn insert_event(tx: &mut Transaction<'_, Any>, license_id: &str, e: &Activ
     .bind(&e.fingerprint_digest)
     .bind(&e.outcome)
     .bind(e.occurred_at)
-    .execute(&mut **tx)
+    .execute(conn)
     .await
     .map_err(map_err)?;
     Ok(())
 }
 
-async fn live_activations(tx: &mut Transaction<'_, Any>, license_id: &str) -> Result<Vec<Activation>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL")
-        .bind(license_id)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(map_err)?;
-    rows.iter().map(activation_from_row).collect()
+/// Indexes a live activation's components for matching.
+async fn insert_components(
+    conn: &mut AnyConnection,
+    license_id: &str,
+    installation_id: &str,
+    fingerprint: &[ComponentDigest],
+) -> Result<(), StoreError> {
+    if fingerprint.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO activation_components (license_id, digest, component_count, installation_id) VALUES ",
+    );
+    for i in 0..fingerprint.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "($1, ${}, $2, $3)", i + 4);
+    }
+    // A fingerprint's components are distinct (normalized), so a conflict is only a repeat.
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    let mut query = sqlx::query(&sql).bind(license_id).bind(fingerprint.len() as i64).bind(installation_id);
+    for c in fingerprint {
+        query = query.bind(&c.digest);
+    }
+    query.execute(conn).await.map_err(map_err)?;
+    Ok(())
 }
 
-/// The live activation whose stored fingerprint best matches, if at or above the threshold.
-fn best_match(live: Vec<Activation>, presented: &[ComponentDigest], threshold: f64) -> Option<Activation> {
-    live.into_iter()
-        .map(|a| (fingerprint::match_share(&a.fingerprint, presented), a))
-        .filter(|(share, _)| *share >= threshold)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, a)| a)
+async fn delete_components(conn: &mut AnyConnection, installation_id: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM activation_components WHERE installation_id = $1")
+        .bind(installation_id)
+        .execute(conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+fn sorted_components(f: &[ComponentDigest]) -> Vec<(&str, &str)> {
+    let mut v: Vec<(&str, &str)> = f.iter().map(|c| (c.name.as_str(), c.digest.as_str())).collect();
+    v.sort_unstable();
+    v
+}
+
+/// The same components, in whatever order.
+fn same_components(a: &[ComponentDigest], b: &[ComponentDigest]) -> bool {
+    sorted_components(a) == sorted_components(b)
+}
+
+/// The best of `found` for `presented`: the highest share at or above `min_share` (ties: the
+/// lowest Installation ID, so the answer does not depend on row order).
+fn best_of(
+    found: impl IntoIterator<Item = Activation>,
+    presented: &[ComponentDigest],
+    min_share: f64,
+) -> Option<MachineMatch> {
+    let mut best: Option<MachineMatch> = None;
+    for activation in found {
+        let share = fingerprint::match_share(&activation.fingerprint, presented);
+        if share < min_share || activation.deactivated_at.is_some() {
+            continue;
+        }
+        let better = best.as_ref().is_none_or(|b| {
+            share > b.share || (share == b.share && activation.installation_id < b.activation.installation_id)
+        });
+        if better {
+            best = Some(MachineMatch { activation, share });
+        }
+    }
+    best
+}
+
+/// The live activation of `license_id` that `presented` matches best (at least `min_share`),
+/// read through the components they share, never by reading every activation.
+async fn best_live_match_on(
+    conn: &mut AnyConnection,
+    license_id: &str,
+    presented: &[ComponentDigest],
+    min_share: f64,
+) -> Result<Option<MachineMatch>, StoreError> {
+    let mut digests: Vec<&str> = presented.iter().map(|d| d.digest.as_str()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    if digests.is_empty() {
+        return Ok(None);
+    }
+    // One statement: for each presented component, the activations sharing it (one more than
+    // COMMON_COMPONENT at most, to tell a common component), with their rows.
+    let mut probe = String::from("SELECT p.probed AS probed, a.* FROM (");
+    for i in 0..digests.len() {
+        if i > 0 {
+            probe.push_str(" UNION ALL ");
+        }
+        let _ = write!(
+            probe,
+            "SELECT probed, installation_id FROM (SELECT digest AS probed, installation_id FROM activation_components \
+             WHERE license_id = $1 AND digest = ${} LIMIT {}) AS p{i}",
+            i + 2,
+            COMMON_COMPONENT + 1
+        );
+    }
+    probe.push_str(") AS p JOIN activations a ON a.installation_id = p.installation_id");
+    let mut query = sqlx::query(&probe).bind(license_id);
+    for d in &digests {
+        query = query.bind(*d);
+    }
+    let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
+    let mut sharing: HashMap<String, usize> = HashMap::new();
+    let mut found: HashMap<String, Activation> = HashMap::new();
+    for row in &rows {
+        *sharing.entry(get_str(row, "probed")?).or_default() += 1;
+        if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(get_str(row, "installation_id")?) {
+            slot.insert(activation_from_row(row)?);
+        }
+    }
+    let common: Vec<&str> =
+        digests.iter().copied().filter(|d| sharing.get(*d).copied().unwrap_or(0) > COMMON_COMPONENT).collect();
+    let most = fingerprint::most_stored_components_for(common.len(), min_share);
+    if most > 0 {
+        // Activations that share only common components with the machine can match only if
+        // they are this small; any other match shares an uncommon component, found above.
+        let sql = format!(
+            "SELECT a.* FROM activations a WHERE a.deactivated_at IS NULL AND a.installation_id IN \
+             (SELECT installation_id FROM activation_components WHERE license_id = $1 AND component_count <= $2 \
+             AND digest IN ({}))",
+            placeholders(3, common.len())
+        );
+        let mut query = sqlx::query(&sql).bind(license_id).bind(most as i64);
+        for d in &common {
+            query = query.bind(*d);
+        }
+        for row in query.fetch_all(&mut *conn).await.map_err(map_err)? {
+            let activation = activation_from_row(&row)?;
+            found.entry(activation.installation_id.clone()).or_insert(activation);
+        }
+    }
+    Ok(best_of(found.into_values(), presented, min_share))
+}
+
+/// The live activation `installation_id` of `license_id`.
+async fn live_installation(
+    conn: &mut AnyConnection,
+    license_id: &str,
+    installation_id: &str,
+) -> Result<Option<Activation>, StoreError> {
+    let row = sqlx::query(
+        "SELECT * FROM activations WHERE installation_id = $1 AND license_id = $2 AND deactivated_at IS NULL",
+    )
+    .bind(installation_id)
+    .bind(license_id)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_err)?;
+    row.as_ref().map(activation_from_row).transpose()
 }
 
 impl SqlStore {
@@ -82,6 +266,190 @@ impl SqlStore {
         let row = query.fetch_one(&mut **tx).await.map_err(map_err)?;
         license_from_row(&row)
     }
+
+    /// Records a refusal in the history and commits it; the refusal is the answer.
+    async fn refuse<T>(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        license_id: &str,
+        event: ActivationEvent,
+        refusal: ActivationStoreError,
+    ) -> Result<T, ActivationStoreError> {
+        let outcome = refusal.recorded_reason().unwrap_or("REFUSED");
+        insert_event(&mut tx, license_id, &ActivationEvent { outcome: outcome.into(), ..event }).await?;
+        tx.commit().await.map_err(map_err)?;
+        Err(refusal)
+    }
+
+    /// Deactivation for every caller; with `usable`, a product's (checked, refusals recorded).
+    async fn deactivate_with(
+        &self,
+        c: &DeactivateCommand,
+        usable: Option<&UsableCheck>,
+    ) -> Result<(Activation, License), ActivationStoreError> {
+        let mut tx = self.begin().await?;
+        let license = self
+            .lock_license(&mut tx, &c.license_id)
+            .await?
+            .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
+        let found = match &c.target {
+            DeactivateTarget::Installation(id) => live_installation(&mut tx, &c.license_id, id).await?,
+            DeactivateTarget::Fingerprint { digests, match_threshold } => {
+                best_live_match_on(&mut tx, &c.license_id, digests, *match_threshold).await?.map(|m| m.activation)
+            }
+        };
+        // What a refusal's history line names: the installation when it is this license's.
+        let refused_event = || ActivationEvent {
+            sequence: 0,
+            occurred_at: c.now,
+            action: c.action.into(),
+            installation_id: found.as_ref().map(|a| a.installation_id.clone()).unwrap_or_default(),
+            machine_name: found.as_ref().map(|a| a.machine_name.clone()).unwrap_or_default(),
+            fingerprint_digest: match (&found, &c.target) {
+                (Some(a), _) => fingerprint::summary(&a.fingerprint),
+                (None, DeactivateTarget::Fingerprint { digests, .. }) => fingerprint::summary(digests),
+                (None, DeactivateTarget::Installation(_)) => String::new(),
+            },
+            outcome: String::new(),
+        };
+        if let Some(usable) = usable {
+            if let Err(refusal) = usable(&license) {
+                let event = refused_event();
+                return self.refuse(tx, &c.license_id, event, ActivationStoreError::Refused(refusal)).await;
+            }
+        }
+        let Some(mut activation) = found.clone() else {
+            return Err(ActivationStoreError::NoActivation);
+        };
+        let spent = sqlx::query(
+            "UPDATE licenses SET activations_used = activations_used - 1, deactivations_used = deactivations_used + $2 \
+             WHERE license_id = $1 AND activations_used > 0 \
+             AND ($2 = 0 OR allowed_deactivations = -1 OR deactivations_used < allowed_deactivations)",
+        )
+        .bind(&c.license_id)
+        .bind(i64::from(c.counts))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if spent.rows_affected() == 0 {
+            let refusal = ActivationStoreError::DeactivationLimit { allowed: license.allowed_deactivations };
+            if usable.is_some() {
+                let event = refused_event();
+                return self.refuse(tx, &c.license_id, event, refusal).await;
+            }
+            return Err(refusal);
+        }
+        sqlx::query("UPDATE activations SET deactivated_at = $1 WHERE installation_id = $2")
+            .bind(c.now)
+            .bind(&activation.installation_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        delete_components(&mut tx, &activation.installation_id).await?;
+        let event = ActivationEvent {
+            outcome: if c.counts { "ok".into() } else { "ok: not counted".into() },
+            ..refused_event()
+        };
+        insert_event(&mut tx, &c.license_id, &event).await?;
+        let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.tell_subscribers(&c.license_id);
+        activation.deactivated_at = Some(c.now);
+        Ok((activation, license))
+    }
+
+    /// Adds live activations to a license in bulk, as though each machine had been activated:
+    /// for moving installations over from another system, and for the benchmark's site
+    /// licenses. One transaction; the license's count rises by as many, never past its seats.
+    /// No history lines are written.
+    pub async fn import_activations(
+        &self,
+        license_id: &str,
+        activations: &[Activation],
+    ) -> Result<License, ActivationStoreError> {
+        let mut tx = self.begin().await?;
+        let license = self
+            .lock_license(&mut tx, license_id)
+            .await?
+            .ok_or_else(|| ActivationStoreError::LicenseNotFound(license_id.to_owned()))?;
+        let raised = sqlx::query(
+            "UPDATE licenses SET activations_used = activations_used + $2 WHERE license_id = $1 \
+             AND activations_used + $2 <= seats",
+        )
+        .bind(license_id)
+        .bind(activations.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if raised.rows_affected() == 0 {
+            return Err(ActivationStoreError::LimitReached { seats: license.seats });
+        }
+        for chunk in activations.chunks(CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO activations (installation_id, license_id, fingerprint_json, machine_name, platform, \
+                 product_version, activated_at, last_seen_at, deactivated_at, offline) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let p = 2 + i * 8;
+                let _ = write!(
+                    sql,
+                    "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, NULL, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                );
+            }
+            let mut query = sqlx::query(&sql).bind(license_id);
+            for a in chunk {
+                query = query
+                    .bind(&a.installation_id)
+                    .bind(to_json(&a.fingerprint))
+                    .bind(&a.machine_name)
+                    .bind(&a.platform)
+                    .bind(&a.product_version)
+                    .bind(a.activated_at)
+                    .bind(a.last_seen_at)
+                    .bind(i64::from(a.offline));
+            }
+            query.execute(&mut *tx).await.map_err(map_err)?;
+            let components: Vec<(&str, i64, &str)> = chunk
+                .iter()
+                .flat_map(|a| {
+                    let count = a.fingerprint.len() as i64;
+                    a.fingerprint.iter().map(move |c| (c.digest.as_str(), count, a.installation_id.as_str()))
+                })
+                .collect();
+            for rows in components.chunks(CHUNK) {
+                let mut sql = String::from(
+                    "INSERT INTO activation_components (license_id, digest, component_count, installation_id) VALUES ",
+                );
+                for i in 0..rows.len() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    let p = 2 + i * 3;
+                    let _ = write!(sql, "($1, ${}, ${}, ${})", p, p + 1, p + 2);
+                }
+                let mut query = sqlx::query(&sql).bind(license_id);
+                for (digest, count, installation_id) in rows {
+                    query = query.bind(*digest).bind(*count).bind(*installation_id);
+                }
+                query.execute(&mut *tx).await.map_err(map_err)?;
+            }
+        }
+        let license = self.license_after_activations_changed(&mut tx, license_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.tell_subscribers(license_id);
+        Ok(license)
+    }
 }
 
 #[async_trait]
@@ -90,18 +458,28 @@ impl ActivationStore for SqlStore {
     async fn activate(
         &self,
         c: &ActivateCommand,
-        usable: &(dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync),
+        usable: &UsableCheck,
     ) -> Result<ActivateOutcome, ActivationStoreError> {
         let mut tx = self.begin().await?;
         let license = self
             .lock_license(&mut tx, &c.license_id)
             .await?
             .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
-        usable(&license).map_err(ActivationStoreError::Refused)?;
         let action = if c.offline { "offline_activate" } else { "activate" };
-        if let Some(mut existing) =
-            best_match(live_activations(&mut tx, &c.license_id).await?, &c.fingerprint, c.match_threshold)
-        {
+        let event = |installation_id: &str, outcome: &str| ActivationEvent {
+            sequence: 0,
+            occurred_at: c.now,
+            action: action.into(),
+            installation_id: installation_id.into(),
+            machine_name: c.machine_name.clone(),
+            fingerprint_digest: c.fingerprint_summary.clone(),
+            outcome: outcome.into(),
+        };
+        if let Err(refusal) = usable(&license) {
+            return self.refuse(tx, &c.license_id, event("", ""), ActivationStoreError::Refused(refusal)).await;
+        }
+        let existing = best_live_match_on(&mut tx, &c.license_id, &c.fingerprint, c.match_threshold).await?;
+        if let Some(MachineMatch { activation: mut existing, .. }) = existing {
             // The same machine: refresh what it looks like now, so gradual hardware changes keep matching.
             sqlx::query("UPDATE activations SET fingerprint_json = $1, last_seen_at = $2, machine_name = $3, product_version = $4 WHERE installation_id = $5")
                 .bind(to_json(&c.fingerprint))
@@ -112,19 +490,18 @@ impl ActivationStore for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            let event = ActivationEvent {
-                occurred_at: c.now,
-                action: action.into(),
-                installation_id: existing.installation_id.clone(),
-                machine_name: c.machine_name.clone(),
-                fingerprint_digest: c.fingerprint_summary.clone(),
-                outcome: "ok: already activated".into(),
-            };
-            insert_event(&mut tx, &c.license_id, &event).await?;
-            // The stored fingerprint moved: validation caches must match against the new one.
-            self.notify_license_change(&mut tx, &c.license_id).await?;
+            let moved = !same_components(&existing.fingerprint, &c.fingerprint);
+            if moved {
+                delete_components(&mut tx, &existing.installation_id).await?;
+                insert_components(&mut tx, &c.license_id, &existing.installation_id, &c.fingerprint).await?;
+                // Validation caches must match against the new fingerprint.
+                self.notify_license_change(&mut tx, &c.license_id).await?;
+            }
+            insert_event(&mut tx, &c.license_id, &event(&existing.installation_id, "ok: already activated")).await?;
             tx.commit().await.map_err(map_err)?;
-            self.tell_subscribers(&c.license_id);
+            if moved {
+                self.tell_subscribers(&c.license_id);
+            }
             existing.fingerprint = c.fingerprint.clone();
             existing.last_seen_at = c.now;
             existing.machine_name = c.machine_name.clone();
@@ -137,7 +514,8 @@ impl ActivationStore for SqlStore {
             .await
             .map_err(map_err)?;
         if raised.rows_affected() == 0 {
-            return Err(ActivationStoreError::LimitReached { seats: license.seats });
+            let refusal = ActivationStoreError::LimitReached { seats: license.seats };
+            return self.refuse(tx, &c.license_id, event("", ""), refusal).await;
         }
         let activation = Activation {
             installation_id: c.installation_id.clone(),
@@ -167,15 +545,8 @@ impl ActivationStore for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        let event = ActivationEvent {
-            occurred_at: c.now,
-            action: action.into(),
-            installation_id: activation.installation_id.clone(),
-            machine_name: c.machine_name.clone(),
-            fingerprint_digest: c.fingerprint_summary.clone(),
-            outcome: "ok".into(),
-        };
-        insert_event(&mut tx, &c.license_id, &event).await?;
+        insert_components(&mut tx, &c.license_id, &activation.installation_id, &activation.fingerprint).await?;
+        insert_event(&mut tx, &c.license_id, &event(&activation.installation_id, "ok")).await?;
         let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
         tx.commit().await.map_err(map_err)?;
         self.tell_subscribers(&c.license_id);
@@ -184,50 +555,16 @@ impl ActivationStore for SqlStore {
 
     #[tracing::instrument(name = "store.deactivate", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn deactivate(&self, c: &DeactivateCommand) -> Result<(Activation, License), ActivationStoreError> {
-        let mut tx = self.begin().await?;
-        let license = self
-            .lock_license(&mut tx, &c.license_id)
-            .await?
-            .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
-        let live = live_activations(&mut tx, &c.license_id).await?;
-        let mut activation = match &c.target {
-            DeactivateTarget::Installation(id) => live.into_iter().find(|a| &a.installation_id == id),
-            DeactivateTarget::Fingerprint { digests, match_threshold } => best_match(live, digests, *match_threshold),
-        }
-        .ok_or(ActivationStoreError::NoActivation)?;
-        let spent = sqlx::query(
-            "UPDATE licenses SET activations_used = activations_used - 1, deactivations_used = deactivations_used + $2 \
-             WHERE license_id = $1 AND activations_used > 0 \
-             AND ($2 = 0 OR allowed_deactivations = -1 OR deactivations_used < allowed_deactivations)",
-        )
-        .bind(&c.license_id)
-        .bind(i64::from(c.counts))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if spent.rows_affected() == 0 {
-            return Err(ActivationStoreError::DeactivationLimit { allowed: license.allowed_deactivations });
-        }
-        sqlx::query("UPDATE activations SET deactivated_at = $1 WHERE installation_id = $2")
-            .bind(c.now)
-            .bind(&activation.installation_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let event = ActivationEvent {
-            occurred_at: c.now,
-            action: c.action.into(),
-            installation_id: activation.installation_id.clone(),
-            machine_name: activation.machine_name.clone(),
-            fingerprint_digest: fingerprint::summary(&activation.fingerprint),
-            outcome: if c.counts { "ok".into() } else { "ok: not counted".into() },
-        };
-        insert_event(&mut tx, &c.license_id, &event).await?;
-        let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
-        tx.commit().await.map_err(map_err)?;
-        self.tell_subscribers(&c.license_id);
-        activation.deactivated_at = Some(c.now);
-        Ok((activation, license))
+        self.deactivate_with(c, None).await
+    }
+
+    #[tracing::instrument(name = "store.deactivate", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn deactivate_checked(
+        &self,
+        c: &DeactivateCommand,
+        usable: &UsableCheck,
+    ) -> Result<(Activation, License), ActivationStoreError> {
+        self.deactivate_with(c, Some(usable)).await
     }
 
     #[tracing::instrument(name = "store.get_activation", skip_all, fields(otel.kind = "client", store = "sql"))]
@@ -240,6 +577,17 @@ impl ActivationStore for SqlStore {
         row.as_ref().map(activation_from_row).transpose()
     }
 
+    #[tracing::instrument(name = "store.best_live_match", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn best_live_match(
+        &self,
+        license_id: &str,
+        presented: &[ComponentDigest],
+        min_share: f64,
+    ) -> Result<Option<MachineMatch>, StoreError> {
+        let mut conn = self.readers.acquire().await.map_err(map_err)?;
+        best_live_match_on(&mut conn, license_id, presented, min_share).await
+    }
+
     #[tracing::instrument(name = "store.list_activations", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_activations(&self, license_id: &str) -> Result<Vec<Activation>, StoreError> {
         let rows =
@@ -248,6 +596,34 @@ impl ActivationStore for SqlStore {
                 .fetch_all(&self.readers)
                 .await
                 .map_err(map_err)?;
+        rows.iter().map(activation_from_row).collect()
+    }
+
+    #[tracing::instrument(name = "store.page_activations", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn page_activations(
+        &self,
+        license_id: &str,
+        after: Option<&InstallationCursor>,
+        limit: u32,
+    ) -> Result<Vec<Activation>, StoreError> {
+        // Newest first, ties by Installation ID, both descending: one backward index range scan.
+        let query = match after {
+            None => sqlx::query(
+                "SELECT * FROM activations WHERE license_id = $1 \
+                 ORDER BY activated_at DESC, installation_id DESC LIMIT $2",
+            )
+            .bind(license_id)
+            .bind(page_limit(limit)),
+            Some(after) => sqlx::query(
+                "SELECT * FROM activations WHERE license_id = $1 AND (activated_at < $2 OR \
+                 (activated_at = $2 AND installation_id < $3)) ORDER BY activated_at DESC, installation_id DESC LIMIT $4",
+            )
+            .bind(license_id)
+            .bind(after.activated_at)
+            .bind(after.installation_id.clone())
+            .bind(page_limit(limit)),
+        };
+        let rows = query.fetch_all(&self.readers).await.map_err(map_err)?;
         rows.iter().map(activation_from_row).collect()
     }
 
@@ -282,6 +658,12 @@ impl ActivationStore for SqlStore {
         tx.commit().await.map_err(map_err)
     }
 
+    #[tracing::instrument(name = "store.record_refusal", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn record_refusal(&self, license_id: &str, event: &ActivationEvent) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        insert_event(&mut conn, license_id, event).await
+    }
+
     #[tracing::instrument(name = "store.list_activation_events", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn list_activation_events(&self, license_id: &str) -> Result<Vec<ActivationEvent>, StoreError> {
         let rows = sqlx::query("SELECT * FROM activation_events WHERE license_id = $1 ORDER BY sequence")
@@ -289,17 +671,25 @@ impl ActivationStore for SqlStore {
             .fetch_all(&self.readers)
             .await
             .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(ActivationEvent {
-                    occurred_at: get_i64(row, "occurred_at")?,
-                    action: get_str(row, "action")?,
-                    installation_id: get_str(row, "installation_id")?,
-                    machine_name: get_str(row, "machine_name")?,
-                    fingerprint_digest: get_str(row, "fingerprint_digest")?,
-                    outcome: get_str(row, "outcome")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
+    }
+
+    #[tracing::instrument(name = "store.page_activation_events", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn page_activation_events(
+        &self,
+        license_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ActivationEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM activation_events WHERE license_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
+        )
+        .bind(license_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(page_limit(limit))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
     }
 }
