@@ -4,8 +4,9 @@
 //! # Layout
 //! - [`error`]: [`ActivationError`], the one error enum of this service.
 //! - [`service`]: [`Activations`], the use cases (activate, deactivate, validate, refresh,
-//!   offline activation, certificates); no gRPC. Validations read licenses and their live
-//!   activations from a [`ValidationCache`] kept exact by the store's change feed.
+//!   offline activation, certificates); no gRPC. Validations read licenses, and the machines
+//!   matched on them, from a [`ValidationCache`] kept exact by the store's change feed; the store
+//!   matches a machine through the fingerprint components it shares with live activations.
 //! - [`grpc`]: the tonic adapter `ActivationService`, including the `WatchLicense` stream.
 
 pub mod error;
