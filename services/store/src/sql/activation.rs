@@ -163,6 +163,13 @@ fn best_of(
 
 /// The live activation of `license_id` that `presented` matches best (at least `min_share`),
 /// read through the components they share, never by reading every activation.
+///
+/// One statement lists, for each presented component, the activations sharing it (with their
+/// component counts), up to one more than [`COMMON_COMPONENT`]. From those lists alone an
+/// activation's share is bounded: it shares at most the listed components plus every common
+/// one. Only activations whose bound reaches `min_share` are read, in a second statement with
+/// those small enough to match through common components alone; a machine sharing nothing
+/// costs the first statement only.
 async fn best_live_match_on(
     conn: &mut AnyConnection,
     license_id: &str,
@@ -175,57 +182,87 @@ async fn best_live_match_on(
     if digests.is_empty() {
         return Ok(None);
     }
-    // One statement: for each presented component, the activations sharing it (one more than
-    // COMMON_COMPONENT at most, to tell a common component), with their rows.
-    let mut probe = String::from("SELECT p.probed AS probed, a.* FROM (");
+    let mut probe = String::new();
     for i in 0..digests.len() {
         if i > 0 {
             probe.push_str(" UNION ALL ");
         }
         let _ = write!(
             probe,
-            "SELECT probed, installation_id FROM (SELECT digest AS probed, installation_id FROM activation_components \
-             WHERE license_id = $1 AND digest = ${} LIMIT {}) AS p{i}",
+            "SELECT probed, installation_id, component_count FROM (SELECT digest AS probed, installation_id, \
+             component_count FROM activation_components WHERE license_id = $1 AND digest = ${} LIMIT {}) AS p{i}",
             i + 2,
             COMMON_COMPONENT + 1
         );
     }
-    probe.push_str(") AS p JOIN activations a ON a.installation_id = p.installation_id");
     let mut query = sqlx::query(&probe).bind(license_id);
     for d in &digests {
         query = query.bind(*d);
     }
     let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
-    let mut sharing: HashMap<String, usize> = HashMap::new();
-    let mut found: HashMap<String, Activation> = HashMap::new();
+    let mut sharing: HashMap<String, Vec<(String, i64)>> = HashMap::new();
     for row in &rows {
-        *sharing.entry(get_str(row, "probed")?).or_default() += 1;
-        if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(get_str(row, "installation_id")?) {
-            slot.insert(activation_from_row(row)?);
+        let listed = (get_str(row, "installation_id")?, get_i64(row, "component_count")?);
+        sharing.entry(get_str(row, "probed")?).or_default().push(listed);
+    }
+    let common: Vec<&str> = digests
+        .iter()
+        .copied()
+        .filter(|d| sharing.get(*d).is_some_and(|listed| listed.len() > COMMON_COMPONENT))
+        .collect();
+    // Installation -> (uncommon components it shares, its component count).
+    let mut listed: HashMap<String, (usize, i64)> = HashMap::new();
+    for activations in sharing.into_values() {
+        if activations.len() <= COMMON_COMPONENT {
+            for (installation_id, count) in activations {
+                listed.entry(installation_id).or_insert((0, count)).0 += 1;
+            }
         }
     }
-    let common: Vec<&str> =
-        digests.iter().copied().filter(|d| sharing.get(*d).copied().unwrap_or(0) > COMMON_COMPONENT).collect();
-    let most = fingerprint::most_stored_components_for(common.len(), min_share);
-    if most > 0 {
-        // Activations that share only common components with the machine can match only if
-        // they are this small; any other match shares an uncommon component, found above.
-        let sql = format!(
-            "SELECT a.* FROM activations a WHERE a.deactivated_at IS NULL AND a.installation_id IN \
-             (SELECT installation_id FROM activation_components WHERE license_id = $1 AND component_count <= $2 \
-             AND digest IN ({}))",
-            placeholders(3, common.len())
+    let viable: Vec<String> = listed
+        .into_iter()
+        .filter(|(_, (shared, count))| {
+            let most = (*shared + common.len()).min(*count as usize);
+            *count > 0 && most as f64 / *count as f64 >= min_share
+        })
+        .map(|(installation_id, _)| installation_id)
+        .collect();
+    let small = fingerprint::most_stored_components_for(common.len(), min_share);
+    if viable.is_empty() && small == 0 {
+        return Ok(None);
+    }
+    // The viable ones, and those that could match through common components alone.
+    let mut sql = String::from("SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL AND (");
+    let mut next = 2;
+    if !viable.is_empty() {
+        let _ = write!(sql, "installation_id IN ({})", placeholders(next, viable.len()));
+        next += viable.len();
+    }
+    if small > 0 {
+        if !viable.is_empty() {
+            sql.push_str(" OR ");
+        }
+        let _ = write!(
+            sql,
+            "installation_id IN (SELECT installation_id FROM activation_components WHERE license_id = $1 \
+             AND component_count <= ${next} AND digest IN ({}))",
+            placeholders(next + 1, common.len())
         );
-        let mut query = sqlx::query(&sql).bind(license_id).bind(most as i64);
+    }
+    sql.push(')');
+    let mut query = sqlx::query(&sql).bind(license_id);
+    for installation_id in &viable {
+        query = query.bind(installation_id.as_str());
+    }
+    if small > 0 {
+        query = query.bind(small as i64);
         for d in &common {
             query = query.bind(*d);
         }
-        for row in query.fetch_all(&mut *conn).await.map_err(map_err)? {
-            let activation = activation_from_row(&row)?;
-            found.entry(activation.installation_id.clone()).or_insert(activation);
-        }
     }
-    Ok(best_of(found.into_values(), presented, min_share))
+    let found = query.fetch_all(&mut *conn).await.map_err(map_err)?;
+    let found = found.iter().map(activation_from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(best_of(found, presented, min_share))
 }
 
 /// The live activation `installation_id` of `license_id`.
