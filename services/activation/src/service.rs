@@ -18,6 +18,7 @@ use licensing_runtime::license_cache::{LicenseCache, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Tunables of the Activation service.
 #[derive(Debug, Clone)]
@@ -96,6 +97,15 @@ pub struct LicenseActivations {
 /// Machines remembered per license entry; beyond it they are looked up each time.
 const MACHINES_PER_ENTRY: usize = 10_000;
 
+/// How long a product version's release date is used without reading the product again.
+const RELEASE_KEPT: Duration = Duration::from_secs(60);
+
+/// Product versions whose release dates are kept at most.
+const RELEASES_KEPT: usize = 10_000;
+
+/// (product code, version) -> (the version's label, its release date, when it was read).
+type Releases = HashMap<(String, licensing_domain::version::Version), (String, Millis, Instant)>;
+
 impl LicenseActivations {
     fn new(license: License) -> Self {
         Self { license: Arc::new(license), machines: Mutex::default() }
@@ -155,6 +165,8 @@ pub struct Activations {
     /// What validations of licenses named by key read; pass-through unless given a live one
     /// ([`Activations::with_validation_cache`]).
     validations: Arc<ValidationCache>,
+    /// Release dates of product versions recently read (see [`Activations::release_of`]).
+    releases: Arc<Mutex<Releases>>,
 }
 
 const MAX_NAME: usize = 200;
@@ -195,6 +207,7 @@ impl Activations {
             per_license,
             observer: unobserved(),
             validations: Arc::default(),
+            releases: Arc::default(),
         }
     }
 
@@ -586,18 +599,37 @@ impl Activations {
     }
 
     /// A version of the license's product as the upgrade period judges it: its name and its
-    /// release date (`None` when the product has no such release).
+    /// release date (`None` when the product has no such release). A recorded release never
+    /// changes, so one found is kept for [`RELEASE_KEPT`] (only a second label for the same
+    /// version, recorded with another date, could change the answer); an unknown version is
+    /// read again each time, as it may be released any moment.
     async fn release_of(
         &self,
         license: &License,
         version: licensing_domain::version::Version,
     ) -> Result<(String, Option<Millis>), ActivationError> {
+        let key = (license.product_code.clone(), version);
+        {
+            let releases = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((label, released_at, read_at)) = releases.get(&key) {
+                if read_at.elapsed() < RELEASE_KEPT {
+                    return Ok((label.clone(), Some(*released_at)));
+                }
+            }
+        }
         let named = format!("{}.{}.{}", version.0, version.1, version.2);
         let product = self.catalog.get_product(&license.product_code).await?;
         let released =
             product.and_then(|p| p.versions.into_iter().find(|v| parse_version(&v.version).ok() == Some(version)));
         Ok(match released {
-            Some(v) => (v.version, Some(v.released_at)),
+            Some(v) => {
+                let mut releases = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+                if releases.len() >= RELEASES_KEPT {
+                    releases.clear();
+                }
+                releases.insert(key, (v.version.clone(), v.released_at, Instant::now()));
+                (v.version, Some(v.released_at))
+            }
             None => (named, None),
         })
     }
