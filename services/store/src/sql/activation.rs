@@ -231,26 +231,31 @@ async fn best_live_match_on(
     if viable.is_empty() && small == 0 {
         return Ok(None);
     }
-    // The viable ones, and those that could match through common components alone.
-    let mut sql = String::from("SELECT * FROM activations WHERE license_id = $1 AND deactivated_at IS NULL AND (");
-    let mut next = 2;
+    // The viable ones by key, and those that could match through common components alone
+    // through the index: each part drives its own lookups, so neither reads the license's
+    // other activations.
+    let mut parts = vec![];
+    // $1 is the license when the common-components part names it.
+    let mut next = if small > 0 { 2 } else { 1 };
     if !viable.is_empty() {
-        let _ = write!(sql, "installation_id IN ({})", placeholders(next, viable.len()));
+        parts
+            .push(format!("SELECT * FROM activations WHERE installation_id IN ({})", placeholders(next, viable.len())));
         next += viable.len();
     }
     if small > 0 {
-        if !viable.is_empty() {
-            sql.push_str(" OR ");
-        }
-        let _ = write!(
-            sql,
-            "installation_id IN (SELECT installation_id FROM activation_components WHERE license_id = $1 \
-             AND component_count <= ${next} AND digest IN ({}))",
-            placeholders(next + 1, common.len())
-        );
+        parts.push(format!(
+            "SELECT a.* FROM activation_components c JOIN activations a ON a.installation_id = c.installation_id \
+             WHERE c.license_id = $1 AND c.digest IN ({}) AND c.component_count <= ${}",
+            placeholders(next + 1, common.len()),
+            next
+        ));
     }
-    sql.push(')');
-    let mut query = sqlx::query(&sql).bind(license_id);
+    let sql = parts.join(" UNION ALL ");
+    let mut query = sqlx::query(&sql);
+    if small > 0 {
+        // Only the common-components part names the license.
+        query = query.bind(license_id);
+    }
     for installation_id in &viable {
         query = query.bind(installation_id.as_str());
     }
@@ -260,8 +265,14 @@ async fn best_live_match_on(
             query = query.bind(*d);
         }
     }
-    let found = query.fetch_all(&mut *conn).await.map_err(map_err)?;
-    let found = found.iter().map(activation_from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut found: HashMap<String, Activation> = HashMap::new();
+    for row in query.fetch_all(&mut *conn).await.map_err(map_err)? {
+        let activation = activation_from_row(&row)?;
+        if activation.license_id == license_id {
+            found.entry(activation.installation_id.clone()).or_insert(activation);
+        }
+    }
+    let found = found.into_values();
     Ok(best_of(found, presented, min_share))
 }
 
