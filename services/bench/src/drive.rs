@@ -40,6 +40,12 @@ pub struct Figures {
     pub first_error: Option<String>,
 }
 
+impl Default for Figures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Figures {
     fn new() -> Self {
         Self {
@@ -63,10 +69,6 @@ impl Figures {
         self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
     }
 
-    fn record(&mut self, started: Instant, result: anyhow::Result<()>) {
-        self.record_until(started, Instant::now(), result);
-    }
-
     fn record_until(&mut self, started: Instant, answered: Instant, result: anyhow::Result<()>) {
         let us = answered.saturating_duration_since(started).as_micros().clamp(1, 60_000_000) as u64;
         self.latency_us.record(us).expect("latency clamped into the histogram's bounds");
@@ -79,7 +81,8 @@ impl Figures {
         }
     }
 
-    fn merge(&mut self, other: &Figures) {
+    /// Adds another run's calls to these (its duration is the caller's to add).
+    pub fn merge(&mut self, other: &Figures) {
         self.ops += other.ops;
         self.errors += other.errors;
         self.latency_us.add(&other.latency_us).expect("histograms with the same bounds");
@@ -112,7 +115,8 @@ pub async fn closed_loop(callers: Vec<Box<dyn Op>>, bounds: Bounds) -> Figures {
                 while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < bounds.max_ops {
                     let t = Instant::now();
                     let result = op.call().await;
-                    figures.record(t, result);
+                    // Latency up to the measured part's answer; ops/s counts whole calls.
+                    figures.record_until(t, op.answered_at().unwrap_or_else(Instant::now), result);
                 }
                 figures
             })
@@ -160,7 +164,7 @@ pub async fn open_loop(callers: Vec<Box<dyn Op>>, rate: f64, bounds: Bounds) -> 
     for task in inflight {
         let _ = task.await;
     }
-    let mut figures = std::mem::replace(&mut *total.lock().await, Figures::new());
+    let mut figures = std::mem::take(&mut *total.lock().await);
     figures.elapsed = started.elapsed();
     figures
 }

@@ -367,6 +367,142 @@ impl Op for ActivationCycleOp {
     }
 }
 
+/// The CPU model every machine of a benchmark site reports: a component all its activations
+/// share, as on a real site of identical workstations.
+const SITE_CPU: &str = "bench-site-cpu";
+
+/// A machine of a site license: three components of its own and the site's CPU model.
+fn site_machine(run: &str, n: usize) -> Vec<Component> {
+    [("machine-id", "mid"), ("disk-serial", "disk"), ("mac", "mac")]
+        .into_iter()
+        .map(|(name, tag)| Component { name: name.into(), value: format!("{tag}-{run}-{n}") })
+        .chain([Component { name: "cpu".into(), value: SITE_CPU.into() }])
+        .collect()
+}
+
+fn wire(components: &[Component]) -> Vec<common::FingerprintComponent> {
+    components.iter().map(|c| common::FingerprintComponent { name: c.name.clone(), value: c.value.clone() }).collect()
+}
+
+fn site_activate_request(key: &str, machine: &[Component]) -> activation::ActivateRequest {
+    activation::ActivateRequest {
+        credentials: license_credentials(key),
+        machine: Some(activation::MachineInfo {
+            fingerprint: wire(machine),
+            machine_name: "site machine".into(),
+            platform: "linux-x86_64".into(),
+            product_version: "1.0".into(),
+        }),
+    }
+}
+
+/// Activates `installations` machines of a site on `license`, straight into the store in one
+/// transaction (`SqlStore::import_activations`), with their fingerprints digested under the
+/// servers' hash key as the Activation service would.
+pub async fn populate_site(
+    store: &SqlStore,
+    license: &Issued,
+    installations: usize,
+    hash_key: &[u8],
+) -> anyhow::Result<()> {
+    let hasher = KeyedHasher::new(hash_key.to_vec());
+    let run = licensing_domain::ids::new_id("site");
+    let now = now_ms();
+    let activations = (0..installations)
+        .map(|n| {
+            let fingerprint = fingerprint::stored_digests(&hasher, &fingerprint::normalize(&site_machine(&run, n))?);
+            Ok(licensing_domain::model::Activation {
+                installation_id: licensing_domain::ids::new_id(licensing_domain::ids::INSTALLATION),
+                license_id: license.license_id.clone(),
+                fingerprint,
+                machine_name: format!("site machine {n}"),
+                platform: "linux-x86_64".into(),
+                product_version: "1.0".into(),
+                activated_at: now,
+                last_seen_at: now,
+                deactivated_at: None,
+                offline: false,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    store.import_activations(&license.license_id, &activations).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// A new machine of the site activated (measured), then deactivated so the license stays the
+/// same size.
+pub struct NewSiteMachineOp {
+    client: ActivationServiceClient<Channel>,
+    key: String,
+    run: String,
+    calls: usize,
+    activated_at: Option<tokio::time::Instant>,
+}
+
+impl NewSiteMachineOp {
+    pub fn new(channel: Channel, license: &Issued) -> Self {
+        Self {
+            client: ActivationServiceClient::new(channel),
+            key: license.key.clone(),
+            run: licensing_domain::ids::new_id("new"),
+            calls: 0,
+            activated_at: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Op for NewSiteMachineOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.activated_at = None;
+        self.calls += 1;
+        let machine = site_machine(&self.run, self.calls);
+        let answer = self.client.activate(site_activate_request(&self.key, &machine)).await?.into_inner();
+        self.activated_at = Some(tokio::time::Instant::now());
+        anyhow::ensure!(!answer.already_activated, "a new machine matched an activated one");
+        self.client
+            .deactivate(activation::DeactivateRequest {
+                target: Some(activation::deactivate_request::Target::LicenseAndMachine(
+                    activation::LicenseAndMachine {
+                        credentials: license_credentials(&self.key),
+                        fingerprint: wire(&machine),
+                    },
+                )),
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn answered_at(&self) -> Option<tokio::time::Instant> {
+        self.activated_at
+    }
+}
+
+/// The same machine of the site activated again (a product that activates at every start).
+pub struct KnownSiteMachineOp {
+    client: ActivationServiceClient<Channel>,
+    request: activation::ActivateRequest,
+}
+
+impl KnownSiteMachineOp {
+    /// Activates the caller's machine, to activate it again.
+    pub async fn new(channel: Channel, license: &Issued) -> anyhow::Result<Self> {
+        let mut client = ActivationServiceClient::new(channel);
+        let request = site_activate_request(&license.key, &site_machine(&licensing_domain::ids::new_id("known"), 0));
+        client.activate(request.clone()).await?;
+        Ok(Self { client, request })
+    }
+}
+
+#[async_trait]
+impl Op for KnownSiteMachineOp {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let answer = self.client.activate(self.request.clone()).await?.into_inner();
+        anyhow::ensure!(answer.already_activated, "a known machine was activated anew");
+        Ok(())
+    }
+}
+
 /// Validation of an activated machine.
 pub struct ValidateOp {
     client: ActivationServiceClient<Channel>,

@@ -35,6 +35,8 @@ pub struct Settings {
     /// Live leases and licenses of the scale scenario.
     pub scale_leases: usize,
     pub scale_licenses: usize,
+    /// Installations of the site license the activation scenarios compare against a small one.
+    pub site_installations: usize,
     /// PostgreSQL and Redis of the production deployment; `None` skips it.
     pub stores: Option<ExternalStores>,
     /// Groups to run (`seat`, `activation`, `login`, `scale`); empty runs all.
@@ -51,6 +53,7 @@ impl Settings {
             login_memory_duration: Duration::from_secs(30),
             scale_leases: 1_000_000,
             scale_licenses: 100_000,
+            site_installations: 100_000,
             stores,
             only: vec![],
         }
@@ -63,6 +66,7 @@ impl Settings {
             login_memory_duration: Duration::from_secs(3),
             scale_leases: 20_000,
             scale_licenses: 2_000,
+            site_installations: 10_000,
             ..Self::full(stores)
         }
     }
@@ -333,7 +337,70 @@ impl Bench {
         // A valid answer carries a signed certificate: the same Ed25519 signature over a longer
         // payload than the lease token the floor signs.
         self.against_signature_floor(stack, node_locked, sql_backend, "validate", &validate, &echo).await?;
+        self.activation_at_scale(stack, fixture).await
+    }
 
+    /// Activation on a site license of `site_installations` against the same on one of
+    /// [`SMALL_SITE`]: a new machine (activated, then deactivated, latency up to the
+    /// activation's answer) and a known one activated again. Flat means a ratio near 1.
+    async fn activation_at_scale(&self, stack: &Stack, fixture: &mut Fixture) -> anyhow::Result<()> {
+        let (_, _, sql_backend) = names(stack.deployment);
+        let channels = stack.activation().channels(self.settings.connections).await?;
+        let store = match &stack.database {
+            Database::Sqlite(path) => SqlStore::open_sqlite(path).await,
+            Database::Postgres { url, .. } => SqlStore::connect_postgres(url, &SqlOptions::default()).await,
+        }
+        .map_err(|e| anyhow::anyhow!("opening the store to populate the site licenses: {e}"))?;
+        let site_seats = (self.settings.site_installations + 10_000) as i32;
+        let small = fixture.issue(LicenseKind::NodeLocked, site_seats).await?;
+        populate_site(&store, &small, SMALL_SITE, &stack.hash_key).await?;
+        let large = fixture.issue(LicenseKind::NodeLocked, site_seats).await?;
+        let t = Instant::now();
+        populate_site(&store, &large, self.settings.site_installations, &stack.hash_key).await?;
+        let fill_s = t.elapsed().as_secs_f64();
+        store.close().await;
+        eprintln!(
+            "# activation at scale ({sql_backend}): {} installations imported in {fill_s:.1} s",
+            self.settings.site_installations
+        );
+        // 32 callers for throughput (every call waits on the license's row lock, at any size),
+        // one caller for the latency of an activation alone.
+        for (scenario, callers) in [
+            ("activate_new_machine", self.settings.callers),
+            ("activate_new_machine", 1),
+            ("activate_known_machine", self.settings.callers),
+            ("activate_known_machine", 1),
+        ] {
+            // Small, large, large, small: drift over the runs (the machine is shared) weighs on
+            // both sides alike.
+            let mut figures = [Figures::default(), Figures::default()];
+            for side in [0, 1, 1, 0] {
+                let license = [&small, &large][side];
+                let mut ops: Vec<Box<dyn Op>> = vec![];
+                for i in 0..callers {
+                    let channel = spread(&channels, i);
+                    ops.push(match scenario {
+                        "activate_new_machine" => Box::new(NewSiteMachineOp::new(channel, license)),
+                        _ => Box::new(KnownSiteMachineOp::new(channel, license).await?),
+                    });
+                }
+                let f = closed_loop(ops, self.settings.bounds()).await;
+                explain(scenario, &f);
+                figures[side].merge(&f);
+                figures[side].elapsed += f.elapsed;
+            }
+            let [at_small, at_large] = &figures;
+            emit(
+                Line::new(&format!("{scenario}_at_scale"), sql_backend)
+                    .field("callers", callers)
+                    .field("installations", self.settings.site_installations)
+                    .number("small_ops_per_s", at_small.ops_per_s())
+                    .number("small_p50_ms", at_small.p50_ms())
+                    .figures(at_large)
+                    .against(&format!("same_with_{SMALL_SITE}"), at_large, at_small)
+                    .target(Target::RatioAtLeast(0.8)),
+            );
+        }
         Ok(())
     }
 
@@ -599,6 +666,9 @@ impl Bench {
         Ok(())
     }
 }
+
+/// Installations of the small license the site license is compared with.
+const SMALL_SITE: usize = 50;
 
 /// Checks out `per_license` leases on each of `licenses` new licenses, straight into the lease
 /// store (the scripts the Seat service runs), 64 at a time.

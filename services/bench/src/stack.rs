@@ -190,6 +190,8 @@ pub struct Stack {
     /// The PostgreSQL database made for this run (dropped at the end), or the SQLite file.
     pub database: Database,
     pub redis_url: Option<String>,
+    /// The servers' LICENSING_HASH_KEY, so the bench can write fingerprints as they store them.
+    pub hash_key: Vec<u8>,
     /// Redis settings this run changed to the lease store's recommended ones, with the values
     /// to put back when it stops.
     redis_settings_before: Vec<(String, String)>,
@@ -215,9 +217,11 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
+        let hash_key = random_bytes();
         let env = vec![
             ("LICENSING_DATA_DIR".to_owned(), data.display().to_string()),
             ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+            ("LICENSING_HASH_KEY".to_owned(), base64::engine::general_purpose::STANDARD.encode(hash_key)),
         ];
         let echo = Server::start(Serves::Echo, &env, dir.path()).await?;
         let server = Server::start(Serves::AllInOne, &env, dir.path()).await?;
@@ -227,6 +231,7 @@ impl Stack {
             echo,
             database: Database::Sqlite(data.join(licensing::DATABASE_FILE)),
             redis_url: None,
+            hash_key: hash_key.to_vec(),
             redis_settings_before: vec![],
             _dir: dir,
         })
@@ -239,11 +244,12 @@ impl Stack {
         // Measure Redis as deployed (docker-compose sets these too).
         let redis_settings_before = apply_recommended_redis_config(&stores.redis_url).await?;
         let key = || base64::engine::general_purpose::STANDARD.encode(random_bytes());
+        let hash_key = random_bytes();
         let env = vec![
             ("LICENSING_DATABASE_URL".to_owned(), url.clone()),
             ("LICENSING_REDIS_URL".to_owned(), stores.redis_url.clone()),
             ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-            ("LICENSING_HASH_KEY".to_owned(), key()),
+            ("LICENSING_HASH_KEY".to_owned(), base64::engine::general_purpose::STANDARD.encode(hash_key)),
             ("LICENSING_SIGNING_KEY".to_owned(), key()),
             // The scale scenario times the sweep itself; a background sweep would race it.
             ("LICENSING_SWEEP_INTERVAL_MS".to_owned(), "3600000".to_owned()),
@@ -260,6 +266,7 @@ impl Stack {
             echo,
             database: Database::Postgres { url, admin_url: stores.postgres_admin_url.clone(), name },
             redis_url: Some(stores.redis_url.clone()),
+            hash_key: hash_key.to_vec(),
             redis_settings_before,
             _dir: dir,
         })
