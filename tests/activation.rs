@@ -526,7 +526,7 @@ async fn refusals_grow_the_history_no_faster_than_the_per_license_rate_limit() {
     for backend in backends().await {
         let data_dir = tempfile::tempdir().unwrap();
         let mut env = test_env(backend, data_dir.path()).await;
-        env.insert("LICENSING_RATE_ACTIVATE_PER_LICENSE".into(), "4/min".into());
+        env.insert("LICENSING_RATE_ACTIVATE_PER_LICENSE".into(), "4/h".into());
         let app = spawn_with_env(backend, data_dir, env).await;
         let f = fixture(&app).await;
         let (license_id, key, _) =
@@ -554,7 +554,7 @@ async fn refusals_grow_the_history_no_faster_than_the_per_license_rate_limit() {
             .into_inner()
             .history;
         let refusals = history.iter().filter(|h| !h.outcome.starts_with("ok")).count();
-        assert_eq!((refusals, rate_limited), (3, 17), "{backend:?}: 4 calls a minute, one of them the activation");
+        assert_eq!((refusals, rate_limited), (3, 17), "{backend:?}: 4 calls an hour, one of them the activation");
         assert_eq!(counts(&app, &license_id).await, (1, 0));
     }
 }

@@ -400,6 +400,28 @@ async fn activation_stores_match_machines_through_the_components_they_share() {
         assert!((found.share - 1.0 / 3.0).abs() < 1e-9, "{name}: {}", found.share);
         assert!(best(vec![component("machine-id", "nothing shared")], 0.3).await.is_none());
 
+        // 70 clones of one image, 69 of them deactivated: the last still matches through the
+        // components its clones shared (their counts fell with each deactivation, to 1).
+        let clone = |i: usize| Activation {
+            fingerprint: vec![component("cpu", "epyc"), component("os-install-id", "clone-image")],
+            ..machine(200 + i, component("mac", "unused"))
+        };
+        let clones: Vec<Activation> = (0..70).map(clone).collect();
+        store.import_activations(&site.license_id, &clones).await.unwrap();
+        for gone in &clones[1..] {
+            let command = DeactivateCommand {
+                license_id: site.license_id.clone(),
+                target: DeactivateTarget::Installation(gone.installation_id.clone()),
+                counts: false,
+                action: "support_return",
+                now: 150,
+            };
+            store.deactivate(&command).await.unwrap();
+        }
+        let image = vec![component("cpu", "epyc"), component("os-install-id", "clone-image")];
+        let found = best(image, 0.6).await.expect("the last clone");
+        assert_eq!(found.activation.installation_id, clones[0].installation_id, "{name}");
+
         // The index follows a machine's components as they change, and forgets it when it goes.
         let first = vec![component("machine-id", "a"), component("disk-serial", "b"), component("mac", "c")];
         let moved = vec![component("machine-id", "a"), component("disk-serial", "b"), component("mac", "d")];
@@ -472,6 +494,7 @@ async fn activations_made_before_the_component_index_still_match_after_its_migra
         // Back to the schema before the index: no index, its migration not applied.
         let raw = sqlx::AnyPool::connect(&url).await.unwrap();
         for sql in [
+            "DROP TABLE activation_component_counts",
             "DROP TABLE activation_components",
             "DROP INDEX activations_license_newest",
             "DELETE FROM _sqlx_migrations WHERE version = 7",

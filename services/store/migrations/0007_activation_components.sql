@@ -21,5 +21,20 @@ SELECT DISTINCT a.license_id, c.value ->> 'digest',
 FROM activations a, jsonb_array_elements(CAST(a.fingerprint_json AS JSONB)) AS c
 WHERE a.deactivated_at IS NULL;
 
+-- How many live activations of a license share each component (by the component count of
+-- their fingerprints), so a component shared by very many is known as such without reading
+-- them: an index scan of a common component bounded by LIMIT is not bounded when the planner
+-- picks a bitmap scan, which PostgreSQL does when its statistics are stale.
+CREATE TABLE activation_component_counts (
+    license_id      TEXT NOT NULL,
+    digest          TEXT NOT NULL,
+    component_count BIGINT NOT NULL,
+    activations     BIGINT NOT NULL,
+    PRIMARY KEY (license_id, digest, component_count)
+);
+INSERT INTO activation_component_counts (license_id, digest, component_count, activations)
+SELECT license_id, digest, component_count, COUNT(*) FROM activation_components
+GROUP BY license_id, digest, component_count;
+
 -- The portal pages a license's installations newest first.
 CREATE INDEX activations_license_newest ON activations (license_id, activated_at, installation_id);

@@ -2,8 +2,9 @@
 //! moves only through conditional updates, so racing activations never exceed the seats.
 //!
 //! A machine is matched through `activation_components` (the component digests of live
-//! activations, keyed by license and digest): the candidates are the activations that share a
-//! component with it, so matching costs the same at 50 installations as at 100,000.
+//! activations, keyed by license and digest) and `activation_component_counts` (how many share
+//! each): the candidates are the activations that share a component with it, so matching costs
+//! the same at 50 installations as at 100,000.
 
 use super::catalog::license_from_row;
 use super::*;
@@ -16,11 +17,10 @@ use sqlx::{Any, AnyConnection, Transaction};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-/// Each presented component is followed to at most this many live activations sharing it. One
-/// shared by more (a CPU model common across a site) is "common": it is followed only to the
-/// activations small enough to match through common components alone
-/// ([`fingerprint::most_stored_components_for`]); the others it names are found through a
-/// component they do not share with many.
+/// A presented component shared by more live activations than this (a CPU model common across
+/// a site) is "common": it is followed only to the activations small enough to match through
+/// common components alone ([`fingerprint::most_stored_components_for`]); the others that share
+/// it are found through a component they do not share with many.
 const COMMON_COMPONENT: usize = 64;
 
 /// Installations loaded per statement (bind parameters stay far below both databases' limits).
@@ -89,41 +89,84 @@ async fn insert_event(conn: &mut AnyConnection, license_id: &str, e: &Activation
     Ok(())
 }
 
-/// Indexes a live activation's components for matching.
+/// The distinct component digests of a fingerprint.
+fn distinct_digests(fingerprint: &[ComponentDigest]) -> Vec<&str> {
+    let mut digests: Vec<&str> = fingerprint.iter().map(|c| c.digest.as_str()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    digests
+}
+
+/// Indexes a live activation's components for matching, and counts them.
 async fn insert_components(
     conn: &mut AnyConnection,
     license_id: &str,
     installation_id: &str,
     fingerprint: &[ComponentDigest],
 ) -> Result<(), StoreError> {
-    if fingerprint.is_empty() {
+    let digests = distinct_digests(fingerprint);
+    if digests.is_empty() {
         return Ok(());
     }
-    let mut sql = String::from(
-        "INSERT INTO activation_components (license_id, digest, component_count, installation_id) VALUES ",
+    // One row per digest: `row` with `$d` standing for the digest's parameter, from `$first` on.
+    let rows = |row: &str, first: usize| {
+        (0..digests.len()).map(|i| row.replace("$d", &format!("${}", first + i))).collect::<Vec<_>>().join(", ")
+    };
+    let sql = format!(
+        "INSERT INTO activation_components (license_id, digest, component_count, installation_id) VALUES {}",
+        rows("($1, $d, $2, $3)", 4)
     );
-    for i in 0..fingerprint.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(sql, "($1, ${}, $2, $3)", i + 4);
-    }
-    // A fingerprint's components are distinct (normalized), so a conflict is only a repeat.
-    sql.push_str(" ON CONFLICT DO NOTHING");
     let mut query = sqlx::query(&sql).bind(license_id).bind(fingerprint.len() as i64).bind(installation_id);
-    for c in fingerprint {
-        query = query.bind(&c.digest);
+    for d in &digests {
+        query = query.bind(*d);
+    }
+    query.execute(&mut *conn).await.map_err(map_err)?;
+    let sql = format!(
+        "INSERT INTO activation_component_counts (license_id, digest, component_count, activations) VALUES {} \
+         ON CONFLICT (license_id, digest, component_count) \
+         DO UPDATE SET activations = activation_component_counts.activations + 1",
+        rows("($1, $d, $2, 1)", 3)
+    );
+    let mut query = sqlx::query(&sql).bind(license_id).bind(fingerprint.len() as i64);
+    for d in &digests {
+        query = query.bind(*d);
     }
     query.execute(conn).await.map_err(map_err)?;
     Ok(())
 }
 
-async fn delete_components(conn: &mut AnyConnection, installation_id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM activation_components WHERE installation_id = $1")
-        .bind(installation_id)
-        .execute(conn)
-        .await
-        .map_err(map_err)?;
+/// Removes a live activation's components from the index and from the counts.
+async fn delete_components(
+    conn: &mut AnyConnection,
+    license_id: &str,
+    installation_id: &str,
+) -> Result<(), StoreError> {
+    let removed =
+        sqlx::query("DELETE FROM activation_components WHERE installation_id = $1 RETURNING digest, component_count")
+            .bind(installation_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    let mut by_count: HashMap<i64, Vec<String>> = HashMap::new();
+    for row in &removed {
+        by_count.entry(get_i64(row, "component_count")?).or_default().push(get_str(row, "digest")?);
+    }
+    for (count, digests) in by_count {
+        // A count that reaches zero goes, so the counts hold only components in use.
+        for sql in [
+            "DELETE FROM activation_component_counts WHERE license_id = $1 AND component_count = $2 AND activations <= 1 \
+             AND digest IN",
+            "UPDATE activation_component_counts SET activations = activations - 1 WHERE license_id = $1 \
+             AND component_count = $2 AND digest IN",
+        ] {
+            let sql = format!("{sql} ({})", placeholders(3, digests.len()));
+            let mut query = sqlx::query(&sql).bind(license_id).bind(count);
+            for d in &digests {
+                query = query.bind(d.as_str());
+            }
+            query.execute(&mut *conn).await.map_err(map_err)?;
+        }
+    }
     Ok(())
 }
 
@@ -164,71 +207,74 @@ fn best_of(
 /// The live activation of `license_id` that `presented` matches best (at least `min_share`),
 /// read through the components they share, never by reading every activation.
 ///
-/// One statement lists, for each presented component, the activations sharing it (with their
-/// component counts), up to one more than [`COMMON_COMPONENT`]. From those lists alone an
-/// activation's share is bounded: it shares at most the listed components plus every common
-/// one. Only activations whose bound reaches `min_share` are read, in a second statement with
-/// those small enough to match through common components alone; a machine sharing nothing
-/// costs the first statement only.
+/// First the counts say how many live activations share each presented component (and how
+/// many components theirs have). A component shared by at most [`COMMON_COMPONENT`] is listed
+/// with its activations; from those lists an activation's share is bounded (it shares at most
+/// the listed components plus every common one), and only activations whose bound reaches
+/// `min_share` are read, with those small enough to match through common components alone
+/// when the counts say there are any. No statement reads more than a bounded number of rows,
+/// whatever the database's statistics say: a new machine on a site license costs the counts
+/// alone.
 async fn best_live_match_on(
     conn: &mut AnyConnection,
     license_id: &str,
     presented: &[ComponentDigest],
     min_share: f64,
 ) -> Result<Option<MachineMatch>, StoreError> {
-    let mut digests: Vec<&str> = presented.iter().map(|d| d.digest.as_str()).collect();
-    digests.sort_unstable();
-    digests.dedup();
+    let digests = distinct_digests(presented);
     if digests.is_empty() {
         return Ok(None);
     }
-    let mut probe = String::new();
-    for i in 0..digests.len() {
-        if i > 0 {
-            probe.push_str(" UNION ALL ");
-        }
-        let _ = write!(
-            probe,
-            "SELECT probed, installation_id, component_count FROM (SELECT digest AS probed, installation_id, \
-             component_count FROM activation_components WHERE license_id = $1 AND digest = ${} LIMIT {}) AS p{i}",
-            i + 2,
-            COMMON_COMPONENT + 1
-        );
-    }
-    let mut query = sqlx::query(&probe).bind(license_id);
+    let sql = format!(
+        "SELECT digest, component_count, activations FROM activation_component_counts \
+         WHERE license_id = $1 AND digest IN ({})",
+        placeholders(2, digests.len())
+    );
+    let mut query = sqlx::query(&sql).bind(license_id);
     for d in &digests {
         query = query.bind(*d);
     }
-    let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
-    let mut sharing: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for row in &rows {
-        let listed = (get_str(row, "installation_id")?, get_i64(row, "component_count")?);
-        sharing.entry(get_str(row, "probed")?).or_default().push(listed);
+    // Digest -> (activations sharing it, the fewest components one of them has).
+    let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
+    for row in query.fetch_all(&mut *conn).await.map_err(map_err)? {
+        let (count, activations) = (get_i64(&row, "component_count")?, get_i64(&row, "activations")?);
+        let entry = counts.entry(get_str(&row, "digest")?).or_insert((0, i64::MAX));
+        entry.0 += activations;
+        entry.1 = entry.1.min(count);
     }
-    let common: Vec<&str> = digests
-        .iter()
-        .copied()
-        .filter(|d| sharing.get(*d).is_some_and(|listed| listed.len() > COMMON_COMPONENT))
-        .collect();
-    // Installation -> (uncommon components it shares, its component count).
-    let mut listed: HashMap<String, (usize, i64)> = HashMap::new();
-    for activations in sharing.into_values() {
-        if activations.len() <= COMMON_COMPONENT {
-            for (installation_id, count) in activations {
-                listed.entry(installation_id).or_insert((0, count)).0 += 1;
-            }
+    let common: Vec<&str> =
+        digests.iter().copied().filter(|d| counts.get(*d).is_some_and(|c| c.0 > COMMON_COMPONENT as i64)).collect();
+    let uncommon: Vec<&str> =
+        digests.iter().copied().filter(|d| counts.get(*d).is_some_and(|c| c.0 <= COMMON_COMPONENT as i64)).collect();
+    let most = fingerprint::most_stored_components_for(common.len(), min_share) as i64;
+    // Common components some activation small enough to match through them alone has.
+    let small: Vec<&str> = common.iter().copied().filter(|d| counts.get(*d).is_some_and(|c| c.1 <= most)).collect();
+    let mut viable = vec![];
+    if !uncommon.is_empty() {
+        let sql = format!(
+            "SELECT installation_id, component_count FROM activation_components WHERE license_id = $1 AND digest IN ({})",
+            placeholders(2, uncommon.len())
+        );
+        let mut query = sqlx::query(&sql).bind(license_id);
+        for d in &uncommon {
+            query = query.bind(*d);
         }
+        // Installation -> (uncommon components it shares, its component count).
+        let mut listed: HashMap<String, (usize, i64)> = HashMap::new();
+        for row in query.fetch_all(&mut *conn).await.map_err(map_err)? {
+            let count = get_i64(&row, "component_count")?;
+            listed.entry(get_str(&row, "installation_id")?).or_insert((0, count)).0 += 1;
+        }
+        viable = listed
+            .into_iter()
+            .filter(|(_, (shared, count))| {
+                let most = (*shared + common.len()).min(*count as usize);
+                *count > 0 && most as f64 / *count as f64 >= min_share
+            })
+            .map(|(installation_id, _)| installation_id)
+            .collect();
     }
-    let viable: Vec<String> = listed
-        .into_iter()
-        .filter(|(_, (shared, count))| {
-            let most = (*shared + common.len()).min(*count as usize);
-            *count > 0 && most as f64 / *count as f64 >= min_share
-        })
-        .map(|(installation_id, _)| installation_id)
-        .collect();
-    let small = fingerprint::most_stored_components_for(common.len(), min_share);
-    if viable.is_empty() && small == 0 {
+    if viable.is_empty() && small.is_empty() {
         return Ok(None);
     }
     // The viable ones by key, and those that could match through common components alone
@@ -236,32 +282,31 @@ async fn best_live_match_on(
     // other activations.
     let mut parts = vec![];
     // $1 is the license when the common-components part names it.
-    let mut next = if small > 0 { 2 } else { 1 };
+    let mut next = if small.is_empty() { 1 } else { 2 };
     if !viable.is_empty() {
         parts
             .push(format!("SELECT * FROM activations WHERE installation_id IN ({})", placeholders(next, viable.len())));
         next += viable.len();
     }
-    if small > 0 {
+    if !small.is_empty() {
         parts.push(format!(
             "SELECT a.* FROM activation_components c JOIN activations a ON a.installation_id = c.installation_id \
              WHERE c.license_id = $1 AND c.digest IN ({}) AND c.component_count <= ${}",
-            placeholders(next + 1, common.len()),
+            placeholders(next + 1, small.len()),
             next
         ));
     }
     let sql = parts.join(" UNION ALL ");
     let mut query = sqlx::query(&sql);
-    if small > 0 {
-        // Only the common-components part names the license.
+    if !small.is_empty() {
         query = query.bind(license_id);
     }
     for installation_id in &viable {
         query = query.bind(installation_id.as_str());
     }
-    if small > 0 {
-        query = query.bind(small as i64);
-        for d in &common {
+    if !small.is_empty() {
+        query = query.bind(most);
+        for d in &small {
             query = query.bind(*d);
         }
     }
@@ -393,7 +438,7 @@ impl SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        delete_components(&mut tx, &activation.installation_id).await?;
+        delete_components(&mut tx, &c.license_id, &activation.installation_id).await?;
         let event = ActivationEvent {
             outcome: if c.counts { "ok".into() } else { "ok: not counted".into() },
             ..refused_event()
@@ -493,6 +538,29 @@ impl SqlStore {
                 query.execute(&mut *tx).await.map_err(map_err)?;
             }
         }
+        // The counts, raised by as many as each component gained.
+        let mut counts: HashMap<(&str, i64), i64> = HashMap::new();
+        for a in activations {
+            for digest in distinct_digests(&a.fingerprint) {
+                *counts.entry((digest, a.fingerprint.len() as i64)).or_default() += 1;
+            }
+        }
+        let counts: Vec<((&str, i64), i64)> = counts.into_iter().collect();
+        for rows in counts.chunks(CHUNK) {
+            let values: Vec<String> =
+                (0..rows.len()).map(|i| format!("($1, ${}, ${}, ${})", 2 + i * 3, 3 + i * 3, 4 + i * 3)).collect();
+            let sql = format!(
+                "INSERT INTO activation_component_counts (license_id, digest, component_count, activations) VALUES {} \
+                 ON CONFLICT (license_id, digest, component_count) \
+                 DO UPDATE SET activations = activation_component_counts.activations + excluded.activations",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(license_id);
+            for ((digest, count), n) in rows {
+                query = query.bind(*digest).bind(*count).bind(*n);
+            }
+            query.execute(&mut *tx).await.map_err(map_err)?;
+        }
         let license = self.license_after_activations_changed(&mut tx, license_id).await?;
         tx.commit().await.map_err(map_err)?;
         self.tell_subscribers(license_id);
@@ -540,7 +608,7 @@ impl ActivationStore for SqlStore {
                 .map_err(map_err)?;
             let moved = !same_components(&existing.fingerprint, &c.fingerprint);
             if moved {
-                delete_components(&mut tx, &existing.installation_id).await?;
+                delete_components(&mut tx, &c.license_id, &existing.installation_id).await?;
                 insert_components(&mut tx, &c.license_id, &existing.installation_id, &c.fingerprint).await?;
                 // Validation caches must match against the new fingerprint.
                 self.notify_license_change(&mut tx, &c.license_id).await?;
