@@ -91,7 +91,7 @@ pub struct LicenseActivations {
     pub license: Arc<License>,
     /// A presented fingerprint (its sorted component digests) -> its best live match, if any
     /// reaches half the match threshold (nearer ones are a fingerprint mismatch).
-    machines: Mutex<HashMap<String, Option<MachineMatch>>>,
+    machines: Mutex<HashMap<String, Option<Arc<MachineMatch>>>>,
 }
 
 /// Machines remembered per license entry; beyond it they are looked up each time.
@@ -111,11 +111,11 @@ impl LicenseActivations {
         Self { license: Arc::new(license), machines: Mutex::default() }
     }
 
-    fn machine(&self, key: &str) -> Option<Option<MachineMatch>> {
+    fn machine(&self, key: &str) -> Option<Option<Arc<MachineMatch>>> {
         self.machines.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    fn remember(&self, key: String, found: Option<MachineMatch>) {
+    fn remember(&self, key: String, found: Option<Arc<MachineMatch>>) {
         let mut machines = self.machines.lock().unwrap_or_else(|p| p.into_inner());
         if machines.len() < MACHINES_PER_ENTRY {
             machines.insert(key, found);
@@ -514,9 +514,9 @@ impl Activations {
                 // A recognisably similar machine (at least half the needed share) is a mismatch;
                 // anything less is simply another machine.
                 let best = self.nearest_machine(&read, &digests).await?;
-                match best {
-                    Some(MachineMatch { share, activation }) if share >= self.settings.match_threshold => {
-                        activation_and_presented = Some((activation, presented))
+                match best.as_deref() {
+                    Some(MachineMatch { share, .. }) if *share >= self.settings.match_threshold => {
+                        activation_and_presented = best.map(|found| (found, presented))
                     }
                     Some(MachineMatch { share, .. }) => {
                         return Ok(Validation::failed(
@@ -553,7 +553,8 @@ impl Activations {
                 return Ok(Validation::failed(ValidationCode::VersionNotCovered, refusal.message, Some(license)));
             }
         }
-        let certificate = activation_and_presented.map(|(a, presented)| self.certificate(&license, &a, &presented));
+        let certificate = activation_and_presented
+            .map(|(found, presented)| self.certificate(&license, &found.activation, &presented));
         Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
     }
 
@@ -563,13 +564,13 @@ impl Activations {
         &self,
         read: &LicenseActivations,
         digests: &[ComponentDigest],
-    ) -> Result<Option<MachineMatch>, ActivationError> {
+    ) -> Result<Option<Arc<MachineMatch>>, ActivationError> {
         let key = machine_key(digests);
         if let Some(found) = read.machine(&key) {
             return Ok(found);
         }
         let min_share = self.settings.match_threshold / 2.0;
-        let found = self.store.best_live_match(&read.license.license_id, digests, min_share).await?;
+        let found = self.store.best_live_match(&read.license.license_id, digests, min_share).await?.map(Arc::new);
         read.remember(key, found.clone());
         Ok(found)
     }
