@@ -467,7 +467,7 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
 
 /// The Activation service: node-locked activations and validations.
 fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
-    let Deps { config, overrides, stack, store, .. } = deps;
+    let Deps { config, overrides, stack, store, hasher, .. } = deps;
     let settings = ActivationSettings {
         match_threshold: config.fingerprint_match,
         activations_per_license: config.rate_limits.activate_per_license,
@@ -477,7 +477,7 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
         deps.catalog.clone(),
         Arc::new(store.clone()),
         // Portal sessions prove a deactivation by Installation ID.
-        Arc::new(store.clone()),
+        SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone()),
         deps.credentials.clone(),
         deps.signer.clone(),
         overrides.clock.clone(),

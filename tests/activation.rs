@@ -608,6 +608,8 @@ async fn validate_answers_one_precise_code() {
         let unknown = licensing_domain::license_key::LicenseKey::generate().to_string();
         let v = validate(&mut c, by_key(&unknown), machine.clone(), &[], "").await;
         assert_eq!(v.code, V::NotFound as i32);
+        let v = validate(&mut c, by_password("lic_0000000000000000", "whatever"), machine.clone(), &[], "").await;
+        assert_eq!(v.code, V::NotFound as i32, "an unknown License ID answers like an unknown key: {v:?}");
 
         let mut admin = app.admin().await;
         admin

@@ -6,6 +6,7 @@ use licensing_domain::model::Refusal;
 use licensing_domain::store::ActivationStoreError;
 use licensing_runtime::credentials::CredentialError;
 use licensing_runtime::limiter::RateLimited;
+use licensing_runtime::server::ShuttingDown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
@@ -49,6 +50,8 @@ pub enum ActivationError {
     RateLimited(#[from] RateLimited),
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
 }
 
 impl ActivationError {
@@ -91,6 +94,7 @@ impl ClassifiedError for ActivationError {
             Self::InstallationProofMissing | Self::SessionInvalid => ErrorClass::Unauthenticated,
             Self::RateLimited(e) => e.class(),
             Self::Store(e) => e.class(),
+            Self::ShuttingDown(e) => e.class(),
         }
     }
 
@@ -109,6 +113,7 @@ impl ClassifiedError for ActivationError {
             Self::OfflineRequest(_) => "OFFLINE_REQUEST_INVALID",
             Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
+            Self::ShuttingDown(e) => e.reason(),
         }
     }
 
@@ -153,6 +158,7 @@ mod tests {
             (CredentialError::WrongPassword("l".into()).into(), Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD"),
             (CredentialError::UnknownKey.into(), Code::NotFound, "LICENSE_NOT_FOUND"),
             (StoreError::Unavailable("x".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
+            (ShuttingDown.into(), Code::Unavailable, "SHUTTING_DOWN"),
             (
                 RateLimited {
                     what: "activation",

@@ -4,18 +4,18 @@ use crate::service::{Activations, DeactivationRequest, InstallationProof, Machin
 use crate::ActivationError;
 use licensing_domain::certificate::{certificate_file, SignedBlob};
 use licensing_domain::fingerprint::Component;
-use licensing_domain::model::{Activation, LicenseStatus};
+use licensing_domain::model::Activation;
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use licensing_proto::common::v1::FingerprintComponent;
 use licensing_runtime::auth::{bearer_token, caller_address};
 use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
-use licensing_runtime::server::{CancellationToken, ShuttingDown};
+use licensing_runtime::server::CancellationToken;
 use licensing_runtime::status::{to_status, OrStatus};
 use std::pin::Pin;
 use std::time::Duration;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -215,48 +215,16 @@ impl ActivationService for ActivationApi {
         let r = request.into_inner();
         let creds = credentials(r.credentials, &client)?;
         let presented = components(r.fingerprint);
-        let (license, _, _) = self.activations.activated(&creds, &presented).await.or_status()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let activations = self.activations.clone();
-        let poll = self.watch_poll;
-        let drain = self.drain.clone();
-        tokio::spawn(async move {
-            let mut last_seen: Option<(i64, LicenseStatus)> = None;
-            loop {
-                let message = match activations.current_license(&license.license_id).await {
-                    Ok(Some(current)) if last_seen == Some((current.updated_at, current.status)) => None,
-                    Ok(Some(current)) => {
-                        last_seen = Some((current.updated_at, current.status));
-                        // While the license is usable, a fresh certificate; otherwise the license alone says why not.
-                        let cert = match activations.activated(&creds, &presented).await {
-                            Ok((l, a, p)) => Some(certificate(activations.certificate(&l, &a, &p))),
-                            Err(_) => None,
-                        };
-                        Some(Ok(pb::WatchLicenseResponse {
-                            certificate: cert,
-                            license: Some(conv::customer_license(&current)),
-                        }))
-                    }
-                    Ok(None) => Some(Err(to_status(&ActivationError::NotActivated(license.license_id.clone())))),
-                    Err(e) => Some(Err(to_status(&e))),
-                };
-                if let Some(message) = message {
-                    let end = message.is_err();
-                    if tx.send(message).await.is_err() || end {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(poll) => {}
-                    () = tx.closed() => return,
-                    () = drain.cancelled() => {
-                        let _ = tx.send(Err(to_status(&ShuttingDown))).await;
-                        return;
-                    }
-                }
-            }
+        let changes =
+            self.activations.watch_license(creds, presented, self.watch_poll, self.drain.clone()).await.or_status()?;
+        let responses = changes.map(|change| {
+            let change = change.or_status()?;
+            Ok(pb::WatchLicenseResponse {
+                certificate: change.certificate.map(certificate),
+                license: Some(conv::customer_license(&change.license)),
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn get_verifying_key(

@@ -7,7 +7,12 @@
 //!   offline activation, certificates); no gRPC. Validations read licenses, and the machines
 //!   matched on them, from a [`ValidationCache`] kept exact by the store's change feed; the store
 //!   matches a machine through the fingerprint components it shares with live activations.
-//! - [`grpc`]: the tonic adapter `ActivationService`, including the `WatchLicense` stream.
+//! - [`grpc`]: the tonic adapter `ActivationService`; it decodes, calls a use case, encodes.
+//!
+//! Two limits, not to be confused: the *activation limit* (a license's seats, and its allowed
+//! deactivations) is decided atomically by the store (`services/store/src/sql/activation.rs`,
+//! `activate` and `deactivate_checked`); the *rate limit* of this service
+//! ([`ActivationSettings::activations_per_license`]) only slows calls per license.
 
 pub mod error;
 pub mod grpc;

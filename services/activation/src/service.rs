@@ -5,20 +5,22 @@ use licensing_domain::certificate::{encode_offline_request, CertificatePayload, 
 use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
-use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind, Refusal};
+use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind, LicenseStatus, Refusal};
 use licensing_domain::observe::{unobserved, SharedObserver};
-use licensing_domain::secrets::purpose;
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand,
-    DeactivateTarget, MachineMatch, PortalStore,
+    DeactivateTarget, MachineMatch,
 };
 use licensing_domain::text::quoted;
+use licensing_runtime::auth::SessionAuth;
 use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
 use licensing_runtime::license_cache::{LicenseCache, Lookup};
 use licensing_runtime::limiter::{Rate, RateLimiter};
+use licensing_runtime::server::{CancellationToken, ShuttingDown};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Tunables of the Activation service.
 #[derive(Debug, Clone)]
@@ -150,7 +152,7 @@ pub struct Activations {
     catalog: Arc<dyn CatalogStore>,
     store: Arc<dyn ActivationStore>,
     /// Where portal sessions are checked, for deactivations proven by one.
-    sessions: Arc<dyn PortalStore>,
+    sessions: SessionAuth,
     credentials: CredentialResolver,
     signer: Signer,
     clock: SharedClock,
@@ -189,7 +191,7 @@ impl Activations {
     pub fn new(
         catalog: Arc<dyn CatalogStore>,
         store: Arc<dyn ActivationStore>,
-        sessions: Arc<dyn PortalStore>,
+        sessions: SessionAuth,
         credentials: CredentialResolver,
         signer: Signer,
         clock: SharedClock,
@@ -454,16 +456,11 @@ impl Activations {
     /// The license of a live installation whose owner (the account it is associated with)
     /// holds this portal session. Another account's installation answers as a missing one.
     async fn license_of_session_owner(&self, token: &str, installation_id: &str) -> Result<License, ActivationError> {
-        if !token.starts_with("ses_") || token.len() > 128 {
-            return Err(ActivationError::SessionInvalid);
-        }
-        let digest = self.credentials.hasher().digest(purpose::SESSION, token);
-        let customer =
-            self.sessions.session_customer(&digest, self.now()).await?.ok_or(ActivationError::SessionInvalid)?;
+        let customer = self.sessions.customer(token).await?.ok_or(ActivationError::SessionInvalid)?;
         let not_found = || ActivationError::InstallationNotFound(installation_id.to_owned());
         let activation = self.store.get_activation(installation_id).await?.ok_or_else(not_found)?;
         let license = self.catalog.get_license(&activation.license_id).await?.ok_or_else(not_found)?;
-        if license.associated_customer_id.as_deref() != Some(customer.as_str()) {
+        if !license.belongs_to_account(&customer) {
             return Err(not_found());
         }
         Ok(license)
@@ -483,8 +480,13 @@ impl Activations {
         };
         let read = match self.license_and_live_activations(credentials).await {
             Ok(read) => read,
+            // An unknown key and an unknown License ID are one situation: the same code.
             Err(CredentialError::UnknownKey) => {
                 return Ok(Validation::failed(ValidationCode::NotFound, "no license has this key", None))
+            }
+            Err(CredentialError::UnknownLicense(id)) => {
+                let message = format!("no license has the License ID {}", quoted(&id));
+                return Ok(Validation::failed(ValidationCode::NotFound, message, None));
             }
             Err(e) => return Err(e.into()),
         };
@@ -678,6 +680,67 @@ impl Activations {
     pub async fn current_license(&self, license_id: &str) -> Result<Option<License>, ActivationError> {
         Ok(self.catalog.get_license(license_id).await?)
     }
+
+    /// Follows the license activated on this machine: the stream tells its state at once, then
+    /// whenever the vendor changes it (in any process; looked for every `poll`), with a fresh
+    /// certificate while the license is usable. Credentials and activation are checked before
+    /// anything streams, so a bad one fails the call. The stream ends with NOT_ACTIVATED when the
+    /// license is gone, SHUTTING_DOWN when `drain` is cancelled, and at once when the caller goes.
+    pub async fn watch_license(
+        &self,
+        credentials: Credentials,
+        presented: Vec<Component>,
+        poll: Duration,
+        drain: CancellationToken,
+    ) -> Result<ReceiverStream<Result<LicenseChange, ActivationError>>, ActivationError> {
+        let (license, _, _) = self.activated(&credentials, &presented).await?;
+        let (events, stream) = tokio::sync::mpsc::channel(4);
+        let activations = self.clone();
+        tokio::spawn(async move {
+            let mut last_seen: Option<(Millis, LicenseStatus)> = None;
+            loop {
+                let event = match activations.current_license(&license.license_id).await {
+                    Ok(Some(current)) if last_seen == Some((current.updated_at, current.status)) => None,
+                    Ok(Some(current)) => {
+                        last_seen = Some((current.updated_at, current.status));
+                        // While the license is usable, a fresh certificate; otherwise the
+                        // license alone says why not.
+                        let certificate = match activations.activated(&credentials, &presented).await {
+                            Ok((l, a, p)) => Some(activations.certificate(&l, &a, &p)),
+                            Err(_) => None,
+                        };
+                        Some(Ok(LicenseChange { license: current, certificate }))
+                    }
+                    Ok(None) => Some(Err(ActivationError::NotActivated(license.license_id.clone()))),
+                    Err(e) => Some(Err(e)),
+                };
+                if let Some(event) = event {
+                    let end = event.is_err();
+                    if events.send(event).await.is_err() || end {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    () = events.closed() => return,
+                    () = drain.cancelled() => {
+                        let _ = events.send(Err(ShuttingDown.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(stream))
+    }
+}
+
+/// What a product watching its license hears ([`Activations::watch_license`]).
+#[derive(Debug)]
+pub struct LicenseChange {
+    /// The license as it now stands.
+    pub license: License,
+    /// A fresh certificate for this machine, while the license is usable.
+    pub certificate: Option<SignedBlob>,
 }
 
 pub enum DeactivationRequest {

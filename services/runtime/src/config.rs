@@ -62,7 +62,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account from one client address"),
     ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address"),
     ("LICENSING_RATE_ACTIVATE_PER_CLIENT", "activations (online and offline) per client address"),
-    ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) per license"),
+    ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) and product deactivations per license"),
     ("LICENSING_RATE_CHECKOUT_PER_CLIENT", "seat checkouts and waits per client address"),
     ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "seat checkouts and waits per license"),
     ("LICENSING_TLS_CERT", "PEM certificate (chain) of the server; with LICENSING_TLS_KEY, serve TLS"),
