@@ -31,12 +31,30 @@ if ! reachable "$pg_host" "${pg_port:-5432}"; then
     runner=()
     [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && { chown -R postgres "$scratch"; runner=(runuser -u postgres --); }
     "${runner[@]}" "$PG_BIN/initdb" -D "$scratch/pg" -U postgres -A trust >/dev/null
-    "${runner[@]}" "$PG_BIN/pg_ctl" -D "$scratch/pg" -o "-p $port -k $scratch -c listen_addresses=127.0.0.1" -l "$scratch/pg.log" -w start >/dev/null
+    "${runner[@]}" "$PG_BIN/pg_ctl" -D "$scratch/pg" -o "-p $port -k $scratch -c listen_addresses=127.0.0.1 -c max_connections=300" -l "$scratch/pg.log" -w start >/dev/null
     export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
     echo "test.sh: started a throwaway PostgreSQL on port $port"
   else
     PG_BIN=""
     skipped+=("PostgreSQL ($TEST_DATABASE_URL unreachable): start PostgreSQL or set TEST_DATABASE_URL to run those cases")
+  fi
+fi
+
+# The suite runs test servers side by side, some as three services with a pool each, and the
+# store conformance races open many connections at once: PostgreSQL's default of 100 clients is
+# too few ("sorry, too many clients already"). Raise it on a local cluster this user manages.
+if [ -z "${PG_BIN:-}" ] && command -v psql >/dev/null && reachable "$pg_host" "${pg_port:-5432}"; then
+  max="$(psql "$TEST_DATABASE_URL" -tAc 'SHOW max_connections' 2>/dev/null || echo 0)"
+  if [ "${max:-0}" -lt 300 ]; then
+    cluster="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)"
+    if [ "$(id -u)" = 0 ] && [ -n "$cluster" ] && command -v pg_ctlcluster >/dev/null \
+      && psql "$TEST_DATABASE_URL" -qc 'ALTER SYSTEM SET max_connections = 300' \
+      && pg_ctlcluster --skip-systemctl-redirect "$cluster" main restart; then
+      for _ in $(seq 30); do reachable "$pg_host" "${pg_port:-5432}" && break; sleep 1; done
+      echo "test.sh: raised PostgreSQL's max_connections from $max to 300"
+    else
+      echo "test.sh: PostgreSQL allows only $max connections; the suite needs about 300 (ALTER SYSTEM SET max_connections = 300, then restart it)" >&2
+    fi
   fi
 fi
 
