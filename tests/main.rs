@@ -16,6 +16,7 @@ mod frame_fuzz;
 mod hostile_input;
 mod kubernetes;
 mod licensectl;
+mod monitoring;
 mod network_faults;
 mod operations;
 mod portal;
