@@ -129,10 +129,8 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
         assert!(requests["cpu"].is_string() && requests["memory"].is_string(), "{name} requests resources");
         assert!(container["resources"]["limits"]["memory"].is_string(), "{name} has a memory limit");
         // The image's data directory is writable (the root file system is read-only).
-        let data_dir = dockerfile
-            .lines()
-            .find_map(|l| l.strip_prefix("ENV LICENSING_DATA_DIR="))
-            .expect("the Dockerfile sets the data directory");
+        let image_env = crate::image::image_env();
+        let data_dir = image_env["LICENSING_DATA_DIR"].as_str();
         let mounts = container["volumeMounts"].as_sequence().unwrap();
         assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some(data_dir)), "{name} mounts {data_dir}");
 

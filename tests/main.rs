@@ -14,6 +14,7 @@ mod client;
 mod compose;
 mod frame_fuzz;
 mod hostile_input;
+mod image;
 mod kubernetes;
 mod licensectl;
 mod monitoring;
