@@ -17,6 +17,7 @@ mod hostile_input;
 mod image;
 mod kubernetes;
 mod licensectl;
+mod migrate;
 mod monitoring;
 mod network_faults;
 mod operations;
