@@ -23,7 +23,7 @@ use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
 use licensing_domain::store::CatalogStore;
 use licensing_domain::store::{ActivationStore, LeaseStore};
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth, SessionAuth};
-use licensing_runtime::config::{Config, Lookup};
+use licensing_runtime::config::{Config, Lookup, Migrate};
 use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::limiter::{GuessThrottle, RateLimiter};
@@ -323,8 +323,16 @@ impl Application {
 async fn open_sql_store(config: &Config, role: Role) -> anyhow::Result<SqlStore> {
     Ok(match (&config.database_url, role) {
         (Some(url), _) => {
-            let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
-            SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?
+            let options = SqlOptions {
+                max_connections: config.database_max_connections,
+                migrate: config.migrate != Migrate::Off,
+                ..Default::default()
+            };
+            let context = match config.migrate {
+                Migrate::Off => "connecting to PostgreSQL (LICENSING_MIGRATE=off: apply the migrations first, with LICENSING_MIGRATE=only)",
+                _ => "connecting to PostgreSQL",
+            };
+            SqlStore::connect_postgres(url, &options).await.context(context)?
         }
         (None, Role::AllInOne) => {
             let path = config.data_dir.join(DATABASE_FILE);
@@ -580,10 +588,22 @@ async fn sweep_expired_leases(seats: Seats, every: std::time::Duration) {
     }
 }
 
+/// `LICENSING_MIGRATE=only`: applies the database migrations and returns without serving (the
+/// migration job that runs before the services start with `LICENSING_MIGRATE=off`).
+pub async fn migrate_only(config: &Config, role: Role) -> anyhow::Result<()> {
+    let store = open_sql_store(config, role).await?;
+    store.close().await;
+    tracing::info!("database migrations applied (LICENSING_MIGRATE=only); exiting");
+    Ok(())
+}
+
 /// `main` of every binary: configuration from the process environment, telemetry, serve.
 pub async fn run(role: Role, lookup: &dyn Lookup) -> anyhow::Result<()> {
     let config = Config::from_lookup(lookup, role.default_addr(), role.service_name())?;
     let _telemetry = licensing_runtime::telemetry::init(&config)?;
+    if config.migrate == Migrate::Only {
+        return migrate_only(&config, role).await;
+    }
     let app = Application::build(&config, role).await?;
     if let Some(token) = &app.generated_admin_token {
         // Printed once, on purpose, to stdout: only its keyed digest is stored.

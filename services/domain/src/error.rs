@@ -16,6 +16,8 @@ pub enum ErrorClass {
     ResourceExhausted,
     Unavailable,
     DeadlineExceeded,
+    /// The method is not served by the process that was called (another one serves it).
+    Unimplemented,
     /// A bug on our side; never an answer to bad input.
     Internal,
 }

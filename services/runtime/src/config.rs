@@ -44,6 +44,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_DATA_DIR", "directory of the embedded SQLite file and key file"),
     ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file"),
     ("LICENSING_DATABASE_MAX_CONNECTIONS", "PostgreSQL pool size"),
+    ("LICENSING_MIGRATE", "on: apply database migrations at start; off: do not, and refuse to start on a schema older than this build; only: apply them and exit (a migration job)"),
     ("LICENSING_REDIS_URL", "redis:// URL of the lease store; when set, Redis replaces the embedded lease store"),
     ("LICENSING_ADMIN_TOKEN", "admin bearer token to accept (stored hashed); without it a first token is generated and printed once"),
     ("LICENSING_HASH_KEY", "base64 key (32+ bytes) for keyed hashes of keys and tokens"),
@@ -103,6 +104,17 @@ impl MetricsListen {
             Self::At(addr) => Some(addr),
         }
     }
+}
+
+/// When the database schema is migrated (`LICENSING_MIGRATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrate {
+    /// At start, by every process (the default).
+    OnStart,
+    /// Never: a migration job does it; start only on a schema at least as new as this build.
+    Off,
+    /// Apply the migrations, then exit without serving (the migration job).
+    Only,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +187,8 @@ pub struct Config {
     /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
     pub database_url: Option<String>,
     pub database_max_connections: u32,
+    /// Whether this process migrates the database schema.
+    pub migrate: Migrate,
     /// Redis URL; `None` means the embedded lease store.
     pub redis_url: Option<String>,
     pub admin_token: Option<String>,
@@ -355,6 +369,17 @@ impl Config {
             data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             database_url,
             database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,
+            migrate: match non_empty(lookup, "LICENSING_MIGRATE").as_deref() {
+                None | Some("on") => Migrate::OnStart,
+                Some("off") => Migrate::Off,
+                Some("only") => Migrate::Only,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "LICENSING_MIGRATE",
+                        message: format!("'{other}' is not on, off or only"),
+                    })
+                }
+            },
             redis_url,
             admin_token: non_empty(lookup, "LICENSING_ADMIN_TOKEN"),
             hash_key_b64: non_empty(lookup, "LICENSING_HASH_KEY"),
@@ -420,6 +445,11 @@ mod tests {
         assert_eq!(err.var, "LICENSING_DATABASE_URL");
         let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_CONCURRENCY_LIMIT");
+        assert_eq!(Config::from_lookup(&HashMap::new(), "127.0.0.1:1", "s").unwrap().migrate, Migrate::OnStart);
+        let c = Config::from_lookup(&[("LICENSING_MIGRATE", "off")], "127.0.0.1:1", "s").unwrap();
+        assert_eq!(c.migrate, Migrate::Off);
+        let err = Config::from_lookup(&[("LICENSING_MIGRATE", "later")], "127.0.0.1:1", "s").unwrap_err();
+        assert_eq!(err.var, "LICENSING_MIGRATE");
     }
 
     #[test]

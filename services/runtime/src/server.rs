@@ -54,6 +54,70 @@ impl licensing_domain::error::ClassifiedError for ShuttingDown {
     }
 }
 
+/// Which process serves each licensing gRPC service: the gateway routes by these names, and a
+/// process that is called for a service it does not serve says which one does.
+pub const SERVICE_HOMES: [(&str, &str); 4] = [
+    ("licensing.account.v1.AdminService", "account"),
+    ("licensing.account.v1.AccountService", "account"),
+    ("licensing.activation.v1.ActivationService", "activation"),
+    ("licensing.seat.v1.SeatService", "seat"),
+];
+
+/// A call for a gRPC service this process does not serve (answered `UNIMPLEMENTED`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotServedHere {
+    /// Another licensing service serves it: the caller dialled a service's own address.
+    #[error("{service} is served by the {home} service ({here}); use the gateway address, which routes every service, or the {home} service's own")]
+    ServedElsewhere {
+        /// The gRPC service called.
+        service: &'static str,
+        /// The process that serves it (`account`, `activation`, `seat`).
+        home: &'static str,
+        /// What this process is, e.g. "this is the account service".
+        here: String,
+    },
+    /// No licensing process serves it.
+    #[error("no gRPC service {service} here; this server serves {served}")]
+    Unknown {
+        /// The service called, quoted.
+        service: String,
+        /// The services this process serves.
+        served: String,
+    },
+}
+
+impl licensing_domain::error::ClassifiedError for NotServedHere {
+    fn class(&self) -> licensing_domain::error::ErrorClass {
+        licensing_domain::error::ErrorClass::Unimplemented
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::ServedElsewhere { .. } => "SERVED_ELSEWHERE",
+            Self::Unknown { .. } => "UNKNOWN_SERVICE",
+        }
+    }
+}
+
+impl NotServedHere {
+    /// Why a call of `path` (`/package.Service/Method`) is not served by a process serving the
+    /// licensing services `served`.
+    pub fn of(path: &str, served: &[String]) -> Self {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let is_served = |name: &str| served.iter().any(|s| s == name);
+        let mut homes: Vec<&str> =
+            SERVICE_HOMES.iter().filter(|(name, _)| is_served(name)).map(|(_, home)| *home).collect();
+        homes.dedup();
+        let here = match homes.as_slice() {
+            [one] => format!("this is the {one} service"),
+            _ => format!("this server serves {}", served.join(", ")),
+        };
+        match SERVICE_HOMES.iter().find(|(name, _)| *name == service && !is_served(name)) {
+            Some((service, home)) => Self::ServedElsewhere { service, home, here },
+            None => Self::Unknown { service: licensing_domain::text::quoted(service), served: served.join(", ") },
+        }
+    }
+}
+
 /// Limits and switches of the server stack.
 #[derive(Debug, Clone)]
 pub struct StackSettings {
@@ -198,6 +262,13 @@ impl GrpcServer {
             let v1alpha = builder().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
             routes = routes.add_service(v1).add_service(v1alpha);
         }
+        // A call for a service not served here says which process serves it (tonic's own
+        // fallback answers UNIMPLEMENTED with no message).
+        let served: std::sync::Arc<[String]> = service_names.iter().map(|s| s.to_string()).collect();
+        let routes = Routes::from(routes.into_axum_router().fallback(move |req: axum::extract::Request| {
+            let error = NotServedHere::of(req.uri().path(), &served);
+            async move { crate::status::to_status(&error).into_http::<axum::body::Body>() }
+        }));
         for name in service_names {
             health.set(name, ServingStatus::Serving);
         }
@@ -626,6 +697,24 @@ where
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    #[test]
+    fn a_call_for_another_service_names_the_one_that_serves_it() {
+        let account =
+            ["licensing.account.v1.AdminService".to_owned(), "licensing.account.v1.AccountService".to_owned()];
+        let error = NotServedHere::of("/licensing.seat.v1.SeatService/Checkout", &account);
+        assert_eq!(
+            error.to_string(),
+            "licensing.seat.v1.SeatService is served by the seat service (this is the account service); use the gateway address, which routes every service, or the seat service's own"
+        );
+        let status = crate::status::to_status(&error);
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(crate::status::reason_of(&status).as_deref(), Some("SERVED_ELSEWHERE"));
+        let unknown = NotServedHere::of("/nope.v1.Thing\n/Do", &account);
+        assert_eq!(licensing_domain::error::ClassifiedError::reason(&unknown), "UNKNOWN_SERVICE");
+        assert!(unknown.to_string().contains("licensing.account.v1.AccountService"), "{unknown}");
+        assert!(!unknown.to_string().contains('\n'), "{unknown}");
+    }
 
     #[test]
     fn decode_failures_blame_the_request_and_our_internal_errors_stay_internal() {
