@@ -467,7 +467,8 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         };
         let router = licensing_account::web::router(portal.clone(), settings);
         tracing::info!(addr = %listener.local_addr()?, url = %portal_url, "customer portal");
-        served.portal = Some(WebServer::new(listener, router, tls));
+        served.portal =
+            Some(WebServer::new(listener, router, tls).with_trusted_proxies(config.trusted_proxies.clone()));
     }
     served.serve(AccountApi::new(portal).into_server(config.max_message_bytes));
     Ok(())

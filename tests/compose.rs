@@ -15,6 +15,8 @@ use tokio::process::{Child, Command};
 
 const SERVICES: [&str; 3] = ["account", "activation", "seat"];
 const HOSTNAMES: [&str; 3] = ["postgres", "redis", "jaeger"];
+/// The gateway's fixed address on the compose network, which the services trust.
+const COMPOSE_GATEWAY_ADDRESS: &str = "172.28.0.250";
 /// Where every service serves its metrics inside the compose network.
 const METRICS_PORT: u16 = 9464;
 
@@ -50,6 +52,8 @@ fn native_env(service: &Value, database_url: &str) -> HashMap<String, String> {
             value = value.replace(&format!("@{host}:"), "@127.0.0.1:").replace(&format!("//{host}:"), "//127.0.0.1:");
         }
         value = value.replace("0.0.0.0:", "127.0.0.1:");
+        // The gateway's fixed compose address is 127.0.0.1 here too (tests start nginx there).
+        value = value.replace(COMPOSE_GATEWAY_ADDRESS, "127.0.0.1");
         env.insert(key, value);
     }
     let compose_url = env["LICENSING_DATABASE_URL"].clone();
@@ -806,6 +810,76 @@ async fn products_licensectl_and_admins_use_one_address_through_the_gateway() {
     assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
 
     assert!(seat.release().await, "the seat is given back through the gateway");
+    drop(nginx);
+    started.stop().await;
+}
+
+#[tokio::test]
+async fn behind_the_gateway_a_password_guesser_slows_only_itself() {
+    use licensing_proto::account::v1 as account;
+    use licensing_proto::account::v1::account_service_client::AccountServiceClient;
+    if !postgres_available().await || !redis_available().await {
+        return;
+    }
+    let compose = compose();
+    assert_eq!(
+        compose["services"]["gateway"]["networks"]["default"]["ipv4_address"].as_str(),
+        Some(COMPOSE_GATEWAY_ADDRESS),
+        "the gateway has the address the services trust"
+    );
+    let started = start_compose(None).await;
+    assert_eq!(started.env("account")["LICENSING_TRUSTED_PROXIES"], "127.0.0.1");
+    let Some(nginx) = Nginx::start(&started).await else {
+        started.stop().await;
+        return;
+    };
+    let gateway: std::net::SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
+    let token = started.env("account")["LICENSING_ADMIN_TOKEN"].clone();
+    let mut admin =
+        licensing_proto::account::v1::admin_service_client::AdminServiceClient::new(channel(&nginx.url()).await);
+    let customer = admin
+        .create_customer(with_token(
+            &token,
+            account::CreateCustomerRequest {
+                company_name: "Acme".into(),
+                contact_email: format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase()),
+                password: CUSTOMER_PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .customer_id;
+    let login = |source: &'static str, password: &'static str| {
+        let customer = customer.clone();
+        async move {
+            AccountServiceClient::new(channel_from(source.parse().unwrap(), gateway).await)
+                .login(account::LoginRequest { login: customer, password: password.into() })
+                .await
+        }
+    };
+    // The guesser at 127.0.0.2 is slowed down, even with the right password...
+    for _ in 0..5 {
+        login("127.0.0.2", "not the password").await.unwrap_err();
+    }
+    let err = login("127.0.0.2", CUSTOMER_PASSWORD).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (tonic::Code::ResourceExhausted, "TOO_MANY_ATTEMPTS".into()));
+    // ...while the owner at 127.0.0.3, through the same gateway, logs in at once: the services
+    // count the client the gateway forwarded, not the gateway.
+    let owner = login("127.0.0.3", CUSTOMER_PASSWORD).await;
+    assert!(owner.is_ok(), "the owner behind the gateway is not locked out: {:?}", owner.err());
+    // A client cannot forge its way out: what it writes in X-Forwarded-For is left of what
+    // the gateway appends, and ignored.
+    let mut forged =
+        tonic::Request::new(account::LoginRequest { login: customer.clone(), password: CUSTOMER_PASSWORD.into() });
+    forged.metadata_mut().insert("x-forwarded-for", "198.51.100.9".parse().unwrap());
+    let err = AccountServiceClient::new(channel_from("127.0.0.2".parse().unwrap(), gateway).await)
+        .login(forged)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "TOO_MANY_ATTEMPTS", "a forged X-Forwarded-For changes nothing");
     drop(nginx);
     started.stop().await;
 }

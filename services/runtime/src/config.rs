@@ -1,6 +1,7 @@
 //! Configuration from environment variables. Every variable is listed in [`VARIABLES`] (and in
 //! the README's table, which a test keeps in step with it).
 
+use crate::client_address::TrustedProxies;
 use crate::limiter::Rate;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_PORTAL_ADDR", "address:port of the customer portal in a web browser (HTTPS with LICENSING_TLS_CERT), or off"),
     ("LICENSING_PORTAL_URL", "public base URL of the portal, which its mails link to"),
     ("LICENSING_GRPC_WEB_ORIGINS", "comma-separated origins (https://app.vendor.example) whose browser apps may call the gRPC port with gRPC-Web, or off"),
+    ("LICENSING_TRUSTED_PROXIES", "comma-separated IP addresses and CIDR ranges of proxies (the gateway) whose X-Forwarded-For names the client that per-client limits count, or off"),
     ("LICENSING_DATA_DIR", "directory of the embedded SQLite file and key file"),
     ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file"),
     ("LICENSING_DATABASE_MAX_CONNECTIONS", "PostgreSQL pool size"),
@@ -183,6 +185,8 @@ pub struct Config {
     pub portal_url: Option<String>,
     /// Origins allowed to call the gRPC port from a browser with gRPC-Web; empty: gRPC-Web off.
     pub grpc_web_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed; empty: the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
     pub data_dir: PathBuf,
     /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
     pub database_url: Option<String>,
@@ -322,6 +326,9 @@ impl Config {
                 .map(|o| origin(o).map_err(|message| ConfigError { var: "LICENSING_GRPC_WEB_ORIGINS", message }))
                 .collect::<Result<_, _>>()?,
         };
+        let trusted_proxies =
+            TrustedProxies::parse(non_empty(lookup, "LICENSING_TRUSTED_PROXIES").as_deref().unwrap_or(""))
+                .map_err(|message| ConfigError { var: "LICENSING_TRUSTED_PROXIES", message })?;
         let millis =
             |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
         let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
@@ -366,6 +373,7 @@ impl Config {
             portal,
             portal_url,
             grpc_web_origins,
+            trusted_proxies,
             data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             database_url,
             database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,

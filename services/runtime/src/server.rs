@@ -16,6 +16,7 @@
 //!    reconnect). In-flight unary calls finish, until [`StackSettings::shutdown_grace`]
 //!    (`LICENSING_SHUTDOWN_GRACE_MS`) at most; the connections left then are closed.
 
+use crate::client_address::{ClientAddressLayer, TrustedProxies};
 use crate::config::{Config, RateLimits};
 use crate::health::HealthStatuses;
 use crate::limiter::RateLimiter;
@@ -139,6 +140,8 @@ pub struct StackSettings {
     pub metrics: Metrics,
     /// Browser origins allowed to call with gRPC-Web (CORS); empty: gRPC-Web is off.
     pub grpc_web_origins: Vec<String>,
+    /// Proxies (the gateway) whose `X-Forwarded-For` names the client the limits count.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// One rate shared by a group of methods (e.g. Login), counted per client address.
@@ -209,6 +212,7 @@ impl From<&Config> for StackSettings {
             tls: c.tls.clone(),
             metrics: Metrics::new(&c.service_name),
             grpc_web_origins: c.grpc_web_origins.clone(),
+            trusted_proxies: c.trusted_proxies.clone(),
         }
     }
 }
@@ -296,7 +300,10 @@ impl GrpcServer {
         // and marks the answers, and every gRPC answer below, refusals included, is translated.
         let grpc_web = !settings.grpc_web_origins.is_empty();
         let layers = ServiceBuilder::new()
-            // Outermost, so refused and timed-out requests are traced and counted too.
+            // Who the caller is (the peer, or the client a trusted gateway forwarded), decided
+            // once for the rate limits and the services' guess throttling below.
+            .layer(ClientAddressLayer::new(settings.trusted_proxies.clone()))
+            // Outermost but for that, so refused and timed-out requests are traced and counted too.
             .layer(ObserveLayer { metrics: settings.metrics.clone() })
             .option_layer(grpc_web.then(|| grpc_web_cors(&settings.grpc_web_origins)))
             .option_layer(grpc_web.then(tonic_web::GrpcWebLayer::new))
@@ -591,14 +598,10 @@ pub struct ClientRateLimit<S> {
     by_path: std::sync::Arc<std::collections::HashMap<&'static str, RateLimiter>>,
 }
 
-/// The address a request came from, as the rate limits count clients.
+/// The address a request came from, as the rate limits count clients ([`ClientAddressLayer`]
+/// decided it).
 fn client_address<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let extensions = req.extensions();
-    let tcp = extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|tls| tls.get_ref()));
-    tcp.and_then(|info| info.remote_addr()).map(|a| a.ip())
+    crate::client_address::client_address_of(req.extensions())
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ClientRateLimit<S>
