@@ -10,6 +10,7 @@ mod common;
 mod activation;
 mod admin_api;
 mod authorization_matrix;
+mod binaries;
 mod client;
 mod compose;
 mod frame_fuzz;
