@@ -101,6 +101,15 @@ fi
 if [ -x "$tools/bin/buf" ] && [ -x "$tools/bin/grpcurl" ]; then
   export BUF="$PWD/$tools/bin/buf" GRPCURL="$PWD/$tools/bin/grpcurl"
 fi
+# The README's walk-through keeps IDs with jq.
+if ! command -v jq >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; then
+    echo "test.sh: installed jq"
+  else
+    skipped+=("README replay (install jq: apt-get install -y jq)")
+  fi
+fi
 
 # The web portal's browser test (tests/web_portal.rs) drives Debian's headless Chromium through
 # chromedriver; install them when missing and this user may.

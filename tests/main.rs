@@ -26,6 +26,7 @@ mod portal_self_service;
 mod process_faults;
 mod protobuf;
 mod rate_limits;
+mod readme_replay;
 mod seat;
 mod seat_policy;
 mod seat_redis_faults;
