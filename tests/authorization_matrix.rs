@@ -241,7 +241,7 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
                 ))
                 .await,
             );
-            c.associate_license(admin_req(acc::AdminAssociateLicenseRequest {
+            c.associate_license(admin_req(acc::AdminServiceAssociateLicenseRequest {
                 license_id: w.floating_b.clone(),
                 customer_id: w.customer_b.clone(),
             }))
@@ -253,7 +253,7 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             c.associate_license(request(
                 who,
                 w,
-                acc::AdminAssociateLicenseRequest {
+                acc::AdminServiceAssociateLicenseRequest {
                     license_id: w.floating_b.clone(),
                     customer_id: w.customer_b.clone(),
                 },
@@ -411,7 +411,7 @@ async fn portal_rpc(rpc: &str, session: Option<&str>, w: &World) -> Code {
         "GetMyUsageReport" => code(
             p.get_my_usage_report(session_req(
                 session,
-                seat::GetUsageReportRequest { license_id: w.floating_a.clone(), ..Default::default() },
+                acc::GetMyUsageReportRequest { license_id: w.floating_a.clone(), ..Default::default() },
             ))
             .await,
         ),

@@ -154,7 +154,7 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
         12 => run!(c.admin.list_audit_events(admin_req(acc::ListAuditEventsRequest { subject: t(0), page: page(i) }))),
         13 => run!(c.admin.get_activation_history(admin_req(acc::GetActivationHistoryRequest { license_id: lic }))),
         14 => run!(c.admin.return_license(admin_req(acc::ReturnLicenseRequest { license_id: lic, reason: t(1) }))),
-        15 => run!(c.admin.associate_license(admin_req(acc::AdminAssociateLicenseRequest { license_id: lic, customer_id: t(1) }))),
+        15 => run!(c.admin.associate_license(admin_req(acc::AdminServiceAssociateLicenseRequest { license_id: lic, customer_id: t(1) }))),
         16 => run!(c.admin.list_customers(admin_req(acc::ListCustomersRequest { page: page(i), query: t(0) }))),
         17 => run!(c.activation.activate(act::ActivateRequest {
             credentials: act_creds(i),
@@ -238,7 +238,7 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             run!(c.seat.update_seat_policy(admin_req(seat::UpdateSeatPolicyRequest { license_id: lic, policy: Some(policy) })))
         }
         41 => run!(c.seat.get_usage_report(admin_req(seat::GetUsageReportRequest { license_id: lic, from: ts(i), to: ts(i), as_csv: i.ints[0] % 2 == 0 }))),
-        42 => run!(c.portal.get_my_usage_report(with_token(&c.session, seat::GetUsageReportRequest { license_id: lic, from: ts(i), to: None, as_csv: true }))),
+        42 => run!(c.portal.get_my_usage_report(with_token(&c.session, acc::GetMyUsageReportRequest { license_id: lic, from: ts(i), to: None, as_csv: true }))),
         43 => run!(c.portal.get_my_seat_policy(with_token(&c.session, acc::GetMySeatPolicyRequest { license_id: lic }))),
         45 => run!(c.portal.change_password(with_token(&c.session, acc::ChangePasswordRequest { current_password: t(1), new_password: t(2) }))),
         46 => run!(c.portal.update_contact_details(with_token(&c.session, acc::UpdateContactDetailsRequest { contact_name: t(1), contact_email: t(2), phone: t(3), current_password: t(4) }))),

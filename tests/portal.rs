@@ -726,7 +726,7 @@ async fn association_transfer_receipts_and_support_returns() {
         );
         app.admin()
             .await
-            .associate_license(admin_req(pb::AdminAssociateLicenseRequest {
+            .associate_license(admin_req(pb::AdminServiceAssociateLicenseRequest {
                 license_id: license_id.clone(),
                 customer_id: f.customer_id.clone(),
             }))

@@ -519,11 +519,19 @@ async fn a_scripted_day_reports_what_happened() {
         .await
         .get_my_usage_report(with_token(
             &session,
-            pb::GetUsageReportRequest { license_id: license_id.clone(), from: r.from, to: r.to, as_csv: true },
+            licensing_proto::account::v1::GetMyUsageReportRequest {
+                license_id: license_id.clone(),
+                from: r.from,
+                to: r.to,
+                as_csv: true,
+            },
         ))
         .await
         .unwrap()
         .into_inner();
+    // The portal's own message is the administrator's on the wire.
+    let mine = <pb::GetUsageReportResponse as prost::Message>::decode(prost::Message::encode_to_vec(&mine).as_slice())
+        .unwrap();
     assert_eq!(mine, r);
     let policy = portal(&app)
         .await

@@ -703,3 +703,24 @@ pub fn new_license(
         updated_at: 1,
     }
 }
+
+/// A command-line tool a test runs (`grpcurl`, `buf`, ...): the path in `env_var` (scripts/test.sh
+/// installs them under target/tools and exports it), else `name` on the PATH. `None`, with a
+/// message, when it is not there; with `CI` set that fails the test instead.
+pub fn tool(env_var: &str, name: &str, version_flag: &str) -> Option<String> {
+    let program = std::env::var(env_var).unwrap_or_else(|_| name.to_owned());
+    match std::process::Command::new(&program).arg(version_flag).output() {
+        Ok(output) if output.status.success() => Some(program),
+        outcome => {
+            let why = match outcome {
+                Ok(output) => format!("{program} {version_flag} failed: {}", String::from_utf8_lossy(&output.stderr)),
+                Err(e) => format!("{program}: {e}"),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("{why} (CI is set: ./scripts/test.sh installs it and sets {env_var})");
+            }
+            eprintln!("SKIPPED: {why}; ./scripts/test.sh installs it and sets {env_var}");
+            None
+        }
+    }
+}

@@ -359,12 +359,12 @@ impl AdminService for AdminApi {
 
     async fn associate_license(
         &self,
-        request: Request<pb::AdminAssociateLicenseRequest>,
-    ) -> Result<Response<pb::AdminAssociateLicenseResponse>, Status> {
+        request: Request<pb::AdminServiceAssociateLicenseRequest>,
+    ) -> Result<Response<pb::AdminServiceAssociateLicenseResponse>, Status> {
         let admin = self.admin(&request).await?;
         let r = request.get_ref();
         let license = self.catalog.associate(&admin.actor(), &r.license_id, &r.customer_id).await.or_status()?;
-        Ok(Response::new(pb::AdminAssociateLicenseResponse { license: Some(conv::license(&license)) }))
+        Ok(Response::new(pb::AdminServiceAssociateLicenseResponse { license: Some(conv::license(&license)) }))
     }
 
     async fn get_activation_history(
@@ -539,14 +539,14 @@ impl AccountService for AccountApi {
 
     async fn get_my_usage_report(
         &self,
-        request: Request<seat_pb::GetUsageReportRequest>,
-    ) -> Result<Response<seat_pb::GetUsageReportResponse>, Status> {
+        request: Request<pb::GetMyUsageReportRequest>,
+    ) -> Result<Response<pb::GetMyUsageReportResponse>, Status> {
         let me = self.me(&request).await?;
         let r = request.get_ref();
         let from = from_opt_timestamp("from", r.from.as_ref()).map_err(invalid)?;
         let to = from_opt_timestamp("to", r.to.as_ref()).map_err(invalid)?;
         let report = self.portal.usage_report(&me, &r.license_id, from, to).await.or_status()?;
-        Ok(Response::new(conv_seat::usage_report(&report, r.as_csv)))
+        Ok(Response::new(my_usage_report(conv_seat::usage_report(&report, r.as_csv))))
     }
 
     async fn deactivate_installation(
@@ -720,5 +720,33 @@ impl AccountService for AccountApi {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// The portal's own response message, field for field the administrator's report.
+fn my_usage_report(r: seat_pb::GetUsageReportResponse) -> pb::GetMyUsageReportResponse {
+    let seat_pb::GetUsageReportResponse {
+        daily_peaks,
+        total_seat_hours,
+        denials,
+        top_users,
+        events_dropped,
+        csv,
+        checkouts,
+        overdraft_checkouts,
+        from,
+        to,
+    } = r;
+    pb::GetMyUsageReportResponse {
+        daily_peaks,
+        total_seat_hours,
+        denials,
+        top_users,
+        events_dropped,
+        csv,
+        checkouts,
+        overdraft_checkouts,
+        from,
+        to,
     }
 }

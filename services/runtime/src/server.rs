@@ -256,7 +256,10 @@ impl GrpcServer {
                     .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+                    // google.rpc.ErrorInfo, RetryInfo, BadRequest, ...: the details every refusal
+                    // carries, so grpcurl can resolve their Any type URLs and print them.
+                    .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
                 for name in &advertised {
                     b = b.with_service_name(name.clone());
                 }
