@@ -86,6 +86,8 @@ mod lua {
 /// values are sent; the names keep the Rust side and the script in step (a test compares them).
 type NamedArgs = Vec<(&'static str, String)>;
 
+/// [`LeaseStore`] on Redis: each decision one Lua script, by Redis's clock; also the license
+/// revisions ([`LicenseRevisions`]) that fence checkouts decided on cached licenses.
 #[derive(Clone)]
 pub struct RedisLeaseStore {
     conn: ConnectionManager,
