@@ -31,6 +31,7 @@ impl WebServer {
         Self { listener, router, tls }
     }
 
+    /// The address the portal listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
