@@ -298,7 +298,7 @@ pub struct Activation {
     pub product_version: String,
     /// When it was activated (Unix ms).
     pub activated_at: Millis,
-    /// Last activation, validation or refresh from this machine (Unix ms).
+    /// When this machine last activated or refreshed its certificate (Unix ms); validations do not move it.
     pub last_seen_at: Millis,
     /// When it was deactivated (Unix ms); `None` while it holds an activation.
     pub deactivated_at: Option<Millis>,
