@@ -97,6 +97,18 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   fi
 fi
 
+# The gateway test (tests/compose.rs) runs Debian's nginx in front of the services, and the
+# monitoring tests (tests/monitoring.rs) check alert rules and a live scrape with promtool
+# (Debian's prometheus package); install them when missing and this user may.
+if ! command -v promtool >/dev/null || [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx prometheus >/dev/null; then
+    echo "test.sh: installed nginx and prometheus (promtool)"
+  else
+    skipped+=("gateway and promtool tests (install them: apt-get install -y nginx prometheus)")
+  fi
+fi
+
 for s in "${skipped[@]}"; do echo "test.sh: SKIPPING the $s"; done
 # The example product runs as a real program in tests/client.rs; `cargo test` builds examples
 # only as test harnesses, so build it first.

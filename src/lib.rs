@@ -5,7 +5,7 @@
 //! - [`Role`]: which services a process serves.
 //! - [`Application`]: `build` (open the stores, bootstrap the admin token, bind the port) then
 //!   `run_until_stopped` (serve until SIGTERM/SIGINT, drain).
-//! - [`run`]: what each binary's `main` calls.
+//! - [`main`]: what each binary's `main` calls (its command line, then [`run`]).
 //! - `src/main.rs` (all-in-one), `src/bin/{account,activation,seat}.rs`: the binaries.
 
 use anyhow::Context as _;
@@ -23,7 +23,7 @@ use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
 use licensing_domain::store::CatalogStore;
 use licensing_domain::store::{ActivationStore, LeaseStore};
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth, SessionAuth};
-use licensing_runtime::config::{Config, Lookup};
+use licensing_runtime::config::{Config, Lookup, Migrate};
 use licensing_runtime::credentials::CredentialResolver;
 use licensing_runtime::keys::ServerKeys;
 use licensing_runtime::limiter::{GuessThrottle, RateLimiter};
@@ -94,6 +94,39 @@ impl Role {
             Self::Account => "licensing-account",
             Self::Activation => "licensing-activation",
             Self::Seat => "licensing-seat",
+        }
+    }
+
+    /// The name of the binary that serves as this role (src/main.rs, src/bin/*.rs).
+    fn binary_name(self) -> &'static str {
+        match self {
+            Self::AllInOne => "licensing-server",
+            Self::Account => "account",
+            Self::Activation => "activation",
+            Self::Seat => "seat",
+        }
+    }
+
+    /// What `--help` says the binary does.
+    fn about(self) -> &'static str {
+        match self {
+            Self::AllInOne => {
+                "The licensing server: the account (admin API and customer portal), activation and seat \
+                               services in one process, on an embedded SQLite file and lease store unless \
+                               LICENSING_DATABASE_URL and LICENSING_REDIS_URL say otherwise"
+            }
+            Self::Account => {
+                "The licensing server's account service alone (admin API, customer portal), for production \
+                              on PostgreSQL and Redis"
+            }
+            Self::Activation => {
+                "The licensing server's activation service alone (node-locked activation, offline \
+                                 certificates), for production on PostgreSQL"
+            }
+            Self::Seat => {
+                "The licensing server's seat service alone (floating seats, leases, usage), for production \
+                           on PostgreSQL and Redis"
+            }
         }
     }
 
@@ -337,8 +370,16 @@ impl Application {
 async fn open_sql_store(config: &Config, role: Role) -> anyhow::Result<SqlStore> {
     Ok(match (&config.database_url, role) {
         (Some(url), _) => {
-            let options = SqlOptions { max_connections: config.database_max_connections, ..Default::default() };
-            SqlStore::connect_postgres(url, &options).await.context("connecting to PostgreSQL")?
+            let options = SqlOptions {
+                max_connections: config.database_max_connections,
+                migrate: config.migrate != Migrate::Off,
+                ..Default::default()
+            };
+            let context = match config.migrate {
+                Migrate::Off => "connecting to PostgreSQL (LICENSING_MIGRATE=off: apply the migrations first, with LICENSING_MIGRATE=only)",
+                _ => "connecting to PostgreSQL",
+            };
+            SqlStore::connect_postgres(url, &options).await.context(context)?
         }
         (None, Role::AllInOne) => {
             let path = config.data_dir.join(DATABASE_FILE);
@@ -473,7 +514,8 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         };
         let router = licensing_account::web::router(portal.clone(), settings);
         tracing::info!(addr = %listener.local_addr()?, url = %portal_url, "customer portal");
-        served.portal = Some(WebServer::new(listener, router, tls));
+        served.portal =
+            Some(WebServer::new(listener, router, tls).with_trusted_proxies(config.trusted_proxies.clone()));
     }
     served.serve(AccountApi::new(portal).into_server(config.max_message_bytes));
     Ok(())
@@ -594,10 +636,46 @@ async fn sweep_expired_leases(seats: Seats, every: std::time::Duration) {
     }
 }
 
-/// `main` of every binary: configuration from the process environment, telemetry, serve.
+/// `LICENSING_MIGRATE=only`: applies the database migrations and returns without serving (the
+/// migration job that runs before the services start with `LICENSING_MIGRATE=off`).
+pub async fn migrate_only(config: &Config, role: Role) -> anyhow::Result<()> {
+    let store = open_sql_store(config, role).await?;
+    store.close().await;
+    tracing::info!("database migrations applied (LICENSING_MIGRATE=only); exiting");
+    Ok(())
+}
+
+/// The command line of a server binary: `--help`, `--version`, and every configuration variable
+/// as a flag (`LICENSING_LISTEN_ADDR` or `--listen-addr`; see `licensing_runtime::config`).
+pub fn command(role: Role) -> clap::Command {
+    let portal = role.default_portal_addr().map_or(String::new(), |addr| format!(", the customer portal on {addr}"));
+    clap::Command::new(role.binary_name())
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(role.about())
+        .after_help(format!(
+            "Every option is also an environment variable, named in brackets; an option given wins.\n\
+             Unset, it serves gRPC on {}, metrics on {}{portal}, and keeps its files in ./data.\n\
+             The README's Configuration section gives every default.",
+            role.default_addr(),
+            role.default_metrics_addr(),
+        ))
+        .args(licensing_runtime::config::server_args())
+}
+
+/// `main` of every server binary: the command line (answering `--help` and `--version` without
+/// starting anything), then [`run`] with it.
+pub async fn main(role: Role) -> anyhow::Result<()> {
+    let settings = command(role).get_matches();
+    run(role, &settings).await
+}
+
+/// Serves as `role`: configuration from `lookup`, telemetry, serve until stopped.
 pub async fn run(role: Role, lookup: &dyn Lookup) -> anyhow::Result<()> {
     let config = Config::from_lookup(lookup, role.default_addr(), role.service_name())?;
     let _telemetry = licensing_runtime::telemetry::init(&config)?;
+    if config.migrate == Migrate::Only {
+        return migrate_only(&config, role).await;
+    }
     let app = Application::build(&config, role).await?;
     if let Some(token) = &app.generated_admin_token {
         // Printed once, on purpose, to stdout: only its keyed digest is stored.

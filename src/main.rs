@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    licensing::run(licensing::Role::AllInOne, &licensing_runtime::config::ProcessEnv).await
+    licensing::main(licensing::Role::AllInOne).await
 }

@@ -129,10 +129,8 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
         assert!(requests["cpu"].is_string() && requests["memory"].is_string(), "{name} requests resources");
         assert!(container["resources"]["limits"]["memory"].is_string(), "{name} has a memory limit");
         // The image's data directory is writable (the root file system is read-only).
-        let data_dir = dockerfile
-            .lines()
-            .find_map(|l| l.strip_prefix("ENV LICENSING_DATA_DIR="))
-            .expect("the Dockerfile sets the data directory");
+        let image_env = crate::image::image_env();
+        let data_dir = image_env["LICENSING_DATA_DIR"].as_str();
         let mounts = container["volumeMounts"].as_sequence().unwrap();
         assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some(data_dir)), "{name} mounts {data_dir}");
 
@@ -157,9 +155,12 @@ fn manifests_agree_with_the_servers_and_the_compose_file() {
 #[test]
 fn manifests_pass_the_kubernetes_schema() {
     let tool = std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
-    let files: Vec<String> = ["config.yaml", "account.yaml", "activation.yaml", "seat.yaml"]
+    let kustomization = documents("deploy/k8s/kustomization.yaml").remove(0);
+    let files: Vec<String> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
         .iter()
-        .map(|f| path(&format!("deploy/k8s/{f}")))
+        .map(|f| path(&format!("deploy/k8s/{}", f.as_str().unwrap())))
         .collect();
     let output = match std::process::Command::new(&tool).args(["--strict", "-k", "1.30.0"]).args(&files).output() {
         Ok(output) => output,
@@ -171,6 +172,139 @@ fn manifests_pass_the_kubernetes_schema() {
     };
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{report}");
-    // 3 services x (Deployment, Service, PDB) + the ConfigMap.
-    assert_eq!(report.matches(" passed for resource ").count(), 10, "{report}");
+    // Every resource kustomize applies: 3 services x (Deployment, Service, PDB), the ConfigMap,
+    // the migration Job, the Ingress, 2 autoscalers, the NetworkPolicy.
+    assert_eq!(report.matches(" passed for resource ").count(), resources().len(), "{report}");
+    assert_eq!(resources().len(), 15, "{report}");
+}
+
+/// Every pod passes the Pod Security Standard "restricted", runs this release's pinned image,
+/// and leaves migrations to the Job; the autoscalers, the NetworkPolicy and the Ingress fit the
+/// Deployments, and the Ingress routes what the compose gateway routes.
+#[test]
+fn pods_are_restricted_pinned_and_migrated_by_a_job_and_the_ingress_routes_like_the_gateway() {
+    let resources = resources();
+    let get = |kind: &str, name: &str| {
+        resources.get(&(kind.to_owned(), name.to_owned())).unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let image = format!("licensing:{}", env!("CARGO_PKG_VERSION"));
+    let mut pods = 0;
+    for ((kind, name), doc) in &resources {
+        if kind != "Deployment" && kind != "Job" {
+            continue;
+        }
+        pods += 1;
+        let pod = &doc["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false), "{kind} {name}");
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod[host].as_bool() != Some(true), "{kind} {name}: {host}");
+        }
+        let pod_security = &pod["securityContext"];
+        assert_eq!(pod_security["runAsNonRoot"].as_bool(), Some(true), "{kind} {name}");
+        assert!(pod_security["runAsUser"].as_u64().is_some_and(|u| u > 0), "{kind} {name}");
+        assert_eq!(pod_security["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"), "{kind} {name}");
+        for volume in pod["volumes"].as_sequence().into_iter().flatten() {
+            let allowed =
+                ["emptyDir", "configMap", "secret", "projected", "downwardAPI", "persistentVolumeClaim", "ephemeral"];
+            assert!(allowed.iter().any(|t| volume.get(*t).is_some()), "{kind} {name}: volume {volume:?}");
+        }
+        let containers = pod["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_sequence().into_iter().flatten());
+        for container in containers {
+            let c = container["name"].as_str().unwrap();
+            assert_eq!(
+                container["image"].as_str(),
+                Some(image.as_str()),
+                "{kind} {name}/{c}: this release's pinned image"
+            );
+            let security = &container["securityContext"];
+            assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false), "{kind} {name}/{c}");
+            assert!(security["privileged"].as_bool() != Some(true), "{kind} {name}/{c}");
+            assert_eq!(
+                security["capabilities"]["drop"],
+                serde_yaml::from_str::<Value>("[ALL]").unwrap(),
+                "{kind} {name}/{c}"
+            );
+            assert!(security["capabilities"]["add"].is_null(), "{kind} {name}/{c}");
+            assert_eq!(security["runAsNonRoot"].as_bool(), Some(true), "{kind} {name}/{c}");
+            assert!(security["seccompProfile"].is_null() || security["seccompProfile"]["type"] == "RuntimeDefault");
+        }
+    }
+    assert_eq!(pods, 4, "three Deployments and the migration Job");
+
+    // Pods do not migrate; the Job does, and is named for this release (Jobs are immutable).
+    assert_eq!(get("ConfigMap", "licensing")["data"]["LICENSING_MIGRATE"].as_str(), Some("off"));
+    let job_name = format!("licensing-migrate-{}", env!("CARGO_PKG_VERSION").replace('.', "-"));
+    let job = &get("Job", &job_name)["spec"]["template"]["spec"]["containers"][0];
+    let env: HashMap<&str, &Value> =
+        job["env"].as_sequence().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e)).collect();
+    assert_eq!(env["LICENSING_MIGRATE"]["value"].as_str(), Some("only"));
+    assert!(env.contains_key("LICENSING_DATABASE_URL"));
+    let known: Vec<&str> = VARIABLES.iter().map(|(name, _)| *name).collect();
+    assert!(env.keys().all(|k| known.contains(k)), "{env:?}");
+
+    // Autoscalers for Seat and Activation, above the PodDisruptionBudget's floor.
+    for service in ["seat", "activation"] {
+        let name = format!("licensing-{service}");
+        let hpa = &get("HorizontalPodAutoscaler", &name)["spec"];
+        assert_eq!(hpa["scaleTargetRef"]["kind"].as_str(), Some("Deployment"));
+        assert_eq!(hpa["scaleTargetRef"]["name"].as_str(), Some(name.as_str()));
+        let min = hpa["minReplicas"].as_u64().unwrap();
+        assert!(min > get("PodDisruptionBudget", &name)["spec"]["minAvailable"].as_u64().unwrap(), "{name}");
+        assert!(hpa["maxReplicas"].as_u64().unwrap() > min, "{name}");
+        let requests = &get("Deployment", &name)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"];
+        assert!(requests["cpu"].is_string(), "{name}: CPU utilization needs a CPU request");
+    }
+
+    // The NetworkPolicy selects every service's pods and opens only ports they name.
+    let policy = &get("NetworkPolicy", "licensing")["spec"];
+    for service in SERVICES {
+        let pod = &get("Deployment", &format!("licensing-{service}"))["spec"]["template"];
+        for (k, v) in policy["podSelector"]["matchLabels"].as_mapping().unwrap() {
+            assert_eq!(&pod["metadata"]["labels"][k.as_str().unwrap()], v, "the NetworkPolicy covers {service}");
+        }
+    }
+    let named_ports: Vec<&str> = SERVICES
+        .iter()
+        .flat_map(|s| {
+            get("Deployment", &format!("licensing-{s}"))["spec"]["template"]["spec"]["containers"][0]["ports"]
+                .as_sequence()
+                .unwrap()
+        })
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for rule in policy["ingress"].as_sequence().unwrap() {
+        for port in rule["ports"].as_sequence().unwrap() {
+            let port = port["port"].as_str().unwrap();
+            assert!(named_ports.contains(&port), "the NetworkPolicy opens {port}, a port the pods name");
+        }
+    }
+
+    // The Ingress routes each gRPC service to the Service of the process serving it, as the
+    // compose gateway does (whose routes tests/compose.rs checks against reflection).
+    let ingress = get("Ingress", "licensing-grpc");
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"].as_str(),
+        Some("GRPC")
+    );
+    let mut routes: Vec<(String, String)> = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["pathType"].as_str(), Some("Prefix"));
+            let backend = &p["backend"]["service"];
+            assert_eq!(backend["port"]["name"].as_str(), Some("grpc"));
+            let service = backend["name"].as_str().unwrap();
+            get("Service", service);
+            (p["path"].as_str().unwrap().to_owned(), service.trim_start_matches("licensing-").to_owned())
+        })
+        .collect();
+    let mut gateway = crate::compose::gateway().routes;
+    routes.sort();
+    gateway.sort();
+    assert_eq!(routes, gateway, "the Ingress (left) routes what deploy/gateway/nginx.conf (right) routes");
 }

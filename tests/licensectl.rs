@@ -3,16 +3,31 @@
 use crate::common::*;
 use licensing_proto::common::v1::LicenseKind;
 use serde_json::Value;
-use std::process::Output;
+use std::process::{Output, Stdio};
 
 async fn ctl(app: Option<&TestApp>, token: Option<&str>, args: &[&str]) -> Output {
+    ctl_with_stdin(app, token, args, "").await
+}
+
+fn command(app: Option<&TestApp>, token: Option<&str>, args: &[&str]) -> tokio::process::Command {
     let server = app.map_or_else(|| "http://127.0.0.1:9".to_owned(), |a| format!("http://{}", a.addr));
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_licensectl"));
-    cmd.env_clear().env("LICENSING_SERVER", server).args(args);
+    cmd.env_clear().env("LICENSING_SERVER", server).args(args).kill_on_drop(true);
     if let Some(token) = token {
         cmd.env("LICENSING_ADMIN_TOKEN", token);
     }
-    cmd.output().await.unwrap()
+    cmd
+}
+
+/// licensectl with `input` on its stdin.
+async fn ctl_with_stdin(app: Option<&TestApp>, token: Option<&str>, args: &[&str], input: &str) -> Output {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child =
+        command(app, token, args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap()
 }
 
 fn json(out: &Output) -> Value {
@@ -61,12 +76,13 @@ async fn operators_manage_licenses_and_leases() {
     );
     let license_id = issued["license_id"].as_str().unwrap().to_owned();
     assert_eq!(issued["license_key"].as_str().unwrap().len(), 29);
-    assert_eq!(issued["expires"], "2031-06-30 00:00");
+    assert_eq!(issued["expires"], "2031-06-30T00:00:00Z", "RFC 3339 in JSON");
 
     let listed = json(&ctl(Some(&app), t, &["--json", "licenses", "list", "--customer", &f.customer_id]).await);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let table = stdout(&ctl(Some(&app), t, &["licenses", "list"]).await);
     assert!(table.starts_with("LICENSE_ID") && table.contains(&license_id), "{table}");
+    assert!(table.contains("2031-06-30 00:00"), "the minute in a table: {table}");
     let shown = stdout(&ctl(Some(&app), t, &["licenses", "show", &license_id]).await);
     assert!(shown.contains("LICENSE_KIND_CONCURRENT"), "{shown}");
 
@@ -80,7 +96,7 @@ async fn operators_manage_licenses_and_leases() {
     assert_eq!(seats[0]["seats"], 5);
     let renewed =
         json(&ctl(Some(&app), t, &["--json", "licenses", "renew", &license_id, "--expires", "2033-01-01"]).await);
-    assert_eq!(renewed[0]["expires"], "2033-01-01 00:00");
+    assert_eq!(renewed[0]["expires"], "2033-01-01T00:00:00Z");
 
     // Leases: one held by a product, listed and revoked.
     let key = issued["license_key"].as_str().unwrap().to_owned();
@@ -153,5 +169,214 @@ async fn errors_are_one_clear_line_without_a_stack_trace() {
     for err in [&unreachable, &wrong, &missing, &not_found, &bad_date, &impossible, &backwards] {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn operators_manage_products_customers_passwords_and_seat_policies() {
+    let app = spawn_seat_app(Leases::Embedded).await;
+    let t = Some(ADMIN_TOKEN);
+
+    // Products: create with modules, list, show, record a version.
+    let product = json(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "products",
+                "create",
+                "cad-pro",
+                "--name",
+                "CAD Pro",
+                "--module",
+                "render=Render farm",
+                "--module",
+                "export",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(product["code"], "cad-pro");
+    assert_eq!(product["modules"][0], serde_json::json!({"code": "render", "name": "Render farm"}));
+    assert!(product["created"].as_str().unwrap().ends_with('Z'), "RFC 3339: {product}");
+    let listed = json(&ctl(Some(&app), t, &["--json", "products", "list"]).await);
+    assert!(listed.as_array().unwrap().iter().any(|p| p["code"] == "cad-pro"), "{listed}");
+    let table = stdout(&ctl(Some(&app), t, &["products", "list"]).await);
+    assert!(table.starts_with("CODE") && table.contains("render,export"), "{table}");
+    let versioned = json(
+        &ctl(Some(&app), t, &["--json", "products", "add-version", "cad-pro", "2.0", "--released", "2026-01-15"]).await,
+    );
+    assert_eq!(versioned["versions"][0], serde_json::json!({"version": "2.0", "released": "2026-01-15T00:00:00Z"}));
+    let shown = stdout(&ctl(Some(&app), t, &["products", "show", "cad-pro"]).await);
+    assert!(shown.contains("Render farm") && shown.contains("2026-01-15 00:00"), "{shown}");
+
+    // Customers: create with a password from stdin, find, show, and set a new password.
+    let customer = json(
+        &ctl_with_stdin(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "customers",
+                "create",
+                "--company",
+                "Acme Design",
+                "--email",
+                "ops@acme.example",
+                "--password-stdin",
+            ],
+            "first password 1234\n",
+        )
+        .await,
+    );
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    login(&app, &customer_id, "first password 1234").await.expect("the password from stdin was set");
+    let found = json(&ctl(Some(&app), t, &["--json", "customers", "list", "--query", "ACME"]).await);
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["customer_id"], customer_id.as_str());
+    let shown = stdout(&ctl(Some(&app), t, &["customers", "show", &customer_id]).await);
+    assert!(shown.contains("ops@acme.example"), "{shown}");
+    let set = stdout(
+        &ctl_with_stdin(Some(&app), t, &["customers", "set-password", &customer_id], "second password 5678\n").await,
+    );
+    assert!(set.contains(&customer_id), "{set}");
+    login(&app, &customer_id, "second password 5678").await.expect("the new password works");
+    assert!(login(&app, &customer_id, "first password 1234").await.is_err(), "the old one does not");
+    let empty = stderr(&ctl_with_stdin(Some(&app), t, &["customers", "set-password", &customer_id], "").await);
+    assert!(empty.contains("no password on stdin"), "{empty}");
+    let short = stderr(&ctl_with_stdin(Some(&app), t, &["customers", "set-password", &customer_id], "short\n").await);
+    assert!(short.contains("invalid argument"), "{short}");
+
+    // Seat policies: set one from flags, show it back, and refuse a contradictory one.
+    let issued = json(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "licenses",
+                "issue",
+                "--product",
+                "cad-pro",
+                "--customer",
+                &customer_id,
+                "--kind",
+                "concurrent",
+                "--seats",
+                "4",
+            ],
+        )
+        .await,
+    );
+    let license_id = issued["license_id"].as_str().unwrap().to_owned();
+    let set = json(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "seat-policy",
+                "set",
+                &license_id,
+                "--share",
+                "user-host",
+                "--max-processes",
+                "2",
+                "--linger",
+                "15m",
+                "--max-borrow",
+                "2d",
+                "--overdraft",
+                "1",
+                "--reserve",
+                "user:alice=1",
+                "--cap",
+                "host:kiosk=1",
+                "--deny",
+                "user:contractor-9",
+                "--feature-cost",
+                "render=3",
+                "--group",
+                "design=user:alice,host:ws-7",
+            ],
+        )
+        .await,
+    );
+    let expected = serde_json::json!({
+        "share": "user-host", "max_processes": 2, "linger": "15m", "max_borrow": "48h", "default_ttl": null,
+        "overdraft": 1, "reserve": ["user:alice=1"], "cap": ["host:kiosk=1"], "allow": [],
+        "deny": ["user:contractor-9"], "feature_cost": ["render=3"], "group": ["design=user:alice,host:ws-7"],
+    });
+    assert_eq!(set, expected);
+    let shown = json(&ctl(Some(&app), t, &["--json", "seat-policy", "show", &license_id]).await);
+    assert_eq!(shown["policy"], expected);
+    assert_eq!(shown["seats_total"], 4);
+    let human = stdout(&ctl(Some(&app), t, &["seat-policy", "show", &license_id]).await);
+    assert!(human.contains("user-host") && human.contains("0 of 4 seats in use"), "{human}");
+    let too_many = stderr(&ctl(Some(&app), t, &["seat-policy", "set", &license_id, "--reserve", "user:alice=9"]).await);
+    assert!(too_many.starts_with("licensectl: invalid argument:"), "{too_many}");
+    let kept = json(&ctl(Some(&app), t, &["--json", "seat-policy", "show", &license_id]).await);
+    assert_eq!(kept["policy"], expected, "a refused policy leaves the old one");
+    let bad = ctl(Some(&app), t, &["seat-policy", "set", &license_id, "--reserve", "alice=1"]).await;
+    assert_eq!(bad.status.code(), Some(2), "a malformed flag is a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("user:NAME"));
+    let cleared = json(&ctl(Some(&app), t, &["--json", "seat-policy", "set", &license_id]).await);
+    assert_eq!(cleared["share"], "none");
+    assert_eq!(cleared["reserve"], serde_json::json!([]));
+
+    // The audit log shows what was done.
+    let audit = json(&ctl(Some(&app), t, &["--json", "audit", &license_id]).await);
+    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "license.issued"), "{audit}");
+}
+
+#[tokio::test]
+async fn lists_follow_every_page() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let mut issued = vec![];
+    for _ in 0..5 {
+        issued.push(issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await.0);
+    }
+    for page_size in ["1", "2", "1000"] {
+        let listed = json(
+            &ctl(
+                Some(&app),
+                t,
+                &["--json", "licenses", "list", "--customer", &f.customer_id, "--page-size", page_size],
+            )
+            .await,
+        );
+        let mut ids: Vec<String> =
+            listed.as_array().unwrap().iter().map(|l| l["license_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        let mut expected = issued.clone();
+        expected.sort();
+        assert_eq!(ids, expected, "every page at page size {page_size}");
+    }
+    let customers = json(&ctl(Some(&app), t, &["--json", "customers", "list", "--page-size", "1"]).await);
+    assert!(customers.as_array().unwrap().iter().any(|c| c["customer_id"] == f.customer_id.as_str()));
+    let products = json(&ctl(Some(&app), t, &["--json", "products", "list", "--page-size", "1"]).await);
+    assert!(!products.as_array().unwrap().is_empty());
+    let refused = ctl(Some(&app), t, &["licenses", "list", "--page-size", "1001"]).await;
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn a_closed_pipe_ends_licensectl_quietly() {
+    // `licensectl --json licenses list | head`: the reader is gone before the output is written.
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+    for args in [&["--json", "licenses", "list"][..], &["licenses", "list"], &["products", "list"]] {
+        let mut child =
+            command(Some(&app), Some(ADMIN_TOKEN), args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains("panicked") && said.trim().is_empty(), "{args:?}: {said}");
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
     }
 }

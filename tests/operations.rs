@@ -45,7 +45,7 @@ async fn metrics_show_seats_held_as_the_leases_held_and_count_denials_waiters_ac
         assert_eq!(live, 3.0);
         assert_eq!(series(&text, "licensing_seats_in_use", &license), Some(live), "{leases:?}\n{text}");
         assert_eq!(series(&text, "licensing_leases_live", &license), Some(live), "{leases:?}");
-        assert_eq!(series(&text, "licensing_seats_total", &license), Some(3.0), "{leases:?}");
+        assert_eq!(series(&text, "licensing_seats_allowed", &license), Some(3.0), "{leases:?}");
         assert_eq!(series(&text, "licensing_seat_waiters", &license), Some(1.0), "{leases:?}");
         assert_eq!(
             series(
@@ -68,10 +68,10 @@ async fn metrics_show_seats_held_as_the_leases_held_and_count_denials_waiters_ac
             assert_eq!(series(&text, "licensing_store_up", &[("store", "redis")]), Some(1.0));
         }
 
-        // Every series the Grafana dashboard queries is here.
-        for name in dashboard_series() {
+        // Every series the Grafana dashboard and the alert rules query is here.
+        for name in dashboard_series().into_iter().chain(crate::monitoring::alert_series()) {
             let exported = |l: &str| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "));
-            assert!(text.lines().any(exported), "the dashboard queries {name}, which is not exported");
+            assert!(text.lines().any(exported), "the dashboard or an alert queries {name}, which is not exported");
         }
 
         // The waiter leaves; a seat is given back: the next scrape follows the store.

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    licensing::run(licensing::Role::Activation, &licensing_runtime::config::ProcessEnv).await
+    licensing::main(licensing::Role::Activation).await
 }

@@ -1,22 +1,27 @@
 //! `licensectl`: the licensing server's admin API for operators and support staff.
 //!
 //! Connection and token come from `--server`/`LICENSING_SERVER` and `--token`/
-//! `LICENSING_ADMIN_TOKEN`. Output is a table for people, or JSON with `--json`. Failures print
-//! one line saying what to do, never a stack trace.
+//! `LICENSING_ADMIN_TOKEN`. Output is a table for people, or JSON with `--json` (times in
+//! RFC 3339). Failures print one line saying what to do, never a stack trace; a closed pipe
+//! (`licensectl --json ... | head`) ends it quietly.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use comfy_table::{presets, ContentArrangement, Table};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
-use licensing_proto::common::v1::{License, LicenseKind, LicenseStatus};
+use licensing_proto::common::v1::{Customer, License, LicenseKind, LicenseStatus, PageRequest, Product};
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use serde_json::{json, Value};
+use std::future::Future;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// Manage products, customers, licenses, seat policies and leases on a licensing server.
 #[derive(Parser)]
-#[command(name = "licensectl", about = "Manage licenses and leases on a licensing server", version)]
+#[command(name = "licensectl", version)]
 struct Cli {
     /// The server's gRPC address.
     #[arg(long, env = "LICENSING_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
@@ -24,7 +29,7 @@ struct Cli {
     /// The admin token (printed by the server at first start).
     #[arg(long, env = "LICENSING_ADMIN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table (times in RFC 3339).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -33,27 +38,111 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create, list and show products and record their released versions.
+    #[command(subcommand)]
+    Products(ProductCommand),
+    /// Create, list and show customers and set their portal password.
+    #[command(subcommand)]
+    Customers(CustomerCommand),
     /// Issue, list, show and change licenses.
     #[command(subcommand)]
     Licenses(LicenseCommand),
+    /// Show and set the seat policy of a concurrent license.
+    #[command(subcommand)]
+    SeatPolicy(SeatPolicyCommand),
     /// List and revoke floating-seat leases.
     #[command(subcommand)]
     Leases(LeaseCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
+    /// The audit log of a license, customer or product.
+    Audit {
+        /// A License ID, customer ID or product code.
+        subject: String,
+        #[command(flatten)]
+        paging: Paging,
+    },
     /// Usage report of a concurrent license: peak seats per day, seat hours, denials, top users.
     Usage {
         license_id: String,
-        /// First day, YYYY-MM-DD (UTC); 30 days before --to when omitted.
+        /// First day, YYYY-MM-DD (UTC) or an RFC 3339 time; 30 days before --to when omitted.
         #[arg(long)]
         from: Option<String>,
-        /// Day after the last, YYYY-MM-DD (UTC); now when omitted.
+        /// Day after the last, YYYY-MM-DD (UTC) or an RFC 3339 time; now when omitted.
         #[arg(long)]
         to: Option<String>,
         /// Print the report as CSV (metric,day,subject,value), for a spreadsheet.
         #[arg(long)]
         csv: bool,
     },
+}
+
+/// How many items a list fetches per request; every page is listed.
+#[derive(clap::Args, Clone, Copy)]
+struct Paging {
+    /// Items fetched per request (1-1000); every page is listed whatever its size.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    page_size: i32,
+}
+
+#[derive(Subcommand)]
+enum ProductCommand {
+    /// Create a product, with its modules (features a license may include).
+    Create {
+        /// The product code, e.g. cad-pro: unique, never changed.
+        code: String,
+        /// Its display name.
+        #[arg(long)]
+        name: String,
+        /// A module as code=Name (repeat for several), e.g. --module render="Render farm".
+        #[arg(long = "module", value_parser = module)]
+        modules: Vec<licensing_proto::common::v1::Module>,
+    },
+    /// List every product.
+    List {
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// Show a product with its modules and versions.
+    Show { code: String },
+    /// Record a released version (judged against licenses' upgrade periods).
+    AddVersion {
+        code: String,
+        version: String,
+        /// Release date, YYYY-MM-DD (UTC) or an RFC 3339 time; now when omitted.
+        #[arg(long)]
+        released: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Create a customer (a company with a portal account).
+    Create {
+        /// The company's name.
+        #[arg(long)]
+        company: String,
+        /// The contact email (the portal login and where reset mail goes).
+        #[arg(long)]
+        email: String,
+        /// Read an initial portal password (12+ characters) from the first line of stdin; without
+        /// it the customer sets one through the password reset mail.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List customers, or those whose company name or email contains --query.
+    List {
+        /// Text in the company name or contact email (case-insensitive).
+        #[arg(long)]
+        query: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// Show a customer.
+    Show { customer_id: String },
+    /// Set a customer's company-wide portal password, read from the first line of stdin (never
+    /// an argument, which other users could see in the process list).
+    SetPassword { customer_id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,9 +161,12 @@ enum Status {
 
 #[derive(Subcommand)]
 enum LicenseCommand {
+    /// Issue a license; its key and activation password are shown only now.
     Issue {
+        /// The product code.
         #[arg(long)]
         product: String,
+        /// The customer ID.
         #[arg(long)]
         customer: String,
         #[arg(long, value_enum)]
@@ -88,16 +180,19 @@ enum LicenseCommand {
         /// Comma-separated module codes.
         #[arg(long, value_delimiter = ',')]
         modules: Vec<String>,
-        /// Expiry date, YYYY-MM-DD (UTC); perpetual when omitted.
+        /// Expiry, YYYY-MM-DD (UTC) or an RFC 3339 time; perpetual when omitted.
         #[arg(long)]
         expires: Option<String>,
         /// Associate with the customer's portal account.
         #[arg(long)]
         associate: bool,
     },
+    /// List licenses (every page), filtered by customer, product, status or text.
     List {
+        /// Only this customer's.
         #[arg(long)]
         customer: Option<String>,
+        /// Only this product's.
         #[arg(long)]
         product: Option<String>,
         #[arg(long, value_enum)]
@@ -105,34 +200,101 @@ enum LicenseCommand {
         /// Text in the License ID, customer ID or notes, or a full license key.
         #[arg(long)]
         query: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
     },
-    Show {
-        license_id: String,
-    },
+    /// Show every field of a license.
+    Show { license_id: String },
+    /// Suspend a license: products stop validating and checking out.
     Suspend {
         license_id: String,
+        /// Why, for the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },
-    Reinstate {
-        license_id: String,
-    },
-    /// Move the expiry to a later date (YYYY-MM-DD, UTC).
+    /// Lift a suspension.
+    Reinstate { license_id: String },
+    /// Move the expiry to a later date (YYYY-MM-DD, UTC, or an RFC 3339 time).
     Renew {
         license_id: String,
         #[arg(long)]
         expires: String,
     },
     /// Change the seats or allowed activations.
-    Seats {
+    Seats { license_id: String, seats: i32 },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Share {
+    /// Every checkout takes its own seat.
+    None,
+    /// Processes of the same user on the same host share a seat.
+    UserHost,
+    /// Processes of the same user share a seat.
+    User,
+    /// Processes on the same host share a seat.
+    Host,
+}
+
+#[derive(Subcommand)]
+enum SeatPolicyCommand {
+    /// Show a concurrent license's seat policy and its pool (seats in use, waiting).
+    Show { license_id: String },
+    /// Replace a concurrent license's seat policy: what is not given is off. A principal is
+    /// user:NAME, host:NAME or group:NAME; a duration is e.g. 15m, 2h or 7d.
+    Set {
         license_id: String,
-        seats: i32,
+        #[command(flatten)]
+        policy: Box<PolicyFlags>,
     },
+}
+
+/// A seat policy as flags (`seat-policy set`).
+#[derive(clap::Args)]
+struct PolicyFlags {
+    /// Which checkouts share one seat.
+    #[arg(long, value_enum, default_value = "none")]
+    share: Share,
+    /// Processes that may share one seat; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    max_processes: i32,
+    /// How long a checked-in seat stays held for the same user, host and feature.
+    #[arg(long, value_parser = duration)]
+    linger: Option<prost_types::Duration>,
+    /// The longest borrow; borrowing is off when omitted.
+    #[arg(long, value_parser = duration)]
+    max_borrow: Option<prost_types::Duration>,
+    /// Lease time to live when a product asks for none; the server's default when omitted.
+    #[arg(long, value_parser = duration)]
+    default_ttl: Option<prost_types::Duration>,
+    /// Seats beyond the license's seats a checkout may take (counted as overdraft).
+    #[arg(long, default_value_t = 0)]
+    overdraft: i32,
+    /// Seats kept for a principal, as PRINCIPAL=SEATS (repeat for several).
+    #[arg(long = "reserve", value_parser = reservation)]
+    reservations: Vec<seat::Reservation>,
+    /// The most seats a principal may hold at once, as PRINCIPAL=SEATS (repeat for several).
+    #[arg(long = "cap", value_parser = cap)]
+    caps: Vec<seat::SeatCap>,
+    /// Only these principals may check out (repeat for several).
+    #[arg(long, value_parser = principal)]
+    allow: Vec<seat::Principal>,
+    /// These principals never may; deny wins over allow (repeat for several).
+    #[arg(long, value_parser = principal)]
+    deny: Vec<seat::Principal>,
+    /// Seats a checkout of a feature costs, as FEATURE=SEATS (others cost 1).
+    #[arg(long = "feature-cost", value_parser = feature_cost)]
+    feature_costs: Vec<(String, i32)>,
+    /// A group of users and hosts, as NAME=user:a,host:b (repeat for several).
+    #[arg(long = "group", value_parser = group)]
+    groups: Vec<seat::SeatGroup>,
 }
 
 #[derive(Subcommand)]
 enum LeaseCommand {
+    /// List the leases of a concurrent license, and how many seats are in use.
     List { license_id: String },
+    /// Revoke a lease: its seat is free at once and the product is told it lost it.
     Revoke { license_id: String, lease_id: String },
 }
 
@@ -141,15 +303,11 @@ enum LeaseCommand {
 struct Failure(String);
 
 impl Failure {
-    fn from_status(server: &str, status: tonic::Status) -> Self {
+    fn from_status(server: &str, status: tonic::Status, settings: &clap::ArgMatches) -> Self {
         // No reason: the server never answered (the transport failed), so say why it did.
         let from_server = licensing_runtime::status::reason_of(&status).is_some();
         if !from_server && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
-            return Failure(licensing_runtime::tls::explain_transport_failure(
-                server,
-                &status,
-                &licensing_runtime::config::ProcessEnv,
-            ));
+            return Failure(licensing_runtime::tls::explain_transport_failure(server, &status, settings));
         }
         Failure(match status.code() {
             tonic::Code::Unavailable => {
@@ -176,20 +334,118 @@ fn code_name(code: tonic::Code) -> String {
         .to_owned()
 }
 
+/// Writes to stdout. A reader that went away (`| head`) ends the program quietly, as `cat` does.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("licensectl: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { emit(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 fn parse_date(flag: &str, text: &str) -> Result<prost_types::Timestamp, Failure> {
     let at = licensing_domain::clock::parse_instant(text).map_err(|e| Failure(format!("{flag}: {e}")))?;
     Ok(prost_types::Timestamp { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 })
 }
 
-fn date(ts: Option<&prost_types::Timestamp>) -> String {
-    match ts {
-        None => "-".into(),
-        // The minute is enough in a table; RFC 3339 would be `T…Z`.
-        Some(t) => {
-            let at = licensing_domain::clock::rfc3339(t.seconds.saturating_mul(1000));
-            at.get(..16).map_or(at.clone(), |minute| minute.replace('T', " "))
-        }
+/// A time as RFC 3339 (`2027-12-31T12:01:00Z`), or null when unset.
+fn time(ts: Option<&prost_types::Timestamp>) -> Value {
+    ts.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok()).map_or(Value::Null, |t| json!(t.to_string()))
+}
+
+/// A table cell: an RFC 3339 time to the minute, a list joined by commas, nothing as `-`.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::String(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) if s.contains('T') => t.strftime("%Y-%m-%d %H:%M").to_string(),
+            _ => s.clone(),
+        },
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Null => "-".into(),
+        other => other.to_string(),
     }
+}
+
+/// A duration as people write it (`15m`, `168h`), or null when unset.
+fn span(d: Option<&prost_types::Duration>) -> Value {
+    d.filter(|d| d.seconds != 0 || d.nanos != 0)
+        .map_or(Value::Null, |d| json!(format!("{:#}", jiff::SignedDuration::new(d.seconds, d.nanos))))
+}
+
+/// `15m`, `2h`, `7d` (days of 24 hours) or an ISO 8601 duration (`PT15M`).
+fn duration(text: &str) -> Result<prost_types::Duration, String> {
+    let span: jiff::Span =
+        text.parse().map_err(|e| format!("'{text}' is not a duration such as 15m, 2h or 7d: {e}"))?;
+    let d = span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()).map_err(|e| format!("'{text}': {e}"))?;
+    if d.is_negative() {
+        return Err(format!("'{text}' is negative"));
+    }
+    Ok(prost_types::Duration { seconds: d.as_secs(), nanos: d.subsec_nanos() })
+}
+
+/// `user:NAME`, `host:NAME` or `group:NAME`.
+fn principal(text: &str) -> Result<seat::Principal, String> {
+    let (kind, name) =
+        text.split_once(':').ok_or_else(|| format!("'{text}' is not user:NAME, host:NAME or group:NAME"))?;
+    let kind = match kind {
+        "user" => seat::PrincipalKind::User,
+        "host" => seat::PrincipalKind::Host,
+        "group" => seat::PrincipalKind::Group,
+        _ => return Err(format!("'{text}' is not user:NAME, host:NAME or group:NAME")),
+    };
+    if name.is_empty() {
+        return Err(format!("'{text}' names nobody"));
+    }
+    Ok(seat::Principal { kind: kind as i32, name: name.to_owned() })
+}
+
+fn principal_text(p: &seat::Principal) -> String {
+    let kind = match seat::PrincipalKind::try_from(p.kind) {
+        Ok(seat::PrincipalKind::User) => "user",
+        Ok(seat::PrincipalKind::Host) => "host",
+        Ok(seat::PrincipalKind::Group) => "group",
+        _ => "?",
+    };
+    format!("{kind}:{}", p.name)
+}
+
+/// `THING=N`, split at the last `=`.
+fn counted(text: &str) -> Result<(&str, i32), String> {
+    let (thing, n) = text.rsplit_once('=').ok_or_else(|| format!("'{text}' is not NAME=NUMBER"))?;
+    Ok((thing, n.parse().map_err(|_| format!("'{text}': '{n}' is not a whole number"))?))
+}
+
+fn reservation(text: &str) -> Result<seat::Reservation, String> {
+    let (who, seats) = counted(text)?;
+    Ok(seat::Reservation { principal: Some(principal(who)?), seats })
+}
+
+fn cap(text: &str) -> Result<seat::SeatCap, String> {
+    let (who, max_seats) = counted(text)?;
+    Ok(seat::SeatCap { principal: Some(principal(who)?), max_seats })
+}
+
+fn feature_cost(text: &str) -> Result<(String, i32), String> {
+    counted(text).map(|(feature, seats)| (feature.to_owned(), seats))
+}
+
+fn group(text: &str) -> Result<seat::SeatGroup, String> {
+    let (name, members) = text.split_once('=').ok_or_else(|| format!("'{text}' is not NAME=user:a,host:b"))?;
+    let members = members.split(',').filter(|m| !m.is_empty()).map(principal).collect::<Result<_, _>>()?;
+    Ok(seat::SeatGroup { name: name.to_owned(), members })
+}
+
+fn module(text: &str) -> Result<licensing_proto::common::v1::Module, String> {
+    let (code, name) = text.split_once('=').unwrap_or((text, text));
+    Ok(licensing_proto::common::v1::Module { code: code.to_owned(), name: name.to_owned() })
 }
 
 fn license_json(l: &License) -> Value {
@@ -198,41 +454,140 @@ fn license_json(l: &License) -> Value {
         "kind": LicenseKind::try_from(l.kind).map(|k| k.as_str_name()).unwrap_or("?"),
         "status": LicenseStatus::try_from(l.status).map(|s| s.as_str_name()).unwrap_or("?"),
         "seats": l.seats, "activations_used": l.activations_used, "allowed_deactivations": l.allowed_deactivations,
-        "deactivations_used": l.deactivations_used, "modules": l.modules, "expires": date(l.expires_at.as_ref()),
+        "deactivations_used": l.deactivations_used, "modules": l.modules, "expires": time(l.expires_at.as_ref()),
         "associated_customer_id": l.associated_customer_id,
     })
 }
 
-/// Rows of JSON objects as an aligned table with the given columns.
+fn product_json(p: &Product) -> Value {
+    json!({
+        "code": p.code, "name": p.name,
+        "modules": p.modules.iter().map(|m| json!({"code": m.code, "name": m.name})).collect::<Vec<_>>(),
+        "versions": p.versions.iter().map(|v| json!({"version": v.version, "released": time(v.released_at.as_ref())})).collect::<Vec<_>>(),
+        "created": time(p.created_at.as_ref()),
+    })
+}
+
+/// A product as a table row: module codes and version numbers only.
+fn product_row(p: &Product) -> Value {
+    json!({
+        "code": p.code, "name": p.name, "modules": p.modules.iter().map(|m| &m.code).collect::<Vec<_>>(),
+        "versions": p.versions.iter().map(|v| &v.version).collect::<Vec<_>>(), "created": time(p.created_at.as_ref()),
+    })
+}
+
+fn customer_json(c: &Customer) -> Value {
+    json!({
+        "customer_id": c.customer_id, "company": c.company_name, "email": c.contact_email,
+        "contact": c.contact_name, "phone": c.phone, "created": time(c.created_at.as_ref()),
+    })
+}
+
+fn policy_json(p: &seat::SeatPolicy) -> Value {
+    let share = match seat::ShareScope::try_from(p.share_scope) {
+        Ok(seat::ShareScope::UserHost) => "user-host",
+        Ok(seat::ShareScope::User) => "user",
+        Ok(seat::ShareScope::Host) => "host",
+        _ => "none",
+    };
+    let named = |p: &Option<seat::Principal>| p.as_ref().map_or_else(String::new, principal_text);
+    let mut costs: Vec<_> = p.feature_costs.iter().collect();
+    costs.sort();
+    json!({
+        "share": share, "max_processes": p.max_processes_per_seat, "linger": span(p.linger.as_ref()),
+        "max_borrow": span(p.max_borrow.as_ref()), "default_ttl": span(p.default_ttl.as_ref()),
+        "overdraft": p.overdraft_seats,
+        "reserve": p.reservations.iter().map(|r| format!("{}={}", named(&r.principal), r.seats)).collect::<Vec<_>>(),
+        "cap": p.caps.iter().map(|c| format!("{}={}", named(&c.principal), c.max_seats)).collect::<Vec<_>>(),
+        "allow": p.allow.iter().map(principal_text).collect::<Vec<_>>(),
+        "deny": p.deny.iter().map(principal_text).collect::<Vec<_>>(),
+        "feature_cost": costs.iter().map(|(f, n)| format!("{f}={n}")).collect::<Vec<_>>(),
+        "group": p.groups.iter().map(|g| format!("{}={}", g.name, g.members.iter().map(principal_text).collect::<Vec<_>>().join(","))).collect::<Vec<_>>(),
+    })
+}
+
+/// Rows of JSON objects as a table with the given columns (headers in capitals), no borders.
 fn table(rows: &[Value], columns: &[&str]) -> String {
-    let cell = |row: &Value, c: &str| match &row[c] {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => {
-            a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(",")
-        }
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
-    let widths: Vec<usize> =
-        columns.iter().map(|c| rows.iter().map(|r| cell(r, c).len()).chain([c.len()]).max().unwrap_or(0)).collect();
-    let line = |cells: Vec<String>| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
-    };
-    let mut out = vec![line(columns.iter().map(|c| c.to_uppercase()).collect())];
-    out.extend(rows.iter().map(|r| line(columns.iter().map(|c| cell(r, c)).collect())));
-    out.join("\n")
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(columns.iter().map(|c| c.to_uppercase()));
+    for row in rows {
+        t.add_row(columns.iter().map(|c| cell(&row[*c])));
+    }
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    t.trim_fmt()
+}
+
+/// One object as `field  value` lines, in the order of `names`.
+fn fields(row: &Value, names: &[&str]) -> String {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+    for name in names {
+        t.add_row([(*name).to_owned(), cell(&row[*name])]);
+    }
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    t.trim_fmt()
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).expect("JSON values serialize")
 }
 
 fn print(json_mode: bool, rows: Vec<Value>, columns: &[&str]) {
     if json_mode {
-        println!("{}", serde_json::to_string_pretty(&Value::Array(rows)).expect("JSON values serialize"));
+        out!("{}", pretty(&Value::Array(rows)));
     } else {
-        println!("{}", table(&rows, columns));
+        out!("{}", table(&rows, columns));
+    }
+}
+
+/// One object: JSON, or `field  value` lines in the order of `names`.
+fn print_one(json_mode: bool, row: &Value, names: &[&str]) {
+    if json_mode {
+        out!("{}", pretty(row));
+    } else {
+        out!("{}", fields(row, names));
     }
 }
 
 const LICENSE_COLUMNS: &[&str] =
     &["license_id", "product", "customer_id", "kind", "status", "seats", "activations_used", "expires"];
+const LICENSE_FIELDS: &[&str] = &[
+    "license_id",
+    "product",
+    "customer_id",
+    "kind",
+    "status",
+    "seats",
+    "activations_used",
+    "allowed_deactivations",
+    "deactivations_used",
+    "modules",
+    "expires",
+    "associated_customer_id",
+];
+const PRODUCT_COLUMNS: &[&str] = &["code", "name", "modules", "versions", "created"];
+const CUSTOMER_COLUMNS: &[&str] = &["customer_id", "company", "email", "created"];
+const CUSTOMER_FIELDS: &[&str] = &["customer_id", "company", "email", "contact", "phone", "created"];
+const POLICY_FIELDS: &[&str] = &[
+    "share",
+    "max_processes",
+    "linger",
+    "max_borrow",
+    "default_ttl",
+    "overdraft",
+    "reserve",
+    "cap",
+    "allow",
+    "deny",
+    "feature_cost",
+    "group",
+];
 
 fn authorized<T>(token: &Option<String>, message: T) -> Result<tonic::Request<T>, Failure> {
     let token =
@@ -245,18 +600,148 @@ fn authorized<T>(token: &Option<String>, message: T) -> Result<tonic::Request<T>
     Ok(request)
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let tls = licensing_runtime::tls::client_config(&licensing_runtime::config::ProcessEnv)
-        .map_err(|e| Failure(e.to_string()))?;
+/// Every page of a list: `fetch` gets each page request and answers the items and the next
+/// page's token (empty after the last).
+async fn all_pages<T, F, Fut>(paging: Paging, mut fetch: F) -> Result<Vec<T>, Failure>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), Failure>>,
+{
+    let mut items = vec![];
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = fetch(PageRequest { page_size: paging.page_size, page_token: page_token.clone() }).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        if next == page_token {
+            return Err(Failure(format!("the server answered the same page token twice ({next}); listing stopped")));
+        }
+        page_token = next;
+    }
+}
+
+/// The first line of stdin, without its line ending.
+fn password_from_stdin() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| Failure(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(Failure("no password on stdin: give it as the first line".into()));
+    }
+    Ok(password)
+}
+
+async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
+    let tls = licensing_runtime::tls::client_config(settings).map_err(|e| Failure(e.to_string()))?;
     let channel: Channel = licensing_runtime::tls::endpoint(&cli.server, tls)
         .map_err(|_| Failure(format!("--server: '{}' is not a URL such as http://127.0.0.1:50051", cli.server)))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))
         .connect_lazy();
     let mut admin = AdminServiceClient::new(channel.clone());
-    let fail = |s: tonic::Status| Failure::from_status(&cli.server, s);
+    let server = cli.server.clone();
+    let fail = |s: tonic::Status| Failure::from_status(&server, s, settings);
     let token = &cli.token;
     match cli.command {
+        Command::Products(ProductCommand::Create { code, name, modules }) => {
+            let request = pb::CreateProductRequest { code, name, modules };
+            let p = admin.create_product(authorized(token, request)?).await.map_err(fail)?.into_inner().product;
+            let p = p.unwrap_or_default();
+            if cli.json {
+                out!("{}", pretty(&product_json(&p)));
+            } else {
+                out!("{}", table(&[product_row(&p)], PRODUCT_COLUMNS));
+            }
+        }
+        Command::Products(ProductCommand::List { paging }) => {
+            let products = all_pages(paging, |page| {
+                let mut admin = admin.clone();
+                async move {
+                    let r = admin
+                        .list_products(authorized(token, pb::ListProductsRequest { page: Some(page) })?)
+                        .await
+                        .map_err(fail)?
+                        .into_inner();
+                    Ok((r.products, r.next_page_token))
+                }
+            })
+            .await?;
+            if cli.json {
+                print(true, products.iter().map(product_json).collect(), &[]);
+            } else {
+                print(false, products.iter().map(product_row).collect(), PRODUCT_COLUMNS);
+            }
+        }
+        Command::Products(ProductCommand::Show { code }) => {
+            let p = admin.get_product(authorized(token, pb::GetProductRequest { code })?).await.map_err(fail)?;
+            let p = p.into_inner().product.unwrap_or_default();
+            if cli.json {
+                out!("{}", pretty(&product_json(&p)));
+            } else {
+                out!("{}", fields(&product_row(&p), PRODUCT_COLUMNS));
+                if !p.modules.is_empty() {
+                    let rows: Vec<Value> =
+                        p.modules.iter().map(|m| json!({"module": m.code, "name": m.name})).collect();
+                    out!("\n{}", table(&rows, &["module", "name"]));
+                }
+                if !p.versions.is_empty() {
+                    let rows: Vec<Value> = p
+                        .versions
+                        .iter()
+                        .map(|v| json!({"version": v.version, "released": time(v.released_at.as_ref())}))
+                        .collect();
+                    out!("\n{}", table(&rows, &["version", "released"]));
+                }
+            }
+        }
+        Command::Products(ProductCommand::AddVersion { code, version, released }) => {
+            let released_at = released.map(|d| parse_date("--released", &d)).transpose()?;
+            let request = pb::AddProductVersionRequest { product_code: code, version, released_at };
+            let p = admin.add_product_version(authorized(token, request)?).await.map_err(fail)?;
+            let p = p.into_inner().product.unwrap_or_default();
+            if cli.json {
+                out!("{}", pretty(&product_json(&p)));
+            } else {
+                out!("{}", table(&[product_row(&p)], PRODUCT_COLUMNS));
+            }
+        }
+        Command::Customers(CustomerCommand::Create { company, email, password_stdin }) => {
+            let password = if password_stdin { password_from_stdin()? } else { String::new() };
+            let request = pb::CreateCustomerRequest { company_name: company, contact_email: email, password };
+            let c = admin.create_customer(authorized(token, request)?).await.map_err(fail)?.into_inner().customer;
+            print_one(cli.json, &customer_json(&c.unwrap_or_default()), CUSTOMER_FIELDS);
+        }
+        Command::Customers(CustomerCommand::List { query, paging }) => {
+            let query = query.unwrap_or_default();
+            let customers = all_pages(paging, |page| {
+                let mut admin = admin.clone();
+                let query = query.clone();
+                async move {
+                    let request = pb::ListCustomersRequest { page: Some(page), query };
+                    let r = admin.list_customers(authorized(token, request)?).await.map_err(fail)?.into_inner();
+                    Ok((r.customers, r.next_page_token))
+                }
+            })
+            .await?;
+            print(cli.json, customers.iter().map(customer_json).collect(), CUSTOMER_COLUMNS);
+        }
+        Command::Customers(CustomerCommand::Show { customer_id }) => {
+            let c = admin.get_customer(authorized(token, pb::GetCustomerRequest { customer_id })?).await;
+            let c = c.map_err(fail)?.into_inner().customer.unwrap_or_default();
+            print_one(cli.json, &customer_json(&c), CUSTOMER_FIELDS);
+        }
+        Command::Customers(CustomerCommand::SetPassword { customer_id }) => {
+            let password = password_from_stdin()?;
+            let request = pb::SetCustomerPasswordRequest { customer_id: customer_id.clone(), password };
+            admin.set_customer_password(authorized(token, request)?).await.map_err(fail)?;
+            if cli.json {
+                out!("{}", pretty(&json!({"customer_id": customer_id, "password_set": true})));
+            } else {
+                out!("The portal password of {customer_id} is set.");
+            }
+        }
         Command::Licenses(LicenseCommand::Issue {
             product,
             customer,
@@ -289,9 +774,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             row["license_key"] = json!(issued.license_key);
             row["activation_password"] = json!(issued.activation_password);
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&row).expect("JSON values serialize"));
+                out!("{}", pretty(&row));
             } else {
-                println!(
+                out!(
                     "{}\n\nLicense key (shown once): {}\nActivation password: {}",
                     table(&[row.clone()], LICENSE_COLUMNS),
                     row["license_key"].as_str().unwrap_or(""),
@@ -299,20 +784,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
         }
-        Command::Licenses(LicenseCommand::List { customer, product, status, query }) => {
+        Command::Licenses(LicenseCommand::List { customer, product, status, query, paging }) => {
             let status = status.map_or(0, |s| match s {
                 Status::Active => LicenseStatus::Active as i32,
                 Status::Suspended => LicenseStatus::Suspended as i32,
                 Status::Retired => LicenseStatus::Retired as i32,
             });
-            let request = pb::ListLicensesRequest {
+            let filter = pb::ListLicensesRequest {
                 customer_id: customer.unwrap_or_default(),
                 product_code: product.unwrap_or_default(),
                 status,
                 query: query.unwrap_or_default(),
-                page: Some(licensing_proto::common::v1::PageRequest { page_size: 1000, page_token: String::new() }),
+                page: None,
             };
-            let licenses = admin.list_licenses(authorized(token, request)?).await.map_err(fail)?.into_inner().licenses;
+            let licenses = all_pages(paging, |page| {
+                let mut admin = admin.clone();
+                let request = pb::ListLicensesRequest { page: Some(page), ..filter.clone() };
+                async move {
+                    let r = admin.list_licenses(authorized(token, request)?).await.map_err(fail)?.into_inner();
+                    Ok((r.licenses, r.next_page_token))
+                }
+            })
+            .await?;
             print(cli.json, licenses.iter().map(license_json).collect(), LICENSE_COLUMNS);
         }
         Command::Licenses(LicenseCommand::Show { license_id }) => {
@@ -323,14 +816,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner()
                 .license
                 .unwrap_or_default();
-            let row = license_json(&l);
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&row).expect("JSON values serialize"));
-            } else if let Value::Object(fields) = row {
-                for (k, v) in fields {
-                    println!("{k:<24} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned));
-                }
-            }
+            print_one(cli.json, &license_json(&l), LICENSE_FIELDS);
         }
         Command::Licenses(change) => {
             let license = match change {
@@ -363,9 +849,74 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .into_inner()
                         .license
                 }
-                _ => unreachable!("issue, list and show are handled above"),
+                LicenseCommand::Issue { .. } | LicenseCommand::List { .. } | LicenseCommand::Show { .. } => {
+                    unreachable!("issue, list and show are handled above")
+                }
             };
             print(cli.json, vec![license_json(&license.unwrap_or_default())], LICENSE_COLUMNS);
+        }
+        Command::SeatPolicy(SeatPolicyCommand::Show { license_id }) => {
+            let request = seat::GetPoolStatusRequest { license_id: license_id.clone() };
+            let pool = SeatServiceClient::new(channel).get_pool_status(authorized(token, request)?).await;
+            let pool = pool.map_err(fail)?.into_inner();
+            let policy = policy_json(&pool.policy.unwrap_or_default());
+            if cli.json {
+                let shown = json!({
+                    "license_id": license_id, "seats_total": pool.seats_total, "seats_in_use": pool.seats_in_use,
+                    "overdraft_in_use": pool.overdraft_in_use, "waiting": pool.waiting,
+                    "earliest_expiry": time(pool.earliest_expiry.as_ref()), "policy": policy,
+                });
+                out!("{}", pretty(&shown));
+            } else {
+                out!("{}", fields(&policy, POLICY_FIELDS));
+                out!(
+                    "\n{} of {} seats in use ({} overdraft), {} waiting",
+                    pool.seats_in_use,
+                    pool.seats_total,
+                    pool.overdraft_in_use,
+                    pool.waiting
+                );
+            }
+        }
+        Command::SeatPolicy(SeatPolicyCommand::Set { license_id, policy }) => {
+            let PolicyFlags {
+                share,
+                max_processes,
+                linger,
+                max_borrow,
+                default_ttl,
+                overdraft,
+                reservations,
+                caps,
+                allow,
+                deny,
+                feature_costs,
+                groups,
+            } = *policy;
+            let share_scope = match share {
+                Share::None => seat::ShareScope::None,
+                Share::UserHost => seat::ShareScope::UserHost,
+                Share::User => seat::ShareScope::User,
+                Share::Host => seat::ShareScope::Host,
+            };
+            let policy = seat::SeatPolicy {
+                share_scope: share_scope as i32,
+                max_processes_per_seat: max_processes,
+                linger,
+                max_borrow,
+                overdraft_seats: overdraft,
+                reservations,
+                caps,
+                allow,
+                deny,
+                feature_costs: feature_costs.into_iter().collect(),
+                default_ttl,
+                groups,
+            };
+            let request = seat::UpdateSeatPolicyRequest { license_id, policy: Some(policy) };
+            let set = SeatServiceClient::new(channel).update_seat_policy(authorized(token, request)?).await;
+            let set = set.map_err(fail)?.into_inner().policy.unwrap_or_default();
+            print_one(cli.json, &policy_json(&set), POLICY_FIELDS);
         }
         Command::Leases(LeaseCommand::List { license_id }) => {
             let reply = SeatServiceClient::new(channel)
@@ -394,7 +945,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .iter()
                 .map(|l| json!({"lease_id": l.lease_id, "user": l.user, "host": l.host, "feature": l.feature,
                     "seats": l.seats_held, "state": state(l),
-                    "since": date(l.checked_out_at.as_ref()), "last_heartbeat": date(l.last_heartbeat_at.as_ref()), "expires": date(l.expires_at.as_ref())}))
+                    "since": time(l.checked_out_at.as_ref()), "last_heartbeat": time(l.last_heartbeat_at.as_ref()), "expires": time(l.expires_at.as_ref())}))
                 .collect();
             print(
                 cli.json,
@@ -402,7 +953,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &["lease_id", "user", "host", "feature", "seats", "state", "since", "last_heartbeat", "expires"],
             );
             if !cli.json {
-                println!("\n{} of {} seats in use", reply.seats_in_use, reply.seats_total);
+                out!("\n{} of {} seats in use", reply.seats_in_use, reply.seats_total);
             }
         }
         Command::Leases(LeaseCommand::Revoke { license_id, lease_id }) => {
@@ -429,10 +980,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let rows = h
                 .history
                 .iter()
-                .map(|e| json!({"when": date(e.occurred_at.as_ref()), "action": e.action, "installation_id": e.installation_id,
+                .map(|e| json!({"when": time(e.occurred_at.as_ref()), "action": e.action, "installation_id": e.installation_id,
                     "machine": e.machine_name, "fingerprint": e.fingerprint_digest, "outcome": e.outcome}))
                 .collect();
             print(cli.json, rows, &["when", "action", "installation_id", "machine", "fingerprint", "outcome"]);
+        }
+        Command::Audit { subject, paging } => {
+            let events = all_pages(paging, |page| {
+                let mut admin = admin.clone();
+                let request = pb::ListAuditEventsRequest { subject: subject.clone(), page: Some(page) };
+                async move {
+                    let r = admin.list_audit_events(authorized(token, request)?).await.map_err(fail)?.into_inner();
+                    Ok((r.events, r.next_page_token))
+                }
+            })
+            .await?;
+            let rows = events
+                .iter()
+                .map(|e| {
+                    let details = serde_json::from_str(&e.details_json).unwrap_or_else(|_| json!(e.details_json));
+                    json!({"sequence": e.sequence, "when": time(e.occurred_at.as_ref()), "actor": e.actor,
+                        "action": e.action, "subject": e.subject, "details": details})
+                })
+                .collect();
+            print(cli.json, rows, &["when", "actor", "action", "subject", "details"]);
         }
         Command::Usage { license_id, from, to, csv } => {
             let from = from.map(|d| parse_date("--from", &d)).transpose()?;
@@ -443,7 +1014,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(fail)?
                 .into_inner();
             if csv {
-                print!("{}", r.csv);
+                emit(&r.csv);
                 return Ok(());
             }
             let days: Vec<Value> = r
@@ -456,32 +1027,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .collect();
             if cli.json {
                 let report = json!({
-                    "from": date(r.from.as_ref()), "to": date(r.to.as_ref()), "days": days,
+                    "from": time(r.from.as_ref()), "to": time(r.to.as_ref()), "days": days,
                     "total_seat_hours": r.total_seat_hours, "checkouts": r.checkouts,
                     "overdraft_checkouts": r.overdraft_checkouts, "events_dropped": r.events_dropped,
                     "denials": r.denials.iter().map(|d| json!({"reason": d.reason, "count": d.count})).collect::<Vec<_>>(),
                     "top_users": r.top_users.iter().map(|u| json!({"user": u.user, "seat_hours": u.seat_hours, "checkouts": u.checkouts})).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+                out!("{}", pretty(&report));
                 return Ok(());
             }
             print(false, days, &["day", "peak_seats", "seat_hours", "checkouts", "denials"]);
-            println!(
+            out!(
                 "\n{:.2} seat hours, {} checkouts ({} overdraft) from {} to {}",
                 r.total_seat_hours,
                 r.checkouts,
                 r.overdraft_checkouts,
-                date(r.from.as_ref()),
-                date(r.to.as_ref())
+                cell(&time(r.from.as_ref())),
+                cell(&time(r.to.as_ref()))
             );
             for d in &r.denials {
-                println!("denied {}: {}", d.reason, d.count);
+                out!("denied {}: {}", d.reason, d.count);
             }
             for u in &r.top_users {
-                println!("user {}: {:.2} seat hours, {} checkouts", u.user, u.seat_hours, u.checkouts);
+                out!("user {}: {:.2} seat hours, {} checkouts", u.user, u.seat_hours, u.checkouts);
             }
             if r.events_dropped > 0 {
-                println!("warning: {} usage events were lost (the usage queue was full)", r.events_dropped);
+                out!("warning: {} usage events were lost (the usage queue was full)", r.events_dropped);
             }
         }
     }
@@ -490,7 +1061,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    // The TLS settings of the connection are options too (config::client_args).
+    let settings = Cli::command()
+        .args(licensing_runtime::config::client_args())
+        .after_help("Every option is also an environment variable, named in brackets; an option given wins.")
+        .get_matches();
+    let cli = Cli::from_arg_matches(&settings).unwrap_or_else(|e| e.exit());
+    match run(cli, &settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
             eprintln!("licensectl: {message}");
@@ -504,12 +1081,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_are_checked_against_the_calendar() {
+    fn dates_are_checked_against_the_calendar_and_printed_in_rfc_3339() {
         assert_eq!(parse_date("--expires", "2027-12-31").unwrap().seconds, 1_830_211_200);
         assert!(parse_date("--expires", "31.12.2027").is_err());
         let impossible = parse_date("--expires", "2027-02-31").unwrap_err().0;
         assert!(impossible.starts_with("--expires: '2027-02-31' is not a date"), "{impossible}");
-        assert_eq!(date(Some(&prost_types::Timestamp { seconds: 1_830_254_460, nanos: 0 })), "2027-12-31 12:01");
-        assert_eq!(date(None), "-");
+        let noon = prost_types::Timestamp { seconds: 1_830_254_460, nanos: 0 };
+        assert_eq!(time(Some(&noon)), json!("2027-12-31T12:01:00Z"));
+        assert_eq!(cell(&time(Some(&noon))), "2027-12-31 12:01", "the minute is enough in a table");
+        assert_eq!(time(None), Value::Null);
+        assert_eq!(cell(&Value::Null), "-");
+        assert_eq!(cell(&json!("2027-12-31")), "2027-12-31", "a day stays a day");
+    }
+
+    #[test]
+    fn seat_policy_flags_are_parsed() {
+        assert_eq!(duration("15m").unwrap().seconds, 900);
+        assert_eq!(duration("7d").unwrap().seconds, 7 * 86_400);
+        assert_eq!(duration("PT1H").unwrap().seconds, 3_600);
+        assert!(duration("soon").is_err() && duration("-5m").is_err());
+        assert_eq!(span(Some(&prost_types::Duration { seconds: 900, nanos: 0 })), json!("15m"));
+        let r = reservation("user:alice=2").unwrap();
+        assert_eq!((principal_text(r.principal.as_ref().unwrap()).as_str(), r.seats), ("user:alice", 2));
+        assert!(principal("alice").is_err() && principal("team:x").is_err() && principal("user:").is_err());
+        assert!(cap("host:kiosk=one").is_err());
+        let g = group("design=user:alice,host:ws-7").unwrap();
+        assert_eq!(g.members.len(), 2);
+        assert_eq!(feature_cost("render=3").unwrap(), ("render".to_owned(), 3));
+    }
+
+    #[test]
+    fn every_command_says_what_it_does() {
+        fn check(command: &clap::Command, path: &str) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "`{path}` has no description");
+                check(sub, &path);
+            }
+        }
+        Cli::command().debug_assert();
+        check(&Cli::command(), "licensectl");
     }
 }

@@ -109,6 +109,20 @@ pub async fn fresh_postgres_database() -> String {
     }
 }
 
+/// A channel to `target` from the loopback address `source` (`127.0.0.2`, ...), as from another
+/// client machine.
+pub async fn channel_from(source: std::net::IpAddr, target: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_static("http://127.0.0.1")
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            let stream = socket.connect(target).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }))
+        .await
+        .expect("connect from another loopback address")
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     /// The Prometheus scrape endpoint.
@@ -190,16 +204,7 @@ impl TestApp {
     /// A channel to the server from another loopback address (`127.0.0.2`, ...), as from a
     /// second client machine: throttles and rate limits count clients by address.
     pub async fn channel_from(&self, source: std::net::IpAddr) -> Channel {
-        let target = self.addr;
-        tonic::transport::Endpoint::from_static("http://127.0.0.1")
-            .connect_with_connector(tower::service_fn(move |_| async move {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(std::net::SocketAddr::new(source, 0))?;
-                let stream = socket.connect(target).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }))
-            .await
-            .expect("connect from another loopback address")
+        channel_from(source, self.addr).await
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {

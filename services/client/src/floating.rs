@@ -20,9 +20,10 @@ use tokio::sync::{oneshot, watch};
 pub struct CheckoutOptions {
     /// The module to check out; empty means the product itself.
     pub feature: String,
-    /// User name (default: `$USER` or `$USERNAME`).
+    /// The user the seat is for; by default the operating system's name of the user running
+    /// the process (seat policies share, reserve, cap, allow and deny by it).
     pub user: String,
-    /// Host name (default: `$HOSTNAME`).
+    /// The machine the seat is for; by default the operating system's host name.
     pub host: String,
     /// Stable for this process: reconnecting with it renews instead of taking a second seat.
     pub client_instance_id: String,
@@ -37,13 +38,25 @@ impl Default for CheckoutOptions {
     fn default() -> Self {
         Self {
             feature: String::new(),
-            user: std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_default(),
-            host: std::env::var("HOSTNAME").unwrap_or_default(),
+            user: os_user(),
+            host: os_host(),
             client_instance_id: format!("{}-{}", std::process::id(), licensing_domain::ids::new_id("ci")),
             ttl: Duration::from_secs(60),
             groups: vec![],
         }
     }
+}
+
+/// The user running this process, as the operating system names it (not `$USER`, which a
+/// service or a `sudo` may leave unset or wrong); empty when it cannot be told.
+fn os_user() -> String {
+    whoami::fallible::username().unwrap_or_default()
+}
+
+/// This machine's host name from the operating system (`$HOSTNAME` is a shell variable, usually
+/// not exported to products); empty when it cannot be told.
+fn os_host() -> String {
+    whoami::fallible::hostname().unwrap_or_default()
 }
 
 /// Where a [`SeatGuard`]'s seat stands.
@@ -321,5 +334,28 @@ async fn keep_alive(
         }
         state.send_replace(SeatState::Lost { reason, message: status.message().to_owned() });
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(program: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .env_remove("HOSTNAME")
+            .output()
+            .unwrap_or_else(|e| panic!("{program} must be installed for this test: {e}"));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn default_options_name_the_real_user_and_host() {
+        // The variables a shell may or may not export must not matter.
+        let options = CheckoutOptions::default();
+        assert_eq!(options.host, command("hostname", &[]), "the operating system's host name");
+        assert_eq!(options.user, command("id", &["-un"]), "the operating system's user name");
+        assert!(!options.host.is_empty() && !options.user.is_empty());
     }
 }

@@ -25,6 +25,8 @@ pub enum ErrorClass {
     Unavailable,
     /// Waiting ran out of time (a checkout waiting in the seat queue).
     DeadlineExceeded,
+    /// The method is not served by the process that was called (another one serves it).
+    Unimplemented,
     /// A bug on our side; never an answer to bad input.
     Internal,
 }

@@ -12,7 +12,10 @@ use tonic::metadata::MetadataMap;
 /// The address a request came from, as throttles and rate limits count clients ("unknown"
 /// when the transport does not say, e.g. a Unix socket).
 pub fn caller_address<T>(request: &tonic::Request<T>) -> String {
-    request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+    // Decided once by the server stack (a trusted gateway's forwarded client), else the peer.
+    crate::client_address::client_address_of(request.extensions())
+        .or_else(|| request.remote_addr().map(|a| a.ip()))
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
 /// The token of `authorization: Bearer <token>`, if present and well formed.

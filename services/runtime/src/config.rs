@@ -1,6 +1,12 @@
 //! Configuration from environment variables. Every variable is listed in [`VARIABLES`] (and in
 //! the README's table, which a test keeps in step with it).
+//!
+//! The binaries parse their command line with clap from the same list ([`server_args`],
+//! [`client_args`]): each variable is also a flag (`LICENSING_LISTEN_ADDR` is `--listen-addr`),
+//! `--help` shows them all, and the parsed [`clap::ArgMatches`] is the [`Lookup`] the
+//! configuration is read through (a flag wins over its variable).
 
+use crate::client_address::TrustedProxies;
 use crate::limiter::Rate;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,49 +45,92 @@ impl<const N: usize> Lookup for [(&str, &str); N] {
 pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_LISTEN_ADDR", "address:port to serve gRPC on"),
     ("LICENSING_METRICS_ADDR", "address:port of the Prometheus scrape endpoint (GET /metrics), or off"),
-    ("LICENSING_PORTAL_ADDR", "address:port of the customer portal in a web browser (HTTPS with LICENSING_TLS_CERT), or off"),
-    ("LICENSING_PORTAL_URL", "public base URL of the portal, which its mails link to"),
-    ("LICENSING_GRPC_WEB_ORIGINS", "comma-separated origins (https://app.vendor.example) whose browser apps may call the gRPC port with gRPC-Web, or off"),
+    ("LICENSING_PORTAL_ADDR", "address:port of the customer portal in a web browser (HTTPS when LICENSING_TLS_CERT is set), or off; served by the processes that serve the Account service"),
+    ("LICENSING_PORTAL_URL", "public base URL of the portal (e.g. https://licensing.vendor.example), which its mails link to (<URL>/reset-password?token=...)"),
+    ("LICENSING_GRPC_WEB_ORIGINS", "comma-separated origins (https://app.vendor.example) whose browser apps may call the gRPC port with gRPC-Web (CORS); when set, the gRPC port also accepts HTTP/1.1 gRPC-Web"),
+    ("LICENSING_TRUSTED_PROXIES", "comma-separated IP addresses and CIDR ranges of proxies (the gateway) whose X-Forwarded-For names the client that per-client limits count, or off"),
     ("LICENSING_DATA_DIR", "directory of the embedded SQLite file and key file"),
-    ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file"),
+    ("LICENSING_DATABASE_URL", "postgres:// URL; when set, PostgreSQL replaces the embedded SQLite file; required by the separate services"),
     ("LICENSING_DATABASE_MAX_CONNECTIONS", "PostgreSQL pool size"),
-    ("LICENSING_REDIS_URL", "redis:// URL of the lease store; when set, Redis replaces the embedded lease store"),
-    ("LICENSING_ADMIN_TOKEN", "admin bearer token to accept (stored hashed); without it a first token is generated and printed once"),
+    ("LICENSING_MIGRATE", "on: apply the PostgreSQL migrations at start; off: do not, and refuse to start on a schema older than this build; only: apply them and exit (the migration Job in deploy/k8s)"),
+    ("LICENSING_REDIS_URL", "redis:// URL of the lease store; when set, Redis replaces the embedded lease store; required by the separate Seat service, and give it to the Account service too (it lists live leases, and its license changes raise the revision that keeps Seat services from deciding a checkout on the old license)"),
+    ("LICENSING_ADMIN_TOKEN", "admin bearer token to accept (adm_ + 26 or more letters/digits; stored hashed); without it a first token is generated and printed once"),
     ("LICENSING_HASH_KEY", "base64 key (32+ bytes) for keyed hashes of keys and tokens"),
     ("LICENSING_SIGNING_KEY", "base64 32-byte Ed25519 seed that signs certificates and lease tokens"),
-    ("LICENSING_REQUEST_TIMEOUT_MS", "deadline of one unary request"),
+    ("LICENSING_REQUEST_TIMEOUT_MS", "deadline of one request (answered DEADLINE_EXCEEDED)"),
     ("LICENSING_CONCURRENCY_LIMIT", "requests served at once per process"),
-    ("LICENSING_SHUTDOWN_READINESS_DELAY_MS", "how long new calls are still served after SIGTERM turns health NOT_SERVING, before the listener closes"),
-    ("LICENSING_SHUTDOWN_GRACE_MS", "how long in-flight requests may drain once the listener has closed"),
+    ("LICENSING_SHUTDOWN_READINESS_DELAY_MS", "after SIGTERM, how long health reports NOT_SERVING while new calls are still served, before the listener closes: the time probes and load balancers take to stop sending here (see Operations)"),
+    ("LICENSING_SHUTDOWN_GRACE_MS", "then, how long in-flight requests may drain once the listener has closed (open streams end at once)"),
     ("LICENSING_MAX_MESSAGE_BYTES", "largest gRPC message decoded or encoded"),
-    ("LICENSING_REFLECTION", "serve gRPC reflection (true/false)"),
+    ("LICENSING_REFLECTION", "serve gRPC reflection"),
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
-    ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL granted; also how long new seats are held back after Redis loses its leases before any lease expiry was recorded"),
-    ("LICENSING_RATE_LOGIN_PER_CLIENT", "portal logins per client address (e.g. 60/min, 10/s, 1000/h, or off)"),
-    ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account from one client address"),
-    ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address"),
+    ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL a client may ask for; also how long new seats are held back after Redis is found to have lost its leases when no lease expiry was recorded yet (otherwise until the latest recorded one, see Guarantees)"),
+    ("LICENSING_RATE_LOGIN_PER_CLIENT", "portal logins per client address; a rate is N/s, N/min or N/h (bursts of up to N), or off"),
+    ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account from one client address (wrong passwords also slow that address down, never the account: see the customer portal)"),
+    ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address (mail per account: at most 3 an hour)"),
     ("LICENSING_RATE_ACTIVATE_PER_CLIENT", "activations (online and offline) per client address"),
     ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) and product deactivations per license"),
-    ("LICENSING_RATE_CHECKOUT_PER_CLIENT", "seat checkouts and waits per client address"),
-    ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "seat checkouts and waits per license"),
-    ("LICENSING_TLS_CERT", "PEM certificate (chain) of the server; with LICENSING_TLS_KEY, serve TLS"),
+    ("LICENSING_RATE_CHECKOUT_PER_CLIENT", "seat checkouts and WaitForSeat calls per client address (heartbeats and checkins are never limited)"),
+    ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "seat checkouts and WaitForSeat calls per license"),
+    ("LICENSING_TLS_CERT", "PEM certificate (chain) of the server; with LICENSING_TLS_KEY, every service serves TLS"),
     ("LICENSING_TLS_KEY", "PEM private key of LICENSING_TLS_CERT"),
     ("LICENSING_TLS_CLIENT_CA", "PEM CA certificate(s); when set, clients must present a certificate it signed (mutual TLS)"),
     ("LICENSING_TLS_CA", "clients (healthcheck, licensectl): PEM CA that signed the server's certificate; connect over TLS"),
     ("LICENSING_TLS_CLIENT_CERT", "clients: PEM certificate to present for mutual TLS"),
     ("LICENSING_TLS_CLIENT_KEY", "clients: PEM private key of LICENSING_TLS_CLIENT_CERT"),
-    ("LICENSING_TLS_SERVER_NAME", "clients: name to verify in the server's certificate when it differs from the host dialled"),
+    ("LICENSING_TLS_SERVER_NAME", "clients: name to verify in the server's certificate (e.g. localhost when probing 127.0.0.1)"),
     ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
-    ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail; without it mail goes to files in <data dir>/outbox"),
+    ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail (plain SMTP: use a local relay for TLS); without it mail goes to files in <data dir>/outbox"),
     ("LICENSING_MAIL_FROM", "sender address of portal mail"),
-    ("LICENSING_RESET_URL", "page that password reset mail links to, in place of the portal's own (the token is appended as ?token=)"),
+    ("LICENSING_RESET_URL", "page that password reset mail links to in place of the portal's own, e.g. a vendor's own front end (the token is appended as ?token=)"),
     ("LICENSING_LOG_FORMAT", "text or json"),
-    ("RUST_LOG", "log filter, e.g. info or licensing=debug"),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set"),
+    ("RUST_LOG", "log filter, e.g. info, or info,licensing_runtime::server=debug for a line per request"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC collector endpoint; traces are exported when set (the SDK's OTEL_BSP_* batch settings apply)"),
     ("OTEL_SERVICE_NAME", "service name on exported traces"),
 ];
+
+/// Whether a variable is read by our clients (`healthcheck`, `licensectl`) rather than the servers:
+/// its meaning says so first.
+fn for_clients(meaning: &str) -> bool {
+    meaning.starts_with("clients")
+}
+
+/// The flag of a variable: `LICENSING_LISTEN_ADDR` is `--listen-addr`, `RUST_LOG` `--rust-log`.
+pub fn flag_of(var: &str) -> String {
+    var.strip_prefix("LICENSING_").unwrap_or(var).to_ascii_lowercase().replace('_', "-")
+}
+
+/// One variable as a clap argument: a flag, or the variable; `--help` shows the meaning and the
+/// variable's name, never its value (some are secrets).
+fn arg(var: &'static str, meaning: &'static str) -> clap::Arg {
+    clap::Arg::new(var)
+        .long(flag_of(var))
+        .env(var)
+        .hide_env_values(true)
+        .value_name("VALUE")
+        .help(meaning)
+        .action(clap::ArgAction::Set)
+}
+
+/// The servers' variables as clap arguments (every one of [`VARIABLES`] but the clients').
+pub fn server_args() -> Vec<clap::Arg> {
+    VARIABLES.iter().filter(|(_, meaning)| !for_clients(meaning)).map(|(var, meaning)| arg(var, meaning)).collect()
+}
+
+/// The variables of our clients (`healthcheck`, `licensectl`: TLS to the server) as clap arguments.
+pub fn client_args() -> Vec<clap::Arg> {
+    VARIABLES.iter().filter(|(_, meaning)| for_clients(meaning)).map(|(var, meaning)| arg(var, meaning)).collect()
+}
+
+/// The parsed command line of a binary built with [`server_args`] or [`client_args`]: a flag,
+/// else its variable. Names it has no argument for are unset.
+impl Lookup for clap::ArgMatches {
+    fn get(&self, key: &str) -> Option<String> {
+        self.try_get_one::<String>(key).ok().flatten().cloned()
+    }
+}
 
 /// Where a process's own HTTP endpoint (metrics, the web portal) listens.
 pub type PortalListen = MetricsListen;
@@ -106,6 +155,17 @@ impl MetricsListen {
             Self::At(addr) => Some(addr),
         }
     }
+}
+
+/// When the database schema is migrated (`LICENSING_MIGRATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrate {
+    /// At start, by every process (the default).
+    OnStart,
+    /// Never: a migration job does it; start only on a schema at least as new as this build.
+    Off,
+    /// Apply the migrations, then exit without serving (the migration job).
+    Only,
 }
 
 /// How log lines are written (`LICENSING_LOG_FORMAT`).
@@ -187,12 +247,16 @@ pub struct Config {
     pub portal_url: Option<String>,
     /// Origins allowed to call the gRPC port from a browser with gRPC-Web; empty: gRPC-Web off.
     pub grpc_web_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed; empty: the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
     /// Directory of the embedded SQLite file and the key file (`LICENSING_DATA_DIR`, default `data`).
     pub data_dir: PathBuf,
     /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
     pub database_url: Option<String>,
     /// PostgreSQL pool size (`LICENSING_DATABASE_MAX_CONNECTIONS`, default 16).
     pub database_max_connections: u32,
+    /// Whether this process migrates the database schema.
+    pub migrate: Migrate,
     /// Redis URL; `None` means the embedded lease store.
     pub redis_url: Option<String>,
     /// An admin bearer token to accept (`LICENSING_ADMIN_TOKEN`); `None`: a first one is generated.
@@ -345,6 +409,9 @@ impl Config {
                 .map(|o| origin(o).map_err(|message| ConfigError { var: "LICENSING_GRPC_WEB_ORIGINS", message }))
                 .collect::<Result<_, _>>()?,
         };
+        let trusted_proxies =
+            TrustedProxies::parse(non_empty(lookup, "LICENSING_TRUSTED_PROXIES").as_deref().unwrap_or(""))
+                .map_err(|message| ConfigError { var: "LICENSING_TRUSTED_PROXIES", message })?;
         let millis =
             |var, default| parse::<u64>(lookup, var, default, "a number of milliseconds").map(Duration::from_millis);
         let request_timeout = millis("LICENSING_REQUEST_TIMEOUT_MS", 10_000)?;
@@ -389,9 +456,21 @@ impl Config {
             portal,
             portal_url,
             grpc_web_origins,
+            trusted_proxies,
             data_dir: non_empty(lookup, "LICENSING_DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             database_url,
             database_max_connections: parse(lookup, "LICENSING_DATABASE_MAX_CONNECTIONS", 16u32, "a whole number")?,
+            migrate: match non_empty(lookup, "LICENSING_MIGRATE").as_deref() {
+                None | Some("on") => Migrate::OnStart,
+                Some("off") => Migrate::Off,
+                Some("only") => Migrate::Only,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "LICENSING_MIGRATE",
+                        message: format!("'{other}' is not on, off or only"),
+                    })
+                }
+            },
             redis_url,
             admin_token: non_empty(lookup, "LICENSING_ADMIN_TOKEN"),
             hash_key_b64: non_empty(lookup, "LICENSING_HASH_KEY"),
@@ -423,6 +502,49 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn command() -> clap::Command {
+        clap::Command::new("t").args(server_args()).no_binary_name(true)
+    }
+
+    #[test]
+    fn flags_and_variables_are_one_list_and_a_flag_wins() {
+        let flags: Vec<_> = server_args().into_iter().chain(client_args()).map(|a| a.get_id().to_string()).collect();
+        let vars: Vec<_> = VARIABLES.iter().map(|(v, _)| (*v).to_owned()).collect();
+        let (mut flags, mut vars) = (flags, vars);
+        flags.sort();
+        vars.sort();
+        assert_eq!(flags, vars, "every variable is an argument of the servers or the clients");
+        assert_eq!(flag_of("LICENSING_LISTEN_ADDR"), "listen-addr");
+        assert_eq!(flag_of("RUST_LOG"), "rust-log");
+        assert!(client_args().iter().any(|a| a.get_id() == "LICENSING_TLS_CA"));
+        assert!(!server_args().iter().any(|a| a.get_id() == "LICENSING_TLS_CA"), "servers do not dial");
+
+        let matches = command().try_get_matches_from(["--listen-addr", "0.0.0.0:7000", "--log-format=json"]).unwrap();
+        let c = Config::from_lookup(&matches, "127.0.0.1:1", "s").unwrap();
+        assert_eq!(c.listen_addr.port(), 7000);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(Lookup::get(&matches, "LICENSING_DATA_DIR"), None, "unset stays unset");
+        assert_eq!(Lookup::get(&matches, "NOT_A_VARIABLE"), None);
+        let err = Config::from_lookup(
+            &command().try_get_matches_from(["--request-timeout-ms", "soon"]).unwrap(),
+            "127.0.0.1:1",
+            "s",
+        )
+        .unwrap_err();
+        assert_eq!(err.var, "LICENSING_REQUEST_TIMEOUT_MS", "a bad flag names its variable");
+        assert!(command().try_get_matches_from(["--no-such-flag", "1"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_server_variable_without_its_value() {
+        let help = command().render_long_help().to_string();
+        for (var, meaning) in VARIABLES.iter().filter(|(_, m)| !for_clients(m)) {
+            assert!(help.contains(&format!("--{}", flag_of(var))), "{var}: {help}");
+            assert!(help.contains(&format!("[env: {var}")), "{var}");
+            assert!(help.contains(meaning.split_whitespace().next().unwrap()), "{var}");
+        }
+    }
 
     #[test]
     fn defaults_apply_when_nothing_is_set() {
@@ -457,6 +579,11 @@ mod tests {
         assert_eq!(err.var, "LICENSING_DATABASE_URL");
         let err = Config::from_lookup(&[("LICENSING_CONCURRENCY_LIMIT", "0")], "127.0.0.1:1", "s").unwrap_err();
         assert_eq!(err.var, "LICENSING_CONCURRENCY_LIMIT");
+        assert_eq!(Config::from_lookup(&HashMap::new(), "127.0.0.1:1", "s").unwrap().migrate, Migrate::OnStart);
+        let c = Config::from_lookup(&[("LICENSING_MIGRATE", "off")], "127.0.0.1:1", "s").unwrap();
+        assert_eq!(c.migrate, Migrate::Off);
+        let err = Config::from_lookup(&[("LICENSING_MIGRATE", "later")], "127.0.0.1:1", "s").unwrap_err();
+        assert_eq!(err.var, "LICENSING_MIGRATE");
     }
 
     #[test]

@@ -17,12 +17,15 @@
 //! - [`credentials`]: license key or License ID + password, resolved to a license.
 //! - [`license_cache`]: per-license values kept exact by the store's change feed (seats, validation).
 //! - [`hashing`]: argon2 work on threads of its own in the idle scheduling class.
+//! - [`client_address`]: who a request comes from: the TCP peer, or behind a trusted proxy the
+//!   client it forwarded (`LICENSING_TRUSTED_PROXIES`).
 //! - [`limiter`]: abuse limits: request rates per key, and the throttle that slows password
 //!   guessers without locking anyone out.
 //! - [`tls`]: TLS and mutual TLS from PEM files, for servers and for our own clients.
 //! - [`convert`]: timestamps and other small conversions shared by the gRPC adapters.
 
 pub mod auth;
+pub mod client_address;
 pub mod config;
 pub mod convert;
 pub mod credentials;

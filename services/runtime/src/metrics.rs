@@ -5,11 +5,12 @@
 //! - recorded as things happen: RPC latency by method and status ([`Metrics::record_rpc`], from
 //!   the server stack), seat denials and activations (through the domain's [`Observer`]);
 //! - read when scraped, from the stores and queues that hold the truth ([`GaugeSource`]): seats in
-//!   use and seats total per license and feature, WaitForSeat queue lengths, usage-log drops, and
+//!   use and seats allowed per license and feature, WaitForSeat queue lengths, usage-log drops, and
 //!   the health of the PostgreSQL pool and of Redis. Seat counts come from the lease store, not
 //!   from a counter of this process, so every replica reports the same value (aggregate with
 //!   `max`, not `sum`), and a restart does not lose them;
-//! - `target_info` with the service name.
+//! - `target_info` with the service name, `licensing_build_info` with the version, and the
+//!   standard `process_*` series (CPU, memory, open files, threads, start time; Linux only).
 //!
 //! Each [`crate::server::GrpcServer`] owns one [`Metrics`] (no global state), so tests can run
 //! several servers in one process and scrape each.
@@ -30,7 +31,7 @@ pub enum Gauge {
     /// Seats held on a license (and feature), lingering and borrowed seats included.
     SeatsInUse,
     /// Seats a license (or feature) allows.
-    SeatsTotal,
+    SeatsAllowed,
     /// Live leases of a license (processes; several may share one seat).
     LeasesLive,
     /// Clients waiting in WaitForSeat, per license, in this process.
@@ -49,7 +50,7 @@ pub enum Gauge {
 impl Gauge {
     const ALL: [Gauge; 8] = [
         Gauge::SeatsInUse,
-        Gauge::SeatsTotal,
+        Gauge::SeatsAllowed,
         Gauge::LeasesLive,
         Gauge::SeatWaiters,
         Gauge::UsageLogDropped,
@@ -62,7 +63,7 @@ impl Gauge {
     fn name(self) -> &'static str {
         match self {
             Gauge::SeatsInUse => "licensing.seats.in_use",
-            Gauge::SeatsTotal => "licensing.seats.total",
+            Gauge::SeatsAllowed => "licensing.seats.allowed",
             Gauge::LeasesLive => "licensing.leases.live",
             Gauge::SeatWaiters => "licensing.seat.waiters",
             Gauge::UsageLogDropped => "licensing.usage_log.dropped",
@@ -75,7 +76,7 @@ impl Gauge {
     fn description(self) -> &'static str {
         match self {
             Gauge::SeatsInUse => "Seats held per license and feature (from the lease store)",
-            Gauge::SeatsTotal => "Seats allowed per license and feature",
+            Gauge::SeatsAllowed => "Seats allowed per license and feature",
             Gauge::LeasesLive => "Live leases per license and feature (from the lease store)",
             Gauge::SeatWaiters => "Clients waiting in WaitForSeat per license, in this process",
             Gauge::UsageLogDropped => "Usage-log events lost (queue full or store failing)",
@@ -154,6 +155,7 @@ impl Metrics {
     /// Metrics of the service `service_name` (its OpenTelemetry resource name).
     pub fn new(service_name: &str) -> Self {
         let registry = prometheus::Registry::new();
+        register_process_series(&registry);
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .scope_info_enabled(false)
@@ -255,6 +257,24 @@ impl Observer for Metrics {
 
     fn activated(&self, product_code: &str) {
         self.inner.activations.add(1, &[KeyValue::new("product", product_code.to_owned())]);
+    }
+}
+
+/// `licensing_build_info{version}` (always 1) and, on Linux, the standard `process_*` series of
+/// this process.
+fn register_process_series(registry: &prometheus::Registry) {
+    let build_info = prometheus::IntGauge::with_opts(
+        prometheus::Opts::new("licensing_build_info", "The running build: always 1, its version as a label")
+            .const_label("version", env!("CARGO_PKG_VERSION")),
+    )
+    .expect("a valid metric name and label");
+    build_info.set(1);
+    if let Err(e) = registry.register(Box::new(build_info)) {
+        tracing::error!(error = %e, "registering licensing_build_info");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+        tracing::error!(error = %e, "registering the process metrics");
     }
 }
 
@@ -396,6 +416,9 @@ mod tests {
             r#"licensing_rpc_duration_seconds_count{grpc_code="OK",rpc_method="Checkout",rpc_service="licensing.seat.v1.SeatService"} 1"#,
             r#"licensing_rpc_duration_seconds_count{grpc_code="RESOURCE_EXHAUSTED",rpc_method="Checkout",rpc_service="licensing.seat.v1.SeatService"} 1"#,
             r#"target_info{service_name="unit-test","#,
+            concat!(r#"licensing_build_info{version=""#, env!("CARGO_PKG_VERSION"), r#""} 1"#),
+            "process_resident_memory_bytes ",
+            "process_start_time_seconds ",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

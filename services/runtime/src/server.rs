@@ -16,6 +16,7 @@
 //!    reconnect). In-flight unary calls finish, until [`StackSettings::shutdown_grace`]
 //!    (`LICENSING_SHUTDOWN_GRACE_MS`) at most; the connections left then are closed.
 
+use crate::client_address::{ClientAddressLayer, TrustedProxies};
 use crate::config::{Config, RateLimits};
 use crate::health::HealthStatuses;
 use crate::limiter::RateLimiter;
@@ -54,6 +55,70 @@ impl licensing_domain::error::ClassifiedError for ShuttingDown {
     }
 }
 
+/// Which process serves each licensing gRPC service: the gateway routes by these names, and a
+/// process that is called for a service it does not serve says which one does.
+pub const SERVICE_HOMES: [(&str, &str); 4] = [
+    ("licensing.account.v1.AdminService", "account"),
+    ("licensing.account.v1.AccountService", "account"),
+    ("licensing.activation.v1.ActivationService", "activation"),
+    ("licensing.seat.v1.SeatService", "seat"),
+];
+
+/// A call for a gRPC service this process does not serve (answered `UNIMPLEMENTED`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotServedHere {
+    /// Another licensing service serves it: the caller dialled a service's own address.
+    #[error("{service} is served by the {home} service ({here}); use the gateway address, which routes every service, or the {home} service's own")]
+    ServedElsewhere {
+        /// The gRPC service called.
+        service: &'static str,
+        /// The process that serves it (`account`, `activation`, `seat`).
+        home: &'static str,
+        /// What this process is, e.g. "this is the account service".
+        here: String,
+    },
+    /// No licensing process serves it.
+    #[error("no gRPC service {service} here; this server serves {served}")]
+    Unknown {
+        /// The service called, quoted.
+        service: String,
+        /// The services this process serves.
+        served: String,
+    },
+}
+
+impl licensing_domain::error::ClassifiedError for NotServedHere {
+    fn class(&self) -> licensing_domain::error::ErrorClass {
+        licensing_domain::error::ErrorClass::Unimplemented
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::ServedElsewhere { .. } => "SERVED_ELSEWHERE",
+            Self::Unknown { .. } => "UNKNOWN_SERVICE",
+        }
+    }
+}
+
+impl NotServedHere {
+    /// Why a call of `path` (`/package.Service/Method`) is not served by a process serving the
+    /// licensing services `served`.
+    pub fn of(path: &str, served: &[String]) -> Self {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let is_served = |name: &str| served.iter().any(|s| s == name);
+        let mut homes: Vec<&str> =
+            SERVICE_HOMES.iter().filter(|(name, _)| is_served(name)).map(|(_, home)| *home).collect();
+        homes.dedup();
+        let here = match homes.as_slice() {
+            [one] => format!("this is the {one} service"),
+            _ => format!("this server serves {}", served.join(", ")),
+        };
+        match SERVICE_HOMES.iter().find(|(name, _)| *name == service && !is_served(name)) {
+            Some((service, home)) => Self::ServedElsewhere { service, home, here },
+            None => Self::Unknown { service: licensing_domain::text::quoted(service), served: served.join(", ") },
+        }
+    }
+}
+
 /// Limits and switches of the server stack.
 #[derive(Debug, Clone)]
 pub struct StackSettings {
@@ -78,6 +143,8 @@ pub struct StackSettings {
     pub metrics: Metrics,
     /// Browser origins allowed to call with gRPC-Web (CORS); empty: gRPC-Web is off.
     pub grpc_web_origins: Vec<String>,
+    /// Proxies (the gateway) whose `X-Forwarded-For` names the client the limits count.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// One rate shared by a group of methods (e.g. Login), counted per client address.
@@ -148,6 +215,7 @@ impl From<&Config> for StackSettings {
             tls: c.tls.clone(),
             metrics: Metrics::new(&c.service_name),
             grpc_web_origins: c.grpc_web_origins.clone(),
+            trusted_proxies: c.trusted_proxies.clone(),
         }
     }
 }
@@ -202,6 +270,13 @@ impl GrpcServer {
             let v1alpha = builder().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
             routes = routes.add_service(v1).add_service(v1alpha);
         }
+        // A call for a service not served here says which process serves it (tonic's own
+        // fallback answers UNIMPLEMENTED with no message).
+        let served: std::sync::Arc<[String]> = service_names.iter().map(|s| s.to_string()).collect();
+        let routes = Routes::from(routes.into_axum_router().fallback(move |req: axum::extract::Request| {
+            let error = NotServedHere::of(req.uri().path(), &served);
+            async move { crate::status::to_status(&error).into_http::<axum::body::Body>() }
+        }));
         for name in service_names {
             health.set(name, ServingStatus::Serving);
         }
@@ -230,7 +305,10 @@ impl GrpcServer {
         // and marks the answers, and every gRPC answer below, refusals included, is translated.
         let grpc_web = !settings.grpc_web_origins.is_empty();
         let layers = ServiceBuilder::new()
-            // Outermost, so refused and timed-out requests are traced and counted too.
+            // Who the caller is (the peer, or the client a trusted gateway forwarded), decided
+            // once for the rate limits and the services' guess throttling below.
+            .layer(ClientAddressLayer::new(settings.trusted_proxies.clone()))
+            // Outermost but for that, so refused and timed-out requests are traced and counted too.
             .layer(ObserveLayer { metrics: settings.metrics.clone() })
             .option_layer(grpc_web.then(|| grpc_web_cors(&settings.grpc_web_origins)))
             .option_layer(grpc_web.then(tonic_web::GrpcWebLayer::new))
@@ -531,14 +609,10 @@ pub struct ClientRateLimit<S> {
     by_path: std::sync::Arc<std::collections::HashMap<&'static str, RateLimiter>>,
 }
 
-/// The address a request came from, as the rate limits count clients.
+/// The address a request came from, as the rate limits count clients ([`ClientAddressLayer`]
+/// decided it).
 fn client_address<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let extensions = req.extensions();
-    let tcp = extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|tls| tls.get_ref()));
-    tcp.and_then(|info| info.remote_addr()).map(|a| a.ip())
+    crate::client_address::client_address_of(req.extensions())
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ClientRateLimit<S>
@@ -638,6 +712,24 @@ where
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    #[test]
+    fn a_call_for_another_service_names_the_one_that_serves_it() {
+        let account =
+            ["licensing.account.v1.AdminService".to_owned(), "licensing.account.v1.AccountService".to_owned()];
+        let error = NotServedHere::of("/licensing.seat.v1.SeatService/Checkout", &account);
+        assert_eq!(
+            error.to_string(),
+            "licensing.seat.v1.SeatService is served by the seat service (this is the account service); use the gateway address, which routes every service, or the seat service's own"
+        );
+        let status = crate::status::to_status(&error);
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(crate::status::reason_of(&status).as_deref(), Some("SERVED_ELSEWHERE"));
+        let unknown = NotServedHere::of("/nope.v1.Thing\n/Do", &account);
+        assert_eq!(licensing_domain::error::ClassifiedError::reason(&unknown), "UNKNOWN_SERVICE");
+        assert!(unknown.to_string().contains("licensing.account.v1.AccountService"), "{unknown}");
+        assert!(!unknown.to_string().contains('\n'), "{unknown}");
+    }
 
     #[test]
     fn decode_failures_blame_the_request_and_our_internal_errors_stay_internal() {

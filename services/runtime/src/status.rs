@@ -21,6 +21,7 @@ pub fn code_of(class: ErrorClass) -> Code {
         ErrorClass::ResourceExhausted => Code::ResourceExhausted,
         ErrorClass::Unavailable => Code::Unavailable,
         ErrorClass::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorClass::Unimplemented => Code::Unimplemented,
         ErrorClass::Internal => Code::Internal,
     }
 }

@@ -860,7 +860,7 @@ impl GaugeSource for Seats {
             let product = license.as_ref().map_or("", |l| l.product_code.as_str());
             if let Some(license) = &license {
                 out.push(Reading::new(
-                    Gauge::SeatsTotal,
+                    Gauge::SeatsAllowed,
                     &[("license_id", &license_id), ("product", product)],
                     license.seats as f64,
                 ));

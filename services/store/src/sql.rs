@@ -89,11 +89,14 @@ pub struct SqlOptions {
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before the store reports Unavailable.
     pub acquire_timeout: Duration,
+    /// Apply the migrations when connecting; when false, only check that every migration of this
+    /// build was applied (a migration job applies them before the services start).
+    pub migrate: bool,
 }
 
 impl Default for SqlOptions {
     fn default() -> Self {
-        Self { max_connections: 16, acquire_timeout: Duration::from_secs(3) }
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(3), migrate: true }
     }
 }
 
@@ -154,8 +157,42 @@ impl SqlStore {
             listening: Some(Arc::new(tokio::sync::watch::channel(false).0)),
             revisions: RevisionsHook::default(),
         };
-        MIGRATIONS.run(&store.pool).await.map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        if options.migrate {
+            MIGRATIONS
+                .run(&store.pool)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        } else {
+            store.require_migrated().await?;
+        }
         Ok(store)
+    }
+
+    /// Fails unless every migration of this build was applied to the PostgreSQL database (newer
+    /// ones, from a later build, are fine: they only add to the schema).
+    async fn require_migrated(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(applied) => applied,
+            // No migration ever ran here.
+            Err(e) if e.to_string().contains("does not exist") => vec![],
+            Err(e) => return Err(map_err(e)),
+        };
+        let missing: Vec<String> = MIGRATIONS
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "the database schema lacks {} migration(s) of this build ({}): run the migrations first",
+            missing.len(),
+            missing.join(", ")
+        )))
     }
 
     /// Opens (creating it if missing) the SQLite file at `path` and applies the migrations.

@@ -6,13 +6,12 @@ use super::view::{field_message, page, page_with, refusal, see_other, FieldError
 use super::Web;
 use crate::AccountError;
 use askama::Template;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
-use std::net::SocketAddr;
 
 /// The customer of the request's session; pages that need one redirect to the login otherwise.
 pub(crate) struct Me {
@@ -88,7 +87,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(super::serve::peer_ip(parts.extensions.get::<ConnectInfo<SocketAddr>>())))
+        Ok(ClientIp(super::serve::client_ip(&parts.extensions)))
     }
 }
 

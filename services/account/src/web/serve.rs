@@ -7,6 +7,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use licensing_runtime::client_address::{client_address_of, forwarded_for, ClientAddress, TrustedProxies};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +24,19 @@ pub struct WebServer {
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<ServerConfig>>,
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl WebServer {
     /// Serves `router` on `listener`, over TLS when `tls` is set.
     pub fn new(listener: TcpListener, router: Router, tls: Option<Arc<ServerConfig>>) -> Self {
-        Self { listener, router, tls }
+        Self { listener, router, tls, trusted_proxies: Arc::default() }
+    }
+
+    /// Believes the `X-Forwarded-For` of these proxies (an Ingress in front of the portal) for
+    /// the per-client limits.
+    pub fn with_trusted_proxies(self, trusted_proxies: TrustedProxies) -> Self {
+        Self { trusted_proxies: Arc::new(trusted_proxies), ..self }
     }
 
     /// The address the portal listens on.
@@ -38,7 +46,7 @@ impl WebServer {
 
     /// Serves until `drain` is cancelled, then lets requests in flight finish for at most `grace`.
     pub async fn run(self, drain: CancellationToken, grace: Duration) {
-        serve(self.listener, self.router, self.tls, drain, grace).await
+        serve(self.listener, self.router, self.tls, self.trusted_proxies, drain, grace).await
     }
 }
 
@@ -46,6 +54,7 @@ async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<ServerConfig>>,
+    trusted_proxies: Arc<TrustedProxies>,
     drain: CancellationToken,
     grace: Duration,
 ) {
@@ -67,8 +76,11 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let trusted = trusted_proxies.clone();
         let service = tower::ServiceBuilder::new()
             .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                let client = trusted.client(peer.ip(), forwarded_for(request.headers()));
+                request.extensions_mut().insert(ClientAddress(client));
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             })
@@ -99,7 +111,10 @@ async fn serve(
     connections.shutdown().await;
 }
 
-/// The address a peer connected from, for per-client limits (`unknown` when served without one).
-pub fn peer_ip(info: Option<&ConnectInfo<SocketAddr>>) -> String {
-    info.map_or_else(|| "unknown".to_owned(), |ConnectInfo(addr)| addr.ip().to_string())
+/// The client a request came from, for per-client limits: the peer, or the client a trusted
+/// proxy forwarded (`unknown` when served without either).
+pub fn client_ip(extensions: &axum::http::Extensions) -> String {
+    client_address_of(extensions)
+        .or_else(|| extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip()))
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
