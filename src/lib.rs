@@ -43,16 +43,21 @@ use tonic::service::RoutesBuilder;
 /// The embedded SQLite file inside the data directory.
 pub const DATABASE_FILE: &str = "licensing.db";
 
+/// Which services a process serves (one binary per role, or all in one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// All three services in one process: the embedded default.
     AllInOne,
+    /// The Account service (admin API and customer portal).
     Account,
+    /// The Activation service (node-locked activations, validations).
     Activation,
+    /// The Seat service (floating seats).
     Seat,
 }
 
 impl Role {
+    /// The gRPC address served unless `LICENSING_LISTEN_ADDR` says otherwise.
     pub fn default_addr(self) -> &'static str {
         match self {
             Self::AllInOne => "127.0.0.1:50051",
@@ -82,6 +87,7 @@ impl Role {
         }
     }
 
+    /// The service name on traces and metrics unless `OTEL_SERVICE_NAME` says otherwise.
     pub fn service_name(self) -> &'static str {
         match self {
             Self::AllInOne => "licensing-server",
@@ -140,7 +146,9 @@ impl Role {
 /// Things a test may want to replace.
 #[derive(Clone)]
 pub struct Overrides {
+    /// The clock every service reads.
     pub clock: SharedClock,
+    /// Hashes customers' passwords (tests use cheap parameters).
     pub password_hasher: PasswordHasher,
 }
 
@@ -150,6 +158,8 @@ impl Default for Overrides {
     }
 }
 
+/// A built server process: the bound gRPC listener (and portal, metrics), its stores and
+/// background tasks, ready to run.
 pub struct Application {
     server: GrpcServer,
     store: SqlStore,
@@ -217,6 +227,7 @@ impl Served {
 }
 
 impl Application {
+    /// Builds the process `role` serves from `config`: opens the stores, binds the listeners.
     pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
         Self::build_with(config, role, Overrides::default()).await
     }
@@ -313,6 +324,7 @@ impl Application {
         })
     }
 
+    /// The bound gRPC address.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
@@ -327,6 +339,8 @@ impl Application {
         self.portal_addr
     }
 
+    /// Serves until `shutdown` completes, then drains (see `StackSettings`): calls in flight finish
+    /// within the grace period, background tasks stop, the usage log is flushed and the store closed.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         // The portal stops accepting when the gRPC drain starts (the same token), and lets its
         // requests in flight finish within the same grace period.

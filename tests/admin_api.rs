@@ -12,10 +12,6 @@ fn ts(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 /// A product with two modules and a customer, for license tests.
 async fn seed(app: &TestApp) -> (String, String) {
     let mut admin = app.admin().await;

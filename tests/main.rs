@@ -5,6 +5,9 @@
 //! A new `tests/<area>.rs` must be declared below; `server::every_test_file_is_a_module_of_the_test_binary`
 //! fails when one is not, since Cargo no longer builds such files on its own (`autotests = false`).
 
+// A test binary has no users outside it: `pub` here only shares helpers between its modules.
+#![allow(unreachable_pub)]
+
 mod common;
 
 mod activation;

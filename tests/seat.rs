@@ -754,7 +754,7 @@ async fn a_borrow_never_outlives_the_license() {
             .await
             .unwrap();
         // Wait until less than the 5 s borrow is left of the license.
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let now_ms = now_ms();
         tokio::time::sleep(Duration::from_millis((expires * 1000 - now_ms - 4_500).max(0) as u64)).await;
         for i in 0..5 {
             let borrow = pb::CheckoutRequest {

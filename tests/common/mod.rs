@@ -269,7 +269,13 @@ pub struct Fixture {
 pub const CUSTOMER_PASSWORD: &str = "company-wide secret";
 
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    now_ms() / 1000
+}
+
+/// The wall clock in Unix milliseconds, as the servers under test read it.
+pub fn now_ms() -> i64 {
+    use licensing_domain::clock::Clock;
+    licensing_domain::clock::SystemClock.now()
 }
 
 pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {

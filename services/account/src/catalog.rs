@@ -15,6 +15,7 @@ use licensing_domain::text::quoted;
 use serde_json::json;
 use std::sync::Arc;
 
+/// The vendor's admin use cases: products, customers, licenses, the audit log.
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
@@ -28,26 +29,40 @@ pub struct Catalog {
 /// Input of [`Catalog::issue_license`], already decoded from the request.
 #[derive(Debug, Clone, Default)]
 pub struct IssueLicense {
+    /// Code of the product licensed.
     pub product_code: String,
+    /// The customer (`cus_…`) the license is issued to.
     pub customer_id: String,
     /// `None` when the request left the kind unspecified.
     pub kind: Option<LicenseKind>,
+    /// Activations (node-locked) or seats (concurrent); 0 for cloud licenses.
     pub seats: i32,
+    /// [`UNLIMITED`] (-1), or how many returns from the product are allowed.
     pub allowed_deactivations: i32,
+    /// Codes of the product's modules included.
     pub modules: Vec<String>,
+    /// Valid from this instant (Unix ms); `None` is now.
     pub valid_from: Option<Millis>,
+    /// Expiry (Unix ms); `None` is perpetual.
     pub expires_at: Option<Millis>,
+    /// End of the upgrade period (Unix ms); `None` covers every version.
     pub upgrades_until: Option<Millis>,
+    /// Associate the license with the customer's portal account at once.
     pub associate: bool,
+    /// Free-form note kept for the vendor.
     pub notes: String,
+    /// A payment to record as the issue's receipt.
     pub payment: Option<Payment>,
 }
 
 /// A payment given with an admin call, recorded as a receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
+    /// Amount in minor units (cents); not negative.
     pub amount_minor: i64,
+    /// ISO 4217 code, e.g. `EUR`.
     pub currency: String,
+    /// Months between charges, 0 for a one-off payment (at most 120).
     pub recurring_months: i32,
 }
 
@@ -85,8 +100,11 @@ impl Payment {
 /// A freshly issued license with its secrets, shown to the vendor once.
 #[derive(Debug, Clone)]
 pub struct IssuedLicense {
+    /// The license as stored.
     pub license: License,
+    /// Its license key; only a keyed digest is stored.
     pub license_key: LicenseKey,
+    /// Its activation password.
     pub activation_password: String,
 }
 
@@ -95,6 +113,7 @@ fn not_found(reason: &'static str, message: String) -> AccountError {
 }
 
 impl Catalog {
+    /// The use cases over their stores, hashing customers' passwords with `passwords`.
     pub fn new(
         store: Arc<dyn CatalogStore>,
         activations: Arc<dyn ActivationStore>,
@@ -143,19 +162,19 @@ impl Catalog {
         self.get_license(license_id).await
     }
 
-    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+    pub(crate) fn store(&self) -> &Arc<dyn CatalogStore> {
         &self.store
     }
 
-    pub fn hasher(&self) -> &KeyedHasher {
+    pub(crate) fn hasher(&self) -> &KeyedHasher {
         &self.hasher
     }
 
-    pub fn clock(&self) -> SharedClock {
+    pub(crate) fn clock(&self) -> SharedClock {
         self.clock.clone()
     }
 
-    pub fn now(&self) -> Millis {
+    pub(crate) fn now(&self) -> Millis {
         self.clock.now()
     }
 
@@ -167,6 +186,7 @@ impl Catalog {
         })
     }
 
+    /// Creates a product with its modules; its code must be free.
     pub async fn create_product(
         &self,
         actor: &str,
@@ -196,6 +216,7 @@ impl Catalog {
         Ok(product)
     }
 
+    /// The product with this code.
     pub async fn get_product(&self, code: &str) -> Result<Product, AccountError> {
         validate::code("code", code)?;
         self.store
@@ -204,10 +225,12 @@ impl Catalog {
             .ok_or_else(|| not_found("PRODUCT_NOT_FOUND", format!("no product with code {}", quoted(code))))
     }
 
+    /// A page of products, by code.
     pub async fn list_products(&self, page: &Page) -> Result<Vec<Product>, AccountError> {
         Ok(self.store.list_products(page).await?)
     }
 
+    /// Records a released version of a product; `released_at` `None` is now.
     pub async fn add_product_version(
         &self,
         actor: &str,
@@ -229,6 +252,7 @@ impl Catalog {
         })
     }
 
+    /// Creates a customer, with a portal password when one is given (else one is set by reset).
     pub async fn create_customer(
         &self,
         actor: &str,
@@ -259,6 +283,7 @@ impl Catalog {
         Ok(customer)
     }
 
+    /// The customer with this ID.
     pub async fn get_customer(&self, customer_id: &str) -> Result<Customer, AccountError> {
         validate::id("customer_id", ids::CUSTOMER, customer_id)?;
         self.store
@@ -267,12 +292,14 @@ impl Catalog {
             .ok_or_else(|| not_found("CUSTOMER_NOT_FOUND", format!("no customer with ID {customer_id}")))
     }
 
+    /// A page of customers; `query` (may be empty) narrows to a substring of company name or email.
     pub async fn list_customers(&self, query: &str, page: &Page) -> Result<Vec<Customer>, AccountError> {
         validate::search("query", query)?;
         let query = Some(query.trim()).filter(|q| !q.is_empty());
         Ok(self.store.list_customers(query, page).await?)
     }
 
+    /// Sets a customer's portal password (checked against the password rules, hashed with argon2id).
     pub async fn set_customer_password(
         &self,
         actor: &str,
@@ -286,6 +313,7 @@ impl Catalog {
         Ok(self.store.set_customer_password_hash(customer_id, &hash, audit).await?)
     }
 
+    /// Issues a license as `input` says, with a new key and activation password (shown once).
     pub async fn issue_license(&self, actor: &str, input: IssueLicense) -> Result<IssuedLicense, AccountError> {
         validate::code("product_code", &input.product_code)?;
         validate::id("customer_id", ids::CUSTOMER, &input.customer_id)?;
@@ -373,6 +401,7 @@ impl Catalog {
         Ok(IssuedLicense { license, license_key, activation_password })
     }
 
+    /// The license with this ID.
     pub async fn get_license(&self, license_id: &str) -> Result<License, AccountError> {
         validate::id("license_id", ids::LICENSE, license_id)?;
         self.store
@@ -455,6 +484,7 @@ impl Catalog {
         self.change_license(actor, license_id, LicenseChange::Associate(Some(customer_id.to_owned())), "").await
     }
 
+    /// A page of the audit log of one subject (License ID, customer ID or product code), oldest first.
     pub async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, AccountError> {
         if subject.trim().is_empty() {
             return Err(AccountError::invalid("subject", "name a License ID, customer ID or product code"));

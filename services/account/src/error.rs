@@ -6,28 +6,64 @@ use licensing_domain::store::UpdateError;
 use licensing_runtime::auth::AuthError;
 use licensing_runtime::limiter::RateLimited;
 
+/// What the Account service (admin API, portal, web portal) answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     /// A request field is malformed or out of range; the message names the field.
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        /// The request field at fault, e.g. `payment.currency`.
+        field: &'static str,
+        /// What is wrong with it and what is allowed.
+        message: String,
+    },
+    /// What the request names does not exist (or is not the caller's).
     #[error("{message}")]
-    NotFound { reason: &'static str, message: String },
+    NotFound {
+        /// The stable reason, e.g. `LICENSE_NOT_FOUND`.
+        reason: &'static str,
+        /// What was not found, for a person.
+        message: String,
+    },
+    /// Creating something that exists already (what).
     #[error("{0}")]
     AlreadyExists(String),
+    /// The request does not fit the current state.
     #[error("{message}")]
-    FailedPrecondition { reason: &'static str, message: String },
+    FailedPrecondition {
+        /// The stable reason.
+        reason: &'static str,
+        /// Why not, for a person.
+        message: String,
+    },
+    /// A login or token did not check out.
     #[error("{message}")]
-    Unauthenticated { reason: &'static str, message: String },
+    Unauthenticated {
+        /// The stable reason, e.g. `LOGIN_FAILED`.
+        reason: &'static str,
+        /// What to do, for a person.
+        message: String,
+    },
+    /// A limit was reached; the caller may retry after `retry_after`.
     #[error("{message}")]
-    ResourceExhausted { reason: &'static str, message: String, retry_after: std::time::Duration },
+    ResourceExhausted {
+        /// The stable reason.
+        reason: &'static str,
+        /// What to do, for a person.
+        message: String,
+        /// When trying again may succeed.
+        retry_after: std::time::Duration,
+    },
+    /// An admin or session token was not accepted.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The store failed.
     #[error(transparent)]
     Store(StoreError),
 }
 
 impl AccountError {
+    /// An [`Self::InvalidArgument`] from its field and message.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument { field, message: message.into() }
     }

@@ -27,10 +27,12 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
+    /// The adapter over `catalog`, accepting calls with an admin token `auth` knows.
     pub fn new(catalog: Catalog, auth: AdminAuth) -> Self {
         Self { catalog, auth }
     }
 
+    /// The tonic service, decoding and encoding messages of up to `max_message_bytes`.
     pub fn into_server(self, max_message_bytes: usize) -> AdminServiceServer<Self> {
         AdminServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)
@@ -402,10 +404,12 @@ pub struct AccountApi {
 }
 
 impl AccountApi {
+    /// The adapter over `portal`.
     pub fn new(portal: Portal) -> Self {
         Self { portal }
     }
 
+    /// The tonic service, decoding and encoding messages of up to `max_message_bytes`.
     pub fn into_server(self, max_message_bytes: usize) -> AccountServiceServer<Self> {
         AccountServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)

@@ -5,13 +5,18 @@
 use async_trait::async_trait;
 use std::path::PathBuf;
 
+/// One mail to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
+    /// Recipient address.
     pub to: String,
+    /// Subject line.
     pub subject: String,
+    /// Plain-text body.
     pub body: String,
 }
 
+/// Sends portal mail (password resets).
 #[async_trait]
 pub trait Mailer: Send + Sync + 'static {
     /// Delivers one mail; the error is a person-readable reason (never the mail's content).
@@ -24,6 +29,7 @@ pub struct FileOutbox {
 }
 
 impl FileOutbox {
+    /// An outbox writing into `dir` (created when needed).
     pub fn new(dir: PathBuf) -> Self {
         Self { dir }
     }

@@ -25,14 +25,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// Session and reset lifetimes and the limits on guessing of the customer portal.
 #[derive(Debug, Clone)]
 pub struct PortalSettings {
+    /// How long a portal session lives (ms).
     pub session_ttl: Millis,
+    /// How long a password-reset token may be used (ms).
     pub reset_ttl: Millis,
     /// Where the reset mail sends people; the token is appended as `?token=…`.
     pub reset_url: String,
     /// How wrong passwords slow the guesser down (never the owner).
     pub guessing: GuessPolicy,
+    /// Reset mails one account may be sent per hour.
     pub resets_per_account_per_hour: u32,
     /// Login attempts (right or wrong) allowed per account from one client address; `None` is
     /// unlimited. Per address too, so a flood from elsewhere never refuses the owner.
@@ -55,10 +59,13 @@ impl Default for PortalSettings {
 /// A license as the portal shows it: with a page of its installations and of its history,
 /// both newest first.
 pub struct LicenseDetails {
+    /// The license.
     pub license: License,
+    /// A page of its installations, newest first.
     pub installations: Vec<Activation>,
     /// Where the next page of installations starts; `None` after the last.
     pub installations_next: Option<InstallationCursor>,
+    /// A page of its activation history, newest first.
     pub history: Vec<ActivationEvent>,
     /// The sequence the next (older) page of history starts before; `None` after the oldest.
     pub history_next: Option<i64>,
@@ -75,14 +82,19 @@ fn page_size(page: &Page) -> u32 {
 
 /// A concurrent license returned to be issued again, and what it was issued as.
 pub struct ReturnedLicense {
+    /// The returned license, now retired.
     pub retired: License,
+    /// The licenses issued in its place.
     pub reissued: Vec<ReissuedLicense>,
 }
 
 /// One new license (Activation ID) of a returned one, with its secrets, shown only now.
 pub struct ReissuedLicense {
+    /// The new license.
     pub license: License,
+    /// Its license key; only a keyed digest is stored.
     pub license_key: LicenseKey,
+    /// Its activation password.
     pub activation_password: String,
 }
 
@@ -90,15 +102,20 @@ pub struct ReissuedLicense {
 /// after its months.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecurringPayment {
+    /// The license's latest receipt with a cadence.
     pub receipt: Receipt,
+    /// When the next charge falls due (Unix ms).
     pub next_charge_at: Millis,
 }
 
 /// Contact details as a customer submits them (checked by [`Portal::update_contact_details`]).
 #[derive(Debug, Clone, Default)]
 pub struct ContactForm {
+    /// The person to contact; may be empty.
     pub contact_name: String,
+    /// Contact email: the login and where reset mail goes.
     pub contact_email: String,
+    /// Phone number; may be empty.
     pub phone: String,
 }
 
@@ -122,6 +139,8 @@ pub fn recurring_payments(receipts: &[Receipt], retired: &dyn Fn(&str) -> bool) 
     plans
 }
 
+/// The customer portal's use cases (for the gRPC AccountService and the web portal), each on
+/// behalf of the logged-in customer `me`, who sees only the licenses of its account.
 #[derive(Clone)]
 pub struct Portal {
     catalog: Catalog,
@@ -170,6 +189,7 @@ fn too_many(retry_after: Duration) -> AccountError {
 
 /// What the portal works with.
 pub struct PortalDeps {
+    /// The admin use cases the portal builds on.
     pub catalog: Catalog,
     /// Sessions, reset tokens and receipts.
     pub portal: Arc<dyn PortalStore>,
@@ -179,12 +199,14 @@ pub struct PortalDeps {
     pub leases: Option<Arc<dyn LeaseStore>>,
     /// The usage log behind usage reports.
     pub usage: Arc<dyn UsageStore>,
+    /// Hashes and verifies customers' passwords.
     pub passwords: PasswordHasher,
     /// Where password reset mail goes.
     pub mailer: Arc<dyn Mailer>,
 }
 
 impl Portal {
+    /// The portal over `deps`, with `settings`.
     pub fn new(deps: PortalDeps, settings: PortalSettings) -> Self {
         let PortalDeps { catalog, portal, activations, leases, usage, passwords, mailer } = deps;
         let sessions = SessionAuth::new(portal.clone(), catalog.hasher().clone(), catalog.clock());
@@ -264,6 +286,8 @@ impl Portal {
         }
     }
 
+    /// Logs in with a customer ID or email and password: a new session token, or a refusal that
+    /// does not tell which part was wrong; guessing is throttled per address and account.
     pub async fn login(
         &self,
         login: &str,
@@ -338,6 +362,7 @@ impl Portal {
         self.sessions.customer(token).await?.ok_or_else(invalid)
     }
 
+    /// Ends the session `token` of customer `me`.
     pub async fn logout(&self, me: &str, token: &str) -> Result<(), AccountError> {
         self.portal.revoke_session(&self.catalog.hasher().digest(purpose::SESSION, token), self.now()).await?;
         self.audit(&format!("customer:{me}"), "portal.logout", me, json!({})).await;
@@ -397,6 +422,7 @@ impl Portal {
         Ok(())
     }
 
+    /// Sets a new password with a reset token (once, before it expires) and ends every session.
     pub async fn reset_password(&self, token: &str, new_password: String) -> Result<(), AccountError> {
         if !token.starts_with("rst_") || token.len() > 64 {
             return Err(AccountError::invalid("reset_token", "is not a reset token (rst_…)"));
@@ -436,6 +462,7 @@ impl Portal {
         self.now()
     }
 
+    /// The customer's own account.
     pub async fn account(&self, me: &str) -> Result<Customer, AccountError> {
         self.catalog.get_customer(me).await
     }
@@ -449,6 +476,7 @@ impl Portal {
         }
     }
 
+    /// A page of the licenses associated with the account.
     pub async fn licenses(&self, me: &str, page: &Page) -> Result<Vec<License>, AccountError> {
         let filter = LicenseFilter { associated_customer_id: Some(me.to_owned()), ..Default::default() };
         Ok(self.catalog.store().list_licenses(&filter, page).await?)
@@ -553,6 +581,7 @@ impl Portal {
         Ok((history, next))
     }
 
+    /// The live leases of one of the account's licenses.
     pub async fn leases(&self, me: &str, license_id: &str) -> Result<Vec<Lease>, AccountError> {
         self.my_license(me, license_id).await?;
         let leases = self.leases.as_ref().ok_or(AccountError::FailedPrecondition {
@@ -625,11 +654,14 @@ impl Portal {
         Ok(done)
     }
 
+    /// The activation password of one of the account's licenses.
     pub async fn activation_password(&self, me: &str, license_id: &str) -> Result<String, AccountError> {
         self.my_license(me, license_id).await?;
         self.catalog.activation_password(license_id).await
     }
 
+    /// Replaces the activation password of one of the account's licenses (the old one stops
+    /// working at once) and returns the new one.
     pub async fn regenerate_activation_password(&self, me: &str, license_id: &str) -> Result<String, AccountError> {
         let license = self.my_license(me, license_id).await?;
         if license.status == LicenseStatus::Retired {
@@ -723,6 +755,7 @@ impl Portal {
         Ok(ReturnedLicense { retired, reissued })
     }
 
+    /// Associates the license with this key with the account, unless another account holds it.
     pub async fn associate(&self, me: &str, license_key: &str) -> Result<License, AccountError> {
         let key = LicenseKey::parse(license_key).map_err(|e| AccountError::invalid("license_key", e.to_string()))?;
         let license = self
@@ -750,6 +783,7 @@ impl Portal {
         Ok(license)
     }
 
+    /// Moves one of the account's licenses to the account `to`.
     pub async fn transfer(&self, me: &str, license_id: &str, to: &str) -> Result<License, AccountError> {
         self.my_license(me, license_id).await?;
         validate::id("to_customer_id", ids::CUSTOMER, to)?;
@@ -781,10 +815,12 @@ impl Portal {
         Ok(license)
     }
 
+    /// The account's receipts, newest first.
     pub async fn receipts(&self, me: &str) -> Result<Vec<Receipt>, AccountError> {
         Ok(self.portal.list_receipts(me).await?)
     }
 
+    /// A page of the audit log about the account, oldest first.
     pub async fn audit_events(&self, me: &str, page: &Page) -> Result<Vec<AuditEvent>, AccountError> {
         Ok(self.catalog.store().list_audit(me, page).await?)
     }

@@ -8,57 +8,88 @@ use licensing_runtime::credentials::CredentialError;
 use licensing_runtime::limiter::RateLimited;
 use licensing_runtime::server::ShuttingDown;
 
+/// What the Activation service's use cases fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
+    /// The credentials did not name a license (or a wrong password was throttled).
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// A request field is out of bounds.
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        /// The request field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The presented fingerprint was refused.
     #[error(transparent)]
     Fingerprint(#[from] FingerprintError),
     /// Suspended, retired, expired, not yet valid, or not a node-locked license.
     #[error("{}", .0.message)]
     LicenseState(Refusal),
+    /// Every activation of the license is in use.
     #[error(
         "all {seats} activations of license {license_id} are in use: deactivate the product on a machine you no longer use \
          (in the product, or in the customer portal for a lost machine), or ask your vendor for more activations"
     )]
-    ActivationLimit { license_id: String, seats: i32 },
+    ActivationLimit {
+        /// License ID.
+        license_id: String,
+        /// The license's activations.
+        seats: i32,
+    },
+    /// The license's deactivations are spent.
     #[error(
         "license {license_id} has used all {allowed} of its deactivations: ask your vendor to deactivate this machine \
          or to allow more deactivations"
     )]
-    DeactivationLimit { license_id: String, allowed: i32 },
+    DeactivationLimit {
+        /// License ID.
+        license_id: String,
+        /// The license's allowed deactivations.
+        allowed: i32,
+    },
+    /// No live activation of the license matches this machine (its License ID).
     #[error("license {0} is not activated on this machine")]
     NotActivated(String),
+    /// The proven license has no live installation with this ID.
     #[error("the license you proved has no active installation {0}")]
     InstallationNotFound(String),
+    /// A deactivation by Installation ID came with neither credentials nor a portal session.
     #[error(
         "installation_id alone proves nothing: send license_and_installation (the installation ID with the \
          license's key, or its License ID and activation password), or send the installation ID with the portal \
          session of the license's owner as metadata 'authorization: Bearer ses_…'"
     )]
     InstallationProofMissing,
+    /// The portal session sent as proof is not live.
     #[error(
         "the portal session is not valid (expired or logged out): log in to the customer portal again, or send \
          the license's credentials with the installation ID (license_and_installation)"
     )]
     SessionInvalid,
+    /// The offline activation request does not decode or verify (why).
     #[error("{0}")]
     OfflineRequest(String),
+    /// A rate limit refused the call.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The server is draining.
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
 }
 
 impl ActivationError {
+    /// An [`Self::InvalidArgument`] from its field and message.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument { field, message: message.into() }
     }
 
+    /// The error for a store refusal of an (de)activation of `license_id`.
     pub fn from_store(e: ActivationStoreError, license_id: &str) -> Self {
         match e {
             ActivationStoreError::Store(s) => Self::Store(s),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
+/// The `licensing.activation.v1.ActivationService` gRPC adapter over [`Activations`].
 #[derive(Clone)]
 pub struct ActivationApi {
     activations: Activations,
@@ -28,6 +29,7 @@ pub struct ActivationApi {
 }
 
 impl ActivationApi {
+    /// The adapter; `WatchLicense` streams look for vendor changes every `watch_poll`.
     pub fn new(activations: Activations, watch_poll: Duration) -> Self {
         Self { activations, watch_poll, drain: CancellationToken::new() }
     }
@@ -37,6 +39,7 @@ impl ActivationApi {
         Self { drain, ..self }
     }
 
+    /// The tonic service, decoding and encoding messages of up to `max_message_bytes`.
     pub fn into_server(self, max_message_bytes: usize) -> ActivationServiceServer<Self> {
         ActivationServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)

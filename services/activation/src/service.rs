@@ -49,32 +49,53 @@ impl Default for ActivationSettings {
 /// Where a product is running, as it reported it.
 #[derive(Debug, Clone, Default)]
 pub struct Machine {
+    /// The fingerprint components as presented (normalized by the service).
     pub fingerprint: Vec<Component>,
+    /// Human-readable machine name, shown in the portal.
     pub machine_name: String,
+    /// The machine's platform, e.g. `linux-x86_64`.
     pub platform: String,
+    /// The product version running, `MAJOR.MINOR[.PATCH]`.
     pub product_version: String,
 }
 
+/// The outcome of a validation, as `ValidateResponse.code` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValidationCode {
+    /// The license may be used here now.
     Valid,
+    /// No license has these credentials.
     NotFound,
+    /// The vendor suspended the license.
     Suspended,
+    /// The license is retired.
     Retired,
+    /// The license has expired.
     Expired,
+    /// The license's validity has not started.
     NotYetValid,
+    /// The license is not activated on this machine.
     NotActivated,
+    /// Too few of a live activation's components match this machine.
     FingerprintMismatch,
+    /// A module asked for is not in the license.
     ModuleNotLicensed,
+    /// The version running was released after the upgrade period.
     VersionNotCovered,
+    /// A concurrent license: it is used through the Seat service.
     WrongKind,
 }
 
+/// What a validation found.
 #[derive(Debug, Clone)]
 pub struct Validation {
+    /// Valid, or why not.
     pub code: ValidationCode,
+    /// A person-readable explanation, naming the module or date concerned.
     pub detail: String,
+    /// The license, when the credentials named one.
     pub license: Option<Arc<License>>,
+    /// A fresh certificate, when valid on a node-locked license.
     pub certificate: Option<SignedBlob>,
 }
 
@@ -90,6 +111,7 @@ impl Validation {
 /// the entry lives; the entry goes with any change to the license or its activations.
 #[derive(Debug)]
 pub struct LicenseActivations {
+    /// The license as read.
     pub license: Arc<License>,
     /// A presented fingerprint (its sorted component digests) -> its best live match, if any
     /// reaches half the match threshold (nearer ones are a fingerprint mismatch).
@@ -147,6 +169,8 @@ pub enum InstallationProof {
     Missing,
 }
 
+/// The Activation service's use cases: activate, validate, refresh, deactivate, offline requests
+/// and license watches, over the catalog and activation stores.
 #[derive(Clone)]
 pub struct Activations {
     catalog: Arc<dyn CatalogStore>,
@@ -188,6 +212,7 @@ pub fn parse_version(value: &str) -> Result<licensing_domain::version::Version, 
 }
 
 impl Activations {
+    /// The service over its stores, signing certificates with `signer`, judging time by `clock`.
     pub fn new(
         catalog: Arc<dyn CatalogStore>,
         store: Arc<dyn ActivationStore>,
@@ -226,11 +251,12 @@ impl Activations {
         self
     }
 
+    /// The key certificates are signed with.
     pub fn signer(&self) -> &Signer {
         &self.signer
     }
 
-    pub fn now(&self) -> Millis {
+    pub(crate) fn now(&self) -> Millis {
         self.clock.now()
     }
 
@@ -267,6 +293,8 @@ impl Activations {
         self.signer.sign_certificate(&payload)
     }
 
+    /// Activates the machine on the license the credentials name (or finds its live activation):
+    /// the activation, whether it existed already, and its fresh certificate.
     pub async fn activate(
         &self,
         credentials: &Credentials,
@@ -743,9 +771,22 @@ pub struct LicenseChange {
     pub certificate: Option<SignedBlob>,
 }
 
+/// How a product's deactivation names the activation to return.
 pub enum DeactivationRequest {
-    ByMachine { credentials: Credentials, fingerprint: Vec<Component> },
-    ByInstallation { installation_id: String, proof: InstallationProof },
+    /// The live activation best matching this machine on the license the credentials name.
+    ByMachine {
+        /// The license's credentials.
+        credentials: Credentials,
+        /// The machine's fingerprint as presented.
+        fingerprint: Vec<Component>,
+    },
+    /// The installation with this ID, proven by credentials or a portal session.
+    ByInstallation {
+        /// Installation ID (`ins_…`).
+        installation_id: String,
+        /// What proves the caller may return it.
+        proof: InstallationProof,
+    },
 }
 
 /// A license-state refusal of a product's deactivation, pointing to the customer portal, which

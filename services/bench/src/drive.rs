@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 /// One caller's repeated operation; it keeps its own state (a lease, a session) between calls.
 #[async_trait]
-pub trait Op: Send + 'static {
+pub(crate) trait Op: Send + 'static {
     async fn call(&mut self) -> anyhow::Result<()>;
 
     /// When the last call's measured part was answered, if the call goes on after it (a
@@ -25,13 +25,13 @@ pub trait Op: Send + 'static {
 
 /// When a run stops: whichever of the two comes first.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     pub duration: Duration,
     pub max_ops: u64,
 }
 
 /// What a run measured. Latencies are recorded in microseconds.
-pub struct Figures {
+pub(crate) struct Figures {
     pub ops: u64,
     pub errors: u64,
     pub elapsed: Duration,
@@ -57,15 +57,15 @@ impl Figures {
         }
     }
 
-    pub fn ops_per_s(&self) -> f64 {
+    pub(crate) fn ops_per_s(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub fn p50_ms(&self) -> f64 {
+    pub(crate) fn p50_ms(&self) -> f64 {
         self.latency_us.value_at_quantile(0.50) as f64 / 1000.0
     }
 
-    pub fn p99_ms(&self) -> f64 {
+    pub(crate) fn p99_ms(&self) -> f64 {
         self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
     }
 
@@ -82,7 +82,7 @@ impl Figures {
     }
 
     /// Adds another run's calls to these (its duration is the caller's to add).
-    pub fn merge(&mut self, other: &Figures) {
+    pub(crate) fn merge(&mut self, other: &Figures) {
         self.ops += other.ops;
         self.errors += other.errors;
         self.latency_us.add(&other.latency_us).expect("histograms with the same bounds");
@@ -101,7 +101,7 @@ async fn warm_up(mut callers: Vec<Box<dyn Op>>) -> Vec<Box<dyn Op>> {
 }
 
 /// Each caller calls as fast as its answers come back.
-pub async fn closed_loop(callers: Vec<Box<dyn Op>>, bounds: Bounds) -> Figures {
+pub(crate) async fn closed_loop(callers: Vec<Box<dyn Op>>, bounds: Bounds) -> Figures {
     let callers = warm_up(callers).await;
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -134,7 +134,7 @@ pub async fn closed_loop(callers: Vec<Box<dyn Op>>, bounds: Bounds) -> Figures {
 
 /// Starts `rate` calls a second on schedule, each on an idle caller; a call that finds no idle
 /// caller waits for one, and that wait counts in its latency.
-pub async fn open_loop(callers: Vec<Box<dyn Op>>, rate: f64, bounds: Bounds) -> Figures {
+pub(crate) async fn open_loop(callers: Vec<Box<dyn Op>>, rate: f64, bounds: Bounds) -> Figures {
     let callers = warm_up(callers).await;
     let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel::<Box<dyn Op>>();

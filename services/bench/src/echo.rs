@@ -13,13 +13,15 @@ use licensing_store::{RedisLeaseStore, SqlStore};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
+// Generated code, `pub` as prost writes it.
+#[allow(unreachable_pub)]
 pub mod pb {
     tonic::include_proto!("licensing.bench.v1");
 }
 
-pub const SERVICE_NAME: &str = "licensing.bench.v1.EchoService";
+pub(crate) const SERVICE_NAME: &str = "licensing.bench.v1.EchoService";
 
-pub struct Echo {
+pub(crate) struct Echo {
     /// The stores `Roundtrips` calls: the production stack's PostgreSQL and Redis.
     stores: Option<(SqlStore, RedisLeaseStore)>,
     /// Signs the tokens `SignLeaseToken` answers with, with a key of its own (what is measured
@@ -76,7 +78,7 @@ impl pb::echo_service_server::EchoService for Echo {
 }
 
 /// `main` of the echo child process, configured like a licensing process.
-pub async fn serve(lookup: &dyn Lookup) -> anyhow::Result<()> {
+pub(crate) async fn serve(lookup: &dyn Lookup) -> anyhow::Result<()> {
     let config = Config::from_lookup(lookup, "127.0.0.1:0", "licensing-bench-echo")?;
     let _telemetry = licensing_runtime::telemetry::init(&config)?;
     let max = config.max_message_bytes;

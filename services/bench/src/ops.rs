@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
 use tonic::Request;
 
-pub const PASSWORD: &str = "bench company password";
+pub(crate) const PASSWORD: &str = "bench company password";
 const FEATURE: &str = "render";
 
 fn as_admin<T>(message: T) -> Request<T> {
@@ -39,7 +39,7 @@ fn now_ms() -> Millis {
 }
 
 /// A product and a customer with a portal password.
-pub struct Fixture {
+pub(crate) struct Fixture {
     admin: AdminServiceClient<Channel>,
     product: String,
     pub customer_id: String,
@@ -48,13 +48,13 @@ pub struct Fixture {
 
 /// A license as its holder knows it.
 #[derive(Clone)]
-pub struct Issued {
+pub(crate) struct Issued {
     pub license_id: String,
     pub key: String,
 }
 
 impl Fixture {
-    pub async fn create(account: Channel) -> anyhow::Result<Self> {
+    pub(crate) async fn create(account: Channel) -> anyhow::Result<Self> {
         let mut admin = AdminServiceClient::new(account);
         let product = format!("bench-{}", &licensing_domain::ids::new_id("p")[2..10].to_lowercase());
         admin
@@ -80,7 +80,7 @@ impl Fixture {
         Ok(Self { admin, product, customer_id: customer.customer_id, login })
     }
 
-    pub async fn issue(&mut self, kind: common::LicenseKind, seats: i32) -> anyhow::Result<Issued> {
+    pub(crate) async fn issue(&mut self, kind: common::LicenseKind, seats: i32) -> anyhow::Result<Issued> {
         let issued = self
             .admin
             .issue_license(as_admin(account::IssueLicenseRequest {
@@ -131,7 +131,7 @@ fn checkout_request(license: &Issued, caller: usize) -> seat::CheckoutRequest {
     }
 }
 
-pub struct EchoOp(pub EchoServiceClient<Channel>);
+pub(crate) struct EchoOp(pub EchoServiceClient<Channel>);
 
 #[async_trait]
 impl Op for EchoOp {
@@ -143,13 +143,13 @@ impl Op for EchoOp {
 
 /// The CPU floor of a call answered with a signed lease token (see `SignLeaseToken` in
 /// echo.proto), with what a heartbeat's token names.
-pub struct SignLeaseTokenOp {
+pub(crate) struct SignLeaseTokenOp {
     client: EchoServiceClient<Channel>,
     request: SignLeaseTokenRequest,
 }
 
 impl SignLeaseTokenOp {
-    pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
+    pub(crate) fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
         let checkout = checkout_request(license, caller);
         let request = SignLeaseTokenRequest {
             license_id: license.license_id.clone(),
@@ -174,14 +174,14 @@ impl Op for SignLeaseTokenOp {
 }
 
 /// The I/O floor of a seat call (see `Roundtrips` in echo.proto) for one license.
-pub struct RoundtripsOp {
+pub(crate) struct RoundtripsOp {
     client: EchoServiceClient<Channel>,
     license_id: String,
     redis_only: bool,
 }
 
 impl RoundtripsOp {
-    pub fn new(channel: Channel, license: &Issued, redis_only: bool) -> Self {
+    pub(crate) fn new(channel: Channel, license: &Issued, redis_only: bool) -> Self {
         Self { client: EchoServiceClient::new(channel), license_id: license.license_id.clone(), redis_only }
     }
 }
@@ -198,7 +198,7 @@ impl Op for RoundtripsOp {
 }
 
 /// Checkout then checkin of one seat.
-pub struct SeatCycleOp {
+pub(crate) struct SeatCycleOp {
     client: SeatServiceClient<Channel>,
     request: seat::CheckoutRequest,
     /// Whether only the checkout is measured (the checkin after it frees the seat for the next
@@ -208,7 +208,7 @@ pub struct SeatCycleOp {
 }
 
 impl SeatCycleOp {
-    pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
+    pub(crate) fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
         Self {
             client: SeatServiceClient::new(channel),
             request: checkout_request(license, caller),
@@ -218,7 +218,7 @@ impl SeatCycleOp {
     }
 
     /// The same cycle, with latency counted up to the checkout's answer.
-    pub fn measuring_the_checkout(mut self) -> Self {
+    pub(crate) fn measuring_the_checkout(mut self) -> Self {
         self.checkout_only = true;
         self
     }
@@ -240,14 +240,14 @@ impl Op for SeatCycleOp {
 }
 
 /// Heartbeats of one held lease.
-pub struct HeartbeatOp {
+pub(crate) struct HeartbeatOp {
     client: SeatServiceClient<Channel>,
     request: seat::HeartbeatRequest,
 }
 
 impl HeartbeatOp {
     /// Checks a seat out, to heartbeat it.
-    pub async fn new(channel: Channel, license: &Issued, caller: usize) -> anyhow::Result<Self> {
+    pub(crate) async fn new(channel: Channel, license: &Issued, caller: usize) -> anyhow::Result<Self> {
         let mut client = SeatServiceClient::new(channel);
         let grant = client.checkout(checkout_request(license, caller)).await?.into_inner().grant.context("a grant")?;
         let request = seat::HeartbeatRequest {
@@ -269,7 +269,7 @@ impl Op for HeartbeatOp {
 
 /// A seat handed from its holder to a queued waiter: records the time from the holder's
 /// checkin being acknowledged to the grant reaching the waiter.
-pub struct HandoffOp {
+pub(crate) struct HandoffOp {
     holder: SeatServiceClient<Channel>,
     waiter: SeatServiceClient<Channel>,
     holder_request: seat::CheckoutRequest,
@@ -279,7 +279,7 @@ pub struct HandoffOp {
 
 impl HandoffOp {
     /// `license` must have exactly one seat, used by this caller alone.
-    pub fn new(
+    pub(crate) fn new(
         channel: Channel,
         license: &Issued,
         caller: usize,
@@ -327,14 +327,14 @@ impl Op for HandoffOp {
 }
 
 /// Activation of a machine, then its deactivation from the product.
-pub struct ActivationCycleOp {
+pub(crate) struct ActivationCycleOp {
     client: ActivationServiceClient<Channel>,
     key: String,
     fingerprint: Vec<common::FingerprintComponent>,
 }
 
 impl ActivationCycleOp {
-    pub fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
+    pub(crate) fn new(channel: Channel, license: &Issued, caller: usize) -> Self {
         Self { client: ActivationServiceClient::new(channel), key: license.key.clone(), fingerprint: machine(caller) }
     }
 }
@@ -399,7 +399,7 @@ fn site_activate_request(key: &str, machine: &[Component]) -> activation::Activa
 /// Activates `installations` machines of a site on `license`, straight into the store in one
 /// transaction (`SqlStore::import_activations`), with their fingerprints digested under the
 /// servers' hash key as the Activation service would.
-pub async fn populate_site(
+pub(crate) async fn populate_site(
     store: &SqlStore,
     license: &Issued,
     installations: usize,
@@ -431,7 +431,7 @@ pub async fn populate_site(
 
 /// A new machine of the site activated (measured), then deactivated so the license stays the
 /// same size.
-pub struct NewSiteMachineOp {
+pub(crate) struct NewSiteMachineOp {
     client: ActivationServiceClient<Channel>,
     key: String,
     run: String,
@@ -440,7 +440,7 @@ pub struct NewSiteMachineOp {
 }
 
 impl NewSiteMachineOp {
-    pub fn new(channel: Channel, license: &Issued) -> Self {
+    pub(crate) fn new(channel: Channel, license: &Issued) -> Self {
         Self {
             client: ActivationServiceClient::new(channel),
             key: license.key.clone(),
@@ -479,14 +479,14 @@ impl Op for NewSiteMachineOp {
 }
 
 /// The same machine of the site activated again (a product that activates at every start).
-pub struct KnownSiteMachineOp {
+pub(crate) struct KnownSiteMachineOp {
     client: ActivationServiceClient<Channel>,
     request: activation::ActivateRequest,
 }
 
 impl KnownSiteMachineOp {
     /// Activates the caller's machine, to activate it again.
-    pub async fn new(channel: Channel, license: &Issued) -> anyhow::Result<Self> {
+    pub(crate) async fn new(channel: Channel, license: &Issued) -> anyhow::Result<Self> {
         let mut client = ActivationServiceClient::new(channel);
         let request = site_activate_request(&license.key, &site_machine(&licensing_domain::ids::new_id("known"), 0));
         client.activate(request.clone()).await?;
@@ -504,14 +504,14 @@ impl Op for KnownSiteMachineOp {
 }
 
 /// Validation of an activated machine.
-pub struct ValidateOp {
+pub(crate) struct ValidateOp {
     client: ActivationServiceClient<Channel>,
     request: activation::ValidateRequest,
 }
 
 impl ValidateOp {
     /// Activates the caller's machine, to validate it.
-    pub async fn new(channel: Channel, license: &Issued, caller: usize) -> anyhow::Result<Self> {
+    pub(crate) async fn new(channel: Channel, license: &Issued, caller: usize) -> anyhow::Result<Self> {
         let mut op = ActivationCycleOp::new(channel.clone(), license, caller);
         op.client
             .activate(activation::ActivateRequest {
@@ -539,13 +539,13 @@ impl Op for ValidateOp {
 }
 
 /// A portal login.
-pub struct LoginOp {
+pub(crate) struct LoginOp {
     client: AccountServiceClient<Channel>,
     login: String,
 }
 
 impl LoginOp {
-    pub fn new(channel: Channel, login: &str) -> Self {
+    pub(crate) fn new(channel: Channel, login: &str) -> Self {
         Self { client: AccountServiceClient::new(channel), login: login.into() }
     }
 }
@@ -560,12 +560,12 @@ impl Op for LoginOp {
 
 /// Baseline of login: one argon2id verification with the login parameters by the argon2 crate's
 /// own verifier (which allocates its memory for each hash), on the blocking pool.
-pub struct Argon2Op {
+pub(crate) struct Argon2Op {
     phc: Arc<str>,
 }
 
 impl Argon2Op {
-    pub fn new(phc: &Arc<str>) -> Self {
+    pub(crate) fn new(phc: &Arc<str>) -> Self {
         Self { phc: phc.clone() }
     }
 }
@@ -587,14 +587,14 @@ impl Op for Argon2Op {
 
 /// Baseline of activation: the activation store's SQL (activate, then deactivate), straight
 /// through sqlx, without gRPC, credentials or certificates.
-pub struct SqlActivationOp {
+pub(crate) struct SqlActivationOp {
     store: SqlStore,
     license_id: String,
     digests: Vec<fingerprint::ComponentDigest>,
 }
 
 impl SqlActivationOp {
-    pub fn new(store: &SqlStore, license: &Issued, caller: usize) -> anyhow::Result<Self> {
+    pub(crate) fn new(store: &SqlStore, license: &Issued, caller: usize) -> anyhow::Result<Self> {
         let hasher = KeyedHasher::new(*b"benchmark baseline digests key!!");
         let components: Vec<Component> =
             machine(caller).into_iter().map(|c| Component { name: c.name, value: c.value }).collect();

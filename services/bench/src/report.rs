@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 /// A target from the benchmark issue, judged on this run's figures (reported, never asserted).
 #[derive(Debug, Clone, Copy)]
-pub enum Target {
+pub(crate) enum Target {
     /// `ratio` at least this.
     RatioAtLeast(f64),
     /// `ratio` at most this.
@@ -17,7 +17,7 @@ pub enum Target {
     ValueAtMost(f64),
 }
 
-pub struct Line {
+pub(crate) struct Line {
     text: String,
     ratio: Option<f64>,
     p99_ms: Option<f64>,
@@ -35,27 +35,27 @@ fn fmt(v: f64) -> String {
 }
 
 impl Line {
-    pub fn new(scenario: &str, backend: &str) -> Self {
+    pub(crate) fn new(scenario: &str, backend: &str) -> Self {
         Self { text: format!("scenario={scenario} backend={backend}"), ratio: None, p99_ms: None, value: None }
     }
 
-    pub fn field(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+    pub(crate) fn field(mut self, key: &str, value: impl std::fmt::Display) -> Self {
         let value = value.to_string().replace(char::is_whitespace, "_");
         let _ = write!(self.text, " {key}={value}");
         self
     }
 
-    pub fn number(self, key: &str, value: f64) -> Self {
+    pub(crate) fn number(self, key: &str, value: f64) -> Self {
         self.field(key, fmt(value))
     }
 
     /// A measured quantity that a `ValueAtMost` target judges.
-    pub fn value(mut self, key: &str, value: f64) -> Self {
+    pub(crate) fn value(mut self, key: &str, value: f64) -> Self {
         self.value = Some(value);
         self.number(key, value)
     }
 
-    pub fn figures(mut self, f: &Figures) -> Self {
+    pub(crate) fn figures(mut self, f: &Figures) -> Self {
         self.p99_ms = Some(f.p99_ms());
         self.field("ops", f.ops)
             .number("ops_per_s", f.ops_per_s())
@@ -64,18 +64,18 @@ impl Line {
             .field("errors", f.errors)
     }
 
-    pub fn ratio(mut self, baseline: &str, ratio: f64) -> Self {
+    pub(crate) fn ratio(mut self, baseline: &str, ratio: f64) -> Self {
         self.ratio = Some(ratio);
         self.field("baseline", baseline).number("ratio", ratio)
     }
 
     /// Ops/s against the baseline's ops/s.
-    pub fn against(self, baseline: &str, figures: &Figures, base: &Figures) -> Self {
+    pub(crate) fn against(self, baseline: &str, figures: &Figures, base: &Figures) -> Self {
         let ratio = figures.ops_per_s() / base.ops_per_s().max(1e-9);
         self.ratio(baseline, ratio)
     }
 
-    pub fn target(self, target: Target) -> Self {
+    pub(crate) fn target(self, target: Target) -> Self {
         let (text, met) = match target {
             Target::RatioAtLeast(t) => (format!("ratio>={t}"), self.ratio.map(|r| r >= t)),
             Target::RatioAtMost(t) => (format!("ratio<={t}"), self.ratio.map(|r| r <= t)),
@@ -90,7 +90,7 @@ impl Line {
         self.field("target", text).field("met", met)
     }
 
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         &self.text
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// How long each measured run lasts.
     pub duration: Duration,
     /// Closed-loop callers of the throughput scenarios (and of their echo baseline).
@@ -44,7 +44,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn full(stores: Option<ExternalStores>) -> Self {
+    pub(crate) fn full(stores: Option<ExternalStores>) -> Self {
         Self {
             duration: Duration::from_secs(10),
             callers: 32,
@@ -60,7 +60,7 @@ impl Settings {
     }
 
     /// Under a minute in all.
-    pub fn quick(stores: Option<ExternalStores>) -> Self {
+    pub(crate) fn quick(stores: Option<ExternalStores>) -> Self {
         Self {
             duration: Duration::from_millis(1000),
             login_memory_duration: Duration::from_secs(3),
@@ -80,7 +80,7 @@ impl Settings {
     }
 }
 
-pub struct Bench {
+pub(crate) struct Bench {
     settings: Settings,
 }
 
@@ -126,11 +126,11 @@ fn explain(scenario: &str, f: &Figures) {
 }
 
 impl Bench {
-    pub fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings) -> Self {
         Self { settings }
     }
 
-    pub async fn run(&self) -> anyhow::Result<()> {
+    pub(crate) async fn run(&self) -> anyhow::Result<()> {
         let t = Instant::now();
         let embedded = Stack::embedded().await.context("starting the all-in-one server")?;
         let result = self.deployment(&embedded).await;

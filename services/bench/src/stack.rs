@@ -15,11 +15,11 @@ use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
 /// The admin token every benchmark server accepts.
-pub const ADMIN_TOKEN: &str = "adm_BENCHTOKEN0123456789ABCDEFGH";
+pub(crate) const ADMIN_TOKEN: &str = "adm_BENCHTOKEN0123456789ABCDEFGH";
 
 /// What a child process serves (the argument of `licensing-bench serve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serves {
+pub(crate) enum Serves {
     AllInOne,
     Account,
     Activation,
@@ -28,7 +28,7 @@ pub enum Serves {
 }
 
 impl Serves {
-    pub fn arg(self) -> &'static str {
+    pub(crate) fn arg(self) -> &'static str {
         match self {
             Self::AllInOne => "all-in-one",
             Self::Account => "account",
@@ -38,12 +38,12 @@ impl Serves {
         }
     }
 
-    pub fn parse(arg: &str) -> Option<Self> {
+    pub(crate) fn parse(arg: &str) -> Option<Self> {
         [Self::AllInOne, Self::Account, Self::Activation, Self::Seat, Self::Echo].into_iter().find(|s| s.arg() == arg)
     }
 
     /// The process name used in reports.
-    pub fn process(self) -> &'static str {
+    pub(crate) fn process(self) -> &'static str {
         match self {
             Self::AllInOne => "licensing-server",
             Self::Account => "licensing-account",
@@ -67,7 +67,7 @@ const RATE_LIMITS_OUT_OF_REACH: [(&str, &str); 7] = [
 ];
 
 /// One child server.
-pub struct Server {
+pub(crate) struct Server {
     pub serves: Serves,
     pub addr: SocketAddr,
     child: Child,
@@ -128,17 +128,17 @@ impl Server {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// Resident memory now, in MiB.
-    pub fn rss_mib(&self) -> Option<f64> {
+    pub(crate) fn rss_mib(&self) -> Option<f64> {
         self.status_kib("VmRSS:").map(|k| k as f64 / 1024.0)
     }
 
     /// The most resident memory the process has had, in MiB.
-    pub fn peak_rss_mib(&self) -> Option<f64> {
+    pub(crate) fn peak_rss_mib(&self) -> Option<f64> {
         self.status_kib("VmHWM:").map(|k| k as f64 / 1024.0)
     }
 
@@ -149,7 +149,7 @@ impl Server {
     }
 
     /// `n` connections to the server; callers are spread over them as products would be.
-    pub async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+    pub(crate) async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
         let mut out = vec![];
         for _ in 0..n.max(1) {
             out.push(Endpoint::from_shared(format!("http://{}", self.addr))?.tcp_nodelay(true).connect().await?);
@@ -158,7 +158,7 @@ impl Server {
     }
 
     /// SIGTERM, then a bounded wait (the server drains), then kill.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.pid() {
             let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
             if tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await.is_err() {
@@ -175,7 +175,7 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// Which deployment a stack is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deployment {
+pub(crate) enum Deployment {
     /// The all-in-one server on its SQLite file and embedded lease store.
     Embedded,
     /// Account, Activation and Seat as separate processes on PostgreSQL and Redis.
@@ -183,7 +183,7 @@ pub enum Deployment {
 }
 
 /// A running deployment and the echo baseline server beside it.
-pub struct Stack {
+pub(crate) struct Stack {
     pub deployment: Deployment,
     pub servers: Vec<Server>,
     pub echo: Server,
@@ -198,14 +198,14 @@ pub struct Stack {
     _dir: tempfile::TempDir,
 }
 
-pub enum Database {
+pub(crate) enum Database {
     Sqlite(PathBuf),
     Postgres { url: String, admin_url: String, name: String },
 }
 
 /// Where the production stack's state lives.
 #[derive(Debug, Clone)]
-pub struct ExternalStores {
+pub(crate) struct ExternalStores {
     /// A PostgreSQL URL with rights to create databases; the run uses a fresh one.
     pub postgres_admin_url: String,
     /// A Redis URL; its database is flushed before and after the run.
@@ -213,7 +213,7 @@ pub struct ExternalStores {
 }
 
 impl Stack {
-    pub async fn embedded() -> anyhow::Result<Self> {
+    pub(crate) async fn embedded() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
@@ -237,7 +237,7 @@ impl Stack {
         })
     }
 
-    pub async fn production(stores: &ExternalStores) -> anyhow::Result<Self> {
+    pub(crate) async fn production(stores: &ExternalStores) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let (url, name) = fresh_database(&stores.postgres_admin_url).await?;
         flush_redis(&stores.redis_url).await?;
@@ -279,20 +279,20 @@ impl Stack {
             .expect("every stack serves every service")
     }
 
-    pub fn account(&self) -> &Server {
+    pub(crate) fn account(&self) -> &Server {
         self.serving(Serves::Account)
     }
 
-    pub fn activation(&self) -> &Server {
+    pub(crate) fn activation(&self) -> &Server {
         self.serving(Serves::Activation)
     }
 
-    pub fn seat(&self) -> &Server {
+    pub(crate) fn seat(&self) -> &Server {
         self.serving(Serves::Seat)
     }
 
     /// Stops every process and removes what the run created.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.echo.stop().await;
         for server in self.servers {
             server.stop().await;
@@ -331,7 +331,7 @@ async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
     Ok((format!("{base}/{name}"), name))
 }
 
-pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+pub(crate) async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url)?;
     client
         .get_multiplexed_async_connection()

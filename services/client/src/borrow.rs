@@ -16,16 +16,20 @@ use std::time::Duration;
 /// A borrowed seat as the product keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BorrowedSeat {
+    /// License ID (`lic_…`).
     pub license_id: String,
+    /// Lease ID (`lse_…`) of the borrowed seat.
     pub lease_id: String,
     /// The signed lease token (`payload.signature`).
     pub lease_token: String,
+    /// The borrow ends at this instant (Unix ms).
     pub expires_at_ms: Millis,
     /// The latest time the product has seen, to detect a clock set back.
     pub last_seen_ms: Millis,
 }
 
 impl BorrowedSeat {
+    /// The seat saved at `path`; `None` when no file is there.
     pub fn load(path: &Path) -> Result<Option<Self>, ClientError> {
         read_json(path)
     }

@@ -15,8 +15,10 @@ use rand::Rng;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
+/// What a checkout asks for; the default names this process's user and host.
 #[derive(Debug, Clone)]
 pub struct CheckoutOptions {
+    /// The module to check out; empty means the product itself.
     pub feature: String,
     /// The user the seat is for; by default the operating system's name of the user running
     /// the process (seat policies share, reserve, cap, allow and deny by it).
@@ -57,25 +59,35 @@ fn os_host() -> String {
     whoami::fallible::hostname().unwrap_or_default()
 }
 
+/// Where a [`SeatGuard`]'s seat stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeatState {
+    /// The lease is live.
     Held {
+        /// License ID.
         license_id: String,
+        /// Lease ID (`lse_…`); a new one after a re-checkout.
         lease_id: String,
+        /// The lease expires at this instant unless heartbeated (Unix ms).
         expires_at_ms: Millis,
+        /// The lease's fencing number; only grows per license.
         fence: i64,
     },
     /// The server is unreachable; the task keeps trying. The last lease expires at `expires_at_ms`.
     Reconnecting {
+        /// The last lease's expiry (Unix ms).
         expires_at_ms: Millis,
     },
     /// The seat is gone for good; the reason says why (e.g. "LEASE_REVOKED").
     Lost {
+        /// The server's stable reason.
         reason: String,
+        /// The server's explanation, for a person.
         message: String,
     },
 }
 
+/// Holds a floating seat while it lives: heartbeats in the background, checks in on drop.
 pub struct SeatGuard {
     state: watch::Receiver<SeatState>,
     stop: Option<oneshot::Sender<oneshot::Sender<bool>>>,
@@ -87,6 +99,7 @@ impl SeatGuard {
         self.state.clone()
     }
 
+    /// The seat's state now.
     pub fn state(&self) -> SeatState {
         self.state.borrow().clone()
     }

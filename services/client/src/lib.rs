@@ -36,8 +36,15 @@ pub mod tls {
 /// How a product proves it may use its license.
 #[derive(Debug, Clone)]
 pub enum Credentials {
+    /// A license key, `XXXXX-XXXXX-XXXXX-XXXXX-XXXXX`.
     LicenseKey(String),
-    IdAndPassword { license_id: String, password: String },
+    /// A License ID and a password.
+    IdAndPassword {
+        /// License ID (`lic_…`).
+        license_id: String,
+        /// The license's activation password, or the customer's portal password.
+        password: String,
+    },
 }
 
 type Inject = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;

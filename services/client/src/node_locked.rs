@@ -20,7 +20,12 @@ pub enum Validity {
     /// The server was unreachable; the stored certificate allows use until its `valid_until`.
     Offline(CertificatePayload),
     /// The server said not valid: its code (e.g. "VALIDATION_CODE_EXPIRED") and explanation.
-    Invalid { code: String, detail: String },
+    Invalid {
+        /// The server's validation code, e.g. `VALIDATION_CODE_EXPIRED`.
+        code: String,
+        /// The server's explanation, for a person.
+        detail: String,
+    },
 }
 
 fn credentials(c: &Credentials) -> Option<pb::LicenseCredentials> {
@@ -51,6 +56,8 @@ pub struct NodeLocked {
 }
 
 impl NodeLocked {
+    /// The license `credentials` name on the machine `fingerprint` describes, with its certificate
+    /// kept in `storage`.
     pub fn new(client: Client, storage: TrustedStorage, credentials: Credentials, fingerprint: Vec<Component>) -> Self {
         Self { client, storage, credentials, fingerprint }
     }
@@ -67,6 +74,7 @@ impl NodeLocked {
         Ok(payload)
     }
 
+    /// Activates this machine and stores the certificate the server signs for it.
     pub async fn activate(
         &self,
         machine_name: &str,
@@ -146,6 +154,7 @@ impl NodeLocked {
         Ok(payload)
     }
 
+    /// Asks the server for a fresh certificate (for a longer offline period) and stores it.
     pub async fn refresh(&self) -> Result<CertificatePayload, ClientError> {
         let request = pb::RefreshCertificateRequest {
             credentials: credentials(&self.credentials),

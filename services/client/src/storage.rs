@@ -6,6 +6,7 @@ use licensing_domain::clock::Millis;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// What trusted storage holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     /// The certificate as the server issued it (`SignedCertificate.certificate_file`).
@@ -14,24 +15,29 @@ pub struct Stored {
     pub last_seen_ms: Millis,
 }
 
+/// The product's trusted-storage file (one JSON file, written through a temporary file).
 #[derive(Debug, Clone)]
 pub struct TrustedStorage {
     path: PathBuf,
 }
 
 impl TrustedStorage {
+    /// Storage in the file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
     }
 
+    /// What the file holds; `None` when there is no file.
     pub fn load(&self) -> Result<Option<Stored>, ClientError> {
         read_json(&self.path)
     }
 
+    /// Replaces the file's contents.
     pub fn save(&self, stored: &Stored) -> Result<(), ClientError> {
         write_json(&self.path, stored)
     }
 
+    /// Deletes the file (nothing to do when it is gone).
     pub fn clear(&self) -> Result<(), ClientError> {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),

@@ -10,7 +10,9 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Signed before a certificate's payload, so no other signature verifies as a certificate.
 pub const CERTIFICATE_CONTEXT: &str = "licensing-certificate-v1\n";
+/// Signed before a lease token's payload, so no other signature verifies as a lease token.
 pub const LEASE_TOKEN_CONTEXT: &str = "licensing-lease-v1\n";
 const CERT_BEGIN: &str = "-----BEGIN LICENSING CERTIFICATE-----";
 const CERT_END: &str = "-----END LICENSING CERTIFICATE-----";
@@ -22,15 +24,25 @@ const REQUEST_END: &str = "-----END LICENSING ACTIVATION REQUEST-----";
 pub struct CertificatePayload {
     /// Format version, 1.
     pub v: u32,
+    /// License ID (`lic_…`).
     pub license_id: String,
+    /// The Installation ID (`ins_…`) the certificate is for.
     pub installation_id: String,
+    /// The licensed product's code.
     pub product_code: String,
+    /// The customer the license was issued to.
     pub customer_id: String,
+    /// [`crate::model::LicenseKind::as_str`] of the license.
     pub kind: String,
+    /// Codes of the modules the license includes.
     pub modules: Vec<String>,
+    /// The license is valid from this instant.
     pub valid_from_ms: Millis,
+    /// The license's expiry; `None` is perpetual.
     pub expires_at_ms: Option<Millis>,
+    /// Versions released before this instant may run; `None` means every version.
     pub upgrades_until_ms: Option<Millis>,
+    /// When the certificate was signed.
     pub issued_at_ms: Millis,
     /// Ask the server for a fresh certificate after this instant.
     pub refresh_after_ms: Millis,
@@ -42,19 +54,24 @@ pub struct CertificatePayload {
     pub match_threshold: f64,
 }
 
+/// A payload and its signature, as certificates are stored and sent (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedBlob {
     /// Base64 of the payload bytes.
     pub payload: String,
     /// Base64 of the Ed25519 signature over context || payload bytes.
     pub signature: String,
+    /// [`key_id`] of the key that signed it, so a product knows which public key to verify with.
     pub key_id: String,
 }
 
+/// Why a signed blob, lease token or offline request was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// Not base64, not JSON, missing armor lines or checksum (what was wrong).
     #[error("the certificate is not in the expected format: {0}")]
     Malformed(String),
+    /// The signature does not match the payload under this public key.
     #[error("the signature does not verify: the certificate was altered or signed by another key")]
     BadSignature,
 }
@@ -77,18 +94,22 @@ pub fn key_id(public: &VerifyingKey) -> String {
 }
 
 impl Signer {
+    /// The key from its 32-byte Ed25519 seed (the server's signing key file).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         Self { key: SigningKey::from_bytes(seed) }
     }
 
+    /// The public key products verify with.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
 
+    /// [`key_id`] of the public key.
     pub fn key_id(&self) -> String {
         key_id(&self.verifying_key())
     }
 
+    /// Signs `context` followed by `payload` (one of the `*_CONTEXT` constants).
     pub fn sign(&self, context: &str, payload: &[u8]) -> SignedBlob {
         let mut message = Vec::with_capacity(context.len() + payload.len());
         message.extend_from_slice(context.as_bytes());
@@ -97,6 +118,7 @@ impl Signer {
         SignedBlob { payload: B64.encode(payload), signature: B64.encode(signature.to_bytes()), key_id: self.key_id() }
     }
 
+    /// Signs a certificate's JSON under [`CERTIFICATE_CONTEXT`].
     pub fn sign_certificate(&self, payload: &CertificatePayload) -> SignedBlob {
         let bytes = serde_json::to_vec(payload).expect("a certificate payload serializes");
         self.sign(CERTIFICATE_CONTEXT, &bytes)
@@ -114,6 +136,7 @@ pub fn verify(public: &VerifyingKey, context: &str, blob: &SignedBlob) -> Result
     Ok(payload)
 }
 
+/// Verifies a certificate blob with only the public key and returns what it asserts.
 pub fn verify_certificate(public: &VerifyingKey, blob: &SignedBlob) -> Result<CertificatePayload, VerifyError> {
     let bytes = verify(public, CERTIFICATE_CONTEXT, blob)?;
     serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("payload JSON: {e}")))
@@ -124,9 +147,13 @@ pub fn verify_certificate(public: &VerifyingKey, blob: &SignedBlob) -> Result<Ce
 pub struct LeaseTokenPayload {
     /// Format version, 1.
     pub v: u32,
+    /// Lease ID (`lse_…`).
     pub lease_id: String,
+    /// License ID (`lic_…`).
     pub license_id: String,
+    /// The client process the lease was granted to.
     pub client_instance_id: String,
+    /// The lease's fencing number; only grows per license.
     pub fence: i64,
     /// The lease holds until this instant (for a borrowed seat, the end of the borrow).
     pub expires_at_ms: Millis,
@@ -137,17 +164,22 @@ pub struct LeaseTokenPayload {
     /// [`crate::store::LeaseStore::reestablish`]). Absent from tokens signed before it existed.
     #[serde(default)]
     pub feature: String,
+    /// User name the client reported.
     #[serde(default)]
     pub user: String,
+    /// Host name the client reported.
     #[serde(default)]
     pub host: String,
+    /// Seats of the pool the lease holds.
     #[serde(default)]
     pub seats_held: i32,
+    /// The lease's time to live, in ms.
     #[serde(default)]
     pub ttl_ms: i64,
 }
 
 impl Signer {
+    /// A lease token, `<base64 payload>.<base64 signature>` under [`LEASE_TOKEN_CONTEXT`].
     pub fn sign_lease_token(&self, payload: &LeaseTokenPayload) -> String {
         let bytes = serde_json::to_vec(payload).expect("a lease token serializes");
         let blob = self.sign(LEASE_TOKEN_CONTEXT, &bytes);
@@ -198,6 +230,7 @@ pub fn certificate_file(blob: &SignedBlob) -> String {
     wrap(CERT_BEGIN, CERT_END, &B64.encode(json))
 }
 
+/// The blob from a certificate file ([`certificate_file`]); its signature is not checked here.
 pub fn parse_certificate_file(text: &str) -> Result<SignedBlob, VerifyError> {
     let body = unwrap_armor(text, CERT_BEGIN, CERT_END)?;
     let json = B64.decode(body).map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
@@ -207,12 +240,19 @@ pub fn parse_certificate_file(text: &str) -> Result<SignedBlob, VerifyError> {
 /// What an air-gapped product writes for an operator to carry to a connected machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineRequest {
+    /// Format version, 1.
     pub v: u32,
+    /// The license key as typed into the product.
     pub license_key: String,
+    /// The machine's fingerprint, raw: the server normalizes and digests it.
     pub fingerprint: Vec<crate::fingerprint::Component>,
+    /// Human-readable machine name.
     pub machine_name: String,
+    /// The machine's platform, e.g. `linux-x86_64`.
     pub platform: String,
+    /// The product version running.
     pub product_version: String,
+    /// When the product wrote the request (Unix ms, the machine's clock).
     pub created_at_ms: Millis,
 }
 
@@ -225,6 +265,7 @@ pub fn encode_offline_request(request: &OfflineRequest) -> String {
     text
 }
 
+/// The request from its text form ([`encode_offline_request`]), refused when its checksum does not match.
 pub fn decode_offline_request(text: &str) -> Result<OfflineRequest, VerifyError> {
     let inner = unwrap_armor(text, REQUEST_BEGIN, REQUEST_END)?;
     let (body, checksum) =

@@ -6,39 +6,64 @@ use crate::clock::Millis;
 use crate::model::{License, LicenseStatus, Product, UNLIMITED};
 use crate::text::quoted;
 
+/// One admin (or portal) change to a license; [`Self::apply`] checks and makes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LicenseChange {
+    /// Blocks the license until reinstated.
     Suspend,
+    /// Lifts a suspension.
     Reinstate,
+    /// Moves the expiry later.
     Renew {
+        /// The new expiry (Unix ms); after `valid_from` and the current expiry.
         expires_at: Millis,
     },
+    /// Sets the seats (node-locked: activations); not below the seat policy's reservations.
     SetSeats(i32),
+    /// Sets the allowed deactivations ([`UNLIMITED`] or 0 to [`MAX_SEATS`]).
     SetAllowedDeactivations(i32),
+    /// Adds modules the product defines and the license lacks.
     AddModules(Vec<String>),
+    /// Removes modules the license has.
     RemoveModules(Vec<String>),
+    /// Moves the end of the upgrade period later.
     ExtendUpgradePeriod {
+        /// The new end (Unix ms); later than the current one.
         upgrades_until: Millis,
     },
+    /// Sets whether portal deactivations count against the allowed deactivations.
     SetPortalDeactivationCounts(bool),
+    /// Replaces the seat policy (concurrent licenses only).
     SetSeatPolicy(crate::seat_policy::SeatPolicy),
+    /// Associates with this portal account, or with none (`None`), whoever held it.
     Associate(Option<String>),
     /// Associates with this account unless another account holds the license.
     Claim(String),
     /// Moves the association from one account to another; fails unless `from` holds it.
     Transfer {
+        /// The account holding it now (customer ID).
         from: String,
+        /// The account receiving it (customer ID).
         to: String,
     },
+    /// Retires the license for good (a return); only association changes apply after.
     Retire,
     /// The name shown as the license's licensee; empty goes back to the company name.
     SetLicenseeName(String),
 }
 
+/// Why a change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    /// A value of the request is out of bounds.
+    Invalid {
+        /// The request field at fault, e.g. `seats`.
+        field: &'static str,
+        /// What is wrong with it and what is allowed.
+        message: String,
+    },
+    /// The license's state does not allow it (retired, already suspended, another account's).
     #[error("{0}")]
     NotAllowed(String),
 }
@@ -50,6 +75,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ChangeError {
 /// Seats or activations a license may have.
 pub const MAX_SEATS: i32 = 1_000_000;
 
+/// Seats (or activations) must be 1 to [`MAX_SEATS`].
 pub fn validate_seats(seats: i32) -> Result<(), ChangeError> {
     if !(1..=MAX_SEATS).contains(&seats) {
         return Err(invalid("seats", format!("must be between 1 and {MAX_SEATS}, got {seats}")));
@@ -57,6 +83,7 @@ pub fn validate_seats(seats: i32) -> Result<(), ChangeError> {
     Ok(())
 }
 
+/// Allowed deactivations must be [`UNLIMITED`] or 0 to [`MAX_SEATS`].
 pub fn validate_allowed_deactivations(n: i32) -> Result<(), ChangeError> {
     if !(UNLIMITED..=MAX_SEATS).contains(&n) {
         return Err(invalid(
@@ -254,9 +281,13 @@ pub const MAX_SPLIT: usize = 100;
 /// A new license (Activation ID) that a returned concurrent license is re-issued as.
 #[derive(Debug, Clone)]
 pub struct SplitPart {
+    /// License ID (`lic_…`) of the new license.
     pub license_id: String,
+    /// Its share of the seats (at least 1).
     pub seats: i32,
+    /// Keyed digest of its new license key.
     pub key_digest: String,
+    /// Salt its activation password is derived from.
     pub activation_password_salt: String,
 }
 

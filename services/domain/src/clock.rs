@@ -7,12 +7,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch (UTC). Every stored instant uses this unit.
 pub type Millis = i64;
 
+/// One second in [`Millis`].
 pub const SECOND: Millis = 1_000;
+/// One minute in [`Millis`].
 pub const MINUTE: Millis = 60 * SECOND;
+/// One hour in [`Millis`].
 pub const HOUR: Millis = 60 * MINUTE;
+/// One day (24 hours) in [`Millis`].
 pub const DAY: Millis = 24 * HOUR;
 
+/// The source of "now" for everything that stores or compares instants.
 pub trait Clock: Send + Sync + 'static {
+    /// The current instant, in Unix milliseconds.
     fn now(&self) -> Millis;
 }
 
@@ -21,6 +27,8 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    // The one reading of the system's clock; everything else asks an injected clock.
+    #[allow(clippy::disallowed_methods)]
     fn now(&self) -> Millis {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
     }
@@ -31,12 +39,15 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
+    /// A clock that reads `start` (Unix ms) until moved.
     pub fn new(start: Millis) -> Self {
         Self(Arc::new(AtomicI64::new(start)))
     }
+    /// Moves the clock forward by `by` ms (backward if negative).
     pub fn advance(&self, by: Millis) {
         self.0.fetch_add(by, Ordering::SeqCst);
     }
+    /// Sets the clock to `to` (Unix ms).
     pub fn set(&self, to: Millis) {
         self.0.store(to, Ordering::SeqCst);
     }
@@ -48,8 +59,10 @@ impl Clock for ManualClock {
     }
 }
 
+/// The clock the services hold, shared between them.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// The real clock, as a [`SharedClock`].
 pub fn system_clock() -> SharedClock {
     Arc::new(SystemClock)
 }

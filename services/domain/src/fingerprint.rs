@@ -13,34 +13,48 @@ use sha2::{Digest, Sha256};
 /// Component names the service matches on.
 pub const COMPONENT_NAMES: &[&str] =
     &["machine-id", "disk-serial", "mac", "hostname", "cpu", "board-serial", "os-install-id"];
+/// Most components a fingerprint may have.
 pub const MAX_COMPONENTS: usize = 16;
+/// Longest component value accepted, in bytes (after trimming).
 pub const MAX_VALUE_LEN: usize = 256;
 
+/// One named part of a machine's fingerprint, as presented (e.g. `machine-id` and its value).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Component {
+    /// One of [`COMPONENT_NAMES`] (lowercase once normalized).
     pub name: String,
+    /// The raw value; trimmed and lowercased once normalized. Never stored.
     pub value: String,
 }
 
 /// A stored component: its name and a digest of its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentDigest {
+    /// One of [`COMPONENT_NAMES`].
     pub name: String,
+    /// Hex digest of `name=value`: keyed when stored, plain SHA-256 in certificates.
     pub digest: String,
 }
 
+/// Why a presented fingerprint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FingerprintError {
+    /// No components.
     #[error("fingerprint: name at least one component (e.g. machine-id)")]
     Empty,
+    /// More than [`MAX_COMPONENTS`] components (the count found).
     #[error("fingerprint: at most {MAX_COMPONENTS} components, got {0}")]
     TooMany(usize),
+    /// A component name outside [`COMPONENT_NAMES`] (as sent).
     #[error("fingerprint: unknown component {} (known: machine-id, disk-serial, mac, hostname, cpu, board-serial, os-install-id)", quoted(.0))]
     UnknownComponent(String),
+    /// A component whose value is blank (its name).
     #[error("fingerprint: component {} has an empty value", quoted(.0))]
     EmptyValue(String),
+    /// A component value longer than [`MAX_VALUE_LEN`] (its name).
     #[error("fingerprint: component {} is longer than {MAX_VALUE_LEN} bytes", quoted(.0))]
     ValueTooLong(String),
+    /// The same component and value twice (name, value).
     #[error("fingerprint: component {}={} is listed twice", quoted(.0), quoted(.1))]
     Duplicate(String, String),
 }
@@ -113,6 +127,7 @@ pub fn match_share(stored: &[ComponentDigest], presented: &[ComponentDigest]) ->
     present as f64 / stored.len() as f64
 }
 
+/// Whether at least `threshold` (a share, 0.0 to 1.0) of the stored components are present.
 pub fn matches(stored: &[ComponentDigest], presented: &[ComponentDigest], threshold: f64) -> bool {
     match_share(stored, presented) >= threshold
 }

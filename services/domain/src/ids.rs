@@ -3,16 +3,23 @@
 use crate::license_key::ALPHABET;
 use rand::Rng;
 
+/// Prefix of license IDs (`lic_…`).
 pub const LICENSE: &str = "lic";
+/// Prefix of customer IDs (`cus_…`).
 pub const CUSTOMER: &str = "cus";
+/// Prefix of node-locked installation (activation) IDs (`ins_…`).
 pub const INSTALLATION: &str = "ins";
+/// Prefix of floating-seat lease IDs (`lse_…`).
 pub const LEASE: &str = "lse";
+/// Prefix of payment receipt IDs (`rcp_…`).
 pub const RECEIPT: &str = "rcp";
+/// Prefix of admin token IDs (`adm_…`).
 pub const ADMIN_TOKEN: &str = "adm";
 
 /// Random characters after the prefix: 16 from a 32-symbol alphabet, 80 bits.
 const RANDOM_CHARS: usize = 16;
 
+/// A fresh random ID: `prefix`, `_`, then 16 symbols of the license-key alphabet (80 bits).
 pub fn new_id(prefix: &str) -> String {
     let mut rng = rand::rng();
     let mut id = String::with_capacity(prefix.len() + 1 + RANDOM_CHARS);

@@ -8,6 +8,7 @@
 use rand::Rng;
 use std::fmt;
 
+/// Crockford's base32: the symbols of license keys, IDs and random tokens (no I, L, O, U).
 pub const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const GROUPS: usize = 5;
 const GROUP_LEN: usize = 5;
@@ -17,12 +18,16 @@ const SYMBOLS: usize = GROUPS * GROUP_LEN;
 #[derive(Clone, PartialEq, Eq)]
 pub struct LicenseKey(String);
 
+/// Why typed text is not a license key; the message tells the person what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LicenseKeyError {
+    /// Not 25 symbols once dashes and spaces are removed (the count found).
     #[error("a license key has 25 symbols in five groups of five (XXXXX-XXXXX-XXXXX-XXXXX-XXXXX); this one has {0}")]
     WrongLength(usize),
+    /// A symbol outside the alphabet (even after reading I/L as 1 and O as 0).
     #[error("a license key holds only digits and the letters A-Z without U; {} is not one of them", crate::text::quoted(&.0.to_string()))]
     BadSymbol(char),
+    /// The check symbol does not fit the other 24: a typo.
     #[error("the license key's check symbol does not match: it was mistyped")]
     BadCheck,
 }
@@ -50,6 +55,7 @@ fn check_value(values: &[u32]) -> u32 {
 }
 
 impl LicenseKey {
+    /// A new random key (120 random bits and its check symbol).
     pub fn generate() -> Self {
         let mut rng = rand::rng();
         let values: Vec<u32> = (0..SYMBOLS - 1).map(|_| rng.random_range(0..32)).collect();
@@ -86,6 +92,7 @@ impl LicenseKey {
         Ok(Self::from_values(body))
     }
 
+    /// The canonical text, `XXXXX-XXXXX-XXXXX-XXXXX-XXXXX`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

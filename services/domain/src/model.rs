@@ -3,14 +3,19 @@
 use crate::clock::Millis;
 use serde::{Deserialize, Serialize};
 
+/// How a license may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LicenseKind {
+    /// Activated on a number of machines (fingerprints), each activation held until returned.
     NodeLocked,
+    /// Floating seats leased by running clients and kept alive by heartbeats.
     Concurrent,
+    /// Validated by license key alone, no activation.
     Cloud,
 }
 
 impl LicenseKind {
+    /// The stored and displayed name (`node_locked`, `concurrent`, `cloud`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NodeLocked => "node_locked",
@@ -18,19 +23,25 @@ impl LicenseKind {
             Self::Cloud => "cloud",
         }
     }
+    /// The kind named by [`Self::as_str`]'s text, or `None`.
     pub fn parse(s: &str) -> Option<Self> {
         [Self::NodeLocked, Self::Concurrent, Self::Cloud].into_iter().find(|k| k.as_str() == s)
     }
 }
 
+/// Lifecycle state set by the vendor (expiry is a date, not a status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LicenseStatus {
+    /// Usable (within its dates).
     Active,
+    /// Temporarily blocked by the vendor; reinstating restores it.
     Suspended,
+    /// Permanently retired (returned, or replaced by a new license).
     Retired,
 }
 
 impl LicenseStatus {
+    /// The stored and displayed name (`active`, `suspended`, `retired`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
@@ -38,92 +49,132 @@ impl LicenseStatus {
             Self::Retired => "retired",
         }
     }
+    /// The status named by [`Self::as_str`]'s text, or `None`.
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Active, Self::Suspended, Self::Retired].into_iter().find(|k| k.as_str() == s)
     }
 }
 
+/// A module (plugin, feature) of a product that a license may include.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Module {
+    /// Code licenses and seat checkouts name it by; unique within the product.
     pub code: String,
+    /// Display name.
     pub name: String,
 }
 
+/// A released version of a product; the upgrade period is judged against its release date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductVersion {
+    /// `MAJOR.MINOR[.PATCH]`.
     pub version: String,
+    /// Release instant (Unix ms).
     pub released_at: Millis,
 }
 
+/// A product the vendor licenses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
+    /// Vendor-chosen code, e.g. `cad-pro`; unique and immutable.
     pub code: String,
+    /// Display name.
     pub name: String,
+    /// Modules a license of the product may include.
     pub modules: Vec<Module>,
+    /// Released versions, for upgrade-period checks.
     pub versions: Vec<ProductVersion>,
+    /// When it was created (Unix ms).
     pub created_at: Millis,
 }
 
 impl Product {
+    /// Whether the product has a module with this code.
     pub fn has_module(&self, code: &str) -> bool {
         self.modules.iter().any(|m| m.code == code)
     }
 }
 
+/// A company licenses are issued to; also a portal account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
+    /// Customer ID (`cus_…`).
     pub customer_id: String,
+    /// Company name, shown as the licensee unless a license names another.
     pub company_name: String,
+    /// Lowercased; the portal login and where password-reset mail goes.
     pub contact_email: String,
     /// The person to contact at the company; may be empty.
     pub contact_name: String,
     /// A phone number as the customer writes it; may be empty.
     pub phone: String,
+    /// When it was created (Unix ms).
     pub created_at: Millis,
 }
 
 /// What a customer may change of its own contact details in the portal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactDetails {
+    /// The person to contact at the company; may be empty.
     pub contact_name: String,
     /// Lowercased; also a login and where password reset mail goes.
     pub contact_email: String,
+    /// A phone number as the customer writes it; may be empty.
     pub phone: String,
 }
 
 /// Allowed deactivations that means "no limit".
 pub const UNLIMITED: i32 = -1;
 
+/// A license as stored: what it allows, and what of it is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct License {
+    /// License ID (`lic_…`).
     pub license_id: String,
+    /// The licensed product's code.
     pub product_code: String,
+    /// The customer the license was issued to.
     pub customer_id: String,
+    /// Node-locked, concurrent or cloud; fixed at issue.
     pub kind: LicenseKind,
+    /// Active, suspended or retired.
     pub status: LicenseStatus,
     /// Allowed activations (node-locked) or seats (concurrent).
     pub seats: i32,
     /// [`UNLIMITED`] or the number of returns allowed from the product.
     pub allowed_deactivations: i32,
+    /// Activations currently held (node-locked).
     pub activations_used: i32,
+    /// Deactivations already spent (see [`Self::deactivations_left`]).
     pub deactivations_used: i32,
+    /// Codes of the product's modules the license includes.
     pub modules: Vec<String>,
+    /// Valid from this instant (Unix ms); the issue time unless the vendor set a later start.
     pub valid_from: Millis,
+    /// Expiry (Unix ms); `None` is perpetual.
     pub expires_at: Option<Millis>,
+    /// Versions released before this instant (Unix ms) may run; `None` means every version.
     pub upgrades_until: Option<Millis>,
+    /// The portal account the license is associated with; `None` when not associated.
     pub associated_customer_id: Option<String>,
+    /// Whether a deactivation made from the portal counts against `allowed_deactivations`.
     pub portal_deactivation_counts: bool,
+    /// When this license replaced a retired one (a returned concurrent license), the old License ID.
     pub replaces_license_id: Option<String>,
+    /// Free-form note kept for the vendor.
     pub notes: String,
     /// The name the license is shown as licensed to; empty means the customer's company name.
     pub licensee_name: String,
     /// How the seats of a concurrent license are shared, reserved and limited.
     pub seat_policy: crate::seat_policy::SeatPolicy,
+    /// When it was issued (Unix ms).
     pub created_at: Millis,
+    /// When it last changed (Unix ms).
     pub updated_at: Millis,
 }
 
 impl License {
+    /// Whether it has expired at `now` (Unix ms); the expiry instant itself counts as expired.
     pub fn is_expired(&self, now: Millis) -> bool {
         self.expires_at.is_some_and(|e| now >= e)
     }
@@ -134,6 +185,7 @@ impl License {
         self.associated_customer_id.as_deref() == Some(customer_id)
     }
 
+    /// Returns still allowed from the product: [`UNLIMITED`], or zero or more.
     pub fn deactivations_left(&self) -> i32 {
         if self.allowed_deactivations == UNLIMITED {
             UNLIMITED
@@ -146,7 +198,9 @@ impl License {
 /// A license about to be stored, with the keyed digests of its secrets.
 #[derive(Debug, Clone)]
 pub struct NewLicense {
+    /// The license to store.
     pub license: License,
+    /// Keyed digest of its license key (`purpose::LICENSE_KEY`); the key itself is never stored.
     pub key_digest: String,
     /// Random salt from which the activation password is derived with the server key
     /// ([`crate::secrets::KeyedHasher::activation_password`]): the portal can show the password
@@ -157,46 +211,67 @@ pub struct NewLicense {
 /// One entry to append to the audit log, written in the same transaction as the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
+    /// Who acted: `admin:<token id>`, `customer:<customer id>`, `product` or `system`.
     pub actor: String,
+    /// What happened, e.g. `license.issued`, `portal.login_failed`.
     pub action: String,
+    /// The License ID, customer ID or product code it concerns.
     pub subject: String,
+    /// Details as a JSON object.
     pub details: serde_json::Value,
 }
 
 impl AuditRecord {
+    /// A record with empty details.
     pub fn new(actor: impl Into<String>, action: impl Into<String>, subject: impl Into<String>) -> Self {
         Self { actor: actor.into(), action: action.into(), subject: subject.into(), details: serde_json::json!({}) }
     }
+    /// The record with `details` (a JSON object).
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
         self
     }
 }
 
+/// One entry of the append-only audit log, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
+    /// Its place in the log, given by the store; only grows.
     pub sequence: i64,
+    /// When it was written (Unix ms).
     pub occurred_at: Millis,
+    /// Who acted (see [`AuditRecord::actor`]).
     pub actor: String,
+    /// What happened, e.g. `license.suspended`.
     pub action: String,
+    /// The License ID, customer ID or product code it concerns.
     pub subject: String,
+    /// Details as JSON object text.
     pub details_json: String,
 }
 
 /// Keyset paging: items after `after` (an ID or sequence in the list's order), at most `limit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
+    /// Start after this item (its ID or sequence, from the previous page); `None` for the first page.
     pub after: Option<String>,
+    /// At most this many items; 0 means [`DEFAULT_PAGE_SIZE`].
     pub limit: u32,
 }
 
+/// Page size when a request names none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest page size a request may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// Which licenses a list returns; each set field narrows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LicenseFilter {
+    /// Issued to this customer.
     pub customer_id: Option<String>,
+    /// Of this product.
     pub product_code: Option<String>,
+    /// In this status.
     pub status: Option<LicenseStatus>,
     /// Substring of License ID, customer ID or notes.
     pub text: Option<String>,
@@ -211,14 +286,21 @@ pub struct LicenseFilter {
 pub struct Activation {
     /// The Installation ID.
     pub installation_id: String,
+    /// License ID of the license it uses.
     pub license_id: String,
     /// Keyed digests of the fingerprint components last presented.
     pub fingerprint: Vec<crate::fingerprint::ComponentDigest>,
+    /// Human-readable machine name, shown in the portal.
     pub machine_name: String,
+    /// The machine's platform as the product reports it, e.g. `linux-x86_64`.
     pub platform: String,
+    /// The product version running, `MAJOR.MINOR[.PATCH]`.
     pub product_version: String,
+    /// When it was activated (Unix ms).
     pub activated_at: Millis,
+    /// When this machine last activated or refreshed its certificate (Unix ms); validations do not move it.
     pub last_seen_at: Millis,
+    /// When it was deactivated (Unix ms); `None` while it holds an activation.
     pub deactivated_at: Option<Millis>,
     /// Made through an offline activation request.
     pub offline: bool,
@@ -228,7 +310,9 @@ pub struct Activation {
 /// time and Installation ID. Clients see it as an opaque page token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallationCursor {
+    /// Activation time of the last installation on the page (Unix ms).
     pub activated_at: Millis,
+    /// Installation ID of the last installation on the page.
     pub installation_id: String,
 }
 
@@ -257,13 +341,16 @@ impl InstallationCursor {
 pub struct ActivationEvent {
     /// Its place in the history, given by the store (0 until stored).
     pub sequence: i64,
+    /// When it happened (Unix ms).
     pub occurred_at: Millis,
     /// "activate", "deactivate", "refresh", "offline_activate", "portal_deactivate",
     /// "support_return".
     pub action: String,
     /// Empty when a refused call named no installation (a refused activation).
     pub installation_id: String,
+    /// The machine name the call presented.
     pub machine_name: String,
+    /// [`crate::fingerprint::summary`] of the fingerprint presented.
     pub fingerprint_digest: String,
     /// "ok", "ok: already activated", "ok: not counted", or the stable reason of a refusal
     /// (e.g. "ACTIVATION_LIMIT_REACHED", "WRONG_ACTIVATION_PASSWORD", "VERSION_NOT_COVERED").
@@ -333,25 +420,36 @@ impl License {
 pub struct Refusal {
     /// Stable UPPER_SNAKE reason.
     pub reason: &'static str,
+    /// Why, for people.
     pub message: String,
 }
 
 /// A floating-seat lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// Lease ID (`lse_…`).
     pub lease_id: String,
+    /// License ID of the license whose seat it holds.
     pub license_id: String,
+    /// Stable per running client process; a checkout repeating it renews the live lease.
     pub client_instance_id: String,
+    /// User name the client reported.
     pub user: String,
+    /// Host name the client reported.
     pub host: String,
+    /// The module checked out; empty means the product itself.
     pub feature: String,
+    /// When it was checked out (Unix ms).
     pub checked_out_at: Millis,
+    /// Last heartbeat (Unix ms); the checkout counts as the first.
     pub last_heartbeat_at: Millis,
+    /// When it lapses without a heartbeat (Unix ms); a borrowed lease's end.
     pub expires_at: Millis,
     /// Per-license fencing number given at checkout; only grows.
     pub fence: i64,
     /// Seats of the pool the lease's seat holds (token-based features cost more than one).
     pub seats_held: i32,
+    /// Time to live granted, in ms: each heartbeat moves `expires_at` this far ahead.
     pub ttl_ms: i64,
     /// The seat this lease holds: its own lease ID, or that of the lease whose seat it shares.
     pub group_id: String,
@@ -389,7 +487,9 @@ pub fn seats_held<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> i32 {
 /// still share the seat, or when it lingers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
+    /// The lease as it was when released.
     pub lease: Lease,
+    /// Seats returned to the pool.
     pub seats_freed: i32,
     /// When, by the store's clock: the checkin or revocation, or the expiry.
     pub at: Millis,
@@ -398,10 +498,15 @@ pub struct Released {
 /// What the usage log records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum UsageKind {
+    /// A checkout granted a new lease (a renewal by the same client instance is not recorded).
     Checkout,
+    /// A lease was checked in by its client.
     Checkin,
+    /// A lease lapsed without heartbeats.
     Expired,
+    /// An administrator or the customer revoked a lease.
     Revoked,
+    /// A checkout was refused (see [`UsageEvent::reason`]).
     Denied,
     /// A lingering seat was finally freed.
     LingerEnded,
@@ -410,8 +515,10 @@ pub enum UsageKind {
 }
 
 impl UsageKind {
+    /// Every kind, in the order reports list them.
     pub const ALL: [Self; 7] =
         [Self::Checkout, Self::Checkin, Self::Expired, Self::Revoked, Self::Denied, Self::LingerEnded, Self::Dropped];
+    /// The stored name (`checkout`, `linger_ended`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Checkout => "checkout",
@@ -423,6 +530,7 @@ impl UsageKind {
             Self::Dropped => "dropped",
         }
     }
+    /// The kind named by [`Self::as_str`]'s text, or `None`.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -431,18 +539,27 @@ impl UsageKind {
 /// One line of a license's usage log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
+    /// License ID.
     pub license_id: String,
+    /// When it happened (Unix ms).
     pub occurred_at: Millis,
+    /// What happened.
     pub kind: UsageKind,
+    /// The lease concerned; empty for a denial.
     pub lease_id: String,
     /// The seat (see [`Lease::group_id`]); seat hours are counted per seat.
     pub group_id: String,
+    /// User name of the lease or checkout.
     pub user: String,
+    /// Host name of the lease or checkout.
     pub host: String,
+    /// The module; empty means the product itself.
     pub feature: String,
     /// Seats taken (positive) or freed (negative) by this event.
     pub seats_delta: i32,
+    /// The seat was beyond the license's seats.
     pub overdraft: bool,
+    /// The lease was borrowed for offline use.
     pub borrowed: bool,
     /// Why a checkout was denied.
     pub reason: String,
@@ -453,8 +570,11 @@ pub struct UsageEvent {
 /// A payment recorded with an admin action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
+    /// Receipt ID (`rcp_…`).
     pub receipt_id: String,
+    /// License ID the payment was for.
     pub license_id: String,
+    /// The customer who paid.
     pub customer_id: String,
     /// "issue", "renewal" or "upgrade".
     pub kind: String,
@@ -462,6 +582,7 @@ pub struct Receipt {
     pub amount_minor: i64,
     /// ISO 4217.
     pub currency: String,
+    /// When it was paid (Unix ms).
     pub paid_at: Millis,
     /// 0 for a one-off payment.
     pub recurring_months: i32,

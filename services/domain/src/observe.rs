@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+/// Receives the events the services count; the runtime turns them into metrics.
 pub trait Observer: Send + Sync {
     /// A checkout was refused: no seat free, or a seat policy said no (`reason` is its code).
     fn seat_denied(&self, license_id: &str, feature: &str, reason: &str);
@@ -19,6 +20,7 @@ impl Observer for Unobserved {
     fn activated(&self, _: &str) {}
 }
 
+/// The observer the services hold, shared between them.
 pub type SharedObserver = Arc<dyn Observer>;
 
 /// The default observer.

@@ -15,34 +15,47 @@ use std::collections::{BTreeMap, HashMap};
 /// Which checkouts share one seat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShareScope {
+    /// Every checkout takes a seat of its own.
     #[default]
     None,
+    /// Checkouts of a feature by the same user on the same host share a seat.
     UserHost,
+    /// Checkouts of a feature by the same user share a seat, on any host.
     User,
+    /// Checkouts of a feature on the same host share a seat, by any user.
     Host,
 }
 
+/// What a [`Principal`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum PrincipalKind {
+    /// A user name as the client reports it.
     User,
+    /// A host name as the client reports it.
     Host,
+    /// A group: one of the policy's [`SeatGroup`]s, or one the product vouches for.
     Group,
 }
 
 /// A user, host or group named in a policy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Principal {
+    /// User, host or group.
     pub kind: PrincipalKind,
+    /// The user, host or group name, matched exactly.
     pub name: String,
 }
 
 impl Principal {
+    /// The user `name`.
     pub fn user(name: impl Into<String>) -> Self {
         Self { kind: PrincipalKind::User, name: name.into() }
     }
+    /// The host `name`.
     pub fn host(name: impl Into<String>) -> Self {
         Self { kind: PrincipalKind::Host, name: name.into() }
     }
+    /// The group `name`.
     pub fn group(name: impl Into<String>) -> Self {
         Self { kind: PrincipalKind::Group, name: name.into() }
     }
@@ -81,21 +94,28 @@ impl std::fmt::Display for Principal {
     }
 }
 
+/// Seats set aside for one principal: only its checkouts take them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
+    /// Who the seats are for.
     pub principal: Principal,
+    /// Seats reserved (at least 1).
     pub seats: i32,
 }
 
+/// The most seats one principal's checkouts may hold at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatCap {
+    /// Whose checkouts are capped.
     pub principal: Principal,
+    /// Most seats they may hold (0 forbids any).
     pub max_seats: i32,
 }
 
 /// A named group of users and hosts (FlexNet's GROUP and HOST_GROUP in one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatGroup {
+    /// Group name, unique in the policy; reservations, caps and lists name it as a group principal.
     pub name: String,
     /// Users and hosts; a checkout belongs to the group when its user or its host is listed.
     pub members: Vec<Principal>,
@@ -106,6 +126,7 @@ pub struct SeatGroup {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SeatPolicy {
+    /// Which checkouts share one seat.
     pub share_scope: ShareScope,
     /// Processes that may share one seat; 0 means no limit.
     pub max_processes_per_seat: i32,
@@ -115,7 +136,9 @@ pub struct SeatPolicy {
     pub max_borrow_ms: i64,
     /// Seats a checkout may take beyond the license's seats (flagged as overdraft).
     pub overdraft_seats: i32,
+    /// Seats set aside for users, hosts or groups; at most the license's seats in all.
     pub reservations: Vec<Reservation>,
+    /// Most seats a user, host or group may hold.
     pub caps: Vec<SeatCap>,
     /// When not empty, only these may check out.
     pub allow: Vec<Principal>,
@@ -125,14 +148,19 @@ pub struct SeatPolicy {
     pub feature_costs: BTreeMap<String, i32>,
     /// Lease TTL when the client asks for none; 0 means the server's default.
     pub default_ttl_ms: i64,
+    /// Named groups of users and hosts the other entries may refer to.
     pub groups: Vec<SeatGroup>,
 }
 
 /// Bounds that keep a policy (and the work a checkout does with it) small.
 pub const MAX_POLICY_ENTRIES: usize = 100;
+/// Most members one group may list.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Longest linger period (7 days).
 pub const MAX_LINGER_MS: i64 = 7 * DAY;
+/// Longest borrow period (366 days).
 pub const MAX_BORROW_MS: i64 = 366 * DAY;
+/// Longest principal, group or feature name, in characters.
 pub const MAX_NAME: usize = 128;
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ChangeError {
@@ -340,6 +368,7 @@ pub struct SeatLimits {
     pub caps: Vec<(String, i32)>,
     /// This checkout's principals, counted for caps.
     pub principals: Vec<String>,
+    /// Seats a checkout may take beyond the license's seats.
     pub overdraft: i32,
 }
 
@@ -351,9 +380,17 @@ pub enum SeatDenial {
     /// Seats are idle, but reserved for others.
     Reserved,
     /// A cap on one of the checkout's principals is reached.
-    CapReached { principal: String, max_seats: i32 },
+    CapReached {
+        /// The capped principal's key ([`Principal::key`]).
+        principal: String,
+        /// Its cap.
+        max_seats: i32,
+    },
     /// A deny entry matches.
-    Denied { principal: String },
+    Denied {
+        /// The principal denied, as people read it (`user 'alice'`).
+        principal: String,
+    },
     /// The policy has an allow list and the checkout is not on it.
     NotAllowed,
     /// A general seat is free, but clients waiting for one (WaitForSeat) come first.
@@ -378,6 +415,7 @@ impl SeatDenial {
 /// Seats held in a pool, as the store counts them: live seat groups only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolUsage {
+    /// Seats held in all.
     pub in_use: i32,
     /// Seats held per reservation key ("" is the general pool).
     pub by_bucket: HashMap<String, i32>,
@@ -390,6 +428,7 @@ pub struct PoolUsage {
 pub struct SeatCharge {
     /// The reservation key it draws on, or "" for the general pool.
     pub bucket: String,
+    /// The seat is beyond the license's seats.
     pub overdraft: bool,
 }
 

@@ -65,13 +65,19 @@ impl KeyedHasher {
 
 /// Purposes of keyed digests.
 pub mod purpose {
+    /// Digests of license keys, for looking a key up without storing it.
     pub const LICENSE_KEY: &str = "license-key";
+    /// Digests of the activation passwords customers may set on a license.
     pub const ACTIVATION_PASSWORD: &str = "activation-password";
+    /// Digests of portal session tokens.
     pub const SESSION: &str = "session";
+    /// Digests of admin API tokens.
     pub const ADMIN_TOKEN: &str = "admin-token";
+    /// Digests of password-reset tokens.
     pub const RESET_TOKEN: &str = "reset-token";
 }
 
+/// Compares two byte strings in time that depends only on their lengths (for secrets and MACs).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
@@ -99,6 +105,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// Bounds on a password a person chooses (OWASP: at least 64 accepted, a minimum of 12 here).
 pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Longest password accepted, in characters.
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
 const ALGORITHM: Algorithm = Algorithm::Argon2id;
@@ -150,6 +157,7 @@ impl fmt::Debug for HashMemory {
 }
 
 impl HashMemory {
+    /// An empty memory; it grows on first use.
     pub fn new() -> Self {
         Self::default()
     }
@@ -194,8 +202,12 @@ pub enum UnusablePasswordHash {
     /// Not a PHC string, not argon2, or parameters, salt or output that argon2 refuses.
     #[error("the stored password hash is unusable: {0}")]
     Malformed(password_hash::Error),
+    /// The stored parameters ask for more memory than [`MAX_VERIFY_MEMORY_KIB`], or than could be allocated.
     #[error("the stored password hash asks for {m_kib} KiB of memory; at most {MAX_VERIFY_MEMORY_KIB} KiB is allowed")]
-    TooCostly { m_kib: usize },
+    TooCostly {
+        /// The memory cost the stored hash asks for, in KiB.
+        m_kib: usize,
+    },
 }
 
 impl From<password_hash::Error> for UnusablePasswordHash {
@@ -211,6 +223,7 @@ impl From<argon2::Error> for UnusablePasswordHash {
 }
 
 impl PasswordHasher {
+    /// The hasher this server uses: argon2id, m = 12 MiB, t = 3, p = 1.
     pub fn owasp() -> Self {
         Self::with_params(12 * 1024, 3, 1)
     }

@@ -30,6 +30,7 @@ pub struct LicenseFeed {
 /// cached licenses). A license never changed is at revision 0.
 #[async_trait]
 pub trait LicenseRevisions: Send + Sync + 'static {
+    /// The license's revision now (0 if it never changed).
     async fn current(&self, license_id: &str) -> Result<u64, StoreError>;
     /// Called after the change is committed and before the call that made it returns.
     async fn raise(&self, license_id: &str) -> Result<(), StoreError>;
@@ -38,8 +39,10 @@ pub trait LicenseRevisions: Send + Sync + 'static {
 /// Why an update of a license failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The change does not apply to the license as it is.
     #[error(transparent)]
     Rejected(#[from] ChangeError),
 }
@@ -49,7 +52,9 @@ pub enum UpdateError {
 pub trait CatalogStore: Send + Sync + 'static {
     /// Fails with [`StoreError::AlreadyExists`] when the code is taken.
     async fn create_product(&self, product: &Product, audit: AuditRecord) -> Result<(), StoreError>;
+    /// The product with this code, if any.
     async fn get_product(&self, code: &str) -> Result<Option<Product>, StoreError>;
+    /// A page of products, by code.
     async fn list_products(&self, page: &Page) -> Result<Vec<Product>, StoreError>;
     /// Fails with [`StoreError::AlreadyExists`] when the version is recorded already.
     async fn add_product_version(
@@ -66,10 +71,15 @@ pub trait CatalogStore: Send + Sync + 'static {
         password_hash: Option<&str>,
         audit: AuditRecord,
     ) -> Result<(), StoreError>;
+    /// The customer with this ID, if any.
     async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StoreError>;
+    /// The customer whose contact email is `email` (lowercased), if any.
     async fn find_customer_by_email(&self, email: &str) -> Result<Option<Customer>, StoreError>;
+    /// A page of customers by ID; `query` narrows to a substring of company name or email.
     async fn list_customers(&self, query: Option<&str>, page: &Page) -> Result<Vec<Customer>, StoreError>;
+    /// The customer's argon2id PHC string; `None` until a password is set.
     async fn customer_password_hash(&self, customer_id: &str) -> Result<Option<String>, StoreError>;
+    /// Replaces the customer's password hash (an argon2id PHC string) and appends `audit`.
     async fn set_customer_password_hash(
         &self,
         customer_id: &str,
@@ -84,8 +94,11 @@ pub trait CatalogStore: Send + Sync + 'static {
         audit: AuditRecord,
         receipt: Option<&Receipt>,
     ) -> Result<(), StoreError>;
+    /// The license with this ID, if any.
     async fn get_license(&self, license_id: &str) -> Result<Option<License>, StoreError>;
+    /// The license whose key has this keyed digest, if any.
     async fn find_license_by_key_digest(&self, key_digest: &str) -> Result<Option<License>, StoreError>;
+    /// A page of licenses by ID, narrowed by `filter`.
     async fn list_licenses(&self, filter: &LicenseFilter, page: &Page) -> Result<Vec<License>, StoreError>;
     /// The salt the license's activation password is derived from.
     async fn activation_password_salt(&self, license_id: &str) -> Result<Option<String>, StoreError>;
@@ -107,10 +120,12 @@ pub trait CatalogStore: Send + Sync + 'static {
         receipt: Option<&Receipt>,
     ) -> Result<License, UpdateError>;
 
+    /// Appends one entry to the audit log on its own (a change stores its entry with it).
     async fn append_audit(&self, audit: AuditRecord) -> Result<(), StoreError>;
     /// Oldest first, after the sequence number in `page.after`.
     async fn list_audit(&self, subject: &str, page: &Page) -> Result<Vec<AuditEvent>, StoreError>;
 
+    /// How many admin tokens exist (0 means the bootstrap token may be made).
     async fn count_admin_tokens(&self) -> Result<i64, StoreError>;
     /// Idempotent: storing a digest already present changes nothing.
     async fn insert_admin_token(&self, token_id: &str, digest: &str, now: Millis) -> Result<(), StoreError>;
@@ -121,20 +136,33 @@ pub trait CatalogStore: Send + Sync + 'static {
 /// Whether a license may be used for a call, decided by the store with the license row locked.
 pub type UsableCheck = dyn for<'l> Fn(&'l License) -> Result<(), Refusal> + Send + Sync;
 
+/// Why an activation or deactivation was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActivationStoreError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No license with this ID.
     #[error("license {0} not found")]
     LicenseNotFound(String),
+    /// The license may not be used now (its [`Refusal`]).
     #[error("{}", .0.message)]
     Refused(Refusal),
+    /// Every activation (the license's seats) is in use.
     #[error("all {seats} activations of the license are in use")]
-    LimitReached { seats: i32 },
+    LimitReached {
+        /// The license's seats (allowed activations).
+        seats: i32,
+    },
+    /// No live activation has this Installation ID or matches this fingerprint.
     #[error("no active installation matches")]
     NoActivation,
+    /// Every allowed deactivation is spent.
     #[error("all {allowed} deactivations of the license are used")]
-    DeactivationLimit { allowed: i32 },
+    DeactivationLimit {
+        /// The license's allowed deactivations.
+        allowed: i32,
+    },
 }
 
 impl ActivationStoreError {
@@ -153,20 +181,29 @@ impl ActivationStoreError {
 /// A new activation, with everything the store needs to decide atomically.
 #[derive(Debug, Clone)]
 pub struct ActivateCommand {
+    /// License ID.
     pub license_id: String,
     /// The Installation ID to use if a new activation is made.
     pub installation_id: String,
+    /// Keyed digests of the presented fingerprint.
     pub fingerprint: Vec<crate::fingerprint::ComponentDigest>,
+    /// [`crate::fingerprint::summary`] of the fingerprint, for the history line.
     pub fingerprint_summary: String,
+    /// Human-readable machine name.
     pub machine_name: String,
+    /// The machine's platform, e.g. `linux-x86_64`.
     pub platform: String,
+    /// The product version running.
     pub product_version: String,
+    /// Made through an offline activation request.
     pub offline: bool,
     /// Share of a stored fingerprint's components that must match for "the same machine".
     pub match_threshold: f64,
+    /// Now (Unix ms), by the service's clock.
     pub now: Millis,
 }
 
+/// What an activation did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActivateOutcome {
     /// A seat was consumed.
@@ -175,30 +212,39 @@ pub enum ActivateOutcome {
     Existing(Activation, License),
 }
 
+/// Which live activation to deactivate.
 #[derive(Debug, Clone)]
 pub enum DeactivateTarget {
+    /// The activation with this Installation ID.
     Installation(String),
     /// The live activation best matching these digests (at or above the threshold).
     Fingerprint {
+        /// Keyed digests of the presented fingerprint.
         digests: Vec<crate::fingerprint::ComponentDigest>,
+        /// Share of the stored components that must be present (0.0 to 1.0).
         match_threshold: f64,
     },
 }
 
+/// A deactivation, decided atomically by the store.
 #[derive(Debug, Clone)]
 pub struct DeactivateCommand {
+    /// License ID.
     pub license_id: String,
+    /// Which activation.
     pub target: DeactivateTarget,
     /// Whether this deactivation spends one of the allowed deactivations.
     pub counts: bool,
     /// History action: "deactivate", "portal_deactivate" or "support_return".
     pub action: &'static str,
+    /// Now (Unix ms), by the service's clock.
     pub now: Millis,
 }
 
 /// The live activation of a license that best matches a machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineMatch {
+    /// The matching activation.
     pub activation: Activation,
     /// The share of the activation's stored components the machine presented.
     pub share: f64,
@@ -232,6 +278,7 @@ pub trait ActivationStore: Send + Sync + 'static {
         command: &DeactivateCommand,
         usable: &UsableCheck,
     ) -> Result<(Activation, License), ActivationStoreError>;
+    /// The activation with this Installation ID, live or not.
     async fn get_activation(&self, installation_id: &str) -> Result<Option<Activation>, StoreError>;
     /// The live activation of the license whose stored fingerprint `presented` matches best,
     /// if it matches at least `min_share` of its components.
@@ -277,14 +324,21 @@ pub trait ActivationStore: Send + Sync + 'static {
 /// A checkout, decided atomically by the lease store against the pool's seats and policy.
 #[derive(Debug, Clone)]
 pub struct CheckoutCommand {
+    /// License ID.
     pub license_id: String,
+    /// The license's seats (the pool's size).
     pub seats: i32,
     /// The lease ID to use if a new lease is made.
     pub lease_id: String,
+    /// Stable per client process; a checkout repeating it renews that client's lease.
     pub client_instance_id: String,
+    /// User name the client reported.
     pub user: String,
+    /// Host name the client reported.
     pub host: String,
+    /// The module to check out; empty means the product itself.
     pub feature: String,
+    /// Time to live, in ms (the borrow period when `borrowed`).
     pub ttl_ms: i64,
     /// Seats a new seat takes from the pool.
     pub cost: i32,
@@ -309,24 +363,38 @@ pub struct CheckoutCommand {
 }
 
 // A return value moved once per call, never stored in bulk: boxing the lease would only add an allocation.
+/// What a checkout did.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckoutOutcome {
+    /// A lease was granted.
     Granted {
+        /// The lease as stored.
         lease: Lease,
         /// The client's own live or lingering lease was given back.
         renewed: bool,
+        /// Seats of the pool in use after the checkout.
         in_use: i32,
         /// Seats this checkout took from the pool (0 when renewed or shared).
         seats_taken: i32,
     },
     /// No seat for this checkout: why, how many are in use and when the earliest lease expires.
-    Denied { denial: SeatDenial, in_use: i32, earliest_expiry: Option<Millis> },
+    Denied {
+        /// Which limit said no.
+        denial: SeatDenial,
+        /// Seats of the pool in use.
+        in_use: i32,
+        /// When the earliest live lease expires (Unix ms), if any is live.
+        earliest_expiry: Option<Millis>,
+    },
     /// The store lost its leases (Redis restarted empty, or failed over to a replica that
     /// lagged) and holds new seats back until `until`, when every lease it may have forgotten
     /// has expired; holders of those leases re-establish them meanwhile (see
     /// [`LeaseStore::reestablish`]).
-    Recovering { until: Millis },
+    Recovering {
+        /// No new seats before this instant (Unix ms, the store's clock).
+        until: Millis,
+    },
     /// The license changed after the revision the command carries: decide again on a fresh read.
     /// Nothing was changed. A store that keeps no revisions answers this to every command that
     /// carries one.
@@ -336,19 +404,29 @@ pub enum CheckoutOutcome {
 /// A lease the store lost, as its holder's signed lease token describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostLease {
+    /// License ID.
     pub license_id: String,
+    /// Lease ID.
     pub lease_id: String,
+    /// The client process that held it.
     pub client_instance_id: String,
+    /// User name.
     pub user: String,
+    /// Host name.
     pub host: String,
+    /// The module; empty means the product itself.
     pub feature: String,
+    /// The fence the lease was given.
     pub fence: i64,
+    /// Seats of the pool the lease held.
     pub seats_held: i32,
+    /// Time to live, in ms.
     pub ttl_ms: i64,
     /// The license's seats: a re-established lease still needs a free one.
     pub seats: i32,
 }
 
+/// What re-establishing a lost lease did.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReestablishOutcome {
@@ -360,9 +438,11 @@ pub enum ReestablishOutcome {
     NoSeat,
 }
 
+/// What a heartbeat did.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeartbeatOutcome {
+    /// The lease lives on: its expiry moved a TTL ahead (a borrowed lease's stays as it is).
     Extended(Lease),
     /// The lease timed out; the client must check out again.
     Expired,
@@ -380,7 +460,9 @@ pub enum HeartbeatOutcome {
 /// seat's cost is charged when the seat is opened and freed when its last lease goes.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
+    /// Checks a seat out as `command` says, atomically against the pool (see [`CheckoutOutcome`]).
     async fn checkout(&self, command: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError>;
+    /// Keeps a lease alive, by its store's clock.
     async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError>;
     /// Checks a lease in: frees it at once, or with `linger_ms` > 0 keeps its seat for the same
     /// user, host and feature that long (a borrowed lease is always freed at once). `None` when
@@ -430,6 +512,7 @@ pub trait ExpiryHorizon: Send + Sync + 'static {
 /// The usage log: appended in batches by a background writer, read by reports.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
+    /// Appends events to the log.
     async fn append_usage(&self, events: &[UsageEvent]) -> Result<(), StoreError>;
     /// Every event of a license before `until`, in the order they happened.
     async fn usage_events(&self, license_id: &str, until: Millis) -> Result<Vec<UsageEvent>, StoreError>;
@@ -438,12 +521,16 @@ pub trait UsageStore: Send + Sync + 'static {
 /// Why a reset token cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResetTokenError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No such token.
     #[error("this reset token is not valid")]
     Unknown,
+    /// It was not used in time.
     #[error("this reset token has expired; request a new one")]
     Expired,
+    /// It was used once already.
     #[error("this reset token was used already; request a new one")]
     Used,
 }
@@ -451,6 +538,7 @@ pub enum ResetTokenError {
 /// The customer portal's own state: sessions, reset tokens, receipts.
 #[async_trait]
 pub trait PortalStore: Send + Sync + 'static {
+    /// Stores a portal session (by the keyed digest of its token) until `expires_at` (Unix ms).
     async fn create_session(
         &self,
         digest: &str,
@@ -460,7 +548,9 @@ pub trait PortalStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The customer of a live session (not expired, not revoked).
     async fn session_customer(&self, digest: &str, now: Millis) -> Result<Option<String>, StoreError>;
+    /// Ends a session at once (a logout).
     async fn revoke_session(&self, digest: &str, now: Millis) -> Result<(), StoreError>;
+    /// Stores a password-reset token (by its keyed digest), usable once until `expires_at` (Unix ms).
     async fn create_reset_token(
         &self,
         digest: &str,

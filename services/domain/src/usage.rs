@@ -30,33 +30,50 @@ pub fn report_period(from: Option<Millis>, to: Option<Millis>, now: Millis) -> R
     Ok((from, to))
 }
 
+/// One day (UTC) of a usage report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DailyUsage {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
+    /// Most seats held at once that day.
     pub peak_seats: i32,
+    /// Seat hours held that day (a seat held one hour is one).
     pub seat_hours: f64,
+    /// Checkouts that took a new lease that day.
     pub checkouts: i64,
+    /// Checkouts refused that day.
     pub denials: i64,
 }
 
+/// One user's line in a usage report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserUsage {
+    /// User name as clients reported it.
     pub user: String,
+    /// Seat hours of the seats the user opened.
     pub seat_hours: f64,
+    /// Checkouts by the user.
     pub checkouts: i64,
 }
 
+/// What a license's seats were used for over a period.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageReport {
+    /// License ID.
     pub license_id: String,
+    /// Start of the period (Unix ms).
     pub from: Millis,
+    /// End of the period (Unix ms, exclusive).
     pub to: Millis,
+    /// Each day of the period, oldest first.
     pub days: Vec<DailyUsage>,
+    /// Seat hours over the whole period.
     pub total_seat_hours: f64,
     /// Reason and count, most frequent first.
     pub denials: Vec<(String, i64)>,
+    /// At most [`TOP_USERS`] users, most seat hours first.
     pub top_users: Vec<UserUsage>,
+    /// Checkouts that took a new lease.
     pub checkouts: i64,
     /// Checkouts that took an overdraft seat.
     pub overdraft_checkouts: i64,

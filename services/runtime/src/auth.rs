@@ -25,19 +25,25 @@ pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
+/// Why a call was not authorized.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// No bearer token on an admin call.
     #[error("this call needs an admin token: send metadata 'authorization: Bearer <admin token>'")]
     MissingAdminToken,
+    /// The bearer token is not a known admin token.
     #[error("the admin token is not valid")]
     InvalidAdminToken,
+    /// Neither an admin token nor a session token on a call either may make.
     #[error(
         "this call needs the admin token, or a portal session of the license's account: send metadata \
          'authorization: Bearer <token>'"
     )]
     MissingToken,
+    /// A session token that names no live session.
     #[error("the session is not valid (expired or logged out); log in again")]
     InvalidSession,
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +73,7 @@ impl ClassifiedError for AuthError {
 pub struct AdminId(pub String);
 
 impl AdminId {
+    /// The audit-log actor: `admin:<token id>`.
     pub fn actor(&self) -> String {
         format!("admin:{}", self.0)
     }
@@ -80,10 +87,12 @@ pub struct AdminAuth {
 }
 
 impl AdminAuth {
+    /// Checks tokens against the digests in `store`, made with `hasher`.
     pub fn new(store: Arc<dyn CatalogStore>, hasher: KeyedHasher) -> Self {
         Self { store, hasher }
     }
 
+    /// The admin token of the call's `authorization: Bearer` metadata, if it is a known one.
     pub async fn authorize(&self, metadata: &MetadataMap) -> Result<AdminId, AuthError> {
         let token = bearer_token(metadata).ok_or(AuthError::MissingAdminToken)?;
         if !token.starts_with("adm_") {
@@ -105,6 +114,7 @@ pub struct SessionAuth {
 }
 
 impl SessionAuth {
+    /// Checks session tokens against the digests in `store`, made with `hasher`, judging expiry by `clock`.
     pub fn new(store: Arc<dyn PortalStore>, hasher: KeyedHasher, clock: SharedClock) -> Self {
         Self { store, hasher, clock }
     }
@@ -122,6 +132,7 @@ impl SessionAuth {
 /// Who calls an RPC that both the vendor and a license's own customer may make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
+    /// The vendor, by an admin token.
     Admin(AdminId),
     /// A customer account, by its portal session: it sees its own licenses only.
     Customer(String),
@@ -145,10 +156,12 @@ pub struct AdminOrSessionAuth {
 }
 
 impl AdminOrSessionAuth {
+    /// Accepts either an admin token (`admin`) or a portal session (`sessions`).
     pub fn new(admin: AdminAuth, sessions: SessionAuth) -> Self {
         Self { admin, sessions }
     }
 
+    /// Who the call's bearer token names: a `ses_…` token a customer, anything else an admin.
     pub async fn authorize(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
         let token = bearer_token(metadata).ok_or(AuthError::MissingToken)?;
         if token.starts_with("ses_") {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 /// Where settings come from. The process environment in binaries, a map in tests.
 pub trait Lookup {
+    /// The value of the variable `key`, if set.
     fn get(&self, key: &str) -> Option<String>;
 }
 
@@ -139,7 +140,9 @@ pub type PortalListen = MetricsListen;
 pub enum MetricsListen {
     /// The process's default port (it differs per service, so they can share a host).
     RoleDefault,
+    /// Not served.
     Off,
+    /// Served on this address.
     At(SocketAddr),
 }
 
@@ -165,9 +168,12 @@ pub enum Migrate {
     Only,
 }
 
+/// How log lines are written (`LICENSING_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines (the default).
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -175,12 +181,19 @@ pub enum LogFormat {
 /// A client is the peer address of the connection: behind a proxy or NAT every caller shares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
+    /// Portal logins per client address (`LICENSING_RATE_LOGIN_PER_CLIENT`).
     pub login_per_client: Option<Rate>,
+    /// Portal logins per account from one client address (`LICENSING_RATE_LOGIN_PER_ACCOUNT`).
     pub login_per_account: Option<Rate>,
+    /// Password-reset requests and resets per client address (`LICENSING_RATE_RESET_PER_CLIENT`).
     pub reset_per_client: Option<Rate>,
+    /// Activations per client address (`LICENSING_RATE_ACTIVATE_PER_CLIENT`).
     pub activate_per_client: Option<Rate>,
+    /// Activations and product deactivations per license (`LICENSING_RATE_ACTIVATE_PER_LICENSE`).
     pub activate_per_license: Option<Rate>,
+    /// Seat checkouts and waits per client address (`LICENSING_RATE_CHECKOUT_PER_CLIENT`).
     pub checkout_per_client: Option<Rate>,
+    /// Seat checkouts and waits per license (`LICENSING_RATE_CHECKOUT_PER_LICENSE`).
     pub checkout_per_license: Option<Rate>,
 }
 
@@ -221,9 +234,12 @@ impl RateLimits {
     }
 }
 
+/// Every setting of a server process, read from [`VARIABLES`] by [`Config::from_lookup`].
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where gRPC is served (`LICENSING_LISTEN_ADDR`; the default differs per binary).
     pub listen_addr: SocketAddr,
+    /// The Prometheus scrape endpoint (`LICENSING_METRICS_ADDR`).
     pub metrics: MetricsListen,
     /// The customer portal in a browser (served by processes that serve the Account service).
     pub portal: PortalListen,
@@ -233,51 +249,72 @@ pub struct Config {
     pub grpc_web_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed; empty: the TCP peer is the client.
     pub trusted_proxies: TrustedProxies,
+    /// Directory of the embedded SQLite file and the key file (`LICENSING_DATA_DIR`, default `data`).
     pub data_dir: PathBuf,
     /// PostgreSQL URL; `None` means the embedded SQLite file in `data_dir`.
     pub database_url: Option<String>,
+    /// PostgreSQL pool size (`LICENSING_DATABASE_MAX_CONNECTIONS`, default 16).
     pub database_max_connections: u32,
     /// Whether this process migrates the database schema.
     pub migrate: Migrate,
     /// Redis URL; `None` means the embedded lease store.
     pub redis_url: Option<String>,
+    /// An admin bearer token to accept (`LICENSING_ADMIN_TOKEN`); `None`: a first one is generated.
     pub admin_token: Option<String>,
+    /// Base64 key (32+ bytes) of the keyed hashes (`LICENSING_HASH_KEY`); `None`: from the key file.
     pub hash_key_b64: Option<String>,
+    /// Base64 Ed25519 seed that signs certificates and lease tokens (`LICENSING_SIGNING_KEY`); `None`: from the key file.
     pub signing_key_b64: Option<String>,
+    /// Deadline of one unary request (`LICENSING_REQUEST_TIMEOUT_MS`, default 10 s).
     pub request_timeout: Duration,
+    /// Requests served at once per process (`LICENSING_CONCURRENCY_LIMIT`, default 1024, at least 1).
     pub concurrency_limit: usize,
     /// After SIGTERM: how long new calls are still served once health reports NOT_SERVING.
     pub shutdown_readiness_delay: Duration,
     /// Then: how long in-flight calls may drain after the listener closes.
     pub shutdown_grace: Duration,
+    /// Largest gRPC message decoded or encoded (`LICENSING_MAX_MESSAGE_BYTES`, default 4 MiB).
     pub max_message_bytes: usize,
+    /// Whether gRPC reflection is served (`LICENSING_REFLECTION`, default true).
     pub reflection: bool,
     /// Share of a machine's stored fingerprint components that must still match.
     pub fingerprint_match: f64,
+    /// How often WatchLicense streams look for vendor changes (`LICENSING_WATCH_POLL_MS`, default 2 s).
     pub watch_poll: Duration,
+    /// How often expired leases are recorded (`LICENSING_SWEEP_INTERVAL_MS`, default 5 s, at least 10 ms).
     pub sweep_interval: Duration,
     /// The longest lease TTL granted, and the recovery window after Redis loses leases before any
     /// lease expiry was recorded (later ones last until the latest recorded expiry).
     pub max_lease_ttl: Duration,
+    /// Request rates per client, license or account (`LICENSING_RATE_*`).
     pub rate_limits: RateLimits,
     /// TLS (and mutual TLS) of the gRPC listener; `None` serves plaintext.
     pub tls: Option<crate::tls::ServerTls>,
     /// Capacity of the bounded usage-log queue.
     pub usage_queue: usize,
+    /// SMTP relay for password-reset mail (`LICENSING_SMTP_URL`); `None`: mail goes to files in `<data dir>/outbox`.
     pub smtp_url: Option<String>,
+    /// Sender address of portal mail (`LICENSING_MAIL_FROM`, default `licensing@localhost`).
     pub mail_from: String,
     /// Where reset mail links to instead of the portal's own page.
     pub reset_url: Option<String>,
+    /// Text or JSON log lines (`LICENSING_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// The tracing filter (`RUST_LOG`, default `info`).
     pub log_filter: String,
+    /// OTLP/gRPC collector that traces are exported to (`OTEL_EXPORTER_OTLP_ENDPOINT`); `None`: not exported.
     pub otlp_endpoint: Option<String>,
+    /// Service name on exported traces (`OTEL_SERVICE_NAME`; the default differs per binary).
     pub service_name: String,
 }
 
+/// A variable that is set but not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration: {var}: {message}")]
 pub struct ConfigError {
+    /// The variable's name.
     pub var: &'static str,
+    /// What is wrong with its value.
     pub message: String,
 }
 

@@ -8,20 +8,25 @@ use prost_types::Timestamp;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
+    /// The request field at fault, e.g. `expires_at`.
     pub field: &'static str,
+    /// What is wrong with it, for a person.
     pub message: String,
 }
 
 impl FieldError {
+    /// A field error from its field and message.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self { field, message: message.into() }
     }
 }
 
+/// A protobuf timestamp of an instant (Unix ms).
 pub fn to_timestamp(millis: Millis) -> Timestamp {
     Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
+/// A protobuf timestamp of an optional instant (Unix ms).
 pub fn opt_timestamp(millis: Option<Millis>) -> Option<Timestamp> {
     millis.map(to_timestamp)
 }
@@ -42,10 +47,12 @@ pub fn from_timestamp(field: &'static str, ts: &Timestamp) -> Result<Millis, Fie
     millis.ok_or_else(|| FieldError::new(field, "must be between 1970-01-01 and 9999-12-31"))
 }
 
+/// [`from_timestamp`] of a field that may be unset (`None`).
 pub fn from_opt_timestamp(field: &'static str, ts: Option<&Timestamp>) -> Result<Option<Millis>, FieldError> {
     ts.map(|t| from_timestamp(field, t)).transpose()
 }
 
+/// A protobuf duration of `millis` ms.
 pub fn to_duration(millis: i64) -> prost_types::Duration {
     prost_types::Duration { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
@@ -98,6 +105,7 @@ pub mod seat {
         Ok(Principal { kind, name: p.name.clone() })
     }
 
+    /// The protobuf form of a seat policy.
     pub fn policy(p: &SeatPolicy) -> pb::SeatPolicy {
         let share_scope = match p.share_scope {
             ShareScope::None => pb::ShareScope::None,
@@ -179,6 +187,7 @@ pub mod seat {
         })
     }
 
+    /// The report as the response; `with_csv` adds its CSV form.
     pub fn usage_report(r: &UsageReport, with_csv: bool) -> pb::GetUsageReportResponse {
         pb::GetUsageReportResponse {
             daily_peaks: r
@@ -236,6 +245,7 @@ pub mod proto {
     use licensing_domain::model::{AuditEvent, Customer, Lease, License, LicenseKind, LicenseStatus, Module, Product};
     use licensing_proto::common::v1 as pb;
 
+    /// The protobuf form of a license kind.
     pub fn kind_to_proto(kind: LicenseKind) -> pb::LicenseKind {
         match kind {
             LicenseKind::NodeLocked => pb::LicenseKind::NodeLocked,
@@ -254,6 +264,7 @@ pub mod proto {
         }
     }
 
+    /// The protobuf form of a license status.
     pub fn status_to_proto(status: LicenseStatus) -> pb::LicenseStatus {
         match status {
             LicenseStatus::Active => pb::LicenseStatus::Active,
@@ -262,6 +273,7 @@ pub mod proto {
         }
     }
 
+    /// `None` for UNSPECIFIED or an unknown number.
     pub fn status_from_proto(value: i32) -> Option<LicenseStatus> {
         match pb::LicenseStatus::try_from(value).ok()? {
             pb::LicenseStatus::Active => Some(LicenseStatus::Active),
@@ -303,6 +315,7 @@ pub mod proto {
         }
     }
 
+    /// The protobuf form of a product.
     pub fn product(p: &Product) -> pb::Product {
         pb::Product {
             code: p.code.clone(),
@@ -320,10 +333,12 @@ pub mod proto {
         }
     }
 
+    /// A module from its protobuf form.
     pub fn module_from_proto(m: &pb::Module) -> Module {
         Module { code: m.code.clone(), name: m.name.clone() }
     }
 
+    /// The protobuf form of a customer.
     pub fn customer(c: &Customer) -> pb::Customer {
         pb::Customer {
             customer_id: c.customer_id.clone(),
@@ -335,6 +350,7 @@ pub mod proto {
         }
     }
 
+    /// The protobuf form of an audit-log entry.
     pub fn audit_event(e: &AuditEvent) -> pb::AuditEvent {
         pb::AuditEvent {
             sequence: e.sequence,
@@ -346,6 +362,7 @@ pub mod proto {
         }
     }
 
+    /// The protobuf form of a lease.
     pub fn lease(l: &Lease) -> pb::Lease {
         pb::Lease {
             lease_id: l.lease_id.clone(),

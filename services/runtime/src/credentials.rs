@@ -12,37 +12,56 @@ use licensing_domain::store::CatalogStore;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// What a product sent to prove it may use a license.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
+    /// A license key, as typed (parsed and checked on resolution).
     LicenseKey(String),
     /// `client` is the address the password came from: wrong passwords slow down that client,
     /// never the license's other users.
     IdAndPassword {
+        /// License ID (`lic_…`).
         license_id: String,
+        /// The license's activation password, or the customer's company-wide portal password.
         password: String,
+        /// The client's address (see [`crate::auth::caller_address`]).
         client: String,
     },
 }
 
+/// Why credentials did not name a license the caller may use.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// Neither a license key nor a License ID and password.
     #[error("credentials: send either license_key or license_id_and_password")]
     Missing,
+    /// The license key is not well formed (a typo the check symbol caught).
     #[error("license_key: {0}")]
     MalformedKey(LicenseKeyError),
+    /// No license has this key.
     #[error("no license has this license key; check it against the one you received")]
     UnknownKey,
+    /// Not a License ID (as sent).
     #[error("license_id: {} is not a License ID (lic_…)", licensing_domain::text::quoted(.0))]
     MalformedLicenseId(String),
+    /// No license has this ID.
     #[error("no license with ID {0}")]
     UnknownLicense(String),
+    /// Neither password is right for the license (its ID).
     #[error("the activation password is wrong for license {0}")]
     WrongPassword(String),
+    /// This client got the password wrong too often for the license; it must wait.
     #[error(
         "too many wrong passwords for license {license_id} from this address; try again in {} s",
         retry_after.as_secs_f64().ceil().max(1.0)
     )]
-    TooManyFailures { license_id: String, retry_after: Duration },
+    TooManyFailures {
+        /// License ID.
+        license_id: String,
+        /// When the client may try again.
+        retry_after: Duration,
+    },
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,6 +95,7 @@ impl ClassifiedError for CredentialError {
     }
 }
 
+/// Resolves [`Credentials`] to the license, throttling password guesses per license and client.
 #[derive(Clone)]
 pub struct CredentialResolver {
     catalog: Arc<dyn CatalogStore>,
@@ -88,6 +108,8 @@ pub struct CredentialResolver {
 }
 
 impl CredentialResolver {
+    /// A resolver reading licenses from `catalog`, digesting keys with `hasher`, verifying
+    /// portal passwords with `passwords` and throttling wrong ones with `guesses`.
     pub fn new(
         catalog: Arc<dyn CatalogStore>,
         hasher: KeyedHasher,
@@ -97,10 +119,12 @@ impl CredentialResolver {
         Self { catalog, hasher, passwords, guesses, decoy: Arc::new(OnceLock::new()) }
     }
 
+    /// The keyed hasher of license keys and activation passwords.
     pub fn hasher(&self) -> &KeyedHasher {
         &self.hasher
     }
 
+    /// The catalog licenses are read from.
     pub fn catalog(&self) -> &Arc<dyn CatalogStore> {
         &self.catalog
     }

@@ -90,6 +90,8 @@ pub async fn run<T: Send + 'static>(
 }
 
 /// Puts the calling thread in the idle scheduling class (or at the lowest nice value).
+// The workspace's one unsafe in production code: libc is the only way to set a thread's policy.
+#[allow(unsafe_code)]
 fn lower_this_thread() {
     #[cfg(target_os = "linux")]
     // SAFETY: sched_setscheduler and setpriority on this thread's own ID with valid arguments;
@@ -103,6 +105,8 @@ fn lower_this_thread() {
 }
 
 #[cfg(test)]
+// Reads the threads' scheduling policy through libc, and counts allocations with a GlobalAlloc.
+#[allow(unsafe_code)]
 mod tests {
     use licensing_domain::secrets::PasswordHasher;
 
@@ -203,7 +207,7 @@ mod tests {
             static LARGE_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
         }
 
-        pub fn large_allocations() -> u64 {
+        pub(crate) fn large_allocations() -> u64 {
             LARGE_ALLOCATIONS.with(Cell::get)
         }
 

@@ -9,10 +9,13 @@ use base64::Engine;
 use licensing_domain::secrets::{random_bytes, KeyedHasher};
 use std::path::Path;
 
+/// Name of the key file in the data directory (embedded default only).
 pub const KEY_FILE: &str = "server-keys.json";
 
+/// The server's secret keys; never printed (its `Debug` is redacted).
 #[derive(Clone)]
 pub struct ServerKeys {
+    /// Key of the keyed hashes (at least 32 bytes).
     pub hash_key: Vec<u8>,
     /// Ed25519 seed (the private key).
     pub signing_seed: [u8; 32],
@@ -24,16 +27,30 @@ impl std::fmt::Debug for ServerKeys {
     }
 }
 
+/// Why the keys could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// A variable is set but not base64 of the right length.
     #[error("{var} must be base64 of {what}")]
-    Malformed { var: &'static str, what: &'static str },
+    Malformed {
+        /// The variable at fault.
+        var: &'static str,
+        /// What it must hold, e.g. "exactly 32 bytes".
+        what: &'static str,
+    },
+    /// A separate service started without this variable (they must share their keys).
     #[error(
         "{0} is not set: separate services must share their keys, so set LICENSING_HASH_KEY and LICENSING_SIGNING_KEY"
     )]
     Missing(&'static str),
+    /// The key file could not be read, parsed or written.
     #[error("key file {path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The key file's path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 fn decode_hash_key(b64: &str) -> Result<Vec<u8>, KeyError> {
@@ -51,6 +68,7 @@ fn decode_seed(b64: &str) -> Result<[u8; 32], KeyError> {
 }
 
 impl ServerKeys {
+    /// The keyed hasher of `hash_key`.
     pub fn hasher(&self) -> KeyedHasher {
         KeyedHasher::new(self.hash_key.clone())
     }

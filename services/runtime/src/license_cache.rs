@@ -127,6 +127,7 @@ impl<V> State<V> {
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup<V> {
+    /// What the cache holds for the license (not older than `MAX_AGE`).
     Hit(V),
     /// Read it from the store, then hand it to [`LicenseCache::fill`] with this ticket.
     Miss(FillTicket),
@@ -174,6 +175,7 @@ impl<V: Clone> LicenseCache<V> {
         state
     }
 
+    /// What the cache holds for `license_id`, or a ticket to fill it after a store read.
     pub fn lookup(&self, license_id: &str) -> Lookup<V> {
         self.state().lookup(license_id)
     }
@@ -209,6 +211,7 @@ impl<V: Clone> LicenseCache<V> {
         Some((license_id, found))
     }
 
+    /// Remembers that the key with this digest belongs to `license_id` (keys never move).
     pub fn remember_key_owner(&self, key_digest: String, license_id: String) {
         let mut state = self.state();
         if state.key_owners.len() >= MAX_ENTRIES {

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 /// memory without bound.
 const MAX_KEYS: usize = 100_000;
 
+/// Counts failures per key in a fixed window: a key with `max_failures` in the window is blocked
+/// until the window ends (the default: 10 a minute).
 #[derive(Clone)]
 pub struct FailureLimiter {
     max_failures: u32,
@@ -27,6 +29,7 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
+    /// Blocks a key after `max_failures` failures within `window`.
     pub fn new(max_failures: u32, window: Duration) -> Self {
         Self { max_failures, window, state: Arc::new(Mutex::new(HashMap::new())) }
     }
@@ -39,6 +42,7 @@ impl FailureLimiter {
         (*count >= self.max_failures && elapsed < self.window).then(|| self.window - elapsed)
     }
 
+    /// Counts a failure of `key` (starting a new window when the last one ended).
     pub fn record_failure(&self, key: &str) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() > MAX_KEYS {
@@ -72,6 +76,7 @@ pub struct GuessPolicy {
     pub account_free: u32,
     /// The first wait; each further failure doubles it, up to `max_delay`.
     pub base_delay: Duration,
+    /// The longest wait.
     pub max_delay: Duration,
     /// Failures older than this are forgotten.
     pub window: Duration,
@@ -134,6 +139,7 @@ fn wait_after(failures: u32, free: u32, policy: &GuessPolicy) -> Duration {
 }
 
 impl GuessThrottle {
+    /// A throttle slowing guessers as `policy` says.
     pub fn new(policy: GuessPolicy) -> Self {
         Self { policy, state: Arc::default() }
     }
@@ -202,7 +208,9 @@ impl Default for GuessThrottle {
 /// `count` requests per `per`, in bursts of up to `count`. Written `60/min`, `10/s`, `1000/h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
+    /// Requests allowed per period (also the largest burst).
     pub count: u32,
+    /// The period.
     pub per: Duration,
 }
 
@@ -244,7 +252,9 @@ pub struct RateLimited {
     pub what: &'static str,
     /// Whose requests, for the person reading the message: "this client", "license lic_…".
     pub scope: String,
+    /// The limit that was exceeded.
     pub rate: Rate,
+    /// When the next request may succeed.
     pub retry_after: Duration,
 }
 
@@ -281,6 +291,7 @@ impl RateLimiter {
         Self { what, rate, buckets: Arc::new(Mutex::new(HashMap::new())) }
     }
 
+    /// The limit; `None` is unlimited.
     pub fn rate(&self) -> Option<Rate> {
         self.rate
     }

@@ -92,12 +92,16 @@ impl Gauge {
 /// One reading of a [`Gauge`], with its labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
+    /// The gauge read.
     pub gauge: Gauge,
+    /// Label names and values, e.g. `("license_id", "lic_…")`.
     pub labels: Vec<(&'static str, String)>,
+    /// The value.
     pub value: f64,
 }
 
 impl Reading {
+    /// A reading of `gauge` with `labels` (copied).
     pub fn new(gauge: Gauge, labels: &[(&'static str, &str)], value: f64) -> Self {
         Self { gauge, labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(), value }
     }
@@ -106,6 +110,7 @@ impl Reading {
 /// Something that knows current values (a store, a queue), read at each scrape.
 #[async_trait]
 pub trait GaugeSource: Send + Sync {
+    /// Appends the source's current readings to `out`.
     async fn read(&self, out: &mut Vec<Reading>);
 }
 
@@ -117,6 +122,7 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
 const LATENCY_BOUNDS: [f64; 16] =
     [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
+/// The process's metrics (OpenTelemetry instruments exported for Prometheus); cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
@@ -146,6 +152,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics of the service `service_name` (its OpenTelemetry resource name).
     pub fn new(service_name: &str) -> Self {
         let registry = prometheus::Registry::new();
         register_process_series(&registry);

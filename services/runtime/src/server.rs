@@ -122,7 +122,9 @@ impl NotServedHere {
 /// Limits and switches of the server stack.
 #[derive(Debug, Clone)]
 pub struct StackSettings {
+    /// Deadline of one unary request (see [`DeadlineLayer`]).
     pub request_timeout: Duration,
+    /// Requests served at once.
     pub concurrency_limit: usize,
     /// How long new calls are still served after health turns NOT_SERVING at shutdown.
     pub readiness_delay: Duration,
@@ -131,6 +133,7 @@ pub struct StackSettings {
     /// Cancelled when the drain starts: long-lived streams end on it (hand each service that
     /// streams a clone).
     pub drain: CancellationToken,
+    /// Whether gRPC reflection is served.
     pub reflection: bool,
     /// Request rates allowed per client address, by group of methods.
     pub client_rates: Vec<ClientRate>,
@@ -217,6 +220,7 @@ impl From<&Config> for StackSettings {
     }
 }
 
+/// A bound gRPC listener with its service stack (health, reflection, limits), ready to serve.
 pub struct GrpcServer {
     listener: TcpListener,
     routes: Routes,
@@ -282,6 +286,7 @@ impl GrpcServer {
         Ok(Self { listener, routes, health, settings })
     }
 
+    /// The address the listener is bound to (its port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
@@ -422,6 +427,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// request's latency and gRPC status code in the metrics.
 #[derive(Clone)]
 pub struct ObserveLayer {
+    /// Where latencies and status codes are recorded.
     pub metrics: Metrics,
 }
 
@@ -432,6 +438,7 @@ impl<S> Layer<S> for ObserveLayer {
     }
 }
 
+/// The service [`ObserveLayer`] wraps around `S`.
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
@@ -521,6 +528,7 @@ where
 /// `after` to produce its response (a stream's body is not cut: only the time to first answer).
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
+    /// The time to first answer a request may take.
     pub after: Duration,
 }
 
@@ -531,6 +539,7 @@ impl<S> Layer<S> for DeadlineLayer {
     }
 }
 
+/// The service [`DeadlineLayer`] wraps around `S`.
 #[derive(Debug, Clone)]
 pub struct Deadline<S> {
     inner: S,
@@ -577,6 +586,7 @@ pub struct ClientRateLimitLayer {
 }
 
 impl ClientRateLimitLayer {
+    /// A layer limiting the methods of each group in `rates`; groups without a rate are not limited.
     pub fn new(rates: &[ClientRate]) -> Self {
         let mut by_path = std::collections::HashMap::new();
         for group in rates.iter().filter(|g| g.limiter.rate().is_some()) {
@@ -595,6 +605,7 @@ impl<S> Layer<S> for ClientRateLimitLayer {
     }
 }
 
+/// The service [`ClientRateLimitLayer`] wraps around `S`.
 #[derive(Clone)]
 pub struct ClientRateLimit<S> {
     inner: S,
@@ -653,6 +664,7 @@ impl<S> Layer<S> for MalformedRequestLayer {
     }
 }
 
+/// The service [`MalformedRequestLayer`] wraps around `S`.
 #[derive(Debug, Clone)]
 pub struct MalformedRequest<S> {
     inner: S,

@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The ErrorInfo domain of every licensing error.
 pub const ERROR_DOMAIN: &str = "licensing";
 
+/// The gRPC code of an error class.
 pub fn code_of(class: ErrorClass) -> Code {
     match class {
         ErrorClass::InvalidArgument => Code::InvalidArgument,
@@ -29,6 +30,9 @@ pub fn code_of(class: ErrorClass) -> Code {
 /// previews (`licensing_domain::text::quoted`); this bound holds even where one was missed.
 pub const MAX_MESSAGE_CHARS: usize = 500;
 
+/// The gRPC status of a service error: the class's code, the error's message (bounded to
+/// [`MAX_MESSAGE_CHARS`], generic for an internal error, which is logged), and ErrorInfo
+/// (plus RetryInfo).
 pub fn to_status<E: ClassifiedError + ?Sized>(error: &E) -> Status {
     let class = error.class();
     let message = match class {
@@ -72,6 +76,7 @@ pub fn retry_delay_of(status: &Status) -> Option<std::time::Duration> {
 
 /// `result.or_status()?` in gRPC handlers: any classified error through [`to_status`].
 pub trait OrStatus<T> {
+    /// The error as a gRPC status ([`to_status`]).
     fn or_status(self) -> Result<T, Status>;
 }
 

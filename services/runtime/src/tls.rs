@@ -71,10 +71,12 @@ impl ServerTls {
         }
     }
 
+    /// Whether clients must present a certificate (mutual TLS).
     pub fn is_mutual(&self) -> bool {
         self.client_ca_pem.is_some()
     }
 
+    /// tonic's TLS settings of the listener.
     pub fn server_config(&self) -> ServerTlsConfig {
         let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
         match &self.client_ca_pem {

@@ -12,53 +12,105 @@ use licensing_runtime::limiter::RateLimited;
 use licensing_runtime::server::ShuttingDown;
 use std::time::Duration;
 
+/// What the Seat service's use cases fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum SeatError {
+    /// The credentials did not name a license (or a wrong password was throttled).
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// An admin or owner call was not authorized.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A request field is out of bounds.
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        /// The request field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The license may not be used now (suspended, expired, not concurrent, …).
     #[error("{}", .0.message)]
     LicenseState(Refusal),
+    /// The license does not include the feature checked out.
     #[error("feature {} is not licensed by license {license_id}", licensing_domain::text::quoted(feature))]
-    FeatureNotLicensed { license_id: String, feature: String },
+    FeatureNotLicensed {
+        /// License ID.
+        license_id: String,
+        /// The feature asked for.
+        feature: String,
+    },
+    /// No seat for this checkout; the caller may wait (`WaitForSeat`) or retry.
     #[error("{}{}", denial_text(license_id, *seats, *in_use, denial), earliest_text(*.earliest_expiry))]
     NoSeat {
+        /// License ID.
         license_id: String,
+        /// The license's seats.
         seats: i32,
+        /// Seats in use.
         in_use: i32,
+        /// Which limit said no.
         denial: SeatDenial,
+        /// When the earliest live lease expires (Unix ms), if any is live.
         earliest_expiry: Option<Millis>,
+        /// When trying again may succeed.
         retry_after: Option<Duration>,
     },
+    /// The seat policy refuses this user, host or group (waiting would not help).
     #[error("{}", denial_text(license_id, 0, 0, denial))]
-    Denied { license_id: String, denial: SeatDenial },
+    Denied {
+        /// License ID.
+        license_id: String,
+        /// The policy's refusal.
+        denial: SeatDenial,
+    },
+    /// A borrow was asked for on a license whose policy allows none (its License ID).
     #[error("license {0} does not allow borrowing; ask its administrator to set max_borrow")]
     BorrowNotAllowed(String),
+    /// The lease expired (its Lease ID): check out again.
     #[error("lease {0} has expired: check out again")]
     LeaseExpired(String),
+    /// An administrator revoked the lease (its Lease ID).
     #[error("lease {0} was revoked by an administrator")]
     LeaseRevoked(String),
+    /// The license has no live lease with this ID.
     #[error("license {license_id} has no live lease {lease_id}: check out again")]
-    LeaseNotFound { license_id: String, lease_id: String },
+    LeaseNotFound {
+        /// License ID.
+        license_id: String,
+        /// Lease ID.
+        lease_id: String,
+    },
+    /// No license has this ID.
     #[error("no license with ID {0}")]
     LicenseNotFound(String),
+    /// `WaitForSeat` waited its longest (in ms) without a seat.
     #[error("no seat became free within {0} ms")]
     WaitTimedOut(u128),
+    /// The operation is not available here (why).
     #[error("{0}")]
     NotAvailable(&'static str),
+    /// The license's state does not allow the policy change (why).
     #[error("{0}")]
     PolicyNotAllowed(String),
+    /// The lease store lost its leases and holds new seats back (see `CheckoutOutcome::Recovering`).
     #[error("the lease store lost its leases and hands out no new seat until {}, when every lease it may have forgotten has expired; holders of leases keep them by heartbeat with their lease token", rfc3339(*until))]
-    Recovering { until: Millis, retry_after: Duration },
+    Recovering {
+        /// No new seats before this instant (Unix ms, the lease store's clock).
+        until: Millis,
+        /// How long until then.
+        retry_after: Duration,
+    },
+    /// A lease token sent to re-establish a lease does not verify (why).
     #[error("lease_token: {0}")]
     BadLeaseToken(String),
+    /// A rate limit refused the call.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// The server is draining.
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -101,6 +153,7 @@ impl From<UpdateError> for SeatError {
 }
 
 impl SeatError {
+    /// An [`Self::InvalidArgument`] from its field and message.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument { field, message: message.into() }
     }

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
+/// The `licensing.seat.v1.SeatService` gRPC adapter over [`Seats`].
 #[derive(Clone)]
 pub struct SeatApi {
     seats: Seats,
@@ -27,6 +28,7 @@ pub struct SeatApi {
 }
 
 impl SeatApi {
+    /// The adapter; admin calls check `admin`, calls a license's customer may make also accept `sessions`.
     pub fn new(seats: Seats, admin: AdminAuth, sessions: SessionAuth) -> Self {
         Self {
             seats,
@@ -45,6 +47,7 @@ impl SeatApi {
         self.admin_or_owner.authorize(request.metadata()).await.map_err(SeatError::from).or_status()
     }
 
+    /// The tonic service, decoding and encoding messages of up to `max_message_bytes`.
     pub fn into_server(self, max_message_bytes: usize) -> SeatServiceServer<Self> {
         SeatServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)

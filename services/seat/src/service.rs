@@ -26,10 +26,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// Lease lifetimes and limits of the Seat service.
 #[derive(Debug, Clone)]
 pub struct SeatSettings {
+    /// Lease TTL when neither the request nor the seat policy names one (ms).
     pub default_ttl: Millis,
+    /// Shortest TTL granted (ms); shorter requests are raised to it.
     pub min_ttl: Millis,
+    /// Longest TTL granted (ms); longer requests are lowered to it.
     pub max_ttl: Millis,
     /// The longest a `WaitForSeat` may wait.
     pub max_wait: Duration,
@@ -52,9 +56,13 @@ impl Default for SeatSettings {
 /// What a client asks for at checkout (decoded from the request).
 #[derive(Debug, Clone, Default)]
 pub struct CheckoutRequest {
+    /// The module to check out; empty means the product itself.
     pub feature: String,
+    /// User name the client reports.
     pub user: String,
+    /// Host name the client reports.
     pub host: String,
+    /// Stable per client process; a checkout repeating it renews that client's lease.
     pub client_instance_id: String,
     /// Requested TTL in ms; 0 means the default. Negative is refused.
     pub ttl_ms: i64,
@@ -67,11 +75,17 @@ pub struct CheckoutRequest {
 /// A lease as handed to its holder.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// The lease granted.
     pub lease: Lease,
+    /// The checkout renewed the client's own live (or lingering) lease.
     pub renewed: bool,
+    /// The license's seats.
     pub seats_total: i32,
+    /// Seats of the pool in use after the checkout.
     pub seats_in_use: i32,
+    /// Send the next heartbeat within this many ms (a third of the TTL).
     pub heartbeat_interval_ms: i64,
+    /// The signed lease token, verifiable offline until the lease's expiry.
     pub token: String,
 }
 
@@ -79,6 +93,8 @@ pub struct Grant {
 /// each with the lease store's revision of it read before it, when the store keeps revisions.
 pub type LicenseCache = licensing_runtime::license_cache::LicenseCache<(Arc<License>, Option<u64>)>;
 
+/// The Seat service's use cases: checkouts, heartbeats, checkins, waits, borrows, revocations,
+/// seat policies and usage reports, over the catalog, lease and usage stores.
 #[derive(Clone)]
 pub struct Seats {
     catalog: Arc<dyn CatalogStore>,
@@ -104,10 +120,15 @@ pub struct Seats {
 /// A license's pool ([`Seats::pool_status`]).
 #[derive(Debug, Clone)]
 pub struct PoolStatus {
+    /// The license.
     pub license: License,
+    /// Seats held (each shared seat once).
     pub in_use: i32,
+    /// Seats held beyond the license's seats.
     pub overdraft_in_use: i32,
+    /// Clients waiting in line in this process.
     pub waiting: usize,
+    /// When the earliest live lease expires (Unix ms), if any is live.
     pub earliest_expiry: Option<Millis>,
 }
 
@@ -177,6 +198,7 @@ fn check_id(field: &'static str, prefix: &str, value: &str) -> Result<(), SeatEr
 }
 
 impl Seats {
+    /// The service over its stores; `usage` writes the usage log, `signer` signs lease tokens.
     pub fn new(
         catalog: Arc<dyn CatalogStore>,
         leases: Arc<dyn LeaseStore>,
@@ -251,6 +273,7 @@ impl Seats {
         self
     }
 
+    /// The usage-log writer.
     pub fn usage_log(&self) -> &UsageLog {
         &self.usage
     }
@@ -699,6 +722,7 @@ impl Seats {
         }
     }
 
+    /// The license and its live leases, if `caller` may see the license.
     pub async fn list(&self, caller: &Caller, license_id: &str) -> Result<(License, Vec<Lease>), SeatError> {
         let license = self.visible_license(caller, license_id).await?;
         Ok((license, self.leases.list(license_id).await?))
@@ -718,6 +742,7 @@ impl Seats {
         })
     }
 
+    /// Revokes a lease (an administrator's call): its seat is free at once; returns the license's new fence.
     pub async fn revoke(&self, license_id: &str, lease_id: &str) -> Result<i64, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
@@ -769,6 +794,7 @@ impl Seats {
         Ok(UsageReport::compute(license_id, &events, from, to, now))
     }
 
+    /// The lease store's clock (Unix ms).
     pub async fn now(&self) -> Result<Millis, SeatError> {
         Ok(self.leases.now().await?)
     }

@@ -26,6 +26,8 @@ enum Message {
 /// Losses not yet written: license -> (events, time of the first).
 type Losses = Arc<Mutex<HashMap<String, (i64, Millis)>>>;
 
+/// The usage log's writer: events are queued (bounded, never waited for) and written in batches
+/// by a background task; what a full queue drops is counted and recorded as `dropped` events.
 #[derive(Clone)]
 pub struct UsageLog {
     queue: mpsc::Sender<Message>,

@@ -14,12 +14,14 @@ struct Queue {
     changed: Arc<Notify>,
 }
 
+/// The `WaitForSeat` queues of this process, one per license.
 #[derive(Clone, Default)]
 pub struct WaitQueues {
     queues: Arc<Mutex<HashMap<String, Queue>>>,
     next_id: Arc<AtomicU64>,
 }
 
+/// A waiter's place in its license's queue; dropping it leaves the queue.
 pub struct Ticket {
     id: u64,
     license_id: String,
@@ -32,6 +34,7 @@ impl WaitQueues {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Puts a waiter at the end of the license's queue.
     pub fn enqueue(&self, license_id: &str) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut queues = self.lock();
@@ -76,6 +79,7 @@ impl Ticket {
             .map_or(0, |p| p + 1)
     }
 
+    /// Woken when a seat may have been freed or the queue changed.
     pub fn changed(&self) -> Arc<Notify> {
         self.changed.clone()
     }

@@ -71,21 +71,23 @@ const LIST_SEP: char = '\u{1e}';
 /// The Lua scripts, in `services/store/lua/`: each runs after the shared prelude, which names
 /// the keys, the packed fields and `now`; each script names its own arguments.
 mod lua {
-    pub const PRELUDE: &str = include_str!("../lua/prelude.lua");
-    pub const CHECKOUT: &str = include_str!("../lua/checkout.lua");
-    pub const HEARTBEAT: &str = include_str!("../lua/heartbeat.lua");
-    pub const CHECKIN: &str = include_str!("../lua/checkin.lua");
-    pub const REVOKE: &str = include_str!("../lua/revoke.lua");
-    pub const LIST: &str = include_str!("../lua/list.lua");
-    pub const DRAIN_EXPIRED: &str = include_str!("../lua/drain_expired.lua");
-    pub const REESTABLISH: &str = include_str!("../lua/reestablish.lua");
-    pub const NOW: &str = include_str!("../lua/now.lua");
+    pub(crate) const PRELUDE: &str = include_str!("../lua/prelude.lua");
+    pub(crate) const CHECKOUT: &str = include_str!("../lua/checkout.lua");
+    pub(crate) const HEARTBEAT: &str = include_str!("../lua/heartbeat.lua");
+    pub(crate) const CHECKIN: &str = include_str!("../lua/checkin.lua");
+    pub(crate) const REVOKE: &str = include_str!("../lua/revoke.lua");
+    pub(crate) const LIST: &str = include_str!("../lua/list.lua");
+    pub(crate) const DRAIN_EXPIRED: &str = include_str!("../lua/drain_expired.lua");
+    pub(crate) const REESTABLISH: &str = include_str!("../lua/reestablish.lua");
+    pub(crate) const NOW: &str = include_str!("../lua/now.lua");
 }
 
 /// A script's arguments by the names its `named(ARGV, {…})` declares, in that order. Only the
 /// values are sent; the names keep the Rust side and the script in step (a test compares them).
 type NamedArgs = Vec<(&'static str, String)>;
 
+/// [`LeaseStore`] on Redis: each decision one Lua script, by Redis's clock; also the license
+/// revisions ([`LicenseRevisions`]) that fence checkouts decided on cached licenses.
 #[derive(Clone)]
 pub struct RedisLeaseStore {
     conn: ConnectionManager,

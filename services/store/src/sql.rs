@@ -19,7 +19,9 @@ use std::time::Duration;
 /// Which database a [`SqlStore`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
+    /// PostgreSQL: the production catalog, shared by every service process.
     Postgres,
+    /// A SQLite file: the embedded default of the all-in-one server.
     Sqlite,
 }
 
@@ -83,6 +85,7 @@ const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Settings for connecting; the defaults suit a service process.
 #[derive(Debug, Clone)]
 pub struct SqlOptions {
+    /// Most PostgreSQL connections the pool opens (a SQLite store has one writer and `SQLITE_READERS` readers).
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before the store reports Unavailable.
     pub acquire_timeout: Duration,
@@ -250,6 +253,7 @@ impl SqlStore {
         })
     }
 
+    /// Which database this store talks to.
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
@@ -373,6 +377,7 @@ impl SqlStore {
     /// The row of `markers` that keeps the Redis lease store's [`ExpiryHorizon`].
     const LEASE_HORIZON: &'static str = "redis_lease_expiry_horizon";
 
+    /// Closes the pools, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
         self.readers.close().await;

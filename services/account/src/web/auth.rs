@@ -14,7 +14,7 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 /// The customer of the request's session; pages that need one redirect to the login otherwise.
-pub struct Me {
+pub(crate) struct Me {
     pub customer_id: String,
     pub company_name: String,
     /// The session token (from the cookie), e.g. to log out or to keep this session when the
@@ -25,7 +25,7 @@ pub struct Me {
 }
 
 impl Me {
-    pub fn layout(&self, title: impl Into<String>, nav: &'static str) -> Layout {
+    pub(crate) fn layout(&self, title: impl Into<String>, nav: &'static str) -> Layout {
         Layout {
             me: Some(MeView { customer_id: self.customer_id.clone(), company_name: self.company_name.clone() }),
             nav,
@@ -81,7 +81,7 @@ impl FromRequestParts<Web> for Me {
 }
 
 /// The address the request came from (the portal's per-client limits and login throttling).
-pub struct ClientIp(pub String);
+pub(crate) struct ClientIp(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
@@ -103,7 +103,7 @@ fn password_rules() -> String {
     )
 }
 
-pub fn rules() -> String {
+pub(crate) fn rules() -> String {
     password_rules()
 }
 
@@ -116,14 +116,14 @@ fn too_many(retry_after: std::time::Duration, mut response: Response) -> Respons
     response
 }
 
-pub async fn home(State(web): State<Web>, request_headers: axum::http::HeaderMap) -> Response {
+pub(crate) async fn home(State(web): State<Web>, request_headers: axum::http::HeaderMap) -> Response {
     let logged_in = web.portal.authenticate(cookie(&request_headers, web.session_cookie())).await.is_ok();
     see_other(if logged_in { "/licenses" } else { "/login" })
 }
 
 #[derive(Template)]
 #[template(path = "login.html")]
-pub struct LoginPage {
+pub(crate) struct LoginPage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub login: String,
@@ -131,14 +131,14 @@ pub struct LoginPage {
 }
 
 #[derive(Deserialize)]
-pub struct LoginQuery {
+pub(crate) struct LoginQuery {
     #[serde(default)]
     next: String,
     #[serde(default)]
     notice: String,
 }
 
-pub async fn login_page(
+pub(crate) async fn login_page(
     State(web): State<Web>,
     Extension(secret): Extension<CsrfSecret>,
     Query(q): Query<LoginQuery>,
@@ -154,7 +154,7 @@ pub async fn login_page(
 }
 
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(crate) struct LoginForm {
     #[serde(default)]
     login: String,
     #[serde(default)]
@@ -163,7 +163,7 @@ pub struct LoginForm {
     next: String,
 }
 
-pub async fn login(
+pub(crate) async fn login(
     State(web): State<Web>,
     Extension(secret): Extension<CsrfSecret>,
     ClientIp(client): ClientIp,
@@ -210,7 +210,7 @@ pub async fn login(
     }
 }
 
-pub async fn logout(State(web): State<Web>, me: Me) -> Response {
+pub(crate) async fn logout(State(web): State<Web>, me: Me) -> Response {
     if let Err(e) = web.portal.logout(&me.customer_id, &me.token).await {
         return refusal(e);
     }
@@ -221,14 +221,14 @@ pub async fn logout(State(web): State<Web>, me: Me) -> Response {
 
 #[derive(Template)]
 #[template(path = "forgot.html")]
-pub struct ForgotPage {
+pub(crate) struct ForgotPage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub login: String,
     pub sent: bool,
 }
 
-pub async fn forgot_page(State(web): State<Web>, Extension(secret): Extension<CsrfSecret>) -> Response {
+pub(crate) async fn forgot_page(State(web): State<Web>, Extension(secret): Extension<CsrfSecret>) -> Response {
     page(ForgotPage {
         layout: Layout::new("Forgot your password?", csrf(&web, &secret)),
         errors: FieldErrors::default(),
@@ -238,12 +238,12 @@ pub async fn forgot_page(State(web): State<Web>, Extension(secret): Extension<Cs
 }
 
 #[derive(Deserialize)]
-pub struct ForgotForm {
+pub(crate) struct ForgotForm {
     #[serde(default)]
     login: String,
 }
 
-pub async fn forgot(
+pub(crate) async fn forgot(
     State(web): State<Web>,
     Extension(secret): Extension<CsrfSecret>,
     ClientIp(client): ClientIp,
@@ -278,7 +278,7 @@ pub async fn forgot(
 
 #[derive(Template)]
 #[template(path = "reset.html")]
-pub struct ResetPage {
+pub(crate) struct ResetPage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub token: String,
@@ -286,12 +286,12 @@ pub struct ResetPage {
 }
 
 #[derive(Deserialize)]
-pub struct ResetQuery {
+pub(crate) struct ResetQuery {
     #[serde(default)]
     token: String,
 }
 
-pub async fn reset_page(
+pub(crate) async fn reset_page(
     State(web): State<Web>,
     Extension(secret): Extension<CsrfSecret>,
     Query(q): Query<ResetQuery>,
@@ -305,7 +305,7 @@ pub async fn reset_page(
 }
 
 #[derive(Deserialize)]
-pub struct ResetForm {
+pub(crate) struct ResetForm {
     #[serde(default)]
     token: String,
     #[serde(default)]
@@ -314,7 +314,7 @@ pub struct ResetForm {
     new_password_again: String,
 }
 
-pub async fn reset(
+pub(crate) async fn reset(
     State(web): State<Web>,
     Extension(secret): Extension<CsrfSecret>,
     ClientIp(client): ClientIp,
@@ -361,7 +361,7 @@ pub async fn reset(
     }
 }
 
-pub async fn stylesheet() -> Response {
+pub(crate) async fn stylesheet() -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8")),

@@ -16,7 +16,7 @@ fn escape(text: &str) -> String {
 }
 
 /// The chart of `days` for a license of `seats` seats, as an accessible inline SVG element.
-pub fn peak_seats(days: &[DailyUsage], seats: i32) -> String {
+pub(crate) fn peak_seats(days: &[DailyUsage], seats: i32) -> String {
     let top_value = days.iter().map(|d| d.peak_seats).max().unwrap_or(0).max(seats).max(1);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;

@@ -29,7 +29,7 @@ const HISTORY_PER_PAGE: usize = 50;
 const ACTIVITY_PER_PAGE: u32 = 50;
 
 #[derive(Deserialize, Default)]
-pub struct Notice {
+pub(crate) struct Notice {
     #[serde(default)]
     notice: String,
     /// Deactivations left (a number; text because flattened query fields arrive as text).
@@ -77,7 +77,7 @@ fn deactivations_left_sentence(left: i32) -> String {
 // Licenses & Activations.
 // ---------------------------------------------------------------------------------------------
 
-pub struct Column {
+pub(crate) struct Column {
     pub label: &'static str,
     pub href: String,
     /// "ascending", "descending" or "none" (for aria-sort).
@@ -86,7 +86,7 @@ pub struct Column {
 
 #[derive(Template)]
 #[template(path = "licenses.html")]
-pub struct LicensesPage {
+pub(crate) struct LicensesPage {
     pub layout: Layout,
     pub customer_id: String,
     pub total: usize,
@@ -101,7 +101,7 @@ pub struct LicensesPage {
 }
 
 #[derive(Deserialize, Default)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     #[serde(default)]
     q: String,
     #[serde(default)]
@@ -162,7 +162,7 @@ async fn all_licenses(web: &Web, me: &str) -> Result<Vec<License>, AccountError>
     }
 }
 
-pub async fn licenses(State(web): State<Web>, me: Me, Query(q): Query<ListQuery>) -> Response {
+pub(crate) async fn licenses(State(web): State<Web>, me: Me, Query(q): Query<ListQuery>) -> Response {
     let all = match all_licenses(&web, &me.customer_id).await {
         Ok(all) => all,
         Err(e) => return refusal(e),
@@ -241,7 +241,7 @@ pub async fn licenses(State(web): State<Web>, me: Me, Query(q): Query<ListQuery>
 
 #[derive(Template)]
 #[template(path = "license.html")]
-pub struct LicensePage {
+pub(crate) struct LicensePage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub l: LicenseRow,
@@ -320,17 +320,22 @@ async fn license_page(
     )
 }
 
-pub async fn license(State(web): State<Web>, me: Me, Path(id): Path<String>, Query(n): Query<Notice>) -> Response {
+pub(crate) async fn license(
+    State(web): State<Web>,
+    me: Me,
+    Path(id): Path<String>,
+    Query(n): Query<Notice>,
+) -> Response {
     license_page(&web, &me, &id, FieldErrors::default(), None, n.text()).await
 }
 
 #[derive(Deserialize)]
-pub struct LicenseeForm {
+pub(crate) struct LicenseeForm {
     #[serde(default)]
     licensee_name: String,
 }
 
-pub async fn set_licensee(
+pub(crate) async fn set_licensee(
     State(web): State<Web>,
     me: Me,
     Path(id): Path<String>,
@@ -348,7 +353,7 @@ pub async fn set_licensee(
 
 #[derive(Template)]
 #[template(path = "password.html")]
-pub struct PasswordPage {
+pub(crate) struct PasswordPage {
     pub layout: Layout,
     pub license_id: String,
     pub password: String,
@@ -356,7 +361,7 @@ pub struct PasswordPage {
     pub retired: bool,
 }
 
-pub async fn activation_password(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn activation_password(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     let license = match web.portal.my_license(&me.customer_id, &id).await {
         Ok(l) => l,
         Err(e) => return refusal(e),
@@ -375,7 +380,7 @@ pub async fn activation_password(State(web): State<Web>, me: Me, Path(id): Path<
 
 #[derive(Template)]
 #[template(path = "confirm.html")]
-pub struct ConfirmPage {
+pub(crate) struct ConfirmPage {
     pub layout: Layout,
     pub license_id: String,
     pub heading: String,
@@ -386,7 +391,7 @@ pub struct ConfirmPage {
     pub cancel: String,
 }
 
-pub async fn regenerate_page(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn regenerate_page(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     let license = match web.portal.my_license(&me.customer_id, &id).await {
         Ok(l) => l,
         Err(e) => return refusal(e),
@@ -414,7 +419,7 @@ pub async fn regenerate_page(State(web): State<Web>, me: Me, Path(id): Path<Stri
     })
 }
 
-pub async fn regenerate(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn regenerate(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     match web.portal.regenerate_activation_password(&me.customer_id, &id).await {
         Ok(password) => page(PasswordPage {
             layout: me.layout("Activation password", "licenses"),
@@ -431,7 +436,7 @@ pub async fn regenerate(State(web): State<Web>, me: Me, Path(id): Path<String>) 
 // Manage Installations and the history.
 // ---------------------------------------------------------------------------------------------
 
-pub struct InstallationRow {
+pub(crate) struct InstallationRow {
     pub installation_id: String,
     pub machine_name: String,
     pub platform: String,
@@ -444,7 +449,7 @@ pub struct InstallationRow {
 
 #[derive(Template)]
 #[template(path = "installations.html")]
-pub struct InstallationsPage {
+pub(crate) struct InstallationsPage {
     pub layout: Layout,
     pub license_id: String,
     pub deactivations: String,
@@ -454,7 +459,7 @@ pub struct InstallationsPage {
 }
 
 #[derive(Deserialize, Default)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// Where a keyset page starts (the token the previous page linked to).
     #[serde(default)]
     after: String,
@@ -486,7 +491,7 @@ fn deactivation_policy(l: &License) -> String {
     }
 }
 
-pub async fn installations(
+pub(crate) async fn installations(
     State(web): State<Web>,
     me: Me,
     Path(id): Path<String>,
@@ -531,7 +536,7 @@ pub async fn installations(
     })
 }
 
-pub async fn deactivate_page(
+pub(crate) async fn deactivate_page(
     State(web): State<Web>,
     me: Me,
     Path((id, installation_id)): Path<(String, String)>,
@@ -573,7 +578,7 @@ pub async fn deactivate_page(
     })
 }
 
-pub async fn deactivate(
+pub(crate) async fn deactivate(
     State(web): State<Web>,
     me: Me,
     Path((id, installation_id)): Path<(String, String)>,
@@ -588,7 +593,7 @@ pub async fn deactivate(
     }
 }
 
-pub struct HistoryRow {
+pub(crate) struct HistoryRow {
     pub when: String,
     pub action: String,
     pub installation_id: String,
@@ -599,7 +604,7 @@ pub struct HistoryRow {
 
 #[derive(Template)]
 #[template(path = "history.html")]
-pub struct HistoryPage {
+pub(crate) struct HistoryPage {
     pub layout: Layout,
     pub license_id: String,
     pub rows: Vec<HistoryRow>,
@@ -619,7 +624,12 @@ fn history_action(action: &str) -> String {
     }
 }
 
-pub async fn history(State(web): State<Web>, me: Me, Path(id): Path<String>, Query(q): Query<PageQuery>) -> Response {
+pub(crate) async fn history(
+    State(web): State<Web>,
+    me: Me,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
     let wanted = Page { after: Some(q.after.clone()).filter(|t| !t.is_empty()), limit: HISTORY_PER_PAGE as u32 };
     let (license, events, next) = match web.portal.history(&me.customer_id, &id, &wanted).await {
         Ok(found) => found,
@@ -653,7 +663,7 @@ pub async fn history(State(web): State<Web>, me: Me, Path(id): Path<String>, Que
 // Concurrent licenses: live seats, usage, return / re-split.
 // ---------------------------------------------------------------------------------------------
 
-pub struct LeaseRow {
+pub(crate) struct LeaseRow {
     pub user: String,
     pub host: String,
     pub feature: String,
@@ -661,7 +671,7 @@ pub struct LeaseRow {
     pub expires: String,
 }
 
-pub struct DayRow {
+pub(crate) struct DayRow {
     pub day: String,
     pub peak_seats: i32,
     pub seat_hours: String,
@@ -671,7 +681,7 @@ pub struct DayRow {
 
 #[derive(Template)]
 #[template(path = "usage.html")]
-pub struct UsagePage {
+pub(crate) struct UsagePage {
     pub layout: Layout,
     pub license_id: String,
     pub seats_now: String,
@@ -713,7 +723,7 @@ fn policy_lines(policy: &licensing_domain::seat_policy::SeatPolicy) -> Vec<(Stri
     lines
 }
 
-pub async fn usage(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn usage(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     let license = match web.portal.my_license(&me.customer_id, &id).await {
         Ok(l) => l,
         Err(e) => return refusal(e),
@@ -782,7 +792,7 @@ pub async fn usage(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Re
     })
 }
 
-pub async fn usage_csv(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn usage_csv(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     match web.portal.usage_report(&me.customer_id, &id, None, None).await {
         Ok(report) => {
             let file = format!("attachment; filename=\"usage-{}-{}.csv\"", report.license_id, date(report.to));
@@ -798,7 +808,7 @@ pub async fn usage_csv(State(web): State<Web>, me: Me, Path(id): Path<String>) -
     }
 }
 
-pub struct ReissuedRow {
+pub(crate) struct ReissuedRow {
     pub license_id: String,
     pub seats: i32,
     pub license_key: String,
@@ -807,7 +817,7 @@ pub struct ReissuedRow {
 
 #[derive(Template)]
 #[template(path = "return.html")]
-pub struct ReturnPage {
+pub(crate) struct ReturnPage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub license_id: String,
@@ -851,17 +861,17 @@ async fn return_form(web: &Web, me: &Me, id: &str, errors: FieldErrors, split: S
     )
 }
 
-pub async fn return_page(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn return_page(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     return_form(&web, &me, &id, FieldErrors::default(), String::new()).await
 }
 
 #[derive(Deserialize)]
-pub struct ReturnForm {
+pub(crate) struct ReturnForm {
     #[serde(default)]
     split: String,
 }
 
-pub async fn return_license(
+pub(crate) async fn return_license(
     State(web): State<Web>,
     me: Me,
     Path(id): Path<String>,
@@ -905,13 +915,13 @@ pub async fn return_license(
 
 #[derive(Template)]
 #[template(path = "associate.html")]
-pub struct AssociatePage {
+pub(crate) struct AssociatePage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub license_key: String,
 }
 
-pub async fn associate_page(me: Me) -> Response {
+pub(crate) async fn associate_page(me: Me) -> Response {
     page(AssociatePage {
         layout: me.layout("Associate a license", "licenses"),
         errors: FieldErrors::default(),
@@ -920,12 +930,12 @@ pub async fn associate_page(me: Me) -> Response {
 }
 
 #[derive(Deserialize)]
-pub struct AssociateForm {
+pub(crate) struct AssociateForm {
     #[serde(default)]
     license_key: String,
 }
 
-pub async fn associate(State(web): State<Web>, me: Me, Form(form): Form<AssociateForm>) -> Response {
+pub(crate) async fn associate(State(web): State<Web>, me: Me, Form(form): Form<AssociateForm>) -> Response {
     let again = |message: String| {
         page_with(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -952,14 +962,14 @@ pub async fn associate(State(web): State<Web>, me: Me, Form(form): Form<Associat
 
 #[derive(Template)]
 #[template(path = "transfer.html")]
-pub struct TransferPage {
+pub(crate) struct TransferPage {
     pub layout: Layout,
     pub errors: FieldErrors,
     pub license_id: String,
     pub to_customer_id: String,
 }
 
-pub async fn transfer_page(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+pub(crate) async fn transfer_page(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     match web.portal.my_license(&me.customer_id, &id).await {
         Ok(l) => page(TransferPage {
             layout: me.layout("Transfer a license", "licenses"),
@@ -972,14 +982,14 @@ pub async fn transfer_page(State(web): State<Web>, me: Me, Path(id): Path<String
 }
 
 #[derive(Deserialize)]
-pub struct TransferForm {
+pub(crate) struct TransferForm {
     #[serde(default)]
     to_customer_id: String,
     #[serde(default)]
     confirm: String,
 }
 
-pub async fn transfer(
+pub(crate) async fn transfer(
     State(web): State<Web>,
     me: Me,
     Path(id): Path<String>,
@@ -1015,7 +1025,7 @@ pub async fn transfer(
 // Payments.
 // ---------------------------------------------------------------------------------------------
 
-pub struct ReceiptRow {
+pub(crate) struct ReceiptRow {
     pub paid: String,
     pub receipt_id: String,
     pub license_id: String,
@@ -1026,7 +1036,7 @@ pub struct ReceiptRow {
 
 #[derive(Template)]
 #[template(path = "payments.html")]
-pub struct PaymentsPage {
+pub(crate) struct PaymentsPage {
     pub layout: Layout,
     pub rows: Vec<ReceiptRow>,
 }
@@ -1040,7 +1050,7 @@ fn receipt_kind(kind: &str) -> String {
     }
 }
 
-pub async fn payments(State(web): State<Web>, me: Me) -> Response {
+pub(crate) async fn payments(State(web): State<Web>, me: Me) -> Response {
     match web.portal.receipts(&me.customer_id).await {
         Ok(receipts) => page(PaymentsPage {
             layout: me.layout("Payment History", "payments"),
@@ -1063,7 +1073,7 @@ pub async fn payments(State(web): State<Web>, me: Me) -> Response {
     }
 }
 
-pub struct RecurringRow {
+pub(crate) struct RecurringRow {
     pub next: String,
     pub due: bool,
     pub license_id: String,
@@ -1074,12 +1084,12 @@ pub struct RecurringRow {
 
 #[derive(Template)]
 #[template(path = "recurring.html")]
-pub struct RecurringPage {
+pub(crate) struct RecurringPage {
     pub layout: Layout,
     pub rows: Vec<RecurringRow>,
 }
 
-pub async fn recurring(State(web): State<Web>, me: Me) -> Response {
+pub(crate) async fn recurring(State(web): State<Web>, me: Me) -> Response {
     let now = web.portal.now_millis();
     match web.portal.recurring_payments(&me.customer_id).await {
         Ok(plans) => page(RecurringPage {
@@ -1106,7 +1116,7 @@ pub async fn recurring(State(web): State<Web>, me: Me) -> Response {
 
 #[derive(Template)]
 #[template(path = "account.html")]
-pub struct AccountPage {
+pub(crate) struct AccountPage {
     pub layout: Layout,
     pub customer_id: String,
     pub company_name: String,
@@ -1156,12 +1166,12 @@ async fn account_page(
     )
 }
 
-pub async fn account(State(web): State<Web>, me: Me, Query(n): Query<Notice>) -> Response {
+pub(crate) async fn account(State(web): State<Web>, me: Me, Query(n): Query<Notice>) -> Response {
     account_page(&web, &me, n.text(), FieldErrors::default(), None, FieldErrors::default()).await
 }
 
 #[derive(Deserialize)]
-pub struct ContactFormFields {
+pub(crate) struct ContactFormFields {
     #[serde(default)]
     contact_name: String,
     #[serde(default)]
@@ -1183,7 +1193,7 @@ fn label(field: &str) -> &'static str {
     }
 }
 
-pub async fn update_contact(
+pub(crate) async fn update_contact(
     State(web): State<Web>,
     me: Me,
     ClientIp(client): ClientIp,
@@ -1212,7 +1222,7 @@ pub async fn update_contact(
 }
 
 #[derive(Deserialize)]
-pub struct PasswordForm {
+pub(crate) struct PasswordForm {
     #[serde(default)]
     current_password: String,
     #[serde(default)]
@@ -1221,7 +1231,7 @@ pub struct PasswordForm {
     new_password_again: String,
 }
 
-pub async fn change_password(
+pub(crate) async fn change_password(
     State(web): State<Web>,
     me: Me,
     ClientIp(client): ClientIp,
@@ -1252,7 +1262,7 @@ pub async fn change_password(
     account_page(&web, &me, None, FieldErrors::default(), None, errors).await
 }
 
-pub struct ActivityRow {
+pub(crate) struct ActivityRow {
     pub when: String,
     pub what: String,
     pub actor: String,
@@ -1261,14 +1271,14 @@ pub struct ActivityRow {
 
 #[derive(Template)]
 #[template(path = "activity.html")]
-pub struct ActivityPage {
+pub(crate) struct ActivityPage {
     pub layout: Layout,
     pub rows: Vec<ActivityRow>,
     pub next: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
-pub struct ActivityQuery {
+pub(crate) struct ActivityQuery {
     #[serde(default)]
     after: String,
 }
@@ -1296,7 +1306,7 @@ fn activity_action(action: &str) -> String {
     plain.to_owned()
 }
 
-pub async fn activity(State(web): State<Web>, me: Me, Query(q): Query<ActivityQuery>) -> Response {
+pub(crate) async fn activity(State(web): State<Web>, me: Me, Query(q): Query<ActivityQuery>) -> Response {
     let after = q.after.parse::<i64>().ok().filter(|a| *a > 0);
     let page_request = Page { after: after.map(|a| a.to_string()), limit: ACTIVITY_PER_PAGE };
     match web.portal.audit_events(&me.customer_id, &page_request).await {

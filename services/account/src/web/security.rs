@@ -49,7 +49,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Web {
-    pub fn session_cookie(&self) -> &'static str {
+    pub(crate) fn session_cookie(&self) -> &'static str {
         if self.secure {
             "__Host-portal_session"
         } else {
@@ -173,6 +173,7 @@ pub async fn guard(State(web): State<Web>, request: Request, next: Next) -> Resp
 /// The headers every answer carries; `secure` adds HSTS.
 #[derive(Clone, Copy)]
 pub struct SecurityHeadersLayer {
+    /// Whether the portal is served over TLS.
     pub secure: bool,
 }
 
@@ -183,6 +184,7 @@ impl<S> Layer<S> for SecurityHeadersLayer {
     }
 }
 
+/// The service [`SecurityHeadersLayer`] wraps around `S`.
 #[derive(Clone)]
 pub struct SecurityHeaders<S> {
     inner: S,

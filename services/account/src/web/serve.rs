@@ -39,6 +39,7 @@ impl WebServer {
         Self { trusted_proxies: Arc::new(trusted_proxies), ..self }
     }
 
+    /// The address the portal listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -10,13 +10,13 @@ use licensing_domain::model::{License, LicenseKind, LicenseStatus};
 use std::collections::BTreeMap;
 
 /// The logged-in account, as the header shows it.
-pub struct MeView {
+pub(crate) struct MeView {
     pub customer_id: String,
     pub company_name: String,
 }
 
 /// What the base template needs.
-pub struct Layout {
+pub(crate) struct Layout {
     pub title: String,
     /// `None` on pages seen logged out (no navigation, no logout form).
     pub me: Option<MeView>,
@@ -30,37 +30,37 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(title: impl Into<String>, csrf: String) -> Self {
+    pub(crate) fn new(title: impl Into<String>, csrf: String) -> Self {
         Self { title: title.into(), me: None, csrf, nav: "", notice: None, problem: None }
     }
 }
 
 /// Errors of a form, by field name.
 #[derive(Default)]
-pub struct FieldErrors(BTreeMap<&'static str, String>);
+pub(crate) struct FieldErrors(BTreeMap<&'static str, String>);
 
 impl FieldErrors {
-    pub fn one(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn one(field: &'static str, message: impl Into<String>) -> Self {
         let mut errors = Self::default();
         errors.add(field, message);
         errors
     }
-    pub fn add(&mut self, field: &'static str, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, field: &'static str, message: impl Into<String>) {
         self.0.entry(field).or_insert_with(|| message.into());
     }
-    pub fn has(&self, field: &str) -> bool {
+    pub(crate) fn has(&self, field: &str) -> bool {
         self.0.contains_key(field)
     }
-    pub fn get(&self, field: &str) -> Option<&str> {
+    pub(crate) fn get(&self, field: &str) -> Option<&str> {
         self.0.get(field).map(String::as_str)
     }
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
 
 /// Renders a page; a template that fails to render is our bug, answered 500.
-pub fn page(template: impl Template) -> Response {
+pub(crate) fn page(template: impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
@@ -71,7 +71,7 @@ pub fn page(template: impl Template) -> Response {
 }
 
 /// A page with a status other than 200 (a form sent back with its errors, a refusal).
-pub fn page_with(status: StatusCode, template: impl Template) -> Response {
+pub(crate) fn page_with(status: StatusCode, template: impl Template) -> Response {
     let mut response = page(template);
     if response.status() == StatusCode::OK {
         *response.status_mut() = status;
@@ -80,13 +80,13 @@ pub fn page_with(status: StatusCode, template: impl Template) -> Response {
 }
 
 /// After a form: see the result with GET (so reloading does not send the form again).
-pub fn see_other(to: &str) -> Response {
+pub(crate) fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
 #[derive(Template)]
 #[template(path = "error.html")]
-pub struct ErrorPage {
+pub(crate) struct ErrorPage {
     pub layout: Layout,
     pub heading: String,
     pub message: String,
@@ -95,7 +95,7 @@ pub struct ErrorPage {
 }
 
 /// A page for a failure that ends the request: not found, too many attempts, unavailable.
-pub fn failure(status: StatusCode, heading: &str, message: String) -> Response {
+pub(crate) fn failure(status: StatusCode, heading: &str, message: String) -> Response {
     page_with(
         status,
         ErrorPage {
@@ -108,7 +108,7 @@ pub fn failure(status: StatusCode, heading: &str, message: String) -> Response {
     )
 }
 
-pub fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     failure(
         StatusCode::NOT_FOUND,
         "Not found",
@@ -118,7 +118,7 @@ pub fn not_found() -> Response {
 
 /// The error of a use case, for requests whose only answer is a page (reads, links): the
 /// account's own data or nothing. Forms show invalid input next to their fields before this.
-pub fn refusal(error: AccountError) -> Response {
+pub(crate) fn refusal(error: AccountError) -> Response {
     use licensing_domain::error::ClassifiedError;
     match &error {
         AccountError::Unauthenticated { .. } => see_other("/login"),
@@ -155,7 +155,7 @@ pub fn refusal(error: AccountError) -> Response {
 }
 
 /// A message as a sentence: capital first letter, full stop.
-pub fn sentence(message: &str) -> String {
+pub(crate) fn sentence(message: &str) -> String {
     let message = message.trim();
     let mut chars = message.chars();
     let mut out: String = match chars.next() {
@@ -169,28 +169,28 @@ pub fn sentence(message: &str) -> String {
 }
 
 /// The error of a form field, in plain words: "New password must be 12 to 128 characters long."
-pub fn field_message(label: &str, message: &str) -> String {
+pub(crate) fn field_message(label: &str, message: &str) -> String {
     sentence(&format!("{label} {message}"))
 }
 
 /// A date as `YYYY-MM-DD` (UTC).
-pub fn date(at: Millis) -> String {
+pub(crate) fn date(at: Millis) -> String {
     jiff::Timestamp::from_millisecond(at).map(|t| t.strftime("%Y-%m-%d").to_string()).unwrap_or_else(|_| at.to_string())
 }
 
 /// An instant as `YYYY-MM-DD HH:MM UTC`.
-pub fn instant(at: Millis) -> String {
+pub(crate) fn instant(at: Millis) -> String {
     jiff::Timestamp::from_millisecond(at)
         .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_else(|_| at.to_string())
 }
 
-pub fn optional_date(at: Option<Millis>, none: &str) -> String {
+pub(crate) fn optional_date(at: Option<Millis>, none: &str) -> String {
     at.map_or_else(|| none.to_owned(), date)
 }
 
 /// An amount in minor units as people write it: `EUR 499.00`.
-pub fn money(amount_minor: i64, currency: &str) -> String {
+pub(crate) fn money(amount_minor: i64, currency: &str) -> String {
     const NO_MINOR_UNITS: [&str; 6] = ["JPY", "KRW", "VND", "CLP", "ISK", "UGX"];
     if NO_MINOR_UNITS.contains(&currency) {
         return format!("{currency} {amount_minor}");
@@ -200,7 +200,7 @@ pub fn money(amount_minor: i64, currency: &str) -> String {
     format!("{currency} {sign}{}.{:02}", abs / 100, abs % 100)
 }
 
-pub fn months(n: i32) -> String {
+pub(crate) fn months(n: i32) -> String {
     match n {
         1 => "month".into(),
         12 => "year".into(),
@@ -209,7 +209,7 @@ pub fn months(n: i32) -> String {
     }
 }
 
-pub fn kind(kind: LicenseKind) -> &'static str {
+pub(crate) fn kind(kind: LicenseKind) -> &'static str {
     match kind {
         LicenseKind::NodeLocked => "Node-locked",
         LicenseKind::Concurrent => "Concurrent",
@@ -217,7 +217,7 @@ pub fn kind(kind: LicenseKind) -> &'static str {
     }
 }
 
-pub fn status(status: LicenseStatus) -> &'static str {
+pub(crate) fn status(status: LicenseStatus) -> &'static str {
     match status {
         LicenseStatus::Active => "Active",
         LicenseStatus::Suspended => "Suspended",
@@ -226,7 +226,7 @@ pub fn status(status: LicenseStatus) -> &'static str {
 }
 
 /// A license as a row of a table or the head of its page.
-pub struct LicenseRow {
+pub(crate) struct LicenseRow {
     pub license_id: String,
     pub product: String,
     pub kind: &'static str,
@@ -238,7 +238,7 @@ pub struct LicenseRow {
 }
 
 impl LicenseRow {
-    pub fn of(l: &License) -> Self {
+    pub(crate) fn of(l: &License) -> Self {
         Self {
             license_id: l.license_id.clone(),
             product: l.product_code.clone(),
@@ -253,7 +253,7 @@ impl LicenseRow {
 }
 
 /// "Previous / Page n of m / Next" links over `total` items, `per_page` each.
-pub struct Pager {
+pub(crate) struct Pager {
     pub page: usize,
     pub pages: usize,
     pub prev: Option<String>,
@@ -266,12 +266,12 @@ pub struct Pager {
 impl Pager {
     /// Pages that continue from a token (newest first): a link on while there is more, and one
     /// back to the first page once past it.
-    pub fn keyset(first: Option<String>, next: Option<String>) -> Self {
+    pub(crate) fn keyset(first: Option<String>, next: Option<String>) -> Self {
         Self { page: 0, pages: 0, prev: first, prev_label: "First page", next }
     }
 
     /// `link(n)` is the URL of page `n`; `page` is clamped to the pages there are.
-    pub fn new(total: usize, per_page: usize, page: usize, link: impl Fn(usize) -> String) -> Self {
+    pub(crate) fn new(total: usize, per_page: usize, page: usize, link: impl Fn(usize) -> String) -> Self {
         let pages = total.div_ceil(per_page).max(1);
         let page = page.clamp(1, pages);
         Self {
@@ -284,14 +284,14 @@ impl Pager {
     }
 
     /// The items of the current page.
-    pub fn slice<'a, T>(&self, items: &'a [T], per_page: usize) -> &'a [T] {
+    pub(crate) fn slice<'a, T>(&self, items: &'a [T], per_page: usize) -> &'a [T] {
         let start = (self.page - 1) * per_page;
         &items[start.min(items.len())..(start + per_page).min(items.len())]
     }
 }
 
 /// "Showing 1–20 of 45 installations".
-pub fn shown(pager: &Pager, per_page: usize, total: usize, what: &str) -> String {
+pub(crate) fn shown(pager: &Pager, per_page: usize, total: usize, what: &str) -> String {
     if total == 0 {
         return format!("No {what}");
     }

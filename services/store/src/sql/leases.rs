@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
+/// [`LeaseStore`] on the SQL database (the embedded default); see the module docs.
 #[derive(Clone)]
 pub struct SqlLeaseStore {
     sql: SqlStore,
@@ -551,6 +552,7 @@ fn seats_freed(lease: &Lease) -> i32 {
 }
 
 impl SqlLeaseStore {
+    /// A lease store in `sql`'s database, judging expiry by `clock`.
     pub fn new(sql: SqlStore, clock: SharedClock) -> Self {
         Self { sql, clock, heartbeats: Arc::default(), checkins: Arc::default(), checkouts: Arc::default() }
     }
