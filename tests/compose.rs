@@ -566,6 +566,28 @@ impl Drop for Nginx {
     }
 }
 
+/// A new customer with the portal password [`CUSTOMER_PASSWORD`], created through `admin`.
+async fn new_customer(
+    admin: &mut licensing_proto::account::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> String {
+    admin
+        .create_customer(with_token(
+            token,
+            licensing_proto::account::v1::CreateCustomerRequest {
+                company_name: "Acme".into(),
+                contact_email: format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase()),
+                password: CUSTOMER_PASSWORD.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .customer_id
+}
+
 async fn channel(url: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap()
 }
@@ -680,21 +702,7 @@ async fn products_licensectl_and_admins_use_one_address_through_the_gateway() {
         ))
         .await
         .unwrap();
-    let customer = admin
-        .create_customer(with_token(
-            &token,
-            account::CreateCustomerRequest {
-                company_name: "Acme".into(),
-                contact_email: format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase()),
-                password: CUSTOMER_PASSWORD.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .customer_id;
+    let customer = new_customer(&mut admin, &token).await;
 
     // licensectl issues through the gateway.
     let ctl = |args: Vec<String>| {
@@ -837,21 +845,7 @@ async fn behind_the_gateway_a_password_guesser_slows_only_itself() {
     let token = started.env("account")["LICENSING_ADMIN_TOKEN"].clone();
     let mut admin =
         licensing_proto::account::v1::admin_service_client::AdminServiceClient::new(channel(&nginx.url()).await);
-    let customer = admin
-        .create_customer(with_token(
-            &token,
-            account::CreateCustomerRequest {
-                company_name: "Acme".into(),
-                contact_email: format!("{}@example.com", licensing_domain::ids::new_id("m").to_lowercase()),
-                password: CUSTOMER_PASSWORD.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .customer_id;
+    let customer = new_customer(&mut admin, &token).await;
     let login = |source: &'static str, password: &'static str| {
         let customer = customer.clone();
         async move {
