@@ -115,6 +115,42 @@ pub struct Seats {
     /// The lease store's license revisions, when it keeps them: then checkouts are decided on
     /// cached licenses, fenced by the revision read before each ([`Seats::with_license_revisions`]).
     revisions: Option<Arc<dyn LicenseRevisions>>,
+    /// The last lease token this process signed for each lease ([`SignedTokens`]).
+    signed: Arc<SignedTokens>,
+}
+
+/// The lease tokens this process signed last, per lease, so a heartbeat that shows the very
+/// token it was given is recognised by a constant-time comparison instead of an Ed25519
+/// verification (which costs about twice the signature every heartbeat makes anyway). A token
+/// not found here (signed by another replica, before a restart, or forgotten) is verified.
+#[derive(Default)]
+struct SignedTokens {
+    by_lease: std::sync::Mutex<std::collections::HashMap<String, (String, LeaseTokenPayload)>>,
+}
+
+/// How many leases' tokens [`SignedTokens`] keeps; past it, it starts over (tokens are then
+/// verified until it is refilled).
+const SIGNED_TOKENS_KEPT: usize = 100_000;
+
+impl SignedTokens {
+    fn remember(&self, token: &str, payload: LeaseTokenPayload) {
+        let mut by_lease = self.by_lease.lock().unwrap_or_else(|p| p.into_inner());
+        if by_lease.len() >= SIGNED_TOKENS_KEPT && !by_lease.contains_key(&payload.lease_id) {
+            by_lease.clear();
+        }
+        by_lease.insert(payload.lease_id.clone(), (token.to_owned(), payload));
+    }
+
+    /// The payload of `token` if it is the one this process last signed for `lease_id`.
+    fn recall(&self, lease_id: &str, token: &str) -> Option<LeaseTokenPayload> {
+        let by_lease = self.by_lease.lock().unwrap_or_else(|p| p.into_inner());
+        let (signed, payload) = by_lease.get(lease_id)?;
+        licensing_domain::secrets::constant_time_eq(signed.as_bytes(), token.as_bytes()).then(|| payload.clone())
+    }
+
+    fn forget(&self, lease_id: &str) {
+        self.by_lease.lock().unwrap_or_else(|p| p.into_inner()).remove(lease_id);
+    }
 }
 
 /// A license's pool ([`Seats::pool_status`]).
@@ -222,6 +258,7 @@ impl Seats {
             observer: unobserved(),
             licenses: Arc::default(),
             revisions: None,
+            signed: Arc::default(),
         }
     }
 
@@ -291,7 +328,7 @@ impl Seats {
 
     /// A signed token the holder can show offline until the lease's expiry.
     fn token(&self, lease: &Lease) -> String {
-        self.signer.sign_lease_token(&LeaseTokenPayload {
+        let payload = LeaseTokenPayload {
             v: 1,
             lease_id: lease.lease_id.clone(),
             license_id: lease.license_id.clone(),
@@ -304,7 +341,10 @@ impl Seats {
             host: lease.host.clone(),
             seats_held: lease.seats_held,
             ttl_ms: lease.ttl_ms,
-        })
+        };
+        let token = self.signer.sign_lease_token(&payload);
+        self.signed.remember(&token, payload);
+        token
     }
 
     fn grant(&self, lease: Lease, renewed: bool, license: &License, in_use: i32) -> Grant {
@@ -571,8 +611,11 @@ impl Seats {
         lease_id: &str,
         lease_token: &str,
     ) -> Result<LeaseTokenPayload, SeatError> {
-        let token = verify_lease_token(&self.signer.verifying_key(), lease_token)
-            .map_err(|e| SeatError::BadLeaseToken(format!("it is not a lease token this server signed ({e})")))?;
+        let token = match self.signed.recall(lease_id, lease_token) {
+            Some(token) => token,
+            None => verify_lease_token(&self.signer.verifying_key(), lease_token)
+                .map_err(|e| SeatError::BadLeaseToken(format!("it is not a lease token this server signed ({e})")))?,
+        };
         if token.lease_id != lease_id || token.license_id != license_id {
             return Err(SeatError::BadLeaseToken(format!(
                 "it is the lease token of lease {} of license {}, not of lease {lease_id} of license {license_id}",
@@ -617,6 +660,7 @@ impl Seats {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
         let linger_ms = self.known_license(license_id).await?.map_or(0, |l| l.seat_policy.linger_ms);
+        self.signed.forget(lease_id);
         let Some(released) = self.leases.checkin(license_id, lease_id, linger_ms).await? else {
             return Ok(false);
         };
@@ -880,5 +924,40 @@ impl GaugeSource for Seats {
                 out.push(Reading::new(Gauge::LeasesLive, &labels, leases.len() as f64));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(lease_id: &str) -> LeaseTokenPayload {
+        LeaseTokenPayload {
+            v: 1,
+            lease_id: lease_id.into(),
+            license_id: "lic_A".into(),
+            client_instance_id: "c".into(),
+            fence: 1,
+            expires_at_ms: 0,
+            borrowed: false,
+            feature: String::new(),
+            user: "u".into(),
+            host: "h".into(),
+            seats_held: 1,
+            ttl_ms: 1,
+        }
+    }
+
+    #[test]
+    fn only_the_very_token_signed_last_for_a_lease_is_recalled() {
+        let signed = SignedTokens::default();
+        signed.remember("tok-1", payload("lse_1"));
+        assert_eq!(signed.recall("lse_1", "tok-1"), Some(payload("lse_1")));
+        assert_eq!(signed.recall("lse_1", "tok-2"), None, "an altered token is verified, not recalled");
+        assert_eq!(signed.recall("lse_2", "tok-1"), None, "another lease's token is verified, not recalled");
+        signed.remember("tok-3", payload("lse_1"));
+        assert_eq!(signed.recall("lse_1", "tok-1"), None, "only the latest is kept");
+        signed.forget("lse_1");
+        assert_eq!(signed.recall("lse_1", "tok-3"), None);
     }
 }
