@@ -1,7 +1,8 @@
-//! The C ABI (`services/ffi`) as products in C use it: a C test program
-//! (`services/ffi/tests/c/ffi_test.c`) and the C example (`examples/c/floating_seat.c`) are
-//! compiled with the system's `cc` under AddressSanitizer and LeakSanitizer and run against a
-//! real all-in-one server that the test stops and restarts between steps.
+//! The C ABI (`services/ffi`) as products in C and C++ use it: a C test program
+//! (`services/ffi/tests/c/ffi_test.c`), the C++ wrapper's test (`services/ffi/tests/cpp`) and the
+//! examples (`examples/c`, `examples/cpp`) are compiled with the system's `cc` and `c++` under
+//! AddressSanitizer and LeakSanitizer and run against a real all-in-one server that the test
+//! stops and restarts between steps.
 //!
 //! The library is `liblicensing_ffi.so`, built with this binary (the root package dev-depends on
 //! `licensing-ffi`, whose cdylib Cargo builds beside its rlib in `target/<profile>/deps`).
@@ -73,6 +74,17 @@ fn ffi_test() -> &'static Path {
 fn c_example() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     PROGRAM.get_or_init(|| compile("cc", &["examples/c/floating_seat.c"], "floating_seat_c", &["-std=c11"]))
+}
+
+fn cpp_wrapper_test() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| compile("c++", &["services/ffi/tests/cpp/wrapper_test.cpp"], "wrapper_test", &["-std=c++17"]))
+}
+
+fn cpp_example() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| compile("c++", &["examples/cpp/node_locked.cpp"], "node_locked_cpp", &["-std=c++17"]))
 }
 
 /// A running program whose stdout the test reads line by line.
@@ -277,4 +289,56 @@ async fn the_c_example_holds_a_seat_and_gives_it_back_on_ctrl_c() {
     assert_eq!(program.line("SEAT RELEASED", Duration::from_secs(10)).await, "SEAT RELEASED true");
     program.finish().await;
     assert_eq!(live_leases(&app, &license_id).await.len(), 0);
+}
+
+#[tokio::test]
+async fn the_cpp_wrapper_checks_in_from_the_destructor_and_throws_the_reason() {
+    let app = spawn_seat_app(Leases::Embedded).await;
+    let f = fixture(&app).await;
+    let (seat_license, seat_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+    let (license_id, _, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut command = Command::new(cpp_wrapper_test());
+    command
+        .env("LICENSING_URL", format!("http://{}", app.addr))
+        .env("LICENSING_PUBLIC_KEY", app.public_key().await)
+        .env("SEAT_KEY", seat_key)
+        .env("LICENSE_ID", &license_id)
+        .env("LICENSE_PASSWORD", password)
+        .env("LICENSE_STORAGE", storage.path().join("license.json"));
+    let output = Program::start(command).finish().await;
+    assert!(output.contains("0 FAILURES"), "{output}");
+    assert_eq!(live_leases(&app, &seat_license).await.len(), 0);
+}
+
+#[tokio::test]
+async fn the_cpp_example_activates_then_validates_offline_with_the_server_stopped() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (license_id, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+    let storage = tempfile::tempdir().unwrap();
+    let public_key = app.public_key().await;
+    let url = format!("http://{}", app.addr);
+    let run = |expect: &'static str| {
+        let mut command = Command::new(cpp_example());
+        command
+            .env("LICENSING_URL", &url)
+            .env("LICENSING_PUBLIC_KEY", &public_key)
+            .env("LICENSE_KEY", &key)
+            .env("LICENSE_STORAGE", storage.path().join("license.json"));
+        let license_id = license_id.clone();
+        async move {
+            let mut program = Program::start(command);
+            let line = program.line("LICENSE VALID", Duration::from_secs(10)).await;
+            assert!(line.starts_with(&format!("LICENSE VALID {expect} {license_id} until ")), "{line}");
+            Command::new("kill").args(["-INT", &program.pid().to_string()]).status().await.unwrap();
+            program.line("BYE", Duration::from_secs(10)).await;
+            program.finish().await
+        }
+    };
+    let first = run("online").await;
+    assert!(first.contains("ACTIVATED"), "{first}");
+    let _ = app.stop().await;
+    let offline = run("offline").await;
+    assert!(!offline.contains("ACTIVATED"), "{offline}");
 }

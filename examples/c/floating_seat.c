@@ -43,7 +43,7 @@ int main(void) {
     licensing_client_free(client);
     return 3;
   }
-  while (!stop) pause(); /* the product's work goes here */
+  while (!stop) sleep(1); /* the product's work goes here */
 
   bool released = false;
   licensing_seat_checkin(seat, &released);
