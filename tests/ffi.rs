@@ -342,3 +342,108 @@ async fn the_cpp_example_activates_then_validates_offline_with_the_server_stoppe
     let offline = run("offline").await;
     assert!(!offline.contains("ACTIVATED"), "{offline}");
 }
+
+/// The Python of the virtualenv `scripts/test.sh` makes (`target/tools/python`, with pytest and
+/// setuptools), named by `LICENSING_PYTHON`; `None` (with `CI` set: a failure) when it is missing.
+fn python() -> Option<String> {
+    let python = std::env::var("LICENSING_PYTHON").unwrap_or_else(|_| format!("{ROOT}/target/tools/python/bin/python"));
+    let ready = std::process::Command::new(&python)
+        .args(["-c", "import pytest, setuptools, wheel"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ready {
+        return Some(python);
+    }
+    let why = format!("{python} with pytest, setuptools and wheel is missing (./scripts/test.sh makes it)");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+fn run_python(python: &str, args: &[&str], cwd: &Path) -> String {
+    let out = std::process::Command::new(python).args(args).current_dir(cwd).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{python} {args:?}:\n{text}");
+    text
+}
+
+#[tokio::test]
+async fn the_python_package_builds_as_a_wheel_and_passes_pytest_against_a_real_server() {
+    use licensing_proto::seat::v1 as seat;
+    let Some(python) = python() else { return };
+    // A wheel with the library inside, built from a copy of the package, installed with pip.
+    let work = tempfile::tempdir().unwrap();
+    let package = work.path().join("package");
+    let copied = std::process::Command::new("cp")
+        .args(["-r", &format!("{ROOT}/services/ffi/python"), &package.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let library = format!("{}licensing_ffi{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    std::fs::copy(library_dir().join(&library), package.join("src/licensing").join(&library)).unwrap();
+    let dist = work.path().join("dist");
+    let (package_arg, dist_arg) = (package.display().to_string(), dist.display().to_string());
+    run_python(
+        &python,
+        &["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", &dist_arg, &package_arg],
+        work.path(),
+    );
+    let wheel = std::fs::read_dir(&dist).unwrap().next().unwrap().unwrap().path();
+    assert!(wheel.to_string_lossy().ends_with(".whl"), "{}", wheel.display());
+    run_python(
+        &python,
+        &["-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", &wheel.display().to_string()],
+        work.path(),
+    );
+
+    // The licenses, issued on a server that is then stopped and handed to pytest to run.
+    let app = spawn_seat_app(Leases::Embedded).await;
+    let f = fixture(&app).await;
+    let (_, seat_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+    let (_, lost_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+    let (borrow_id, borrow_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
+    let (node_locked_id, _, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    seat_client(&app)
+        .await
+        .update_seat_policy(admin_req(seat::UpdateSeatPolicyRequest {
+            license_id: borrow_id,
+            policy: Some(seat::SeatPolicy {
+                max_borrow: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    let public_key = app.public_key().await;
+    let (data_dir, env) = app.stop().await;
+    // pytest writes to a file, so a run that hangs still shows how far it got (faulthandler
+    // dumps every thread's stack after a minute in one test).
+    let log = work.path().join("pytest.log");
+    let mut pytest = tokio::process::Command::new(&python)
+        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=60"])
+        .arg(format!("{ROOT}/services/ffi/python/tests"))
+        .current_dir(work.path())
+        .env("LICENSING_SERVER_BIN", env!("CARGO_BIN_EXE_licensing-server"))
+        .env("LICENSING_SERVER_ENV", serde_json::to_string(&env).unwrap())
+        .env("LICENSING_PUBLIC_KEY", public_key)
+        .env("SEAT_KEY", seat_key)
+        .env("LOST_KEY", lost_key)
+        .env("BORROW_KEY", borrow_key)
+        .env("NODE_LOCKED_ID", node_locked_id)
+        .env("NODE_LOCKED_PASSWORD", password)
+        .env("PYTHON_EXAMPLE", format!("{ROOT}/examples/python/floating_seat.py"))
+        .env_remove("LICENSING_LIBRARY")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(240), pytest.wait()).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|_| panic!("pytest did not end within 240 s:\n{text}")).unwrap();
+    assert!(status.success() && text.contains(" passed"), "pytest:\n{text}");
+    assert!(!text.contains("skipped") && !text.contains("SKIPPED"), "{text}");
+    drop(data_dir);
+}
