@@ -262,7 +262,9 @@ impl HeartbeatOp {
 #[async_trait]
 impl Op for HeartbeatOp {
     async fn call(&mut self) -> anyhow::Result<()> {
-        self.client.heartbeat(self.request.clone()).await?;
+        let reply = self.client.heartbeat(self.request.clone()).await?.into_inner();
+        // As licensing-client does: the next heartbeat sends the token this one returned.
+        self.request.lease_token = reply.lease_token;
         Ok(())
     }
 }
