@@ -192,7 +192,7 @@ async fn c_program_activates_validates_offline_with_the_server_stopped_and_misus
     let misuse = run_c("misuse", &env).await;
     assert!(misuse.contains("MISUSE DONE"), "{misuse}");
     let activated = run_c("activate", &env).await;
-    assert!(activated.contains(&format!("CERTIFICATE {license_id} modules=1 render")), "{activated}");
+    assert!(activated.contains(&format!("CERTIFICATE {license_id} seats=3 modules=1 render")), "{activated}");
 
     // The server is gone: validation falls back to the stored certificate.
     let _ = app.stop().await;

@@ -289,6 +289,7 @@ impl Activations {
             valid_until_ms: valid_until,
             fingerprint: fingerprint::public_digests(presented),
             match_threshold: self.settings.match_threshold,
+            seats: license.seats,
         };
         self.signer.sign_certificate(&payload)
     }

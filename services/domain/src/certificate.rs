@@ -52,6 +52,10 @@ pub struct CertificatePayload {
     pub fingerprint: Vec<ComponentDigest>,
     /// Share of `fingerprint` components a machine must still have.
     pub match_threshold: f64,
+    /// Machines the license may be activated on (its seats); 0 in certificates signed before
+    /// the field existed.
+    #[serde(default)]
+    pub seats: i32,
 }
 
 /// A payload and its signature, as certificates are stored and sent (JSON).
@@ -298,6 +302,7 @@ mod tests {
             valid_until_ms: 3,
             fingerprint: vec![],
             match_threshold: 0.6,
+            seats: 3,
         }
     }
 

@@ -437,6 +437,14 @@ enum LicensingStatus licensing_certificate_refresh_after_ms(const struct Licensi
 enum LicensingStatus licensing_certificate_module_count(const struct LicensingCertificate *certificate,
                                                         size_t *out_count);
 
+// How many machines the license may be activated on (its seats; 0 in a certificate signed
+// before servers put it in).
+//
+// # Safety
+// `out_seats` is valid for a write.
+enum LicensingStatus licensing_certificate_seats(const struct LicensingCertificate *certificate,
+                                                 int32_t *out_seats);
+
 // The module at `index` (below [`licensing_certificate_module_count`]). `*out_value` is the
 // caller's (free with [`crate::licensing_string_free`]).
 //

@@ -56,6 +56,7 @@ struct Certificate {
   std::int64_t expires_at_ms = 0;  // 0: the license never expires
   std::int64_t valid_until_ms = 0;  // offline use allowed until then
   std::int64_t refresh_after_ms = 0;
+  std::int32_t seats = 0;  // machines the license may be activated on
 
   // Copies the fields of `handle` and frees it.
   static Certificate take(LicensingCertificate* handle) {
@@ -69,6 +70,7 @@ struct Certificate {
     detail::check(licensing_certificate_expires_at_ms(handle, &c.expires_at_ms));
     detail::check(licensing_certificate_valid_until_ms(handle, &c.valid_until_ms));
     detail::check(licensing_certificate_refresh_after_ms(handle, &c.refresh_after_ms));
+    detail::check(licensing_certificate_seats(handle, &c.seats));
     std::size_t count = 0;
     detail::check(licensing_certificate_module_count(handle, &count));
     for (std::size_t i = 0; i < count; ++i) {

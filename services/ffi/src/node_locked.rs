@@ -361,6 +361,25 @@ pub unsafe extern "C" fn licensing_certificate_module_count(
     })
 }
 
+/// How many machines the license may be activated on (its seats; 0 in a certificate signed
+/// before servers put it in).
+///
+/// # Safety
+/// `out_seats` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn licensing_certificate_seats(
+    certificate: *const LicensingCertificate,
+    out_seats: *mut i32,
+) -> LicensingStatus {
+    call(|| {
+        let out_seats = out(out_seats, "out_seats")?;
+        let payload: Arc<CertificatePayload> = get(certificate, "certificate")?;
+        // SAFETY: checked by `out`, valid by the caller's contract.
+        unsafe { put(out_seats, payload.seats) };
+        Ok(())
+    })
+}
+
 /// The module at `index` (below [`licensing_certificate_module_count`]). `*out_value` is the
 /// caller's (free with [`crate::licensing_string_free`]).
 ///

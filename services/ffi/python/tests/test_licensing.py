@@ -87,6 +87,7 @@ def test_node_locked_activates_and_validates_offline_with_the_server_stopped(ser
         assert license.storage_path == storage
         cert = license.activate("python-test", "1.0")
         assert cert.license_id == os.environ["NODE_LOCKED_ID"] and cert.modules == ("render",)
+        assert cert.seats == 2, "the license was issued with two seats"
         assert cert.valid_until_ms > time.time() * 1000
         validity, _ = license.validate(["render"], "1.0")
         assert validity is Validity.ONLINE

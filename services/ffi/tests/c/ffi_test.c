@@ -128,12 +128,14 @@ static void print_certificate(LicensingCertificate *cert) {
   char *license_id = NULL;
   int64_t expires = -1, valid_until = -1;
   size_t modules = 0;
+  int32_t seats = -1;
   CHECK_OK(licensing_certificate_license_id(cert, &license_id));
+  CHECK_OK(licensing_certificate_seats(cert, &seats));
   CHECK_OK(licensing_certificate_expires_at_ms(cert, &expires));
   CHECK_OK(licensing_certificate_valid_until_ms(cert, &valid_until));
   CHECK_OK(licensing_certificate_module_count(cert, &modules));
   CHECK(valid_until > 0 && expires >= valid_until);
-  printf("CERTIFICATE %s modules=%zu", license_id ? license_id : "?", modules);
+  printf("CERTIFICATE %s seats=%d modules=%zu", license_id ? license_id : "?", (int)seats, modules);
   for (size_t i = 0; i < modules; i++) {
     char *module = NULL;
     CHECK_OK(licensing_certificate_module(cert, i, &module));

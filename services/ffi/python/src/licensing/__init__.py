@@ -142,6 +142,7 @@ for _field in ("license_id", "product_code"):
     _declare(f"licensing_certificate_{_field}", _status, _p, _pp)
 for _field in ("expires_at_ms", "valid_until_ms", "refresh_after_ms"):
     _declare(f"licensing_certificate_{_field}", _status, _p, ctypes.POINTER(ctypes.c_int64))
+_declare("licensing_certificate_seats", _status, _p, ctypes.POINTER(ctypes.c_int32))
 _declare("licensing_certificate_module_count", _status, _p, ctypes.POINTER(ctypes.c_size_t))
 _declare("licensing_certificate_module", _status, _p, ctypes.c_size_t, _pp)
 _declare("licensing_seat_checkout", _status, _p, _c, _c, ctypes.POINTER(_Options), _pp)
@@ -193,6 +194,8 @@ class Certificate:
     expires_at_ms: int
     valid_until_ms: int
     refresh_after_ms: int
+    seats: int = 0
+    """Machines the license may be activated on."""
 
     @classmethod
     def _take(cls, handle: ctypes.c_void_p) -> "Certificate":
@@ -214,8 +217,10 @@ class Certificate:
                 out = ctypes.c_void_p()
                 _check(_lib.licensing_certificate_module(handle, i, ctypes.byref(out)))
                 modules.append(_take_string(out))
+            seats = ctypes.c_int32()
+            _check(_lib.licensing_certificate_seats(handle, ctypes.byref(seats)))
             return cls(string("license_id"), string("product_code"), tuple(modules), instant("expires_at_ms"),
-                       instant("valid_until_ms"), instant("refresh_after_ms"))
+                       instant("valid_until_ms"), instant("refresh_after_ms"), seats.value)
         finally:
             _lib.licensing_certificate_free(handle)
 
