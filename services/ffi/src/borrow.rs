@@ -3,12 +3,9 @@
 //! checked offline. Save a [`LicensingBorrowed`] to a file, load it at each start and check it.
 
 use crate::client::{client, LicensingClient};
-use crate::floating::LicensingCheckoutOptions;
-use crate::{
-    block_on, call, credentials, free, get, new_handle, optional_text, out, put, text, Failure, LicensingStatus,
-};
+use crate::floating::{checkout_arguments, LicensingCheckoutOptions};
+use crate::{block_on, call, free, get, new_handle, out, put, text, Failure, LicensingStatus};
 use licensing_client::borrow::BorrowedSeat;
-use licensing_client::floating::CheckoutOptions;
 use std::ffi::c_char;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,27 +39,10 @@ pub unsafe extern "C" fn licensing_borrow(
 ) -> LicensingStatus {
     call(|| {
         let out_borrowed = out(out_borrowed, "out_borrowed")?;
-        let client = client(client_handle)?;
+        // The same options as a checkout's; a borrow has no state to report, so no callback.
         // SAFETY: the caller's contract.
-        let credentials = unsafe { credentials(key_or_id, password) }?;
-        let mut o = CheckoutOptions::default();
-        if !options.is_null() {
-            // SAFETY: a valid LicensingCheckoutOptions by the caller's contract.
-            let given = unsafe { *options };
-            // SAFETY: a NUL-terminated string or NULL, by the caller's contract.
-            if let Some(v) = unsafe { optional_text(given.feature, "options.feature") }? {
-                o.feature = v.to_owned();
-            }
-            // SAFETY: a NUL-terminated string or NULL, by the caller's contract.
-            if let Some(v) = unsafe { optional_text(given.user, "options.user") }? {
-                o.user = v.to_owned();
-            }
-            // SAFETY: a NUL-terminated string or NULL, by the caller's contract.
-            if let Some(v) = unsafe { optional_text(given.host, "options.host") }? {
-                o.host = v.to_owned();
-            }
-        }
-        let seat = block_on(client.borrow(credentials, o, Duration::from_secs(period_s.into())))?;
+        let c = unsafe { checkout_arguments(client_handle, key_or_id, password, options) }?;
+        let seat = block_on(c.client.borrow(c.credentials, c.options, Duration::from_secs(period_s.into())))?;
         // SAFETY: checked by `out`.
         unsafe { put(out_borrowed, new_handle(Arc::new(Mutex::new(seat)))) };
         Ok(())

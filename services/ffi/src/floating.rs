@@ -154,10 +154,11 @@ impl Seat {
     }
 }
 
-struct Checkout {
-    client: Arc<Client>,
-    credentials: Credentials,
-    options: CheckoutOptions,
+/// What a checkout or a borrow was asked for, read from its C arguments.
+pub(crate) struct Checkout {
+    pub(crate) client: Arc<Client>,
+    pub(crate) credentials: Credentials,
+    pub(crate) options: CheckoutOptions,
     callback: LicensingSeatCallback,
     user_data: *mut c_void,
 }
@@ -166,7 +167,7 @@ struct Checkout {
 ///
 /// # Safety
 /// As the exported functions' contracts.
-unsafe fn checkout_arguments(
+pub(crate) unsafe fn checkout_arguments(
     client_handle: *const LicensingClient,
     key_or_id: *const c_char,
     password: *const c_char,
