@@ -35,15 +35,7 @@ pub(crate) fn alert_series() -> Vec<String> {
         .unwrap()
         .iter()
         .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
-        .flat_map(|rule| {
-            rule["expr"]
-                .as_str()
-                .unwrap()
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("licensing_"))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|rule| licensing_series_in(rule["expr"].as_str().unwrap()))
         .collect();
     names.sort();
     names.dedup();

@@ -653,17 +653,19 @@ pub fn dashboard_series() -> Vec<String> {
         .unwrap()
         .iter()
         .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
-        .flat_map(|target| {
-            let expr = target["expr"].as_str().unwrap();
-            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|word| word.starts_with("licensing_"))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|target| licensing_series_in(target["expr"].as_str().unwrap()))
         .collect();
     names.sort();
     names.dedup();
     names
+}
+
+/// The `licensing_*` series a PromQL expression names.
+pub fn licensing_series_in(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("licensing_"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A product for tests that drive the stores directly: code `suite`, modules `a` and `b`.
