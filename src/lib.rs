@@ -14,9 +14,9 @@ use licensing_account::mail::{FileOutbox, Mailer, SmtpMailer};
 use licensing_account::portal::{Portal, PortalDeps, PortalSettings};
 use licensing_account::web::serve::WebServer;
 use licensing_account::web::WebSettings;
-use licensing_account::Catalog;
+use licensing_account::{Catalog, CatalogDeps};
 use licensing_activation::grpc::ActivationApi;
-use licensing_activation::{ActivationSettings, Activations, ValidationCache};
+use licensing_activation::{ActivationDeps, ActivationSettings, Activations, ValidationCache};
 use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
 use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
@@ -465,13 +465,14 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         (None, None) => "http://127.0.0.1:8080".to_owned(),
     };
     let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
-    let catalog = Catalog::new(
-        catalog_store.clone(),
-        activations.clone(),
-        hasher.clone(),
-        overrides.password_hasher.clone(),
-        overrides.clock.clone(),
-    );
+    let catalog = Catalog::new(CatalogDeps {
+        store: catalog_store.clone(),
+        activations: activations.clone(),
+        meters: Arc::new(store.clone()),
+        hasher: hasher.clone(),
+        passwords: overrides.password_hasher.clone(),
+        clock: overrides.clock.clone(),
+    });
     let mailer: Arc<dyn Mailer> = match &config.smtp_url {
         Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
         None => Arc::new(FileOutbox::new(config.data_dir.join("outbox"))),
@@ -530,13 +531,16 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
         ..ActivationSettings::default()
     };
     let activations = Activations::new(
-        deps.catalog.clone(),
-        Arc::new(store.clone()),
-        // Portal sessions prove a deactivation by Installation ID.
-        SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone()),
-        deps.credentials.clone(),
-        deps.signer.clone(),
-        overrides.clock.clone(),
+        ActivationDeps {
+            catalog: deps.catalog.clone(),
+            store: Arc::new(store.clone()),
+            meters: Arc::new(store.clone()),
+            // Portal sessions prove a deactivation by Installation ID.
+            sessions: SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone()),
+            credentials: deps.credentials.clone(),
+            signer: deps.signer.clone(),
+            clock: overrides.clock.clone(),
+        },
         settings,
     )
     .with_observer(Arc::new(stack.metrics.clone()))

@@ -52,6 +52,15 @@ fn request<T>(who: Who, w: &World, message: T) -> tonic::Request<T> {
     }
 }
 
+fn exports_meter() -> licensing_proto::common::v1::Meter {
+    licensing_proto::common::v1::Meter {
+        code: "exports".into(),
+        limit: 10,
+        overage: 0,
+        reset: licensing_proto::common::v1::MeterReset::Monthly as i32,
+    }
+}
+
 fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
     r.map_or_else(|s| s.code(), |_| Code::Ok)
 }
@@ -266,6 +275,31 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
         "GetActivationHistory" => code(
             c.get_activation_history(request(who, w, acc::GetActivationHistoryRequest { license_id: lic() })).await,
         ),
+        "SetLicenseMeter" => code(
+            c.set_license_meter(request(
+                who,
+                w,
+                acc::SetLicenseMeterRequest { license_id: lic(), meter: Some(exports_meter()) },
+            ))
+            .await,
+        ),
+        // Runs after SetLicenseMeter: the admin removes the meter it set.
+        "RemoveLicenseMeter" => code(
+            c.remove_license_meter(request(
+                who,
+                w,
+                acc::RemoveLicenseMeterRequest { license_id: lic(), code: "exports".into() },
+            ))
+            .await,
+        ),
+        "GetLicenseMeterUsage" => code(
+            c.get_license_meter_usage(request(
+                who,
+                w,
+                acc::GetLicenseMeterUsageRequest { license_id: lic(), as_csv: true },
+            ))
+            .await,
+        ),
         "ListLeases" => {
             code(s.list_leases(request(who, w, seat::ListLeasesRequest { license_id: w.floating_a.clone() })).await)
         }
@@ -347,6 +381,9 @@ const ADMIN_RPCS: &[&str] = &[
     "AssociateLicense",
     "ListAuditEvents",
     "GetActivationHistory",
+    "SetLicenseMeter",
+    "RemoveLicenseMeter",
+    "GetLicenseMeterUsage",
     "ListLeases",
     "GetPoolStatus",
     "UpdateSeatPolicy",
@@ -405,6 +442,13 @@ async fn portal_rpc(rpc: &str, session: Option<&str>, w: &World) -> Code {
             p.get_my_seat_policy(session_req(
                 session,
                 acc::GetMySeatPolicyRequest { license_id: w.floating_a.clone() },
+            ))
+            .await,
+        ),
+        "GetMyMeterUsage" => code(
+            p.get_my_meter_usage(session_req(
+                session,
+                acc::GetMyMeterUsageRequest { license_id: w.license_a.clone(), as_csv: true },
             ))
             .await,
         ),
@@ -504,6 +548,7 @@ const PORTAL_CELLS: &[(&str, Code, Code)] = &[
     ("GetActivationPassword", Code::Ok, Code::NotFound),
     ("GetMySeatPolicy", Code::Ok, Code::NotFound),
     ("GetMyUsageReport", Code::Ok, Code::NotFound),
+    ("GetMyMeterUsage", Code::Ok, Code::NotFound),
     ("ListReceipts", Code::Ok, Code::Ok),
     ("ListMyAuditEvents", Code::Ok, Code::Ok),
     ("DeactivateInstallation", Code::NotFound, Code::NotFound),
@@ -671,6 +716,35 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         })
         .await;
     assert_eq!(code(refresh_with_b), Code::FailedPrecondition);
+    // A key names its own license: B's key cannot count against A's meter, nor read it.
+    app.admin()
+        .await
+        .set_license_meter(admin_req(acc::SetLicenseMeterRequest {
+            license_id: w.license_a.clone(),
+            meter: Some(exports_meter()),
+        }))
+        .await
+        .unwrap();
+    let use_with_b = activation
+        .record_usage(act::RecordUsageRequest {
+            credentials: key(&w.floating_key_b),
+            meter: "exports".into(),
+            amount: 1,
+            idempotency_key: "auth-matrix".into(),
+        })
+        .await;
+    assert_eq!(code(use_with_b), Code::NotFound, "B's key has no meter of A's");
+    let a_usage = app
+        .admin()
+        .await
+        .get_license_meter_usage(admin_req(acc::GetLicenseMeterUsageRequest {
+            license_id: w.license_a.clone(),
+            as_csv: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a_usage.current.iter().map(|u| u.used).sum::<i64>(), 0, "A's meter untouched");
     let mut seats = SeatServiceClient::new(w.channel.clone());
     let hb = seats
         .heartbeat(seat::HeartbeatRequest {

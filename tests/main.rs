@@ -22,6 +22,7 @@ mod hostile_input;
 mod image;
 mod kubernetes;
 mod licensectl;
+mod meters;
 mod migrate;
 mod monitoring;
 mod network_faults;

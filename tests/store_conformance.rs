@@ -1307,3 +1307,187 @@ async fn an_expired_lease_answers_expired_until_the_sweep_records_it_in_every_le
         assert_eq!(store.heartbeat(&license, &lease.lease_id).await.unwrap(), HeartbeatOutcome::Unknown, "{name}");
     }
 }
+
+/// A license of the suite with one meter, stored in `store`.
+async fn metered_license(store: &SqlStore, meter: licensing_domain::meter::Meter) -> License {
+    let (customer, _) = seed_customer_once(store).await;
+    let mut l = new_license(&customer, LicenseKind::Concurrent, 5);
+    l.meters = vec![meter];
+    let new = NewLicense {
+        license: l.clone(),
+        key_digest: format!("digest-{}", l.license_id),
+        activation_password_salt: "salt".into(),
+    };
+    store.insert_license(&new, audit("license.issued", &l.license_id), None).await.unwrap();
+    l
+}
+
+/// The suite product and a customer, made once per store.
+async fn seed_customer_once(store: &SqlStore) -> (String, ()) {
+    if store.get_product("suite").await.unwrap().is_none() {
+        store.create_product(&suite_product(), audit("product.created", "suite")).await.unwrap();
+    }
+    let customer = Customer {
+        customer_id: ids::new_id(ids::CUSTOMER),
+        company_name: "Metered".into(),
+        contact_email: format!("{}@b.example", ids::new_id("m").to_lowercase()),
+        contact_name: String::new(),
+        phone: String::new(),
+        created_at: 1,
+    };
+    store.create_customer(&customer, None, audit("customer.created", &customer.customer_id)).await.unwrap();
+    (customer.customer_id, ())
+}
+
+fn exports(limit: i64, overage: i64) -> licensing_domain::meter::Meter {
+    use licensing_domain::meter::{Meter, MeterReset};
+    Meter { code: "exports".into(), limit, overage, reset: MeterReset::Monthly }
+}
+
+fn use_of(license: &License, amount: i64, key: &str, at: i64) -> licensing_domain::meter::RecordUse {
+    licensing_domain::meter::RecordUse {
+        license_id: license.license_id.clone(),
+        meter: "exports".into(),
+        amount,
+        idempotency_key: key.into(),
+        at,
+    }
+}
+
+fn any_state(_: &License) -> Result<(), Refusal> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn meter_store_conformance() {
+    use licensing_domain::clock::parse_instant;
+    use licensing_domain::meter::UseRefused;
+    let december = parse_instant("2026-12-02T10:00:00Z").unwrap();
+    let january = parse_instant("2027-01-15T10:00:00Z").unwrap();
+    for (name, store) in sql_stores().await {
+        let license = metered_license(&store, exports(20, 0)).await;
+        let first = store.record_use(&use_of(&license, 5, "k1", december), &any_state).await.unwrap();
+        assert_eq!((first.usage.used, first.usage.remaining(), first.replayed), (5, 15, false), "{name}");
+        assert_eq!(first.usage.period.start, parse_instant("2026-12-01").unwrap(), "{name}");
+        assert_eq!(first.usage.period.end, Some(parse_instant("2027-01-01").unwrap()), "{name}");
+
+        // The same key again is the same use: answered, not counted.
+        let again = store.record_use(&use_of(&license, 5, "k1", december), &any_state).await.unwrap();
+        assert_eq!((again.usage.used, again.replayed), (5, true), "{name}");
+        // The same key for another amount is a mistake, refused.
+        let reused = store.record_use(&use_of(&license, 6, "k1", december), &any_state).await.unwrap_err();
+        assert!(matches!(reused, MeterStoreError::Refused(UseRefused::KeyReused { recorded_amount: 5, .. })), "{name}");
+
+        // Over the limit: refused, nothing counted.
+        let over = store.record_use(&use_of(&license, 16, "k2", december), &any_state).await.unwrap_err();
+        assert!(
+            matches!(over, MeterStoreError::Refused(UseRefused::LimitReached { used: 5, left: 15, .. })),
+            "{name}: {over:?}"
+        );
+        // A refused key was not spent: the same key may count once the use fits.
+        let fits = store.record_use(&use_of(&license, 15, "k2", december), &any_state).await.unwrap();
+        assert_eq!((fits.usage.used, fits.usage.remaining()), (20, 0), "{name}");
+
+        // An overage allowance lets use go past the limit, and only that far.
+        let change = LicenseChange::SetMeter(exports(20, 5));
+        store
+            .update_license(&license.license_id, &change, december, audit("m", &license.license_id), None)
+            .await
+            .unwrap();
+        let into_overage = store.record_use(&use_of(&license, 4, "k3", december), &any_state).await.unwrap();
+        assert_eq!((into_overage.usage.used, into_overage.usage.overage_used()), (24, 4), "{name}");
+        let past = store.record_use(&use_of(&license, 2, "k4", december), &any_state).await.unwrap_err();
+        assert!(matches!(past, MeterStoreError::Refused(UseRefused::LimitReached { left: 1, .. })), "{name}");
+
+        // A new month counts from zero; the old one stays in the history.
+        let next = store.record_use(&use_of(&license, 3, "k5", january), &any_state).await.unwrap();
+        assert_eq!((next.usage.used, next.usage.period.start), (3, parse_instant("2027-01-01").unwrap()), "{name}");
+        let fresh = store.get_license(&license.license_id).await.unwrap().unwrap();
+        let current = store.current_meter_usage(&fresh, january).await.unwrap();
+        assert_eq!(current.iter().map(|u| (u.meter.code.as_str(), u.used)).collect::<Vec<_>>(), [("exports", 3)]);
+        let history = store.meter_history(&license.license_id).await.unwrap();
+        assert_eq!(history.iter().map(|u| u.used).collect::<Vec<_>>(), [24, 3], "{name}");
+
+        // Unknown meters, unusable licenses and unknown licenses count nothing.
+        let mut unknown = use_of(&license, 1, "k6", january);
+        unknown.meter = "renders".into();
+        let err = store.record_use(&unknown, &any_state).await.unwrap_err();
+        assert!(
+            matches!(err, MeterStoreError::Refused(UseRefused::UnknownMeter { ref known, .. }) if known == "exports")
+        );
+        let refuse =
+            |l: &License| Err(Refusal { reason: "SUSPENDED", message: format!("{} is suspended", l.license_id) });
+        let err = store.record_use(&use_of(&license, 1, "k7", january), &refuse).await.unwrap_err();
+        assert!(matches!(err, MeterStoreError::Refused(UseRefused::NotUsable(_))), "{name}");
+        let mut nobody = use_of(&license, 1, "k8", january);
+        nobody.license_id = "lic_NOBODY".into();
+        assert!(matches!(store.record_use(&nobody, &any_state).await, Err(MeterStoreError::LicenseNotFound(_))));
+
+        // A removed meter counts no more, and what it counted stays reported.
+        let change = LicenseChange::RemoveMeter("exports".into());
+        store
+            .update_license(&license.license_id, &change, january, audit("m", &license.license_id), None)
+            .await
+            .unwrap();
+        let err = store.record_use(&use_of(&license, 1, "k9", january), &any_state).await.unwrap_err();
+        assert!(matches!(err, MeterStoreError::Refused(UseRefused::UnknownMeter { .. })), "{name}");
+        assert_eq!(store.meter_history(&license.license_id).await.unwrap().len(), 2, "{name}");
+        // A replay of an acknowledged use still answers as it did.
+        let replay = store.record_use(&use_of(&license, 3, "k5", january), &any_state).await.unwrap();
+        assert_eq!((replay.usage.used, replay.replayed), (3, true), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn racing_uses_of_a_meter_never_exceed_its_limit_on_every_backend() {
+    let now = SystemClock.now();
+    for (name, store) in sql_stores().await {
+        let license = metered_license(&store, exports(100, 0)).await;
+        // 80 used: 20 left for 50 uses that arrive together.
+        store.record_use(&use_of(&license, 80, "before", now), &any_state).await.unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let (store, command) = (store.clone(), use_of(&license, 1, &format!("race-{i}"), now));
+                tokio::spawn(async move { store.record_use(&command, &any_state).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(recorded) => {
+                    assert!(!recorded.replayed && recorded.usage.used <= 100, "{name}");
+                    accepted += 1;
+                }
+                Err(MeterStoreError::Refused(licensing_domain::meter::UseRefused::LimitReached { .. })) => {}
+                Err(e) => panic!("{name}: {e:?}"),
+            }
+        }
+        assert_eq!(accepted, 20, "{name}");
+        let fresh = store.get_license(&license.license_id).await.unwrap().unwrap();
+        assert_eq!(store.current_meter_usage(&fresh, now).await.unwrap()[0].used, 100, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_use_retried_under_its_key_counts_once_on_every_backend() {
+    let now = SystemClock.now();
+    for (name, store) in sql_stores().await {
+        let license = metered_license(&store, exports(100, 0)).await;
+        // Ten retries of one use, all at once (a product whose answers were lost).
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (store, command) = (store.clone(), use_of(&license, 7, "the-same-key", now));
+                tokio::spawn(async move { store.record_use(&command, &any_state).await.unwrap() })
+            })
+            .collect();
+        let mut counted = 0;
+        for t in tasks {
+            let recorded = t.await.unwrap();
+            assert_eq!(recorded.usage.used, 7, "{name}: every answer tells the one count");
+            counted += usize::from(!recorded.replayed);
+        }
+        assert_eq!(counted, 1, "{name}");
+        let fresh = store.get_license(&license.license_id).await.unwrap().unwrap();
+        assert_eq!(store.current_meter_usage(&fresh, now).await.unwrap()[0].used, 7, "{name}");
+    }
+}

@@ -707,6 +707,7 @@ pub fn new_license(
         notes: "first".into(),
         licensee_name: String::new(),
         seat_policy: Default::default(),
+        meters: Vec::new(),
         created_at: 1,
         updated_at: 1,
     }

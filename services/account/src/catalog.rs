@@ -6,10 +6,11 @@ use licensing_domain::change::{validate_allowed_deactivations, validate_modules,
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
+use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::*;
 use licensing_domain::secrets::{purpose, random_token, KeyedHasher, PasswordHasher};
 use licensing_domain::store::{
-    ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget,
+    ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget, MeterStore,
 };
 use licensing_domain::text::quoted;
 use serde_json::json;
@@ -21,9 +22,27 @@ pub struct Catalog {
     store: Arc<dyn CatalogStore>,
     /// Activations, which support staff free when returning a license for a customer.
     activations: Arc<dyn ActivationStore>,
+    /// Metered features' counts, for reports.
+    meters: Arc<dyn MeterStore>,
     hasher: KeyedHasher,
     passwords: PasswordHasher,
     clock: SharedClock,
+}
+
+/// What [`Catalog`] works over.
+pub struct CatalogDeps {
+    /// Products, customers, licenses and the audit log.
+    pub store: Arc<dyn CatalogStore>,
+    /// Activations, which support staff free when returning a license for a customer.
+    pub activations: Arc<dyn ActivationStore>,
+    /// Metered features' counts, for reports.
+    pub meters: Arc<dyn MeterStore>,
+    /// Keyed digests of license keys and tokens.
+    pub hasher: KeyedHasher,
+    /// Hashes customers' passwords (argon2id).
+    pub passwords: PasswordHasher,
+    /// Judges every date.
+    pub clock: SharedClock,
 }
 
 /// Input of [`Catalog::issue_license`], already decoded from the request.
@@ -53,6 +72,8 @@ pub struct IssueLicense {
     pub notes: String,
     /// A payment to record as the issue's receipt.
     pub payment: Option<Payment>,
+    /// Metered features the license carries.
+    pub meters: Vec<licensing_domain::meter::Meter>,
 }
 
 /// A payment given with an admin call, recorded as a receipt.
@@ -113,15 +134,19 @@ fn not_found(reason: &'static str, message: String) -> AccountError {
 }
 
 impl Catalog {
-    /// The use cases over their stores, hashing customers' passwords with `passwords`.
-    pub fn new(
-        store: Arc<dyn CatalogStore>,
-        activations: Arc<dyn ActivationStore>,
-        hasher: KeyedHasher,
-        passwords: PasswordHasher,
-        clock: SharedClock,
-    ) -> Self {
-        Self { store, activations, hasher, passwords, clock }
+    /// The use cases over `deps`.
+    pub fn new(deps: CatalogDeps) -> Self {
+        let CatalogDeps { store, activations, meters, hasher, passwords, clock } = deps;
+        Self { store, activations, meters, hasher, passwords, clock }
+    }
+
+    /// A license's meters in their current periods, and every period any of its meters counted
+    /// (removed meters too), oldest first per meter.
+    pub async fn meter_usage(&self, license_id: &str) -> Result<(Vec<MeterUsage>, Vec<MeterUsage>), AccountError> {
+        let license = self.get_license(license_id).await?;
+        let current = self.meters.current_meter_usage(&license, self.now()).await?;
+        let history = self.meters.meter_history(license_id).await?;
+        Ok((current, history))
     }
 
     /// Installations and activation history of a license (support staff).
@@ -338,6 +363,8 @@ impl Catalog {
             return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
         }
         validate::storable("notes", &input.notes)?;
+        licensing_domain::meter::validate_meters(&input.meters)
+            .map_err(|e| AccountError::invalid(e.field, e.message))?;
         let now = self.now();
         let valid_from = input.valid_from.unwrap_or(now);
         if let Some(expires_at) = input.expires_at {
@@ -377,6 +404,7 @@ impl Catalog {
             portal_deactivation_counts: true,
             replaces_license_id: None,
             seat_policy: Default::default(),
+            meters: input.meters,
             notes: input.notes,
             licensee_name: String::new(),
             created_at: now,

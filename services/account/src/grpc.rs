@@ -4,6 +4,7 @@ use crate::catalog::{Catalog, IssueLicense, Payment};
 use crate::portal::{ContactForm, Portal};
 use crate::AccountError;
 use licensing_domain::change::LicenseChange;
+use licensing_domain::meter::usage_csv;
 use licensing_domain::model::LicenseFilter;
 use licensing_domain::model::{Activation, ActivationEvent};
 use licensing_proto::account::v1 as pb;
@@ -76,6 +77,8 @@ macro_rules! license_target {
     ($($t:ty),*) => { $(impl LicenseTarget for $t { fn license_id(&self) -> &str { &self.license_id } })* };
 }
 license_target!(
+    pb::SetLicenseMeterRequest,
+    pb::RemoveLicenseMeterRequest,
     pb::SuspendLicenseRequest,
     pb::ReinstateLicenseRequest,
     pb::RenewLicenseRequest,
@@ -220,6 +223,12 @@ impl AdminService for AdminApi {
             modules: r.modules,
             associate: r.associate,
             notes: r.notes,
+            meters: r
+                .meters
+                .iter()
+                .map(|m| conv::meter_from_proto("meters", Some(m)))
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
         };
         let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
@@ -379,6 +388,38 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::GetActivationHistoryResponse {
             installations: installations.iter().map(installation).collect(),
             history: history.iter().map(history_entry).collect(),
+        }))
+    }
+
+    async fn set_license_meter(
+        &self,
+        request: Request<pb::SetLicenseMeterRequest>,
+    ) -> Result<Response<pb::SetLicenseMeterResponse>, Status> {
+        let meter = conv::meter_from_proto("meter", request.get_ref().meter.as_ref()).map_err(invalid)?;
+        let license = self.change(request, LicenseChange::SetMeter(meter), "").await?;
+        Ok(Response::new(pb::SetLicenseMeterResponse { license: Some(license) }))
+    }
+
+    async fn remove_license_meter(
+        &self,
+        request: Request<pb::RemoveLicenseMeterRequest>,
+    ) -> Result<Response<pb::RemoveLicenseMeterResponse>, Status> {
+        let code = request.get_ref().code.clone();
+        let license = self.change(request, LicenseChange::RemoveMeter(code), "").await?;
+        Ok(Response::new(pb::RemoveLicenseMeterResponse { license: Some(license) }))
+    }
+
+    async fn get_license_meter_usage(
+        &self,
+        request: Request<pb::GetLicenseMeterUsageRequest>,
+    ) -> Result<Response<pb::GetLicenseMeterUsageResponse>, Status> {
+        self.admin(&request).await?;
+        let r = request.get_ref();
+        let (current, history) = self.catalog.meter_usage(&r.license_id).await.or_status()?;
+        Ok(Response::new(pb::GetLicenseMeterUsageResponse {
+            current: current.iter().map(conv::meter_usage).collect(),
+            csv: if r.as_csv { usage_csv(&history) } else { String::new() },
+            history: history.iter().map(conv::meter_usage).collect(),
         }))
     }
 
@@ -702,6 +743,20 @@ impl AccountService for AccountApi {
         let r = request.get_ref();
         let license = self.portal.set_licensee_name(&me, &r.license_id, &r.licensee_name).await.or_status()?;
         Ok(Response::new(pb::SetLicenseeNameResponse { license: Some(conv::customer_license(&license)) }))
+    }
+
+    async fn get_my_meter_usage(
+        &self,
+        request: Request<pb::GetMyMeterUsageRequest>,
+    ) -> Result<Response<pb::GetMyMeterUsageResponse>, Status> {
+        let me = self.me(&request).await?;
+        let r = request.get_ref();
+        let (current, history) = self.portal.meter_usage(&me, &r.license_id).await.or_status()?;
+        Ok(Response::new(pb::GetMyMeterUsageResponse {
+            current: current.iter().map(conv::meter_usage).collect(),
+            csv: if r.as_csv { usage_csv(&history) } else { String::new() },
+            history: history.iter().map(conv::meter_usage).collect(),
+        }))
     }
 
     async fn list_recurring_payments(

@@ -23,5 +23,5 @@ pub mod portal;
 pub mod validate;
 pub mod web;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, CatalogDeps};
 pub use error::AccountError;

@@ -10,6 +10,7 @@ use licensing_domain::clock::{Millis, HOUR, MINUTE};
 use licensing_domain::error::StoreError;
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
+use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::*;
 use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::secrets::{purpose, random_token, PasswordHasher};
@@ -940,6 +941,16 @@ impl Portal {
             });
         }
         Ok(customer)
+    }
+
+    /// One of the account's licenses' meters now and every period they counted.
+    pub async fn meter_usage(
+        &self,
+        me: &str,
+        license_id: &str,
+    ) -> Result<(Vec<MeterUsage>, Vec<MeterUsage>), AccountError> {
+        self.my_license(me, license_id).await?;
+        self.catalog.meter_usage(license_id).await
     }
 
     /// Sets the licensee name shown on one of the account's licenses; empty shows the company name.

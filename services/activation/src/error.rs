@@ -2,6 +2,7 @@
 
 use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::fingerprint::FingerprintError;
+use licensing_domain::meter::UseRefused;
 use licensing_domain::model::Refusal;
 use licensing_domain::store::ActivationStoreError;
 use licensing_runtime::credentials::CredentialError;
@@ -81,6 +82,10 @@ pub enum ActivationError {
     /// The server is draining.
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
+    /// A use of a meter was refused: unknown meter, over the limit, a reused key, or the
+    /// license not usable.
+    #[error(transparent)]
+    Meter(UseRefused),
 }
 
 impl ActivationError {
@@ -126,6 +131,10 @@ impl ClassifiedError for ActivationError {
             Self::RateLimited(e) => e.class(),
             Self::Store(e) => e.class(),
             Self::ShuttingDown(e) => e.class(),
+            Self::Meter(UseRefused::UnknownMeter { .. }) => ErrorClass::NotFound,
+            Self::Meter(UseRefused::LimitReached { .. }) => ErrorClass::ResourceExhausted,
+            Self::Meter(UseRefused::KeyReused { .. }) => ErrorClass::AlreadyExists,
+            Self::Meter(UseRefused::NotUsable(_)) => ErrorClass::FailedPrecondition,
         }
     }
 
@@ -145,6 +154,7 @@ impl ClassifiedError for ActivationError {
             Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
             Self::ShuttingDown(e) => e.reason(),
+            Self::Meter(refused) => refused.reason(),
         }
     }
 
@@ -190,6 +200,37 @@ mod tests {
             (CredentialError::UnknownKey.into(), Code::NotFound, "LICENSE_NOT_FOUND"),
             (StoreError::Unavailable("x".into()).into(), Code::Unavailable, "STORE_UNAVAILABLE"),
             (ShuttingDown.into(), Code::Unavailable, "SHUTTING_DOWN"),
+            (
+                ActivationError::Meter(UseRefused::UnknownMeter {
+                    license_id: "l".into(),
+                    meter: "m".into(),
+                    known: "none".into(),
+                }),
+                Code::NotFound,
+                "METER_NOT_FOUND",
+            ),
+            (
+                ActivationError::Meter(UseRefused::LimitReached {
+                    license_id: "l".into(),
+                    meter: "m".into(),
+                    amount: 2,
+                    used: 19,
+                    limit: 20,
+                    overage: 0,
+                    left: 1,
+                }),
+                Code::ResourceExhausted,
+                "METER_LIMIT_REACHED",
+            ),
+            (
+                ActivationError::Meter(UseRefused::KeyReused {
+                    key: "k".into(),
+                    recorded_meter: "m".into(),
+                    recorded_amount: 1,
+                }),
+                Code::AlreadyExists,
+                "IDEMPOTENCY_KEY_REUSED",
+            ),
             (
                 RateLimited {
                     what: "activation",

@@ -1,5 +1,6 @@
 //! The tonic adapter of the Activation service: decode, delegate to [`Activations`], encode.
 
+use crate::metering::UseReport;
 use crate::service::{Activations, DeactivationRequest, InstallationProof, Machine, ValidationCode};
 use crate::ActivationError;
 use licensing_domain::certificate::{certificate_file, SignedBlob};
@@ -228,6 +229,32 @@ impl ActivationService for ActivationApi {
             })
         });
         Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn record_usage(
+        &self,
+        request: Request<pb::RecordUsageRequest>,
+    ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        let client = caller_address(&request);
+        let r = request.into_inner();
+        let creds = credentials(r.credentials, &client)?;
+        let report = UseReport { meter: r.meter, amount: r.amount, idempotency_key: r.idempotency_key };
+        let recorded = self.activations.record_use(&creds, report).await.or_status()?;
+        Ok(Response::new(pb::RecordUsageResponse {
+            in_overage: recorded.usage.overage_used() > 0,
+            usage: Some(conv::meter_usage(&recorded.usage)),
+            replayed: recorded.replayed,
+        }))
+    }
+
+    async fn get_meter_usage(
+        &self,
+        request: Request<pb::GetMeterUsageRequest>,
+    ) -> Result<Response<pb::GetMeterUsageResponse>, Status> {
+        let client = caller_address(&request);
+        let creds = credentials(request.into_inner().credentials, &client)?;
+        let (_, usage) = self.activations.meter_usage(&creds).await.or_status()?;
+        Ok(Response::new(pb::GetMeterUsageResponse { meters: usage.iter().map(conv::meter_usage).collect() }))
     }
 
     async fn get_verifying_key(

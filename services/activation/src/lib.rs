@@ -7,6 +7,8 @@
 //!   offline activation, certificates); no gRPC. Validations read licenses, and the machines
 //!   matched on them, from a [`ValidationCache`] kept exact by the store's change feed; the store
 //!   matches a machine through the fingerprint components it shares with live activations.
+//! - [`metering`]: products recording use of a license's meters (decided atomically by the
+//!   store, `services/store/src/sql/meters.rs`) and reading what is left.
 //! - [`grpc`]: the tonic adapter `ActivationService`; it decodes, calls a use case, encodes.
 //!
 //! Two limits, not to be confused: the *activation limit* (a license's seats, and its allowed
@@ -16,7 +18,8 @@
 
 pub mod error;
 pub mod grpc;
+pub mod metering;
 pub mod service;
 
 pub use error::ActivationError;
-pub use service::{ActivationSettings, Activations, LicenseActivations, ValidationCache};
+pub use service::{ActivationDeps, ActivationSettings, Activations, LicenseActivations, ValidationCache};

@@ -1,15 +1,18 @@
 //! [`Activations`]: the node-locked use cases. Inputs here are already decoded from gRPC.
 
 use crate::ActivationError;
-use licensing_domain::certificate::{encode_offline_request, CertificatePayload, OfflineRequest, SignedBlob, Signer};
+use licensing_domain::certificate::{
+    encode_offline_request, CertificateMeter, CertificatePayload, OfflineRequest, SignedBlob, Signer,
+};
 use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
+use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind, LicenseStatus, Refusal};
 use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand,
-    DeactivateTarget, MachineMatch,
+    DeactivateTarget, MachineMatch, MeterStore,
 };
 use licensing_domain::text::quoted;
 use licensing_runtime::auth::SessionAuth;
@@ -169,12 +172,31 @@ pub enum InstallationProof {
     Missing,
 }
 
-/// The Activation service's use cases: activate, validate, refresh, deactivate, offline requests
-/// and license watches, over the catalog and activation stores.
+/// What [`Activations`] works over.
+pub struct ActivationDeps {
+    /// Licenses and products.
+    pub catalog: Arc<dyn CatalogStore>,
+    /// Activations and their history.
+    pub store: Arc<dyn ActivationStore>,
+    /// Metered features' counts.
+    pub meters: Arc<dyn MeterStore>,
+    /// Where portal sessions are checked, for deactivations proven by one.
+    pub sessions: SessionAuth,
+    /// Turns a license key, or License ID and password, into the license.
+    pub credentials: CredentialResolver,
+    /// Signs certificates.
+    pub signer: Signer,
+    /// Judges every date.
+    pub clock: SharedClock,
+}
+
+/// The Activation service's use cases: activate, validate, refresh, deactivate, offline requests,
+/// license watches and metered use, over the catalog, activation and meter stores.
 #[derive(Clone)]
 pub struct Activations {
     catalog: Arc<dyn CatalogStore>,
     store: Arc<dyn ActivationStore>,
+    meters: Arc<dyn MeterStore>,
     /// Where portal sessions are checked, for deactivations proven by one.
     sessions: SessionAuth,
     credentials: CredentialResolver,
@@ -212,20 +234,14 @@ pub fn parse_version(value: &str) -> Result<licensing_domain::version::Version, 
 }
 
 impl Activations {
-    /// The service over its stores, signing certificates with `signer`, judging time by `clock`.
-    pub fn new(
-        catalog: Arc<dyn CatalogStore>,
-        store: Arc<dyn ActivationStore>,
-        sessions: SessionAuth,
-        credentials: CredentialResolver,
-        signer: Signer,
-        clock: SharedClock,
-        settings: ActivationSettings,
-    ) -> Self {
+    /// The service over `deps`, with `settings`.
+    pub fn new(deps: ActivationDeps, settings: ActivationSettings) -> Self {
+        let ActivationDeps { catalog, store, meters, sessions, credentials, signer, clock } = deps;
         let per_license = RateLimiter::new("activation", settings.activations_per_license);
         Self {
             catalog,
             store,
+            meters,
             sessions,
             credentials,
             signer,
@@ -260,14 +276,42 @@ impl Activations {
         self.clock.now()
     }
 
+    pub(crate) fn credentials(&self) -> &CredentialResolver {
+        &self.credentials
+    }
+
+    pub(crate) fn meter_store(&self) -> &dyn MeterStore {
+        self.meters.as_ref()
+    }
+
     fn digests(&self, components: &[Component]) -> Result<(Vec<Component>, Vec<ComponentDigest>), ActivationError> {
         let normalized = fingerprint::normalize(components)?;
         let digests = fingerprint::stored_digests(self.credentials.hasher(), &normalized);
         Ok((normalized, digests))
     }
 
-    /// The signed certificate of an activation, for the machine as presented now.
-    pub fn certificate(&self, license: &License, activation: &Activation, presented: &[Component]) -> SignedBlob {
+    /// The signed certificate of an activation, for the machine as presented now, with the
+    /// license's meters as counted now.
+    pub async fn certificate(
+        &self,
+        license: &License,
+        activation: &Activation,
+        presented: &[Component],
+    ) -> Result<SignedBlob, ActivationError> {
+        let meters = match license.meters.is_empty() {
+            true => Vec::new(),
+            false => self.meters.current_meter_usage(license, self.now()).await?,
+        };
+        Ok(self.sign_certificate(license, activation, presented, &meters))
+    }
+
+    fn sign_certificate(
+        &self,
+        license: &License,
+        activation: &Activation,
+        presented: &[Component],
+        meters: &[MeterUsage],
+    ) -> SignedBlob {
         let now = self.now();
         let mut valid_until = now + self.settings.offline_validity;
         if let Some(expires) = license.expires_at {
@@ -290,6 +334,7 @@ impl Activations {
             fingerprint: fingerprint::public_digests(presented),
             match_threshold: self.settings.match_threshold,
             seats: license.seats,
+            meters: meters.iter().map(CertificateMeter::from).collect(),
         };
         self.signer.sign_certificate(&payload)
     }
@@ -359,7 +404,7 @@ impl Activations {
             }
             ActivateOutcome::Existing(a, l) => (a, l, true),
         };
-        let certificate = self.certificate(&license, &activation, &presented);
+        let certificate = self.certificate(&license, &activation, &presented).await?;
         Ok((activation, existed, certificate))
     }
 
@@ -584,8 +629,10 @@ impl Activations {
                 return Ok(Validation::failed(ValidationCode::VersionNotCovered, refusal.message, Some(license)));
             }
         }
-        let certificate = activation_and_presented
-            .map(|(found, presented)| self.certificate(&license, &found.activation, &presented));
+        let certificate = match activation_and_presented {
+            Some((found, presented)) => Some(self.certificate(&license, &found.activation, &presented).await?),
+            None => None,
+        };
         Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
     }
 
@@ -684,7 +731,7 @@ impl Activations {
             outcome: "ok".into(),
         };
         self.store.record_refresh(&activation.installation_id, &event, now).await?;
-        Ok(self.certificate(&license, &activation, &presented))
+        self.certificate(&license, &activation, &presented).await
     }
 
     /// The license, its live activation on this machine and the normalized components.
@@ -735,10 +782,10 @@ impl Activations {
                         // While the license is usable, a fresh certificate; otherwise the
                         // license alone says why not.
                         let certificate = match activations.activated(&credentials, &presented).await {
-                            Ok((l, a, p)) => Some(activations.certificate(&l, &a, &p)),
-                            Err(_) => None,
+                            Ok((l, a, p)) => activations.certificate(&l, &a, &p).await.map(Some),
+                            Err(_) => Ok(None),
                         };
-                        Some(Ok(LicenseChange { license: current, certificate }))
+                        Some(certificate.map(|certificate| LicenseChange { license: current, certificate }))
                     }
                     Ok(None) => Some(Err(ActivationError::NotActivated(license.license_id.clone()))),
                     Err(e) => Some(Err(e)),

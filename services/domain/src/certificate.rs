@@ -56,6 +56,43 @@ pub struct CertificatePayload {
     /// the field existed.
     #[serde(default)]
     pub seats: i32,
+    /// The license's meters with their count when the certificate was signed; absent when the
+    /// license has none (and in certificates signed before the field existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meters: Vec<CertificateMeter>,
+}
+
+/// A meter as a certificate carries it: its limit and what was left when it was signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateMeter {
+    /// The meter's code, e.g. `exports`.
+    pub code: String,
+    /// Use allowed per period.
+    pub limit: i64,
+    /// Use allowed beyond the limit per period.
+    pub overage: i64,
+    /// `monthly`, `yearly` or `never`.
+    pub reset: String,
+    /// Counted in the current period at signing.
+    pub used: i64,
+    /// Left within the limit at signing (0 once in overage).
+    pub remaining: i64,
+    /// When the current period ends and the count starts again; `None` when it never resets.
+    pub period_end_ms: Option<Millis>,
+}
+
+impl From<&crate::meter::MeterUsage> for CertificateMeter {
+    fn from(u: &crate::meter::MeterUsage) -> Self {
+        Self {
+            code: u.meter.code.clone(),
+            limit: u.meter.limit,
+            overage: u.meter.overage,
+            reset: u.meter.reset.as_str().into(),
+            used: u.used,
+            remaining: u.remaining(),
+            period_end_ms: u.period.end,
+        }
+    }
 }
 
 /// A payload and its signature, as certificates are stored and sent (JSON).
@@ -303,6 +340,7 @@ mod tests {
             fingerprint: vec![],
             match_threshold: 0.6,
             seats: 3,
+            meters: Vec::new(),
         }
     }
 

@@ -50,6 +50,10 @@ pub enum LicenseChange {
     Retire,
     /// The name shown as the license's licensee; empty goes back to the company name.
     SetLicenseeName(String),
+    /// Adds a meter, or replaces the one with its code (use counted so far stays counted).
+    SetMeter(crate::meter::Meter),
+    /// Removes the meter with this code (its recorded use stays in the reports).
+    RemoveMeter(String),
 }
 
 /// Why a change was refused.
@@ -149,6 +153,8 @@ impl LicenseChange {
             Self::Transfer { .. } => "license.transferred",
             Self::Retire => "license.retired",
             Self::SetLicenseeName(_) => "license.licensee_name_changed",
+            Self::SetMeter(_) => "license.meter_set",
+            Self::RemoveMeter(_) => "license.meter_removed",
         }
     }
 
@@ -269,6 +275,25 @@ impl LicenseChange {
             }
             Self::Retire => license.status = LicenseStatus::Retired,
             Self::SetLicenseeName(name) => license.licensee_name = validate_licensee_name(name)?,
+            Self::SetMeter(meter) => {
+                meter.validate().map_err(|e| invalid(e.field, e.message))?;
+                match license.meters.iter().position(|m| m.code == meter.code) {
+                    Some(i) => license.meters[i] = meter.clone(),
+                    None if license.meters.len() >= crate::meter::MAX_METERS => {
+                        return Err(invalid(
+                            "meter",
+                            format!("a license carries at most {} meters", crate::meter::MAX_METERS),
+                        ))
+                    }
+                    None => license.meters.push(meter.clone()),
+                }
+            }
+            Self::RemoveMeter(code) => {
+                if !license.meters.iter().any(|m| &m.code == code) {
+                    return Err(invalid("meter", format!("the license has no meter {}", quoted(code))));
+                }
+                license.meters.retain(|m| &m.code != code);
+            }
         }
         license.updated_at = now;
         Ok(())
@@ -364,6 +389,7 @@ mod tests {
             notes: String::new(),
             licensee_name: String::new(),
             seat_policy: Default::default(),
+            meters: Vec::new(),
             created_at: 1,
             updated_at: 1,
         }

@@ -18,6 +18,7 @@
 //! - [`seat_policy`]: per-license seat policy and the rule that decides a new seat.
 //! - [`text`]: bounds on the short names clients send.
 //! - [`usage`]: usage reports computed from the usage log, and their CSV form.
+//! - [`meter`]: metered features: limits per period, uses and their CSV form.
 //! - [`observe`]: events worth counting (seat denials, activations), reported to an [`observe::Observer`].
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod ids;
 pub mod license_key;
+pub mod meter;
 pub mod model;
 pub mod observe;
 pub mod seat_policy;

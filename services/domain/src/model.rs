@@ -167,6 +167,8 @@ pub struct License {
     pub licensee_name: String,
     /// How the seats of a concurrent license are shared, reserved and limited.
     pub seat_policy: crate::seat_policy::SeatPolicy,
+    /// Metered features: how much of each may be used per period.
+    pub meters: Vec<crate::meter::Meter>,
     /// When it was issued (Unix ms).
     pub created_at: Millis,
     /// When it last changed (Unix ms).
@@ -624,6 +626,7 @@ mod tests {
             notes: String::new(),
             licensee_name: String::new(),
             seat_policy: Default::default(),
+            meters: Vec::new(),
             created_at,
             updated_at: created_at,
         }

@@ -594,3 +594,41 @@ pub trait PortalStore: Send + Sync + 'static {
         audit: AuditRecord,
     ) -> Result<(), StoreError>;
 }
+
+/// Why a use of a meter was not counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeterStoreError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No license with this ID.
+    #[error("license {0} not found")]
+    LicenseNotFound(String),
+    /// The use was refused and nothing was counted.
+    #[error(transparent)]
+    Refused(#[from] crate::meter::UseRefused),
+}
+
+/// Metered features: uses counted per meter and period.
+#[async_trait]
+pub trait MeterStore: Send + Sync + 'static {
+    /// Counts a use atomically: with the license row locked, a use already recorded under its
+    /// idempotency key is answered as it was (counted once, `replayed`); otherwise `usable` is
+    /// checked, the meter looked up on the license, and the use counted only if the period's
+    /// count stays within the meter's limit plus overage. A refusal changes nothing.
+    async fn record_use(
+        &self,
+        command: &crate::meter::RecordUse,
+        usable: &UsableCheck,
+    ) -> Result<crate::meter::UseRecorded, MeterStoreError>;
+    /// The current period of each of the license's meters at `now` (0 used when nothing was
+    /// counted in it yet), in the license's order of meters.
+    async fn current_meter_usage(
+        &self,
+        license: &License,
+        now: Millis,
+    ) -> Result<Vec<crate::meter::MeterUsage>, StoreError>;
+    /// Every period of every meter the license ever counted, by meter then period, each with
+    /// the limit, overage and reset of its latest use (so removed meters stay reported).
+    async fn meter_history(&self, license_id: &str) -> Result<Vec<crate::meter::MeterUsage>, StoreError>;
+}

@@ -241,7 +241,8 @@ mod tests {
 
 pub mod proto {
     //! Domain types to and from the shared `licensing.common.v1` messages.
-    use super::{opt_timestamp, to_timestamp};
+    use super::{opt_timestamp, to_timestamp, FieldError};
+    use licensing_domain::meter::{Meter, MeterReset, MeterUsage};
     use licensing_domain::model::{AuditEvent, Customer, Lease, License, LicenseKind, LicenseStatus, Module, Product};
     use licensing_proto::common::v1 as pb;
 
@@ -312,6 +313,48 @@ pub mod proto {
             updated_at: Some(to_timestamp(l.updated_at)),
             notes: l.notes.clone(),
             licensee_name: l.licensee_name.clone(),
+            meters: l.meters.iter().map(meter).collect(),
+        }
+    }
+
+    /// The protobuf form of a meter.
+    pub fn meter(m: &Meter) -> pb::Meter {
+        let reset = match m.reset {
+            MeterReset::Monthly => pb::MeterReset::Monthly,
+            MeterReset::Yearly => pb::MeterReset::Yearly,
+            MeterReset::Never => pb::MeterReset::Never,
+        };
+        pb::Meter { code: m.code.clone(), limit: m.limit, overage: m.overage, reset: reset as i32 }
+    }
+
+    /// A meter as sent; `field` names it in the error (e.g. `meter`, `meters`). Its bounds are
+    /// checked by the domain ([`Meter::validate`]).
+    pub fn meter_from_proto(field: &'static str, m: Option<&pb::Meter>) -> Result<Meter, FieldError> {
+        let m = m.ok_or_else(|| FieldError::new(field, "is required (code, limit, overage, reset)"))?;
+        let reset = match pb::MeterReset::try_from(m.reset) {
+            Ok(pb::MeterReset::Monthly) => MeterReset::Monthly,
+            Ok(pb::MeterReset::Yearly) => MeterReset::Yearly,
+            Ok(pb::MeterReset::Never) => MeterReset::Never,
+            _ => {
+                return Err(FieldError::new(
+                    field,
+                    "reset must be METER_RESET_MONTHLY, METER_RESET_YEARLY or METER_RESET_NEVER",
+                ))
+            }
+        };
+        Ok(Meter { code: m.code.clone(), limit: m.limit, overage: m.overage, reset })
+    }
+
+    /// A meter's count in one period, in protobuf form.
+    pub fn meter_usage(u: &MeterUsage) -> pb::MeterUsage {
+        let never = u.meter.reset == MeterReset::Never;
+        pb::MeterUsage {
+            meter: Some(meter(&u.meter)),
+            period_start: (!never).then(|| to_timestamp(u.period.start)),
+            period_end: opt_timestamp(u.period.end),
+            used: u.used,
+            remaining: u.remaining(),
+            overage_used: u.overage_used(),
         }
     }
 

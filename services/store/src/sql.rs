@@ -3,6 +3,7 @@
 mod activation;
 mod catalog;
 mod leases;
+mod meters;
 mod portal;
 mod usage;
 
