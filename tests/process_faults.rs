@@ -210,6 +210,147 @@ async fn acknowledged_writes_survive_kill_9(mut deployment: Deployment) {
     }
 }
 
+/// kill -9 while products record metered use: after a restart every acknowledged use is
+/// counted, and retrying every use (acknowledged or in doubt) counts each exactly once.
+async fn acknowledged_uses_survive_kill_9(mut deployment: Deployment) {
+    use licensing_proto::activation::v1 as act;
+    use licensing_proto::common::v1::{Meter, MeterReset};
+    for p in &mut deployment.processes {
+        p.start().await;
+    }
+    let mut admin = AdminServiceClient::new(deployment.processes[deployment.admin].channel().await);
+    admin
+        .create_product(admin_req(acc::CreateProductRequest {
+            code: "meter-kill".into(),
+            name: "Meter kill test".into(),
+            modules: vec![],
+        }))
+        .await
+        .unwrap();
+    let customer = create_customer_on(&mut admin).await;
+    let issued = admin
+        .issue_license(admin_req(acc::IssueLicenseRequest {
+            product_code: "meter-kill".into(),
+            customer_id: customer,
+            kind: LicenseKind::Cloud as i32,
+            meters: vec![Meter {
+                code: "exports".into(),
+                limit: 1_000_000,
+                overage: 0,
+                reset: MeterReset::Never as i32,
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = issued.license_key;
+    let record = move |idempotency_key: String| act::RecordUsageRequest {
+        credentials: Some(act::LicenseCredentials {
+            credential: Some(act::license_credentials::Credential::LicenseKey(key.clone())),
+        }),
+        meter: "exports".into(),
+        amount: 1,
+        idempotency_key,
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = deployment.processes[deployment.activation].url();
+    let mut recording = vec![];
+    for c in 0..CLIENTS {
+        let channel = Channel::from_shared(url.clone()).unwrap().connect_lazy();
+        let record = record.clone();
+        recording.push(tokio::spawn(load(format!("use-{c}"), stop.clone(), move |name| {
+            let mut client = ActivationServiceClient::new(channel.clone());
+            let request = record(name);
+            async move {
+                let r = client.record_usage(request).await?.into_inner();
+                Ok(r.usage.unwrap().used.to_string())
+            }
+        })));
+    }
+    tokio::time::sleep(LOAD_BEFORE_KILL).await;
+    stop.store(true, Ordering::SeqCst);
+    for &i in &deployment.killed {
+        deployment.processes[i].kill_9().await;
+    }
+    let mut uses = Outcomes::default();
+    for task in recording {
+        let o = task.await.unwrap();
+        uses.acknowledged.extend(o.acknowledged);
+        uses.in_doubt.extend(o.in_doubt);
+    }
+    eprintln!("killed after {} acknowledged uses ({} in doubt)", uses.acknowledged.len(), uses.in_doubt.len());
+    assert!(uses.acknowledged.len() >= 10, "load reached the server: {}", uses.acknowledged.len());
+
+    for &i in &deployment.killed {
+        deployment.processes[i].start().await;
+    }
+    let mut activation = ActivationServiceClient::new(deployment.processes[deployment.activation].channel().await);
+    let counted = |activation: &mut ActivationServiceClient<Channel>| {
+        let request = act::GetMeterUsageRequest { credentials: record(String::new()).credentials };
+        let mut activation = activation.clone();
+        async move { activation.get_meter_usage(request).await.unwrap().into_inner().meters[0].used as usize }
+    };
+    let after_restart = counted(&mut activation).await;
+    assert!(
+        (uses.acknowledged.len()..=uses.acknowledged.len() + uses.in_doubt.len()).contains(&after_restart),
+        "{after_restart} counted after the restart: every acknowledged use and at most those in doubt"
+    );
+    for name in uses.acknowledged.keys() {
+        let again = activation.record_usage(record(name.clone())).await.unwrap().into_inner();
+        assert!(again.replayed, "acknowledged use {name} was counted and is recognised");
+    }
+    for name in &uses.in_doubt {
+        activation.record_usage(record(name.clone())).await.unwrap();
+    }
+    assert_eq!(counted(&mut activation).await, uses.acknowledged.len() + uses.in_doubt.len(), "each use once");
+
+    for p in &mut deployment.processes {
+        if p.is_running() {
+            p.kill_9().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_server_killed_while_recording_use_counts_each_use_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
+        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+    ];
+    let deployment = Deployment {
+        processes: vec![Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env)],
+        admin: 0,
+        activation: 0,
+        seat: 0,
+        killed: vec![0],
+    };
+    acknowledged_uses_survive_kill_9(deployment).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_service_killed_while_recording_use_counts_each_use_once() {
+    if !postgres_available().await || !redis_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = separate_services_env(dir.path()).await;
+    let deployment = Deployment {
+        processes: vec![
+            // Account first: it applies the migrations.
+            Process::new(env!("CARGO_BIN_EXE_account"), &env),
+            Process::new(env!("CARGO_BIN_EXE_activation"), &env),
+        ],
+        admin: 0,
+        activation: 1,
+        seat: 1,
+        killed: vec![1],
+    };
+    acknowledged_uses_survive_kill_9(deployment).await;
+}
+
 async fn create_customer_on(admin: &mut AdminServiceClient<Channel>) -> String {
     admin
         .create_customer(admin_req(acc::CreateCustomerRequest {
