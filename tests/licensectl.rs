@@ -380,3 +380,76 @@ async fn a_closed_pipe_ends_licensectl_quietly() {
         assert!(out.status.success(), "{args:?}: {:?}", out.status);
     }
 }
+
+#[tokio::test]
+async fn operators_set_show_and_remove_meters() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let (license_id, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 2, |_| {}).await;
+    let set = json(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "meters",
+                "set",
+                &license_id,
+                "exports",
+                "--limit",
+                "100",
+                "--overage",
+                "10",
+                "--reset",
+                "monthly",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        set["meters"][0],
+        serde_json::json!({"meter": "exports", "limit": 100, "overage": 10, "reset": "monthly"})
+    );
+    let table = stdout(
+        &ctl(Some(&app), t, &["meters", "set", &license_id, "cpu-hours", "--limit", "50", "--reset", "never"]).await,
+    );
+    assert!(table.starts_with("METER") && table.contains("cpu-hours"), "{table}");
+
+    // A product counts use with the client library; the same key twice counts once.
+    let client = licensing_client::Client::new(&format!("http://{}", app.addr), &app.public_key().await).unwrap();
+    let credentials = licensing_client::Credentials::LicenseKey(key);
+    let use_key = licensing_client::metering::new_idempotency_key();
+    let first = client.record_usage(&credentials, "exports", 30, &use_key).await.unwrap();
+    let again = client.record_usage(&credentials, "exports", 30, &use_key).await.unwrap();
+    assert_eq!((first.count.used, first.replayed, again.count.used, again.replayed), (30, false, 30, true));
+    let refused = client.record_usage(&credentials, "cpu-hours", 51, "too-much").await.unwrap_err();
+    assert!(
+        matches!(&refused, licensing_client::error::ClientError::Server { code: tonic::Code::ResourceExhausted, reason, .. } if reason == "METER_LIMIT_REACHED"),
+        "{refused:?}"
+    );
+    let counts = client.meter_usage(&credentials).await.unwrap();
+    assert_eq!(
+        counts.iter().map(|c| (c.meter.as_str(), c.used, c.remaining)).collect::<Vec<_>>(),
+        [("exports", 30, 70), ("cpu-hours", 0, 50)]
+    );
+
+    let shown = json(&ctl(Some(&app), t, &["--json", "meters", "show", &license_id]).await);
+    assert_eq!(shown["current"][0]["used"], 30);
+    assert_eq!(shown["current"][0]["remaining"], 70);
+    assert_eq!(shown["history"].as_array().unwrap().len(), 1, "only exports counted anything");
+    let human = stdout(&ctl(Some(&app), t, &["meters", "show", &license_id]).await);
+    assert!(human.contains("Every period counted"), "{human}");
+    let csv = stdout(&ctl(Some(&app), t, &["meters", "show", &license_id, "--csv"]).await);
+    assert!(
+        csv.starts_with("meter,period_start,period_end,used,limit,overage_allowed,overage_used,remaining\nexports,"),
+        "{csv}"
+    );
+
+    let removed = json(&ctl(Some(&app), t, &["--json", "meters", "remove", &license_id, "cpu-hours"]).await);
+    assert_eq!(removed["meters"].as_array().unwrap().len(), 1);
+    let bad = stderr(
+        &ctl(Some(&app), t, &["meters", "set", &license_id, "exports", "--limit", "-5", "--reset", "yearly"]).await,
+    );
+    assert!(bad.contains("meter.limit") && bad.lines().count() <= 2, "{bad}");
+}

@@ -9,7 +9,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use comfy_table::{presets, ContentArrangement, Table};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
-use licensing_proto::common::v1::{Customer, License, LicenseKind, LicenseStatus, PageRequest, Product};
+use licensing_proto::common::v1::{
+    Customer, License, LicenseKind, LicenseStatus, Meter, MeterReset, MeterUsage, PageRequest, Product,
+};
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use serde_json::{json, Value};
@@ -53,6 +55,9 @@ enum Command {
     /// List and revoke floating-seat leases.
     #[command(subcommand)]
     Leases(LeaseCommand),
+    /// Set, remove and show a license's metered features and their use per period.
+    #[command(subcommand)]
+    Meters(MeterCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -222,6 +227,44 @@ enum LicenseCommand {
     },
     /// Change the seats or allowed activations.
     Seats { license_id: String, seats: i32 },
+}
+
+#[derive(Subcommand)]
+enum MeterCommand {
+    /// Add a meter to a license, or change the one with this code (use counted so far stays).
+    Set {
+        license_id: String,
+        /// What is counted, e.g. exports.
+        code: String,
+        /// Use allowed per period.
+        #[arg(long, allow_negative_numbers = true)]
+        limit: i64,
+        /// Use allowed beyond the limit per period (billed as overage).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        overage: i64,
+        /// When the count starts again.
+        #[arg(long, value_enum)]
+        reset: Reset,
+    },
+    /// Remove a meter; what it counted stays in the history.
+    Remove { license_id: String, code: String },
+    /// The meters' use in the current period, and every period counted.
+    Show {
+        license_id: String,
+        /// Print every period as CSV, for a spreadsheet.
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Reset {
+    /// At the start of every calendar month (UTC).
+    Monthly,
+    /// At the start of every calendar year (UTC).
+    Yearly,
+    /// Never: the limit is for the license's whole life.
+    Never,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -588,6 +631,40 @@ const POLICY_FIELDS: &[&str] = &[
     "feature_cost",
     "group",
 ];
+
+const METER_COLUMNS: &[&str] = &["meter", "limit", "overage", "reset"];
+const METER_USAGE_COLUMNS: &[&str] =
+    &["meter", "period_start", "period_end", "used", "limit", "overage", "overage_used", "remaining"];
+
+fn reset_name(reset: i32) -> &'static str {
+    match MeterReset::try_from(reset) {
+        Ok(MeterReset::Monthly) => "monthly",
+        Ok(MeterReset::Yearly) => "yearly",
+        Ok(MeterReset::Never) => "never",
+        _ => "unspecified",
+    }
+}
+
+fn meter_json(m: &Meter) -> Value {
+    json!({"meter": m.code, "limit": m.limit, "overage": m.overage, "reset": reset_name(m.reset)})
+}
+
+fn meter_usage_json(u: &MeterUsage) -> Value {
+    let m = u.meter.clone().unwrap_or_default();
+    json!({"meter": m.code, "period_start": time(u.period_start.as_ref()), "period_end": time(u.period_end.as_ref()),
+        "used": u.used, "limit": m.limit, "overage": m.overage, "overage_used": u.overage_used,
+        "remaining": u.remaining})
+}
+
+/// A license's meters after a change.
+fn print_meters(json_out: bool, l: &License) {
+    let rows: Vec<Value> = l.meters.iter().map(meter_json).collect();
+    if json_out {
+        out!("{}", pretty(&json!({"license_id": l.license_id, "meters": rows})));
+    } else {
+        out!("{}", table(&rows, METER_COLUMNS));
+    }
+}
 
 fn authorized<T>(token: &Option<String>, message: T) -> Result<tonic::Request<T>, Failure> {
     let token =
@@ -1004,6 +1081,40 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 })
                 .collect();
             print(cli.json, rows, &["when", "actor", "action", "subject", "details"]);
+        }
+        Command::Meters(MeterCommand::Set { license_id, code, limit, overage, reset }) => {
+            let reset = match reset {
+                Reset::Monthly => MeterReset::Monthly,
+                Reset::Yearly => MeterReset::Yearly,
+                Reset::Never => MeterReset::Never,
+            };
+            let meter = Some(Meter { code, limit, overage, reset: reset as i32 });
+            let request = pb::SetLicenseMeterRequest { license_id, meter };
+            let l = admin.set_license_meter(authorized(token, request)?).await.map_err(fail)?.into_inner().license;
+            print_meters(cli.json, &l.unwrap_or_default());
+        }
+        Command::Meters(MeterCommand::Remove { license_id, code }) => {
+            let request = pb::RemoveLicenseMeterRequest { license_id, code };
+            let l = admin.remove_license_meter(authorized(token, request)?).await.map_err(fail)?.into_inner().license;
+            print_meters(cli.json, &l.unwrap_or_default());
+        }
+        Command::Meters(MeterCommand::Show { license_id, csv }) => {
+            let request = pb::GetLicenseMeterUsageRequest { license_id, as_csv: csv };
+            let r = admin.get_license_meter_usage(authorized(token, request)?).await.map_err(fail)?.into_inner();
+            if csv {
+                emit(&r.csv);
+                return Ok(());
+            }
+            let current: Vec<Value> = r.current.iter().map(meter_usage_json).collect();
+            let history: Vec<Value> = r.history.iter().map(meter_usage_json).collect();
+            if cli.json {
+                out!("{}", pretty(&json!({"current": current, "history": history})));
+                return Ok(());
+            }
+            out!("{}", table(&current, METER_USAGE_COLUMNS));
+            if !history.is_empty() {
+                out!("\nEvery period counted:\n{}", table(&history, METER_USAGE_COLUMNS));
+            }
         }
         Command::Usage { license_id, from, to, csv } => {
             let from = from.map(|d| parse_date("--from", &d)).transpose()?;

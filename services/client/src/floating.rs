@@ -196,7 +196,7 @@ impl Held {
 }
 
 /// Exponential backoff with full jitter, capped.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = 250u64.saturating_mul(1 << attempt.min(5)).min(5_000);
     Duration::from_millis(rand::rng().random_range(cap / 2..=cap))
 }

@@ -15,6 +15,7 @@ pub mod borrow;
 pub mod error;
 pub mod fingerprint;
 pub mod floating;
+pub mod metering;
 pub mod node_locked;
 pub mod storage;
 

@@ -28,7 +28,7 @@ pub enum Validity {
     },
 }
 
-fn credentials(c: &Credentials) -> Option<pb::LicenseCredentials> {
+pub(crate) fn credentials(c: &Credentials) -> Option<pb::LicenseCredentials> {
     use pb::license_credentials::Credential;
     Some(pb::LicenseCredentials {
         credential: Some(match c {
