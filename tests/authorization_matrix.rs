@@ -232,6 +232,17 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             ))
             .await,
         ),
+        "SetLicenseGracePeriod" => code(
+            c.set_license_grace_period(request(
+                who,
+                w,
+                acc::SetLicenseGracePeriodRequest {
+                    license_id: lic(),
+                    grace_period: Some(prost_types::Duration { seconds: 7 * 86_400, nanos: 0 }),
+                },
+            ))
+            .await,
+        ),
         "SetPortalDeactivationPolicy" => code(
             c.set_portal_deactivation_policy(request(
                 who,
@@ -377,6 +388,7 @@ const ADMIN_RPCS: &[&str] = &[
     "RemoveLicenseModules",
     "ExtendUpgradePeriod",
     "SetPortalDeactivationPolicy",
+    "SetLicenseGracePeriod",
     "ReturnLicense",
     "AssociateLicense",
     "ListAuditEvents",

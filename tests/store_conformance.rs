@@ -613,18 +613,18 @@ async fn lease_store_conformance() {
             other => panic!("{name}: {other:?}"),
         }
         assert!(
-            matches!(store.heartbeat(&license, &a.lease_id).await.unwrap(), HeartbeatOutcome::Extended(ref l) if l.expires_at >= a.expires_at)
+            matches!(store.heartbeat(&license, &a.lease_id, None).await.unwrap(), HeartbeatOutcome::Extended(ref l) if l.expires_at >= a.expires_at)
         );
-        assert_eq!(store.heartbeat(&license, "lse_NONE000000000000").await.unwrap(), HeartbeatOutcome::Unknown);
+        assert_eq!(store.heartbeat(&license, "lse_NONE000000000000", None).await.unwrap(), HeartbeatOutcome::Unknown);
         assert_eq!(
-            store.heartbeat(&ids::new_id(ids::LICENSE), &a.lease_id).await.unwrap(),
+            store.heartbeat(&ids::new_id(ids::LICENSE), &a.lease_id, None).await.unwrap(),
             HeartbeatOutcome::Unknown,
             "{name}: another license's lease"
         );
         let (fence, released) = store.revoke(&license, &b.lease_id).await.unwrap().expect("revoked");
         assert!(fence > b.fence);
         assert_eq!((released.lease.lease_id.as_str(), released.seats_freed), (b.lease_id.as_str(), 1), "{name}");
-        assert_eq!(store.heartbeat(&license, &b.lease_id).await.unwrap(), HeartbeatOutcome::Revoked, "{name}");
+        assert_eq!(store.heartbeat(&license, &b.lease_id, None).await.unwrap(), HeartbeatOutcome::Revoked, "{name}");
         assert_eq!(store.revoke(&license, &b.lease_id).await.unwrap(), None);
         assert_eq!(store.checkin(&license, &a.lease_id, 0).await.unwrap().map(|r| r.seats_freed), Some(1));
         assert!(store.checkin(&license, &a.lease_id, 0).await.unwrap().is_none(), "{name}: idempotent");
@@ -637,7 +637,7 @@ async fn lease_store_conformance() {
             CheckoutOutcome::Denied { .. }
         ));
         tokio::time::sleep(Duration::from_millis(450)).await;
-        let heartbeat = store.heartbeat(&license, &short.lease_id).await.unwrap();
+        let heartbeat = store.heartbeat(&license, &short.lease_id, None).await.unwrap();
         assert!(matches!(heartbeat, HeartbeatOutcome::Expired | HeartbeatOutcome::Unknown), "{name}: {heartbeat:?}");
         let (x, _, in_use) = granted(store.checkout(&checkout(&license, "x", 1, 10_000)).await.unwrap());
         assert_eq!(in_use, 1, "{name}: the expired lease no longer counts");
@@ -654,7 +654,10 @@ async fn lease_store_conformance() {
         // finally expires (heartbeats leave the sweep's index behind; the sweep catches up).
         let (kept, _, _) = granted(store.checkout(&checkout(&license, "kept", 2, 400)).await.unwrap());
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(matches!(store.heartbeat(&license, &kept.lease_id).await.unwrap(), HeartbeatOutcome::Extended(_)));
+        assert!(matches!(
+            store.heartbeat(&license, &kept.lease_id, None).await.unwrap(),
+            HeartbeatOutcome::Extended(_)
+        ));
         tokio::time::sleep(Duration::from_millis(250)).await;
         let early = store.sweep_expired(100).await.unwrap();
         assert!(!early.iter().any(|r| r.lease.lease_id == kept.lease_id), "{name}: a heartbeated lease is live");
@@ -765,7 +768,8 @@ async fn concurrent_heartbeats_and_checkins_each_get_their_own_answer_in_every_l
             for (license, own) in [(lease.license_id.clone(), true), (other_license, false)] {
                 let (store, lease) = (store.clone(), lease.clone());
                 let own = own && i < leases.len();
-                calls.spawn(async move { (own, lease.clone(), store.heartbeat(&license, &lease.lease_id).await) });
+                calls
+                    .spawn(async move { (own, lease.clone(), store.heartbeat(&license, &lease.lease_id, None).await) });
             }
         }
         let mut extended = 0;
@@ -1002,7 +1006,7 @@ async fn seat_policies_conform_in_every_lease_store() {
         let released = store.checkin(&license, &l.lease_id, 10_000).await.unwrap().unwrap();
         assert_eq!((released.seats_freed, released.lease.lingering), (0, true), "{name}");
         assert!(store.list(&license).await.unwrap()[0].lingering, "{name}: listed as lingering");
-        assert_eq!(store.heartbeat(&license, &l.lease_id).await.unwrap(), HeartbeatOutcome::Unknown, "{name}");
+        assert_eq!(store.heartbeat(&license, &l.lease_id, None).await.unwrap(), HeartbeatOutcome::Unknown, "{name}");
         assert!(store.checkin(&license, &l.lease_id, 10_000).await.unwrap().is_none(), "{name}: checked in already");
         assert_eq!(
             denial(name, store.checkout(&policy_checkout(&license, 1, &p, "bob", "ws", "")).await.unwrap()),
@@ -1029,7 +1033,7 @@ async fn seat_policies_conform_in_every_lease_store() {
             grant(name, store.checkout(&CheckoutCommand { ttl_ms: 60_000, ..borrow }).await.unwrap());
         assert!(borrowed.borrowed, "{name}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        match store.heartbeat(&license, &borrowed.lease_id).await.unwrap() {
+        match store.heartbeat(&license, &borrowed.lease_id, None).await.unwrap() {
             HeartbeatOutcome::Extended(l) => assert_eq!(l.expires_at, borrowed.expires_at, "{name}: not extended"),
             other => panic!("{name}: {other:?}"),
         }
@@ -1263,6 +1267,33 @@ async fn no_lease_outlives_the_not_after_of_its_checkout_in_every_lease_store() 
     }
 }
 
+/// A heartbeat never moves a lease past the `not_after` it is given (the license's end of use:
+/// its expiry, or the end of its grace period), on the batched path and the locked one alike;
+/// without one it extends by the full TTL.
+#[tokio::test]
+async fn no_heartbeat_moves_a_lease_past_its_not_after_in_every_lease_store() {
+    for (name, store) in lease_stores().await {
+        let license = ids::new_id(ids::LICENSE);
+        let (lease, ..) = grant(name, store.checkout(&checkout(&license, "c", 2, 60_000)).await.unwrap());
+        let cap = store.now().await.unwrap() + 2_000;
+        match store.heartbeat(&license, &lease.lease_id, Some(cap)).await.unwrap() {
+            HeartbeatOutcome::Extended(l) => assert_eq!(l.expires_at, cap, "{name}: capped"),
+            other => panic!("{name}: {other:?}"),
+        }
+        let live = store.list(&license).await.unwrap();
+        assert_eq!(live.iter().map(|l| l.expires_at).collect::<Vec<_>>(), [cap], "{name}: stored capped");
+        let far = store.now().await.unwrap() + 3_600_000;
+        match store.heartbeat(&license, &lease.lease_id, Some(far)).await.unwrap() {
+            HeartbeatOutcome::Extended(l) => assert!(l.expires_at > cap && l.expires_at <= far, "{name}: {l:?}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        match store.heartbeat(&license, &lease.lease_id, None).await.unwrap() {
+            HeartbeatOutcome::Extended(l) => assert!(l.expires_at > cap, "{name}: uncapped: {l:?}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
 /// Clients waiting in line hold back general seats only: a checkout that may draw on a
 /// reservation still gets its reserved seat, while others hear `Queued`.
 #[tokio::test]
@@ -1293,7 +1324,7 @@ async fn an_expired_lease_answers_expired_until_the_sweep_records_it_in_every_le
         tokio::time::sleep(Duration::from_millis(400)).await;
         // Another checkout reaps the pool (the expired lease leaves it).
         grant(name, store.checkout(&checkout(&license, "next", 2, 10_000)).await.unwrap());
-        let outcome = store.heartbeat(&license, &lease.lease_id).await.unwrap();
+        let outcome = store.heartbeat(&license, &lease.lease_id, None).await.unwrap();
         assert_eq!(outcome, HeartbeatOutcome::Expired, "{name}");
         let mut recorded = false;
         for _ in 0..20 {
@@ -1304,7 +1335,11 @@ async fn an_expired_lease_answers_expired_until_the_sweep_records_it_in_every_le
             }
         }
         assert!(recorded, "{name}: the sweep records the expiry");
-        assert_eq!(store.heartbeat(&license, &lease.lease_id).await.unwrap(), HeartbeatOutcome::Unknown, "{name}");
+        assert_eq!(
+            store.heartbeat(&license, &lease.lease_id, None).await.unwrap(),
+            HeartbeatOutcome::Unknown,
+            "{name}"
+        );
     }
 }
 

@@ -188,6 +188,10 @@ enum LicenseCommand {
         /// Expiry, YYYY-MM-DD (UTC) or an RFC 3339 time; perpetual when omitted.
         #[arg(long)]
         expires: Option<String>,
+        /// How long the license stays usable after its expiry (`7d`, `36h`), reported as in its
+        /// grace period; none when omitted. At most 365 days.
+        #[arg(long, value_parser = duration)]
+        grace: Option<prost_types::Duration>,
         /// Associate with the customer's portal account.
         #[arg(long)]
         associate: bool,
@@ -227,6 +231,12 @@ enum LicenseCommand {
     },
     /// Change the seats or allowed activations.
     Seats { license_id: String, seats: i32 },
+    /// Set how long the license stays usable after its expiry (`14d`; `0d` for none).
+    Grace {
+        license_id: String,
+        #[arg(value_parser = duration)]
+        grace: prost_types::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -498,6 +508,7 @@ fn license_json(l: &License) -> Value {
         "status": LicenseStatus::try_from(l.status).map(|s| s.as_str_name()).unwrap_or("?"),
         "seats": l.seats, "activations_used": l.activations_used, "allowed_deactivations": l.allowed_deactivations,
         "deactivations_used": l.deactivations_used, "modules": l.modules, "expires": time(l.expires_at.as_ref()),
+        "grace_period": span(l.grace_period.as_ref()), "grace_ends": time(l.grace_ends_at.as_ref()),
         "associated_customer_id": l.associated_customer_id,
     })
 }
@@ -612,6 +623,8 @@ const LICENSE_FIELDS: &[&str] = &[
     "deactivations_used",
     "modules",
     "expires",
+    "grace_period",
+    "grace_ends",
     "associated_customer_id",
 ];
 const PRODUCT_COLUMNS: &[&str] = &["code", "name", "modules", "versions", "created"];
@@ -827,6 +840,7 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
             deactivations,
             modules,
             expires,
+            grace,
             associate,
         }) => {
             let kind = match kind {
@@ -843,6 +857,7 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 allowed_deactivations: deactivations,
                 modules,
                 expires_at,
+                grace_period: grace,
                 associate,
                 ..Default::default()
             };
@@ -921,6 +936,15 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 LicenseCommand::Seats { license_id, seats } => {
                     admin
                         .set_license_seats(authorized(token, pb::SetLicenseSeatsRequest { license_id, seats })?)
+                        .await
+                        .map_err(fail)?
+                        .into_inner()
+                        .license
+                }
+                LicenseCommand::Grace { license_id, grace } => {
+                    let request = pb::SetLicenseGracePeriodRequest { license_id, grace_period: Some(grace) };
+                    admin
+                        .set_license_grace_period(authorized(token, request)?)
                         .await
                         .map_err(fail)?
                         .into_inner()

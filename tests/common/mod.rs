@@ -700,6 +700,7 @@ pub fn new_license(
         modules: vec!["a".into()],
         valid_from: 0,
         expires_at: Some(i64::MAX / 2),
+        grace_period_ms: 0,
         upgrades_until: None,
         associated_customer_id: None,
         portal_deactivation_counts: true,

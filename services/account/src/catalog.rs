@@ -2,7 +2,9 @@
 //! in [`crate::grpc`] converts requests into the inputs below.
 
 use crate::{validate, AccountError};
-use licensing_domain::change::{validate_allowed_deactivations, validate_modules, validate_seats, LicenseChange};
+use licensing_domain::change::{
+    validate_allowed_deactivations, validate_grace_period, validate_modules, validate_seats, LicenseChange,
+};
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
@@ -66,6 +68,9 @@ pub struct IssueLicense {
     pub expires_at: Option<Millis>,
     /// End of the upgrade period (Unix ms); `None` covers every version.
     pub upgrades_until: Option<Millis>,
+    /// Grace period after the expiry (ms; 0: none); kept on a perpetual license for when a
+    /// renewal sets an expiry.
+    pub grace_period_ms: Millis,
     /// Associate the license with the customer's portal account at once.
     pub associate: bool,
     /// Free-form note kept for the vendor.
@@ -359,6 +364,8 @@ impl Catalog {
         }
         validate_allowed_deactivations(input.allowed_deactivations)
             .map_err(|e| AccountError::invalid("allowed_deactivations", e.to_string()))?;
+        validate_grace_period(input.grace_period_ms)
+            .map_err(|e| AccountError::invalid("grace_period", e.to_string()))?;
         if input.notes.chars().count() > 2000 {
             return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
         }
@@ -399,6 +406,7 @@ impl Catalog {
             modules: input.modules,
             valid_from,
             expires_at: input.expires_at,
+            grace_period_ms: input.grace_period_ms,
             upgrades_until: input.upgrades_until,
             associated_customer_id: input.associate.then(|| customer.customer_id.clone()),
             portal_deactivation_counts: true,
@@ -423,6 +431,7 @@ impl Catalog {
             "seats": seats,
             "modules": license.modules,
             "expires_at": license.expires_at,
+            "grace_period_ms": license.grace_period_ms,
         }));
         let receipt = input.payment.as_ref().map(|p| p.receipt(&license, "issue", now));
         self.store.insert_license(&new, audit, receipt.as_ref()).await?;

@@ -15,7 +15,7 @@ use licensing_runtime::auth::{bearer_token, caller_address};
 use licensing_runtime::auth::{AdminAuth, AdminId};
 use licensing_runtime::convert::proto as conv;
 use licensing_runtime::convert::seat as conv_seat;
-use licensing_runtime::convert::{from_opt_timestamp, from_timestamp, FieldError};
+use licensing_runtime::convert::{from_duration, from_opt_timestamp, from_timestamp, FieldError};
 use licensing_runtime::convert::{opt_timestamp, to_timestamp};
 use licensing_runtime::status::OrStatus;
 use tonic::{Request, Response, Status};
@@ -88,6 +88,7 @@ license_target!(
     pb::RemoveLicenseModulesRequest,
     pb::ExtendUpgradePeriodRequest,
     pb::SetPortalDeactivationPolicyRequest,
+    pb::SetLicenseGracePeriodRequest,
     pb::ReturnLicenseRequest
 );
 
@@ -216,6 +217,7 @@ impl AdminService for AdminApi {
             valid_from: from_opt_timestamp("valid_from", r.valid_from.as_ref()).map_err(invalid)?,
             expires_at: from_opt_timestamp("expires_at", r.expires_at.as_ref()).map_err(invalid)?,
             upgrades_until: from_opt_timestamp("upgrades_until", r.upgrades_until.as_ref()).map_err(invalid)?,
+            grace_period_ms: from_duration("grace_period", r.grace_period.as_ref()).map_err(invalid)?,
             product_code: r.product_code,
             customer_id: r.customer_id,
             seats: r.seats,
@@ -356,6 +358,16 @@ impl AdminService for AdminApi {
         let counts = request.get_ref().portal_deactivation_counts;
         let license = self.change(request, LicenseChange::SetPortalDeactivationCounts(counts), "").await?;
         Ok(Response::new(pb::SetPortalDeactivationPolicyResponse { license: Some(license) }))
+    }
+
+    async fn set_license_grace_period(
+        &self,
+        request: Request<pb::SetLicenseGracePeriodRequest>,
+    ) -> Result<Response<pb::SetLicenseGracePeriodResponse>, Status> {
+        let grace_period_ms =
+            from_duration("grace_period", request.get_ref().grace_period.as_ref()).map_err(invalid)?;
+        let license = self.change(request, LicenseChange::SetGracePeriod(grace_period_ms), "").await?;
+        Ok(Response::new(pb::SetLicenseGracePeriodResponse { license: Some(license) }))
     }
 
     async fn return_license(

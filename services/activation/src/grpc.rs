@@ -113,6 +113,7 @@ fn validation_code(code: ValidationCode) -> pb::ValidationCode {
         ValidationCode::ModuleNotLicensed => pb::ValidationCode::ModuleNotLicensed,
         ValidationCode::VersionNotCovered => pb::ValidationCode::VersionNotCovered,
         ValidationCode::WrongKind => pb::ValidationCode::WrongKind,
+        ValidationCode::ValidInGrace => pb::ValidationCode::ValidInGrace,
     }
 }
 
@@ -177,11 +178,12 @@ impl ActivationService for ActivationApi {
             .await
             .or_status()?;
         Ok(Response::new(pb::ValidateResponse {
-            valid: v.code == ValidationCode::Valid,
+            valid: v.code.is_valid(),
             code: validation_code(v.code) as i32,
             detail: v.detail,
             certificate: v.certificate.map(certificate),
             license: v.license.as_deref().map(conv::customer_license),
+            grace_ends_at: opt_timestamp(v.grace_ends_at),
         }))
     }
 

@@ -32,7 +32,8 @@ pub struct ActivationSettings {
     pub match_threshold: f64,
     /// A certificate asks for a refresh after this long.
     pub refresh_after: Millis,
-    /// A certificate allows offline use for this long (never past the license's expiry).
+    /// A certificate allows offline use for this long (never past the license's expiry, or the
+    /// end of its grace period when it has one).
     pub offline_validity: Millis,
     /// Activations (online and offline, new or repeated) allowed per license; `None` is unlimited.
     pub activations_per_license: Option<Rate>,
@@ -87,6 +88,15 @@ pub enum ValidationCode {
     VersionNotCovered,
     /// A concurrent license: it is used through the Seat service.
     WrongKind,
+    /// Expired, but within its grace period: usable (valid) until [`Validation::grace_ends_at`].
+    ValidInGrace,
+}
+
+impl ValidationCode {
+    /// Whether the license may be used: [`Self::Valid`] or [`Self::ValidInGrace`].
+    pub fn is_valid(self) -> bool {
+        matches!(self, Self::Valid | Self::ValidInGrace)
+    }
 }
 
 /// What a validation found.
@@ -100,11 +110,13 @@ pub struct Validation {
     pub license: Option<Arc<License>>,
     /// A fresh certificate, when valid on a node-locked license.
     pub certificate: Option<SignedBlob>,
+    /// When the grace period ends (Unix ms), when the code is [`ValidationCode::ValidInGrace`].
+    pub grace_ends_at: Option<Millis>,
 }
 
 impl Validation {
     fn failed(code: ValidationCode, detail: impl Into<String>, license: Option<Arc<License>>) -> Self {
-        Self { code, detail: detail.into(), license, certificate: None }
+        Self { code, detail: detail.into(), license, certificate: None, grace_ends_at: None }
     }
 }
 
@@ -314,8 +326,9 @@ impl Activations {
     ) -> SignedBlob {
         let now = self.now();
         let mut valid_until = now + self.settings.offline_validity;
-        if let Some(expires) = license.expires_at {
-            valid_until = valid_until.min(expires);
+        // Offline use goes on through the grace period, as online validation does.
+        if let Some(end) = license.grace_ends_at() {
+            valid_until = valid_until.min(end);
         }
         let payload = CertificatePayload {
             v: 1,
@@ -335,6 +348,7 @@ impl Activations {
             match_threshold: self.settings.match_threshold,
             seats: license.seats,
             meters: meters.iter().map(CertificateMeter::from).collect(),
+            grace_ends_at_ms: license.grace_ends_at().filter(|_| license.grace_period_ms > 0),
         };
         self.signer.sign_certificate(&payload)
     }
@@ -633,7 +647,20 @@ impl Activations {
             Some((found, presented)) => Some(self.certificate(&license, &found.activation, &presented).await?),
             None => None,
         };
-        Ok(Validation { code: ValidationCode::Valid, detail: String::new(), license: Some(license), certificate })
+        let grace_ends_at = license.in_grace(now);
+        let (code, detail) = match grace_ends_at {
+            Some(end) => (
+                ValidationCode::ValidInGrace,
+                format!(
+                    "license {} expired at {} and is in its grace period until {}; renew it with your vendor",
+                    license.license_id,
+                    licensing_domain::clock::rfc3339(license.expires_at.unwrap_or_default()),
+                    licensing_domain::clock::rfc3339(end)
+                ),
+            ),
+            None => (ValidationCode::Valid, String::new()),
+        };
+        Ok(Validation { code, detail, license: Some(license), certificate, grace_ends_at })
     }
 
     /// The live activation `digests` come nearest to on the read's license, if it reaches half

@@ -28,6 +28,18 @@ pub enum Validity {
     },
 }
 
+impl Validity {
+    /// `Some(grace end)` (Unix ms) when the license is valid but past its expiry, in its grace
+    /// period at `now`: the product keeps working and should warn that it needs renewing. Online
+    /// and offline alike, from the certificate (the server signs the grace period's end in it).
+    pub fn in_grace(&self, now: Millis) -> Option<Millis> {
+        match self {
+            Self::Online(payload) | Self::Offline(payload) => payload.in_grace(now),
+            Self::Invalid { .. } => None,
+        }
+    }
+}
+
 pub(crate) fn credentials(c: &Credentials) -> Option<pb::LicenseCredentials> {
     use pb::license_credentials::Credential;
     Some(pb::LicenseCredentials {
@@ -127,7 +139,8 @@ impl NodeLocked {
     }
 
     /// Validation from the stored certificate alone: signature, clock, offline period,
-    /// fingerprint and modules.
+    /// fingerprint and modules. A license in its grace period validates (the certificate's
+    /// offline period reaches into it); [`Self::in_grace`] tells.
     pub fn validate_offline(&self, modules: &[&str]) -> Result<CertificatePayload, ClientError> {
         let stored = self.storage.load()?.ok_or(ClientError::NoCertificate)?;
         let blob =
@@ -152,6 +165,12 @@ impl NodeLocked {
         }
         self.storage.save(&Stored { last_seen_ms: now.max(stored.last_seen_ms), ..stored })?;
         Ok(payload)
+    }
+
+    /// `Some(grace end)` (Unix ms) when `validity` is of a license in its grace period now, by
+    /// this client's clock: see [`Validity::in_grace`].
+    pub fn in_grace(&self, validity: &Validity) -> Option<Millis> {
+        validity.in_grace(self.client.clock.now())
     }
 
     /// Asks the server for a fresh certificate (for a longer offline period) and stores it.

@@ -46,7 +46,8 @@ pub struct CertificatePayload {
     pub issued_at_ms: Millis,
     /// Ask the server for a fresh certificate after this instant.
     pub refresh_after_ms: Millis,
-    /// Offline use is allowed until this instant, never beyond the license's expiry.
+    /// Offline use is allowed until this instant, never beyond the license's expiry or, when
+    /// it has a grace period, the end of that.
     pub valid_until_ms: Millis,
     /// SHA-256 of `name=value` of each fingerprint component (normalized: trimmed, lowercase).
     pub fingerprint: Vec<ComponentDigest>,
@@ -60,6 +61,10 @@ pub struct CertificatePayload {
     /// license has none (and in certificates signed before the field existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meters: Vec<CertificateMeter>,
+    /// When the license's grace period ends (its expiry plus the grace period); `None` (and
+    /// absent from the JSON) when it has none, as in certificates signed before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ends_at_ms: Option<Millis>,
 }
 
 /// A meter as a certificate carries it: its limit and what was left when it was signed.
@@ -92,6 +97,16 @@ impl From<&crate::meter::MeterUsage> for CertificateMeter {
             remaining: u.remaining(),
             period_end_ms: u.period.end,
         }
+    }
+}
+
+impl CertificatePayload {
+    /// `Some(grace end)` when at `now` the license is past its expiry but within its grace
+    /// period: still usable, but the product should warn that it needs renewing.
+    pub fn in_grace(&self, now: Millis) -> Option<Millis> {
+        let expires = self.expires_at_ms?;
+        let end = self.grace_ends_at_ms?;
+        (now >= expires && now < end).then_some(end)
     }
 }
 
@@ -341,7 +356,24 @@ mod tests {
             match_threshold: 0.6,
             seats: 3,
             meters: Vec::new(),
+            grace_ends_at_ms: None,
         }
+    }
+
+    #[test]
+    fn a_certificate_without_a_grace_period_has_no_such_field_and_one_with_it_says_when_in_grace() {
+        let signer = Signer::from_seed(&[9u8; 32]);
+        let plain = signer.sign_certificate(&payload());
+        let json = String::from_utf8(B64.decode(&plain.payload).unwrap()).unwrap();
+        assert!(!json.contains("grace_ends_at_ms"), "old readers see the payload as before: {json}");
+        let graced = CertificatePayload { grace_ends_at_ms: Some(20), ..payload() };
+        let verified = verify_certificate(&signer.verifying_key(), &signer.sign_certificate(&graced)).unwrap();
+        assert_eq!(verified.grace_ends_at_ms, Some(20));
+        assert_eq!(
+            (verified.in_grace(9), verified.in_grace(10), verified.in_grace(19), verified.in_grace(20)),
+            (None, Some(20), Some(20), None)
+        );
+        assert_eq!(payload().in_grace(15), None, "no grace period: expired is expired");
     }
 
     #[test]

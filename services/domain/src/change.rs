@@ -54,6 +54,9 @@ pub enum LicenseChange {
     SetMeter(crate::meter::Meter),
     /// Removes the meter with this code (its recorded use stays in the reports).
     RemoveMeter(String),
+    /// Sets the grace period after expiry (ms; 0: none); see [`validate_grace_period`]. Allowed
+    /// on a perpetual license too: it applies once a renewal sets an expiry.
+    SetGracePeriod(Millis),
 }
 
 /// Why a change was refused.
@@ -115,6 +118,20 @@ pub fn validate_modules(product: &Product, modules: &[String]) -> Result<(), Cha
     Ok(())
 }
 
+/// A grace period must be 0 (none) to [`crate::model::MAX_GRACE_PERIOD`] (365 days).
+pub fn validate_grace_period(grace_period_ms: Millis) -> Result<(), ChangeError> {
+    if grace_period_ms < 0 {
+        return Err(invalid("grace_period", "must not be negative (0 means no grace period)"));
+    }
+    if grace_period_ms > crate::model::MAX_GRACE_PERIOD {
+        return Err(invalid(
+            "grace_period",
+            format!("must be at most 365 days, got {:.1} days", grace_period_ms as f64 / crate::clock::DAY as f64),
+        ));
+    }
+    Ok(())
+}
+
 /// Longest licensee name, in characters.
 pub const MAX_LICENSEE_NAME_CHARS: usize = 200;
 
@@ -155,6 +172,7 @@ impl LicenseChange {
             Self::SetLicenseeName(_) => "license.licensee_name_changed",
             Self::SetMeter(_) => "license.meter_set",
             Self::RemoveMeter(_) => "license.meter_removed",
+            Self::SetGracePeriod(_) => "license.grace_period_changed",
         }
     }
 
@@ -294,6 +312,10 @@ impl LicenseChange {
                 }
                 license.meters.retain(|m| &m.code != code);
             }
+            Self::SetGracePeriod(grace_period_ms) => {
+                validate_grace_period(*grace_period_ms)?;
+                license.grace_period_ms = *grace_period_ms;
+            }
         }
         license.updated_at = now;
         Ok(())
@@ -382,6 +404,7 @@ mod tests {
             modules: vec!["render".into()],
             valid_from: 1,
             expires_at: Some(1_000_000),
+            grace_period_ms: 0,
             upgrades_until: None,
             associated_customer_id: Some("cus_X".into()),
             portal_deactivation_counts: true,
@@ -430,6 +453,31 @@ mod tests {
         license.status = LicenseStatus::Retired;
         let err = LicenseChange::SetLicenseeName("Late".into()).apply(&mut license, &product, 8).unwrap_err();
         assert!(matches!(err, ChangeError::NotAllowed(_)));
+    }
+
+    #[test]
+    fn a_grace_period_is_bounded_and_names_its_field() {
+        let mut license = concurrent(1);
+        let product = crate::model::Product {
+            code: "p".into(),
+            name: "P".into(),
+            modules: vec![],
+            versions: vec![],
+            created_at: 0,
+        };
+        LicenseChange::SetGracePeriod(7 * crate::clock::DAY).apply(&mut license, &product, 5).unwrap();
+        assert_eq!(
+            (license.grace_period_ms, license.grace_ends_at()),
+            (7 * crate::clock::DAY, Some(1_000_000 + 7 * crate::clock::DAY))
+        );
+        for bad in [-1, crate::model::MAX_GRACE_PERIOD + 1] {
+            let err = LicenseChange::SetGracePeriod(bad).apply(&mut license, &product, 6).unwrap_err();
+            assert!(matches!(err, ChangeError::Invalid { field: "grace_period", .. }), "{err}");
+        }
+        assert_eq!(license.grace_period_ms, 7 * crate::clock::DAY, "a refused value changes nothing");
+        LicenseChange::SetGracePeriod(crate::model::MAX_GRACE_PERIOD).apply(&mut license, &product, 7).unwrap();
+        LicenseChange::SetGracePeriod(0).apply(&mut license, &product, 8).unwrap();
+        assert_eq!(license.grace_ends_at(), license.expires_at);
     }
 
     #[test]

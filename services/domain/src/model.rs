@@ -126,6 +126,9 @@ pub struct ContactDetails {
 /// Allowed deactivations that means "no limit".
 pub const UNLIMITED: i32 = -1;
 
+/// The longest grace period a license may have: 365 days.
+pub const MAX_GRACE_PERIOD: Millis = 365 * crate::clock::DAY;
+
 /// A license as stored: what it allows, and what of it is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct License {
@@ -153,6 +156,10 @@ pub struct License {
     pub valid_from: Millis,
     /// Expiry (Unix ms); `None` is perpetual.
     pub expires_at: Option<Millis>,
+    /// How long after its expiry the license stays usable, flagged as in its grace period
+    /// (ms; 0: none). Only an expiry starts one: on a perpetual license it waits for a renewal
+    /// to set an expiry. 0 to [`MAX_GRACE_PERIOD`].
+    pub grace_period_ms: Millis,
     /// Versions released before this instant (Unix ms) may run; `None` means every version.
     pub upgrades_until: Option<Millis>,
     /// The portal account the license is associated with; `None` when not associated.
@@ -176,9 +183,25 @@ pub struct License {
 }
 
 impl License {
-    /// Whether it has expired at `now` (Unix ms); the expiry instant itself counts as expired.
+    /// Whether it can no longer be used at `now` (Unix ms) for its dates: past its expiry and
+    /// past its grace period, if any. The end instant itself counts as expired.
     pub fn is_expired(&self, now: Millis) -> bool {
-        self.expires_at.is_some_and(|e| now >= e)
+        self.grace_ends_at().is_some_and(|end| now >= end)
+    }
+
+    /// When its grace period ends (Unix ms): its expiry plus the grace period, the latest
+    /// instant anything of it may be used until (certificates, leases). Its expiry when it has
+    /// no grace period; `None` when perpetual.
+    pub fn grace_ends_at(&self) -> Option<Millis> {
+        self.expires_at.map(|e| e.saturating_add(self.grace_period_ms.max(0)))
+    }
+
+    /// Whether at `now` (Unix ms) it is past its expiry but within its grace period: usable,
+    /// flagged so the product can warn. `Some(grace end)` then, `None` otherwise.
+    pub fn in_grace(&self, now: Millis) -> Option<Millis> {
+        let expires = self.expires_at?;
+        let end = self.grace_ends_at()?;
+        (now >= expires && now < end).then_some(end)
     }
 
     /// Whether the license is one of `customer_id`'s in the portal: associated with that account.
@@ -380,14 +403,16 @@ impl License {
             );
         }
         if self.is_expired(now) {
-            return refuse(
-                "EXPIRED",
-                format!(
-                    "license {} expired at {}; renew it with your vendor",
+            let expired = crate::clock::rfc3339(self.expires_at.unwrap_or_default());
+            let message = match self.grace_ends_at() {
+                Some(end) if self.grace_period_ms > 0 => format!(
+                    "license {} expired at {expired} and its grace period ended at {}; renew it with your vendor",
                     self.license_id,
-                    crate::clock::rfc3339(self.expires_at.unwrap_or_default())
+                    crate::clock::rfc3339(end)
                 ),
-            );
+                _ => format!("license {} expired at {expired}; renew it with your vendor", self.license_id),
+            };
+            return refuse("EXPIRED", message);
         }
         if self.kind != kind {
             return refuse(
@@ -619,6 +644,7 @@ mod tests {
             modules: vec![],
             valid_from,
             expires_at: None,
+            grace_period_ms: 0,
             upgrades_until: None,
             associated_customer_id: None,
             portal_deactivation_counts: true,
@@ -659,6 +685,25 @@ mod tests {
         let scheduled = license(1_000, 5_000);
         assert_eq!(scheduled.usability(4_999, LicenseKind::Concurrent).unwrap_err().reason, "NOT_YET_VALID");
         assert!(scheduled.usability(5_000, LicenseKind::Concurrent).is_ok());
+    }
+
+    #[test]
+    fn a_license_in_its_grace_period_is_usable_and_flagged_until_the_grace_end() {
+        let expiring = License { expires_at: Some(10_000), grace_period_ms: 5_000, ..license(0, 0) };
+        assert_eq!(expiring.grace_ends_at(), Some(15_000));
+        assert_eq!(expiring.in_grace(9_999), None, "not yet expired");
+        assert!(expiring.usability(9_999, LicenseKind::Concurrent).is_ok());
+        assert_eq!(expiring.in_grace(10_000), Some(15_000), "the expiry instant starts the grace period");
+        assert!(expiring.usability(14_999, LicenseKind::Concurrent).is_ok());
+        let past = expiring.usability(15_000, LicenseKind::Concurrent).unwrap_err();
+        assert_eq!(past.reason, "EXPIRED");
+        assert!(past.message.contains("grace period ended at"), "{}", past.message);
+        assert_eq!(expiring.in_grace(15_000), None);
+        let without = License { grace_period_ms: 0, ..expiring.clone() };
+        assert_eq!(without.usability(10_000, LicenseKind::Concurrent).unwrap_err().reason, "EXPIRED");
+        assert_eq!(without.in_grace(10_000), None);
+        let perpetual = License { expires_at: None, ..expiring };
+        assert_eq!((perpetual.grace_ends_at(), perpetual.in_grace(i64::MAX - 1)), (None, None));
     }
 
     #[test]

@@ -353,7 +353,8 @@ pub struct CheckoutCommand {
     pub max_processes: i32,
     /// Borrowed for offline use: `ttl_ms` is the borrow period, and heartbeats do not extend it.
     pub borrowed: bool,
-    /// The latest a granted lease may expire (the license's expiry), by the store's own clock:
+    /// The latest a granted lease may expire (the license's expiry, or the end of its grace
+    /// period when it has one), by the store's own clock:
     /// the store caps the expiry itself, as the service's reading of the clock is already old.
     pub not_after: Option<Millis>,
     /// The [`LicenseRevisions`] revision of the license that `seats` and `limits` come from, when
@@ -462,8 +463,14 @@ pub enum HeartbeatOutcome {
 pub trait LeaseStore: Send + Sync + 'static {
     /// Checks a seat out as `command` says, atomically against the pool (see [`CheckoutOutcome`]).
     async fn checkout(&self, command: &CheckoutCommand) -> Result<CheckoutOutcome, StoreError>;
-    /// Keeps a lease alive, by its store's clock.
-    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError>;
+    /// Keeps a lease alive, by its store's clock, never past `not_after` (the license's end of
+    /// use: its expiry, or the end of its grace period), as a checkout's `not_after` caps it.
+    async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+        not_after: Option<Millis>,
+    ) -> Result<HeartbeatOutcome, StoreError>;
     /// Checks a lease in: frees it at once, or with `linger_ms` > 0 keeps its seat for the same
     /// user, host and feature that long (a borrowed lease is always freed at once). `None` when
     /// the lease was already gone or already lingering (a retried checkin).

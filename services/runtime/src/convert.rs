@@ -313,6 +313,8 @@ pub mod proto {
             updated_at: Some(to_timestamp(l.updated_at)),
             notes: l.notes.clone(),
             licensee_name: l.licensee_name.clone(),
+            grace_period: (l.grace_period_ms > 0).then(|| super::to_duration(l.grace_period_ms)),
+            grace_ends_at: opt_timestamp(l.grace_ends_at()),
             meters: l.meters.iter().map(meter).collect(),
         }
     }

@@ -7,7 +7,8 @@ use licensing_proto::seat::v1 as pb;
 use licensing_proto::seat::v1::seat_service_server::{SeatService, SeatServiceServer};
 use licensing_runtime::auth::{caller_address, AdminAuth, AdminOrSessionAuth, Caller, SessionAuth};
 use licensing_runtime::convert::{
-    from_duration, from_opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp, FieldError,
+    from_duration, from_opt_timestamp, opt_timestamp, proto as conv, seat as conv_seat, to_duration, to_timestamp,
+    FieldError,
 };
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::server::CancellationToken;
@@ -109,6 +110,7 @@ fn grant(g: Grant) -> pb::LeaseGrant {
         borrowed: g.lease.borrowed,
         seats_total: g.seats_total,
         seats_in_use: g.seats_in_use,
+        grace_ends_at: opt_timestamp(g.grace_ends_at),
     }
 }
 
@@ -130,11 +132,12 @@ impl SeatService for SeatApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.get_ref();
-        let (l, token) = self.seats.heartbeat(&r.license_id, &r.lease_id, &r.lease_token).await.or_status()?;
+        let beat = self.seats.heartbeat(&r.license_id, &r.lease_id, &r.lease_token).await.or_status()?;
         Ok(Response::new(pb::HeartbeatResponse {
-            expires_at: Some(to_timestamp(l.expires_at)),
-            heartbeat_interval: Some(to_duration(l.heartbeat_interval_ms())),
-            lease_token: token,
+            expires_at: Some(to_timestamp(beat.lease.expires_at)),
+            heartbeat_interval: Some(to_duration(beat.lease.heartbeat_interval_ms())),
+            lease_token: beat.token,
+            grace_ends_at: opt_timestamp(beat.grace_ends_at),
         }))
     }
 

@@ -87,6 +87,21 @@ pub struct Grant {
     pub heartbeat_interval_ms: i64,
     /// The signed lease token, verifiable offline until the lease's expiry.
     pub token: String,
+    /// When the license's grace period ends (Unix ms), while it is in it: expired but usable,
+    /// and no lease outlives this.
+    pub grace_ends_at: Option<Millis>,
+}
+
+/// What a heartbeat gave: the lease extended, its fresh token, and the grace period's end while
+/// the license is in it.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    /// The lease as extended (never past the license's end of use).
+    pub lease: Lease,
+    /// The signed lease token for the new expiry.
+    pub token: String,
+    /// When the license's grace period ends (Unix ms), while it is in it.
+    pub grace_ends_at: Option<Millis>,
 }
 
 /// Licenses for heartbeats and checkins, and for checkouts where the lease store fences them:
@@ -347,8 +362,9 @@ impl Seats {
         token
     }
 
-    fn grant(&self, lease: Lease, renewed: bool, license: &License, in_use: i32) -> Grant {
+    fn grant(&self, lease: Lease, renewed: bool, license: &License, in_use: i32, now: Millis) -> Grant {
         Grant {
+            grace_ends_at: license.in_grace(now),
             token: self.token(&lease),
             heartbeat_interval_ms: lease.heartbeat_interval_ms(),
             seats_total: license.seats,
@@ -454,8 +470,8 @@ impl Seats {
         }
         let borrowed = request.borrow_for_ms > 0;
         if borrowed {
-            // Never past the license's own expiry.
-            ttl_ms = license.expires_at.map_or(request.borrow_for_ms, |e| request.borrow_for_ms.min(e - now));
+            // Never past the license's own end of use (its expiry, or its grace period's end).
+            ttl_ms = license.grace_ends_at().map_or(request.borrow_for_ms, |e| request.borrow_for_ms.min(e - now));
         }
         let principals = policy.principals(user, host, groups);
         let denied_event = |reason: &str| UsageEvent {
@@ -500,14 +516,14 @@ impl Seats {
             max_processes: policy.max_processes_per_seat,
             borrowed,
             license_revision: revision,
-            not_after: license.expires_at,
+            not_after: license.grace_ends_at(),
         };
         match self.leases.checkout(&command).await? {
             CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => {
                 if !renewed {
                     self.usage.record(lease_event(UsageKind::Checkout, lease.checked_out_at, &lease, seats_taken));
                 }
-                Ok(Decided::Done(Box::new(self.grant(lease, renewed, license, in_use))))
+                Ok(Decided::Done(Box::new(self.grant(lease, renewed, license, in_use, now))))
             }
             CheckoutOutcome::StaleLicense => Ok(Decided::Stale),
             CheckoutOutcome::Recovering { until } => {
@@ -570,12 +586,7 @@ impl Seats {
     /// is extended; it tells an expired lease from an unknown one whatever the store remembers,
     /// and when the lease store lost the lease and is recovering, it puts the lease back, if a
     /// seat is still free for it.
-    pub async fn heartbeat(
-        &self,
-        license_id: &str,
-        lease_id: &str,
-        lease_token: &str,
-    ) -> Result<(Lease, String), SeatError> {
+    pub async fn heartbeat(&self, license_id: &str, lease_id: &str, lease_token: &str) -> Result<Beat, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
         check_id("lease_id", ids::LEASE, lease_id)?;
         let token = match lease_token {
@@ -585,7 +596,7 @@ impl Seats {
         let now = self.leases.now().await?;
         // Suspending or retiring a license stops heartbeats at once.
         let license = self.usable_license(license_id, now).await?;
-        let lease = match self.leases.heartbeat(license_id, lease_id).await? {
+        let lease = match self.leases.heartbeat(license_id, lease_id, license.grace_ends_at()).await? {
             HeartbeatOutcome::Extended(lease) => lease,
             HeartbeatOutcome::Expired => return Err(SeatError::LeaseExpired(lease_id.to_owned())),
             HeartbeatOutcome::Revoked => return Err(SeatError::LeaseRevoked(lease_id.to_owned())),
@@ -601,7 +612,7 @@ impl Seats {
             },
         };
         let token = self.token(&lease);
-        Ok((lease, token))
+        Ok(Beat { token, grace_ends_at: license.in_grace(now), lease })
     }
 
     /// The payload of `lease_token` if this server signed it for this very lease.

@@ -188,8 +188,8 @@ fn checkout_argv(c: &CheckoutCommand) -> Vec<String> {
     named.into_iter().map(|(_, v)| v).chain(tail).collect()
 }
 
-fn heartbeat_args(lease_id: &str) -> NamedArgs {
-    vec![("lease_id", lease_id.to_owned())]
+fn heartbeat_args(lease_id: &str, not_after: Option<Millis>) -> NamedArgs {
+    vec![("lease_id", lease_id.to_owned()), ("not_after", not_after.map(|t| t.to_string()).unwrap_or_default())]
 }
 
 fn checkin_args(lease_id: &str, linger_ms: i64) -> NamedArgs {
@@ -598,14 +598,23 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "redis"))]
-    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
-        let invocation = invoke_with(&self.heartbeat, license_id, lease_id, heartbeat_args(lease_id));
+    async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+        not_after: Option<Millis>,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        let invocation = invoke_with(&self.heartbeat, license_id, lease_id, heartbeat_args(lease_id, not_after));
         let reply = self.invoke_granting(&invocation).await?;
         Ok(match int(&reply[0])? {
             1 => {
-                // No index update: a heartbeat only moves an expiry later, and the index may
-                // hold an earlier time (the sweep then finds nothing and moves it on).
+                // No index update as a rule: a heartbeat moves an expiry later, and the index may
+                // hold an earlier time (the sweep then finds nothing and moves it on). A capped
+                // one may have moved it earlier (the license's end of use came closer): indexed.
                 let expires_at = int(&reply[3])?;
+                if not_after == Some(expires_at) {
+                    self.index_for_sweep(license_id, expires_at).await;
+                }
                 let lease = unpack(license_id, lease_id, &text(&reply[2])?, expires_at, int(&reply[4])? as i32)?;
                 self.cover(&lease).await?;
                 HeartbeatOutcome::Extended(lease)
@@ -743,7 +752,7 @@ impl LeaseStore for RedisLeaseStore {
                 Ok(ReestablishOutcome::Restored(lease))
             }
             // Already back (a retried heartbeat): an ordinary heartbeat extends it.
-            2 => match self.heartbeat(&l.license_id, &l.lease_id).await? {
+            2 => match self.heartbeat(&l.license_id, &l.lease_id, None).await? {
                 HeartbeatOutcome::Extended(lease) => Ok(ReestablishOutcome::Restored(lease)),
                 _ => Ok(ReestablishOutcome::NoSeat),
             },
@@ -836,7 +845,7 @@ mod tests {
         // pair, the revision.
         assert_eq!(tail, ["g:a", "1", "0", "1", "u:u", "1", "3"]);
         assert!(lua::CHECKOUT.contains(&format!("local cursor = {}", named.len())));
-        assert_eq!(names(&heartbeat_args("l")), declared(lua::HEARTBEAT, "ARGV"));
+        assert_eq!(names(&heartbeat_args("l", None)), declared(lua::HEARTBEAT, "ARGV"));
         assert_eq!(names(&checkin_args("l", 0)), declared(lua::CHECKIN, "ARGV"));
         assert_eq!(names(&revoke_args("l")), declared(lua::REVOKE, "ARGV"));
         assert_eq!(names(&drain_args(1)), declared(lua::DRAIN_EXPIRED, "ARGV"));

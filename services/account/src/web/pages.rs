@@ -221,7 +221,8 @@ pub(crate) async fn licenses(State(web): State<Web>, me: Me, Query(q): Query<Lis
         })
         .collect();
     let pager = Pager::new(matching.len(), LICENSES_PER_PAGE, page_number(&q.page), |n| link(sort, dir, n));
-    let rows = pager.slice(&matching, LICENSES_PER_PAGE).iter().map(|l| LicenseRow::of(l)).collect();
+    let now = web.portal.now_millis();
+    let rows = pager.slice(&matching, LICENSES_PER_PAGE).iter().map(|l| LicenseRow::of(l, now)).collect();
     let mut layout = me.layout("Licenses & Activations", "licenses");
     layout.notice = q.notice.text();
     page(LicensesPage {
@@ -299,7 +300,7 @@ async fn license_page(
         LicensePage {
             layout,
             errors,
-            l: LicenseRow::of(l),
+            l: LicenseRow::of(l, web.portal.now_millis()),
             seats_label: match l.kind {
                 LicenseKind::NodeLocked => "Activations allowed",
                 LicenseKind::Concurrent => "Seats",

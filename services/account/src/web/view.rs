@@ -238,7 +238,13 @@ pub(crate) struct LicenseRow {
 }
 
 impl LicenseRow {
-    pub(crate) fn of(l: &License) -> Self {
+    /// The row of `l` as of `now` (the portal's clock): a license in its grace period says until
+    /// when, next to its expiry.
+    pub(crate) fn of(l: &License, now: Millis) -> Self {
+        let expires = match l.in_grace(now) {
+            Some(end) => format!("{} (expired; in grace until {})", optional_date(l.expires_at, "Never"), date(end)),
+            None => optional_date(l.expires_at, "Never"),
+        };
         Self {
             license_id: l.license_id.clone(),
             product: l.product_code.clone(),
@@ -246,7 +252,7 @@ impl LicenseRow {
             seats: if l.kind == LicenseKind::Cloud { "—".into() } else { l.seats.to_string() },
             status: status(l.status),
             status_class: l.status.as_str(),
-            expires: optional_date(l.expires_at, "Never"),
+            expires,
             upgrades: optional_date(l.upgrades_until, "Every version"),
         }
     }
@@ -318,6 +324,41 @@ mod tests {
             field_message("New password", "must be 12 to 128 characters long"),
             "New password must be 12 to 128 characters long."
         );
+    }
+
+    #[test]
+    fn a_license_in_its_grace_period_shows_until_when() {
+        let at = |text: &str| licensing_domain::clock::parse_instant(text).unwrap();
+        let license = License {
+            license_id: "lic_X".into(),
+            product_code: "cad".into(),
+            customer_id: "cus_X".into(),
+            kind: LicenseKind::NodeLocked,
+            status: LicenseStatus::Active,
+            seats: 1,
+            allowed_deactivations: 1,
+            activations_used: 0,
+            deactivations_used: 0,
+            modules: vec![],
+            valid_from: 0,
+            expires_at: Some(at("2027-03-01")),
+            grace_period_ms: 14 * licensing_domain::clock::DAY,
+            upgrades_until: None,
+            associated_customer_id: None,
+            portal_deactivation_counts: true,
+            replaces_license_id: None,
+            notes: String::new(),
+            licensee_name: String::new(),
+            seat_policy: Default::default(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert_eq!(LicenseRow::of(&license, at("2027-02-01")).expires, "2027-03-01");
+        assert_eq!(
+            LicenseRow::of(&license, at("2027-03-02")).expires,
+            "2027-03-01 (expired; in grace until 2027-03-15)"
+        );
+        assert_eq!(LicenseRow::of(&license, at("2027-03-15")).expires, "2027-03-01");
     }
 
     #[test]

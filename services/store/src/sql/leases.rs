@@ -656,11 +656,20 @@ impl LeaseStore for SqlLeaseStore {
     }
 
     #[tracing::instrument(name = "store.heartbeat", skip_all, fields(otel.kind = "client", store = "sql"))]
-    async fn heartbeat(&self, license_id: &str, lease_id: &str) -> Result<HeartbeatOutcome, StoreError> {
+    async fn heartbeat(
+        &self,
+        license_id: &str,
+        lease_id: &str,
+        not_after: Option<Millis>,
+    ) -> Result<HeartbeatOutcome, StoreError> {
         // The common case in one conditional statement, shared with the heartbeats beside it.
-        // Everything else takes the locked path below.
+        // Everything else takes the locked path below, and so does a lease the statement moved
+        // past `not_after` (only in the license's last TTL before its end of use): the locked
+        // path caps it at once.
         if let Some((lease, _)) = self.in_batch(BatchedChange::Extend, license_id, lease_id).await? {
-            return Ok(HeartbeatOutcome::Extended(lease));
+            if not_after.is_none_or(|cap| lease.expires_at <= cap) {
+                return Ok(HeartbeatOutcome::Extended(lease));
+            }
         }
         let LockedPool { mut tx, now, live, .. } = self.lock_pool(license_id).await?;
         let Some(mut lease) = live.into_iter().find(|l| l.lease_id == lease_id) else {
@@ -691,7 +700,7 @@ impl LeaseStore for SqlLeaseStore {
         }
         // A borrowed lease lives out its period; heartbeats do not lengthen it.
         if !lease.borrowed {
-            lease.expires_at = now + lease.ttl_ms;
+            lease.expires_at = not_after.map_or(now + lease.ttl_ms, |cap| (now + lease.ttl_ms).min(cap));
             lease.last_heartbeat_at = now;
             update_lease(&mut tx, &lease).await?;
         }
