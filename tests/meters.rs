@@ -217,3 +217,38 @@ async fn bad_meter_input_names_the_field_and_changes_nothing() {
         .into_inner();
     assert_eq!(usage.meters[0].used, 0);
 }
+
+#[tokio::test]
+async fn the_web_portal_shows_metered_use_and_downloads_every_period_as_csv() {
+    use crate::web_security::Visitor;
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (license_id, key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 2, |r| {
+        r.associate = true;
+        r.meters = vec![meter("exports", 10, 5, MeterReset::Monthly), meter("cpu-hours", 1, 0, MeterReset::Never)];
+    })
+    .await;
+    let mut product = ActivationServiceClient::new(app.channel().await);
+    product.record_usage(record(&key, "exports", 12, "web-1")).await.unwrap();
+
+    let mut browser = Visitor::new(&app);
+    assert_eq!(browser.log_in(&f.customer_id, CUSTOMER_PASSWORD).await.status, 303);
+    let page = browser.get(&format!("/licenses/{license_id}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Metered use"), "{}", page.body);
+    assert!(
+        page.body.contains("<td>exports</td><td>12</td><td>10</td><td>0</td><td>2 of 5 used</td>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(&format!("/licenses/{license_id}/meters.csv")));
+    let csv = browser.get(&format!("/licenses/{license_id}/meters.csv")).await;
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("content-type"), "text/csv; charset=utf-8");
+    assert!(csv.header("content-disposition").contains(&format!("meters-{license_id}.csv")));
+    assert!(
+        csv.body.lines().nth(1).is_some_and(|l| l.starts_with("exports,") && l.ends_with(",12,10,5,2,0")),
+        "{}",
+        csv.body
+    );
+}

@@ -175,9 +175,17 @@ async fn another_customers_license_is_a_404_that_reveals_nothing() {
     let mut browser = Visitor::new(&app);
     assert_eq!(browser.log_in(&other, CUSTOMER_PASSWORD).await.status, 303);
     let missing = "lic_0000000000000000";
-    for suffix in
-        ["", "/installations", "/history", "/usage", "/usage.csv", "/activation-password", "/transfer", "/return"]
-    {
+    for suffix in [
+        "",
+        "/installations",
+        "/history",
+        "/usage",
+        "/usage.csv",
+        "/meters.csv",
+        "/activation-password",
+        "/transfer",
+        "/return",
+    ] {
         let foreign = browser.get(&format!("/licenses/{theirs}{suffix}")).await;
         let unknown = browser.get(&format!("/licenses/{missing}{suffix}")).await;
         assert_eq!(foreign.status, 404, "{suffix}: {}", foreign.body);

@@ -84,6 +84,7 @@ pub const PAGES: &[(&str, &str, &str)] = &[
     ("UpdateContactDetails", "POST", "/account/contact"),
     ("SetLicenseeName", "POST", "/licenses/{license_id}/licensee"),
     ("ListRecurringPayments", "GET", "/payments/recurring"),
+    ("GetMyMeterUsage", "GET", "/licenses/{license_id}/meters.csv"),
 ];
 
 /// The web portal's routes over `portal`.
@@ -120,6 +121,7 @@ pub fn router(portal: Portal, settings: WebSettings) -> Router {
         .route("/licenses/{license_id}/history", get(pages::history))
         .route("/licenses/{license_id}/usage", get(pages::usage))
         .route("/licenses/{license_id}/usage.csv", get(pages::usage_csv))
+        .route("/licenses/{license_id}/meters.csv", get(pages::meters_csv))
         .route("/licenses/{license_id}/return", get(pages::return_page).post(pages::return_license))
         .route("/licenses/{license_id}/transfer", get(pages::transfer_page).post(pages::transfer))
         .route("/payments", get(pages::payments))

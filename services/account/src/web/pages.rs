@@ -16,6 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
+use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::{License, LicenseKind, LicenseStatus, Page, UNLIMITED};
 use serde::Deserialize;
 
@@ -258,6 +259,33 @@ pub(crate) struct LicensePage {
     pub licensee_name: String,
     pub licensee_shown: String,
     pub installations: usize,
+    pub meters: Vec<MeterRow>,
+}
+
+/// A meter's use in its current period, as the license page shows it.
+pub(crate) struct MeterRow {
+    pub code: String,
+    pub used: i64,
+    pub limit: i64,
+    pub remaining: i64,
+    pub overage: String,
+    pub resets: String,
+}
+
+impl MeterRow {
+    fn of(u: &MeterUsage) -> Self {
+        Self {
+            code: u.meter.code.clone(),
+            used: u.used,
+            limit: u.meter.limit,
+            remaining: u.remaining(),
+            overage: match u.meter.overage {
+                0 => "None".into(),
+                allowed => format!("{} of {allowed} used", u.overage_used()),
+            },
+            resets: u.period.end.map_or_else(|| "Never".into(), date),
+        }
+    }
 }
 
 fn deactivations_left(l: &License) -> String {
@@ -292,6 +320,13 @@ async fn license_page(
             _ => code.clone(),
         })
         .collect();
+    let meters = match l.meters.is_empty() {
+        true => Vec::new(),
+        false => match web.portal.meter_usage(&me.customer_id, license_id).await {
+            Ok((current, _)) => current.iter().map(MeterRow::of).collect(),
+            Err(e) => return refusal(e),
+        },
+    };
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let mut layout = me.layout(format!("License {}", l.license_id), "licenses");
     layout.notice = notice;
@@ -317,6 +352,7 @@ async fn license_page(
             licensee_name: typed.unwrap_or_else(|| l.licensee_name.clone()),
             licensee_shown: if l.licensee_name.is_empty() { me.company_name.clone() } else { l.licensee_name.clone() },
             installations: usize::try_from(l.activations_used).unwrap_or(0),
+            meters,
         },
     )
 }
@@ -793,18 +829,28 @@ pub(crate) async fn usage(State(web): State<Web>, me: Me, Path(id): Path<String>
     })
 }
 
+/// Every period the license's meters counted, as a CSV download.
+pub(crate) async fn meters_csv(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
+    match web.portal.meter_usage(&me.customer_id, &id).await {
+        Ok((_, history)) => csv_download(licensing_domain::meter::usage_csv(&history), &format!("meters-{id}.csv")),
+        Err(e) => refusal(e),
+    }
+}
+
+/// `body` as a CSV file the browser saves as `file`.
+fn csv_download(body: String, file: &str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
 pub(crate) async fn usage_csv(State(web): State<Web>, me: Me, Path(id): Path<String>) -> Response {
     match web.portal.usage_report(&me.customer_id, &id, None, None).await {
-        Ok(report) => {
-            let file = format!("attachment; filename=\"usage-{}-{}.csv\"", report.license_id, date(report.to));
-            let mut response = report.to_csv().into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-            if let Ok(value) = HeaderValue::from_str(&file) {
-                headers.insert(header::CONTENT_DISPOSITION, value);
-            }
-            response
-        }
+        Ok(report) => csv_download(report.to_csv(), &format!("usage-{}-{}.csv", report.license_id, date(report.to))),
         Err(e) => refusal(e),
     }
 }
