@@ -59,7 +59,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..49,
+        0u8..51,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -143,6 +143,7 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             associate: i.ints[3] % 2 == 0,
             payment: Some(acc::Payment { amount_minor: i.seconds, currency: t(3), recurring_months: i.ints[3] }),
             notes: t(4),
+            heartbeat_timeout: if i.ints[3] % 3 == 0 { duration(i) } else { None },
         }))),
         5 => run!(c.admin.get_license(admin_req(acc::GetLicenseRequest { license_id: lic }))),
         6 => run!(c.admin.list_licenses(admin_req(acc::ListLicensesRequest { page: page(i), customer_id: t(1), product_code: t(2), status: i.ints[0], query: t(3) }))),
@@ -244,6 +245,11 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
         46 => run!(c.portal.update_contact_details(with_token(&c.session, acc::UpdateContactDetailsRequest { contact_name: t(1), contact_email: t(2), phone: t(3), current_password: t(4) }))),
         47 => run!(c.portal.set_licensee_name(with_token(&c.session, acc::SetLicenseeNameRequest { license_id: lic, licensee_name: t(1) }))),
         48 => run!(c.portal.list_recurring_payments(with_token(&c.session, acc::ListRecurringPaymentsRequest {}))),
+        49 => run!(c.activation.heartbeat(act::HeartbeatRequest { credentials: act_creds(i), fingerprint: fp(i) })),
+        50 => run!(c.admin.set_heartbeat_timeout(admin_req(acc::SetHeartbeatTimeoutRequest {
+            license_id: lic,
+            heartbeat_timeout: if i.ints[3] % 2 == 0 { duration(i) } else { None },
+        }))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -280,7 +286,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..49 {
+        for rpc in 0u8..51 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();

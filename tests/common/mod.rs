@@ -707,6 +707,7 @@ pub fn new_license(
         notes: "first".into(),
         licensee_name: String::new(),
         seat_policy: Default::default(),
+        heartbeat_timeout_ms: None,
         created_at: 1,
         updated_at: 1,
     }

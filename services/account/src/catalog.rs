@@ -2,7 +2,9 @@
 //! in [`crate::grpc`] converts requests into the inputs below.
 
 use crate::{validate, AccountError};
-use licensing_domain::change::{validate_allowed_deactivations, validate_modules, validate_seats, LicenseChange};
+use licensing_domain::change::{
+    validate_allowed_deactivations, validate_heartbeat_timeout, validate_modules, validate_seats, LicenseChange,
+};
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
@@ -53,6 +55,8 @@ pub struct IssueLicense {
     pub notes: String,
     /// A payment to record as the issue's receipt.
     pub payment: Option<Payment>,
+    /// Node-locked: machines not seen for this long (ms) are culled; `None` requires no heartbeats.
+    pub heartbeat_timeout_ms: Option<Millis>,
 }
 
 /// A payment given with an admin call, recorded as a receipt.
@@ -334,6 +338,8 @@ impl Catalog {
         }
         validate_allowed_deactivations(input.allowed_deactivations)
             .map_err(|e| AccountError::invalid("allowed_deactivations", e.to_string()))?;
+        validate_heartbeat_timeout(kind, input.heartbeat_timeout_ms)
+            .map_err(|e| AccountError::from(licensing_domain::store::UpdateError::Rejected(e)))?;
         if input.notes.chars().count() > 2000 {
             return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
         }
@@ -379,6 +385,7 @@ impl Catalog {
             seat_policy: Default::default(),
             notes: input.notes,
             licensee_name: String::new(),
+            heartbeat_timeout_ms: input.heartbeat_timeout_ms,
             created_at: now,
             updated_at: now,
         };
@@ -395,6 +402,7 @@ impl Catalog {
             "seats": seats,
             "modules": license.modules,
             "expires_at": license.expires_at,
+            "heartbeat_timeout_ms": license.heartbeat_timeout_ms,
         }));
         let receipt = input.payment.as_ref().map(|p| p.receipt(&license, "issue", now));
         self.store.insert_license(&new, audit, receipt.as_ref()).await?;

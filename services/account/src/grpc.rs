@@ -14,7 +14,7 @@ use licensing_runtime::auth::{bearer_token, caller_address};
 use licensing_runtime::auth::{AdminAuth, AdminId};
 use licensing_runtime::convert::proto as conv;
 use licensing_runtime::convert::seat as conv_seat;
-use licensing_runtime::convert::{from_opt_timestamp, from_timestamp, FieldError};
+use licensing_runtime::convert::{from_duration, from_opt_timestamp, from_timestamp, FieldError};
 use licensing_runtime::convert::{opt_timestamp, to_timestamp};
 use licensing_runtime::status::OrStatus;
 use tonic::{Request, Response, Status};
@@ -85,6 +85,7 @@ license_target!(
     pb::RemoveLicenseModulesRequest,
     pb::ExtendUpgradePeriodRequest,
     pb::SetPortalDeactivationPolicyRequest,
+    pb::SetHeartbeatTimeoutRequest,
     pb::ReturnLicenseRequest
 );
 
@@ -97,6 +98,11 @@ fn required_timestamp(field: &'static str, ts: Option<&prost_types::Timestamp>) 
         Some(t) => from_timestamp(field, t).map_err(invalid),
         None => Err(licensing_runtime::status::to_status(&AccountError::invalid(field, "is required"))),
     }
+}
+
+/// A heartbeat timeout (ms) from a request; unset is `None` (no heartbeats required).
+fn heartbeat_timeout(d: Option<&prost_types::Duration>) -> Result<Option<i64>, Status> {
+    d.map(|d| from_duration("heartbeat_timeout", Some(d))).transpose().map_err(invalid)
 }
 
 fn payment(p: Option<pb::Payment>) -> Option<Payment> {
@@ -220,6 +226,7 @@ impl AdminService for AdminApi {
             modules: r.modules,
             associate: r.associate,
             notes: r.notes,
+            heartbeat_timeout_ms: heartbeat_timeout(r.heartbeat_timeout.as_ref())?,
         };
         let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
@@ -338,6 +345,19 @@ impl AdminService for AdminApi {
         let license =
             self.change_paid(request, LicenseChange::ExtendUpgradePeriod { upgrades_until }, "", paid).await?;
         Ok(Response::new(pb::ExtendUpgradePeriodResponse { license: Some(license) }))
+    }
+
+    async fn set_heartbeat_timeout(
+        &self,
+        request: Request<pb::SetHeartbeatTimeoutRequest>,
+    ) -> Result<Response<pb::SetHeartbeatTimeoutResponse>, Status> {
+        let timeout = heartbeat_timeout(request.get_ref().heartbeat_timeout.as_ref());
+        if timeout.is_err() {
+            // Callers without an admin token hear only that.
+            self.admin(&request).await?;
+        }
+        let license = self.change(request, LicenseChange::SetHeartbeatTimeout(timeout?), "").await?;
+        Ok(Response::new(pb::SetHeartbeatTimeoutResponse { license: Some(license) }))
     }
 
     async fn set_portal_deactivation_policy(

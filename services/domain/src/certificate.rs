@@ -56,6 +56,17 @@ pub struct CertificatePayload {
     /// the field existed.
     #[serde(default)]
     pub seats: i32,
+    /// The license requires this machine to check in (ActivationService.Heartbeat, or a
+    /// certificate refresh) at least every this many seconds, or it is deactivated; 0 (and
+    /// absent from the payload) when it requires no heartbeats.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heartbeat_timeout_secs: i64,
+}
+
+/// Leaves a field out of the signed payload when it says nothing, so certificates of licenses
+/// without the feature stay byte for byte as before.
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A payload and its signature, as certificates are stored and sent (JSON).
@@ -303,7 +314,19 @@ mod tests {
             fingerprint: vec![],
             match_threshold: 0.6,
             seats: 3,
+            heartbeat_timeout_secs: 0,
         }
+    }
+
+    #[test]
+    fn a_heartbeat_requirement_is_in_the_payload_only_when_there_is_one() {
+        let without = serde_json::to_string(&payload()).unwrap();
+        assert!(!without.contains("heartbeat"), "{without}");
+        let with = CertificatePayload { heartbeat_timeout_secs: 600, ..payload() };
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains("\"heartbeat_timeout_secs\":600"), "{text}");
+        assert_eq!(serde_json::from_str::<CertificatePayload>(&text).unwrap(), with);
+        assert_eq!(serde_json::from_str::<CertificatePayload>(&without).unwrap().heartbeat_timeout_secs, 0);
     }
 
     #[test]

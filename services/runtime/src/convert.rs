@@ -312,6 +312,7 @@ pub mod proto {
             updated_at: Some(to_timestamp(l.updated_at)),
             notes: l.notes.clone(),
             licensee_name: l.licensee_name.clone(),
+            heartbeat_timeout: l.heartbeat_timeout_ms.map(super::to_duration),
         }
     }
 

@@ -11,7 +11,8 @@ use sqlx::{Any, Transaction};
 
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
-     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name";
+     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, \
+     heartbeat_timeout_ms";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -38,6 +39,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         created_at: get_i64(row, "created_at")?,
         updated_at: get_i64(row, "updated_at")?,
         licensee_name: get_str(row, "licensee_name")?,
+        heartbeat_timeout_ms: get_opt_i64(row, "heartbeat_timeout_ms")?,
     })
 }
 
@@ -91,7 +93,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -115,6 +117,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(l.created_at)
         .bind(l.updated_at)
         .bind(&l.licensee_name)
+        .bind(l.heartbeat_timeout_ms)
         .bind(&new.key_digest)
         .bind(&new.activation_password_salt)
         .execute(&mut **tx)
@@ -443,7 +446,7 @@ impl CatalogStore for SqlStore {
         sqlx::query(
             "UPDATE licenses SET status = $1, seats = $2, allowed_deactivations = $3, modules_json = $4, expires_at = $5, \
              upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
-             seat_policy_json = $10, licensee_name = $11 WHERE license_id = $12",
+             seat_policy_json = $10, licensee_name = $11, heartbeat_timeout_ms = $12 WHERE license_id = $13",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -456,6 +459,7 @@ impl CatalogStore for SqlStore {
         .bind(license.updated_at)
         .bind(to_json(&license.seat_policy))
         .bind(&license.licensee_name)
+        .bind(license.heartbeat_timeout_ms)
         .bind(license_id)
         .execute(&mut *tx)
         .await
