@@ -18,6 +18,7 @@ mod client;
 mod compose;
 mod ffi;
 mod frame_fuzz;
+mod heartbeats;
 mod hostile_input;
 mod image;
 mod kubernetes;
