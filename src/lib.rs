@@ -547,6 +547,7 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
     // Validations read licenses and live activations from a cache that follows the store's
     // change feed (activations changed by any process are reported too).
     .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
+    served.background.push(tokio::spawn(cull_silent_machines(activations.clone(), config.cull_interval)));
     // WatchLicense streams end when the server drains.
     let api = ActivationApi::new(activations, config.watch_poll).with_drain(stack.drain.clone());
     served.serve(api.into_server(config.max_message_bytes));
@@ -636,6 +637,19 @@ async fn sweep_expired_leases(seats: Seats, every: std::time::Duration) {
         tick.tick().await;
         if let Err(e) = seats.sweep().await {
             tracing::warn!(error = %e, "lease sweep failed; it will run again");
+        }
+    }
+}
+
+/// Deactivates machines that missed their license's heartbeat timeout, every `every`. Every
+/// Activation replica runs it: the store culls each machine once however many run at once.
+async fn cull_silent_machines(activations: Activations, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = activations.cull_silent_machines().await {
+            tracing::warn!(error = %e, "culling machines without heartbeats failed; it will run again");
         }
     }
 }

@@ -251,6 +251,18 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             ))
             .await,
         ),
+        "SetHeartbeatTimeout" => code(
+            c.set_heartbeat_timeout(request(
+                who,
+                w,
+                // A day: the world's machines are not culled while the matrix runs.
+                acc::SetHeartbeatTimeoutRequest {
+                    license_id: lic(),
+                    heartbeat_timeout: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
+                },
+            ))
+            .await,
+        ),
         "ReturnLicense" => {
             // Returned, then associated back so later cells see the same world.
             let r = code(
@@ -389,6 +401,7 @@ const ADMIN_RPCS: &[&str] = &[
     "ExtendUpgradePeriod",
     "SetPortalDeactivationPolicy",
     "SetLicenseGracePeriod",
+    "SetHeartbeatTimeout",
     "ReturnLicense",
     "AssociateLicense",
     "ListAuditEvents",
@@ -757,6 +770,10 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         .unwrap()
         .into_inner();
     assert_eq!(a_usage.current.iter().map(|u| u.used).sum::<i64>(), 0, "A's meter untouched");
+    let heartbeat_with_b = activation
+        .heartbeat(act::HeartbeatRequest { credentials: key(&w.floating_key_b), fingerprint: machine_a.clone() })
+        .await;
+    assert_eq!(code(heartbeat_with_b), Code::FailedPrecondition, "B's (floating) key cannot keep A's machine alive");
     let mut seats = SeatServiceClient::new(w.channel.clone());
     let hb = seats
         .heartbeat(seat::HeartbeatRequest {

@@ -345,3 +345,39 @@ async fn a_borrowed_seat_holds_offline_until_its_period_ends_and_an_early_return
     assert!(guard.release().await);
     drop(app);
 }
+
+/// A product heartbeats through the library: told the interval while its license asks for
+/// heartbeats, and told NOT_ACTIVATED once its machine no longer holds an activation.
+#[tokio::test]
+async fn a_node_locked_product_heartbeats_and_hears_when_its_machine_was_freed() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (_, key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.heartbeat_timeout = Some(prost_types::Duration { seconds: 90, nanos: 0 });
+    })
+    .await;
+    let client = Client::new(&format!("http://{}", app.addr), &app.public_key().await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let product = Arc::new(NodeLocked::new(
+        client,
+        TrustedStorage::new(dir.path().join("license.json")),
+        Credentials::LicenseKey(key),
+        this_pc(),
+    ));
+    let certificate = product.activate("pc", "linux", "1.0").await.unwrap();
+    assert_eq!(certificate.heartbeat_timeout_secs, 90);
+    let beat = product.heartbeat().await.unwrap();
+    assert_eq!(beat.interval, Some(Duration::from_secs(30)));
+    assert!(beat.deactivated_after.unwrap() > SystemClock.now());
+
+    // Once the machine holds no activation, heartbeats say so, and the background heartbeat
+    // ends with that error instead of beating on.
+    product.deactivate().await.unwrap();
+    let err = product.heartbeat().await.unwrap_err();
+    assert_eq!(err.reason(), Some("NOT_ACTIVATED"), "{err}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), NodeLocked::keep_alive(product.clone()))
+        .await
+        .expect("keep_alive ends")
+        .unwrap();
+    assert_eq!(ended.unwrap_err().reason(), Some("NOT_ACTIVATED"));
+}

@@ -453,3 +453,34 @@ async fn operators_set_show_and_remove_meters() {
     );
     assert!(bad.contains("meter.limit") && bad.lines().count() <= 2, "{bad}");
 }
+
+#[tokio::test]
+async fn operators_set_and_lift_a_heartbeat_timeout() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let issue = [
+        "--json",
+        "licenses",
+        "issue",
+        "--product",
+        &f.product,
+        "--customer",
+        &f.customer_id,
+        "--kind",
+        "node-locked",
+        "--heartbeat-timeout",
+        "10m",
+    ];
+    let issued = json(&ctl(Some(&app), t, &issue).await);
+    assert_eq!(issued["heartbeat_timeout"], "10m");
+    let license_id = issued["license_id"].as_str().unwrap().to_owned();
+    let changed = json(&ctl(Some(&app), t, &["--json", "licenses", "heartbeat", &license_id, "2h"]).await);
+    assert_eq!(changed[0]["heartbeat_timeout"], "2h");
+    let shown = stdout(&ctl(Some(&app), t, &["licenses", "show", &license_id]).await);
+    assert!(shown.contains("2h"), "{shown}");
+    let too_short = stderr(&ctl(Some(&app), t, &["licenses", "heartbeat", &license_id, "30s"]).await);
+    assert!(too_short.contains("heartbeat_timeout: must be between 60 s"), "{too_short}");
+    let lifted = json(&ctl(Some(&app), t, &["--json", "licenses", "heartbeat", &license_id, "off"]).await);
+    assert_eq!(lifted[0]["heartbeat_timeout"], Value::Null);
+}

@@ -19,6 +19,7 @@ mod compose;
 mod ffi;
 mod frame_fuzz;
 mod grace_period;
+mod heartbeats;
 mod hostile_input;
 mod image;
 mod kubernetes;

@@ -327,6 +327,119 @@ async fn activation_store_conformance() {
     }
 }
 
+async fn insert(store: &SqlStore, l: &License) {
+    let new = NewLicense {
+        license: l.clone(),
+        key_digest: format!("digest-{}", l.license_id),
+        activation_password_salt: "salt".into(),
+    };
+    store.insert_license(&new, audit("license.issued", &l.license_id), None).await.unwrap();
+}
+
+/// Machines of a license with a heartbeat timeout that were not seen within it are culled: their
+/// activations freed, no deactivation spent, each with a history line and an audit record; a
+/// machine that heartbeats survives, and so do the machines of a license without a timeout.
+/// Two culls at once cull each machine once.
+#[tokio::test]
+async fn machines_silent_past_the_heartbeat_timeout_are_culled_once_without_spending_a_deactivation() {
+    let usable = |_: &License| Ok(());
+    for (name, store) in sql_stores().await {
+        let (customer, _) = seed(&store).await;
+        let l = License {
+            heartbeat_timeout_ms: Some(60_000),
+            ..new_license(&customer.customer_id, LicenseKind::NodeLocked, 4)
+        };
+        insert(&store, &l).await;
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().heartbeat_timeout_ms, Some(60_000));
+        let plain = new_license(&customer.customer_id, LicenseKind::NodeLocked, 1);
+        insert(&store, &plain).await;
+        let mut ids = HashMap::new();
+        for machine in ["m1", "m2", "m3"] {
+            let ActivateOutcome::New(a, _) =
+                store.activate(&activate_command(&l.license_id, machine), &usable).await.unwrap()
+            else {
+                panic!("{name}: {machine} is new")
+            };
+            ids.insert(machine, a.installation_id);
+        }
+        store.activate(&activate_command(&plain.license_id, "p1"), &usable).await.unwrap();
+
+        // m1 heartbeats; a heartbeat naming another license's installation changes nothing.
+        let beat = store.record_heartbeat(&l.license_id, &ids["m1"], 50_000).await.unwrap().expect("m1 is live");
+        assert_eq!((beat.last_seen_at, beat.deactivated_at), (50_000, None), "{name}");
+        assert_eq!(store.record_heartbeat(&plain.license_id, &ids["m2"], 50_000).await.unwrap(), None, "{name}");
+        assert_eq!(store.get_activation(&ids["m2"]).await.unwrap().unwrap().last_seen_at, 100, "{name}");
+        // An older heartbeat arriving late does not move the sighting back.
+        let late = store.record_heartbeat(&l.license_id, &ids["m1"], 40_000).await.unwrap().unwrap();
+        assert_eq!(late.last_seen_at, 50_000, "{name}");
+
+        // Seen at 100 with a 60 s timeout: still live at 60,099.
+        assert!(store.cull_silent_activations(60_099, 100).await.unwrap().is_empty(), "{name}");
+        // At 60,100 two culls race: m2 and m3 go, once.
+        let (a, b) =
+            tokio::join!(store.cull_silent_activations(60_100, 100), store.cull_silent_activations(60_100, 100));
+        let mut culled: Vec<CulledActivation> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+        culled.sort_by(|x, y| x.activation.machine_name.cmp(&y.activation.machine_name));
+        let names: Vec<&str> = culled.iter().map(|c| c.activation.machine_name.as_str()).collect();
+        assert_eq!(names, ["m2", "m3"], "{name}: each silent machine culled once");
+        assert!(culled.iter().all(|c| c.activation.deactivated_at == Some(60_100) && c.heartbeat_timeout_ms == 60_000));
+        let after = store.get_license(&l.license_id).await.unwrap().unwrap();
+        assert_eq!((after.activations_used, after.deactivations_used), (1, 0), "{name}: freed, nothing spent");
+        let live = store.list_live_activations(&l.license_id).await.unwrap();
+        assert_eq!(live.iter().map(|a| a.machine_name.as_str()).collect::<Vec<_>>(), ["m1"], "{name}");
+        let plain_after = store.get_license(&plain.license_id).await.unwrap().unwrap();
+        assert_eq!(plain_after.activations_used, 1, "{name}: a license without a timeout keeps its machines");
+
+        // A culled machine's heartbeat changes nothing; it no longer matches; its seat is free.
+        assert_eq!(store.record_heartbeat(&l.license_id, &ids["m2"], 60_200).await.unwrap(), None, "{name}");
+        assert_eq!(store.get_activation(&ids["m2"]).await.unwrap().unwrap().deactivated_at, Some(60_100));
+        assert!(store.best_live_match(&l.license_id, &digests("m2"), 0.6).await.unwrap().is_none(), "{name}");
+        let m4 = store.activate(&activate_command(&l.license_id, "m4"), &usable).await.unwrap();
+        assert!(matches!(m4, ActivateOutcome::New(_, ref l) if l.activations_used == 2), "{name}");
+
+        let history = store.list_activation_events(&l.license_id).await.unwrap();
+        let culls: Vec<&ActivationEvent> = history.iter().filter(|e| e.action == "cull").collect();
+        assert_eq!(culls.len(), 2, "{name}");
+        for line in &culls {
+            assert!(line.outcome.starts_with("ok: no heartbeat for 60 s"), "{name}: {}", line.outcome);
+            assert!([&ids["m2"], &ids["m3"]].contains(&&line.installation_id), "{name}");
+        }
+        let audit_log = store.list_audit(&l.license_id, &Page::default()).await.unwrap();
+        let audited: Vec<&AuditEvent> = audit_log.iter().filter(|e| e.action == "activation.culled").collect();
+        assert_eq!(audited.len(), 2, "{name}");
+        assert!(audited.iter().all(|e| e.actor == "system" && e.details_json.contains("ins_")), "{name}");
+
+        // m1 (seen at 50,000) goes at 110,000 unless seen again; lifting the timeout keeps it.
+        let lift = LicenseChange::SetHeartbeatTimeout(None);
+        store.update_license(&l.license_id, &lift, 70_000, audit(lift.action(), &l.license_id), None).await.unwrap();
+        assert!(store.cull_silent_activations(1_000_000_000, 100).await.unwrap().is_empty(), "{name}");
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().activations_used, 2, "{name}");
+    }
+}
+
+/// A cull frees at most as many machines as it is asked to per call; the rest go in the next.
+#[tokio::test]
+async fn a_cull_is_bounded_per_call() {
+    let usable = |_: &License| Ok(());
+    for (name, store) in sql_stores().await {
+        let (customer, _) = seed(&store).await;
+        let l = License {
+            heartbeat_timeout_ms: Some(60_000),
+            ..new_license(&customer.customer_id, LicenseKind::NodeLocked, 5)
+        };
+        insert(&store, &l).await;
+        for i in 0..5 {
+            store.activate(&activate_command(&l.license_id, &format!("b{i}")), &usable).await.unwrap();
+        }
+        assert_eq!(store.cull_silent_activations(100_000, 2).await.unwrap().len(), 2, "{name}");
+        assert_eq!(store.cull_silent_activations(100_000, 2).await.unwrap().len(), 2, "{name}");
+        assert_eq!(store.cull_silent_activations(100_000, 2).await.unwrap().len(), 1, "{name}");
+        assert!(store.cull_silent_activations(100_000, 2).await.unwrap().is_empty(), "{name}");
+        let after = store.get_license(&l.license_id).await.unwrap().unwrap();
+        assert_eq!((after.activations_used, after.deactivations_used), (0, 0), "{name}");
+    }
+}
+
 /// A store matches a machine through the components it shares with live activations, and
 /// finds every activation that could match, also through components that very many share.
 #[tokio::test]

@@ -195,6 +195,10 @@ enum LicenseCommand {
         /// Associate with the customer's portal account.
         #[arg(long)]
         associate: bool,
+        /// Node-locked: machines must check in at least this often (e.g. 10m, 1h; 1 minute to
+        /// 365 days) or are deactivated, without spending a deactivation.
+        #[arg(long, value_parser = duration)]
+        heartbeat_timeout: Option<prost_types::Duration>,
     },
     /// List licenses (every page), filtered by customer, product, status or text.
     List {
@@ -237,6 +241,14 @@ enum LicenseCommand {
         #[arg(value_parser = duration)]
         grace: prost_types::Duration,
     },
+    /// Require a node-locked license's machines to check in at least this often (e.g. 10m, 1h;
+    /// 1 minute to 365 days), or `off`: a machine not seen for that long is deactivated without
+    /// spending a deactivation.
+    Heartbeat {
+        license_id: String,
+        #[arg(value_parser = heartbeat_timeout)]
+        timeout: HeartbeatTimeout,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,6 +287,17 @@ enum Reset {
     Yearly,
     /// Never: the limit is for the license's whole life.
     Never,
+}
+
+/// A heartbeat timeout on the command line: a duration, or `off`.
+#[derive(Clone)]
+struct HeartbeatTimeout(Option<prost_types::Duration>);
+
+fn heartbeat_timeout(text: &str) -> Result<HeartbeatTimeout, String> {
+    match text {
+        "off" => Ok(HeartbeatTimeout(None)),
+        _ => duration(text).map(|d| HeartbeatTimeout(Some(d))),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -510,6 +533,7 @@ fn license_json(l: &License) -> Value {
         "deactivations_used": l.deactivations_used, "modules": l.modules, "expires": time(l.expires_at.as_ref()),
         "grace_period": span(l.grace_period.as_ref()), "grace_ends": time(l.grace_ends_at.as_ref()),
         "associated_customer_id": l.associated_customer_id,
+        "heartbeat_timeout": span(l.heartbeat_timeout.as_ref()),
     })
 }
 
@@ -626,6 +650,7 @@ const LICENSE_FIELDS: &[&str] = &[
     "grace_period",
     "grace_ends",
     "associated_customer_id",
+    "heartbeat_timeout",
 ];
 const PRODUCT_COLUMNS: &[&str] = &["code", "name", "modules", "versions", "created"];
 const CUSTOMER_COLUMNS: &[&str] = &["customer_id", "company", "email", "created"];
@@ -842,6 +867,7 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
             expires,
             grace,
             associate,
+            heartbeat_timeout,
         }) => {
             let kind = match kind {
                 Kind::NodeLocked => LicenseKind::NodeLocked,
@@ -859,6 +885,7 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 expires_at,
                 grace_period: grace,
                 associate,
+                heartbeat_timeout,
                 ..Default::default()
             };
             let issued = admin.issue_license(authorized(token, request)?).await.map_err(fail)?.into_inner();
@@ -949,6 +976,10 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                         .map_err(fail)?
                         .into_inner()
                         .license
+                }
+                LicenseCommand::Heartbeat { license_id, timeout } => {
+                    let request = pb::SetHeartbeatTimeoutRequest { license_id, heartbeat_timeout: timeout.0 };
+                    admin.set_heartbeat_timeout(authorized(token, request)?).await.map_err(fail)?.into_inner().license
                 }
                 LicenseCommand::Issue { .. } | LicenseCommand::List { .. } | LicenseCommand::Show { .. } => {
                     unreachable!("issue, list and show are handled above")

@@ -709,6 +709,7 @@ pub fn new_license(
         licensee_name: String::new(),
         seat_policy: Default::default(),
         meters: Vec::new(),
+        heartbeat_timeout_ms: None,
         created_at: 1,
         updated_at: 1,
     }

@@ -3,7 +3,8 @@
 
 use crate::{validate, AccountError};
 use licensing_domain::change::{
-    validate_allowed_deactivations, validate_grace_period, validate_modules, validate_seats, LicenseChange,
+    validate_allowed_deactivations, validate_grace_period, validate_heartbeat_timeout, validate_modules,
+    validate_seats, LicenseChange,
 };
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
@@ -79,6 +80,8 @@ pub struct IssueLicense {
     pub payment: Option<Payment>,
     /// Metered features the license carries.
     pub meters: Vec<licensing_domain::meter::Meter>,
+    /// Node-locked: machines not seen for this long (ms) are culled; `None` requires no heartbeats.
+    pub heartbeat_timeout_ms: Option<Millis>,
 }
 
 /// A payment given with an admin call, recorded as a receipt.
@@ -366,6 +369,8 @@ impl Catalog {
             .map_err(|e| AccountError::invalid("allowed_deactivations", e.to_string()))?;
         validate_grace_period(input.grace_period_ms)
             .map_err(|e| AccountError::invalid("grace_period", e.to_string()))?;
+        validate_heartbeat_timeout(kind, input.heartbeat_timeout_ms)
+            .map_err(|e| AccountError::from(licensing_domain::store::UpdateError::Rejected(e)))?;
         if input.notes.chars().count() > 2000 {
             return Err(AccountError::invalid("notes", "must be at most 2000 characters"));
         }
@@ -415,6 +420,7 @@ impl Catalog {
             meters: input.meters,
             notes: input.notes,
             licensee_name: String::new(),
+            heartbeat_timeout_ms: input.heartbeat_timeout_ms,
             created_at: now,
             updated_at: now,
         };
@@ -432,6 +438,7 @@ impl Catalog {
             "modules": license.modules,
             "expires_at": license.expires_at,
             "grace_period_ms": license.grace_period_ms,
+            "heartbeat_timeout_ms": license.heartbeat_timeout_ms,
         }));
         let receipt = input.payment.as_ref().map(|p| p.receipt(&license, "issue", now));
         self.store.insert_license(&new, audit, receipt.as_ref()).await?;

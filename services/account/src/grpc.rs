@@ -89,6 +89,7 @@ license_target!(
     pb::ExtendUpgradePeriodRequest,
     pb::SetPortalDeactivationPolicyRequest,
     pb::SetLicenseGracePeriodRequest,
+    pb::SetHeartbeatTimeoutRequest,
     pb::ReturnLicenseRequest
 );
 
@@ -101,6 +102,11 @@ fn required_timestamp(field: &'static str, ts: Option<&prost_types::Timestamp>) 
         Some(t) => from_timestamp(field, t).map_err(invalid),
         None => Err(licensing_runtime::status::to_status(&AccountError::invalid(field, "is required"))),
     }
+}
+
+/// A heartbeat timeout (ms) from a request; unset is `None` (no heartbeats required).
+fn heartbeat_timeout(d: Option<&prost_types::Duration>) -> Result<Option<i64>, Status> {
+    d.map(|d| from_duration("heartbeat_timeout", Some(d))).transpose().map_err(invalid)
 }
 
 fn payment(p: Option<pb::Payment>) -> Option<Payment> {
@@ -231,6 +237,7 @@ impl AdminService for AdminApi {
                 .map(|m| conv::meter_from_proto("meters", Some(m)))
                 .collect::<Result<_, _>>()
                 .map_err(invalid)?,
+            heartbeat_timeout_ms: heartbeat_timeout(r.heartbeat_timeout.as_ref())?,
         };
         let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
@@ -349,6 +356,19 @@ impl AdminService for AdminApi {
         let license =
             self.change_paid(request, LicenseChange::ExtendUpgradePeriod { upgrades_until }, "", paid).await?;
         Ok(Response::new(pb::ExtendUpgradePeriodResponse { license: Some(license) }))
+    }
+
+    async fn set_heartbeat_timeout(
+        &self,
+        request: Request<pb::SetHeartbeatTimeoutRequest>,
+    ) -> Result<Response<pb::SetHeartbeatTimeoutResponse>, Status> {
+        let timeout = heartbeat_timeout(request.get_ref().heartbeat_timeout.as_ref());
+        if timeout.is_err() {
+            // Callers without an admin token hear only that.
+            self.admin(&request).await?;
+        }
+        let license = self.change(request, LicenseChange::SetHeartbeatTimeout(timeout?), "").await?;
+        Ok(Response::new(pb::SetHeartbeatTimeoutResponse { license: Some(license) }))
     }
 
     async fn set_portal_deactivation_policy(

@@ -10,7 +10,7 @@ use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use licensing_proto::common::v1::FingerprintComponent;
 use licensing_runtime::auth::{bearer_token, caller_address};
-use licensing_runtime::convert::{opt_timestamp, proto as conv, to_timestamp};
+use licensing_runtime::convert::{opt_timestamp, proto as conv, to_duration, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::server::CancellationToken;
 use licensing_runtime::status::{to_status, OrStatus};
@@ -196,6 +196,25 @@ impl ActivationService for ActivationApi {
         let creds = credentials(r.credentials, &client)?;
         let cert = self.activations.refresh(&creds, &components(r.fingerprint)).await.or_status()?;
         Ok(Response::new(pb::RefreshCertificateResponse { certificate: Some(certificate(cert)) }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let client = caller_address(&request);
+        let r = request.into_inner();
+        let creds = credentials(r.credentials, &client)?;
+        let beat = self.activations.heartbeat(&creds, &components(r.fingerprint)).await.or_status()?;
+        let timeout = beat.license.heartbeat_timeout_ms;
+        Ok(Response::new(pb::HeartbeatResponse {
+            installation_id: beat.activation.installation_id.clone(),
+            last_seen_at: Some(to_timestamp(beat.activation.last_seen_at)),
+            heartbeat_timeout: timeout.map(to_duration),
+            // A third of the timeout, as for floating leases: two heartbeats may be lost.
+            heartbeat_interval: timeout.map(|t| to_duration((t / 3).max(1))),
+            deactivated_after: opt_timestamp(beat.deadline),
+        }))
     }
 
     async fn activate_offline(

@@ -11,8 +11,8 @@ use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind, LicenseStatus, Refusal};
 use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::store::{
-    ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand,
-    DeactivateTarget, MachineMatch, MeterStore,
+    ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, CulledActivation,
+    DeactivateCommand, DeactivateTarget, MachineMatch, MeterStore,
 };
 use licensing_domain::text::quoted;
 use licensing_runtime::auth::SessionAuth;
@@ -349,6 +349,7 @@ impl Activations {
             seats: license.seats,
             meters: meters.iter().map(CertificateMeter::from).collect(),
             grace_ends_at_ms: license.grace_ends_at().filter(|_| license.grace_period_ms > 0),
+            heartbeat_timeout_secs: license.heartbeat_timeout_ms.unwrap_or(0) / 1000,
         };
         self.signer.sign_certificate(&payload)
     }
@@ -761,6 +762,61 @@ impl Activations {
         self.certificate(&license, &activation, &presented).await
     }
 
+    /// A heartbeat from an activated machine: marks it seen now, so a license with a heartbeat
+    /// timeout keeps its activation. Refused as a refresh is (credentials, license state), and
+    /// with [`ActivationError::NotActivated`] when the machine holds no activation (it was
+    /// deactivated, or culled for missing heartbeats); a refusal changes nothing. Licenses named
+    /// by key and their machines come from the validation cache: a heartbeat costs one write.
+    pub async fn heartbeat(
+        &self,
+        credentials: &Credentials,
+        fingerprint: &[Component],
+    ) -> Result<Heartbeat, ActivationError> {
+        let (_, digests) = self.digests(fingerprint)?;
+        let read = self.license_and_live_activations(credentials).await?;
+        let license = read.license.clone();
+        let now = self.now();
+        license.usability(now, LicenseKind::NodeLocked).map_err(ActivationError::LicenseState)?;
+        let not_activated = || ActivationError::NotActivated(license.license_id.clone());
+        let found = self
+            .nearest_machine(&read, &digests)
+            .await?
+            .filter(|m| m.share >= self.settings.match_threshold)
+            .ok_or_else(not_activated)?;
+        // Not live any more (culled or deactivated since the cache read it): nothing changes.
+        let activation = self
+            .store
+            .record_heartbeat(&license.license_id, &found.activation.installation_id, now)
+            .await?
+            .ok_or_else(not_activated)?;
+        Ok(Heartbeat { deadline: license.heartbeat_deadline(&activation), activation, license })
+    }
+
+    /// Deactivates the machines of licenses with a heartbeat timeout that were not seen within
+    /// it (see [`ActivationStore::cull_silent_activations`]), in batches until none is left;
+    /// returns them. Safe to run in every replica at once.
+    pub async fn cull_silent_machines(&self) -> Result<Vec<CulledActivation>, ActivationError> {
+        let now = self.now();
+        let mut culled = vec![];
+        loop {
+            let batch = self.store.cull_silent_activations(now, CULL_BATCH).await?;
+            for c in &batch {
+                tracing::info!(
+                    license_id = c.activation.license_id,
+                    installation_id = c.activation.installation_id,
+                    last_seen_at = c.activation.last_seen_at,
+                    heartbeat_timeout_ms = c.heartbeat_timeout_ms,
+                    "machine deactivated: no heartbeat within the license's timeout"
+                );
+            }
+            let done = batch.len() < CULL_BATCH;
+            culled.extend(batch);
+            if done {
+                return Ok(culled);
+            }
+        }
+    }
+
     /// The license, its live activation on this machine and the normalized components.
     pub async fn activated(
         &self,
@@ -835,6 +891,20 @@ impl Activations {
         });
         Ok(ReceiverStream::new(stream))
     }
+}
+
+/// Silent machines culled per store call (each license's in one transaction).
+const CULL_BATCH: usize = 500;
+
+/// What a heartbeat established ([`Activations::heartbeat`]).
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// The machine's activation, as seen now.
+    pub activation: Activation,
+    /// The license it holds an activation of.
+    pub license: Arc<License>,
+    /// When the machine is culled unless seen again; `None` when the license requires no heartbeats.
+    pub deadline: Option<Millis>,
 }
 
 /// What a product watching its license hears ([`Activations::watch_license`]).

@@ -59,6 +59,21 @@ fn wire(components: &[Component]) -> Vec<FingerprintComponent> {
     components.iter().map(|c| FingerprintComponent { name: c.name.clone(), value: c.value.clone() }).collect()
 }
 
+/// What a heartbeat told the product ([`NodeLocked::heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// This machine's Installation ID.
+    pub installation_id: String,
+    /// Send the next heartbeat within this; `None` when the license requires no heartbeats.
+    pub interval: Option<std::time::Duration>,
+    /// The server deactivates this machine unless it is seen again by this instant (Unix ms);
+    /// `None` when the license requires no heartbeats.
+    pub deactivated_after: Option<Millis>,
+}
+
+/// How long [`NodeLocked::keep_alive`] waits before trying an unreachable server again.
+const HEARTBEAT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A product's node-locked license on this machine.
 pub struct NodeLocked {
     client: Client,
@@ -190,6 +205,42 @@ impl NodeLocked {
         let certificate =
             reply.certificate.ok_or_else(|| ClientError::BadCertificate("the server sent none".into()))?;
         self.accept(&certificate.certificate_file)
+    }
+
+    /// Tells the server this activated machine is still running. A license with a heartbeat
+    /// timeout (the certificate's `heartbeat_timeout_secs`) frees a machine not seen for that
+    /// long; a machine freed so is answered [`ClientError::Server`] with reason `NOT_ACTIVATED`:
+    /// activate again.
+    pub async fn heartbeat(&self) -> Result<Heartbeat, ClientError> {
+        let request =
+            pb::HeartbeatRequest { credentials: credentials(&self.credentials), fingerprint: wire(&self.fingerprint) };
+        let reply =
+            self.client.activation.clone().heartbeat(request).await.map_err(ClientError::from_status)?.into_inner();
+        let interval = reply.heartbeat_interval.map(|d| {
+            std::time::Duration::from_secs(d.seconds.max(0) as u64)
+                + std::time::Duration::from_nanos(d.nanos.max(0) as u64)
+        });
+        let deactivated_after =
+            reply.deactivated_after.map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000));
+        Ok(Heartbeat { installation_id: reply.installation_id, interval, deactivated_after })
+    }
+
+    /// Heartbeats in the background, each within the interval the server asks for, for as long
+    /// as the license asks for heartbeats: the task ends `Ok` when it asks for none, or with the
+    /// error that stopped it (the machine holds no activation any more, reason `NOT_ACTIVATED`;
+    /// the license may not be used). An unreachable server is tried again every few seconds.
+    pub fn keep_alive(license: std::sync::Arc<Self>) -> tokio::task::JoinHandle<Result<(), ClientError>> {
+        tokio::spawn(async move {
+            loop {
+                let wait = match license.heartbeat().await {
+                    Ok(Heartbeat { interval: None, .. }) => return Ok(()),
+                    Ok(Heartbeat { interval: Some(interval), .. }) => interval,
+                    Err(ClientError::Unreachable(_)) => HEARTBEAT_RETRY,
+                    Err(e) => return Err(e),
+                };
+                tokio::time::sleep(wait).await;
+            }
+        })
     }
 
     /// Returns the activation to the server and forgets the stored certificate.

@@ -65,6 +65,11 @@ pub struct CertificatePayload {
     /// absent from the JSON) when it has none, as in certificates signed before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ends_at_ms: Option<Millis>,
+    /// The license requires this machine to check in (ActivationService.Heartbeat, or a
+    /// certificate refresh) at least every this many seconds, or it is deactivated; 0 (and
+    /// absent from the payload) when it requires no heartbeats.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heartbeat_timeout_secs: i64,
 }
 
 /// A meter as a certificate carries it: its limit and what was left when it was signed.
@@ -108,6 +113,12 @@ impl CertificatePayload {
         let end = self.grace_ends_at_ms?;
         (now >= expires && now < end).then_some(end)
     }
+}
+
+/// Leaves a field out of the signed payload when it says nothing, so certificates of licenses
+/// without the feature stay byte for byte as before.
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A payload and its signature, as certificates are stored and sent (JSON).
@@ -357,6 +368,7 @@ mod tests {
             seats: 3,
             meters: Vec::new(),
             grace_ends_at_ms: None,
+            heartbeat_timeout_secs: 0,
         }
     }
 
@@ -374,6 +386,17 @@ mod tests {
             (None, Some(20), Some(20), None)
         );
         assert_eq!(payload().in_grace(15), None, "no grace period: expired is expired");
+    }
+
+    #[test]
+    fn a_heartbeat_requirement_is_in_the_payload_only_when_there_is_one() {
+        let without = serde_json::to_string(&payload()).unwrap();
+        assert!(!without.contains("heartbeat"), "{without}");
+        let with = CertificatePayload { heartbeat_timeout_secs: 600, ..payload() };
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains("\"heartbeat_timeout_secs\":600"), "{text}");
+        assert_eq!(serde_json::from_str::<CertificatePayload>(&text).unwrap(), with);
+        assert_eq!(serde_json::from_str::<CertificatePayload>(&without).unwrap().heartbeat_timeout_secs, 0);
     }
 
     #[test]

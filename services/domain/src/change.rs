@@ -3,7 +3,7 @@
 //! in one place.
 
 use crate::clock::Millis;
-use crate::model::{License, LicenseStatus, Product, UNLIMITED};
+use crate::model::{License, LicenseKind, LicenseStatus, Product, UNLIMITED};
 use crate::text::quoted;
 
 /// One admin (or portal) change to a license; [`Self::apply`] checks and makes it.
@@ -57,6 +57,9 @@ pub enum LicenseChange {
     /// Sets the grace period after expiry (ms; 0: none); see [`validate_grace_period`]. Allowed
     /// on a perpetual license too: it applies once a renewal sets an expiry.
     SetGracePeriod(Millis),
+    /// Requires activated machines to check in at least this often (ms), or (`None`) not at all;
+    /// node-locked licenses only (see [`validate_heartbeat_timeout`]).
+    SetHeartbeatTimeout(Option<Millis>),
 }
 
 /// Why a change was refused.
@@ -132,6 +135,36 @@ pub fn validate_grace_period(grace_period_ms: Millis) -> Result<(), ChangeError>
     Ok(())
 }
 
+/// Shortest heartbeat timeout a license may require (ms): a minute, so a machine heartbeating
+/// at a third of it is not culled by one slow round trip.
+pub const MIN_HEARTBEAT_TIMEOUT: Millis = 60_000;
+/// Longest heartbeat timeout a license may require (ms): a year.
+pub const MAX_HEARTBEAT_TIMEOUT: Millis = 365 * crate::clock::DAY;
+
+/// A heartbeat timeout must be [`MIN_HEARTBEAT_TIMEOUT`] to [`MAX_HEARTBEAT_TIMEOUT`], and only a
+/// node-locked license (its activated machines) can require one; `None` (no heartbeats) always fits.
+pub fn validate_heartbeat_timeout(kind: LicenseKind, timeout: Option<Millis>) -> Result<(), ChangeError> {
+    let Some(timeout) = timeout else { return Ok(()) };
+    if kind != LicenseKind::NodeLocked {
+        return Err(invalid(
+            "heartbeat_timeout",
+            format!("only node-locked licenses require heartbeats, and this is a {} license", kind.as_str()),
+        ));
+    }
+    if !(MIN_HEARTBEAT_TIMEOUT..=MAX_HEARTBEAT_TIMEOUT).contains(&timeout) {
+        return Err(invalid(
+            "heartbeat_timeout",
+            format!(
+                "must be between {} s and {} days, got {} ms",
+                MIN_HEARTBEAT_TIMEOUT / 1000,
+                MAX_HEARTBEAT_TIMEOUT / crate::clock::DAY,
+                timeout
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Longest licensee name, in characters.
 pub const MAX_LICENSEE_NAME_CHARS: usize = 200;
 
@@ -173,6 +206,7 @@ impl LicenseChange {
             Self::SetMeter(_) => "license.meter_set",
             Self::RemoveMeter(_) => "license.meter_removed",
             Self::SetGracePeriod(_) => "license.grace_period_changed",
+            Self::SetHeartbeatTimeout(_) => "license.heartbeat_timeout_changed",
         }
     }
 
@@ -316,6 +350,10 @@ impl LicenseChange {
                 validate_grace_period(*grace_period_ms)?;
                 license.grace_period_ms = *grace_period_ms;
             }
+            Self::SetHeartbeatTimeout(timeout) => {
+                validate_heartbeat_timeout(license.kind, *timeout)?;
+                license.heartbeat_timeout_ms = *timeout;
+            }
         }
         license.updated_at = now;
         Ok(())
@@ -413,6 +451,7 @@ mod tests {
             licensee_name: String::new(),
             seat_policy: Default::default(),
             meters: Vec::new(),
+            heartbeat_timeout_ms: None,
             created_at: 1,
             updated_at: 1,
         }
@@ -478,6 +517,33 @@ mod tests {
         LicenseChange::SetGracePeriod(crate::model::MAX_GRACE_PERIOD).apply(&mut license, &product, 7).unwrap();
         LicenseChange::SetGracePeriod(0).apply(&mut license, &product, 8).unwrap();
         assert_eq!(license.grace_ends_at(), license.expires_at);
+    }
+
+    #[test]
+    fn a_heartbeat_timeout_is_bounded_and_only_for_node_locked_licenses() {
+        let product = crate::model::Product {
+            code: "p".into(),
+            name: "P".into(),
+            modules: vec![],
+            versions: vec![],
+            created_at: 0,
+        };
+        let mut license = License { kind: LicenseKind::NodeLocked, ..concurrent(1) };
+        LicenseChange::SetHeartbeatTimeout(Some(MIN_HEARTBEAT_TIMEOUT)).apply(&mut license, &product, 5).unwrap();
+        assert_eq!(license.heartbeat_timeout_ms, Some(MIN_HEARTBEAT_TIMEOUT));
+        for bad in [MIN_HEARTBEAT_TIMEOUT - 1, MAX_HEARTBEAT_TIMEOUT + 1, 0, -1] {
+            let err = LicenseChange::SetHeartbeatTimeout(Some(bad)).apply(&mut license, &product, 6).unwrap_err();
+            assert!(
+                matches!(&err, ChangeError::Invalid { field: "heartbeat_timeout", message } if message.contains("60 s")),
+                "{err}"
+            );
+        }
+        assert_eq!(license.heartbeat_timeout_ms, Some(MIN_HEARTBEAT_TIMEOUT), "a refused timeout changes nothing");
+        LicenseChange::SetHeartbeatTimeout(None).apply(&mut license, &product, 7).unwrap();
+        assert_eq!(license.heartbeat_timeout_ms, None);
+        let mut floating = concurrent(1);
+        let err = LicenseChange::SetHeartbeatTimeout(Some(MIN_HEARTBEAT_TIMEOUT)).apply(&mut floating, &product, 8);
+        assert!(matches!(err, Err(ChangeError::Invalid { field: "heartbeat_timeout", .. })), "{err:?}");
     }
 
     #[test]

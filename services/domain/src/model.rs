@@ -176,6 +176,10 @@ pub struct License {
     pub seat_policy: crate::seat_policy::SeatPolicy,
     /// Metered features: how much of each may be used per period.
     pub meters: Vec<crate::meter::Meter>,
+    /// Node-locked: an activated machine not seen (activation, certificate refresh or heartbeat)
+    /// for this long (ms) is deactivated by the cull, freeing its activation without spending a
+    /// deactivation. `None`: machines need not check in.
+    pub heartbeat_timeout_ms: Option<Millis>,
     /// When it was issued (Unix ms).
     pub created_at: Millis,
     /// When it last changed (Unix ms).
@@ -208,6 +212,12 @@ impl License {
     /// Another account's license is as good as unknown to it.
     pub fn belongs_to_account(&self, customer_id: &str) -> bool {
         self.associated_customer_id.as_deref() == Some(customer_id)
+    }
+
+    /// When `activation` is culled unless seen again: its last sighting plus the heartbeat
+    /// timeout; `None` when the license requires no heartbeats.
+    pub fn heartbeat_deadline(&self, activation: &Activation) -> Option<Millis> {
+        self.heartbeat_timeout_ms.map(|timeout| activation.last_seen_at.saturating_add(timeout))
     }
 
     /// Returns still allowed from the product: [`UNLIMITED`], or zero or more.
@@ -323,7 +333,8 @@ pub struct Activation {
     pub product_version: String,
     /// When it was activated (Unix ms).
     pub activated_at: Millis,
-    /// When this machine last activated or refreshed its certificate (Unix ms); validations do not move it.
+    /// When this machine last activated, refreshed its certificate or sent a heartbeat (Unix ms);
+    /// validations do not move it.
     pub last_seen_at: Millis,
     /// When it was deactivated (Unix ms); `None` while it holds an activation.
     pub deactivated_at: Option<Millis>,
@@ -369,7 +380,7 @@ pub struct ActivationEvent {
     /// When it happened (Unix ms).
     pub occurred_at: Millis,
     /// "activate", "deactivate", "refresh", "offline_activate", "portal_deactivate",
-    /// "support_return".
+    /// "support_return", "cull" (freed by the server: no heartbeat within the license's timeout).
     pub action: String,
     /// Empty when a refused call named no installation (a refused activation).
     pub installation_id: String,
@@ -653,6 +664,7 @@ mod tests {
             licensee_name: String::new(),
             seat_policy: Default::default(),
             meters: Vec::new(),
+            heartbeat_timeout_ms: None,
             created_at,
             updated_at: created_at,
         }

@@ -250,6 +250,16 @@ pub struct MachineMatch {
     pub share: f64,
 }
 
+/// An activation the cull deactivated: its machine was not seen within the license's heartbeat
+/// timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CulledActivation {
+    /// The activation, now deactivated.
+    pub activation: Activation,
+    /// The license's heartbeat timeout it missed (ms).
+    pub heartbeat_timeout_ms: Millis,
+}
+
 /// Node-locked activations and their history.
 ///
 /// A machine is matched against a license's live activations through the fingerprint
@@ -306,6 +316,23 @@ pub trait ActivationStore: Send + Sync + 'static {
         event: &ActivationEvent,
         now: Millis,
     ) -> Result<(), StoreError>;
+    /// A heartbeat: marks the live activation `installation_id` of `license_id` seen at `now`, and
+    /// returns it as updated; `None` (nothing changed) when it is not live (deactivated, culled)
+    /// or not that license's. No history line: heartbeats come every few minutes.
+    async fn record_heartbeat(
+        &self,
+        license_id: &str,
+        installation_id: &str,
+        now: Millis,
+    ) -> Result<Option<Activation>, StoreError>;
+    /// Deactivates live activations of licenses that require heartbeats whose machines were not
+    /// seen within the license's timeout (`last_seen_at + timeout <= now`), at most `max` in one
+    /// call: per license in one transaction with its row locked, each freeing its activation
+    /// without spending a deactivation, with a `system` audit record (`activation.culled`) and a
+    /// history line (action `cull`). Returns what it culled. Safe to run from several processes
+    /// at once: a machine is culled (and its activation freed) once, and one seen meanwhile is
+    /// not culled.
+    async fn cull_silent_activations(&self, now: Millis, max: usize) -> Result<Vec<CulledActivation>, StoreError>;
     /// Records a refused call on a license that changed nothing (a wrong activation password):
     /// a history line whose outcome is the refusal's reason.
     async fn record_refusal(&self, license_id: &str, event: &ActivationEvent) -> Result<(), StoreError>;

@@ -66,6 +66,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_FINGERPRINT_MATCH", "share (0-1) of a machine's fingerprint components that must still match its activation"),
     ("LICENSING_WATCH_POLL_MS", "how often WatchLicense streams look for vendor changes"),
     ("LICENSING_SWEEP_INTERVAL_MS", "how often expired leases are recorded (seats free at expiry regardless)"),
+    ("LICENSING_CULL_INTERVAL_MS", "how often the Activation service deactivates machines of licenses with a heartbeat timeout that were not seen within it"),
     ("LICENSING_MAX_LEASE_TTL_MS", "longest lease TTL a client may ask for; also how long new seats are held back after Redis is found to have lost its leases when no lease expiry was recorded yet (otherwise until the latest recorded one, see Guarantees)"),
     ("LICENSING_RATE_LOGIN_PER_CLIENT", "portal logins per client address; a rate is N/s, N/min or N/h (bursts of up to N), or off"),
     ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account from one client address (wrong passwords also slow that address down, never the account: see the customer portal)"),
@@ -283,6 +284,9 @@ pub struct Config {
     pub watch_poll: Duration,
     /// How often expired leases are recorded (`LICENSING_SWEEP_INTERVAL_MS`, default 5 s, at least 10 ms).
     pub sweep_interval: Duration,
+    /// How often machines that missed their license's heartbeat timeout are deactivated
+    /// (`LICENSING_CULL_INTERVAL_MS`, default 60 s, at least 10 ms).
+    pub cull_interval: Duration,
     /// The longest lease TTL granted, and the recovery window after Redis loses leases before any
     /// lease expiry was recorded (later ones last until the latest recorded expiry).
     pub max_lease_ttl: Duration,
@@ -487,6 +491,7 @@ impl Config {
             mail_from: non_empty(lookup, "LICENSING_MAIL_FROM").unwrap_or_else(|| "licensing@localhost".into()),
             reset_url: non_empty(lookup, "LICENSING_RESET_URL"),
             sweep_interval: millis("LICENSING_SWEEP_INTERVAL_MS", 5_000)?.max(Duration::from_millis(10)),
+            cull_interval: millis("LICENSING_CULL_INTERVAL_MS", 60_000)?.max(Duration::from_millis(10)),
             max_lease_ttl: millis("LICENSING_MAX_LEASE_TTL_MS", 3_600_000)?.max(Duration::from_secs(1)),
             rate_limits: RateLimits::from_lookup(lookup)?,
             tls: crate::tls::ServerTls::from_lookup(lookup)?,

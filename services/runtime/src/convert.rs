@@ -313,6 +313,7 @@ pub mod proto {
             updated_at: Some(to_timestamp(l.updated_at)),
             notes: l.notes.clone(),
             licensee_name: l.licensee_name.clone(),
+            heartbeat_timeout: l.heartbeat_timeout_ms.map(super::to_duration),
             grace_period: (l.grace_period_ms > 0).then(|| super::to_duration(l.grace_period_ms)),
             grace_ends_at: opt_timestamp(l.grace_ends_at()),
             meters: l.meters.iter().map(meter).collect(),

@@ -657,6 +657,7 @@ fn history_action(action: &str) -> String {
         "portal_deactivate" => "Deactivated in the portal".into(),
         "refresh" => "Certificate refreshed".into(),
         "support_return" => "Returned by support".into(),
+        "cull" => "Deactivated: no heartbeat in time".into(),
         other => other.replace('_', " "),
     }
 }

@@ -350,6 +350,8 @@ mod tests {
             notes: String::new(),
             licensee_name: String::new(),
             seat_policy: Default::default(),
+            meters: Vec::new(),
+            heartbeat_timeout_ms: None,
             created_at: 0,
             updated_at: 0,
         };

@@ -6,12 +6,12 @@
 //! each): the candidates are the activations that share a component with it, so matching costs
 //! the same at 50 installations as at 100,000.
 
-use super::catalog::license_from_row;
+use super::catalog::{insert_audit, license_from_row};
 use super::*;
 use async_trait::async_trait;
 use licensing_domain::clock::Millis;
 use licensing_domain::fingerprint::{self, ComponentDigest};
-use licensing_domain::model::{Activation, ActivationEvent, InstallationCursor, License, MAX_PAGE_SIZE};
+use licensing_domain::model::{Activation, ActivationEvent, AuditRecord, InstallationCursor, License, MAX_PAGE_SIZE};
 use licensing_domain::store::*;
 use sqlx::{Any, AnyConnection, Transaction};
 use std::collections::HashMap;
@@ -451,6 +451,83 @@ impl SqlStore {
         Ok((activation, license))
     }
 
+    /// Culls the silent machines of one license, at most `max`, in one transaction with the
+    /// license row locked (see [`ActivationStore::cull_silent_activations`]).
+    async fn cull_license(
+        &self,
+        license_id: &str,
+        now: Millis,
+        max: usize,
+    ) -> Result<Vec<CulledActivation>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The timeout as it is now, with the row locked: an administrator may have lifted it.
+        let Some(timeout) = self.lock_license(&mut tx, license_id).await?.and_then(|l| l.heartbeat_timeout_ms) else {
+            return Ok(vec![]);
+        };
+        let cutoff = now.saturating_sub(timeout);
+        // The conditions stand on the updated rows themselves, not only in the subquery: a
+        // heartbeat committed meanwhile (it takes no license lock) is seen when PostgreSQL
+        // re-reads the row, so a machine seen in time is never culled; and a second culler,
+        // waiting for the license lock, finds the rows deactivated already and frees nothing.
+        let rows = sqlx::query(
+            "UPDATE activations SET deactivated_at = $1 WHERE license_id = $2 AND deactivated_at IS NULL              AND last_seen_at <= $3 AND installation_id IN (SELECT installation_id FROM activations              WHERE license_id = $2 AND deactivated_at IS NULL AND last_seen_at <= $3              ORDER BY last_seen_at, installation_id LIMIT $4) RETURNING *",
+        )
+        .bind(now)
+        .bind(license_id)
+        .bind(cutoff)
+        .bind(max as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let culled: Vec<Activation> = rows.iter().map(activation_from_row).collect::<Result<_, _>>()?;
+        // Frees their activations; deactivations_used stays: the customer returned nothing.
+        let freed = sqlx::query(
+            "UPDATE licenses SET activations_used = activations_used - $2 WHERE license_id = $1 AND activations_used >= $2",
+        )
+        .bind(license_id)
+        .bind(culled.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if freed.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "license {license_id} counts fewer activations than the {} live ones culled",
+                culled.len()
+            )));
+        }
+        for activation in &culled {
+            delete_components(&mut tx, license_id, &activation.installation_id).await?;
+            let silent_s = (now - activation.last_seen_at) / 1000;
+            let event = ActivationEvent {
+                sequence: 0,
+                occurred_at: now,
+                action: "cull".into(),
+                installation_id: activation.installation_id.clone(),
+                machine_name: activation.machine_name.clone(),
+                fingerprint_digest: fingerprint::summary(&activation.fingerprint),
+                outcome: format!("ok: no heartbeat for {silent_s} s (timeout {} s)", timeout / 1000),
+            };
+            insert_event(&mut tx, license_id, &event).await?;
+            let audit = AuditRecord::new("system", "activation.culled", license_id).with_details(serde_json::json!({
+                "installation_id": activation.installation_id,
+                "machine_name": activation.machine_name,
+                "last_seen_at": activation.last_seen_at,
+                "heartbeat_timeout_ms": timeout,
+            }));
+            insert_audit(&mut tx, &audit, now).await?;
+        }
+        self.license_after_activations_changed(&mut tx, license_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        self.tell_subscribers(license_id);
+        Ok(culled
+            .into_iter()
+            .map(|activation| CulledActivation { activation, heartbeat_timeout_ms: timeout })
+            .collect())
+    }
+
     /// Adds live activations to a license in bulk, as though each machine had been activated:
     /// for moving installations over from another system, and for the benchmark's site
     /// licenses. One transaction; the license's count rises by as many, never past its seats.
@@ -772,6 +849,52 @@ impl ActivationStore for SqlStore {
         };
         insert_event(&mut tx, &license_id, event).await?;
         tx.commit().await.map_err(map_err)
+    }
+
+    #[tracing::instrument(name = "store.record_heartbeat", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn record_heartbeat(
+        &self,
+        license_id: &str,
+        installation_id: &str,
+        now: Millis,
+    ) -> Result<Option<Activation>, StoreError> {
+        // Never moves the sighting back (a heartbeat delayed behind a later one).
+        let row = sqlx::query(
+            "UPDATE activations SET last_seen_at = CASE WHEN last_seen_at > $1 THEN last_seen_at ELSE $1 END \
+             WHERE installation_id = $2 AND license_id = $3 AND deactivated_at IS NULL RETURNING *",
+        )
+        .bind(now)
+        .bind(installation_id)
+        .bind(license_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(activation_from_row).transpose()
+    }
+
+    #[tracing::instrument(name = "store.cull_silent_activations", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn cull_silent_activations(&self, now: Millis, max: usize) -> Result<Vec<CulledActivation>, StoreError> {
+        // The licenses with a silent machine: only those requiring heartbeats are read, and in
+        // each only its live activations silent past the timeout (both through partial indexes).
+        let rows = sqlx::query(
+            "SELECT DISTINCT l.license_id FROM licenses l JOIN activations a ON a.license_id = l.license_id \
+             WHERE l.heartbeat_timeout_ms IS NOT NULL AND a.deactivated_at IS NULL \
+             AND a.last_seen_at <= $1 - l.heartbeat_timeout_ms LIMIT $2",
+        )
+        .bind(now)
+        .bind(max as i64)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        let mut culled = vec![];
+        for row in &rows {
+            if culled.len() >= max {
+                break;
+            }
+            let license_id = get_str(row, "license_id")?;
+            culled.extend(self.cull_license(&license_id, now, max - culled.len()).await?);
+        }
+        Ok(culled)
     }
 
     #[tracing::instrument(name = "store.record_refusal", skip_all, fields(otel.kind = "client", store = "sql"))]

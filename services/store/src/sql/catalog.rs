@@ -11,7 +11,7 @@ use sqlx::{Any, Transaction};
 
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
-     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms";
+     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms, heartbeat_timeout_ms";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -40,6 +40,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         licensee_name: get_str(row, "licensee_name")?,
         meters: from_json("meters_json", &get_str(row, "meters_json")?)?,
         grace_period_ms: get_i64(row, "grace_period_ms")?,
+        heartbeat_timeout_ms: get_opt_i64(row, "heartbeat_timeout_ms")?,
     })
 }
 
@@ -93,7 +94,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -119,6 +120,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(&l.licensee_name)
         .bind(to_json(&l.meters))
         .bind(l.grace_period_ms)
+        .bind(l.heartbeat_timeout_ms)
         .bind(&new.key_digest)
         .bind(&new.activation_password_salt)
         .execute(&mut **tx)
@@ -447,7 +449,7 @@ impl CatalogStore for SqlStore {
         sqlx::query(
             "UPDATE licenses SET status = $1, seats = $2, allowed_deactivations = $3, modules_json = $4, expires_at = $5, \
              upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
-             seat_policy_json = $10, licensee_name = $11, meters_json = $12, grace_period_ms = $13 WHERE license_id = $14",
+             seat_policy_json = $10, licensee_name = $11, meters_json = $12, grace_period_ms = $13, heartbeat_timeout_ms = $14 WHERE license_id = $15",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -462,6 +464,7 @@ impl CatalogStore for SqlStore {
         .bind(&license.licensee_name)
         .bind(to_json(&license.meters))
         .bind(license.grace_period_ms)
+        .bind(license.heartbeat_timeout_ms)
         .bind(license_id)
         .execute(&mut *tx)
         .await
