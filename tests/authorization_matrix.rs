@@ -315,6 +315,25 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             ))
             .await,
         ),
+        "CreatePolicy" => code(
+            c.create_policy(request(
+                who,
+                w,
+                acc::CreatePolicyRequest {
+                    product_code: w.product.clone(),
+                    name: format!("{who:?}"),
+                    terms: Some(licensing_proto::common::v1::LicenseTerms {
+                        kind: LicenseKind::Concurrent as i32,
+                        seats: 2,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await,
+        ),
+        "ListPolicies" => {
+            code(c.list_policies(request(who, w, acc::ListPoliciesRequest { product_code: w.product.clone() })).await)
+        }
         "GetLicenseMeterUsage" => code(
             c.get_license_meter_usage(request(
                 who,
@@ -409,6 +428,8 @@ const ADMIN_RPCS: &[&str] = &[
     "SetLicenseMeter",
     "RemoveLicenseMeter",
     "GetLicenseMeterUsage",
+    "CreatePolicy",
+    "ListPolicies",
     "ListLeases",
     "GetPoolStatus",
     "UpdateSeatPolicy",

@@ -59,7 +59,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..58,
+        0u8..63,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -120,6 +120,21 @@ fn meter(i: &Input) -> licensing_proto::common::v1::Meter {
     }
 }
 
+fn terms(i: &Input) -> licensing_proto::common::v1::LicenseTerms {
+    licensing_proto::common::v1::LicenseTerms {
+        kind: i.ints[0],
+        seats: i.ints[1],
+        allowed_deactivations: i.ints[2],
+        modules: vec![i.texts[2].clone()],
+        validity: duration(i),
+        upgrade_period: duration(i),
+        start: i.ints[3],
+        grace_period: duration(i),
+        heartbeat_timeout: if i.ints[3] % 2 == 0 { duration(i) } else { None },
+        meters: vec![meter(i)],
+    }
+}
+
 fn page(i: &Input) -> Option<PageRequest> {
     Some(PageRequest { page_size: i.ints[1], page_token: i.texts[5].clone() })
 }
@@ -154,6 +169,7 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             notes: t(4),
             meters: vec![meter(i)],
             grace_period: duration(i),
+            policy_id: t(5),
             heartbeat_timeout: if i.ints[3] % 3 == 0 { duration(i) } else { None },
         }))),
         5 => run!(c.admin.get_license(admin_req(acc::GetLicenseRequest { license_id: lic }))),
@@ -268,6 +284,11 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             license_id: lic,
             heartbeat_timeout: if i.ints[3] % 2 == 0 { duration(i) } else { None },
         }))),
+        58 => run!(c.admin.create_policy(admin_req(acc::CreatePolicyRequest { product_code: t(0), name: t(1), terms: Some(terms(i)) }))),
+        59 => run!(c.admin.get_policy(admin_req(acc::GetPolicyRequest { policy_id: t(0) }))),
+        60 => run!(c.admin.list_policies(admin_req(acc::ListPoliciesRequest { product_code: t(0) }))),
+        61 => run!(c.admin.update_policy(admin_req(acc::UpdatePolicyRequest { policy_id: t(0), terms: Some(terms(i)) }))),
+        62 => run!(c.admin.apply_policy(admin_req(acc::ApplyPolicyRequest { policy_id: t(0), license_ids: vec![lic, t(1)] }))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -304,7 +325,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..58 {
+        for rpc in 0u8..63 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();

@@ -29,6 +29,7 @@ mod migrate;
 mod monitoring;
 mod network_faults;
 mod operations;
+mod policies;
 mod portal;
 mod portal_self_service;
 mod process_faults;

@@ -1639,3 +1639,102 @@ async fn a_use_retried_under_its_key_counts_once_on_every_backend() {
         assert_eq!(store.current_meter_usage(&fresh, now).await.unwrap()[0].used, 7, "{name}");
     }
 }
+
+#[tokio::test]
+async fn policies_and_first_use_conform_on_every_backend() {
+    use licensing_domain::clock::DAY;
+    use licensing_domain::policy::{FirstUse, LicenseTerms, Policy, TermsStart};
+    let now = SystemClock.now();
+    for (name, store) in sql_stores().await {
+        let (customer, _) = seed_customer_once(&store).await;
+        let terms = LicenseTerms {
+            kind: LicenseKind::NodeLocked,
+            seats: 3,
+            allowed_deactivations: 2,
+            modules: vec!["a".into()],
+            validity_ms: Some(365 * DAY),
+            upgrade_period_ms: Some(30 * DAY),
+            start: TermsStart::FirstUse,
+            grace_period_ms: 0,
+            heartbeat_timeout_ms: None,
+            meters: vec![],
+        };
+        let policy = Policy {
+            policy_id: ids::new_id(ids::POLICY),
+            product_code: "suite".into(),
+            name: "Annual".into(),
+            revision: 1,
+            terms: terms.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_policy(&policy, audit("policy.created", &policy.policy_id)).await.unwrap();
+        assert_eq!(store.get_policy(&policy.policy_id).await.unwrap(), Some(policy.clone()), "{name}");
+        let twin = Policy { policy_id: ids::new_id(ids::POLICY), ..policy.clone() };
+        assert!(
+            matches!(store.create_policy(&twin, audit("x", "y")).await, Err(StoreError::AlreadyExists(_))),
+            "{name}: one name per product"
+        );
+        let longer = LicenseTerms { seats: 5, ..terms.clone() };
+        let updated = store.update_policy_terms(&policy.policy_id, &longer, now + 1, audit("u", "p")).await.unwrap();
+        assert_eq!((updated.revision, updated.terms.seats, updated.updated_at), (2, 5, now + 1), "{name}");
+        assert_eq!(store.list_policies("suite").await.unwrap().len(), 1, "{name}");
+        assert!(store.list_policies("other").await.unwrap().is_empty(), "{name}");
+        assert!(matches!(
+            store.update_policy_terms("pol_NONE", &terms, now, audit("u", "p")).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // A license whose time counts from its first use: racing starts start it once.
+        let mut l = new_license(&customer, LicenseKind::NodeLocked, 3);
+        l.first_use = Some(FirstUse { validity_ms: Some(365 * DAY), upgrade_period_ms: None, started_at: None });
+        l.expires_at = None;
+        l.policy_id = Some(policy.policy_id.clone());
+        l.policy_revision = 1;
+        let new = NewLicense {
+            license: l.clone(),
+            key_digest: format!("digest-{}", l.license_id),
+            activation_password_salt: "salt".into(),
+        };
+        store.insert_license(&new, audit("license.issued", &l.license_id), None).await.unwrap();
+        let stored = store.get_license(&l.license_id).await.unwrap().unwrap();
+        assert!(stored.awaits_first_use() && stored.expires_at.is_none(), "{name}");
+        assert_eq!((stored.policy_id.as_deref(), stored.policy_revision), (Some(policy.policy_id.as_str()), 1));
+        let starts: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, id) = (store.clone(), l.license_id.clone());
+                tokio::spawn(async move { store.start_first_use(&id, now + 10 + i).await.unwrap() })
+            })
+            .collect();
+        let mut expiries = HashSet::new();
+        for s in starts {
+            expiries.insert(s.await.unwrap().expires_at);
+        }
+        assert_eq!(expiries.len(), 1, "{name}: every racer sees the one start");
+        let started = store.get_license(&l.license_id).await.unwrap().unwrap();
+        let at = started.first_use.as_ref().unwrap().started_at.unwrap();
+        assert_eq!(started.expires_at, Some(at + 365 * DAY), "{name}");
+        let firsts = store.list_audit(&l.license_id, &Page::default()).await.unwrap();
+        assert_eq!(firsts.iter().filter(|e| e.action == "license.first_used").count(), 1, "{name}");
+
+        // Activation starts it too, inside its own transaction.
+        let mut m = new_license(&customer, LicenseKind::NodeLocked, 3);
+        m.first_use = Some(FirstUse { validity_ms: None, upgrade_period_ms: Some(30 * DAY), started_at: None });
+        m.expires_at = None;
+        let new = NewLicense {
+            license: m.clone(),
+            key_digest: format!("digest-{}", m.license_id),
+            activation_password_salt: "salt".into(),
+        };
+        store.insert_license(&new, audit("license.issued", &m.license_id), None).await.unwrap();
+        let mut command = activate_command(&m.license_id, "first-box");
+        command.now = now + 500;
+        match store.activate(&command, &|_| Ok(())).await.unwrap() {
+            ActivateOutcome::New(_, license) => {
+                assert_eq!(license.upgrades_until, Some(now + 500 + 30 * DAY), "{name}");
+                assert_eq!(license.first_use.unwrap().started_at, Some(now + 500), "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}

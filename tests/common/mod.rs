@@ -710,6 +710,9 @@ pub fn new_license(
         seat_policy: Default::default(),
         meters: Vec::new(),
         heartbeat_timeout_ms: None,
+        policy_id: None,
+        policy_revision: 0,
+        first_use: None,
         created_at: 1,
         updated_at: 1,
     }

@@ -11,6 +11,7 @@ use licensing_domain::ids;
 use licensing_domain::license_key::LicenseKey;
 use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::*;
+use licensing_domain::policy::{validate_name as validate_policy_name, FirstUse, LicenseTerms, Policy, TermsStart};
 use licensing_domain::secrets::{purpose, random_token, KeyedHasher, PasswordHasher};
 use licensing_domain::store::{
     ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget, MeterStore,
@@ -82,6 +83,53 @@ pub struct IssueLicense {
     pub meters: Vec<licensing_domain::meter::Meter>,
     /// Node-locked: machines not seen for this long (ms) are culled; `None` requires no heartbeats.
     pub heartbeat_timeout_ms: Option<Millis>,
+    /// Issue from this policy (`pol_…`): what the fields above leave unset (kind unspecified,
+    /// seats 0, allowed deactivations 0, no modules, no dates, no grace, no heartbeats, no
+    /// meters) comes from its terms.
+    pub policy_id: Option<String>,
+}
+
+/// When a license issued from a policy gets its dates: from its first use (the terms to start
+/// then), or at issue (validity and upgrade period counted from `valid_from`).
+enum PolicyDates {
+    FromFirstUse(FirstUse),
+    FromIssue { validity_ms: Option<Millis>, upgrade_period_ms: Option<Millis> },
+}
+
+impl IssueLicense {
+    /// Fills what the request left unset from `terms`; returns how the license gets its dates.
+    fn fill_from(&mut self, terms: &LicenseTerms) -> PolicyDates {
+        self.kind = self.kind.or(Some(terms.kind));
+        if self.seats == 0 {
+            self.seats = terms.seats;
+        }
+        if self.allowed_deactivations == 0 {
+            self.allowed_deactivations = terms.allowed_deactivations;
+        }
+        if self.modules.is_empty() {
+            self.modules = terms.modules.clone();
+        }
+        if self.grace_period_ms == 0 {
+            self.grace_period_ms = terms.grace_period_ms;
+        }
+        self.heartbeat_timeout_ms = self.heartbeat_timeout_ms.or(terms.heartbeat_timeout_ms);
+        if self.meters.is_empty() {
+            self.meters = terms.meters.clone();
+        }
+        // Dates given in the request win over the policy's durations.
+        let validity = terms.validity_ms.filter(|_| self.expires_at.is_none());
+        let upgrade_period = terms.upgrade_period_ms.filter(|_| self.upgrades_until.is_none());
+        match terms.start {
+            TermsStart::FirstUse if validity.is_some() || upgrade_period.is_some() => {
+                PolicyDates::FromFirstUse(FirstUse {
+                    validity_ms: validity,
+                    upgrade_period_ms: upgrade_period,
+                    started_at: None,
+                })
+            }
+            _ => PolicyDates::FromIssue { validity_ms: validity, upgrade_period_ms: upgrade_period },
+        }
+    }
 }
 
 /// A payment given with an admin call, recorded as a receipt.
@@ -135,6 +183,13 @@ pub struct IssuedLicense {
     pub license_key: LicenseKey,
     /// Its activation password.
     pub activation_password: String,
+}
+
+/// Most licenses one call applies a policy to.
+pub const MAX_APPLY: usize = 1000;
+
+fn change_error(e: licensing_domain::change::ChangeError) -> AccountError {
+    AccountError::from(licensing_domain::store::UpdateError::Rejected(e))
 }
 
 fn not_found(reason: &'static str, message: String) -> AccountError {
@@ -347,7 +402,26 @@ impl Catalog {
     }
 
     /// Issues a license as `input` says, with a new key and activation password (shown once).
-    pub async fn issue_license(&self, actor: &str, input: IssueLicense) -> Result<IssuedLicense, AccountError> {
+    pub async fn issue_license(&self, actor: &str, mut input: IssueLicense) -> Result<IssuedLicense, AccountError> {
+        let mut dates = PolicyDates::FromIssue { validity_ms: None, upgrade_period_ms: None };
+        let mut policy = None;
+        if let Some(policy_id) = input.policy_id.clone() {
+            let p = self.get_policy(&policy_id).await?;
+            if input.product_code.is_empty() {
+                input.product_code = p.product_code.clone();
+            } else if input.product_code != p.product_code {
+                return Err(AccountError::invalid(
+                    "product_code",
+                    format!(
+                        "policy {policy_id} is for product '{}', not {}; leave product_code empty",
+                        p.product_code,
+                        quoted(&input.product_code)
+                    ),
+                ));
+            }
+            dates = input.fill_from(&p.terms);
+            policy = Some(p);
+        }
         validate::code("product_code", &input.product_code)?;
         validate::id("customer_id", ids::CUSTOMER, &input.customer_id)?;
         let kind =
@@ -379,6 +453,14 @@ impl Catalog {
             .map_err(|e| AccountError::invalid(e.field, e.message))?;
         let now = self.now();
         let valid_from = input.valid_from.unwrap_or(now);
+        let first_use = match dates {
+            PolicyDates::FromFirstUse(first_use) => Some(first_use),
+            PolicyDates::FromIssue { validity_ms, upgrade_period_ms } => {
+                input.expires_at = input.expires_at.or(validity_ms.map(|v| valid_from.saturating_add(v)));
+                input.upgrades_until = input.upgrades_until.or(upgrade_period_ms.map(|p| valid_from.saturating_add(p)));
+                None
+            }
+        };
         if let Some(expires_at) = input.expires_at {
             if expires_at <= valid_from {
                 return Err(AccountError::invalid("expires_at", "must be after valid_from"));
@@ -421,6 +503,9 @@ impl Catalog {
             notes: input.notes,
             licensee_name: String::new(),
             heartbeat_timeout_ms: input.heartbeat_timeout_ms,
+            policy_id: policy.as_ref().map(|p| p.policy_id.clone()),
+            policy_revision: policy.as_ref().map_or(0, |p| p.revision),
+            first_use,
             created_at: now,
             updated_at: now,
         };
@@ -439,10 +524,122 @@ impl Catalog {
             "expires_at": license.expires_at,
             "grace_period_ms": license.grace_period_ms,
             "heartbeat_timeout_ms": license.heartbeat_timeout_ms,
+            "policy_id": license.policy_id,
+            "policy_revision": license.policy_revision,
+            "starts_at_first_use": license.first_use.is_some(),
         }));
         let receipt = input.payment.as_ref().map(|p| p.receipt(&license, "issue", now));
         self.store.insert_license(&new, audit, receipt.as_ref()).await?;
         Ok(IssuedLicense { license, license_key, activation_password })
+    }
+
+    /// Creates a policy of a product: named terms licenses are issued from.
+    pub async fn create_policy(
+        &self,
+        actor: &str,
+        product_code: &str,
+        name: &str,
+        terms: LicenseTerms,
+    ) -> Result<Policy, AccountError> {
+        validate::code("product_code", product_code)?;
+        let name = validate_policy_name(name).map_err(change_error)?;
+        let product = self.get_product(product_code).await?;
+        terms.validate(&product).map_err(change_error)?;
+        let now = self.now();
+        let policy = Policy {
+            policy_id: ids::new_id(ids::POLICY),
+            product_code: product.code,
+            name,
+            revision: 1,
+            terms,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = AuditRecord::new(actor, "policy.created", &policy.policy_id)
+            .with_details(json!({ "product_code": policy.product_code, "name": policy.name }));
+        self.store.create_policy(&policy, audit).await?;
+        Ok(policy)
+    }
+
+    /// The policy with this ID.
+    pub async fn get_policy(&self, policy_id: &str) -> Result<Policy, AccountError> {
+        validate::id("policy_id", ids::POLICY, policy_id)?;
+        self.store
+            .get_policy(policy_id)
+            .await?
+            .ok_or_else(|| not_found("POLICY_NOT_FOUND", format!("no policy with ID {policy_id}")))
+    }
+
+    /// The policies of a product (every product's when `product_code` is empty), by name.
+    pub async fn list_policies(&self, product_code: &str) -> Result<Vec<Policy>, AccountError> {
+        if !product_code.is_empty() {
+            validate::code("product_code", product_code)?;
+        }
+        Ok(self.store.list_policies(product_code).await?)
+    }
+
+    /// Replaces a policy's terms (its revision goes up by one). Licenses already issued keep
+    /// theirs until the vendor applies the policy to them ([`Self::apply_policy`]).
+    pub async fn update_policy(
+        &self,
+        actor: &str,
+        policy_id: &str,
+        terms: LicenseTerms,
+    ) -> Result<Policy, AccountError> {
+        let policy = self.get_policy(policy_id).await?;
+        if terms.kind != policy.terms.kind {
+            return Err(AccountError::invalid(
+                "terms.kind",
+                format!(
+                    "policy {policy_id} makes {} licenses; its kind cannot change (create another policy)",
+                    policy.terms.kind.as_str()
+                ),
+            ));
+        }
+        let product = self.get_product(&policy.product_code).await?;
+        terms.validate(&product).map_err(change_error)?;
+        let audit = AuditRecord::new(actor, "policy.updated", policy_id);
+        Ok(self.store.update_policy_terms(policy_id, &terms, self.now(), audit).await?)
+    }
+
+    /// Applies the policy's current terms to each of `license_ids` (licenses of its product),
+    /// each change audited on its license; stops at the first license that cannot take them.
+    pub async fn apply_policy(
+        &self,
+        actor: &str,
+        policy_id: &str,
+        license_ids: &[String],
+    ) -> Result<Vec<License>, AccountError> {
+        let policy = self.get_policy(policy_id).await?;
+        if license_ids.is_empty() || license_ids.len() > MAX_APPLY {
+            return Err(AccountError::invalid(
+                "license_ids",
+                format!("name 1 to {MAX_APPLY} licenses of product '{}'", policy.product_code),
+            ));
+        }
+        let mut changed = Vec::with_capacity(license_ids.len());
+        for license_id in license_ids {
+            let license = self.get_license(license_id).await?;
+            if license.product_code != policy.product_code || license.kind != policy.terms.kind {
+                return Err(AccountError::invalid(
+                    "license_ids",
+                    format!(
+                        "license {license_id} is a {} license of '{}'; policy {policy_id} makes {} licenses of '{}'",
+                        license.kind.as_str(),
+                        license.product_code,
+                        policy.terms.kind.as_str(),
+                        policy.product_code
+                    ),
+                ));
+            }
+            let change = LicenseChange::ApplyPolicy {
+                policy_id: policy.policy_id.clone(),
+                revision: policy.revision,
+                terms: Box::new(policy.terms.clone()),
+            };
+            changed.push(self.change_license(actor, license_id, change, "").await?);
+        }
+        Ok(changed)
     }
 
     /// The license with this ID.

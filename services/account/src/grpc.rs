@@ -238,6 +238,7 @@ impl AdminService for AdminApi {
                 .collect::<Result<_, _>>()
                 .map_err(invalid)?,
             heartbeat_timeout_ms: heartbeat_timeout(r.heartbeat_timeout.as_ref())?,
+            policy_id: (!r.policy_id.is_empty()).then_some(r.policy_id),
         };
         let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
@@ -453,6 +454,56 @@ impl AdminService for AdminApi {
             csv: if r.as_csv { usage_csv(&history) } else { String::new() },
             history: history.iter().map(conv::meter_usage).collect(),
         }))
+    }
+
+    async fn create_policy(
+        &self,
+        request: Request<pb::CreatePolicyRequest>,
+    ) -> Result<Response<pb::CreatePolicyResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let r = request.get_ref();
+        let terms = conv::terms_from_proto(r.terms.as_ref()).map_err(invalid)?;
+        let policy = self.catalog.create_policy(&admin.actor(), &r.product_code, &r.name, terms).await.or_status()?;
+        Ok(Response::new(pb::CreatePolicyResponse { policy: Some(conv::policy(&policy)) }))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        self.admin(&request).await?;
+        let policy = self.catalog.get_policy(&request.get_ref().policy_id).await.or_status()?;
+        Ok(Response::new(pb::GetPolicyResponse { policy: Some(conv::policy(&policy)) }))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        self.admin(&request).await?;
+        let policies = self.catalog.list_policies(&request.get_ref().product_code).await.or_status()?;
+        Ok(Response::new(pb::ListPoliciesResponse { policies: policies.iter().map(conv::policy).collect() }))
+    }
+
+    async fn update_policy(
+        &self,
+        request: Request<pb::UpdatePolicyRequest>,
+    ) -> Result<Response<pb::UpdatePolicyResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let r = request.get_ref();
+        let terms = conv::terms_from_proto(r.terms.as_ref()).map_err(invalid)?;
+        let policy = self.catalog.update_policy(&admin.actor(), &r.policy_id, terms).await.or_status()?;
+        Ok(Response::new(pb::UpdatePolicyResponse { policy: Some(conv::policy(&policy)) }))
+    }
+
+    async fn apply_policy(
+        &self,
+        request: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let r = request.get_ref();
+        let licenses = self.catalog.apply_policy(&admin.actor(), &r.policy_id, &r.license_ids).await.or_status()?;
+        Ok(Response::new(pb::ApplyPolicyResponse { licenses: licenses.iter().map(conv::license).collect() }))
     }
 
     async fn list_audit_events(

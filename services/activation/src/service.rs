@@ -350,6 +350,7 @@ impl Activations {
             meters: meters.iter().map(CertificateMeter::from).collect(),
             grace_ends_at_ms: license.grace_ends_at().filter(|_| license.grace_period_ms > 0),
             heartbeat_timeout_secs: license.heartbeat_timeout_ms.unwrap_or(0) / 1000,
+            first_used_at_ms: license.first_use.as_ref().and_then(|f| f.started_at),
         };
         self.signer.sign_certificate(&payload)
     }

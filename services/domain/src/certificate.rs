@@ -70,6 +70,10 @@ pub struct CertificatePayload {
     /// absent from the payload) when it requires no heartbeats.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub heartbeat_timeout_secs: i64,
+    /// When the license's time started at its first use (its expiry and upgrade period count
+    /// from then); absent when its time counts from issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_used_at_ms: Option<Millis>,
 }
 
 /// A meter as a certificate carries it: its limit and what was left when it was signed.
@@ -369,6 +373,7 @@ mod tests {
             meters: Vec::new(),
             grace_ends_at_ms: None,
             heartbeat_timeout_secs: 0,
+            first_used_at_ms: None,
         }
     }
 

@@ -60,6 +60,15 @@ pub enum LicenseChange {
     /// Requires activated machines to check in at least this often (ms), or (`None`) not at all;
     /// node-locked licenses only (see [`validate_heartbeat_timeout`]).
     SetHeartbeatTimeout(Option<Millis>),
+    /// Gives the license a policy's current terms (see [`License::apply_terms`]).
+    ApplyPolicy {
+        /// The policy (`pol_…`).
+        policy_id: String,
+        /// Its revision applied.
+        revision: i64,
+        /// Its terms, validated when the policy was made or changed.
+        terms: Box<crate::policy::LicenseTerms>,
+    },
 }
 
 /// Why a change was refused.
@@ -207,6 +216,7 @@ impl LicenseChange {
             Self::RemoveMeter(_) => "license.meter_removed",
             Self::SetGracePeriod(_) => "license.grace_period_changed",
             Self::SetHeartbeatTimeout(_) => "license.heartbeat_timeout_changed",
+            Self::ApplyPolicy { .. } => "license.policy_applied",
         }
     }
 
@@ -354,6 +364,27 @@ impl LicenseChange {
                 validate_heartbeat_timeout(license.kind, *timeout)?;
                 license.heartbeat_timeout_ms = *timeout;
             }
+            Self::ApplyPolicy { policy_id, revision, terms } => {
+                if terms.kind != license.kind {
+                    return Err(ChangeError::NotAllowed(format!(
+                        "license {} is a {} license; policy {policy_id} makes {} licenses",
+                        license.license_id,
+                        license.kind.as_str(),
+                        terms.kind.as_str()
+                    )));
+                }
+                let reserved = license.seat_policy.reserved_seats();
+                if reserved > terms.seats {
+                    return Err(invalid(
+                        "seats",
+                        format!(
+                            "the license's seat policy reserves {reserved} seats, more than the policy's {}",
+                            terms.seats
+                        ),
+                    ));
+                }
+                license.apply_terms(policy_id, *revision, terms, now);
+            }
         }
         license.updated_at = now;
         Ok(())
@@ -452,6 +483,9 @@ mod tests {
             seat_policy: Default::default(),
             meters: Vec::new(),
             heartbeat_timeout_ms: None,
+            policy_id: None,
+            policy_revision: 0,
+            first_use: None,
             created_at: 1,
             updated_at: 1,
         }

@@ -5,6 +5,8 @@ use rand::Rng;
 
 /// Prefix of license IDs (`lic_…`).
 pub const LICENSE: &str = "lic";
+/// Prefix of policy IDs.
+pub const POLICY: &str = "pol";
 /// Prefix of customer IDs (`cus_…`).
 pub const CUSTOMER: &str = "cus";
 /// Prefix of node-locked installation (activation) IDs (`ins_…`).

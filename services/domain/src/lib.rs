@@ -18,6 +18,7 @@
 //! - [`seat_policy`]: per-license seat policy and the rule that decides a new seat.
 //! - [`text`]: bounds on the short names clients send.
 //! - [`usage`]: usage reports computed from the usage log, and their CSV form.
+//! - [`policy`]: license policies (templates) and time counted from first use.
 //! - [`meter`]: metered features: limits per period, uses and their CSV form.
 //! - [`observe`]: events worth counting (seat denials, activations), reported to an [`observe::Observer`].
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
@@ -32,6 +33,7 @@ pub mod license_key;
 pub mod meter;
 pub mod model;
 pub mod observe;
+pub mod policy;
 pub mod seat_policy;
 pub mod secrets;
 pub mod store;

@@ -176,6 +176,13 @@ pub struct License {
     pub seat_policy: crate::seat_policy::SeatPolicy,
     /// Metered features: how much of each may be used per period.
     pub meters: Vec<crate::meter::Meter>,
+    /// The policy it was issued from (or last had applied), if any.
+    pub policy_id: Option<String>,
+    /// The revision of that policy it got; 0 without one.
+    pub policy_revision: i64,
+    /// When its validity and upgrade period count from its first use: those terms, and when
+    /// it was first used (until then it has no expiry).
+    pub first_use: Option<crate::policy::FirstUse>,
     /// Node-locked: an activated machine not seen (activation, certificate refresh or heartbeat)
     /// for this long (ms) is deactivated by the cull, freeing its activation without spending a
     /// deactivation. `None`: machines need not check in.
@@ -665,6 +672,9 @@ mod tests {
             seat_policy: Default::default(),
             meters: Vec::new(),
             heartbeat_timeout_ms: None,
+            policy_id: None,
+            policy_revision: 0,
+            first_use: None,
             created_at,
             updated_at: created_at,
         }

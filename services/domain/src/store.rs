@@ -120,6 +120,26 @@ pub trait CatalogStore: Send + Sync + 'static {
         receipt: Option<&Receipt>,
     ) -> Result<License, UpdateError>;
 
+    /// Fails with [`StoreError::AlreadyExists`] when the product has a policy of that name.
+    async fn create_policy(&self, policy: &crate::policy::Policy, audit: AuditRecord) -> Result<(), StoreError>;
+    /// The policy with this ID, if any.
+    async fn get_policy(&self, policy_id: &str) -> Result<Option<crate::policy::Policy>, StoreError>;
+    /// The policies of a product by name; every product's when `product_code` is empty.
+    async fn list_policies(&self, product_code: &str) -> Result<Vec<crate::policy::Policy>, StoreError>;
+    /// Replaces a policy's terms and raises its revision, with `audit`, atomically; no license
+    /// changes. [`StoreError::NotFound`] when there is no such policy.
+    async fn update_policy_terms(
+        &self,
+        policy_id: &str,
+        terms: &crate::policy::LicenseTerms,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<crate::policy::Policy, StoreError>;
+    /// Starts the time of a license that counts from first use, at `now`, with its row locked
+    /// (so of racing first uses one starts it), audited; the license as it is after. Changes
+    /// nothing when its time does not count from first use or has started.
+    async fn start_first_use(&self, license_id: &str, now: Millis) -> Result<License, StoreError>;
+
     /// Appends one entry to the audit log on its own (a change stores its entry with it).
     async fn append_audit(&self, audit: AuditRecord) -> Result<(), StoreError>;
     /// Oldest first, after the sequence number in `page.after`.

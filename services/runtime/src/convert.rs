@@ -244,6 +244,7 @@ pub mod proto {
     use super::{opt_timestamp, to_timestamp, FieldError};
     use licensing_domain::meter::{Meter, MeterReset, MeterUsage};
     use licensing_domain::model::{AuditEvent, Customer, Lease, License, LicenseKind, LicenseStatus, Module, Product};
+    use licensing_domain::policy::{LicenseTerms, Policy, TermsStart};
     use licensing_proto::common::v1 as pb;
 
     /// The protobuf form of a license kind.
@@ -317,7 +318,83 @@ pub mod proto {
             grace_period: (l.grace_period_ms > 0).then(|| super::to_duration(l.grace_period_ms)),
             grace_ends_at: opt_timestamp(l.grace_ends_at()),
             meters: l.meters.iter().map(meter).collect(),
+            policy_id: l.policy_id.clone().unwrap_or_default(),
+            policy_revision: l.policy_revision,
+            starts_at_first_use: l.first_use.is_some(),
+            first_used_at: opt_timestamp(l.first_use.as_ref().and_then(|f| f.started_at)),
+            validity_from_first_use: l
+                .first_use
+                .as_ref()
+                .filter(|f| f.started_at.is_none())
+                .and_then(|f| f.validity_ms)
+                .map(super::to_duration),
+            upgrade_period_from_first_use: l
+                .first_use
+                .as_ref()
+                .filter(|f| f.started_at.is_none())
+                .and_then(|f| f.upgrade_period_ms)
+                .map(super::to_duration),
         }
+    }
+
+    /// The protobuf form of a policy.
+    pub fn policy(p: &Policy) -> pb::Policy {
+        pb::Policy {
+            policy_id: p.policy_id.clone(),
+            product_code: p.product_code.clone(),
+            name: p.name.clone(),
+            revision: p.revision,
+            terms: Some(terms(&p.terms)),
+            created_at: Some(to_timestamp(p.created_at)),
+            updated_at: Some(to_timestamp(p.updated_at)),
+        }
+    }
+
+    /// The protobuf form of a policy's terms.
+    pub fn terms(t: &LicenseTerms) -> pb::LicenseTerms {
+        pb::LicenseTerms {
+            kind: kind_to_proto(t.kind) as i32,
+            seats: t.seats,
+            allowed_deactivations: t.allowed_deactivations,
+            modules: t.modules.clone(),
+            validity: t.validity_ms.map(super::to_duration),
+            upgrade_period: t.upgrade_period_ms.map(super::to_duration),
+            start: match t.start {
+                TermsStart::Issue => pb::TermsStart::Issue,
+                TermsStart::FirstUse => pb::TermsStart::FirstUse,
+            } as i32,
+            grace_period: (t.grace_period_ms > 0).then(|| super::to_duration(t.grace_period_ms)),
+            heartbeat_timeout: t.heartbeat_timeout_ms.map(super::to_duration),
+            meters: t.meters.iter().map(meter).collect(),
+        }
+    }
+
+    /// Terms as sent (`terms.*` names a field at fault); bounds and contradictions are checked
+    /// by the domain ([`LicenseTerms::validate`]).
+    pub fn terms_from_proto(t: Option<&pb::LicenseTerms>) -> Result<LicenseTerms, FieldError> {
+        let t = t.ok_or_else(|| FieldError::new("terms", "is required (kind, seats, validity, ...)"))?;
+        let kind = kind_from_proto(t.kind)
+            .ok_or_else(|| FieldError::new("terms.kind", "choose NODE_LOCKED, CONCURRENT or CLOUD"))?;
+        let start = match pb::TermsStart::try_from(t.start) {
+            Ok(pb::TermsStart::Unspecified | pb::TermsStart::Issue) => TermsStart::Issue,
+            Ok(pb::TermsStart::FirstUse) => TermsStart::FirstUse,
+            Err(_) => return Err(FieldError::new("terms.start", "must be TERMS_START_ISSUE or TERMS_START_FIRST_USE")),
+        };
+        let optional = |field: &'static str, d: Option<&prost_types::Duration>| {
+            d.map(|d| super::from_duration(field, Some(d))).transpose()
+        };
+        Ok(LicenseTerms {
+            kind,
+            seats: t.seats,
+            allowed_deactivations: t.allowed_deactivations,
+            modules: t.modules.clone(),
+            validity_ms: optional("terms.validity", t.validity.as_ref())?,
+            upgrade_period_ms: optional("terms.upgrade_period", t.upgrade_period.as_ref())?,
+            start,
+            grace_period_ms: super::from_duration("terms.grace_period", t.grace_period.as_ref())?,
+            heartbeat_timeout_ms: optional("terms.heartbeat_timeout", t.heartbeat_timeout.as_ref())?,
+            meters: t.meters.iter().map(|m| meter_from_proto("terms.meters", Some(m))).collect::<Result<_, _>>()?,
+        })
     }
 
     /// The protobuf form of a meter.

@@ -403,7 +403,13 @@ impl Seats {
             return Err(SeatError::invalid("borrow_for", "must not be negative"));
         }
         let names = CheckoutNames { client_instance_id, user, host, feature, groups };
-        let (license, revision) = self.checkout_license(credentials).await?;
+        let (mut license, mut revision) = self.checkout_license(credentials).await?;
+        if license.awaits_first_use() {
+            // Its time counts from its first use: this checkout starts it (once, whoever races).
+            let started = self.catalog.start_first_use(&license.license_id, self.leases.now().await?).await?;
+            self.licenses.forget(&license.license_id);
+            (license, revision) = (Arc::new(started), None);
+        }
         if ticket.is_none() {
             self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
         }

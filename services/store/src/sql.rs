@@ -4,6 +4,7 @@ mod activation;
 mod catalog;
 mod leases;
 mod meters;
+mod policies;
 mod portal;
 mod usage;
 

@@ -260,6 +260,8 @@ pub(crate) struct LicensePage {
     pub licensee_shown: String,
     pub installations: usize,
     pub meters: Vec<MeterRow>,
+    /// How the license's time counts from its first use, when it does.
+    pub first_use: Option<String>,
 }
 
 /// A meter's use in its current period, as the license page shows it.
@@ -353,6 +355,15 @@ async fn license_page(
             licensee_shown: if l.licensee_name.is_empty() { me.company_name.clone() } else { l.licensee_name.clone() },
             installations: usize::try_from(l.activations_used).unwrap_or(0),
             meters,
+            first_use: l.first_use.as_ref().map(|f| match f.started_at {
+                Some(at) => format!("Counted from its first use on {}", date(at)),
+                None => match f.validity_ms {
+                    Some(v) => {
+                        format!("Starts at its first use; valid {} days from then", v / licensing_domain::clock::DAY)
+                    }
+                    None => "Starts at its first use".to_owned(),
+                },
+            }),
         },
     )
 }

@@ -352,6 +352,9 @@ mod tests {
             seat_policy: Default::default(),
             meters: Vec::new(),
             heartbeat_timeout_ms: None,
+            policy_id: None,
+            policy_revision: 0,
+            first_use: None,
             created_at: 0,
             updated_at: 0,
         };

@@ -710,6 +710,8 @@ impl ActivationStore for SqlStore {
             let refusal = ActivationStoreError::LimitReached { seats: license.seats };
             return self.refuse(tx, &c.license_id, event("", ""), refusal).await;
         }
+        // A license whose time counts from its first use starts it with this activation.
+        self.start_first_use_in(&mut tx, &mut license.clone(), c.now).await?;
         let activation = Activation {
             installation_id: c.installation_id.clone(),
             license_id: c.license_id.clone(),

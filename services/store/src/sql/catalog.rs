@@ -11,7 +11,8 @@ use sqlx::{Any, Transaction};
 
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
-     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms, heartbeat_timeout_ms";
+     associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms, heartbeat_timeout_ms, \
+     policy_id, policy_revision, first_use_json";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -41,6 +42,9 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         meters: from_json("meters_json", &get_str(row, "meters_json")?)?,
         grace_period_ms: get_i64(row, "grace_period_ms")?,
         heartbeat_timeout_ms: get_opt_i64(row, "heartbeat_timeout_ms")?,
+        policy_id: get_opt_str(row, "policy_id")?,
+        policy_revision: get_i64(row, "policy_revision")?,
+        first_use: get_opt_str(row, "first_use_json")?.map(|j| from_json("first_use_json", &j)).transpose()?,
     })
 }
 
@@ -94,7 +98,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -121,6 +125,9 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(to_json(&l.meters))
         .bind(l.grace_period_ms)
         .bind(l.heartbeat_timeout_ms)
+        .bind(l.policy_id.clone())
+        .bind(l.policy_revision)
+        .bind(l.first_use.as_ref().map(to_json))
         .bind(&new.key_digest)
         .bind(&new.activation_password_salt)
         .execute(&mut **tx)
@@ -449,7 +456,8 @@ impl CatalogStore for SqlStore {
         sqlx::query(
             "UPDATE licenses SET status = $1, seats = $2, allowed_deactivations = $3, modules_json = $4, expires_at = $5, \
              upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
-             seat_policy_json = $10, licensee_name = $11, meters_json = $12, grace_period_ms = $13, heartbeat_timeout_ms = $14 WHERE license_id = $15",
+             seat_policy_json = $10, licensee_name = $11, meters_json = $12, grace_period_ms = $13, heartbeat_timeout_ms = $14, \
+             policy_id = $15, policy_revision = $16, first_use_json = $17 WHERE license_id = $18",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -465,6 +473,9 @@ impl CatalogStore for SqlStore {
         .bind(to_json(&license.meters))
         .bind(license.grace_period_ms)
         .bind(license.heartbeat_timeout_ms)
+        .bind(license.policy_id.clone())
+        .bind(license.policy_revision)
+        .bind(license.first_use.as_ref().map(to_json))
         .bind(license_id)
         .execute(&mut *tx)
         .await
@@ -477,6 +488,41 @@ impl CatalogStore for SqlStore {
         tx.commit().await.map_err(map_err)?;
         self.license_changed(license_id).await;
         Ok(license)
+    }
+
+    #[tracing::instrument(name = "store.create_policy", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn create_policy(
+        &self,
+        policy: &licensing_domain::policy::Policy,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.insert_policy(policy, audit).await
+    }
+
+    #[tracing::instrument(name = "store.get_policy", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn get_policy(&self, policy_id: &str) -> Result<Option<licensing_domain::policy::Policy>, StoreError> {
+        self.select_policy(policy_id).await
+    }
+
+    #[tracing::instrument(name = "store.list_policies", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn list_policies(&self, product_code: &str) -> Result<Vec<licensing_domain::policy::Policy>, StoreError> {
+        self.select_policies(product_code).await
+    }
+
+    #[tracing::instrument(name = "store.update_policy_terms", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn update_policy_terms(
+        &self,
+        policy_id: &str,
+        terms: &licensing_domain::policy::LicenseTerms,
+        now: Millis,
+        audit: AuditRecord,
+    ) -> Result<licensing_domain::policy::Policy, StoreError> {
+        self.replace_policy_terms(policy_id, terms, now, audit).await
+    }
+
+    #[tracing::instrument(name = "store.start_first_use", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn start_first_use(&self, license_id: &str, now: Millis) -> Result<License, StoreError> {
+        self.start_first_use_locked(license_id, now).await
     }
 
     #[tracing::instrument(name = "store.append_audit", skip_all, fields(otel.kind = "client", store = "sql"))]
