@@ -341,6 +341,7 @@ mod tests {
             deactivations_used: 0,
             modules: vec![],
             module_entitlements: Default::default(),
+            meters: Vec::new(),
             valid_from: 0,
             expires_at: Some(at("2027-03-01")),
             grace_period_ms: 14 * licensing_domain::clock::DAY,
