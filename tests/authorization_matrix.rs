@@ -92,6 +92,20 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             ))
             .await,
         ),
+        "AddProductModule" => code(
+            c.add_product_module(request(
+                who,
+                w,
+                acc::AddProductModuleRequest {
+                    product_code: w.product.clone(),
+                    module: Some(licensing_proto::common::v1::Module {
+                        code: format!("plugin-{}", rand_suffix()),
+                        name: "Plug-in".into(),
+                    }),
+                },
+            ))
+            .await,
+        ),
         "CreateCustomer" => code(
             c.create_customer(request(
                 who,
@@ -228,6 +242,19 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
                     license_id: lic(),
                     upgrades_until: ts(now_s() + 4_000 * 86_400 + rand_num() as i64),
                     payment: None,
+                },
+            ))
+            .await,
+        ),
+        "SetModuleEntitlement" => code(
+            c.set_module_entitlement(request(
+                who,
+                w,
+                acc::SetModuleEntitlementRequest {
+                    license_id: lic(),
+                    module: "render".into(),
+                    value: "4096".into(),
+                    expires_at: None,
                 },
             ))
             .await,
@@ -403,6 +430,7 @@ const ADMIN_RPCS: &[&str] = &[
     "GetProduct",
     "ListProducts",
     "AddProductVersion",
+    "AddProductModule",
     "CreateCustomer",
     "GetCustomer",
     "ListCustomers",
@@ -421,6 +449,7 @@ const ADMIN_RPCS: &[&str] = &[
     "SetPortalDeactivationPolicy",
     "SetLicenseGracePeriod",
     "SetHeartbeatTimeout",
+    "SetModuleEntitlement",
     "ReturnLicense",
     "AssociateLicense",
     "ListAuditEvents",

@@ -484,3 +484,31 @@ async fn operators_set_and_lift_a_heartbeat_timeout() {
     let lifted = json(&ctl(Some(&app), t, &["--json", "licenses", "heartbeat", &license_id, "off"]).await);
     assert_eq!(lifted[0]["heartbeat_timeout"], Value::Null);
 }
+
+#[tokio::test]
+async fn operators_add_a_module_to_a_product_and_grant_it_with_a_value() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let added = json(
+        &ctl(Some(&app), t, &["--json", "products", "add-module", &f.product, "max-resolution=Max. resolution"]).await,
+    );
+    assert_eq!(added["modules"][2], serde_json::json!({"code": "max-resolution", "name": "Max. resolution"}));
+    let again = stderr(&ctl(Some(&app), t, &["products", "add-module", &f.product, "max-resolution=Again"]).await);
+    assert!(again.contains("'max-resolution'") && again.contains("already exists"), "{again}");
+
+    let (license_id, _, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.modules = vec!["render".into(), "max-resolution".into()];
+    })
+    .await;
+    let args = ["--value", "4096", "--expires", "2031-06-30"];
+    let entitle = [&["--json", "licenses", "entitle", &license_id, "max-resolution"][..], &args].concat();
+    let granted = json(&ctl(Some(&app), t, &entitle).await);
+    assert_eq!(granted[0]["entitlements"], serde_json::json!(["max-resolution=4096 until 2031-06-30T00:00:00Z"]));
+    let shown = stdout(&ctl(Some(&app), t, &["licenses", "show", &license_id]).await);
+    assert!(shown.contains("max-resolution=4096 until 2031-06-30T00:00:00Z"), "{shown}");
+    let refused = stderr(&ctl(Some(&app), t, &["licenses", "entitle", &license_id, "export", "--value", "1"]).await);
+    assert!(refused.contains("module") && refused.contains("AddLicenseModules"), "{refused}");
+    let cleared = json(&ctl(Some(&app), t, &["--json", "licenses", "entitle", &license_id, "max-resolution"]).await);
+    assert_eq!(cleared[0]["entitlements"], serde_json::json!([]));
+}

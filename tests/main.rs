@@ -16,6 +16,7 @@ mod authorization_matrix;
 mod binaries;
 mod client;
 mod compose;
+mod entitlements;
 mod ffi;
 mod frame_fuzz;
 mod grace_period;

@@ -116,10 +116,7 @@ async fn licenses_issued_from_a_policy_count_their_time_from_first_use_and_chang
             .unwrap();
         assert_eq!(updated.revision, 2);
         let untouched = get_license(&app, &license.license_id).await;
-        assert_eq!(
-            (untouched.policy_revision, untouched.seats, untouched.expires_at),
-            (1, 3, started.expires_at)
-        );
+        assert_eq!((untouched.policy_revision, untouched.seats, untouched.expires_at), (1, 3, started.expires_at));
         // ...until the vendor applies it: from the same first use, audited on the license.
         let applied = admin
             .apply_policy(admin_req(acc::ApplyPolicyRequest {

@@ -210,6 +210,87 @@ fn activate_command(license_id: &str, machine: &str) -> ActivateCommand {
     }
 }
 
+/// A module added to an existing product is kept with the product's others (modules added at
+/// once all stay; one code never twice), and a license's module entitlements round-trip:
+/// stored at issue, changed under the row lock, a refused change storing nothing.
+#[tokio::test]
+async fn product_modules_and_module_entitlements_conform_in_every_sql_store() {
+    for (name, store) in sql_stores().await {
+        let (_, l) = seed(&store).await;
+        let module = |code: &str| Module { code: code.into(), name: code.to_uppercase() };
+        let p = store.add_product_module("suite", module("c"), audit("product.module_added", "suite")).await.unwrap();
+        assert_eq!(p.modules.iter().map(|m| m.code.as_str()).collect::<Vec<_>>(), ["a", "b", "c"], "{name}");
+        assert_eq!(store.get_product("suite").await.unwrap().unwrap(), p, "{name}: stored");
+        match store.add_product_module("suite", module("c"), audit("x", "suite")).await {
+            Err(StoreError::AlreadyExists(what)) => assert!(what.contains("'c'"), "{name}: names the module: {what}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(
+            matches!(
+                store.add_product_module("nope", module("d"), audit("x", "nope")).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}"
+        );
+        let mut adds = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let store = store.clone();
+            adds.spawn(async move {
+                store
+                    .add_product_module("suite", module(&format!("m{i}")), audit("product.module_added", "suite"))
+                    .await
+            });
+        }
+        while let Some(added) = adds.join_next().await {
+            added.unwrap().unwrap();
+        }
+        assert_eq!(store.get_product("suite").await.unwrap().unwrap().modules.len(), 9, "{name}: none lost");
+        let audited = store.list_audit("suite", &Page::default()).await.unwrap();
+        assert_eq!(audited.iter().filter(|e| e.action == "product.module_added").count(), 7, "{name}");
+
+        // Issued with entitlements: stored and read back as they were.
+        let mut entitled = new_license(&l.customer_id, LicenseKind::NodeLocked, 1);
+        entitled.modules = vec!["a".into(), "c".into()];
+        entitled.module_entitlements = [
+            ("a".to_owned(), ModuleEntitlement { value: Some("4096".into()), expires_at: Some(i64::MAX / 4) }),
+            ("c".to_owned(), ModuleEntitlement { value: Some("ünïcode ✓".into()), expires_at: None }),
+        ]
+        .into();
+        let new = NewLicense {
+            license: entitled.clone(),
+            key_digest: format!("digest-{}", entitled.license_id),
+            activation_password_salt: "salt".into(),
+        };
+        store.insert_license(&new, audit("license.issued", &entitled.license_id), None).await.unwrap();
+        assert_eq!(store.get_license(&entitled.license_id).await.unwrap().unwrap(), entitled, "{name}");
+
+        // Changed under the row lock; a refused change (a control character) stores nothing.
+        let set = |module: &str, value: &str, expires_at| LicenseChange::SetModuleEntitlement {
+            module: module.into(),
+            value: Some(value.into()),
+            expires_at,
+        };
+        let now = SystemClock.now();
+        let changed = store
+            .update_license(&l.license_id, &set("a", "8", Some(now + 60_000)), now, audit("e", &l.license_id), None)
+            .await
+            .unwrap();
+        let stored = store.get_license(&l.license_id).await.unwrap().unwrap();
+        assert_eq!(stored, changed, "{name}");
+        assert_eq!(
+            stored.module_entitlements["a"],
+            ModuleEntitlement { value: Some("8".into()), expires_at: Some(now + 60_000) }
+        );
+        let refused =
+            store.update_license(&l.license_id, &set("a", "x\0y", None), now, audit("e", &l.license_id), None).await;
+        assert!(matches!(refused, Err(UpdateError::Rejected(_))), "{name}: {refused:?}");
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap(), stored, "{name}: unchanged");
+        let cleared = LicenseChange::SetModuleEntitlement { module: "a".into(), value: None, expires_at: None };
+        store.update_license(&l.license_id, &cleared, now, audit("e", &l.license_id), None).await.unwrap();
+        assert!(store.get_license(&l.license_id).await.unwrap().unwrap().module_entitlements.is_empty(), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn activation_store_conformance() {
     let usable = |_: &License| Ok(());

@@ -118,6 +118,12 @@ enum ProductCommand {
         #[arg(long)]
         released: Option<String>,
     },
+    /// Add a module (a new plug-in or feature) to an existing product, as code=Name.
+    AddModule {
+        code: String,
+        #[arg(value_parser = module)]
+        module: licensing_proto::common::v1::Module,
+    },
 }
 
 #[derive(Subcommand)]
@@ -248,6 +254,20 @@ enum LicenseCommand {
         license_id: String,
         #[arg(value_parser = heartbeat_timeout)]
         timeout: HeartbeatTimeout,
+    },
+    /// Set the value and own expiry of a module the license includes; without either, the
+    /// module keeps neither (it stays included).
+    Entitle {
+        license_id: String,
+        /// The module's code.
+        module: String,
+        /// The value the product reads, e.g. 4096 (at most 256 characters).
+        #[arg(long)]
+        value: Option<String>,
+        /// When the module stops being licensed, YYYY-MM-DD (UTC) or an RFC 3339 time; with
+        /// the license when omitted.
+        #[arg(long)]
+        expires: Option<String>,
     },
 }
 
@@ -532,9 +552,22 @@ fn license_json(l: &License) -> Value {
         "seats": l.seats, "activations_used": l.activations_used, "allowed_deactivations": l.allowed_deactivations,
         "deactivations_used": l.deactivations_used, "modules": l.modules, "expires": time(l.expires_at.as_ref()),
         "grace_period": span(l.grace_period.as_ref()), "grace_ends": time(l.grace_ends_at.as_ref()),
+        "entitlements": l.module_entitlements.iter().map(entitlement_text).collect::<Vec<_>>(),
         "associated_customer_id": l.associated_customer_id,
         "heartbeat_timeout": span(l.heartbeat_timeout.as_ref()),
     })
+}
+
+/// A module entitlement as one line: `max-resolution=4096 until 2027-06-30T00:00:00Z`.
+fn entitlement_text(e: &licensing_proto::common::v1::ModuleEntitlement) -> String {
+    let mut text = e.module.clone();
+    if !e.value.is_empty() {
+        text = format!("{text}={}", e.value);
+    }
+    if let Value::String(until) = time(e.expires_at.as_ref()) {
+        text = format!("{text} until {until}");
+    }
+    text
 }
 
 fn product_json(p: &Product) -> Value {
@@ -649,6 +682,7 @@ const LICENSE_FIELDS: &[&str] = &[
     "expires",
     "grace_period",
     "grace_ends",
+    "entitlements",
     "associated_customer_id",
     "heartbeat_timeout",
 ];
@@ -822,6 +856,16 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 out!("{}", table(&[product_row(&p)], PRODUCT_COLUMNS));
             }
         }
+        Command::Products(ProductCommand::AddModule { code, module }) => {
+            let request = pb::AddProductModuleRequest { product_code: code, module: Some(module) };
+            let p = admin.add_product_module(authorized(token, request)?).await.map_err(fail)?;
+            let p = p.into_inner().product.unwrap_or_default();
+            if cli.json {
+                out!("{}", pretty(&product_json(&p)));
+            } else {
+                out!("{}", table(&[product_row(&p)], PRODUCT_COLUMNS));
+            }
+        }
         Command::Customers(CustomerCommand::Create { company, email, password_stdin }) => {
             let password = if password_stdin { password_from_stdin()? } else { String::new() };
             let request = pb::CreateCustomerRequest { company_name: company, contact_email: email, password };
@@ -980,6 +1024,16 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 LicenseCommand::Heartbeat { license_id, timeout } => {
                     let request = pb::SetHeartbeatTimeoutRequest { license_id, heartbeat_timeout: timeout.0 };
                     admin.set_heartbeat_timeout(authorized(token, request)?).await.map_err(fail)?.into_inner().license
+                }
+                LicenseCommand::Entitle { license_id, module, value, expires } => {
+                    let expires_at = expires.as_deref().map(|e| parse_date("--expires", e)).transpose()?;
+                    let request = pb::SetModuleEntitlementRequest {
+                        license_id,
+                        module,
+                        value: value.unwrap_or_default(),
+                        expires_at,
+                    };
+                    admin.set_module_entitlement(authorized(token, request)?).await.map_err(fail)?.into_inner().license
                 }
                 LicenseCommand::Issue { .. } | LicenseCommand::List { .. } | LicenseCommand::Show { .. } => {
                     unreachable!("issue, list and show are handled above")

@@ -698,6 +698,7 @@ pub fn new_license(
         activations_used: 0,
         deactivations_used: 0,
         modules: vec!["a".into()],
+        module_entitlements: Default::default(),
         valid_from: 0,
         expires_at: Some(i64::MAX / 2),
         grace_period_ms: 0,

@@ -3,8 +3,8 @@
 
 use crate::{validate, AccountError};
 use licensing_domain::change::{
-    validate_allowed_deactivations, validate_grace_period, validate_heartbeat_timeout, validate_modules,
-    validate_seats, LicenseChange,
+    validate_allowed_deactivations, validate_grace_period, validate_heartbeat_timeout, validate_module_entitlement,
+    validate_modules, validate_seats, ChangeError, LicenseChange,
 };
 use licensing_domain::clock::{Millis, SharedClock};
 use licensing_domain::ids;
@@ -81,6 +81,8 @@ pub struct IssueLicense {
     pub payment: Option<Payment>,
     /// Metered features the license carries.
     pub meters: Vec<licensing_domain::meter::Meter>,
+    /// Values and own expiries of modules in `modules`, by module code; each module once.
+    pub module_entitlements: Vec<(String, ModuleEntitlement)>,
     /// Node-locked: machines not seen for this long (ms) are culled; `None` requires no heartbeats.
     pub heartbeat_timeout_ms: Option<Millis>,
     /// Issue from this policy (`pol_…`): what the fields above leave unset (kind unspecified,
@@ -340,6 +342,23 @@ impl Catalog {
         })
     }
 
+    /// Adds a module to an existing product (a new plug-in), so its licenses may include it;
+    /// its code must be new to the product.
+    pub async fn add_product_module(&self, actor: &str, code: &str, module: Module) -> Result<Product, AccountError> {
+        validate::code("product_code", code)?;
+        validate::code("module.code", &module.code)?;
+        validate::name("module.name", &module.name)?;
+        let module = Module { code: module.code, name: module.name.trim().to_owned() };
+        let audit = AuditRecord::new(actor, "product.module_added", code)
+            .with_details(json!({ "module": module.code, "name": module.name }));
+        self.store.add_product_module(code, module, audit).await.map_err(|e| match e {
+            licensing_domain::error::StoreError::NotFound(_) => {
+                not_found("PRODUCT_NOT_FOUND", format!("no product with code {}", quoted(code)))
+            }
+            other => other.into(),
+        })
+    }
+
     /// Creates a customer, with a portal password when one is given (else one is set by reset).
     pub async fn create_customer(
         &self,
@@ -480,7 +499,7 @@ impl Catalog {
 
         let license_key = LicenseKey::generate();
         let salt = random_token("salt", 16);
-        let license = License {
+        let mut license = License {
             license_id: ids::new_id(ids::LICENSE),
             product_code: product.code.clone(),
             customer_id: customer.customer_id.clone(),
@@ -491,6 +510,7 @@ impl Catalog {
             activations_used: 0,
             deactivations_used: 0,
             modules: input.modules,
+            module_entitlements: Default::default(),
             valid_from,
             expires_at: input.expires_at,
             grace_period_ms: input.grace_period_ms,
@@ -509,6 +529,30 @@ impl Catalog {
             created_at: now,
             updated_at: now,
         };
+        // Checked against the license as issued: its modules and its valid_from.
+        for (i, (module, wanted)) in input.module_entitlements.iter().enumerate() {
+            if input.module_entitlements[..i].iter().any(|(m, _)| m == module) {
+                return Err(AccountError::invalid(
+                    "module_entitlements",
+                    format!("module {} is listed twice", quoted(module)),
+                ));
+            }
+            let granted =
+                validate_module_entitlement(&license, &product, module, wanted, now).map_err(|e| match e {
+                    ChangeError::Invalid { field, message } => AccountError::invalid(
+                        match field {
+                            "value" => "module_entitlements.value",
+                            "expires_at" => "module_entitlements.expires_at",
+                            _ => "module_entitlements.module",
+                        },
+                        message,
+                    ),
+                    other => AccountError::invalid("module_entitlements", other.to_string()),
+                })?;
+            if granted != ModuleEntitlement::default() {
+                license.module_entitlements.insert(module.clone(), granted);
+            }
+        }
         let activation_password = self.hasher.activation_password(&license.license_id, &salt);
         let new = NewLicense {
             key_digest: self.hasher.digest(purpose::LICENSE_KEY, license_key.as_str()),
@@ -527,6 +571,7 @@ impl Catalog {
             "policy_id": license.policy_id,
             "policy_revision": license.policy_revision,
             "starts_at_first_use": license.first_use.is_some(),
+            "module_entitlements": license.module_entitlements,
         }));
         let receipt = input.payment.as_ref().map(|p| p.receipt(&license, "issue", now));
         self.store.insert_license(&new, audit, receipt.as_ref()).await?;

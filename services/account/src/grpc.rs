@@ -90,6 +90,7 @@ license_target!(
     pb::SetPortalDeactivationPolicyRequest,
     pb::SetLicenseGracePeriodRequest,
     pb::SetHeartbeatTimeoutRequest,
+    pb::SetModuleEntitlementRequest,
     pb::ReturnLicenseRequest
 );
 
@@ -161,6 +162,21 @@ impl AdminService for AdminApi {
             .await
             .or_status()?;
         Ok(Response::new(pb::AddProductVersionResponse { product: Some(conv::product(&product)) }))
+    }
+
+    async fn add_product_module(
+        &self,
+        request: Request<pb::AddProductModuleRequest>,
+    ) -> Result<Response<pb::AddProductModuleResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let r = request.into_inner();
+        let module = r
+            .module
+            .as_ref()
+            .map(conv::module_from_proto)
+            .ok_or_else(|| invalid(FieldError::new("module", "is required (code and name)")))?;
+        let product = self.catalog.add_product_module(&admin.actor(), &r.product_code, module).await.or_status()?;
+        Ok(Response::new(pb::AddProductModuleResponse { product: Some(conv::product(&product)) }))
     }
 
     async fn create_customer(
@@ -239,6 +255,12 @@ impl AdminService for AdminApi {
                 .map_err(invalid)?,
             heartbeat_timeout_ms: heartbeat_timeout(r.heartbeat_timeout.as_ref())?,
             policy_id: (!r.policy_id.is_empty()).then_some(r.policy_id),
+            module_entitlements: r
+                .module_entitlements
+                .iter()
+                .map(|e| conv::module_entitlement_from_proto("module_entitlements.expires_at", e))
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
         };
         let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
@@ -389,6 +411,21 @@ impl AdminService for AdminApi {
             from_duration("grace_period", request.get_ref().grace_period.as_ref()).map_err(invalid)?;
         let license = self.change(request, LicenseChange::SetGracePeriod(grace_period_ms), "").await?;
         Ok(Response::new(pb::SetLicenseGracePeriodResponse { license: Some(license) }))
+    }
+
+    async fn set_module_entitlement(
+        &self,
+        request: Request<pb::SetModuleEntitlementRequest>,
+    ) -> Result<Response<pb::SetModuleEntitlementResponse>, Status> {
+        let r = request.get_ref();
+        let expires_at = from_opt_timestamp("expires_at", r.expires_at.as_ref()).map_err(invalid)?;
+        let change = LicenseChange::SetModuleEntitlement {
+            module: r.module.clone(),
+            value: Some(r.value.clone()).filter(|v| !v.is_empty()),
+            expires_at,
+        };
+        let license = self.change(request, change, "").await?;
+        Ok(Response::new(pb::SetModuleEntitlementResponse { license: Some(license) }))
     }
 
     async fn return_license(

@@ -184,6 +184,7 @@ impl ActivationService for ActivationApi {
             certificate: v.certificate.map(certificate),
             license: v.license.as_deref().map(conv::customer_license),
             grace_ends_at: opt_timestamp(v.grace_ends_at),
+            entitlements: v.entitlements.iter().map(|(m, e)| conv::module_entitlement(m, e)).collect(),
         }))
     }
 

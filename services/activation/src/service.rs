@@ -2,13 +2,16 @@
 
 use crate::ActivationError;
 use licensing_domain::certificate::{
-    encode_offline_request, CertificateMeter, CertificatePayload, OfflineRequest, SignedBlob, Signer,
+    encode_offline_request, CertificateEntitlement, CertificateMeter, CertificatePayload, OfflineRequest, SignedBlob,
+    Signer,
 };
 use licensing_domain::clock::{Millis, SharedClock, DAY};
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
 use licensing_domain::meter::MeterUsage;
-use licensing_domain::model::{Activation, ActivationEvent, License, LicenseKind, LicenseStatus, Refusal};
+use licensing_domain::model::{
+    Activation, ActivationEvent, License, LicenseKind, LicenseStatus, ModuleEntitlement, Refusal,
+};
 use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, CulledActivation,
@@ -112,11 +115,14 @@ pub struct Validation {
     pub certificate: Option<SignedBlob>,
     /// When the grace period ends (Unix ms), when the code is [`ValidationCode::ValidInGrace`].
     pub grace_ends_at: Option<Millis>,
+    /// When valid: the modules licensed now (their own expiry not passed), each with its value
+    /// and expiry, by module code.
+    pub entitlements: Vec<(String, ModuleEntitlement)>,
 }
 
 impl Validation {
     fn failed(code: ValidationCode, detail: impl Into<String>, license: Option<Arc<License>>) -> Self {
-        Self { code, detail: detail.into(), license, certificate: None, grace_ends_at: None }
+        Self { code, detail: detail.into(), license, certificate: None, grace_ends_at: None, entitlements: vec![] }
     }
 }
 
@@ -330,6 +336,7 @@ impl Activations {
         if let Some(end) = license.grace_ends_at() {
             valid_until = valid_until.min(end);
         }
+        let licensed = license.modules_licensed_at(now);
         let payload = CertificatePayload {
             v: 1,
             license_id: license.license_id.clone(),
@@ -337,7 +344,9 @@ impl Activations {
             product_code: license.product_code.clone(),
             customer_id: license.customer_id.clone(),
             kind: license.kind.as_str().into(),
-            modules: license.modules.clone(),
+            // A module whose own expiry passed is left out, so products that predate
+            // entitlements refuse it offline too.
+            modules: licensed.iter().map(|(code, _)| code.clone()).collect(),
             valid_from_ms: license.valid_from,
             expires_at_ms: license.expires_at,
             upgrades_until_ms: license.upgrades_until,
@@ -351,6 +360,11 @@ impl Activations {
             grace_ends_at_ms: license.grace_ends_at().filter(|_| license.grace_period_ms > 0),
             heartbeat_timeout_secs: license.heartbeat_timeout_ms.unwrap_or(0) / 1000,
             first_used_at_ms: license.first_use.as_ref().and_then(|f| f.started_at),
+            entitlements: licensed
+                .into_iter()
+                .filter(|(_, e)| *e != ModuleEntitlement::default())
+                .map(|(module, e)| CertificateEntitlement { module, value: e.value, expires_at_ms: e.expires_at })
+                .collect(),
         };
         self.signer.sign_certificate(&payload)
     }
@@ -631,12 +645,9 @@ impl Activations {
                 }
             }
         }
-        if let Some(missing) = modules.iter().find(|m| !license.modules.contains(m)) {
-            return Ok(Validation::failed(
-                ValidationCode::ModuleNotLicensed,
-                format!("module {} is not licensed", quoted(missing)),
-                Some(license),
-            ));
+        // A module past its own expiry is not licensed any more; the refusal names its expiry.
+        if let Some(refusal) = modules.iter().find_map(|m| license.module_licensed(m, now).err()) {
+            return Ok(Validation::failed(ValidationCode::ModuleNotLicensed, refusal.message, Some(license)));
         }
         // Every version runs without an upgrade period: no need to read the product.
         if let (Some(version), Some(_)) = (version, license.upgrades_until) {
@@ -662,7 +673,8 @@ impl Activations {
             ),
             None => (ValidationCode::Valid, String::new()),
         };
-        Ok(Validation { code, detail, license: Some(license), certificate, grace_ends_at })
+        let entitlements = license.modules_licensed_at(now);
+        Ok(Validation { code, detail, license: Some(license), certificate, grace_ends_at, entitlements })
     }
 
     /// The live activation `digests` come nearest to on the read's license, if it reaches half

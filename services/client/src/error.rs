@@ -46,6 +46,15 @@ pub enum ClientError {
     /// The certificate does not include this module.
     #[error("module '{0}' is not licensed")]
     ModuleNotLicensed(String),
+    /// The certificate includes this module, but its own expiry passed: it is not licensed any
+    /// more (the rest of the license may be).
+    #[error("module '{module}' expired at {}: renew it with your vendor", rfc3339(*expired_at))]
+    ModuleExpired {
+        /// The module's code.
+        module: String,
+        /// When its own expiry passed (Unix ms).
+        expired_at: Millis,
+    },
     /// The trusted-storage file could not be read or written (why).
     #[error("trusted storage: {0}")]
     Storage(String),

@@ -38,6 +38,16 @@ impl Validity {
             Self::Invalid { .. } => None,
         }
     }
+
+    /// The value the license grants for `module` at `now` (e.g. `"4096"` for
+    /// `max-resolution`), from the certificate the server signed, online and offline alike.
+    /// `None` when the module has no value, is not licensed, or its own expiry passed.
+    pub fn entitlement_value(&self, module: &str, now: Millis) -> Option<&str> {
+        match self {
+            Self::Online(payload) | Self::Offline(payload) => payload.entitlement_value(module, now),
+            Self::Invalid { .. } => None,
+        }
+    }
 }
 
 pub(crate) fn credentials(c: &Credentials) -> Option<pb::LicenseCredentials> {
@@ -154,7 +164,7 @@ impl NodeLocked {
     }
 
     /// Validation from the stored certificate alone: signature, clock, offline period,
-    /// fingerprint and modules. A license in its grace period validates (the certificate's
+    /// fingerprint and modules (a module past its own expiry is refused). A license in its grace period validates (the certificate's
     /// offline period reaches into it); [`Self::in_grace`] tells.
     pub fn validate_offline(&self, modules: &[&str]) -> Result<CertificatePayload, ClientError> {
         let stored = self.storage.load()?.ok_or(ClientError::NoCertificate)?;
@@ -175,8 +185,14 @@ impl NodeLocked {
         if !fingerprint::matches(&payload.fingerprint, &mine, payload.match_threshold) {
             return Err(ClientError::FingerprintMismatch);
         }
-        if let Some(missing) = modules.iter().find(|m| !payload.modules.iter().any(|p| p == *m)) {
-            return Err(ClientError::ModuleNotLicensed(missing.to_string()));
+        for module in modules {
+            match payload.module_licensed(module, now) {
+                Ok(()) => {}
+                Err(None) => return Err(ClientError::ModuleNotLicensed(module.to_string())),
+                Err(Some(expired_at)) => {
+                    return Err(ClientError::ModuleExpired { module: module.to_string(), expired_at })
+                }
+            }
         }
         self.storage.save(&Stored { last_seen_ms: now.max(stored.last_seen_ms), ..stored })?;
         Ok(payload)
@@ -186,6 +202,12 @@ impl NodeLocked {
     /// this client's clock: see [`Validity::in_grace`].
     pub fn in_grace(&self, validity: &Validity) -> Option<Millis> {
         validity.in_grace(self.client.clock.now())
+    }
+
+    /// The value the license grants for `module` now, by this client's clock: see
+    /// [`Validity::entitlement_value`]. Online and offline alike, from the signed certificate.
+    pub fn entitlement_value(&self, validity: &Validity, module: &str) -> Option<String> {
+        validity.entitlement_value(module, self.client.clock.now()).map(str::to_owned)
     }
 
     /// Asks the server for a fresh certificate (for a longer offline period) and stores it.

@@ -34,7 +34,8 @@ pub struct CertificatePayload {
     pub customer_id: String,
     /// [`crate::model::LicenseKind::as_str`] of the license.
     pub kind: String,
-    /// Codes of the modules the license includes.
+    /// Codes of the modules the license includes and that were licensed when it was signed
+    /// (a module whose own expiry had passed is left out).
     pub modules: Vec<String>,
     /// The license is valid from this instant.
     pub valid_from_ms: Millis,
@@ -74,6 +75,24 @@ pub struct CertificatePayload {
     /// from then); absent when its time counts from issue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_used_at_ms: Option<Millis>,
+    /// The value and own expiry of each module in `modules` that has either; absent when none
+    /// has (and in certificates signed before the field existed). A module past its expiry
+    /// here is not licensed, offline as online.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entitlements: Vec<CertificateEntitlement>,
+}
+
+/// A module's entitlement as a certificate carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateEntitlement {
+    /// The module's code, one of the certificate's `modules`.
+    pub module: String,
+    /// The value the product reads, e.g. `4096`; `None` (absent) when the module has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// When the module stops being licensed; `None` (absent): with the license.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<Millis>,
 }
 
 /// A meter as a certificate carries it: its limit and what was left when it was signed.
@@ -110,6 +129,31 @@ impl From<&crate::meter::MeterUsage> for CertificateMeter {
 }
 
 impl CertificatePayload {
+    /// Whether the certificate licenses `module` at `now`: listed, and its own expiry (if any)
+    /// not reached. `Err(Some(expiry))` when that expiry passed, `Err(None)` when not listed.
+    pub fn module_licensed(&self, module: &str, now: Millis) -> Result<(), Option<Millis>> {
+        if !self.modules.iter().any(|m| m == module) {
+            return Err(None);
+        }
+        match self.entitlement(module).and_then(|e| e.expires_at_ms) {
+            Some(end) if now >= end => Err(Some(end)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The entitlement the certificate carries for `module`, if any (whether or not its expiry
+    /// passed; see [`Self::module_licensed`]).
+    pub fn entitlement(&self, module: &str) -> Option<&CertificateEntitlement> {
+        self.entitlements.iter().find(|e| e.module == module)
+    }
+
+    /// The value of `module` at `now`: `None` when the module has none, is not in the
+    /// certificate, or its own expiry passed.
+    pub fn entitlement_value(&self, module: &str, now: Millis) -> Option<&str> {
+        self.module_licensed(module, now).ok()?;
+        self.entitlement(module)?.value.as_deref()
+    }
+
     /// `Some(grace end)` when at `now` the license is past its expiry but within its grace
     /// period: still usable, but the product should warn that it needs renewing.
     pub fn in_grace(&self, now: Millis) -> Option<Millis> {
@@ -374,7 +418,36 @@ mod tests {
             grace_ends_at_ms: None,
             heartbeat_timeout_secs: 0,
             first_used_at_ms: None,
+            entitlements: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_certificate_without_entitlements_has_no_such_field_and_one_with_them_licenses_until_each_expiry() {
+        let signer = Signer::from_seed(&[9u8; 32]);
+        let json = String::from_utf8(B64.decode(&signer.sign_certificate(&payload()).payload).unwrap()).unwrap();
+        assert!(!json.contains("entitlements"), "old readers see the payload as before: {json}");
+        let entitled = CertificatePayload {
+            modules: vec!["render".into(), "export".into()],
+            entitlements: vec![CertificateEntitlement {
+                module: "render".into(),
+                value: Some("4096".into()),
+                expires_at_ms: Some(7),
+            }],
+            ..payload()
+        };
+        let verified = verify_certificate(&signer.verifying_key(), &signer.sign_certificate(&entitled)).unwrap();
+        assert_eq!(verified, entitled);
+        assert_eq!(
+            (verified.entitlement_value("render", 6), verified.module_licensed("render", 6)),
+            (Some("4096"), Ok(()))
+        );
+        assert_eq!(
+            (verified.entitlement_value("render", 7), verified.module_licensed("render", 7)),
+            (None, Err(Some(7)))
+        );
+        assert_eq!((verified.entitlement_value("export", 7), verified.module_licensed("export", 100)), (None, Ok(())));
+        assert_eq!(verified.module_licensed("other", 0), Err(None));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! in one place.
 
 use crate::clock::Millis;
-use crate::model::{License, LicenseKind, LicenseStatus, Product, UNLIMITED};
+use crate::model::{
+    License, LicenseKind, LicenseStatus, ModuleEntitlement, Product, MAX_ENTITLEMENT_VALUE_CHARS, UNLIMITED,
+};
 use crate::text::quoted;
 
 /// One admin (or portal) change to a license; [`Self::apply`] checks and makes it.
@@ -68,6 +70,16 @@ pub enum LicenseChange {
         revision: i64,
         /// Its terms, validated when the policy was made or changed.
         terms: Box<crate::policy::LicenseTerms>,
+    },
+    /// Sets the value and own expiry of a module the license includes; both `None` clears them
+    /// (the module stays included). See [`validate_module_entitlement`].
+    SetModuleEntitlement {
+        /// The module's code; one the license includes.
+        module: String,
+        /// The value the product reads; `None` (or empty) for none.
+        value: Option<String>,
+        /// When the module stops being licensed (Unix ms); `None`: with the license.
+        expires_at: Option<Millis>,
     },
 }
 
@@ -174,6 +186,65 @@ pub fn validate_heartbeat_timeout(kind: LicenseKind, timeout: Option<Millis>) ->
     Ok(())
 }
 
+/// Checks what a license would grant of `module` at `now`, and returns it as stored: the
+/// module must be one the product defines and the license includes; the value (trimmed, empty
+/// meaning none) at most [`MAX_ENTITLEMENT_VALUE_CHARS`] characters without control characters;
+/// the expiry after `now` and after the license's `valid_from`. Errors name the field
+/// (`module`, `value`, `expires_at`).
+pub fn validate_module_entitlement(
+    license: &License,
+    product: &Product,
+    module: &str,
+    entitlement: &ModuleEntitlement,
+    now: Millis,
+) -> Result<ModuleEntitlement, ChangeError> {
+    if !product.has_module(module) {
+        let known: Vec<&str> = product.modules.iter().map(|m| m.code.as_str()).collect();
+        return Err(invalid(
+            "module",
+            format!("product '{}' has no module {} (known: {})", product.code, quoted(module), known.join(", ")),
+        ));
+    }
+    if !license.modules.iter().any(|m| m == module) {
+        return Err(invalid(
+            "module",
+            format!(
+                "license {} does not include module {}; add it to the license first (AddLicenseModules)",
+                license.license_id,
+                quoted(module)
+            ),
+        ));
+    }
+    let value = match entitlement.value.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(v) if v.chars().count() > MAX_ENTITLEMENT_VALUE_CHARS || v.chars().any(char::is_control) => {
+            return Err(invalid(
+                "value",
+                format!(
+                    "{} is not a module value: at most {MAX_ENTITLEMENT_VALUE_CHARS} characters without control characters",
+                    quoted(v)
+                ),
+            ))
+        }
+        Some(v) => Some(v.to_owned()),
+    };
+    if let Some(expires_at) = entitlement.expires_at {
+        if expires_at <= now {
+            return Err(invalid(
+                "expires_at",
+                format!("{} is not in the future; remove the module instead", crate::clock::rfc3339(expires_at)),
+            ));
+        }
+        if expires_at <= license.valid_from {
+            return Err(invalid(
+                "expires_at",
+                format!("must be after the license's valid_from ({})", crate::clock::rfc3339(license.valid_from)),
+            ));
+        }
+    }
+    Ok(ModuleEntitlement { value, expires_at: entitlement.expires_at })
+}
+
 /// Longest licensee name, in characters.
 pub const MAX_LICENSEE_NAME_CHARS: usize = 200;
 
@@ -217,6 +288,7 @@ impl LicenseChange {
             Self::SetGracePeriod(_) => "license.grace_period_changed",
             Self::SetHeartbeatTimeout(_) => "license.heartbeat_timeout_changed",
             Self::ApplyPolicy { .. } => "license.policy_applied",
+            Self::SetModuleEntitlement { .. } => "license.module_entitlement_set",
         }
     }
 
@@ -295,6 +367,8 @@ impl LicenseChange {
                     }
                 }
                 license.modules.retain(|m| !modules.contains(m));
+                // A module added again later starts without its old value or expiry.
+                license.module_entitlements.retain(|m, _| !modules.contains(m));
             }
             Self::ExtendUpgradePeriod { upgrades_until } => {
                 if let Some(current) = license.upgrades_until {
@@ -385,6 +459,15 @@ impl LicenseChange {
                 }
                 license.apply_terms(policy_id, *revision, terms, now);
             }
+            Self::SetModuleEntitlement { module, value, expires_at } => {
+                let wanted = ModuleEntitlement { value: value.clone(), expires_at: *expires_at };
+                let granted = validate_module_entitlement(license, product, module, &wanted, now)?;
+                if granted == ModuleEntitlement::default() {
+                    license.module_entitlements.remove(module);
+                } else {
+                    license.module_entitlements.insert(module.clone(), granted);
+                }
+            }
         }
         license.updated_at = now;
         Ok(())
@@ -471,6 +554,7 @@ mod tests {
             activations_used: 0,
             deactivations_used: 0,
             modules: vec!["render".into()],
+            module_entitlements: Default::default(),
             valid_from: 1,
             expires_at: Some(1_000_000),
             grace_period_ms: 0,
@@ -578,6 +662,52 @@ mod tests {
         let mut floating = concurrent(1);
         let err = LicenseChange::SetHeartbeatTimeout(Some(MIN_HEARTBEAT_TIMEOUT)).apply(&mut floating, &product, 8);
         assert!(matches!(err, Err(ChangeError::Invalid { field: "heartbeat_timeout", .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_module_entitlement_is_checked_field_by_field_and_a_refusal_changes_nothing() {
+        let mut license = concurrent(1);
+        let product = crate::model::Product {
+            code: "p".into(),
+            name: "P".into(),
+            modules: vec![
+                crate::model::Module { code: "render".into(), name: "Render".into() },
+                crate::model::Module { code: "export".into(), name: "Export".into() },
+            ],
+            versions: vec![],
+            created_at: 0,
+        };
+        let set = |module: &str, value: Option<&str>, expires_at| LicenseChange::SetModuleEntitlement {
+            module: module.into(),
+            value: value.map(str::to_owned),
+            expires_at,
+        };
+        set("render", Some(" 4096 "), Some(500)).apply(&mut license, &product, 5).unwrap();
+        let granted = &license.module_entitlements["render"];
+        assert_eq!((granted.value.as_deref(), granted.expires_at), (Some("4096"), Some(500)));
+        assert!(license.module_licensed("render", 499).is_ok());
+        let expired = license.module_licensed("render", 500).unwrap_err();
+        assert!(expired.message.contains("expired at"), "{}", expired.message);
+        assert_eq!(license.modules_licensed_at(500), vec![]);
+        let before = license.clone();
+        for (change, field) in [
+            (set("nope", None, None), "module"),
+            (set("export", Some("1"), None), "module"),
+            (set("render", Some(&"x".repeat(MAX_ENTITLEMENT_VALUE_CHARS + 1)), None), "value"),
+            (set("render", Some("a\0b"), None), "value"),
+            (set("render", Some("line\nbreak"), None), "value"),
+            (set("render", None, Some(5)), "expires_at"),
+            (set("render", None, Some(1)), "expires_at"),
+        ] {
+            let err = change.apply(&mut license, &product, 5).unwrap_err();
+            assert!(matches!(err, ChangeError::Invalid { field: f, .. } if f == field), "{field}: {err}");
+        }
+        assert_eq!(license, before, "refusals change nothing");
+        set("render", None, None).apply(&mut license, &product, 6).unwrap();
+        assert!(license.module_entitlements.is_empty(), "neither value nor expiry: no entry");
+        set("render", Some("8"), None).apply(&mut license, &product, 7).unwrap();
+        LicenseChange::RemoveModules(vec!["render".into()]).apply(&mut license, &product, 8).unwrap();
+        assert!(license.module_entitlements.is_empty(), "a removed module takes its entitlement along");
     }
 
     #[test]

@@ -64,6 +64,23 @@ pub struct Module {
     pub name: String,
 }
 
+/// What a license grants of one of the modules it includes beyond the module itself: a value
+/// the product reads (e.g. `4096` for `max-resolution`) and an expiry of its own. Past that
+/// expiry the module is no longer licensed, while the rest of the license goes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleEntitlement {
+    /// The value the product reads; at most [`MAX_ENTITLEMENT_VALUE_CHARS`] characters without
+    /// control characters. `None`: the module carries no value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// When the module stops being licensed (Unix ms); `None`: with the license.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+}
+
+/// Longest value of a module entitlement, in characters.
+pub const MAX_ENTITLEMENT_VALUE_CHARS: usize = 256;
+
 /// A released version of a product; the upgrade period is judged against its release date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductVersion {
@@ -152,6 +169,9 @@ pub struct License {
     pub deactivations_used: i32,
     /// Codes of the product's modules the license includes.
     pub modules: Vec<String>,
+    /// Values and own expiries of some of `modules`, by module code (a module without an entry
+    /// has neither). Every key is one of `modules`.
+    pub module_entitlements: std::collections::BTreeMap<String, ModuleEntitlement>,
     /// Valid from this instant (Unix ms); the issue time unless the vendor set a later start.
     pub valid_from: Millis,
     /// Expiry (Unix ms); `None` is perpetual.
@@ -213,6 +233,41 @@ impl License {
         let expires = self.expires_at?;
         let end = self.grace_ends_at()?;
         (now >= expires && now < end).then_some(end)
+    }
+
+    /// When the module `code` stopped being licensed, if its own expiry passed at `now` (Unix
+    /// ms); the expiry instant itself counts as expired. `None` when it has none or it is ahead.
+    pub fn module_expired_at(&self, code: &str, now: Millis) -> Option<Millis> {
+        self.module_entitlements.get(code).and_then(|e| e.expires_at).filter(|&end| now >= end)
+    }
+
+    /// Whether the license includes the module `code` and its own expiry (if any) has not
+    /// passed at `now`: a refusal naming the module (and its expiry) otherwise. Validation, seat
+    /// checkouts and certificates all decide by this.
+    pub fn module_licensed(&self, code: &str, now: Millis) -> Result<(), Refusal> {
+        let refuse = |message: String| Err(Refusal { reason: "MODULE_NOT_LICENSED", message });
+        if !self.modules.iter().any(|m| m == code) {
+            return refuse(format!("module {} is not licensed", crate::text::quoted(code)));
+        }
+        if let Some(end) = self.module_expired_at(code, now) {
+            return refuse(format!(
+                "module {} of license {} expired at {}; renew it with your vendor",
+                crate::text::quoted(code),
+                self.license_id,
+                crate::clock::rfc3339(end)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The modules licensed at `now` (those whose own expiry has not passed), in the license's
+    /// order, each with its entitlement (default when it has none).
+    pub fn modules_licensed_at(&self, now: Millis) -> Vec<(String, ModuleEntitlement)> {
+        self.modules
+            .iter()
+            .filter(|m| self.module_expired_at(m, now).is_none())
+            .map(|m| (m.clone(), self.module_entitlements.get(m).cloned().unwrap_or_default()))
+            .collect()
     }
 
     /// Whether the license is one of `customer_id`'s in the portal: associated with that account.
@@ -660,6 +715,7 @@ mod tests {
             activations_used: 0,
             deactivations_used: 0,
             modules: vec![],
+            module_entitlements: Default::default(),
             valid_from,
             expires_at: None,
             grace_period_ms: 0,

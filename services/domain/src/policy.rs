@@ -201,6 +201,8 @@ impl License {
         self.seats = terms.seats;
         self.allowed_deactivations = terms.allowed_deactivations;
         self.modules = terms.modules.clone();
+        // A module the terms no longer include takes its value and own expiry along.
+        self.module_entitlements.retain(|m, _| terms.modules.contains(m));
         self.grace_period_ms = terms.grace_period_ms;
         self.heartbeat_timeout_ms = terms.heartbeat_timeout_ms;
         self.meters = terms.meters.clone();
@@ -308,6 +310,7 @@ mod tests {
             licensee_name: String::new(),
             seat_policy: Default::default(),
             meters: vec![],
+            module_entitlements: Default::default(),
             heartbeat_timeout_ms: None,
             policy_id: None,
             policy_revision: 0,

@@ -63,6 +63,10 @@ pub trait CatalogStore: Send + Sync + 'static {
         version: ProductVersion,
         audit: AuditRecord,
     ) -> Result<Product, StoreError>;
+    /// Adds a module to the product, with the product locked; fails with
+    /// [`StoreError::AlreadyExists`] when the product has a module with its code, and
+    /// [`StoreError::NotFound`] when there is no such product.
+    async fn add_product_module(&self, code: &str, module: Module, audit: AuditRecord) -> Result<Product, StoreError>;
 
     /// `password_hash` is an argon2id PHC string, or none until the customer resets it.
     async fn create_customer(

@@ -115,7 +115,9 @@ impl From<ClientError> for Failure {
             ClientError::OfflinePeriodOver(_) => (S::Expired, "OFFLINE_PERIOD_OVER".into()),
             ClientError::ClockSetBack { .. } => (S::ClockSetBack, "CLOCK_SET_BACK".into()),
             ClientError::FingerprintMismatch => (S::FingerprintMismatch, "FINGERPRINT_MISMATCH".into()),
-            ClientError::ModuleNotLicensed(_) => (S::ModuleNotLicensed, "MODULE_NOT_LICENSED".into()),
+            ClientError::ModuleNotLicensed(_) | ClientError::ModuleExpired { .. } => {
+                (S::ModuleNotLicensed, "MODULE_NOT_LICENSED".into())
+            }
             ClientError::Storage(_) => (S::Storage, "STORAGE".into()),
             ClientError::BorrowEnded(_) => (S::Expired, "BORROW_ENDED".into()),
             ClientError::BadLeaseToken(_) => (S::BadSignature, "BAD_LEASE_TOKEN".into()),

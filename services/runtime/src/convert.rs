@@ -241,9 +241,11 @@ mod tests {
 
 pub mod proto {
     //! Domain types to and from the shared `licensing.common.v1` messages.
-    use super::{opt_timestamp, to_timestamp, FieldError};
+    use super::{from_opt_timestamp, opt_timestamp, to_timestamp, FieldError};
     use licensing_domain::meter::{Meter, MeterReset, MeterUsage};
-    use licensing_domain::model::{AuditEvent, Customer, Lease, License, LicenseKind, LicenseStatus, Module, Product};
+    use licensing_domain::model::{
+        AuditEvent, Customer, Lease, License, LicenseKind, LicenseStatus, Module, ModuleEntitlement, Product,
+    };
     use licensing_domain::policy::{LicenseTerms, Policy, TermsStart};
     use licensing_proto::common::v1 as pb;
 
@@ -318,6 +320,7 @@ pub mod proto {
             grace_period: (l.grace_period_ms > 0).then(|| super::to_duration(l.grace_period_ms)),
             grace_ends_at: opt_timestamp(l.grace_ends_at()),
             meters: l.meters.iter().map(meter).collect(),
+            module_entitlements: l.module_entitlements.iter().map(|(m, e)| module_entitlement(m, e)).collect(),
             policy_id: l.policy_id.clone().unwrap_or_default(),
             policy_revision: l.policy_revision,
             starts_at_first_use: l.first_use.is_some(),
@@ -395,6 +398,27 @@ pub mod proto {
             heartbeat_timeout_ms: optional("terms.heartbeat_timeout", t.heartbeat_timeout.as_ref())?,
             meters: t.meters.iter().map(|m| meter_from_proto("terms.meters", Some(m))).collect::<Result<_, _>>()?,
         })
+    }
+
+    /// The protobuf form of a module's entitlement.
+    pub fn module_entitlement(module: &str, e: &ModuleEntitlement) -> pb::ModuleEntitlement {
+        pb::ModuleEntitlement {
+            module: module.to_owned(),
+            value: e.value.clone().unwrap_or_default(),
+            expires_at: opt_timestamp(e.expires_at),
+        }
+    }
+
+    /// A module's entitlement as sent (an empty value is none); `field` names it in errors.
+    /// Its bounds are checked by the domain against the license
+    /// ([`licensing_domain::change::validate_module_entitlement`]).
+    pub fn module_entitlement_from_proto(
+        field: &'static str,
+        e: &pb::ModuleEntitlement,
+    ) -> Result<(String, ModuleEntitlement), FieldError> {
+        let expires_at = from_opt_timestamp(field, e.expires_at.as_ref())?;
+        let value = Some(e.value.clone()).filter(|v| !v.is_empty());
+        Ok((e.module.clone(), ModuleEntitlement { value, expires_at }))
     }
 
     /// The protobuf form of a meter.

@@ -32,13 +32,16 @@ pub enum SeatError {
     /// The license may not be used now (suspended, expired, not concurrent, …).
     #[error("{}", .0.message)]
     LicenseState(Refusal),
-    /// The license does not include the feature checked out.
-    #[error("feature {} is not licensed by license {license_id}", licensing_domain::text::quoted(feature))]
+    /// The license does not include the feature checked out, or no longer: the module's own
+    /// expiry passed.
+    #[error("{}", feature_text(license_id, feature, *expired_at))]
     FeatureNotLicensed {
         /// License ID.
         license_id: String,
         /// The feature asked for.
         feature: String,
+        /// When the module's own expiry passed (Unix ms), if that is why.
+        expired_at: Option<licensing_domain::clock::Millis>,
     },
     /// No seat for this checkout; the caller may wait (`WaitForSeat`) or retry.
     #[error("{}{}", denial_text(license_id, *seats, *in_use, denial), earliest_text(*.earliest_expiry))]
@@ -113,6 +116,17 @@ pub enum SeatError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn feature_text(license_id: &str, feature: &str, expired_at: Option<licensing_domain::clock::Millis>) -> String {
+    let feature = licensing_domain::text::quoted(feature);
+    match expired_at {
+        Some(at) => format!(
+            "feature {feature} of license {license_id} expired at {}; renew it with your vendor",
+            licensing_domain::clock::rfc3339(at)
+        ),
+        None => format!("feature {feature} is not licensed by license {license_id}"),
+    }
 }
 
 fn denial_text(license_id: &str, seats: i32, in_use: i32, denial: &SeatDenial) -> String {

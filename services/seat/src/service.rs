@@ -474,10 +474,13 @@ impl Seats {
         if let Err(refused) = self.license_allows(request, license, feature, now) {
             return if cached { Ok(Decided::Stale) } else { Err(refused) };
         }
+        // The lease's end of use: the license's (its expiry, or its grace period's end), or the
+        // feature's own expiry when that comes first.
+        let feature_ends = license.module_entitlements.get(feature.as_str()).and_then(|e| e.expires_at);
+        let not_after = [license.grace_ends_at(), feature_ends].into_iter().flatten().min();
         let borrowed = request.borrow_for_ms > 0;
         if borrowed {
-            // Never past the license's own end of use (its expiry, or its grace period's end).
-            ttl_ms = license.grace_ends_at().map_or(request.borrow_for_ms, |e| request.borrow_for_ms.min(e - now));
+            ttl_ms = not_after.map_or(request.borrow_for_ms, |e| request.borrow_for_ms.min(e - now));
         }
         let principals = policy.principals(user, host, groups);
         let denied_event = |reason: &str| UsageEvent {
@@ -522,7 +525,7 @@ impl Seats {
             max_processes: policy.max_processes_per_seat,
             borrowed,
             license_revision: revision,
-            not_after: license.grace_ends_at(),
+            not_after,
         };
         match self.leases.checkout(&command).await? {
             CheckoutOutcome::Granted { lease, renewed, in_use, seats_taken } => {
@@ -562,10 +565,12 @@ impl Seats {
         now: Millis,
     ) -> Result<(), SeatError> {
         license.usability(now, LicenseKind::Concurrent).map_err(SeatError::LicenseState)?;
-        if !feature.is_empty() && !license.modules.iter().any(|m| m == feature) {
+        // A module past its own expiry is refused as one not licensed, naming the expiry.
+        if !feature.is_empty() && license.module_licensed(feature, now).is_err() {
             return Err(SeatError::FeatureNotLicensed {
                 license_id: license.license_id.clone(),
                 feature: feature.to_owned(),
+                expired_at: license.module_expired_at(feature, now),
             });
         }
         if request.borrow_for_ms > 0 {
@@ -602,7 +607,21 @@ impl Seats {
         let now = self.leases.now().await?;
         // Suspending or retiring a license stops heartbeats at once.
         let license = self.usable_license(license_id, now).await?;
-        let lease = match self.leases.heartbeat(license_id, lease_id, license.grace_ends_at()).await? {
+        // The token names the lease's feature: a feature past its own expiry stops heartbeats,
+        // and none moves the lease past that expiry.
+        let mut not_after = license.grace_ends_at();
+        if let Some(feature) = token.as_ref().map(|t| t.feature.as_str()).filter(|f| !f.is_empty()) {
+            if let Some(expired_at) = license.module_expired_at(feature, now) {
+                return Err(SeatError::FeatureNotLicensed {
+                    license_id: license_id.to_owned(),
+                    feature: feature.to_owned(),
+                    expired_at: Some(expired_at),
+                });
+            }
+            let feature_ends = license.module_entitlements.get(feature).and_then(|e| e.expires_at);
+            not_after = [not_after, feature_ends].into_iter().flatten().min();
+        }
+        let lease = match self.leases.heartbeat(license_id, lease_id, not_after).await? {
             HeartbeatOutcome::Extended(lease) => lease,
             HeartbeatOutcome::Expired => return Err(SeatError::LeaseExpired(lease_id.to_owned())),
             HeartbeatOutcome::Revoked => return Err(SeatError::LeaseRevoked(lease_id.to_owned())),

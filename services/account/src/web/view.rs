@@ -340,6 +340,7 @@ mod tests {
             activations_used: 0,
             deactivations_used: 0,
             modules: vec![],
+            module_entitlements: Default::default(),
             valid_from: 0,
             expires_at: Some(at("2027-03-01")),
             grace_period_ms: 14 * licensing_domain::clock::DAY,

@@ -12,7 +12,7 @@ use sqlx::{Any, Transaction};
 const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
      associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms, heartbeat_timeout_ms, \
-     policy_id, policy_revision, first_use_json";
+     policy_id, policy_revision, first_use_json, module_entitlements_json";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -45,6 +45,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         policy_id: get_opt_str(row, "policy_id")?,
         policy_revision: get_i64(row, "policy_revision")?,
         first_use: get_opt_str(row, "first_use_json")?.map(|j| from_json("first_use_json", &j)).transpose()?,
+        module_entitlements: from_json("module_entitlements_json", &get_str(row, "module_entitlements_json")?)?,
     })
 }
 
@@ -98,7 +99,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -128,6 +129,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(l.policy_id.clone())
         .bind(l.policy_revision)
         .bind(l.first_use.as_ref().map(to_json))
+        .bind(to_json(&l.module_entitlements))
         .bind(&new.key_digest)
         .bind(&new.activation_password_salt)
         .execute(&mut **tx)
@@ -251,6 +253,37 @@ impl CatalogStore for SqlStore {
         product.versions.sort_by_key(|v| v.released_at);
         sqlx::query("UPDATE products SET versions_json = $1 WHERE code = $2")
             .bind(to_json(&product.versions))
+            .bind(code)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, &audit, now()).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(product)
+    }
+
+    #[tracing::instrument(name = "store.add_product_module", skip_all, fields(otel.kind = "client", store = "sql"))]
+    async fn add_product_module(&self, code: &str, module: Module, audit: AuditRecord) -> Result<Product, StoreError> {
+        // The product row is locked, so two modules added at once both stay and one code is
+        // never added twice.
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT * FROM products WHERE code = $1{}", self.dialect.for_update());
+        let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *tx).await.map_err(map_err)?;
+        let mut product = row
+            .as_ref()
+            .map(product_from_row)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("product {}", quoted(code))))?;
+        if product.has_module(&module.code) {
+            return Err(StoreError::AlreadyExists(format!(
+                "module {} of product {}",
+                quoted(&module.code),
+                quoted(code)
+            )));
+        }
+        product.modules.push(module);
+        sqlx::query("UPDATE products SET modules_json = $1 WHERE code = $2")
+            .bind(to_json(&product.modules))
             .bind(code)
             .execute(&mut *tx)
             .await
@@ -457,7 +490,8 @@ impl CatalogStore for SqlStore {
             "UPDATE licenses SET status = $1, seats = $2, allowed_deactivations = $3, modules_json = $4, expires_at = $5, \
              upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
              seat_policy_json = $10, licensee_name = $11, meters_json = $12, grace_period_ms = $13, heartbeat_timeout_ms = $14, \
-             policy_id = $15, policy_revision = $16, first_use_json = $17 WHERE license_id = $18",
+             policy_id = $15, policy_revision = $16, first_use_json = $17, \
+             module_entitlements_json = $18 WHERE license_id = $19",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -476,6 +510,7 @@ impl CatalogStore for SqlStore {
         .bind(license.policy_id.clone())
         .bind(license.policy_revision)
         .bind(license.first_use.as_ref().map(to_json))
+        .bind(to_json(&license.module_entitlements))
         .bind(license_id)
         .execute(&mut *tx)
         .await
