@@ -512,3 +512,111 @@ async fn operators_add_a_module_to_a_product_and_grant_it_with_a_value() {
     let cleared = json(&ctl(Some(&app), t, &["--json", "licenses", "entitle", &license_id, "max-resolution"]).await);
     assert_eq!(cleared[0]["entitlements"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn operators_create_policies_and_issue_from_them() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let created = json(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "policies",
+                "create",
+                "--product",
+                &f.product,
+                "--name",
+                "Annual, 2 machines",
+                "--kind",
+                "node-locked",
+                "--seats",
+                "2",
+                "--validity",
+                "365d",
+                "--upgrade-period",
+                "365d",
+                "--start",
+                "first-use",
+                "--grace",
+                "14d",
+                "--meter",
+                "exports=100+10/monthly",
+            ],
+        )
+        .await,
+    );
+    let policy_id = created["policy_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["revision"], 1);
+    assert_eq!(created["start"], "first_use");
+    assert_eq!(created["meters"], serde_json::json!(["exports=100+10/monthly"]));
+    let listed = stdout(&ctl(Some(&app), t, &["policies", "list", "--product", &f.product]).await);
+    assert!(listed.starts_with("POLICY_ID") && listed.contains("Annual, 2 machines"), "{listed}");
+
+    let issued = json(
+        &ctl(Some(&app), t, &["--json", "licenses", "issue", "--customer", &f.customer_id, "--policy", &policy_id])
+            .await,
+    );
+    assert_eq!(issued["seats"], 2);
+    assert_eq!(issued["starts_at_first_use"], true);
+    assert_eq!(issued["expires"], serde_json::Value::Null, "nothing runs out before the first use");
+    assert_eq!(issued["policy"], format!("{policy_id} (revision 1)"));
+    let license_id = issued["license_id"].as_str().unwrap().to_owned();
+
+    let updated = json(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "--json",
+                "policies",
+                "update",
+                &policy_id,
+                "--kind",
+                "node-locked",
+                "--seats",
+                "4",
+                "--validity",
+                "730d",
+                "--start",
+                "first-use",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(updated["revision"], 2);
+    let applied = json(&ctl(Some(&app), t, &["--json", "policies", "apply", &policy_id, &license_id]).await);
+    assert_eq!(applied[0]["seats"], 4);
+    assert_eq!(applied[0]["policy"], format!("{policy_id} (revision 2)"));
+
+    let bad = stderr(
+        &ctl(
+            Some(&app),
+            t,
+            &[
+                "policies",
+                "create",
+                "--product",
+                &f.product,
+                "--name",
+                "X",
+                "--kind",
+                "cloud",
+                "--seats",
+                "0",
+                "--validity",
+                "30d",
+                "--start",
+                "first-use",
+            ],
+        )
+        .await,
+    );
+    assert!(bad.contains("terms.start") && bad.lines().count() <= 2, "{bad}");
+    let no_kind = stderr(
+        &ctl(Some(&app), t, &["licenses", "issue", "--customer", &f.customer_id, "--product", &f.product]).await,
+    );
+    assert!(no_kind.contains("--kind"), "{no_kind}");
+}

@@ -10,7 +10,8 @@ use comfy_table::{presets, ContentArrangement, Table};
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
 use licensing_proto::common::v1::{
-    Customer, License, LicenseKind, LicenseStatus, Meter, MeterReset, MeterUsage, PageRequest, Product,
+    Customer, License, LicenseKind, LicenseStatus, LicenseTerms, Meter, MeterReset, MeterUsage, PageRequest, Policy,
+    Product, TermsStart,
 };
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
@@ -58,6 +59,9 @@ enum Command {
     /// Set, remove and show a license's metered features and their use per period.
     #[command(subcommand)]
     Meters(MeterCommand),
+    /// Create, list, show and change license policies (named terms licenses are issued from).
+    #[command(subcommand)]
+    Policies(PolicyCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -174,20 +178,23 @@ enum Status {
 enum LicenseCommand {
     /// Issue a license; its key and activation password are shown only now.
     Issue {
-        /// The product code.
-        #[arg(long)]
-        product: String,
+        /// The product code (the policy's when --policy is given).
+        #[arg(long, required_unless_present = "policy")]
+        product: Option<String>,
         /// The customer ID.
         #[arg(long)]
         customer: String,
-        #[arg(long, value_enum)]
-        kind: Kind,
-        /// Seats (concurrent) or allowed activations (node-locked).
-        #[arg(long, default_value_t = 1)]
-        seats: i32,
-        /// Allowed deactivations; -1 for unlimited.
-        #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
-        deactivations: i32,
+        /// Issue from this policy (pol_...): what the other flags leave out comes from its terms.
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long, value_enum, required_unless_present = "policy")]
+        kind: Option<Kind>,
+        /// Seats (concurrent) or allowed activations (node-locked); 1 without a policy.
+        #[arg(long)]
+        seats: Option<i32>,
+        /// Allowed deactivations; -1 for unlimited; 3 without a policy.
+        #[arg(long, allow_negative_numbers = true)]
+        deactivations: Option<i32>,
         /// Comma-separated module codes.
         #[arg(long, value_delimiter = ',')]
         modules: Vec<String>,
@@ -270,6 +277,169 @@ enum LicenseCommand {
         expires: Option<String>,
     },
 }
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Create a policy of a product.
+    Create {
+        /// The product code.
+        #[arg(long)]
+        product: String,
+        /// A name unique within the product, e.g. "Annual, 3 machines".
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        terms: TermsArgs,
+    },
+    /// List policies, of one product or of all.
+    List {
+        /// Only this product's.
+        #[arg(long)]
+        product: Option<String>,
+    },
+    /// Show a policy's terms.
+    Show { policy_id: String },
+    /// Replace a policy's terms (its revision goes up); issued licenses keep theirs until applied.
+    Update {
+        policy_id: String,
+        #[command(flatten)]
+        terms: TermsArgs,
+    },
+    /// Give licenses of the policy's product its current terms (audited per license).
+    Apply {
+        policy_id: String,
+        /// License IDs.
+        #[arg(required = true)]
+        licenses: Vec<String>,
+    },
+}
+
+/// The terms of a policy on the command line.
+#[derive(clap::Args)]
+struct TermsArgs {
+    #[arg(long, value_enum)]
+    kind: Kind,
+    /// Seats (concurrent) or allowed activations (node-locked).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    seats: i32,
+    /// Allowed deactivations; -1 for unlimited.
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
+    deactivations: i32,
+    /// Comma-separated module codes.
+    #[arg(long, value_delimiter = ',')]
+    modules: Vec<String>,
+    /// How long a license is valid from its start (e.g. 365d); perpetual when omitted.
+    #[arg(long, value_parser = duration)]
+    validity: Option<prost_types::Duration>,
+    /// How long after its start released versions are covered; every version when omitted.
+    #[arg(long, value_parser = duration)]
+    upgrade_period: Option<prost_types::Duration>,
+    /// When validity and upgrade period start: at issue, or at the first activation or checkout.
+    #[arg(long, value_enum, default_value = "issue")]
+    start: Start,
+    /// Usable this long past the expiry, flagged as in grace.
+    #[arg(long, value_parser = duration)]
+    grace: Option<prost_types::Duration>,
+    /// Node-locked: machines not seen for this long are deactivated.
+    #[arg(long, value_parser = duration)]
+    heartbeat_timeout: Option<prost_types::Duration>,
+    /// A meter, `CODE=LIMIT[+OVERAGE]/RESET` (RESET: monthly, yearly or never); repeatable.
+    #[arg(long = "meter", value_parser = meter_arg)]
+    meters: Vec<Meter>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Start {
+    /// At issue.
+    Issue,
+    /// At the first activation (node-locked) or checkout (concurrent).
+    FirstUse,
+}
+
+impl TermsArgs {
+    fn to_proto(&self) -> LicenseTerms {
+        LicenseTerms {
+            kind: kind_to_proto(self.kind) as i32,
+            seats: self.seats,
+            allowed_deactivations: self.deactivations,
+            modules: self.modules.clone(),
+            validity: self.validity,
+            upgrade_period: self.upgrade_period,
+            start: match self.start {
+                Start::Issue => TermsStart::Issue,
+                Start::FirstUse => TermsStart::FirstUse,
+            } as i32,
+            grace_period: self.grace,
+            heartbeat_timeout: self.heartbeat_timeout,
+            meters: self.meters.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `exports=100/monthly` or `exports=100+10/yearly`.
+fn meter_arg(text: &str) -> Result<Meter, String> {
+    let bad = || format!("'{text}' is not CODE=LIMIT[+OVERAGE]/RESET, e.g. exports=100+10/monthly");
+    let (code, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (amounts, reset) = rest.split_once('/').ok_or_else(bad)?;
+    let (limit, overage) = amounts.split_once('+').unwrap_or((amounts, "0"));
+    let reset = match reset {
+        "monthly" => MeterReset::Monthly,
+        "yearly" => MeterReset::Yearly,
+        "never" => MeterReset::Never,
+        _ => return Err(bad()),
+    };
+    Ok(Meter {
+        code: code.to_owned(),
+        limit: limit.parse().map_err(|_| bad())?,
+        overage: overage.parse().map_err(|_| bad())?,
+        reset: reset as i32,
+    })
+}
+
+fn kind_to_proto(kind: Kind) -> LicenseKind {
+    match kind {
+        Kind::NodeLocked => LicenseKind::NodeLocked,
+        Kind::Concurrent => LicenseKind::Concurrent,
+        Kind::Cloud => LicenseKind::Cloud,
+    }
+}
+
+fn license_policy_json(p: &Policy) -> Value {
+    let t = p.terms.clone().unwrap_or_default();
+    json!({
+        "policy_id": p.policy_id, "product": p.product_code, "name": p.name, "revision": p.revision,
+        "kind": LicenseKind::try_from(t.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+        "seats": t.seats, "deactivations": t.allowed_deactivations, "modules": t.modules,
+        "validity": span(t.validity.as_ref()), "upgrade_period": span(t.upgrade_period.as_ref()),
+        "start": TermsStart::try_from(t.start).map_or("?", |s| match s {
+            TermsStart::FirstUse => "first_use",
+            _ => "issue",
+        }),
+        "grace": span(t.grace_period.as_ref()), "heartbeat_timeout": span(t.heartbeat_timeout.as_ref()),
+        "meters": t.meters.iter().map(|m| format!("{}={}+{}/{}", m.code, m.limit, m.overage, reset_name(m.reset))).collect::<Vec<_>>(),
+        "updated": time(p.updated_at.as_ref()),
+    })
+}
+
+const POLICY_COLUMNS: &[&str] = &["policy_id", "product", "name", "revision", "kind", "seats", "validity", "start"];
+const POLICY_SHOWN: &[&str] = &[
+    "policy_id",
+    "product",
+    "name",
+    "revision",
+    "kind",
+    "seats",
+    "deactivations",
+    "modules",
+    "validity",
+    "upgrade_period",
+    "start",
+    "grace",
+    "heartbeat_timeout",
+    "meters",
+    "updated",
+];
 
 #[derive(Subcommand)]
 enum MeterCommand {
@@ -555,6 +725,9 @@ fn license_json(l: &License) -> Value {
         "entitlements": l.module_entitlements.iter().map(entitlement_text).collect::<Vec<_>>(),
         "associated_customer_id": l.associated_customer_id,
         "heartbeat_timeout": span(l.heartbeat_timeout.as_ref()),
+        "policy": (!l.policy_id.is_empty()).then(|| format!("{} (revision {})", l.policy_id, l.policy_revision)),
+        "first_used": time(l.first_used_at.as_ref()),
+        "starts_at_first_use": l.starts_at_first_use,
     })
 }
 
@@ -685,6 +858,9 @@ const LICENSE_FIELDS: &[&str] = &[
     "entitlements",
     "associated_customer_id",
     "heartbeat_timeout",
+    "policy",
+    "starts_at_first_use",
+    "first_used",
 ];
 const PRODUCT_COLUMNS: &[&str] = &["code", "name", "modules", "versions", "created"];
 const CUSTOMER_COLUMNS: &[&str] = &["customer_id", "company", "email", "created"];
@@ -904,6 +1080,7 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
         Command::Licenses(LicenseCommand::Issue {
             product,
             customer,
+            policy,
             kind,
             seats,
             deactivations,
@@ -913,17 +1090,19 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
             associate,
             heartbeat_timeout,
         }) => {
-            let kind = match kind {
-                Kind::NodeLocked => LicenseKind::NodeLocked,
-                Kind::Concurrent => LicenseKind::Concurrent,
-                Kind::Cloud => LicenseKind::Cloud,
+            let kind = kind.map(kind_to_proto);
+            // Without a policy, the defaults of a plain license; with one, what is left out is its.
+            let (seats, deactivations) = match &policy {
+                None => (seats.unwrap_or(1), deactivations.unwrap_or(3)),
+                Some(_) => (seats.unwrap_or(0), deactivations.unwrap_or(0)),
             };
             let expires_at = expires.as_deref().map(|e| parse_date("--expires", e)).transpose()?;
             let request = pb::IssueLicenseRequest {
-                product_code: product,
+                product_code: product.unwrap_or_default(),
                 customer_id: customer,
-                kind: kind as i32,
-                seats: if kind == LicenseKind::Cloud { 0 } else { seats },
+                policy_id: policy.unwrap_or_default(),
+                kind: kind.map_or(0, |k| k as i32),
+                seats: if kind == Some(LicenseKind::Cloud) { 0 } else { seats },
                 allowed_deactivations: deactivations,
                 modules,
                 expires_at,
@@ -1190,6 +1369,30 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 })
                 .collect();
             print(cli.json, rows, &["when", "actor", "action", "subject", "details"]);
+        }
+        Command::Policies(PolicyCommand::Create { product, name, terms }) => {
+            let request = pb::CreatePolicyRequest { product_code: product, name, terms: Some(terms.to_proto()) };
+            let p = admin.create_policy(authorized(token, request)?).await.map_err(fail)?.into_inner().policy;
+            print_one(cli.json, &license_policy_json(&p.unwrap_or_default()), POLICY_SHOWN);
+        }
+        Command::Policies(PolicyCommand::List { product }) => {
+            let request = pb::ListPoliciesRequest { product_code: product.unwrap_or_default() };
+            let r = admin.list_policies(authorized(token, request)?).await.map_err(fail)?.into_inner();
+            print(cli.json, r.policies.iter().map(license_policy_json).collect(), POLICY_COLUMNS);
+        }
+        Command::Policies(PolicyCommand::Show { policy_id }) => {
+            let p = admin.get_policy(authorized(token, pb::GetPolicyRequest { policy_id })?).await.map_err(fail)?;
+            print_one(cli.json, &license_policy_json(&p.into_inner().policy.unwrap_or_default()), POLICY_SHOWN);
+        }
+        Command::Policies(PolicyCommand::Update { policy_id, terms }) => {
+            let request = pb::UpdatePolicyRequest { policy_id, terms: Some(terms.to_proto()) };
+            let p = admin.update_policy(authorized(token, request)?).await.map_err(fail)?.into_inner().policy;
+            print_one(cli.json, &license_policy_json(&p.unwrap_or_default()), POLICY_SHOWN);
+        }
+        Command::Policies(PolicyCommand::Apply { policy_id, licenses }) => {
+            let request = pb::ApplyPolicyRequest { policy_id, license_ids: licenses };
+            let r = admin.apply_policy(authorized(token, request)?).await.map_err(fail)?.into_inner();
+            print(cli.json, r.licenses.iter().map(license_json).collect(), LICENSE_COLUMNS);
         }
         Command::Meters(MeterCommand::Set { license_id, code, limit, overage, reset }) => {
             let reset = match reset {
