@@ -34,6 +34,25 @@ struct Deployment {
     killed: Vec<usize>,
 }
 
+impl Deployment {
+    /// The all-in-one server on a SQLite file under `dir`, without the per-client abuse limits
+    /// (every client is 127.0.0.1 here); its one process is the one killed.
+    fn embedded(dir: &std::path::Path) -> Self {
+        let mut env = vec![
+            ("LICENSING_DATA_DIR".to_owned(), dir.display().to_string()),
+            ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+        ];
+        unlimited(&mut env);
+        Self {
+            processes: vec![Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env)],
+            admin: 0,
+            activation: 0,
+            seat: 0,
+            killed: vec![0],
+        }
+    }
+}
+
 /// What clients saw: answered requests (name -> ID the server gave) and requests in flight when
 /// the server died (no answer: they may or may not have happened).
 #[derive(Default)]
@@ -316,18 +335,7 @@ async fn acknowledged_uses_survive_kill_9(mut deployment: Deployment) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_server_killed_while_recording_use_counts_each_use_once() {
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
-        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-    ];
-    let deployment = Deployment {
-        processes: vec![Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env)],
-        admin: 0,
-        activation: 0,
-        seat: 0,
-        killed: vec![0],
-    };
-    acknowledged_uses_survive_kill_9(deployment).await;
+    acknowledged_uses_survive_kill_9(Deployment::embedded(dir.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,19 +427,7 @@ fn unlimited(env: &mut Vec<(String, String)>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_server_killed_under_load_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let mut env = vec![
-        ("LICENSING_DATA_DIR".to_owned(), dir.path().display().to_string()),
-        ("LICENSING_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-    ];
-    unlimited(&mut env);
-    let deployment = Deployment {
-        processes: vec![Process::new(env!("CARGO_BIN_EXE_licensing-server"), &env)],
-        admin: 0,
-        activation: 0,
-        seat: 0,
-        killed: vec![0],
-    };
-    acknowledged_writes_survive_kill_9(deployment).await;
+    acknowledged_writes_survive_kill_9(Deployment::embedded(dir.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

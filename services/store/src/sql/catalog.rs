@@ -173,6 +173,35 @@ impl SqlStore {
         row.as_ref().map(license_from_row).transpose()
     }
 
+    /// Changes a product with its row locked (so two changes at once both stay, and a version
+    /// or module is never added twice), with `audit`, in one transaction.
+    async fn change_product(
+        &self,
+        code: &str,
+        audit: AuditRecord,
+        change: impl FnOnce(&mut Product) -> Result<(), StoreError>,
+    ) -> Result<Product, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT * FROM products WHERE code = $1{}", self.dialect.for_update());
+        let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *tx).await.map_err(map_err)?;
+        let mut product = row
+            .as_ref()
+            .map(product_from_row)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("product {}", quoted(code))))?;
+        change(&mut product)?;
+        sqlx::query("UPDATE products SET modules_json = $1, versions_json = $2 WHERE code = $3")
+            .bind(to_json(&product.modules))
+            .bind(to_json(&product.versions))
+            .bind(code)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, &audit, now()).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(product)
+    }
+
     /// Runs a statement that writes one row and an audit record, in one transaction.
     async fn write_with_audit<'q>(
         &self,
@@ -234,63 +263,35 @@ impl CatalogStore for SqlStore {
         version: ProductVersion,
         audit: AuditRecord,
     ) -> Result<Product, StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = format!("SELECT * FROM products WHERE code = $1{}", self.dialect.for_update());
-        let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *tx).await.map_err(map_err)?;
-        let mut product = row
-            .as_ref()
-            .map(product_from_row)
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("product {}", quoted(code))))?;
-        if product.versions.iter().any(|v| v.version == version.version) {
-            return Err(StoreError::AlreadyExists(format!(
-                "version {} of product {}",
-                quoted(&version.version),
-                quoted(code)
-            )));
-        }
-        product.versions.push(version);
-        product.versions.sort_by_key(|v| v.released_at);
-        sqlx::query("UPDATE products SET versions_json = $1 WHERE code = $2")
-            .bind(to_json(&product.versions))
-            .bind(code)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        insert_audit(&mut tx, &audit, now()).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(product)
+        self.change_product(code, audit, |product| {
+            if product.versions.iter().any(|v| v.version == version.version) {
+                return Err(StoreError::AlreadyExists(format!(
+                    "version {} of product {}",
+                    quoted(&version.version),
+                    quoted(code)
+                )));
+            }
+            product.versions.push(version);
+            product.versions.sort_by_key(|v| v.released_at);
+            Ok(())
+        })
+        .await
     }
 
     #[tracing::instrument(name = "store.add_product_module", skip_all, fields(otel.kind = "client", store = "sql"))]
     async fn add_product_module(&self, code: &str, module: Module, audit: AuditRecord) -> Result<Product, StoreError> {
-        // The product row is locked, so two modules added at once both stay and one code is
-        // never added twice.
-        let mut tx = self.begin().await?;
-        let sql = format!("SELECT * FROM products WHERE code = $1{}", self.dialect.for_update());
-        let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *tx).await.map_err(map_err)?;
-        let mut product = row
-            .as_ref()
-            .map(product_from_row)
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("product {}", quoted(code))))?;
-        if product.has_module(&module.code) {
-            return Err(StoreError::AlreadyExists(format!(
-                "module {} of product {}",
-                quoted(&module.code),
-                quoted(code)
-            )));
-        }
-        product.modules.push(module);
-        sqlx::query("UPDATE products SET modules_json = $1 WHERE code = $2")
-            .bind(to_json(&product.modules))
-            .bind(code)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        insert_audit(&mut tx, &audit, now()).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(product)
+        self.change_product(code, audit, |product| {
+            if product.has_module(&module.code) {
+                return Err(StoreError::AlreadyExists(format!(
+                    "module {} of product {}",
+                    quoted(&module.code),
+                    quoted(code)
+                )));
+            }
+            product.modules.push(module);
+            Ok(())
+        })
+        .await
     }
 
     #[tracing::instrument(name = "store.create_customer", skip_all, fields(otel.kind = "client", store = "sql"))]
