@@ -372,7 +372,6 @@ impl TermsArgs {
             grace_period: self.grace,
             heartbeat_timeout: self.heartbeat_timeout,
             meters: self.meters.clone(),
-            ..Default::default()
         }
     }
 }
