@@ -315,16 +315,36 @@ pub(crate) fn free<H, T: Send + Sync + 'static>(handle: *const H, name: &str, th
 }
 
 /// The library's async runtime, started on first use and kept for the life of the process.
+/// Its threads, which do all the library's network I/O, block SIGPIPE (see
+/// [`block_sigpipe_on_this_thread`]).
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("licensing")
+            .on_thread_start(block_sigpipe_on_this_thread)
             .enable_all()
             .build()
             .expect("the licensing library's runtime starts")
     })
+}
+
+/// A Rust program ignores SIGPIPE; a C, C++ or Python product usually does not, so a write to a
+/// connection the peer has closed (a server that refuses the product's TLS client certificate
+/// closes it during the handshake) would kill the product with SIGPIPE instead of failing the
+/// call with `UNREACHABLE`. Blocking the signal on the library's own threads makes such a write
+/// fail with `EPIPE` while leaving the product's handling of SIGPIPE as it was.
+fn block_sigpipe_on_this_thread() {
+    #[cfg(unix)]
+    // SAFETY: the set is a local that `sigemptyset` initialises; `pthread_sigmask` changes only
+    // the calling thread's mask, which is one of the library's own threads.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Runs a future to completion on the library's runtime, blocking the calling thread. A caller

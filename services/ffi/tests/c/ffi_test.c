@@ -9,9 +9,11 @@
  *   ffi_test floating   checkout with a callback, then commands on stdin: state, checkin, quit
  *   ffi_test wait       a seat that is taken: wait with a timeout, and a cancelled wait
  *   ffi_test borrow     borrow, save, load, check offline, return
+ *   ffi_test refused    a call that cannot reach the server (e.g. over TLS with a wrong CA)
  *
  * Settings come from the environment: LICENSING_URL, LICENSING_PUBLIC_KEY, LICENSE_KEY,
- * LICENSE_ID, LICENSE_PASSWORD, LICENSE_STORAGE, BORROW_FILE.
+ * LICENSE_ID, LICENSE_PASSWORD, LICENSE_STORAGE, BORROW_FILE; over TLS LICENSING_TLS_CA and,
+ * for mutual TLS, LICENSING_TLS_CLIENT_CERT and LICENSING_TLS_CLIENT_KEY.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "licensing.h"
@@ -47,9 +49,18 @@ static const char *env(const char *name) {
   return v;
 }
 
+/* A client over TLS when LICENSING_TLS_CA names a CA file (with the product's own certificate
+ * for mutual TLS when LICENSING_TLS_CLIENT_CERT and _KEY are set), else over plaintext. */
 static LicensingClient *open_client(void) {
   LicensingClient *client = NULL;
-  CHECK_OK(licensing_client_new(env("LICENSING_URL"), env("LICENSING_PUBLIC_KEY"), &client));
+  const char *ca = getenv("LICENSING_TLS_CA");
+  if (ca) {
+    CHECK_OK(licensing_client_new_tls(env("LICENSING_URL"), env("LICENSING_PUBLIC_KEY"), ca,
+                                      getenv("LICENSING_TLS_CLIENT_CERT"), getenv("LICENSING_TLS_CLIENT_KEY"),
+                                      &client));
+  } else {
+    CHECK_OK(licensing_client_new(env("LICENSING_URL"), env("LICENSING_PUBLIC_KEY"), &client));
+  }
   return client;
 }
 
@@ -68,6 +79,14 @@ static int misuse(void) {
   /* A public key that is not one. */
   CHECK(licensing_client_new("http://127.0.0.1:1", "not a key", &client) == LICENSING_STATUS_INVALID_ARGUMENT);
   CHECK(reason_is("CONFIG"));
+  CHECK(client == NULL);
+  /* TLS files that are missing, or a certificate without its key. */
+  CHECK(licensing_client_new_tls("https://localhost:1", env("LICENSING_PUBLIC_KEY"), "/nonexistent/ca.pem", NULL,
+                                 NULL, &client) == LICENSING_STATUS_STORAGE);
+  CHECK(reason_is("STORAGE") && strstr(licensing_last_error_message(), "/nonexistent/ca.pem") != NULL);
+  CHECK(licensing_client_new_tls("https://localhost:1", env("LICENSING_PUBLIC_KEY"), NULL, "/nonexistent/cert.pem",
+                                 NULL, &client) == LICENSING_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(licensing_last_error_message(), "key_pem_path") != NULL);
   CHECK(client == NULL);
   /* A success clears the last error. */
   CHECK_OK(licensing_client_new("http://127.0.0.1:1", env("LICENSING_PUBLIC_KEY"), &client));
@@ -321,6 +340,20 @@ static int borrow(void) {
   return failures;
 }
 
+/* A node-locked activation that cannot reach the server: an error code and a reason, no crash. */
+static int refused(void) {
+  LicensingClient *client = open_client();
+  LicensingLicense *license = open_license(client);
+  LicensingCertificate *cert = NULL;
+  LicensingStatus status = licensing_license_activate(license, "ffi-test-pc", NULL, "1.0", &cert);
+  CHECK(status == LICENSING_STATUS_UNREACHABLE);
+  CHECK(cert == NULL);
+  printf("REFUSED %d %s: %s\n", (int)status, licensing_last_error_reason(), licensing_last_error_message());
+  licensing_license_free(license);
+  licensing_client_free(client);
+  return failures;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *mode = argc > 1 ? argv[1] : "";
@@ -332,8 +365,9 @@ int main(int argc, char **argv) {
   else if (strcmp(mode, "floating") == 0) failed = floating();
   else if (strcmp(mode, "wait") == 0) failed = wait_for_seat();
   else if (strcmp(mode, "borrow") == 0) failed = borrow();
+  else if (strcmp(mode, "refused") == 0) failed = refused();
   else {
-    printf("usage: ffi_test misuse|activate|offline|floating|wait|borrow\n");
+    printf("usage: ffi_test misuse|activate|offline|floating|wait|borrow|refused\n");
     return 2;
   }
   printf("%d FAILURES\n", failed);
