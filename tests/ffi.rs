@@ -211,6 +211,12 @@ impl Program {
     }
 }
 
+/// The meter `exports`: `limit` a month, no overage.
+fn exports_meter(limit: i64) -> licensing_proto::common::v1::Meter {
+    use licensing_proto::common::v1::{Meter, MeterReset};
+    Meter { code: "exports".into(), limit, overage: 0, reset: MeterReset::Monthly as i32 }
+}
+
 /// Runs `ffi_test <mode>` to its end with `env`; returns its output.
 async fn run_c(mode: &str, env: &[(&str, String)]) -> String {
     run_program(ffi_test(), mode, env).await
@@ -342,11 +348,15 @@ async fn the_c_example_holds_a_seat_and_gives_it_back_on_ctrl_c() {
 }
 
 #[tokio::test]
-async fn the_cpp_wrapper_checks_in_from_the_destructor_and_throws_the_reason() {
+async fn the_cpp_wrapper_checks_in_from_the_destructor_throws_the_reason_and_records_metered_use() {
     let app = spawn_seat_app(Leases::Embedded).await;
     let f = fixture(&app).await;
     let (seat_license, seat_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let (license_id, _, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let (_, meter_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.meters = vec![exports_meter(3)];
+    })
+    .await;
     let storage = tempfile::tempdir().unwrap();
     let mut command = Command::new(cpp_wrapper_test());
     command
@@ -355,7 +365,8 @@ async fn the_cpp_wrapper_checks_in_from_the_destructor_and_throws_the_reason() {
         .env("SEAT_KEY", seat_key)
         .env("LICENSE_ID", &license_id)
         .env("LICENSE_PASSWORD", password)
-        .env("LICENSE_STORAGE", storage.path().join("license.json"));
+        .env("LICENSE_STORAGE", storage.path().join("license.json"))
+        .env("METER_KEY", meter_key);
     let output = Program::start(command).finish().await;
     assert!(output.contains("0 FAILURES"), "{output}");
     assert_eq!(live_leases(&app, &seat_license).await.len(), 0);
@@ -461,6 +472,42 @@ async fn c_program_linked_to_the_static_library_activates() {
     assert!(activated.contains(&format!("CERTIFICATE {license_id} seats=1 modules=1 render")), "{activated}");
 }
 
+#[tokio::test]
+async fn c_program_records_metered_use_once_per_key_up_to_the_limit_and_reads_the_certificate() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (license_id, key, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.meters = vec![exports_meter(10)];
+        r.grace_period = Some(prost_types::Duration { seconds: 3 * 86_400, nanos: 0 });
+    })
+    .await;
+    let storage = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("LICENSING_URL", format!("http://{}", app.addr)),
+        ("LICENSING_PUBLIC_KEY", app.public_key().await),
+        ("LICENSE_KEY", key),
+        ("LICENSE_ID", license_id.clone()),
+        ("LICENSE_PASSWORD", password),
+        ("LICENSE_STORAGE", storage.path().join("license.json").display().to_string()),
+    ];
+    let output = run_c("meters", &env).await;
+    for expected in [
+        "RECORDED used=4 limit=10 overage=0 remaining=6 resets=1",
+        "REPLAYED 1 used=4",
+        "USAGE used=10 limit=10 overage=0 remaining=0 resets=1",
+        "CERTIFICATE METER used=10 limit=10 overage=0 remaining=0 resets=1",
+        "METERS DONE",
+    ] {
+        assert!(output.lines().any(|l| l == expected), "{expected:?} in:\n{output}");
+    }
+    let limit = output.lines().find(|l| l.starts_with("LIMIT ")).unwrap_or_default();
+    assert!(limit.starts_with("LIMIT METER_LIMIT_REACHED: ") && limit.contains("0 left"), "{output}");
+    let grace = output.lines().find(|l| l.starts_with("GRACE ")).unwrap_or_default();
+    let numbers: Vec<i64> = grace.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers.len(), 2, "{output}");
+    assert_eq!(numbers[0] - numbers[1], 3 * 86_400_000, "the grace period ends 3 days after expiry: {grace}");
+}
+
 /// The Python of the virtualenv `scripts/test.sh` makes (`target/tools/python`, with pytest and
 /// setuptools), named by `LICENSING_PYTHON`; `None` (with `CI` set: a failure) when it is missing.
 fn python() -> Option<String> {
@@ -523,6 +570,11 @@ async fn the_python_package_builds_as_a_wheel_and_passes_pytest_against_a_real_s
     let (_, lost_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let (borrow_id, borrow_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let (node_locked_id, _, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let (_, meter_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.meters = vec![exports_meter(3)];
+        r.grace_period = Some(prost_types::Duration { seconds: 3 * 86_400, nanos: 0 });
+    })
+    .await;
     seat_client(&app)
         .await
         .update_seat_policy(admin_req(seat::UpdateSeatPolicyRequest {
@@ -551,6 +603,7 @@ async fn the_python_package_builds_as_a_wheel_and_passes_pytest_against_a_real_s
         .env("BORROW_KEY", borrow_key)
         .env("NODE_LOCKED_ID", node_locked_id)
         .env("NODE_LOCKED_PASSWORD", password)
+        .env("METER_KEY", meter_key)
         .env("PYTHON_EXAMPLE", format!("{ROOT}/examples/python/floating_seat.py"))
         .env_remove("LICENSING_LIBRARY")
         .stdout(std::fs::File::create(&log).unwrap())

@@ -14,8 +14,8 @@
 //! - Network calls block the calling thread; the library runs its own async runtime (two worker
 //!   threads), which also heartbeats floating seats in the background.
 //!
-//! The modules hold the functions by area: [`client`], [`node_locked`], [`floating`] and
-//! [`borrow`]; `include/licensing.h` is generated from them by cbindgen.
+//! The modules hold the functions by area: [`client`], [`node_locked`], [`floating`],
+//! [`borrow`] and [`metering`]; `include/licensing.h` is generated from them by cbindgen.
 
 // This crate is the C ABI: its exported functions read raw pointers handed over by C callers,
 // which takes `unsafe` (the rest of the workspace has none). Every such function is an
@@ -26,6 +26,7 @@
 pub mod borrow;
 pub mod client;
 pub mod floating;
+pub mod metering;
 pub mod node_locked;
 
 use licensing_client::ClientError;
@@ -46,14 +47,15 @@ pub enum LicensingStatus {
     /// The call succeeded.
     Ok = 0,
     /// An argument was NULL where a value is required, not UTF-8, or not a usable setting
-    /// (reasons `NULL_ARGUMENT`, `INVALID_UTF8`, `INVALID_ARGUMENT`, `CONFIG`).
+    /// (reasons `NULL_ARGUMENT`, `INVALID_UTF8`, `INVALID_ARGUMENT`, `CONFIG`), or a meter the
+    /// certificate does not have (`METER_NOT_FOUND`).
     InvalidArgument = 1,
     /// A handle that was freed, or is not of the kind the function takes (`INVALID_HANDLE`).
     InvalidHandle = 2,
     /// The server could not be reached and nothing offline could stand in (`UNREACHABLE`).
     Unreachable = 3,
     /// The server refused; the reason is the server's (e.g. `NO_SEAT_AVAILABLE`,
-    /// `LICENSE_NOT_FOUND`, `ACTIVATION_LIMIT_REACHED`).
+    /// `LICENSE_NOT_FOUND`, `ACTIVATION_LIMIT_REACHED`, `METER_LIMIT_REACHED`).
     Server = 4,
     /// The server said the license is not valid here; the reason is its validation code
     /// (e.g. `VALIDATION_CODE_MODULE_NOT_LICENSED`), the message its explanation.
