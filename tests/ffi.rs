@@ -42,20 +42,57 @@ pub fn build_dir() -> PathBuf {
     dir
 }
 
+/// The static library, `liblicensing_ffi.a` (built beside the cdylib).
+pub fn static_library() -> PathBuf {
+    let name = format!("{}licensing_ffi{}", std::env::consts::DLL_PREFIX, ".a");
+    let deps = deps_dir();
+    [deps.clone(), deps.parent().unwrap().to_owned()]
+        .into_iter()
+        .map(|dir| dir.join(&name))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("{name} is not in {} or its parent", deps.display()))
+}
+
+/// What a program links the static library with: the system libraries Rust's standard library
+/// needs on Linux (`rustc --print native-static-libs` for a staticlib), as docs/sdk.md says.
+pub const STATIC_LINK_FLAGS: &[&str] = &["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"];
+
+/// How a compiled program gets the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linking {
+    /// `-llicensing_ffi` with an rpath to [`library_dir`]: `liblicensing_ffi.so` at run time.
+    Shared,
+    /// [`static_library`] and [`STATIC_LINK_FLAGS`]: nothing of the library to find at run time.
+    Static,
+}
+
 /// Compiles `sources` with `compiler` (`cc` or `c++`) and the sanitizers, linked to the library.
 pub fn compile(compiler: &str, sources: &[&str], output: &str, flags: &[&str]) -> PathBuf {
+    compile_linked(compiler, sources, output, flags, Linking::Shared)
+}
+
+/// As [`compile`], linked to the library as `linking` says.
+pub fn compile_linked(compiler: &str, sources: &[&str], output: &str, flags: &[&str], linking: Linking) -> PathBuf {
     let out = build_dir().join(output);
-    let lib = library_dir();
     let mut command = std::process::Command::new(compiler);
     command
         .args(["-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address", "-fno-omit-frame-pointer"])
         .args(flags)
         .arg(format!("-I{ROOT}/services/ffi/include"))
-        .args(sources.iter().map(|s| format!("{ROOT}/{s}")))
-        .arg(format!("-L{}", lib.display()))
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .args(["-llicensing_ffi", "-lpthread", "-o"])
-        .arg(&out);
+        .args(sources.iter().map(|s| format!("{ROOT}/{s}")));
+    match linking {
+        Linking::Shared => {
+            let lib = library_dir();
+            command
+                .arg(format!("-L{}", lib.display()))
+                .arg(format!("-Wl,-rpath,{}", lib.display()))
+                .args(["-llicensing_ffi", "-lpthread"]);
+        }
+        Linking::Static => {
+            command.arg(static_library()).args(STATIC_LINK_FLAGS);
+        }
+    }
+    command.arg("-o").arg(&out);
     let result = command.output().unwrap_or_else(|e| panic!("{compiler} must be installed for this test: {e}"));
     assert!(
         result.status.success(),
@@ -69,6 +106,14 @@ pub fn compile(compiler: &str, sources: &[&str], output: &str, flags: &[&str]) -
 fn ffi_test() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     PROGRAM.get_or_init(|| compile("cc", &["services/ffi/tests/c/ffi_test.c"], "ffi_test", &["-std=c11"]))
+}
+
+/// `ffi_test.c` linked to `liblicensing_ffi.a`.
+fn ffi_test_static() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        compile_linked("cc", &["services/ffi/tests/c/ffi_test.c"], "ffi_test_static", &["-std=c11"], Linking::Static)
+    })
 }
 
 fn c_example() -> &'static Path {
@@ -166,9 +211,20 @@ impl Program {
     }
 }
 
+/// The meter `exports`: `limit` a month, no overage.
+fn exports_meter(limit: i64) -> licensing_proto::common::v1::Meter {
+    use licensing_proto::common::v1::{Meter, MeterReset};
+    Meter { code: "exports".into(), limit, overage: 0, reset: MeterReset::Monthly as i32 }
+}
+
 /// Runs `ffi_test <mode>` to its end with `env`; returns its output.
 async fn run_c(mode: &str, env: &[(&str, String)]) -> String {
-    let mut command = Command::new(ffi_test());
+    run_program(ffi_test(), mode, env).await
+}
+
+/// Runs `program <mode>` (a build of `ffi_test.c`) to its end with `env`; returns its output.
+async fn run_program(program: &Path, mode: &str, env: &[(&str, String)]) -> String {
+    let mut command = Command::new(program);
     command.arg(mode).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     let output = Program::start(command).finish().await;
     assert!(output.contains("0 FAILURES"), "{output}");
@@ -292,11 +348,15 @@ async fn the_c_example_holds_a_seat_and_gives_it_back_on_ctrl_c() {
 }
 
 #[tokio::test]
-async fn the_cpp_wrapper_checks_in_from_the_destructor_and_throws_the_reason() {
+async fn the_cpp_wrapper_checks_in_from_the_destructor_throws_the_reason_and_records_metered_use() {
     let app = spawn_seat_app(Leases::Embedded).await;
     let f = fixture(&app).await;
     let (seat_license, seat_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let (license_id, _, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let (_, meter_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.meters = vec![exports_meter(3)];
+    })
+    .await;
     let storage = tempfile::tempdir().unwrap();
     let mut command = Command::new(cpp_wrapper_test());
     command
@@ -305,7 +365,8 @@ async fn the_cpp_wrapper_checks_in_from_the_destructor_and_throws_the_reason() {
         .env("SEAT_KEY", seat_key)
         .env("LICENSE_ID", &license_id)
         .env("LICENSE_PASSWORD", password)
-        .env("LICENSE_STORAGE", storage.path().join("license.json"));
+        .env("LICENSE_STORAGE", storage.path().join("license.json"))
+        .env("METER_KEY", meter_key);
     let output = Program::start(command).finish().await;
     assert!(output.contains("0 FAILURES"), "{output}");
     assert_eq!(live_leases(&app, &seat_license).await.len(), 0);
@@ -341,6 +402,110 @@ async fn the_cpp_example_activates_then_validates_offline_with_the_server_stoppe
     let _ = app.stop().await;
     let offline = run("offline").await;
     assert!(!offline.contains("ACTIVATED"), "{offline}");
+}
+
+#[tokio::test]
+async fn c_program_activates_over_mutual_tls_and_a_wrong_ca_fails_with_unreachable() {
+    let pki = crate::tls::Pki::new();
+    let app = crate::tls::tls_app(&pki, true, &[]).await;
+    // The harness's own channels present the client certificate, so the set-up is as usual.
+    let f = fixture(&app).await;
+    let (license_id, key, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let storage = tempfile::tempdir().unwrap();
+    let file = |name: &str| pki.path(name).display().to_string();
+    let env = vec![
+        ("LICENSING_URL", format!("https://localhost:{}", app.addr.port())),
+        ("LICENSING_PUBLIC_KEY", app.public_key().await),
+        ("LICENSE_KEY", key),
+        ("LICENSE_ID", license_id.clone()),
+        ("LICENSE_PASSWORD", password),
+        ("LICENSE_STORAGE", storage.path().join("license.json").display().to_string()),
+        ("LICENSING_TLS_CA", file("ca.pem")),
+        ("LICENSING_TLS_CLIENT_CERT", file("client.pem")),
+        ("LICENSING_TLS_CLIENT_KEY", file("client-key.pem")),
+    ];
+    let activated = run_c("activate", &env).await;
+    assert!(activated.contains(&format!("CERTIFICATE {license_id} seats=2 modules=1 render")), "{activated}");
+
+    // A product that trusts another CA refuses the server's certificate: UNREACHABLE (status
+    // 3), with the reason in the message, and no crash or leak (the sanitizers watch).
+    let with = |name: &'static str, value: String| {
+        let mut changed: Vec<_> = env.iter().filter(|(k, _)| *k != name).cloned().collect();
+        changed.push((name, value));
+        changed
+    };
+    let wrong_ca = run_c("refused", &with("LICENSING_TLS_CA", file("rogue-ca.pem"))).await;
+    let line = wrong_ca.lines().find(|l| l.starts_with("REFUSED")).unwrap_or_default();
+    assert!(line.starts_with("REFUSED 3 UNREACHABLE: the licensing server is unreachable"), "{wrong_ca}");
+    assert!(line.to_lowercase().contains("certificate"), "the message says why: {line}");
+    // A client certificate of another CA: the server refuses the handshake.
+    let rogue_client = with("LICENSING_TLS_CLIENT_CERT", file("rogue-client.pem"));
+    let rogue_client: Vec<_> = rogue_client
+        .into_iter()
+        .map(|(k, v)| if k == "LICENSING_TLS_CLIENT_KEY" { (k, file("rogue-client-key.pem")) } else { (k, v) })
+        .collect();
+    let refused = run_c("refused", &rogue_client).await;
+    assert!(refused.contains("REFUSED 3 UNREACHABLE"), "{refused}");
+}
+
+#[tokio::test]
+async fn c_program_linked_to_the_static_library_activates() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (license_id, key, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |_| {}).await;
+    let program = ffi_test_static();
+    // The program carries the library: it needs no liblicensing_ffi.so at run time.
+    let dynamic = std::process::Command::new("readelf").arg("-d").arg(program).output().unwrap();
+    assert!(dynamic.status.success());
+    let dynamic = String::from_utf8_lossy(&dynamic.stdout);
+    assert!(dynamic.contains("NEEDED") && !dynamic.contains("licensing_ffi"), "{dynamic}");
+    let storage = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("LICENSING_URL", format!("http://{}", app.addr)),
+        ("LICENSING_PUBLIC_KEY", app.public_key().await),
+        ("LICENSE_KEY", key),
+        ("LICENSE_ID", license_id.clone()),
+        ("LICENSE_PASSWORD", password),
+        ("LICENSE_STORAGE", storage.path().join("license.json").display().to_string()),
+    ];
+    let activated = run_program(program, "activate", &env).await;
+    assert!(activated.contains(&format!("CERTIFICATE {license_id} seats=1 modules=1 render")), "{activated}");
+}
+
+#[tokio::test]
+async fn c_program_records_metered_use_once_per_key_up_to_the_limit_and_reads_the_certificate() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let (license_id, key, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.meters = vec![exports_meter(10)];
+        r.grace_period = Some(prost_types::Duration { seconds: 3 * 86_400, nanos: 0 });
+    })
+    .await;
+    let storage = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("LICENSING_URL", format!("http://{}", app.addr)),
+        ("LICENSING_PUBLIC_KEY", app.public_key().await),
+        ("LICENSE_KEY", key),
+        ("LICENSE_ID", license_id.clone()),
+        ("LICENSE_PASSWORD", password),
+        ("LICENSE_STORAGE", storage.path().join("license.json").display().to_string()),
+    ];
+    let output = run_c("meters", &env).await;
+    for expected in [
+        "RECORDED used=4 limit=10 overage=0 remaining=6 resets=1",
+        "REPLAYED 1 used=4",
+        "USAGE used=10 limit=10 overage=0 remaining=0 resets=1",
+        "CERTIFICATE METER used=10 limit=10 overage=0 remaining=0 resets=1",
+        "METERS DONE",
+    ] {
+        assert!(output.lines().any(|l| l == expected), "{expected:?} in:\n{output}");
+    }
+    let limit = output.lines().find(|l| l.starts_with("LIMIT ")).unwrap_or_default();
+    assert!(limit.starts_with("LIMIT METER_LIMIT_REACHED: ") && limit.contains("0 left"), "{output}");
+    let grace = output.lines().find(|l| l.starts_with("GRACE ")).unwrap_or_default();
+    let numbers: Vec<i64> = grace.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers.len(), 2, "{output}");
+    assert_eq!(numbers[0] - numbers[1], 3 * 86_400_000, "the grace period ends 3 days after expiry: {grace}");
 }
 
 /// The Python of the virtualenv `scripts/test.sh` makes (`target/tools/python`, with pytest and
@@ -405,6 +570,11 @@ async fn the_python_package_builds_as_a_wheel_and_passes_pytest_against_a_real_s
     let (_, lost_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let (borrow_id, borrow_key, _) = issue_license(&app, &f, LicenseKind::Concurrent, 1, |_| {}).await;
     let (node_locked_id, _, password) = issue_license(&app, &f, LicenseKind::NodeLocked, 2, |_| {}).await;
+    let (_, meter_key, _) = issue_license(&app, &f, LicenseKind::NodeLocked, 1, |r| {
+        r.meters = vec![exports_meter(3)];
+        r.grace_period = Some(prost_types::Duration { seconds: 3 * 86_400, nanos: 0 });
+    })
+    .await;
     seat_client(&app)
         .await
         .update_seat_policy(admin_req(seat::UpdateSeatPolicyRequest {
@@ -433,6 +603,7 @@ async fn the_python_package_builds_as_a_wheel_and_passes_pytest_against_a_real_s
         .env("BORROW_KEY", borrow_key)
         .env("NODE_LOCKED_ID", node_locked_id)
         .env("NODE_LOCKED_PASSWORD", password)
+        .env("METER_KEY", meter_key)
         .env("PYTHON_EXAMPLE", format!("{ROOT}/examples/python/floating_seat.py"))
         .env_remove("LICENSING_LIBRARY")
         .stdout(std::fs::File::create(&log).unwrap())

@@ -10,24 +10,27 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-/// PEM files of a CA, a server certificate for 127.0.0.1/localhost, and client certificates.
-struct Pki {
+/// PEM files of a CA, a server certificate for 127.0.0.1/localhost, and client certificates:
+/// `ca.pem`, `server.pem`/`server-key.pem`, `client.pem`/`client-key.pem`, and of another CA
+/// the server does not know, `rogue-ca.pem` and `rogue-client.pem`/`rogue-client-key.pem`.
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let trusted = ca("Test CA");
         let rogue = ca("Rogue CA");
         write(dir.path(), "ca", &trusted.pem(), None);
+        write(dir.path(), "rogue-ca", &rogue.pem(), None);
         leaf(dir.path(), "server", &["localhost", "127.0.0.1"], &trusted);
         leaf(dir.path(), "client", &["client.example"], &trusted);
         leaf(dir.path(), "rogue-client", &["client.example"], &rogue);
         Self { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -66,7 +69,10 @@ fn write(dir: &Path, name: &str, cert: &str, key: Option<&str>) {
     }
 }
 
-async fn tls_app(pki: &Pki, mutual: bool, extra: &[(&str, &str)]) -> TestApp {
+/// A server on `pki`'s certificate, requiring client certificates its CA signed when `mutual`.
+/// The app's own test channels ([`TestApp::channel`], so `fixture` and the admin helpers) trust
+/// the CA and, for mutual TLS, present `client.pem`.
+pub(crate) async fn tls_app(pki: &Pki, mutual: bool, extra: &[(&str, &str)]) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
     let mut env = test_env(Backend::Sqlite, data_dir.path()).await;
     env.insert("LICENSING_TLS_CERT".into(), pki.path("server.pem").display().to_string());
@@ -77,7 +83,9 @@ async fn tls_app(pki: &Pki, mutual: bool, extra: &[(&str, &str)]) -> TestApp {
     for (k, v) in extra {
         env.insert((*k).into(), (*v).into());
     }
-    spawn_with_env(Backend::Sqlite, data_dir, env).await
+    let mut app = spawn_with_env(Backend::Sqlite, data_dir, env).await;
+    app.client_tls = Some(pki.client(mutual.then_some("client")));
+    app
 }
 
 /// An admin call over a channel built with `tls` (or plaintext); the error text when it fails.

@@ -132,6 +132,10 @@ pub struct TestApp {
     pub backend: Backend,
     pub data_dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
+    /// How test clients reach a server that serves TLS (`crate::tls::tls_app` sets it): then
+    /// [`TestApp::channel`], and so the admin helpers and `fixture`, connect to
+    /// `https://localhost:<port>` with it. `None`: plaintext.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -193,12 +197,29 @@ pub async fn spawn_with(
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp { addr, metrics_addr, portal_addr, backend, data_dir, env, stop: Some(stop), task: Some(task) }
+    TestApp {
+        addr,
+        metrics_addr,
+        portal_addr,
+        backend,
+        data_dir,
+        env,
+        client_tls: None,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 impl TestApp {
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server")
+        let endpoint = match &self.client_tls {
+            Some(tls) => Channel::from_shared(format!("https://localhost:{}", self.addr.port()))
+                .unwrap()
+                .tls_config(tls.clone())
+                .unwrap(),
+            None => Channel::from_shared(format!("http://{}", self.addr)).unwrap(),
+        };
+        endpoint.connect().await.expect("connect to test server")
     }
 
     /// A channel to the server from another loopback address (`127.0.0.2`, ...), as from a
@@ -236,8 +257,11 @@ impl TestApp {
     /// Stops and starts the server again on the same data.
     pub async fn restart(self) -> TestApp {
         let backend = self.backend;
+        let client_tls = self.client_tls.clone();
         let (dir, env) = self.stop().await;
-        spawn_with_env(backend, dir, env).await
+        let mut app = spawn_with_env(backend, dir, env).await;
+        app.client_tls = client_tls;
+        app
     }
 }
 

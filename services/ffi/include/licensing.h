@@ -21,14 +21,15 @@ typedef enum LicensingStatus {
   // The call succeeded.
   LICENSING_STATUS_OK = 0,
   // An argument was NULL where a value is required, not UTF-8, or not a usable setting
-  // (reasons `NULL_ARGUMENT`, `INVALID_UTF8`, `INVALID_ARGUMENT`, `CONFIG`).
+  // (reasons `NULL_ARGUMENT`, `INVALID_UTF8`, `INVALID_ARGUMENT`, `CONFIG`), or a meter the
+  // certificate does not have (`METER_NOT_FOUND`).
   LICENSING_STATUS_INVALID_ARGUMENT = 1,
   // A handle that was freed, or is not of the kind the function takes (`INVALID_HANDLE`).
   LICENSING_STATUS_INVALID_HANDLE = 2,
   // The server could not be reached and nothing offline could stand in (`UNREACHABLE`).
   LICENSING_STATUS_UNREACHABLE = 3,
   // The server refused; the reason is the server's (e.g. `NO_SEAT_AVAILABLE`,
-  // `LICENSE_NOT_FOUND`, `ACTIVATION_LIMIT_REACHED`).
+  // `LICENSE_NOT_FOUND`, `ACTIVATION_LIMIT_REACHED`, `METER_LIMIT_REACHED`).
   LICENSING_STATUS_SERVER = 4,
   // The server said the license is not valid here; the reason is its validation code
   // (e.g. `VALIDATION_CODE_MODULE_NOT_LICENSED`), the message its explanation.
@@ -125,6 +126,20 @@ typedef struct LicensingCheckoutOptions {
   // freed.
   void *user_data;
 } LicensingCheckoutOptions;
+
+// A meter's count in its current period.
+typedef struct LicensingMeterCount {
+  // Counted in the period, overage included.
+  int64_t used;
+  // Use allowed per period.
+  int64_t limit;
+  // Use allowed beyond the limit per period.
+  int64_t overage;
+  // Left within the limit (0 once in overage).
+  int64_t remaining;
+  // When the count starts again (Unix milliseconds); 0 when it never resets.
+  int64_t period_end_ms;
+} LicensingMeterCount;
 
 #ifdef __cplusplus
 extern "C" {
@@ -322,6 +337,76 @@ enum LicensingStatus licensing_cancel_trigger(const struct LicensingCancel *canc
 // Frees a cancellation handle (a wait using it goes on, uncancellable). NULL is allowed.
 void licensing_cancel_free(struct LicensingCancel *cancel);
 
+// A new idempotency key for one use (`use_...`), for a product that keeps the key to send the
+// same use again after a failure. `*out_key` is the caller's: free it with
+// [`crate::licensing_string_free`].
+//
+// # Safety
+// `out_key` is valid for a write.
+enum LicensingStatus licensing_new_idempotency_key(char **out_key);
+
+// Records `amount` (at least 1) of `meter` for the license `key_or_id` (a license key when
+// `password` is NULL, else a License ID and its activation password) under `idempotency_key`
+// (NULL: a new key; give one from [`licensing_new_idempotency_key`] to send the same use again
+// safely). The library itself retries an unreachable server a few times with the same key.
+//
+// `*out_count` (may be NULL) receives the meter's count after the use; `*out_replayed` (may be
+// NULL) is true when the server had counted this key before and added nothing.
+//
+// A use beyond the meter's limit and overage fails with `LICENSING_STATUS_SERVER` and reason
+// `METER_LIMIT_REACHED` (the message says how much is left) and counts nothing; a meter the
+// license does not have with `METER_NOT_FOUND`; a key sent before for another meter or amount
+// with `IDEMPOTENCY_KEY_REUSED`.
+//
+// # Safety
+// The strings are NULL or NUL-terminated; the out-pointers are NULL or valid for a write.
+enum LicensingStatus licensing_record_usage(const struct LicensingClient *client_handle,
+                                            const char *key_or_id,
+                                            const char *password,
+                                            const char *meter,
+                                            int64_t amount,
+                                            const char *idempotency_key,
+                                            struct LicensingMeterCount *out_count,
+                                            bool *out_replayed);
+
+// The count of `meter` in its current period, from the server, for the license `key_or_id`
+// (credentials as for [`licensing_record_usage`]). Fails with `LICENSING_STATUS_SERVER` and
+// reason `METER_NOT_FOUND` when the license has no such meter.
+//
+// # Safety
+// The strings are NULL or NUL-terminated; `out_count` is valid for a write.
+enum LicensingStatus licensing_meter_usage(const struct LicensingClient *client_handle,
+                                           const char *key_or_id,
+                                           const char *password,
+                                           const char *meter,
+                                           struct LicensingMeterCount *out_count);
+
+// How many meters the certificate carries (0 for a license without meters).
+//
+// # Safety
+// `out_count` is valid for a write.
+enum LicensingStatus licensing_certificate_meter_count(const struct LicensingCertificate *certificate,
+                                                       size_t *out_count);
+
+// The code of the meter at `index` (below [`licensing_certificate_meter_count`]). `*out_code`
+// is the caller's (free with [`crate::licensing_string_free`]).
+//
+// # Safety
+// `out_code` is valid for a write.
+enum LicensingStatus licensing_certificate_meter_code(const struct LicensingCertificate *certificate,
+                                                      size_t index,
+                                                      char **out_code);
+
+// The count of `meter` when the certificate was signed (what was left then, for a product
+// that checks offline). Fails with `LICENSING_STATUS_INVALID_ARGUMENT` and reason
+// `METER_NOT_FOUND` when the certificate has no such meter.
+//
+// # Safety
+// `meter` is a NUL-terminated string; `out_count` is valid for a write.
+enum LicensingStatus licensing_certificate_meter(const struct LicensingCertificate *certificate,
+                                                 const char *meter,
+                                                 struct LicensingMeterCount *out_count);
+
 // Opens the license `key_or_id` (a license key when `password` is NULL, else a License ID and
 // its activation password) for this machine, keeping its certificate at `storage_path` (NULL:
 // the user's data directory, see [`licensing_license_storage_path`]). Does not call the server.
@@ -415,6 +500,14 @@ enum LicensingStatus licensing_certificate_product_code(const struct LicensingCe
 // `out_ms` is valid for a write.
 enum LicensingStatus licensing_certificate_expires_at_ms(const struct LicensingCertificate *certificate,
                                                          int64_t *out_ms);
+
+// When the license's grace period ends (Unix milliseconds: its expiry plus the grace period),
+// or 0 when the license has none.
+//
+// # Safety
+// `out_ms` is valid for a write.
+enum LicensingStatus licensing_certificate_grace_ends_at_ms(const struct LicensingCertificate *certificate,
+                                                            int64_t *out_ms);
 
 // Until when the certificate allows offline use (Unix milliseconds).
 //

@@ -48,6 +48,33 @@ inline std::string take(char* text) {
 inline const char* or_null(const std::string& text) { return text.empty() ? nullptr : text.c_str(); }
 }  // namespace detail
 
+// A meter's count in its current period. period_end_ms is 0 when the count never resets.
+struct MeterCount {
+  std::string meter;                // its code, e.g. "exports"
+  std::int64_t used = 0;            // counted in the period, overage included
+  std::int64_t limit = 0;           // allowed per period
+  std::int64_t overage = 0;         // allowed beyond the limit per period
+  std::int64_t remaining = 0;       // left within the limit (0 once in overage)
+  std::int64_t period_end_ms = 0;   // when the count starts again; 0: never
+
+  static MeterCount from(std::string meter, const LicensingMeterCount& c) {
+    return MeterCount{std::move(meter), c.used, c.limit, c.overage, c.remaining, c.period_end_ms};
+  }
+};
+
+// What the server made of a recorded use.
+struct UseRecorded {
+  MeterCount count;       // the meter after the use
+  bool replayed = false;  // the key was counted before: nothing was added
+};
+
+// A new idempotency key for one use: keep it to send the same use again after a failure.
+inline std::string new_idempotency_key() {
+  char* text = nullptr;
+  detail::check(licensing_new_idempotency_key(&text));
+  return detail::take(text);
+}
+
 // A certificate's fields, copied out of the library.
 struct Certificate {
   std::string license_id;
@@ -57,6 +84,15 @@ struct Certificate {
   std::int64_t valid_until_ms = 0;  // offline use allowed until then
   std::int64_t refresh_after_ms = 0;
   std::int32_t seats = 0;  // machines the license may be activated on
+  std::int64_t grace_ends_at_ms = 0;  // the grace period's end; 0: the license has none
+  std::vector<MeterCount> meters;     // each meter's count when the certificate was signed
+
+  // The meter `code` as the certificate saw it; nullptr when it has no such meter.
+  const MeterCount* meter(const std::string& code) const {
+    for (const auto& m : meters)
+      if (m.meter == code) return &m;
+    return nullptr;
+  }
 
   // Copies the fields of `handle` and frees it.
   static Certificate take(LicensingCertificate* handle) {
@@ -71,11 +107,20 @@ struct Certificate {
     detail::check(licensing_certificate_valid_until_ms(handle, &c.valid_until_ms));
     detail::check(licensing_certificate_refresh_after_ms(handle, &c.refresh_after_ms));
     detail::check(licensing_certificate_seats(handle, &c.seats));
+    detail::check(licensing_certificate_grace_ends_at_ms(handle, &c.grace_ends_at_ms));
     std::size_t count = 0;
     detail::check(licensing_certificate_module_count(handle, &count));
     for (std::size_t i = 0; i < count; ++i) {
       detail::check(licensing_certificate_module(handle, i, &text));
       c.modules.push_back(detail::take(text));
+    }
+    detail::check(licensing_certificate_meter_count(handle, &count));
+    for (std::size_t i = 0; i < count; ++i) {
+      detail::check(licensing_certificate_meter_code(handle, i, &text));
+      std::string code = detail::take(text);
+      LicensingMeterCount m{};
+      detail::check(licensing_certificate_meter(handle, code.c_str(), &m));
+      c.meters.push_back(MeterCount::from(std::move(code), m));
     }
     return c;
   }
@@ -185,6 +230,26 @@ class Client {
     detail::check(licensing_seat_wait(get(), license_key.c_str(), nullptr, &c_options,
                                       static_cast<std::uint32_t>(timeout.count()), nullptr, &seat));
     return Seat(seat, std::move(callback));
+  }
+
+  // Records `amount` of `meter` for the license under `idempotency_key` (empty: a new key; use
+  // new_idempotency_key() to send the same use again safely). Past the meter's limit and
+  // overage: Error with reason METER_LIMIT_REACHED, and nothing is counted.
+  UseRecorded record_usage(const std::string& license_key, const std::string& meter, std::int64_t amount,
+                           const std::string& idempotency_key = "") const {
+    LicensingMeterCount count{};
+    bool replayed = false;
+    detail::check(licensing_record_usage(get(), license_key.c_str(), nullptr, meter.c_str(), amount,
+                                         detail::or_null(idempotency_key), &count, &replayed));
+    return UseRecorded{MeterCount::from(meter, count), replayed};
+  }
+
+  // The count of `meter` in its current period, from the server (Error METER_NOT_FOUND when the
+  // license has no such meter).
+  MeterCount meter_usage(const std::string& license_key, const std::string& meter) const {
+    LicensingMeterCount count{};
+    detail::check(licensing_meter_usage(get(), license_key.c_str(), nullptr, meter.c_str(), &count));
+    return MeterCount::from(meter, count);
   }
 
   // This machine's fingerprint components, one "name=value" line each.

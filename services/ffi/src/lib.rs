@@ -14,8 +14,8 @@
 //! - Network calls block the calling thread; the library runs its own async runtime (two worker
 //!   threads), which also heartbeats floating seats in the background.
 //!
-//! The modules hold the functions by area: [`client`], [`node_locked`], [`floating`] and
-//! [`borrow`]; `include/licensing.h` is generated from them by cbindgen.
+//! The modules hold the functions by area: [`client`], [`node_locked`], [`floating`],
+//! [`borrow`] and [`metering`]; `include/licensing.h` is generated from them by cbindgen.
 
 // This crate is the C ABI: its exported functions read raw pointers handed over by C callers,
 // which takes `unsafe` (the rest of the workspace has none). Every such function is an
@@ -26,6 +26,7 @@
 pub mod borrow;
 pub mod client;
 pub mod floating;
+pub mod metering;
 pub mod node_locked;
 
 use licensing_client::ClientError;
@@ -46,14 +47,15 @@ pub enum LicensingStatus {
     /// The call succeeded.
     Ok = 0,
     /// An argument was NULL where a value is required, not UTF-8, or not a usable setting
-    /// (reasons `NULL_ARGUMENT`, `INVALID_UTF8`, `INVALID_ARGUMENT`, `CONFIG`).
+    /// (reasons `NULL_ARGUMENT`, `INVALID_UTF8`, `INVALID_ARGUMENT`, `CONFIG`), or a meter the
+    /// certificate does not have (`METER_NOT_FOUND`).
     InvalidArgument = 1,
     /// A handle that was freed, or is not of the kind the function takes (`INVALID_HANDLE`).
     InvalidHandle = 2,
     /// The server could not be reached and nothing offline could stand in (`UNREACHABLE`).
     Unreachable = 3,
     /// The server refused; the reason is the server's (e.g. `NO_SEAT_AVAILABLE`,
-    /// `LICENSE_NOT_FOUND`, `ACTIVATION_LIMIT_REACHED`).
+    /// `LICENSE_NOT_FOUND`, `ACTIVATION_LIMIT_REACHED`, `METER_LIMIT_REACHED`).
     Server = 4,
     /// The server said the license is not valid here; the reason is its validation code
     /// (e.g. `VALIDATION_CODE_MODULE_NOT_LICENSED`), the message its explanation.
@@ -317,16 +319,36 @@ pub(crate) fn free<H, T: Send + Sync + 'static>(handle: *const H, name: &str, th
 }
 
 /// The library's async runtime, started on first use and kept for the life of the process.
+/// Its threads, which do all the library's network I/O, block SIGPIPE (see
+/// [`block_sigpipe_on_this_thread`]).
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("licensing")
+            .on_thread_start(block_sigpipe_on_this_thread)
             .enable_all()
             .build()
             .expect("the licensing library's runtime starts")
     })
+}
+
+/// A Rust program ignores SIGPIPE; a C, C++ or Python product usually does not, so a write to a
+/// connection the peer has closed (a server that refuses the product's TLS client certificate
+/// closes it during the handshake) would kill the product with SIGPIPE instead of failing the
+/// call with `UNREACHABLE`. Blocking the signal on the library's own threads makes such a write
+/// fail with `EPIPE` while leaving the product's handling of SIGPIPE as it was.
+fn block_sigpipe_on_this_thread() {
+    #[cfg(unix)]
+    // SAFETY: the set is a local that `sigemptyset` initialises; `pthread_sigmask` changes only
+    // the calling thread's mask, which is one of the library's own threads.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Runs a future to completion on the library's runtime, blocking the calling thread. A caller

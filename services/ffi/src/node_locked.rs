@@ -319,6 +319,19 @@ pub unsafe extern "C" fn licensing_certificate_expires_at_ms(
     instant(certificate, out_ms, |p| p.expires_at_ms.unwrap_or(0))
 }
 
+/// When the license's grace period ends (Unix milliseconds: its expiry plus the grace period),
+/// or 0 when the license has none.
+///
+/// # Safety
+/// `out_ms` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn licensing_certificate_grace_ends_at_ms(
+    certificate: *const LicensingCertificate,
+    out_ms: *mut i64,
+) -> LicensingStatus {
+    instant(certificate, out_ms, |p| p.grace_ends_at_ms.unwrap_or(0))
+}
+
 /// Until when the certificate allows offline use (Unix milliseconds).
 ///
 /// # Safety

@@ -9,9 +9,12 @@
  *   ffi_test floating   checkout with a callback, then commands on stdin: state, checkin, quit
  *   ffi_test wait       a seat that is taken: wait with a timeout, and a cancelled wait
  *   ffi_test borrow     borrow, save, load, check offline, return
+ *   ffi_test meters     record use with idempotency keys up to the limit; the certificate's meters
+ *   ffi_test refused    a call that cannot reach the server (e.g. over TLS with a wrong CA)
  *
  * Settings come from the environment: LICENSING_URL, LICENSING_PUBLIC_KEY, LICENSE_KEY,
- * LICENSE_ID, LICENSE_PASSWORD, LICENSE_STORAGE, BORROW_FILE.
+ * LICENSE_ID, LICENSE_PASSWORD, LICENSE_STORAGE, BORROW_FILE; over TLS LICENSING_TLS_CA and,
+ * for mutual TLS, LICENSING_TLS_CLIENT_CERT and LICENSING_TLS_CLIENT_KEY.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "licensing.h"
@@ -47,9 +50,18 @@ static const char *env(const char *name) {
   return v;
 }
 
+/* A client over TLS when LICENSING_TLS_CA names a CA file (with the product's own certificate
+ * for mutual TLS when LICENSING_TLS_CLIENT_CERT and _KEY are set), else over plaintext. */
 static LicensingClient *open_client(void) {
   LicensingClient *client = NULL;
-  CHECK_OK(licensing_client_new(env("LICENSING_URL"), env("LICENSING_PUBLIC_KEY"), &client));
+  const char *ca = getenv("LICENSING_TLS_CA");
+  if (ca) {
+    CHECK_OK(licensing_client_new_tls(env("LICENSING_URL"), env("LICENSING_PUBLIC_KEY"), ca,
+                                      getenv("LICENSING_TLS_CLIENT_CERT"), getenv("LICENSING_TLS_CLIENT_KEY"),
+                                      &client));
+  } else {
+    CHECK_OK(licensing_client_new(env("LICENSING_URL"), env("LICENSING_PUBLIC_KEY"), &client));
+  }
   return client;
 }
 
@@ -68,6 +80,14 @@ static int misuse(void) {
   /* A public key that is not one. */
   CHECK(licensing_client_new("http://127.0.0.1:1", "not a key", &client) == LICENSING_STATUS_INVALID_ARGUMENT);
   CHECK(reason_is("CONFIG"));
+  CHECK(client == NULL);
+  /* TLS files that are missing, or a certificate without its key. */
+  CHECK(licensing_client_new_tls("https://localhost:1", env("LICENSING_PUBLIC_KEY"), "/nonexistent/ca.pem", NULL,
+                                 NULL, &client) == LICENSING_STATUS_STORAGE);
+  CHECK(reason_is("STORAGE") && strstr(licensing_last_error_message(), "/nonexistent/ca.pem") != NULL);
+  CHECK(licensing_client_new_tls("https://localhost:1", env("LICENSING_PUBLIC_KEY"), NULL, "/nonexistent/cert.pem",
+                                 NULL, &client) == LICENSING_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(licensing_last_error_message(), "key_pem_path") != NULL);
   CHECK(client == NULL);
   /* A success clears the last error. */
   CHECK_OK(licensing_client_new("http://127.0.0.1:1", env("LICENSING_PUBLIC_KEY"), &client));
@@ -321,6 +341,96 @@ static int borrow(void) {
   return failures;
 }
 
+static void print_count(const char *what, const LicensingMeterCount *count) {
+  printf("%s used=%lld limit=%lld overage=%lld remaining=%lld resets=%d\n", what, (long long)count->used,
+         (long long)count->limit, (long long)count->overage, (long long)count->remaining, count->period_end_ms > 0);
+}
+
+/* LICENSE_KEY (and LICENSE_ID/LICENSE_PASSWORD) name a node-locked license with the meter
+ * `exports`: a limit of 10 a month, no overage. */
+static int meters(void) {
+  LicensingClient *client = open_client();
+  const char *key = env("LICENSE_KEY");
+  char *use = NULL;
+  CHECK_OK(licensing_new_idempotency_key(&use));
+  CHECK(use && strncmp(use, "use_", 4) == 0);
+  LicensingMeterCount count = {0};
+  bool replayed = true;
+  CHECK_OK(licensing_record_usage(client, key, NULL, "exports", 4, use, &count, &replayed));
+  CHECK(count.used == 4 && count.remaining == 6 && count.limit == 10 && !replayed);
+  print_count("RECORDED", &count);
+  /* The answer was lost: the same use sent again with its key is counted once. */
+  CHECK_OK(licensing_record_usage(client, key, NULL, "exports", 4, use, &count, &replayed));
+  CHECK(count.used == 4 && replayed);
+  printf("REPLAYED %d used=%lld\n", replayed, (long long)count.used);
+  /* The same key for another use is refused. */
+  CHECK(licensing_record_usage(client, key, NULL, "exports", 5, use, NULL, NULL) == LICENSING_STATUS_SERVER);
+  CHECK(reason_is("IDEMPOTENCY_KEY_REUSED"));
+  licensing_string_free(use);
+  /* NULL key: the library makes one up. By License ID and password too. */
+  CHECK_OK(licensing_record_usage(client, env("LICENSE_ID"), env("LICENSE_PASSWORD"), "exports", 6, NULL, &count,
+                                  NULL));
+  CHECK(count.used == 10 && count.remaining == 0);
+  /* Past the limit: refused, nothing counted. */
+  CHECK(licensing_record_usage(client, key, NULL, "exports", 1, NULL, &count, NULL) == LICENSING_STATUS_SERVER);
+  CHECK(reason_is("METER_LIMIT_REACHED"));
+  printf("LIMIT %s: %s\n", licensing_last_error_reason(), licensing_last_error_message());
+  CHECK_OK(licensing_meter_usage(client, key, NULL, "exports", &count));
+  CHECK(count.used == 10 && count.period_end_ms > 0);
+  print_count("USAGE", &count);
+  /* Meters the license does not have, and bad arguments. */
+  CHECK(licensing_record_usage(client, key, NULL, "imports", 1, NULL, NULL, NULL) == LICENSING_STATUS_SERVER);
+  CHECK(reason_is("METER_NOT_FOUND"));
+  CHECK(licensing_meter_usage(client, key, NULL, "imports", &count) == LICENSING_STATUS_SERVER);
+  CHECK(reason_is("METER_NOT_FOUND") && strstr(licensing_last_error_message(), "exports") != NULL);
+  CHECK(licensing_record_usage(client, key, NULL, NULL, 1, NULL, NULL, NULL) == LICENSING_STATUS_INVALID_ARGUMENT);
+  CHECK(reason_is("NULL_ARGUMENT"));
+  CHECK(licensing_meter_usage(client, key, NULL, "exports", NULL) == LICENSING_STATUS_INVALID_ARGUMENT);
+  CHECK(licensing_new_idempotency_key(NULL) == LICENSING_STATUS_INVALID_ARGUMENT);
+
+  /* The certificate carries each meter's count at signing, and the grace period's end. */
+  LicensingLicense *license = open_license(client);
+  LicensingCertificate *cert = NULL;
+  CHECK_OK(licensing_license_activate(license, "ffi-meters-pc", NULL, "1.0", &cert));
+  size_t meter_count = 0;
+  CHECK_OK(licensing_certificate_meter_count(cert, &meter_count));
+  CHECK(meter_count == 1);
+  char *code = NULL;
+  CHECK_OK(licensing_certificate_meter_code(cert, 0, &code));
+  CHECK(code && strcmp(code, "exports") == 0);
+  licensing_string_free(code);
+  CHECK(licensing_certificate_meter_code(cert, 1, &code) == LICENSING_STATUS_INVALID_ARGUMENT);
+  LicensingMeterCount signed_count = {0};
+  CHECK_OK(licensing_certificate_meter(cert, "exports", &signed_count));
+  CHECK(signed_count.used == 10 && signed_count.remaining == 0);
+  print_count("CERTIFICATE METER", &signed_count);
+  CHECK(licensing_certificate_meter(cert, "imports", &signed_count) == LICENSING_STATUS_INVALID_ARGUMENT);
+  CHECK(reason_is("METER_NOT_FOUND"));
+  int64_t grace_end = 0, expires = 0;
+  CHECK_OK(licensing_certificate_grace_ends_at_ms(cert, &grace_end));
+  CHECK_OK(licensing_certificate_expires_at_ms(cert, &expires));
+  printf("GRACE %lld EXPIRES %lld\n", (long long)grace_end, (long long)expires);
+  licensing_certificate_free(cert);
+  licensing_license_free(license);
+  licensing_client_free(client);
+  printf("METERS DONE\n");
+  return failures;
+}
+
+/* A node-locked activation that cannot reach the server: an error code and a reason, no crash. */
+static int refused(void) {
+  LicensingClient *client = open_client();
+  LicensingLicense *license = open_license(client);
+  LicensingCertificate *cert = NULL;
+  LicensingStatus status = licensing_license_activate(license, "ffi-test-pc", NULL, "1.0", &cert);
+  CHECK(status == LICENSING_STATUS_UNREACHABLE);
+  CHECK(cert == NULL);
+  printf("REFUSED %d %s: %s\n", (int)status, licensing_last_error_reason(), licensing_last_error_message());
+  licensing_license_free(license);
+  licensing_client_free(client);
+  return failures;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *mode = argc > 1 ? argv[1] : "";
@@ -332,8 +442,10 @@ int main(int argc, char **argv) {
   else if (strcmp(mode, "floating") == 0) failed = floating();
   else if (strcmp(mode, "wait") == 0) failed = wait_for_seat();
   else if (strcmp(mode, "borrow") == 0) failed = borrow();
+  else if (strcmp(mode, "meters") == 0) failed = meters();
+  else if (strcmp(mode, "refused") == 0) failed = refused();
   else {
-    printf("usage: ffi_test misuse|activate|offline|floating|wait|borrow\n");
+    printf("usage: ffi_test misuse|activate|offline|floating|wait|borrow|meters|refused\n");
     return 2;
   }
   printf("%d FAILURES\n", failed);

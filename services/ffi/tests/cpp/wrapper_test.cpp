@@ -1,7 +1,8 @@
 // licensing.hpp against a real server (tests/ffi.rs): a Seat's destructor checks in, errors are
 // exceptions carrying the reason, and a node-locked license activates, validates, deactivates.
-// LICENSING_URL, LICENSING_PUBLIC_KEY, SEAT_KEY (1 seat), LICENSE_ID, LICENSE_PASSWORD,
-// LICENSE_STORAGE come from the environment.
+// Metered use is recorded once per idempotency key up to the limit. LICENSING_URL,
+// LICENSING_PUBLIC_KEY, SEAT_KEY (1 seat), LICENSE_ID, LICENSE_PASSWORD, LICENSE_STORAGE and
+// METER_KEY (node-locked, meter "exports" with a limit of 3) come from the environment.
 #include "licensing.hpp"
 
 #include <atomic>
@@ -65,6 +66,22 @@ int main() {
   license.deactivate();
   CHECK(reason_of([&] { license.validate({"render"}); }) != "no error");
   CHECK(!licensing::Client::fingerprint().empty());
+  CHECK(cert.meters.empty() && cert.meter("exports") == nullptr && cert.grace_ends_at_ms == 0);
+
+  const std::string meter_key = env("METER_KEY");
+  const std::string use = licensing::new_idempotency_key();
+  licensing::UseRecorded first = client.record_usage(meter_key, "exports", 2, use);
+  CHECK(first.count.meter == "exports" && first.count.used == 2 && first.count.remaining == 1 && !first.replayed);
+  CHECK(first.count.limit == 3 && first.count.period_end_ms > 0);
+  licensing::UseRecorded again = client.record_usage(meter_key, "exports", 2, use);  // a retry: counted once
+  CHECK(again.replayed && again.count.used == 2);
+  CHECK(reason_of([&] { client.record_usage(meter_key, "exports", 2); }) == "METER_LIMIT_REACHED");
+  CHECK(client.meter_usage(meter_key, "exports").used == 2);
+  CHECK(reason_of([&] { client.meter_usage(meter_key, "imports"); }) == "METER_NOT_FOUND");
+  licensing::NodeLockedLicense metered{client, meter_key, env("LICENSE_STORAGE") + ".meters"};
+  licensing::Certificate signed_cert = metered.activate("wrapper-test", "1.0");
+  const licensing::MeterCount* exports = signed_cert.meter("exports");
+  CHECK(exports != nullptr && exports->used == 2 && exports->remaining == 1);
   std::cout << failures << " FAILURES" << std::endl;
   return failures ? 1 : 0;
 }

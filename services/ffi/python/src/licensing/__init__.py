@@ -8,6 +8,7 @@ the ``LICENSING_LIBRARY`` environment variable.
     client = licensing.Client("http://licensing.example:50051", PUBLIC_KEY)
     with client.checkout(LICENSE_KEY) as seat:     # checked in when the block ends
         work()                                     # seat.state tells HELD / RECONNECTING / LOST
+    client.record_usage(LICENSE_KEY, "exports", 1) # metered use, counted once per idempotency key
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ __all__ = [
     "Certificate",
     "Client",
     "LicensingError",
+    "MeterCount",
     "NodeLockedLicense",
     "Seat",
     "SeatState",
     "Status",
+    "UseRecorded",
     "Validity",
+    "new_idempotency_key",
 ]
 
 
@@ -116,6 +120,16 @@ class _Options(ctypes.Structure):
     ]
 
 
+class _MeterCount(ctypes.Structure):
+    _fields_ = [
+        ("used", ctypes.c_int64),
+        ("limit", ctypes.c_int64),
+        ("overage", ctypes.c_int64),
+        ("remaining", ctypes.c_int64),
+        ("period_end_ms", ctypes.c_int64),
+    ]
+
+
 def _declare(name: str, restype, *argtypes) -> None:
     function = getattr(_lib, name)
     function.restype = restype
@@ -142,7 +156,15 @@ for _field in ("license_id", "product_code"):
     _declare(f"licensing_certificate_{_field}", _status, _p, _pp)
 for _field in ("expires_at_ms", "valid_until_ms", "refresh_after_ms"):
     _declare(f"licensing_certificate_{_field}", _status, _p, ctypes.POINTER(ctypes.c_int64))
+_declare("licensing_certificate_grace_ends_at_ms", _status, _p, ctypes.POINTER(ctypes.c_int64))
 _declare("licensing_certificate_seats", _status, _p, ctypes.POINTER(ctypes.c_int32))
+_declare("licensing_certificate_meter_count", _status, _p, ctypes.POINTER(ctypes.c_size_t))
+_declare("licensing_certificate_meter_code", _status, _p, ctypes.c_size_t, _pp)
+_declare("licensing_certificate_meter", _status, _p, _c, ctypes.POINTER(_MeterCount))
+_declare("licensing_new_idempotency_key", _status, _pp)
+_declare("licensing_record_usage", _status, _p, _c, _c, _c, ctypes.c_int64, _c, ctypes.POINTER(_MeterCount),
+         ctypes.POINTER(ctypes.c_bool))
+_declare("licensing_meter_usage", _status, _p, _c, _c, _c, ctypes.POINTER(_MeterCount))
 _declare("licensing_certificate_module_count", _status, _p, ctypes.POINTER(ctypes.c_size_t))
 _declare("licensing_certificate_module", _status, _p, ctypes.c_size_t, _pp)
 _declare("licensing_seat_checkout", _status, _p, _c, _c, ctypes.POINTER(_Options), _pp)
@@ -184,6 +206,42 @@ def _take_string(pointer: ctypes.c_void_p) -> str:
         _lib.licensing_string_free(pointer)
 
 
+def new_idempotency_key() -> str:
+    """A new idempotency key for one use: keep it to send the same use again after a failure."""
+    out = ctypes.c_void_p()
+    _check(_lib.licensing_new_idempotency_key(ctypes.byref(out)))
+    return _take_string(out)
+
+
+@dataclass(frozen=True)
+class MeterCount:
+    """A meter's count in its current period (``period_end_ms`` 0: the count never resets)."""
+
+    meter: str
+    used: int
+    """Counted in the period, overage included."""
+    limit: int
+    overage: int
+    """Use allowed beyond the limit per period."""
+    remaining: int
+    """Left within the limit (0 once in overage)."""
+    period_end_ms: int
+
+    @classmethod
+    def _from(cls, meter: str, count: _MeterCount) -> "MeterCount":
+        return cls(meter, count.used, count.limit, count.overage, count.remaining, count.period_end_ms)
+
+
+@dataclass(frozen=True)
+class UseRecorded:
+    """What the server made of a recorded use."""
+
+    count: MeterCount
+    """The meter after the use."""
+    replayed: bool
+    """The key was counted before (a retry): nothing was added."""
+
+
 @dataclass(frozen=True)
 class Certificate:
     """A verified certificate's fields (times in Unix milliseconds; ``expires_at_ms`` 0: never)."""
@@ -196,6 +254,14 @@ class Certificate:
     refresh_after_ms: int
     seats: int = 0
     """Machines the license may be activated on."""
+    grace_ends_at_ms: int = 0
+    """When the license's grace period ends (0: it has none)."""
+    meters: Tuple[MeterCount, ...] = ()
+    """Each meter's count when the certificate was signed."""
+
+    def meter(self, code: str) -> Optional[MeterCount]:
+        """The meter ``code`` as the certificate saw it, or None when it has no such meter."""
+        return next((m for m in self.meters if m.meter == code), None)
 
     @classmethod
     def _take(cls, handle: ctypes.c_void_p) -> "Certificate":
@@ -219,8 +285,18 @@ class Certificate:
                 modules.append(_take_string(out))
             seats = ctypes.c_int32()
             _check(_lib.licensing_certificate_seats(handle, ctypes.byref(seats)))
+            _check(_lib.licensing_certificate_meter_count(handle, ctypes.byref(count)))
+            meters = []
+            for i in range(count.value):
+                out = ctypes.c_void_p()
+                _check(_lib.licensing_certificate_meter_code(handle, i, ctypes.byref(out)))
+                code = _take_string(out)
+                meter = _MeterCount()
+                _check(_lib.licensing_certificate_meter(handle, code.encode("utf-8"), ctypes.byref(meter)))
+                meters.append(MeterCount._from(code, meter))
             return cls(string("license_id"), string("product_code"), tuple(modules), instant("expires_at_ms"),
-                       instant("valid_until_ms"), instant("refresh_after_ms"), seats.value)
+                       instant("valid_until_ms"), instant("refresh_after_ms"), seats.value,
+                       instant("grace_ends_at_ms"), tuple(meters))
         finally:
             _lib.licensing_certificate_free(handle)
 
@@ -452,6 +528,24 @@ class Client:
         _check(_lib.licensing_borrow(self._handle, _text(license_key), _text(password), None, period_s,
                                      ctypes.byref(handle)))
         return BorrowedSeat(self, handle)
+
+    def record_usage(self, key_or_id: str, meter: str, amount: int, *, password: Optional[str] = None,
+                     idempotency_key: Optional[str] = None) -> UseRecorded:
+        """Records ``amount`` of ``meter`` under ``idempotency_key`` (None: a new key; pass one from
+        :func:`new_idempotency_key` to send the same use again safely). Past the meter's limit and
+        overage: ``LicensingError`` with reason ``METER_LIMIT_REACHED``, and nothing is counted."""
+        count, replayed = _MeterCount(), ctypes.c_bool()
+        _check(_lib.licensing_record_usage(self._handle, _text(key_or_id), _text(password), _text(meter), amount,
+                                           _text(idempotency_key), ctypes.byref(count), ctypes.byref(replayed)))
+        return UseRecorded(MeterCount._from(meter, count), replayed.value)
+
+    def meter_usage(self, key_or_id: str, meter: str, *, password: Optional[str] = None) -> MeterCount:
+        """The count of ``meter`` in its current period, from the server (``METER_NOT_FOUND`` when the
+        license has no such meter)."""
+        count = _MeterCount()
+        _check(_lib.licensing_meter_usage(self._handle, _text(key_or_id), _text(password), _text(meter),
+                                          ctypes.byref(count)))
+        return MeterCount._from(meter, count)
 
     def close(self) -> None:
         handle, self._handle = getattr(self, "_handle", None), None
