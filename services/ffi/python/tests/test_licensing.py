@@ -219,23 +219,45 @@ def test_errors_are_exceptions_with_reasons(server):
     assert "hostname=" in licensing.Client.fingerprint()
 
 
-def test_the_example_holds_a_seat_and_gives_it_back_on_ctrl_c(server):
+def test_the_example_holds_a_seat_and_gives_it_back_on_ctrl_c(server, tmp_path):
     env = dict(os.environ, LICENSING_URL=server.url, LICENSE_KEY=os.environ["SEAT_KEY"])
+    # stderr goes to a file: a pipe nobody reads can fill up and stop the example mid-write.
+    errors = open(tmp_path / "example.stderr", "w+")
     product = subprocess.Popen([sys.executable, "-X", "faulthandler", os.environ["PYTHON_EXAMPLE"]], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=errors, text=True)
+    lines = []
+    held = threading.Event()
+
+    def read_stdout():
+        for line in product.stdout:
+            lines.append(line)
+            if line.startswith("SEAT HELD lse_"):
+                held.set()
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+
+    def what_it_said():
+        errors.seek(0)
+        return "".join(lines) + "\n" + errors.read()
+
     try:
-        lines = iter(product.stdout.readline, "")
-        assert next(line for line in lines if line.startswith("SEAT HELD lse_"))
+        if not held.wait(60):
+            product.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            product.wait(10)
+            raise AssertionError(f"the example did not take its seat within 60 s:\n{what_it_said()}")
         with pytest.raises(LicensingError):
             licensing.Client(server.url, PUBLIC_KEY).checkout(os.environ["SEAT_KEY"])
         product.send_signal(signal.SIGINT)
         try:
-            out, err = product.communicate(timeout=20)
+            product.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            product.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
-            out, err = product.communicate(timeout=10)
-            raise AssertionError(f"the example did not end on SIGINT:\n{out}\n{err}")
-        assert "SEAT RELEASED True" in out.splitlines(), f"{out}\n{err}"
-        assert product.returncode == 0, err
+            product.send_signal(signal.SIGABRT)
+            product.wait(10)
+            raise AssertionError(f"the example did not end on SIGINT:\n{what_it_said()}")
+        reader.join(10)
+        assert "SEAT RELEASED True\n" in lines, what_it_said()
+        assert product.returncode == 0, what_it_said()
     finally:
         product.kill()
+        errors.close()
