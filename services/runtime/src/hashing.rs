@@ -1,9 +1,9 @@
-//! Password hashing off the request path, on a thread of its own in Linux's idle scheduling class
-//! (`SCHED_IDLE`): argon2id gets only the CPU that seats, activations and everything else leave
-//! idle, and any of their threads that wakes up takes the core from a hash at once, so a flood of
-//! logins cannot stall heartbeats. Under a CPU saturated by seat work, logins wait; that is the
-//! order of importance (a product losing its seat costs more than a slow portal login). Where the
-//! idle class is not available, the thread runs at the lowest nice value instead.
+//! Password hashing off the request path, on threads of their own at nice 10: argon2id yields the
+//! CPU to seats, activations and everything else at normal priority (a tenth of their weight), so
+//! a flood of logins cannot stall heartbeats, yet it always keeps a share: on a host whose CPU is
+//! saturated, by our seat work or by other programs, logins and customer creation slow down but
+//! never starve. (Linux's idle class, `SCHED_IDLE`, was tried: it starved hashing outright under
+//! another program's load, and calls waiting on a hash ran into their deadline.)
 //!
 //! A fixed number of threads ([`THREADS`]) hash, one hash each at a time; more wait in the queue.
 //! Each thread owns one argon2 working memory ([`HashMemory`], 12 MiB at the OWASP cost this
@@ -22,8 +22,8 @@ type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 #[error("password hashing failed (its worker {0})")]
 pub struct HashingFailed(&'static str);
 
-/// Nice value of the hashing threads where `SCHED_IDLE` cannot be set.
-const FALLBACK_NICE: i32 = 19;
+/// Nice value of the hashing threads: a tenth of a normal thread's CPU weight when they compete.
+pub const HASHING_NICE: i32 = 10;
 
 /// How many threads hash, whatever the machine. Each keeps its argon2 memory (12 MiB at the
 /// OWASP cost this server uses, see `PasswordHasher::owasp`) for good, so this is the number that
@@ -89,18 +89,15 @@ pub async fn run<T: Send + 'static>(
     result.await.map_err(|_| HashingFailed("threads are gone"))?
 }
 
-/// Puts the calling thread in the idle scheduling class (or at the lowest nice value).
-// The workspace's one unsafe in production code: libc is the only way to set a thread's policy.
+/// Lowers the calling thread to [`HASHING_NICE`].
+// The workspace's one unsafe in production code: libc is the only way to set a thread's priority.
 #[allow(unsafe_code)]
 fn lower_this_thread() {
     #[cfg(target_os = "linux")]
-    // SAFETY: sched_setscheduler and setpriority on this thread's own ID with valid arguments;
-    // no memory but the local `param` is touched. A failure only leaves the priority as it was.
+    // SAFETY: setpriority on this thread's own ID with valid arguments; no memory is touched. A
+    // failure only leaves the priority as it was.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, FALLBACK_NICE);
-        }
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, HASHING_NICE);
     }
 }
 
@@ -111,21 +108,21 @@ mod tests {
     use licensing_domain::secrets::PasswordHasher;
 
     #[tokio::test]
-    async fn hashing_runs_in_the_idle_scheduling_class() {
-        let policy = super::run(|_| {
+    async fn hashing_runs_at_a_lower_priority_that_never_starves() {
+        let (policy, nice) = super::run(|_| {
             #[cfg(target_os = "linux")]
-            // SAFETY: reads this thread's own scheduling policy.
+            // SAFETY: reads this thread's own scheduling policy and nice value.
             unsafe {
-                libc::sched_getscheduler(0)
+                (libc::sched_getscheduler(0), libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t))
             }
             #[cfg(not(target_os = "linux"))]
-            0
+            (0, 0)
         })
         .await
         .unwrap();
         #[cfg(target_os = "linux")]
-        assert_eq!(policy, libc::SCHED_IDLE);
-        let _ = policy;
+        assert_eq!((policy, nice), (libc::SCHED_OTHER, super::HASHING_NICE), "the normal class, at nice 10");
+        let _ = (policy, nice);
     }
 
     #[tokio::test]
