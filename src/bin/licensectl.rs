@@ -58,6 +58,9 @@ enum Command {
     /// Set, remove and show a license's metered features and their use per period.
     #[command(subcommand)]
     Meters(MeterCommand),
+    /// Trials of a product (machines that started one without a key) and their conversion.
+    #[command(subcommand)]
+    Trials(TrialCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -384,6 +387,26 @@ struct PolicyFlags {
     /// A group of users and hosts, as NAME=user:a,host:b (repeat for several).
     #[arg(long = "group", value_parser = group)]
     groups: Vec<seat::SeatGroup>,
+}
+
+#[derive(Subcommand)]
+enum TrialCommand {
+    /// How many trials of a product were started, are active, expired and were converted.
+    Stats { product: String },
+    /// Convert a trial license to a paid one in place: its machine keeps its activation and key.
+    Convert {
+        /// The trial's License ID.
+        license_id: String,
+        /// The customer (cus_...) who bought it.
+        #[arg(long)]
+        customer: String,
+        /// A paid policy (pol_...) of the trial's product whose terms it gets.
+        #[arg(long)]
+        policy: String,
+        /// Also associate the license with the customer's portal account.
+        #[arg(long)]
+        associate: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1156,6 +1179,23 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 vec![json!({"lease_id": lease_id, "revoked": r.revoked, "fence": r.fence})],
                 &["lease_id", "revoked", "fence"],
             );
+        }
+        Command::Trials(TrialCommand::Stats { product }) => {
+            let request = pb::GetTrialStatsRequest { product_code: product.clone() };
+            let r = admin.get_trial_stats(authorized(token, request)?).await.map_err(fail)?.into_inner();
+            let row = json!({
+                "product": product,
+                "started": r.started,
+                "active": r.active,
+                "expired": r.expired,
+                "converted": r.converted,
+            });
+            print_one(cli.json, &row, &["product", "started", "active", "expired", "converted"]);
+        }
+        Command::Trials(TrialCommand::Convert { license_id, customer, policy, associate }) => {
+            let request = pb::ConvertTrialRequest { license_id, customer_id: customer, policy_id: policy, associate };
+            let l = admin.convert_trial(authorized(token, request)?).await.map_err(fail)?.into_inner().license;
+            print_one(cli.json, &license_json(&l.unwrap_or_default()), LICENSE_FIELDS);
         }
         Command::History { license_id } => {
             let h = admin
