@@ -110,7 +110,20 @@ async fn a_machine_gets_one_trial_that_survives_reinstalls_and_converts_in_place
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("terms.trial"), "{}", bad.message());
 
-        create_policy(&app, &f.product, "14-day trial", trial_terms()).await.unwrap();
+        let trial_policy = create_policy(&app, &f.product, "14-day trial", trial_terms()).await.unwrap();
+        // Its licenses are only the trials machines start.
+        let issued = app
+            .admin()
+            .await
+            .issue_license(admin_req(acc::IssueLicenseRequest {
+                customer_id: f.customer_id.clone(),
+                policy_id: trial_policy,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(issued.code(), Code::InvalidArgument);
+        assert!(issued.message().contains("policy_id"), "{}", issued.message());
         let started_at = clock.now();
         let first = product.activate_trial(trial(&f.product, machine("m-1", "desk"))).await.unwrap().into_inner();
         assert!(!first.existing_trial, "{backend:?}");

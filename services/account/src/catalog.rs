@@ -670,6 +670,12 @@ impl Catalog {
         license_ids: &[String],
     ) -> Result<Vec<License>, AccountError> {
         let policy = self.get_policy(policy_id).await?;
+        if policy.terms.trial {
+            return Err(AccountError::invalid(
+                "policy_id",
+                format!("policy {policy_id} is a trial policy: its terms go only to trials that machines start"),
+            ));
+        }
         if license_ids.is_empty() || license_ids.len() > MAX_APPLY {
             return Err(AccountError::invalid(
                 "license_ids",
