@@ -472,6 +472,7 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         hasher: hasher.clone(),
         passwords: overrides.password_hasher.clone(),
         clock: overrides.clock.clone(),
+        trials: Arc::new(store.clone()),
     });
     let mailer: Arc<dyn Mailer> = match &config.smtp_url {
         Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
@@ -540,6 +541,7 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
             credentials: deps.credentials.clone(),
             signer: deps.signer.clone(),
             clock: overrides.clock.clone(),
+            trials: Arc::new(store.clone()),
         },
         settings,
     )

@@ -358,6 +358,23 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             ))
             .await,
         ),
+        // A's license is no trial: the admin is told so (the authorization is what is tested).
+        "ConvertTrial" => code(
+            c.convert_trial(request(
+                who,
+                w,
+                acc::ConvertTrialRequest {
+                    license_id: lic(),
+                    customer_id: w.customer_a.clone(),
+                    policy_id: "pol_0000000000000000".into(),
+                    associate: false,
+                },
+            ))
+            .await,
+        ),
+        "GetTrialStats" => code(
+            c.get_trial_stats(request(who, w, acc::GetTrialStatsRequest { product_code: w.product.clone() })).await,
+        ),
         "ListPolicies" => {
             code(c.list_policies(request(who, w, acc::ListPoliciesRequest { product_code: w.product.clone() })).await)
         }
@@ -459,6 +476,8 @@ const ADMIN_RPCS: &[&str] = &[
     "GetLicenseMeterUsage",
     "CreatePolicy",
     "ListPolicies",
+    "ConvertTrial",
+    "GetTrialStats",
     "ListLeases",
     "GetPoolStatus",
     "UpdateSeatPolicy",
@@ -477,6 +496,8 @@ fn admin_expected(rpc: &str) -> Code {
     match rpc {
         "ReinstateLicense" => Code::FailedPrecondition,
         "RevokeLease" => Code::NotFound,
+        // No such policy: checked after the caller is known to be the admin.
+        "ConvertTrial" => Code::NotFound,
         _ => Code::Ok,
     }
 }
@@ -743,6 +764,16 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         })
     };
     let machine_a = vec![FingerprintComponent { name: "machine-id".into(), value: "a-1".into() }];
+    // ActivateTrial needs no credentials, like Activate with a key: any caller is answered on
+    // the merits (this product offers no trial), never UNAUTHENTICATED.
+    for token in [None, Some(ADMIN_TOKEN), Some(w.session_a.as_str())] {
+        let trial = act::ActivateTrialRequest {
+            product_code: w.product.clone(),
+            machine: Some(act::MachineInfo { fingerprint: machine_a.clone(), ..Default::default() }),
+        };
+        let answer = activation.activate_trial(session_req(token, trial)).await;
+        assert_eq!(code(answer), Code::FailedPrecondition, "ActivateTrial with {token:?}");
+    }
     let deactivate_with_b = activation
         .deactivate(act::DeactivateRequest {
             target: Some(act::deactivate_request::Target::LicenseAndMachine(act::LicenseAndMachine {

@@ -59,7 +59,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..65,
+        0u8..68,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -132,6 +132,7 @@ fn terms(i: &Input) -> licensing_proto::common::v1::LicenseTerms {
         grace_period: duration(i),
         heartbeat_timeout: if i.ints[3] % 2 == 0 { duration(i) } else { None },
         meters: vec![meter(i)],
+        trial: i.ints[1] % 2 == 0,
     }
 }
 
@@ -292,6 +293,12 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
         62 => run!(c.admin.apply_policy(admin_req(acc::ApplyPolicyRequest { policy_id: t(0), license_ids: vec![lic, t(1)] }))),
         63 => run!(c.admin.add_product_module(admin_req(acc::AddProductModuleRequest { product_code: t(0), module: Some(Module { code: t(4), name: t(1) }) }))),
         64 => run!(c.admin.set_module_entitlement(admin_req(acc::SetModuleEntitlementRequest { license_id: lic, module: t(4), value: t(1), expires_at: ts(i) }))),
+        65 => run!(c.activation.activate_trial(act::ActivateTrialRequest {
+            product_code: t(0),
+            machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(4), platform: t(5), product_version: t(1) }),
+        })),
+        66 => run!(c.admin.convert_trial(admin_req(acc::ConvertTrialRequest { license_id: lic, customer_id: t(1), policy_id: t(2), associate: i.ints[3] % 2 == 0 }))),
+        67 => run!(c.admin.get_trial_stats(admin_req(acc::GetTrialStatsRequest { product_code: t(0) }))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -328,7 +335,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..65 {
+        for rpc in 0u8..68 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();

@@ -620,3 +620,51 @@ async fn operators_create_policies_and_issue_from_them() {
     );
     assert!(no_kind.contains("--kind"), "{no_kind}");
 }
+
+#[tokio::test]
+async fn operators_see_trials_and_convert_one() {
+    use licensing_proto::account::v1 as acc;
+    use licensing_proto::activation::v1 as act;
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let mut admin = app.admin().await;
+    let policy = |name: &str, trial: bool, seats: i32| acc::CreatePolicyRequest {
+        product_code: f.product.clone(),
+        name: name.into(),
+        terms: Some(licensing_proto::common::v1::LicenseTerms {
+            kind: LicenseKind::NodeLocked as i32,
+            seats,
+            validity: Some(prost_types::Duration { seconds: 14 * 86_400, nanos: 0 }),
+            trial,
+            ..Default::default()
+        }),
+    };
+    admin.create_policy(admin_req(policy("Trial", true, 1))).await.unwrap();
+    let paid = admin.create_policy(admin_req(policy("Paid", false, 3))).await.unwrap().into_inner().policy.unwrap();
+    let mut product =
+        licensing_proto::activation::v1::activation_service_client::ActivationServiceClient::new(app.channel().await);
+    let machine = activate_by_key("unused", "box-1").machine;
+    let started = product
+        .activate_trial(act::ActivateTrialRequest { product_code: f.product.clone(), machine })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let stats = json(&ctl(Some(&app), t, &["--json", "trials", "stats", &f.product]).await);
+    assert_eq!(
+        (stats["started"].as_i64(), stats["active"].as_i64(), stats["converted"].as_i64()),
+        (Some(1), Some(1), Some(0))
+    );
+    let convert =
+        ["--json", "trials", "convert", &started.license_id, "--customer", &f.customer_id, "--policy", &paid.policy_id];
+    let converted = json(&ctl(Some(&app), t, &convert).await);
+    assert_eq!(
+        (converted["customer_id"].as_str(), converted["seats"].as_i64()),
+        (Some(f.customer_id.as_str()), Some(3))
+    );
+    let table = stdout(&ctl(Some(&app), t, &["trials", "stats", &f.product]).await);
+    assert!(table.contains("converted") && table.contains('1'), "{table}");
+    let again = stderr(&ctl(Some(&app), t, &convert).await);
+    assert!(again.contains("converted already"), "{again}");
+}

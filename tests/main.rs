@@ -46,5 +46,6 @@ mod soak;
 mod store_conformance;
 mod tls;
 mod traces;
+mod trials;
 mod web_portal;
 mod web_security;

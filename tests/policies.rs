@@ -28,6 +28,7 @@ fn annual_from_first_use() -> LicenseTerms {
         grace_period: days(14),
         heartbeat_timeout: None,
         meters: vec![Meter { code: "exports".into(), limit: 50, overage: 0, reset: MeterReset::Monthly as i32 }],
+        trial: false,
     }
 }
 

@@ -1739,6 +1739,7 @@ async fn policies_and_first_use_conform_on_every_backend() {
             grace_period_ms: 0,
             heartbeat_timeout_ms: None,
             meters: vec![],
+            trial: false,
         };
         let policy = Policy {
             policy_id: ids::new_id(ids::POLICY),
@@ -1817,5 +1818,194 @@ async fn policies_and_first_use_conform_on_every_backend() {
             }
             other => panic!("{name}: {other:?}"),
         }
+    }
+}
+
+/// A trial request as the Activation service makes it, for `machine`'s fingerprint.
+fn trial_command(
+    policy: &licensing_domain::policy::Policy,
+    fingerprint: Vec<ComponentDigest>,
+    now: i64,
+) -> licensing_domain::trial::TrialCommand {
+    let license = licensing_domain::trial::trial_license(ids::new_id(ids::LICENSE), policy, now);
+    licensing_domain::trial::TrialCommand {
+        product_code: policy.product_code.clone(),
+        fingerprint,
+        match_threshold: 0.6,
+        new_license: NewLicense {
+            key_digest: format!("digest-{}", license.license_id),
+            activation_password_salt: "salt".into(),
+            license,
+        },
+        now,
+    }
+}
+
+/// One trial per machine and product on every backend: the same machine (a component changed,
+/// still above the threshold) gets its trial back, another machine gets its own, racing
+/// requests from one machine make one trial, and a conversion keeps the trial's activation.
+#[tokio::test]
+async fn trials_are_once_per_machine_and_convert_in_place_on_every_backend() {
+    use licensing_domain::clock::DAY;
+    use licensing_domain::policy::{LicenseTerms, Policy, TermsStart};
+    use licensing_domain::trial::{TrialStart, TrialStats, TrialStore, TRIAL_CUSTOMER_ID};
+    let now = SystemClock.now();
+    for (name, store) in sql_stores().await {
+        let (customer, _) = seed_customer_once(&store).await;
+        let terms = LicenseTerms {
+            kind: LicenseKind::NodeLocked,
+            seats: 1,
+            allowed_deactivations: 0,
+            modules: vec![],
+            validity_ms: Some(14 * DAY),
+            upgrade_period_ms: None,
+            start: TermsStart::Issue,
+            grace_period_ms: 0,
+            heartbeat_timeout_ms: None,
+            meters: vec![],
+            trial: true,
+        };
+        let policy = Policy {
+            policy_id: ids::new_id(ids::POLICY),
+            product_code: "suite".into(),
+            name: "Trial".into(),
+            revision: 1,
+            terms: terms.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_policy(&policy, audit("policy.created", &policy.policy_id)).await.unwrap();
+        let first = match store.start_trial(&trial_command(&policy, digests("m1"), now)).await.unwrap() {
+            TrialStart::New(l) => l,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!((first.customer_id.as_str(), first.expires_at), (TRIAL_CUSTOMER_ID, Some(now + 14 * DAY)), "{name}");
+        // The same machine with its host name changed (3 of 4 components): the same trial.
+        let mut changed = digests("m1");
+        changed[3].digest = "renamed-host".into();
+        match store.start_trial(&trial_command(&policy, changed.clone(), now + DAY)).await.unwrap() {
+            TrialStart::Existing { license, converted_at: None } => {
+                assert_eq!(
+                    (license.license_id.as_str(), license.expires_at),
+                    (first.license_id.as_str(), first.expires_at),
+                    "{name}"
+                )
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        // Remembered as it looks now: another change from there still matches.
+        let mut drifted = changed.clone();
+        drifted[2].digest = "new-nic".into();
+        assert!(
+            matches!(
+                store.start_trial(&trial_command(&policy, drifted.clone(), now + DAY)).await.unwrap(),
+                TrialStart::Existing { license, .. } if license.license_id == first.license_id
+            ),
+            "{name}"
+        );
+        // Half the components (below the 0.6 threshold) is another machine.
+        let mut other = digests("m1");
+        other[0].digest = "x".into();
+        other[1].digest = "y".into();
+        other[2].digest = "z".into();
+        let second = match store.start_trial(&trial_command(&policy, other, now)).await.unwrap() {
+            TrialStart::New(l) => l,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_ne!(second.license_id, first.license_id);
+
+        // Eight racing requests from one new machine: one trial, every racer told of it.
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, command) = (store.clone(), trial_command(&policy, digests("racer"), now));
+                tokio::spawn(async move { store.start_trial(&command).await.unwrap() })
+            })
+            .collect();
+        let (mut ids_seen, mut new) = (HashSet::new(), 0);
+        for r in racers {
+            match r.await.unwrap() {
+                TrialStart::New(l) => {
+                    new += 1;
+                    ids_seen.insert(l.license_id);
+                }
+                TrialStart::Existing { license, .. } => {
+                    ids_seen.insert(license.license_id);
+                }
+            }
+        }
+        assert_eq!((new, ids_seen.len()), (1, 1), "{name}: one trial for one machine");
+        assert_eq!(
+            store.trial_stats("suite", now).await.unwrap(),
+            TrialStats { started: 3, active: 3, expired: 0, converted: 0 },
+            "{name}"
+        );
+
+        // The first machine activates its trial; converting keeps that activation.
+        let mut activate = activate_command(&first.license_id, "m1");
+        activate.fingerprint = changed;
+        let activation = match store.activate(&activate, &|_| Ok(())).await.unwrap() {
+            ActivateOutcome::New(a, _) => a,
+            other => panic!("{name}: {other:?}"),
+        };
+        let paid = Policy {
+            policy_id: ids::new_id(ids::POLICY),
+            name: "Annual".into(),
+            terms: LicenseTerms { seats: 2, validity_ms: Some(365 * DAY), trial: false, ..terms.clone() },
+            ..policy.clone()
+        };
+        let converted = store
+            .convert_trial(
+                &first.license_id,
+                &customer,
+                true,
+                &paid,
+                now + 2 * DAY,
+                audit("license.trial_converted", &first.license_id),
+            )
+            .await
+            .unwrap();
+        assert_eq!(converted.customer_id, customer, "{name}");
+        assert_eq!((converted.seats, converted.expires_at), (2, Some(now + 2 * DAY + 365 * DAY)), "{name}");
+        let stored = store.get_license(&first.license_id).await.unwrap().unwrap();
+        assert_eq!((stored.customer_id.as_str(), stored.activations_used), (customer.as_str(), 1), "{name}");
+        let live = store.list_live_activations(&first.license_id).await.unwrap();
+        assert_eq!(
+            live.iter().map(|a| a.installation_id.clone()).collect::<Vec<_>>(),
+            vec![activation.installation_id],
+            "{name}"
+        );
+        assert!(
+            matches!(
+                store.convert_trial(&first.license_id, &customer, false, &paid, now, audit("x", "y")).await,
+                Err(UpdateError::Rejected(_))
+            ),
+            "{name}: converted once"
+        );
+        assert!(
+            matches!(
+                store.start_trial(&trial_command(&policy, drifted, now)).await.unwrap(),
+                TrialStart::Existing { converted_at: Some(_), .. }
+            ),
+            "{name}: a converted machine starts no new trial"
+        );
+        // At the trial length, the unconverted ones have expired.
+        assert_eq!(
+            store.trial_stats("suite", now + 15 * DAY).await.unwrap(),
+            TrialStats { started: 3, active: 0, expired: 2, converted: 1 },
+            "{name}"
+        );
+        let actions = store.list_audit(&first.license_id, &Page::default()).await.unwrap();
+        assert!(actions.iter().any(|e| e.action == "license.trial_started"), "{name}");
+        assert!(actions.iter().any(|e| e.action == "license.trial_converted"), "{name}");
+        assert!(matches!(
+            store
+                .start_trial(&trial_command(
+                    &Policy { product_code: "nope".into(), ..policy.clone() },
+                    digests("q"),
+                    now
+                ))
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

@@ -62,6 +62,9 @@ enum Command {
     /// Create, list, show and change license policies (named terms licenses are issued from).
     #[command(subcommand)]
     Policies(PolicyCommand),
+    /// Trials of a product (machines that started one without a key) and their conversion.
+    #[command(subcommand)]
+    Trials(TrialCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -346,6 +349,9 @@ struct TermsArgs {
     /// A meter, `CODE=LIMIT[+OVERAGE]/RESET` (RESET: monthly, yearly or never); repeatable.
     #[arg(long = "meter", value_parser = meter_arg)]
     meters: Vec<Meter>,
+    /// A trial policy: machines start it without a key (node-locked, 1 seat, --validity long).
+    #[arg(long)]
+    trial: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -372,6 +378,7 @@ impl TermsArgs {
             grace_period: self.grace,
             heartbeat_timeout: self.heartbeat_timeout,
             meters: self.meters.clone(),
+            trial: self.trial,
         }
     }
 }
@@ -417,6 +424,7 @@ fn license_policy_json(p: &Policy) -> Value {
         }),
         "grace": span(t.grace_period.as_ref()), "heartbeat_timeout": span(t.heartbeat_timeout.as_ref()),
         "meters": t.meters.iter().map(|m| format!("{}={}+{}/{}", m.code, m.limit, m.overage, reset_name(m.reset))).collect::<Vec<_>>(),
+        "trial": t.trial,
         "updated": time(p.updated_at.as_ref()),
     })
 }
@@ -553,6 +561,26 @@ struct PolicyFlags {
     /// A group of users and hosts, as NAME=user:a,host:b (repeat for several).
     #[arg(long = "group", value_parser = group)]
     groups: Vec<seat::SeatGroup>,
+}
+
+#[derive(Subcommand)]
+enum TrialCommand {
+    /// How many trials of a product were started, are active, expired and were converted.
+    Stats { product: String },
+    /// Convert a trial license to a paid one in place: its machine keeps its activation and key.
+    Convert {
+        /// The trial's License ID.
+        license_id: String,
+        /// The customer (cus_...) who bought it.
+        #[arg(long)]
+        customer: String,
+        /// A paid policy (pol_...) of the trial's product whose terms it gets.
+        #[arg(long)]
+        policy: String,
+        /// Also associate the license with the customer's portal account.
+        #[arg(long)]
+        associate: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1334,6 +1362,23 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 vec![json!({"lease_id": lease_id, "revoked": r.revoked, "fence": r.fence})],
                 &["lease_id", "revoked", "fence"],
             );
+        }
+        Command::Trials(TrialCommand::Stats { product }) => {
+            let request = pb::GetTrialStatsRequest { product_code: product.clone() };
+            let r = admin.get_trial_stats(authorized(token, request)?).await.map_err(fail)?.into_inner();
+            let row = json!({
+                "product": product,
+                "started": r.started,
+                "active": r.active,
+                "expired": r.expired,
+                "converted": r.converted,
+            });
+            print_one(cli.json, &row, &["product", "started", "active", "expired", "converted"]);
+        }
+        Command::Trials(TrialCommand::Convert { license_id, customer, policy, associate }) => {
+            let request = pb::ConvertTrialRequest { license_id, customer_id: customer, policy_id: policy, associate };
+            let l = admin.convert_trial(authorized(token, request)?).await.map_err(fail)?.into_inner().license;
+            print_one(cli.json, &license_json(&l.unwrap_or_default()), LICENSE_FIELDS);
         }
         Command::History { license_id } => {
             let h = admin

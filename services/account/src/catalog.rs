@@ -17,6 +17,7 @@ use licensing_domain::store::{
     ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget, MeterStore,
 };
 use licensing_domain::text::quoted;
+use licensing_domain::trial::{TrialStats, TrialStore};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct Catalog {
     hasher: KeyedHasher,
     passwords: PasswordHasher,
     clock: SharedClock,
+    /// Trial machines and conversions.
+    trials: Arc<dyn TrialStore>,
 }
 
 /// What [`Catalog`] works over.
@@ -47,6 +50,8 @@ pub struct CatalogDeps {
     pub passwords: PasswordHasher,
     /// Judges every date.
     pub clock: SharedClock,
+    /// Trial machines and conversions.
+    pub trials: Arc<dyn TrialStore>,
 }
 
 /// Input of [`Catalog::issue_license`], already decoded from the request.
@@ -201,8 +206,8 @@ fn not_found(reason: &'static str, message: String) -> AccountError {
 impl Catalog {
     /// The use cases over `deps`.
     pub fn new(deps: CatalogDeps) -> Self {
-        let CatalogDeps { store, activations, meters, hasher, passwords, clock } = deps;
-        Self { store, activations, meters, hasher, passwords, clock }
+        let CatalogDeps { store, activations, meters, hasher, passwords, clock, trials } = deps;
+        Self { store, activations, meters, hasher, passwords, clock, trials }
     }
 
     /// A license's meters in their current periods, and every period any of its meters counted
@@ -426,6 +431,15 @@ impl Catalog {
         let mut policy = None;
         if let Some(policy_id) = input.policy_id.clone() {
             let p = self.get_policy(&policy_id).await?;
+            if p.terms.trial {
+                return Err(AccountError::invalid(
+                    "policy_id",
+                    format!(
+                        "policy {policy_id} is a trial policy: machines start its trials themselves \
+                         (ActivationService.ActivateTrial); issue from a paid policy"
+                    ),
+                ));
+            }
             if input.product_code.is_empty() {
                 input.product_code = p.product_code.clone();
             } else if input.product_code != p.product_code {
@@ -656,6 +670,12 @@ impl Catalog {
         license_ids: &[String],
     ) -> Result<Vec<License>, AccountError> {
         let policy = self.get_policy(policy_id).await?;
+        if policy.terms.trial {
+            return Err(AccountError::invalid(
+                "policy_id",
+                format!("policy {policy_id} is a trial policy: its terms go only to trials that machines start"),
+            ));
+        }
         if license_ids.is_empty() || license_ids.len() > MAX_APPLY {
             return Err(AccountError::invalid(
                 "license_ids",
@@ -685,6 +705,50 @@ impl Catalog {
             changed.push(self.change_license(actor, license_id, change, "").await?);
         }
         Ok(changed)
+    }
+
+    /// Converts the trial license `license_id` to a paid license of `customer_id` with the terms
+    /// of the paid policy `policy_id` (of its product and kind), in place: its machine keeps its
+    /// activation and key. Audited on the license (`license.trial_converted`).
+    pub async fn convert_trial(
+        &self,
+        actor: &str,
+        license_id: &str,
+        customer_id: &str,
+        policy_id: &str,
+        associate: bool,
+    ) -> Result<License, AccountError> {
+        let license = self.get_license(license_id).await?;
+        validate::id("customer_id", ids::CUSTOMER, customer_id)?;
+        let customer = self.get_customer(customer_id).await?;
+        let policy = self.get_policy(policy_id).await?;
+        if policy.terms.trial {
+            return Err(AccountError::invalid(
+                "policy_id",
+                format!("policy {policy_id} is a trial policy: convert to a paid policy of '{}'", license.product_code),
+            ));
+        }
+        if policy.product_code != license.product_code || policy.terms.kind != license.kind {
+            return Err(AccountError::invalid(
+                "policy_id",
+                format!(
+                    "policy {policy_id} makes {} licenses of '{}'; license {license_id} is a {} license of '{}'",
+                    policy.terms.kind.as_str(),
+                    policy.product_code,
+                    license.kind.as_str(),
+                    license.product_code
+                ),
+            ));
+        }
+        let audit = AuditRecord::new(actor, "license.trial_converted", license_id);
+        Ok(self.trials.convert_trial(license_id, &customer.customer_id, associate, &policy, self.now(), audit).await?)
+    }
+
+    /// A product's trials as they are now, counted from stored data.
+    pub async fn trial_stats(&self, product_code: &str) -> Result<TrialStats, AccountError> {
+        validate::code("product_code", product_code)?;
+        let product = self.get_product(product_code).await?;
+        Ok(self.trials.trial_stats(&product.code, self.now()).await?)
     }
 
     /// The license with this ID.

@@ -543,6 +543,34 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ApplyPolicyResponse { licenses: licenses.iter().map(conv::license).collect() }))
     }
 
+    async fn convert_trial(
+        &self,
+        request: Request<pb::ConvertTrialRequest>,
+    ) -> Result<Response<pb::ConvertTrialResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let r = request.get_ref();
+        let license = self
+            .catalog
+            .convert_trial(&admin.actor(), &r.license_id, &r.customer_id, &r.policy_id, r.associate)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::ConvertTrialResponse { license: Some(conv::license(&license)) }))
+    }
+
+    async fn get_trial_stats(
+        &self,
+        request: Request<pb::GetTrialStatsRequest>,
+    ) -> Result<Response<pb::GetTrialStatsResponse>, Status> {
+        self.admin(&request).await?;
+        let stats = self.catalog.trial_stats(&request.get_ref().product_code).await.or_status()?;
+        Ok(Response::new(pb::GetTrialStatsResponse {
+            started: stats.started,
+            active: stats.active,
+            expired: stats.expired,
+            converted: stats.converted,
+        }))
+    }
+
     async fn list_audit_events(
         &self,
         request: Request<pb::ListAuditEventsRequest>,

@@ -82,6 +82,26 @@ pub enum ActivationError {
     /// The server is draining.
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
+    /// No product has this code (a trial was asked for).
+    #[error("product_code: no product has the code '{0}'")]
+    ProductNotFound(String),
+    /// The product offers no trial (none of its policies is a trial policy).
+    #[error(
+        "product '{0}' offers no trial (none of its policies is a trial policy): activate it with a license key, \
+         or ask the vendor to create a trial policy"
+    )]
+    TrialNotOffered(String),
+    /// The machine's trial of the product was converted to a paid license.
+    #[error(
+        "this machine's trial of product '{product_code}' was converted to the paid license {license_id}: \
+         use that license (the same key as the trial)"
+    )]
+    TrialConverted {
+        /// The product.
+        product_code: String,
+        /// The converted license.
+        license_id: String,
+    },
     /// A use of a meter was refused: unknown meter, over the limit, a reused key, or the
     /// license not usable.
     #[error(transparent)]
@@ -124,7 +144,10 @@ impl ClassifiedError for ActivationError {
             Self::InvalidArgument { .. } | Self::Fingerprint(_) | Self::OfflineRequest(_) => {
                 ErrorClass::InvalidArgument
             }
-            Self::LicenseState(_) => ErrorClass::FailedPrecondition,
+            Self::LicenseState(_) | Self::TrialNotOffered(_) | Self::TrialConverted { .. } => {
+                ErrorClass::FailedPrecondition
+            }
+            Self::ProductNotFound(_) => ErrorClass::NotFound,
             Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => ErrorClass::ResourceExhausted,
             Self::NotActivated(_) | Self::InstallationNotFound(_) => ErrorClass::NotFound,
             Self::InstallationProofMissing | Self::SessionInvalid => ErrorClass::Unauthenticated,
@@ -151,6 +174,9 @@ impl ClassifiedError for ActivationError {
             Self::InstallationProofMissing => "INSTALLATION_PROOF_MISSING",
             Self::SessionInvalid => "SESSION_INVALID",
             Self::OfflineRequest(_) => "OFFLINE_REQUEST_INVALID",
+            Self::ProductNotFound(_) => "PRODUCT_NOT_FOUND",
+            Self::TrialNotOffered(_) => "TRIAL_NOT_OFFERED",
+            Self::TrialConverted { .. } => "TRIAL_CONVERTED",
             Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
             Self::ShuttingDown(e) => e.reason(),
@@ -194,6 +220,8 @@ mod tests {
                 "DEACTIVATION_LIMIT_REACHED",
             ),
             (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
+            (ActivationError::TrialNotOffered("cad".into()), Code::FailedPrecondition, "TRIAL_NOT_OFFERED"),
+            (ActivationError::ProductNotFound("cad".into()), Code::NotFound, "PRODUCT_NOT_FOUND"),
             (ActivationError::InstallationProofMissing, Code::Unauthenticated, "INSTALLATION_PROOF_MISSING"),
             (ActivationError::SessionInvalid, Code::Unauthenticated, "SESSION_INVALID"),
             (CredentialError::WrongPassword("l".into()).into(), Code::PermissionDenied, "WRONG_ACTIVATION_PASSWORD"),

@@ -133,6 +133,23 @@ impl ActivationService for ActivationApi {
         }))
     }
 
+    async fn activate_trial(
+        &self,
+        request: Request<pb::ActivateTrialRequest>,
+    ) -> Result<Response<pb::ActivateTrialResponse>, Status> {
+        let r = request.into_inner();
+        let machine = machine(r.machine)?;
+        let trial = self.activations.activate_trial(&r.product_code, &machine).await.or_status()?;
+        Ok(Response::new(pb::ActivateTrialResponse {
+            activation: Some(activation(&trial.activation)),
+            existing_trial: trial.existing_trial,
+            certificate: Some(certificate(trial.certificate)),
+            license_id: trial.license.license_id.clone(),
+            license_key: trial.license_key,
+            expires_at: opt_timestamp(trial.license.expires_at),
+        }))
+    }
+
     async fn deactivate(
         &self,
         request: Request<pb::DeactivateRequest>,

@@ -6,9 +6,11 @@ use licensing_domain::certificate::{
     Signer,
 };
 use licensing_domain::clock::{Millis, SharedClock, DAY};
+use licensing_domain::error::StoreError;
 use licensing_domain::fingerprint::{self, Component, ComponentDigest};
 use licensing_domain::ids;
 use licensing_domain::meter::MeterUsage;
+use licensing_domain::model::NewLicense;
 use licensing_domain::model::{
     Activation, ActivationEvent, License, LicenseKind, LicenseStatus, ModuleEntitlement, Refusal,
 };
@@ -18,6 +20,7 @@ use licensing_domain::store::{
     DeactivateCommand, DeactivateTarget, MachineMatch, MeterStore,
 };
 use licensing_domain::text::quoted;
+use licensing_domain::trial::{offered_trial, trial_license, TrialCommand, TrialStart, TrialStore};
 use licensing_runtime::auth::SessionAuth;
 use licensing_runtime::credentials::{CredentialError, CredentialResolver, Credentials};
 use licensing_runtime::license_cache::{LicenseCache, Lookup};
@@ -206,6 +209,23 @@ pub struct ActivationDeps {
     pub signer: Signer,
     /// Judges every date.
     pub clock: SharedClock,
+    /// The machines that started trials.
+    pub trials: Arc<dyn TrialStore>,
+}
+
+/// What [`Activations::activate_trial`] gave the machine.
+#[derive(Debug, Clone)]
+pub struct TrialActivation {
+    /// The machine's activation of the trial license.
+    pub activation: Activation,
+    /// Whether the machine had started this trial before (nothing new was made).
+    pub existing_trial: bool,
+    /// The certificate for the machine.
+    pub certificate: SignedBlob,
+    /// The trial license, as it is now.
+    pub license: License,
+    /// The trial's license key (derived from its ID, the same each time).
+    pub license_key: String,
 }
 
 /// The Activation service's use cases: activate, validate, refresh, deactivate, offline requests,
@@ -220,6 +240,7 @@ pub struct Activations {
     credentials: CredentialResolver,
     signer: Signer,
     clock: SharedClock,
+    trials: Arc<dyn TrialStore>,
     settings: ActivationSettings,
     /// Buckets of [`ActivationSettings::activations_per_license`], taken by activations and
     /// deactivations alike: every refusal they record was let through by it (or, for a wrong
@@ -254,7 +275,7 @@ pub fn parse_version(value: &str) -> Result<licensing_domain::version::Version, 
 impl Activations {
     /// The service over `deps`, with `settings`.
     pub fn new(deps: ActivationDeps, settings: ActivationSettings) -> Self {
-        let ActivationDeps { catalog, store, meters, sessions, credentials, signer, clock } = deps;
+        let ActivationDeps { catalog, store, meters, sessions, credentials, signer, clock, trials } = deps;
         let per_license = RateLimiter::new("activation", settings.activations_per_license);
         Self {
             catalog,
@@ -264,6 +285,7 @@ impl Activations {
             credentials,
             signer,
             clock,
+            trials,
             settings,
             per_license,
             observer: unobserved(),
@@ -436,6 +458,76 @@ impl Activations {
         };
         let certificate = self.certificate(&license, &activation, &presented).await?;
         Ok((activation, existed, certificate))
+    }
+
+    /// Starts (or finds) the trial of `product_code` on this machine, without a key: once per
+    /// machine and product, decided by the store with the product locked, then activated like
+    /// any license (an expired trial is refused as expired; a converted one is refused).
+    pub async fn activate_trial(
+        &self,
+        product_code: &str,
+        machine: &Machine,
+    ) -> Result<TrialActivation, ActivationError> {
+        let code_ok = (2..=64).contains(&product_code.len())
+            && product_code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !product_code.starts_with('-');
+        if !code_ok {
+            return Err(ActivationError::invalid(
+                "product_code",
+                format!(
+                    "{} must be 2-64 lowercase letters, digits or dashes, not starting with a dash",
+                    quoted(product_code)
+                ),
+            ));
+        }
+        // Everything the activation checks is checked before a trial is made.
+        check_text("machine.machine_name", &machine.machine_name, false)?;
+        check_text("machine.platform", &machine.platform, false)?;
+        let product_version = check_text("machine.product_version", &machine.product_version, false)?;
+        if !product_version.is_empty() {
+            parse_version(&product_version)?;
+        }
+        let (_, digests) = self.digests(&machine.fingerprint)?;
+        if self.catalog.get_product(product_code).await?.is_none() {
+            return Err(ActivationError::ProductNotFound(product_code.to_owned()));
+        }
+        let policies = self.catalog.list_policies(product_code).await?;
+        let policy =
+            offered_trial(&policies).ok_or_else(|| ActivationError::TrialNotOffered(product_code.to_owned()))?;
+        let now = self.now();
+        let license_id = ids::new_id(ids::LICENSE);
+        let hasher = self.credentials.hasher();
+        let key = hasher.trial_license_key(&license_id);
+        let salt = licensing_domain::secrets::random_token("salt", 16);
+        let command = TrialCommand {
+            product_code: product_code.to_owned(),
+            fingerprint: digests,
+            match_threshold: self.settings.match_threshold,
+            new_license: NewLicense {
+                key_digest: hasher.digest(licensing_domain::secrets::purpose::LICENSE_KEY, key.as_str()),
+                activation_password_salt: salt,
+                license: trial_license(license_id, policy, now),
+            },
+            now,
+        };
+        let (license, existing_trial) = match self.trials.start_trial(&command).await.map_err(|e| match e {
+            StoreError::NotFound(_) => ActivationError::ProductNotFound(product_code.to_owned()),
+            other => ActivationError::Store(other),
+        })? {
+            TrialStart::New(license) => (license, false),
+            TrialStart::Existing { license, converted_at: Some(_) } => {
+                return Err(ActivationError::TrialConverted {
+                    product_code: product_code.to_owned(),
+                    license_id: license.license_id,
+                })
+            }
+            TrialStart::Existing { license, converted_at: None } => (license, true),
+        };
+        let license_key = hasher.trial_license_key(&license.license_id).as_str().to_owned();
+        let (activation, _, certificate) =
+            self.activate_as(&Credentials::LicenseKey(license_key.clone()), machine, false).await?;
+        let license = self.catalog.get_license(&license.license_id).await?.unwrap_or(license);
+        Ok(TrialActivation { activation, existing_trial, certificate, license, license_key })
     }
 
     /// Activation from an offline request text, with the same limits and idempotency.

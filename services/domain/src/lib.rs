@@ -19,6 +19,7 @@
 //! - [`text`]: bounds on the short names clients send.
 //! - [`usage`]: usage reports computed from the usage log, and their CSV form.
 //! - [`policy`]: license policies (templates) and time counted from first use.
+//! - [`trial`]: trials without a key, once per machine, and their conversion.
 //! - [`meter`]: metered features: limits per period, uses and their CSV form.
 //! - [`observe`]: events worth counting (seat denials, activations), reported to an [`observe::Observer`].
 //! - [`store`]: the storage interfaces, implemented by `licensing-store`.
@@ -38,5 +39,6 @@ pub mod seat_policy;
 pub mod secrets;
 pub mod store;
 pub mod text;
+pub mod trial;
 pub mod usage;
 pub mod version;

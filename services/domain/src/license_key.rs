@@ -62,6 +62,13 @@ impl LicenseKey {
         Self::from_values(&values)
     }
 
+    /// The key whose 24 symbols are read from `seed` (at least 24 bytes, each taken mod 32):
+    /// a key the server can derive again, e.g. from a keyed digest.
+    pub fn from_seed(seed: &[u8]) -> Self {
+        let values: Vec<u32> = seed.iter().take(SYMBOLS - 1).map(|b| u32::from(*b) % 32).collect();
+        Self::from_values(&values)
+    }
+
     fn from_values(values: &[u32]) -> Self {
         let check = check_value(values);
         let mut key = String::with_capacity(SYMBOLS + GROUPS - 1);

@@ -60,6 +60,10 @@ pub struct LicenseTerms {
     /// Metered features.
     #[serde(default)]
     pub meters: Vec<Meter>,
+    /// A trial policy: licenses issued from it are trials started by machines without a key
+    /// (see [`crate::trial`]).
+    #[serde(default)]
+    pub trial: bool,
 }
 
 /// Longest validity or upgrade period a policy may give: 100 years.
@@ -100,6 +104,7 @@ impl LicenseTerms {
         validate_heartbeat_timeout(self.kind, self.heartbeat_timeout_ms)
             .map_err(|e| rename(e, "terms.heartbeat_timeout"))?;
         validate_meters(&self.meters).map_err(|e| invalid("terms.meters", e.to_string()))?;
+        crate::trial::validate_trial_terms(self)?;
         if self.start == TermsStart::FirstUse {
             if self.kind == LicenseKind::Cloud {
                 return Err(invalid(
@@ -262,6 +267,7 @@ mod tests {
             grace_period_ms: 14 * DAY,
             heartbeat_timeout_ms: None,
             meters: vec![],
+            trial: false,
         }
     }
 

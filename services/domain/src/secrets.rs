@@ -47,6 +47,13 @@ impl KeyedHasher {
         hex::encode(self.mac(purpose, &[secret]))
     }
 
+    /// The license key of a trial license: derived from its ID with the server key, so the
+    /// machine that started the trial can be given it again (after a reinstall) though only
+    /// its digest is stored.
+    pub fn trial_license_key(&self, license_id: &str) -> crate::license_key::LicenseKey {
+        crate::license_key::LicenseKey::from_seed(&self.mac(purpose::TRIAL_LICENSE_KEY, &[license_id]))
+    }
+
     /// The activation password of a license: derived from its ID and a stored random salt, so it
     /// can be shown again but never sits in the database. 20 symbols, 100 bits, grouped by 5.
     pub fn activation_password(&self, license_id: &str, salt: &str) -> String {
@@ -67,6 +74,8 @@ impl KeyedHasher {
 pub mod purpose {
     /// Digests of license keys, for looking a key up without storing it.
     pub const LICENSE_KEY: &str = "license-key";
+    /// Trial license keys, derived from the License ID.
+    pub const TRIAL_LICENSE_KEY: &str = "trial-license-key";
     /// Digests of the activation passwords customers may set on a license.
     pub const ACTIVATION_PASSWORD: &str = "activation-password";
     /// Digests of portal session tokens.

@@ -72,6 +72,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_RATE_LOGIN_PER_ACCOUNT", "portal logins per customer account from one client address (wrong passwords also slow that address down, never the account: see the customer portal)"),
     ("LICENSING_RATE_RESET_PER_CLIENT", "password reset requests and resets per client address (mail per account: at most 3 an hour)"),
     ("LICENSING_RATE_ACTIVATE_PER_CLIENT", "activations (online and offline) per client address"),
+    ("LICENSING_RATE_TRIAL_PER_CLIENT", "trial requests (ActivateTrial) per client address"),
     ("LICENSING_RATE_ACTIVATE_PER_LICENSE", "activations (online and offline) and product deactivations per license"),
     ("LICENSING_RATE_CHECKOUT_PER_CLIENT", "seat checkouts and WaitForSeat calls per client address (heartbeats and checkins are never limited)"),
     ("LICENSING_RATE_CHECKOUT_PER_LICENSE", "seat checkouts and WaitForSeat calls per license"),
@@ -192,6 +193,9 @@ pub struct RateLimits {
     pub activate_per_client: Option<Rate>,
     /// Activations and product deactivations per license (`LICENSING_RATE_ACTIVATE_PER_LICENSE`).
     pub activate_per_license: Option<Rate>,
+    /// Trial requests per client address (`LICENSING_RATE_TRIAL_PER_CLIENT`): each new machine
+    /// makes a license, so far fewer than activations.
+    pub trial_per_client: Option<Rate>,
     /// Seat checkouts and waits per client address (`LICENSING_RATE_CHECKOUT_PER_CLIENT`).
     pub checkout_per_client: Option<Rate>,
     /// Seat checkouts and waits per license (`LICENSING_RATE_CHECKOUT_PER_LICENSE`).
@@ -209,6 +213,7 @@ impl Default for RateLimits {
             reset_per_client: per_min(20),
             activate_per_client: per_min(600),
             activate_per_license: per_min(120),
+            trial_per_client: Some(Rate { count: 30, per: Duration::from_secs(3600) }),
             checkout_per_client: per_min(6_000),
             checkout_per_license: per_min(1_200),
         }
@@ -229,6 +234,7 @@ impl RateLimits {
             reset_per_client: rate("LICENSING_RATE_RESET_PER_CLIENT", d.reset_per_client)?,
             activate_per_client: rate("LICENSING_RATE_ACTIVATE_PER_CLIENT", d.activate_per_client)?,
             activate_per_license: rate("LICENSING_RATE_ACTIVATE_PER_LICENSE", d.activate_per_license)?,
+            trial_per_client: rate("LICENSING_RATE_TRIAL_PER_CLIENT", d.trial_per_client)?,
             checkout_per_client: rate("LICENSING_RATE_CHECKOUT_PER_CLIENT", d.checkout_per_client)?,
             checkout_per_license: rate("LICENSING_RATE_CHECKOUT_PER_LICENSE", d.checkout_per_license)?,
         })

@@ -369,6 +369,7 @@ pub mod proto {
             grace_period: (t.grace_period_ms > 0).then(|| super::to_duration(t.grace_period_ms)),
             heartbeat_timeout: t.heartbeat_timeout_ms.map(super::to_duration),
             meters: t.meters.iter().map(meter).collect(),
+            trial: t.trial,
         }
     }
 
@@ -397,6 +398,7 @@ pub mod proto {
             grace_period_ms: super::from_duration("terms.grace_period", t.grace_period.as_ref())?,
             heartbeat_timeout_ms: optional("terms.heartbeat_timeout", t.heartbeat_timeout.as_ref())?,
             meters: t.meters.iter().map(|m| meter_from_proto("terms.meters", Some(m))).collect::<Result<_, _>>()?,
+            trial: t.trial,
         })
     }
 

@@ -186,6 +186,11 @@ impl ClientRate {
                 limiter: RateLimiter::new("activation", limits.activate_per_client),
             },
             Self {
+                what: "trial",
+                methods: &["/licensing.activation.v1.ActivationService/ActivateTrial"],
+                limiter: RateLimiter::new("trial", limits.trial_per_client),
+            },
+            Self {
                 what: "checkout",
                 methods: &["/licensing.seat.v1.SeatService/Checkout", "/licensing.seat.v1.SeatService/WaitForSeat"],
                 limiter: RateLimiter::new("checkout", limits.checkout_per_client),

@@ -6,6 +6,7 @@ mod leases;
 mod meters;
 mod policies;
 mod portal;
+mod trials;
 mod usage;
 
 pub use leases::SqlLeaseStore;

@@ -9,7 +9,7 @@ use licensing_domain::store::{CatalogStore, UpdateError};
 use licensing_domain::text::quoted;
 use sqlx::{Any, Transaction};
 
-const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
+pub(crate) const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
      associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms, heartbeat_timeout_ms, \
      policy_id, policy_revision, first_use_json, module_entitlements_json";
