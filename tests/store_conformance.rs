@@ -205,6 +205,7 @@ fn activate_command(license_id: &str, machine: &str) -> ActivateCommand {
         platform: "p".into(),
         product_version: "1.0".into(),
         offline: false,
+        server: false,
         match_threshold: 0.6,
         now: 100,
     }
@@ -555,6 +556,7 @@ async fn activation_stores_match_machines_through_the_components_they_share() {
             last_seen_at: 50,
             deactivated_at: None,
             offline: false,
+            server_serial: 0,
         };
         let mut imported: Vec<Activation> = (0..70)
             .map(|i| machine(i, component("cpu", "xeon")))
