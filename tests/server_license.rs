@@ -58,6 +58,7 @@ async fn issue_server_license(app: &TestApp, f: &Fixture, servers: i32) -> (Stri
     let product = f.product.clone();
     let (license_id, key, _) = issue_license(app, f, LicenseKind::Server, servers, |r| {
         r.modules = vec![];
+        r.associate = true;
         r.server_grants = vec![grant(&product, "", 25, 10), grant(&product, "render", 5, 0)];
     })
     .await;
@@ -192,6 +193,27 @@ async fn an_air_gapped_server_is_answered_by_request_files_and_only_its_latest_f
         // The operator asks again (the first answer was lost): serial 2 supersedes it.
         let again = process(&app, &request_file(ServerRequestKind::Activate, &key, "vault", "", 0)).await.unwrap();
         assert_eq!((again.serial, again.installation_id.as_str()), (2, answer.installation_id.as_str()));
+
+        // The customer cannot free the server in the portal: only its return (or the vendor) can.
+        let session =
+            licensing_proto::account::v1::account_service_client::AccountServiceClient::new(app.channel().await)
+                .login(admin_pb::LoginRequest { login: f.customer_id.clone(), password: CUSTOMER_PASSWORD.into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .session_token;
+        let portal =
+            licensing_proto::account::v1::account_service_client::AccountServiceClient::new(app.channel().await)
+                .deactivate_installation(with_token(
+                    &session,
+                    admin_pb::DeactivateInstallationRequest {
+                        license_id: license_id.clone(),
+                        installation_id: answer.installation_id.clone(),
+                    },
+                ))
+                .await
+                .unwrap_err();
+        assert_eq!((portal.code(), reason(&portal).as_str()), (Code::FailedPrecondition, "WRONG_KIND"), "{backend:?}");
 
         // Returning the older file is refused, audited, and frees nothing.
         let stale = request_file(ServerRequestKind::Return, &key, "vault", &answer.installation_id, 1);
