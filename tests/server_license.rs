@@ -374,6 +374,20 @@ async fn bad_server_input_is_refused_naming_the_field_and_changes_nothing() {
         });
         let status = process(&app, &nul_name).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{backend:?}: {}", status.message());
+        assert!(status.message().starts_with("request_file: server_name:"), "{}", status.message());
+        let no_fingerprint = encode_server_request(&ServerRequest {
+            v: 1,
+            kind: ServerRequestKind::Activate,
+            license_key: key.clone(),
+            fingerprint: vec![],
+            server_name: "lic01".into(),
+            installation_id: String::new(),
+            serial: 0,
+            created_at_ms: 0,
+        });
+        let status = process(&app, &no_fingerprint).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{backend:?}: {}", status.message());
+        assert!(status.message().starts_with("request_file: fingerprint:"), "{}", status.message());
         let status = activate_server(&app, &key, "li\0c01").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{backend:?}: {}", status.message());
         assert!(status.message().contains("machine"), "{}", status.message());

@@ -126,6 +126,11 @@ impl Activations {
                 "request_file: not a server request file (-----BEGIN LICENSING SERVER REQUEST-----): {why}"
             ))
         })?;
+        // What the file carries is judged as the file's, so the refusal names it.
+        let in_file = |message: String| ActivationError::ServerRequest(format!("request_file: {message}"));
+        licensing_domain::text::bounded_text(&request.server_name, 200, false)
+            .map_err(|m| in_file(format!("server_name: {m}")))?;
+        fingerprint::normalize(&request.fingerprint).map_err(|e| in_file(e.to_string()))?;
         let credentials = Credentials::LicenseKey(request.license_key.clone());
         match request.kind {
             ServerRequestKind::Activate => {
