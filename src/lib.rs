@@ -496,7 +496,7 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         settings,
     );
     served.serve(
-        AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone()))
+        AdminApi::new(catalog, AdminAuth::new(catalog_store.clone(), hasher.clone()), activation_use_cases(deps))
             .into_server(config.max_message_bytes),
     );
     if let Some(listener) = portal_listener {
@@ -523,15 +523,17 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
     Ok(())
 }
 
-/// The Activation service: node-locked activations and validations.
-fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
-    let Deps { config, overrides, stack, store, hasher, .. } = deps;
+/// The Activation service's use cases over the process's stores and keys (without caches): the
+/// Activation service adds its own; the Account service answers on-premises servers' request
+/// files with them.
+fn activation_use_cases(deps: &Deps<'_>) -> Activations {
+    let Deps { config, overrides, store, hasher, .. } = deps;
     let settings = ActivationSettings {
         match_threshold: config.fingerprint_match,
         activations_per_license: config.rate_limits.activate_per_license,
         ..ActivationSettings::default()
     };
-    let activations = Activations::new(
+    Activations::new(
         ActivationDeps {
             catalog: deps.catalog.clone(),
             store: Arc::new(store.clone()),
@@ -545,10 +547,16 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
         },
         settings,
     )
-    .with_observer(Arc::new(stack.metrics.clone()))
-    // Validations read licenses and live activations from a cache that follows the store's
-    // change feed (activations changed by any process are reported too).
-    .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
+}
+
+/// The Activation service: node-locked activations and validations.
+fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
+    let Deps { config, stack, store, .. } = deps;
+    let activations = activation_use_cases(deps)
+        .with_observer(Arc::new(stack.metrics.clone()))
+        // Validations read licenses and live activations from a cache that follows the store's
+        // change feed (activations changed by any process are reported too).
+        .with_validation_cache(Arc::new(ValidationCache::following(store.license_feed())));
     served.background.push(tokio::spawn(cull_silent_machines(activations.clone(), config.cull_interval)));
     // WatchLicense streams end when the server drains.
     let api = ActivationApi::new(activations, config.watch_poll).with_drain(stack.drain.clone());

@@ -430,6 +430,11 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             s.end_lease_store_recovery(request(who, w, seat::EndLeaseStoreRecoveryRequest { reason: "test".into() }))
                 .await,
         ),
+        // An empty request file: past the admin check, it is refused as invalid input.
+        "ProcessServerRequest" => code(
+            c.process_server_request(request(who, w, acc::ProcessServerRequestRequest { request_file: String::new() }))
+                .await,
+        ),
         other => panic!("no cell for {other}"),
     }
 }
@@ -485,6 +490,7 @@ const ADMIN_RPCS: &[&str] = &[
     "RevokeLease",
     "GetLeaseStoreStatus",
     "EndLeaseStoreRecovery",
+    "ProcessServerRequest",
 ];
 
 /// Admin calls that the license's own customer may make with a portal session too (on its own
@@ -498,6 +504,7 @@ fn admin_expected(rpc: &str) -> Code {
         "RevokeLease" => Code::NotFound,
         // No such policy: checked after the caller is known to be the admin.
         "ConvertTrial" => Code::NotFound,
+        "ProcessServerRequest" => Code::InvalidArgument,
         _ => Code::Ok,
     }
 }
@@ -822,6 +829,14 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         })
         .await;
     assert_eq!(code(refresh_with_b), Code::FailedPrecondition);
+    // A product's (floating) key activates no on-premises server: only a server license's does.
+    let server_with_b = activation
+        .activate_server(act::ActivateServerRequest {
+            credentials: key(&w.floating_key_b),
+            machine: Some(act::MachineInfo { fingerprint: machine_a.clone(), ..Default::default() }),
+        })
+        .await;
+    assert_eq!(code(server_with_b), Code::FailedPrecondition, "a floating key activates no server");
     // A key names its own license: B's key cannot count against A's meter, nor read it.
     app.admin()
         .await

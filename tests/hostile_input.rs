@@ -8,7 +8,9 @@ use licensing_proto::account::v1 as acc;
 use licensing_proto::account::v1::account_service_client::AccountServiceClient;
 use licensing_proto::activation::v1 as act;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
-use licensing_proto::common::v1::{FingerprintComponent, LicenseKind, Module, ModuleEntitlement, PageRequest};
+use licensing_proto::common::v1::{
+    FingerprintComponent, LicenseKind, Module, ModuleEntitlement, PageRequest, ServerGrant,
+};
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use proptest::prelude::*;
@@ -59,7 +61,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..68,
+        0u8..70,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -173,6 +175,7 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             policy_id: t(5),
             heartbeat_timeout: if i.ints[3] % 3 == 0 { duration(i) } else { None },
             module_entitlements: vec![ModuleEntitlement { module: t(2), value: t(5), expires_at: ts(i) }],
+            server_grants: vec![ServerGrant { product_code: t(0), feature: t(2), floating_seats: i.ints[1], node_locked_activations: i.ints[2] }],
         }))),
         5 => run!(c.admin.get_license(admin_req(acc::GetLicenseRequest { license_id: lic }))),
         6 => run!(c.admin.list_licenses(admin_req(acc::ListLicensesRequest { page: page(i), customer_id: t(1), product_code: t(2), status: i.ints[0], query: t(3) }))),
@@ -299,6 +302,11 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
         })),
         66 => run!(c.admin.convert_trial(admin_req(acc::ConvertTrialRequest { license_id: lic, customer_id: t(1), policy_id: t(2), associate: i.ints[3] % 2 == 0 }))),
         67 => run!(c.admin.get_trial_stats(admin_req(acc::GetTrialStatsRequest { product_code: t(0) }))),
+        68 => run!(c.activation.activate_server(act::ActivateServerRequest {
+            credentials: act_creds(i),
+            machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(1), platform: t(4), product_version: t(5) }),
+        })),
+        69 => run!(c.admin.process_server_request(admin_req(acc::ProcessServerRequestRequest { request_file: t(0) }))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -335,7 +343,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..68 {
+        for rpc in 0u8..70 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();

@@ -668,3 +668,63 @@ async fn operators_see_trials_and_convert_one() {
     let again = stderr(&ctl(Some(&app), t, &convert).await);
     assert!(again.contains("converted already"), "{again}");
 }
+
+#[tokio::test]
+async fn operators_issue_a_server_license_and_answer_an_air_gapped_servers_request() {
+    use licensing_domain::server_license::{encode_server_request, ServerRequest, ServerRequestKind};
+    let app = spawn_app(Backend::Sqlite).await;
+    let f = fixture(&app).await;
+    let t = Some(ADMIN_TOKEN);
+    let (product, render) = (format!("{}=25", f.product), format!("{}/render=5", f.product));
+    let node_locked = format!("{}=10", f.product);
+    let issue = [
+        "--json",
+        "licenses",
+        "issue",
+        "--product",
+        &f.product,
+        "--customer",
+        &f.customer_id,
+        "--kind",
+        "server",
+        "--grant",
+        &product,
+        "--grant",
+        &render,
+        "--grant-node-locked",
+        &node_locked,
+    ];
+    let issued = json(&ctl(Some(&app), t, &issue).await);
+    assert_eq!(issued["kind"], "LICENSE_KIND_SERVER");
+    let grants = serde_json::json!([format!("{}=25 node-locked=10", f.product), format!("{}/render=5", f.product)]);
+    assert_eq!(issued["server_grants"], grants);
+    let unknown = [&issue[..9], &["--grant", "no-such-product=3"]].concat();
+    let refused = stderr(&ctl(Some(&app), t, &unknown).await);
+    assert!(refused.contains("server_grants.product_code") && refused.contains("no-such-product"), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (request, out) = (dir.path().join("vault.request"), dir.path().join("vault.server-license"));
+    let text = encode_server_request(&ServerRequest {
+        v: 1,
+        kind: ServerRequestKind::Activate,
+        license_key: issued["license_key"].as_str().unwrap().into(),
+        fingerprint: vec![licensing_domain::fingerprint::Component {
+            name: "machine-id".into(),
+            value: "vault".into(),
+        }],
+        server_name: "vault".into(),
+        installation_id: String::new(),
+        serial: 0,
+        created_at_ms: 0,
+    });
+    std::fs::write(&request, text).unwrap();
+    let (request, out) = (request.to_str().unwrap(), out.to_str().unwrap());
+    let missing_out = stderr(&ctl(Some(&app), t, &["server-license", "respond", "--request", request]).await);
+    assert!(missing_out.contains("--out"), "{missing_out}");
+    assert_eq!(get_license(&app, issued["license_id"].as_str().unwrap()).await.activations_used, 0);
+    let answered =
+        json(&ctl(Some(&app), t, &["--json", "server-license", "respond", "--request", request, "--out", out]).await);
+    assert_eq!((answered["serial"].as_i64(), answered["returned"].as_bool()), (Some(1), Some(false)));
+    let file = std::fs::read_to_string(out).unwrap();
+    assert!(file.starts_with("-----BEGIN LICENSING SERVER LICENSE-----"), "{file}");
+}

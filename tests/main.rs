@@ -42,6 +42,7 @@ mod seat_policy;
 mod seat_redis_faults;
 mod secrets_in_logs;
 mod server;
+mod server_license;
 mod soak;
 mod store_conformance;
 mod tls;

@@ -205,6 +205,7 @@ fn activate_command(license_id: &str, machine: &str) -> ActivateCommand {
         platform: "p".into(),
         product_version: "1.0".into(),
         offline: false,
+        server: false,
         match_threshold: 0.6,
         now: 100,
     }
@@ -408,6 +409,91 @@ async fn activation_store_conformance() {
     }
 }
 
+/// A server license's activations: racing (re-)activations of one server each get their own
+/// serial (no two files share one), a second server beyond the seats is refused, and the
+/// return of a server's file frees its activation only when it names the latest serial, with
+/// its audit record; a refused return changes nothing.
+#[tokio::test]
+async fn server_license_serials_only_grow_and_only_the_latest_file_returns_in_every_sql_store() {
+    let usable = |_: &License| Ok(());
+    for (name, store) in sql_stores().await {
+        let (customer, _) = seed(&store).await;
+        let l = License {
+            kind: LicenseKind::Server,
+            server_grants: vec![licensing_domain::server_license::ServerGrant {
+                product_code: "suite".into(),
+                feature: String::new(),
+                floating_seats: 5,
+                node_locked_activations: 0,
+            }],
+            ..new_license(&customer.customer_id, LicenseKind::Server, 1)
+        };
+        insert(&store, &l).await;
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().server_grants, l.server_grants, "{name}");
+        let server = |machine: &str| ActivateCommand { server: true, ..activate_command(&l.license_id, machine) };
+        let mut racing = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (store, command) = (store.clone(), server("srv-1"));
+            racing.spawn(async move { store.activate(&command, &|_: &License| Ok(())).await });
+        }
+        let mut serials = vec![];
+        let mut installations = HashSet::new();
+        while let Some(outcome) = racing.join_next().await {
+            let (ActivateOutcome::New(a, _) | ActivateOutcome::Existing(a, _)) = outcome.unwrap().unwrap();
+            serials.push(a.server_serial);
+            installations.insert(a.installation_id);
+        }
+        serials.sort_unstable();
+        assert_eq!(serials, (1..=8).collect::<Vec<i64>>(), "{name}: each file its own serial");
+        assert_eq!(installations.len(), 1, "{name}: one server, one activation");
+        let installation_id = installations.into_iter().next().unwrap();
+        assert!(
+            matches!(
+                store.activate(&server("srv-2"), &usable).await,
+                Err(ActivationStoreError::LimitReached { seats: 1 })
+            ),
+            "{name}"
+        );
+        // An activation that signs no file leaves the serial as it is.
+        store.activate(&activate_command(&l.license_id, "srv-1"), &usable).await.unwrap();
+        assert_eq!(store.get_activation(&installation_id).await.unwrap().unwrap().server_serial, 8, "{name}");
+        assert_eq!(
+            store.activate(&server("srv-1"), &usable).await.map(|o| match o {
+                ActivateOutcome::New(a, _) | ActivateOutcome::Existing(a, _) => a.server_serial,
+            }),
+            Ok(9),
+            "{name}"
+        );
+
+        let give_back = |serial: i64| DeactivateCommand {
+            license_id: l.license_id.clone(),
+            target: DeactivateTarget::ServerLicenseFile {
+                installation_id: installation_id.clone(),
+                serial,
+                audit: audit("server_license.returned", &l.license_id),
+            },
+            counts: false,
+            action: "server_return",
+            now: 300,
+        };
+        match store.deactivate(&give_back(8)).await {
+            Err(ActivationStoreError::Refused(r)) => assert_eq!(r.reason, "SUPERSEDED_SERVER_LICENSE", "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(store.get_license(&l.license_id).await.unwrap().unwrap().activations_used, 1, "{name}");
+        let (returned, after) = store.deactivate(&give_back(9)).await.unwrap();
+        assert_eq!((returned.deactivated_at, after.activations_used, after.deactivations_used), (Some(300), 0, 0));
+        let actions: Vec<String> =
+            store.list_audit(&l.license_id, &Page::default()).await.unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions.iter().filter(|a| *a == "server_license.returned").count(), 1, "{name}: {actions:?}");
+        assert!(matches!(store.deactivate(&give_back(9)).await, Err(ActivationStoreError::NoActivation)), "{name}");
+        let ActivateOutcome::New(next, _) = store.activate(&server("srv-2"), &usable).await.unwrap() else {
+            panic!("{name}: another server after the return")
+        };
+        assert_eq!(next.server_serial, 10, "{name}: serials go on growing across servers");
+    }
+}
+
 async fn insert(store: &SqlStore, l: &License) {
     let new = NewLicense {
         license: l.clone(),
@@ -555,6 +641,7 @@ async fn activation_stores_match_machines_through_the_components_they_share() {
             last_seen_at: 50,
             deactivated_at: None,
             offline: false,
+            server_serial: 0,
         };
         let mut imported: Vec<Activation> = (0..70)
             .map(|i| machine(i, component("cpu", "xeon")))

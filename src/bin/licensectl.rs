@@ -11,7 +11,7 @@ use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::admin_service_client::AdminServiceClient;
 use licensing_proto::common::v1::{
     Customer, License, LicenseKind, LicenseStatus, LicenseTerms, Meter, MeterReset, MeterUsage, PageRequest, Policy,
-    Product, TermsStart,
+    Product, ServerGrant, TermsStart,
 };
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
@@ -65,6 +65,9 @@ enum Command {
     /// Trials of a product (machines that started one without a key) and their conversion.
     #[command(subcommand)]
     Trials(TrialCommand),
+    /// Server licenses of on-premises license servers.
+    #[command(subcommand)]
+    ServerLicense(ServerLicenseCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -86,6 +89,20 @@ enum Command {
         /// Print the report as CSV (metric,day,subject,value), for a spreadsheet.
         #[arg(long)]
         csv: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerLicenseCommand {
+    /// Answer an air-gapped on-premises server's request file: an activation request with its
+    /// signed server license file (written to --out), a return by freeing its activation.
+    Respond {
+        /// The request file the server wrote.
+        #[arg(long)]
+        request: std::path::PathBuf,
+        /// Where to write the server license file (an activation request only).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -168,6 +185,9 @@ enum Kind {
     NodeLocked,
     Concurrent,
     Cloud,
+    /// A server license: activated by a customer's on-premises license server (--seats: how
+    /// many servers), which serves what its --grant flags allow.
+    Server,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,6 +235,14 @@ enum LicenseCommand {
         /// 365 days) or are deactivated, without spending a deactivation.
         #[arg(long, value_parser = duration)]
         heartbeat_timeout: Option<prost_types::Duration>,
+        /// Server licenses: floating seats the on-premises server may serve, of a product
+        /// (`cad-pro=25`) or of one of its features (`cad-pro/render=5`); repeat per grant.
+        #[arg(long = "grant", value_parser = server_grant)]
+        grants: Vec<ServerGrant>,
+        /// Server licenses: node-locked activations the on-premises server may make of a
+        /// product (`cad-pro=10`); repeat per product.
+        #[arg(long = "grant-node-locked", value_parser = counted_owned)]
+        grants_node_locked: Vec<(String, i32)>,
     },
     /// List licenses (every page), filtered by customer, product, status or text.
     List {
@@ -408,6 +436,7 @@ fn kind_to_proto(kind: Kind) -> LicenseKind {
         Kind::NodeLocked => LicenseKind::NodeLocked,
         Kind::Concurrent => LicenseKind::Concurrent,
         Kind::Cloud => LicenseKind::Cloud,
+        Kind::Server => LicenseKind::Server,
     }
 }
 
@@ -716,6 +745,47 @@ fn counted(text: &str) -> Result<(&str, i32), String> {
     Ok((thing, n.parse().map_err(|_| format!("'{text}': '{n}' is not a whole number"))?))
 }
 
+fn counted_owned(text: &str) -> Result<(String, i32), String> {
+    counted(text).map(|(thing, n)| (thing.to_owned(), n))
+}
+
+/// `PRODUCT=SEATS` or `PRODUCT/FEATURE=SEATS`: a server license's floating-seat grant.
+fn server_grant(text: &str) -> Result<ServerGrant, String> {
+    let (name, floating_seats) = counted(text)?;
+    let (product, feature) = name.split_once('/').unwrap_or((name, ""));
+    Ok(ServerGrant {
+        product_code: product.to_owned(),
+        feature: feature.to_owned(),
+        floating_seats,
+        node_locked_activations: 0,
+    })
+}
+
+/// The grants of `--grant` and `--grant-node-locked`, one per product or feature.
+fn merged_grants(mut grants: Vec<ServerGrant>, node_locked: Vec<(String, i32)>) -> Vec<ServerGrant> {
+    for (product, activations) in node_locked {
+        match grants.iter_mut().find(|g| g.product_code == product && g.feature.is_empty()) {
+            Some(g) => g.node_locked_activations = activations,
+            None => grants.push(ServerGrant {
+                product_code: product,
+                feature: String::new(),
+                floating_seats: 0,
+                node_locked_activations: activations,
+            }),
+        }
+    }
+    grants
+}
+
+/// A grant as one line: `cad-pro=25 node-locked=10`, `cad-pro/render=5`.
+fn grant_text(g: &ServerGrant) -> String {
+    let name = if g.feature.is_empty() { g.product_code.clone() } else { format!("{}/{}", g.product_code, g.feature) };
+    match g.node_locked_activations {
+        0 => format!("{name}={}", g.floating_seats),
+        n => format!("{name}={} node-locked={n}", g.floating_seats),
+    }
+}
+
 fn reservation(text: &str) -> Result<seat::Reservation, String> {
     let (who, seats) = counted(text)?;
     Ok(seat::Reservation { principal: Some(principal(who)?), seats })
@@ -755,6 +825,7 @@ fn license_json(l: &License) -> Value {
         "policy": (!l.policy_id.is_empty()).then(|| format!("{} (revision {})", l.policy_id, l.policy_revision)),
         "first_used": time(l.first_used_at.as_ref()),
         "starts_at_first_use": l.starts_at_first_use,
+        "server_grants": l.server_grants.iter().map(grant_text).collect::<Vec<_>>(),
     })
 }
 
@@ -1116,6 +1187,8 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
             grace,
             associate,
             heartbeat_timeout,
+            grants,
+            grants_node_locked,
         }) => {
             let kind = kind.map(kind_to_proto);
             // Without a policy, the defaults of a plain license; with one, what is left out is its.
@@ -1136,6 +1209,7 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 grace_period: grace,
                 associate,
                 heartbeat_timeout,
+                server_grants: merged_grants(grants, grants_node_locked),
                 ..Default::default()
             };
             let issued = admin.issue_license(authorized(token, request)?).await.map_err(fail)?.into_inner();
@@ -1379,6 +1453,41 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
             let request = pb::ConvertTrialRequest { license_id, customer_id: customer, policy_id: policy, associate };
             let l = admin.convert_trial(authorized(token, request)?).await.map_err(fail)?.into_inner().license;
             print_one(cli.json, &license_json(&l.unwrap_or_default()), LICENSE_FIELDS);
+        }
+        Command::ServerLicense(ServerLicenseCommand::Respond { request, out }) => {
+            let request_file = std::fs::read_to_string(&request)
+                .map_err(|e| Failure(format!("--request: cannot read {}: {e}", request.display())))?;
+            // An activation request's answer must land somewhere: checked before anything is
+            // signed (the server judges the rest of the file).
+            let activation = licensing_domain::server_license::decode_server_request(&request_file)
+                .is_ok_and(|r| r.kind == licensing_domain::server_license::ServerRequestKind::Activate);
+            if activation && out.is_none() {
+                return Err(Failure(
+                    "--out: name the file to write the server license file to (this is an activation request)".into(),
+                ));
+            }
+            let answer = admin
+                .process_server_request(authorized(token, pb::ProcessServerRequestRequest { request_file })?)
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let row = json!({
+                "license_id": answer.license.as_ref().map(|l| l.license_id.clone()).unwrap_or_default(),
+                "installation_id": answer.installation_id, "serial": answer.serial, "returned": answer.returned,
+                "server_license_file": out.as_ref().filter(|_| !answer.returned).map(|p| p.display().to_string()),
+            });
+            if let (false, Some(out)) = (answer.returned, &out) {
+                std::fs::write(out, &answer.server_license_file)
+                    .map_err(|e| Failure(format!("--out: cannot write {}: {e}", out.display())))?;
+            }
+            if cli.json {
+                out!("{}", pretty(&row));
+            } else {
+                out!(
+                    "{}",
+                    table(&[row], &["license_id", "installation_id", "serial", "returned", "server_license_file"])
+                );
+            }
         }
         Command::History { license_id } => {
             let h = admin

@@ -738,6 +738,7 @@ pub fn new_license(
         policy_id: None,
         policy_revision: 0,
         first_use: None,
+        server_grants: Vec::new(),
         created_at: 1,
         updated_at: 1,
     }

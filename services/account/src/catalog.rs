@@ -94,6 +94,9 @@ pub struct IssueLicense {
     /// seats 0, allowed deactivations 0, no modules, no dates, no grace, no heartbeats, no
     /// meters) comes from its terms.
     pub policy_id: Option<String>,
+    /// A server license: what its on-premises server may serve (at least one grant); empty
+    /// for every other kind.
+    pub server_grants: Vec<licensing_domain::server_license::ServerGrant>,
 }
 
 /// When a license issued from a policy gets its dates: from its first use (the terms to start
@@ -255,6 +258,39 @@ impl Catalog {
             }
         }
         self.get_license(license_id).await
+    }
+
+    /// A server license's grants must name products that exist and their modules, each once,
+    /// with seats in bounds; other kinds carry none.
+    async fn check_server_grants(
+        &self,
+        kind: LicenseKind,
+        grants: &[licensing_domain::server_license::ServerGrant],
+    ) -> Result<(), AccountError> {
+        if kind != LicenseKind::Server {
+            return match grants.is_empty() {
+                true => Ok(()),
+                false => Err(AccountError::invalid(
+                    "server_grants",
+                    format!("only server licenses carry grants; this is a {} license", kind.as_str()),
+                )),
+            };
+        }
+        let mut products: Vec<Product> = vec![];
+        for grant in grants.iter().take(licensing_domain::server_license::MAX_GRANTS) {
+            validate::code("server_grants.product_code", &grant.product_code)?;
+            if !grant.feature.is_empty() {
+                validate::code("server_grants.feature", &grant.feature)?;
+            }
+            if products.iter().any(|p| p.code == grant.product_code) {
+                continue;
+            }
+            if let Some(product) = self.store.get_product(&grant.product_code).await? {
+                products.push(product);
+            }
+        }
+        licensing_domain::server_license::validate_grants(grants, &products)
+            .map_err(|e| AccountError::invalid(e.field, e.message))
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn CatalogStore> {
@@ -457,8 +493,9 @@ impl Catalog {
         }
         validate::code("product_code", &input.product_code)?;
         validate::id("customer_id", ids::CUSTOMER, &input.customer_id)?;
-        let kind =
-            input.kind.ok_or_else(|| AccountError::invalid("kind", "choose NODE_LOCKED, CONCURRENT or CLOUD"))?;
+        let kind = input
+            .kind
+            .ok_or_else(|| AccountError::invalid("kind", "choose NODE_LOCKED, CONCURRENT, CLOUD or SERVER"))?;
         let seats = match kind {
             LicenseKind::Cloud if input.seats != 0 => {
                 return Err(AccountError::invalid("seats", "cloud licenses have no seats; leave it 0"))
@@ -509,6 +546,7 @@ impl Catalog {
             other => other,
         })?;
         validate_modules(&product, &input.modules).map_err(|e| AccountError::invalid("modules", e.to_string()))?;
+        self.check_server_grants(kind, &input.server_grants).await?;
         let customer = self.get_customer(&input.customer_id).await?;
 
         let license_key = LicenseKey::generate();
@@ -540,6 +578,7 @@ impl Catalog {
             policy_id: policy.as_ref().map(|p| p.policy_id.clone()),
             policy_revision: policy.as_ref().map_or(0, |p| p.revision),
             first_use,
+            server_grants: input.server_grants,
             created_at: now,
             updated_at: now,
         };

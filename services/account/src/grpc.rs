@@ -3,6 +3,7 @@
 use crate::catalog::{Catalog, IssueLicense, Payment};
 use crate::portal::{ContactForm, Portal};
 use crate::AccountError;
+use licensing_activation::{Activations, ServerRequestOutcome};
 use licensing_domain::change::LicenseChange;
 use licensing_domain::meter::usage_csv;
 use licensing_domain::model::LicenseFilter;
@@ -25,12 +26,15 @@ use tonic::{Request, Response, Status};
 pub struct AdminApi {
     catalog: Catalog,
     auth: AdminAuth,
+    /// Answers the request files of air-gapped on-premises servers (server licenses).
+    servers: Activations,
 }
 
 impl AdminApi {
-    /// The adapter over `catalog`, accepting calls with an admin token `auth` knows.
-    pub fn new(catalog: Catalog, auth: AdminAuth) -> Self {
-        Self { catalog, auth }
+    /// The adapter over `catalog`, accepting calls with an admin token `auth` knows; `servers`
+    /// answers on-premises servers' request files.
+    pub fn new(catalog: Catalog, auth: AdminAuth, servers: Activations) -> Self {
+        Self { catalog, auth, servers }
     }
 
     /// The tonic service, decoding and encoding messages of up to `max_message_bytes`.
@@ -261,6 +265,7 @@ impl AdminService for AdminApi {
                 .map(|e| conv::module_entitlement_from_proto("module_entitlements.expires_at", e))
                 .collect::<Result<_, _>>()
                 .map_err(invalid)?,
+            server_grants: r.server_grants.into_iter().map(conv::server_grant_from_proto).collect(),
         };
         let issued = self.catalog.issue_license(&admin.actor(), input).await.or_status()?;
         Ok(Response::new(pb::IssueLicenseResponse {
@@ -446,6 +451,31 @@ impl AdminService for AdminApi {
         let r = request.get_ref();
         let license = self.catalog.associate(&admin.actor(), &r.license_id, &r.customer_id).await.or_status()?;
         Ok(Response::new(pb::AdminServiceAssociateLicenseResponse { license: Some(conv::license(&license)) }))
+    }
+
+    async fn process_server_request(
+        &self,
+        request: Request<pb::ProcessServerRequestRequest>,
+    ) -> Result<Response<pb::ProcessServerRequestResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let text = &request.get_ref().request_file;
+        let outcome = self.servers.process_server_request(&admin.actor(), text).await.or_status()?;
+        Ok(Response::new(match outcome {
+            ServerRequestOutcome::Activated(server) => pb::ProcessServerRequestResponse {
+                license: Some(conv::license(&server.license)),
+                installation_id: server.activation.installation_id,
+                serial: server.payload.serial,
+                server_license_file: server.file,
+                returned: false,
+            },
+            ServerRequestOutcome::Returned(returned) => pb::ProcessServerRequestResponse {
+                license: Some(conv::license(&returned.license)),
+                installation_id: returned.activation.installation_id,
+                serial: returned.serial,
+                server_license_file: String::new(),
+                returned: true,
+            },
+        }))
     }
 
     async fn get_activation_history(

@@ -629,6 +629,17 @@ impl Portal {
     ) -> Result<(Activation, License), AccountError> {
         let license = self.my_license(me, license_id).await?;
         validate::id("installation_id", ids::INSTALLATION, installation_id)?;
+        // A server keeps serving from its signed file until it gives it back: only the return
+        // of its latest file frees it, or the vendor, never a click in the portal.
+        if license.kind == LicenseKind::Server {
+            return Err(AccountError::FailedPrecondition {
+                reason: "WRONG_KIND",
+                message: format!(
+                    "license {license_id} is a server license: return it from its on-premises server (a return \
+                     file your vendor processes), or ask your vendor"
+                ),
+            });
+        }
         let command = DeactivateCommand {
             license_id: license.license_id.clone(),
             target: DeactivateTarget::Installation(installation_id.to_owned()),

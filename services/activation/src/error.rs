@@ -40,6 +40,20 @@ pub enum ActivationError {
         /// The license's activations.
         seats: i32,
     },
+    /// Every server activation of a server license is in use.
+    #[error(
+        "all {seats} server activations of server license {license_id} are in use: return the license from the \
+         server that holds it (its return file, AdminService.ProcessServerRequest), or ask your vendor for more"
+    )]
+    ServerLimit {
+        /// License ID.
+        license_id: String,
+        /// The license's seats (servers).
+        seats: i32,
+    },
+    /// A server request file does not decode, or asks for something impossible (why).
+    #[error("{0}")]
+    ServerRequest(String),
     /// The license's deactivations are spent.
     #[error(
         "license {license_id} has used all {allowed} of its deactivations: ask your vendor to deactivate this machine \
@@ -141,14 +155,16 @@ impl ClassifiedError for ActivationError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Credentials(e) => e.class(),
-            Self::InvalidArgument { .. } | Self::Fingerprint(_) | Self::OfflineRequest(_) => {
+            Self::InvalidArgument { .. } | Self::Fingerprint(_) | Self::OfflineRequest(_) | Self::ServerRequest(_) => {
                 ErrorClass::InvalidArgument
             }
             Self::LicenseState(_) | Self::TrialNotOffered(_) | Self::TrialConverted { .. } => {
                 ErrorClass::FailedPrecondition
             }
             Self::ProductNotFound(_) => ErrorClass::NotFound,
-            Self::ActivationLimit { .. } | Self::DeactivationLimit { .. } => ErrorClass::ResourceExhausted,
+            Self::ActivationLimit { .. } | Self::ServerLimit { .. } | Self::DeactivationLimit { .. } => {
+                ErrorClass::ResourceExhausted
+            }
             Self::NotActivated(_) | Self::InstallationNotFound(_) => ErrorClass::NotFound,
             Self::InstallationProofMissing | Self::SessionInvalid => ErrorClass::Unauthenticated,
             Self::RateLimited(e) => e.class(),
@@ -167,7 +183,7 @@ impl ClassifiedError for ActivationError {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::Fingerprint(_) => "FINGERPRINT_INVALID",
             Self::LicenseState(r) => r.reason,
-            Self::ActivationLimit { .. } => "ACTIVATION_LIMIT_REACHED",
+            Self::ActivationLimit { .. } | Self::ServerLimit { .. } => "ACTIVATION_LIMIT_REACHED",
             Self::DeactivationLimit { .. } => "DEACTIVATION_LIMIT_REACHED",
             Self::NotActivated(_) => "NOT_ACTIVATED",
             Self::InstallationNotFound(_) => "INSTALLATION_NOT_FOUND",
@@ -177,6 +193,7 @@ impl ClassifiedError for ActivationError {
             Self::ProductNotFound(_) => "PRODUCT_NOT_FOUND",
             Self::TrialNotOffered(_) => "TRIAL_NOT_OFFERED",
             Self::TrialConverted { .. } => "TRIAL_CONVERTED",
+            Self::ServerRequest(_) => "SERVER_REQUEST_INVALID",
             Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
             Self::ShuttingDown(e) => e.reason(),
@@ -219,6 +236,12 @@ mod tests {
                 Code::ResourceExhausted,
                 "DEACTIVATION_LIMIT_REACHED",
             ),
+            (
+                ActivationError::ServerLimit { license_id: "l".into(), seats: 1 },
+                Code::ResourceExhausted,
+                "ACTIVATION_LIMIT_REACHED",
+            ),
+            (ActivationError::ServerRequest("request_file: x".into()), Code::InvalidArgument, "SERVER_REQUEST_INVALID"),
             (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
             (ActivationError::TrialNotOffered("cad".into()), Code::FailedPrecondition, "TRIAL_NOT_OFFERED"),
             (ActivationError::ProductNotFound("cad".into()), Code::NotFound, "PRODUCT_NOT_FOUND"),

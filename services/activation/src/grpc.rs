@@ -150,6 +150,22 @@ impl ActivationService for ActivationApi {
         }))
     }
 
+    async fn activate_server(
+        &self,
+        request: Request<pb::ActivateServerRequest>,
+    ) -> Result<Response<pb::ActivateServerResponse>, Status> {
+        let client = caller_address(&request);
+        let r = request.into_inner();
+        let (creds, machine) = (credentials(r.credentials, &client)?, machine(r.machine)?);
+        let server = self.activations.activate_server(&creds, &machine).await.or_status()?;
+        Ok(Response::new(pb::ActivateServerResponse {
+            activation: Some(activation(&server.activation)),
+            already_activated: server.already_activated,
+            serial: server.payload.serial,
+            server_license_file: server.file,
+        }))
+    }
+
     async fn deactivate(
         &self,
         request: Request<pb::DeactivateRequest>,

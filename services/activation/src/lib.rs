@@ -9,6 +9,9 @@
 //!   matches a machine through the fingerprint components it shares with live activations.
 //! - [`metering`]: products recording use of a license's meters (decided atomically by the
 //!   store, `services/store/src/sql/meters.rs`) and reading what is left.
+//! - [`server_license`]: activating customers' on-premises license servers on server licenses
+//!   (online, or through an air-gapped server's request files), their signed server license
+//!   files, and returns that free a server's activation.
 //! - [`grpc`]: the tonic adapter `ActivationService`; it decodes, calls a use case, encodes.
 //!
 //! Two limits, not to be confused: the *activation limit* (a license's seats, and its allowed
@@ -19,7 +22,9 @@
 pub mod error;
 pub mod grpc;
 pub mod metering;
+pub mod server_license;
 pub mod service;
 
 pub use error::ActivationError;
+pub use server_license::{ServerActivation, ServerRequestOutcome, ServerReturn};
 pub use service::{ActivationDeps, ActivationSettings, Activations, LicenseActivations, ValidationCache};

@@ -312,6 +312,18 @@ impl Activations {
         &self.signer
     }
 
+    pub(crate) fn settings(&self) -> &ActivationSettings {
+        &self.settings
+    }
+
+    pub(crate) fn activation_store(&self) -> &dyn ActivationStore {
+        self.store.as_ref()
+    }
+
+    pub(crate) fn catalog(&self) -> &dyn CatalogStore {
+        self.catalog.as_ref()
+    }
+
     pub(crate) fn now(&self) -> Millis {
         self.clock.now()
     }
@@ -407,6 +419,23 @@ impl Activations {
         machine: &Machine,
         offline: bool,
     ) -> Result<(Activation, bool, SignedBlob), ActivationError> {
+        let (activation, license, existed, presented) =
+            self.activate_machine(credentials, machine, offline, LicenseKind::NodeLocked).await?;
+        let certificate = self.certificate(&license, &activation, &presented).await?;
+        Ok((activation, existed, certificate))
+    }
+
+    /// Activates a machine on a license of `kind` (node-locked, or a server license) with the
+    /// store's atomic limit: the activation, the license as it now stands, whether the machine
+    /// was activated already, and the normalized components presented. A server license's
+    /// activation gets the next server license file serial (see [`ActivateCommand::server`]).
+    pub(crate) async fn activate_machine(
+        &self,
+        credentials: &Credentials,
+        machine: &Machine,
+        offline: bool,
+        kind: LicenseKind,
+    ) -> Result<(Activation, License, bool, Vec<Component>), ActivationError> {
         let machine_name = check_text("machine.machine_name", &machine.machine_name, false)?;
         let platform = check_text("machine.platform", &machine.platform, false)?;
         let product_version = check_text("machine.product_version", &machine.product_version, false)?;
@@ -422,6 +451,8 @@ impl Activations {
         // extension made meanwhile counts; the release date is read first (it never changes).
         let version = match product_version.as_str() {
             "" => None,
+            // An on-premises server reports its own version: no upgrade period judges it.
+            _ if kind == LicenseKind::Server => None,
             v => Some(self.release_of(&license, parse_version(v)?).await?),
         };
         let now = self.now();
@@ -434,21 +465,23 @@ impl Activations {
             platform,
             product_version,
             offline,
+            server: kind == LicenseKind::Server,
             match_threshold: self.settings.match_threshold,
             now,
         };
         let usable = move |l: &License| {
-            l.usability(now, LicenseKind::NodeLocked)?;
+            l.usability(now, kind)?;
             match &version {
                 Some((label, released_at)) => l.covers_version(label, *released_at),
                 None => Ok(()),
             }
         };
-        let outcome = self
-            .store
-            .activate(&command, &usable)
-            .await
-            .map_err(|e| ActivationError::from_store(e, &license.license_id))?;
+        let outcome = self.store.activate(&command, &usable).await.map_err(|e| match e {
+            ActivationStoreError::LimitReached { seats } if kind == LicenseKind::Server => {
+                ActivationError::ServerLimit { license_id: license.license_id.clone(), seats }
+            }
+            e => ActivationError::from_store(e, &license.license_id),
+        })?;
         let (activation, license, existed) = match outcome {
             ActivateOutcome::New(a, l) => {
                 self.observer.activated(&l.product_code);
@@ -456,8 +489,7 @@ impl Activations {
             }
             ActivateOutcome::Existing(a, l) => (a, l, true),
         };
-        let certificate = self.certificate(&license, &activation, &presented).await?;
-        Ok((activation, existed, certificate))
+        Ok((activation, license, existed, presented))
     }
 
     /// Starts (or finds) the trial of `product_code` on this machine, without a key: once per
@@ -700,6 +732,13 @@ impl Activations {
         let mut activation_and_presented = None;
         match license.kind {
             LicenseKind::Cloud => {}
+            LicenseKind::Server => {
+                return Ok(Validation::failed(
+                    ValidationCode::WrongKind,
+                    "a server license is activated by an on-premises license server (ActivateServer), not by a product",
+                    Some(license),
+                ))
+            }
             LicenseKind::Concurrent => {
                 return Ok(Validation::failed(
                     ValidationCode::WrongKind,

@@ -424,6 +424,7 @@ pub(crate) async fn populate_site(
                 last_seen_at: now,
                 deactivated_at: None,
                 offline: false,
+                server_serial: 0,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -619,6 +620,7 @@ impl Op for SqlActivationOp {
             platform: "linux-x86_64".into(),
             product_version: "1.0".into(),
             offline: false,
+            server: false,
             match_threshold: 0.6,
             now,
         };

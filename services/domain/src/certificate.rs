@@ -321,7 +321,8 @@ pub fn verifying_key_from_base64(b64: &str) -> Result<VerifyingKey, VerifyError>
     VerifyingKey::from_bytes(&bytes).map_err(|_| VerifyError::Malformed("not an Ed25519 public key".into()))
 }
 
-fn wrap(begin: &str, end: &str, body: &str) -> String {
+/// `body` between `begin` and `end` lines, 64 characters a line.
+pub(crate) fn wrap(begin: &str, end: &str, body: &str) -> String {
     let mut out = String::from(begin);
     out.push('\n');
     for chunk in body.as_bytes().chunks(64) {
@@ -333,7 +334,8 @@ fn wrap(begin: &str, end: &str, body: &str) -> String {
     out
 }
 
-fn unwrap_armor(text: &str, begin: &str, end: &str) -> Result<String, VerifyError> {
+/// What lies between `begin` and `end` in `text`, whitespace removed.
+pub(crate) fn unwrap_armor(text: &str, begin: &str, end: &str) -> Result<String, VerifyError> {
     let start = text.find(begin).ok_or_else(|| VerifyError::Malformed(format!("missing {begin}")))? + begin.len();
     let stop = text[start..].find(end).ok_or_else(|| VerifyError::Malformed(format!("missing {end}")))? + start;
     Ok(text[start..stop].split_whitespace().collect())

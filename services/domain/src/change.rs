@@ -570,6 +570,7 @@ mod tests {
             policy_id: None,
             policy_revision: 0,
             first_use: None,
+            server_grants: Vec::new(),
             created_at: 1,
             updated_at: 1,
         }

@@ -12,6 +12,8 @@
 //! - [`ids`]: prefixed random identifiers (`lic_…`, `cus_…`).
 //! - [`fingerprint`]: machine fingerprints, their digests and share-based matching.
 //! - [`certificate`]: Ed25519-signed certificates and lease tokens, offline request format.
+//! - [`server_license`]: server licenses for on-premises license servers: grants, the signed
+//!   server license file, and the request and return files of air-gapped servers.
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`version`]: product versions.
@@ -37,6 +39,7 @@ pub mod observe;
 pub mod policy;
 pub mod seat_policy;
 pub mod secrets;
+pub mod server_license;
 pub mod store;
 pub mod text;
 pub mod trial;

@@ -12,20 +12,24 @@ pub enum LicenseKind {
     Concurrent,
     /// Validated by license key alone, no activation.
     Cloud,
+    /// Activated by a customer's on-premises license server (its seats: how many servers),
+    /// which serves what the license's grants allow; products never use it directly.
+    Server,
 }
 
 impl LicenseKind {
-    /// The stored and displayed name (`node_locked`, `concurrent`, `cloud`).
+    /// The stored and displayed name (`node_locked`, `concurrent`, `cloud`, `server`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NodeLocked => "node_locked",
             Self::Concurrent => "concurrent",
             Self::Cloud => "cloud",
+            Self::Server => "server",
         }
     }
     /// The kind named by [`Self::as_str`]'s text, or `None`.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::NodeLocked, Self::Concurrent, Self::Cloud].into_iter().find(|k| k.as_str() == s)
+        [Self::NodeLocked, Self::Concurrent, Self::Cloud, Self::Server].into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -207,6 +211,9 @@ pub struct License {
     /// for this long (ms) is deactivated by the cull, freeing its activation without spending a
     /// deactivation. `None`: machines need not check in.
     pub heartbeat_timeout_ms: Option<Millis>,
+    /// A server license: what the on-premises server it activates may serve. Empty for every
+    /// other kind.
+    pub server_grants: Vec<crate::server_license::ServerGrant>,
     /// When it was issued (Unix ms).
     pub created_at: Millis,
     /// When it last changed (Unix ms).
@@ -402,6 +409,9 @@ pub struct Activation {
     pub deactivated_at: Option<Millis>,
     /// Made through an offline activation request.
     pub offline: bool,
+    /// A server license's activation: the serial of the latest server license file signed for
+    /// it (only that file's return frees it); 0 for every other activation.
+    pub server_serial: i64,
 }
 
 /// Where a page of a license's installations (newest first) ended: the last one's activation
@@ -731,6 +741,7 @@ mod tests {
             policy_id: None,
             policy_revision: 0,
             first_use: None,
+            server_grants: Vec::new(),
             created_at,
             updated_at: created_at,
         }

@@ -93,6 +93,13 @@ impl LicenseTerms {
                 return Err(invalid("terms.seats", "cloud licenses have no seats; leave it 0"))
             }
             LicenseKind::Cloud => {}
+            // A server license's grants are agreed per customer; a policy carries none.
+            LicenseKind::Server => {
+                return Err(invalid(
+                    "terms.kind",
+                    "server licenses are issued with their grants (IssueLicense server_grants), not from a policy",
+                ))
+            }
             _ => crate::change::validate_seats(self.seats).map_err(|e| rename(e, "terms.seats"))?,
         }
         validate_allowed_deactivations(self.allowed_deactivations)
@@ -289,6 +296,7 @@ mod tests {
         assert_eq!(field(floating_heartbeats), "terms.heartbeat_timeout");
         let nothing_to_start = LicenseTerms { validity_ms: None, upgrade_period_ms: None, ..terms() };
         assert_eq!(field(nothing_to_start), "terms.start");
+        assert_eq!(field(LicenseTerms { kind: LicenseKind::Server, ..terms() }), "terms.kind");
         let cloud_first_use = LicenseTerms { kind: LicenseKind::Cloud, seats: 0, ..terms() };
         assert_eq!(field(cloud_first_use), "terms.start");
     }
@@ -321,6 +329,7 @@ mod tests {
             policy_id: None,
             policy_revision: 0,
             first_use: None,
+            server_grants: Vec::new(),
             created_at: 1_000,
             updated_at: 1_000,
         }

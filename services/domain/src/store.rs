@@ -221,6 +221,10 @@ pub struct ActivateCommand {
     pub product_version: String,
     /// Made through an offline activation request.
     pub offline: bool,
+    /// A server license's activation: a new server license file is signed for it, so the
+    /// license's file serial is raised by one (new activation or repeated) and recorded on the
+    /// activation ([`crate::model::Activation::server_serial`]), with the row locked.
+    pub server: bool,
     /// Share of a stored fingerprint's components that must match for "the same machine".
     pub match_threshold: f64,
     /// Now (Unix ms), by the service's clock.
@@ -241,6 +245,17 @@ pub enum ActivateOutcome {
 pub enum DeactivateTarget {
     /// The activation with this Installation ID.
     Installation(String),
+    /// A server's live activation `installation_id`, given back with the server license file
+    /// of `serial`: only when that is the latest file signed for it (an older file's return is
+    /// refused, reason `SUPERSEDED_SERVER_LICENSE`). `audit` is written with the change.
+    ServerLicenseFile {
+        /// Installation ID of the server's activation.
+        installation_id: String,
+        /// The serial of the file given back.
+        serial: i64,
+        /// The audit record of the return.
+        audit: crate::model::AuditRecord,
+    },
     /// The live activation best matching these digests (at or above the threshold).
     Fingerprint {
         /// Keyed digests of the presented fingerprint.

@@ -72,6 +72,7 @@ pub fn trial_license(license_id: String, policy: &Policy, now: Millis) -> Licens
         licensee_name: String::new(),
         seat_policy: Default::default(),
         meters: vec![],
+        server_grants: Vec::new(),
         module_entitlements: Default::default(),
         heartbeat_timeout_ms: None,
         policy_id: None,

@@ -255,6 +255,7 @@ pub mod proto {
             LicenseKind::NodeLocked => pb::LicenseKind::NodeLocked,
             LicenseKind::Concurrent => pb::LicenseKind::Concurrent,
             LicenseKind::Cloud => pb::LicenseKind::Cloud,
+            LicenseKind::Server => pb::LicenseKind::Server,
         }
     }
 
@@ -264,7 +265,28 @@ pub mod proto {
             pb::LicenseKind::NodeLocked => Some(LicenseKind::NodeLocked),
             pb::LicenseKind::Concurrent => Some(LicenseKind::Concurrent),
             pb::LicenseKind::Cloud => Some(LicenseKind::Cloud),
+            pb::LicenseKind::Server => Some(LicenseKind::Server),
             pb::LicenseKind::Unspecified => None,
+        }
+    }
+
+    /// The protobuf form of a server license's grant.
+    pub fn server_grant(g: &licensing_domain::server_license::ServerGrant) -> pb::ServerGrant {
+        pb::ServerGrant {
+            product_code: g.product_code.clone(),
+            feature: g.feature.clone(),
+            floating_seats: g.floating_seats,
+            node_locked_activations: g.node_locked_activations,
+        }
+    }
+
+    /// A server license's grant from its protobuf form (checked by the use case).
+    pub fn server_grant_from_proto(g: pb::ServerGrant) -> licensing_domain::server_license::ServerGrant {
+        licensing_domain::server_license::ServerGrant {
+            product_code: g.product_code,
+            feature: g.feature,
+            floating_seats: g.floating_seats,
+            node_locked_activations: g.node_locked_activations,
         }
     }
 
@@ -337,6 +359,7 @@ pub mod proto {
                 .filter(|f| f.started_at.is_none())
                 .and_then(|f| f.upgrade_period_ms)
                 .map(super::to_duration),
+            server_grants: l.server_grants.iter().map(server_grant).collect(),
         }
     }
 

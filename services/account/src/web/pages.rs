@@ -342,6 +342,7 @@ async fn license_page(
                 LicenseKind::NodeLocked => "Activations allowed",
                 LicenseKind::Concurrent => "Seats",
                 LicenseKind::Cloud => "Seats",
+                LicenseKind::Server => "Servers allowed",
             },
             node_locked: l.kind == LicenseKind::NodeLocked,
             concurrent: l.kind == LicenseKind::Concurrent,

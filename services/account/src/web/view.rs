@@ -214,6 +214,7 @@ pub(crate) fn kind(kind: LicenseKind) -> &'static str {
         LicenseKind::NodeLocked => "Node-locked",
         LicenseKind::Concurrent => "Concurrent",
         LicenseKind::Cloud => "Cloud",
+        LicenseKind::Server => "Server (on-premises)",
     }
 }
 
@@ -356,6 +357,7 @@ mod tests {
             policy_id: None,
             policy_revision: 0,
             first_use: None,
+            server_grants: Vec::new(),
             created_at: 0,
             updated_at: 0,
         };

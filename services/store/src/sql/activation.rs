@@ -38,6 +38,7 @@ fn activation_from_row(row: &AnyRow) -> Result<Activation, StoreError> {
         last_seen_at: get_i64(row, "last_seen_at")?,
         deactivated_at: get_opt_i64(row, "deactivated_at")?,
         offline: get_i64(row, "offline")? != 0,
+        server_serial: get_i64(row, "server_serial")?,
     })
 }
 
@@ -321,6 +322,31 @@ async fn best_live_match_on(
     Ok(best_of(found, presented, min_share))
 }
 
+/// Raises the license's server license file serial by one and records it on the activation
+/// `installation_id`; returns it. Called with the license row locked, so serials never repeat.
+async fn next_server_serial(
+    tx: &mut Transaction<'_, Any>,
+    license_id: &str,
+    installation_id: &str,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "UPDATE licenses SET server_license_serial = server_license_serial + 1 WHERE license_id = $1 \
+         RETURNING server_license_serial",
+    )
+    .bind(license_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let serial = get_i64(&row, "server_license_serial")?;
+    sqlx::query("UPDATE activations SET server_serial = $1 WHERE installation_id = $2")
+        .bind(serial)
+        .bind(installation_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(serial)
+}
+
 /// The live activation `installation_id` of `license_id`.
 async fn live_installation(
     conn: &mut AnyConnection,
@@ -386,7 +412,9 @@ impl SqlStore {
             .await?
             .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
         let found = match &c.target {
-            DeactivateTarget::Installation(id) => live_installation(&mut tx, &c.license_id, id).await?,
+            DeactivateTarget::Installation(id) | DeactivateTarget::ServerLicenseFile { installation_id: id, .. } => {
+                live_installation(&mut tx, &c.license_id, id).await?
+            }
             DeactivateTarget::Fingerprint { digests, match_threshold } => {
                 best_live_match_on(&mut tx, &c.license_id, digests, *match_threshold).await?.map(|m| m.activation)
             }
@@ -401,7 +429,7 @@ impl SqlStore {
             fingerprint_digest: match (&found, &c.target) {
                 (Some(a), _) => fingerprint::summary(&a.fingerprint),
                 (None, DeactivateTarget::Fingerprint { digests, .. }) => fingerprint::summary(digests),
-                (None, DeactivateTarget::Installation(_)) => String::new(),
+                (None, DeactivateTarget::Installation(_) | DeactivateTarget::ServerLicenseFile { .. }) => String::new(),
             },
             outcome: String::new(),
         };
@@ -414,6 +442,19 @@ impl SqlStore {
         let Some(mut activation) = found.clone() else {
             return Err(ActivationStoreError::NoActivation);
         };
+        if let DeactivateTarget::ServerLicenseFile { serial, .. } = &c.target {
+            // Decided with the license row locked: a file signed meanwhile has raised the serial.
+            if *serial != activation.server_serial {
+                return Err(ActivationStoreError::Refused(licensing_domain::model::Refusal {
+                    reason: "SUPERSEDED_SERVER_LICENSE",
+                    message: format!(
+                        "the server license file with serial {serial} was superseded by serial {} of installation {}; \
+                         only the latest file can be returned",
+                        activation.server_serial, activation.installation_id
+                    ),
+                }));
+            }
+        }
         let spent = sqlx::query(
             "UPDATE licenses SET activations_used = activations_used - 1, deactivations_used = deactivations_used + $2 \
              WHERE license_id = $1 AND activations_used > 0 \
@@ -444,6 +485,9 @@ impl SqlStore {
             ..refused_event()
         };
         insert_event(&mut tx, &c.license_id, &event).await?;
+        if let DeactivateTarget::ServerLicenseFile { audit, .. } = &c.target {
+            insert_audit(&mut tx, audit, c.now).await?;
+        }
         let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
         tx.commit().await.map_err(map_err)?;
         self.tell_subscribers(&c.license_id);
@@ -691,6 +735,9 @@ impl ActivationStore for SqlStore {
                 self.notify_license_change(&mut tx, &c.license_id).await?;
             }
             insert_event(&mut tx, &c.license_id, &event(&existing.installation_id, "ok: already activated")).await?;
+            if c.server {
+                existing.server_serial = next_server_serial(&mut tx, &c.license_id, &existing.installation_id).await?;
+            }
             tx.commit().await.map_err(map_err)?;
             if moved {
                 self.tell_subscribers(&c.license_id);
@@ -723,6 +770,7 @@ impl ActivationStore for SqlStore {
             last_seen_at: c.now,
             deactivated_at: None,
             offline: c.offline,
+            server_serial: 0,
         };
         sqlx::query(
             "INSERT INTO activations (installation_id, license_id, fingerprint_json, machine_name, platform, product_version, \
@@ -742,6 +790,10 @@ impl ActivationStore for SqlStore {
         .map_err(map_err)?;
         insert_components(&mut tx, &c.license_id, &activation.installation_id, &activation.fingerprint).await?;
         insert_event(&mut tx, &c.license_id, &event(&activation.installation_id, "ok")).await?;
+        let mut activation = activation;
+        if c.server {
+            activation.server_serial = next_server_serial(&mut tx, &c.license_id, &activation.installation_id).await?;
+        }
         let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
         tx.commit().await.map_err(map_err)?;
         self.tell_subscribers(&c.license_id);

@@ -12,7 +12,7 @@ use sqlx::{Any, Transaction};
 pub(crate) const LICENSE_COLUMNS: &str = "license_id, product_code, customer_id, kind, status, seats, allowed_deactivations, \
      activations_used, deactivations_used, modules_json, valid_from, expires_at, upgrades_until, \
      associated_customer_id, portal_deactivation_counts, replaces_license_id, notes, seat_policy_json, created_at, updated_at, licensee_name, meters_json, grace_period_ms, heartbeat_timeout_ms, \
-     policy_id, policy_revision, first_use_json, module_entitlements_json";
+     policy_id, policy_revision, first_use_json, module_entitlements_json, server_grants_json";
 
 pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
     let kind = get_str(row, "kind")?;
@@ -46,6 +46,7 @@ pub(crate) fn license_from_row(row: &AnyRow) -> Result<License, StoreError> {
         policy_revision: get_i64(row, "policy_revision")?,
         first_use: get_opt_str(row, "first_use_json")?.map(|j| from_json("first_use_json", &j)).transpose()?,
         module_entitlements: from_json("module_entitlements_json", &get_str(row, "module_entitlements_json")?)?,
+        server_grants: from_json("server_grants_json", &get_str(row, "server_grants_json")?)?,
     })
 }
 
@@ -99,7 +100,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
     let l = &new.license;
     let sql = format!(
         "INSERT INTO licenses ({LICENSE_COLUMNS}, key_digest, password_salt) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
     );
     sqlx::query(&sql)
         .bind(&l.license_id)
@@ -130,6 +131,7 @@ pub(crate) async fn insert_license_row(tx: &mut Transaction<'_, Any>, new: &NewL
         .bind(l.policy_revision)
         .bind(l.first_use.as_ref().map(to_json))
         .bind(to_json(&l.module_entitlements))
+        .bind(to_json(&l.server_grants))
         .bind(&new.key_digest)
         .bind(&new.activation_password_salt)
         .execute(&mut **tx)
