@@ -235,3 +235,58 @@ async fn bad_trial_requests_are_refused_by_name_and_limited_per_client() {
     assert!(limited.message().contains("trial"), "{}", limited.message());
     assert_eq!(stats(&app, &f.product).await, (1, 1, 0, 0), "refused calls made no trial");
 }
+
+#[tokio::test]
+async fn the_client_library_starts_a_trial_once_and_it_runs_out_online_and_offline() {
+    use licensing_client::node_locked::{NodeLocked, Validity};
+    use licensing_client::storage::TrustedStorage;
+    use licensing_domain::fingerprint::Component;
+    let clock = ManualClock::new(SystemClock.now());
+    let app = spawn(Backend::Sqlite, clock.clone(), &[]).await;
+    let f = fixture(&app).await;
+    create_policy(&app, &f.product, "14-day trial", trial_terms()).await.unwrap();
+    let client = licensing_client::Client::with_clock(
+        &format!("http://{}", app.addr),
+        &app.public_key().await,
+        std::sync::Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let this_machine = || {
+        [("machine-id", "lib-box"), ("disk-serial", "lib-disk"), ("mac", "lib-mac"), ("hostname", "lib")]
+            .iter()
+            .map(|(n, v)| Component { name: n.to_string(), value: v.to_string() })
+            .collect::<Vec<_>>()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let storage = || TrustedStorage::new(dir.path().join("trial.json"));
+    let (trial, payload) =
+        NodeLocked::start_trial(client.clone(), storage(), &f.product, this_machine(), "lib", "linux", "1.0")
+            .await
+            .unwrap();
+    let ends = payload.expires_at_ms.unwrap();
+    assert_eq!(ends, clock.now() + 14 * DAY, "the policy's length");
+    assert!(matches!(trial.validate(&[], "").await.unwrap(), Validity::Online(_)));
+
+    // A reinstall (local files cleared) gets the same trial back, not a new one.
+    std::fs::remove_file(dir.path().join("trial.json")).unwrap();
+    clock.advance(3 * DAY);
+    let (_, again) =
+        NodeLocked::start_trial(client.clone(), storage(), &f.product, this_machine(), "lib", "linux", "1.0")
+            .await
+            .unwrap();
+    assert_eq!((again.license_id.as_str(), again.expires_at_ms), (payload.license_id.as_str(), Some(ends)));
+
+    // It runs out: online the server says EXPIRED, offline the certificate is over too.
+    clock.advance(12 * DAY);
+    match trial.validate(&[], "").await.unwrap() {
+        Validity::Invalid { code, .. } => assert_eq!(code, "VALIDATION_CODE_EXPIRED"),
+        other => panic!("{other:?}"),
+    }
+    assert!(trial.validate_offline(&[]).is_err(), "no offline use past the trial's end");
+    let restart = NodeLocked::start_trial(client, storage(), &f.product, this_machine(), "lib", "linux", "1.0").await;
+    match restart {
+        Err(licensing_client::error::ClientError::Server { reason, .. }) => assert_eq!(reason, "EXPIRED"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("an expired trial never starts again"),
+    }
+}

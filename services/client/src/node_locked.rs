@@ -134,6 +134,40 @@ impl NodeLocked {
         self.accept(&certificate.certificate_file)
     }
 
+    /// Starts (or, on a machine that started one before, finds again) a trial of `product_code`
+    /// on the machine `fingerprint` describes, without a key: the server issues a trial license
+    /// from the product's trial policy once per machine, however often the product is
+    /// reinstalled. Its certificate is kept in `storage`; the [`NodeLocked`] returned validates,
+    /// refreshes and heartbeats the trial with its license key like any license (and keeps
+    /// working when the vendor converts the trial to a paid license). The trial's end is the
+    /// certificate's `expires_at_ms`.
+    pub async fn start_trial(
+        client: Client,
+        storage: TrustedStorage,
+        product_code: &str,
+        fingerprint: Vec<Component>,
+        machine_name: &str,
+        platform: &str,
+        product_version: &str,
+    ) -> Result<(Self, CertificatePayload), ClientError> {
+        let request = pb::ActivateTrialRequest {
+            product_code: product_code.into(),
+            machine: Some(pb::MachineInfo {
+                fingerprint: wire(&fingerprint),
+                machine_name: machine_name.into(),
+                platform: platform.into(),
+                product_version: product_version.into(),
+            }),
+        };
+        let reply =
+            client.activation.clone().activate_trial(request).await.map_err(ClientError::from_status)?.into_inner();
+        let certificate =
+            reply.certificate.ok_or_else(|| ClientError::BadCertificate("the server sent none".into()))?;
+        let trial = Self::new(client, storage, Credentials::LicenseKey(reply.license_key), fingerprint);
+        let payload = trial.accept(&certificate.certificate_file)?;
+        Ok((trial, payload))
+    }
+
     /// Online validation when the server answers; offline from trusted storage when it does not.
     pub async fn validate(&self, modules: &[&str], product_version: &str) -> Result<Validity, ClientError> {
         let request = pb::ValidateRequest {
