@@ -55,7 +55,7 @@ fn event_from_row(row: &AnyRow) -> Result<ActivationEvent, StoreError> {
 }
 
 /// `$first, $first+1, …` for `n` parameters.
-fn placeholders(first: usize, n: usize) -> String {
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
     let mut out = String::new();
     for i in 0..n {
         if i > 0 {
@@ -91,7 +91,7 @@ async fn insert_event(conn: &mut AnyConnection, license_id: &str, e: &Activation
 }
 
 /// The distinct component digests of a fingerprint.
-fn distinct_digests(fingerprint: &[ComponentDigest]) -> Vec<&str> {
+pub(crate) fn distinct_digests(fingerprint: &[ComponentDigest]) -> Vec<&str> {
     let mut digests: Vec<&str> = fingerprint.iter().map(|c| c.digest.as_str()).collect();
     digests.sort_unstable();
     digests.dedup();

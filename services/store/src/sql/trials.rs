@@ -2,6 +2,7 @@
 //! from one machine make one trial; a machine is matched through `trial_components` (the
 //! component digests of the product's trial machines), never by reading every trial.
 
+use super::activation::{distinct_digests, placeholders};
 use super::catalog::{insert_audit, insert_license_row, license_from_row, LICENSE_COLUMNS};
 use super::*;
 use async_trait::async_trait;
@@ -13,30 +14,10 @@ use licensing_domain::policy::Policy;
 use licensing_domain::store::UpdateError;
 use licensing_domain::trial::{TrialCommand, TrialStart, TrialStats, TrialStore, TRIAL_CUSTOMER_ID};
 use sqlx::{Any, Transaction};
-use std::fmt::Write as _;
 
 /// Trial machines sharing the most components with the presented machine that are compared
 /// with it: a machine within the match threshold shares more than almost any other.
 const CANDIDATES: i64 = 64;
-
-/// `$first, $first+1, …` for `n` parameters.
-fn placeholders(first: usize, n: usize) -> String {
-    let mut out = String::new();
-    for i in 0..n {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        let _ = write!(out, "${}", first + i);
-    }
-    out
-}
-
-fn distinct_digests(fingerprint: &[ComponentDigest]) -> Vec<&str> {
-    let mut digests: Vec<&str> = fingerprint.iter().map(|c| c.digest.as_str()).collect();
-    digests.sort_unstable();
-    digests.dedup();
-    digests
-}
 
 /// Remembers a trial machine's components for matching.
 async fn insert_trial_components(
