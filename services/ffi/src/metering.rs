@@ -4,7 +4,7 @@
 //! a use sent again after a lost answer is counted once.
 
 use crate::client::{client, LicensingClient};
-use crate::node_locked::LicensingCertificate;
+use crate::node_locked::{certificate_value, LicensingCertificate};
 use crate::{block_on, call, credentials, get, optional_text, out, put, put_string, text, Failure, LicensingStatus};
 use licensing_client::metering::MeterCount;
 use licensing_domain::certificate::{CertificateMeter, CertificatePayload};
@@ -166,13 +166,7 @@ pub unsafe extern "C" fn licensing_certificate_meter_count(
     certificate: *const LicensingCertificate,
     out_count: *mut usize,
 ) -> LicensingStatus {
-    call(|| {
-        let out_count = out(out_count, "out_count")?;
-        let payload: Arc<CertificatePayload> = get(certificate, "certificate")?;
-        // SAFETY: checked by `out`, valid by the caller's contract.
-        unsafe { put(out_count, payload.meters.len()) };
-        Ok(())
-    })
+    certificate_value(certificate, out_count, "out_count", |p| p.meters.len())
 }
 
 /// The code of the meter at `index` (below [`licensing_certificate_meter_count`]). `*out_code`

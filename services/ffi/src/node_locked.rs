@@ -272,11 +272,22 @@ fn instant(
     out_ms: *mut i64,
     pick: impl FnOnce(&CertificatePayload) -> i64,
 ) -> LicensingStatus {
+    certificate_value(certificate, out_ms, "out_ms", pick)
+}
+
+/// Writes one plain value of the certificate's payload to `*out_value` (named `out_name` in
+/// errors): the shape of every accessor of a number.
+pub(crate) fn certificate_value<T>(
+    certificate: *const LicensingCertificate,
+    out_value: *mut T,
+    out_name: &'static str,
+    pick: impl FnOnce(&CertificatePayload) -> T,
+) -> LicensingStatus {
     call(|| {
-        let out_ms = out(out_ms, "out_ms")?;
+        let out_value = out(out_value, out_name)?;
         let payload: Arc<CertificatePayload> = get(certificate, "certificate")?;
         // SAFETY: checked by `out`; the exported callers pass the C caller's valid pointer.
-        unsafe { put(out_ms, pick(&payload)) };
+        unsafe { put(out_value, pick(&payload)) };
         Ok(())
     })
 }
@@ -365,13 +376,7 @@ pub unsafe extern "C" fn licensing_certificate_module_count(
     certificate: *const LicensingCertificate,
     out_count: *mut usize,
 ) -> LicensingStatus {
-    call(|| {
-        let out_count = out(out_count, "out_count")?;
-        let payload: Arc<CertificatePayload> = get(certificate, "certificate")?;
-        // SAFETY: checked by `out`, valid by the caller's contract.
-        unsafe { put(out_count, payload.modules.len()) };
-        Ok(())
-    })
+    certificate_value(certificate, out_count, "out_count", |p| p.modules.len())
 }
 
 /// How many machines the license may be activated on (its seats; 0 in a certificate signed
@@ -384,13 +389,7 @@ pub unsafe extern "C" fn licensing_certificate_seats(
     certificate: *const LicensingCertificate,
     out_seats: *mut i32,
 ) -> LicensingStatus {
-    call(|| {
-        let out_seats = out(out_seats, "out_seats")?;
-        let payload: Arc<CertificatePayload> = get(certificate, "certificate")?;
-        // SAFETY: checked by `out`, valid by the caller's contract.
-        unsafe { put(out_seats, payload.seats) };
-        Ok(())
-    })
+    certificate_value(certificate, out_seats, "out_seats", |p| p.seats)
 }
 
 /// The module at `index` (below [`licensing_certificate_module_count`]). `*out_value` is the
