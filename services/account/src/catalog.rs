@@ -845,6 +845,10 @@ impl Catalog {
         if let Some(p) = &payment {
             p.validate()?;
         }
+        if let LicenseChange::SetServerGrants(grants) = &change {
+            // The products and features they name must exist, as at issue.
+            self.check_server_grants(LicenseKind::Server, grants).await?;
+        }
         let now = self.now();
         // The receipt names the license's customer, which never changes: reading it first is safe.
         let receipt = match &payment {

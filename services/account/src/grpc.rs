@@ -95,7 +95,8 @@ license_target!(
     pb::SetLicenseGracePeriodRequest,
     pb::SetHeartbeatTimeoutRequest,
     pb::SetModuleEntitlementRequest,
-    pb::ReturnLicenseRequest
+    pb::ReturnLicenseRequest,
+    pb::SetServerGrantsRequest
 );
 
 fn invalid(e: FieldError) -> Status {
@@ -345,6 +346,15 @@ impl AdminService for AdminApi {
         let seats = request.get_ref().seats;
         let license = self.change(request, LicenseChange::SetSeats(seats), "").await?;
         Ok(Response::new(pb::SetLicenseSeatsResponse { license: Some(license) }))
+    }
+
+    async fn set_server_grants(
+        &self,
+        request: Request<pb::SetServerGrantsRequest>,
+    ) -> Result<Response<pb::SetServerGrantsResponse>, Status> {
+        let grants = request.get_ref().server_grants.iter().cloned().map(conv::server_grant_from_proto).collect();
+        let license = self.change(request, LicenseChange::SetServerGrants(grants), "").await?;
+        Ok(Response::new(pb::SetServerGrantsResponse { license: Some(license) }))
     }
 
     async fn set_allowed_deactivations(

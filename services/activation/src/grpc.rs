@@ -166,6 +166,17 @@ impl ActivationService for ActivationApi {
         }))
     }
 
+    async fn return_server(
+        &self,
+        request: Request<pb::ReturnServerRequest>,
+    ) -> Result<Response<pb::ReturnServerResponse>, Status> {
+        let returned = self.activations.return_server_online(&request.get_ref().return_file).await.or_status()?;
+        Ok(Response::new(pb::ReturnServerResponse {
+            activation: Some(activation(&returned.activation)),
+            serial: returned.serial,
+        }))
+    }
+
     async fn deactivate(
         &self,
         request: Request<pb::DeactivateRequest>,

@@ -143,8 +143,33 @@ impl Activations {
                 let activated = self.activate_server_as(&credentials, &machine, true).await?;
                 Ok(ServerRequestOutcome::Activated(Box::new(activated)))
             }
-            ServerRequestKind::Return => self.return_server(actor, &credentials, &request).await,
+            ServerRequestKind::Return => {
+                Ok(ServerRequestOutcome::Returned(Box::new(self.return_server(actor, &credentials, &request).await?)))
+            }
         }
+    }
+
+    /// Takes back, online, the file an on-premises server gave back: `return_text` is the
+    /// return file it wrote when it stopped serving (the same proof an air-gapped operator
+    /// carries). Decided exactly as [`Self::process_server_request`] decides a return; an
+    /// activation request is refused here (`ActivateServer` is the online activation).
+    pub async fn return_server_online(&self, return_text: &str) -> Result<ServerReturn, ActivationError> {
+        let request = decode_server_request(return_text).map_err(|e| {
+            let why = match e {
+                licensing_domain::certificate::VerifyError::Malformed(why) => why,
+                other => other.to_string(),
+            };
+            ActivationError::ServerRequest(format!(
+                "return_file: not a server return file (-----BEGIN LICENSING SERVER REQUEST-----): {why}"
+            ))
+        })?;
+        if request.kind != ServerRequestKind::Return {
+            return Err(ActivationError::ServerRequest(
+                "return_file: this is an activation request; activate online with ActivateServer".into(),
+            ));
+        }
+        let credentials = Credentials::LicenseKey(request.license_key.clone());
+        self.return_server("server", &credentials, &request).await
     }
 
     async fn return_server(
@@ -152,7 +177,7 @@ impl Activations {
         actor: &str,
         credentials: &Credentials,
         request: &ServerRequest,
-    ) -> Result<ServerRequestOutcome, ActivationError> {
+    ) -> Result<ServerReturn, ActivationError> {
         let installation_id = &request.installation_id;
         if !ids::is_well_formed(ids::INSTALLATION, installation_id) {
             return Err(ActivationError::ServerRequest(format!(
@@ -197,11 +222,7 @@ impl Activations {
             now,
         };
         match self.activation_store().deactivate(&command).await {
-            Ok((activation, license)) => Ok(ServerRequestOutcome::Returned(Box::new(ServerReturn {
-                activation,
-                license,
-                serial: request.serial,
-            }))),
+            Ok((activation, license)) => Ok(ServerReturn { activation, license, serial: request.serial }),
             Err(ActivationStoreError::NoActivation) => {
                 Err(ActivationError::InstallationNotFound(installation_id.clone()))
             }

@@ -81,6 +81,14 @@ pub enum LicenseChange {
         /// When the module stops being licensed (Unix ms); `None`: with the license.
         expires_at: Option<Millis>,
     },
+    /// An on-premises server's local license takes the terms of its server license file
+    /// (seats, modules, dates; see [`crate::onprem`]): the file decides, so the expiry may move
+    /// either way, and a grant taken away suspends the license (a grant given back reinstates it).
+    FollowServerFile(Box<crate::onprem::ServedTerms>),
+    /// Replaces what a server license lets its on-premises servers serve (validated against the
+    /// products by the caller, [`crate::server_license::validate_grants`]); servers get the new
+    /// grants in their next file.
+    SetServerGrants(Vec<crate::server_license::ServerGrant>),
 }
 
 /// Why a change was refused.
@@ -289,6 +297,8 @@ impl LicenseChange {
             Self::SetHeartbeatTimeout(_) => "license.heartbeat_timeout_changed",
             Self::ApplyPolicy { .. } => "license.policy_applied",
             Self::SetModuleEntitlement { .. } => "license.module_entitlement_set",
+            Self::FollowServerFile(_) => "license.server_file_followed",
+            Self::SetServerGrants(_) => "license.server_grants_changed",
         }
     }
 
@@ -467,6 +477,38 @@ impl LicenseChange {
                 } else {
                     license.module_entitlements.insert(module.clone(), granted);
                 }
+            }
+            Self::FollowServerFile(terms) => {
+                if terms.granted {
+                    validate_seats(terms.seats)?;
+                    license.seats = terms.seats;
+                    license.status = LicenseStatus::Active;
+                    // Reservations beyond the file's seats cannot all be honoured: the local
+                    // policy goes back to plain floating rather than promise seats it lacks.
+                    if license.seat_policy.reserved_seats() > terms.seats {
+                        license.seat_policy = Default::default();
+                    }
+                } else if license.status == LicenseStatus::Active {
+                    license.status = LicenseStatus::Suspended;
+                }
+                license.modules.clone_from(&terms.modules);
+                license.module_entitlements.retain(|m, _| terms.modules.contains(m));
+                license.valid_from = terms.valid_from;
+                license.expires_at = terms.expires_at;
+                license.grace_period_ms = terms.grace_period_ms;
+            }
+            Self::SetServerGrants(grants) => {
+                if license.kind != crate::model::LicenseKind::Server {
+                    return Err(invalid(
+                        "server_grants",
+                        format!(
+                            "only server licenses carry grants; {} is a {} license",
+                            license.license_id,
+                            license.kind.as_str()
+                        ),
+                    ));
+                }
+                license.server_grants.clone_from(grants);
             }
         }
         license.updated_at = now;

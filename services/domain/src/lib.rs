@@ -14,6 +14,8 @@
 //! - [`certificate`]: Ed25519-signed certificates and lease tokens, offline request format.
 //! - [`server_license`]: server licenses for on-premises license servers: grants, the signed
 //!   server license file, and the request and return files of air-gapped servers.
+//! - [`onprem`]: the on-premises server's side: the local licenses its file's grants make, and
+//!   when it may grant new seats (file dates, the vendor's refusal, a clock set back).
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`version`]: product versions.
@@ -36,6 +38,7 @@ pub mod license_key;
 pub mod meter;
 pub mod model;
 pub mod observe;
+pub mod onprem;
 pub mod policy;
 pub mod seat_policy;
 pub mod secrets;

@@ -54,6 +54,13 @@ impl KeyedHasher {
         crate::license_key::LicenseKey::from_seed(&self.mac(purpose::TRIAL_LICENSE_KEY, &[license_id]))
     }
 
+    /// The key of a license an on-premises server serves (see [`crate::onprem`]): derived from
+    /// its ID with this server's key, so the server's administrator can be shown it again
+    /// though only its digest is stored, and it never changes while the data directory lasts.
+    pub fn served_license_key(&self, license_id: &str) -> crate::license_key::LicenseKey {
+        crate::license_key::LicenseKey::from_seed(&self.mac(purpose::SERVED_LICENSE_KEY, &[license_id]))
+    }
+
     /// The activation password of a license: derived from its ID and a stored random salt, so it
     /// can be shown again but never sits in the database. 20 symbols, 100 bits, grouped by 5.
     pub fn activation_password(&self, license_id: &str, salt: &str) -> String {
@@ -76,6 +83,8 @@ pub mod purpose {
     pub const LICENSE_KEY: &str = "license-key";
     /// Trial license keys, derived from the License ID.
     pub const TRIAL_LICENSE_KEY: &str = "trial-license-key";
+    /// Keys of the licenses an on-premises server serves, derived from the License ID.
+    pub const SERVED_LICENSE_KEY: &str = "served-license-key";
     /// Digests of the activation passwords customers may set on a license.
     pub const ACTIVATION_PASSWORD: &str = "activation-password";
     /// Digests of portal session tokens.

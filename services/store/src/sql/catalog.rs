@@ -494,7 +494,7 @@ impl CatalogStore for SqlStore {
              upgrades_until = $6, associated_customer_id = $7, portal_deactivation_counts = $8, updated_at = $9, \
              seat_policy_json = $10, licensee_name = $11, meters_json = $12, grace_period_ms = $13, heartbeat_timeout_ms = $14, \
              policy_id = $15, policy_revision = $16, first_use_json = $17, \
-             module_entitlements_json = $18 WHERE license_id = $19",
+             module_entitlements_json = $18, valid_from = $19, server_grants_json = $20 WHERE license_id = $21",
         )
         .bind(license.status.as_str())
         .bind(i64::from(license.seats))
@@ -514,6 +514,8 @@ impl CatalogStore for SqlStore {
         .bind(license.policy_revision)
         .bind(license.first_use.as_ref().map(to_json))
         .bind(to_json(&license.module_entitlements))
+        .bind(license.valid_from)
+        .bind(to_json(&license.server_grants))
         .bind(license_id)
         .execute(&mut *tx)
         .await
