@@ -19,9 +19,13 @@ use licensing_activation::grpc::ActivationApi;
 use licensing_activation::{ActivationDeps, ActivationSettings, Activations, ValidationCache};
 use licensing_domain::certificate::Signer;
 use licensing_domain::clock::{system_clock, SharedClock};
+use licensing_domain::fingerprint::Component;
 use licensing_domain::secrets::{KeyedHasher, PasswordHasher};
 use licensing_domain::store::CatalogStore;
 use licensing_domain::store::{ActivationStore, LeaseStore};
+use licensing_onprem::grpc::{Gated, OnPremisesApi};
+use licensing_onprem::vendor::{GrpcVendor, Vendor};
+use licensing_onprem::{OnPremises, OnPremisesDeps, OnPremisesSettings};
 use licensing_runtime::auth::{bootstrap_admin_token, validate_admin_token_shape, AdminAuth, SessionAuth};
 use licensing_runtime::config::{Config, Lookup, Migrate};
 use licensing_runtime::credentials::CredentialResolver;
@@ -150,11 +154,14 @@ pub struct Overrides {
     pub clock: SharedClock,
     /// Hashes customers' passwords (tests use cheap parameters).
     pub password_hasher: PasswordHasher,
+    /// This machine's fingerprint as an on-premises server reads it; `None`: read from the
+    /// machine (tests run several servers on one machine as if on several).
+    pub machine: Option<Vec<Component>>,
 }
 
 impl Default for Overrides {
     fn default() -> Self {
-        Self { clock: system_clock(), password_hasher: PasswordHasher::owasp() }
+        Self { clock: system_clock(), password_hasher: PasswordHasher::owasp(), machine: None }
     }
 }
 
@@ -273,14 +280,22 @@ impl Application {
             redis,
         };
         let mut served = Served::default();
-        if role.serves_account() {
-            account_routes(&deps, role, &mut served).await?;
-        }
-        if role.serves_activation() {
-            activation_routes(&deps, &mut served);
-        }
-        if role.serves_seat() {
-            seat_routes(&deps, &mut served)?;
+        if let Some(on_premises) = &config.on_premises {
+            anyhow::ensure!(role == Role::AllInOne, "LICENSING_ON_PREMISES: only licensing-server serves on premises");
+            let onprem = on_premises_server(&deps, on_premises).await?;
+            activation_routes(&deps, &mut served, Some(&onprem));
+            seat_routes(&deps, &mut served, Some(&onprem))?;
+            on_premises_routes(&deps, on_premises, onprem, &mut served);
+        } else {
+            if role.serves_account() {
+                account_routes(&deps, role, &mut served).await?;
+            }
+            if role.serves_activation() {
+                activation_routes(&deps, &mut served, None);
+            }
+            if role.serves_seat() {
+                seat_routes(&deps, &mut served, None)?;
+            }
         }
         if let (true, Some(url)) = (role.serves_seat() || role.serves_activation(), &config.database_url) {
             // Their caches hear of changes made by other processes (the Account service, other
@@ -549,8 +564,109 @@ fn activation_use_cases(deps: &Deps<'_>) -> Activations {
     )
 }
 
+/// Serves `service`, gated on an on-premises server by what its file allows.
+fn serve_gated<S>(served: &mut Served, service: S, onprem: Option<&OnPremises>)
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match onprem {
+        Some(onprem) => served.serve(Gated::new(service, onprem.clone())),
+        None => served.serve(service),
+    }
+}
+
+/// The on-premises server (`LICENSING_ON_PREMISES=true`): its file and state in the data
+/// directory, the served licenses in the local store, the vendor when online.
+async fn on_premises_server(
+    deps: &Deps<'_>,
+    on_premises: &licensing_runtime::config::OnPremisesConfig,
+) -> anyhow::Result<OnPremises> {
+    let leases = deps.leases.clone().context("an on-premises server needs a lease store")?;
+    let vendor: Option<Arc<dyn Vendor>> = match &on_premises.vendor_url {
+        Some(url) => Some(Arc::new(
+            GrpcVendor::new(url, on_premises.vendor_ca.as_deref())
+                .map_err(anyhow::Error::msg)
+                .context("LICENSING_VENDOR_URL")?,
+        )),
+        None => None,
+    };
+    let machine = deps.overrides.machine.clone().unwrap_or_else(licensing_client::fingerprint::this_machine);
+    let server_name = on_premises.server_name.clone().unwrap_or_else(|| {
+        machine.iter().find(|c| c.name == "hostname").map_or_else(|| "on-premises".to_owned(), |c| c.value.clone())
+    });
+    let vendor_key = ed25519_dalek::VerifyingKey::from_bytes(&on_premises.vendor_public_key)
+        .context("LICENSING_VENDOR_PUBLIC_KEY")?;
+    let onprem = OnPremises::open(
+        OnPremisesDeps {
+            catalog: deps.catalog.clone(),
+            activations: Arc::new(deps.store.clone()),
+            leases,
+            hasher: deps.hasher.clone(),
+            vendor,
+            clock: deps.overrides.clock.clone(),
+        },
+        OnPremisesSettings {
+            license_key: on_premises.license_key.clone(),
+            vendor_key,
+            machine,
+            server_name,
+            files: licensing_onprem::state::StateFiles::new(deps.config.data_dir.clone()),
+            vendor_url: on_premises.vendor_url.clone().unwrap_or_default(),
+        },
+    )
+    .await
+    .context("opening the on-premises server's file and state")?;
+    Ok(onprem)
+}
+
+/// `OnPremisesService` (the local admin token), and the background work of an on-premises
+/// server: the refresh from the vendor when online, and keeping the latest instant seen.
+fn on_premises_routes(
+    deps: &Deps<'_>,
+    on_premises: &licensing_runtime::config::OnPremisesConfig,
+    onprem: OnPremises,
+    served: &mut Served,
+) {
+    served.background.push(tokio::spawn(keep_on_premises_current(onprem.clone(), on_premises.refresh_interval)));
+    let admin = AdminAuth::new(deps.catalog.clone(), deps.hasher.clone());
+    served.serve(OnPremisesApi::new(onprem, admin).into_server(deps.config.max_message_bytes));
+}
+
+/// Every `refresh_interval`, an online server asks the vendor for a fresh file (the first at
+/// once); every server keeps the latest instant its clock showed, so a clock set back is caught
+/// after a restart too.
+async fn keep_on_premises_current(onprem: OnPremises, refresh_interval: std::time::Duration) {
+    let mut refresh = tokio::time::interval(refresh_interval);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(std::time::Duration::from_secs(10));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = refresh.tick(), if onprem.is_online() => {
+                if let Err(e) = onprem.refresh().await {
+                    tracing::warn!(error = %e, "refreshing the server license file from the vendor failed; it will be tried again");
+                }
+            }
+            _ = clock.tick() => {
+                if let Err(e) = onprem.persist_clock() {
+                    tracing::warn!(error = %e, "keeping the latest time seen failed");
+                }
+            }
+        }
+    }
+}
+
 /// The Activation service: node-locked activations and validations.
-fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
+fn activation_routes(deps: &Deps<'_>, served: &mut Served, onprem: Option<&OnPremises>) {
     let Deps { config, stack, store, .. } = deps;
     let activations = activation_use_cases(deps)
         .with_observer(Arc::new(stack.metrics.clone()))
@@ -560,11 +676,11 @@ fn activation_routes(deps: &Deps<'_>, served: &mut Served) {
     served.background.push(tokio::spawn(cull_silent_machines(activations.clone(), config.cull_interval)));
     // WatchLicense streams end when the server drains.
     let api = ActivationApi::new(activations, config.watch_poll).with_drain(stack.drain.clone());
-    served.serve(api.into_server(config.max_message_bytes));
+    serve_gated(served, api.into_server(config.max_message_bytes), onprem);
 }
 
 /// The Seat service: floating seats, their policies and usage, the sweep of expired leases.
-fn seat_routes(deps: &Deps<'_>, served: &mut Served) -> anyhow::Result<()> {
+fn seat_routes(deps: &Deps<'_>, served: &mut Served, onprem: Option<&OnPremises>) -> anyhow::Result<()> {
     let Deps { config, overrides, stack, store, hasher, .. } = deps;
     let leases = deps.leases.clone().context("the Seat service needs a lease store")?;
     let usage = UsageLog::start(Arc::new(store.clone()), config.usage_queue);
@@ -579,6 +695,7 @@ fn seat_routes(deps: &Deps<'_>, served: &mut Served) -> anyhow::Result<()> {
         SeatSettings {
             max_ttl: config.max_lease_ttl.as_millis() as i64,
             checkouts_per_license: config.rate_limits.checkout_per_license,
+            overdraft_allowed: onprem.is_none(),
             ..SeatSettings::default()
         },
     );
@@ -598,7 +715,7 @@ fn seat_routes(deps: &Deps<'_>, served: &mut Served) -> anyhow::Result<()> {
     let sessions = SessionAuth::new(Arc::new(store.clone()), hasher.clone(), overrides.clock.clone());
     let api = SeatApi::new(seats, AdminAuth::new(deps.catalog.clone(), hasher.clone()), sessions)
         .with_drain(stack.drain.clone());
-    served.serve(api.into_server(config.max_message_bytes));
+    serve_gated(served, api.into_server(config.max_message_bytes), onprem);
     Ok(())
 }
 

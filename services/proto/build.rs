@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "licensing/activation/v1/activation.proto",
     "licensing/seat/v1/seat.proto",
     "licensing/account/v1/account.proto",
+    "licensing/onpremises/v1/onpremises.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

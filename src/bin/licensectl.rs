@@ -13,6 +13,8 @@ use licensing_proto::common::v1::{
     Customer, License, LicenseKind, LicenseStatus, LicenseTerms, Meter, MeterReset, MeterUsage, PageRequest, Policy,
     Product, ServerGrant, TermsStart,
 };
+use licensing_proto::onpremises::v1 as onprem;
+use licensing_proto::onpremises::v1::on_premises_service_client::OnPremisesServiceClient;
 use licensing_proto::seat::v1 as seat;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use serde_json::{json, Value};
@@ -68,6 +70,10 @@ enum Command {
     /// Server licenses of on-premises license servers.
     #[command(subcommand)]
     ServerLicense(ServerLicenseCommand),
+    /// An on-premises license server (run against it, with its own admin token): its status
+    /// and served license keys, activation by file or online, and the return of its license.
+    #[command(subcommand)]
+    Onprem(OnPremCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -105,6 +111,52 @@ enum ServerLicenseCommand {
         out: Option<std::path::PathBuf>,
     },
 }
+
+#[derive(Subcommand)]
+enum OnPremCommand {
+    /// What the server serves (with the license keys products use), from which file, and why it
+    /// refuses new seats if it does.
+    Status,
+    /// Write the activation request file to carry to the vendor (air-gapped servers).
+    Request {
+        /// Where to write it.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Import the server license file the vendor sent (air-gapped activation, renewal, seat change).
+    Import {
+        /// The server license file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Ask the vendor for a fresh file now (online servers).
+    Refresh,
+    /// Give the license back: the server stops serving at once and writes the return file
+    /// (online, it is also sent to the vendor).
+    Return {
+        /// Where to write the return file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Confirm that the server stops serving its products.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+const ONPREM_LICENSE_COLUMNS: &[&str] = &["license_id", "license_key", "kind", "product", "feature", "seats", "in_use"];
+const ONPREM_STATUS_FIELDS: &[&str] = &[
+    "serving",
+    "not_serving",
+    "license_id",
+    "installation_id",
+    "serial",
+    "issued_at",
+    "expires_at",
+    "grace_ends_at",
+    "vendor_url",
+    "last_refresh_at",
+    "last_refresh_error",
+];
 
 /// How many items a list fetches per request; every page is listed.
 #[derive(clap::Args, Clone, Copy)]
@@ -1056,6 +1108,34 @@ fn password_from_stdin() -> Result<String, Failure> {
     Ok(password)
 }
 
+fn onprem_status_json(s: &onprem::GetServerStatusResponse) -> Value {
+    json!({
+        "serving": s.serving,
+        "not_serving": if s.serving { Value::Null } else { json!(format!("{}: {}", s.not_serving_reason, s.not_serving_message)) },
+        "license_id": s.license_id, "installation_id": s.installation_id, "serial": s.serial,
+        "issued_at": time(s.issued_at.as_ref()), "expires_at": time(s.expires_at.as_ref()),
+        "grace_ends_at": time(s.grace_ends_at.as_ref()), "vendor_url": s.vendor_url,
+        "last_refresh_at": time(s.last_refresh_at.as_ref()), "last_refresh_error": s.last_refresh_error,
+        "licenses": s.licenses.iter().map(|l| json!({
+            "license_id": l.license_id, "license_key": l.license_key, "kind": l.kind, "product": l.product_code,
+            "feature": l.feature, "seats": l.seats, "in_use": l.in_use,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_onprem_status(as_json: bool, s: &onprem::GetServerStatusResponse) {
+    let row = onprem_status_json(s);
+    if as_json {
+        out!("{}", pretty(&row));
+    } else {
+        out!("{}", fields(&row, ONPREM_STATUS_FIELDS));
+        let licenses = row["licenses"].as_array().cloned().unwrap_or_default();
+        if !licenses.is_empty() {
+            out!("\n{}", table(&licenses, ONPREM_LICENSE_COLUMNS));
+        }
+    }
+}
+
 async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
     let tls = licensing_runtime::tls::client_config(settings).map_err(|e| Failure(e.to_string()))?;
     let channel: Channel = licensing_runtime::tls::endpoint(&cli.server, tls)
@@ -1487,6 +1567,54 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                     "{}",
                     table(&[row], &["license_id", "installation_id", "serial", "returned", "server_license_file"])
                 );
+            }
+        }
+        Command::Onprem(command) => {
+            let mut server = OnPremisesServiceClient::new(channel.clone());
+            match command {
+                OnPremCommand::Status => {
+                    let s = server.get_server_status(authorized(token, onprem::GetServerStatusRequest {})?).await;
+                    print_onprem_status(cli.json, &s.map_err(fail)?.into_inner());
+                }
+                OnPremCommand::Request { out } => {
+                    let r = server
+                        .write_activation_request(authorized(token, onprem::WriteActivationRequestRequest {})?)
+                        .await
+                        .map_err(fail)?
+                        .into_inner();
+                    std::fs::write(&out, r.request_file)
+                        .map_err(|e| Failure(format!("--out: cannot write {}: {e}", out.display())))?;
+                    let row = json!({ "request_file": out.display().to_string() });
+                    print_one(cli.json, &row, &["request_file"]);
+                }
+                OnPremCommand::Import { file } => {
+                    let server_license_file = std::fs::read_to_string(&file)
+                        .map_err(|e| Failure(format!("--file: cannot read {}: {e}", file.display())))?;
+                    let request = onprem::ImportServerLicenseRequest { server_license_file };
+                    let r = server.import_server_license(authorized(token, request)?).await.map_err(fail)?;
+                    print_onprem_status(cli.json, &r.into_inner().status.unwrap_or_default());
+                }
+                OnPremCommand::Refresh => {
+                    let request = onprem::RefreshServerLicenseRequest {};
+                    let r = server.refresh_server_license(authorized(token, request)?).await.map_err(fail)?;
+                    print_onprem_status(cli.json, &r.into_inner().status.unwrap_or_default());
+                }
+                OnPremCommand::Return { out, yes } => {
+                    if !yes {
+                        return Err(Failure(
+                            "--yes: the server stops serving its products at once; add --yes to confirm".into(),
+                        ));
+                    }
+                    let request = onprem::ReturnServerLicenseRequest { confirm: true };
+                    let r = server.return_server_license(authorized(token, request)?).await.map_err(fail)?.into_inner();
+                    std::fs::write(&out, &r.return_file)
+                        .map_err(|e| Failure(format!("--out: cannot write {}: {e}; the server has stopped serving, and the return file is lost: ask the vendor to free the activation", out.display())))?;
+                    let row = json!({
+                        "serial": r.serial, "return_file": out.display().to_string(),
+                        "returned_online": r.returned_online, "online_error": r.online_error,
+                    });
+                    print_one(cli.json, &row, &["serial", "return_file", "returned_online", "online_error"]);
+                }
             }
         }
         Command::History { license_id } => {

@@ -40,3 +40,11 @@ pub mod account {
         tonic::include_proto!("licensing.account.v1");
     }
 }
+/// The on-premises license server's administration.
+pub mod onpremises {
+    /// Version 1, generated: documented as far as the proto's comments go.
+    #[allow(missing_docs, unreachable_pub)]
+    pub mod v1 {
+        tonic::include_proto!("licensing.onpremises.v1");
+    }
+}

@@ -83,6 +83,13 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_TLS_CLIENT_CERT", "clients: PEM certificate to present for mutual TLS"),
     ("LICENSING_TLS_CLIENT_KEY", "clients: PEM private key of LICENSING_TLS_CLIENT_CERT"),
     ("LICENSING_TLS_SERVER_NAME", "clients: name to verify in the server's certificate (e.g. localhost when probing 127.0.0.1)"),
+    ("LICENSING_ON_PREMISES", "true: serve as a customer's on-premises license server under the vendor's server license file (seats and activations it grants, nothing else; see On-premises license server); needs LICENSING_SERVER_LICENSE_KEY and LICENSING_VENDOR_PUBLIC_KEY"),
+    ("LICENSING_SERVER_LICENSE_KEY", "on premises: the server license's key, as the vendor issued it"),
+    ("LICENSING_VENDOR_PUBLIC_KEY", "on premises: the vendor's base64 Ed25519 public key (its GetVerifyingKey), which signs server license files"),
+    ("LICENSING_VENDOR_URL", "on premises: http(s):// address of the vendor's licensing server, to activate, refresh and return online; unset: air-gapped (files only)"),
+    ("LICENSING_VENDOR_CA", "on premises: PEM file of the CA that signed the vendor's TLS certificate (https:// vendor URLs)"),
+    ("LICENSING_SERVER_NAME", "on premises: the name this server is activated under (default: the host name)"),
+    ("LICENSING_REFRESH_INTERVAL_MS", "on premises, online: how often the server asks the vendor for a fresh file (renewals, seat changes and suspensions reach it then)"),
     ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
     ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail (plain SMTP: use a local relay for TLS); without it mail goes to files in <data dir>/outbox"),
     ("LICENSING_MAIL_FROM", "sender address of portal mail"),
@@ -316,6 +323,80 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Service name on exported traces (`OTEL_SERVICE_NAME`; the default differs per binary).
     pub service_name: String,
+    /// On-premises mode, when `LICENSING_ON_PREMISES=true`.
+    pub on_premises: Option<OnPremisesConfig>,
+}
+
+/// The on-premises mode (`LICENSING_ON_PREMISES=true`) and who the server is to its vendor.
+#[derive(Debug, Clone)]
+pub struct OnPremisesConfig {
+    /// The server license's key (`LICENSING_SERVER_LICENSE_KEY`).
+    pub license_key: String,
+    /// The vendor's Ed25519 public key (`LICENSING_VENDOR_PUBLIC_KEY`).
+    pub vendor_public_key: [u8; 32],
+    /// The vendor's address (`LICENSING_VENDOR_URL`); `None`: air-gapped.
+    pub vendor_url: Option<String>,
+    /// The CA of the vendor's TLS certificate (`LICENSING_VENDOR_CA`), as PEM.
+    pub vendor_ca: Option<Vec<u8>>,
+    /// The name the server is activated under (`LICENSING_SERVER_NAME`); `None`: the host name.
+    pub server_name: Option<String>,
+    /// How often an online server refreshes its file (`LICENSING_REFRESH_INTERVAL_MS`, default 1 h).
+    pub refresh_interval: Duration,
+}
+
+impl OnPremisesConfig {
+    fn from_lookup(lookup: &dyn Lookup) -> Result<Option<Self>, ConfigError> {
+        if !parse(lookup, "LICENSING_ON_PREMISES", false, "true or false")? {
+            for var in ["LICENSING_SERVER_LICENSE_KEY", "LICENSING_VENDOR_URL"] {
+                if non_empty(lookup, var).is_some() {
+                    return Err(ConfigError {
+                        var,
+                        message: "is set but LICENSING_ON_PREMISES is not true: set it to serve on premises".into(),
+                    });
+                }
+            }
+            return Ok(None);
+        }
+        let required = |var: &'static str| {
+            non_empty(lookup, var)
+                .ok_or(ConfigError { var, message: "is required with LICENSING_ON_PREMISES=true".into() })
+        };
+        let license_key = required("LICENSING_SERVER_LICENSE_KEY")?;
+        licensing_domain::license_key::LicenseKey::parse(&license_key).map_err(|e| ConfigError {
+            var: "LICENSING_SERVER_LICENSE_KEY",
+            message: format!("not a license key (XXXXX-XXXXX-XXXXX-XXXXX-XXXXX): {e}"),
+        })?;
+        let key_b64 = required("LICENSING_VENDOR_PUBLIC_KEY")?;
+        let vendor_public_key = {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(key_b64.as_bytes()).ok();
+            let key: Option<[u8; 32]> = bytes.and_then(|b| b.try_into().ok());
+            key.filter(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_ok()).ok_or(ConfigError {
+                var: "LICENSING_VENDOR_PUBLIC_KEY",
+                message: "not a base64 Ed25519 public key of 32 bytes (the vendor's GetVerifyingKey public_key)".into(),
+            })?
+        };
+        let vendor_url = match non_empty(lookup, "LICENSING_VENDOR_URL") {
+            None => None,
+            Some(url) => Some(base_url(&url).map_err(|message| ConfigError { var: "LICENSING_VENDOR_URL", message })?),
+        };
+        let vendor_ca = match non_empty(lookup, "LICENSING_VENDOR_CA") {
+            None => None,
+            Some(path) => Some(std::fs::read(&path).map_err(|e| ConfigError {
+                var: "LICENSING_VENDOR_CA",
+                message: format!("cannot read '{path}': {e}"),
+            })?),
+        };
+        let refresh_ms = parse::<u64>(lookup, "LICENSING_REFRESH_INTERVAL_MS", 3_600_000, "a number of milliseconds")?;
+        Ok(Some(Self {
+            license_key,
+            vendor_public_key,
+            vendor_url,
+            vendor_ca,
+            server_name: non_empty(lookup, "LICENSING_SERVER_NAME"),
+            refresh_interval: Duration::from_millis(refresh_ms).max(Duration::from_millis(100)),
+        }))
+    }
 }
 
 /// A variable that is set but not usable.
@@ -506,6 +587,7 @@ impl Config {
             log_filter: non_empty(lookup, "RUST_LOG").unwrap_or_else(|| "info".into()),
             otlp_endpoint: non_empty(lookup, "OTEL_EXPORTER_OTLP_ENDPOINT"),
             service_name: non_empty(lookup, "OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
+            on_premises: OnPremisesConfig::from_lookup(lookup)?,
         })
     }
 }

@@ -96,6 +96,9 @@ pub enum SeatError {
     /// The license's state does not allow the policy change (why).
     #[error("{0}")]
     PolicyNotAllowed(String),
+    /// An on-premises server serves only the seats its file grants: no policy may add seats.
+    #[error("{0}")]
+    BeyondServerLicense(String),
     /// The lease store lost its leases and holds new seats back (see `CheckoutOutcome::Recovering`).
     #[error("the lease store lost its leases and hands out no new seat until {}, when every lease it may have forgotten has expired; holders of leases keep them by heartbeat with their lease token", rfc3339(*until))]
     Recovering {
@@ -185,7 +188,7 @@ impl ClassifiedError for SeatError {
             | Self::NotAvailable(_)
             | Self::BorrowNotAllowed(_)
             | Self::PolicyNotAllowed(_) => ErrorClass::FailedPrecondition,
-            Self::Denied { .. } => ErrorClass::PermissionDenied,
+            Self::Denied { .. } | Self::BeyondServerLicense(_) => ErrorClass::PermissionDenied,
             Self::NoSeat { .. } => ErrorClass::ResourceExhausted,
             Self::LeaseExpired(_) | Self::LeaseNotFound { .. } | Self::LicenseNotFound(_) => ErrorClass::NotFound,
             Self::WaitTimedOut(_) => ErrorClass::DeadlineExceeded,
@@ -207,6 +210,7 @@ impl ClassifiedError for SeatError {
             Self::NoSeat { denial, .. } | Self::Denied { denial, .. } => denial.reason(),
             Self::BorrowNotAllowed(_) => "BORROW_NOT_ALLOWED",
             Self::PolicyNotAllowed(_) => "FAILED_PRECONDITION",
+            Self::BeyondServerLicense(_) => "BEYOND_SERVER_LICENSE",
             Self::LeaseExpired(_) => "LEASE_EXPIRED",
             Self::LeaseRevoked(_) => "LEASE_REVOKED",
             Self::LeaseNotFound { .. } => "LEASE_NOT_FOUND",

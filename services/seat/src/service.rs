@@ -39,6 +39,9 @@ pub struct SeatSettings {
     pub max_wait: Duration,
     /// Checkouts and waits allowed per license; `None` is unlimited.
     pub checkouts_per_license: Option<Rate>,
+    /// Whether seat policies may grant overdraft seats; an on-premises server serves only the
+    /// seats its server license file grants.
+    pub overdraft_allowed: bool,
 }
 
 impl Default for SeatSettings {
@@ -49,6 +52,7 @@ impl Default for SeatSettings {
             max_ttl: 3_600 * SECOND,
             max_wait: Duration::from_secs(3_600),
             checkouts_per_license: None,
+            overdraft_allowed: true,
         }
     }
 }
@@ -850,6 +854,13 @@ impl Seats {
     /// field named and the old policy kept.
     pub async fn update_policy(&self, actor: &str, license_id: &str, policy: SeatPolicy) -> Result<License, SeatError> {
         check_id("license_id", ids::LICENSE, license_id)?;
+        if policy.overdraft_seats > 0 && !self.settings.overdraft_allowed {
+            return Err(SeatError::BeyondServerLicense(format!(
+                "overdraft_seats: an on-premises server serves only the seats its server license file grants; \
+                 set 0 (got {})",
+                policy.overdraft_seats
+            )));
+        }
         let now = self.leases.now().await?;
         let audit = AuditRecord::new(actor, "license.seat_policy_changed", license_id);
         Ok(self.catalog.update_license(license_id, &LicenseChange::SetSeatPolicy(policy), now, audit, None).await?)
