@@ -435,6 +435,14 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             c.process_server_request(request(who, w, acc::ProcessServerRequestRequest { request_file: String::new() }))
                 .await,
         ),
+        "SetServerGrants" => code(
+            c.set_server_grants(request(
+                who,
+                w,
+                acc::SetServerGrantsRequest { license_id: lic(), server_grants: vec![] },
+            ))
+            .await,
+        ),
         other => panic!("no cell for {other}"),
     }
 }
@@ -491,6 +499,7 @@ const ADMIN_RPCS: &[&str] = &[
     "GetLeaseStoreStatus",
     "EndLeaseStoreRecovery",
     "ProcessServerRequest",
+    "SetServerGrants",
 ];
 
 /// Admin calls that the license's own customer may make with a portal session too (on its own
@@ -505,6 +514,8 @@ fn admin_expected(rpc: &str) -> Code {
         // No such policy: checked after the caller is known to be the admin.
         "ConvertTrial" => Code::NotFound,
         "ProcessServerRequest" => Code::InvalidArgument,
+        // No grants: past the admin check, refused as invalid input.
+        "SetServerGrants" => Code::InvalidArgument,
         _ => Code::Ok,
     }
 }

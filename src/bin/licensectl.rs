@@ -331,6 +331,16 @@ enum LicenseCommand {
     },
     /// Change the seats or allowed activations.
     Seats { license_id: String, seats: i32 },
+    /// Replace a server license's grants (its servers get them with their next file).
+    Grants {
+        license_id: String,
+        /// Floating seats of a product (`cad-pro=25`) or feature (`cad-pro/render=5`); repeat.
+        #[arg(long = "grant", value_parser = server_grant)]
+        grants: Vec<ServerGrant>,
+        /// Node-locked activations of a product (`cad-pro=10`); repeat.
+        #[arg(long = "grant-node-locked", value_parser = counted_owned)]
+        grants_node_locked: Vec<(String, i32)>,
+    },
     /// Set how long the license stays usable after its expiry (`14d`; `0d` for none).
     Grace {
         license_id: String,
@@ -1371,6 +1381,11 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                         .map_err(fail)?
                         .into_inner()
                         .license
+                }
+                LicenseCommand::Grants { license_id, grants, grants_node_locked } => {
+                    let server_grants = merged_grants(grants, grants_node_locked);
+                    let request = pb::SetServerGrantsRequest { license_id, server_grants };
+                    admin.set_server_grants(authorized(token, request)?).await.map_err(fail)?.into_inner().license
                 }
                 LicenseCommand::Grace { license_id, grace } => {
                     let request = pb::SetLicenseGracePeriodRequest { license_id, grace_period: Some(grace) };

@@ -88,7 +88,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("LICENSING_VENDOR_PUBLIC_KEY", "on premises: the vendor's base64 Ed25519 public key (its GetVerifyingKey), which signs server license files"),
     ("LICENSING_VENDOR_URL", "on premises: http(s):// address of the vendor's licensing server, to activate, refresh and return online; unset: air-gapped (files only)"),
     ("LICENSING_VENDOR_CA", "on premises: PEM file of the CA that signed the vendor's TLS certificate (https:// vendor URLs)"),
-    ("LICENSING_SERVER_NAME", "on premises: the name this server is activated under (default: the host name)"),
+    ("LICENSING_SERVER_NAME", "on premises: the name this server is activated under"),
     ("LICENSING_REFRESH_INTERVAL_MS", "on premises, online: how often the server asks the vendor for a fresh file (renewals, seat changes and suspensions reach it then)"),
     ("LICENSING_USAGE_QUEUE", "usage-log events held in memory for writing; beyond it they are counted as lost, never waited for"),
     ("LICENSING_SMTP_URL", "smtp://host:port of the relay that sends password reset mail (plain SMTP: use a local relay for TLS); without it mail goes to files in <data dir>/outbox"),
