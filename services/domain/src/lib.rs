@@ -36,6 +36,7 @@ pub mod license_key;
 pub mod meter;
 pub mod model;
 pub mod observe;
+pub mod offline_deactivation;
 pub mod policy;
 pub mod seat_policy;
 pub mod secrets;
