@@ -68,6 +68,9 @@ enum Command {
     /// Server licenses of on-premises license servers.
     #[command(subcommand)]
     ServerLicense(ServerLicenseCommand),
+    /// Node-locked activations given back by products.
+    #[command(subcommand)]
+    Activations(ActivationsCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -103,6 +106,17 @@ enum ServerLicenseCommand {
         /// Where to write the server license file (an activation request only).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActivationsCommand {
+    /// Free the activation an air-gapped product gave back: submit the offline deactivation
+    /// request it wrote after deleting its certificate (ActivationService/DeactivateOffline).
+    /// Needs no admin token: the request carries the license's credential.
+    DeactivateOffline {
+        /// The request file ("-----BEGIN LICENSING DEACTIVATION REQUEST-----").
+        file: std::path::PathBuf,
     },
 }
 
@@ -1488,6 +1502,31 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                     table(&[row], &["license_id", "installation_id", "serial", "returned", "server_license_file"])
                 );
             }
+        }
+        Command::Activations(ActivationsCommand::DeactivateOffline { file }) => {
+            use licensing_proto::activation::v1 as act;
+            let request_file = std::fs::read_to_string(&file)
+                .map_err(|e| Failure(format!("cannot read the request file {}: {e}", file.display())))?;
+            let answer = act::activation_service_client::ActivationServiceClient::new(channel)
+                .deactivate_offline(act::DeactivateOfflineRequest { request_file })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let (a, l) = (answer.activation.unwrap_or_default(), answer.license.unwrap_or_default());
+            let row = json!({
+                "license_id": a.license_id, "installation_id": a.installation_id, "machine": a.machine_name,
+                "deactivated_at": time(a.deactivated_at.as_ref()), "activations_used": l.activations_used,
+                "deactivations_left": answer.deactivations_left,
+            });
+            let names = [
+                "license_id",
+                "installation_id",
+                "machine",
+                "deactivated_at",
+                "activations_used",
+                "deactivations_left",
+            ];
+            print_one(cli.json, &row, &names);
         }
         Command::History { license_id } => {
             let h = admin
