@@ -61,7 +61,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..70,
+        0u8..71,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -307,6 +307,28 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(1), platform: t(4), product_version: t(5) }),
         })),
         69 => run!(c.admin.process_server_request(admin_req(acc::ProcessServerRequestRequest { request_file: t(0) }))),
+        70 => {
+            // Raw text, or a well-formed, checksummed request carrying the hostile values.
+            let request_file = match i.ints[3].rem_euclid(2) {
+                0 => t(0),
+                _ => licensing_domain::offline_deactivation::encode_deactivation_request(
+                    &licensing_domain::offline_deactivation::DeactivationRequest {
+                        v: 1,
+                        license_id: lic,
+                        license_key: t(0),
+                        password: t(1),
+                        installation_id: t(5),
+                        certificate_issued_at_ms: i.seconds,
+                        fingerprint: fp(i)
+                            .into_iter()
+                            .map(|c| licensing_domain::fingerprint::Component { name: c.name, value: c.value })
+                            .collect(),
+                        created_at_ms: i64::from(i.nanos),
+                    },
+                ),
+            };
+            run!(c.activation.deactivate_offline(act::DeactivateOfflineRequest { request_file }))
+        }
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -343,7 +365,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..70 {
+        for rpc in 0u8..71 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();
