@@ -307,6 +307,28 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(1), platform: t(4), product_version: t(5) }),
         })),
         69 => run!(c.admin.process_server_request(admin_req(acc::ProcessServerRequestRequest { request_file: t(0) }))),
+        70 => {
+            // Raw text, or a well-formed, checksummed request carrying the hostile values.
+            let request_file = match i.ints[3].rem_euclid(2) {
+                0 => t(0),
+                _ => licensing_domain::offline_deactivation::encode_deactivation_request(
+                    &licensing_domain::offline_deactivation::DeactivationRequest {
+                        v: 1,
+                        license_id: lic,
+                        license_key: t(0),
+                        password: t(1),
+                        installation_id: t(5),
+                        certificate_issued_at_ms: i.seconds,
+                        fingerprint: fp(i)
+                            .into_iter()
+                            .map(|c| licensing_domain::fingerprint::Component { name: c.name, value: c.value })
+                            .collect(),
+                        created_at_ms: i64::from(i.nanos),
+                    },
+                ),
+            };
+            run!(c.activation.deactivate_offline(act::DeactivateOfflineRequest { request_file }))
+        }
         73 => run!(c.activation.return_server(act::ReturnServerRequest { return_file: t(0) })),
         74 => run!(c.admin.set_server_grants(admin_req(acc::SetServerGrantsRequest {
             license_id: lic,

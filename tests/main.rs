@@ -29,6 +29,7 @@ mod meters;
 mod migrate;
 mod monitoring;
 mod network_faults;
+mod offline_deactivation;
 mod onprem;
 mod operations;
 mod policies;

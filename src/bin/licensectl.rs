@@ -74,6 +74,9 @@ enum Command {
     /// and served license keys, activation by file or online, and the return of its license.
     #[command(subcommand)]
     Onprem(OnPremCommand),
+    /// Node-locked activations given back by products.
+    #[command(subcommand)]
+    Activations(ActivationsCommand),
     /// Installations and activation history of a license.
     History { license_id: String },
     /// The audit log of a license, customer or product.
@@ -157,6 +160,17 @@ const ONPREM_STATUS_FIELDS: &[&str] = &[
     "last_refresh_at",
     "last_refresh_error",
 ];
+
+#[derive(Subcommand)]
+enum ActivationsCommand {
+    /// Free the activation an air-gapped product gave back: submit the offline deactivation
+    /// request it wrote after deleting its certificate (ActivationService/DeactivateOffline).
+    /// Needs no admin token: the request carries the license's credential.
+    DeactivateOffline {
+        /// The request file ("-----BEGIN LICENSING DEACTIVATION REQUEST-----").
+        file: std::path::PathBuf,
+    },
+}
 
 /// How many items a list fetches per request; every page is listed.
 #[derive(clap::Args, Clone, Copy)]
@@ -1631,6 +1645,31 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                     print_one(cli.json, &row, &["serial", "return_file", "returned_online", "online_error"]);
                 }
             }
+        }
+        Command::Activations(ActivationsCommand::DeactivateOffline { file }) => {
+            use licensing_proto::activation::v1 as act;
+            let request_file = std::fs::read_to_string(&file)
+                .map_err(|e| Failure(format!("cannot read the request file {}: {e}", file.display())))?;
+            let answer = act::activation_service_client::ActivationServiceClient::new(channel)
+                .deactivate_offline(act::DeactivateOfflineRequest { request_file })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let (a, l) = (answer.activation.unwrap_or_default(), answer.license.unwrap_or_default());
+            let row = json!({
+                "license_id": a.license_id, "installation_id": a.installation_id, "machine": a.machine_name,
+                "deactivated_at": time(a.deactivated_at.as_ref()), "activations_used": l.activations_used,
+                "deactivations_left": answer.deactivations_left,
+            });
+            let names = [
+                "license_id",
+                "installation_id",
+                "machine",
+                "deactivated_at",
+                "activations_used",
+                "deactivations_left",
+            ];
+            print_one(cli.json, &row, &names);
         }
         Command::History { license_id } => {
             let h = admin

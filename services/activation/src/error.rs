@@ -87,6 +87,10 @@ pub enum ActivationError {
     /// The offline activation request does not decode or verify (why).
     #[error("{0}")]
     OfflineRequest(String),
+    /// An offline deactivation request does not decode, or names something malformed (why,
+    /// starting with `request_file:`).
+    #[error("{0}")]
+    DeactivationRequest(String),
     /// A rate limit refused the call.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
@@ -155,9 +159,11 @@ impl ClassifiedError for ActivationError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Credentials(e) => e.class(),
-            Self::InvalidArgument { .. } | Self::Fingerprint(_) | Self::OfflineRequest(_) | Self::ServerRequest(_) => {
-                ErrorClass::InvalidArgument
-            }
+            Self::InvalidArgument { .. }
+            | Self::Fingerprint(_)
+            | Self::OfflineRequest(_)
+            | Self::ServerRequest(_)
+            | Self::DeactivationRequest(_) => ErrorClass::InvalidArgument,
             Self::LicenseState(_) | Self::TrialNotOffered(_) | Self::TrialConverted { .. } => {
                 ErrorClass::FailedPrecondition
             }
@@ -194,6 +200,7 @@ impl ClassifiedError for ActivationError {
             Self::TrialNotOffered(_) => "TRIAL_NOT_OFFERED",
             Self::TrialConverted { .. } => "TRIAL_CONVERTED",
             Self::ServerRequest(_) => "SERVER_REQUEST_INVALID",
+            Self::DeactivationRequest(_) => "DEACTIVATION_REQUEST_INVALID",
             Self::RateLimited(e) => e.reason(),
             Self::Store(e) => e.reason(),
             Self::ShuttingDown(e) => e.reason(),
@@ -242,6 +249,11 @@ mod tests {
                 "ACTIVATION_LIMIT_REACHED",
             ),
             (ActivationError::ServerRequest("request_file: x".into()), Code::InvalidArgument, "SERVER_REQUEST_INVALID"),
+            (
+                ActivationError::DeactivationRequest("request_file: x".into()),
+                Code::InvalidArgument,
+                "DEACTIVATION_REQUEST_INVALID",
+            ),
             (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
             (ActivationError::TrialNotOffered("cad".into()), Code::FailedPrecondition, "TRIAL_NOT_OFFERED"),
             (ActivationError::ProductNotFound("cad".into()), Code::NotFound, "PRODUCT_NOT_FOUND"),

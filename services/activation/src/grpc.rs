@@ -177,6 +177,20 @@ impl ActivationService for ActivationApi {
         }))
     }
 
+    async fn deactivate_offline(
+        &self,
+        request: Request<pb::DeactivateOfflineRequest>,
+    ) -> Result<Response<pb::DeactivateOfflineResponse>, Status> {
+        let client = caller_address(&request);
+        let (a, license) =
+            self.activations.deactivate_offline(&request.get_ref().request_file, &client).await.or_status()?;
+        Ok(Response::new(pb::DeactivateOfflineResponse {
+            activation: Some(activation(&a)),
+            deactivations_left: license.deactivations_left(),
+            license: Some(conv::customer_license(&license)),
+        }))
+    }
+
     async fn deactivate(
         &self,
         request: Request<pb::DeactivateRequest>,

@@ -12,9 +12,10 @@ use licensing_domain::ids;
 use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::NewLicense;
 use licensing_domain::model::{
-    Activation, ActivationEvent, License, LicenseKind, LicenseStatus, ModuleEntitlement, Refusal,
+    Activation, ActivationEvent, AuditRecord, License, LicenseKind, LicenseStatus, ModuleEntitlement, Refusal,
 };
 use licensing_domain::observe::{unobserved, SharedObserver};
+use licensing_domain::offline_deactivation::{decode_deactivation_request, DeactivationCredential};
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, CulledActivation,
     DeactivateCommand, DeactivateTarget, MachineMatch, MeterStore,
@@ -597,6 +598,88 @@ impl Activations {
             platform: machine.platform.clone(),
             product_version: machine.product_version.clone(),
             created_at_ms: now,
+        })
+    }
+
+    /// Frees a node-locked activation given back by an offline deactivation request (see
+    /// [`licensing_domain::offline_deactivation`]): the product deleted its certificate and
+    /// wrote the request, and an operator submits it from a connected machine (`client` is the
+    /// caller's address, for the password limiter). Decided by the store with the license row
+    /// locked, like a product's online deactivation: it spends a deactivation (never past the
+    /// limit), needs the license usable, and is refused (`SUPERSEDED_CERTIFICATE`, nothing
+    /// changes) when the machine was activated again or refreshed its certificate after the
+    /// certificate the request gives back. A second submission finds no live activation
+    /// (NOT_FOUND). Recorded in the history (`offline_deactivate`) and audited
+    /// (`activation.offline_deactivated`).
+    pub async fn deactivate_offline(
+        &self,
+        request_text: &str,
+        client: &str,
+    ) -> Result<(Activation, License), ActivationError> {
+        let bad = |why: String| ActivationError::DeactivationRequest(format!("request_file: {why}"));
+        let request = decode_deactivation_request(request_text).map_err(|e| {
+            bad(match e {
+                licensing_domain::certificate::VerifyError::Malformed(why) => {
+                    format!(
+                        "not an offline deactivation request (-----BEGIN LICENSING DEACTIVATION REQUEST-----): {why}"
+                    )
+                }
+                other => other.to_string(),
+            })
+        })?;
+        request.check().map_err(bad)?;
+        let (_, digests) = self.digests(&request.fingerprint).map_err(|e| bad(e.to_string()))?;
+        let summary = fingerprint::summary(&digests);
+        let credentials = match request.credential() {
+            DeactivationCredential::LicenseKey(key) => Credentials::LicenseKey(key),
+            DeactivationCredential::Password(password) => Credentials::IdAndPassword {
+                license_id: request.license_id.clone(),
+                password,
+                client: client.to_owned(),
+            },
+        };
+        let license = self.resolve_recorded(&credentials, "offline_deactivate", "", &summary).await?;
+        if license.license_id != request.license_id {
+            return Err(ActivationError::LicenseState(Refusal {
+                reason: "LICENSE_MISMATCH",
+                message: format!(
+                    "the request's license key is not the key of license {} it names: the request was not written \
+                     by this license's product",
+                    request.license_id
+                ),
+            }));
+        }
+        self.per_license.acquire(&license.license_id, || format!("license {}", license.license_id))?;
+        let now = self.now();
+        let details = serde_json::json!({
+            "installation_id": request.installation_id,
+            "certificate_issued_at_ms": request.certificate_issued_at_ms,
+            "request_created_at_ms": request.created_at_ms,
+            "fingerprint": summary,
+        });
+        let command = DeactivateCommand {
+            license_id: license.license_id.clone(),
+            target: DeactivateTarget::OfflineRequest {
+                installation_id: request.installation_id.clone(),
+                certificate_issued_at: request.certificate_issued_at_ms,
+                audit: AuditRecord::new("product", "activation.offline_deactivated", &license.license_id)
+                    .with_details(details),
+            },
+            // The product's own return, as an online Deactivate.
+            counts: true,
+            action: "offline_deactivate",
+            now,
+        };
+        let usable = move |l: &License| l.usability(now, LicenseKind::NodeLocked);
+        self.store.deactivate_checked(&command, &usable).await.map_err(|e| match e {
+            ActivationStoreError::NoActivation => {
+                ActivationError::InstallationNotFound(request.installation_id.clone())
+            }
+            ActivationStoreError::Refused(refusal) if refusal.reason == "SUPERSEDED_CERTIFICATE" => {
+                ActivationError::LicenseState(refusal)
+            }
+            ActivationStoreError::Refused(refusal) => ActivationError::LicenseState(portal_can_deactivate(refusal)),
+            e => ActivationError::from_store(e, &license.license_id),
         })
     }
 

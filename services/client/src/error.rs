@@ -25,6 +25,12 @@ pub enum ClientError {
     /// Offline validation was asked for, but no certificate is stored.
     #[error("no certificate is stored for offline use: activate while online first")]
     NoCertificate,
+    /// The product gave its activation back offline (its certificate is deleted and an offline
+    /// deactivation request written): it is not licensed on this machine until activated again.
+    #[error(
+        "this product gave its activation back offline (its certificate was deleted): activate it again to use it"
+    )]
+    DeactivatedOffline,
     /// The stored certificate does not parse or verify (why).
     #[error("the stored certificate is not valid: {0}")]
     BadCertificate(String),

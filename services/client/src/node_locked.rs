@@ -3,9 +3,14 @@
 
 use crate::storage::{Stored, TrustedStorage};
 use crate::{Client, ClientError, Credentials};
-use licensing_domain::certificate::{parse_certificate_file, verify_certificate, CertificatePayload};
+use licensing_domain::certificate::{
+    encode_offline_request, parse_certificate_file, verify_certificate, CertificatePayload, OfflineRequest,
+};
 use licensing_domain::clock::{Millis, MINUTE};
 use licensing_domain::fingerprint::{self, Component};
+use licensing_domain::offline_deactivation::{
+    encode_deactivation_request, DeactivationCredential, DeactivationRequest,
+};
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::common::v1::FingerprintComponent;
 
@@ -106,9 +111,123 @@ impl NodeLocked {
             .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
         let last_seen = self.storage.load()?.map_or(0, |s| s.last_seen_ms);
         let now = self.client.clock.now();
-        self.storage
-            .save(&Stored { certificate_file: certificate_file.to_owned(), last_seen_ms: now.max(last_seen) })?;
+        // A certificate accepted ends an offline deactivation: the machine is activated again.
+        self.storage.save(&Stored {
+            certificate_file: certificate_file.to_owned(),
+            last_seen_ms: now.max(last_seen),
+            offline_deactivation: None,
+        })?;
         Ok(payload)
+    }
+
+    /// Refuses with [`ClientError::DeactivatedOffline`] once the product gave its activation
+    /// back offline (until it activates again).
+    fn not_deactivated_offline(&self) -> Result<(), ClientError> {
+        match self.storage.load()? {
+            Some(Stored { offline_deactivation: Some(_), .. }) => Err(ClientError::DeactivatedOffline),
+            _ => Ok(()),
+        }
+    }
+
+    /// The request an air-gapped machine's operator submits with `ActivateOffline` from a
+    /// connected machine (license keys only: the request format carries a key). Store the
+    /// certificate it returns with [`Self::install_certificate`].
+    pub fn offline_activation_request(
+        &self,
+        machine_name: &str,
+        platform: &str,
+        product_version: &str,
+    ) -> Result<String, ClientError> {
+        let Credentials::LicenseKey(key) = &self.credentials else {
+            return Err(ClientError::Config("an offline activation request needs the license key"));
+        };
+        Ok(encode_offline_request(&OfflineRequest {
+            v: 1,
+            license_key: key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            machine_name: machine_name.into(),
+            platform: platform.into(),
+            product_version: product_version.into(),
+            created_at_ms: self.client.clock.now(),
+        }))
+    }
+
+    /// Stores the certificate file `ActivateOffline` answered (carried to this air-gapped
+    /// machine), once it verifies with the embedded key and is for this machine.
+    pub fn install_certificate(&self, certificate_file: &str) -> Result<CertificatePayload, ClientError> {
+        let blob = parse_certificate_file(certificate_file).map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let payload = verify_certificate(&self.client.public_key, &blob)
+            .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        self.check_machine(&payload)?;
+        self.accept(certificate_file)
+    }
+
+    fn check_machine(&self, payload: &CertificatePayload) -> Result<(), ClientError> {
+        let mine = fingerprint::public_digests(
+            &fingerprint::normalize(&self.fingerprint).map_err(|e| ClientError::BadCertificate(e.to_string()))?,
+        );
+        match fingerprint::matches(&payload.fingerprint, &mine, payload.match_threshold) {
+            true => Ok(()),
+            false => Err(ClientError::FingerprintMismatch),
+        }
+    }
+
+    /// Gives the activation back without the server (an air-gapped machine): FIRST deletes the
+    /// stored certificate, so the product can no longer be used offline from it, THEN returns
+    /// the offline deactivation request for the operator to submit with
+    /// `ActivationService/DeactivateOffline` (or `licensectl activations deactivate-offline`),
+    /// which frees the activation on the server. The request names the certificate deleted (its
+    /// Installation ID and `issued_at_ms`), so it frees nothing once the machine has been
+    /// activated again.
+    ///
+    /// Only a product holding a valid certificate for this machine can write one
+    /// ([`ClientError::NoCertificate`] otherwise; nothing changes on a refusal). Afterwards
+    /// `validate`, `validate_offline` and `refresh` answer [`ClientError::DeactivatedOffline`]
+    /// until the product activates again, and calling this again returns the same request
+    /// (see [`Self::pending_offline_deactivation`]).
+    pub fn deactivate_offline(&self) -> Result<String, ClientError> {
+        let stored = self.storage.load()?.ok_or(ClientError::NoCertificate)?;
+        if let Some(request) = stored.offline_deactivation {
+            return Ok(request);
+        }
+        let blob =
+            parse_certificate_file(&stored.certificate_file).map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let payload = verify_certificate(&self.client.public_key, &blob)
+            .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        self.check_machine(&payload)?;
+        let credential = match &self.credentials {
+            Credentials::LicenseKey(key) => DeactivationCredential::LicenseKey(key.clone()),
+            Credentials::IdAndPassword { license_id, password } => {
+                if *license_id != payload.license_id {
+                    return Err(ClientError::BadCertificate(format!(
+                        "the stored certificate is of license {}, not {license_id}",
+                        payload.license_id
+                    )));
+                }
+                DeactivationCredential::Password(password.clone())
+            }
+        };
+        let now = self.client.clock.now();
+        let request = encode_deactivation_request(&DeactivationRequest::for_certificate(
+            &payload,
+            credential,
+            self.fingerprint.clone(),
+            now,
+        ));
+        // One atomic write replaces the certificate by the request: the request exists only
+        // once the certificate is gone.
+        self.storage.save(&Stored {
+            certificate_file: String::new(),
+            last_seen_ms: now.max(stored.last_seen_ms),
+            offline_deactivation: Some(request.clone()),
+        })?;
+        Ok(request)
+    }
+
+    /// The offline deactivation request written by [`Self::deactivate_offline`], while the
+    /// product has not activated again; `None` otherwise.
+    pub fn pending_offline_deactivation(&self) -> Result<Option<String>, ClientError> {
+        Ok(self.storage.load()?.and_then(|s| s.offline_deactivation))
     }
 
     /// Activates this machine and stores the certificate the server signs for it.
@@ -170,6 +289,7 @@ impl NodeLocked {
 
     /// Online validation when the server answers; offline from trusted storage when it does not.
     pub async fn validate(&self, modules: &[&str], product_version: &str) -> Result<Validity, ClientError> {
+        self.not_deactivated_offline()?;
         let request = pb::ValidateRequest {
             credentials: credentials(&self.credentials),
             fingerprint: wire(&self.fingerprint),
@@ -202,6 +322,9 @@ impl NodeLocked {
     /// offline period reaches into it); [`Self::in_grace`] tells.
     pub fn validate_offline(&self, modules: &[&str]) -> Result<CertificatePayload, ClientError> {
         let stored = self.storage.load()?.ok_or(ClientError::NoCertificate)?;
+        if stored.offline_deactivation.is_some() {
+            return Err(ClientError::DeactivatedOffline);
+        }
         let blob =
             parse_certificate_file(&stored.certificate_file).map_err(|e| ClientError::BadCertificate(e.to_string()))?;
         let payload = verify_certificate(&self.client.public_key, &blob)
@@ -213,12 +336,7 @@ impl NodeLocked {
         if now >= payload.valid_until_ms {
             return Err(ClientError::OfflinePeriodOver(payload.valid_until_ms));
         }
-        let mine = fingerprint::public_digests(
-            &fingerprint::normalize(&self.fingerprint).map_err(|e| ClientError::BadCertificate(e.to_string()))?,
-        );
-        if !fingerprint::matches(&payload.fingerprint, &mine, payload.match_threshold) {
-            return Err(ClientError::FingerprintMismatch);
-        }
+        self.check_machine(&payload)?;
         for module in modules {
             match payload.module_licensed(module, now) {
                 Ok(()) => {}
@@ -246,6 +364,7 @@ impl NodeLocked {
 
     /// Asks the server for a fresh certificate (for a longer offline period) and stores it.
     pub async fn refresh(&self) -> Result<CertificatePayload, ClientError> {
+        self.not_deactivated_offline()?;
         let request = pb::RefreshCertificateRequest {
             credentials: credentials(&self.credentials),
             fingerprint: wire(&self.fingerprint),

@@ -13,6 +13,11 @@ pub struct Stored {
     pub certificate_file: String,
     /// The latest time this product has seen (Unix ms).
     pub last_seen_ms: Millis,
+    /// The offline deactivation request written when the product gave its activation back
+    /// offline ([`crate::node_locked::NodeLocked::deactivate_offline`]); `certificate_file` is
+    /// empty then, and stays so until the product activates again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_deactivation: Option<String>,
 }
 
 /// The product's trusted-storage file (one JSON file, written through a temporary file).

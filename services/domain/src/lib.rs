@@ -38,6 +38,7 @@ pub mod license_key;
 pub mod meter;
 pub mod model;
 pub mod observe;
+pub mod offline_deactivation;
 pub mod onprem;
 pub mod policy;
 pub mod seat_policy;

@@ -451,8 +451,9 @@ pub struct ActivationEvent {
     pub sequence: i64,
     /// When it happened (Unix ms).
     pub occurred_at: Millis,
-    /// "activate", "deactivate", "refresh", "offline_activate", "portal_deactivate",
-    /// "support_return", "cull" (freed by the server: no heartbeat within the license's timeout).
+    /// "activate", "deactivate", "refresh", "offline_activate", "offline_deactivate" (an
+    /// offline deactivation request), "portal_deactivate", "support_return", "server_return",
+    /// "cull" (freed by the server: no heartbeat within the license's timeout).
     pub action: String,
     /// Empty when a refused call named no installation (a refused activation).
     pub installation_id: String,

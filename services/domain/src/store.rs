@@ -256,6 +256,19 @@ pub enum DeactivateTarget {
         /// The audit record of the return.
         audit: crate::model::AuditRecord,
     },
+    /// A node-locked product's live activation `installation_id`, given back offline with the
+    /// certificate issued at `certificate_issued_at` (an offline deactivation request): only
+    /// when no certificate was signed for it by a (re-)activation or refresh after that one, nor
+    /// before it was activated (a request from an older certificate is refused, reason
+    /// `SUPERSEDED_CERTIFICATE`). `audit` is written with the change.
+    OfflineRequest {
+        /// Installation ID of the activation.
+        installation_id: String,
+        /// `issued_at_ms` of the certificate given back.
+        certificate_issued_at: Millis,
+        /// The audit record of the deactivation.
+        audit: crate::model::AuditRecord,
+    },
     /// The live activation best matching these digests (at or above the threshold).
     Fingerprint {
         /// Keyed digests of the presented fingerprint.
@@ -274,7 +287,8 @@ pub struct DeactivateCommand {
     pub target: DeactivateTarget,
     /// Whether this deactivation spends one of the allowed deactivations.
     pub counts: bool,
-    /// History action: "deactivate", "portal_deactivate" or "support_return".
+    /// History action: "deactivate", "offline_deactivate", "portal_deactivate",
+    /// "support_return" or "server_return".
     pub action: &'static str,
     /// Now (Unix ms), by the service's clock.
     pub now: Millis,

@@ -113,6 +113,7 @@ impl From<ClientError> for Failure {
             }
             ClientError::Unreachable(_) => (S::Unreachable, "UNREACHABLE".into()),
             ClientError::NoCertificate => (S::NoCertificate, "NO_CERTIFICATE".into()),
+            ClientError::DeactivatedOffline => (S::NoCertificate, "DEACTIVATED_OFFLINE".into()),
             ClientError::BadCertificate(_) => (S::BadSignature, "BAD_CERTIFICATE".into()),
             ClientError::OfflinePeriodOver(_) => (S::Expired, "OFFLINE_PERIOD_OVER".into()),
             ClientError::ClockSetBack { .. } => (S::ClockSetBack, "CLOCK_SET_BACK".into()),

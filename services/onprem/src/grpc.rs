@@ -143,7 +143,8 @@ fn rule(service: &str, method: &str) -> Rule {
         ("licensing.activation.v1.ActivationService", "Activate" | "ActivateOffline") => Rule::Grants,
         (
             "licensing.activation.v1.ActivationService",
-            "Deactivate" | "Validate" | "RefreshCertificate" | "WatchLicense" | "GetVerifyingKey" | "Heartbeat",
+            "Deactivate" | "DeactivateOffline" | "Validate" | "RefreshCertificate" | "WatchLicense" | "GetVerifyingKey"
+            | "Heartbeat",
         ) => Rule::Served,
         _ => Rule::NotServed,
     }

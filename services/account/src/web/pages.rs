@@ -665,6 +665,7 @@ fn history_action(action: &str) -> String {
     match action {
         "activate" => "Activated".into(),
         "offline_activate" => "Activated offline".into(),
+        "offline_deactivate" => "Deactivated offline (request file)".into(),
         "deactivate" => "Deactivated by the product".into(),
         "portal_deactivate" => "Deactivated in the portal".into(),
         "refresh" => "Certificate refreshed".into(),

@@ -347,6 +347,28 @@ async fn next_server_serial(
     Ok(serial)
 }
 
+/// When the activation `installation_id` of `license_id` was last (re-)activated or refreshed
+/// after `after` (each of which signs a certificate for it), if it was: read from its history.
+async fn reactivated_since(
+    conn: &mut AnyConnection,
+    license_id: &str,
+    installation_id: &str,
+    after: Millis,
+) -> Result<Option<Millis>, StoreError> {
+    let row = sqlx::query(
+        "SELECT occurred_at FROM activation_events WHERE license_id = $1 AND installation_id = $2 \
+         AND action IN ('activate', 'offline_activate', 'refresh') AND outcome LIKE 'ok%' AND occurred_at > $3 \
+         ORDER BY occurred_at DESC LIMIT 1",
+    )
+    .bind(license_id)
+    .bind(installation_id)
+    .bind(after)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_err)?;
+    row.as_ref().map(|r| get_i64(r, "occurred_at")).transpose()
+}
+
 /// The live activation `installation_id` of `license_id`.
 async fn live_installation(
     conn: &mut AnyConnection,
@@ -412,7 +434,9 @@ impl SqlStore {
             .await?
             .ok_or_else(|| ActivationStoreError::LicenseNotFound(c.license_id.clone()))?;
         let found = match &c.target {
-            DeactivateTarget::Installation(id) | DeactivateTarget::ServerLicenseFile { installation_id: id, .. } => {
+            DeactivateTarget::Installation(id)
+            | DeactivateTarget::ServerLicenseFile { installation_id: id, .. }
+            | DeactivateTarget::OfflineRequest { installation_id: id, .. } => {
                 live_installation(&mut tx, &c.license_id, id).await?
             }
             DeactivateTarget::Fingerprint { digests, match_threshold } => {
@@ -429,7 +453,12 @@ impl SqlStore {
             fingerprint_digest: match (&found, &c.target) {
                 (Some(a), _) => fingerprint::summary(&a.fingerprint),
                 (None, DeactivateTarget::Fingerprint { digests, .. }) => fingerprint::summary(digests),
-                (None, DeactivateTarget::Installation(_) | DeactivateTarget::ServerLicenseFile { .. }) => String::new(),
+                (
+                    None,
+                    DeactivateTarget::Installation(_)
+                    | DeactivateTarget::ServerLicenseFile { .. }
+                    | DeactivateTarget::OfflineRequest { .. },
+                ) => String::new(),
             },
             outcome: String::new(),
         };
@@ -453,6 +482,39 @@ impl SqlStore {
                         activation.server_serial, activation.installation_id
                     ),
                 }));
+            }
+        }
+        if let DeactivateTarget::OfflineRequest { certificate_issued_at, .. } = &c.target {
+            // Decided with the license row locked: a (re-)activation or refresh meanwhile has
+            // signed a newer certificate, which the machine may hold.
+            let newer =
+                reactivated_since(&mut tx, &c.license_id, &activation.installation_id, *certificate_issued_at).await?;
+            if *certificate_issued_at < activation.activated_at || newer.is_some() {
+                let refusal = ActivationStoreError::Refused(licensing_domain::model::Refusal {
+                    reason: "SUPERSEDED_CERTIFICATE",
+                    message: format!(
+                        "the request gives back a certificate of installation {} issued at {}, but {}: only the \
+                         latest certificate's request frees it (write a new request on the machine, after it \
+                         deleted its latest certificate)",
+                        activation.installation_id,
+                        licensing_domain::clock::rfc3339(*certificate_issued_at),
+                        match newer {
+                            Some(at) => format!(
+                                "the machine was activated again or refreshed its certificate at {}",
+                                licensing_domain::clock::rfc3339(at)
+                            ),
+                            None => format!(
+                                "the installation was activated at {}, after it",
+                                licensing_domain::clock::rfc3339(activation.activated_at)
+                            ),
+                        }
+                    ),
+                });
+                if usable.is_some() {
+                    let event = refused_event();
+                    return self.refuse(tx, &c.license_id, event, refusal).await;
+                }
+                return Err(refusal);
             }
         }
         let spent = sqlx::query(
@@ -485,7 +547,9 @@ impl SqlStore {
             ..refused_event()
         };
         insert_event(&mut tx, &c.license_id, &event).await?;
-        if let DeactivateTarget::ServerLicenseFile { audit, .. } = &c.target {
+        if let DeactivateTarget::ServerLicenseFile { audit, .. } | DeactivateTarget::OfflineRequest { audit, .. } =
+            &c.target
+        {
             insert_audit(&mut tx, audit, c.now).await?;
         }
         let license = self.license_after_activations_changed(&mut tx, &c.license_id).await?;
