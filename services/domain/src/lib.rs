@@ -14,6 +14,8 @@
 //! - [`certificate`]: Ed25519-signed certificates and lease tokens, offline request format.
 //! - [`server_license`]: server licenses for on-premises license servers: grants, the signed
 //!   server license file, and the request and return files of air-gapped servers.
+//! - [`server_usage`]: the usage reports on-premises servers upload (what they used of their
+//!   server license's grants per period), one per server and period.
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`version`]: product versions.
@@ -40,6 +42,7 @@ pub mod policy;
 pub mod seat_policy;
 pub mod secrets;
 pub mod server_license;
+pub mod server_usage;
 pub mod store;
 pub mod text;
 pub mod trial;
