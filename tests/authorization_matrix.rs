@@ -435,6 +435,15 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             c.process_server_request(request(who, w, acc::ProcessServerRequestRequest { request_file: String::new() }))
                 .await,
         ),
+        // The license exists and has no usage report: an empty page.
+        "ListServerUsageReports" => code(
+            c.list_server_usage_reports(request(
+                who,
+                w,
+                acc::ListServerUsageReportsRequest { license_id: w.license_a.clone(), page: None },
+            ))
+            .await,
+        ),
         other => panic!("no cell for {other}"),
     }
 }
@@ -491,6 +500,7 @@ const ADMIN_RPCS: &[&str] = &[
     "GetLeaseStoreStatus",
     "EndLeaseStoreRecovery",
     "ProcessServerRequest",
+    "ListServerUsageReports",
 ];
 
 /// Admin calls that the license's own customer may make with a portal session too (on its own
@@ -837,6 +847,23 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         })
         .await;
     assert_eq!(code(server_with_b), Code::FailedPrecondition, "a floating key activates no server");
+    // Nor does it report a server's usage, even naming A's installation.
+    let now = now_s();
+    let report_with_b = activation
+        .report_server_usage(act::ReportServerUsageRequest {
+            credentials: key(&w.floating_key_b),
+            installation_id: w.installation_a.clone(),
+            serial: 1,
+            period_start: ts(now - 3600),
+            period_end: ts(now),
+            grants: vec![act::ServerGrantUsage {
+                product_code: w.product.clone(),
+                kind: "floating".into(),
+                ..Default::default()
+            }],
+        })
+        .await;
+    assert_eq!(code(report_with_b), Code::FailedPrecondition, "a floating key reports no server's usage");
     // A key names its own license: B's key cannot count against A's meter, nor read it.
     app.admin()
         .await

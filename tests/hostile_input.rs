@@ -61,7 +61,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        0u8..70,
+        0u8..73,
         proptest::collection::vec(text(), 6),
         proptest::collection::vec(prop_oneof![any::<i32>(), -2i32..5, Just(i32::MAX), Just(i32::MIN)], 4),
         prop_oneof![any::<i64>(), 0i64..4_000_000_000, Just(i64::MIN), Just(253_402_300_800i64)],
@@ -307,6 +307,24 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(1), platform: t(4), product_version: t(5) }),
         })),
         69 => run!(c.admin.process_server_request(admin_req(acc::ProcessServerRequestRequest { request_file: t(0) }))),
+        71 => run!(c.activation.report_server_usage(act::ReportServerUsageRequest {
+            credentials: act_creds(i),
+            installation_id: t(1),
+            serial: i.seconds,
+            period_start: ts(i),
+            period_end: if i.ints[3] % 2 == 0 { ts(i) } else { None },
+            grants: vec![act::ServerGrantUsage {
+                product_code: t(2),
+                feature: t(3),
+                kind: t(4),
+                granted: i.ints[0],
+                peak_in_use: i.ints[1],
+                checkouts: i.seconds,
+                denials: i64::from(i.ints[2]),
+                seat_seconds: i64::from(i.ints[3]),
+            }],
+        })),
+        72 => run!(c.admin.list_server_usage_reports(admin_req(acc::ListServerUsageReportsRequest { license_id: lic, page: page(i) }))),
         _ => run!(c.portal.regenerate_activation_password(with_token(&c.session, acc::RegenerateActivationPasswordRequest { license_id: lic }))),
     }
 }
@@ -343,7 +361,7 @@ fn a_nul_in_any_text_field_is_invalid_input_on_every_backend() {
         });
         let plain = ["lic_ABCD1234ABCD1234", "secret-password", "machine-id", "m-1", "render", "lic_ABCD1234ABCD1234"];
         let mut codes = vec![];
-        for rpc in 0u8..70 {
+        for rpc in 0u8..73 {
             for field in 0..plain.len() {
                 for nul in ["lic_AB\0CD", "a\0b", "\0", "cus_\0", "2.0\0", "ops@acme\0.example"] {
                     let mut texts: Vec<String> = plain.iter().map(|t| t.to_string()).collect();
