@@ -488,6 +488,7 @@ async fn account_routes(deps: &Deps<'_>, role: Role, served: &mut Served) -> any
         passwords: overrides.password_hasher.clone(),
         clock: overrides.clock.clone(),
         trials: Arc::new(store.clone()),
+        server_usage: Arc::new(store.clone()),
     });
     let mailer: Arc<dyn Mailer> = match &config.smtp_url {
         Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from).map_err(anyhow::Error::msg)?),
@@ -559,6 +560,7 @@ fn activation_use_cases(deps: &Deps<'_>) -> Activations {
             signer: deps.signer.clone(),
             clock: overrides.clock.clone(),
             trials: Arc::new(store.clone()),
+            server_usage: Arc::new(store.clone()),
         },
         settings,
     )

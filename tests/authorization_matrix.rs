@@ -443,6 +443,15 @@ async fn admin_rpc(rpc: &str, who: Who, w: &World) -> Code {
             ))
             .await,
         ),
+        // The license exists and has no usage report: an empty page.
+        "ListServerUsageReports" => code(
+            c.list_server_usage_reports(request(
+                who,
+                w,
+                acc::ListServerUsageReportsRequest { license_id: w.license_a.clone(), page: None },
+            ))
+            .await,
+        ),
         other => panic!("no cell for {other}"),
     }
 }
@@ -500,6 +509,7 @@ const ADMIN_RPCS: &[&str] = &[
     "EndLeaseStoreRecovery",
     "ProcessServerRequest",
     "SetServerGrants",
+    "ListServerUsageReports",
 ];
 
 /// Admin calls that the license's own customer may make with a portal session too (on its own
@@ -848,6 +858,23 @@ async fn every_rpc_answers_each_caller_with_the_exact_status() {
         })
         .await;
     assert_eq!(code(server_with_b), Code::FailedPrecondition, "a floating key activates no server");
+    // Nor does it report a server's usage, even naming A's installation.
+    let now = now_s();
+    let report_with_b = activation
+        .report_server_usage(act::ReportServerUsageRequest {
+            credentials: key(&w.floating_key_b),
+            installation_id: w.installation_a.clone(),
+            serial: 1,
+            period_start: ts(now - 3600),
+            period_end: ts(now),
+            grants: vec![act::ServerGrantUsage {
+                product_code: w.product.clone(),
+                kind: "floating".into(),
+                ..Default::default()
+            }],
+        })
+        .await;
+    assert_eq!(code(report_with_b), Code::FailedPrecondition, "a floating key reports no server's usage");
     // A key names its own license: B's key cannot count against A's meter, nor read it.
     app.admin()
         .await

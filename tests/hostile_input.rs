@@ -307,6 +307,24 @@ async fn call(c: &mut Clients, i: &Input) -> tonic::Status {
             machine: Some(act::MachineInfo { fingerprint: fp(i), machine_name: t(1), platform: t(4), product_version: t(5) }),
         })),
         69 => run!(c.admin.process_server_request(admin_req(acc::ProcessServerRequestRequest { request_file: t(0) }))),
+        71 => run!(c.activation.report_server_usage(act::ReportServerUsageRequest {
+            credentials: act_creds(i),
+            installation_id: t(1),
+            serial: i.seconds,
+            period_start: ts(i),
+            period_end: if i.ints[3] % 2 == 0 { ts(i) } else { None },
+            grants: vec![act::ServerGrantUsage {
+                product_code: t(2),
+                feature: t(3),
+                kind: t(4),
+                granted: i.ints[0],
+                peak_in_use: i.ints[1],
+                checkouts: i.seconds,
+                denials: i64::from(i.ints[2]),
+                seat_seconds: i64::from(i.ints[3]),
+            }],
+        })),
+        72 => run!(c.admin.list_server_usage_reports(admin_req(acc::ListServerUsageReportsRequest { license_id: lic, page: page(i) }))),
         70 => {
             // Raw text, or a well-formed, checksummed request carrying the hostile values.
             let request_file = match i.ints[3].rem_euclid(2) {

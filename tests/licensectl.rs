@@ -727,4 +727,51 @@ async fn operators_issue_a_server_license_and_answer_an_air_gapped_servers_reque
     assert_eq!((answered["serial"].as_i64(), answered["returned"].as_bool()), (Some(1), Some(false)));
     let file = std::fs::read_to_string(out).unwrap();
     assert!(file.starts_with("-----BEGIN LICENSING SERVER LICENSE-----"), "{file}");
+
+    // The server reports its use; licensectl shows the server and the report.
+    use licensing_proto::activation::v1 as act;
+    let license_id = issued["license_id"].as_str().unwrap();
+    let installation_id = answered["installation_id"].as_str().unwrap();
+    let none = stdout(&ctl(Some(&app), t, &["server-license", "usage", license_id]).await);
+    assert!(none.contains("no usage report"), "{none}");
+    let key = issued["license_key"].as_str().unwrap();
+    act::activation_service_client::ActivationServiceClient::new(app.channel().await)
+        .report_server_usage(act::ReportServerUsageRequest {
+            credentials: Some(act::LicenseCredentials {
+                credential: Some(act::license_credentials::Credential::LicenseKey(key.into())),
+            }),
+            installation_id: installation_id.into(),
+            serial: 1,
+            period_start: ts(now_s() - 7200),
+            period_end: ts(now_s() - 3600),
+            grants: vec![act::ServerGrantUsage {
+                product_code: f.product.clone(),
+                kind: "floating".into(),
+                granted: 25,
+                peak_in_use: 17,
+                checkouts: 40,
+                denials: 2,
+                seat_seconds: 5400,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let table = stdout(&ctl(Some(&app), t, &["server-license", "usage", license_id]).await);
+    let header = table.lines().next().unwrap();
+    for column in ["RECEIVED", "PERIOD_START", "INSTALLATION_ID", "GRANT", "PEAK", "DENIALS", "SEAT_HOURS"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let row = table.lines().nth(1).unwrap();
+    for value in [installation_id, f.product.as_str(), "floating", "17", "1.5"] {
+        assert!(row.contains(value), "{value}: {table}");
+    }
+    let reports = json(&ctl(Some(&app), t, &["--json", "server-license", "usage", license_id]).await);
+    assert_eq!(reports[0]["grants"][0]["seat_seconds"], 5400, "{reports}");
+    let shown = stdout(&ctl(Some(&app), t, &["licenses", "show", license_id]).await);
+    assert!(shown.contains("server_grants") && shown.contains(&format!("{}=25", f.product)), "{shown}");
+    assert!(shown.contains(installation_id) && shown.contains("vault"), "the activated server: {shown}");
+    let shown = json(&ctl(Some(&app), t, &["--json", "licenses", "show", license_id]).await);
+    assert_eq!(shown["servers"][0]["installation_id"], installation_id, "{shown}");
+    assert_eq!(shown["servers"][0]["serial"], 1, "{shown}");
 }

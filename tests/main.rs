@@ -45,6 +45,7 @@ mod seat_redis_faults;
 mod secrets_in_logs;
 mod server;
 mod server_license;
+mod server_usage;
 mod soak;
 mod store_conformance;
 mod tls;

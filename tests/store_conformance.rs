@@ -494,6 +494,131 @@ async fn server_license_serials_only_grow_and_only_the_latest_file_returns_in_ev
     }
 }
 
+/// Server usage reports: stored once per installation and period (a retry answers the first,
+/// the same period with other figures is refused), only for a live activation of the license
+/// and a serial signed for it, with an audit record; listed newest first in keyset pages.
+#[tokio::test]
+async fn server_usage_reports_are_stored_once_per_installation_and_period_in_every_sql_store() {
+    use licensing_domain::server_usage::*;
+    let usable = |_: &License| Ok(());
+    for (name, store) in sql_stores().await {
+        let (customer, other) = seed(&store).await;
+        let l = License { kind: LicenseKind::Server, ..new_license(&customer.customer_id, LicenseKind::Server, 2) };
+        insert(&store, &l).await;
+        let server = |machine: &str| ActivateCommand { server: true, ..activate_command(&l.license_id, machine) };
+        let activated = |o: ActivateOutcome| match o {
+            ActivateOutcome::New(a, _) | ActivateOutcome::Existing(a, _) => a,
+        };
+        store.activate(&server("srv-1"), &usable).await.unwrap();
+        // Activated again: its latest file has serial 2.
+        let first = activated(store.activate(&server("srv-1"), &usable).await.unwrap());
+        assert_eq!(first.server_serial, 2, "{name}");
+        let other_installation =
+            activated(store.activate(&activate_command(&other.license_id, "ws-1"), &usable).await.unwrap());
+        let grant = ServerGrantUsage {
+            product_code: "suite".into(),
+            feature: String::new(),
+            kind: GrantKind::Floating,
+            granted: 5,
+            peak_in_use: 4,
+            checkouts: 30,
+            denials: 1,
+            seat_seconds: 7200,
+        };
+        let report =
+            |installation_id: &str, serial: i64, start: i64, grants: Vec<ServerGrantUsage>| RecordServerUsage {
+                report_id: ids::new_id(ids::SERVER_USAGE_REPORT),
+                license_id: l.license_id.clone(),
+                usage: ServerUsage {
+                    installation_id: installation_id.into(),
+                    serial,
+                    period_start: start,
+                    period_end: start + 1000,
+                    grants,
+                },
+                received_at: 5000 + start,
+                audit: audit("server_license.usage_reported", &l.license_id),
+            };
+        let stored =
+            store.record_server_usage(&report(&first.installation_id, 1, 0, vec![grant.clone()])).await.unwrap();
+        assert!(!stored.replayed, "{name}");
+        assert_eq!((stored.report.serial, stored.report.grants.clone()), (1, vec![grant.clone()]), "{name}");
+        // A retry (another report ID offered) answers the first report.
+        let again =
+            store.record_server_usage(&report(&first.installation_id, 1, 0, vec![grant.clone()])).await.unwrap();
+        assert_eq!((again.replayed, &again.report), (true, &stored.report), "{name}");
+        let page = Page { after: None, limit: 10 };
+        let listed = |store: SqlStore, page: Page| {
+            let id = l.license_id.clone();
+            async move { store.list_server_usage_reports(&id, &page).await.unwrap() }
+        };
+        assert_eq!(listed(store.clone(), page.clone()).await, vec![stored.report.clone()], "{name}: stored once");
+
+        let refused = |r: Result<UsageRecorded, ServerUsageStoreError>| match r {
+            Err(ServerUsageStoreError::Refused(refused)) => refused,
+            other => panic!("{name}: {other:?}"),
+        };
+        let busier = ServerGrantUsage { peak_in_use: 5, ..grant.clone() };
+        assert!(matches!(
+            refused(store.record_server_usage(&report(&first.installation_id, 1, 0, vec![busier])).await),
+            ServerUsageRefused::Conflict { report_id, .. } if report_id == stored.report.report_id
+        ));
+        assert!(matches!(
+            refused(store.record_server_usage(&report(&first.installation_id, 3, 2000, vec![grant.clone()])).await),
+            ServerUsageRefused::UnknownSerial { serial: 3, latest: 2, .. }
+        ));
+        for unknown in [other_installation.installation_id.as_str(), "ins_0000000000000000"] {
+            assert!(
+                matches!(
+                    refused(store.record_server_usage(&report(unknown, 1, 2000, vec![grant.clone()])).await),
+                    ServerUsageRefused::InstallationNotFound { .. }
+                ),
+                "{name}: {unknown}"
+            );
+        }
+        let mut missing = report(&first.installation_id, 1, 2000, vec![grant.clone()]);
+        missing.license_id = "lic_0000000000000000".into();
+        assert!(
+            matches!(store.record_server_usage(&missing).await, Err(ServerUsageStoreError::LicenseNotFound(_))),
+            "{name}"
+        );
+
+        // Newer reports list first, in keyset pages.
+        let second =
+            store.record_server_usage(&report(&first.installation_id, 2, 2000, vec![grant.clone()])).await.unwrap();
+        let third = store.record_server_usage(&report(&first.installation_id, 2, 4000, vec![])).await.unwrap();
+        let newest = listed(store.clone(), Page { after: None, limit: 2 }).await;
+        assert_eq!(newest, vec![third.report.clone(), second.report.clone()], "{name}");
+        let older = listed(store.clone(), Page { after: Some(second.report.sequence.to_string()), limit: 2 }).await;
+        assert_eq!(older, vec![stored.report.clone()], "{name}");
+        let audited = store.list_audit(&l.license_id, &Page::default()).await.unwrap();
+        assert_eq!(
+            audited.iter().filter(|e| e.action == "server_license.usage_reported").count(),
+            3,
+            "{name}: one audit record per stored report, none for a retry or a refusal"
+        );
+
+        // A server given back reports no more; its reports stay, and a retry is still answered.
+        store
+            .deactivate(&DeactivateCommand {
+                license_id: l.license_id.clone(),
+                target: DeactivateTarget::Installation(first.installation_id.clone()),
+                counts: false,
+                action: "server_return",
+                now: 9000,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            refused(store.record_server_usage(&report(&first.installation_id, 2, 6000, vec![grant.clone()])).await),
+            ServerUsageRefused::Deactivated { deactivated_at: 9000, .. }
+        ));
+        let retried = store.record_server_usage(&report(&first.installation_id, 2, 4000, vec![])).await.unwrap();
+        assert_eq!((retried.replayed, retried.report), (true, third.report), "{name}");
+        assert_eq!(listed(store.clone(), page).await.len(), 3, "{name}");
+    }
+}
+
 async fn insert(store: &SqlStore, l: &License) {
     let new = NewLicense {
         license: l.clone(),

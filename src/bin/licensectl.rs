@@ -113,6 +113,13 @@ enum ServerLicenseCommand {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// The usage reports a server license's on-premises servers uploaded, newest first: one
+    /// line per grant of each report.
+    Usage {
+        license_id: String,
+        #[command(flatten)]
+        paging: Paging,
+    },
 }
 
 #[derive(Subcommand)]
@@ -905,6 +912,65 @@ fn license_json(l: &License) -> Value {
     })
 }
 
+const SERVER_COLUMNS: &[&str] = &["installation_id", "server_name", "serial", "activated", "last_seen"];
+const USAGE_REPORT_COLUMNS: &[&str] = &[
+    "received",
+    "period_start",
+    "period_end",
+    "installation_id",
+    "serial",
+    "grant",
+    "kind",
+    "granted",
+    "peak",
+    "checkouts",
+    "denials",
+    "seat_hours",
+];
+
+/// A server activated on a server license.
+fn server_json(s: &pb::ActivatedServer) -> Value {
+    json!({"installation_id": s.installation_id, "server_name": s.server_name, "serial": s.serial,
+        "activated": time(s.activated_at.as_ref()), "last_seen": time(s.last_seen_at.as_ref())})
+}
+
+/// A grant's use as `cad-pro` or `cad-pro/render`.
+fn usage_grant_name(g: &licensing_proto::activation::v1::ServerGrantUsage) -> String {
+    if g.feature.is_empty() {
+        g.product_code.clone()
+    } else {
+        format!("{}/{}", g.product_code, g.feature)
+    }
+}
+
+fn usage_grant_json(g: &licensing_proto::activation::v1::ServerGrantUsage) -> Value {
+    json!({"grant": usage_grant_name(g), "kind": g.kind, "granted": g.granted, "peak": g.peak_in_use,
+        "checkouts": g.checkouts, "denials": g.denials, "seat_seconds": g.seat_seconds,
+        "seat_hours": format!("{:.1}", g.seat_seconds as f64 / 3600.0)})
+}
+
+/// A usage report with its grants (JSON output).
+fn usage_report_json(r: &pb::ServerUsageReport) -> Value {
+    json!({"report_id": r.report_id, "license_id": r.license_id, "installation_id": r.installation_id,
+        "serial": r.serial, "period_start": time(r.period_start.as_ref()), "period_end": time(r.period_end.as_ref()),
+        "received": time(r.received_at.as_ref()), "grants": r.grants.iter().map(usage_grant_json).collect::<Vec<_>>()})
+}
+
+/// A usage report as table rows, one per grant.
+fn usage_report_rows(r: &pb::ServerUsageReport) -> Vec<Value> {
+    let report = usage_report_json(r);
+    r.grants
+        .iter()
+        .map(|g| {
+            let mut row = usage_grant_json(g);
+            for key in ["received", "period_start", "period_end", "installation_id", "serial"] {
+                row[key] = report[key].clone();
+            }
+            row
+        })
+        .collect()
+}
+
 /// A module entitlement as one line: `max-resolution=4096 until 2027-06-30T00:00:00Z`.
 fn entitlement_text(e: &licensing_proto::common::v1::ModuleEntitlement) -> String {
     let mut text = e.module.clone();
@@ -1356,14 +1422,30 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
             print(cli.json, licenses.iter().map(license_json).collect(), LICENSE_COLUMNS);
         }
         Command::Licenses(LicenseCommand::Show { license_id }) => {
-            let l = admin
+            let r = admin
                 .get_license(authorized(token, pb::GetLicenseRequest { license_id })?)
                 .await
                 .map_err(fail)?
-                .into_inner()
-                .license
-                .unwrap_or_default();
-            print_one(cli.json, &license_json(&l), LICENSE_FIELDS);
+                .into_inner();
+            let l = r.license.unwrap_or_default();
+            let mut shown = license_json(&l);
+            if l.kind != LicenseKind::Server as i32 {
+                print_one(cli.json, &shown, LICENSE_FIELDS);
+            } else {
+                // A server license: its grants, and the servers activated on it.
+                let servers: Vec<Value> = r.servers.iter().map(server_json).collect();
+                if cli.json {
+                    shown["servers"] = Value::Array(servers);
+                    out!("{}", pretty(&shown));
+                } else {
+                    let names: Vec<&str> = LICENSE_FIELDS.iter().copied().chain(["server_grants"]).collect();
+                    out!("{}", fields(&shown, &names));
+                    match servers.is_empty() {
+                        true => out!("\nno server is activated"),
+                        false => out!("\n{}", table(&servers, SERVER_COLUMNS)),
+                    }
+                }
+            }
         }
         Command::Licenses(change) => {
             let license = match change {
@@ -1670,6 +1752,27 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                 "deactivations_left",
             ];
             print_one(cli.json, &row, &names);
+        }
+        Command::ServerLicense(ServerLicenseCommand::Usage { license_id, paging }) => {
+            let reports = all_pages(paging, |page| {
+                let mut admin = admin.clone();
+                let license_id = license_id.clone();
+                async move {
+                    let request = pb::ListServerUsageReportsRequest { license_id, page: Some(page) };
+                    let r =
+                        admin.list_server_usage_reports(authorized(token, request)?).await.map_err(fail)?.into_inner();
+                    Ok((r.reports, r.next_page_token))
+                }
+            })
+            .await?;
+            if cli.json {
+                out!("{}", pretty(&Value::Array(reports.iter().map(usage_report_json).collect())));
+            } else if reports.is_empty() {
+                out!("no usage report from the servers of {license_id}");
+            } else {
+                let rows: Vec<Value> = reports.iter().flat_map(usage_report_rows).collect();
+                out!("{}", table(&rows, USAGE_REPORT_COLUMNS));
+            }
         }
         Command::History { license_id } => {
             let h = admin

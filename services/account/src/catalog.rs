@@ -13,6 +13,7 @@ use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::*;
 use licensing_domain::policy::{validate_name as validate_policy_name, FirstUse, LicenseTerms, Policy, TermsStart};
 use licensing_domain::secrets::{purpose, random_token, KeyedHasher, PasswordHasher};
+use licensing_domain::server_usage::{ServerUsageReport, ServerUsageStore};
 use licensing_domain::store::{
     ActivationStore, ActivationStoreError, CatalogStore, DeactivateCommand, DeactivateTarget, MeterStore,
 };
@@ -34,6 +35,8 @@ pub struct Catalog {
     clock: SharedClock,
     /// Trial machines and conversions.
     trials: Arc<dyn TrialStore>,
+    /// Usage reports of on-premises servers.
+    server_usage: Arc<dyn ServerUsageStore>,
 }
 
 /// What [`Catalog`] works over.
@@ -52,6 +55,8 @@ pub struct CatalogDeps {
     pub clock: SharedClock,
     /// Trial machines and conversions.
     pub trials: Arc<dyn TrialStore>,
+    /// Usage reports of on-premises servers.
+    pub server_usage: Arc<dyn ServerUsageStore>,
 }
 
 /// Input of [`Catalog::issue_license`], already decoded from the request.
@@ -209,8 +214,35 @@ fn not_found(reason: &'static str, message: String) -> AccountError {
 impl Catalog {
     /// The use cases over `deps`.
     pub fn new(deps: CatalogDeps) -> Self {
-        let CatalogDeps { store, activations, meters, hasher, passwords, clock, trials } = deps;
-        Self { store, activations, meters, hasher, passwords, clock, trials }
+        let CatalogDeps { store, activations, meters, hasher, passwords, clock, trials, server_usage } = deps;
+        Self { store, activations, meters, hasher, passwords, clock, trials, server_usage }
+    }
+
+    /// The servers activated on a server license now (its live activations, each with the
+    /// serial of its latest file), oldest first; none for any other kind of license.
+    pub async fn activated_servers(&self, license: &License) -> Result<Vec<Activation>, AccountError> {
+        if license.kind != LicenseKind::Server {
+            return Ok(vec![]);
+        }
+        let mut servers = self.activations.list_live_activations(&license.license_id).await?;
+        servers.sort_by(|a, b| (a.activated_at, &a.installation_id).cmp(&(b.activated_at, &b.installation_id)));
+        Ok(servers)
+    }
+
+    /// A page of the usage reports a license's on-premises servers uploaded, newest first (by
+    /// when they were received); the page token is the last report's sequence.
+    pub async fn server_usage_reports(
+        &self,
+        license_id: &str,
+        page: &Page,
+    ) -> Result<Vec<ServerUsageReport>, AccountError> {
+        self.get_license(license_id).await?;
+        if let Some(token) = &page.after {
+            if token.parse::<i64>().map_or(true, |n| n < 1) {
+                return Err(AccountError::invalid("page.page_token", "is not a page token this server handed out"));
+            }
+        }
+        Ok(self.server_usage.list_server_usage_reports(license_id, page).await?)
     }
 
     /// A license's meters in their current periods, and every period any of its meters counted

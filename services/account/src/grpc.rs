@@ -8,6 +8,7 @@ use licensing_domain::change::LicenseChange;
 use licensing_domain::meter::usage_csv;
 use licensing_domain::model::LicenseFilter;
 use licensing_domain::model::{Activation, ActivationEvent};
+use licensing_domain::server_usage::ServerUsageReport;
 use licensing_proto::account::v1 as pb;
 use licensing_proto::account::v1::account_service_server::{AccountService, AccountServiceServer};
 use licensing_proto::account::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -282,7 +283,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetLicenseResponse>, Status> {
         self.admin(&request).await?;
         let license = self.catalog.get_license(&request.get_ref().license_id).await.or_status()?;
-        Ok(Response::new(pb::GetLicenseResponse { license: Some(conv::license(&license)) }))
+        let servers = self.catalog.activated_servers(&license).await.or_status()?;
+        Ok(Response::new(pb::GetLicenseResponse {
+            license: Some(conv::license(&license)),
+            servers: servers.iter().map(activated_server).collect(),
+        }))
     }
 
     async fn list_licenses(
@@ -488,6 +493,20 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn list_server_usage_reports(
+        &self,
+        request: Request<pb::ListServerUsageReportsRequest>,
+    ) -> Result<Response<pb::ListServerUsageReportsResponse>, Status> {
+        self.admin(&request).await?;
+        let r = request.get_ref();
+        let page = conv::page("page", r.page.as_ref()).map_err(invalid)?;
+        let reports = self.catalog.server_usage_reports(&r.license_id, &page).await.or_status()?;
+        Ok(Response::new(pb::ListServerUsageReportsResponse {
+            next_page_token: conv::next_page_token(&reports, &page, |r| r.sequence.to_string()),
+            reports: reports.iter().map(server_usage_report).collect(),
+        }))
+    }
+
     async fn get_activation_history(
         &self,
         request: Request<pb::GetActivationHistoryRequest>,
@@ -662,6 +681,44 @@ fn history_entry(e: &ActivationEvent) -> pb::ActivationHistoryEntry {
     }
 }
 
+/// A server activated on a server license.
+fn activated_server(a: &Activation) -> pb::ActivatedServer {
+    pb::ActivatedServer {
+        installation_id: a.installation_id.clone(),
+        server_name: a.machine_name.clone(),
+        serial: a.server_serial,
+        activated_at: Some(to_timestamp(a.activated_at)),
+        last_seen_at: Some(to_timestamp(a.last_seen_at)),
+    }
+}
+
+/// A stored server usage report.
+fn server_usage_report(r: &ServerUsageReport) -> pb::ServerUsageReport {
+    pb::ServerUsageReport {
+        report_id: r.report_id.clone(),
+        license_id: r.license_id.clone(),
+        installation_id: r.installation_id.clone(),
+        serial: r.serial,
+        period_start: Some(to_timestamp(r.period_start)),
+        period_end: Some(to_timestamp(r.period_end)),
+        grants: r
+            .grants
+            .iter()
+            .map(|g| licensing_proto::activation::v1::ServerGrantUsage {
+                product_code: g.product_code.clone(),
+                feature: g.feature.clone(),
+                kind: g.kind.as_str().to_owned(),
+                granted: g.granted,
+                peak_in_use: g.peak_in_use,
+                checkouts: g.checkouts,
+                denials: g.denials,
+                seat_seconds: g.seat_seconds,
+            })
+            .collect(),
+        received_at: Some(to_timestamp(r.received_at)),
+    }
+}
+
 fn installation(a: &Activation) -> pb::Installation {
     pb::Installation {
         installation_id: a.installation_id.clone(),
@@ -749,6 +806,8 @@ impl AccountService for AccountApi {
             history: d.history.iter().map(history_entry).collect(),
             installations_next_page_token: d.installations_next.map(|c| c.token()).unwrap_or_default(),
             history_next_page_token: d.history_next.map(|s| s.to_string()).unwrap_or_default(),
+            servers: d.server.servers.iter().map(activated_server).collect(),
+            server_usage_reports: d.server.reports.iter().map(server_usage_report).collect(),
         }))
     }
 

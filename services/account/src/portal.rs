@@ -14,6 +14,7 @@ use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::*;
 use licensing_domain::seat_policy::SeatPolicy;
 use licensing_domain::secrets::{purpose, random_token, PasswordHasher};
+use licensing_domain::server_usage::ServerUsageReport;
 use licensing_domain::store::{
     ActivationStore, ActivationStoreError, DeactivateCommand, DeactivateTarget, LeaseStore, PortalStore,
     ResetTokenError, UpdateError, UsageStore,
@@ -70,6 +71,20 @@ pub struct LicenseDetails {
     pub history: Vec<ActivationEvent>,
     /// The sequence the next (older) page of history starts before; `None` after the oldest.
     pub history_next: Option<i64>,
+    /// A server license: its servers and their latest usage reports (empty otherwise).
+    pub server: ServerDetails,
+}
+
+/// Usage reports shown with a server license, the newest.
+pub const LATEST_SERVER_REPORTS: u32 = 10;
+
+/// What a server license's customer sees of its on-premises servers.
+#[derive(Debug, Clone, Default)]
+pub struct ServerDetails {
+    /// The servers activated on it now, oldest first.
+    pub servers: Vec<Activation>,
+    /// The latest [`LATEST_SERVER_REPORTS`] usage reports they uploaded, newest first.
+    pub reports: Vec<ServerUsageReport>,
 }
 
 /// A page size within bounds (0: the default).
@@ -495,7 +510,28 @@ impl Portal {
         let license = self.my_license(me, license_id).await?;
         let (installations, installations_next) = self.page_installations(&license, installations_page).await?;
         let (history, history_next) = self.page_history(&license, history_page).await?;
-        Ok(LicenseDetails { license, installations, installations_next, history, history_next })
+        let server = self.server_details_of(&license).await?;
+        Ok(LicenseDetails { license, installations, installations_next, history, history_next, server })
+    }
+
+    /// One of the account's licenses, with (a server license) its servers and their latest
+    /// usage reports.
+    pub async fn server_details(&self, me: &str, license_id: &str) -> Result<(License, ServerDetails), AccountError> {
+        let license = self.my_license(me, license_id).await?;
+        let server = self.server_details_of(&license).await?;
+        Ok((license, server))
+    }
+
+    /// The servers and latest usage reports of a license already found to be the account's.
+    async fn server_details_of(&self, license: &License) -> Result<ServerDetails, AccountError> {
+        if license.kind != LicenseKind::Server {
+            return Ok(ServerDetails::default());
+        }
+        let latest = Page { after: None, limit: LATEST_SERVER_REPORTS };
+        Ok(ServerDetails {
+            servers: self.catalog.activated_servers(license).await?,
+            reports: self.catalog.server_usage_reports(&license.license_id, &latest).await?,
+        })
     }
 
     /// A page of the installations of one of the account's licenses, live and deactivated,

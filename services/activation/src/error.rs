@@ -4,6 +4,7 @@ use licensing_domain::error::{ClassifiedError, ErrorClass, StoreError};
 use licensing_domain::fingerprint::FingerprintError;
 use licensing_domain::meter::UseRefused;
 use licensing_domain::model::Refusal;
+use licensing_domain::server_usage::ServerUsageRefused;
 use licensing_domain::store::ActivationStoreError;
 use licensing_runtime::credentials::CredentialError;
 use licensing_runtime::limiter::RateLimited;
@@ -124,6 +125,10 @@ pub enum ActivationError {
     /// license not usable.
     #[error(transparent)]
     Meter(UseRefused),
+    /// A server's usage report was refused: unknown or freed installation, a serial never
+    /// signed, or the period stored with other figures.
+    #[error(transparent)]
+    ServerUsage(ServerUsageRefused),
 }
 
 impl ActivationError {
@@ -180,6 +185,12 @@ impl ClassifiedError for ActivationError {
             Self::Meter(UseRefused::LimitReached { .. }) => ErrorClass::ResourceExhausted,
             Self::Meter(UseRefused::KeyReused { .. }) => ErrorClass::AlreadyExists,
             Self::Meter(UseRefused::NotUsable(_)) => ErrorClass::FailedPrecondition,
+            Self::ServerUsage(refused) => match refused {
+                ServerUsageRefused::InstallationNotFound { .. } => ErrorClass::NotFound,
+                ServerUsageRefused::Deactivated { .. } => ErrorClass::FailedPrecondition,
+                ServerUsageRefused::UnknownSerial { .. } => ErrorClass::InvalidArgument,
+                ServerUsageRefused::Conflict { .. } => ErrorClass::AlreadyExists,
+            },
         }
     }
 
@@ -205,6 +216,12 @@ impl ClassifiedError for ActivationError {
             Self::Store(e) => e.reason(),
             Self::ShuttingDown(e) => e.reason(),
             Self::Meter(refused) => refused.reason(),
+            Self::ServerUsage(refused) => match refused {
+                ServerUsageRefused::InstallationNotFound { .. } => "INSTALLATION_NOT_FOUND",
+                ServerUsageRefused::Deactivated { .. } => "SERVER_DEACTIVATED",
+                ServerUsageRefused::UnknownSerial { .. } => "INVALID_ARGUMENT",
+                ServerUsageRefused::Conflict { .. } => "USAGE_REPORT_CONFLICT",
+            },
         }
     }
 
@@ -255,6 +272,40 @@ mod tests {
                 "DEACTIVATION_REQUEST_INVALID",
             ),
             (ActivationError::NotActivated("l".into()), Code::NotFound, "NOT_ACTIVATED"),
+            (
+                ActivationError::ServerUsage(ServerUsageRefused::InstallationNotFound {
+                    license_id: "l".into(),
+                    installation_id: "i".into(),
+                }),
+                Code::NotFound,
+                "INSTALLATION_NOT_FOUND",
+            ),
+            (
+                ActivationError::ServerUsage(ServerUsageRefused::Deactivated {
+                    license_id: "l".into(),
+                    installation_id: "i".into(),
+                    deactivated_at: 0,
+                }),
+                Code::FailedPrecondition,
+                "SERVER_DEACTIVATED",
+            ),
+            (
+                ActivationError::ServerUsage(ServerUsageRefused::UnknownSerial {
+                    installation_id: "i".into(),
+                    serial: 9,
+                    latest: 1,
+                }),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                ActivationError::ServerUsage(ServerUsageRefused::Conflict {
+                    installation_id: "i".into(),
+                    report_id: "r".into(),
+                }),
+                Code::AlreadyExists,
+                "USAGE_REPORT_CONFLICT",
+            ),
             (ActivationError::TrialNotOffered("cad".into()), Code::FailedPrecondition, "TRIAL_NOT_OFFERED"),
             (ActivationError::ProductNotFound("cad".into()), Code::NotFound, "PRODUCT_NOT_FOUND"),
             (ActivationError::InstallationProofMissing, Code::Unauthenticated, "INSTALLATION_PROOF_MISSING"),

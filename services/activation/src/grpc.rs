@@ -6,11 +6,13 @@ use crate::ActivationError;
 use licensing_domain::certificate::{certificate_file, SignedBlob};
 use licensing_domain::fingerprint::Component;
 use licensing_domain::model::Activation;
+use licensing_domain::server_usage::{GrantKind, ServerGrantUsage, ServerUsage};
+use licensing_domain::text::quoted;
 use licensing_proto::activation::v1 as pb;
 use licensing_proto::activation::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use licensing_proto::common::v1::FingerprintComponent;
 use licensing_runtime::auth::{bearer_token, caller_address};
-use licensing_runtime::convert::{opt_timestamp, proto as conv, to_duration, to_timestamp};
+use licensing_runtime::convert::{from_timestamp, opt_timestamp, proto as conv, to_duration, to_timestamp};
 use licensing_runtime::credentials::{CredentialError, Credentials};
 use licensing_runtime::server::CancellationToken;
 use licensing_runtime::status::{to_status, OrStatus};
@@ -75,6 +77,31 @@ fn machine(m: Option<pb::MachineInfo>) -> Result<Machine, Status> {
         machine_name: m.machine_name,
         platform: m.platform,
         product_version: m.product_version,
+    })
+}
+
+/// A required instant of a usage report.
+fn period(field: &'static str, ts: Option<prost_types::Timestamp>) -> Result<i64, Status> {
+    let ts = ts.ok_or_else(|| to_status(&ActivationError::invalid(field, "is required")))?;
+    from_timestamp(field, &ts).map_err(|e| to_status(&ActivationError::invalid(e.field, e.message)))
+}
+
+fn grant_usage(g: pb::ServerGrantUsage) -> Result<ServerGrantUsage, Status> {
+    let kind = GrantKind::parse(&g.kind).ok_or_else(|| {
+        to_status(&ActivationError::invalid(
+            "grants.kind",
+            format!("{} is not a grant kind: send floating or node_locked", quoted(&g.kind)),
+        ))
+    })?;
+    Ok(ServerGrantUsage {
+        product_code: g.product_code,
+        feature: g.feature,
+        kind,
+        granted: g.granted,
+        peak_in_use: g.peak_in_use,
+        checkouts: g.checkouts,
+        denials: g.denials,
+        seat_seconds: g.seat_seconds,
     })
 }
 
@@ -188,6 +215,27 @@ impl ActivationService for ActivationApi {
             activation: Some(activation(&a)),
             deactivations_left: license.deactivations_left(),
             license: Some(conv::customer_license(&license)),
+        }))
+    }
+
+    async fn report_server_usage(
+        &self,
+        request: Request<pb::ReportServerUsageRequest>,
+    ) -> Result<Response<pb::ReportServerUsageResponse>, Status> {
+        let client = caller_address(&request);
+        let r = request.into_inner();
+        let creds = credentials(r.credentials, &client)?;
+        let usage = ServerUsage {
+            installation_id: r.installation_id,
+            serial: r.serial,
+            period_start: period("period_start", r.period_start)?,
+            period_end: period("period_end", r.period_end)?,
+            grants: r.grants.into_iter().map(grant_usage).collect::<Result<_, _>>()?,
+        };
+        let recorded = self.activations.report_server_usage(&creds, usage).await.or_status()?;
+        Ok(Response::new(pb::ReportServerUsageResponse {
+            report_id: recorded.report.report_id,
+            received_at: Some(to_timestamp(recorded.report.received_at)),
         }))
     }
 

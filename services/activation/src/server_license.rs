@@ -2,8 +2,9 @@
 //! online ([`Activations::activate_server`]) or through the request files of an air-gapped one
 //! ([`Activations::process_server_request`]), signing its server license file, and freeing its
 //! activation when it gives back its latest file (a return, so another server may be
-//! activated). The on-premises server itself (which writes the requests and serves the grants)
-//! is not part of this service.
+//! activated), and storing the usage reports an activated server uploads
+//! ([`Activations::report_server_usage`]). The on-premises server itself (which writes the
+//! requests, serves the grants and sums their use) is not part of this service.
 
 use crate::service::{Activations, Machine};
 use crate::ActivationError;
@@ -15,6 +16,7 @@ use licensing_domain::server_license::{
     decode_server_request, encode_server_request, server_license_file, ServerLicensePayload, ServerRequest,
     ServerRequestKind,
 };
+use licensing_domain::server_usage::{RecordServerUsage, ServerUsage, ServerUsageStoreError, UsageRecorded};
 use licensing_domain::store::{ActivationStoreError, DeactivateCommand, DeactivateTarget};
 use licensing_domain::text::quoted;
 use licensing_runtime::credentials::Credentials;
@@ -235,6 +237,57 @@ impl Activations {
             }
             Err(e) => Err(ActivationError::from_store(e, &license.license_id)),
         }
+    }
+
+    /// Stores what an activated on-premises server used of its server license's grants over a
+    /// period. Checked first: the upload's fields ([`ServerUsage::validate`], INVALID_ARGUMENT
+    /// naming the field), then the credentials, which must name a server license (WRONG_KIND);
+    /// the store then decides with the license locked (see
+    /// [`licensing_domain::server_usage::ServerUsageStore::record_server_usage`]): one report
+    /// per installation and period, a retry answered with the first. The license's status does
+    /// not matter: a suspended or expired license's server still reports what it used. A new
+    /// report is audited (`server_license.usage_reported`, by `server:<installation_id>`).
+    pub async fn report_server_usage(
+        &self,
+        credentials: &Credentials,
+        usage: ServerUsage,
+    ) -> Result<UsageRecorded, ActivationError> {
+        let now = self.now();
+        usage.validate(now).map_err(|e| ActivationError::invalid(e.field, e.message))?;
+        let license = self.credentials().resolve(credentials).await?;
+        if license.kind != LicenseKind::Server {
+            return Err(ActivationError::LicenseState(Refusal {
+                reason: "WRONG_KIND",
+                message: format!(
+                    "license {} is a {} license, not a server license: only on-premises servers report usage this way",
+                    license.license_id,
+                    license.kind.as_str()
+                ),
+            }));
+        }
+        let report_id = ids::new_id(ids::SERVER_USAGE_REPORT);
+        let audit = AuditRecord::new(
+            format!("server:{}", usage.installation_id),
+            "server_license.usage_reported",
+            &license.license_id,
+        )
+        .with_details(serde_json::json!({
+            "report_id": report_id,
+            "installation_id": usage.installation_id,
+            "serial": usage.serial,
+            "period_start": licensing_domain::clock::rfc3339(usage.period_start),
+            "period_end": licensing_domain::clock::rfc3339(usage.period_end),
+            "grants": usage.grants.len(),
+        }));
+        let command =
+            RecordServerUsage { report_id, license_id: license.license_id.clone(), usage, received_at: now, audit };
+        self.server_usage_store().record_server_usage(&command).await.map_err(|e| match e {
+            ServerUsageStoreError::Store(e) => ActivationError::Store(e),
+            ServerUsageStoreError::LicenseNotFound(id) => {
+                licensing_runtime::credentials::CredentialError::UnknownLicense(id).into()
+            }
+            ServerUsageStoreError::Refused(refused) => ActivationError::ServerUsage(refused),
+        })
     }
 
     /// Writes the request an on-premises server would (for tools and tests).

@@ -16,6 +16,7 @@ use licensing_domain::model::{
 };
 use licensing_domain::observe::{unobserved, SharedObserver};
 use licensing_domain::offline_deactivation::{decode_deactivation_request, DeactivationCredential};
+use licensing_domain::server_usage::ServerUsageStore;
 use licensing_domain::store::{
     ActivateCommand, ActivateOutcome, ActivationStore, ActivationStoreError, CatalogStore, CulledActivation,
     DeactivateCommand, DeactivateTarget, MachineMatch, MeterStore,
@@ -212,6 +213,8 @@ pub struct ActivationDeps {
     pub clock: SharedClock,
     /// The machines that started trials.
     pub trials: Arc<dyn TrialStore>,
+    /// The usage reports of on-premises servers.
+    pub server_usage: Arc<dyn ServerUsageStore>,
 }
 
 /// What [`Activations::activate_trial`] gave the machine.
@@ -242,6 +245,7 @@ pub struct Activations {
     signer: Signer,
     clock: SharedClock,
     trials: Arc<dyn TrialStore>,
+    server_usage: Arc<dyn ServerUsageStore>,
     settings: ActivationSettings,
     /// Buckets of [`ActivationSettings::activations_per_license`], taken by activations and
     /// deactivations alike: every refusal they record was let through by it (or, for a wrong
@@ -276,7 +280,8 @@ pub fn parse_version(value: &str) -> Result<licensing_domain::version::Version, 
 impl Activations {
     /// The service over `deps`, with `settings`.
     pub fn new(deps: ActivationDeps, settings: ActivationSettings) -> Self {
-        let ActivationDeps { catalog, store, meters, sessions, credentials, signer, clock, trials } = deps;
+        let ActivationDeps { catalog, store, meters, sessions, credentials, signer, clock, trials, server_usage } =
+            deps;
         let per_license = RateLimiter::new("activation", settings.activations_per_license);
         Self {
             catalog,
@@ -287,6 +292,7 @@ impl Activations {
             signer,
             clock,
             trials,
+            server_usage,
             settings,
             per_license,
             observer: unobserved(),
@@ -335,6 +341,10 @@ impl Activations {
 
     pub(crate) fn meter_store(&self) -> &dyn MeterStore {
         self.meters.as_ref()
+    }
+
+    pub(crate) fn server_usage_store(&self) -> &dyn ServerUsageStore {
+        self.server_usage.as_ref()
     }
 
     fn digests(&self, components: &[Component]) -> Result<(Vec<Component>, Vec<ComponentDigest>), ActivationError> {

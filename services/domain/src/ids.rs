@@ -15,6 +15,8 @@ pub const INSTALLATION: &str = "ins";
 pub const LEASE: &str = "lse";
 /// Prefix of payment receipt IDs (`rcp_…`).
 pub const RECEIPT: &str = "rcp";
+/// Prefix of server usage report IDs (`sur_…`).
+pub const SERVER_USAGE_REPORT: &str = "sur";
 /// Prefix of admin token IDs (`adm_…`).
 pub const ADMIN_TOKEN: &str = "adm";
 

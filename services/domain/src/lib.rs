@@ -16,6 +16,8 @@
 //!   server license file, and the request and return files of air-gapped servers.
 //! - [`onprem`]: the on-premises server's side: the local licenses its file's grants make, and
 //!   when it may grant new seats (file dates, the vendor's refusal, a clock set back).
+//! - [`server_usage`]: the usage reports on-premises servers upload (what they used of their
+//!   server license's grants per period), one per server and period.
 //! - [`clock`]: the one source of "now" for services, replaceable in tests.
 //! - [`error`]: the classification every service error maps to, and the store's error.
 //! - [`version`]: product versions.
@@ -44,6 +46,7 @@ pub mod policy;
 pub mod seat_policy;
 pub mod secrets;
 pub mod server_license;
+pub mod server_usage;
 pub mod store;
 pub mod text;
 pub mod trial;

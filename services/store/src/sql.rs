@@ -6,6 +6,7 @@ mod leases;
 mod meters;
 mod policies;
 mod portal;
+mod server_usage;
 mod trials;
 mod usage;
 

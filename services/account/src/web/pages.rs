@@ -9,7 +9,7 @@ use super::view::{
     Layout, LicenseRow, Pager,
 };
 use super::Web;
-use crate::portal::ContactForm;
+use crate::portal::{ContactForm, ServerDetails};
 use crate::AccountError;
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use licensing_domain::meter::MeterUsage;
 use licensing_domain::model::{License, LicenseKind, LicenseStatus, Page, UNLIMITED};
+use licensing_domain::server_usage::GrantKind;
 use serde::Deserialize;
 
 /// The most licenses one account lists (read in pages of the store's largest).
@@ -262,6 +263,77 @@ pub(crate) struct LicensePage {
     pub meters: Vec<MeterRow>,
     /// How the license's time counts from its first use, when it does.
     pub first_use: Option<String>,
+    /// A server license: its grants, its servers and their latest usage reports.
+    pub server: Option<ServerCard>,
+}
+
+/// What the license page shows of a server license.
+pub(crate) struct ServerCard {
+    /// `product` or `product/feature`, floating seats, node-locked activations.
+    pub grants: Vec<(String, i32, i32)>,
+    pub servers: Vec<ServerRow>,
+    /// One row per grant of each report, newest report first.
+    pub usage: Vec<UsageRow>,
+}
+
+pub(crate) struct ServerRow {
+    pub installation_id: String,
+    pub name: String,
+    pub serial: i64,
+    pub activated: String,
+}
+
+pub(crate) struct UsageRow {
+    pub period: String,
+    pub installation_id: String,
+    pub grant: String,
+    pub kind: &'static str,
+    pub granted: i32,
+    pub peak: i32,
+    pub checkouts: i64,
+    pub denials: i64,
+    pub seat_hours: String,
+}
+
+impl ServerCard {
+    fn of(l: &License, details: &ServerDetails) -> Self {
+        Self {
+            grants: l.server_grants.iter().map(|g| (g.name(), g.floating_seats, g.node_locked_activations)).collect(),
+            servers: details
+                .servers
+                .iter()
+                .map(|a| ServerRow {
+                    installation_id: a.installation_id.clone(),
+                    name: a.machine_name.clone(),
+                    serial: a.server_serial,
+                    activated: instant(a.activated_at),
+                })
+                .collect(),
+            usage: details
+                .reports
+                .iter()
+                .flat_map(|r| {
+                    r.grants.iter().map(move |g| UsageRow {
+                        period: format!("{} – {}", instant(r.period_start), instant(r.period_end)),
+                        installation_id: r.installation_id.clone(),
+                        grant: match g.feature.as_str() {
+                            "" => g.product_code.clone(),
+                            f => format!("{}/{f}", g.product_code),
+                        },
+                        kind: match g.kind {
+                            GrantKind::Floating => "Floating seats",
+                            GrantKind::NodeLocked => "Node-locked",
+                        },
+                        granted: g.granted,
+                        peak: g.peak_in_use,
+                        checkouts: g.checkouts,
+                        denials: g.denials,
+                        seat_hours: format!("{:.1}", g.seat_seconds as f64 / 3600.0),
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A meter's use in its current period, as the license page shows it.
@@ -329,6 +401,13 @@ async fn license_page(
             Err(e) => return refusal(e),
         },
     };
+    let server = match l.kind {
+        LicenseKind::Server => match web.portal.server_details(&me.customer_id, license_id).await {
+            Ok((_, details)) => Some(ServerCard::of(l, &details)),
+            Err(e) => return refusal(e),
+        },
+        _ => None,
+    };
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let mut layout = me.layout(format!("License {}", l.license_id), "licenses");
     layout.notice = notice;
@@ -365,6 +444,7 @@ async fn license_page(
                     None => "Starts at its first use".to_owned(),
                 },
             }),
+            server,
         },
     )
 }
