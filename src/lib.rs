@@ -612,6 +612,7 @@ async fn on_premises_server(
             catalog: deps.catalog.clone(),
             activations: Arc::new(deps.store.clone()),
             leases,
+            usage: Arc::new(deps.store.clone()),
             hasher: deps.hasher.clone(),
             vendor,
             clock: deps.overrides.clock.clone(),
@@ -644,7 +645,7 @@ fn on_premises_routes(
 }
 
 /// Every `refresh_interval`, an online server asks the vendor for a fresh file (the first at
-/// once); every server keeps the latest instant its clock showed, so a clock set back is caught
+/// once) and then sends it the usage since its last report; every server keeps the latest instant its clock showed, so a clock set back is caught
 /// after a restart too.
 async fn keep_on_premises_current(onprem: OnPremises, refresh_interval: std::time::Duration) {
     let mut refresh = tokio::time::interval(refresh_interval);
@@ -654,8 +655,13 @@ async fn keep_on_premises_current(onprem: OnPremises, refresh_interval: std::tim
     loop {
         tokio::select! {
             _ = refresh.tick(), if onprem.is_online() => {
-                if let Err(e) = onprem.refresh().await {
-                    tracing::warn!(error = %e, "refreshing the server license file from the vendor failed; it will be tried again");
+                match onprem.refresh().await {
+                    Ok(_) => {
+                        if let Err(e) = onprem.upload_usage().await {
+                            tracing::warn!(error = %e, "sending the usage report to the vendor failed; the next one covers its period too");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "refreshing the server license file from the vendor failed; it will be tried again"),
                 }
             }
             _ = clock.tick() => {

@@ -3,7 +3,7 @@
 //! the last test, two processes of the real binary). Online, the on-premises server activates
 //! itself, serves its grants to products with the same calls they make of the vendor (up to the
 //! file's seats and no further), follows a seat change and a suspension at its next refresh,
-//! and its admin token can issue or enlarge nothing. Air-gapped, the whole cycle runs by files:
+//! reports its usage to the vendor, and its admin token can issue or enlarge nothing. Air-gapped, the whole cycle runs by files:
 //! an older (replayed) or altered file is refused, a file bound to another server is refused,
 //! a return stops serving at once and frees the vendor's activation, so a second server can be
 //! activated (a re-host). An expired file stops new checkouts while leases run to their end,
@@ -184,6 +184,21 @@ async fn an_online_on_premises_server_serves_its_grants_follows_the_vendor_and_c
             "activations",
         );
         assert!(vendor_checkout_refused(&vendor, &floating).await, "a served key means nothing at the vendor");
+
+        // Its usage reaches the vendor: per grant, the peak in use and the checkouts.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await; // the usage log's write
+        let sent = onprem_admin(&onprem).await.upload_usage(admin_req(pb::UploadUsageRequest {})).await.unwrap();
+        let sent = sent.into_inner();
+        let list = admin_pb::ListServerUsageReportsRequest { license_id: license_id.clone(), page: None };
+        let reports = vendor.admin().await.list_server_usage_reports(admin_req(list)).await.unwrap().into_inner();
+        let report = reports.reports.iter().find(|r| r.report_id == sent.report_id).expect("the report at the vendor");
+        let used: Vec<_> =
+            report.grants.iter().map(|g| (g.feature.as_str(), g.kind.as_str(), g.granted, g.peak_in_use)).collect();
+        assert!(used.contains(&("", "floating", 2, 2)), "{used:?}");
+        assert!(used.contains(&("render", "floating", 1, 1)), "{used:?}");
+        assert!(used.contains(&("", "node_locked", 1, 1)), "{used:?}");
+        let floating_use = report.grants.iter().find(|g| g.feature.is_empty() && g.kind == "floating").unwrap();
+        assert_eq!((floating_use.checkouts, floating_use.denials), (2, 1), "two seats granted, one refused");
 
         // A seat change at the vendor reaches it at the next refresh.
         set_grants(&vendor, &license_id, vec![grant(&f.product, "", 3, 1), grant(&f.product, "render", 1, 0)]).await;

@@ -141,6 +141,8 @@ enum OnPremCommand {
     },
     /// Ask the vendor for a fresh file now (online servers).
     Refresh,
+    /// Send the vendor the usage since the last report now (online servers).
+    UploadUsage,
     /// Give the license back: the server stops serving at once and writes the return file
     /// (online, it is also sent to the vendor).
     Return {
@@ -1709,6 +1711,15 @@ async fn run(cli: Cli, settings: &clap::ArgMatches) -> Result<(), Failure> {
                     let request = onprem::RefreshServerLicenseRequest {};
                     let r = server.refresh_server_license(authorized(token, request)?).await.map_err(fail)?;
                     print_onprem_status(cli.json, &r.into_inner().status.unwrap_or_default());
+                }
+                OnPremCommand::UploadUsage => {
+                    let request = onprem::UploadUsageRequest {};
+                    let r = server.upload_usage(authorized(token, request)?).await.map_err(fail)?.into_inner();
+                    let row = json!({
+                        "report_id": r.report_id, "period_start": time(r.period_start.as_ref()),
+                        "period_end": time(r.period_end.as_ref()),
+                    });
+                    print_one(cli.json, &row, &["report_id", "period_start", "period_end"]);
                 }
                 OnPremCommand::Return { out, yes } => {
                     if !yes {

@@ -131,6 +131,19 @@ impl OnPremisesService for OnPremisesApi {
             online_error: returned.online_error.unwrap_or_default(),
         }))
     }
+
+    async fn upload_usage(
+        &self,
+        request: Request<pb::UploadUsageRequest>,
+    ) -> Result<Response<pb::UploadUsageResponse>, Status> {
+        self.require_admin(&request).await?;
+        let sent = self.onprem.upload_usage().await.or_status()?;
+        Ok(Response::new(pb::UploadUsageResponse {
+            report_id: sent.report_id,
+            period_start: Some(to_timestamp(sent.from)),
+            period_end: Some(to_timestamp(sent.to)),
+        }))
+    }
 }
 
 /// Which methods of which service an on-premises server serves, and which of them grant

@@ -3,7 +3,7 @@
 
 use crate::error::OnPremError;
 use crate::state::{PersistedState, StateFiles};
-use crate::vendor::{Vendor, VendorError};
+use crate::vendor::{GrantUsage, UsageUpload, Vendor, VendorError};
 use ed25519_dalek::VerifyingKey;
 use licensing_domain::certificate::VerifyError;
 use licensing_domain::change::LicenseChange;
@@ -18,7 +18,8 @@ use licensing_domain::secrets::{purpose, random_token, KeyedHasher};
 use licensing_domain::server_license::{
     encode_server_request, verify_server_license_file, ServerLicensePayload, ServerRequest, ServerRequestKind,
 };
-use licensing_domain::store::{ActivationStore, CatalogStore, LeaseStore, UpdateError};
+use licensing_domain::store::{ActivationStore, CatalogStore, LeaseStore, UpdateError, UsageStore};
+use licensing_domain::usage::UsageReport;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -33,6 +34,8 @@ pub struct OnPremisesDeps {
     pub activations: Arc<dyn ActivationStore>,
     /// Leases of the served licenses (their use).
     pub leases: Arc<dyn LeaseStore>,
+    /// The usage log of the served licenses (what usage reports summarise).
+    pub usage: Arc<dyn UsageStore>,
     /// Derives the served licenses' keys and digests them.
     pub hasher: KeyedHasher,
     /// The vendor's licensing server, when this server is online; `None`: air-gapped.
@@ -98,6 +101,20 @@ pub struct Returned {
     /// Why the online return failed, if tried.
     pub online_error: Option<String>,
 }
+
+/// A usage report the vendor received.
+#[derive(Debug, Clone)]
+pub struct UsageSent {
+    /// The vendor's report ID.
+    pub report_id: String,
+    /// The period it covers, `[from, to)`.
+    pub from: Millis,
+    /// Its end.
+    pub to: Millis,
+}
+
+/// The longest period one usage report covers (the vendor's bound).
+const MAX_USAGE_PERIOD_MS: Millis = 366 * 24 * 3600 * 1000;
 
 /// The on-premises server: cheap to clone, shared by the gate, the admin API and the
 /// background refresh.
@@ -222,6 +239,7 @@ impl OnPremises {
         {
             let mut persisted = self.inner.persisted.lock().unwrap_or_else(|e| e.into_inner());
             persisted.serials.insert(payload.license_id.clone(), payload.serial);
+            persisted.usage_since.get_or_insert(now);
             persisted.returned_serial = None;
             persisted.refused = None;
             self.inner.settings.files.write_state(&persisted)?;
@@ -325,6 +343,72 @@ impl OnPremises {
         };
         tracing::info!(serial = payload.serial, returned_online, "server license returned; no longer serving");
         Ok(Returned { return_file, serial: payload.serial, returned_online, online_error })
+    }
+
+    /// Sends the vendor what the served licenses were used for since the last report (or since
+    /// the first file): per grant the peak use, checkouts, denials and leased time, from the
+    /// usage log; node-locked grants, the machines activated then and the activations held now.
+    /// The next report starts where this one ends.
+    pub async fn upload_usage(&self) -> Result<UsageSent, OnPremError> {
+        let vendor = self.inner.deps.vendor.clone().ok_or(OnPremError::AirGapped)?;
+        let _one = self.inner.changing.lock().await;
+        let Some(payload) = self.inner.serving.read().unwrap_or_else(|e| e.into_inner()).payload.clone() else {
+            return Err(OnPremError::NoFile);
+        };
+        let to = self.now();
+        let since = self.inner.persisted.lock().unwrap_or_else(|e| e.into_inner()).usage_since.unwrap_or(to);
+        let from = since.clamp(to.saturating_sub(MAX_USAGE_PERIOD_MS), to);
+        let mut grants = vec![];
+        for served in served_licenses(&payload) {
+            grants.push(self.grant_usage(&served, from, to).await?);
+        }
+        let upload = UsageUpload {
+            license_key: self.inner.settings.license_key.clone(),
+            installation_id: payload.installation_id.clone(),
+            serial: payload.serial,
+            from,
+            to,
+            grants,
+        };
+        let report_id = vendor.report_usage(&upload).await?;
+        let mut persisted = self.inner.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        persisted.usage_since = Some(to);
+        self.inner.settings.files.write_state(&persisted)?;
+        Ok(UsageSent { report_id, from, to })
+    }
+
+    async fn grant_usage(&self, served: &ServedLicense, from: Millis, to: Millis) -> Result<GrantUsage, OnPremError> {
+        let deps = &self.inner.deps;
+        let mut usage = GrantUsage {
+            product_code: served.product_code.clone(),
+            feature: served.feature.clone(),
+            kind: "floating",
+            granted: served.seats,
+            peak_in_use: 0,
+            checkouts: 0,
+            denials: 0,
+            seat_seconds: 0,
+        };
+        if served.kind == LicenseKind::NodeLocked {
+            usage.kind = "node_locked";
+            let live = deps.activations.list_live_activations(&served.license_id).await?.len();
+            usage.peak_in_use = i32::try_from(live).unwrap_or(i32::MAX);
+            let events = deps.activations.list_activation_events(&served.license_id).await?;
+            let made = |e: &&licensing_domain::model::ActivationEvent| {
+                (from..to).contains(&e.occurred_at)
+                    && matches!(e.action.as_str(), "activate" | "offline_activate")
+                    && e.outcome == "ok"
+            };
+            usage.checkouts = events.iter().filter(made).count() as i64;
+            return Ok(usage);
+        }
+        let events = deps.usage.usage_events(&served.license_id, to).await?;
+        let report = UsageReport::compute(&served.license_id, &events, from, to, to);
+        usage.peak_in_use = report.days.iter().map(|d| d.peak_seats).max().unwrap_or(0).max(0);
+        usage.checkouts = report.checkouts.max(0);
+        usage.denials = report.denials.iter().map(|(_, n)| *n).sum::<i64>().max(0);
+        usage.seat_seconds = (report.total_seat_hours * 3600.0).round().max(0.0) as i64;
+        Ok(usage)
     }
 
     /// What the server serves now, with the served licenses' keys and use.

@@ -21,6 +21,9 @@ pub struct PersistedState {
     pub refused: Option<(String, String)>,
     /// The latest instant this server's clock showed (Unix ms).
     pub seen_at: Millis,
+    /// Where the next usage report starts (the end of the last one sent, or when the first
+    /// file came in).
+    pub usage_since: Option<Millis>,
 }
 
 /// The two files, in the data directory.
@@ -113,6 +116,7 @@ mod tests {
             returned_serial: Some(3),
             refused: Some(("SUSPENDED".into(), "why".into())),
             seen_at: 42,
+            usage_since: Some(7),
         };
         files.write_state(&state).unwrap();
         files.write_file("file").unwrap();

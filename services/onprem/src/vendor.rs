@@ -31,6 +31,44 @@ pub enum VendorError {
     Unexpected(String),
 }
 
+/// What a server used of one grant over a period, as it reports it to the vendor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantUsage {
+    /// The product's code.
+    pub product_code: String,
+    /// The feature; empty: the product itself.
+    pub feature: String,
+    /// `floating` or `node_locked`.
+    pub kind: &'static str,
+    /// Seats or activations the file granted.
+    pub granted: i32,
+    /// The highest use at once in the period.
+    pub peak_in_use: i32,
+    /// Seats checked out (machines activated) in the period.
+    pub checkouts: i64,
+    /// Checkouts refused in the period.
+    pub denials: i64,
+    /// Leased time in the period, in seconds.
+    pub seat_seconds: i64,
+}
+
+/// A usage report for the vendor: whose, which period, per grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageUpload {
+    /// The server license's key.
+    pub license_key: String,
+    /// The server's activation (from its file).
+    pub installation_id: String,
+    /// The serial of the file in force.
+    pub serial: i64,
+    /// The period, `[from, to)`, Unix ms.
+    pub from: licensing_domain::clock::Millis,
+    /// Its end.
+    pub to: licensing_domain::clock::Millis,
+    /// One entry per served license.
+    pub grants: Vec<GrantUsage>,
+}
+
 /// The vendor's side of an online on-premises server.
 #[async_trait::async_trait]
 pub trait Vendor: Send + Sync + 'static {
@@ -43,6 +81,8 @@ pub trait Vendor: Send + Sync + 'static {
     ) -> Result<String, VendorError>;
     /// Gives the file back with the return file the server wrote.
     async fn return_server(&self, return_file: &str) -> Result<(), VendorError>;
+    /// Uploads a usage report; the vendor's report ID.
+    async fn report_usage(&self, upload: &UsageUpload) -> Result<String, VendorError>;
 }
 
 /// The vendor's Activation service over gRPC.
@@ -65,6 +105,10 @@ impl GrpcVendor {
         }
         Ok(Self { client: ActivationServiceClient::new(endpoint.connect_lazy()) })
     }
+}
+
+fn key_credentials(license_key: &str) -> pb::LicenseCredentials {
+    pb::LicenseCredentials { credential: Some(pb::license_credentials::Credential::LicenseKey(license_key.to_owned())) }
 }
 
 /// A vendor's status as a [`VendorError`]: its refusals, and the rest.
@@ -91,9 +135,7 @@ impl Vendor for GrpcVendor {
         server_name: &str,
     ) -> Result<String, VendorError> {
         let request = pb::ActivateServerRequest {
-            credentials: Some(pb::LicenseCredentials {
-                credential: Some(pb::license_credentials::Credential::LicenseKey(license_key.to_owned())),
-            }),
+            credentials: Some(key_credentials(license_key)),
             machine: Some(pb::MachineInfo {
                 fingerprint: machine
                     .iter()
@@ -112,5 +154,31 @@ impl Vendor for GrpcVendor {
         let request = pb::ReturnServerRequest { return_file: return_file.to_owned() };
         self.client.clone().return_server(request).await.map_err(vendor_error)?;
         Ok(())
+    }
+
+    async fn report_usage(&self, upload: &UsageUpload) -> Result<String, VendorError> {
+        let request = pb::ReportServerUsageRequest {
+            credentials: Some(key_credentials(&upload.license_key)),
+            installation_id: upload.installation_id.clone(),
+            serial: upload.serial,
+            period_start: Some(licensing_runtime::convert::to_timestamp(upload.from)),
+            period_end: Some(licensing_runtime::convert::to_timestamp(upload.to)),
+            grants: upload
+                .grants
+                .iter()
+                .map(|g| pb::ServerGrantUsage {
+                    product_code: g.product_code.clone(),
+                    feature: g.feature.clone(),
+                    kind: g.kind.to_owned(),
+                    granted: g.granted,
+                    peak_in_use: g.peak_in_use,
+                    checkouts: g.checkouts,
+                    denials: g.denials,
+                    seat_seconds: g.seat_seconds,
+                })
+                .collect(),
+        };
+        let response = self.client.clone().report_server_usage(request).await.map_err(vendor_error)?;
+        Ok(response.into_inner().report_id)
     }
 }
