@@ -11,8 +11,9 @@
 
 use crate::common::process::Process;
 use crate::common::*;
+// The server machines and grants of the vendor-side tests.
+use crate::server_license::{grant, server};
 use licensing_domain::clock::ManualClock;
-use licensing_domain::fingerprint::Component;
 use licensing_proto::account::v1 as admin_pb;
 use licensing_proto::activation::v1 as act;
 use licensing_proto::activation::v1::activation_service_client::ActivationServiceClient;
@@ -22,22 +23,6 @@ use licensing_proto::onpremises::v1::on_premises_service_client::OnPremisesServi
 use licensing_proto::seat::v1 as seat_pb;
 use std::collections::HashMap;
 use tonic::Code;
-
-fn server_machine(name: &str) -> Vec<Component> {
-    ["machine-id", "disk-serial", "mac", "hostname"]
-        .iter()
-        .map(|n| Component { name: n.to_string(), value: format!("{name}-{n}") })
-        .collect()
-}
-
-fn grant(product: &str, feature: &str, floating: i32, node_locked: i32) -> ServerGrant {
-    ServerGrant {
-        product_code: product.into(),
-        feature: feature.into(),
-        floating_seats: floating,
-        node_locked_activations: node_locked,
-    }
-}
 
 /// A server license for one server: 2 floating seats and 1 node-locked activation of the
 /// fixture's product, 1 seat of its `render` feature.
@@ -75,7 +60,7 @@ async fn spawn_onprem(
     if let Some(url) = vendor_url {
         env.insert("LICENSING_VENDOR_URL".into(), url);
     }
-    let mut overrides = licensing::Overrides { machine: Some(server_machine(machine)), ..test_overrides() };
+    let mut overrides = licensing::Overrides { machine: Some(server(machine)), ..test_overrides() };
     if let Some(clock) = clock {
         overrides.clock = std::sync::Arc::new(clock);
     }
@@ -84,7 +69,7 @@ async fn spawn_onprem(
 
 async fn respawn_onprem(app: TestApp, machine: &str) -> TestApp {
     let (dir, env) = app.stop().await;
-    let overrides = licensing::Overrides { machine: Some(server_machine(machine)), ..test_overrides() };
+    let overrides = licensing::Overrides { machine: Some(server(machine)), ..test_overrides() };
     spawn_with(Backend::Sqlite, dir, env, overrides).await
 }
 

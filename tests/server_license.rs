@@ -23,7 +23,7 @@ use licensing_proto::seat::v1 as seat_pb;
 use licensing_proto::seat::v1::seat_service_client::SeatServiceClient;
 use tonic::Code;
 
-fn server(name: &str) -> Vec<Component> {
+pub fn server(name: &str) -> Vec<Component> {
     ["machine-id", "disk-serial", "mac", "hostname"]
         .iter()
         .map(|n| Component { name: n.to_string(), value: format!("{name}-{n}") })
@@ -43,7 +43,7 @@ fn machine(name: &str) -> Option<pb::MachineInfo> {
     })
 }
 
-fn grant(product: &str, feature: &str, floating: i32, node_locked: i32) -> ServerGrant {
+pub fn grant(product: &str, feature: &str, floating: i32, node_locked: i32) -> ServerGrant {
     ServerGrant {
         product_code: product.into(),
         feature: feature.into(),

@@ -56,6 +56,19 @@ pub struct ServerReturn {
     pub serial: i64,
 }
 
+/// A request file as `field` carries it, or INVALID_ARGUMENT naming `field` and why.
+fn decode_request(field: &str, what: &str, text: &str) -> Result<ServerRequest, ActivationError> {
+    decode_server_request(text).map_err(|e| {
+        let why = match e {
+            licensing_domain::certificate::VerifyError::Malformed(why) => why,
+            other => other.to_string(),
+        };
+        ActivationError::ServerRequest(format!(
+            "{field}: not a server {what} file (-----BEGIN LICENSING SERVER REQUEST-----): {why}"
+        ))
+    })
+}
+
 impl Activations {
     /// Activates an on-premises server on the server license the credentials name, and signs
     /// its server license file. Idempotent per machine: the same server again consumes nothing
@@ -119,15 +132,7 @@ impl Activations {
         actor: &str,
         request_text: &str,
     ) -> Result<ServerRequestOutcome, ActivationError> {
-        let request = decode_server_request(request_text).map_err(|e| {
-            let why = match e {
-                licensing_domain::certificate::VerifyError::Malformed(why) => why,
-                other => other.to_string(),
-            };
-            ActivationError::ServerRequest(format!(
-                "request_file: not a server request file (-----BEGIN LICENSING SERVER REQUEST-----): {why}"
-            ))
-        })?;
+        let request = decode_request("request_file", "request", request_text)?;
         // What the file carries is judged as the file's, so the refusal names it.
         let in_file = |message: String| ActivationError::ServerRequest(format!("request_file: {message}"));
         licensing_domain::text::bounded_text(&request.server_name, 200, false)
@@ -156,15 +161,7 @@ impl Activations {
     /// carries). Decided exactly as [`Self::process_server_request`] decides a return; an
     /// activation request is refused here (`ActivateServer` is the online activation).
     pub async fn return_server_online(&self, return_text: &str) -> Result<ServerReturn, ActivationError> {
-        let request = decode_server_request(return_text).map_err(|e| {
-            let why = match e {
-                licensing_domain::certificate::VerifyError::Malformed(why) => why,
-                other => other.to_string(),
-            };
-            ActivationError::ServerRequest(format!(
-                "return_file: not a server return file (-----BEGIN LICENSING SERVER REQUEST-----): {why}"
-            ))
-        })?;
+        let request = decode_request("return_file", "return", return_text)?;
         if request.kind != ServerRequestKind::Return {
             return Err(ActivationError::ServerRequest(
                 "return_file: this is an activation request; activate online with ActivateServer".into(),
